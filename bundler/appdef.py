@@ -1,0 +1,415 @@
+"""The application definition (a documented Compose subset) and the health checks a bundle carries.
+
+Both are parsed from plain data, so the same code validates them in ``sealift.yaml`` at build
+time and in a bundle's descriptor on the device. ``to_data()`` gives the normalised form that the
+descriptor stores, which parses back to an equal value.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from bundler.yamlfile import Field, check_known
+
+__all__ = [
+    "App",
+    "Check",
+    "CheckType",
+    "ContainerHealthcheck",
+    "HealthPolicy",
+    "Mount",
+    "Port",
+    "Service",
+    "parse_app",
+    "parse_health",
+]
+
+NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_PORT = re.compile(
+    r"(?:(?P<ip>\d{1,3}(?:\.\d{1,3}){3}|\[[0-9a-fA-F:]+\]):)?"  # optional host address
+    r"(?:(?P<host>\d{1,5}):)?(?P<container>\d{1,5})(?:/(?P<proto>tcp|udp))?"
+)
+_HTTP_PATH = re.compile(r"/[\x21-\x7e]*")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Port:
+    """A published port: ``[HOST_IP:][HOST_PORT:]CONTAINER_PORT[/PROTO]``."""
+
+    container: int
+    host: int | None = None
+    host_ip: str | None = None
+    protocol: str = "tcp"
+
+    def to_data(self) -> str:
+        text = str(self.container)
+        if self.host is not None:
+            text = f"{self.host}:{text}"
+        if self.host_ip is not None:
+            text = f"{self.host_ip}:{text}"
+        return f"{text}/{self.protocol}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Mount:
+    """A model or config of the bundle, mounted read-only at ``target`` in the container."""
+
+    source: str
+    target: str
+
+    def to_data(self) -> str:
+        return f"{self.source}:{self.target}:ro"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ContainerHealthcheck:
+    """Compose's ``healthcheck``: run by the engine inside the container."""
+
+    test: tuple[str, ...]
+    interval: float = 30.0
+    timeout: float = 30.0
+    retries: int = 3
+    start_period: float = 0.0
+
+    def to_data(self) -> dict[str, Any]:
+        return {
+            "test": list(self.test),
+            "interval": f"{self.interval:g}s",
+            "timeout": f"{self.timeout:g}s",
+            "retries": self.retries,
+            "start_period": f"{self.start_period:g}s",
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class Service:
+    """One container of the application."""
+
+    name: str
+    image: str
+    command: tuple[str, ...] | None = None
+    environment: tuple[tuple[str, str], ...] = ()
+    ports: tuple[Port, ...] = ()
+    volumes: tuple[Mount, ...] = ()
+    healthcheck: ContainerHealthcheck | None = None
+    depends_on: tuple[str, ...] = ()
+    networks: tuple[str, ...] = ()
+    secrets: tuple[str, ...] = ()
+
+    def to_data(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"image": self.image}
+        if self.command is not None:
+            data["command"] = list(self.command)
+        optional: dict[str, Any] = {
+            "environment": dict(self.environment),
+            "ports": [p.to_data() for p in self.ports],
+            "volumes": [v.to_data() for v in self.volumes],
+            "depends_on": list(self.depends_on),
+            "networks": list(self.networks),
+            "secrets": list(self.secrets),
+        }
+        data.update({key: value for key, value in optional.items() if value})
+        if self.healthcheck is not None:
+            data["healthcheck"] = self.healthcheck.to_data()
+        return data
+
+
+@dataclass(frozen=True, kw_only=True)
+class App:
+    """The services of a release and the networks they share."""
+
+    services: tuple[Service, ...]
+    networks: tuple[tuple[str, bool], ...] = ()  # (name, internal)
+
+    def to_data(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"services": {s.name: s.to_data() for s in self.services}}
+        if self.networks:
+            data["networks"] = {name: {"internal": internal} for name, internal in self.networks}
+        return data
+
+    def service(self, name: str) -> Service:
+        return next(s for s in self.services if s.name == name)
+
+
+class CheckType(enum.StrEnum):
+    CONTAINER = "container"
+    HTTP = "http"
+    TCP = "tcp"
+    EXEC = "exec"
+    INFERENCE = "inference"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Check:
+    """One health check the updater runs before it commits a release."""
+
+    name: str
+    type: CheckType
+    service: str
+    port: int | None = None
+    path: str | None = None
+    expect_status: int | None = None
+    command: tuple[str, ...] | None = None
+    input: str | None = None
+    expected: str | None = None
+    tolerance: float | None = None
+    max_latency: float | None = None
+    deadline: float | None = None
+
+    def to_data(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"name": self.name, "type": self.type.value, "service": self.service}
+        for key in ("port", "path", "expect_status", "input", "expected", "tolerance"):
+            if (value := getattr(self, key)) is not None:
+                data[key] = value
+        if self.command is not None:
+            data["command"] = list(self.command)
+        for key in ("max_latency", "deadline"):
+            if (value := getattr(self, key)) is not None:
+                data[key] = f"{value:g}s"
+        return data
+
+
+@dataclass(frozen=True, kw_only=True)
+class HealthPolicy:
+    """The checks, the time they have to pass, and how long the release must then stay healthy."""
+
+    checks: tuple[Check, ...] = ()
+    deadline: float = 120.0
+    stabilisation: float = 30.0
+
+    def to_data(self) -> dict[str, Any]:
+        return {
+            "deadline": f"{self.deadline:g}s",
+            "stabilisation": f"{self.stabilisation:g}s",
+            "checks": [c.to_data() for c in self.checks],
+        }
+
+
+# --- parsing -----------------------------------------------------------------------------------
+
+
+def parse_app(field: Field, *, images: tuple[str, ...], mountable: tuple[str, ...], secrets: tuple[str, ...]) -> App:
+    """Validate the Compose subset against the components the bundle declares."""
+    top = field.mapping(required=("services",), optional=("networks",))
+    networks = _parse_networks(top["networks"]) if "networks" in top else ()
+    names = tuple(name for name, _ in networks)
+    services = tuple(
+        _parse_service(name, sub, images=images, mountable=mountable, secrets=secrets, networks=names)
+        for name, sub in top["services"].entries(key_pattern=NAME, key_what="service name")
+    )
+    if not services:
+        top["services"].fail("at least one service")
+    _check_depends_on(top["services"], services)
+    return App(services=services, networks=networks)
+
+
+def _parse_networks(field: Field) -> tuple[tuple[str, bool], ...]:
+    result = []
+    for name, sub in field.entries(key_pattern=NAME, key_what="network name"):
+        internal = False
+        if sub.present:
+            options = sub.mapping(optional=("internal",))
+            internal = options["internal"].boolean() if "internal" in options else False
+        result.append((name, internal))
+    return tuple(result)
+
+
+_SERVICE_FIELDS = (
+    "command", "environment", "ports", "volumes", "healthcheck", "depends_on", "networks", "secrets",
+)
+
+
+def _parse_service(
+    name: str,
+    field: Field,
+    *,
+    images: tuple[str, ...],
+    mountable: tuple[str, ...],
+    secrets: tuple[str, ...],
+    networks: tuple[str, ...],
+) -> Service:
+    f = field.mapping(required=("image",), optional=_SERVICE_FIELDS)
+    return Service(
+        name=name,
+        image=check_known(f["image"], images, what="image (an `images` entry)"),
+        command=_parse_command(f["command"]) if "command" in f else None,
+        environment=_parse_environment(f["environment"]) if "environment" in f else (),
+        ports=tuple(_parse_port(p) for p in f["ports"].items()) if "ports" in f else (),
+        volumes=tuple(_parse_mount(v, mountable) for v in f["volumes"].items()) if "volumes" in f else (),
+        healthcheck=_parse_healthcheck(f["healthcheck"]) if "healthcheck" in f else None,
+        depends_on=_parse_depends_on(f["depends_on"]) if "depends_on" in f else (),
+        networks=_names(f, "networks", networks, what="network (an `app.networks` entry)"),
+        secrets=_names(f, "secrets", secrets, what="secret (a `secrets` entry)"),
+    )
+
+
+def _names(f: dict[str, Field], key: str, known: tuple[str, ...], *, what: str) -> tuple[str, ...]:
+    if key not in f:
+        return ()
+    return tuple(check_known(item, known, what=what) for item in f[key].items())
+
+
+def _parse_command(field: Field) -> tuple[str, ...]:
+    if isinstance(field.value, str):
+        return ("/bin/sh", "-c", field.value)
+    return tuple(item.scalar_string() for item in field.items())
+
+
+def _parse_environment(field: Field) -> tuple[tuple[str, str], ...]:
+    pairs: list[tuple[str, str]] = []
+    if isinstance(field.value, list):
+        for item in field.items():
+            text = item.string(what="KEY=VALUE")
+            key, sep, value = text.partition("=")
+            if not sep or not _ENV_NAME.fullmatch(key):
+                item.fail("KEY=VALUE")
+            pairs.append((key, value))
+    else:
+        for key, sub in field.entries(key_pattern=_ENV_NAME, key_what="environment variable name"):
+            pairs.append((key, sub.scalar_string() if sub.present else ""))
+    return tuple(sorted(pairs))
+
+
+def _parse_port(field: Field) -> Port:
+    text = field.scalar_string()
+    m = _PORT.fullmatch(text)
+    if m is None:
+        field.fail('a port such as "8080", "8080:80" or "127.0.0.1:8080:80/tcp"')
+    container = int(m["container"])
+    host = int(m["host"]) if m["host"] else None
+    if not 0 < container < 65536 or (host is not None and not 0 < host < 65536):
+        field.fail("port numbers from 1 to 65535")
+    if m["ip"] and host is None:
+        field.fail("a host port after the host address")
+    return Port(container=container, host=host, host_ip=m["ip"], protocol=m["proto"] or "tcp")
+
+
+def _parse_mount(field: Field, mountable: tuple[str, ...]) -> Mount:
+    text = field.string(what='"COMPONENT:/absolute/path[:ro]"')
+    source, _, rest = text.partition(":")
+    target, _, mode = rest.partition(":")
+    if source not in mountable:
+        known = ", ".join(sorted(mountable)) or "none declared"
+        raise field.error(f"{source!r} is not a declared model or config (declared: {known})")
+    if not target.startswith("/") or "/../" in f"{target}/" or "\x00" in target:
+        field.fail("an absolute container path without '..'")
+    if mode not in ("", "ro"):
+        raise field.error(f"mode {mode!r} is not allowed: models and configs are always mounted read-only")
+    return Mount(source=source, target=target)
+
+
+def _parse_healthcheck(field: Field) -> ContainerHealthcheck:
+    f = field.mapping(required=("test",), optional=("interval", "timeout", "retries", "start_period"))
+    test_field = f["test"]
+    if isinstance(test_field.value, str):
+        test: tuple[str, ...] = ("CMD-SHELL", test_field.value)
+    else:
+        test = tuple(item.scalar_string() for item in test_field.items())
+        if not test or test[0] not in ("CMD", "CMD-SHELL", "NONE"):
+            test_field.fail('a list starting with "CMD", "CMD-SHELL" or "NONE"')
+    return ContainerHealthcheck(
+        test=test,
+        interval=f["interval"].duration() if "interval" in f else 30.0,
+        timeout=f["timeout"].duration() if "timeout" in f else 30.0,
+        retries=f["retries"].integer(low=1, high=100) if "retries" in f else 3,
+        start_period=f["start_period"].duration() if "start_period" in f else 0.0,
+    )
+
+
+def _parse_depends_on(field: Field) -> tuple[str, ...]:
+    if isinstance(field.value, dict):
+        # the long form's conditions are accepted; the updater always waits for health
+        return tuple(name for name, _ in field.entries(key_pattern=NAME, key_what="service name"))
+    return field.string_list(pattern=NAME, what="a service name")
+
+
+def _check_depends_on(field: Field, services: tuple[Service, ...]) -> None:
+    names = {s.name for s in services}
+    for service in services:
+        for dep in service.depends_on:
+            if dep not in names:
+                raise field.child(service.name).child("depends_on").error(f"{dep!r} is not a service")
+    order = _start_order(services)
+    if order is None:
+        raise field.error("depends_on forms a cycle")
+
+
+def _start_order(services: tuple[Service, ...]) -> list[str] | None:
+    """Services in an order that starts dependencies first, or None if they form a cycle."""
+    deps = {s.name: set(s.depends_on) for s in services}
+    order: list[str] = []
+    while deps:
+        ready = sorted(name for name, wanted in deps.items() if wanted <= set(order))
+        if not ready:
+            return None
+        order.extend(ready)
+        for name in ready:
+            del deps[name]
+    return order
+
+
+# --- health checks -----------------------------------------------------------------------------
+
+_CHECK_FIELDS = (
+    "port", "path", "expect_status", "command", "input", "expected", "tolerance", "max_latency", "deadline",
+)
+_NEEDS: dict[CheckType, tuple[str, ...]] = {
+    CheckType.CONTAINER: (),
+    CheckType.HTTP: ("port",),
+    CheckType.TCP: ("port",),
+    CheckType.EXEC: ("command",),
+    CheckType.INFERENCE: ("port", "path", "input", "expected"),
+}
+_ALLOWS: dict[CheckType, tuple[str, ...]] = {
+    CheckType.CONTAINER: ("deadline",),
+    CheckType.HTTP: ("port", "path", "expect_status", "deadline"),
+    CheckType.TCP: ("port", "deadline"),
+    CheckType.EXEC: ("command", "deadline"),
+    CheckType.INFERENCE: ("port", "path", "input", "expected", "tolerance", "max_latency", "deadline"),
+}
+
+
+def parse_health(field: Field, *, app: App, configs: tuple[str, ...]) -> HealthPolicy:
+    """Validate the health policy against the application's services and the bundle's configs."""
+    f = field.mapping(optional=("deadline", "stabilisation", "checks"))
+    checks = tuple(_parse_check(item, app, configs) for item in f["checks"].items()) if "checks" in f else ()
+    seen: set[str] = set()
+    for item, check in zip(f["checks"].items() if "checks" in f else [], checks, strict=True):
+        if check.name in seen:
+            raise item.child("name").error(f"{check.name!r} is used by another check")
+        seen.add(check.name)
+    return HealthPolicy(
+        checks=checks,
+        deadline=f["deadline"].duration() if "deadline" in f else 120.0,
+        stabilisation=f["stabilisation"].duration() if "stabilisation" in f else 30.0,
+    )
+
+
+def _parse_check(field: Field, app: App, configs: tuple[str, ...]) -> Check:
+    f = field.mapping(required=("name", "type", "service"), optional=_CHECK_FIELDS)
+    kinds = tuple(t.value for t in CheckType)
+    kind = CheckType(f["type"].string(pattern=re.compile("|".join(kinds)), what=f"one of {', '.join(kinds)}"))
+    for key in _CHECK_FIELDS:
+        if key in f and key not in _ALLOWS[kind]:
+            raise f[key].error(f"does not apply to a {kind.value} check")
+    for key in _NEEDS[kind]:
+        if key not in f:
+            raise field.child(key).error(f"is required for a {kind.value} check")
+    return Check(
+        name=f["name"].string(pattern=NAME, what="a check name"),
+        type=kind,
+        service=check_known(f["service"], tuple(s.name for s in app.services), what="service"),
+        port=f["port"].integer(low=1, high=65535) if "port" in f else None,
+        path=f["path"].string(pattern=_HTTP_PATH, what="an HTTP path starting with /") if "path" in f else None,
+        expect_status=f["expect_status"].integer(low=100, high=599) if "expect_status" in f else None,
+        command=_parse_command(f["command"]) if "command" in f else None,
+        input=check_known(f["input"], configs, what="config") if "input" in f else None,
+        expected=check_known(f["expected"], configs, what="config") if "expected" in f else None,
+        tolerance=f["tolerance"].number() if "tolerance" in f else None,
+        max_latency=f["max_latency"].duration() if "max_latency" in f else None,
+        deadline=f["deadline"].duration() if "deadline" in f else None,
+    )

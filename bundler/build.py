@@ -1,0 +1,330 @@
+"""``sealift build``: one reproducible, verified bundle per hardware profile.
+
+Each bundle is assembled in a hidden temporary directory beside its destination, verified with
+the reader the device uses, and only then renamed into place, so an interrupted or failed build
+never leaves anything that looks like a bundle. Bundles are immutable: an existing bundle with
+the same name is kept if it is byte-identical and refused otherwise.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from bundler.bundle import ANNOTATION, MEDIA, BundleInfo, verify_bundle
+from bundler.errors import BundleError, OutputError, SealiftError, SourceError, SpecError
+from bundler.layout import Descriptor, LayoutWriter, canonical_json, open_layout, write_layout_tar
+from bundler.payload import FileEntry, add_file_component
+from bundler.profiles import Profile
+from bundler.progress import Progress, QuietProgress
+from bundler.sources import ResolvedImage, open_image_source
+from bundler.spec import Spec
+
+__all__ = ["BuildOptions", "BuiltBundle", "build_bundles", "select_profiles", "source_date_epoch"]
+
+_TEMP_PREFIX = ".sealift-tmp-"
+_EMPTY_CONFIG = b"{}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuildOptions:
+    out: Path
+    format: Literal["dir", "tar"] = "dir"
+    epoch: int = 0
+    plain_http: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuiltBundle:
+    """A bundle that is in place and verified."""
+
+    profile: str
+    path: Path
+    info: BundleInfo
+    unchanged: bool  # an identical bundle was already there
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Image:
+    name: str
+    resolved: ResolvedImage
+    platform: dict[str, str]
+
+
+def source_date_epoch(spec_dir: Path) -> int:
+    """The build's timestamp: ``SOURCE_DATE_EPOCH``, else the spec's last git commit, else 0."""
+    value = os.environ.get("SOURCE_DATE_EPOCH")
+    if value is not None:
+        if not value.isdigit():
+            raise SpecError(f"SOURCE_DATE_EPOCH: expected whole seconds since 1970, found {value[:40]!r}")
+        return int(value)
+    try:
+        done = subprocess.run(
+            ["git", "log", "-1", "--format=%ct", "--", "."],
+            cwd=spec_dir, capture_output=True, text=True, timeout=30, check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    return int(done.stdout.strip()) if done.returncode == 0 and done.stdout.strip().isdigit() else 0
+
+
+def select_profiles(spec: Spec, known: dict[str, Profile], wanted: Sequence[str]) -> list[Profile]:
+    """The profiles to build: ``wanted`` (names, or ``all``) within those the spec targets."""
+    targets = list(spec.profiles) if spec.profiles is not None else sorted(known)
+    for name in targets:
+        if name not in known:
+            raise SpecError(f"{spec.path}: profiles: unknown profile {name!r} (known: {', '.join(sorted(known))})")
+    for name, field in spec.variant_profiles().items():
+        if name not in known:
+            raise SpecError(f"{spec.path}: {field}: unknown profile {name!r} (known: {', '.join(sorted(known))})")
+    if not wanted or "all" in wanted:
+        return [known[name] for name in targets]
+    for name in wanted:
+        if name not in targets:
+            raise SpecError(f"profile {name!r} is not a target of {spec.path} (targets: {', '.join(targets)})")
+    return [known[name] for name in targets if name in wanted]
+
+
+def build_bundles(
+    spec: Spec, profiles: Sequence[Profile], options: BuildOptions, *, progress: Progress | None = None
+) -> list[BuiltBundle]:
+    """Build, verify and place one bundle per profile."""
+    progress = progress or QuietProgress()
+    try:
+        options.out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{options.out}: cannot create the output directory ({e.strerror})") from e
+    _sweep_stale_temps(options.out)
+    return [_build_one(spec, profile, options, progress) for profile in profiles]
+
+
+def _build_one(spec: Spec, profile: Profile, options: BuildOptions, progress: Progress) -> BuiltBundle:
+    suffix = ".tar" if options.format == "tar" else ""
+    final = options.out / f"{spec.name}-{spec.version}-{profile.name}{suffix}"
+    try:
+        temp = Path(tempfile.mkdtemp(prefix=f"{_TEMP_PREFIX}{os.getpid()}-", dir=options.out))
+    except OSError as e:
+        raise _output_error(e, options.out, profile) from e
+    try:
+        product = _assemble(spec, profile, options, temp, progress)
+        progress.step(f"{profile.name}: verifying")
+        info = verify_bundle(product, progress=progress.advance)
+        unchanged = _publish(product, final, info.digest)
+        return BuiltBundle(profile=profile.name, path=final, info=info, unchanged=unchanged)
+    except SealiftError:
+        raise
+    except OSError as e:
+        raise _output_error(e, temp, profile) from e
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _assemble(spec: Spec, profile: Profile, options: BuildOptions, temp: Path, progress: Progress) -> Path:
+    """Write the bundle's layout under ``temp``; return the directory or tar file to publish."""
+    created = dt.datetime.fromtimestamp(options.epoch, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    work = temp / "work"
+    work.mkdir()
+    writer = LayoutWriter(temp / "layout", progress=progress.advance)
+    _check_complete(spec, profile)
+    images = [_add_image(spec, profile, name, source, writer, work, options, progress)
+              for name, source in _images_for(spec, profile)]
+    files = [
+        add_file_component(writer, work, role=role, name=c.name, path=spec.directory / src, epoch=options.epoch,
+                           progress=progress, label=f"{profile.name}: {role} {c.name}")
+        for role, components in (("model", spec.models), ("config", spec.configs))
+        for c in components if (src := c.for_profile(profile.name)) is not None
+    ]
+    descriptor = _descriptor(spec, profile, images, files, created)
+    payload = _add_payload(writer, files, descriptor, created)
+    top = _add_index(writer, spec, profile, images, payload, created)
+    writer.finish(top)
+    if options.format == "dir":
+        return writer.root
+    progress.step(f"{profile.name}: writing tar")
+    write_layout_tar(writer.root, temp / "bundle.tar", mtime=options.epoch)
+    return temp / "bundle.tar"
+
+
+def _images_for(spec: Spec, profile: Profile) -> list[tuple[str, str]]:
+    return [(c.name, src) for c in spec.images if (src := c.for_profile(profile.name)) is not None]
+
+
+def _check_complete(spec: Spec, profile: Profile) -> None:
+    """Every component the app and its checks use must exist in this profile."""
+    images = {name for name, _ in _images_for(spec, profile)}
+    present = {c.name for c in (*spec.models, *spec.configs) if c.for_profile(profile.name) is not None}
+    for service in spec.app.services:
+        if service.image not in images:
+            raise SpecError(f"{spec.path}: app.services.{service.name}: image {service.image!r} has no source for profile {profile.name}")
+        for mount in service.volumes:
+            if mount.source not in present:
+                raise SpecError(f"{spec.path}: app.services.{service.name}: {mount.source!r} has no file for profile {profile.name}")
+    for check in spec.health.checks:
+        for ref in (check.input, check.expected):
+            if ref is not None and ref not in present:
+                raise SpecError(f"{spec.path}: health check {check.name}: config {ref!r} has no file for profile {profile.name}")
+
+
+def _add_image(
+    spec: Spec, profile: Profile, name: str, reference: str, writer: LayoutWriter, work: Path,
+    options: BuildOptions, progress: Progress,
+) -> _Image:
+    with open_image_source(reference, base=spec.directory, work=work, plain_http=options.plain_http) as source:
+        image = source.resolve(profile.platform)
+        missing = [d for d in (image.config, *image.layers) if not writer.blob_path(d.digest).exists()]
+        progress.step(f"{profile.name}: image {name} ({image.descriptor.digest[:19]})", total_bytes=sum(d.size for d in missing))
+        for d in missing:
+            with source.open_blob(d) as stream:
+                writer.add_stream(stream, expect=d, what=f"image {reference} blob {d.digest}")
+    digest, _ = writer.add_bytes(image.manifest)
+    if digest != image.descriptor.digest:
+        raise SourceError(f"image {reference}: manifest digest changed while copying")
+    platform = {"os": profile.platform.os, "architecture": profile.platform.architecture}
+    if profile.platform.variant:
+        platform["variant"] = profile.platform.variant
+    return _Image(name=name, resolved=image, platform=platform)
+
+
+def _descriptor(spec: Spec, profile: Profile, images: list[_Image], files: list[FileEntry], created: str) -> dict[str, Any]:
+    """The bundle descriptor: what the device needs to know to stage and run the release."""
+    platform = {k: v for k, v in vars(profile.platform).items() if v is not None}
+    return {
+        "schemaVersion": 1,
+        "name": spec.name,
+        "version": spec.version,
+        "created": created,
+        "profile": {
+            "name": profile.name,
+            "compatible": profile.compatible,
+            "platform": platform,
+            "accelerators": [{k: v for k, v in vars(a).items() if v is not None} for a in profile.accelerators],
+            "capabilities": list(profile.capabilities),
+        },
+        "images": [
+            {"name": i.name, "manifest": i.resolved.descriptor.digest, "mediaType": i.resolved.descriptor.media_type,
+             "size": i.resolved.descriptor.size, "config": i.resolved.config.digest, "platform": i.platform}
+            for i in images
+        ],
+        "models": [f.to_json() for f in files if f.role == "model"],
+        "configs": [f.to_json() for f in files if f.role == "config"],
+        "app": spec.app.to_data(),
+        "health": spec.health.to_data(),
+        "secrets": [{"name": s.name} for s in spec.secrets],
+    }
+
+
+def _add_payload(writer: LayoutWriter, files: list[FileEntry], descriptor: dict[str, Any], created: str) -> Descriptor:
+    body = canonical_json(descriptor)
+    digest, size = writer.add_bytes(body)
+    layers = [f.layer for f in files] + [
+        Descriptor(media_type=MEDIA.DESCRIPTOR, digest=digest, size=size, annotations={ANNOTATION.TITLE: "descriptor"})
+    ]
+    config_digest, config_size = writer.add_bytes(_EMPTY_CONFIG)
+    manifest = canonical_json({
+        "schemaVersion": 2,
+        "mediaType": MEDIA.MANIFEST,
+        "artifactType": MEDIA.PAYLOAD,
+        "config": {"mediaType": MEDIA.EMPTY, "digest": config_digest, "size": config_size},
+        "layers": [layer.to_json() for layer in layers],
+        "annotations": {ANNOTATION.CREATED: created},
+    })
+    digest, size = writer.add_bytes(manifest)
+    return Descriptor(media_type=MEDIA.MANIFEST, digest=digest, size=size, artifact_type=MEDIA.PAYLOAD,
+                      annotations={ANNOTATION.ROLE: "payload"})
+
+
+def _add_index(
+    writer: LayoutWriter, spec: Spec, profile: Profile, images: list[_Image], payload: Descriptor, created: str
+) -> Descriptor:
+    entries = [
+        Descriptor(media_type=i.resolved.descriptor.media_type, digest=i.resolved.descriptor.digest,
+                   size=i.resolved.descriptor.size, platform=i.platform, annotations={ANNOTATION.IMAGE: i.name})
+        for i in images
+    ]
+    annotations = {
+        ANNOTATION.NAME: spec.name,
+        ANNOTATION.VERSION: spec.version,
+        ANNOTATION.PROFILE: profile.name,
+        ANNOTATION.COMPATIBLE: profile.compatible,
+        ANNOTATION.CREATED: created,
+    }
+    index = canonical_json({
+        "schemaVersion": 2,
+        "mediaType": MEDIA.INDEX,
+        "artifactType": MEDIA.BUNDLE,
+        "manifests": [d.to_json() for d in (*entries, payload)],
+        "annotations": annotations,
+    })
+    digest, size = writer.add_bytes(index)
+    ref = {ANNOTATION.REF_NAME: f"{spec.version}-{profile.name}"}
+    return Descriptor(media_type=MEDIA.INDEX, digest=digest, size=size, artifact_type=MEDIA.BUNDLE, annotations=ref)
+
+
+def _publish(product: Path, final: Path, digest: str) -> bool:
+    """Rename the finished bundle into place; True if an identical one was already there."""
+    if final.exists() or final.is_symlink():
+        existing = _existing_digest(final)
+        if existing == digest:
+            return True
+        raise OutputError(
+            f"{final} already exists with different content ({existing or 'not a bundle'}); bundles are immutable: "
+            "bump the version or remove it"
+        )
+    os.rename(product, final)
+    _fsync_dir(final.parent)
+    return False
+
+
+def _existing_digest(path: Path) -> str | None:
+    try:
+        with open_layout(path) as reader:
+            index = json.loads(reader.read_small("index.json"))
+            return str(index["manifests"][0]["digest"])
+    except (BundleError, ValueError, KeyError, IndexError, TypeError, OSError):
+        return None
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sweep_stale_temps(out: Path) -> None:
+    """Remove temporary directories left by builds that were killed."""
+    for entry in out.glob(f"{_TEMP_PREFIX}*"):
+        match = re.match(rf"{re.escape(_TEMP_PREFIX)}(\d+)-", entry.name)
+        if match and not _alive(int(match.group(1))):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _output_error(e: OSError, where: Path, profile: Profile) -> SealiftError:
+    if e.errno == errno.ENOSPC:
+        return OutputError(f"{where}: no space left on the device while building the {profile.name} bundle; nothing was kept")
+    if e.errno == errno.EDQUOT:
+        return OutputError(f"{where}: disk quota exceeded while building the {profile.name} bundle; nothing was kept")
+    if e.filename and not str(e.filename).startswith(str(where)):
+        return SourceError(f"{e.filename}: cannot read ({e.strerror})")
+    return OutputError(f"{e.filename or where}: cannot write the {profile.name} bundle ({e.strerror})")

@@ -1,0 +1,409 @@
+"""The Sealift bundle: media types, the payload descriptor, and the one reader that checks bundles.
+
+A bundle is an OCI image layout whose top object is an image index with a Sealift artifactType.
+The index lists each container image by its manifest digest and one payload manifest whose layers
+are the models, the configs and the bundle descriptor (JSON). Everything is content-addressed, so
+the index digest covers every byte. :func:`check_bundle` is what both ``sealift build`` (on what
+it just wrote) and the device run before trusting a bundle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zstandard
+
+from bundler.errors import BundleError
+from bundler.layout import (
+    CHUNK,
+    LAYOUT_VERSION,
+    MAX_JSON_BYTES,
+    Descriptor,
+    LayoutReader,
+    Progress,
+    copy_hashed,
+    open_layout,
+)
+
+__all__ = [
+    "ANNOTATION",
+    "MEDIA",
+    "BundleInfo",
+    "CheckReport",
+    "Component",
+    "check_bundle",
+    "verify_bundle",
+]
+
+
+class MEDIA:
+    """Media and artifact types of a bundle."""
+
+    INDEX = "application/vnd.oci.image.index.v1+json"
+    MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+    DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+    DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+    EMPTY = "application/vnd.oci.empty.v1+json"
+    BUNDLE = "application/vnd.sealift.bundle.v1"
+    PAYLOAD = "application/vnd.sealift.payload.v1"
+    DESCRIPTOR = "application/vnd.sealift.descriptor.v1+json"
+    MODEL = "application/vnd.sealift.model.v1"
+    CONFIG = "application/vnd.sealift.config.v1"
+    TAR_SUFFIX = ".tar"
+    ZSTD_SUFFIX = "+zstd"
+
+
+class ANNOTATION:
+    """Annotation keys Sealift writes."""
+
+    NAME = "dev.sealift.name"
+    VERSION = "dev.sealift.version"
+    PROFILE = "dev.sealift.profile"
+    COMPATIBLE = "dev.sealift.compatible"
+    IMAGE = "dev.sealift.image"
+    ROLE = "dev.sealift.role"
+    UNCOMPRESSED_DIGEST = "dev.sealift.uncompressed.digest"
+    UNCOMPRESSED_SIZE = "dev.sealift.uncompressed.size"
+    CREATED = "org.opencontainers.image.created"
+    TITLE = "org.opencontainers.image.title"
+    REF_NAME = "org.opencontainers.image.ref.name"
+
+
+_MANIFEST_TYPES = (MEDIA.MANIFEST, MEDIA.DOCKER_MANIFEST)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Component:
+    """One part of a bundle as ``inspect`` shows it."""
+
+    kind: str  # image, model, config, descriptor
+    name: str
+    digest: str
+    size: int  # bytes stored in the bundle
+    media_type: str
+    uncompressed_size: int | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class BundleInfo:
+    """What a bundle is: its identity and its parts."""
+
+    location: str
+    digest: str  # of the top index: the one hash that covers the bundle
+    name: str
+    version: str
+    profile: str
+    compatible: str
+    created: str
+    platform: dict[str, str]
+    components: tuple[Component, ...]
+    descriptor: dict[str, Any] = field(repr=False)
+
+    @property
+    def size(self) -> int:
+        return sum(c.size for c in self.components)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "location": self.location,
+            "digest": self.digest,
+            "name": self.name,
+            "version": self.version,
+            "profile": self.profile,
+            "compatible": self.compatible,
+            "created": self.created,
+            "platform": self.platform,
+            "size": self.size,
+            "components": [
+                {k: v for k, v in vars(c).items() if v not in (None, "")} for c in self.components
+            ],
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckReport:
+    """The result of checking a bundle: what it is, and every problem found."""
+
+    bundle: BundleInfo
+    problems: tuple[str, ...]
+    bytes_checked: int
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Blob:
+    label: str
+    descriptor: Descriptor
+    uncompressed: tuple[str, int] | None = None  # (digest, size) of a zstd layer's content
+
+
+def verify_bundle(path: Path, *, progress: Progress | None = None) -> BundleInfo:
+    """Check a bundle's structure and every blob; raise BundleError naming the first problem."""
+    report = check_bundle(path, progress=progress)
+    if report.problems:
+        more = f" (and {len(report.problems) - 1} more problems)" if len(report.problems) > 1 else ""
+        raise BundleError(f"{path}: {report.problems[0]}{more}")
+    return report.bundle
+
+
+def check_bundle(path: Path, *, progress: Progress | None = None) -> CheckReport:
+    """Check a bundle and collect every bad blob.
+
+    Structural faults (no layout, a corrupt index or manifest, a descriptor that disagrees with
+    the index) raise BundleError at once; blob faults are collected, so all of them are reported.
+    """
+    with open_layout(path) as reader:
+        # (1) the layout marker and its single entry point
+        top = _entry_point(reader)
+        # (2) the top index, the manifests and the descriptor: small, read whole, digest-checked
+        info, blobs = _read_structure(reader, top)
+        # (3) every other blob, streamed: digest, size, and the content digest of compressed layers
+        problems, checked = _check_blobs(reader, blobs, progress)
+    return CheckReport(bundle=info, problems=tuple(problems), bytes_checked=checked)
+
+
+def _entry_point(reader: LayoutReader) -> Descriptor:
+    marker = _parse_json(reader.read_small("oci-layout"), f"{reader.location}: oci-layout")
+    if not isinstance(marker, dict) or marker.get("imageLayoutVersion") != LAYOUT_VERSION:
+        raise BundleError(f"{reader.location}: oci-layout does not declare imageLayoutVersion {LAYOUT_VERSION}")
+    index = _parse_json(reader.read_small("index.json"), f"{reader.location}: index.json")
+    manifests = index.get("manifests") if isinstance(index, dict) else None
+    if not isinstance(manifests, list) or len(manifests) != 1:
+        raise BundleError(f"{reader.location}: index.json must list exactly one bundle index")
+    top = Descriptor.from_json(manifests[0], where=f"{reader.location}: index.json")
+    if top.media_type != MEDIA.INDEX or top.artifact_type != MEDIA.BUNDLE:
+        raise BundleError(f"{reader.location}: index.json does not point at a Sealift bundle ({MEDIA.BUNDLE})")
+    return top
+
+
+def _read_structure(reader: LayoutReader, top: Descriptor) -> tuple[BundleInfo, list[_Blob]]:
+    index = _read_json_blob(reader, top, "bundle index")
+    annotations = index.get("annotations")
+    if index.get("artifactType") != MEDIA.BUNDLE or not isinstance(annotations, dict):
+        raise BundleError(f"{reader.location}: bundle index {top.digest} lacks its artifactType or annotations")
+    entries = [Descriptor.from_json(m, where="bundle index") for m in _list(index, "manifests", "bundle index")]
+    payloads = [d for d in entries if d.artifact_type == MEDIA.PAYLOAD]
+    if len(payloads) != 1:
+        raise BundleError(f"{reader.location}: bundle index must reference exactly one payload manifest")
+    payload_blobs, descriptor, files = _read_payload(reader, payloads[0])
+    image_blobs, image_parts = _read_images(reader, [d for d in entries if d is not payloads[0]], descriptor)
+    info = _bundle_info(reader.location, top, annotations, descriptor, [*image_parts, *files])
+    return info, [*image_blobs, *payload_blobs]
+
+
+def _read_payload(reader: LayoutReader, payload: Descriptor) -> tuple[list[_Blob], dict[str, Any], list[Component]]:
+    manifest = _read_json_blob(reader, payload, "payload manifest")
+    layers = [Descriptor.from_json(d, where="payload manifest") for d in _list(manifest, "layers", "payload manifest")]
+    config = Descriptor.from_json(manifest.get("config"), where="payload manifest config")
+    descriptors = [d for d in layers if d.media_type == MEDIA.DESCRIPTOR]
+    if len(descriptors) != 1:
+        raise BundleError(f"{reader.location}: payload manifest must hold exactly one bundle descriptor")
+    descriptor = _read_json_blob(reader, descriptors[0], "bundle descriptor")
+    blobs = [_Blob(label="payload config", descriptor=config)]
+    parts = [Component(kind="descriptor", name="descriptor", digest=descriptors[0].digest,
+                       size=descriptors[0].size + payload.size, media_type=MEDIA.DESCRIPTOR)]
+    listed = {(e["role"], e["name"]): e for e in _file_entries(descriptor)}
+    for layer in layers:
+        if layer is descriptors[0]:
+            continue
+        role, name = layer.annotations.get("dev.sealift.component", "?"), layer.annotations.get(ANNOTATION.TITLE, "?")
+        entry = listed.pop((role, name), None)
+        if entry is None or (entry["digest"], entry["size"]) != (layer.digest, layer.size):
+            raise BundleError(f"{reader.location}: payload layer {role} {name} ({layer.digest}) is not in the descriptor")
+        blobs.append(_Blob(label=f"{role} {name}", descriptor=layer, uncompressed=_uncompressed(layer)))
+        parts.append(Component(kind=role, name=name, digest=layer.digest, size=layer.size,
+                               media_type=layer.media_type, uncompressed_size=entry.get("uncompressedSize"),
+                               detail=entry.get("kind", "")))
+    if listed:
+        role, name = next(iter(listed))
+        raise BundleError(f"{reader.location}: descriptor lists {role} {name}, which the payload manifest lacks")
+    return blobs, descriptor, parts
+
+
+def _read_images(
+    reader: LayoutReader, manifests: list[Descriptor], descriptor: dict[str, Any]
+) -> tuple[list[_Blob], list[Component]]:
+    listed = {e.get("name"): e for e in _list(descriptor, "images", "descriptor")}
+    blobs: list[_Blob] = []
+    parts: list[Component] = []
+    for entry in manifests:
+        name = entry.annotations.get(ANNOTATION.IMAGE, "?")
+        wanted = listed.pop(name, None)
+        if entry.media_type not in _MANIFEST_TYPES or wanted is None or wanted.get("manifest") != entry.digest:
+            raise BundleError(f"{reader.location}: image manifest {entry.digest} ({name}) is not in the descriptor")
+        manifest = _read_json_blob(reader, entry, f"image {name} manifest")
+        config = Descriptor.from_json(manifest.get("config"), where=f"image {name} manifest")
+        layers = [Descriptor.from_json(d, where=f"image {name}") for d in _list(manifest, "layers", f"image {name}")]
+        blobs.append(_Blob(label=f"image {name} config", descriptor=config))
+        blobs += [_Blob(label=f"image {name} layer {i + 1}/{len(layers)}", descriptor=d) for i, d in enumerate(layers)]
+        size = entry.size + config.size + sum(d.size for d in layers)
+        parts.append(Component(kind="image", name=name, digest=entry.digest, size=size, media_type=entry.media_type,
+                               detail=f"{len(layers)} layers, id {config.digest[:19]}"))
+    if listed:
+        raise BundleError(f"{reader.location}: descriptor lists image {next(iter(listed))}, which the index lacks")
+    return blobs, parts
+
+
+def _bundle_info(
+    location: str, top: Descriptor, annotations: dict[str, Any], descriptor: dict[str, Any], parts: list[Component]
+) -> BundleInfo:
+    profile = descriptor.get("profile")
+    if not isinstance(profile, dict):
+        raise BundleError(f"{location}: descriptor has no profile")
+    identity = {
+        ANNOTATION.NAME: descriptor.get("name"),
+        ANNOTATION.VERSION: descriptor.get("version"),
+        ANNOTATION.PROFILE: profile.get("name"),
+        ANNOTATION.COMPATIBLE: profile.get("compatible"),
+        ANNOTATION.CREATED: descriptor.get("created"),
+    }
+    for key, value in identity.items():
+        if not isinstance(value, str) or annotations.get(key) != value:
+            raise BundleError(f"{location}: index annotation {key} disagrees with the descriptor")
+    return BundleInfo(
+        location=location,
+        digest=top.digest,
+        name=str(identity[ANNOTATION.NAME]),
+        version=str(identity[ANNOTATION.VERSION]),
+        profile=str(identity[ANNOTATION.PROFILE]),
+        compatible=str(identity[ANNOTATION.COMPATIBLE]),
+        created=str(identity[ANNOTATION.CREATED]),
+        platform=profile.get("platform") or {},
+        components=tuple(sorted(parts, key=lambda c: (c.kind, c.name))),
+        descriptor=descriptor,
+    )
+
+
+def _file_entries(descriptor: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for role, key in (("model", "models"), ("config", "configs")):
+        for entry in _list(descriptor, key, "descriptor"):
+            if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+                raise BundleError(f"descriptor: malformed {role} entry")
+            yield {**entry, "role": role}
+
+
+def _uncompressed(layer: Descriptor) -> tuple[str, int] | None:
+    if not layer.media_type.endswith(MEDIA.ZSTD_SUFFIX):
+        return None
+    digest = layer.annotations.get(ANNOTATION.UNCOMPRESSED_DIGEST)
+    size = layer.annotations.get(ANNOTATION.UNCOMPRESSED_SIZE, "")
+    if digest is None or not size.isdigit():
+        raise BundleError(f"compressed layer {layer.digest} lacks its uncompressed digest and size")
+    return digest, int(size)
+
+
+def _check_blobs(reader: LayoutReader, blobs: list[_Blob], progress: Progress | None) -> tuple[list[str], int]:
+    problems: list[str] = []
+    seen: set[str] = set()
+    checked = 0
+    for blob in blobs:
+        if blob.descriptor.digest in seen:
+            continue
+        seen.add(blob.descriptor.digest)
+        problem = _check_blob(reader, blob, progress)
+        checked += blob.descriptor.size
+        if problem:
+            problems.append(problem)
+    return problems, checked
+
+
+def _check_blob(reader: LayoutReader, blob: _Blob, progress: Progress | None) -> str | None:
+    d = blob.descriptor
+    what = f"{blob.label} ({d.digest[:19]}…)"
+    stored = reader.blob_size(d.digest)
+    if stored is None:
+        return f"{what} is missing"
+    if stored != d.size:
+        kind = "truncated" if stored < d.size else "too long"
+        return f"{what} is {kind}: {stored} bytes, expected {d.size}"
+    with reader.open_blob(d.digest) as stream:
+        if blob.uncompressed is None:
+            digest, size = copy_hashed(stream, None, limit=d.size, progress=progress)
+            content_problem = None
+        else:
+            digest, size, content_problem = _check_zstd(stream, d.size, blob.uncompressed, progress)
+    if (digest, size) != (d.digest, d.size):
+        return f"{what} is corrupt: its bytes hash to {digest}"
+    return f"{what} {content_problem}" if content_problem else None
+
+
+class _Decompressing:
+    """A write sink that decompresses into a hash, refusing more output than declared."""
+
+    def __init__(self, expected_size: int) -> None:
+        self.sink = _HashSink(limit=expected_size)
+        self.writer = zstandard.ZstdDecompressor().stream_writer(self.sink, write_size=CHUNK)  # type: ignore[arg-type]
+
+    def write(self, data: bytes | memoryview, /) -> int:
+        return int(self.writer.write(data))
+
+
+class _HashSink:
+    def __init__(self, *, limit: int) -> None:
+        self.sha = hashlib.sha256()
+        self.size = 0
+        self.limit = limit
+
+    def write(self, data: bytes | memoryview, /) -> int:
+        self.size += len(data)
+        if self.size > self.limit:
+            raise _TooLong
+        self.sha.update(data)
+        return len(data)
+
+
+class _TooLong(Exception):
+    pass
+
+
+def _check_zstd(
+    stream: Any, size: int, uncompressed: tuple[str, int], progress: Progress | None
+) -> tuple[str, int, str | None]:
+    sink = _Decompressing(uncompressed[1])
+    try:
+        digest, read = copy_hashed(stream, sink, limit=size, progress=progress)
+        sink.writer.flush()  # type: ignore[no-untyped-call]
+    except _TooLong:
+        return "", 0, f"decompresses to more than the declared {uncompressed[1]} bytes"
+    except zstandard.ZstdError as e:
+        return "", 0, f"is not valid zstd data ({e})"
+    content = (f"sha256:{sink.sink.sha.hexdigest()}", sink.sink.size)
+    if content != uncompressed:
+        return digest, read, f"decompresses to {content[1]} bytes with digest {content[0]}, expected {uncompressed[0]}"
+    return digest, read, None
+
+
+def _read_json_blob(reader: LayoutReader, d: Descriptor, what: str) -> dict[str, Any]:
+    if d.size > MAX_JSON_BYTES:
+        raise BundleError(f"{reader.location}: {what} {d.digest} is {d.size} bytes, more than {MAX_JSON_BYTES}")
+    with reader.open_blob(d.digest) as stream:
+        data = stream.read(d.size + 1)
+    if len(data) != d.size or f"sha256:{hashlib.sha256(data).hexdigest()}" != d.digest:
+        raise BundleError(f"{reader.location}: {what} ({d.digest[:19]}…) is corrupt or truncated")
+    parsed = _parse_json(data, f"{reader.location}: {what}")
+    if not isinstance(parsed, dict):
+        raise BundleError(f"{reader.location}: {what} is not a JSON object")
+    return parsed
+
+
+def _parse_json(data: bytes, where: str) -> Any:
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"{where}: not valid JSON ({e})") from e
+
+
+def _list(data: dict[str, Any], key: str, where: str) -> list[Any]:
+    value = data.get(key, [])
+    if not isinstance(value, list):
+        raise BundleError(f"{where}: {key} is not a list")
+    return value

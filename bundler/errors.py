@@ -1,0 +1,40 @@
+"""Sealift's errors, split by who is at fault.
+
+Every error carries a one-line message that names its subject, what was expected and what was
+found. The CLI prints ``diagnostics()`` once and exits non-zero; library exceptions (yaml, docker,
+oras, OSError) are wrapped with context before they leave a public function.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BundleError",
+    "OutputError",
+    "SealiftError",
+    "SourceError",
+    "SpecError",
+]
+
+
+class SealiftError(Exception):
+    """Base of every error Sealift raises on purpose."""
+
+    def diagnostics(self) -> str:
+        """The text the CLI shows: one line naming the cause."""
+        return str(self)
+
+
+class SpecError(SealiftError):
+    """A spec or profile file is missing, malformed or inconsistent (the user's input)."""
+
+
+class SourceError(SealiftError):
+    """An image, model or config source cannot be read or resolved."""
+
+
+class BundleError(SealiftError):
+    """A bundle is malformed, tampered with, truncated or incomplete."""
+
+
+class OutputError(SealiftError):
+    """A bundle cannot be written: the disk is full, the target exists and differs, or similar."""

@@ -1,0 +1,407 @@
+"""OCI image layouts: a streaming writer, and one reader for directories and tar files.
+
+Blobs are copied in fixed-size chunks while they are hashed, so no blob is ever held whole in
+memory. Readers refuse anything a hostile layout could use to escape or exhaust the reader:
+symlinks, special files, names outside ``blobs/sha256/``, and blobs longer than their descriptor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import stat
+import tarfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, BinaryIO, Protocol
+
+from bundler.errors import BundleError
+
+__all__ = [
+    "CHUNK",
+    "LAYOUT_VERSION",
+    "MAX_JSON_BYTES",
+    "Descriptor",
+    "LayoutReader",
+    "LayoutWriter",
+    "canonical_json",
+    "check_digest",
+    "copy_hashed",
+    "open_layout",
+    "write_layout_tar",
+]
+
+CHUNK = 1 << 20
+LAYOUT_VERSION = "1.0.0"
+MAX_JSON_BYTES = 4 << 20  # manifests, indexes and descriptors are small; refuse huge ones
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_BLOB_NAME = re.compile(r"blobs/sha256/[0-9a-f]{64}")
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Descriptor:
+    """An OCI content descriptor."""
+
+    media_type: str
+    digest: str
+    size: int
+    annotations: dict[str, str] = field(default_factory=dict, compare=False)
+    platform: dict[str, str] | None = field(default=None, compare=False)
+    artifact_type: str | None = field(default=None, compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+        if self.artifact_type:
+            data["artifactType"] = self.artifact_type
+        if self.platform:
+            data["platform"] = self.platform
+        if self.annotations:
+            data["annotations"] = self.annotations
+        return data
+
+    @classmethod
+    def from_json(cls, data: object, *, where: str) -> Descriptor:
+        """Parse a descriptor, refusing anything malformed with a message naming ``where``."""
+        if not isinstance(data, dict):
+            raise BundleError(f"{where}: descriptor is not a JSON object")
+        media_type, digest, size = data.get("mediaType"), data.get("digest"), data.get("size")
+        if not isinstance(media_type, str) or not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
+            raise BundleError(f"{where}: descriptor needs a mediaType and a sha256 digest")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise BundleError(f"{where}: descriptor {digest} has no valid size")
+        annotations = data.get("annotations") or {}
+        platform = data.get("platform")
+        if not isinstance(annotations, dict) or not all(isinstance(v, str) for v in annotations.values()):
+            raise BundleError(f"{where}: annotations of {digest} are not a string map")
+        if platform is not None and not isinstance(platform, dict):
+            raise BundleError(f"{where}: platform of {digest} is not an object")
+        artifact_type = data.get("artifactType")
+        return cls(
+            media_type=media_type,
+            digest=digest,
+            size=size,
+            annotations=annotations,
+            platform=platform,
+            artifact_type=artifact_type if isinstance(artifact_type, str) else None,
+        )
+
+
+def canonical_json(data: object) -> bytes:
+    """Deterministic JSON: sorted keys, no whitespace, UTF-8."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def check_digest(digest: str) -> str:
+    """``digest`` if it is a well-formed sha256 digest; BundleError otherwise."""
+    if not _DIGEST.fullmatch(digest):
+        raise BundleError(f"unsupported or malformed digest {digest[:80]!r}")
+    return digest
+
+
+class _Sink(Protocol):
+    def write(self, data: bytes | memoryview, /) -> int | None: ...
+
+
+def copy_hashed(
+    source: IO[bytes], sink: _Sink | None, *, limit: int | None = None, progress: Progress | None = None
+) -> tuple[str, int]:
+    """Copy ``source`` to ``sink`` (or nowhere) in chunks; return its sha256 digest and length.
+
+    With ``limit``, reading stops one byte past it, so an over-long stream is detected without
+    reading it all.
+    """
+    sha = hashlib.sha256()
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    total = 0
+    readinto = getattr(source, "readinto", None)
+    while limit is None or total <= limit:
+        want = CHUNK if limit is None else min(CHUNK, limit + 1 - total)
+        if readinto is not None:
+            n = readinto(view[:want])
+            chunk = view[:n]
+        else:
+            data = source.read(want)
+            n, chunk = len(data), memoryview(data)
+        if not n:
+            break
+        sha.update(chunk)
+        if sink is not None:
+            sink.write(chunk)
+        total += n
+        if progress is not None:
+            progress(n)
+    return f"sha256:{sha.hexdigest()}", total
+
+
+class LayoutWriter:
+    """Writes an OCI image layout into a directory, storing each distinct blob once."""
+
+    def __init__(self, root: Path, *, progress: Progress | None = None) -> None:
+        self.root = root
+        self.blobs = root / "blobs" / "sha256"
+        self.blobs.mkdir(parents=True, exist_ok=True)
+        self.progress = progress
+        self._count = 0
+
+    def add_bytes(self, data: bytes) -> tuple[str, int]:
+        digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
+        path = self.blob_path(digest)
+        if not path.exists():
+            self._write_new(path, data)
+        return digest, len(data)
+
+    def add_stream(self, source: IO[bytes], *, expect: Descriptor | None = None, what: str = "blob") -> tuple[str, int]:
+        """Copy a stream into the layout; with ``expect``, refuse bytes that do not match it."""
+        temp = self._temp_path()
+        try:
+            with open(temp, "wb", buffering=0) as out:
+                digest, size = copy_hashed(
+                    source, out, limit=expect.size if expect else None, progress=self.progress
+                )
+            if expect is not None and (digest, size) != (expect.digest, expect.size):
+                raise BundleError(
+                    f"{what}: source gave {size} bytes with digest {digest}, expected {expect.size} bytes "
+                    f"with {expect.digest}"
+                )
+            self._adopt(temp, digest)
+        finally:
+            temp.unlink(missing_ok=True)
+        return digest, size
+
+    def add_file(self, path: Path, *, what: str = "blob") -> tuple[str, int]:
+        with open(path, "rb", buffering=0) as source:
+            return self.add_stream(source, what=what)
+
+    def adopt(self, temp: Path, digest: str) -> None:
+        """Move a finished file, already hashed to ``digest``, into the blob store."""
+        self._adopt(temp, digest)
+
+    def temp_path(self) -> Path:
+        """A fresh temporary path on the layout's file system (the caller removes it)."""
+        return self._temp_path()
+
+    def blob_path(self, digest: str) -> Path:
+        return self.blobs / check_digest(digest).removeprefix("sha256:")
+
+    def finish(self, top: Descriptor) -> None:
+        """Write ``index.json`` and ``oci-layout``: the layout is complete only after this."""
+        index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [top.to_json()]}
+        self._write_new(self.root / "index.json", canonical_json(index))
+        self._write_new(self.root / "oci-layout", canonical_json({"imageLayoutVersion": LAYOUT_VERSION}))
+
+    def _adopt(self, temp: Path, digest: str) -> None:
+        path = self.blob_path(digest)
+        if path.exists():
+            temp.unlink()
+        else:
+            os.chmod(temp, 0o644)
+            os.replace(temp, path)
+
+    def _temp_path(self) -> Path:
+        self._count += 1
+        return self.root / f".incoming-{self._count}"
+
+    def _write_new(self, path: Path, data: bytes) -> None:
+        temp = self._temp_path()
+        temp.write_bytes(data)
+        os.chmod(temp, 0o644)
+        os.replace(temp, path)
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+
+class LayoutReader(Protocol):
+    """Read access to an OCI image layout, wherever it is stored."""
+
+    location: str
+
+    def read_small(self, name: str) -> bytes:
+        """A small top-level file (``oci-layout``, ``index.json``), at most MAX_JSON_BYTES."""
+        ...
+
+    def open_blob(self, digest: str) -> BinaryIO:
+        """A stream of the blob's bytes; BundleError if it is missing."""
+        ...
+
+    def blob_size(self, digest: str) -> int | None:
+        """The stored size of a blob, or None if it is missing."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@contextmanager
+def open_layout(path: Path, *, strict: bool = True) -> Iterator[LayoutReader]:
+    """Open an OCI layout stored as a directory or as an (uncompressed) tar file.
+
+    ``strict`` refuses a tar holding anything but the layout (bundles); without it, other entries
+    are ignored (image archives written by other tools).
+    """
+    reader: LayoutReader
+    if path.is_dir():
+        reader = _DirReader(path)
+    elif path.is_file():
+        reader = _TarReader(path, strict=strict)
+    else:
+        raise BundleError(f"{path}: no such bundle (expected an OCI layout directory or tar file)")
+    try:
+        yield reader
+    finally:
+        reader.close()
+
+
+class _DirReader:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.location = str(root)
+
+    def read_small(self, name: str) -> bytes:
+        return _read_bounded(self._regular(self.root / name, name), name, self.location)
+
+    def open_blob(self, digest: str) -> BinaryIO:
+        name = f"blobs/sha256/{check_digest(digest).removeprefix('sha256:')}"
+        return self._regular(self.root / name, name)
+
+    def blob_size(self, digest: str) -> int | None:
+        path = self.root / "blobs" / "sha256" / check_digest(digest).removeprefix("sha256:")
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            return None
+        return st.st_size
+
+    def _regular(self, path: Path, name: str) -> BinaryIO:
+        # O_NOFOLLOW: a symlinked blob could point at /dev/zero or at another bundle's files
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            raise BundleError(f"{self.location}: {name} is missing") from None
+        except OSError as e:
+            raise BundleError(f"{self.location}: {name} cannot be opened ({e.strerror})") from e
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise BundleError(f"{self.location}: {name} is not a regular file")
+        return open(fd, "rb", buffering=0)
+
+    def close(self) -> None:
+        pass
+
+
+_TAR_DIRS = {"blobs", "blobs/sha256"}
+_TAR_FILES = {"oci-layout", "index.json"}
+
+
+class _TarReader:
+    def __init__(self, path: Path, *, strict: bool) -> None:
+        self.location = str(path)
+        self.strict = strict
+        try:
+            self.tar = tarfile.open(path, "r:")  # noqa: SIM115 (closed by close())
+        except (tarfile.TarError, OSError) as e:
+            raise BundleError(f"{path}: not an uncompressed tar file ({e})") from e
+        try:
+            self.members = self._index_members()
+        except BaseException:
+            self.tar.close()
+            raise
+
+    def _index_members(self) -> dict[str, tarfile.TarInfo]:
+        members: dict[str, tarfile.TarInfo] = {}
+        try:
+            for info in self.tar:
+                name = info.name.removeprefix("./").rstrip("/")
+                if info.isdir() and name in (*_TAR_DIRS, "", "."):
+                    continue
+                if not info.isreg() or not (name in _TAR_FILES or _BLOB_NAME.fullmatch(name)):
+                    if not self.strict:
+                        continue
+                    kind = "entry" if info.isreg() else "link or special entry"
+                    raise BundleError(f"{self.location}: unexpected {kind} {info.name[:200]!r} in bundle tar")
+                if name in members:
+                    raise BundleError(f"{self.location}: {name} appears twice in bundle tar")
+                members[name] = info
+        except tarfile.TarError as e:
+            raise BundleError(f"{self.location}: tar file is damaged or truncated ({e})") from e
+        return members
+
+    def read_small(self, name: str) -> bytes:
+        return _read_bounded(self._open(name), name, self.location)
+
+    def open_blob(self, digest: str) -> BinaryIO:
+        return self._open(f"blobs/sha256/{check_digest(digest).removeprefix('sha256:')}")
+
+    def blob_size(self, digest: str) -> int | None:
+        info = self.members.get(f"blobs/sha256/{check_digest(digest).removeprefix('sha256:')}")
+        return None if info is None else info.size
+
+    def _open(self, name: str) -> BinaryIO:
+        info = self.members.get(name)
+        if info is None:
+            raise BundleError(f"{self.location}: {name} is missing")
+        stream = self.tar.extractfile(info)
+        assert stream is not None  # members holds regular files only
+        return stream  # type: ignore[return-value]
+
+    def close(self) -> None:
+        self.tar.close()
+
+
+def _read_bounded(stream: BinaryIO, name: str, location: str) -> bytes:
+    with stream:
+        data = stream.read(MAX_JSON_BYTES + 1)
+    if len(data) > MAX_JSON_BYTES:
+        raise BundleError(f"{location}: {name} is larger than {MAX_JSON_BYTES} bytes")
+    return data
+
+
+# --- tar output --------------------------------------------------------------------------------
+
+
+def write_layout_tar(root: Path, dest: Path, *, mtime: int, progress: Progress | None = None) -> None:
+    """Write the layout at ``root`` as a deterministic tar file at ``dest``.
+
+    Entries are sorted and carry fixed owners, modes and times, so equal layouts give equal tars.
+    Blob bytes move with ``os.sendfile``, so the copy stays in the kernel.
+    """
+    names = ["oci-layout", "index.json", "blobs", "blobs/sha256"]
+    names += [f"blobs/sha256/{p.name}" for p in sorted((root / "blobs" / "sha256").iterdir())]
+    with open(dest, "wb") as out:
+        for name in names:
+            path = root / name
+            info = tarfile.TarInfo(name)
+            info.mtime, info.uid, info.gid, info.uname, info.gname = mtime, 0, 0, "", ""
+            if path.is_dir():
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+            else:
+                info.size, info.mode = path.stat().st_size, 0o644
+            out.write(info.tobuf(format=tarfile.PAX_FORMAT))
+            if info.isreg():
+                _append_file(out, path, info.size, progress)
+        out.write(b"\0" * (2 * tarfile.BLOCKSIZE))  # the end-of-archive marker
+        if remainder := out.tell() % tarfile.RECORDSIZE:
+            out.write(b"\0" * (tarfile.RECORDSIZE - remainder))
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def _append_file(out: IO[bytes], path: Path, size: int, progress: Progress | None) -> None:
+    out.flush()
+    with open(path, "rb") as src:
+        sent = 0
+        while sent < size:
+            n = os.sendfile(out.fileno(), src.fileno(), sent, min(size - sent, 1 << 30))
+            if n == 0:
+                raise BundleError(f"{path}: shrank while being archived")
+            sent += n
+            if progress is not None:
+                progress(n)
+    out.seek(0, os.SEEK_END)
+    pad = -size % tarfile.BLOCKSIZE
+    out.write(b"\0" * pad)

@@ -1,0 +1,103 @@
+"""Reading images from an OCI registry, through oras-py's authenticated session.
+
+Manifests are fetched as raw bytes (a parsed and re-serialised manifest would change its
+digest) and checked against the digest the registry reports or the reference names; blobs are
+streamed. TLS is on unless the caller asks for plain HTTP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO, Any
+
+import oras.container
+import oras.provider
+import requests
+
+from bundler.bundle import MEDIA
+from bundler.errors import SourceError
+from bundler.layout import MAX_JSON_BYTES, Descriptor
+from bundler.profiles import Platform
+from bundler.sources import ResolvedImage, check_config_platform, parse_manifest, select_platform, verified
+
+__all__ = ["RegistrySource"]
+
+_ACCEPT = ", ".join((MEDIA.INDEX, MEDIA.DOCKER_LIST, MEDIA.MANIFEST, MEDIA.DOCKER_MANIFEST))
+_DIGEST_REF = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+class RegistrySource:
+    """``docker://HOST/REPO[:TAG|@DIGEST]``."""
+
+    def __init__(self, reference: str, name: str, *, plain_http: bool) -> None:
+        self.reference = reference
+        host = name.partition("/")[0]
+        if "/" not in name or not ("." in host or ":" in host or host == "localhost"):
+            raise SourceError(f"image {reference}: expected docker://HOST[:PORT]/REPO[:TAG|@DIGEST]")
+        try:
+            self.container = oras.container.Container(name)
+        except ValueError as e:
+            raise SourceError(f"image {reference}: malformed reference ({e})") from e
+        self.registry = oras.provider.Registry(hostname=host, insecure=plain_http)
+        self.scheme = "http" if plain_http else "https"
+
+    def resolve(self, platform: Platform) -> ResolvedImage:
+        tag_or_digest = self.container.digest or self.container.tag
+        body, media_type, digest = self._get_manifest(tag_or_digest)
+        entry = Descriptor(media_type=media_type, digest=digest, size=len(body))
+        if media_type in (MEDIA.INDEX, MEDIA.DOCKER_LIST):
+            entry = select_platform(self.reference, _json(body, self.reference), platform)
+            body, media_type, _ = self._get_manifest(entry.digest)
+            verified(self.reference, body, entry)
+        image = parse_manifest(self.reference, body, entry)
+        with self.open_blob(image.config) as stream:
+            check_config_platform(self.reference, verified(self.reference, stream.read(image.config.size + 1), image.config), platform)
+        return image
+
+    def _get_manifest(self, ref: str) -> tuple[bytes, str, str]:
+        url = f"{self.scheme}://{self.container.registry}/v2/{self.container.api_prefix}/manifests/{ref}"
+        response = self._request(url, headers={"Accept": _ACCEPT})
+        with response:
+            body = response.raw.read(MAX_JSON_BYTES + 1, decode_content=True)
+        if len(body) > MAX_JSON_BYTES:
+            raise SourceError(f"image {self.reference}: manifest is larger than {MAX_JSON_BYTES} bytes")
+        media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+        named = ref if _DIGEST_REF.fullmatch(ref) else response.headers.get("Docker-Content-Digest", "")
+        digest = named or f"sha256:{hashlib.sha256(body).hexdigest()}"
+        verified(self.reference, body, Descriptor(media_type=media_type, digest=digest, size=len(body)))
+        return body, media_type, digest
+
+    @contextmanager
+    def open_blob(self, blob: Descriptor) -> Iterator[IO[bytes]]:
+        url = f"{self.scheme}://{self.container.get_blob_url(blob.digest)}"
+        response = self._request(url, stream=True)
+        with response:
+            yield response.raw
+
+    def _request(self, url: str, *, headers: dict[str, str] | None = None, stream: bool = True) -> Any:
+        try:
+            response = self.registry.do_request(url, "GET", headers=headers or {}, stream=stream)
+        except requests.RequestException as e:
+            raise SourceError(f"image {self.reference}: cannot reach {self.container.registry} ({type(e).__name__})") from e
+        if response.status_code != 200:
+            response.close()
+            reason = {401: "not authorised", 403: "forbidden", 404: "not found"}.get(response.status_code, "refused")
+            raise SourceError(f"image {self.reference}: registry answered {response.status_code} ({reason}) for {url}")
+        return response
+
+    def close(self) -> None:
+        self.registry.session.close()
+
+
+def _json(body: bytes, reference: str) -> dict[str, Any]:
+    try:
+        data = json.loads(body)
+    except ValueError as e:
+        raise SourceError(f"image {reference}: manifest is not valid JSON") from e
+    if not isinstance(data, dict):
+        raise SourceError(f"image {reference}: manifest is not a JSON object")
+    return data

@@ -1,0 +1,189 @@
+"""The bundle spec, ``sealift.yaml``: what goes into a release, per hardware profile.
+
+Loaded into frozen dataclasses with safe YAML and strict validation: unknown fields, wrong types
+and dangling references are errors that name the file and the field. Profile names are checked
+against the known profiles at build time (:mod:`bundler.build`), since they live in other files.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from bundler.appdef import NAME, App, HealthPolicy, parse_app, parse_health
+from bundler.errors import SpecError
+from bundler.yamlfile import Field, load_yaml
+
+__all__ = ["ALL_PROFILES", "Component", "Secret", "Spec", "load_spec"]
+
+ALL_PROFILES = "all"
+_VERSION = re.compile(
+    r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?(?:\+[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?"
+)
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_PROFILE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Component:
+    """An image, model or config: a default source and per-profile variants.
+
+    ``source`` is an image reference for images and a path (relative to the spec) for models and
+    configs. A component with no default exists only in the profiles that name a variant.
+    """
+
+    name: str
+    default: str | None
+    variants: tuple[tuple[str, str], ...] = ()
+
+    def for_profile(self, profile: str) -> str | None:
+        """The source this component uses in ``profile``, or None if it is absent there."""
+        return dict(self.variants).get(profile, self.default)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Secret:
+    """A declared secret. Its value is read at build time from a file or the environment."""
+
+    name: str
+    environment: str | None = None
+    file: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Spec:
+    """A validated ``sealift.yaml``."""
+
+    path: Path
+    name: str
+    version: str
+    profiles: tuple[str, ...] | None  # None: every known profile
+    images: tuple[Component, ...]
+    models: tuple[Component, ...]
+    configs: tuple[Component, ...]
+    app: App
+    health: HealthPolicy
+    secrets: tuple[Secret, ...] = ()
+
+    @property
+    def directory(self) -> Path:
+        """Where relative paths in the spec are rooted."""
+        return self.path.parent
+
+    def variant_profiles(self) -> dict[str, str]:
+        """Every profile named by a variant, with the field that names it (for error messages)."""
+        named: dict[str, str] = {}
+        for kind, components in (("images", self.images), ("models", self.models), ("configs", self.configs)):
+            for component in components:
+                for profile, _ in component.variants:
+                    named.setdefault(profile, f"{kind}.{component.name}.variants.{profile}")
+        return named
+
+
+def load_spec(path: Path) -> Spec:
+    """Read and validate the spec at ``path``."""
+    root = load_yaml(path, what="bundle spec")
+    top = root.mapping(
+        required=("name", "version", "profiles", "images", "app"),
+        optional=("models", "configs", "health", "secrets"),
+    )
+    images = _components(top["images"], key="source")
+    models = _components(top["models"], key="path") if "models" in top else ()
+    configs = _components(top["configs"], key="path") if "configs" in top else ()
+    _check_unique_mountables(top, models, configs)
+    secrets = _secrets(top["secrets"]) if "secrets" in top else ()
+    app = parse_app(
+        _app_field(top["app"], path),
+        images=tuple(c.name for c in images),
+        mountable=tuple(c.name for c in (*models, *configs)),
+        secrets=tuple(s.name for s in secrets),
+    )
+    health_field = top.get("health", Field(path, "health", {}))
+    return Spec(
+        path=path,
+        name=top["name"].string(pattern=NAME, what="a name of lower-case letters, digits, '.', '_' or '-'"),
+        version=top["version"].string(pattern=_VERSION, what="a semantic version such as 1.2.0"),
+        profiles=_profiles(top["profiles"]),
+        images=images,
+        models=models,
+        configs=configs,
+        app=app,
+        health=parse_health(health_field, app=app, configs=tuple(c.name for c in configs)),
+        secrets=secrets,
+    )
+
+
+def _profiles(field: Field) -> tuple[str, ...] | None:
+    if field.value == ALL_PROFILES:
+        return None
+    names = field.string_list(pattern=_PROFILE, what=f'a profile name, or "{ALL_PROFILES}"')
+    if not names:
+        field.fail(f'at least one profile, or "{ALL_PROFILES}"')
+    if len(set(names)) != len(names):
+        raise field.error("names a profile twice")
+    return names
+
+
+def _components(field: Field, *, key: str) -> tuple[Component, ...]:
+    components = []
+    for name, sub in field.entries(key_pattern=NAME, key_what="component name"):
+        f = sub.mapping(optional=(key, "variants"))
+        variants = _variants(f["variants"], key=key) if "variants" in f else ()
+        if key not in f and not variants:
+            raise sub.error(f"needs `{key}`, or `variants` for some profiles")
+        default = _source(f[key], key) if key in f else None
+        components.append(Component(name=name, default=default, variants=variants))
+    return tuple(components)
+
+
+def _variants(field: Field, *, key: str) -> tuple[tuple[str, str], ...]:
+    result = []
+    for profile, sub in field.entries(key_pattern=_PROFILE, key_what="profile name"):
+        f = sub.mapping(required=(key,))
+        result.append((profile, _source(f[key], key)))
+    return tuple(sorted(result))
+
+
+def _source(field: Field, key: str) -> str:
+    if key == "source":
+        return field.string(what="an image reference such as oci:DIR:TAG or docker://HOST/REPO:TAG")
+    text = field.string(what="a path relative to the spec")
+    if "\x00" in text:
+        field.fail("a path without NUL characters")
+    return text
+
+
+def _check_unique_mountables(top: Mapping[str, Field], models: tuple[Component, ...], configs: tuple[Component, ...]) -> None:
+    clash = {m.name for m in models} & {c.name for c in configs}
+    if clash:
+        name = sorted(clash)[0]
+        raise top["configs"].child(name).error("is also a model name; volumes refer to both by name")
+
+
+def _secrets(field: Field) -> tuple[Secret, ...]:
+    secrets = []
+    for name, sub in field.entries(key_pattern=NAME, key_what="secret name"):
+        if isinstance(sub.value, dict) and "value" in sub.value:
+            raise sub.child("value").error("secret values never go in the spec: use `environment` or `file`")
+        f = sub.mapping(optional=("environment", "file"))
+        if len(f) != 1:
+            raise sub.error("needs exactly one of `environment` or `file`")
+        env = f["environment"].string(pattern=_ENV_NAME, what="an environment variable name") if "environment" in f else None
+        file = f["file"].string(what="a path") if "file" in f else None
+        secrets.append(Secret(name=name, environment=env, file=file))
+    return tuple(secrets)
+
+
+def _app_field(field: Field, spec_path: Path) -> Field:
+    """The app definition: inline, or in a Compose file next to the spec."""
+    if not isinstance(field.value, str):
+        return field
+    target = (spec_path.parent / field.value)
+    if not target.resolve().is_relative_to(spec_path.parent.resolve()):
+        raise field.error(f"{field.value!r} points outside the spec's directory")
+    try:
+        return load_yaml(target, what="application definition")
+    except SpecError as e:
+        raise SpecError(f"{e} (referenced from {spec_path}: app)") from e

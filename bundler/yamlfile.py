@@ -1,0 +1,216 @@
+"""Safe loading of Sealift's YAML files, and a reader that validates them field by field.
+
+Spec and profile files come from users and from other people's repositories, so loading is
+bounded: a size cap, safe construction only (no Python objects), and a cap on the number of nodes
+after alias expansion, which stops "billion laughs" documents before anything walks them.
+Every validation error names the file, the field path, what was expected and what was found.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import NoReturn
+
+import yaml
+
+from bundler.errors import SpecError
+
+__all__ = ["MAX_FILE_BYTES", "Field", "check_known", "load_yaml", "parse_duration"]
+
+MAX_FILE_BYTES = 1 << 20
+MAX_NODES = 100_000
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def load_yaml(path: Path, *, what: str) -> Field:
+    """Read ``path`` as YAML and return its root as a :class:`Field` named after the file."""
+    text = _read_text(path, what=what)
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None:
+            _count_nodes(node, path)
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise SpecError(f"{path}: not valid YAML{where}: {problem}") from e
+    return Field(path, "", value)
+
+
+def _read_text(path: Path, *, what: str) -> str:
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise SpecError(f"{path}: {what} is {size} bytes, more than the {MAX_FILE_BYTES} allowed")
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError as e:
+        raise SpecError(f"{path}: {what} not found") from e
+    except IsADirectoryError as e:
+        raise SpecError(f"{path}: {what} is a directory, expected a file") from e
+    except UnicodeDecodeError as e:
+        raise SpecError(f"{path}: {what} is not UTF-8 text") from e
+    except OSError as e:
+        raise SpecError(f"{path}: cannot read {what}: {e.strerror}") from e
+
+
+def _count_nodes(root: yaml.Node, path: Path) -> None:
+    """Count nodes as a consumer would see them, with every alias expanded, up to MAX_NODES."""
+    seen = 0
+    stack: list[yaml.Node] = [root]
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > MAX_NODES:
+            raise SpecError(f"{path}: more than {MAX_NODES} YAML nodes once aliases are expanded")
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                stack.extend((key, value))
+
+
+def parse_duration(value: object) -> float | None:
+    """Seconds from ``30``, ``2.5``, ``"500ms"``, ``"30s"``, ``"2m"`` or ``"1h"``; None if malformed."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value) if value >= 0 else None
+    if isinstance(value, str) and (m := _DURATION.match(value.strip())):
+        return float(m.group(1)) * _UNITS[m.group(2)]
+    return None
+
+
+def _describe(value: object) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return f"boolean {str(value).lower()}"
+    if isinstance(value, int | float):
+        return f"number {value}"
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        return f"string {shown!r}"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+class Field:
+    """One value of a YAML document, with the file and the dotted path that lead to it."""
+
+    def __init__(self, file: Path, path: str, value: object) -> None:
+        self.file = file
+        self.path = path
+        self.value = value
+
+    def child(self, key: str | int) -> Field:
+        """The field at ``key`` below this one (a mapping key or a list index)."""
+        if isinstance(key, int):
+            return Field(self.file, f"{self.path}[{key}]", self._value_at(key))
+        sub = f"{self.path}.{key}" if self.path else key
+        return Field(self.file, sub, self._value_at(key))
+
+    def _value_at(self, key: str | int) -> object:
+        if isinstance(key, int) and isinstance(self.value, list):
+            return self.value[key]
+        if isinstance(self.value, dict):
+            return self.value.get(key)
+        return None
+
+    def fail(self, expected: str) -> NoReturn:
+        """Raise a SpecError saying what was expected here and what was found."""
+        raise SpecError(f"{self.file}: {self.path or 'top level'}: expected {expected}, found {_describe(self.value)}")
+
+    def error(self, message: str) -> SpecError:
+        """A SpecError about this field with a free-form message."""
+        return SpecError(f"{self.file}: {self.path or 'top level'}: {message}")
+
+    @property
+    def present(self) -> bool:
+        return self.value is not None
+
+    def mapping(self, *, required: tuple[str, ...] = (), optional: tuple[str, ...] = ()) -> dict[str, Field]:
+        """Check that this is a mapping with exactly these keys allowed; return the present ones."""
+        if not isinstance(self.value, dict):
+            self.fail("a mapping")
+        allowed = (*required, *optional)
+        for key in self.value:
+            if not isinstance(key, str) or key not in allowed:
+                where = self.child(str(key))
+                raise where.error(f"unknown field (expected one of: {', '.join(sorted(allowed))})")
+        for key in required:
+            if self.value.get(key) is None:
+                raise self.child(key).error("is required")
+        return {key: self.child(key) for key in allowed if self.value.get(key) is not None}
+
+    def entries(self, *, key_pattern: re.Pattern[str], key_what: str) -> Iterator[tuple[str, Field]]:
+        """Iterate a mapping whose keys are names (of components, services, ...)."""
+        if not isinstance(self.value, dict):
+            self.fail("a mapping")
+        for key in self.value:
+            if not isinstance(key, str) or not key_pattern.fullmatch(key):
+                raise self.error(f"{key!r} is not a valid {key_what}")
+            yield key, self.child(key)
+
+    def items(self) -> list[Field]:
+        """The elements of a list."""
+        if not isinstance(self.value, list):
+            self.fail("a list")
+        return [self.child(i) for i in range(len(self.value))]
+
+    def string(self, *, pattern: re.Pattern[str] | None = None, what: str = "a string") -> str:
+        if not isinstance(self.value, str) or not self.value:
+            self.fail(what)
+        if pattern is not None and not pattern.fullmatch(self.value):
+            self.fail(what)
+        return self.value
+
+    def scalar_string(self) -> str:
+        """A string, number or boolean written as a string (environment values, as in Compose)."""
+        if isinstance(self.value, bool):
+            return str(self.value).lower()
+        if isinstance(self.value, str | int | float):
+            return str(self.value)
+        self.fail("a string or number")
+
+    def integer(self, *, low: int, high: int) -> int:
+        if isinstance(self.value, bool) or not isinstance(self.value, int) or not low <= self.value <= high:
+            self.fail(f"an integer from {low} to {high}")
+        return self.value
+
+    def number(self, *, low: float = 0.0) -> float:
+        if isinstance(self.value, bool) or not isinstance(self.value, int | float) or self.value < low:
+            self.fail(f"a number of at least {low:g}")
+        return float(self.value)
+
+    def boolean(self) -> bool:
+        if not isinstance(self.value, bool):
+            self.fail("true or false")
+        return self.value
+
+    def duration(self) -> float:
+        seconds = parse_duration(self.value)
+        if seconds is None:
+            self.fail('a duration such as 30, "500ms", "30s", "2m" or "1h"')
+        return seconds
+
+    def string_list(self, *, pattern: re.Pattern[str] | None = None, what: str = "a string") -> tuple[str, ...]:
+        """A list of strings (or a single string, taken as a one-element list)."""
+        if isinstance(self.value, str):
+            return (self.string(pattern=pattern, what=what),)
+        return tuple(item.string(pattern=pattern, what=what) for item in self.items())
+
+
+def check_known(field: Field, names: Mapping[str, object] | tuple[str, ...], *, what: str) -> str:
+    """The string in ``field``, which must name one of ``names``."""
+    name = field.string(what=f"the name of {what}")
+    if name not in names:
+        known = ", ".join(sorted(names)) or "none declared"
+        raise field.error(f"{name!r} is not a declared {what} (declared: {known})")
+    return name
