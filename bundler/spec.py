@@ -118,6 +118,8 @@ def load_spec(path: Path) -> Spec:
 def _profiles(field: Field) -> tuple[str, ...] | None:
     if field.value == ALL_PROFILES:
         return None
+    if not isinstance(field.value, list):
+        field.fail(f'a list of profile names, or "{ALL_PROFILES}"')
     names = field.string_list(pattern=_PROFILE, what=f'a profile name, or "{ALL_PROFILES}"')
     if not names:
         field.fail(f'at least one profile, or "{ALL_PROFILES}"')

@@ -1,0 +1,5 @@
+"""``python -m bundler``: the ``sealift`` command."""
+
+from bundler.cli import main
+
+main()

@@ -1,0 +1,82 @@
+"""Inputs for tests: small real OCI image layouts and bundle specs, made on the spot."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+from scripts.oci_image import FileEntry, ImageConfig, Platform, PlatformImage, write_image_layout
+
+AMD64 = "linux/amd64"
+ARM64 = "linux/arm64/v8"
+
+
+def image_layout(path: Path, *, tag: str = "1.0.0", platforms: tuple[str, ...] = (AMD64, ARM64), marker: str = "app") -> Path:
+    """A real (tiny) multi-arch image layout; ``marker`` changes its content and so its digests."""
+    images = [
+        PlatformImage(
+            platform=Platform.parse(p),
+            layers=((FileEntry(path="/app/marker", data=f"{marker} {p}\n".encode()),),),
+            config=ImageConfig(cmd=("/app/run",), exposed_ports=("8080/tcp",)),
+        )
+        for p in platforms
+    ]
+    write_image_layout(path, tag, images, epoch=0)
+    return path
+
+
+SPEC = """\
+name: demo
+version: 1.2.0
+profiles: [x86_64-cpu, x86_64-nvidia, jetson-orin]
+images:
+  app:
+    source: oci:images/app:1.0.0
+models:
+  detector:
+    path: models/int8.bin
+    variants:
+      x86_64-nvidia: {path: models/fp16.bin}
+      jetson-orin: {path: models/fp16.bin}
+configs:
+  settings:
+    path: config/settings.yaml
+  golden-in:
+    path: config/golden-in.txt
+  golden-out:
+    path: config/golden-out.json
+app:
+  services:
+    app:
+      image: app
+      command: ["/app/run", "--port", "8080"]
+      environment: {MODEL: /models/detector, LOG_LEVEL: info}
+      ports: ["8080:8080"]
+      volumes: ["detector:/models/detector:ro", "settings:/etc/app/settings.yaml"]
+      healthcheck:
+        test: ["CMD", "wget", "-q", "-O-", "http://127.0.0.1:8080/healthz"]
+        interval: 5s
+health:
+  deadline: 60s
+  stabilisation: 10s
+  checks:
+    - {name: healthz, type: http, service: app, port: 8080, path: /healthz}
+    - {name: golden, type: inference, service: app, port: 8080, path: /infer, input: golden-in, expected: golden-out, tolerance: 0.01}
+secrets:
+  api-token: {environment: DEMO_API_TOKEN}
+"""
+
+
+def project(root: Path, *, spec: str = SPEC, model_bytes: bytes | None = None) -> Path:
+    """A spec directory with its image, models and configs; returns the spec's path."""
+    image_layout(root / "images" / "app")
+    (root / "models").mkdir(parents=True, exist_ok=True)
+    (root / "models" / "int8.bin").write_bytes(model_bytes if model_bytes is not None else bytes(range(256)) * 64)
+    (root / "models" / "fp16.bin").write_bytes(b"fp16 weights " * 4096)
+    (root / "config").mkdir(exist_ok=True)
+    (root / "config" / "settings.yaml").write_text("threshold: 0.5\nlabels: [cat, dog]\n")
+    (root / "config" / "golden-in.txt").write_text("1 2 3 4\n")
+    (root / "config" / "golden-out.json").write_text('{"label": "cat"}\n')
+    path = root / "sealift.yaml"
+    path.write_text(textwrap.dedent(spec))
+    return path

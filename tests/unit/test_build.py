@@ -1,0 +1,252 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bundler.build import BuildOptions, build_bundles, select_profiles
+from bundler.bundle import MEDIA, check_bundle
+from bundler.errors import OutputError, SourceError, SpecError
+from bundler.profiles import builtin_profile_dir, load_profiles
+from bundler.spec import load_spec
+from tests.builders import AMD64, image_layout, project
+
+PROFILES = load_profiles([builtin_profile_dir()])
+
+
+def build(spec_path: Path, out: Path, *, profiles: tuple[str, ...] = (), fmt: str = "dir", epoch: int = 1_700_000_000) -> list:
+    spec = load_spec(spec_path)
+    options = BuildOptions(out=out, format="tar" if fmt == "tar" else "dir", epoch=epoch)
+    return build_bundles(spec, select_profiles(spec, PROFILES, profiles), options)
+
+
+def test_one_verified_bundle_per_target_profile(tmp_path: Path) -> None:
+    built = build(project(tmp_path / "src"), tmp_path / "out")
+    assert [b.path.name for b in built] == ["demo-1.2.0-x86_64-cpu", "demo-1.2.0-x86_64-nvidia", "demo-1.2.0-jetson-orin"]
+    for b in built:
+        report = check_bundle(b.path)
+        assert report.ok, report.problems
+        assert (report.bundle.name, report.bundle.version, report.bundle.profile) == ("demo", "1.2.0", b.profile)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(b.path.name for b in built)
+
+
+def test_index_carries_artifact_type_annotations_and_image_by_original_digest(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    spec = project(src)
+    (b,) = build(spec, tmp_path / "out", profiles=("jetson-orin",))
+    layout_index = json.loads((b.path / "index.json").read_text())
+    top_digest = layout_index["manifests"][0]["digest"]
+    top = json.loads((b.path / "blobs" / "sha256" / top_digest.removeprefix("sha256:")).read_bytes())
+    assert top["artifactType"] == MEDIA.BUNDLE
+    assert top["annotations"]["dev.sealift.profile"] == "jetson-orin"
+    assert top["annotations"]["dev.sealift.compatible"] == "sealift/jetson-orin"
+    assert top["annotations"]["org.opencontainers.image.created"] == "2023-11-14T22:13:20Z"
+    # the arm64 manifest of the multi-arch source, byte-identical and by the same digest
+    source_index = json.loads((src / "images/app/index.json").read_text())["manifests"][0]["digest"]
+    source_manifests = json.loads((src / "images/app/blobs/sha256" / source_index.removeprefix("sha256:")).read_bytes())
+    arm = next(m for m in source_manifests["manifests"] if m["platform"]["architecture"] == "arm64")
+    image_entry = next(m for m in top["manifests"] if m.get("annotations", {}).get("dev.sealift.image") == "app")
+    assert image_entry["digest"] == arm["digest"]
+    blob = arm["digest"].removeprefix("sha256:")
+    assert (b.path / "blobs/sha256" / blob).read_bytes() == (src / "images/app/blobs/sha256" / blob).read_bytes()
+
+
+def test_same_inputs_give_byte_identical_bundles_and_tar_matches_dir(tmp_path: Path) -> None:
+    spec = project(tmp_path / "src")
+    first = build(spec, tmp_path / "a")
+    second = build(spec, tmp_path / "b")
+    tars = build(spec, tmp_path / "t", fmt="tar")
+    tars_again = build(spec, tmp_path / "t2", fmt="tar")
+    assert [b.info.digest for b in first] == [b.info.digest for b in second] == [b.info.digest for b in tars]
+    for x, y in zip(tars, tars_again, strict=True):
+        assert x.path.read_bytes() == y.path.read_bytes()
+    other_time = build(spec, tmp_path / "c", epoch=1)
+    assert other_time[0].info.digest != first[0].info.digest
+
+
+def test_variants_pick_per_profile_models(tmp_path: Path) -> None:
+    built = {b.profile: b for b in build(project(tmp_path / "src"), tmp_path / "out")}
+    def model_digest(profile: str) -> str:
+        return next(m["uncompressedDigest"] for m in built[profile].info.descriptor["models"] if m["name"] == "detector")
+    assert model_digest("x86_64-nvidia") == model_digest("jetson-orin") != model_digest("x86_64-cpu")
+
+
+def test_compressible_payload_is_stored_zstd_with_content_digest(tmp_path: Path) -> None:
+    import hashlib
+
+    (b,) = build(project(tmp_path / "src"), tmp_path / "out", profiles=("x86_64-nvidia",))
+    detector = next(m for m in b.info.descriptor["models"] if m["name"] == "detector")
+    raw = (tmp_path / "src/models/fp16.bin").read_bytes()
+    assert detector["mediaType"] == MEDIA.MODEL + "+zstd"
+    assert detector["size"] < len(raw)
+    assert detector["uncompressedDigest"] == f"sha256:{hashlib.sha256(raw).hexdigest()}"
+    assert detector["uncompressedSize"] == len(raw)
+
+
+def test_incompressible_payload_is_stored_as_is(tmp_path: Path) -> None:
+    (b,) = build(project(tmp_path / "src", model_bytes=os.urandom(300_000)), tmp_path / "out", profiles=("x86_64-cpu",))
+    detector = next(m for m in b.info.descriptor["models"] if m["name"] == "detector")
+    assert detector["mediaType"] == MEDIA.MODEL
+    assert detector["digest"] == detector["uncompressedDigest"] and detector["size"] == 300_000
+
+
+def test_identical_blobs_are_stored_once(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    spec = project(src)
+    (src / "config/golden-out.json").write_text("1 2 3 4\n")  # same bytes as golden-in
+    (b,) = build(spec, tmp_path / "out", profiles=("x86_64-cpu",))
+    configs = {c["name"]: c["digest"] for c in b.info.descriptor["configs"]}
+    assert configs["golden-in"] == configs["golden-out"]
+    references = referenced_digests(b.path)
+    stored = {f"sha256:{p.name}" for p in (b.path / "blobs/sha256").iterdir()}
+    assert stored == set(references)  # nothing stored twice, nothing unreferenced
+    assert len(references) > len(stored)  # while the same bytes are referenced more than once
+
+
+def referenced_digests(layout: Path) -> list[str]:
+    """Every digest the layout references, with repeats, walking index -> manifests -> blobs."""
+    def load(digest: str) -> dict:  # type: ignore[type-arg]
+        return json.loads((layout / "blobs/sha256" / digest.removeprefix("sha256:")).read_bytes())
+
+    top = json.loads((layout / "index.json").read_text())["manifests"][0]["digest"]
+    found = [top]
+    for entry in load(top)["manifests"]:
+        manifest = load(entry["digest"])
+        found += [entry["digest"], manifest["config"]["digest"], *(layer["digest"] for layer in manifest["layers"])]
+    return found
+
+
+def test_directory_model_becomes_a_deterministic_tar_layer(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    spec = project(src)
+    model_dir = src / "models/tree"
+    (model_dir / "sub").mkdir(parents=True)
+    (model_dir / "a.bin").write_bytes(b"a" * 1000)
+    (model_dir / "sub/b.bin").write_bytes(b"b" * 1000)
+    spec.write_text(spec.read_text().replace("path: models/int8.bin", "path: models/tree"))
+    first = build(spec, tmp_path / "o1", profiles=("x86_64-cpu",))[0]
+    os.utime(model_dir / "a.bin", (1, 1))  # mtimes must not matter
+    second = build(spec, tmp_path / "o2", profiles=("x86_64-cpu",))[0]
+    detector = next(m for m in first.info.descriptor["models"] if m["name"] == "detector")
+    assert detector["kind"] == "directory" and detector["mediaType"].startswith(MEDIA.MODEL + ".tar")
+    assert first.info.digest == second.info.digest
+
+
+def test_symlink_in_model_directory_is_refused(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    spec = project(src)
+    (src / "models/tree").mkdir()
+    (src / "models/tree/escape").symlink_to("/etc/passwd")
+    spec.write_text(spec.read_text().replace("path: models/int8.bin", "path: models/tree"))
+    with pytest.raises(SpecError, match="symbolic links are not allowed"):
+        build(spec, tmp_path / "out", profiles=("x86_64-cpu",))
+    assert not list((tmp_path / "out").iterdir())
+
+
+def test_existing_bundle_is_kept_when_identical_and_refused_when_different(tmp_path: Path) -> None:
+    spec = project(tmp_path / "src")
+    (first,) = build(spec, tmp_path / "out", profiles=("x86_64-cpu",))
+    (again,) = build(spec, tmp_path / "out", profiles=("x86_64-cpu",))
+    assert again.unchanged and again.info.digest == first.info.digest
+    (tmp_path / "src/config/settings.yaml").write_text("threshold: 0.9\n")
+    with pytest.raises(OutputError, match="already exists with different content"):
+        build(spec, tmp_path / "out", profiles=("x86_64-cpu",))
+    assert check_bundle(first.path).bundle.digest == first.info.digest
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [first.path.name]
+
+
+BAD_BUILDS = [
+    ("unknown-profile-in-spec", lambda t: t.replace("jetson-orin]", "quantum-box]"), "unknown profile 'quantum-box'"),
+    ("unknown-variant-profile", lambda t: t.replace("jetson-orin: {path", "jetson-nano: {path"), "unknown profile 'jetson-nano'"),
+    ("missing-model", lambda t: t.replace("models/int8.bin", "models/absent.bin"), "absent.bin not found"),
+    ("missing-image-layout", lambda t: t.replace("oci:images/app:1.0.0", "oci:images/none:1.0.0"), "images/none not found"),
+    ("missing-tag", lambda t: t.replace("oci:images/app:1.0.0", "oci:images/app:9.9.9"), "reference 9.9.9 not found"),
+    ("bad-transport", lambda t: t.replace("oci:images/app:1.0.0", "ftp:images/app"), "unknown transport 'ftp'"),
+]
+
+
+@pytest.mark.parametrize(("edit", "message"), [b[1:] for b in BAD_BUILDS], ids=[b[0] for b in BAD_BUILDS])
+def test_bad_build_input_is_one_line_and_leaves_nothing(tmp_path: Path, edit, message: str) -> None:  # type: ignore[no-untyped-def]
+    spec = project(tmp_path / "src")
+    spec.write_text(edit(spec.read_text()))
+    out = tmp_path / "out"
+    with pytest.raises((SpecError, SourceError)) as caught:
+        build(spec, out)
+    assert message in caught.value.diagnostics() and "\n" not in caught.value.diagnostics()
+    assert not out.exists() or not list(out.iterdir())
+
+
+def test_profile_without_a_matching_platform_is_a_clear_error(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    spec = project(src)
+    image_layout(src / "images/app", platforms=(AMD64,))  # amd64 only
+    with pytest.raises(SourceError, match=r"is built for linux/amd64, the profile needs linux/arm64/v8"):
+        build(spec, tmp_path / "out", profiles=("jetson-orin",))
+    image_layout(src / "images/app", platforms=(AMD64, "linux/arm/v7"))
+    with pytest.raises(SourceError, match=r"no manifest for platform linux/arm64/v8 \(the index has: linux/amd64, linux/arm/v7\)"):
+        build(spec, tmp_path / "out", profiles=("jetson-orin",))
+    assert not list((tmp_path / "out").iterdir())
+
+
+def test_profile_not_targeted_by_the_spec_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="'rpi5-hailo8' is not a target"):
+        build(project(tmp_path / "src"), tmp_path / "out", profiles=("rpi5-hailo8",))
+
+
+def test_component_missing_for_a_profile_that_needs_it(tmp_path: Path) -> None:
+    spec = project(tmp_path / "src")
+    spec.write_text(spec.read_text().replace("    path: models/int8.bin\n", ""))  # detector only for nvidia + jetson
+    with pytest.raises(SpecError, match="'detector' has no file for profile x86_64-cpu"):
+        build(spec, tmp_path / "out", profiles=("x86_64-cpu",))
+    assert build(spec, tmp_path / "out", profiles=("jetson-orin",))[0].path.exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True, check=False)
+    if done.returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail(f"cannot mount a small tmpfs to fill: {done.stderr.decode().strip()}")
+        pytest.skip("needs root to mount a small tmpfs")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_full_disk_mid_build_is_one_line_and_leaves_nothing(tmp_path: Path, small_disk: Path) -> None:
+    spec = project(tmp_path / "src", model_bytes=os.urandom(3 << 20))  # bigger than the disk
+    with pytest.raises(OutputError) as caught:
+        build(spec, small_disk, profiles=("x86_64-cpu",))
+    assert "no space left" in caught.value.diagnostics()
+    assert list(small_disk.iterdir()) == []
+
+
+def test_killed_build_leaves_no_bundle_and_the_next_build_sweeps_its_temp(tmp_path: Path) -> None:
+    import signal
+    import sys
+    import time
+
+    spec = project(tmp_path / "src")
+    with open(tmp_path / "src/models/int8.bin", "wb") as f:
+        f.truncate(3 << 30)  # sparse: long enough to kill the build while it copies
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "bundler", "build", str(spec), "--out", str(out), "--profile", "x86_64-cpu"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not list(out.glob(".sealift-tmp-*/layout/blobs")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    leftovers = list(out.iterdir())
+    assert leftovers and all(p.name.startswith(".sealift-tmp-") for p in leftovers)
+    assert not list(out.glob("demo-*"))
+    with open(tmp_path / "src/models/int8.bin", "wb") as f:
+        f.truncate(1 << 20)
+    (b,) = build(spec, out, profiles=("x86_64-cpu",))
+    assert [p.name for p in out.iterdir()] == [b.path.name]

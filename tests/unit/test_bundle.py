@@ -1,0 +1,190 @@
+"""The bundle reader against tampered, truncated, missing and hostile input."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from bundler.build import BuildOptions, build_bundles, select_profiles
+from bundler.bundle import check_bundle, verify_bundle
+from bundler.errors import BundleError
+from bundler.profiles import builtin_profile_dir, load_profiles
+from bundler.spec import load_spec
+from tests.builders import project
+
+PROFILES = load_profiles([builtin_profile_dir()])
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("pristine")
+    spec = load_spec(project(root / "src"))
+    selected = select_profiles(spec, PROFILES, ("x86_64-nvidia",))
+    (d,) = build_bundles(spec, selected, BuildOptions(out=root / "dir", epoch=0))
+    (t,) = build_bundles(spec, selected, BuildOptions(out=root / "tar", format="tar", epoch=0))
+    return {"dir": d.path, "tar": t.path}
+
+
+@pytest.fixture
+def bundle(pristine: dict[str, Path], tmp_path: Path) -> Path:
+    copy = tmp_path / "bundle"
+    shutil.copytree(pristine["dir"], copy)
+    return copy
+
+
+def blob_of(bundle: Path, component: str) -> Path:
+    digest = next(c.digest for c in check_bundle(bundle).bundle.components if f"{c.kind} {c.name}" == component)
+    return bundle / "blobs/sha256" / digest.removeprefix("sha256:")
+
+
+def image_layer(bundle: Path) -> Path:
+    descriptor = check_bundle(bundle).bundle.descriptor
+    manifest = json.loads((bundle / "blobs/sha256" / descriptor["images"][0]["manifest"].removeprefix("sha256:")).read_bytes())
+    return bundle / "blobs/sha256" / manifest["layers"][0]["digest"].removeprefix("sha256:")
+
+
+def flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_pristine_bundle_passes_in_both_formats(pristine: dict[str, Path]) -> None:
+    for path in pristine.values():
+        report = check_bundle(path)
+        assert report.ok and report.bytes_checked > 0
+
+
+TAMPER: list[tuple[str, Callable[[Path], None], str]] = [
+    ("model-bit-flip", lambda b: flip_byte(blob_of(b, "model detector")), "model detector (sha256:"),
+    ("model-truncated", lambda b: blob_of(b, "model detector").write_bytes(blob_of(b, "model detector").read_bytes()[:-10]),
+     "is truncated"),
+    ("model-extended", lambda b: blob_of(b, "model detector").write_bytes(blob_of(b, "model detector").read_bytes() + b"x"),
+     "is too long"),
+    ("config-missing", lambda b: blob_of(b, "config settings").unlink(), "config settings (sha256:"),
+    ("image-layer-flip", lambda b: flip_byte(image_layer(b)), "image app layer 1/1"),
+]
+
+
+@pytest.mark.parametrize(("tamper", "message"), [t[1:] for t in TAMPER], ids=[t[0] for t in TAMPER])
+def test_bad_blob_is_reported_by_name(bundle: Path, tamper: Callable[[Path], None], message: str) -> None:
+    tamper(bundle)
+    report = check_bundle(bundle)
+    assert len(report.problems) == 1
+    assert message in report.problems[0]
+    with pytest.raises(BundleError, match="detector|settings|app"):
+        verify_bundle(bundle)
+
+
+def test_every_bad_blob_is_reported_not_just_the_first(bundle: Path) -> None:
+    flip_byte(blob_of(bundle, "model detector"))
+    blob_of(bundle, "config settings").unlink()
+    problems = check_bundle(bundle).problems
+    assert len(problems) == 2
+    assert any("model detector" in p and "is corrupt" in p for p in problems)
+    assert any("config settings" in p and "is missing" in p for p in problems)
+
+
+def test_compressed_layer_with_wrong_content_is_refused(bundle: Path) -> None:
+    """Re-compress other bytes into the model blob and fix up nothing: content digest must catch it."""
+    blob = blob_of(bundle, "model detector")
+    original = zstandard.ZstdDecompressor().decompress(blob.read_bytes())
+    forged = zstandard.ZstdCompressor(level=3).compress(original[:-1] + b"!")
+    assert len(forged) != blob.stat().st_size or forged != blob.read_bytes()
+    blob.write_bytes(forged)
+    problems = check_bundle(bundle).problems
+    assert problems and "model detector" in problems[0]
+
+
+STRUCTURE: list[tuple[str, Callable[[Path], None], str]] = [
+    ("no-oci-layout", lambda b: (b / "oci-layout").unlink(), "oci-layout is missing"),
+    ("index-not-json", lambda b: (b / "index.json").write_text("{nope"), "index.json: not valid JSON"),
+    ("index-two-entries", lambda b: (b / "index.json").write_text(
+        json.dumps({"manifests": [json.loads((b / "index.json").read_text())["manifests"][0]] * 2})), "exactly one bundle index"),
+    ("top-index-tampered", lambda b: flip_byte(b / "blobs/sha256" / json.loads((b / "index.json").read_text())["manifests"][0][
+        "digest"].removeprefix("sha256:")), "bundle index (sha256:"),
+    ("bad-digest-syntax", lambda b: (b / "index.json").write_text((b / "index.json").read_text().replace("sha256:", "md5:", 1)),
+     "sha256 digest"),
+]
+
+
+@pytest.mark.parametrize(("tamper", "message"), [t[1:] for t in STRUCTURE], ids=[t[0] for t in STRUCTURE])
+def test_broken_structure_is_refused(bundle: Path, tamper: Callable[[Path], None], message: str) -> None:
+    tamper(bundle)
+    with pytest.raises(BundleError) as caught:
+        check_bundle(bundle)
+    assert message in caught.value.diagnostics()
+
+
+def test_symlinked_blob_is_refused(bundle: Path, tmp_path: Path) -> None:
+    blob = blob_of(bundle, "config settings")
+    outside = tmp_path / "outside"
+    outside.write_bytes(blob.read_bytes())
+    blob.unlink()
+    blob.symlink_to(outside)
+    problems = check_bundle(bundle).problems
+    assert problems and "config settings" in problems[0]
+
+
+def rewrite_tar(source: Path, dest: Path, extra: Callable[[tarfile.TarFile], None]) -> Path:
+    with tarfile.open(source) as src, tarfile.open(dest, "w") as out:
+        for member in src.getmembers():
+            out.addfile(member, src.extractfile(member) if member.isreg() else None)
+        extra(out)
+    return dest
+
+
+def add_symlink(out: tarfile.TarFile) -> None:
+    info = tarfile.TarInfo("blobs/sha256/" + "0" * 64)
+    info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    out.addfile(info)
+
+
+def add_traversal(out: tarfile.TarFile) -> None:
+    info = tarfile.TarInfo("../../evil")
+    info.size = 4
+    out.addfile(info, io.BytesIO(b"evil"))
+
+
+def add_device(out: tarfile.TarFile) -> None:
+    info = tarfile.TarInfo("blobs/sha256/" + "1" * 64)
+    info.type = tarfile.CHRTYPE
+    out.addfile(info)
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (add_symlink, "unexpected link or special entry"),
+    (add_traversal, "unexpected entry '../../evil'"),
+    (add_device, "unexpected link or special entry"),
+], ids=["symlink", "path-traversal", "device-node"])
+def test_hostile_tar_entries_are_refused(pristine: dict[str, Path], tmp_path: Path, extra: Callable[[tarfile.TarFile], None],
+                                         message: str) -> None:
+    hostile = rewrite_tar(pristine["tar"], tmp_path / "hostile.tar", extra)
+    with pytest.raises(BundleError, match="unexpected"):
+        check_bundle(hostile)
+    with pytest.raises(BundleError) as caught:
+        check_bundle(hostile)
+    assert message in caught.value.diagnostics()
+
+
+def test_truncated_tar_is_refused(pristine: dict[str, Path], tmp_path: Path) -> None:
+    data = pristine["tar"].read_bytes()
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(BundleError):
+        verify_bundle(cut)
+
+
+def test_not_a_bundle(tmp_path: Path) -> None:
+    (tmp_path / "file.txt").write_text("hello")
+    with pytest.raises(BundleError, match="not an uncompressed tar file"):
+        check_bundle(tmp_path / "file.txt")
+    with pytest.raises(BundleError, match="no such bundle"):
+        check_bundle(tmp_path / "absent")

@@ -1,0 +1,89 @@
+"""The commands as a user runs them: exit codes, one-line errors, JSON for scripts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.builders import project
+
+
+def run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bundler", *args], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, "SOURCE_DATE_EPOCH": "1700000000", **(env or {})}, check=False, timeout=300)
+
+
+def updater(*args: str) -> subprocess.CompletedProcess[str]:
+    code = "from updater.cli import main; main()"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=False, timeout=300)
+
+
+def test_build_json_then_inspect_and_verify(tmp_path: Path) -> None:
+    spec = project(tmp_path / "src")
+    built = run("build", str(spec), "--out", str(tmp_path / "out"), "--profile", "x86_64-cpu", "--json")
+    assert built.returncode == 0, built.stderr
+    (result,) = json.loads(built.stdout)
+    assert result["profile"] == "x86_64-cpu" and result["unchanged"] is False
+    inspected = run("inspect", result["path"], "--json")
+    assert json.loads(inspected.stdout)["digest"] == result["digest"]
+    table = run("inspect", result["path"])
+    assert "detector" in table.stdout and "x86_64-cpu" in table.stdout
+    verified = run("verify", result["path"])
+    assert verified.returncode == 0 and verified.stdout.startswith("ok ")
+
+
+def test_verify_names_the_bad_blob_and_exits_non_zero(tmp_path: Path) -> None:
+    spec = project(tmp_path / "src")
+    run("build", str(spec), "--out", str(tmp_path / "out"), "--profile", "x86_64-cpu")
+    bundle = tmp_path / "out" / "demo-1.2.0-x86_64-cpu"
+    info = json.loads(run("inspect", str(bundle), "--json").stdout)
+    settings = next(c for c in info["components"] if c["name"] == "settings")
+    (bundle / "blobs/sha256" / settings["digest"].removeprefix("sha256:")).write_text("threshold: 0.0001\n")
+    done = run("verify", str(bundle), "--json")
+    assert done.returncode == 1
+    (result,) = json.loads(done.stdout)
+    assert result["ok"] is False and "config settings" in result["problems"][0]
+    plain = run("verify", str(bundle))
+    assert plain.returncode == 1 and "FAILED" in plain.stderr and "config settings" in plain.stderr
+
+
+def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
+    done = run("build", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "out"))
+    assert done.returncode == 1
+    assert done.stderr.strip().count("\n") == 0 and "bundle spec not found" in done.stderr
+    assert "Traceback" not in done.stderr
+    bad_epoch = run("build", str(project(tmp_path / "src")), "--out", str(tmp_path / "o"), env={"SOURCE_DATE_EPOCH": "yesterday"})
+    assert bad_epoch.returncode == 1 and "SOURCE_DATE_EPOCH" in bad_epoch.stderr
+
+
+def test_default_epoch_comes_from_the_specs_git_commit(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    spec = project(src)
+    git_env = {**os.environ, "GIT_AUTHOR_DATE": "@1600000000 +0000", "GIT_COMMITTER_DATE": "@1600000000 +0000",
+               "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid", "GIT_COMMITTER_NAME": "t",
+               "GIT_COMMITTER_EMAIL": "t@example.invalid"}
+    for cmd in (["git", "init", "-q"], ["git", "add", "."], ["git", "commit", "-qm", "spec"]):
+        subprocess.run(cmd, cwd=src, env=git_env, check=True)
+    env = {k: v for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH"}
+    done = subprocess.run([sys.executable, "-m", "bundler", "build", str(spec), "--out", str(tmp_path / "out"),
+                           "--profile", "x86_64-cpu", "--json"], capture_output=True, text=True, env=env, check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)[0]["created"] == "2020-09-13T12:26:40Z"
+
+
+def test_updater_refuses_a_bundle_for_other_hardware(tmp_path: Path) -> None:
+    spec = project(tmp_path / "src")
+    run("build", str(spec), "--out", str(tmp_path / "out"), "--profile", "x86_64-cpu")
+    bundle = str(tmp_path / "out" / "demo-1.2.0-x86_64-cpu")
+    assert updater("verify", bundle, "--profile", "x86_64-cpu").returncode == 0
+    refused = updater("verify", bundle, "--profile", "x86_64-nvidia")
+    assert refused.returncode == 1 and "is for profile x86_64-cpu, this device is x86_64-nvidia" in refused.stderr
+
+
+def test_help_explains_every_command() -> None:
+    for command in ("build", "inspect", "verify", "profiles"):
+        done = run(command, "--help")
+        assert done.returncode == 0 and "Usage:" in done.stdout and len(done.stdout.splitlines()) > 5
