@@ -23,12 +23,13 @@ from typing import Any, Literal
 
 from bundler.bundle import ANNOTATION, MEDIA, BundleInfo, verify_bundle
 from bundler.errors import BundleError, OutputError, SealiftError, SourceError, SpecError
-from bundler.layout import Descriptor, LayoutWriter, canonical_json, open_layout, write_layout_tar
+from bundler.layout import Descriptor, canonical_json, open_layout
 from bundler.payload import FileEntry, add_file_component
 from bundler.profiles import Profile
 from bundler.progress import Progress, QuietProgress
 from bundler.sources import ResolvedImage, open_image_source
 from bundler.spec import Spec
+from bundler.writer import LayoutWriter, open_writer
 
 __all__ = ["BuildOptions", "BuiltBundle", "build_bundles", "select_profiles", "source_date_epoch"]
 
@@ -118,7 +119,10 @@ def _build_one(spec: Spec, profile: Profile, options: BuildOptions, progress: Pr
     try:
         product = _assemble(spec, profile, options, temp, progress)
         progress.step(f"{profile.name}: verifying")
-        info = verify_bundle(product, progress=progress.advance)
+        try:
+            info = verify_bundle(product, progress=progress.advance)
+        except BundleError as e:
+            raise BundleError(f"the {profile.name} bundle failed its final check (a source changed or is corrupt): {e}") from e
         unchanged = _publish(product, final, info.digest)
         return BuiltBundle(profile=profile.name, path=final, info=info, unchanged=unchanged)
     except SealiftError:
@@ -134,7 +138,7 @@ def _assemble(spec: Spec, profile: Profile, options: BuildOptions, temp: Path, p
     created = dt.datetime.fromtimestamp(options.epoch, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     work = temp / "work"
     work.mkdir()
-    writer = LayoutWriter(temp / "layout", progress=progress.advance)
+    writer = open_writer(temp, tar=options.format == "tar", mtime=options.epoch, progress=progress.advance)
     _check_complete(spec, profile)
     images = [_add_image(spec, profile, name, source, writer, work, options, progress)
               for name, source in _images_for(spec, profile)]
@@ -148,11 +152,7 @@ def _assemble(spec: Spec, profile: Profile, options: BuildOptions, temp: Path, p
     payload = _add_payload(writer, files, descriptor, created)
     top = _add_index(writer, spec, profile, images, payload, created)
     writer.finish(top)
-    if options.format == "dir":
-        return writer.root
-    progress.step(f"{profile.name}: writing tar")
-    write_layout_tar(writer.root, temp / "bundle.tar", mtime=options.epoch)
-    return temp / "bundle.tar"
+    return writer.product
 
 
 def _images_for(spec: Spec, profile: Profile) -> list[tuple[str, str]]:
@@ -181,11 +181,15 @@ def _add_image(
 ) -> _Image:
     with open_image_source(reference, base=spec.directory, work=work, plain_http=options.plain_http) as source:
         image = source.resolve(profile.platform)
-        missing = [d for d in (image.config, *image.layers) if not writer.blob_path(d.digest).exists()]
+        missing = [d for d in (image.config, *image.layers) if not writer.has(d.digest)]
         progress.step(f"{profile.name}: image {name} ({image.descriptor.digest[:19]})", total_bytes=sum(d.size for d in missing))
         for d in missing:
+            what = f"image {reference} blob {d.digest}"
+            if (location := source.locate_blob(d)) is not None:
+                writer.add_file(location[0], offset=location[1], expect=d, what=what)
+                continue
             with source.open_blob(d) as stream:
-                writer.add_stream(stream, expect=d, what=f"image {reference} blob {d.digest}")
+                writer.add_stream(stream, expect=d, what=what)
     digest, _ = writer.add_bytes(image.manifest)
     if digest != image.descriptor.digest:
         raise SourceError(f"image {reference}: manifest digest changed while copying")

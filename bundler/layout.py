@@ -1,6 +1,6 @@
-"""OCI image layouts: a streaming writer, and one reader for directories and tar files.
+"""OCI image layouts: descriptors, and one reader for layouts stored as directories or tar files.
 
-Blobs are copied in fixed-size chunks while they are hashed, so no blob is ever held whole in
+Blobs are read in fixed-size chunks while they are hashed, so no blob is ever held whole in
 memory. Readers refuse anything a hostile layout could use to escape or exhaust the reader:
 symlinks, special files, names outside ``blobs/sha256/``, and blobs longer than their descriptor.
 """
@@ -27,12 +27,10 @@ __all__ = [
     "MAX_JSON_BYTES",
     "Descriptor",
     "LayoutReader",
-    "LayoutWriter",
     "canonical_json",
     "check_digest",
     "copy_hashed",
     "open_layout",
-    "write_layout_tar",
 ]
 
 CHUNK = 1 << 20
@@ -139,81 +137,6 @@ def copy_hashed(
     return f"sha256:{sha.hexdigest()}", total
 
 
-class LayoutWriter:
-    """Writes an OCI image layout into a directory, storing each distinct blob once."""
-
-    def __init__(self, root: Path, *, progress: Progress | None = None) -> None:
-        self.root = root
-        self.blobs = root / "blobs" / "sha256"
-        self.blobs.mkdir(parents=True, exist_ok=True)
-        self.progress = progress
-        self._count = 0
-
-    def add_bytes(self, data: bytes) -> tuple[str, int]:
-        digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
-        path = self.blob_path(digest)
-        if not path.exists():
-            self._write_new(path, data)
-        return digest, len(data)
-
-    def add_stream(self, source: IO[bytes], *, expect: Descriptor | None = None, what: str = "blob") -> tuple[str, int]:
-        """Copy a stream into the layout; with ``expect``, refuse bytes that do not match it."""
-        temp = self._temp_path()
-        try:
-            with open(temp, "wb", buffering=0) as out:
-                digest, size = copy_hashed(
-                    source, out, limit=expect.size if expect else None, progress=self.progress
-                )
-            if expect is not None and (digest, size) != (expect.digest, expect.size):
-                raise BundleError(
-                    f"{what}: source gave {size} bytes with digest {digest}, expected {expect.size} bytes "
-                    f"with {expect.digest}"
-                )
-            self._adopt(temp, digest)
-        finally:
-            temp.unlink(missing_ok=True)
-        return digest, size
-
-    def add_file(self, path: Path, *, what: str = "blob") -> tuple[str, int]:
-        with open(path, "rb", buffering=0) as source:
-            return self.add_stream(source, what=what)
-
-    def adopt(self, temp: Path, digest: str) -> None:
-        """Move a finished file, already hashed to ``digest``, into the blob store."""
-        self._adopt(temp, digest)
-
-    def temp_path(self) -> Path:
-        """A fresh temporary path on the layout's file system (the caller removes it)."""
-        return self._temp_path()
-
-    def blob_path(self, digest: str) -> Path:
-        return self.blobs / check_digest(digest).removeprefix("sha256:")
-
-    def finish(self, top: Descriptor) -> None:
-        """Write ``index.json`` and ``oci-layout``: the layout is complete only after this."""
-        index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [top.to_json()]}
-        self._write_new(self.root / "index.json", canonical_json(index))
-        self._write_new(self.root / "oci-layout", canonical_json({"imageLayoutVersion": LAYOUT_VERSION}))
-
-    def _adopt(self, temp: Path, digest: str) -> None:
-        path = self.blob_path(digest)
-        if path.exists():
-            temp.unlink()
-        else:
-            os.chmod(temp, 0o644)
-            os.replace(temp, path)
-
-    def _temp_path(self) -> Path:
-        self._count += 1
-        return self.root / f".incoming-{self._count}"
-
-    def _write_new(self, path: Path, data: bytes) -> None:
-        temp = self._temp_path()
-        temp.write_bytes(data)
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
-
-
 # --- reading -----------------------------------------------------------------------------------
 
 
@@ -232,6 +155,10 @@ class LayoutReader(Protocol):
 
     def blob_size(self, digest: str) -> int | None:
         """The stored size of a blob, or None if it is missing."""
+        ...
+
+    def locate(self, digest: str) -> tuple[Path, int] | None:
+        """The file and offset where the blob's bytes lie contiguously, for kernel copies; or None."""
         ...
 
     def close(self) -> None: ...
@@ -276,6 +203,13 @@ class _DirReader:
         except FileNotFoundError:
             return None
         return st.st_size
+
+    def locate(self, digest: str) -> tuple[Path, int] | None:
+        path = self.root / "blobs" / "sha256" / check_digest(digest).removeprefix("sha256:")
+        try:
+            return (path, 0) if stat.S_ISREG(path.lstat().st_mode) else None
+        except FileNotFoundError:
+            return None
 
     def _regular(self, path: Path, name: str) -> BinaryIO:
         # O_NOFOLLOW: a symlinked blob could point at /dev/zero or at another bundle's files
@@ -341,6 +275,12 @@ class _TarReader:
         info = self.members.get(f"blobs/sha256/{check_digest(digest).removeprefix('sha256:')}")
         return None if info is None else info.size
 
+    def locate(self, digest: str) -> tuple[Path, int] | None:
+        info = self.members.get(f"blobs/sha256/{check_digest(digest).removeprefix('sha256:')}")
+        if info is None or info.issparse():
+            return None
+        return Path(self.location), info.offset_data
+
     def _open(self, name: str) -> BinaryIO:
         info = self.members.get(name)
         if info is None:
@@ -359,49 +299,3 @@ def _read_bounded(stream: BinaryIO, name: str, location: str) -> bytes:
     if len(data) > MAX_JSON_BYTES:
         raise BundleError(f"{location}: {name} is larger than {MAX_JSON_BYTES} bytes")
     return data
-
-
-# --- tar output --------------------------------------------------------------------------------
-
-
-def write_layout_tar(root: Path, dest: Path, *, mtime: int, progress: Progress | None = None) -> None:
-    """Write the layout at ``root`` as a deterministic tar file at ``dest``.
-
-    Entries are sorted and carry fixed owners, modes and times, so equal layouts give equal tars.
-    Blob bytes move with ``os.sendfile``, so the copy stays in the kernel.
-    """
-    names = ["oci-layout", "index.json", "blobs", "blobs/sha256"]
-    names += [f"blobs/sha256/{p.name}" for p in sorted((root / "blobs" / "sha256").iterdir())]
-    with open(dest, "wb") as out:
-        for name in names:
-            path = root / name
-            info = tarfile.TarInfo(name)
-            info.mtime, info.uid, info.gid, info.uname, info.gname = mtime, 0, 0, "", ""
-            if path.is_dir():
-                info.type, info.mode = tarfile.DIRTYPE, 0o755
-            else:
-                info.size, info.mode = path.stat().st_size, 0o644
-            out.write(info.tobuf(format=tarfile.PAX_FORMAT))
-            if info.isreg():
-                _append_file(out, path, info.size, progress)
-        out.write(b"\0" * (2 * tarfile.BLOCKSIZE))  # the end-of-archive marker
-        if remainder := out.tell() % tarfile.RECORDSIZE:
-            out.write(b"\0" * (tarfile.RECORDSIZE - remainder))
-        out.flush()
-        os.fsync(out.fileno())
-
-
-def _append_file(out: IO[bytes], path: Path, size: int, progress: Progress | None) -> None:
-    out.flush()
-    with open(path, "rb") as src:
-        sent = 0
-        while sent < size:
-            n = os.sendfile(out.fileno(), src.fileno(), sent, min(size - sent, 1 << 30))
-            if n == 0:
-                raise BundleError(f"{path}: shrank while being archived")
-            sent += n
-            if progress is not None:
-                progress(n)
-    out.seek(0, os.SEEK_END)
-    pad = -size % tarfile.BLOCKSIZE
-    out.write(b"\0" * pad)

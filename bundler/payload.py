@@ -19,7 +19,8 @@ import zstandard
 
 from bundler.bundle import ANNOTATION, MEDIA
 from bundler.errors import SpecError
-from bundler.layout import Descriptor, LayoutWriter, copy_hashed
+from bundler.layout import Descriptor, copy_hashed
+from bundler.writer import LayoutWriter
 from bundler.progress import Progress
 
 __all__ = ["FileEntry", "add_file_component"]
@@ -95,8 +96,7 @@ def _store(writer: LayoutWriter, source: Path, media_type: str, progress: Progre
                 return Descriptor(media_type=media_type + MEDIA.ZSTD_SUFFIX, digest=digest, size=sink.size), content
         finally:
             temp.unlink(missing_ok=True)
-    with open(source, "rb", buffering=0) as src:
-        digest, stored = writer.add_stream(src, what=str(source))
+    digest, stored = writer.add_file(source, what=str(source))
     return Descriptor(media_type=media_type, digest=digest, size=stored), (digest, stored)
 
 

@@ -78,6 +78,9 @@ class RegistrySource:
         with response:
             yield response.raw
 
+    def locate_blob(self, blob: Descriptor) -> None:
+        return None
+
     def _request(self, url: str, *, headers: dict[str, str] | None = None, stream: bool = True) -> Any:
         try:
             response = self.registry.do_request(url, "GET", headers=headers or {}, stream=stream)

@@ -52,6 +52,10 @@ class ImageSource(Protocol):
 
     def open_blob(self, blob: Descriptor) -> AbstractContextManager[IO[bytes]]: ...
 
+    def locate_blob(self, blob: Descriptor) -> tuple[Path, int] | None:
+        """The local file and offset holding the blob's bytes, for a kernel copy; None to stream."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -194,6 +198,9 @@ class _LayoutSource:
         with stream:
             yield stream
 
+    def locate_blob(self, blob: Descriptor) -> tuple[Path, int] | None:
+        return self.reader.locate(blob.digest)
+
     def close(self) -> None:
         self._context.__exit__(None, None, None)
 
@@ -220,7 +227,7 @@ class _DockerArchiveSource:
     """
 
     def __init__(self, reference: str, path: Path, ref: str | None) -> None:
-        self.reference, self.ref = reference, ref
+        self.reference, self.ref, self.path = reference, ref, path
         self.tar = tarfile.open(path, "r:")  # noqa: SIM115 (closed by close())
         self.paths: dict[str, str] = {}
 
@@ -297,6 +304,10 @@ class _DockerArchiveSource:
     def open_blob(self, blob: Descriptor) -> Iterator[IO[bytes]]:
         with self._open(self.paths[blob.digest]) as stream:
             yield stream
+
+    def locate_blob(self, blob: Descriptor) -> tuple[Path, int] | None:
+        info = self._member(self.paths[blob.digest])
+        return None if info.issparse() else (self.path, info.offset_data)
 
     def close(self) -> None:
         self.tar.close()
