@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -302,18 +304,14 @@ def _uncompressed(layer: Descriptor) -> tuple[str, int] | None:
 
 
 def _check_blobs(reader: LayoutReader, blobs: list[_Blob], progress: Progress | None) -> tuple[list[str], int]:
-    problems: list[str] = []
-    seen: set[str] = set()
-    checked = 0
-    for blob in blobs:
-        if blob.descriptor.digest in seen:
-            continue
-        seen.add(blob.descriptor.digest)
-        problem = _check_blob(reader, blob, progress)
-        checked += blob.descriptor.size
-        if problem:
-            problems.append(problem)
-    return problems, checked
+    """Check each distinct blob once, on as many threads as there are cores (hashing releases the GIL)."""
+    unique = list({b.descriptor.digest: b for b in reversed(blobs)}.values())[::-1]
+    largest_first = sorted(unique, key=lambda b: -b.descriptor.size)
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        results = dict(zip((b.descriptor.digest for b in largest_first),
+                           pool.map(lambda b: _check_blob(reader, b, progress), largest_first), strict=True))
+    problems = [p for b in unique if (p := results[b.descriptor.digest]) is not None]
+    return problems, sum(b.descriptor.size for b in unique)
 
 
 def _check_blob(reader: LayoutReader, blob: _Blob, progress: Progress | None) -> str | None:

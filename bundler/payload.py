@@ -20,8 +20,8 @@ import zstandard
 from bundler.bundle import ANNOTATION, MEDIA
 from bundler.errors import SpecError
 from bundler.layout import Descriptor, copy_hashed
-from bundler.writer import LayoutWriter
 from bundler.progress import Progress
+from bundler.writer import LayoutWriter
 
 __all__ = ["FileEntry", "add_file_component"]
 

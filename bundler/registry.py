@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO, Any
@@ -17,6 +18,7 @@ from typing import IO, Any
 import oras.container
 import oras.provider
 import requests
+from requests.adapters import HTTPAdapter
 
 from bundler.bundle import MEDIA
 from bundler.errors import SourceError
@@ -28,6 +30,20 @@ __all__ = ["RegistrySource"]
 
 _ACCEPT = ", ".join((MEDIA.INDEX, MEDIA.DOCKER_LIST, MEDIA.MANIFEST, MEDIA.DOCKER_MANIFEST))
 _DIGEST_REF = re.compile(r"sha256:[0-9a-f]{64}")
+_TIMEOUT = (10.0, 60.0)  # seconds to connect, and between bytes received
+_RETRY_DELAYS = (0.5, 2.0)  # then give up: a build should fail fast, not wait minutes
+# oras-py retries every failure with delays growing to minutes; call the undecorated request
+# (auth handling included) and retry transport errors here, briefly.
+_REQUEST_ONCE = getattr(oras.provider.Registry.do_request, "__wrapped__", oras.provider.Registry.do_request)
+
+
+class _TimeoutAdapter(HTTPAdapter):
+    """requests has no session-wide timeout; a registry that stops answering must not hang a build."""
+
+    def send(  # type: ignore[override]
+        self, request: requests.PreparedRequest, timeout: Any = None, **kwargs: Any
+    ) -> requests.Response:
+        return super().send(request, timeout=timeout or _TIMEOUT, **kwargs)
 
 
 class RegistrySource:
@@ -43,6 +59,8 @@ class RegistrySource:
         except ValueError as e:
             raise SourceError(f"image {reference}: malformed reference ({e})") from e
         self.registry = oras.provider.Registry(hostname=host, insecure=plain_http)
+        for prefix in ("http://", "https://"):
+            self.registry.session.mount(prefix, _TimeoutAdapter())
         self.scheme = "http" if plain_http else "https"
 
     def resolve(self, platform: Platform) -> ResolvedImage:
@@ -82,10 +100,16 @@ class RegistrySource:
         return None
 
     def _request(self, url: str, *, headers: dict[str, str] | None = None, stream: bool = True) -> Any:
-        try:
-            response = self.registry.do_request(url, "GET", headers=headers or {}, stream=stream)
-        except requests.RequestException as e:
-            raise SourceError(f"image {self.reference}: cannot reach {self.container.registry} ({type(e).__name__})") from e
+        for delay in (*_RETRY_DELAYS, None):
+            try:
+                response = _REQUEST_ONCE(self.registry, url, "GET", headers=dict(headers or {}), stream=stream)
+                break
+            except (requests.ConnectionError, requests.Timeout) as e:
+                if delay is None or isinstance(e, requests.exceptions.SSLError):
+                    raise SourceError(f"image {self.reference}: cannot reach {self.container.registry} ({_reason(e)})") from e
+                time.sleep(delay)
+            except requests.RequestException as e:
+                raise SourceError(f"image {self.reference}: cannot reach {self.container.registry} ({_reason(e)})") from e
         if response.status_code != 200:
             response.close()
             reason = {401: "not authorised", 403: "forbidden", 404: "not found"}.get(response.status_code, "refused")
@@ -94,6 +118,16 @@ class RegistrySource:
 
     def close(self) -> None:
         self.registry.session.close()
+
+
+def _reason(error: Exception) -> str:
+    if isinstance(error, requests.exceptions.SSLError):
+        return "TLS handshake failed; use --plain-http for a plain-HTTP registry"
+    if isinstance(error, requests.Timeout):
+        return "timed out"
+    if isinstance(error, requests.ConnectionError):
+        return "connection refused or host unreachable"
+    return type(error).__name__
 
 
 def _json(body: bytes, reference: str) -> dict[str, Any]:

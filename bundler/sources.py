@@ -67,10 +67,10 @@ def open_image_source(reference: str, *, base: Path, work: Path, plain_http: boo
         raise SourceError(f"image {reference!r}: expected TRANSPORT:REFERENCE, e.g. oci:DIR:TAG or docker://HOST/REPO:TAG")
     source: ImageSource
     if transport == "oci":
-        path, ref = _path_and_ref(rest)
+        path, ref = _path_and_ref(rest, base)
         source = _LayoutSource(reference, base / path, ref)
     elif transport in ("oci-archive", "docker-archive"):
-        path, ref = _path_and_ref(rest)
+        path, ref = _path_and_ref(rest, base)
         source = _archive_source(reference, base / path, ref)
     elif transport == "docker-daemon":
         source = _daemon_source(reference, rest, work)
@@ -89,7 +89,13 @@ def open_image_source(reference: str, *, base: Path, work: Path, plain_http: boo
         source.close()
 
 
-def _path_and_ref(rest: str) -> tuple[str, str | None]:
+def _path_and_ref(rest: str, base: Path) -> tuple[str, str | None]:
+    """Split ``PATH[:REF]``; REF may hold colons (``NAME:TAG``), so the first existing prefix is the path."""
+    if (base / rest).exists():
+        return rest, None
+    for i, char in enumerate(rest):
+        if char == ":" and i and (base / rest[:i]).exists():
+            return rest[:i], rest[i + 1 :] or None
     path, sep, ref = rest.rpartition(":")
     if sep and path and "/" not in ref:
         return path, ref

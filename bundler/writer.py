@@ -84,7 +84,9 @@ class LayoutWriter(ABC):
         try:
             digest, size = copy_hashed(source, _FdSink(fd, start), limit=expect.size if expect else None, progress=self.progress)
             if expect is not None and (digest, size) != (expect.digest, expect.size):
-                raise BundleError(f"{what}: source gave {size} bytes with digest {digest}, expected {expect.size} bytes with {expect.digest}")
+                raise BundleError(
+                    f"{what}: source gave {size} bytes with digest {digest}, expected {expect.size} bytes with {expect.digest}"
+                )
         except BaseException:
             self._abort()
             raise
