@@ -1,0 +1,122 @@
+"""Image sources against a real Docker engine and a real registry (CNCF distribution)."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from bundler.build import BuildOptions, build_bundles, select_profiles
+from bundler.bundle import BundleInfo
+from bundler.errors import SourceError
+from bundler.profiles import builtin_profile_dir, load_profiles
+from bundler.spec import load_spec
+from tests.builders import project
+from tests.realparts import DockerEngine, Registry, busybox_image, push_to_registry
+
+PROFILES = load_profiles([builtin_profile_dir()])
+
+
+def build_with_source(tmp_path: Path, source: str, profiles: tuple[str, ...], *, plain_http: bool = False) -> list[BundleInfo]:
+    spec_path = project(tmp_path / "src")
+    spec_path.write_text(spec_path.read_text().replace("oci:images/app:1.0.0", source))
+    spec = load_spec(spec_path)
+    options = BuildOptions(out=tmp_path / "out", epoch=0, plain_http=plain_http)
+    return [b.info for b in build_bundles(spec, select_profiles(spec, PROFILES, profiles), options)]
+
+
+def image_entry(info: BundleInfo) -> dict:  # type: ignore[type-arg]
+    return dict(info.descriptor["images"][0])
+
+
+def load_from_bundle(engine: DockerEngine, bundle: Path, info: BundleInfo, tag: str) -> str:
+    """Load the bundle's image into the engine as a docker-archive streamed from the bundle's blobs.
+
+    Docker 20.10 cannot load an OCI layout, but it loads a docker-archive whose manifest.json
+    points at the OCI config and layer blobs as they are; the image ID is then the config digest.
+    """
+    entry = image_entry(info)
+    blobs = bundle / "blobs" / "sha256"
+    manifest = json.loads((blobs / entry["manifest"].removeprefix("sha256:")).read_bytes())
+    names = [manifest["config"]["digest"], *(layer["digest"] for layer in manifest["layers"])]
+    paths = [f"blobs/sha256/{d.removeprefix('sha256:')}" for d in names]
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as out:
+        index = json.dumps([{"Config": paths[0], "RepoTags": [tag], "Layers": paths[1:]}]).encode()
+        info_entry = tarfile.TarInfo("manifest.json")
+        info_entry.size = len(index)
+        out.addfile(info_entry, io.BytesIO(index))
+        for path in dict.fromkeys(paths):
+            out.add(bundle / path, arcname=path)
+    (loaded,) = engine.client.images.load(archive.getvalue())
+    return str(loaded.id)
+
+
+@pytest.mark.docker
+def test_local_engine_image_keeps_its_id_through_the_bundle(tmp_path: Path, docker_engine: DockerEngine,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    image_id = busybox_image(docker_engine, "sealift-test/daemon-src:1")
+    monkeypatch.setenv("DOCKER_HOST", docker_engine.host)
+    (info,) = build_with_source(tmp_path, "docker-daemon:sealift-test/daemon-src:1", ("x86_64-cpu",))
+    assert image_entry(info)["config"] == image_id
+    docker_engine.client.images.remove(image_id, force=True)
+    bundle = tmp_path / "out" / "demo-1.2.0-x86_64-cpu"
+    assert load_from_bundle(docker_engine, bundle, info, "sealift-test/reloaded:1") == image_id
+    run = docker_engine.client.containers.run("sealift-test/reloaded:1", network_mode="none", remove=True)
+    assert run.strip() == b"hello"
+
+
+@pytest.mark.docker
+def test_docker_save_archive_is_a_source(tmp_path: Path, docker_engine: DockerEngine) -> None:
+    image_id = busybox_image(docker_engine, "sealift-test/archive-src:2")
+    archive = tmp_path / "saved.tar"
+    with open(archive, "wb") as f:
+        for chunk in docker_engine.client.images.get("sealift-test/archive-src:2").save(named=True):
+            f.write(chunk)
+    (info,) = build_with_source(tmp_path, f"docker-archive:{archive}:sealift-test/archive-src:2", ("x86_64-cpu",))
+    assert image_entry(info)["config"] == image_id
+    with pytest.raises(SourceError, match=r"reference nope:1 not found \(the archive has: sealift-test/archive-src:2\)"):
+        build_with_source(tmp_path / "again", f"docker-archive:{archive}:nope:1", ("x86_64-cpu",))
+
+
+@pytest.mark.docker
+def test_image_missing_from_the_engine_is_a_clear_error(tmp_path: Path, docker_engine: DockerEngine,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKER_HOST", docker_engine.host)
+    with pytest.raises(SourceError, match="not found in the local Docker engine"):
+        build_with_source(tmp_path, "docker-daemon:sealift-test/absent:1", ("x86_64-cpu",))
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+@pytest.mark.registry
+def test_multi_arch_registry_image_gives_each_profile_its_platform_manifest(tmp_path: Path, registry: Registry) -> None:
+    from tests.builders import image_layout
+
+    layout = image_layout(tmp_path / "layout", marker="registry")
+    push_to_registry(f"oci:{layout}:1.0.0", f"{registry.address}/test/app:1.0.0", all_images=True)
+    top = json.loads((layout / "index.json").read_text())["manifests"][0]["digest"]
+    per_arch = {m["platform"]["architecture"]: m["digest"]
+                for m in json.loads((layout / "blobs/sha256" / top.removeprefix("sha256:")).read_bytes())["manifests"]}
+    infos = build_with_source(tmp_path, f"docker://{registry.address}/test/app:1.0.0", ("x86_64-cpu", "jetson-orin"),
+                              plain_http=True)
+    assert [image_entry(i)["manifest"] for i in infos] == [per_arch["amd64"], per_arch["arm64"]]
+    by_digest = build_with_source(tmp_path / "pinned", f"docker://{registry.address}/test/app@{top}", ("jetson-orin",),
+                                  plain_http=True)
+    assert image_entry(by_digest[0])["manifest"] == per_arch["arm64"]
+
+
+@pytest.mark.registry
+@pytest.mark.parametrize(("reference", "plain_http", "message"), [
+    ("docker://{registry}/test/never-pushed:1", True, "registry answered 404 (not found)"),
+    ("docker://127.0.0.1:9/test/app:1", True, "cannot reach 127.0.0.1:9"),
+    ("docker://{registry}/test/never-pushed:1", False, "TLS handshake failed; use --plain-http"),
+], ids=["unknown-tag", "nothing-listening", "tls-to-plain-http"])
+def test_unresolvable_registry_reference_is_a_clear_error(tmp_path: Path, registry: Registry, reference: str,
+                                                           plain_http: bool, message: str) -> None:
+    with pytest.raises(SourceError) as caught:
+        build_with_source(tmp_path, reference.format(registry=registry.address), ("x86_64-cpu",), plain_http=plain_http)
+    assert message in caught.value.diagnostics()
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
