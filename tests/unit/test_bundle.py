@@ -79,7 +79,7 @@ def test_bad_blob_is_reported_by_name(bundle: Path, tamper: Callable[[Path], Non
     report = check_bundle(bundle)
     assert len(report.problems) == 1
     assert message in report.problems[0]
-    with pytest.raises(BundleError, match="detector|settings|app"):
+    with pytest.raises(BundleError, match=r"detector|settings|app"):
         verify_bundle(bundle)
 
 

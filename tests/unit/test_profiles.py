@@ -12,7 +12,7 @@ SHIPPED = {"x86_64-cpu", "x86_64-nvidia", "jetson-orin", "rpi5-hailo8", "arm64-c
 
 def test_shipped_profiles_load_with_their_platforms() -> None:
     profiles = load_profiles([builtin_profile_dir()])
-    assert SHIPPED <= set(profiles)
+    assert set(profiles) >= SHIPPED
     assert str(profiles["jetson-orin"].platform) == "linux/arm64/v8"
     assert str(profiles["x86_64-nvidia"].platform) == "linux/amd64"
     assert {r.value for r in profiles["rpi5-hailo8"].detect_any} >= {"1e60:2864"}
@@ -55,7 +55,7 @@ def test_user_directory_adds_and_replaces_profiles(tmp_path: Path) -> None:
 )
 def test_bad_profile_is_refused_naming_the_field(tmp_path: Path, text: str, message: str) -> None:
     (tmp_path / "p.yaml").write_text(text)
-    with pytest.raises(SpecError, match="p.yaml: ") as caught:
+    with pytest.raises(SpecError, match=r"p\.yaml: ") as caught:
         load_profiles([tmp_path])
     assert message in str(caught.value)
 
