@@ -91,6 +91,8 @@ def select_profiles(spec: Spec, known: dict[str, Profile], wanted: Sequence[str]
     if not wanted or "all" in wanted:
         return [known[name] for name in targets]
     for name in wanted:
+        if name not in known:
+            raise SpecError(f"unknown profile {name!r} (known: {', '.join(sorted(known))})")
         if name not in targets:
             raise SpecError(f"profile {name!r} is not a target of {spec.path} (targets: {', '.join(targets)})")
     return [known[name] for name in targets if name in wanted]

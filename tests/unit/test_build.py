@@ -250,3 +250,35 @@ def test_killed_build_leaves_no_bundle_and_the_next_build_sweeps_its_temp(tmp_pa
         f.truncate(1 << 20)
     (b,) = build(spec, out, profiles=("x86_64-cpu",))
     assert [p.name for p in out.iterdir()] == [b.path.name]
+
+
+ESCAPES = [
+    ("name", lambda t: t.replace("name: demo", "name: ../../escaped"), "name: expected a name"),
+    ("version", lambda t: t.replace("version: 1.2.0", "version: 1.2.0/../../escaped"), "version: expected a semantic version"),
+    ("variant-key", lambda t: t.replace("jetson-orin: {path", "../escaped: {path"), "'../escaped' is not a valid profile name"),
+    ("profile-list", lambda t: t.replace("jetson-orin]", "../../escaped]"), "profiles[2]: expected"),
+]
+
+
+@pytest.mark.parametrize(("edit", "message"), [e[1:] for e in ESCAPES], ids=[e[0] for e in ESCAPES])
+def test_names_that_would_escape_the_output_directory_are_refused(tmp_path: Path, edit, message: str) -> None:  # type: ignore[no-untyped-def]
+    spec = project(tmp_path / "src")
+    spec.write_text(edit(spec.read_text()))
+    out = tmp_path / "deep" / "out"
+    with pytest.raises(SpecError) as caught:
+        build(spec, out)
+    assert message in caught.value.diagnostics()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_profile_file_with_an_escaping_name_is_refused(tmp_path: Path) -> None:
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "evil.yaml").write_text("name: ../evil\nplatform: {os: linux, architecture: amd64}\ncompatible: x\n")
+    with pytest.raises(SpecError, match=r"name: expected a profile name"):
+        load_profiles([profiles])
+
+
+def test_unknown_profile_on_the_command_line_lists_the_known_ones(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match=r"unknown profile 'x86-cpu' \(known: arm64-coral, "):
+        build(project(tmp_path / "src"), tmp_path / "out", profiles=("x86-cpu",))
