@@ -249,7 +249,7 @@ def _read_images(
         blobs += [_Blob(label=f"image {name} layer {i + 1}/{len(layers)}", descriptor=d) for i, d in enumerate(layers)]
         size = entry.size + config.size + sum(d.size for d in layers)
         parts.append(Component(kind="image", name=name, digest=entry.digest, size=size, media_type=entry.media_type,
-                               detail=f"{len(layers)} layers, id {config.digest[:19]}"))
+                               detail=f"{len(layers)} layers, image id {config.digest[7:19]}"))
     if listed:
         raise BundleError(f"{reader.location}: descriptor lists image {next(iter(listed))}, which the index lacks")
     return blobs, parts

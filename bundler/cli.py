@@ -177,18 +177,19 @@ def _print_table(info: BundleInfo) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=max(Console().width, 100))
     platform = "/".join(info.platform[k] for k in ("os", "architecture", "variant") if k in info.platform)
     console.print(f"[bold]{info.name} {info.version}[/] for [bold]{info.profile}[/] ({platform}, compatible {info.compatible})")
-    console.print(f"digest {info.digest}   created {info.created}   {_size(info.size)}")
+    console.print(f"digest  {info.digest}")
+    console.print(f"created {info.created}, {_size(info.size)} in {len(info.components)} components")
     table = Table()
     for column in ("kind", "name", "size", "digest", "detail"):
-        table.add_column(column, justify="right" if column == "size" else "left", no_wrap=column == "digest")
+        table.add_column(column, justify="right" if column == "size" else "left", no_wrap=column != "detail")
     for c in info.components:
         detail = c.detail
         if c.uncompressed_size is not None and c.uncompressed_size != c.size:
             detail = f"{detail}, zstd from {_size(c.uncompressed_size)}".lstrip(", ")
-        table.add_row(c.kind, c.name, _size(c.size), c.digest[:19], detail)
+        table.add_row(c.kind, c.name, _size(c.size), c.digest[7:19], detail)
     console.print(table)
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import json
+import tarfile
 import textwrap
 from pathlib import Path
 
@@ -80,3 +83,24 @@ def project(root: Path, *, spec: str = SPEC, model_bytes: bytes | None = None) -
     path = root / "sealift.yaml"
     path.write_text(textwrap.dedent(spec))
     return path
+
+
+def docker_archive_from_bundle(bundle: Path, manifest_digest: str, tag: str) -> bytes:
+    """A docker-archive tar of one image of a bundle directory, made of the bundle's own blobs.
+
+    Docker 20.10 cannot load an OCI layout, but it loads a docker-archive whose manifest.json
+    points at the OCI config and layer blobs as they are; the image ID is then the config digest.
+    """
+    blobs = bundle / "blobs" / "sha256"
+    manifest = json.loads((blobs / manifest_digest.removeprefix("sha256:")).read_bytes())
+    digests = [manifest["config"]["digest"], *(layer["digest"] for layer in manifest["layers"])]
+    paths = [f"blobs/sha256/{d.removeprefix('sha256:')}" for d in digests]
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as out:
+        index = json.dumps([{"Config": paths[0], "RepoTags": [tag], "Layers": paths[1:]}]).encode()
+        entry = tarfile.TarInfo("manifest.json")
+        entry.size = len(index)
+        out.addfile(entry, io.BytesIO(index))
+        for path in dict.fromkeys(paths):
+            out.add(bundle / path, arcname=path)
+    return archive.getvalue()

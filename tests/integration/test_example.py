@@ -3,12 +3,10 @@ amd64 release really answering inference from its bundle on a real Docker engine
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
 import sys
-import tarfile
 import time
 import urllib.error
 import urllib.request
@@ -18,6 +16,7 @@ import pytest
 import zstandard
 
 from bundler.bundle import check_bundle
+from tests.builders import docker_archive_from_bundle
 from tests.realparts import DockerEngine
 
 REPO = Path(__file__).resolve().parents[2]
@@ -82,26 +81,12 @@ def _payload_file(bundle: Path, descriptor: dict, role: str, name: str, dest: Pa
     return dest
 
 
-def _load_image(engine: DockerEngine, bundle: Path, manifest_digest: str, tag: str) -> None:
-    manifest = json.loads(_blob(bundle, manifest_digest).read_bytes())
-    paths = [f"blobs/sha256/{d['digest'].removeprefix('sha256:')}" for d in (manifest["config"], *manifest["layers"])]
-    archive = io.BytesIO()
-    with tarfile.open(fileobj=archive, mode="w") as out:
-        index = json.dumps([{"Config": paths[0], "RepoTags": [tag], "Layers": paths[1:]}]).encode()
-        info = tarfile.TarInfo("manifest.json")
-        info.size = len(index)
-        out.addfile(info, io.BytesIO(index))
-        for path in dict.fromkeys(paths):
-            out.add(bundle / path, arcname=path)
-    engine.client.images.load(archive.getvalue())
-
-
 @pytest.mark.docker
 def test_amd64_release_answers_golden_inference_from_its_bundle(bundles: dict[str, dict], docker_engine: DockerEngine,  # type: ignore[type-arg]
                                                                  tmp_path: Path) -> None:
     bundle = Path(bundles["x86_64-cpu"]["path"])
     descriptor = check_bundle(bundle).bundle.descriptor
-    _load_image(docker_engine, bundle, descriptor["images"][0]["manifest"], "vision-app-test:1")
+    docker_engine.client.images.load(docker_archive_from_bundle(bundle, descriptor["images"][0]["manifest"], "vision-app-test:1"))
     model = _payload_file(bundle, descriptor, "models", "detector", tmp_path / "detector.model")
     config = _payload_file(bundle, descriptor, "configs", "app-config", tmp_path / "app.conf")
     golden_in = _payload_file(bundle, descriptor, "configs", "golden-input", tmp_path / "in.txt").read_bytes()

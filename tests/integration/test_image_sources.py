@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -14,7 +12,7 @@ from bundler.bundle import BundleInfo
 from bundler.errors import SourceError
 from bundler.profiles import builtin_profile_dir, load_profiles
 from bundler.spec import load_spec
-from tests.builders import project
+from tests.builders import docker_archive_from_bundle, image_layout, project
 from tests.realparts import DockerEngine, Registry, busybox_image, push_to_registry
 
 PROFILES = load_profiles([builtin_profile_dir()])
@@ -32,29 +30,6 @@ def image_entry(info: BundleInfo) -> dict:  # type: ignore[type-arg]
     return dict(info.descriptor["images"][0])
 
 
-def load_from_bundle(engine: DockerEngine, bundle: Path, info: BundleInfo, tag: str) -> str:
-    """Load the bundle's image into the engine as a docker-archive streamed from the bundle's blobs.
-
-    Docker 20.10 cannot load an OCI layout, but it loads a docker-archive whose manifest.json
-    points at the OCI config and layer blobs as they are; the image ID is then the config digest.
-    """
-    entry = image_entry(info)
-    blobs = bundle / "blobs" / "sha256"
-    manifest = json.loads((blobs / entry["manifest"].removeprefix("sha256:")).read_bytes())
-    names = [manifest["config"]["digest"], *(layer["digest"] for layer in manifest["layers"])]
-    paths = [f"blobs/sha256/{d.removeprefix('sha256:')}" for d in names]
-    archive = io.BytesIO()
-    with tarfile.open(fileobj=archive, mode="w") as out:
-        index = json.dumps([{"Config": paths[0], "RepoTags": [tag], "Layers": paths[1:]}]).encode()
-        info_entry = tarfile.TarInfo("manifest.json")
-        info_entry.size = len(index)
-        out.addfile(info_entry, io.BytesIO(index))
-        for path in dict.fromkeys(paths):
-            out.add(bundle / path, arcname=path)
-    (loaded,) = engine.client.images.load(archive.getvalue())
-    return str(loaded.id)
-
-
 @pytest.mark.docker
 def test_local_engine_image_keeps_its_id_through_the_bundle(tmp_path: Path, docker_engine: DockerEngine,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
@@ -64,7 +39,9 @@ def test_local_engine_image_keeps_its_id_through_the_bundle(tmp_path: Path, dock
     assert image_entry(info)["config"] == image_id
     docker_engine.client.images.remove(image_id, force=True)
     bundle = tmp_path / "out" / "demo-1.2.0-x86_64-cpu"
-    assert load_from_bundle(docker_engine, bundle, info, "sealift-test/reloaded:1") == image_id
+    archive = docker_archive_from_bundle(bundle, image_entry(info)["manifest"], "sealift-test/reloaded:1")
+    (loaded,) = docker_engine.client.images.load(archive)
+    assert loaded.id == image_id
     run = docker_engine.client.containers.run("sealift-test/reloaded:1", network_mode="none", remove=True)
     assert run.strip() == b"hello"
 
@@ -93,8 +70,6 @@ def test_image_missing_from_the_engine_is_a_clear_error(tmp_path: Path, docker_e
 
 @pytest.mark.registry
 def test_multi_arch_registry_image_gives_each_profile_its_platform_manifest(tmp_path: Path, registry: Registry) -> None:
-    from tests.builders import image_layout
-
     layout = image_layout(tmp_path / "layout", marker="registry")
     push_to_registry(f"oci:{layout}:1.0.0", f"{registry.address}/test/app:1.0.0", all_images=True)
     top = json.loads((layout / "index.json").read_text())["manifests"][0]["digest"]
