@@ -219,12 +219,14 @@ def _read_payload(reader: LayoutReader, payload: Descriptor) -> tuple[list[_Blob
             continue
         role, name = layer.annotations.get("dev.sealift.component", "?"), layer.annotations.get(ANNOTATION.TITLE, "?")
         entry = listed.pop((role, name), None)
-        if entry is None or (entry["digest"], entry["size"]) != (layer.digest, layer.size):
+        content = _uncompressed(layer) or (layer.digest, layer.size)
+        if entry is None:
             raise BundleError(f"{reader.location}: payload layer {role} {name} ({layer.digest}) is not in the descriptor")
+        if _entry_identity(entry) != (layer.media_type, layer.digest, layer.size, *content):
+            raise BundleError(f"{reader.location}: payload layer {role} {name} ({layer.digest}) disagrees with the descriptor")
         blobs.append(_Blob(label=f"{role} {name}", descriptor=layer, uncompressed=_uncompressed(layer)))
         parts.append(Component(kind=role, name=name, digest=layer.digest, size=layer.size,
-                               media_type=layer.media_type, uncompressed_size=entry.get("uncompressedSize"),
-                               detail=entry.get("kind", "")))
+                               media_type=layer.media_type, uncompressed_size=content[1], detail=str(entry["kind"])))
     if listed:
         role, name = next(iter(listed))
         raise BundleError(f"{reader.location}: descriptor lists {role} {name}, which the payload manifest lacks")
@@ -234,7 +236,10 @@ def _read_payload(reader: LayoutReader, payload: Descriptor) -> tuple[list[_Blob
 def _read_images(
     reader: LayoutReader, manifests: list[Descriptor], descriptor: dict[str, Any]
 ) -> tuple[list[_Blob], list[Component]]:
-    listed = {e.get("name"): e for e in _list(descriptor, "images", "descriptor")}
+    images = _list(descriptor, "images", "descriptor")
+    if not all(isinstance(e, dict) and isinstance(e.get("name"), str) for e in images):
+        raise BundleError(f"{reader.location}: descriptor: malformed image entry")
+    listed = {e["name"]: e for e in images}
     blobs: list[_Blob] = []
     parts: list[Component] = []
     for entry in manifests:
@@ -261,6 +266,9 @@ def _bundle_info(
     profile = descriptor.get("profile")
     if not isinstance(profile, dict):
         raise BundleError(f"{location}: descriptor has no profile")
+    platform = profile.get("platform")
+    if not isinstance(platform, dict) or not all(isinstance(v, str) for v in platform.values()):
+        raise BundleError(f"{location}: descriptor has no valid profile and platform")
     identity = {
         ANNOTATION.NAME: descriptor.get("name"),
         ANNOTATION.VERSION: descriptor.get("version"),
@@ -279,18 +287,29 @@ def _bundle_info(
         profile=str(identity[ANNOTATION.PROFILE]),
         compatible=str(identity[ANNOTATION.COMPATIBLE]),
         created=str(identity[ANNOTATION.CREATED]),
-        platform=profile.get("platform") or {},
+        platform=platform,
         components=tuple(sorted(parts, key=lambda c: (c.kind, c.name))),
         descriptor=descriptor,
     )
 
 
+_FILE_ENTRY_TYPES = {
+    "name": str, "kind": str, "mediaType": str, "digest": str, "size": int, "uncompressedDigest": str, "uncompressedSize": int,
+}
+
+
 def _file_entries(descriptor: dict[str, Any]) -> Iterator[dict[str, Any]]:
     for role, key in (("model", "models"), ("config", "configs")):
         for entry in _list(descriptor, key, "descriptor"):
-            if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
-                raise BundleError(f"descriptor: malformed {role} entry")
+            if not isinstance(entry, dict) or not all(isinstance(entry.get(k), t) for k, t in _FILE_ENTRY_TYPES.items()):
+                raise BundleError(f"descriptor: malformed {role} entry (expected {', '.join(_FILE_ENTRY_TYPES)})")
+            if entry["kind"] not in ("file", "directory"):
+                raise BundleError(f"descriptor: {role} {entry['name']} has unknown kind {str(entry['kind'])[:40]!r}")
             yield {**entry, "role": role}
+
+
+def _entry_identity(entry: dict[str, Any]) -> tuple[object, ...]:
+    return tuple(entry[k] for k in ("mediaType", "digest", "size", "uncompressedDigest", "uncompressedSize"))
 
 
 def _uncompressed(layer: Descriptor) -> tuple[str, int] | None:

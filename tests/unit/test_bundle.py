@@ -188,3 +188,49 @@ def test_not_a_bundle(tmp_path: Path) -> None:
         check_bundle(tmp_path / "file.txt")
     with pytest.raises(BundleError, match="no such bundle"):
         check_bundle(tmp_path / "absent")
+
+
+def rewrite_descriptor(bundle: Path, change: Callable[[dict], None]) -> None:  # type: ignore[type-arg]
+    """Edit the descriptor and re-seal every digest above it, as a forger with write access would."""
+    import hashlib
+
+    def put(data: bytes) -> tuple[str, int]:
+        digest = hashlib.sha256(data).hexdigest()
+        (bundle / "blobs/sha256" / digest).write_bytes(data)
+        return f"sha256:{digest}", len(data)
+
+    def load(digest: str) -> dict:  # type: ignore[type-arg]
+        return json.loads((bundle / "blobs/sha256" / digest.removeprefix("sha256:")).read_bytes())
+
+    layout = json.loads((bundle / "index.json").read_text())
+    top = load(layout["manifests"][0]["digest"])
+    payload_entry = next(m for m in top["manifests"] if m.get("artifactType") == "application/vnd.sealift.payload.v1")
+    payload = load(payload_entry["digest"])
+    layer = next(lay for lay in payload["layers"] if lay["mediaType"] == "application/vnd.sealift.descriptor.v1+json")
+    descriptor = load(layer["digest"])
+    change(descriptor)
+    layer["digest"], layer["size"] = put(json.dumps(descriptor).encode())
+    payload_entry["digest"], payload_entry["size"] = put(json.dumps(payload).encode())
+    layout["manifests"][0]["digest"], layout["manifests"][0]["size"] = put(json.dumps(top).encode())
+    (bundle / "index.json").write_text(json.dumps(layout))
+
+
+FORGED: list[tuple[str, Callable[[dict], None], str]] = [  # type: ignore[type-arg]
+    ("model-size-wrong-type", lambda d: d["models"][0].update(size="big"), "malformed model entry"),
+    ("model-kind-unknown", lambda d: d["models"][0].update(kind="socket"), "unknown kind 'socket'"),
+    ("model-content-digest-lies", lambda d: d["models"][0].update(uncompressedDigest="sha256:" + "0" * 64),
+     "disagrees with the descriptor"),
+    ("image-entry-not-object", lambda d: d.update(images=["vision"]), "malformed image entry"),
+    ("platform-not-object", lambda d: d["profile"].update(platform="linux/amd64"), "no valid profile and platform"),
+    ("profile-renamed", lambda d: d["profile"].update(name="jetson-orin"), "dev.sealift.profile disagrees"),
+    ("config-dropped", lambda d: d["configs"].pop(0), "is not in the descriptor"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), [f[1:] for f in FORGED], ids=[f[0] for f in FORGED])
+def test_descriptor_that_disagrees_with_the_bundle_is_refused(bundle: Path, change: Callable[[dict], None],  # type: ignore[type-arg]
+                                                              message: str) -> None:
+    rewrite_descriptor(bundle, change)
+    with pytest.raises(BundleError) as caught:
+        check_bundle(bundle)
+    assert message in caught.value.diagnostics()
