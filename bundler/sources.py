@@ -14,12 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+import re
 import tarfile
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, TypeGuard
 
 from bundler.bundle import MEDIA
 from bundler.errors import BundleError, SourceError
@@ -32,6 +33,7 @@ _INDEX_TYPES = (MEDIA.INDEX, MEDIA.DOCKER_LIST)
 _MANIFEST_TYPES = (MEDIA.MANIFEST, MEDIA.DOCKER_MANIFEST)
 _OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
 _OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -104,7 +106,13 @@ def _path_and_ref(rest: str, base: Path) -> tuple[str, str | None]:
 
 def select_platform(reference: str, index: dict[str, Any], platform: Platform) -> Descriptor:
     """The manifest for ``platform`` in a multi-arch index; SourceError naming what it has otherwise."""
-    entries = [Descriptor.from_json(m, where=reference) for m in index.get("manifests", [])]
+    manifests = index.get("manifests")
+    if not isinstance(manifests, list):
+        raise SourceError(f"image {reference}: the image index has no manifests list")
+    try:
+        entries = [Descriptor.from_json(m, where=f"image {reference} index") for m in manifests]
+    except BundleError as e:
+        raise SourceError(str(e)) from e
     offered = []
     for entry in entries:
         p = entry.platform or {}
@@ -144,6 +152,10 @@ def verified(reference: str, body: bytes, descriptor: Descriptor) -> bytes:
     return body
 
 
+def _strings(value: object) -> TypeGuard[list[str]]:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
 def _json_object(body: bytes, what: str) -> dict[str, Any]:
     try:
         data = json.loads(body)
@@ -177,7 +189,10 @@ class _LayoutSource:
     def _entry(self) -> Descriptor:
         try:
             index = _json_object(self.reader.read_small("index.json"), f"image {self.reference} index.json")
-            entries = [Descriptor.from_json(m, where=self.reference) for m in index.get("manifests", [])]
+            manifests = index.get("manifests")
+            if not isinstance(manifests, list):
+                raise BundleError("index.json has no manifests list")
+            entries = [Descriptor.from_json(m, where="index.json") for m in manifests]
         except BundleError as e:
             raise SourceError(f"image {self.reference}: {e}") from e
         names = [e.annotations.get("org.opencontainers.image.ref.name") for e in entries]
@@ -239,16 +254,20 @@ class _DockerArchiveSource:
 
     def resolve(self, platform: Platform) -> ResolvedImage:
         entry = self._entry()
-        config_bytes = self._read_member(str(entry.get("Config")), MAX_JSON_BYTES)
+        config_path, layer_paths = entry.get("Config"), entry.get("Layers")
+        if not isinstance(config_path, str) or not _strings(layer_paths):
+            raise SourceError(f"image {self.reference}: manifest.json entry lacks Config or Layers")
+        config_bytes = self._read_member(config_path, MAX_JSON_BYTES)
         check_config_platform(self.reference, config_bytes, platform)
-        config = _json_object(config_bytes, f"image {self.reference} config")
-        diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
-        layer_paths = entry.get("Layers") or []
+        rootfs = _json_object(config_bytes, f"image {self.reference} config").get("rootfs")
+        diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+        if not _strings(diff_ids) or not all(_DIGEST.fullmatch(d) for d in diff_ids):
+            raise SourceError(f"image {self.reference}: config has no valid rootfs.diff_ids")
         if len(diff_ids) != len(layer_paths):
             raise SourceError(f"image {self.reference}: config lists {len(diff_ids)} layers, the archive {len(layer_paths)}")
         config_digest = f"sha256:{hashlib.sha256(config_bytes).hexdigest()}"
         config_d = Descriptor(media_type=_OCI_CONFIG, digest=config_digest, size=len(config_bytes))
-        self.paths[config_digest] = str(entry["Config"])
+        self.paths[config_digest] = config_path
         layers = []
         for diff_id, layer_path in zip(diff_ids, layer_paths, strict=True):
             self.paths[diff_id] = layer_path
@@ -269,16 +288,19 @@ class _DockerArchiveSource:
         )
 
     def _entry(self) -> dict[str, Any]:
-        data = json.loads(self._read_member("manifest.json", MAX_JSON_BYTES))
-        if not isinstance(data, list) or not data:
+        try:
+            data = json.loads(self._read_member("manifest.json", MAX_JSON_BYTES))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise SourceError(f"image {self.reference}: manifest.json is not valid JSON ({e})") from e
+        if not isinstance(data, list) or not data or not all(isinstance(e, dict) for e in data):
             raise SourceError(f"image {self.reference}: manifest.json lists no images")
         if self.ref is None and len(data) == 1:
             return dict(data[0])
-        for entry in data:
-            tags = entry.get("RepoTags") or []
-            if any(self.ref in (tag, tag.rpartition(":")[2]) for tag in tags):
+        tagged = [(entry, tag) for entry in data for tag in (entry.get("RepoTags") or []) if isinstance(tag, str)]
+        for entry, tag in tagged:
+            if self.ref in (tag, tag.rpartition(":")[2]):
                 return dict(entry)
-        have = ", ".join(t for e in data for t in (e.get("RepoTags") or [])) or "no tagged images"
+        have = ", ".join(tag for _, tag in tagged) or "no tagged images"
         raise SourceError(f"image {self.reference}: reference {self.ref or '(none)'} not found (the archive has: {have})")
 
     def _member(self, name: str, depth: int = 0) -> tarfile.TarInfo:
