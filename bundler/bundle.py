@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,7 +21,8 @@ from typing import Any
 
 import zstandard
 
-from bundler.errors import BundleError
+from bundler.appdef import parse_app, parse_health
+from bundler.errors import BundleError, SpecError
 from bundler.layout import (
     CHUNK,
     LAYOUT_VERSION,
@@ -31,6 +33,7 @@ from bundler.layout import (
     copy_hashed,
     open_layout,
 )
+from bundler.yamlfile import Field
 
 __all__ = [
     "ANNOTATION",
@@ -77,6 +80,8 @@ class ANNOTATION:
 
 
 _MANIFEST_TYPES = (MEDIA.MANIFEST, MEDIA.DOCKER_MANIFEST)
+MAX_ZSTD_WINDOW = 8 << 20
+_DIGITS = re.compile(r"[0-9]{1,19}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -167,9 +172,13 @@ def check_bundle(path: Path, *, progress: Progress | None = None) -> CheckReport
         # (1) the layout marker and its single entry point
         top = _entry_point(reader)
         # (2) the top index, the manifests and the descriptor: small, read whole, digest-checked
-        info, blobs = _read_structure(reader, top)
+        info, blobs, structural = _read_structure(reader, top)
         # (3) every other blob, streamed: digest, size, and the content digest of compressed layers
         problems, checked = _check_blobs(reader, blobs, progress)
+        # (4) nothing else: the index digest must cover every byte there is
+        referenced = structural | {b.descriptor.digest for b in blobs}
+        problems += [f"blobs/sha256/{name.removeprefix('sha256:')[:64]} is not referenced by the bundle"
+                     for name in sorted(reader.blob_names() - referenced)]
     return CheckReport(bundle=info, problems=tuple(problems), bytes_checked=checked)
 
 
@@ -187,7 +196,8 @@ def _entry_point(reader: LayoutReader) -> Descriptor:
     return top
 
 
-def _read_structure(reader: LayoutReader, top: Descriptor) -> tuple[BundleInfo, list[_Blob]]:
+def _read_structure(reader: LayoutReader, top: Descriptor) -> tuple[BundleInfo, list[_Blob], set[str]]:
+    """The bundle's identity and parts, the blobs still to check, and the digests already checked."""
     index = _read_json_blob(reader, top, "bundle index")
     annotations = index.get("annotations")
     if index.get("artifactType") != MEDIA.BUNDLE or not isinstance(annotations, dict):
@@ -199,7 +209,8 @@ def _read_structure(reader: LayoutReader, top: Descriptor) -> tuple[BundleInfo, 
     payload_blobs, descriptor, files = _read_payload(reader, payloads[0])
     image_blobs, image_parts = _read_images(reader, [d for d in entries if d is not payloads[0]], descriptor)
     info = _bundle_info(reader.location, top, annotations, descriptor, [*image_parts, *files])
-    return info, [*image_blobs, *payload_blobs]
+    _check_release(reader.location, descriptor)
+    return info, [*image_blobs, *payload_blobs], {top.digest, *(e.digest for e in entries)}
 
 
 def _read_payload(reader: LayoutReader, payload: Descriptor) -> tuple[list[_Blob], dict[str, Any], list[Component]]:
@@ -210,10 +221,13 @@ def _read_payload(reader: LayoutReader, payload: Descriptor) -> tuple[list[_Blob
     if len(descriptors) != 1:
         raise BundleError(f"{reader.location}: payload manifest must hold exactly one bundle descriptor")
     descriptor = _read_json_blob(reader, descriptors[0], "bundle descriptor")
-    blobs = [_Blob(label="payload config", descriptor=config)]
+    blobs = [_Blob(label="payload config", descriptor=config), _Blob(label="bundle descriptor", descriptor=descriptors[0])]
     parts = [Component(kind="descriptor", name="descriptor", digest=descriptors[0].digest,
                        size=descriptors[0].size + payload.size, media_type=MEDIA.DESCRIPTOR)]
-    listed = {(e["role"], e["name"]): e for e in _file_entries(descriptor)}
+    entries = list(_file_entries(descriptor))
+    listed = {(e["role"], e["name"]): e for e in entries}
+    if len(listed) != len(entries):
+        raise BundleError(f"{reader.location}: descriptor lists a model or config name twice")
     for layer in layers:
         if layer is descriptors[0]:
             continue
@@ -240,6 +254,8 @@ def _read_images(
     if not all(isinstance(e, dict) and isinstance(e.get("name"), str) for e in images):
         raise BundleError(f"{reader.location}: descriptor: malformed image entry")
     listed = {e["name"]: e for e in images}
+    if len(listed) != len(images):
+        raise BundleError(f"{reader.location}: descriptor lists an image name twice")
     blobs: list[_Blob] = []
     parts: list[Component] = []
     for entry in manifests:
@@ -249,6 +265,9 @@ def _read_images(
             raise BundleError(f"{reader.location}: image manifest {entry.digest} ({name}) is not in the descriptor")
         manifest = _read_json_blob(reader, entry, f"image {name} manifest")
         config = Descriptor.from_json(manifest.get("config"), where=f"image {name} manifest")
+        claimed = {k: wanted.get(k) for k in ("mediaType", "size", "config", "platform")}
+        if claimed != {"mediaType": entry.media_type, "size": entry.size, "config": config.digest, "platform": entry.platform}:
+            raise BundleError(f"{reader.location}: descriptor entry of image {name} disagrees with its manifest")
         layers = [Descriptor.from_json(d, where=f"image {name}") for d in _list(manifest, "layers", f"image {name}")]
         blobs.append(_Blob(label=f"image {name} config", descriptor=config))
         blobs += [_Blob(label=f"image {name} layer {i + 1}/{len(layers)}", descriptor=d) for i, d in enumerate(layers)]
@@ -298,6 +317,22 @@ _FILE_ENTRY_TYPES = {
 }
 
 
+def _check_release(location: str, descriptor: dict[str, Any]) -> None:
+    """The app definition and health policy, validated by the code that validates the spec."""
+    secrets = _list(descriptor, "secrets", "descriptor")
+    if not all(isinstance(s, dict) and isinstance(s.get("name"), str) for s in secrets):
+        raise BundleError(f"{location}: descriptor: malformed secret entry")
+    configs = tuple(e["name"] for e in _list(descriptor, "configs", "descriptor"))
+    mountable = (*(e["name"] for e in _list(descriptor, "models", "descriptor")), *configs)
+    try:
+        app = parse_app(Field(Path(location), "descriptor.app", descriptor.get("app")),
+                        images=tuple(e["name"] for e in _list(descriptor, "images", "descriptor")),
+                        mountable=mountable, secrets=tuple(s["name"] for s in secrets))
+        parse_health(Field(Path(location), "descriptor.health", descriptor.get("health")), app=app, configs=configs)
+    except SpecError as e:
+        raise BundleError(str(e)) from e
+
+
 def _file_entries(descriptor: dict[str, Any]) -> Iterator[dict[str, Any]]:
     for role, key in (("model", "models"), ("config", "configs")):
         for entry in _list(descriptor, key, "descriptor"):
@@ -317,20 +352,28 @@ def _uncompressed(layer: Descriptor) -> tuple[str, int] | None:
         return None
     digest = layer.annotations.get(ANNOTATION.UNCOMPRESSED_DIGEST)
     size = layer.annotations.get(ANNOTATION.UNCOMPRESSED_SIZE, "")
-    if digest is None or not size.isdigit():
+    if digest is None or not _DIGITS.fullmatch(size):
         raise BundleError(f"compressed layer {layer.digest} lacks its uncompressed digest and size")
     return digest, int(size)
 
 
 def _check_blobs(reader: LayoutReader, blobs: list[_Blob], progress: Progress | None) -> tuple[list[str], int]:
-    """Check each distinct blob once, on as many threads as there are cores (hashing releases the GIL)."""
-    unique = list({b.descriptor.digest: b for b in reversed(blobs)}.values())[::-1]
-    largest_first = sorted(unique, key=lambda b: -b.descriptor.size)
+    """Check each distinct claim once, on as many threads as there are cores (hashing releases the GIL).
+
+    A claim is a digest with a size and, for a compressed layer, its content digest and size: the
+    same digest referenced twice with different claims is checked against each of them.
+    """
+    claims = list({_claim(b): b for b in reversed(blobs)}.values())[::-1]
+    largest_first = sorted(claims, key=lambda b: -b.descriptor.size)
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        results = dict(zip((b.descriptor.digest for b in largest_first),
-                           pool.map(lambda b: _check_blob(reader, b, progress), largest_first), strict=True))
-    problems = [p for b in unique if (p := results[b.descriptor.digest]) is not None]
-    return problems, sum(b.descriptor.size for b in unique)
+        results = dict(zip(map(_claim, largest_first), pool.map(lambda b: _check_blob(reader, b, progress), largest_first),
+                           strict=True))
+    problems = [p for b in claims if (p := results[_claim(b)]) is not None]
+    return problems, sum(b.descriptor.size for b in claims)
+
+
+def _claim(blob: _Blob) -> tuple[str, int, tuple[str, int] | None]:
+    return blob.descriptor.digest, blob.descriptor.size, blob.uncompressed
 
 
 def _check_blob(reader: LayoutReader, blob: _Blob, progress: Progress | None) -> str | None:
@@ -339,6 +382,8 @@ def _check_blob(reader: LayoutReader, blob: _Blob, progress: Progress | None) ->
     stored = reader.blob_size(d.digest)
     if stored is None:
         return f"{what} is missing"
+    if stored < 0:
+        return f"{what} is not a regular file"
     if stored != d.size:
         kind = "truncated" if stored < d.size else "too long"
         return f"{what} is {kind}: {stored} bytes, expected {d.size}"
@@ -354,27 +399,53 @@ def _check_blob(reader: LayoutReader, blob: _Blob, progress: Progress | None) ->
 
 
 class _Decompressing:
-    """A write sink that decompresses into a hash, refusing more output than declared."""
+    """A write sink that decompresses into a hash, refusing more output than declared.
+
+    A fault stops the decompression but not the writes, so the caller still hashes every
+    stored byte and can say whether the blob itself or only its content is wrong.
+    """
 
     def __init__(self, expected_size: int) -> None:
-        self.sink = _HashSink(limit=expected_size)
-        self.writer = zstandard.ZstdDecompressor().stream_writer(self.sink, write_size=CHUNK)  # type: ignore[arg-type]
-
-    def write(self, data: bytes | memoryview, /) -> int:
-        return int(self.writer.write(data))
-
-
-class _HashSink:
-    def __init__(self, *, limit: int) -> None:
         self.sha = hashlib.sha256()
         self.size = 0
-        self.limit = limit
+        self.limit = expected_size
+        self.problem: str | None = None
+        # Sealift writes level-3 frames (windows of at most 2 MiB); a larger window is refused,
+        # so a hostile frame cannot make each of the parallel checks allocate hundreds of MiB.
+        decompressor = zstandard.ZstdDecompressor(max_window_size=MAX_ZSTD_WINDOW)
+        self.writer = decompressor.stream_writer(_Sink(self), write_size=CHUNK)  # type: ignore[arg-type]
 
     def write(self, data: bytes | memoryview, /) -> int:
+        if self.problem is None:
+            try:
+                self.writer.write(data)
+            except _TooLong:
+                self.problem = f"decompresses to more than the declared {self.limit} bytes"
+            except zstandard.ZstdError as e:
+                self.problem = f"is not valid zstd data ({e})"
+        return len(data)
+
+    def finish(self) -> str | None:
+        if self.problem is None:
+            try:
+                self.writer.flush()  # type: ignore[no-untyped-call]
+            except zstandard.ZstdError as e:
+                self.problem = f"is not valid zstd data ({e})"
+        return self.problem
+
+    def content(self, data: bytes | memoryview) -> None:
         self.size += len(data)
         if self.size > self.limit:
             raise _TooLong
         self.sha.update(data)
+
+
+class _Sink:
+    def __init__(self, owner: _Decompressing) -> None:
+        self.owner = owner
+
+    def write(self, data: bytes | memoryview, /) -> int:
+        self.owner.content(data)
         return len(data)
 
 
@@ -385,15 +456,12 @@ class _TooLong(Exception):
 def _check_zstd(
     stream: Any, size: int, uncompressed: tuple[str, int], progress: Progress | None
 ) -> tuple[str, int, str | None]:
+    """The stored digest and length, and what is wrong with the content, if anything."""
     sink = _Decompressing(uncompressed[1])
-    try:
-        digest, read = copy_hashed(stream, sink, limit=size, progress=progress)
-        sink.writer.flush()  # type: ignore[no-untyped-call]
-    except _TooLong:
-        return "", 0, f"decompresses to more than the declared {uncompressed[1]} bytes"
-    except zstandard.ZstdError as e:
-        return "", 0, f"is not valid zstd data ({e})"
-    content = (f"sha256:{sink.sink.sha.hexdigest()}", sink.sink.size)
+    digest, read = copy_hashed(stream, sink, limit=size, progress=progress)
+    if problem := sink.finish():
+        return digest, read, problem
+    content = (f"sha256:{sink.sha.hexdigest()}", sink.size)
     if content != uncompressed:
         return digest, read, f"decompresses to {content[1]} bytes with digest {content[0]}, expected {uncompressed[0]}"
     return digest, read, None
@@ -415,8 +483,10 @@ def _read_json_blob(reader: LayoutReader, d: Descriptor, what: str) -> dict[str,
 def _parse_json(data: bytes, where: str) -> Any:
     try:
         return json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except ValueError as e:  # malformed JSON, bad UTF-8, integers too long to convert
         raise BundleError(f"{where}: not valid JSON ({e})") from e
+    except RecursionError as e:
+        raise BundleError(f"{where}: JSON nested too deeply") from e
 
 
 def _list(data: dict[str, Any], key: str, where: str) -> list[Any]:

@@ -155,11 +155,15 @@ class LayoutReader(Protocol):
         ...
 
     def blob_size(self, digest: str) -> int | None:
-        """The stored size of a blob, or None if it is missing."""
+        """The stored size of a blob, None if it is missing, -1 if it is not a regular file."""
         ...
 
     def locate(self, digest: str) -> tuple[Path, int] | None:
         """The file and offset where the blob's bytes lie contiguously, for kernel copies; or None."""
+        ...
+
+    def blob_names(self) -> set[str]:
+        """The digests of every blob stored, referenced or not."""
         ...
 
     def close(self) -> None: ...
@@ -174,7 +178,10 @@ def open_layout(path: Path, *, strict: bool = True) -> Iterator[LayoutReader]:
     """
     reader: LayoutReader
     if path.is_dir():
-        reader = _DirReader(path)
+        try:
+            reader = _DirReader(path)
+        except OSError as e:
+            raise BundleError(f"{path}: cannot open the bundle directory ({e.strerror})") from e
     elif path.is_file():
         reader = _TarReader(path, strict=strict)
     else:
@@ -186,51 +193,90 @@ def open_layout(path: Path, *, strict: bool = True) -> Iterator[LayoutReader]:
 
 
 class _DirReader:
+    """A layout directory. Blobs are opened relative to descriptors of ``blobs/`` and
+    ``blobs/sha256/`` taken once with O_NOFOLLOW, so no symlink anywhere below the root can lead
+    the reader out of the bundle, and O_NONBLOCK keeps a FIFO from blocking it."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
         self.location = str(root)
+        self.root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        self.blobs_fd = self._subdir(self.root_fd, "blobs")
+        self.sha_fd = self._subdir(self.blobs_fd, "sha256") if self.blobs_fd is not None else None
+
+    def _subdir(self, parent: int, name: str) -> int | None:
+        try:
+            return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            self.close()
+            raise BundleError(f"{self.location}: {name} is not a plain directory ({e.strerror})") from e
 
     def read_small(self, name: str) -> bytes:
-        return _read_bounded(self._regular(self.root / name, name), name, self.location)
+        return _read_bounded(self._regular(self.root_fd, name, name), name, self.location)
 
     def open_blob(self, digest: str) -> BinaryIO:
-        name = f"blobs/sha256/{check_digest(digest).removeprefix('sha256:')}"
-        return self._regular(self.root / name, name)
+        hexdigest = check_digest(digest).removeprefix("sha256:")
+        return self._regular(self.sha_fd, hexdigest, f"blobs/sha256/{hexdigest}")
 
     def blob_size(self, digest: str) -> int | None:
-        path = self.root / "blobs" / "sha256" / check_digest(digest).removeprefix("sha256:")
-        try:
-            st = path.lstat()
-        except FileNotFoundError:
-            return None
-        return st.st_size
+        st = self._lstat(digest)
+        return st.st_size if st is not None and stat.S_ISREG(st.st_mode) else (-1 if st is not None else None)
+
+    def blob_names(self) -> set[str]:
+        return {f"sha256:{n}" for n in os.listdir(self.sha_fd)} if self.sha_fd is not None else set()
 
     def locate(self, digest: str) -> tuple[Path, int] | None:
-        path = self.root / "blobs" / "sha256" / check_digest(digest).removeprefix("sha256:")
+        st = self._lstat(digest)
+        if st is None or not stat.S_ISREG(st.st_mode):
+            return None
+        return self.root / "blobs" / "sha256" / digest.removeprefix("sha256:"), 0
+
+    def _lstat(self, digest: str) -> os.stat_result | None:
+        if self.sha_fd is None:
+            return None
         try:
-            return (path, 0) if stat.S_ISREG(path.lstat().st_mode) else None
+            return os.stat(check_digest(digest).removeprefix("sha256:"), dir_fd=self.sha_fd, follow_symlinks=False)
         except FileNotFoundError:
             return None
 
-    def _regular(self, path: Path, name: str) -> BinaryIO:
-        # O_NOFOLLOW: a symlinked blob could point at /dev/zero or at another bundle's files
+    def _regular(self, directory: int | None, name: str, shown: str) -> BinaryIO:
+        if directory is None:
+            raise BundleError(f"{self.location}: {shown} is missing")
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=directory)
         except FileNotFoundError:
-            raise BundleError(f"{self.location}: {name} is missing") from None
+            raise BundleError(f"{self.location}: {shown} is missing") from None
         except OSError as e:
-            raise BundleError(f"{self.location}: {name} cannot be opened ({e.strerror})") from e
+            raise BundleError(f"{self.location}: {shown} cannot be opened ({e.strerror})") from e
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
-            raise BundleError(f"{self.location}: {name} is not a regular file")
+            raise BundleError(f"{self.location}: {shown} is not a regular file")
+        os.set_blocking(fd, True)
         return open(fd, "rb", buffering=0)
 
     def close(self) -> None:
-        pass
+        for fd in (getattr(self, "sha_fd", None), getattr(self, "blobs_fd", None), self.root_fd):
+            if fd is not None:
+                os.close(fd)
+        self.sha_fd = self.blobs_fd = None
 
 
 _TAR_DIRS = {"blobs", "blobs/sha256"}
 _TAR_FILES = {"oci-layout", "index.json"}
+MAX_TAR_MEMBERS = 20_000  # a member costs about 1 KiB of memory; bundles have a few hundred
+MAX_TAR_EXTENSION = 64 << 10  # pax and GNU long-name headers are read whole by tarfile
+_EXTENSION_TYPES = {tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK}
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """Refuses extension headers so large that tarfile would read gigabytes of metadata."""
+
+    def _proc_member(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in _EXTENSION_TYPES and self.size > MAX_TAR_EXTENSION:
+            raise tarfile.HeaderError(f"a {self.size}-byte extension header")
+        return super()._proc_member(tar)  # type: ignore[misc,no-any-return]
 
 
 class _TarReader:
@@ -238,11 +284,13 @@ class _TarReader:
         self.location = str(path)
         self.strict = strict
         try:
-            self.tar = tarfile.open(path, "r:")  # noqa: SIM115 (closed by close())
+            self.tar = tarfile.open(path, "r:", tarinfo=_BoundedTarInfo)  # noqa: SIM115 (closed by close())
         except (tarfile.TarError, OSError) as e:
             raise BundleError(f"{path}: not an uncompressed tar file ({e})") from e
         try:
             self.members = self._index_members()
+            if strict:
+                self._check_end()
         except BaseException:
             self.tar.close()
             raise
@@ -250,7 +298,9 @@ class _TarReader:
     def _index_members(self) -> dict[str, tarfile.TarInfo]:
         members: dict[str, tarfile.TarInfo] = {}
         try:
-            for info in self.tar:
+            for count, info in enumerate(self.tar):
+                if count >= MAX_TAR_MEMBERS:
+                    raise BundleError(f"{self.location}: more than {MAX_TAR_MEMBERS} entries in the tar file")
                 name = info.name.removeprefix("./").rstrip("/")
                 if info.isdir() and name in (*_TAR_DIRS, "", "."):
                     continue
@@ -266,6 +316,13 @@ class _TarReader:
             raise BundleError(f"{self.location}: tar file is damaged or truncated ({e})") from e
         return members
 
+    def _check_end(self) -> None:
+        """Nothing but zero padding may follow the last member: the bundle is all there is."""
+        self.tar.fileobj.seek(self.tar.offset)
+        tail = self.tar.fileobj.read(tarfile.RECORDSIZE + 1)
+        if len(tail) > tarfile.RECORDSIZE or tail.strip(b"\0"):
+            raise BundleError(f"{self.location}: data follows the end of the tar archive")
+
     def read_small(self, name: str) -> bytes:
         return _read_bounded(self._open(name), name, self.location)
 
@@ -275,6 +332,9 @@ class _TarReader:
     def blob_size(self, digest: str) -> int | None:
         info = self.members.get(f"blobs/sha256/{check_digest(digest).removeprefix('sha256:')}")
         return None if info is None else info.size
+
+    def blob_names(self) -> set[str]:
+        return {f"sha256:{name.rpartition('/')[2]}" for name in self.members if name.startswith("blobs/")}
 
     def locate(self, digest: str) -> tuple[Path, int] | None:
         info = self.members.get(f"blobs/sha256/{check_digest(digest).removeprefix('sha256:')}")

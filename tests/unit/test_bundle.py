@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import tarfile
 from collections.abc import Callable
@@ -190,8 +191,9 @@ def test_not_a_bundle(tmp_path: Path) -> None:
         check_bundle(tmp_path / "absent")
 
 
-def rewrite_descriptor(bundle: Path, change: Callable[[dict], None]) -> None:  # type: ignore[type-arg]
-    """Edit the descriptor and re-seal every digest above it, as a forger with write access would."""
+def reseal(bundle: Path, edit: Callable[[dict[str, dict]], None]) -> None:  # type: ignore[type-arg]
+    """Edit the bundle's JSON (top index, payload manifest, descriptor, first image manifest) and
+    re-seal every digest above the edit, as a forger with write access would."""
     import hashlib
 
     def put(data: bytes) -> tuple[str, int]:
@@ -205,14 +207,38 @@ def rewrite_descriptor(bundle: Path, change: Callable[[dict], None]) -> None:  #
     layout = json.loads((bundle / "index.json").read_text())
     top = load(layout["manifests"][0]["digest"])
     payload_entry = next(m for m in top["manifests"] if m.get("artifactType") == "application/vnd.sealift.payload.v1")
+    image_entry = next(m for m in top["manifests"] if m is not payload_entry)
     payload = load(payload_entry["digest"])
     layer = next(lay for lay in payload["layers"] if lay["mediaType"] == "application/vnd.sealift.descriptor.v1+json")
-    descriptor = load(layer["digest"])
-    change(descriptor)
-    layer["digest"], layer["size"] = put(json.dumps(descriptor).encode())
+    parts = {"top": top, "payload": payload, "descriptor": load(layer["digest"]), "image": load(image_entry["digest"])}
+    edit(parts)
+    image_digest = image_entry["digest"]
+    image_entry["digest"], image_entry["size"] = put(json.dumps(parts["image"]).encode())
+    for entry in parts["descriptor"]["images"]:
+        if isinstance(entry, dict) and entry.get("manifest") == image_digest:
+            entry.update(manifest=image_entry["digest"], size=image_entry["size"])
+    layer["digest"], layer["size"] = put(json.dumps(parts["descriptor"]).encode())
     payload_entry["digest"], payload_entry["size"] = put(json.dumps(payload).encode())
     layout["manifests"][0]["digest"], layout["manifests"][0]["size"] = put(json.dumps(top).encode())
     (bundle / "index.json").write_text(json.dumps(layout))
+    for stale in set((bundle / "blobs/sha256").iterdir()) - {bundle / "blobs/sha256" / d.removeprefix("sha256:")
+                                                             for d in _referenced(bundle)}:
+        stale.unlink()
+
+
+def _referenced(bundle: Path) -> set[str]:
+    def load(digest: str) -> dict:  # type: ignore[type-arg]
+        return json.loads((bundle / "blobs/sha256" / digest.removeprefix("sha256:")).read_bytes())
+    top = json.loads((bundle / "index.json").read_text())["manifests"][0]["digest"]
+    found = {top}
+    for entry in load(top)["manifests"]:
+        manifest = load(entry["digest"])
+        found |= {entry["digest"], manifest["config"]["digest"], *(layer["digest"] for layer in manifest["layers"])}
+    return found
+
+
+def rewrite_descriptor(bundle: Path, change: Callable[[dict], None]) -> None:  # type: ignore[type-arg]
+    reseal(bundle, lambda parts: change(parts["descriptor"]))
 
 
 FORGED: list[tuple[str, Callable[[dict], None], str]] = [  # type: ignore[type-arg]
@@ -230,6 +256,113 @@ FORGED: list[tuple[str, Callable[[dict], None], str]] = [  # type: ignore[type-a
 @pytest.mark.parametrize(("change", "message"), [f[1:] for f in FORGED], ids=[f[0] for f in FORGED])
 def test_descriptor_that_disagrees_with_the_bundle_is_refused(bundle: Path, change: Callable[[dict], None],  # type: ignore[type-arg]
                                                               message: str) -> None:
+    rewrite_descriptor(bundle, change)
+    with pytest.raises(BundleError) as caught:
+        check_bundle(bundle)
+    assert message in caught.value.diagnostics()
+
+
+def test_same_digest_with_two_claims_is_checked_against_both(bundle: Path) -> None:
+    """An image layer aliasing a compressed model's digest must not switch off the model's content check."""
+    fake = "sha256:" + "ab" * 32
+
+    def forge(parts: dict[str, dict]) -> None:  # type: ignore[type-arg]
+        model = next(lay for lay in parts["payload"]["layers"] if lay["annotations"].get("dev.sealift.component") == "model")
+        model["annotations"]["dev.sealift.uncompressed.digest"] = fake
+        parts["descriptor"]["models"][0]["uncompressedDigest"] = fake
+        parts["image"]["layers"].append({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": model["digest"],
+                                         "size": model["size"]})
+    reseal(bundle, forge)
+    problems = check_bundle(bundle).problems
+    assert len(problems) == 1 and "model detector" in problems[0] and f"expected {fake}" in problems[0]
+
+
+def test_unreferenced_blob_is_a_problem(bundle: Path) -> None:
+    (bundle / "blobs/sha256" / ("e" * 64)).write_bytes(b"smuggled")
+    assert check_bundle(bundle).problems == (f"blobs/sha256/{'e' * 64} is not referenced by the bundle",)
+
+
+def test_fifo_in_place_of_a_file_is_refused_without_blocking(bundle: Path) -> None:
+    (bundle / "index.json").unlink()
+    os.mkfifo(bundle / "index.json")
+    with pytest.raises(BundleError, match=r"index\.json is not a regular file"):
+        check_bundle(bundle)
+
+
+def test_symlinked_blob_directory_is_refused(bundle: Path, pristine: dict[str, Path], tmp_path: Path) -> None:
+    shutil.rmtree(bundle / "blobs")
+    (bundle / "blobs").symlink_to(pristine["dir"] / "blobs")
+    with pytest.raises(BundleError, match="blobs is not a plain directory"):
+        check_bundle(bundle)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("[" * 100_000, "JSON nested too deeply"),
+    ('{"manifests": [{"size": ' + "9" * 5000 + "}]}", "not valid JSON"),
+    ("\udcff", "not valid JSON"),
+], ids=["deep-nesting", "huge-integer", "bad-utf8"])
+def test_hostile_index_json_is_one_line(bundle: Path, text: str, message: str) -> None:
+    (bundle / "index.json").write_bytes(text.encode("utf-8", "surrogateescape"))
+    with pytest.raises(BundleError, match=message):
+        check_bundle(bundle)
+
+
+def test_data_after_the_end_of_a_tar_bundle_is_refused(pristine: dict[str, Path], tmp_path: Path) -> None:
+    padded = tmp_path / "padded.tar"
+    padded.write_bytes(pristine["tar"].read_bytes() + b"\0" * 4096)  # zero padding is fine
+    assert check_bundle(padded).ok
+    junk = tmp_path / "junk.tar"
+    junk.write_bytes(pristine["tar"].read_bytes() + b"smuggled bytes")
+    with pytest.raises(BundleError, match="data follows the end of the tar archive"):
+        check_bundle(junk)
+
+
+def test_tar_metadata_is_bounded(tmp_path: Path) -> None:
+    huge_header = tmp_path / "pax.tar"
+    info = tarfile.TarInfo("././@PaxHeader")
+    info.type, info.size = tarfile.XHDTYPE, 1 << 30
+    with open(huge_header, "wb") as f:
+        f.write(info.tobuf(format=tarfile.USTAR_FORMAT))
+        f.truncate(f.tell() + (1 << 30) + 1024)  # sparse: costs no disk
+    with pytest.raises(BundleError, match="extension header"):
+        check_bundle(huge_header)
+    many = tmp_path / "many.tar"
+    with tarfile.open(many, "w") as out:
+        for i in range(20_001):
+            out.addfile(tarfile.TarInfo(f"blobs/sha256/{i:064x}"))
+    with pytest.raises(BundleError, match="more than 20000 entries"):
+        check_bundle(many)
+
+
+def test_zstd_frame_with_a_huge_window_is_refused(bundle: Path) -> None:
+    """A frame asking for a 128 MiB window would cost that much memory per parallel check."""
+    blob = blob_of(bundle, "model detector")
+    content = zstandard.ZstdDecompressor().decompress(blob.read_bytes())
+    params = zstandard.ZstdCompressionParameters.from_level(3, window_log=27)
+    blob.write_bytes(zstandard.ZstdCompressor(compression_params=params).compress(content))
+    problems = check_bundle(bundle).problems
+    assert any("model detector" in p for p in problems)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda d: d["images"][0].update(config="sha256:" + "cd" * 32), "descriptor entry of image app disagrees"),
+    (lambda d: d["images"][0].update(platform={"os": "windows", "architecture": "amd64"}), "descriptor entry of image app disagrees"),
+    (lambda d: d["images"].append(dict(d["images"][0])), "lists an image name twice"),
+    (lambda d: d["configs"].append(dict(d["configs"][0])), "lists a model or config name twice"),
+], ids=["image-id-lies", "platform-lies", "image-twice", "config-twice"])
+def test_descriptor_image_claims_must_match_the_index(bundle: Path, change: Callable[[dict], None], message: str) -> None:  # type: ignore[type-arg]
+    rewrite_descriptor(bundle, change)
+    with pytest.raises(BundleError, match=message):
+        check_bundle(bundle)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda d: d["app"]["services"]["app"].update(image="elsewhere"), "descriptor.app.services.app.image: 'elsewhere' is not a declared"),
+    (lambda d: d["app"]["services"]["app"].update(volumes=["detector:/m:rw"]), "always mounted read-only"),
+    (lambda d: d["health"]["checks"][0].update(type="ping"), "descriptor.health.checks[0].type"),
+    (lambda d: d.update(secrets=["api-token"]), "malformed secret entry"),
+], ids=["unknown-image", "writable-mount", "bad-check", "bad-secret"])
+def test_descriptor_release_is_validated_like_a_spec(bundle: Path, change: Callable[[dict], None], message: str) -> None:  # type: ignore[type-arg]
     rewrite_descriptor(bundle, change)
     with pytest.raises(BundleError) as caught:
         check_bundle(bundle)
