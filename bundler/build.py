@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
-import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
 from collections.abc import Sequence
@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from bundler.bundle import ANNOTATION, MEDIA, BundleInfo, verify_bundle
 from bundler.errors import BundleError, OutputError, SealiftError, SourceError, SpecError
-from bundler.layout import Descriptor, canonical_json, open_layout
+from bundler.layout import Descriptor, canonical_json
 from bundler.payload import FileEntry, add_file_component
 from bundler.profiles import Profile
 from bundler.progress import Progress, QuietProgress
@@ -34,6 +34,8 @@ from bundler.writer import LayoutWriter, open_writer
 __all__ = ["BuildOptions", "BuiltBundle", "build_bundles", "select_profiles", "source_date_epoch"]
 
 _TEMP_PREFIX = ".sealift-tmp-"
+_HOST = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())[:64]
+_MAX_EPOCH = 253402300799  # 9999-12-31T23:59:59Z
 _EMPTY_CONFIG = b"{}"
 
 
@@ -66,8 +68,8 @@ def source_date_epoch(spec_dir: Path) -> int:
     """The build's timestamp: ``SOURCE_DATE_EPOCH``, else the spec's last git commit, else 0."""
     value = os.environ.get("SOURCE_DATE_EPOCH")
     if value is not None:
-        if not value.isdigit():
-            raise SpecError(f"SOURCE_DATE_EPOCH: expected whole seconds since 1970, found {value[:40]!r}")
+        if not re.fullmatch(r"[0-9]{1,12}", value) or int(value) > _MAX_EPOCH:
+            raise SpecError(f"SOURCE_DATE_EPOCH: expected whole seconds since 1970 (before year 10000), found {value[:40]!r}")
         return int(value)
     try:
         done = subprocess.run(
@@ -115,7 +117,7 @@ def _build_one(spec: Spec, profile: Profile, options: BuildOptions, progress: Pr
     suffix = ".tar" if options.format == "tar" else ""
     final = options.out / f"{spec.name}-{spec.version}-{profile.name}{suffix}"
     try:
-        temp = Path(tempfile.mkdtemp(prefix=f"{_TEMP_PREFIX}{os.getpid()}-", dir=options.out))
+        temp = Path(tempfile.mkdtemp(prefix=f"{_TEMP_PREFIX}{_HOST}-{os.getpid()}-", dir=options.out))
     except OSError as e:
         raise _output_error(e, options.out, profile) from e
     try:
@@ -277,27 +279,47 @@ def _add_index(
 
 
 def _publish(product: Path, final: Path, digest: str) -> bool:
-    """Rename the finished bundle into place; True if an identical one was already there."""
-    if final.exists() or final.is_symlink():
-        existing = _existing_digest(final)
-        if existing == digest:
-            return True
-        raise OutputError(
-            f"{final} already exists with different content ({existing or 'not a bundle'}); bundles are immutable: "
-            "bump the version or remove it"
-        )
-    os.rename(product, final)
+    """Move the finished bundle into place without replacing anything.
+
+    Returns True if an identical, intact bundle was already there. A tar file is hard-linked,
+    which fails if the name exists however close another build's comes; a directory is renamed,
+    which fails onto anything but an empty directory.
+    """
+    try:
+        if product.is_dir() or not _link(product, final):
+            if os.path.lexists(final):
+                return _same_bundle(final, digest)
+            os.rename(product, final)
+    except OSError as e:
+        if e.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+            raise
+        return _same_bundle(final, digest)
     _fsync_dir(final.parent)
     return False
 
 
-def _existing_digest(path: Path) -> str | None:
+def _link(product: Path, final: Path) -> bool:
+    """Hard-link; False where the file system has no hard links (FAT on removable media)."""
     try:
-        with open_layout(path) as reader:
-            index = json.loads(reader.read_small("index.json"))
-            return str(index["manifests"][0]["digest"])
-    except (BundleError, ValueError, KeyError, IndexError, TypeError, OSError):
-        return None
+        os.link(product, final)
+    except OSError as e:
+        if e.errno in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            return False
+        raise
+    return True
+
+
+def _same_bundle(existing: Path, digest: str) -> bool:
+    """True if ``existing`` is an intact bundle with ``digest``; OutputError otherwise."""
+    try:
+        found = verify_bundle(existing).digest
+    except BundleError as e:
+        raise OutputError(f"{existing} already exists and is not an intact bundle ({e}); remove it and build again") from e
+    if found != digest:
+        raise OutputError(
+            f"{existing} already exists with different content ({found}); bundles are immutable: bump the version or remove it"
+        )
+    return True
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -310,8 +332,9 @@ def _fsync_dir(directory: Path) -> None:
 
 def _sweep_stale_temps(out: Path) -> None:
     """Remove temporary directories left by builds that were killed."""
-    for entry in out.glob(f"{_TEMP_PREFIX}*"):
-        match = re.match(rf"{re.escape(_TEMP_PREFIX)}(\d+)-", entry.name)
+    for entry in out.glob(f"{_TEMP_PREFIX}{_HOST}-*"):
+        # only this host's: another machine or container sharing OUT has its own process IDs
+        match = re.match(rf"{re.escape(_TEMP_PREFIX)}{re.escape(_HOST)}-(\d+)-", entry.name)
         if match and not _alive(int(match.group(1))):
             shutil.rmtree(entry, ignore_errors=True)
 

@@ -18,7 +18,7 @@ from typing import Any
 import zstandard
 
 from bundler.bundle import ANNOTATION, MEDIA
-from bundler.errors import SpecError
+from bundler.errors import SourceError, SpecError
 from bundler.layout import Descriptor, copy_hashed
 from bundler.progress import Progress
 from bundler.writer import LayoutWriter
@@ -88,8 +88,11 @@ def _store(writer: LayoutWriter, source: Path, media_type: str, progress: Progre
             with open(source, "rb", buffering=0) as src, open(temp, "wb", buffering=0) as out:
                 sink = _HashingSink(out)
                 compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True)
-                with compressor.stream_writer(sink, size=size, closefd=False) as z:  # type: ignore[arg-type]
-                    content = copy_hashed(src, z, progress=progress.advance)
+                try:
+                    with compressor.stream_writer(sink, size=size, closefd=False) as z:  # type: ignore[arg-type]
+                        content = copy_hashed(src, z, progress=progress.advance)
+                except zstandard.ZstdError as e:  # the frame header promised `size` bytes
+                    raise SourceError(f"{source}: changed size while it was read ({e})") from e
             if sink.size < content[1]:
                 digest = f"sha256:{sink.sha.hexdigest()}"
                 writer.adopt(temp, digest)
@@ -150,9 +153,13 @@ def _tar_directory(root: Path, dest: Path, epoch: int) -> Path:
     return dest
 
 
+def _walk_error(error: OSError) -> None:
+    raise SourceError(f"{error.filename}: cannot read the directory ({error.strerror})") from error
+
+
 def _walk(root: Path) -> list[Path]:
     found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False, onerror=_walk_error):
         dirnames.sort()
         here = Path(dirpath)
         for name in dirnames + sorted(filenames):

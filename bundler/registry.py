@@ -133,7 +133,7 @@ def _reason(error: Exception) -> str:
 def _json(body: bytes, reference: str) -> dict[str, Any]:
     try:
         data = json.loads(body)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise SourceError(f"image {reference}: manifest is not valid JSON") from e
     if not isinstance(data, dict):
         raise SourceError(f"image {reference}: manifest is not a JSON object")

@@ -159,8 +159,10 @@ def _strings(value: object) -> TypeGuard[list[str]]:
 def _json_object(body: bytes, what: str) -> dict[str, Any]:
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except ValueError as e:  # malformed JSON, bad UTF-8, integers too long to convert
         raise SourceError(f"{what} is not valid JSON ({e})") from e
+    except RecursionError as e:
+        raise SourceError(f"{what} is nested too deeply") from e
     if not isinstance(data, dict):
         raise SourceError(f"{what} is not a JSON object")
     return data
@@ -290,7 +292,7 @@ class _DockerArchiveSource:
     def _entry(self) -> dict[str, Any]:
         try:
             data = json.loads(self._read_member("manifest.json", MAX_JSON_BYTES))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        except (ValueError, RecursionError) as e:
             raise SourceError(f"image {self.reference}: manifest.json is not valid JSON ({e})") from e
         if not isinstance(data, list) or not data or not all(isinstance(e, dict) for e in data):
             raise SourceError(f"image {self.reference}: manifest.json lists no images")
@@ -345,6 +347,7 @@ def _daemon_source(reference: str, name: str, work: Path) -> ImageSource:
     """Save the image from the local Docker engine into ``work``, then read it as an archive."""
     import docker
     import docker.errors
+    import requests
 
     target = work / f"docker-save-{hashlib.sha256(name.encode()).hexdigest()[:16]}.tar"
     try:
@@ -358,7 +361,7 @@ def _daemon_source(reference: str, name: str, work: Path) -> ImageSource:
                 out.write(chunk)
     except docker.errors.ImageNotFound as e:
         raise SourceError(f"image {reference}: not found in the local Docker engine") from e
-    except docker.errors.DockerException as e:
+    except (docker.errors.DockerException, requests.RequestException) as e:
         raise SourceError(f"image {reference}: the Docker engine failed to export it ({e})") from e
     finally:
         client.close()

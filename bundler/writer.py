@@ -13,12 +13,13 @@ import errno
 import hashlib
 import os
 import tarfile
+import threading
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO
 
-from bundler.errors import BundleError
+from bundler.errors import BundleError, SourceError
 from bundler.layout import CHUNK, LAYOUT_VERSION, Descriptor, Progress, canonical_json, check_digest, copy_hashed
 
 __all__ = ["DirWriter", "LayoutWriter", "TarWriter", "open_writer"]
@@ -106,6 +107,9 @@ class LayoutWriter(ABC):
             fd, start = self._begin()
             try:
                 digest = self._copy_file(src.fileno(), offset, size, fd, start, hashed=expect is None)
+            except _Shrank as e:
+                self._abort()
+                raise SourceError(f"{what}: {path} changed while it was read ({e})") from e
             except BaseException:
                 self._abort()
                 raise
@@ -130,9 +134,14 @@ class LayoutWriter(ABC):
         if not hashed:
             _kernel_copy(src, offset, dst, start, size, self.progress)
             return ""
+        stop = threading.Event()
         with ThreadPoolExecutor(max_workers=1) as pool:
-            digest = pool.submit(_hash_range, src, offset, size)
-            _kernel_copy(src, offset, dst, start, size, self.progress)
+            digest = pool.submit(_hash_range, src, offset, size, stop)
+            try:
+                _kernel_copy(src, offset, dst, start, size, self.progress)
+            except BaseException:
+                stop.set()  # do not make the caller wait for a hash nobody will use
+                raise
             return digest.result()
 
 
@@ -269,14 +278,18 @@ def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> int:
     return done
 
 
-def _hash_range(fd: int, offset: int, size: int) -> str:
+class _Shrank(Exception):
+    """The source ended before the size it had when the copy began."""
+
+
+def _hash_range(fd: int, offset: int, size: int, stop: threading.Event) -> str:
     sha = hashlib.sha256()
     buffer = memoryview(bytearray(CHUNK))
     done = 0
-    while done < size:
+    while done < size and not stop.is_set():
         n = os.preadv(fd, [buffer[: min(CHUNK, size - done)]], offset + done)
         if n == 0:
-            raise BundleError(f"source shrank while it was read ({done} of {size} bytes)")
+            raise _Shrank(f"{done} of {size} bytes were there")
         sha.update(buffer[:n])
         done += n
     return f"sha256:{sha.hexdigest()}"
@@ -293,7 +306,7 @@ def _kernel_copy(src: int, src_offset: int, dst: int, dst_offset: int, size: int
                 raise
             n = _user_copy(src, src_offset + done, dst, dst_offset + done, step)
         if n == 0:
-            raise BundleError(f"source shrank while it was copied ({done} of {size} bytes)")
+            raise _Shrank(f"{done} of {size} bytes were there")
         done += n
         if progress is not None:
             progress(n)

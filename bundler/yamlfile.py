@@ -33,6 +33,8 @@ def load_yaml(path: Path, *, what: str) -> Field:
         if node is not None:
             _count_nodes(node, path)
         value = yaml.safe_load(text)
+    except RecursionError as e:
+        raise SpecError(f"{path}: YAML nested too deeply") from e
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

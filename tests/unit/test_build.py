@@ -282,3 +282,79 @@ def test_profile_file_with_an_escaping_name_is_refused(tmp_path: Path) -> None:
 def test_unknown_profile_on_the_command_line_lists_the_known_ones(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match=r"unknown profile 'x86-cpu' \(known: arm64-coral, "):
         build(project(tmp_path / "src"), tmp_path / "out", profiles=("x86-cpu",))
+
+
+def test_damaged_existing_bundle_is_not_reported_unchanged(tmp_path: Path) -> None:
+    spec = project(tmp_path / "src")
+    (first,) = build(spec, tmp_path / "out", profiles=("x86_64-cpu",))
+    model = next(c for c in first.info.components if c.name == "detector")
+    blob = first.path / "blobs/sha256" / model.digest.removeprefix("sha256:")
+    blob.write_bytes(blob.read_bytes()[:10])  # as a power cut before the data reached the disk would
+    with pytest.raises(OutputError, match="already exists and is not an intact bundle"):
+        build(spec, tmp_path / "out", profiles=("x86_64-cpu",))
+
+
+@pytest.mark.parametrize("fmt", ["dir", "tar"])
+def test_a_bundle_appearing_under_the_final_name_is_never_replaced(tmp_path: Path, fmt: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another build publishing the same name between our check and our move: ours must not win silently."""
+    import bundler.build as build_module
+
+    spec = project(tmp_path / "src")
+    out = tmp_path / "out"
+    rival = tmp_path / "rival"
+    build(spec, rival, profiles=("x86_64-cpu",), fmt=fmt, epoch=1)  # same name, other content
+    (rival_bundle,) = rival.iterdir()
+    real_same_bundle = build_module._same_bundle
+    calls: list[Path] = []
+
+    def spy(existing: Path, digest: str) -> bool:
+        calls.append(existing)
+        return real_same_bundle(existing, digest)
+
+    def land_rival() -> None:
+        if rival_bundle.exists():
+            os.rename(rival_bundle, out / rival_bundle.name)
+
+    real_lexists, real_link = os.path.lexists, build_module._link
+
+    def racing_lexists(path: object) -> bool:  # the directory case: the rival lands just after our check
+        seen = real_lexists(path)  # type: ignore[arg-type]
+        if str(path).endswith(rival_bundle.name):
+            land_rival()
+        return seen
+
+    def racing_link(product: Path, final: Path) -> bool:  # the tar case: the rival lands just before our link
+        land_rival()
+        return real_link(product, final)
+
+    monkeypatch.setattr(build_module, "_same_bundle", spy)
+    monkeypatch.setattr(build_module.os.path, "lexists", racing_lexists)
+    monkeypatch.setattr(build_module, "_link", racing_link)
+    with pytest.raises(OutputError, match="already exists with different content"):
+        build(spec, out, profiles=("x86_64-cpu",), fmt=fmt)
+    assert calls and check_bundle(out / rival_bundle.name).bundle.created == "1970-01-01T00:00:01Z"
+
+
+def test_deeply_nested_yaml_is_one_line(tmp_path: Path) -> None:
+    spec = tmp_path / "sealift.yaml"
+    spec.write_text("name: " + "[" * 20_000 + "\n")
+    with pytest.raises(SpecError, match="YAML nested too deeply"):
+        load_spec(spec)
+
+
+def test_source_that_shrinks_during_the_copy_is_a_source_error(tmp_path: Path) -> None:
+    from bundler.writer import open_writer
+
+    source = tmp_path / "model.bin"
+    with open(source, "wb") as f:
+        f.truncate(200 << 20)
+    temp = tmp_path / "temp"
+    temp.mkdir()
+
+    def shrink(_: int) -> None:
+        os.truncate(source, 1 << 20)
+
+    writer = open_writer(temp, tar=False, mtime=0, progress=shrink)
+    with pytest.raises(SourceError, match="changed while it was read"):
+        writer.add_file(source, what="model detector")
+    assert [p.name for p in (temp / "layout/blobs/sha256").iterdir()] == []

@@ -55,8 +55,10 @@ def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert done.stderr.strip().count("\n") == 0 and "bundle spec not found" in done.stderr
     assert "Traceback" not in done.stderr
-    bad_epoch = run("build", str(project(tmp_path / "src")), "--out", str(tmp_path / "o"), env={"SOURCE_DATE_EPOCH": "yesterday"})
-    assert bad_epoch.returncode == 1 and "SOURCE_DATE_EPOCH" in bad_epoch.stderr
+    spec = str(project(tmp_path / "src"))
+    for epoch in ("yesterday", "\u00b2", "99999999999999", "-1"):
+        bad_epoch = run("build", spec, "--out", str(tmp_path / "o"), env={"SOURCE_DATE_EPOCH": epoch})
+        assert bad_epoch.returncode == 1 and "SOURCE_DATE_EPOCH" in bad_epoch.stderr and "Traceback" not in bad_epoch.stderr
 
 
 def test_default_epoch_comes_from_the_specs_git_commit(tmp_path: Path) -> None:
