@@ -45,7 +45,7 @@ class Component:
 
 @dataclass(frozen=True, kw_only=True)
 class Secret:
-    """A declared secret. Its value is read at build time from a file or the environment."""
+    """A declared secret: where its value comes from (a file or an environment variable), never the value."""
 
     name: str
     environment: str | None = None
