@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +14,7 @@ import click
 from bundler.build import BuildOptions, build_bundles, select_profiles, source_date_epoch
 from bundler.bundle import BundleInfo, check_bundle
 from bundler.errors import SealiftError
-from bundler.profiles import builtin_profile_dir, load_profiles
+from bundler.profiles import load_profiles, profile_search_path
 from bundler.progress import for_terminal
 from bundler.spec import load_spec
 
@@ -36,15 +35,6 @@ def _reports_errors(func: F) -> F:
             sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
-
-
-def _profile_dirs(spec_dir: Path | None, extra: tuple[Path, ...]) -> list[Path]:
-    """Built-in profiles, then ``$SEALIFT_PROFILE_PATH``, then ``profiles/`` next to the spec, then --profiles-dir."""
-    dirs = [builtin_profile_dir()]
-    dirs += [Path(p) for p in os.environ.get("SEALIFT_PROFILE_PATH", "").split(os.pathsep) if p]
-    if spec_dir is not None and (spec_dir / "profiles").is_dir() and (spec_dir / "profiles") != builtin_profile_dir():
-        dirs.append(spec_dir / "profiles")
-    return [*dirs, *extra]
 
 
 _profiles_dir_option = click.option(
@@ -86,7 +76,7 @@ def build(spec: Path, profiles: tuple[str, ...], out: Path, fmt: str, plain_http
     before it is moved into place; an existing bundle is kept if identical and refused otherwise.
     """
     loaded = load_spec(spec)
-    known = load_profiles(_profile_dirs(loaded.directory, profiles_dirs))
+    known = load_profiles(profile_search_path(loaded.directory, profiles_dirs))
     selected = select_profiles(loaded, known, profiles)
     options = BuildOptions(out=out, format="tar" if fmt == "tar" else "dir",
                            epoch=source_date_epoch(loaded.directory), plain_http=plain_http)
@@ -162,7 +152,7 @@ def verify(bundles: tuple[Path, ...], as_json: bool) -> None:
 @_reports_errors
 def profiles_cmd(spec: Path | None, as_json: bool, profiles_dirs: tuple[Path, ...]) -> None:
     """List the known hardware profiles."""
-    known = load_profiles(_profile_dirs(spec.parent if spec else None, profiles_dirs))
+    known = load_profiles(profile_search_path(spec.parent if spec else None, profiles_dirs))
     if as_json:
         click.echo(json.dumps([
             {"name": p.name, "platform": str(p.platform), "compatible": p.compatible, "description": p.description,

@@ -8,6 +8,7 @@ add their own directories without touching code.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from pathlib import Path
 from bundler.errors import SpecError
 from bundler.yamlfile import Field, load_yaml
 
-__all__ = ["Accelerator", "Platform", "Profile", "Rule", "builtin_profile_dir", "load_profiles"]
+__all__ = ["Accelerator", "Platform", "Profile", "Rule", "builtin_profile_dir", "load_profiles", "profile_search_path"]
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _HEX4 = re.compile(r"[0-9a-f]{4}")
@@ -93,6 +94,17 @@ def builtin_profile_dir() -> Path:
         return Path(str(resources.files("bundler.builtin_profiles")))
     except ModuleNotFoundError:
         return Path(__file__).resolve().parent.parent / "profiles"
+
+
+def profile_search_path(spec_dir: Path | None = None, extra: Iterable[Path] = ()) -> list[Path]:
+    """Where profiles come from, later replacing earlier: the built-in ones, ``$SEALIFT_PROFILE_PATH``,
+    ``profiles/`` next to the spec, then ``extra`` (``--profiles-dir``)."""
+    dirs = [builtin_profile_dir()]
+    dirs += [Path(p) for p in os.environ.get("SEALIFT_PROFILE_PATH", "").split(os.pathsep) if p]
+    local = spec_dir / "profiles" if spec_dir is not None else None
+    if local is not None and local.is_dir() and local.resolve() != builtin_profile_dir().resolve():
+        dirs.append(local)
+    return [*dirs, *extra]
 
 
 def load_profiles(directories: Iterable[Path]) -> dict[str, Profile]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from bundler.errors import SealiftError
-from bundler.profiles import builtin_profile_dir, load_profiles
+from bundler.profiles import load_profiles, profile_search_path
 from updater.verify import verify_for_device
 
 __all__ = ["main"]
@@ -37,7 +37,7 @@ def verify(bundle: Path, profile: str | None, profiles_dir: Path | None, as_json
     try:
         wanted = None
         if profile is not None:
-            known = load_profiles([builtin_profile_dir(), *([profiles_dir] if profiles_dir else [])])
+            known = load_profiles(profile_search_path(extra=[profiles_dir] if profiles_dir else []))
             if profile not in known:
                 raise SealiftError(f"unknown profile {profile!r} (known: {', '.join(sorted(known))})")
             wanted = known[profile]

@@ -89,3 +89,20 @@ def test_help_explains_every_command() -> None:
     for command in ("build", "inspect", "verify", "profiles"):
         done = run(command, "--help")
         assert done.returncode == 0 and "Usage:" in done.stdout and len(done.stdout.splitlines()) > 5
+
+
+def test_user_profiles_from_the_environment_serve_both_commands(tmp_path: Path) -> None:
+    profiles = tmp_path / "profiles-extra"
+    profiles.mkdir()
+    (profiles / "acme-box.yaml").write_text("name: acme-box\nplatform: {os: linux, architecture: amd64}\ncompatible: acme/box-v1\n")
+    spec = project(tmp_path / "src")
+    spec.write_text(spec.read_text().replace("profiles: [x86_64-cpu, x86_64-nvidia, jetson-orin]", "profiles: [acme-box]"))
+    env = {"SEALIFT_PROFILE_PATH": str(profiles)}
+    built = run("build", str(spec), "--out", str(tmp_path / "out"), "--json", env=env)
+    assert built.returncode == 0, built.stderr
+    assert json.loads(built.stdout)[0]["compatible"] == "acme/box-v1"
+    bundle = str(tmp_path / "out" / "demo-1.2.0-acme-box")
+    code = "from updater.cli import main; main()"
+    checked = subprocess.run([sys.executable, "-c", code, "verify", bundle, "--profile", "acme-box"], capture_output=True,
+                             text=True, env={**os.environ, **env}, check=False)
+    assert checked.returncode == 0, checked.stderr
