@@ -143,6 +143,15 @@ def _assemble(spec: Spec, profile: Profile, options: BuildOptions, temp: Path, p
     work = temp / "work"
     work.mkdir()
     writer = open_writer(temp, tar=options.format == "tar", mtime=options.epoch, progress=progress.advance)
+    try:
+        return _write_bundle(spec, profile, options, writer, work, created, progress)
+    finally:
+        writer.close()
+
+
+def _write_bundle(
+    spec: Spec, profile: Profile, options: BuildOptions, writer: LayoutWriter, work: Path, created: str, progress: Progress
+) -> Path:
     _check_complete(spec, profile)
     images = [_add_image(spec, profile, name, source, writer, work, options, progress)
               for name, source in _images_for(spec, profile)]

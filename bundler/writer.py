@@ -65,6 +65,10 @@ class LayoutWriter(ABC):
     def finish(self, top: Descriptor) -> None:
         """Write ``index.json`` and ``oci-layout``: the layout is complete only after this."""
 
+    @abstractmethod
+    def close(self) -> None:
+        """Release open files; a layout left unfinished stays incomplete (the caller removes it)."""
+
     # -- the ways blobs arrive
 
     def add_bytes(self, data: bytes) -> tuple[str, int]:
@@ -185,6 +189,10 @@ class DirWriter(LayoutWriter):
         os.close(fd)
         path.unlink(missing_ok=True)
 
+    def close(self) -> None:
+        if self._pending is not None:
+            self._abort()
+
     def _take(self) -> tuple[Path, int]:
         assert self._pending is not None
         pending, self._pending = self._pending, None
@@ -243,7 +251,12 @@ class TarWriter(LayoutWriter):
         end += -end % tarfile.RECORDSIZE
         _pwrite_all(self.fd, b"\0" * (end - self.end), self.end)
         os.ftruncate(self.fd, end)
-        os.close(self.fd)
+        self.close()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
     def _header(self, name: str, size: int, *, directory: bool = False) -> bytes:
         info = tarfile.TarInfo(name)
