@@ -14,8 +14,10 @@ import click
 from bundler.build import BuildOptions, build_bundles, select_profiles, source_date_epoch
 from bundler.bundle import BundleInfo, check_bundle
 from bundler.errors import SealiftError
+from bundler.keys import ALGORITHMS, KeyStore
 from bundler.profiles import load_profiles, profile_search_path
 from bundler.progress import for_terminal
+from bundler.repo import ROLES, Policy, Repository, RolePolicy
 from bundler.spec import load_spec
 
 __all__ = ["main"]
@@ -115,17 +117,22 @@ def inspect(bundle: Path, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("bundles", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--trusted-root", type=click.Path(path_type=Path, dir_okay=False),
+              help="Also check the bundle's signed TUF metadata against this root.json, as a device would.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @_reports_errors
-def verify(bundles: tuple[Path, ...], as_json: bool) -> None:
+def verify(bundles: tuple[Path, ...], trusted_root: Path | None, as_json: bool) -> None:
     """Check each BUNDLE: structure, and every blob's size and digest (and content digest when compressed).
 
+    With --trusted-root, first the signed metadata in the bundle's tuf/ folder, as a device does.
     Exits 1 and names each tampered, truncated or missing blob if any check fails.
     """
     results: list[dict[str, Any]] = []
     failed = False
     for path in bundles:
         try:
+            if trusted_root is not None:
+                _verify_signed(path, trusted_root)
             report = check_bundle(path)
             problems = list(report.problems)
             result: dict[str, Any] = {"bundle": str(path), "digest": report.bundle.digest, "problems": problems}
@@ -145,6 +152,19 @@ def verify(bundles: tuple[Path, ...], as_json: bool) -> None:
         sys.exit(1)
 
 
+def _verify_signed(bundle: Path, root: Path) -> None:
+    """The device's TUF check, against a throwaway trust state provisioned with ``root``."""
+    import tempfile
+
+    from updater.trust import TrustStore
+    from updater.verify import verify_for_device
+
+    with tempfile.TemporaryDirectory(prefix="sealift-verify-") as state:
+        store = TrustStore(Path(state))
+        store.init(root)
+        verify_for_device(bundle, trust=store, profile=None)
+
+
 @cli.command("profiles")
 @click.option("--spec", type=click.Path(path_type=Path, dir_okay=False), help="Also load profiles/ next to this spec.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -161,6 +181,82 @@ def profiles_cmd(spec: Path | None, as_json: bool, profiles_dirs: tuple[Path, ..
         return
     for p in sorted(known.values(), key=lambda p: p.name):
         click.echo(f"{p.name:18} {p.platform!s:16} {p.compatible:28} {p.description}")
+
+
+def _role_numbers(values: tuple[str, ...], option: str, kind: type[float] | type[int]) -> dict[str, float]:
+    result: dict[str, float] = {}
+    for value in values:
+        role, sep, number = value.partition("=")
+        try:
+            if not sep or role not in ROLES:
+                raise ValueError
+            result[role] = kind(number)
+        except ValueError:
+            raise click.BadParameter(f"expected ROLE=NUMBER with ROLE one of {', '.join(ROLES)}, found {value!r}",
+                                     param_hint=option) from None
+    return result
+
+
+@cli.group()
+def repo() -> None:
+    """The TUF repository that signs bundles.
+
+    Public metadata lives in DIR/metadata/; private keys only in KEYDIR, encrypted with the
+    passphrase in SEALIFT_KEY_PASSPHRASE (or typed at a prompt). Devices are provisioned with
+    DIR/metadata/1.root.json.
+    """
+
+
+_keys_option = click.option("--keys", "keydir", required=True, type=click.Path(path_type=Path, file_okay=False),
+                            help="The key directory (private keys, encrypted; never inside the repository).")
+
+
+@repo.command("init")
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
+@_keys_option
+@click.option("--algorithm", type=click.Choice(ALGORITHMS), default="ed25519", show_default=True, help="Key type for new keys.")
+@click.option("--role-keys", multiple=True, metavar="ROLE=N", help="Keys to create for a role (e.g. root=3). Default 1.")
+@click.option("--threshold", multiple=True, metavar="ROLE=N", help="Signatures a role needs (e.g. root=2). Default 1.")
+@click.option("--expiry", multiple=True, metavar="ROLE=DAYS",
+              help="How long a role's metadata stays valid. Defaults: root 365, targets 90, snapshot 30, timestamp 30.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@_reports_errors
+def repo_init(directory: Path, keydir: Path, algorithm: str, role_keys: tuple[str, ...], threshold: tuple[str, ...],
+              expiry: tuple[str, ...], as_json: bool) -> None:
+    """Create a TUF repository in DIRECTORY with new keys for root, targets, snapshot and timestamp."""
+    counts = _role_numbers(role_keys, "--role-keys", int)
+    thresholds = _role_numbers(threshold, "--threshold", int)
+    days = _role_numbers(expiry, "--expiry", float)
+    defaults = Policy().roles
+    roles = {
+        r: RolePolicy(keys=int(counts.get(r, max(defaults[r].keys, thresholds.get(r, 1)))), threshold=int(thresholds.get(r, 1)),
+                      expiry_days=days.get(r, defaults[r].expiry_days))
+        for r in ROLES
+    }
+    Repository(directory, KeyStore(keydir)).init(Policy(roles=roles, algorithm=algorithm))
+    root = directory / "metadata" / "1.root.json"
+    if as_json:
+        click.echo(json.dumps({"repository": str(directory), "root": str(root), "keys": str(keydir)}))
+    else:
+        click.echo(f"created {directory}; provision devices with {root}")
+
+
+@repo.command("add")
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("bundles", nargs=-1, required=True, type=click.Path(path_type=Path))
+@_keys_option
+@click.option("--force", is_flag=True, help="Publish even an older version than the newest, or replace a target.")
+@click.option("--location", metavar="URL", help="Where devices can fetch the bundle (recorded in the target).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@_reports_errors
+def repo_add(directory: Path, bundles: tuple[Path, ...], keydir: Path, force: bool, location: str | None, as_json: bool) -> None:
+    """Sign BUNDLES as targets of the repository in DIRECTORY and write its metadata into each."""
+    results = Repository(directory, KeyStore(keydir)).add(list(bundles), force=force, location=location)
+    if as_json:
+        click.echo(json.dumps([{"bundle": str(r.bundle), "target": r.target, "changed": r.changed} for r in results], indent=2))
+        return
+    for r in results:
+        click.echo(f"{'added' if r.changed else 'unchanged':9} {r.target}  {r.bundle}")
 
 
 def _print_table(info: BundleInfo) -> None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 __all__ = [
     "BundleError",
     "OutputError",
+    "RepositoryError",
     "SealiftError",
+    "SigningError",
     "SourceError",
     "SpecError",
 ]
@@ -38,3 +40,11 @@ class BundleError(SealiftError):
 
 class OutputError(SealiftError):
     """A bundle cannot be written: the disk is full, the target exists and differs, or similar."""
+
+
+class SigningError(SealiftError):
+    """A signing key is missing, locked, or not one the repository trusts for the role."""
+
+
+class RepositoryError(SealiftError):
+    """The TUF repository refuses a change: an older version, a damaged or unsigned metadata file."""

@@ -26,6 +26,8 @@ __all__ = [
     "CHUNK",
     "LAYOUT_VERSION",
     "MAX_JSON_BYTES",
+    "METADATA_DIR",
+    "METADATA_NAME",
     "Descriptor",
     "LayoutReader",
     "canonical_json",
@@ -39,6 +41,9 @@ LAYOUT_VERSION = "1.0.0"
 MAX_JSON_BYTES = 4 << 20  # manifests, indexes and descriptors are small; refuse huge ones
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _BLOB_NAME = re.compile(r"blobs/sha256/[0-9a-f]{64}")
+METADATA_DIR = "tuf"  # signed TUF metadata travels beside the layout, outside its content-addressed part
+METADATA_NAME = re.compile(r"(?:[0-9]{1,10}\.)?[a-z0-9][a-z0-9._-]{0,99}\.json")
+_TAR_METADATA = re.compile(rf"{METADATA_DIR}/{METADATA_NAME.pattern}")
 Progress = Callable[[int], None]
 
 
@@ -166,6 +171,14 @@ class LayoutReader(Protocol):
         """The digests of every blob stored, referenced or not."""
         ...
 
+    def metadata_names(self) -> set[str]:
+        """The files of the bundle's ``tuf/`` folder (signed metadata, outside the content-addressed part)."""
+        ...
+
+    def open_metadata(self, name: str) -> BinaryIO:
+        """A stream of one ``tuf/`` file; BundleError if it is missing."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -203,6 +216,7 @@ class _DirReader:
         self.root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
         self.blobs_fd = self._subdir(self.root_fd, "blobs")
         self.sha_fd = self._subdir(self.blobs_fd, "sha256") if self.blobs_fd is not None else None
+        self.tuf_fd = self._subdir(self.root_fd, METADATA_DIR)
 
     def _subdir(self, parent: int, name: str) -> int | None:
         try:
@@ -226,6 +240,14 @@ class _DirReader:
 
     def blob_names(self) -> set[str]:
         return {f"sha256:{n}" for n in os.listdir(self.sha_fd)} if self.sha_fd is not None else set()
+
+    def metadata_names(self) -> set[str]:
+        return {n for n in os.listdir(self.tuf_fd) if METADATA_NAME.fullmatch(n)} if self.tuf_fd is not None else set()
+
+    def open_metadata(self, name: str) -> BinaryIO:
+        if not METADATA_NAME.fullmatch(name):
+            raise BundleError(f"{self.location}: {name[:80]!r} is not a metadata file name")
+        return self._regular(self.tuf_fd, name, f"{METADATA_DIR}/{name}")
 
     def locate(self, digest: str) -> tuple[Path, int] | None:
         st = self._lstat(digest)
@@ -257,13 +279,13 @@ class _DirReader:
         return open(fd, "rb", buffering=0)
 
     def close(self) -> None:
-        for fd in (getattr(self, "sha_fd", None), getattr(self, "blobs_fd", None), self.root_fd):
+        for fd in (getattr(self, "sha_fd", None), getattr(self, "blobs_fd", None), getattr(self, "tuf_fd", None), self.root_fd):
             if fd is not None:
                 os.close(fd)
-        self.sha_fd = self.blobs_fd = None
+        self.sha_fd = self.blobs_fd = self.tuf_fd = None
 
 
-_TAR_DIRS = {"blobs", "blobs/sha256"}
+_TAR_DIRS = {"blobs", "blobs/sha256", "tuf"}
 _TAR_FILES = {"oci-layout", "index.json"}
 MAX_TAR_MEMBERS = 20_000  # a member costs about 1 KiB of memory; bundles have a few hundred
 MAX_TAR_EXTENSION = 64 << 10  # pax and GNU long-name headers are read whole by tarfile
@@ -304,7 +326,7 @@ class _TarReader:
                 name = info.name.removeprefix("./").rstrip("/")
                 if info.isdir() and name in (*_TAR_DIRS, "", "."):
                     continue
-                if not info.isreg() or not (name in _TAR_FILES or _BLOB_NAME.fullmatch(name)):
+                if not info.isreg() or not (name in _TAR_FILES or _BLOB_NAME.fullmatch(name) or _TAR_METADATA.fullmatch(name)):
                     if not self.strict:
                         continue
                     kind = "entry" if info.isreg() else "link or special entry"
@@ -335,6 +357,12 @@ class _TarReader:
 
     def blob_names(self) -> set[str]:
         return {f"sha256:{name.rpartition('/')[2]}" for name in self.members if name.startswith("blobs/")}
+
+    def metadata_names(self) -> set[str]:
+        return {name.removeprefix(f"{METADATA_DIR}/") for name in self.members if name.startswith(f"{METADATA_DIR}/")}
+
+    def open_metadata(self, name: str) -> BinaryIO:
+        return self._open(f"{METADATA_DIR}/{name}")
 
     def locate(self, digest: str) -> tuple[Path, int] | None:
         info = self.members.get(f"blobs/sha256/{check_digest(digest).removeprefix('sha256:')}")

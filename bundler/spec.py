@@ -16,7 +16,7 @@ from bundler.appdef import NAME, App, HealthPolicy, parse_app, parse_health
 from bundler.errors import SpecError
 from bundler.yamlfile import Field, load_yaml
 
-__all__ = ["ALL_PROFILES", "Component", "Secret", "Spec", "load_spec"]
+__all__ = ["ALL_PROFILES", "Component", "Secret", "Spec", "load_spec", "version_key"]
 
 ALL_PROFILES = "all"
 _VERSION = re.compile(
@@ -189,3 +189,18 @@ def _app_field(field: Field, spec_path: Path) -> Field:
         return load_yaml(target, what="application definition")
     except SpecError as e:
         raise SpecError(f"{e} (referenced from {spec_path}: app)") from e
+
+
+def version_key(version: str) -> tuple[tuple[int, int, int], int, tuple[tuple[int, int | str], ...]]:
+    """Semantic-version precedence: ``1.0.0-rc.1 < 1.0.0 < 1.0.1``; build metadata is ignored.
+
+    Raises ValueError for a string that is not a semantic version.
+    """
+    match = _VERSION.fullmatch(version)
+    if match is None:
+        raise ValueError(f"{version!r} is not a semantic version")
+    core, _, rest = version.partition("+")[0].partition("-")
+    major, minor, patch = (int(p) for p in core.split("."))
+    prerelease = tuple((0, int(p)) if p.isdigit() else (1, p) for p in rest.split(".")) if rest else ()
+    # a release ranks above every pre-release of the same core version
+    return (major, minor, patch), 0 if rest else 1, prerelease

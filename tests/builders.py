@@ -104,3 +104,14 @@ def docker_archive_from_bundle(bundle: Path, manifest_digest: str, tag: str) -> 
         for path in dict.fromkeys(paths):
             out.add(bundle / path, arcname=path)
     return archive.getvalue()
+
+
+def signed(bundles: list[Path], root: Path, *, passphrase: str = "test passphrase") -> Path:
+    """Sign ``bundles`` with a new repository under ``root``; returns the root metadata to provision devices with."""
+    from bundler.keys import KeyStore
+    from bundler.repo import Policy, Repository
+
+    repo = Repository(root / "repo", KeyStore(root / "keys", passphrase=lambda: passphrase))
+    repo.init(Policy())
+    repo.add(bundles)
+    return root / "repo" / "metadata" / "1.root.json"

@@ -2,19 +2,41 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from bundler.errors import SealiftError
 from bundler.profiles import load_profiles, profile_search_path
+from updater.errors import UpdaterError
+from updater.trust import TrustStore
 from updater.verify import verify_for_device
 
 __all__ = ["main"]
 
 DEFAULT_STATE_DIR = Path("/var/lib/sealift")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _reports_errors(func: F) -> F:
+    """Print a SealiftError's one-line diagnostics (as JSON with --json) and exit 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except SealiftError as e:
+            if kwargs.get("as_json"):
+                click.echo(json.dumps({"ok": False, "error": e.diagnostics()}))
+            click.echo(f"error: {e.diagnostics()}", err=True)
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -23,30 +45,53 @@ DEFAULT_STATE_DIR = Path("/var/lib/sealift")
               show_default=True, help="Where the device keeps its slots, trusted metadata and state.")
 @click.pass_context
 def cli(ctx: click.Context, state_dir: Path) -> None:
-    """Verify and install Sealift bundles on this device."""
-    ctx.obj = {"state_dir": state_dir}
+    """Verify and install Sealift bundles on this device, offline.
+
+    Provision the device once with the repository's root metadata (`trust init`); every bundle
+    is then checked against it: TUF signatures, versions and expiry, every blob's digest, and
+    the hardware profile.
+    """
+    ctx.obj = TrustStore(state_dir)
+
+
+@cli.group()
+def trust() -> None:
+    """The device's trusted TUF root and metadata."""
+
+
+@trust.command("init")
+@click.argument("root", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--force", is_flag=True, help="Replace a trusted root the device already has.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_obj
+@_reports_errors
+def trust_init(store: TrustStore, root: Path, force: bool, as_json: bool) -> None:
+    """Provision this device with ROOT (the repository's root.json): the one trusted starting point."""
+    trusted = store.init(root, force=force)
+    result = {"ok": True, "root_version": trusted.version, "expires": trusted.expires.isoformat(), "state_dir": str(store.state_dir)}
+    click.echo(json.dumps(result) if as_json else f"trusted root version {trusted.version}, expires {trusted.expires:%Y-%m-%d}")
 
 
 @cli.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--profile", metavar="NAME", help="Refuse the bundle unless it was built for this hardware profile.")
+@click.option("--profile", metavar="NAME", help="This device's hardware profile: refuse bundles built for another.")
 @click.option("--profiles-dir", type=click.Path(path_type=Path, file_okay=False), help="Extra profile directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def verify(bundle: Path, profile: str | None, profiles_dir: Path | None, as_json: bool) -> None:
-    """Check BUNDLE the way an install would, without changing anything."""
-    try:
-        wanted = None
-        if profile is not None:
-            known = load_profiles(profile_search_path(extra=[profiles_dir] if profiles_dir else []))
-            if profile not in known:
-                raise SealiftError(f"unknown profile {profile!r} (known: {', '.join(sorted(known))})")
-            wanted = known[profile]
-        info = verify_for_device(bundle, profile=wanted)
-    except SealiftError as e:
-        if as_json:
-            click.echo(json.dumps({"bundle": str(bundle), "ok": False, "error": e.diagnostics()}))
-        click.echo(f"error: {e.diagnostics()}", err=True)
-        sys.exit(1)
+@click.pass_obj
+@_reports_errors
+def verify(store: TrustStore, bundle: Path, profile: str | None, profiles_dir: Path | None, as_json: bool) -> None:
+    """Check BUNDLE the way an install does: signed metadata, every blob, the hardware profile.
+
+    Offline: the metadata comes from the bundle's tuf/ folder. The device's trusted metadata
+    advances only when every check passes.
+    """
+    wanted = None
+    if profile is not None:
+        known = load_profiles(profile_search_path(extra=[profiles_dir] if profiles_dir else []))
+        if profile not in known:
+            raise UpdaterError(f"unknown profile {profile!r} (known: {', '.join(sorted(known))})")
+        wanted = known[profile]
+    info = verify_for_device(bundle, trust=store, profile=wanted)
     if as_json:
         click.echo(json.dumps({"ok": True, **info.to_json()}, indent=2))
     else:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from bundler.errors import SealiftError
 
-__all__ = ["UpdaterError"]
+__all__ = ["TrustError", "UpdaterError"]
 
 
 class UpdaterError(SealiftError):
     """Base of the errors raised by the device side."""
+
+
+class TrustError(UpdaterError):
+    """A bundle or its metadata fails the trust check, or the device's trust state is unusable."""

@@ -1,31 +1,102 @@
 """The one place the device decides whether a bundle may be installed.
 
-Today: structure, every blob's digest and size, and that the bundle was built for this device's
-hardware profile and compatible string. Signature checks (TUF) join here, before anything else.
+(1) TUF, through python-tuf's ngclient, offline: the bundle's ``tuf/`` metadata is verified
+against the device's trusted root and metadata, and the bundle's top index must be the signed
+target ``NAME/PROFILE/VERSION`` byte for byte; (2) every blob's digest and size; (3) the bundle
+was built for this device's profile and compatible string. Only then does the device's trusted
+metadata advance.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
-from bundler.bundle import BundleInfo, verify_bundle
+from tuf.api import exceptions as tuf_errors
+from tuf.api.metadata import TargetFile
+from tuf.ngclient import Updater, UpdaterConfig
+
+from bundler.bundle import ANNOTATION, BundleInfo, verify_bundle
 from bundler.errors import BundleError
+from bundler.layout import MAX_JSON_BYTES, LayoutReader, open_layout
 from bundler.profiles import Profile
+from updater.errors import TrustError
+from updater.fetcher import BUNDLE_URL, BundleFetcher
+from updater.trust import TrustStore
 
 __all__ = ["verify_for_device"]
 
+_TUF_FAULTS: dict[type[Exception], str] = {
+    tuf_errors.ExpiredMetadataError: "expired metadata",
+    tuf_errors.EqualVersionNumberError: "metadata replayed with an unchanged version",
+    tuf_errors.BadVersionNumberError: "metadata older than the device already trusts (rollback)",
+    tuf_errors.UnsignedMetadataError: "metadata not signed by enough trusted keys",
+    tuf_errors.LengthOrHashMismatchError: "metadata that does not match what the snapshot or timestamp signed",
+    tuf_errors.DownloadLengthMismatchError: "a metadata file larger than allowed",
+    tuf_errors.DownloadHTTPError: "metadata missing from the bundle",
+}
 
-def verify_for_device(path: Path, *, profile: Profile | None) -> BundleInfo:
-    """Check ``path`` completely; with ``profile``, refuse a bundle built for other hardware."""
-    # (1) every byte: structure, digests, sizes, content digests of compressed layers
-    info = verify_bundle(path)
-    # (2) the bundle is for this hardware
-    if profile is not None:
-        if info.profile != profile.name:
-            raise BundleError(f"{path}: bundle {info.name} {info.version} is for profile {info.profile}, this device is {profile.name}")
-        if info.compatible != profile.compatible:
-            raise BundleError(
-                f"{path}: bundle {info.name} {info.version} is compatible with {info.compatible!r}, "
-                f"this device needs {profile.compatible!r}"
-            )
+
+def verify_for_device(path: Path, *, trust: TrustStore, profile: Profile | None) -> BundleInfo:
+    """Check ``path`` completely; raise TrustError or BundleError naming the first fault found."""
+    with trust.candidate() as metadata_dir, open_layout(path) as reader:
+        # (1) TUF: the signed target for this bundle, and the index bytes it names
+        name, index = _claimed_target(reader)
+        target = _signed_target(path, reader, metadata_dir, name)
+        _check_target(path, name, target, index)
+        # (2) every blob, and (3) the hardware
+        info = verify_bundle(path)
+        _check_profile(path, info, profile)
+        trust.commit(metadata_dir)
     return info
+
+
+def _claimed_target(reader: LayoutReader) -> tuple[str, bytes]:
+    """The target name the bundle claims to be, and its index bytes (checked against TUF next)."""
+    try:
+        entry = json.loads(reader.read_small("index.json"))["manifests"][0]
+        with reader.open_blob(entry["digest"]) as stream:
+            index = stream.read(MAX_JSON_BYTES + 1)
+        annotations = json.loads(index)["annotations"]
+        name = f"{annotations[ANNOTATION.NAME]}/{annotations[ANNOTATION.PROFILE]}/{annotations[ANNOTATION.VERSION]}"
+    except (ValueError, KeyError, IndexError, TypeError, RecursionError) as e:
+        raise BundleError(f"{reader.location}: no readable bundle index to look up in the signed targets") from e
+    return name, index
+
+
+def _signed_target(path: Path, reader: LayoutReader, metadata_dir: Path, name: str) -> TargetFile:
+    if not reader.metadata_names():
+        raise TrustError(f"{path}: carries no signed metadata (tuf/); sign it with `sealift repo add`")
+    updater = Updater(str(metadata_dir), BUNDLE_URL, fetcher=BundleFetcher(reader), config=UpdaterConfig(), bootstrap=None)
+    try:
+        updater.refresh()
+        target = updater.get_targetinfo(name)
+    except (tuf_errors.RepositoryError, tuf_errors.DownloadError) as e:
+        fault = next((text for kind, text in _TUF_FAULTS.items() if isinstance(e, kind)), "metadata that fails verification")
+        raise TrustError(f"{path}: refused: {fault} ({e})") from e
+    except OSError as e:
+        raise TrustError(f"{metadata_dir}: cannot keep the trusted metadata ({e.strerror})") from e
+    if target is None:
+        raise TrustError(f"{path}: {name} is not a target signed by the repository")
+    return target
+
+
+def _check_target(path: Path, name: str, target: TargetFile, index: bytes) -> None:
+    try:
+        target.verify_length_and_hashes(index)
+    except tuf_errors.LengthOrHashMismatchError as e:
+        digest = f"sha256:{hashlib.sha256(index).hexdigest()}"
+        raise TrustError(f"{path}: bundle index {digest} is not the one signed as {name} ({e})") from e
+
+
+def _check_profile(path: Path, info: BundleInfo, profile: Profile | None) -> None:
+    if profile is None:
+        return
+    if info.profile != profile.name:
+        raise BundleError(f"{path}: bundle {info.name} {info.version} is for profile {info.profile}, this device is {profile.name}")
+    if info.compatible != profile.compatible:
+        raise BundleError(
+            f"{path}: bundle {info.name} {info.version} is compatible with {info.compatible!r}, "
+            f"this device needs {profile.compatible!r}"
+        )

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.builders import project
+from tests.builders import project, signed
 
 
 def run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -16,9 +16,10 @@ def run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) 
                           env={**os.environ, "SOURCE_DATE_EPOCH": "1700000000", **(env or {})}, check=False, timeout=300)
 
 
-def updater(*args: str) -> subprocess.CompletedProcess[str]:
+def updater(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     code = "from updater.cli import main; main()"
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=False, timeout=300)
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=False, timeout=300,
+                          env={**os.environ, **(env or {})})
 
 
 def test_build_json_then_inspect_and_verify(tmp_path: Path) -> None:
@@ -79,9 +80,15 @@ def test_default_epoch_comes_from_the_specs_git_commit(tmp_path: Path) -> None:
 def test_updater_refuses_a_bundle_for_other_hardware(tmp_path: Path) -> None:
     spec = project(tmp_path / "src")
     run("build", str(spec), "--out", str(tmp_path / "out"), "--profile", "x86_64-cpu")
-    bundle = str(tmp_path / "out" / "demo-1.2.0-x86_64-cpu")
-    assert updater("verify", bundle, "--profile", "x86_64-cpu").returncode == 0
-    refused = updater("verify", bundle, "--profile", "x86_64-nvidia")
+    bundle = tmp_path / "out" / "demo-1.2.0-x86_64-cpu"
+    state = str(tmp_path / "state")
+    unprovisioned = updater("--state-dir", state, "verify", str(bundle))
+    assert unprovisioned.returncode == 1 and "no trusted root" in unprovisioned.stderr
+    root = signed([bundle], tmp_path / "signing")
+    assert updater("--state-dir", state, "trust", "init", str(root)).returncode == 0
+    ok = updater("--state-dir", state, "verify", str(bundle), "--profile", "x86_64-cpu")
+    assert ok.returncode == 0, ok.stderr
+    refused = updater("--state-dir", state, "verify", str(bundle), "--profile", "x86_64-nvidia")
     assert refused.returncode == 1 and "is for profile x86_64-cpu, this device is x86_64-nvidia" in refused.stderr
 
 
@@ -101,8 +108,8 @@ def test_user_profiles_from_the_environment_serve_both_commands(tmp_path: Path) 
     built = run("build", str(spec), "--out", str(tmp_path / "out"), "--json", env=env)
     assert built.returncode == 0, built.stderr
     assert json.loads(built.stdout)[0]["compatible"] == "acme/box-v1"
-    bundle = str(tmp_path / "out" / "demo-1.2.0-acme-box")
-    code = "from updater.cli import main; main()"
-    checked = subprocess.run([sys.executable, "-c", code, "verify", bundle, "--profile", "acme-box"], capture_output=True,
-                             text=True, env={**os.environ, **env}, check=False)
+    bundle = tmp_path / "out" / "demo-1.2.0-acme-box"
+    state = str(tmp_path / "state")
+    assert updater("--state-dir", state, "trust", "init", str(signed([bundle], tmp_path / "signing"))).returncode == 0
+    checked = updater("--state-dir", state, "verify", str(bundle), "--profile", "acme-box", env=env)
     assert checked.returncode == 0, checked.stderr
