@@ -319,10 +319,14 @@ class _TarReader:
 
     def _index_members(self) -> dict[str, tarfile.TarInfo]:
         members: dict[str, tarfile.TarInfo] = {}
+        file_size = os.stat(self.location).st_size
         try:
             for count, info in enumerate(self.tar):
                 if count >= MAX_TAR_MEMBERS:
                     raise BundleError(f"{self.location}: more than {MAX_TAR_MEMBERS} entries in the tar file")
+                if info.offset_data + info.size > file_size:
+                    # tarfile reads a cut-off archive as a short one; the sizes tell the truth
+                    raise BundleError(f"{self.location}: tar file is truncated: {info.name[:200]!r} runs past its end")
                 name = info.name.removeprefix("./").rstrip("/")
                 if info.isdir() and name in (*_TAR_DIRS, "", "."):
                     continue
@@ -339,11 +343,19 @@ class _TarReader:
         return members
 
     def _check_end(self) -> None:
-        """Nothing but zero padding may follow the last member: the bundle is all there is."""
+        """The end-of-archive marker, then nothing but zero padding: the bundle is all there is.
+
+        A copy cut off between members (or inside a header, which tarfile takes for the end)
+        lacks the marker.
+        """
         self.tar.fileobj.seek(self.tar.offset)
         tail = self.tar.fileobj.read(tarfile.RECORDSIZE + 1)
         if len(tail) > tarfile.RECORDSIZE or tail.strip(b"\0"):
+            if len(tail) < 2 * tarfile.BLOCKSIZE:
+                raise BundleError(f"{self.location}: tar file is truncated (it stops inside an entry's header)")
             raise BundleError(f"{self.location}: data follows the end of the tar archive")
+        if len(tail) < 2 * tarfile.BLOCKSIZE:
+            raise BundleError(f"{self.location}: tar file is truncated (it has no end-of-archive marker)")
 
     def read_small(self, name: str) -> bytes:
         return _read_bounded(self._open(name), name, self.location)

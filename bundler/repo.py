@@ -141,6 +141,47 @@ class Repository:
             attach_metadata(path, files)
         return results
 
+    def rotate(self, role: str, *, revoke: Sequence[str] | None = None) -> list[str]:
+        """Replace ``role``'s keys (or only those in ``revoke``) with new ones, in a new root version.
+
+        The new root is signed by the old root's keys and, for a root rotation, the new ones too,
+        so a device walks from one to the next. The role's metadata (and what names it) is then
+        re-signed with the new keys. Returns the IDs of the keys removed.
+        """
+        if role not in ROLES:
+            raise RepositoryError(f"unknown role {role!r} (expected one of {', '.join(ROLES)})")
+        policy = self._policy()
+        old_md = self._load("root.json", Root)
+        root = Metadata.from_bytes(old_md.to_bytes()).signed
+        assert isinstance(root, Root)
+        removed = list(revoke) if revoke is not None else list(root.roles[role].keyids)
+        unknown = [k for k in removed if k not in root.roles[role].keyids]
+        if unknown:
+            raise RepositoryError(f"role {role}: key {unknown[0][:16]} is not one of its keys")
+        for keyid in removed:
+            root.revoke_key(keyid, role)
+            root.add_key(self.keys.generate(role, algorithm=policy.algorithm), role)
+        root.version += 1
+        root.expires = self._expiry(policy, "root")
+        new_md = Metadata(root)
+        self._sign_root(new_md, old_md.signed, root)
+        self._write(new_md, f"{root.version}.root.json")
+        self._write(new_md, "root.json")
+        self._publish(self._load_versioned("targets", Targets), root, policy, bump=True)
+        return removed
+
+    def _sign_root(self, md: Metadata[Root], previous: Root, current: Root) -> None:
+        """A new root needs a threshold of the previous root's keys and of its own."""
+        md.signatures.clear()
+        keyids = list(dict.fromkeys([*previous.roles["root"].keyids, *current.roles["root"].keyids]))
+        for signer in self.keys.signers(keyids):
+            md.sign(signer, append=True)
+        for trusted, which in ((previous, "previous"), (current, "new")):
+            try:
+                trusted.verify_delegate("root", md.signed_bytes, md.signatures)
+            except UnsignedMetadataError as e:
+                raise SigningError(f"root version {current.version}: not enough signatures from the {which} root keys") from e
+
     def current_files(self) -> dict[str, bytes]:
         """What a device needs: every root version, the timestamp, and the snapshot and targets it names."""
         timestamp = self._load("timestamp.json", Timestamp)

@@ -22,6 +22,7 @@ from tuf.api.exceptions import RepositoryError as TufRepositoryError
 from tuf.api.metadata import Metadata, Root
 from tuf.api.serialization import DeserializationError
 
+from bundler.spec import version_key
 from updater.errors import TrustError
 
 __all__ = ["ROOT_MAX_BYTES", "TrustStore"]
@@ -29,6 +30,7 @@ __all__ = ["ROOT_MAX_BYTES", "TrustStore"]
 ROOT_MAX_BYTES = 512_000  # ngclient's own bound for root metadata
 _LINK = "trust"
 _CLOCK = "clock.json"
+_VERSIONS = "versions.json"
 
 
 class TrustStore:
@@ -76,11 +78,35 @@ class TrustStore:
             if scratch.exists() and scratch.resolve() != self.current.resolve():
                 shutil.rmtree(scratch)  # not committed: the device trusts what it trusted before
 
-    def commit(self, candidate: Path) -> None:
-        """Make the verified candidate the trusted metadata and advance the trusted clock."""
+    def commit(self, candidate: Path, *, release: tuple[str, str, str]) -> None:
+        """Make the verified candidate the trusted metadata; advance the trusted clock and the
+        newest version seen for the release's name and profile."""
+        name, profile, version = release
+        versions = self._versions()
+        key = f"{name}/{profile}"
+        if key not in versions or version_key(version) > version_key(versions[key]):
+            versions[key] = version
         self._swap_in(candidate)
         newest = max(self.now(), self._newest_time() or self.now())
         _write_atomic(self.state_dir / _CLOCK, json.dumps({"newest_trusted_time": newest.isoformat()}).encode())
+        _write_atomic(self.state_dir / _VERSIONS, json.dumps(versions, indent=2, sort_keys=True).encode())
+
+    def check_version(self, name: str, profile: str, version: str) -> None:
+        """Refuse a release older than one this device has already accepted (a rollback)."""
+        newest = self._versions().get(f"{name}/{profile}")
+        if newest is not None and version_key(version) < version_key(newest):
+            raise TrustError(f"bundle {name} {version} for {profile} is older than {newest}, which this device already accepted")
+
+    def _versions(self) -> dict[str, str]:
+        try:
+            data = json.loads((self.state_dir / _VERSIONS).read_text())
+        except FileNotFoundError:
+            return {}
+        except ValueError as e:
+            raise TrustError(f"{self.state_dir / _VERSIONS}: damaged ({e})") from e
+        if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+            raise TrustError(f"{self.state_dir / _VERSIONS}: damaged (not a map of versions)")
+        return data
 
     def check_clock(self) -> None:
         newest = self._newest_time()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 from tuf.api import exceptions as tuf_errors
@@ -45,10 +46,11 @@ def verify_for_device(path: Path, *, trust: TrustStore, profile: Profile | None)
         name, index = _claimed_target(reader)
         target = _signed_target(path, reader, metadata_dir, name)
         _check_target(path, name, target, index)
-        # (2) every blob, and (3) the hardware
+        # (2) every blob, (3) the hardware, and (4) never back to an older release
         info = verify_bundle(path)
         _check_profile(path, info, profile)
-        trust.commit(metadata_dir)
+        trust.check_version(info.name, info.profile, info.version)
+        trust.commit(metadata_dir, release=(info.name, info.profile, info.version))
     return info
 
 
@@ -66,8 +68,10 @@ def _claimed_target(reader: LayoutReader) -> tuple[str, bytes]:
 
 
 def _signed_target(path: Path, reader: LayoutReader, metadata_dir: Path, name: str) -> TargetFile:
-    if not reader.metadata_names():
+    names = reader.metadata_names()
+    if not names:
         raise TrustError(f"{path}: carries no signed metadata (tuf/); sign it with `sealift repo add`")
+    _check_root_chain(path, names, metadata_dir)
     updater = Updater(str(metadata_dir), BUNDLE_URL, fetcher=BundleFetcher(reader), config=UpdaterConfig(), bootstrap=None)
     try:
         updater.refresh()
@@ -80,6 +84,19 @@ def _signed_target(path: Path, reader: LayoutReader, metadata_dir: Path, name: s
     if target is None:
         raise TrustError(f"{path}: {name} is not a target signed by the repository")
     return target
+
+
+def _check_root_chain(path: Path, names: set[str], metadata_dir: Path) -> None:
+    """Every root version after the trusted one must be there: a device walks them one by one."""
+    trusted = int(Path(os.readlink(metadata_dir / "root.json")).name.split(".")[0])
+    carried = sorted(int(n.split(".")[0]) for n in names if n.endswith(".root.json") and n.split(".")[0].isdigit())
+    newer = [v for v in carried if v > trusted]
+    if newer and newer != list(range(trusted + 1, newer[-1] + 1)):
+        missing = next(v for v in range(trusted + 1, newer[-1]) if v not in newer)
+        raise TrustError(
+            f"{path}: the root chain has a gap: the device trusts root version {trusted}, the bundle carries up to "
+            f"{newer[-1]} but not {missing}"
+        )
 
 
 def _check_target(path: Path, name: str, target: TargetFile, index: bytes) -> None:

@@ -367,3 +367,21 @@ def test_descriptor_release_is_validated_like_a_spec(bundle: Path, change: Calla
     with pytest.raises(BundleError) as caught:
         check_bundle(bundle)
     assert message in caught.value.diagnostics()
+
+
+@pytest.mark.parametrize("where", ["member-boundary", "inside-a-header", "inside-data", "before-end-marker"])
+def test_tar_cut_anywhere_is_reported_truncated(pristine: dict[str, Path], tmp_path: Path, where: str) -> None:
+    data = pristine["tar"].read_bytes()
+    with tarfile.open(pristine["tar"]) as archive:
+        members = archive.getmembers()
+    biggest = max(members, key=lambda m: m.size)
+    cut = {
+        "member-boundary": biggest.offset,  # just before a header
+        "inside-a-header": biggest.offset + 100,
+        "inside-data": biggest.offset_data + biggest.size // 2,
+        "before-end-marker": members[-1].offset_data + members[-1].size + (-members[-1].size % 512),
+    }[where]
+    cut_copy = tmp_path / "cut.tar"
+    cut_copy.write_bytes(data[:cut])
+    with pytest.raises(BundleError, match="tar file is truncated"):
+        check_bundle(cut_copy)

@@ -1,0 +1,279 @@
+"""Signing with `sealift repo` and verifying offline on a device: each attack refused with its own
+error, and the device's trusted state left exactly as it was."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from tuf.api.metadata import Metadata, Targets
+
+from bundler.build import BuildOptions, build_bundles, select_profiles
+from bundler.errors import BundleError, RepositoryError, SigningError
+from bundler.keys import KeyStore
+from bundler.profiles import builtin_profile_dir, load_profiles
+from bundler.repo import Policy, Repository, RolePolicy
+from bundler.spec import load_spec
+from tests.builders import project
+from updater.errors import TrustError
+from updater.trust import TrustStore
+from updater.verify import verify_for_device
+
+PROFILES = load_profiles([builtin_profile_dir()])
+CPU = PROFILES["x86_64-cpu"]
+
+
+@pytest.fixture(scope="module")
+def unsigned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Unsigned bundles of versions 1.1.0, 1.2.0 and 1.3.0 for x86_64-cpu, plus 1.2.0 for NVIDIA."""
+    root = tmp_path_factory.mktemp("unsigned")
+    spec_path = project(root / "src")
+    built: dict[str, Path] = {}
+    for version in ("1.1.0", "1.2.0", "1.3.0"):
+        spec_path.write_text(spec_path.read_text().replace("version: 1.2.0", f"version: {version}").replace(
+            "version: 1.1.0", f"version: {version}").replace("version: 1.3.0", f"version: {version}"))
+        spec = load_spec(spec_path)
+        profiles = select_profiles(spec, PROFILES, ("x86_64-cpu", "x86_64-nvidia") if version == "1.2.0" else ("x86_64-cpu",))
+        for b in build_bundles(spec, profiles, BuildOptions(out=root / "out", epoch=1_700_000_000)):
+            built[f"{version}-{b.profile}"] = b.path
+    return built
+
+
+class Setup:
+    """A repository, its bundles (fresh copies), and a device provisioned with its first root."""
+
+    def __init__(self, tmp: Path, unsigned: dict[str, Path], *, policy: Policy | None = None,
+                 now: Callable[[], dt.datetime] | None = None) -> None:
+        self.tmp = tmp
+        self.keys = KeyStore(tmp / "keys", passphrase=lambda: "test passphrase")
+        self.repo = Repository(tmp / "repo", self.keys, now=now)
+        self.repo.init(policy or Policy())
+        self.bundles = {}
+        for name, path in unsigned.items():
+            self.bundles[name] = tmp / "bundles" / path.name
+            shutil.copytree(path, self.bundles[name])
+        self.device = TrustStore(tmp / "state")
+        self.device.init(tmp / "repo/metadata/1.root.json")
+
+    def sign(self, *names: str) -> None:
+        self.repo.add([self.bundles[n] for n in names])
+
+    def verify(self, name: str, profile: str = "x86_64-cpu") -> str:
+        return verify_for_device(self.bundles[name], trust=self.device, profile=PROFILES[profile]).version
+
+    def state(self) -> dict[str, bytes]:
+        """Every file of the device's state, links followed: what 'unchanged' is checked against."""
+        found = {}
+        for directory, _, files in os.walk(self.device.state_dir):
+            for name in files:
+                path = Path(directory, name)
+                key = str(path.relative_to(self.device.state_dir))
+                found[key] = os.readlink(path).encode() if path.is_symlink() else path.read_bytes()
+        found["trust (link)"] = os.readlink(self.device.state_dir / "trust").encode()
+        return found
+
+    def refused(self, name: str, error: type[Exception], match: str, profile: str = "x86_64-cpu") -> None:
+        before = self.state()
+        with pytest.raises(error, match=match) as caught:
+            self.verify(name, profile)
+        assert "\n" not in str(caught.value)
+        assert self.state() == before, "a refused bundle changed the device's trusted state"
+
+    def tuf(self, name: str) -> Path:
+        return self.bundles[name] / "tuf"
+
+
+@pytest.fixture
+def setup(tmp_path: Path, unsigned: dict[str, Path]) -> Setup:
+    return Setup(tmp_path, unsigned)
+
+
+def test_signed_bundle_verifies_offline_and_the_device_remembers(setup: Setup) -> None:
+    setup.sign("1.2.0-x86_64-cpu")
+    before = setup.state()
+    assert setup.verify("1.2.0-x86_64-cpu") == "1.2.0"
+    after = setup.state()
+    assert after != before  # the device now trusts timestamp, snapshot and targets too
+    assert any(name.endswith("timestamp.json") for name in after)
+    assert json.loads((setup.device.state_dir / "versions.json").read_text()) == {"demo/x86_64-cpu": "1.2.0"}
+
+
+def test_unsigned_bundle_and_unprovisioned_device(setup: Setup, tmp_path: Path) -> None:
+    setup.refused("1.2.0-x86_64-cpu", TrustError, "carries no signed metadata")
+    setup.sign("1.2.0-x86_64-cpu")
+    with pytest.raises(TrustError, match="no trusted root"):
+        verify_for_device(setup.bundles["1.2.0-x86_64-cpu"], trust=TrustStore(tmp_path / "blank"), profile=CPU)
+
+
+def test_tampered_blob(setup: Setup) -> None:
+    setup.sign("1.2.0-x86_64-cpu")
+    blob = next(p for p in (setup.bundles["1.2.0-x86_64-cpu"] / "blobs/sha256").iterdir() if p.stat().st_size > 1000)
+    data = bytearray(blob.read_bytes())
+    data[100] ^= 1
+    blob.write_bytes(bytes(data))
+    setup.refused("1.2.0-x86_64-cpu", BundleError, "is corrupt")
+
+
+def test_tampered_index(setup: Setup) -> None:
+    """A forged top index (another payload) under a fresh digest: not the index the repository signed."""
+    setup.sign("1.2.0-x86_64-cpu")
+    bundle = setup.bundles["1.2.0-x86_64-cpu"]
+    layout = json.loads((bundle / "index.json").read_text())
+    top_path = bundle / "blobs/sha256" / layout["manifests"][0]["digest"].removeprefix("sha256:")
+    forged = top_path.read_bytes().replace(b'"dev.sealift.version":"1.2.0"', b'"dev.sealift.version":"1.2.0" ')
+    import hashlib
+    digest = hashlib.sha256(forged).hexdigest()
+    (bundle / "blobs/sha256" / digest).write_bytes(forged)
+    layout["manifests"][0].update(digest=f"sha256:{digest}", size=len(forged))
+    (bundle / "index.json").write_text(json.dumps(layout))
+    setup.refused("1.2.0-x86_64-cpu", TrustError, "is not the one signed as demo/x86_64-cpu/1.2.0")
+
+
+def test_metadata_signed_by_an_unknown_key(setup: Setup, tmp_path: Path) -> None:
+    setup.sign("1.2.0-x86_64-cpu")
+    rogue = KeyStore(tmp_path / "rogue", passphrase=lambda: "x")
+    key = rogue.generate("targets")
+    path = next(setup.tuf("1.2.0-x86_64-cpu").glob("*.targets.json"))
+    md = Metadata.from_bytes(path.read_bytes())
+    md.signatures.clear()
+    md.sign(rogue.signers([key.keyid])[0])
+    path.write_bytes(md.to_bytes())
+    setup.refused("1.2.0-x86_64-cpu", TrustError, "not signed by enough trusted keys")
+
+
+def test_threshold_not_met(tmp_path: Path, unsigned: dict[str, Path]) -> None:
+    roles = {**Policy().roles, "targets": RolePolicy(keys=2, threshold=2, expiry_days=30)}
+    setup = Setup(tmp_path, unsigned, policy=Policy(roles=roles))
+    setup.sign("1.2.0-x86_64-cpu")
+    path = next(setup.tuf("1.2.0-x86_64-cpu").glob("*.targets.json"))
+    md = Metadata.from_bytes(path.read_bytes())
+    assert len(md.signatures) == 2
+    md.signatures.popitem()
+    path.write_bytes(md.to_bytes())
+    setup.refused("1.2.0-x86_64-cpu", TrustError, "not signed by enough trusted keys")
+
+
+def test_older_bundle_version_is_a_rollback(setup: Setup) -> None:
+    setup.sign("1.1.0-x86_64-cpu", "1.2.0-x86_64-cpu")
+    assert setup.verify("1.2.0-x86_64-cpu") == "1.2.0"
+    setup.refused("1.1.0-x86_64-cpu", TrustError, "1.1.0 for x86_64-cpu is older than 1.2.0, which this device already accepted")
+
+
+def test_repository_refuses_to_publish_an_older_version(setup: Setup) -> None:
+    setup.sign("1.3.0-x86_64-cpu")
+    with pytest.raises(RepositoryError, match=r"older than published 1\.3\.0"):
+        setup.sign("1.1.0-x86_64-cpu")
+    setup.repo.add([setup.bundles["1.1.0-x86_64-cpu"]], force=True)
+    assert setup.repo.add([setup.bundles["1.1.0-x86_64-cpu"]])[0].changed is False  # re-adding changes nothing
+
+
+def test_older_metadata_is_a_rollback(setup: Setup, tmp_path: Path) -> None:
+    setup.sign("1.2.0-x86_64-cpu")
+    stale = tmp_path / "stale-tuf"
+    shutil.copytree(setup.tuf("1.2.0-x86_64-cpu"), stale)  # timestamp and snapshot version 2
+    setup.sign("1.3.0-x86_64-cpu")  # the repository moves on: version 3
+    assert setup.verify("1.3.0-x86_64-cpu") == "1.3.0"
+    shutil.rmtree(setup.tuf("1.2.0-x86_64-cpu"))
+    shutil.copytree(stale, setup.tuf("1.2.0-x86_64-cpu"))
+    setup.refused("1.2.0-x86_64-cpu", TrustError, "older than the device already trusts")
+
+
+def test_expired_metadata_is_a_freeze(tmp_path: Path, unsigned: dict[str, Path]) -> None:
+    """Metadata signed two days ago with a one-day timestamp: an attacker replaying a frozen view."""
+    two_days_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=2)
+    roles = {**Policy().roles, "timestamp": RolePolicy(expiry_days=1)}
+    setup = Setup(tmp_path, unsigned, policy=Policy(roles=roles), now=lambda: two_days_ago)
+    setup.sign("1.2.0-x86_64-cpu")
+    setup.refused("1.2.0-x86_64-cpu", TrustError, "expired metadata")
+
+
+def test_snapshot_and_targets_from_different_moments(setup: Setup, tmp_path: Path) -> None:
+    setup.sign("1.2.0-x86_64-cpu")
+    old_targets = next(setup.tuf("1.2.0-x86_64-cpu").glob("*.targets.json")).read_bytes()
+    setup.sign("1.3.0-x86_64-cpu")
+    setup.sign("1.2.0-x86_64-cpu")  # refresh its metadata to the latest moment
+    current = next(setup.tuf("1.2.0-x86_64-cpu").glob("*.targets.json"))
+    current.write_bytes(old_targets)  # the snapshot names this version, the content is older
+    setup.refused("1.2.0-x86_64-cpu", TrustError, "targets")
+
+
+def test_oversized_metadata_is_endless_data(setup: Setup) -> None:
+    setup.sign("1.2.0-x86_64-cpu")
+    timestamp = setup.tuf("1.2.0-x86_64-cpu") / "timestamp.json"
+    timestamp.write_bytes(timestamp.read_bytes().rstrip(b"}") + b" " * 20_000 + b"}")
+    setup.refused("1.2.0-x86_64-cpu", TrustError, "a metadata file larger than allowed")
+
+
+def test_rotated_out_key_no_longer_signs(setup: Setup) -> None:
+    setup.sign("1.2.0-x86_64-cpu")
+    assert setup.verify("1.2.0-x86_64-cpu") == "1.2.0"
+    old_targets_key = list(json.loads((setup.tmp / "keys/keys.json").read_text()))
+    removed = setup.repo.rotate("targets")
+    assert set(removed) <= set(old_targets_key)
+    setup.sign("1.3.0-x86_64-cpu")
+    # the holder of the old targets key signs its own targets metadata into the new bundle
+    path = next(setup.tuf("1.3.0-x86_64-cpu").glob("*.targets.json"))
+    md = Metadata.from_bytes(path.read_bytes())
+    md.signatures.clear()
+    old = KeyStore(setup.tmp / "keys", passphrase=lambda: "test passphrase")
+    md.sign(old.signers(removed)[0])
+    path.write_bytes(md.to_bytes())
+    setup.refused("1.3.0-x86_64-cpu", TrustError, "not signed by enough trusted keys")
+
+
+def test_rotation_is_followed_by_the_device(setup: Setup) -> None:
+    setup.sign("1.2.0-x86_64-cpu")
+    setup.repo.rotate("root")
+    setup.repo.rotate("timestamp")
+    setup.sign("1.3.0-x86_64-cpu")
+    assert setup.verify("1.3.0-x86_64-cpu") == "1.3.0"
+    trusted = Metadata.from_bytes((setup.device.state_dir / "trust/root.json").read_bytes())
+    assert trusted.signed.version == 3
+
+
+def test_root_chain_with_a_gap(setup: Setup) -> None:
+    setup.repo.rotate("timestamp")
+    setup.repo.rotate("timestamp")
+    setup.sign("1.2.0-x86_64-cpu")
+    (setup.tuf("1.2.0-x86_64-cpu") / "2.root.json").unlink()
+    setup.refused("1.2.0-x86_64-cpu", TrustError,
+                  "root chain has a gap: the device trusts root version 1, the bundle carries up to 3 but not 2")
+
+
+def test_bundle_for_another_profile(setup: Setup) -> None:
+    setup.sign("1.2.0-x86_64-nvidia")
+    setup.refused("1.2.0-x86_64-nvidia", BundleError, "is for profile x86_64-nvidia, this device is x86_64-cpu")
+
+
+def test_bundle_copied_halfway(setup: Setup, tmp_path: Path, unsigned: dict[str, Path]) -> None:
+    spec = load_spec(next(iter(unsigned.values())).parent.parent / "src/sealift.yaml")
+    (tar,) = build_bundles(spec, select_profiles(spec, PROFILES, ("x86_64-cpu",)),
+                           BuildOptions(out=tmp_path / "tar", format="tar", epoch=1_700_000_000))
+    setup.repo.add([tar.path])
+    data = tar.path.read_bytes()
+    setup.bundles["half"] = tmp_path / "half.tar"
+    setup.bundles["half"].write_bytes(data[: len(data) // 2])
+    setup.refused("half", BundleError, "tar file is truncated")
+
+
+def test_clock_set_back_is_refused(setup: Setup) -> None:
+    setup.sign("1.2.0-x86_64-cpu")
+    assert setup.verify("1.2.0-x86_64-cpu") == "1.2.0"
+    setup.device.now = lambda: dt.datetime(2001, 1, 1, tzinfo=dt.UTC)
+    setup.refused("1.2.0-x86_64-cpu", TrustError, "before the newest trusted time")
+
+
+def test_signing_needs_the_keys(setup: Setup, tmp_path: Path) -> None:
+    wrong = Repository(setup.tmp / "repo", KeyStore(tmp_path / "empty-keys", passphrase=lambda: "x"))
+    with pytest.raises(SigningError, match="role targets: 0 of the 1 signatures needed"):
+        wrong.add([setup.bundles["1.2.0-x86_64-cpu"]])
+    locked = Repository(setup.tmp / "repo", KeyStore(setup.tmp / "keys", passphrase=lambda: "not it"))
+    with pytest.raises(SigningError, match="wrong passphrase"):
+        locked.add([setup.bundles["1.2.0-x86_64-cpu"]])
+    targets = Metadata.from_bytes(next((setup.tmp / "repo/metadata").glob("1.targets.json")).read_bytes())
+    assert isinstance(targets.signed, Targets) and targets.signed.targets == {}
