@@ -259,6 +259,25 @@ def repo_add(directory: Path, bundles: tuple[Path, ...], keydir: Path, force: bo
         click.echo(f"{'added' if r.changed else 'unchanged':9} {r.target}  {r.bundle}")
 
 
+@repo.command("rotate")
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("role", type=click.Choice(ROLES))
+@_keys_option
+@click.option("--revoke", multiple=True, metavar="KEYID", help="Replace only this key (repeatable). Default: every key of ROLE.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@_reports_errors
+def repo_rotate(directory: Path, role: str, keydir: Path, revoke: tuple[str, ...], as_json: bool) -> None:
+    """Replace ROLE's keys with new ones in a new root version (for root too: devices walk the chain).
+
+    Bundles signed afterwards carry the new root; add them again (`repo add`) to re-sign.
+    """
+    removed = Repository(directory, KeyStore(keydir)).rotate(role, revoke=list(revoke) or None)
+    if as_json:
+        click.echo(json.dumps({"role": role, "revoked": removed}))
+    else:
+        click.echo(f"{role}: replaced {len(removed)} key(s): {', '.join(k[:16] for k in removed)}")
+
+
 def _print_table(info: BundleInfo) -> None:
     from rich.console import Console
     from rich.table import Table

@@ -348,9 +348,11 @@ class _TarReader:
         A copy cut off between members (or inside a header, which tarfile takes for the end)
         lacks the marker.
         """
+        # two zero blocks, then padding to a record boundary: at most a record and a block more
+        longest = 2 * tarfile.BLOCKSIZE + tarfile.RECORDSIZE - tarfile.BLOCKSIZE
         self.tar.fileobj.seek(self.tar.offset)
-        tail = self.tar.fileobj.read(tarfile.RECORDSIZE + 1)
-        if len(tail) > tarfile.RECORDSIZE or tail.strip(b"\0"):
+        tail = self.tar.fileobj.read(longest + 1)
+        if len(tail) > longest or tail.strip(b"\0"):
             if len(tail) < 2 * tarfile.BLOCKSIZE:
                 raise BundleError(f"{self.location}: tar file is truncated (it stops inside an entry's header)")
             raise BundleError(f"{self.location}: data follows the end of the tar archive")

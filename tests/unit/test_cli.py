@@ -113,3 +113,29 @@ def test_user_profiles_from_the_environment_serve_both_commands(tmp_path: Path) 
     assert updater("--state-dir", state, "trust", "init", str(signed([bundle], tmp_path / "signing"))).returncode == 0
     checked = updater("--state-dir", state, "verify", str(bundle), "--profile", "acme-box", env=env)
     assert checked.returncode == 0, checked.stderr
+
+
+def test_sign_rotate_and_verify_from_the_command_line(tmp_path: Path) -> None:
+    spec = project(tmp_path / "src")
+    out = tmp_path / "out"
+    assert run("build", str(spec), "--out", str(out), "--profile", "x86_64-cpu", "--format", "tar").returncode == 0
+    bundle = str(out / "demo-1.2.0-x86_64-cpu.tar")
+    env = {"SEALIFT_KEY_PASSPHRASE": "cli passphrase"}
+    repo, keys = str(tmp_path / "repo"), str(tmp_path / "keys")
+    init = run("repo", "init", repo, "--keys", keys, "--role-keys", "root=3", "--threshold", "root=2", "--json", env=env)
+    assert init.returncode == 0, init.stderr
+    root = json.loads(init.stdout)["root"]
+    assert run("repo", "add", repo, bundle, "--keys", keys, env=env).returncode == 0
+    assert run("verify", bundle, "--trusted-root", root).returncode == 0
+    rotated = run("repo", "rotate", repo, "targets", "--keys", keys, "--json", env=env)
+    assert rotated.returncode == 0 and len(json.loads(rotated.stdout)["revoked"]) == 1
+    assert run("repo", "add", repo, bundle, "--keys", keys, env=env).returncode == 0
+    assert run("verify", bundle, "--trusted-root", root).returncode == 0
+    wrong = run("repo", "rotate", repo, "snapshot", "--keys", keys, env={"SEALIFT_KEY_PASSPHRASE": "wrong"})
+    assert wrong.returncode == 1 and "wrong passphrase" in wrong.stderr
+    bad_option = run("repo", "init", str(tmp_path / "r2"), "--keys", keys, "--threshold", "root=two", env=env)
+    assert bad_option.returncode == 2 and "expected ROLE=NUMBER" in bad_option.stderr
+    other_root = tmp_path / "other"
+    run("repo", "init", str(other_root), "--keys", str(tmp_path / "other-keys"), env=env)
+    foreign = run("verify", bundle, "--trusted-root", str(other_root / "metadata/1.root.json"))
+    assert foreign.returncode == 1 and "not signed by enough trusted keys" in foreign.stderr

@@ -79,3 +79,15 @@ def test_kernel_copy_of_a_blob_inside_an_archive(tmp_path: Path) -> None:
     writer.finish(TOP)
     with open_layout(writer.product) as reader, reader.open_blob(expect.digest) as stream:
         assert stream.read() == payload
+
+
+@pytest.mark.parametrize("payload", range(0, 10_240, 512))  # every position of the end within a record
+def test_tar_bundles_of_every_size_end_where_the_reader_expects(tmp_path: Path, payload: int) -> None:
+    """The end marker plus record padding can exceed one record; no size may read as trailing data."""
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    writer = open_writer(temp, tar=True, mtime=0)
+    writer.add_bytes(b"x" * payload)
+    writer.finish(TOP)
+    with open_layout(writer.product) as reader:
+        assert reader.read_small("oci-layout")
