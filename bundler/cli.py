@@ -219,10 +219,12 @@ _keys_option = click.option("--keys", "keydir", required=True, type=click.Path(p
 @click.option("--threshold", multiple=True, metavar="ROLE=N", help="Signatures a role needs (e.g. root=2). Default 1.")
 @click.option("--expiry", multiple=True, metavar="ROLE=DAYS",
               help="How long a role's metadata stays valid. Defaults: root 365, targets 90, snapshot 30, timestamp 30.")
+@click.option("--hashed-bins", type=click.IntRange(0, 14), default=0, metavar="BITS",
+              help="Spread targets over 2**BITS delegated bins (for many thousands of bundles).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @_reports_errors
 def repo_init(directory: Path, keydir: Path, algorithm: str, role_keys: tuple[str, ...], threshold: tuple[str, ...],
-              expiry: tuple[str, ...], as_json: bool) -> None:
+              expiry: tuple[str, ...], hashed_bins: int, as_json: bool) -> None:
     """Create a TUF repository in DIRECTORY with new keys for root, targets, snapshot and timestamp."""
     counts = _role_numbers(role_keys, "--role-keys", int)
     thresholds = _role_numbers(threshold, "--threshold", int)
@@ -233,7 +235,7 @@ def repo_init(directory: Path, keydir: Path, algorithm: str, role_keys: tuple[st
                       expiry_days=days.get(r, defaults[r].expiry_days))
         for r in ROLES
     }
-    Repository(directory, KeyStore(keydir)).init(Policy(roles=roles, algorithm=algorithm))
+    Repository(directory, KeyStore(keydir)).init(Policy(roles=roles, algorithm=algorithm), hashed_bins=hashed_bins)
     root = directory / "metadata" / "1.root.json"
     if as_json:
         click.echo(json.dumps({"repository": str(directory), "root": str(root), "keys": str(keydir)}))
@@ -245,18 +247,36 @@ def repo_init(directory: Path, keydir: Path, algorithm: str, role_keys: tuple[st
 @click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
 @click.argument("bundles", nargs=-1, required=True, type=click.Path(path_type=Path))
 @_keys_option
+@click.option("--role", metavar="NAME", help="Sign as this delegated role (a team's or a site's) instead of targets.")
 @click.option("--force", is_flag=True, help="Publish even an older version than the newest, or replace a target.")
 @click.option("--location", metavar="URL", help="Where devices can fetch the bundle (recorded in the target).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @_reports_errors
-def repo_add(directory: Path, bundles: tuple[Path, ...], keydir: Path, force: bool, location: str | None, as_json: bool) -> None:
+def repo_add(directory: Path, bundles: tuple[Path, ...], keydir: Path, role: str | None, force: bool, location: str | None,
+             as_json: bool) -> None:
     """Sign BUNDLES as targets of the repository in DIRECTORY and write its metadata into each."""
-    results = Repository(directory, KeyStore(keydir)).add(list(bundles), force=force, location=location)
+    results = Repository(directory, KeyStore(keydir)).add(list(bundles), role=role, force=force, location=location)
     if as_json:
         click.echo(json.dumps([{"bundle": str(r.bundle), "target": r.target, "changed": r.changed} for r in results], indent=2))
         return
     for r in results:
         click.echo(f"{'added' if r.changed else 'unchanged':9} {r.target}  {r.bundle}")
+
+
+@repo.command("delegate")
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("name")
+@_keys_option
+@click.option("--path", "paths", multiple=True, required=True, metavar="PATTERN",
+              help="Targets the role may sign: NAME/PROFILE/VERSION patterns, '*' matching within one part "
+                   "(e.g. 'vision-app/*/*'); repeatable.")
+@click.option("--role-keys", "key_count", type=click.IntRange(1, 16), default=1, show_default=True, help="Keys to create.")
+@click.option("--threshold", type=click.IntRange(1, 16), default=1, show_default=True, help="Signatures needed.")
+@_reports_errors
+def repo_delegate(directory: Path, name: str, keydir: Path, paths: tuple[str, ...], key_count: int, threshold: int) -> None:
+    """Create the delegated targets role NAME (a team or a site) with its own keys, limited to PATTERNs."""
+    Repository(directory, KeyStore(keydir)).delegate(name, paths=paths, keys=key_count, threshold=threshold)
+    click.echo(f"delegated {', '.join(paths)} to role {name}")
 
 
 @repo.command("rotate")

@@ -82,6 +82,7 @@ class KeyStore:
         self.directory = directory
         self._passphrase = passphrase or _passphrase_from_env_or_prompt
         self._cached: str | None = None
+        self._signers: dict[str, Signer] = {}  # unlocking a key costs a key derivation: once per key
 
     def generate(self, role: str, *, algorithm: str = "ed25519") -> Key:
         """A new key pair for ``role``: the private half encrypted into the key directory."""
@@ -105,7 +106,10 @@ class KeyStore:
     def signers(self, keyids: list[str]) -> list[Signer]:
         """Signers for those of ``keyids`` this directory holds."""
         entries = self._entries()
-        return [self._signer(entries[k]) for k in keyids if k in entries]
+        for keyid in keyids:
+            if keyid in entries and keyid not in self._signers:
+                self._signers[keyid] = self._signer(entries[keyid])
+        return [self._signers[k] for k in keyids if k in self._signers]
 
     def passphrase(self) -> str:
         if self._cached is None:

@@ -15,13 +15,25 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from tuf.api.exceptions import UnsignedMetadataError
-from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, TargetFile, Targets, Timestamp
+from tuf.api.metadata import (
+    DelegatedRole,
+    Delegations,
+    Metadata,
+    MetaFile,
+    Root,
+    Snapshot,
+    SuccinctRoles,
+    TargetFile,
+    Targets,
+    Timestamp,
+)
 from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import JSONSerializer
 
@@ -35,6 +47,8 @@ from bundler.spec import version_key
 __all__ = ["ROLES", "AddResult", "Policy", "Repository", "RolePolicy"]
 
 ROLES = ("root", "targets", "snapshot", "timestamp")
+BINS_ROLE = "bins"
+_ROLE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _POLICY_FILE = "sealift-repo.json"
 _SERIALIZER = JSONSerializer(compact=False)
 T = TypeVar("T", Root, Timestamp, Snapshot, Targets)
@@ -82,6 +96,19 @@ class AddResult:
     changed: bool
 
 
+class _Change:
+    """One edit of the repository: what was loaded, and which metadata must be re-signed."""
+
+    def __init__(self, repo: Repository) -> None:
+        self.root = repo._load("root.json", Root).signed
+        self.policy = repo._policy()
+        self.targets = repo._load_versioned("targets", Targets)
+        self.targets_changed = False
+        self.delegated: dict[str, Metadata[Targets]] = {}  # roles loaded for this edit, by name
+        self.delegated_changed: set[str] = set()
+        self.created: set[str] = set()  # new delegated roles: signed as version 1
+
+
 class Repository:
     """A TUF repository directory, signed with keys from a :class:`KeyStore`."""
 
@@ -93,11 +120,17 @@ class Repository:
 
     # -- creating ------------------------------------------------------------------------------
 
-    def init(self, policy: Policy) -> None:
-        """Create the four top-level roles with fresh keys, and version 1 of their metadata."""
+    def init(self, policy: Policy, *, hashed_bins: int = 0) -> None:
+        """Create the four top-level roles with fresh keys, and version 1 of their metadata.
+
+        With ``hashed_bins`` (a number of bits), targets are spread over 2**bits delegated roles
+        by the hash of their name, so each bundle carries one small bin instead of a huge list.
+        """
         policy.check()
         if (self.metadata / "1.root.json").exists():
             raise RepositoryError(f"{self.directory}: already a repository (metadata/1.root.json exists)")
+        if not 0 <= hashed_bins <= 14:
+            raise RepositoryError(f"hashed bins: expected 1 to 14 bits (2 to 16384 bins), found {hashed_bins}")
         self.metadata.mkdir(parents=True, exist_ok=True)
         root = Root(expires=self._expiry(policy, "root"), consistent_snapshot=True)
         for role in ROLES:
@@ -110,35 +143,67 @@ class Repository:
         self._sign(root_md, root, "root")
         self._write(root_md, "1.root.json")
         self._write(root_md, "root.json")
-        targets = Metadata(Targets(expires=self._expiry(policy, "targets")))
-        self._publish(targets, root, policy)
+        targets = Targets(expires=self._expiry(policy, "targets"))
+        bins: dict[str, Metadata[Targets]] = {}
+        if hashed_bins:
+            key = self.keys.generate(BINS_ROLE, algorithm=policy.algorithm)
+            succinct = SuccinctRoles(keyids=[key.keyid], threshold=1, bit_length=hashed_bins, name_prefix=BINS_ROLE)
+            targets.delegations = Delegations(keys={key.keyid: key}, succinct_roles=succinct)
+            bins = {name: Metadata(Targets(expires=self.now())) for name in succinct.get_roles()}
+        self._publish_first(Metadata(targets), root, policy, bins)
+
+    def delegate(self, name: str, *, paths: Sequence[str], keys: int = 1, threshold: int = 1) -> None:
+        """Delegate the targets matching ``paths`` (e.g. ``vision-app/*``) to a new role with its own keys."""
+        if not _ROLE_NAME.fullmatch(name) or name in ROLES or name.startswith(f"{BINS_ROLE}-"):
+            raise RepositoryError(f"{name!r} cannot name a delegated role (lower-case letters, digits and '-', not a top-level role)")
+        if not paths or not 1 <= threshold <= keys:
+            raise RepositoryError(f"role {name}: needs at least one path and a threshold from 1 to {keys}")
+        change = _Change(self)
+        delegations = change.targets.signed.delegations
+        if delegations is not None and delegations.succinct_roles is not None:
+            raise RepositoryError(f"{self.directory} spreads targets over hashed bins; it cannot also have named delegations")
+        if delegations is None:
+            delegations = change.targets.signed.delegations = Delegations(keys={}, roles={})
+        assert delegations.roles is not None
+        if name in delegations.roles:
+            raise RepositoryError(f"role {name} already exists")
+        delegations.roles[name] = DelegatedRole(name=name, keyids=[], threshold=threshold, terminating=True, paths=list(paths))
+        for _ in range(keys):
+            change.targets.signed.add_key(self.keys.generate(name, algorithm=change.policy.algorithm), name)
+        change.targets_changed = True
+        change.delegated[name] = Metadata(Targets(expires=self.now()))
+        change.created.add(name)
+        self._commit(change)
 
     # -- adding bundles ------------------------------------------------------------------------
 
-    def add(self, bundles: Sequence[Path], *, force: bool = False, location: str | None = None) -> list[AddResult]:
-        """Add bundles as targets, re-sign snapshot and timestamp, and write the metadata into each bundle."""
-        root = self._load("root.json", Root).signed
-        policy = self._policy()
-        targets_md = self._load_versioned("targets", Targets)
+    def add(self, bundles: Sequence[Path], *, role: str | None = None, force: bool = False,
+            location: str | None = None) -> list[AddResult]:
+        """Add bundles as targets (of ``role``, a delegated role, when given), re-sign what names
+        them, and write the metadata each bundle needs into its ``tuf/`` folder."""
+        change = _Change(self)
         results = []
+        names: dict[Path, str] = {}
         for path in bundles:
             info = verify_bundle(path)
-            name = f"{info.name}/{info.profile}/{info.version}"
+            name = names[path] = f"{info.name}/{info.profile}/{info.version}"
+            holder = self._holder(change, name, role)
+            targets = self._targets_of(change, holder).signed
             target = _target_file(path, info, name, location)
-            existing = targets_md.signed.targets.get(name)
+            existing = targets.targets.get(name)
             if existing is not None and existing == target:
                 results.append(AddResult(bundle=path, target=name, changed=False))
                 continue
             if existing is not None and not force:
                 raise RepositoryError(f"{name}: already published with other content; bundles are immutable (use --force to replace)")
-            self._check_newest(targets_md.signed, info, force=force)
-            targets_md.signed.targets[name] = target
+            self._check_newest(change, info, force=force)
+            targets.targets[name] = target
+            self._mark_changed(change, holder)
             results.append(AddResult(bundle=path, target=name, changed=True))
-        if any(r.changed for r in results):
-            self._publish(targets_md, root, policy, bump=True)
-        files = self.current_files()
+        if change.targets_changed or change.delegated_changed:
+            self._commit(change)
         for path in bundles:
-            attach_metadata(path, files)
+            attach_metadata(path, self.current_files(names[path]))
         return results
 
     def rotate(self, role: str, *, revoke: Sequence[str] | None = None) -> list[str]:
@@ -150,9 +215,9 @@ class Repository:
         """
         if role not in ROLES:
             raise RepositoryError(f"unknown role {role!r} (expected one of {', '.join(ROLES)})")
-        policy = self._policy()
-        old_md = self._load("root.json", Root)
-        root = Metadata.from_bytes(old_md.to_bytes()).signed
+        change = _Change(self)
+        old = self._load("root.json", Root)
+        root = Metadata.from_bytes(old.to_bytes()).signed
         assert isinstance(root, Root)
         removed = list(revoke) if revoke is not None else list(root.roles[role].keyids)
         unknown = [k for k in removed if k not in root.roles[role].keyids]
@@ -160,15 +225,120 @@ class Repository:
             raise RepositoryError(f"role {role}: key {unknown[0][:16]} is not one of its keys")
         for keyid in removed:
             root.revoke_key(keyid, role)
-            root.add_key(self.keys.generate(role, algorithm=policy.algorithm), role)
+            root.add_key(self.keys.generate(role, algorithm=change.policy.algorithm), role)
         root.version += 1
-        root.expires = self._expiry(policy, "root")
-        new_md = Metadata(root)
-        self._sign_root(new_md, old_md.signed, root)
-        self._write(new_md, f"{root.version}.root.json")
-        self._write(new_md, "root.json")
-        self._publish(self._load_versioned("targets", Targets), root, policy, bump=True)
+        root.expires = self._expiry(change.policy, "root")
+        new = Metadata(root)
+        self._sign_root(new, old.signed, root)
+        self._write(new, f"{root.version}.root.json")
+        self._write(new, "root.json")
+        change.root = root
+        change.targets_changed = True
+        self._commit(change)
         return removed
+
+    def current_files(self, target: str | None = None) -> dict[str, bytes]:
+        """What a device needs: every root version, timestamp, snapshot, targets, and the
+        delegated roles that may hold ``target`` (all of them when no target is given)."""
+        timestamp = self._load("timestamp.json", Timestamp)
+        snapshot_name = f"{timestamp.signed.snapshot_meta.version}.snapshot.json"
+        snapshot = self._load(snapshot_name, Snapshot)
+        targets = self._load(f"{snapshot.signed.meta['targets.json'].version}.targets.json", Targets).signed
+        wanted = {"targets", *_roles_for(targets, target)}
+        names = [p.name for p in self.metadata.glob("*.root.json")]
+        names += ["timestamp.json", snapshot_name]
+        names += [f"{meta.version}.{role}" for role, meta in snapshot.signed.meta.items() if role.removesuffix(".json") in wanted]
+        return {name: (self.metadata / name).read_bytes() for name in names}
+
+    # -- which role holds a target ---------------------------------------------------------------
+
+    def _holder(self, change: _Change, name: str, role: str | None) -> str:
+        delegations = change.targets.signed.delegations
+        if delegations is not None and delegations.succinct_roles is not None:
+            bin_name = delegations.succinct_roles.get_role_for_target(name)
+            if role is not None and role != bin_name:
+                raise RepositoryError(f"{name} belongs in hashed bin {bin_name}, not {role}")
+            return bin_name
+        if role is None or role == "targets":
+            return "targets"
+        delegated = (delegations.roles or {}).get(role) if delegations is not None else None
+        if delegated is None:
+            raise RepositoryError(f"no delegated role {role!r} (create it with `sealift repo delegate`)")
+        if not delegated.is_delegated_path(name):
+            raise RepositoryError(f"role {role} may sign {', '.join(delegated.paths or [])}, not {name}")
+        return role
+
+    def _targets_of(self, change: _Change, role: str) -> Metadata[Targets]:
+        if role == "targets":
+            return change.targets
+        if role not in change.delegated:
+            change.delegated[role] = self._load_versioned(role, Targets)
+        return change.delegated[role]
+
+    def _mark_changed(self, change: _Change, role: str) -> None:
+        if role == "targets":
+            change.targets_changed = True
+        else:
+            change.delegated_changed.add(role)
+
+    def _check_newest(self, change: _Change, info: BundleInfo, *, force: bool) -> None:
+        prefix = f"{info.name}/{info.profile}/"
+        published = [n.removeprefix(prefix) for md in self._all_targets(change) for n in md.signed.targets if n.startswith(prefix)]
+        newer = [v for v in published if version_key(v) > version_key(info.version)]
+        if newer and not force:
+            newest = max(newer, key=version_key)
+            raise RepositoryError(
+                f"bundle {info.name} {info.version} for {info.profile} is older than published {newest} (use --force to add it anyway)"
+            )
+
+    def _all_targets(self, change: _Change) -> list[Metadata[Targets]]:
+        delegations = change.targets.signed.delegations
+        roles: list[str] = []
+        if delegations is not None:
+            roles = list(delegations.succinct_roles.get_roles()) if delegations.succinct_roles else list(delegations.roles or {})
+        return [change.targets, *(self._targets_of(change, r) for r in roles)]
+
+    # -- signing and writing -------------------------------------------------------------------
+
+    def _publish_first(self, targets: Metadata[Targets], root: Root, policy: Policy, bins: dict[str, Metadata[Targets]]) -> None:
+        snapshot = Metadata(Snapshot(expires=self.now()))
+        for name, md in bins.items():
+            self._sign_targets(md, targets.signed, name, policy, snapshot.signed)
+        self._sign_targets(targets, root, "targets", policy, snapshot.signed)
+        self._sign_snapshot_and_timestamp(snapshot, root, policy, first=True)
+
+    def _commit(self, change: _Change) -> None:
+        """Re-sign what changed, then a snapshot naming it all, then a timestamp naming the snapshot."""
+        snapshot = self._load_versioned("snapshot", Snapshot)
+        for name in sorted(change.delegated_changed | change.created):
+            md = change.delegated[name]
+            if name not in change.created:
+                md.signed.version += 1
+            self._sign_targets(md, change.targets.signed, name, change.policy, snapshot.signed)
+        if change.targets_changed:
+            change.targets.signed.version += 1
+            self._sign_targets(change.targets, change.root, "targets", change.policy, snapshot.signed)
+        self._sign_snapshot_and_timestamp(snapshot, change.root, change.policy, first=False)
+
+    def _sign_targets(self, md: Metadata[Targets], delegator: Root | Targets, role: str, policy: Policy, snapshot: Snapshot) -> None:
+        md.signed.expires = self._expiry(policy, "targets")
+        self._sign(md, delegator, role)
+        self._write(md, f"{md.signed.version}.{role}.json")
+        snapshot.meta[f"{role}.json"] = MetaFile(version=md.signed.version)
+
+    def _sign_snapshot_and_timestamp(self, snapshot: Metadata[Snapshot], root: Root, policy: Policy, *, first: bool) -> None:
+        if not first:
+            snapshot.signed.version += 1
+        snapshot.signed.expires = self._expiry(policy, "snapshot")
+        self._sign(snapshot, root, "snapshot")
+        self._write(snapshot, f"{snapshot.signed.version}.snapshot.json")
+        timestamp = Metadata(Timestamp(expires=self.now())) if first else self._load("timestamp.json", Timestamp)
+        if not first:
+            timestamp.signed.version += 1
+        timestamp.signed.snapshot_meta = MetaFile(version=snapshot.signed.version)
+        timestamp.signed.expires = self._expiry(policy, "timestamp")
+        self._sign(timestamp, root, "timestamp")
+        self._write(timestamp, "timestamp.json")
 
     def _sign_root(self, md: Metadata[Root], previous: Root, current: Root) -> None:
         """A new root needs a threshold of the previous root's keys and of its own."""
@@ -182,62 +352,18 @@ class Repository:
             except UnsignedMetadataError as e:
                 raise SigningError(f"root version {current.version}: not enough signatures from the {which} root keys") from e
 
-    def current_files(self) -> dict[str, bytes]:
-        """What a device needs: every root version, the timestamp, and the snapshot and targets it names."""
-        timestamp = self._load("timestamp.json", Timestamp)
-        snapshot_name = f"{timestamp.signed.snapshot_meta.version}.snapshot.json"
-        snapshot = self._load(snapshot_name, Snapshot)
-        names = [p.name for p in self.metadata.glob("*.root.json")]
-        names += ["timestamp.json", snapshot_name]
-        names += [f"{meta.version}.{role}" for role, meta in snapshot.signed.meta.items()]
-        return {name: (self.metadata / name).read_bytes() for name in names}
-
-    def _check_newest(self, targets: Targets, info: BundleInfo, *, force: bool) -> None:
-        prefix = f"{info.name}/{info.profile}/"
-        published = [n.removeprefix(prefix) for n in targets.targets if n.startswith(prefix)]
-        newer = [v for v in published if version_key(v) > version_key(info.version)]
-        if newer and not force:
-            newest = max(newer, key=version_key)
-            raise RepositoryError(
-                f"bundle {info.name} {info.version} for {info.profile} is older than published {newest} (use --force to add it anyway)"
-            )
-
-    # -- signing and writing -------------------------------------------------------------------
-
-    def _publish(self, targets_md: Metadata[Targets], root: Root, policy: Policy, *, bump: bool = False) -> None:
-        """Sign targets, then a snapshot naming it, then a timestamp naming that snapshot."""
-        if bump:
-            targets_md.signed.version += 1
-        targets_md.signed.expires = self._expiry(policy, "targets")
-        self._sign(targets_md, root, "targets")
-        self._write(targets_md, f"{targets_md.signed.version}.targets.json")
-        snapshot_md = self._load_versioned("snapshot", Snapshot) if bump else Metadata(Snapshot(expires=self.now()))
-        if bump:
-            snapshot_md.signed.version += 1
-        snapshot_md.signed.meta["targets.json"] = MetaFile(version=targets_md.signed.version)
-        snapshot_md.signed.expires = self._expiry(policy, "snapshot")
-        self._sign(snapshot_md, root, "snapshot")
-        self._write(snapshot_md, f"{snapshot_md.signed.version}.snapshot.json")
-        timestamp_md = self._load("timestamp.json", Timestamp) if bump else Metadata(Timestamp(expires=self.now()))
-        if bump:
-            timestamp_md.signed.version += 1
-        timestamp_md.signed.snapshot_meta = MetaFile(version=snapshot_md.signed.version)
-        timestamp_md.signed.expires = self._expiry(policy, "timestamp")
-        self._sign(timestamp_md, root, "timestamp")
-        self._write(timestamp_md, "timestamp.json")
-
-    def _sign(self, md: Metadata[Any], root: Root, role: str) -> None:
+    def _sign(self, md: Metadata[Any], delegator: Root | Targets, role: str) -> None:
         md.signatures.clear()
-        keyids = root.roles[role].keyids
-        for signer in self.keys.signers(keyids):
+        delegated = delegator.get_delegated_role(role)
+        for signer in self.keys.signers(delegated.keyids):
             md.sign(signer, append=True)
         try:
-            root.verify_delegate(role, md.signed_bytes, md.signatures)
+            delegator.verify_delegate(role, md.signed_bytes, md.signatures)
         except UnsignedMetadataError as e:
             have = len(md.signatures)
             raise SigningError(
-                f"role {role}: {have} of the {root.roles[role].threshold} signatures needed "
-                f"(the key directory holds {have} of its {len(keyids)} keys)"
+                f"role {role}: {have} of the {delegated.threshold} signatures needed "
+                f"(the key directory holds {have} of its {len(delegated.keyids)} keys)"
             ) from e
 
     def _expiry(self, policy: Policy, role: str) -> dt.datetime:
@@ -266,7 +392,7 @@ class Repository:
         return md
 
     def _load_versioned(self, role: str, kind: type[T]) -> Metadata[T]:
-        versions = sorted(int(p.name.split(".")[0]) for p in self.metadata.glob(f"*.{role}.json"))
+        versions = sorted(int(p.name.split(".")[0]) for p in self.metadata.glob(f"*.{role}.json") if p.name.split(".")[0].isdigit())
         if not versions:
             raise RepositoryError(f"{self.metadata}: no {role} metadata; is this a repository (sealift repo init)?")
         return self._load(f"{versions[-1]}.{role}.json", kind)
@@ -276,6 +402,18 @@ class Repository:
         temp = self.metadata / f".{name}.tmp"
         temp.write_bytes(data)
         os.replace(temp, self.metadata / name)
+
+
+def _roles_for(targets: Targets, target: str | None) -> list[str]:
+    """The delegated roles a device walks to find ``target`` (every one when ``target`` is None)."""
+    delegations = targets.delegations
+    if delegations is None:
+        return []
+    if delegations.succinct_roles is not None:
+        if target is None:
+            return list(delegations.succinct_roles.get_roles())
+        return [delegations.succinct_roles.get_role_for_target(target)]
+    return [name for name, role in (delegations.roles or {}).items() if target is None or role.is_delegated_path(target)]
 
 
 def _target_file(path: Path, info: BundleInfo, name: str, location: str | None) -> TargetFile:

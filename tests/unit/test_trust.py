@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -48,11 +49,11 @@ class Setup:
     """A repository, its bundles (fresh copies), and a device provisioned with its first root."""
 
     def __init__(self, tmp: Path, unsigned: dict[str, Path], *, policy: Policy | None = None,
-                 now: Callable[[], dt.datetime] | None = None) -> None:
+                 now: Callable[[], dt.datetime] | None = None, hashed_bins: int = 0) -> None:
         self.tmp = tmp
         self.keys = KeyStore(tmp / "keys", passphrase=lambda: "test passphrase")
         self.repo = Repository(tmp / "repo", self.keys, now=now)
-        self.repo.init(policy or Policy())
+        self.repo.init(policy or Policy(), hashed_bins=hashed_bins)
         self.bundles = {}
         for name, path in unsigned.items():
             self.bundles[name] = tmp / "bundles" / path.name
@@ -277,3 +278,48 @@ def test_signing_needs_the_keys(setup: Setup, tmp_path: Path) -> None:
         locked.add([setup.bundles["1.2.0-x86_64-cpu"]])
     targets = Metadata.from_bytes(next((setup.tmp / "repo/metadata").glob("1.targets.json")).read_bytes())
     assert isinstance(targets.signed, Targets) and targets.signed.targets == {}
+
+
+def test_delegated_role_signs_its_own_bundles(setup: Setup) -> None:
+    setup.repo.delegate("team-vision", paths=["demo/*/*"])
+    setup.repo.add([setup.bundles["1.2.0-x86_64-cpu"]], role="team-vision")
+    assert "2.team-vision.json" in {p.name for p in setup.tuf("1.2.0-x86_64-cpu").iterdir()}  # created, then given a target
+    top = next(setup.tuf("1.2.0-x86_64-cpu").glob("*.targets.json"))
+    assert Metadata.from_bytes(top.read_bytes()).signed.targets == {}  # the top role names no bundle itself
+    assert setup.verify("1.2.0-x86_64-cpu") == "1.2.0"
+
+
+def test_delegated_role_is_limited_to_its_paths(setup: Setup) -> None:
+    setup.repo.delegate("site-berlin", paths=["other-app/*/*"])
+    with pytest.raises(RepositoryError, match=re.escape("role site-berlin may sign other-app/*/*, not demo/x86_64-cpu/1.2.0")):
+        setup.repo.add([setup.bundles["1.2.0-x86_64-cpu"]], role="site-berlin")
+    with pytest.raises(RepositoryError, match="no delegated role 'nobody'"):
+        setup.repo.add([setup.bundles["1.2.0-x86_64-cpu"]], role="nobody")
+
+
+def test_delegated_metadata_signed_by_the_delegator_is_refused(setup: Setup) -> None:
+    """The targets key may delegate, not sign in the delegate's name."""
+    setup.repo.delegate("team-vision", paths=["demo/*/*"])
+    setup.repo.add([setup.bundles["1.2.0-x86_64-cpu"]], role="team-vision")
+    path = setup.tuf("1.2.0-x86_64-cpu") / "2.team-vision.json"
+    md = Metadata.from_bytes(path.read_bytes())
+    md.signatures.clear()
+    root = Metadata.from_bytes((setup.tmp / "repo/metadata/root.json").read_bytes()).signed
+    md.sign(setup.keys.signers(root.roles["targets"].keyids)[0])
+    path.write_bytes(md.to_bytes())
+    setup.refused("1.2.0-x86_64-cpu", TrustError, "not signed by enough trusted keys")
+
+
+def test_hashed_bins_spread_targets_and_each_bundle_carries_one_bin(tmp_path: Path, unsigned: dict[str, Path]) -> None:
+    setup = Setup(tmp_path, unsigned, hashed_bins=4)
+    assert len(list((tmp_path / "repo/metadata").glob("1.bins-*.json"))) == 16
+    setup.sign("1.2.0-x86_64-cpu", "1.2.0-x86_64-nvidia")
+    for name in ("1.2.0-x86_64-cpu", "1.2.0-x86_64-nvidia"):
+        carried = [p.name for p in setup.tuf(name).iterdir() if ".bins-" in p.name]
+        assert len(carried) == 1, carried
+    assert setup.verify("1.2.0-x86_64-cpu") == "1.2.0"
+    assert setup.verify("1.2.0-x86_64-nvidia", profile="x86_64-nvidia") == "1.2.0"
+    with pytest.raises(RepositoryError, match=r"older than published 1\.2\.0"):
+        setup.sign("1.1.0-x86_64-cpu")  # the newest-version check looks across every bin
+    with pytest.raises(RepositoryError, match="cannot also have named delegations"):
+        setup.repo.delegate("team", paths=["*"])
