@@ -8,6 +8,7 @@ the same name is kept if it is byte-identical and refused otherwise.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import errno
 import os
@@ -27,8 +28,9 @@ from bundler.layout import Descriptor, canonical_json
 from bundler.payload import FileEntry, add_file_component
 from bundler.profiles import Profile
 from bundler.progress import Progress, QuietProgress
+from bundler.provenance import ProvenanceClaim, read_bounded, verify_provenance
 from bundler.sources import ResolvedImage, open_image_source
-from bundler.spec import Spec
+from bundler.spec import Component, Spec
 from bundler.writer import LayoutWriter, open_writer
 
 __all__ = ["BuildOptions", "BuiltBundle", "build_bundles", "select_profiles", "source_date_epoch"]
@@ -156,8 +158,9 @@ def _write_bundle(
     images = [_add_image(spec, profile, name, source, writer, work, options, progress)
               for name, source in _images_for(spec, profile)]
     files = [
-        add_file_component(writer, work, role=role, name=c.name, path=spec.directory / src, epoch=options.epoch,
-                           progress=progress, label=f"{profile.name}: {role} {c.name}")
+        _with_provenance(spec, c, src, writer, add_file_component(
+            writer, work, role=role, name=c.name, path=spec.directory / src, epoch=options.epoch,
+            progress=progress, label=f"{profile.name}: {role} {c.name}"))
         for role, components in (("model", spec.models), ("config", spec.configs))
         for c in components if (src := c.for_profile(profile.name)) is not None
     ]
@@ -166,6 +169,30 @@ def _write_bundle(
     top = _add_index(writer, spec, profile, images, payload, created)
     writer.finish(top)
     return writer.product
+
+
+def _with_provenance(spec: Spec, component: Component, source: str, writer: LayoutWriter, entry: FileEntry) -> FileEntry:
+    """Check the component's Sigstore signature, and keep the material a device re-checks it with."""
+    wanted = component.provenance
+    if wanted is None:
+        return entry
+    what = f"{entry.role} {entry.name}"
+    if entry.kind != "file":
+        raise SpecError(f"{spec.path}: {entry.role}s.{entry.name}.provenance: Sigstore signs files; {source} is a directory")
+    assert spec.sigstore_trusted_root is not None  # load_spec requires it with provenance
+    bundle = read_bounded(spec.directory / (wanted.bundle or f"{source}.sigstore"), f"{what} Sigstore bundle")
+    root = read_bounded(spec.directory / spec.sigstore_trusted_root, "Sigstore trusted root")
+    claim = ProvenanceClaim(what=what, content_digest=entry.content_digest, identity=wanted.identity, issuer=wanted.issuer)
+    verify_provenance(claim, sigstore_bundle=bundle, trusted_root=root)
+    layers = []
+    for data, media_type, kind in ((bundle, MEDIA.SIGSTORE_BUNDLE, "provenance"), (root, MEDIA.SIGSTORE_ROOT, "sigstore-root")):
+        digest, size = writer.add_bytes(data)
+        layers.append(Descriptor(media_type=media_type, digest=digest, size=size,
+                                 annotations={ANNOTATION.TITLE: what if kind == "provenance" else "trusted-root",
+                                              "dev.sealift.component": kind}))
+    provenance = {"identity": wanted.identity, "issuer": wanted.issuer, "sigstoreBundle": layers[0].digest,
+                  "trustedRoot": layers[1].digest}
+    return dataclasses.replace(entry, provenance=provenance, extra_layers=tuple(layers))
 
 
 def _images_for(spec: Spec, profile: Profile) -> list[tuple[str, str]]:
@@ -243,7 +270,8 @@ def _descriptor(spec: Spec, profile: Profile, images: list[_Image], files: list[
 def _add_payload(writer: LayoutWriter, files: list[FileEntry], descriptor: dict[str, Any], created: str) -> Descriptor:
     body = canonical_json(descriptor)
     digest, size = writer.add_bytes(body)
-    layers = [f.layer for f in files] + [
+    extra = list({d.digest: d for f in files for d in f.extra_layers}.values())  # one trusted root for all
+    layers = [f.layer for f in files] + extra + [
         Descriptor(media_type=MEDIA.DESCRIPTOR, digest=digest, size=size, annotations={ANNOTATION.TITLE: "descriptor"})
     ]
     config_digest, config_size = writer.add_bytes(_EMPTY_CONFIG)

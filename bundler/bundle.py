@@ -59,6 +59,8 @@ class MEDIA:
     DESCRIPTOR = "application/vnd.sealift.descriptor.v1+json"
     MODEL = "application/vnd.sealift.model.v1"
     CONFIG = "application/vnd.sealift.config.v1"
+    SIGSTORE_BUNDLE = "application/vnd.dev.sigstore.bundle+json"
+    SIGSTORE_ROOT = "application/vnd.dev.sigstore.trustedroot+json"
     TAR_SUFFIX = ".tar"
     ZSTD_SUFFIX = "+zstd"
 
@@ -80,6 +82,8 @@ class ANNOTATION:
 
 
 _MANIFEST_TYPES = (MEDIA.MANIFEST, MEDIA.DOCKER_MANIFEST)
+_SIGSTORE_ROLES = ("provenance", "sigstore-root")
+_PROVENANCE_KEYS = ("identity", "issuer", "sigstoreBundle", "trustedRoot")
 MAX_ZSTD_WINDOW = 8 << 20
 _DIGITS = re.compile(r"[0-9]{1,19}")
 
@@ -175,7 +179,10 @@ def check_bundle(path: Path, *, progress: Progress | None = None) -> CheckReport
         info, blobs, structural = _read_structure(reader, top)
         # (3) every other blob, streamed: digest, size, and the content digest of compressed layers
         problems, checked = _check_blobs(reader, blobs, progress)
-        # (4) nothing else: the index digest must cover every byte there is
+        # (4) signatures the spec demanded (Sigstore), checked again from the bundle's own copies
+        if not problems:
+            problems += _check_provenance(reader, info.descriptor)
+        # (5) nothing else: the index digest must cover every byte there is
         referenced = structural | {b.descriptor.digest for b in blobs}
         problems += [f"blobs/sha256/{name.removeprefix('sha256:')[:64]} is not referenced by the bundle"
                      for name in sorted(reader.blob_names() - referenced)]
@@ -228,10 +235,17 @@ def _read_payload(reader: LayoutReader, payload: Descriptor) -> tuple[list[_Blob
     listed = {(e["role"], e["name"]): e for e in entries}
     if len(listed) != len(entries):
         raise BundleError(f"{reader.location}: descriptor lists a model or config name twice")
+    provenance = {d for e in entries for d in (e.get("provenance") or {}).values() if str(d).startswith("sha256:")}
     for layer in layers:
         if layer is descriptors[0]:
             continue
         role, name = layer.annotations.get("dev.sealift.component", "?"), layer.annotations.get(ANNOTATION.TITLE, "?")
+        if role in _SIGSTORE_ROLES:
+            if layer.digest not in provenance:
+                raise BundleError(f"{reader.location}: Sigstore layer {layer.digest} is not named by any provenance record")
+            provenance.discard(layer.digest)
+            blobs.append(_Blob(label=f"Sigstore {'bundle of ' if role == 'provenance' else ''}{name}", descriptor=layer))
+            continue
         entry = listed.pop((role, name), None)
         content = _uncompressed(layer) or (layer.digest, layer.size)
         if entry is None:
@@ -244,6 +258,8 @@ def _read_payload(reader: LayoutReader, payload: Descriptor) -> tuple[list[_Blob
     if listed:
         role, name = next(iter(listed))
         raise BundleError(f"{reader.location}: descriptor lists {role} {name}, which the payload manifest lacks")
+    if provenance:
+        raise BundleError(f"{reader.location}: provenance names {sorted(provenance)[0]}, which the payload manifest lacks")
     return blobs, descriptor, parts
 
 
@@ -317,6 +333,28 @@ _FILE_ENTRY_TYPES = {
 }
 
 
+def _check_provenance(reader: LayoutReader, descriptor: dict[str, Any]) -> list[str]:
+    from bundler.errors import SourceError
+    from bundler.provenance import MAX_SIGSTORE_BYTES, ProvenanceClaim, verify_provenance
+
+    problems = []
+    for entry in _file_entries(descriptor):
+        record = entry.get("provenance")
+        if record is None:
+            continue
+        material = []
+        for key in ("sigstoreBundle", "trustedRoot"):
+            with reader.open_blob(record[key]) as stream:
+                material.append(stream.read(MAX_SIGSTORE_BYTES + 1))
+        claim = ProvenanceClaim(what=f"{entry['role']} {entry['name']}", content_digest=entry["uncompressedDigest"],
+                                identity=record["identity"], issuer=record["issuer"])
+        try:
+            verify_provenance(claim, sigstore_bundle=material[0], trusted_root=material[1])
+        except SourceError as e:
+            problems.append(str(e))
+    return problems
+
+
 def _check_release(location: str, descriptor: dict[str, Any]) -> None:
     """The app definition and health policy, validated by the code that validates the spec."""
     secrets = _list(descriptor, "secrets", "descriptor")
@@ -340,6 +378,10 @@ def _file_entries(descriptor: dict[str, Any]) -> Iterator[dict[str, Any]]:
                 raise BundleError(f"descriptor: malformed {role} entry (expected {', '.join(_FILE_ENTRY_TYPES)})")
             if entry["kind"] not in ("file", "directory"):
                 raise BundleError(f"descriptor: {role} {entry['name']} has unknown kind {str(entry['kind'])[:40]!r}")
+            provenance = entry.get("provenance")
+            if provenance is not None and (not isinstance(provenance, dict) or sorted(provenance) != sorted(_PROVENANCE_KEYS)
+                                           or not all(isinstance(v, str) for v in provenance.values())):
+                raise BundleError(f"descriptor: {role} {entry['name']} has a malformed provenance record")
             yield {**entry, "role": role}
 
 

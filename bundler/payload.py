@@ -40,9 +40,11 @@ class FileEntry:
     layer: Descriptor
     content_digest: str
     content_size: int
+    provenance: dict[str, str] | None = None  # identity, issuer, and the digests of the Sigstore material
+    extra_layers: tuple[Descriptor, ...] = ()  # the Sigstore bundle and trusted root it was checked with
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "name": self.name,
             "kind": self.kind,
             "mediaType": self.layer.media_type,
@@ -51,6 +53,9 @@ class FileEntry:
             "uncompressedDigest": self.content_digest,
             "uncompressedSize": self.content_size,
         }
+        if self.provenance is not None:
+            data["provenance"] = self.provenance
+        return data
 
 
 def add_file_component(

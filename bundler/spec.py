@@ -16,7 +16,7 @@ from bundler.appdef import NAME, App, HealthPolicy, parse_app, parse_health
 from bundler.errors import SpecError
 from bundler.yamlfile import Field, load_yaml
 
-__all__ = ["ALL_PROFILES", "Component", "Secret", "Spec", "load_spec", "version_key"]
+__all__ = ["ALL_PROFILES", "Component", "Provenance", "Secret", "Spec", "load_spec", "version_key"]
 
 ALL_PROFILES = "all"
 _VERSION = re.compile(
@@ -24,6 +24,19 @@ _VERSION = re.compile(
 )
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PROFILE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Provenance:
+    """Who must have signed a file with Sigstore: the signer's identity and its OIDC issuer.
+
+    The Sigstore bundle is read from ``bundle`` when given, else from the file's path plus
+    ``.sigstore`` (so each variant brings its own).
+    """
+
+    identity: str
+    issuer: str
+    bundle: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,6 +50,7 @@ class Component:
     name: str
     default: str | None
     variants: tuple[tuple[str, str], ...] = ()
+    provenance: Provenance | None = None
 
     def for_profile(self, profile: str) -> str | None:
         """The source this component uses in ``profile``, or None if it is absent there."""
@@ -66,6 +80,7 @@ class Spec:
     app: App
     health: HealthPolicy
     secrets: tuple[Secret, ...] = ()
+    sigstore_trusted_root: str | None = None  # path of the Sigstore trusted root that provenance is checked against
 
     @property
     def directory(self) -> Path:
@@ -87,11 +102,16 @@ def load_spec(path: Path) -> Spec:
     root = load_yaml(path, what="bundle spec")
     top = root.mapping(
         required=("name", "version", "profiles", "images", "app"),
-        optional=("models", "configs", "health", "secrets"),
+        optional=("models", "configs", "health", "secrets", "sigstore"),
     )
     images = _components(top["images"], key="source")
-    models = _components(top["models"], key="path") if "models" in top else ()
-    configs = _components(top["configs"], key="path") if "configs" in top else ()
+    models = _components(top["models"], key="path", signed=True) if "models" in top else ()
+    configs = _components(top["configs"], key="path", signed=True) if "configs" in top else ()
+    trusted_root = _sigstore(top["sigstore"]) if "sigstore" in top else None
+    if trusted_root is None and any(c.provenance for c in (*models, *configs)):
+        raise top.get("sigstore", Field(path, "sigstore", None)).error(
+            "is required when a component declares provenance: `sigstore: {trusted_root: PATH}`"
+        )
     _check_unique_mountables(top, models, configs)
     secrets = _secrets(top["secrets"]) if "secrets" in top else ()
     app = parse_app(
@@ -112,6 +132,7 @@ def load_spec(path: Path) -> Spec:
         app=app,
         health=parse_health(health_field, app=app, configs=tuple(c.name for c in configs)),
         secrets=secrets,
+        sigstore_trusted_root=trusted_root,
     )
 
 
@@ -128,16 +149,30 @@ def _profiles(field: Field) -> tuple[str, ...] | None:
     return names
 
 
-def _components(field: Field, *, key: str) -> tuple[Component, ...]:
+def _components(field: Field, *, key: str, signed: bool = False) -> tuple[Component, ...]:
     components = []
     for name, sub in field.entries(key_pattern=NAME, key_what="component name"):
-        f = sub.mapping(optional=(key, "variants"))
+        f = sub.mapping(optional=(key, "variants", *(("provenance",) if signed else ())))
         variants = _variants(f["variants"], key=key) if "variants" in f else ()
         if key not in f and not variants:
             raise sub.error(f"needs `{key}`, or `variants` for some profiles")
         default = _source(f[key], key) if key in f else None
-        components.append(Component(name=name, default=default, variants=variants))
+        provenance = _provenance(f["provenance"]) if "provenance" in f else None
+        components.append(Component(name=name, default=default, variants=variants, provenance=provenance))
     return tuple(components)
+
+
+def _provenance(field: Field) -> Provenance:
+    f = field.mapping(required=("identity", "issuer"), optional=("bundle",))
+    return Provenance(
+        identity=f["identity"].string(what="the signer's identity (an e-mail address or a workflow URI)"),
+        issuer=f["issuer"].string(pattern=re.compile(r"https://\S+"), what="the OIDC issuer URL (https://...)"),
+        bundle=f["bundle"].string(what="a path to the Sigstore bundle") if "bundle" in f else None,
+    )
+
+
+def _sigstore(field: Field) -> str:
+    return field.mapping(required=("trusted_root",))["trusted_root"].string(what="a path to a Sigstore trusted root JSON file")
 
 
 def _variants(field: Field, *, key: str) -> tuple[tuple[str, str], ...]:

@@ -1,0 +1,89 @@
+"""Sigstore provenance: a model or config must carry a Sigstore bundle from a given identity.
+
+A training pipeline signs what it produces (``sigstore sign`` in CI: a short-lived certificate for
+its OIDC identity, logged in Rekor). The build checks that signature offline, against a Sigstore
+trusted root file, with sigstore-python; the bundle then carries the Sigstore bundle and the
+trusted root, so a device can check the same signature again without any network.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bundler.errors import SourceError
+
+__all__ = ["MAX_SIGSTORE_BYTES", "ProvenanceClaim", "read_bounded", "verify_provenance"]
+
+MAX_SIGSTORE_BYTES = 1 << 20  # a Sigstore bundle or trusted root is a few KiB
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProvenanceClaim:
+    """What must hold: the file with ``content_digest`` was signed by ``identity`` from ``issuer``."""
+
+    what: str  # "model detector", for messages
+    content_digest: str  # sha256:<hex> of the file as signed
+    identity: str
+    issuer: str
+
+
+def verify_provenance(claim: ProvenanceClaim, *, sigstore_bundle: bytes, trusted_root: bytes) -> None:
+    """Verify offline; SourceError naming the identity expected and the one found, if any."""
+    # sigstore-python is large: imported only when a bundle uses provenance
+    from sigstore.errors import Error as SigstoreError
+    from sigstore.hashes import Hashed
+    from sigstore.models import Bundle, TrustedRoot
+    from sigstore.verify import Verifier
+    from sigstore.verify.policy import Identity
+    from sigstore_models.common.v1 import HashAlgorithm
+
+    try:
+        with tempfile.NamedTemporaryFile(suffix=".json") as root_file:  # sigstore reads trusted roots from files
+            root_file.write(trusted_root)
+            root_file.flush()
+            root = TrustedRoot.from_file(root_file.name)
+        bundle = Bundle.from_json(sigstore_bundle)
+    except (SigstoreError, ValueError, UnicodeDecodeError) as e:
+        raise SourceError(f"{claim.what}: unreadable Sigstore material ({_short(e)})") from e
+    digest = bytes.fromhex(claim.content_digest.removeprefix("sha256:"))
+    policy = Identity(identity=claim.identity, issuer=claim.issuer)
+    try:
+        Verifier(trusted_root=root).verify_artifact(Hashed(algorithm=HashAlgorithm.SHA2_256, digest=digest), bundle, policy)
+    except SigstoreError as e:
+        found = _identity_of(bundle)
+        raise SourceError(
+            f"{claim.what}: Sigstore signature refused: expected {claim.identity} from {claim.issuer}, found {found} ({_short(e)})"
+        ) from e
+
+
+def read_bounded(path: Path, what: str) -> bytes:
+    """A Sigstore file, at most MAX_SIGSTORE_BYTES."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_SIGSTORE_BYTES + 1)
+    except FileNotFoundError as e:
+        raise SourceError(f"{what}: {path} not found") from e
+    except OSError as e:
+        raise SourceError(f"{what}: cannot read {path} ({e.strerror})") from e
+    if len(data) > MAX_SIGSTORE_BYTES:
+        raise SourceError(f"{what}: {path} is larger than {MAX_SIGSTORE_BYTES} bytes")
+    return data
+
+
+def _identity_of(bundle: Any) -> str:
+    """The identity in the bundle's signing certificate (its subject alternative names)."""
+    from cryptography import x509
+
+    try:
+        names = bundle.signing_certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        values = [str(v) for kind in (x509.RFC822Name, x509.UniformResourceIdentifier) for v in names.get_values_for_type(kind)]
+        return ", ".join(values) or "no identity"
+    except (x509.ExtensionNotFound, AttributeError, ValueError):
+        return "an unreadable certificate"
+
+
+def _short(error: Exception) -> str:
+    return " ".join(str(error).split())[:200]
