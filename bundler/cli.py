@@ -14,7 +14,7 @@ import click
 from bundler.build import BuildOptions, build_bundles, select_profiles, source_date_epoch
 from bundler.bundle import BundleInfo, check_bundle
 from bundler.errors import SealiftError
-from bundler.keys import ALGORITHMS, KeyStore
+from bundler.keys import ALGORITHMS, KeyStore, public_key_from_pem
 from bundler.profiles import load_profiles, profile_search_path
 from bundler.progress import for_terminal
 from bundler.repo import ROLES, Policy, Repository, RolePolicy
@@ -277,6 +277,21 @@ def repo_delegate(directory: Path, name: str, keydir: Path, paths: tuple[str, ..
     """Create the delegated targets role NAME (a team or a site) with its own keys, limited to PATTERNs."""
     Repository(directory, KeyStore(keydir)).delegate(name, paths=paths, keys=key_count, threshold=threshold)
     click.echo(f"delegated {', '.join(paths)} to role {name}")
+
+
+@repo.command("add-key")
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("role", type=click.Choice(ROLES))
+@_keys_option
+@click.option("--uri", required=True, help="securesystemslib signer URI of the private key (e.g. gcpkms:…, hsm:…, file2:PATH).")
+@click.option("--public-key", "public_key", required=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="The key's public half, PEM.")
+@_reports_errors
+def repo_add_key(directory: Path, role: str, keydir: Path, uri: str, public_key: Path) -> None:
+    """Trust a key held elsewhere (KMS, HSM, file) for ROLE, in a new root version."""
+    key = public_key_from_pem(public_key)
+    Repository(directory, KeyStore(keydir)).add_key(role, key, uri)
+    click.echo(f"{role}: trusts key {key.keyid[:16]} through {uri.split(':', 1)[0]}:")
 
 
 @repo.command("rotate")

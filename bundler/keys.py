@@ -23,12 +23,13 @@ from cryptography.hazmat.primitives.serialization import (
     Encoding,
     PrivateFormat,
     load_pem_private_key,
+    load_pem_public_key,
 )
 from securesystemslib.signer import SIGNER_FOR_URI_SCHEME, CryptoSigner, Key, SecretsHandler, Signer, SSlibKey
 
 from bundler.errors import SigningError
 
-__all__ = ["ALGORITHMS", "PASSPHRASE_ENV", "KeyStore"]
+__all__ = ["ALGORITHMS", "PASSPHRASE_ENV", "KeyStore", "public_key_from_pem"]
 
 PASSPHRASE_ENV = "SEALIFT_KEY_PASSPHRASE"
 ALGORITHMS = ("ed25519", "ecdsa-p256")
@@ -144,6 +145,16 @@ class KeyStore:
         temp = self.directory / f".{_INDEX}.tmp"
         temp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
         os.replace(temp, self.directory / _INDEX)
+
+
+def public_key_from_pem(path: Path) -> Key:
+    """A public key (Ed25519, ECDSA or RSA) from a PEM file, as TUF metadata names it."""
+    try:
+        return SSlibKey.from_crypto(load_pem_public_key(path.read_bytes()))
+    except FileNotFoundError as e:
+        raise SigningError(f"{path}: public key not found") from e
+    except (ValueError, TypeError) as e:
+        raise SigningError(f"{path}: not a supported PEM public key ({e})") from e
 
 
 def _write_private(path: Path, pem: bytes) -> None:

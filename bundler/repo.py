@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from securesystemslib.signer import Key
 from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.metadata import (
     DelegatedRole,
@@ -206,6 +207,11 @@ class Repository:
             attach_metadata(path, self.current_files(names[path]))
         return results
 
+    def add_key(self, role: str, key: Key, uri: str) -> None:
+        """Trust ``key`` for a top-level role in a new root version; its private half is reached
+        through the securesystemslib signer ``uri`` (KMS, PKCS#11 HSM, a file, ...)."""
+        self._new_root(role, add=[(key, uri)], revoke=[])
+
     def rotate(self, role: str, *, revoke: Sequence[str] | None = None) -> list[str]:
         """Replace ``role``'s keys (or only those in ``revoke``) with new ones, in a new root version.
 
@@ -213,19 +219,31 @@ class Repository:
         so a device walks from one to the next. The role's metadata (and what names it) is then
         re-signed with the new keys. Returns the IDs of the keys removed.
         """
+        current = self._load("root.json", Root).signed.roles.get(role)
+        removed = list(revoke) if revoke is not None else list(current.keyids if current else [])
+        self._new_root(role, add=[], revoke=removed, replace=True)
+        return removed
+
+    def _new_root(self, role: str, *, add: list[tuple[Key, str]], revoke: list[str], replace: bool = False) -> None:
+        """A new root version that revokes and adds keys of ``role``; then re-sign what it names."""
         if role not in ROLES:
             raise RepositoryError(f"unknown role {role!r} (expected one of {', '.join(ROLES)})")
         change = _Change(self)
         old = self._load("root.json", Root)
         root = Metadata.from_bytes(old.to_bytes()).signed
         assert isinstance(root, Root)
-        removed = list(revoke) if revoke is not None else list(root.roles[role].keyids)
-        unknown = [k for k in removed if k not in root.roles[role].keyids]
+        unknown = [k for k in revoke if k not in root.roles[role].keyids]
         if unknown:
             raise RepositoryError(f"role {role}: key {unknown[0][:16]} is not one of its keys")
-        for keyid in removed:
+        for keyid in revoke:
             root.revoke_key(keyid, role)
-            root.add_key(self.keys.generate(role, algorithm=change.policy.algorithm), role)
+            if replace:
+                root.add_key(self.keys.generate(role, algorithm=change.policy.algorithm), role)
+        for key, uri in add:
+            if key.keyid in root.roles[role].keyids:
+                raise RepositoryError(f"role {role}: key {key.keyid[:16]} is already trusted")
+            self.keys.add_uri(role, key, uri)
+            root.add_key(key, role)
         root.version += 1
         root.expires = self._expiry(change.policy, "root")
         new = Metadata(root)
@@ -235,7 +253,6 @@ class Repository:
         change.root = root
         change.targets_changed = True
         self._commit(change)
-        return removed
 
     def current_files(self, target: str | None = None) -> dict[str, bytes]:
         """What a device needs: every root version, timestamp, snapshot, targets, and the

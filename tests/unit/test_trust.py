@@ -323,3 +323,28 @@ def test_hashed_bins_spread_targets_and_each_bundle_carries_one_bin(tmp_path: Pa
         setup.sign("1.1.0-x86_64-cpu")  # the newest-version check looks across every bin
     with pytest.raises(RepositoryError, match="cannot also have named delegations"):
         setup.repo.delegate("team", paths=["*"])
+
+
+def test_a_key_behind_any_signer_uri_signs(setup: Setup, tmp_path: Path) -> None:
+    """A key Sealift never held (here securesystemslib's plain file signer, standing for a KMS or
+    an HSM URI) is trusted for timestamp and signs it once Sealift's own key is gone."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+
+    from bundler.keys import public_key_from_pem
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    (tmp_path / "external.pem").write_bytes(private.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    (tmp_path / "external.pub").write_bytes(private.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+    key = public_key_from_pem(tmp_path / "external.pub")
+    setup.repo.add_key("timestamp", key, f"file2:{tmp_path / 'external.pem'}")
+    index = json.loads((setup.tmp / "keys/keys.json").read_text())
+    own = [k for k, v in index.items() if v["role"] == "timestamp" and k != key.keyid]
+    for keyid in own:
+        del index[keyid]  # Sealift's own timestamp key is no longer reachable
+    (setup.tmp / "keys/keys.json").write_text(json.dumps(index))
+    fresh = Repository(setup.tmp / "repo", KeyStore(setup.tmp / "keys", passphrase=lambda: "test passphrase"))
+    fresh.add([setup.bundles["1.2.0-x86_64-cpu"]])
+    timestamp = Metadata.from_bytes((setup.tuf("1.2.0-x86_64-cpu") / "timestamp.json").read_bytes())
+    assert list(timestamp.signatures) == [key.keyid]
+    assert setup.verify("1.2.0-x86_64-cpu") == "1.2.0"
