@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from securesystemslib.signer import Key
 
 from bundler.build import BuildOptions, build_bundles, select_profiles, source_date_epoch
 from bundler.bundle import BundleInfo, check_bundle
@@ -283,13 +284,23 @@ def repo_delegate(directory: Path, name: str, keydir: Path, paths: tuple[str, ..
 @click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
 @click.argument("role", type=click.Choice(ROLES))
 @_keys_option
-@click.option("--uri", required=True, help="securesystemslib signer URI of the private key (e.g. gcpkms:…, hsm:…, file2:PATH).")
-@click.option("--public-key", "public_key", required=True, type=click.Path(path_type=Path, dir_okay=False),
-              help="The key's public half, PEM.")
+@click.option("--uri", help="securesystemslib signer URI of the private key (e.g. gcpkms:…, hsm:…, file2:PATH).")
+@click.option("--public-key", "public_key", type=click.Path(path_type=Path, dir_okay=False), help="The key's public half, PEM.")
+@click.option("--sigstore-identity", help="Instead of --uri and --public-key: sign keylessly in CI as this OIDC identity.")
+@click.option("--sigstore-issuer", help="The OIDC issuer of --sigstore-identity.")
 @_reports_errors
-def repo_add_key(directory: Path, role: str, keydir: Path, uri: str, public_key: Path) -> None:
-    """Trust a key held elsewhere (KMS, HSM, file) for ROLE, in a new root version."""
-    key = public_key_from_pem(public_key)
+def repo_add_key(directory: Path, role: str, keydir: Path, uri: str | None, public_key: Path | None,
+                 sigstore_identity: str | None, sigstore_issuer: str | None) -> None:
+    """Trust a key held elsewhere (KMS, HSM, file, Sigstore keyless) for ROLE, in a new root version."""
+    key: Key
+    if sigstore_identity and sigstore_issuer and not (uri or public_key):
+        from securesystemslib.signer import SigstoreSigner
+
+        uri, key = SigstoreSigner.import_(sigstore_identity, sigstore_issuer, ambient=True)
+    elif uri and public_key and not (sigstore_identity or sigstore_issuer):
+        key = public_key_from_pem(public_key)
+    else:
+        raise click.UsageError("give --uri with --public-key, or --sigstore-identity with --sigstore-issuer")
     Repository(directory, KeyStore(keydir)).add_key(role, key, uri)
     click.echo(f"{role}: trusts key {key.keyid[:16]} through {uri.split(':', 1)[0]}:")
 

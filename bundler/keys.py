@@ -84,6 +84,7 @@ class KeyStore:
         self._passphrase = passphrase or _passphrase_from_env_or_prompt
         self._cached: str | None = None
         self._signers: dict[str, Signer] = {}  # unlocking a key costs a key derivation: once per key
+        self.unreachable: dict[str, str] = {}  # key ID -> why its signer could not be loaded
 
     def generate(self, role: str, *, algorithm: str = "ed25519") -> Key:
         """A new key pair for ``role``: the private half encrypted into the key directory."""
@@ -105,11 +106,20 @@ class KeyStore:
         self._record(_Entry(keyid=key.keyid, role=role, uri=uri, public=key.to_dict()))
 
     def signers(self, keyids: list[str]) -> list[Signer]:
-        """Signers for those of ``keyids`` this directory holds."""
+        """Signers for those of ``keyids`` this directory holds and can reach now.
+
+        A key that cannot be reached here (a keyless signer outside CI, an HSM not plugged in) is
+        skipped, and noted in :attr:`unreachable`: the others may still meet the threshold.
+        """
         entries = self._entries()
         for keyid in keyids:
-            if keyid in entries and keyid not in self._signers:
-                self._signers[keyid] = self._signer(entries[keyid])
+            if keyid in entries and keyid not in self._signers and keyid not in self.unreachable:
+                try:
+                    self._signers[keyid] = self._signer(entries[keyid])
+                except SigningError as e:
+                    if "passphrase" in str(e):
+                        raise
+                    self.unreachable[keyid] = str(e)
         return [self._signers[k] for k in keyids if k in self._signers]
 
     def passphrase(self) -> str:

@@ -378,9 +378,10 @@ class Repository:
             delegator.verify_delegate(role, md.signed_bytes, md.signatures)
         except UnsignedMetadataError as e:
             have = len(md.signatures)
+            why = [self.keys.unreachable[k] for k in delegated.keyids if k in self.keys.unreachable]
             raise SigningError(
                 f"role {role}: {have} of the {delegated.threshold} signatures needed "
-                f"(the key directory holds {have} of its {len(delegated.keyids)} keys)"
+                f"(the key directory reaches {have} of its {len(delegated.keyids)} keys{'; ' + why[0] if why else ''})"
             ) from e
 
     def _expiry(self, policy: Policy, role: str) -> dt.datetime:

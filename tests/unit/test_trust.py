@@ -348,3 +348,17 @@ def test_a_key_behind_any_signer_uri_signs(setup: Setup, tmp_path: Path) -> None
     timestamp = Metadata.from_bytes((setup.tuf("1.2.0-x86_64-cpu") / "timestamp.json").read_bytes())
     assert list(timestamp.signatures) == [key.keyid]
     assert setup.verify("1.2.0-x86_64-cpu") == "1.2.0"
+
+
+def test_sigstore_keyless_signer_is_recorded_for_ci(setup: Setup) -> None:
+    """Outside CI the keyless signer cannot sign; the role's other keys still meet its threshold."""
+    from securesystemslib.signer import SigstoreSigner
+
+    identity = "https://github.com/acme/ci/.github/workflows/release.yml@refs/heads/main"
+    uri, key = SigstoreSigner.import_(identity, "https://token.actions.githubusercontent.com", ambient=True)
+    setup.repo.add_key("targets", key, uri)
+    root = Metadata.from_bytes((setup.tmp / "repo/metadata/root.json").read_bytes()).signed
+    assert root.version == 2 and key.keyid in root.roles["targets"].keyids
+    assert json.loads((setup.tmp / "keys/keys.json").read_text())[key.keyid]["uri"] == "sigstore:"
+    setup.sign("1.2.0-x86_64-cpu")
+    assert setup.verify("1.2.0-x86_64-cpu") == "1.2.0"
