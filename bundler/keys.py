@@ -25,7 +25,16 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
     load_pem_public_key,
 )
-from securesystemslib.signer import SIGNER_FOR_URI_SCHEME, CryptoSigner, Key, SecretsHandler, Signer, SSlibKey
+from securesystemslib.signer import (
+    KEY_FOR_TYPE_AND_SCHEME,
+    SIGNER_FOR_URI_SCHEME,
+    CryptoSigner,
+    Key,
+    SecretsHandler,
+    Signer,
+    SigstoreKey,
+    SSlibKey,
+)
 
 from bundler.errors import SigningError
 
@@ -66,6 +75,9 @@ class EncryptedFileSigner(Signer):
 
 
 SIGNER_FOR_URI_SCHEME[EncryptedFileSigner.SCHEME] = EncryptedFileSigner
+# securesystemslib leaves Sigstore keys unregistered while their format may change; Sealift accepts
+# them (a keyless CI signer for a role), so root metadata naming one parses on both sides.
+KEY_FOR_TYPE_AND_SCHEME.setdefault(("sigstore-oidc", "Fulcio"), SigstoreKey)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -18,6 +18,7 @@ from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import TargetFile
 from tuf.ngclient import Updater, UpdaterConfig
 
+import bundler.keys  # noqa: F401 (registers the key types Sealift's root metadata may name)
 from bundler.bundle import ANNOTATION, BundleInfo, verify_bundle
 from bundler.errors import BundleError
 from bundler.layout import MAX_JSON_BYTES, LayoutReader, open_layout
