@@ -47,8 +47,11 @@ def verify_for_device(path: Path, *, trust: TrustStore, profile: Profile | None)
         name, index = _claimed_target(reader)
         target = _signed_target(path, reader, metadata_dir, name)
         _check_target(path, name, target, index)
-        # (2) every blob, (3) the hardware, and (4) never back to an older release
+        # (2) every blob (of the very index TUF vouched for), (3) the hardware, (4) never an older release
         info = verify_bundle(path)
+        signed_digest = f"sha256:{hashlib.sha256(index).hexdigest()}"
+        if info.digest != signed_digest:
+            raise TrustError(f"{path}: changed while it was verified (index {info.digest}, signed {signed_digest})")
         _check_profile(path, info, profile)
         trust.check_version(info.name, info.profile, info.version)
         trust.commit(metadata_dir, release=(info.name, info.profile, info.version))
