@@ -305,6 +305,20 @@ def repo_add_key(directory: Path, role: str, keydir: Path, uri: str | None, publ
     click.echo(f"{role}: trusts key {key.keyid[:16]} through {uri.split(':', 1)[0]}:")
 
 
+@repo.command("refresh")
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
+@_keys_option
+@_reports_errors
+def repo_refresh(directory: Path, keydir: Path) -> None:
+    """Re-sign snapshot and timestamp (and targets metadata past half its validity).
+
+    Schedule it more often than the timestamp expires. Bundles carry the metadata they were
+    added with: add them again to give them the fresh metadata.
+    """
+    Repository(directory, KeyStore(keydir)).refresh()
+    click.echo(f"refreshed {directory}")
+
+
 @repo.command("rotate")
 @click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
 @click.argument("role", type=click.Choice(ROLES))

@@ -42,7 +42,7 @@ MAX_JSON_BYTES = 4 << 20  # manifests, indexes and descriptors are small; refuse
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _BLOB_NAME = re.compile(r"blobs/sha256/[0-9a-f]{64}")
 METADATA_DIR = "tuf"  # signed TUF metadata travels beside the layout, outside its content-addressed part
-METADATA_NAME = re.compile(r"(?:[0-9]{1,10}\.)?[a-z0-9][a-z0-9._-]{0,99}\.json")
+METADATA_NAME = re.compile(r"(?:[1-9][0-9]{0,9}\.)?[a-z][a-z0-9._-]{0,99}\.json")  # N.role.json: no leading zeros
 _TAR_METADATA = re.compile(rf"{METADATA_DIR}/{METADATA_NAME.pattern}")
 Progress = Callable[[int], None]
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -49,7 +50,8 @@ __all__ = ["ROLES", "AddResult", "Policy", "Repository", "RolePolicy"]
 
 ROLES = ("root", "targets", "snapshot", "timestamp")
 BINS_ROLE = "bins"
-_ROLE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+_ROLE_NAME = re.compile(r"[a-z][a-z0-9-]{0,62}")
+_MAX_EXPIRY_DAYS = 36500.0
 _POLICY_FILE = "sealift-repo.json"
 _SERIALIZER = JSONSerializer(compact=False)
 T = TypeVar("T", Root, Timestamp, Snapshot, Targets)
@@ -86,8 +88,8 @@ class Policy:
             p = self.roles[role]
             if not 1 <= p.threshold <= p.keys:
                 raise RepositoryError(f"role {role}: threshold {p.threshold} needs 1 to {p.keys} keys")
-            if p.expiry_days <= 0:
-                raise RepositoryError(f"role {role}: expiry must be positive, found {p.expiry_days} days")
+            if not (math.isfinite(p.expiry_days) and 0 < p.expiry_days <= _MAX_EXPIRY_DAYS):
+                raise RepositoryError(f"role {role}: expiry must be over 0 and at most {_MAX_EXPIRY_DAYS:g} days, found {p.expiry_days}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -102,8 +104,11 @@ class _Change:
 
     def __init__(self, repo: Repository) -> None:
         self.root = repo._load("root.json", Root).signed
+        self.new_root: Metadata[Root] | None = None  # written with the rest, after every signature is made
         self.policy = repo._policy()
-        self.targets = repo._load_versioned("targets", Targets)
+        self.timestamp = repo._load("timestamp.json", Timestamp)
+        self.snapshot = repo._load(f"{self.timestamp.signed.snapshot_meta.version}.snapshot.json", Snapshot)
+        self.targets = repo._load(f"{self.snapshot.signed.meta['targets.json'].version}.targets.json", Targets)
         self.targets_changed = False
         self.delegated: dict[str, Metadata[Targets]] = {}  # roles loaded for this edit, by name
         self.delegated_changed: set[str] = set()
@@ -114,6 +119,8 @@ class Repository:
     """A TUF repository directory, signed with keys from a :class:`KeyStore`."""
 
     def __init__(self, directory: Path, keys: KeyStore, *, now: Callable[[], dt.datetime] | None = None) -> None:
+        if keys.directory.resolve().is_relative_to(directory.resolve()):
+            raise RepositoryError(f"{keys.directory}: the key directory must not be inside the repository {directory}")
         self.directory = directory
         self.metadata = directory / "metadata"
         self.keys = keys
@@ -142,8 +149,6 @@ class Repository:
                                                      "roles": {r: asdict(p) for r, p in policy.roles.items()}})
         root_md = Metadata(root)
         self._sign(root_md, root, "root")
-        self._write(root_md, "1.root.json")
-        self._write(root_md, "root.json")
         targets = Targets(expires=self._expiry(policy, "targets"))
         bins: dict[str, Metadata[Targets]] = {}
         if hashed_bins:
@@ -151,7 +156,7 @@ class Repository:
             succinct = SuccinctRoles(keyids=[key.keyid], threshold=1, bit_length=hashed_bins, name_prefix=BINS_ROLE)
             targets.delegations = Delegations(keys={key.keyid: key}, succinct_roles=succinct)
             bins = {name: Metadata(Targets(expires=self.now())) for name in succinct.get_roles()}
-        self._publish_first(Metadata(targets), root, policy, bins)
+        self._publish_first(Metadata(targets), root_md, policy, bins)
 
     def delegate(self, name: str, *, paths: Sequence[str], keys: int = 1, threshold: int = 1) -> None:
         """Delegate the targets matching ``paths`` (e.g. ``vision-app/*``) to a new role with its own keys."""
@@ -212,6 +217,13 @@ class Repository:
         through the securesystemslib signer ``uri`` (KMS, PKCS#11 HSM, a file, ...)."""
         self._new_root(role, add=[(key, uri)], revoke=[])
 
+    def refresh(self) -> None:
+        """Re-sign snapshot and timestamp, and any targets metadata past half its validity.
+
+        Run it more often than the timestamp expires (a scheduled CI job), so devices always find
+        metadata that is still valid."""
+        self._commit(_Change(self))
+
     def rotate(self, role: str, *, revoke: Sequence[str] | None = None) -> list[str]:
         """Replace ``role``'s keys (or only those in ``revoke``) with new ones, in a new root version.
 
@@ -248,9 +260,7 @@ class Repository:
         root.expires = self._expiry(change.policy, "root")
         new = Metadata(root)
         self._sign_root(new, old.signed, root)
-        self._write(new, f"{root.version}.root.json")
-        self._write(new, "root.json")
-        change.root = root
+        change.root, change.new_root = root, new
         change.targets_changed = True
         self._commit(change)
 
@@ -278,18 +288,26 @@ class Repository:
             return bin_name
         if role is None or role == "targets":
             return "targets"
-        delegated = (delegations.roles or {}).get(role) if delegations is not None else None
+        roles = (delegations.roles or {}) if delegations is not None else {}
+        delegated = roles.get(role)
         if delegated is None:
             raise RepositoryError(f"no delegated role {role!r} (create it with `sealift repo delegate`)")
         if not delegated.is_delegated_path(name):
             raise RepositoryError(f"role {role} may sign {', '.join(delegated.paths or [])}, not {name}")
+        # devices walk delegations in order and stop at the first terminating role that matches
+        first = next(r for r in roles.values() if r.is_delegated_path(name))
+        if first.name != role:
+            raise RepositoryError(f"role {first.name}, delegated before {role}, also matches {name}: devices would never look in {role}")
         return role
 
     def _targets_of(self, change: _Change, role: str) -> Metadata[Targets]:
         if role == "targets":
             return change.targets
         if role not in change.delegated:
-            change.delegated[role] = self._load_versioned(role, Targets)
+            meta = change.snapshot.signed.meta.get(f"{role}.json")
+            if meta is None:
+                raise RepositoryError(f"{self.metadata}: the snapshot names no {role} metadata")
+            change.delegated[role] = self._load(f"{meta.version}.{role}.json", Targets)
         return change.delegated[role]
 
     def _mark_changed(self, change: _Change, role: str) -> None:
@@ -317,45 +335,66 @@ class Repository:
 
     # -- signing and writing -------------------------------------------------------------------
 
-    def _publish_first(self, targets: Metadata[Targets], root: Root, policy: Policy, bins: dict[str, Metadata[Targets]]) -> None:
+    def _publish_first(self, targets: Metadata[Targets], root_md: Metadata[Root], policy: Policy,
+                       bins: dict[str, Metadata[Targets]]) -> None:
+        root = root_md.signed
         snapshot = Metadata(Snapshot(expires=self.now()))
-        for name, md in bins.items():
-            self._sign_targets(md, targets.signed, name, policy, snapshot.signed)
-        self._sign_targets(targets, root, "targets", policy, snapshot.signed)
-        self._sign_snapshot_and_timestamp(snapshot, root, policy, first=True)
+        writes: list[tuple[Metadata[Any], str]] = [(root_md, "1.root.json"), (root_md, "root.json")]
+        writes += [self._sign_targets(md, targets.signed, name, policy, snapshot.signed) for name, md in bins.items()]
+        writes.append(self._sign_targets(targets, root, "targets", policy, snapshot.signed))
+        writes += self._sign_snapshot_and_timestamp(snapshot, Metadata(Timestamp(expires=self.now())), root, policy, first=True)
+        for md, name in writes:
+            self._write(md, name)
 
     def _commit(self, change: _Change) -> None:
-        """Re-sign what changed, then a snapshot naming it all, then a timestamp naming the snapshot."""
-        snapshot = self._load_versioned("snapshot", Snapshot)
+        """Re-sign what changed (and what would soon expire), then a snapshot naming it all, then a
+        timestamp naming the snapshot. Every signature is made before any file is written, so a
+        missing key leaves the repository as it was."""
+        self._add_expiring(change)
+        writes: list[tuple[Metadata[Any], str]] = []
+        if change.new_root is not None:
+            writes += [(change.new_root, f"{change.root.version}.root.json"), (change.new_root, "root.json")]
+        snapshot = change.snapshot
         for name in sorted(change.delegated_changed | change.created):
             md = change.delegated[name]
             if name not in change.created:
                 md.signed.version += 1
-            self._sign_targets(md, change.targets.signed, name, change.policy, snapshot.signed)
+            writes.append(self._sign_targets(md, change.targets.signed, name, change.policy, snapshot.signed))
         if change.targets_changed:
             change.targets.signed.version += 1
-            self._sign_targets(change.targets, change.root, "targets", change.policy, snapshot.signed)
-        self._sign_snapshot_and_timestamp(snapshot, change.root, change.policy, first=False)
+            writes.append(self._sign_targets(change.targets, change.root, "targets", change.policy, snapshot.signed))
+        writes += self._sign_snapshot_and_timestamp(snapshot, change.timestamp, change.root, change.policy, first=False)
+        for md, name in writes:
+            self._write(md, name)
 
-    def _sign_targets(self, md: Metadata[Targets], delegator: Root | Targets, role: str, policy: Policy, snapshot: Snapshot) -> None:
+    def _add_expiring(self, change: _Change) -> None:
+        """Targets metadata past half its validity is re-signed with the rest: a role nobody
+        touched must not expire under the devices that walk it."""
+        horizon = self.now() + dt.timedelta(days=change.policy.roles["targets"].expiry_days / 2)
+        if change.targets.signed.expires < horizon:
+            change.targets_changed = True
+        for role in _roles_for(change.targets.signed, None):
+            if role not in change.created and self._targets_of(change, role).signed.expires < horizon:
+                change.delegated_changed.add(role)
+
+    def _sign_targets(self, md: Metadata[Targets], delegator: Root | Targets, role: str, policy: Policy,
+                      snapshot: Snapshot) -> tuple[Metadata[Any], str]:
         md.signed.expires = self._expiry(policy, "targets")
         self._sign(md, delegator, role)
-        self._write(md, f"{md.signed.version}.{role}.json")
         snapshot.meta[f"{role}.json"] = MetaFile(version=md.signed.version)
+        return md, f"{md.signed.version}.{role}.json"
 
-    def _sign_snapshot_and_timestamp(self, snapshot: Metadata[Snapshot], root: Root, policy: Policy, *, first: bool) -> None:
+    def _sign_snapshot_and_timestamp(self, snapshot: Metadata[Snapshot], timestamp: Metadata[Timestamp], root: Root,
+                                     policy: Policy, *, first: bool) -> list[tuple[Metadata[Any], str]]:
         if not first:
             snapshot.signed.version += 1
+            timestamp.signed.version += 1
         snapshot.signed.expires = self._expiry(policy, "snapshot")
         self._sign(snapshot, root, "snapshot")
-        self._write(snapshot, f"{snapshot.signed.version}.snapshot.json")
-        timestamp = Metadata(Timestamp(expires=self.now())) if first else self._load("timestamp.json", Timestamp)
-        if not first:
-            timestamp.signed.version += 1
         timestamp.signed.snapshot_meta = MetaFile(version=snapshot.signed.version)
         timestamp.signed.expires = self._expiry(policy, "timestamp")
         self._sign(timestamp, root, "timestamp")
-        self._write(timestamp, "timestamp.json")
+        return [(snapshot, f"{snapshot.signed.version}.snapshot.json"), (timestamp, "timestamp.json")]
 
     def _sign_root(self, md: Metadata[Root], previous: Root, current: Root) -> None:
         """A new root needs a threshold of the previous root's keys and of its own."""
@@ -408,12 +447,6 @@ class Repository:
         if not isinstance(md.signed, kind):
             raise RepositoryError(f"{path}: holds {md.signed.type} metadata, expected {kind.type}")
         return md
-
-    def _load_versioned(self, role: str, kind: type[T]) -> Metadata[T]:
-        versions = sorted(int(p.name.split(".")[0]) for p in self.metadata.glob(f"*.{role}.json") if p.name.split(".")[0].isdigit())
-        if not versions:
-            raise RepositoryError(f"{self.metadata}: no {role} metadata; is this a repository (sealift repo init)?")
-        return self._load(f"{versions[-1]}.{role}.json", kind)
 
     def _write(self, md: Metadata[Any], name: str) -> None:
         data = md.to_bytes(_SERIALIZER)

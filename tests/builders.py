@@ -6,6 +6,7 @@ import io
 import json
 import tarfile
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 from scripts.oci_image import FileEntry, ImageConfig, Platform, PlatformImage, write_image_layout
@@ -115,3 +116,53 @@ def signed(bundles: list[Path], root: Path, *, passphrase: str = "test passphras
     repo.init(Policy())
     repo.add(bundles)
     return root / "repo" / "metadata" / "1.root.json"
+
+
+def reseal(bundle: Path, edit: Callable[[dict[str, dict]], None]) -> None:  # type: ignore[type-arg]
+    """Edit the bundle's JSON (top index, payload manifest, descriptor, first image manifest) and
+    re-seal every digest above the edit, as a forger with write access would."""
+    import hashlib
+
+    def put(data: bytes) -> tuple[str, int]:
+        digest = hashlib.sha256(data).hexdigest()
+        (bundle / "blobs/sha256" / digest).write_bytes(data)
+        return f"sha256:{digest}", len(data)
+
+    def load(digest: str) -> dict:  # type: ignore[type-arg]
+        return json.loads((bundle / "blobs/sha256" / digest.removeprefix("sha256:")).read_bytes())
+
+    layout = json.loads((bundle / "index.json").read_text())
+    top = load(layout["manifests"][0]["digest"])
+    payload_entry = next(m for m in top["manifests"] if m.get("artifactType") == "application/vnd.sealift.payload.v1")
+    image_entry = next(m for m in top["manifests"] if m is not payload_entry)
+    payload = load(payload_entry["digest"])
+    layer = next(lay for lay in payload["layers"] if lay["mediaType"] == "application/vnd.sealift.descriptor.v1+json")
+    parts = {"top": top, "payload": payload, "descriptor": load(layer["digest"]), "image": load(image_entry["digest"])}
+    edit(parts)
+    image_digest = image_entry["digest"]
+    image_entry["digest"], image_entry["size"] = put(json.dumps(parts["image"]).encode())
+    for entry in parts["descriptor"]["images"]:
+        if isinstance(entry, dict) and entry.get("manifest") == image_digest:
+            entry.update(manifest=image_entry["digest"], size=image_entry["size"])
+    layer["digest"], layer["size"] = put(json.dumps(parts["descriptor"]).encode())
+    payload_entry["digest"], payload_entry["size"] = put(json.dumps(payload).encode())
+    layout["manifests"][0]["digest"], layout["manifests"][0]["size"] = put(json.dumps(top).encode())
+    (bundle / "index.json").write_text(json.dumps(layout))
+    for stale in set((bundle / "blobs/sha256").iterdir()) - {bundle / "blobs/sha256" / d.removeprefix("sha256:")
+                                                             for d in _referenced(bundle)}:
+        stale.unlink()
+
+
+def _referenced(bundle: Path) -> set[str]:
+    def load(digest: str) -> dict:  # type: ignore[type-arg]
+        return json.loads((bundle / "blobs/sha256" / digest.removeprefix("sha256:")).read_bytes())
+    top = json.loads((bundle / "index.json").read_text())["manifests"][0]["digest"]
+    found = {top}
+    for entry in load(top)["manifests"]:
+        manifest = load(entry["digest"])
+        found |= {entry["digest"], manifest["config"]["digest"], *(layer["digest"] for layer in manifest["layers"])}
+    return found
+
+
+def rewrite_descriptor(bundle: Path, change: Callable[[dict], None]) -> None:  # type: ignore[type-arg]
+    reseal(bundle, lambda parts: change(parts["descriptor"]))

@@ -72,6 +72,19 @@ def trust_init(store: TrustStore, root: Path, force: bool, as_json: bool) -> Non
     click.echo(json.dumps(result) if as_json else f"trusted root version {trusted.version}, expires {trusted.expires:%Y-%m-%d}")
 
 
+@trust.command("reset-clock")
+@click.pass_obj
+@_reports_errors
+def trust_reset_clock(store: TrustStore) -> None:
+    """Forget the newest trusted time, after a clock that ran ahead has been corrected.
+
+    The device refuses to verify while its clock reads earlier than the newest time at which it
+    accepted a bundle; if that time came from a clock that was wrong, this lets it start again.
+    """
+    newest = store.reset_clock()
+    click.echo(f"forgot the newest trusted time ({newest:%Y-%m-%d %H:%M}Z)" if newest else "no trusted time was recorded")
+
+
 @cli.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--profile", metavar="NAME", help="This device's hardware profile: refuse bundles built for another.")

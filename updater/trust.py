@@ -1,15 +1,17 @@
-"""The device's trusted TUF metadata and clock, kept in the state directory.
+"""The device's trusted TUF metadata, release versions and clock, kept in the state directory.
 
-``STATE/trust`` is a symbolic link to the directory python-tuf's ngclient keeps its trusted
-metadata in. A verification works on a copy; only when the whole check passes is the link
-swapped (an atomic rename), so a refused bundle never changes what the device trusts. Beside it,
-``STATE/clock.json`` keeps the newest time the device has trusted: a clock set back before it
-(a dead RTC battery, an attacker replaying old metadata) is refused rather than believed.
+``STATE/trust`` is a symbolic link to a directory holding python-tuf ngclient's trusted metadata,
+``sealift/versions.json`` (the newest release accepted per name and profile) and
+``sealift/clock.json`` (the newest time at which the device accepted anything). A verification works on a copy of that
+directory; only when the whole check passes is the copy completed and the link swapped, one
+atomic rename, so a refused bundle, a crash or a full disk never changes what the device
+trusts. ``STATE/lock`` keeps two verifications from interleaving.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import json
 import os
 import secrets
@@ -28,13 +30,16 @@ from updater.errors import TrustError
 __all__ = ["ROOT_MAX_BYTES", "TrustStore"]
 
 ROOT_MAX_BYTES = 512_000  # ngclient's own bound for root metadata
+CLOCK_TOLERANCE = dt.timedelta(minutes=5)
 _LINK = "trust"
-_CLOCK = "clock.json"
-_VERSIONS = "versions.json"
+# beside ngclient's files, in a folder of ours: ngclient names files after roles, and a delegated
+# role may be called anything
+_CLOCK = "sealift/clock.json"
+_VERSIONS = "sealift/versions.json"
 
 
 class TrustStore:
-    """What this device trusts: its TUF metadata and the newest time it has seen."""
+    """What this device trusts: its TUF metadata, the releases it accepted, the newest time it saw."""
 
     def __init__(self, state_dir: Path, *, now: Callable[[], dt.datetime] | None = None) -> None:
         self.state_dir = state_dir
@@ -49,47 +54,61 @@ class TrustStore:
 
     def init(self, root_file: Path, *, force: bool = False) -> Root:
         """Provision the device with its first trusted root (self-signed to its threshold, not expired)."""
-        if self.provisioned() and not force:
-            raise TrustError(f"{self.state_dir}: already provisioned with a trusted root (use --force to replace it)")
         data = _read_bounded(root_file)
         root = _parse_root(root_file, data)
         if root.is_expired(self.now()):
             raise TrustError(f"{root_file}: root version {root.version} expired on {root.expires:%Y-%m-%d}")
-        fresh = self._new_dir()
-        history = fresh / "root_history"
-        history.mkdir()
-        (history / f"{root.version}.root.json").write_bytes(data)
-        os.symlink(f"root_history/{root.version}.root.json", fresh / "root.json")
-        self._swap_in(fresh)
+        with self._locked():
+            if self.provisioned() and not force:
+                raise TrustError(f"{self.state_dir}: already provisioned with a trusted root (use --force to replace it)")
+            fresh = self._new_dir()
+            history = fresh / "root_history"
+            history.mkdir()
+            (history / f"{root.version}.root.json").write_bytes(data)
+            os.symlink(f"root_history/{root.version}.root.json", fresh / "root.json")
+            self._swap_in(fresh)
         return root
+
+    def reset_clock(self) -> dt.datetime | None:
+        """Forget the newest trusted time (after a clock that ran ahead was corrected); returns it."""
+        with self._locked():
+            newest = self._newest_time()
+            if newest is not None:
+                scratch = self._copy_current()
+                (scratch / _CLOCK).unlink()
+                self._swap_in(scratch)
+            return newest
 
     @contextmanager
     def candidate(self) -> Iterator[Path]:
-        """A copy of the trusted metadata to verify against; it replaces the trusted one only if
-        the caller calls :meth:`commit` inside the block."""
-        if not self.provisioned():
-            raise TrustError(f"{self.state_dir}: no trusted root: provision the device with `sealift-updater trust init ROOT.json`")
-        self.check_clock()
-        scratch = self._new_dir(create=False)
-        shutil.copytree(self.current.resolve(), scratch, symlinks=True)
-        try:
-            yield scratch
-        finally:
-            if scratch.exists() and scratch.resolve() != self.current.resolve():
-                shutil.rmtree(scratch)  # not committed: the device trusts what it trusted before
+        """A copy of the trusted state to verify against, under the state lock; it replaces the
+        trusted state only if the caller calls :meth:`commit` inside the block."""
+        with self._locked():
+            if not self.provisioned():
+                raise TrustError(f"{self.state_dir}: no trusted root: provision the device with `sealift-updater trust init ROOT.json`")
+            self._sweep()
+            self.check_clock()
+            scratch = self._copy_current()
+            try:
+                yield scratch
+            finally:
+                if scratch.exists() and scratch.resolve() != self.current.resolve():
+                    shutil.rmtree(scratch)  # not committed: the device trusts what it trusted before
 
     def commit(self, candidate: Path, *, release: tuple[str, str, str]) -> None:
-        """Make the verified candidate the trusted metadata; advance the trusted clock and the
-        newest version seen for the release's name and profile."""
+        """Record the release and the time in the verified candidate, then make it the trusted state."""
         name, profile, version = release
         versions = self._versions()
         key = f"{name}/{profile}"
         if key not in versions or version_key(version) > version_key(versions[key]):
             versions[key] = version
-        self._swap_in(candidate)
         newest = max(self.now(), self._newest_time() or self.now())
-        _write_atomic(self.state_dir / _CLOCK, json.dumps({"newest_trusted_time": newest.isoformat()}).encode())
-        _write_atomic(self.state_dir / _VERSIONS, json.dumps(versions, indent=2, sort_keys=True).encode())
+        try:
+            _write_synced(candidate / _VERSIONS, json.dumps(versions, indent=2, sort_keys=True).encode())
+            _write_synced(candidate / _CLOCK, json.dumps({"newest_trusted_time": newest.isoformat()}).encode())
+            self._swap_in(candidate)
+        except OSError as e:
+            raise TrustError(f"{self.state_dir}: cannot record the verified state ({e.strerror}); nothing changed") from e
 
     def check_version(self, name: str, profile: str, version: str) -> None:
         """Refuse a release older than one this device has already accepted (a rollback)."""
@@ -97,37 +116,62 @@ class TrustStore:
         if newest is not None and version_key(version) < version_key(newest):
             raise TrustError(f"bundle {name} {version} for {profile} is older than {newest}, which this device already accepted")
 
-    def _versions(self) -> dict[str, str]:
-        try:
-            data = json.loads((self.state_dir / _VERSIONS).read_text())
-        except FileNotFoundError:
-            return {}
-        except ValueError as e:
-            raise TrustError(f"{self.state_dir / _VERSIONS}: damaged ({e})") from e
-        if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
-            raise TrustError(f"{self.state_dir / _VERSIONS}: damaged (not a map of versions)")
-        return data
-
     def check_clock(self) -> None:
         newest = self._newest_time()
         now = self.now()
-        if newest is not None and now < newest - dt.timedelta(minutes=5):
+        if newest is not None and now < newest - CLOCK_TOLERANCE:
             raise TrustError(
                 f"the device clock reads {now:%Y-%m-%d %H:%M}Z, before the newest trusted time {newest:%Y-%m-%d %H:%M}Z; "
-                "fix the clock before verifying"
+                "fix the clock (or, if it ran ahead before, `sealift-updater trust reset-clock`)"
             )
 
-    def _newest_time(self) -> dt.datetime | None:
+    # -- the state files -------------------------------------------------------------------------
+
+    def _versions(self) -> dict[str, str]:
+        path = self.current / _VERSIONS
         try:
-            data = json.loads((self.state_dir / _CLOCK).read_text())
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return {}
+        except ValueError as e:
+            raise TrustError(f"{path}: damaged ({e})") from e
+        if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+            raise TrustError(f"{path}: damaged (not a map of versions)")
+        return data
+
+    def _newest_time(self) -> dt.datetime | None:
+        path = self.current / _CLOCK
+        try:
+            data = json.loads(path.read_text())
             return dt.datetime.fromisoformat(data["newest_trusted_time"])
         except FileNotFoundError:
             return None
         except (ValueError, KeyError, TypeError) as e:
-            raise TrustError(f"{self.state_dir / _CLOCK}: damaged ({e}); the trusted time cannot be read") from e
+            raise TrustError(f"{path}: damaged ({e}); the trusted time cannot be read") from e
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # another updater verifying or installing: wait for it
+            yield
+        finally:
+            os.close(fd)
+
+    def _copy_current(self) -> Path:
+        scratch = self._new_dir(create=False)
+        shutil.copytree(self.current.resolve(), scratch, symlinks=True)
+        return scratch
+
+    def _sweep(self) -> None:
+        """Remove copies left by runs that were killed (the lock is held: none is in use)."""
+        keep = self.current.resolve().name
+        for entry in self.state_dir.glob(f"{_LINK}-*"):
+            if entry.name != keep and entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
 
     def _new_dir(self, *, create: bool = True) -> Path:
-        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = self.state_dir / f"{_LINK}-{secrets.token_hex(6)}"
         if create:
             path.mkdir(mode=0o700)
@@ -138,7 +182,11 @@ class TrustStore:
         old = self.current.resolve() if self.current.is_symlink() else None
         link = self.state_dir / f".{_LINK}-link-{secrets.token_hex(6)}"
         os.symlink(directory.name, link)
-        os.replace(link, self.current)
+        try:
+            os.replace(link, self.current)
+        except OSError:
+            link.unlink(missing_ok=True)
+            raise
         _fsync_dir(self.state_dir)
         if old is not None and old != directory.resolve():
             shutil.rmtree(old, ignore_errors=True)
@@ -169,14 +217,12 @@ def _parse_root(path: Path, data: bytes) -> Root:
     return md.signed
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    temp = path.with_name(f".{path.name}.tmp")
-    with open(temp, "wb") as f:
+def _write_synced(path: Path, data: bytes) -> None:
+    path.parent.mkdir(exist_ok=True)
+    with open(path, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(temp, path)
-    _fsync_dir(path.parent)
 
 
 def _fsync_dir(directory: Path) -> None:

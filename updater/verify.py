@@ -14,11 +14,12 @@ import json
 import os
 from pathlib import Path
 
+from securesystemslib.exceptions import UnverifiedSignatureError
+from securesystemslib.signer import KEY_FOR_TYPE_AND_SCHEME, Signature, SigstoreKey
 from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import TargetFile
 from tuf.ngclient import Updater, UpdaterConfig
 
-import bundler.keys  # noqa: F401 (registers the key types Sealift's root metadata may name)
 from bundler.bundle import ANNOTATION, BundleInfo, verify_bundle
 from bundler.errors import BundleError
 from bundler.layout import MAX_JSON_BYTES, LayoutReader, open_layout
@@ -28,6 +29,16 @@ from updater.fetcher import BUNDLE_URL, BundleFetcher
 from updater.trust import TrustStore
 
 __all__ = ["verify_for_device"]
+
+class _OfflineSigstoreKey(SigstoreKey):
+    """A keyless (Sigstore) key as a device sees it: its signatures need Sigstore's online trust
+    root, so offline they never count, and the role's ordinary keys must meet its threshold."""
+
+    def verify_signature(self, signature: Signature, data: bytes) -> None:
+        raise UnverifiedSignatureError(f"key {self.keyid[:16]}: keyless signatures are not verified offline")
+
+
+KEY_FOR_TYPE_AND_SCHEME[("sigstore-oidc", "Fulcio")] = _OfflineSigstoreKey
 
 _TUF_FAULTS: dict[type[Exception], str] = {
     tuf_errors.ExpiredMetadataError: "expired metadata",
@@ -58,6 +69,13 @@ def verify_for_device(path: Path, *, trust: TrustStore, profile: Profile | None)
     return info
 
 
+def _fault(error: Exception) -> str:
+    if isinstance(error, tuf_errors.BadVersionNumberError) and str(error).startswith("Expected"):
+        # ngclient's words when a file's version is not the one the snapshot (or timestamp) names
+        return "metadata from another moment than the snapshot names (mix-and-match)"
+    return next((text for kind, text in _TUF_FAULTS.items() if isinstance(error, kind)), "metadata that fails verification")
+
+
 def _claimed_target(reader: LayoutReader) -> tuple[str, bytes]:
     """The target name the bundle claims to be, and its index bytes (checked against TUF next)."""
     try:
@@ -81,8 +99,7 @@ def _signed_target(path: Path, reader: LayoutReader, metadata_dir: Path, name: s
         updater.refresh()
         target = updater.get_targetinfo(name)
     except (tuf_errors.RepositoryError, tuf_errors.DownloadError) as e:
-        fault = next((text for kind, text in _TUF_FAULTS.items() if isinstance(e, kind)), "metadata that fails verification")
-        raise TrustError(f"{path}: refused: {fault} ({e})") from e
+        raise TrustError(f"{path}: refused: {_fault(e)} ({e})") from e
     except OSError as e:
         raise TrustError(f"{metadata_dir}: cannot keep the trusted metadata ({e.strerror})") from e
     if target is None:
@@ -93,14 +110,17 @@ def _signed_target(path: Path, reader: LayoutReader, metadata_dir: Path, name: s
 def _check_root_chain(path: Path, names: set[str], metadata_dir: Path) -> None:
     """Every root version after the trusted one must be there: a device walks them one by one."""
     trusted = int(Path(os.readlink(metadata_dir / "root.json")).name.split(".")[0])
-    carried = sorted(int(n.split(".")[0]) for n in names if n.endswith(".root.json") and n.split(".")[0].isdigit())
-    newer = [v for v in carried if v > trusted]
-    if newer and newer != list(range(trusted + 1, newer[-1] + 1)):
-        missing = next(v for v in range(trusted + 1, newer[-1]) if v not in newer)
-        raise TrustError(
-            f"{path}: the root chain has a gap: the device trusts root version {trusted}, the bundle carries up to "
-            f"{newer[-1]} but not {missing}"
-        )
+    carried = {int(n.split(".")[0]) for n in names if n.endswith(".root.json") and n.split(".")[0].isdigit()}
+    newer = sorted(v for v in carried if v > trusted)
+    if not newer or len(newer) == newer[-1] - trusted:
+        return
+    missing = trusted + 1
+    while missing in carried:  # at most len(newer) steps: there is a gap below newer[-1]
+        missing += 1
+    raise TrustError(
+        f"{path}: the root chain has a gap: the device trusts root version {trusted}, the bundle carries up to "
+        f"{newer[-1]} but not {missing}"
+    )
 
 
 def _check_target(path: Path, name: str, target: TargetFile, index: bytes) -> None:

@@ -86,3 +86,19 @@ def test_tampered_sigstore_material_in_a_bundle_is_refused(tmp_path: Path) -> No
     assert blob.read_bytes() != data
     problems = check_bundle(bundle).problems
     assert problems and "Sigstore bundle of model detector" in problems[0]
+
+
+def test_every_reader_checks_the_signature_again(tmp_path: Path) -> None:
+    """A descriptor re-sealed to claim another signer (digests all consistent) fails the Sigstore re-check."""
+    from tests.builders import rewrite_descriptor
+
+    bundle = build(signed_model_project(tmp_path / "src"), tmp_path / "out")
+
+    def claim_mallory(descriptor: dict) -> None:  # type: ignore[type-arg]
+        next(m for m in descriptor["models"] if m["name"] == "detector")["provenance"]["identity"] = "mallory@example.com"
+
+    rewrite_descriptor(bundle, claim_mallory)
+    problems = check_bundle(bundle).problems
+    assert len(problems) == 1
+    assert "model detector: Sigstore signature refused: expected mallory@example.com" in problems[0]
+    assert "found william@yossarian.net" in problems[0]

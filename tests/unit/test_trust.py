@@ -101,7 +101,7 @@ def test_signed_bundle_verifies_offline_and_the_device_remembers(setup: Setup) -
     after = setup.state()
     assert after != before  # the device now trusts timestamp, snapshot and targets too
     assert any(name.endswith("timestamp.json") for name in after)
-    assert json.loads((setup.device.state_dir / "versions.json").read_text()) == {"demo/x86_64-cpu": "1.2.0"}
+    assert json.loads((setup.device.state_dir / "trust/sealift/versions.json").read_text()) == {"demo/x86_64-cpu": "1.2.0"}
 
 
 def test_unsigned_bundle_and_unprovisioned_device(setup: Setup, tmp_path: Path) -> None:
@@ -200,7 +200,7 @@ def test_snapshot_and_targets_from_different_moments(setup: Setup, tmp_path: Pat
     setup.sign("1.2.0-x86_64-cpu")  # refresh its metadata to the latest moment
     current = next(setup.tuf("1.2.0-x86_64-cpu").glob("*.targets.json"))
     current.write_bytes(old_targets)  # the snapshot names this version, the content is older
-    setup.refused("1.2.0-x86_64-cpu", TrustError, "targets")
+    setup.refused("1.2.0-x86_64-cpu", TrustError, r"mix-and-match\) \(Expected targets v3, got v2")
 
 
 def test_oversized_metadata_is_endless_data(setup: Setup) -> None:
@@ -362,3 +362,153 @@ def test_sigstore_keyless_signer_is_recorded_for_ci(setup: Setup) -> None:
     assert json.loads((setup.tmp / "keys/keys.json").read_text())[key.keyid]["uri"] == "sigstore:"
     setup.sign("1.2.0-x86_64-cpu")
     assert setup.verify("1.2.0-x86_64-cpu") == "1.2.0"
+
+
+# -- the device's state under faults ----------------------------------------------------------
+
+
+def test_a_failure_while_committing_changes_nothing(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    import updater.trust as trust_module
+
+    setup.sign("1.2.0-x86_64-cpu")
+    real_replace = os.replace
+
+    def full_disk(src: object, dst: object) -> None:
+        if str(dst).endswith("/trust"):
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(trust_module.os, "replace", full_disk)
+    setup.refused("1.2.0-x86_64-cpu", TrustError, "cannot record the verified state .No space left on device.; nothing changed")
+    monkeypatch.undo()
+    assert setup.verify("1.2.0-x86_64-cpu") == "1.2.0"
+
+
+def test_verifications_are_serialised_and_leftovers_swept(setup: Setup) -> None:
+    import fcntl
+    import threading
+
+    setup.sign("1.2.0-x86_64-cpu")
+    stale = setup.device.state_dir / "trust-0123456789ab"
+    stale.mkdir()  # as a killed run leaves it
+    entered, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with setup.device.candidate():
+            entered.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert entered.wait(10)
+    fd = os.open(setup.device.state_dir / "lock", os.O_RDWR)
+    try:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        release.set()
+        holder.join()
+        os.close(fd)
+    assert not stale.exists()
+    assert setup.verify("1.2.0-x86_64-cpu") == "1.2.0"
+
+
+def test_hostile_root_version_names(setup: Setup) -> None:
+    setup.sign("1.2.0-x86_64-cpu")
+    (setup.tuf("1.2.0-x86_64-cpu") / "9999999999.root.json").write_text("{}")
+    setup.refused("1.2.0-x86_64-cpu", TrustError, "carries up to 9999999999 but not 2")
+    (setup.tuf("1.2.0-x86_64-cpu") / "9999999999.root.json").unlink()
+    (setup.tuf("1.2.0-x86_64-cpu") / "01.root.json").write_text("{}")  # not a metadata name: never read
+    assert setup.verify("1.2.0-x86_64-cpu") == "1.2.0"
+
+
+def test_bundle_changed_between_the_tuf_check_and_the_blob_check(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    import updater.verify as verify_module
+
+    setup.sign("1.2.0-x86_64-cpu", "1.3.0-x86_64-cpu")
+    real = verify_module.verify_bundle
+
+    def swapped(path: Path) -> object:
+        return real(setup.bundles["1.3.0-x86_64-cpu"])  # another (valid) bundle now lies at the path
+
+    monkeypatch.setattr(verify_module, "verify_bundle", swapped)
+    setup.refused("1.2.0-x86_64-cpu", TrustError, "changed while it was verified")
+
+
+def test_bundle_for_another_compatible_string(setup: Setup, tmp_path: Path) -> None:
+    from bundler.profiles import load_profiles
+
+    setup.sign("1.2.0-x86_64-cpu")
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p/x86_64-cpu.yaml").write_text("name: x86_64-cpu\nplatform: {os: linux, architecture: amd64}\ncompatible: acme/cpu-rev2\n")
+    rev2 = load_profiles([tmp_path / "p"])["x86_64-cpu"]
+    before = setup.state()
+    with pytest.raises(BundleError, match="is compatible with 'sealift/x86_64-cpu', this device needs 'acme/cpu-rev2'"):
+        verify_for_device(setup.bundles["1.2.0-x86_64-cpu"], trust=setup.device, profile=rev2)
+    assert setup.state() == before
+
+
+def test_a_keyless_signature_never_sends_the_device_online(setup: Setup) -> None:
+    """A junk signature by a trusted keyless key must count for nothing, offline, without a traceback."""
+    from securesystemslib.signer import Signature, SigstoreSigner
+
+    uri, key = SigstoreSigner.import_("ci@example.com", "https://token.actions.githubusercontent.com", ambient=True)
+    setup.repo.add_key("targets", key, uri)
+    setup.sign("1.2.0-x86_64-cpu")
+    path = next(setup.tuf("1.2.0-x86_64-cpu").glob("*.targets.json"))
+    md = Metadata.from_bytes(path.read_bytes())
+    md.signatures[key.keyid] = Signature(key.keyid, "00" * 64)
+    path.write_bytes(md.to_bytes())
+    assert setup.verify("1.2.0-x86_64-cpu") == "1.2.0"
+
+
+# -- the repository under faults and over time ------------------------------------------------
+
+
+def test_a_signing_failure_leaves_the_repository_as_it_was(setup: Setup) -> None:
+    before = {p.name: p.read_bytes() for p in (setup.tmp / "repo/metadata").iterdir()}
+    index = json.loads((setup.tmp / "keys/keys.json").read_text())
+    for keyid in [k for k, v in index.items() if v["role"] == "snapshot"]:
+        del index[keyid]  # the snapshot key is not reachable today
+    (setup.tmp / "keys/keys.json").write_text(json.dumps(index))
+    crippled = Repository(setup.tmp / "repo", KeyStore(setup.tmp / "keys", passphrase=lambda: "test passphrase"))
+    with pytest.raises(SigningError, match="role snapshot: 0 of the 1 signatures needed"):
+        crippled.add([setup.bundles["1.3.0-x86_64-cpu"]])
+    with pytest.raises(SigningError, match="role snapshot"):
+        crippled.rotate("targets")
+    assert {p.name: p.read_bytes() for p in (setup.tmp / "repo/metadata").iterdir()} == before
+
+
+def test_untouched_roles_are_re_signed_before_they_expire(tmp_path: Path, unsigned: dict[str, Path]) -> None:
+    long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=100)
+    clock = {"now": long_ago}
+    setup = Setup(tmp_path, unsigned, hashed_bins=2, now=lambda: clock["now"])
+    setup.sign("1.1.0-x86_64-cpu")  # 100 days ago: every targets file (90 days) has expired since
+    clock["now"] = dt.datetime.now(dt.UTC)
+    setup.sign("1.2.0-x86_64-nvidia")
+    setup.sign("1.3.0-x86_64-cpu")
+    assert setup.verify("1.3.0-x86_64-cpu") == "1.3.0"
+
+
+def test_repo_refresh_renews_timestamp_and_snapshot(setup: Setup) -> None:
+    timestamp = setup.tmp / "repo/metadata/timestamp.json"
+    before = Metadata.from_bytes(timestamp.read_bytes()).signed
+    setup.repo.refresh()
+    after = Metadata.from_bytes(timestamp.read_bytes()).signed
+    assert after.version == before.version + 1 and after.snapshot_meta.version == before.snapshot_meta.version + 1
+
+
+def test_a_delegation_that_devices_would_never_reach_is_refused(setup: Setup) -> None:
+    setup.repo.delegate("team-a", paths=["demo/*/*"])
+    setup.repo.delegate("site-b", paths=["demo/x86_64-cpu/*"])
+    with pytest.raises(RepositoryError, match=re.escape("role team-a, delegated before site-b, also matches demo/x86_64-cpu/1.2.0")):
+        setup.repo.add([setup.bundles["1.2.0-x86_64-cpu"]], role="site-b")
+
+
+def test_keys_inside_the_repository_and_absurd_expiry_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(RepositoryError, match="must not be inside the repository"):
+        Repository(tmp_path / "repo", KeyStore(tmp_path / "repo/metadata/keys"))
+    repo = Repository(tmp_path / "repo", KeyStore(tmp_path / "keys", passphrase=lambda: "x"))
+    for days in (float("nan"), 1e7, 0.0):
+        with pytest.raises(RepositoryError, match="expiry must be over 0"):
+            repo.init(Policy(roles={**Policy().roles, "timestamp": RolePolicy(expiry_days=days)}))
