@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bundler.bundle import ANNOTATION, MEDIA, BundleInfo, verify_bundle
+from bundler.durable import fsync_dir
 from bundler.errors import BundleError, OutputError, SealiftError, SourceError, SpecError
 from bundler.layout import Descriptor, canonical_json
 from bundler.payload import FileEntry, add_file_component
@@ -331,7 +332,7 @@ def _publish(product: Path, final: Path, digest: str) -> bool:
         if e.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
             raise
         return _same_bundle(final, digest)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     return False
 
 
@@ -357,14 +358,6 @@ def _same_bundle(existing: Path, digest: str) -> bool:
             f"{existing} already exists with different content ({found}); bundles are immutable: bump the version or remove it"
         )
     return True
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _sweep_stale_temps(out: Path) -> None:

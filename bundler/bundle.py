@@ -33,6 +33,7 @@ from bundler.layout import (
     copy_hashed,
     open_layout,
 )
+from bundler.provenance import check_provenance
 from bundler.yamlfile import Field
 
 __all__ = [
@@ -181,7 +182,7 @@ def check_bundle(path: Path, *, progress: Progress | None = None) -> CheckReport
         problems, checked = _check_blobs(reader, blobs, progress)
         # (4) signatures the spec demanded (Sigstore), checked again from the bundle's own copies
         if not problems:
-            problems += _check_provenance(reader, info.descriptor)
+            problems += check_provenance(reader, list(_file_entries(info.descriptor)))
         # (5) nothing else: the index digest must cover every byte there is
         referenced = structural | {b.descriptor.digest for b in blobs}
         problems += [f"blobs/sha256/{name.removeprefix('sha256:')[:64]} is not referenced by the bundle"
@@ -331,28 +332,6 @@ def _bundle_info(
 _FILE_ENTRY_TYPES = {
     "name": str, "kind": str, "mediaType": str, "digest": str, "size": int, "uncompressedDigest": str, "uncompressedSize": int,
 }
-
-
-def _check_provenance(reader: LayoutReader, descriptor: dict[str, Any]) -> list[str]:
-    from bundler.errors import SourceError
-    from bundler.provenance import MAX_SIGSTORE_BYTES, ProvenanceClaim, verify_provenance
-
-    problems = []
-    for entry in _file_entries(descriptor):
-        record = entry.get("provenance")
-        if record is None:
-            continue
-        material = []
-        for key in ("sigstoreBundle", "trustedRoot"):
-            with reader.open_blob(record[key]) as stream:
-                material.append(stream.read(MAX_SIGSTORE_BYTES + 1))
-        claim = ProvenanceClaim(what=f"{entry['role']} {entry['name']}", content_digest=entry["uncompressedDigest"],
-                                identity=record["identity"], issuer=record["issuer"])
-        try:
-            verify_provenance(claim, sigstore_bundle=material[0], trusted_root=material[1])
-        except SourceError as e:
-            problems.append(str(e))
-    return problems
 
 
 def _check_release(location: str, descriptor: dict[str, Any]) -> None:

@@ -21,19 +21,21 @@ from bundler.progress import for_terminal
 from bundler.repo import ROLES, Policy, Repository, RolePolicy
 from bundler.spec import load_spec
 
-__all__ = ["main"]
+__all__ = ["main", "reports_errors"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _reports_errors(func: F) -> F:
-    """Print a SealiftError's one-line diagnostics and exit 1."""
+def reports_errors(func: F) -> F:
+    """Print a SealiftError's one-line diagnostics (also as JSON on stdout with --json) and exit 1."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
         except SealiftError as e:
+            if kwargs.get("as_json"):
+                click.echo(json.dumps({"ok": False, "error": e.diagnostics()}))
             click.echo(f"error: {e.diagnostics()}", err=True)
             sys.exit(1)
 
@@ -69,7 +71,7 @@ def cli() -> None:
 @click.option("--plain-http", is_flag=True, help="Reach registries named by docker:// sources over plain HTTP, not TLS.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @_profiles_dir_option
-@_reports_errors
+@reports_errors
 def build(spec: Path, profiles: tuple[str, ...], out: Path, fmt: str, plain_http: bool, as_json: bool,
           profiles_dirs: tuple[Path, ...]) -> None:
     """Build one bundle per hardware profile from SPEC (a sealift.yaml).
@@ -99,7 +101,7 @@ def build(spec: Path, profiles: tuple[str, ...], out: Path, fmt: str, plain_http
 @cli.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@_reports_errors
+@reports_errors
 def inspect(bundle: Path, as_json: bool) -> None:
     """Show what BUNDLE holds: identity, profile, and each component's size and digest.
 
@@ -121,7 +123,7 @@ def inspect(bundle: Path, as_json: bool) -> None:
 @click.option("--trusted-root", type=click.Path(path_type=Path, dir_okay=False),
               help="Also check the bundle's signed TUF metadata against this root.json, as a device would.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-@_reports_errors
+@reports_errors
 def verify(bundles: tuple[Path, ...], trusted_root: Path | None, as_json: bool) -> None:
     """Check each BUNDLE: structure, and every blob's size and digest (and content digest when compressed).
 
@@ -170,7 +172,7 @@ def _verify_signed(bundle: Path, root: Path) -> None:
 @click.option("--spec", type=click.Path(path_type=Path, dir_okay=False), help="Also load profiles/ next to this spec.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @_profiles_dir_option
-@_reports_errors
+@reports_errors
 def profiles_cmd(spec: Path | None, as_json: bool, profiles_dirs: tuple[Path, ...]) -> None:
     """List the known hardware profiles."""
     known = load_profiles(profile_search_path(spec.parent if spec else None, profiles_dirs))
@@ -223,7 +225,7 @@ _keys_option = click.option("--keys", "keydir", required=True, type=click.Path(p
 @click.option("--hashed-bins", type=click.IntRange(0, 14), default=0, metavar="BITS",
               help="Spread targets over 2**BITS delegated bins (for many thousands of bundles).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@_reports_errors
+@reports_errors
 def repo_init(directory: Path, keydir: Path, algorithm: str, role_keys: tuple[str, ...], threshold: tuple[str, ...],
               expiry: tuple[str, ...], hashed_bins: int, as_json: bool) -> None:
     """Create a TUF repository in DIRECTORY with new keys for root, targets, snapshot and timestamp."""
@@ -252,7 +254,7 @@ def repo_init(directory: Path, keydir: Path, algorithm: str, role_keys: tuple[st
 @click.option("--force", is_flag=True, help="Publish even an older version than the newest, or replace a target.")
 @click.option("--location", metavar="URL", help="Where devices can fetch the bundle (recorded in the target).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@_reports_errors
+@reports_errors
 def repo_add(directory: Path, bundles: tuple[Path, ...], keydir: Path, role: str | None, force: bool, location: str | None,
              as_json: bool) -> None:
     """Sign BUNDLES as targets of the repository in DIRECTORY and write its metadata into each."""
@@ -273,7 +275,7 @@ def repo_add(directory: Path, bundles: tuple[Path, ...], keydir: Path, role: str
                    "(e.g. 'vision-app/*/*'); repeatable.")
 @click.option("--role-keys", "key_count", type=click.IntRange(1, 16), default=1, show_default=True, help="Keys to create.")
 @click.option("--threshold", type=click.IntRange(1, 16), default=1, show_default=True, help="Signatures needed.")
-@_reports_errors
+@reports_errors
 def repo_delegate(directory: Path, name: str, keydir: Path, paths: tuple[str, ...], key_count: int, threshold: int) -> None:
     """Create the delegated targets role NAME (a team or a site) with its own keys, limited to PATTERNs."""
     Repository(directory, KeyStore(keydir)).delegate(name, paths=paths, keys=key_count, threshold=threshold)
@@ -288,7 +290,7 @@ def repo_delegate(directory: Path, name: str, keydir: Path, paths: tuple[str, ..
 @click.option("--public-key", "public_key", type=click.Path(path_type=Path, dir_okay=False), help="The key's public half, PEM.")
 @click.option("--sigstore-identity", help="Instead of --uri and --public-key: sign keylessly in CI as this OIDC identity.")
 @click.option("--sigstore-issuer", help="The OIDC issuer of --sigstore-identity.")
-@_reports_errors
+@reports_errors
 def repo_add_key(directory: Path, role: str, keydir: Path, uri: str | None, public_key: Path | None,
                  sigstore_identity: str | None, sigstore_issuer: str | None) -> None:
     """Trust a key held elsewhere (KMS, HSM, file, Sigstore keyless) for ROLE, in a new root version."""
@@ -308,7 +310,7 @@ def repo_add_key(directory: Path, role: str, keydir: Path, uri: str | None, publ
 @repo.command("refresh")
 @click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
 @_keys_option
-@_reports_errors
+@reports_errors
 def repo_refresh(directory: Path, keydir: Path) -> None:
     """Re-sign snapshot and timestamp (and targets metadata past half its validity).
 
@@ -325,7 +327,7 @@ def repo_refresh(directory: Path, keydir: Path) -> None:
 @_keys_option
 @click.option("--revoke", multiple=True, metavar="KEYID", help="Replace only this key (repeatable). Default: every key of ROLE.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@_reports_errors
+@reports_errors
 def repo_rotate(directory: Path, role: str, keydir: Path, revoke: tuple[str, ...], as_json: bool) -> None:
     """Replace ROLE's keys with new ones in a new root version (for root too: devices walk the chain).
 

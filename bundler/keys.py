@@ -36,6 +36,7 @@ from securesystemslib.signer import (
     SSlibKey,
 )
 
+from bundler.durable import replace_file
 from bundler.errors import SigningError
 
 __all__ = ["ALGORITHMS", "PASSPHRASE_ENV", "KeyStore", "public_key_from_pem"]
@@ -164,9 +165,7 @@ class KeyStore:
         entries = self._entries()
         entries[entry.keyid] = entry
         data = {k: {"role": e.role, "uri": e.uri, "public": e.public} for k, e in sorted(entries.items())}
-        temp = self.directory / f".{_INDEX}.tmp"
-        temp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-        os.replace(temp, self.directory / _INDEX)
+        replace_file(self.directory / _INDEX, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
 def public_key_from_pem(path: Path) -> Key:

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from bundler.errors import SourceError
+from bundler.layout import LayoutReader
 
-__all__ = ["MAX_SIGSTORE_BYTES", "ProvenanceClaim", "read_bounded", "verify_provenance"]
+__all__ = ["MAX_SIGSTORE_BYTES", "ProvenanceClaim", "check_provenance", "read_bounded", "verify_provenance"]
 
 MAX_SIGSTORE_BYTES = 1 << 20  # a Sigstore bundle or trusted root is a few KiB
 
@@ -57,6 +58,27 @@ def verify_provenance(claim: ProvenanceClaim, *, sigstore_bundle: bytes, trusted
         raise SourceError(
             f"{claim.what}: Sigstore signature refused: expected {claim.identity} from {claim.issuer}, found {found} ({_short(e)})"
         ) from e
+
+
+def check_provenance(reader: LayoutReader, entries: list[dict[str, Any]]) -> list[str]:
+    """Verify again every provenance record of a bundle's models and configs (descriptor entries
+    with their ``role``), from the Sigstore bundle and trusted root the bundle carries."""
+    problems = []
+    for entry in entries:
+        record = entry.get("provenance")
+        if record is None:
+            continue
+        material = []
+        for key in ("sigstoreBundle", "trustedRoot"):
+            with reader.open_blob(record[key]) as stream:
+                material.append(stream.read(MAX_SIGSTORE_BYTES + 1))
+        claim = ProvenanceClaim(what=f"{entry['role']} {entry['name']}", content_digest=entry["uncompressedDigest"],
+                                identity=record["identity"], issuer=record["issuer"])
+        try:
+            verify_provenance(claim, sigstore_bundle=material[0], trusted_root=material[1])
+        except SourceError as e:
+            problems.append(str(e))
+    return problems
 
 
 def read_bounded(path: Path, what: str) -> bytes:

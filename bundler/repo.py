@@ -15,7 +15,6 @@ import datetime as dt
 import hashlib
 import json
 import math
-import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -40,6 +39,7 @@ from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import JSONSerializer
 
 from bundler.bundle import BundleInfo, verify_bundle
+from bundler.durable import replace_file
 from bundler.errors import RepositoryError, SigningError
 from bundler.keys import KeyStore
 from bundler.layout import open_layout
@@ -145,8 +145,8 @@ class Repository:
             for _ in range(policy.roles[role].keys):
                 root.add_key(self.keys.generate(role, algorithm=policy.algorithm), role)
             root.roles[role].threshold = policy.roles[role].threshold
-        _write_json(self.directory / _POLICY_FILE, {"algorithm": policy.algorithm,
-                                                     "roles": {r: asdict(p) for r, p in policy.roles.items()}})
+        policy_data = {"algorithm": policy.algorithm, "roles": {r: asdict(p) for r, p in policy.roles.items()}}
+        replace_file(self.directory / _POLICY_FILE, (json.dumps(policy_data, indent=2, sort_keys=True) + "\n").encode())
         root_md = Metadata(root)
         self._sign(root_md, root, "root")
         targets = Targets(expires=self._expiry(policy, "targets"))
@@ -449,10 +449,7 @@ class Repository:
         return md
 
     def _write(self, md: Metadata[Any], name: str) -> None:
-        data = md.to_bytes(_SERIALIZER)
-        temp = self.metadata / f".{name}.tmp"
-        temp.write_bytes(data)
-        os.replace(temp, self.metadata / name)
+        replace_file(self.metadata / name, md.to_bytes(_SERIALIZER))
 
 
 def _roles_for(targets: Targets, target: str | None) -> list[str]:
@@ -483,9 +480,3 @@ def _target_file(path: Path, info: BundleInfo, name: str, location: str | None) 
         custom["location"] = location
     return TargetFile(length=len(data), hashes={"sha256": hashlib.sha256(data).hexdigest()}, path=name,
                       unrecognized_fields={"custom": {"sealift": custom}})
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(temp, path)

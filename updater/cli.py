@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 import json
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
 import click
 
-from bundler.errors import SealiftError
+from bundler.cli import reports_errors
 from bundler.profiles import load_profiles, profile_search_path
 from updater.errors import UpdaterError
 from updater.trust import TrustStore
@@ -20,23 +16,6 @@ from updater.verify import verify_for_device
 __all__ = ["main"]
 
 DEFAULT_STATE_DIR = Path("/var/lib/sealift")
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _reports_errors(func: F) -> F:
-    """Print a SealiftError's one-line diagnostics (as JSON with --json) and exit 1."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except SealiftError as e:
-            if kwargs.get("as_json"):
-                click.echo(json.dumps({"ok": False, "error": e.diagnostics()}))
-            click.echo(f"error: {e.diagnostics()}", err=True)
-            sys.exit(1)
-
-    return wrapper  # type: ignore[return-value]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -64,7 +43,7 @@ def trust() -> None:
 @click.option("--force", is_flag=True, help="Replace a trusted root the device already has.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
-@_reports_errors
+@reports_errors
 def trust_init(store: TrustStore, root: Path, force: bool, as_json: bool) -> None:
     """Provision this device with ROOT (the repository's root.json): the one trusted starting point."""
     trusted = store.init(root, force=force)
@@ -74,7 +53,7 @@ def trust_init(store: TrustStore, root: Path, force: bool, as_json: bool) -> Non
 
 @trust.command("reset-clock")
 @click.pass_obj
-@_reports_errors
+@reports_errors
 def trust_reset_clock(store: TrustStore) -> None:
     """Forget the newest trusted time, after a clock that ran ahead has been corrected.
 
@@ -91,7 +70,7 @@ def trust_reset_clock(store: TrustStore) -> None:
 @click.option("--profiles-dir", type=click.Path(path_type=Path, file_okay=False), help="Extra profile directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
-@_reports_errors
+@reports_errors
 def verify(store: TrustStore, bundle: Path, profile: str | None, profiles_dir: Path | None, as_json: bool) -> None:
     """Check BUNDLE the way an install does: signed metadata, every blob, the hardware profile.
 

@@ -24,6 +24,7 @@ from tuf.api.exceptions import RepositoryError as TufRepositoryError
 from tuf.api.metadata import Metadata, Root
 from tuf.api.serialization import DeserializationError
 
+from bundler.durable import fsync_dir, replace_file
 from bundler.spec import version_key
 from updater.errors import TrustError
 
@@ -104,8 +105,9 @@ class TrustStore:
             versions[key] = version
         newest = max(self.now(), self._newest_time() or self.now())
         try:
-            _write_synced(candidate / _VERSIONS, json.dumps(versions, indent=2, sort_keys=True).encode())
-            _write_synced(candidate / _CLOCK, json.dumps({"newest_trusted_time": newest.isoformat()}).encode())
+            (candidate / "sealift").mkdir(exist_ok=True)
+            replace_file(candidate / _VERSIONS, json.dumps(versions, indent=2, sort_keys=True).encode())
+            replace_file(candidate / _CLOCK, json.dumps({"newest_trusted_time": newest.isoformat()}).encode())
             self._swap_in(candidate)
         except OSError as e:
             raise TrustError(f"{self.state_dir}: cannot record the verified state ({e.strerror}); nothing changed") from e
@@ -187,7 +189,7 @@ class TrustStore:
         except OSError:
             link.unlink(missing_ok=True)
             raise
-        _fsync_dir(self.state_dir)
+        fsync_dir(self.state_dir)
         if old is not None and old != directory.resolve():
             shutil.rmtree(old, ignore_errors=True)
 
@@ -215,19 +217,3 @@ def _parse_root(path: Path, data: bytes) -> Root:
     except TufRepositoryError as e:
         raise TrustError(f"{path}: root is not signed by its own threshold of keys ({e})") from e
     return md.signed
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    path.parent.mkdir(exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
