@@ -9,6 +9,7 @@ import click
 
 from bundler.cli import reports_errors
 from bundler.profiles import load_profiles, profile_search_path
+from updater.detect import Hardware, detect_profile
 from updater.errors import UpdaterError
 from updater.trust import TrustStore
 from updater.verify import verify_for_device
@@ -62,6 +63,27 @@ def trust_reset_clock(store: TrustStore) -> None:
     """
     newest = store.reset_clock()
     click.echo(f"forgot the newest trusted time ({newest:%Y-%m-%d %H:%M}Z)" if newest else "no trusted time was recorded")
+
+
+@cli.command()
+@click.option("--sysroot", type=click.Path(path_type=Path, file_okay=False), default=Path("/"), show_default=True,
+              help="Where to read /sys, /proc and /dev from (a mounted image, a test tree).")
+@click.option("--machine", help="The CPU architecture as `uname -m` prints it (default: this machine's).")
+@click.option("--profiles-dir", type=click.Path(path_type=Path, file_okay=False), help="Extra profile directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@reports_errors
+def detect(sysroot: Path, machine: str | None, profiles_dir: Path | None, as_json: bool) -> None:
+    """Which hardware profile this device matches, with the evidence for it."""
+    known = load_profiles(profile_search_path(extra=[profiles_dir] if profiles_dir else []))
+    found = detect_profile(known.values(), Hardware(sysroot, machine=machine))
+    evidence = [{"rule": str(rule), "proof": proof} for rule, proof in found.evidence]
+    if as_json:
+        click.echo(json.dumps({"profile": found.profile.name, "compatible": found.profile.compatible, "evidence": evidence},
+                              indent=2))
+        return
+    click.echo(f"{found.profile.name} ({found.profile.description})")
+    for item in evidence:
+        click.echo(f"  {item['rule']:32} {item['proof']}")
 
 
 @cli.command()
