@@ -1,0 +1,137 @@
+"""The device's two release slots and the state file that says what each holds.
+
+``STATE/slots/a`` and ``STATE/slots/b`` each hold one staged release (read-only); the state
+file ``STATE/state.json`` says which slot is current, what is being tried, and what happened
+before. It is replaced atomically (temp file, fsync, rename, fsync of the directory), so after a
+crash it is either the old state or the new one. ``STATE/install.lock`` keeps two updaters from
+acting at once.
+"""
+
+from __future__ import annotations
+
+import enum
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from bundler.durable import replace_file
+from updater.errors import UpdaterError
+
+__all__ = ["SLOTS", "DeviceState", "Phase", "Release", "Slots"]
+
+SLOTS = ("a", "b")
+_STATE = "state.json"
+_HISTORY = 50
+
+
+class Phase(enum.StrEnum):
+    IDLE = "idle"
+    STAGED = "staged"
+    TRYING = "trying"
+    COMMITTED = "committed"
+    ROLLING_BACK = "rolling-back"
+    ROLLED_BACK = "rolled-back"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Release:
+    """A release staged in a slot."""
+
+    name: str
+    version: str
+    profile: str
+    digest: str
+    slot: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeviceState:
+    """What the device runs and what it is doing; replaced whole, never edited in place."""
+
+    phase: Phase = Phase.IDLE
+    current: Release | None = None
+    candidate: Release | None = None
+    reason: str = ""
+    failed: tuple[str, ...] = ()  # digests of releases that failed their health checks
+    history: tuple[dict[str, str], ...] = field(default=())
+
+    def inactive_slot(self) -> str:
+        """The slot a new release is staged in: never the current one."""
+        return "b" if self.current is not None and self.current.slot == "a" else "a"
+
+    def with_event(self, **changes: Any) -> DeviceState:
+        """A new state with ``changes``, recorded in the history."""
+        new = replace(self, **changes)
+        event = {"phase": new.phase.value, "reason": new.reason}
+        if new.candidate is not None:
+            event["release"] = f"{new.candidate.name} {new.candidate.version}"
+        return replace(new, history=(*self.history, event)[-_HISTORY:])
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["phase"] = self.phase.value
+        data["failed"] = list(self.failed)
+        data["history"] = list(self.history)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DeviceState:
+        def release(value: Any) -> Release | None:
+            return Release(**value) if value is not None else None
+
+        return cls(
+            phase=Phase(data["phase"]),
+            current=release(data.get("current")),
+            candidate=release(data.get("candidate")),
+            reason=str(data.get("reason", "")),
+            failed=tuple(data.get("failed", ())),
+            history=tuple(data.get("history", ())),
+        )
+
+
+class Slots:
+    """The state directory's slots and state file."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+
+    def slot_dir(self, slot: str) -> Path:
+        if slot not in SLOTS:
+            raise UpdaterError(f"unknown slot {slot!r}")
+        return self.state_dir / "slots" / slot
+
+    def load(self) -> DeviceState:
+        path = self.state_dir / _STATE
+        try:
+            return DeviceState.from_json(json.loads(path.read_text()))
+        except FileNotFoundError:
+            return DeviceState()
+        except (ValueError, KeyError, TypeError) as e:
+            raise UpdaterError(f"{path}: damaged state file ({e}); the updater will not guess what runs") from e
+
+    def save(self, state: DeviceState) -> None:
+        """Replace the state file atomically and durably."""
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            replace_file(self.state_dir / _STATE, (json.dumps(state.to_json(), indent=2, sort_keys=True) + "\n").encode(), mode=0o600)
+        except OSError as e:
+            raise UpdaterError(f"{self.state_dir / _STATE}: cannot record the state ({e.strerror})") from e
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the install lock, or fail at once if another updater holds it."""
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.state_dir / "install.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UpdaterError(f"{self.state_dir}: another sealift-updater is installing; nothing was changed") from None
+            yield
+        finally:
+            os.close(fd)

@@ -1,0 +1,154 @@
+"""Staging a verified release into a slot: its models, configs and descriptor, read-only.
+
+Compressed payloads are decompressed while they are written, their content digest checked on
+the way; a directory payload is extracted entry by entry, regular files and directories only,
+with every name kept inside the slot. The slot is assembled beside its final place and renamed
+into it, so a slot is either fully staged or not there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import secrets
+import shutil
+import stat
+import tarfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import zstandard
+
+from bundler.bundle import MAX_ZSTD_WINDOW, MEDIA, BundleInfo
+from bundler.durable import fsync_dir
+from bundler.layout import CHUNK, canonical_json, open_layout
+from updater.errors import UpdaterError
+
+__all__ = ["stage_release"]
+
+_DIRS = {"model": "models", "config": "configs"}
+
+
+def stage_release(bundle: Path, info: BundleInfo, slot_dir: Path) -> Path:
+    """Make ``slot_dir`` hold exactly this release; return it. The bundle must be verified already."""
+    slot_dir.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    temp = slot_dir.with_name(f".{slot_dir.name}-staging-{secrets.token_hex(4)}")
+    try:
+        temp.mkdir(mode=0o700)
+        with open_layout(bundle) as reader:
+            for role, key in (("model", "models"), ("config", "configs")):
+                for entry in info.descriptor[key]:
+                    with reader.open_blob(entry["digest"]) as stored, _content(stored, entry) as content:
+                        _place(content, entry, temp / _DIRS[role] / entry["name"])
+        (temp / "descriptor.json").write_bytes(canonical_json(info.descriptor))
+        _make_read_only(temp)
+        _remove(slot_dir)
+        os.rename(temp, slot_dir)
+        fsync_dir(slot_dir.parent)
+    except OSError as e:
+        _remove(temp)
+        reason = "the disk is full" if e.errno == 28 else e.strerror
+        raise UpdaterError(f"staging {info.name} {info.version} into slot {slot_dir.name} failed ({reason}); "
+                           "the running release is untouched") from e
+    except BaseException:
+        _remove(temp)
+        raise
+    return slot_dir
+
+
+class _Checked:
+    """Reads a payload's content while hashing it, refusing more than the declared size."""
+
+    def __init__(self, source: Any, entry: dict[str, Any]) -> None:
+        self.source, self.entry = source, entry
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data: bytes = self.source.read(n if n >= 0 else CHUNK)
+        self.size += len(data)
+        if self.size > self.entry["uncompressedSize"]:
+            raise UpdaterError(f"{self.entry['name']}: more content than the {self.entry['uncompressedSize']} bytes declared")
+        self.sha.update(data)
+        return data
+
+    def finish(self) -> None:
+        while self.read(CHUNK):
+            pass
+        digest = f"sha256:{self.sha.hexdigest()}"
+        if (digest, self.size) != (self.entry["uncompressedDigest"], self.entry["uncompressedSize"]):
+            raise UpdaterError(f"{self.entry['name']}: content is {self.size} bytes with {digest}, not what the descriptor says")
+
+
+@contextmanager
+def _content(stored: IO[bytes], entry: dict[str, Any]) -> Iterator[_Checked]:
+    if entry["mediaType"].endswith(MEDIA.ZSTD_SUFFIX):
+        decompressor = zstandard.ZstdDecompressor(max_window_size=MAX_ZSTD_WINDOW)
+        with decompressor.stream_reader(stored, read_size=CHUNK) as plain:
+            yield _Checked(plain, entry)
+    else:
+        yield _Checked(stored, entry)
+
+
+def _place(content: _Checked, entry: dict[str, Any], dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if entry["kind"] == "file":
+        with open(dest, "xb") as out:
+            while chunk := content.read(CHUNK):
+                out.write(chunk)
+    else:
+        _extract(content, dest, entry["name"])
+    content.finish()
+
+
+def _extract(content: _Checked, dest: Path, name: str) -> None:
+    """Regular files and directories only, each strictly inside ``dest``."""
+    dest.mkdir()
+    try:
+        with tarfile.open(fileobj=content, mode="r|") as tar:  # type: ignore[call-overload]
+            for member in tar:
+                target = dest / _safe_name(member.name, name)
+                if member.isdir():
+                    target.mkdir(parents=True, exist_ok=True)
+                elif member.isreg():
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    source = tar.extractfile(member)
+                    assert source is not None
+                    with source, open(target, "xb") as out:
+                        shutil.copyfileobj(source, out, CHUNK)
+                else:
+                    raise UpdaterError(f"{name}: {member.name[:200]!r} is a link or special file; only files and directories are staged")
+    except tarfile.TarError as e:
+        raise UpdaterError(f"{name}: not a valid directory archive ({e})") from e
+
+
+def _safe_name(raw: str, what: str) -> str:
+    name = posixpath.normpath(raw.removeprefix("./"))
+    if name.startswith("/") or name == ".." or name.startswith("../") or "\0" in name or name in ("", "."):
+        raise UpdaterError(f"{what}: entry {raw[:200]!r} would leave its directory")
+    return name
+
+
+def _make_read_only(root: Path) -> None:
+    for directory, dirs, files in os.walk(root, topdown=False):
+        for name in files:
+            os.chmod(Path(directory, name), 0o444)
+        for name in dirs:
+            os.chmod(Path(directory, name), 0o555)
+    os.chmod(root, 0o555)
+
+
+def _remove(path: Path) -> None:
+    """Remove a (possibly read-only) staged tree."""
+    if not path.exists() and not path.is_symlink():
+        return
+    for directory, dirs, _ in os.walk(path):
+        os.chmod(directory, stat.S_IRWXU)
+        for name in dirs:
+            full = Path(directory, name)
+            if not full.is_symlink():
+                os.chmod(full, stat.S_IRWXU)
+    shutil.rmtree(path)
