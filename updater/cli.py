@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
 
 from bundler.cli import reports_errors
-from bundler.profiles import load_profiles, profile_search_path
+from bundler.profiles import Profile, load_profiles, profile_search_path
 from updater.detect import Hardware, detect_profile
 from updater.errors import UpdaterError
+from updater.install import Installer
+from updater.slots import Slots
 from updater.trust import TrustStore
 from updater.verify import verify_for_device
 
@@ -84,6 +87,59 @@ def detect(sysroot: Path, machine: str | None, profiles_dir: Path | None, as_jso
     click.echo(f"{found.profile.name} ({found.profile.description})")
     for item in evidence:
         click.echo(f"  {item['rule']:32} {item['proof']}")
+
+
+def _device_profile(profile: str | None, profiles_dir: Path | None) -> Profile:
+    known = load_profiles(profile_search_path(extra=[profiles_dir] if profiles_dir else []))
+    if profile is None:
+        return detect_profile(known.values(), Hardware()).profile
+    if profile not in known:
+        raise UpdaterError(f"unknown profile {profile!r} (known: {', '.join(sorted(known))})")
+    return known[profile]
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--profile", metavar="NAME", help="This device's hardware profile (default: detected).")
+@click.option("--profiles-dir", type=click.Path(path_type=Path, file_okay=False), help="Extra profile directory.")
+@click.option("--force", is_flag=True, help="Try a release again that failed its health checks before.")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
+@click.pass_obj
+@reports_errors
+def install(store: TrustStore, bundle: Path, profile: str | None, profiles_dir: Path | None, force: bool, as_json: bool) -> None:
+    """Install BUNDLE beside the running release, switch to it, and keep it only if it is healthy.
+
+    Steps: verify, stage into the inactive slot, load images, record `trying`, switch, health
+    checks, then commit or roll back to the previous release. Exits 1 after a rollback.
+    """
+    import docker
+
+    installer = Installer(state_dir=store.state_dir, client=docker.from_env(), profile=_device_profile(profile, profiles_dir),
+                          log=lambda line: click.echo(line, err=True))
+    outcome = installer.install(bundle, force=force)
+    if as_json:
+        click.echo(json.dumps({"ok": outcome.committed, "release": vars(outcome.release), "reason": outcome.reason}))
+    else:
+        verb = "running" if outcome.committed else "rolled back from"
+        click.echo(f"{verb} {outcome.release.name} {outcome.release.version} (slot {outcome.release.slot}): {outcome.reason}")
+    if not outcome.committed:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the state as JSON.")
+@click.pass_obj
+@reports_errors
+def status(store: TrustStore, as_json: bool) -> None:
+    """What runs, in which slot, what happened last, and the history."""
+    state = Slots(store.state_dir).load()
+    if as_json:
+        click.echo(json.dumps(state.to_json(), indent=2))
+        return
+    current = f"{state.current.name} {state.current.version} (slot {state.current.slot})" if state.current else "nothing"
+    click.echo(f"running: {current}\nphase:   {state.phase.value}{': ' + state.reason if state.reason else ''}")
+    for event in state.history[-10:]:
+        click.echo(f"  {event.get('phase', '?'):13} {event.get('release', ''):28} {event.get('reason', '')}")
 
 
 @cli.command()

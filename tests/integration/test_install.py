@@ -1,0 +1,98 @@
+"""A/B installs of the example on the real engine: a healthy release is committed and serves; a
+broken one is rolled back by itself, the previous release serves again, and the failure is
+remembered."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from bundler.build import BuildOptions, build_bundles, select_profiles
+from bundler.profiles import builtin_profile_dir, load_profiles
+from bundler.spec import load_spec
+from tests.builders import signed
+from tests.realparts import DockerEngine
+from updater.errors import UpdaterError
+from updater.install import Installer
+from updater.slots import Phase, Slots
+from updater.trust import TrustStore
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "vision-app"
+CPU = load_profiles([builtin_profile_dir()])["x86_64-cpu"]
+
+
+@pytest.fixture(scope="module")
+def releases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    done = subprocess.run([str(EXAMPLE / "make-images.sh")], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHON": sys.executable}, check=False)
+    if done.returncode != 0:
+        pytest.fail(f"make-images.sh failed: {done.stderr[-2000:]}")
+    out = tmp_path_factory.mktemp("releases")
+    built = {}
+    for name in ("sealift.yaml", "sealift-broken.yaml"):
+        spec = load_spec(EXAMPLE / name)
+        (b,) = build_bundles(spec, select_profiles(spec, load_profiles([builtin_profile_dir()]), ("x86_64-cpu",)),
+                             BuildOptions(out=out, epoch=1_767_225_600))
+        built[spec.version] = b.path
+    built["root"] = signed(list(built.values()), out / "signing")
+    return built
+
+
+def answer(path: str, body: bytes | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(f"http://127.0.0.1:8080{path}", data=body, method="POST" if body else "GET")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def serving(deadline: float = 30) -> int:
+    end = time.monotonic() + deadline
+    while True:
+        try:
+            return answer("/healthz")[0]
+        except (urllib.error.URLError, ConnectionError):
+            if time.monotonic() > end:
+                raise
+            time.sleep(0.2)
+
+
+@pytest.mark.docker
+def test_install_commits_a_healthy_release_and_rolls_back_a_broken_one(releases: dict[str, Path], docker_engine: DockerEngine,
+                                                                       tmp_path: Path) -> None:
+    state_dir = tmp_path / "device"
+    TrustStore(state_dir).init(releases["root"])
+    lines: list[str] = []
+    installer = Installer(state_dir=state_dir, client=docker_engine.client, profile=CPU, log=lines.append)
+    try:
+        good = installer.install(releases["1.0.0"])
+        assert good.committed and good.release.slot == "a"
+        assert [line.split("]")[0] for line in lines] == [f"[{i}/7" for i in range(1, 8)]
+        golden = (EXAMPLE / "golden/input.txt").read_bytes()
+        status, body = answer("/infer", golden)
+        assert status == 200 and json.loads(body)["label"] == json.loads((EXAMPLE / "golden/expected.json").read_text())["label"]
+
+        broken = installer.install(releases["1.0.1"])
+        assert not broken.committed and broken.release.slot == "b"
+        assert "failed" in broken.reason
+        state = Slots(state_dir).load()
+        assert state.phase == Phase.ROLLED_BACK and state.current is not None and state.current.version == "1.0.0"
+        assert broken.release.digest in state.failed
+        assert serving() == 200  # the previous release answers again
+        containers = docker_engine.client.containers.list(filters={"label": "dev.sealift.app=vision-app"})
+        assert {c.labels["dev.sealift.slot"] for c in containers} == {"a"}
+
+        with pytest.raises(UpdaterError, match="failed its health checks before"):
+            installer.install(releases["1.0.1"])
+    finally:
+        for container in docker_engine.client.containers.list(all=True, filters={"label": "dev.sealift.app=vision-app"}):
+            container.remove(force=True)

@@ -1,0 +1,128 @@
+"""Running a release's services on the Docker engine, through the Docker SDK.
+
+Containers are named ``sealift-APP-SLOT-SERVICE`` and labelled with the app, slot, version and
+service, so the updater always finds what it started. Models and configs are mounted read-only
+from the slot; ports and networks are as the Compose subset declares; restart policy
+``unless-stopped`` brings a committed release back after the engine restarts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bundler.appdef import App, Service
+from updater.errors import UpdaterError
+from updater.slots import Release
+
+__all__ = ["LABEL_APP", "LABEL_SLOT", "Runtime"]
+
+LABEL_APP = "dev.sealift.app"
+LABEL_SLOT = "dev.sealift.slot"
+LABEL_VERSION = "dev.sealift.version"
+LABEL_SERVICE = "dev.sealift.service"
+_NS = 1_000_000_000
+
+
+class Runtime:
+    """The releases' containers on one engine."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def start(self, release: Release, app: App, slot_dir: Path, images: dict[str, str]) -> None:
+        """Create the release's networks and start its services, dependencies first."""
+        import docker.errors
+
+        try:
+            default = self._network(release, None)
+            named = {name: self._network(release, name, internal=internal) for name, internal in app.networks}
+            for service in _start_order(app):
+                self._run(release, service, slot_dir, images, default, named)
+        except docker.errors.DockerException as e:
+            raise UpdaterError(f"{release.name} {release.version}: the engine could not start it ({_short(e)})") from e
+
+    def stop(self, app_name: str, slot: str) -> None:
+        """Stop and remove every container (and network) of one slot of the app."""
+        import docker.errors
+
+        labels = [f"{LABEL_APP}={app_name}", f"{LABEL_SLOT}={slot}"]
+        try:
+            for container in self.client.containers.list(all=True, filters={"label": labels}):
+                container.remove(force=True)
+            for network in self.client.networks.list(filters={"label": labels}):
+                network.remove()
+        except docker.errors.DockerException as e:
+            raise UpdaterError(f"{app_name} slot {slot}: the engine could not stop it ({_short(e)})") from e
+
+    def containers(self, app_name: str, slot: str) -> dict[str, Any]:
+        """Service name -> container, for one slot of the app."""
+        labels = [f"{LABEL_APP}={app_name}", f"{LABEL_SLOT}={slot}"]
+        return {c.labels.get(LABEL_SERVICE, c.name): c for c in self.client.containers.list(all=True, filters={"label": labels})}
+
+    def _network(self, release: Release, name: str | None, *, internal: bool = False) -> Any:
+        full = f"sealift-{release.name}-{release.slot}" + (f"-{name}" if name else "")
+        existing = self.client.networks.list(names=[full])
+        if existing:
+            return existing[0]
+        return self.client.networks.create(full, driver="bridge", internal=internal, labels=_labels(release, None))
+
+    def _run(self, release: Release, service: Service, slot_dir: Path, images: dict[str, str], default: Any,
+             named: dict[str, Any]) -> None:
+        name = f"sealift-{release.name}-{release.slot}-{service.name}"
+        networks = [named[n] for n in service.networks] or [default]
+        container = self.client.containers.create(
+            images[service.image],
+            command=list(service.command) if service.command is not None else None,
+            name=name,
+            hostname=service.name,
+            environment=dict(service.environment),
+            labels=_labels(release, service.name),
+            ports={f"{p.container}/{p.protocol}": (p.host_ip or "0.0.0.0", p.host) if p.host else None for p in service.ports},
+            volumes={str(_mount_source(slot_dir, m.source)): {"bind": m.target, "mode": "ro"} for m in service.volumes},
+            healthcheck=_healthcheck(service),
+            restart_policy={"Name": "unless-stopped"},
+            network=networks[0].name,
+            detach=True,
+        )
+        for network in networks[1:]:
+            network.connect(container, aliases=[service.name])
+        container.start()
+
+
+def _mount_source(slot_dir: Path, component: str) -> Path:
+    for folder in ("models", "configs"):
+        if (slot_dir / folder / component).exists():
+            return slot_dir / folder / component
+    raise UpdaterError(f"{slot_dir}: {component} is not staged in this slot")
+
+
+def _healthcheck(service: Service) -> dict[str, Any] | None:
+    check = service.healthcheck
+    if check is None:
+        return None
+    return {"test": list(check.test), "interval": int(check.interval * _NS), "timeout": int(check.timeout * _NS),
+            "retries": check.retries, "start_period": int(check.start_period * _NS)}
+
+
+def _labels(release: Release, service: str | None) -> dict[str, str]:
+    labels = {LABEL_APP: release.name, LABEL_SLOT: release.slot, LABEL_VERSION: release.version}
+    if service is not None:
+        labels[LABEL_SERVICE] = service
+    return labels
+
+
+def _start_order(app: App) -> list[Service]:
+    started: list[Service] = []
+    pending = list(app.services)
+    while pending:
+        ready = [s for s in pending if set(s.depends_on) <= {x.name for x in started}]
+        if not ready:  # the Compose subset refuses cycles; never loop on one
+            raise UpdaterError(f"services {', '.join(s.name for s in pending)} depend on each other in a cycle")
+        started += ready
+        pending = [s for s in pending if s not in ready]
+    return started
+
+
+def _short(error: Exception) -> str:
+    return " ".join(str(error).split())[:240]
