@@ -127,6 +127,39 @@ def install(store: TrustStore, bundle: Path, profile: str | None, profiles_dir: 
 
 
 @cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
+@click.pass_obj
+@reports_errors
+def rollback(store: TrustStore, as_json: bool) -> None:
+    """Return to the previous release (still staged in the other slot), health-checked like an install."""
+    import docker
+
+    installer = Installer(state_dir=store.state_dir, client=docker.from_env(), profile=None, log=lambda line: click.echo(line, err=True))
+    outcome = installer.rollback()
+    if as_json:
+        click.echo(json.dumps({"ok": outcome.committed, "release": vars(outcome.release), "reason": outcome.reason}))
+    else:
+        click.echo(f"{'running' if outcome.committed else 'stayed on the current release; could not return to'} "
+                   f"{outcome.release.name} {outcome.release.version}: {outcome.reason}")
+    if not outcome.committed:
+        sys.exit(1)
+
+
+@cli.command()
+@click.pass_obj
+@reports_errors
+def recover(store: TrustStore) -> None:
+    """Converge after a crash, a power cut or an engine restart: an interrupted install is rolled
+    back, and the committed release is started if it is not running. Run it at boot."""
+    import docker
+
+    installer = Installer(state_dir=store.state_dir, client=docker.from_env(), profile=None, log=lambda line: click.echo(line, err=True))
+    state = installer.recover()
+    current = state.current
+    click.echo(f"running: {current.name} {current.version} (slot {current.slot})" if current else "nothing installed")
+
+
+@cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the state as JSON.")
 @click.pass_obj
 @reports_errors

@@ -18,7 +18,7 @@ from bundler.appdef import App, HealthPolicy, parse_app, parse_health
 from bundler.profiles import Profile
 from bundler.yamlfile import Field
 from updater.errors import UpdaterError
-from updater.health import HealthResult, wait_healthy
+from updater.health import wait_healthy
 from updater.images import load_images
 from updater.runtime import Runtime
 from updater.slots import DeviceState, Phase, Release, Slots
@@ -51,7 +51,7 @@ class Installer:
 
     def install(self, bundle: Path, *, force: bool = False) -> Outcome:
         with self.slots.locked():
-            state = self.slots.load()
+            state = self._converge(self.slots.load())
             self.log(f"[1/7] verify {bundle}")
             info = verify_for_device(bundle, trust=self.trust, profile=self.profile)
             if info.digest in state.failed and not force:
@@ -64,43 +64,89 @@ class Installer:
             self.log(f"[2/7] stage into slot {release.slot}")
             stage_release(bundle, info, slot_dir)
             self.log("[3/7] load images")
-            images = load_images(self.client, bundle, info)
+            load_images(self.client, bundle, info)
             self.log("[4/7] record trying")
             state = state.with_event(phase=Phase.TRYING, candidate=release, reason="")
             self.slots.save(state)
-            self.log(f"[5/7] switch to {release.name} {release.version} in slot {release.slot}")
-            app, policy = _release_definition(info.descriptor, str(slot_dir))
-            if state.current is not None:
-                self.runtime.stop(state.current.name, state.current.slot)
-            self.runtime.stop(release.name, release.slot)  # leftovers of an earlier try
-            self.runtime.start(release, app, slot_dir, images)
-            self.log("[6/7] health checks")
-            result = wait_healthy(lambda: self.runtime.containers(release.name, release.slot), policy, slot_dir)
-            if result.ok:
-                self.log("[7/7] commit")
-                self.slots.save(state.with_event(phase=Phase.COMMITTED, current=release, candidate=None, reason="healthy"))
-                return Outcome(committed=True, release=release, reason="healthy")
-            self.log(f"[7/7] roll back: {result.check} failed: {result.detail}")
-            return self._roll_back(state, release, result)
+            return self._switch(state, release, "healthy")
 
-    def _roll_back(self, state: DeviceState, failed: Release, result: HealthResult) -> Outcome:
+    def rollback(self) -> Outcome:
+        """Return to the previous release on demand, with the same checks as an install."""
+        with self.slots.locked():
+            state = self._converge(self.slots.load())
+            previous = state.previous
+            if previous is None or state.current is None:
+                raise UpdaterError("no previous release to roll back to")
+            state = state.with_event(phase=Phase.TRYING, candidate=previous, reason="rollback requested")
+            self.slots.save(state)
+            return self._switch(state, previous, "rolled back on request")
+
+    def recover(self) -> DeviceState:
+        """Converge after a crash or a reboot: finish nothing half-done, run what is committed."""
+        with self.slots.locked():
+            return self._converge(self.slots.load())
+
+    def _switch(self, state: DeviceState, release: Release, success: str) -> Outcome:
+        slot_dir = self.slots.slot_dir(release.slot)
+        self.log(f"[5/7] switch to {release.name} {release.version} in slot {release.slot}")
+        if state.current is not None:
+            self.runtime.stop(state.current.name, state.current.slot)
+        self.runtime.stop(release.name, release.slot)  # leftovers of an earlier try
+        self._start(release)
+        self.log("[6/7] health checks")
+        result = wait_healthy(lambda: self.runtime.containers(release.name, release.slot), _policy(slot_dir), slot_dir)
+        if result.ok:
+            self.log("[7/7] commit")
+            self.slots.save(state.with_event(phase=Phase.COMMITTED, current=release, previous=state.current, candidate=None,
+                                             reason=success))
+            return Outcome(committed=True, release=release, reason=success)
+        self.log(f"[7/7] roll back: {result.check} failed: {result.detail}")
         reason = f"{result.check} failed: {result.detail}"
-        state = state.with_event(phase=Phase.ROLLING_BACK, reason=reason)
-        self.slots.save(state)
-        self.runtime.stop(failed.name, failed.slot)
-        previous = state.current
-        if previous is not None:
-            slot_dir = self.slots.slot_dir(previous.slot)
-            descriptor = _descriptor(slot_dir)
-            app, policy = _release_definition(descriptor, str(slot_dir))
-            images = {i["name"]: i["config"] for i in descriptor["images"]}
-            self.runtime.start(previous, app, slot_dir, images)
-            back = wait_healthy(lambda: self.runtime.containers(previous.name, previous.slot), policy, slot_dir)
-            if not back.ok:
-                reason += f"; the previous release is not healthy either ({back.check}: {back.detail})"
+        self.slots.save(state.with_event(phase=Phase.ROLLING_BACK, reason=reason))
+        reason += self._back_to_current(state, release)
         self.slots.save(state.with_event(phase=Phase.ROLLED_BACK, candidate=None, reason=reason,
-                                         failed=(*state.failed, failed.digest)))
-        return Outcome(committed=False, release=failed, reason=reason)
+                                         failed=(*state.failed, release.digest)))
+        return Outcome(committed=False, release=release, reason=reason)
+
+    def _converge(self, state: DeviceState) -> DeviceState:
+        """An install that was cut short is rolled back; the committed release is made to run."""
+        if state.phase in (Phase.TRYING, Phase.ROLLING_BACK) and state.candidate is not None:
+            self.log(f"recovering: an install of {state.candidate.name} {state.candidate.version} was interrupted")
+            reason = "interrupted during install; returned to the committed release" + self._back_to_current(state, state.candidate)
+            state = state.with_event(phase=Phase.ROLLED_BACK, candidate=None, reason=reason)
+            self.slots.save(state)
+        elif state.current is not None and not self._running(state.current):
+            self.log(f"recovering: {state.current.name} {state.current.version} is not running; starting it")
+            self.runtime.stop(state.current.name, state.current.slot)
+            self._start(state.current)
+        return state
+
+    def _back_to_current(self, state: DeviceState, leaving: Release) -> str:
+        """Stop ``leaving``; start the committed release again. Returns what to add to the reason."""
+        self.runtime.stop(leaving.name, leaving.slot)
+        current = state.current
+        if current is None or current.slot == leaving.slot:
+            return ""
+        if not self._running(current):  # a switch cut short may have stopped it, or left it half-removed
+            self.runtime.stop(current.name, current.slot)
+            self._start(current)
+        slot_dir = self.slots.slot_dir(current.slot)
+        back = wait_healthy(lambda: self.runtime.containers(current.name, current.slot), _policy(slot_dir), slot_dir)
+        return "" if back.ok else f"; the previous release is not healthy either ({back.check}: {back.detail})"
+
+    def _start(self, release: Release) -> None:
+        slot_dir = self.slots.slot_dir(release.slot)
+        descriptor = _descriptor(slot_dir)
+        app, _ = _release_definition(descriptor, str(slot_dir))
+        self.runtime.start(release, app, slot_dir, {i["name"]: i["config"] for i in descriptor["images"]})
+
+    def _running(self, release: Release) -> bool:
+        containers = self.runtime.containers(release.name, release.slot)
+        return bool(containers) and all(c.status == "running" for c in containers.values())
+
+
+def _policy(slot_dir: Path) -> HealthPolicy:
+    return _release_definition(_descriptor(slot_dir), str(slot_dir))[1]
 
 
 def _descriptor(slot_dir: Path) -> dict[str, Any]:

@@ -55,6 +55,7 @@ class DeviceState:
 
     phase: Phase = Phase.IDLE
     current: Release | None = None
+    previous: Release | None = None  # still staged in the other slot: what `rollback` returns to
     candidate: Release | None = None
     reason: str = ""
     failed: tuple[str, ...] = ()  # digests of releases that failed their health checks
@@ -87,6 +88,7 @@ class DeviceState:
         return cls(
             phase=Phase(data["phase"]),
             current=release(data.get("current")),
+            previous=release(data.get("previous")),
             candidate=release(data.get("candidate")),
             reason=str(data.get("reason", "")),
             failed=tuple(data.get("failed", ())),

@@ -1,0 +1,127 @@
+"""Crash safety on the real engine: the updater is SIGKILLed at the start of every install step;
+on its next start it converges to a release that runs and answers, and the running slot's files
+are never touched. Also: rollback on demand, and the committed release coming back after the
+engine lost its containers."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from bundler.build import BuildOptions, build_bundles, select_profiles
+from bundler.profiles import builtin_profile_dir, load_profiles
+from bundler.spec import load_spec
+from tests.builders import signed
+from tests.realparts import DockerEngine
+from updater.install import Installer
+from updater.slots import Phase, Slots
+from updater.trust import TrustStore
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "vision-app"
+PROFILES = load_profiles([builtin_profile_dir()])
+CPU = PROFILES["x86_64-cpu"]
+
+
+@pytest.fixture(scope="module")
+def releases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two healthy example releases with a short stabilisation window, signed."""
+    done = subprocess.run([str(EXAMPLE / "make-images.sh")], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHON": sys.executable}, check=False)
+    if done.returncode != 0:
+        pytest.fail(f"make-images.sh failed: {done.stderr[-2000:]}")
+    root = tmp_path_factory.mktemp("fast")
+    shutil.copy(EXAMPLE / "compose.yaml", root / "compose.yaml")
+    text = (EXAMPLE / "sealift.yaml").read_text()
+    for relative in ("build/images/vision-app", "models/", "config/", "golden/"):
+        text = text.replace(f" {relative}", f" {EXAMPLE}/{relative}").replace(f":{relative}", f":{EXAMPLE}/{relative}")
+    text = text.replace("stabilisation: 20s", "stabilisation: 2s")
+    built: dict[str, Path] = {}
+    for version in ("1.0.0", "1.1.0"):
+        spec_path = root / f"sealift-{version}.yaml"
+        spec_path.write_text(text.replace("version: 1.0.0", f"version: {version}"))
+        spec = load_spec(spec_path)
+        (b,) = build_bundles(spec, select_profiles(spec, PROFILES, ("x86_64-cpu",)), BuildOptions(out=root / "out", epoch=0))
+        built[version] = b.path
+    built["root"] = signed([built["1.0.0"], built["1.1.0"]], root / "signing")
+    return built
+
+
+def healthz() -> int:
+    end = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen("http://127.0.0.1:8080/healthz", timeout=5) as response:
+                return int(response.status)
+        except (urllib.error.URLError, ConnectionError):
+            if time.monotonic() > end:
+                raise
+            time.sleep(0.2)
+
+
+def files_of(slot: Path) -> dict[str, str]:
+    return {str(p.relative_to(slot)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(slot.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def device(releases: dict[str, Path], docker_engine: DockerEngine, tmp_path: Path):  # type: ignore[no-untyped-def]
+    state_dir = tmp_path / "device"
+    TrustStore(state_dir).init(releases["root"])
+    installer = Installer(state_dir=state_dir, client=docker_engine.client, profile=CPU)
+    assert installer.install(releases["1.0.0"]).committed
+    yield installer
+    for container in docker_engine.client.containers.list(all=True, filters={"label": "dev.sealift.app=vision-app"}):
+        container.remove(force=True)
+
+
+def running_slots(engine: DockerEngine) -> set[str]:
+    containers = engine.client.containers.list(filters={"label": "dev.sealift.app=vision-app"})
+    return {c.labels["dev.sealift.slot"] for c in containers}
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("step", range(1, 8))
+def test_killed_at_any_step_the_device_converges(step: int, device: Installer, releases: dict[str, Path],
+                                                 docker_engine: DockerEngine) -> None:
+    slot_a = device.slots.slot_dir("a")
+    before = files_of(slot_a)
+    command = [sys.executable, "-c", "from updater.cli import main; main()", "--state-dir", str(device.slots.state_dir),
+               "install", str(releases["1.1.0"]), "--profile", "x86_64-cpu"]
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=docker_engine.env())
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if line.startswith(f"[{step}/7]"):
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=120)
+    proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL, f"the install finished before step {step}"
+
+    state = device.recover()  # the updater's next start
+    assert state.phase in (Phase.COMMITTED, Phase.ROLLED_BACK)
+    assert state.current is not None and running_slots(docker_engine) == {state.current.slot}
+    assert healthz() == 200
+    assert files_of(slot_a) == before  # the release that was running kept every byte
+
+
+@pytest.mark.docker
+def test_rollback_on_demand_and_after_the_engine_lost_the_containers(device: Installer, releases: dict[str, Path],
+                                                                    docker_engine: DockerEngine) -> None:
+    assert device.install(releases["1.1.0"]).committed
+    back = device.rollback()
+    assert back.committed and back.release.version == "1.0.0"
+    state = Slots(device.slots.state_dir).load()
+    assert state.current is not None and state.current.slot == "a" and state.previous is not None and state.previous.version == "1.1.0"
+    for container in docker_engine.client.containers.list(all=True, filters={"label": "dev.sealift.app=vision-app"}):
+        container.remove(force=True)  # as after a reboot that lost them
+    device.recover()
+    assert running_slots(docker_engine) == {"a"} and healthz() == 200
