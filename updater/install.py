@@ -18,7 +18,7 @@ from bundler.appdef import App, HealthPolicy, parse_app, parse_health
 from bundler.profiles import Profile
 from bundler.yamlfile import Field
 from updater.errors import UpdaterError
-from updater.health import wait_healthy
+from updater.health import HealthResult, wait_healthy
 from updater.images import load_images
 from updater.runtime import Runtime
 from updater.slots import DeviceState, Phase, Release, Slots
@@ -92,9 +92,13 @@ class Installer:
         if state.current is not None:
             self.runtime.stop(state.current.name, state.current.slot)
         self.runtime.stop(release.name, release.slot)  # leftovers of an earlier try
-        self._start(release)
-        self.log("[6/7] health checks")
-        result = wait_healthy(lambda: self.runtime.containers(release.name, release.slot), _policy(slot_dir), slot_dir)
+        try:
+            self._start(release)
+        except UpdaterError as e:  # the engine refused to create or start it: roll back like a failed check
+            result = HealthResult(ok=False, check="start", detail=e.diagnostics())
+        else:
+            self.log("[6/7] health checks")
+            result = wait_healthy(lambda: self.runtime.containers(release.name, release.slot), _policy(slot_dir), slot_dir)
         if result.ok:
             self.log("[7/7] commit")
             self.slots.save(state.with_event(phase=Phase.COMMITTED, current=release, previous=state.current, candidate=None,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from updater.trust import TrustStore
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "vision-app"
 PROFILES = load_profiles([builtin_profile_dir()])
 CPU = PROFILES["x86_64-cpu"]
+PORT = 28_180
 
 
 @pytest.fixture(scope="module")
@@ -40,19 +40,27 @@ def releases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     if done.returncode != 0:
         pytest.fail(f"make-images.sh failed: {done.stderr[-2000:]}")
     root = tmp_path_factory.mktemp("fast")
-    shutil.copy(EXAMPLE / "compose.yaml", root / "compose.yaml")
+    # its own host port, so these tests never meet another user of 8080
+    (root / "compose.yaml").write_text((EXAMPLE / "compose.yaml").read_text().replace('"8080:8080"', f'"{PORT}:8080"'))
     text = (EXAMPLE / "sealift.yaml").read_text()
     for relative in ("build/images/vision-app", "models/", "config/", "golden/"):
         text = text.replace(f" {relative}", f" {EXAMPLE}/{relative}").replace(f":{relative}", f":{EXAMPLE}/{relative}")
     text = text.replace("stabilisation: 20s", "stabilisation: 2s")
+    # a port bound to an address this host does not have (TEST-NET-3): the engine refuses to start it
+    (root / "compose-cannot-start.yaml").write_text(
+        (root / "compose.yaml").read_text().replace(f'"{PORT}:8080"', f'"203.0.113.7:{PORT}:8080"')
+    )
     built: dict[str, Path] = {}
-    for version in ("1.0.0", "1.1.0"):
+    for version in ("1.0.0", "1.1.0", "1.2.0"):
         spec_path = root / f"sealift-{version}.yaml"
-        spec_path.write_text(text.replace("version: 1.0.0", f"version: {version}"))
+        variant = text.replace("version: 1.0.0", f"version: {version}")
+        if version == "1.2.0":  # its container cannot even start
+            variant = variant.replace("app: compose.yaml", "app: compose-cannot-start.yaml")
+        spec_path.write_text(variant)
         spec = load_spec(spec_path)
         (b,) = build_bundles(spec, select_profiles(spec, PROFILES, ("x86_64-cpu",)), BuildOptions(out=root / "out", epoch=0))
         built[version] = b.path
-    built["root"] = signed([built["1.0.0"], built["1.1.0"]], root / "signing")
+    built["root"] = signed([built["1.0.0"], built["1.1.0"], built["1.2.0"]], root / "signing")
     return built
 
 
@@ -60,7 +68,7 @@ def healthz() -> int:
     end = time.monotonic() + 30
     while True:
         try:
-            with urllib.request.urlopen("http://127.0.0.1:8080/healthz", timeout=5) as response:
+            with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/healthz", timeout=5) as response:
                 return int(response.status)
         except (urllib.error.URLError, ConnectionError):
             if time.monotonic() > end:
@@ -124,4 +132,15 @@ def test_rollback_on_demand_and_after_the_engine_lost_the_containers(device: Ins
     for container in docker_engine.client.containers.list(all=True, filters={"label": "dev.sealift.app=vision-app"}):
         container.remove(force=True)  # as after a reboot that lost them
     device.recover()
+    assert running_slots(docker_engine) == {"a"} and healthz() == 200
+
+
+@pytest.mark.docker
+def test_a_release_the_engine_cannot_start_is_rolled_back(device: Installer, releases: dict[str, Path],
+                                                          docker_engine: DockerEngine) -> None:
+    outcome = device.install(releases["1.2.0"])
+    assert not outcome.committed and outcome.reason.startswith("start failed: ")
+    assert "vision-app 1.2.0: the engine could not start it" in outcome.reason
+    state = Slots(device.slots.state_dir).load()
+    assert state.current is not None and state.current.version == "1.0.0" and "start failed" in state.reason
     assert running_slots(docker_engine) == {"a"} and healthz() == 200
