@@ -66,7 +66,9 @@ class Installer:
             self.log("[3/7] load images")
             load_images(self.client, bundle, info)
             self.log("[4/7] record trying")
-            state = state.with_event(phase=Phase.TRYING, candidate=release, reason="")
+            # the previous release's slot now holds the new one: it can no longer be returned to
+            previous = state.previous if state.previous is not None and state.previous.slot != release.slot else None
+            state = state.with_event(phase=Phase.TRYING, candidate=release, previous=previous, reason="")
             self.slots.save(state)
             return self._switch(state, release, "healthy")
 

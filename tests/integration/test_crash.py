@@ -22,6 +22,7 @@ from bundler.profiles import builtin_profile_dir, load_profiles
 from bundler.spec import load_spec
 from tests.builders import signed
 from tests.realparts import DockerEngine
+from updater.errors import UpdaterError
 from updater.install import Installer
 from updater.slots import Phase, Slots
 from updater.trust import TrustStore
@@ -133,6 +134,9 @@ def test_rollback_on_demand_and_after_the_engine_lost_the_containers(device: Ins
         container.remove(force=True)  # as after a reboot that lost them
     device.recover()
     assert running_slots(docker_engine) == {"a"} and healthz() == 200
+    assert not device.install(releases["1.2.0"]).committed  # staged over the previous release's slot, then rolled back
+    with pytest.raises(UpdaterError, match="no previous release to roll back to"):
+        device.rollback()
 
 
 @pytest.mark.docker
