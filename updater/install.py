@@ -18,6 +18,7 @@ from bundler.appdef import App, HealthPolicy, parse_app, parse_health
 from bundler.profiles import Profile
 from bundler.yamlfile import Field
 from updater.errors import UpdaterError
+from updater.gc import collect_images
 from updater.health import HealthResult, wait_healthy
 from updater.images import load_images
 from updater.runtime import Runtime
@@ -103,8 +104,12 @@ class Installer:
             result = wait_healthy(lambda: self.runtime.containers(release.name, release.slot), _policy(slot_dir), slot_dir)
         if result.ok:
             self.log("[7/7] commit")
-            self.slots.save(state.with_event(phase=Phase.COMMITTED, current=release, previous=state.current, candidate=None,
-                                             reason=success))
+            committed = state.with_event(phase=Phase.COMMITTED, current=release, previous=state.current, candidate=None,
+                                         reason=success)
+            self.slots.save(committed)
+            removed = collect_images(self.client, self.slots, committed)
+            if removed:
+                self.log(f"removed {len(removed)} image(s) no kept release uses")
             return Outcome(committed=True, release=release, reason=success)
         self.log(f"[7/7] roll back: {result.check} failed: {result.detail}")
         reason = f"{result.check} failed: {result.detail}"
