@@ -12,6 +12,7 @@ from pathlib import Path
 from scripts.oci_image import FileEntry, ImageConfig, Platform, PlatformImage, write_image_layout
 
 AMD64 = "linux/amd64"
+FAST_PORT = 28_180  # the host port of the updater tests' example releases, away from the example's 8080
 ARM64 = "linux/arm64/v8"
 
 

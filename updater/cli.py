@@ -10,6 +10,7 @@ import click
 
 from bundler.cli import reports_errors
 from bundler.profiles import Profile, load_profiles, profile_search_path
+from updater.daemon import Daemon
 from updater.detect import Hardware, detect_profile
 from updater.errors import UpdaterError
 from updater.install import Installer
@@ -143,6 +144,29 @@ def rollback(store: TrustStore, as_json: bool) -> None:
                    f"{outcome.release.name} {outcome.release.version}: {outcome.reason}")
     if not outcome.committed:
         sys.exit(1)
+
+
+@cli.command()
+@click.option("--watch", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="The directory to watch for bundles (where removable media are mounted).")
+@click.option("--interval", type=click.FloatRange(min=1.0), default=30.0, show_default=True, help="Seconds between passes.")
+@click.option("--once", is_flag=True, help="One pass, then exit.")
+@click.option("--profile", metavar="NAME", help="This device's hardware profile (default: detected).")
+@click.option("--profiles-dir", type=click.Path(path_type=Path, file_okay=False), help="Extra profile directory.")
+@click.pass_obj
+@reports_errors
+def run(store: TrustStore, watch: Path, interval: float, once: bool, profile: str | None, profiles_dir: Path | None) -> None:
+    """Install bundles that appear in --watch, one at a time, as a service.
+
+    Converges first (like `recover`), then passes over the directory every --interval seconds.
+    With systemd (Type=notify) it reports readiness and feeds the watchdog after each pass;
+    see examples/systemd/sealift-updater.service.
+    """
+    import docker
+
+    installer = Installer(state_dir=store.state_dir, client=docker.from_env(), profile=_device_profile(profile, profiles_dir),
+                          log=lambda line: click.echo(line, err=True))
+    Daemon(installer, watch, interval=interval, log=lambda line: click.echo(line, err=True)).run(once=once)
 
 
 @cli.command()

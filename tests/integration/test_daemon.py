@@ -1,0 +1,50 @@
+"""`sealift-updater run`: bundles that appear in the watched directory are installed once, and
+systemd hears that the service is ready."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+from bundler.profiles import builtin_profile_dir, load_profiles
+from tests.realparts import DockerEngine
+from updater.daemon import Daemon
+from updater.install import Installer
+from updater.slots import Slots
+from updater.trust import TrustStore
+
+CPU = load_profiles([builtin_profile_dir()])["x86_64-cpu"]
+
+
+@pytest.mark.docker
+def test_a_pass_installs_what_arrived_once_and_tells_systemd(releases: dict[str, Path], docker_engine: DockerEngine,
+                                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    state_dir = tmp_path / "device"
+    TrustStore(state_dir).init(releases["root"])
+    media = tmp_path / "media"
+    media.mkdir()
+    shutil.copytree(releases["1.0.0"], media / releases["1.0.0"].name)
+    (media / "notes.txt").write_text("not a bundle")
+    (media / "half-copied").mkdir()  # a directory that is not (yet) a bundle
+    notify_path = tmp_path / "notify.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(notify_path))
+    listener.settimeout(5)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(notify_path))
+    lines: list[str] = []
+    installer = Installer(state_dir=state_dir, client=docker_engine.client, profile=CPU)
+    daemon = Daemon(installer, media, interval=1, log=lines.append)
+    try:
+        daemon.run(once=True)
+        assert listener.recv(64) == b"READY=1"
+        state = Slots(state_dir).load()
+        assert state.current is not None and state.current.version == "1.0.0"
+        assert any(line.startswith('event="committed"') for line in lines)
+        assert daemon.scan() == 0  # nothing new: nothing tried again
+    finally:
+        listener.close()
+        for container in docker_engine.client.containers.list(all=True, filters={"label": "dev.sealift.app=vision-app"}):
+            container.remove(force=True)
