@@ -155,7 +155,20 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure; the median is reported (default 3)")
     parser.add_argument("--workdir", type=Path, help="where to write inputs and bundles (default: a temp dir)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--update", action="store_true",
+                        help="measure the updater instead: service gap during an update and time to roll back "
+                             "(starts its own Docker engine; see scripts/bench_update.py)")
     args = parser.parse_args()
+    if args.update:
+        from scripts.bench_update import measure
+        from scripts.bench_update import print_report as print_update
+
+        figures = measure(args.repeat)
+        if args.json:
+            print(json.dumps(figures, indent=2))
+        else:
+            print_update(figures)
+        return
 
     work = Path(tempfile.mkdtemp(prefix="sealift-bench-", dir=args.workdir))
     try:

@@ -167,3 +167,46 @@ def _referenced(bundle: Path) -> set[str]:
 
 def rewrite_descriptor(bundle: Path, change: Callable[[dict], None]) -> None:  # type: ignore[type-arg]
     reseal(bundle, lambda parts: change(parts["descriptor"]))
+
+
+EXAMPLE_DIR = Path(__file__).resolve().parent.parent / "examples" / "vision-app"
+
+
+def example_releases(root: Path, *, python: str) -> dict[str, Path]:
+    """Signed x86_64-cpu releases of the example with a 2 s stabilisation window and host port
+    FAST_PORT: 1.0.0 and 1.1.0 (healthy), 1.2.0 (the engine cannot start it), 1.3.0 (starts, never
+    healthy: its model is missing; 5 s deadline). Returns them by version, and "root" for the
+    root metadata to provision devices with."""
+    import os
+    import subprocess
+
+    from bundler.build import BuildOptions, build_bundles, select_profiles
+    from bundler.profiles import builtin_profile_dir, load_profiles
+    from bundler.spec import load_spec
+
+    done = subprocess.run([str(EXAMPLE_DIR / "make-images.sh")], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHON": python}, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"make-images.sh failed: {done.stderr[-2000:]}")
+    compose = (EXAMPLE_DIR / "compose.yaml").read_text().replace('"8080:8080"', f'"{FAST_PORT}:8080"')
+    (root / "compose.yaml").write_text(compose)
+    # a port bound to an address this host does not have (TEST-NET-3): the engine refuses to start it
+    (root / "compose-cannot-start.yaml").write_text(compose.replace(f'"{FAST_PORT}:8080"', f'"203.0.113.7:{FAST_PORT}:8080"'))
+    (root / "compose-broken.yaml").write_text(compose.replace("/models/detector.model\n", "/models/missing.model\n", 1))
+    text = (EXAMPLE_DIR / "sealift.yaml").read_text()
+    for relative in ("build/images/vision-app", "models/", "config/", "golden/"):
+        text = text.replace(f" {relative}", f" {EXAMPLE_DIR}/{relative}").replace(f":{relative}", f":{EXAMPLE_DIR}/{relative}")
+    text = text.replace("stabilisation: 20s", "stabilisation: 2s")
+    variants = {"1.0.0": text, "1.1.0": text,
+                "1.2.0": text.replace("app: compose.yaml", "app: compose-cannot-start.yaml"),
+                "1.3.0": text.replace("app: compose.yaml", "app: compose-broken.yaml").replace("deadline: 60s", "deadline: 5s")}
+    profiles = load_profiles([builtin_profile_dir()])
+    built: dict[str, Path] = {}
+    for version, variant in variants.items():
+        spec_path = root / f"sealift-{version}.yaml"
+        spec_path.write_text(variant.replace("version: 1.0.0", f"version: {version}"))
+        spec = load_spec(spec_path)
+        (b,) = build_bundles(spec, select_profiles(spec, profiles, ("x86_64-cpu",)), BuildOptions(out=root / "out", epoch=0))
+        built[version] = b.path
+    built["root"] = signed(list(built.values()), root / "signing")
+    return built

@@ -1,0 +1,112 @@
+"""The updater benchmark: how long the example's service is away during an update and after a
+failed one, on a real Docker engine started for the run (Debian's docker.io).
+
+- **service gap**: while an update from 1.0.0 to 1.1.0 runs, ``/healthz`` is polled every 20 ms;
+  the gap is the longest time between two good answers. The floor beside it is the new
+  container's own start time (from the engine starting it to its first good answer): images are
+  loaded before the switch, so the gap should exceed it by little. Target: at most start + 1 s.
+- **rollback**: installing 1.3.0 (starts, never healthy, 5 s deadline): the time from the failed
+  deadline (the updater's ``[7/7] roll back`` line) to 1.0.0 answering again. Target: at most 10 s.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.builders import FAST_PORT, example_releases  # noqa: E402
+from tests.realparts import start_docker_engine  # noqa: E402
+
+
+class Poller:
+    """Polls the service and remembers when it answered well."""
+
+    def __init__(self) -> None:
+        self.good: list[float] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{FAST_PORT}/healthz", timeout=1) as response:
+                    if response.status == 200:
+                        self.good.append(time.monotonic())
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.02)
+
+    def __enter__(self) -> Poller:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def longest_gap(self) -> float:
+        return max((b - a for a, b in zip(self.good, self.good[1:], strict=False)), default=0.0)
+
+    def first_after(self, moment: float) -> float:
+        return next(t for t in self.good if t > moment)
+
+
+def measure(repeat: int) -> dict[str, Any]:
+    from bundler.profiles import builtin_profile_dir, load_profiles
+    from updater.install import Installer
+    from updater.trust import TrustStore
+
+    cpu = load_profiles([builtin_profile_dir()])["x86_64-cpu"]
+    engine = start_docker_engine()
+    gaps, starts, rollbacks = [], [], []
+    try:
+        with tempfile.TemporaryDirectory(prefix="sealift-bench-update-") as work:
+            releases = example_releases(Path(work), python=sys.executable)
+            for round_ in range(repeat):
+                state = Path(work) / f"device-{round_}"
+                TrustStore(state).init(releases["root"])
+                marks: dict[str, float] = {}
+                def mark(line: str, marks: dict[str, float] = marks) -> None:
+                    marks.setdefault(line.split("]")[0].strip("["), time.monotonic())
+
+                installer = Installer(state_dir=state, client=engine.client, profile=cpu, log=mark)
+                installer.install(releases["1.0.0"])
+                with Poller() as poller:
+                    time.sleep(0.5)
+                    marks.clear()
+                    installer.install(releases["1.1.0"])
+                    time.sleep(0.5)
+                gaps.append(poller.longest_gap())
+                container = installer.runtime.containers("vision-app", "b")["vision"]
+                started = dt.datetime.fromisoformat(container.attrs["State"]["StartedAt"][:26] + "+00:00")
+                started_mono = time.monotonic() - (dt.datetime.now(dt.UTC) - started).total_seconds()
+                starts.append(poller.first_after(started_mono) - started_mono)
+                with Poller() as poller:
+                    marks.clear()
+                    outcome = installer.install(releases["1.3.0"])
+                    assert not outcome.committed
+                    time.sleep(0.5)
+                rollbacks.append(poller.first_after(marks["7/7"]) - marks["7/7"])
+                for c in engine.client.containers.list(all=True, filters={"label": "dev.sealift.app=vision-app"}):
+                    c.remove(force=True)
+    finally:
+        engine.stop()
+    return {"gap_s": statistics.median(gaps), "start_s": statistics.median(starts), "rollback_s": statistics.median(rollbacks),
+            "rounds": repeat}
+
+
+def print_report(figures: dict[str, Any]) -> None:
+    print(f"update (median of {figures['rounds']}): service gap {figures['gap_s']:.2f} s against the new container's start "
+          f"{figures['start_s']:.2f} s (gap - start = {figures['gap_s'] - figures['start_s']:+.2f} s, target <= +1 s); "
+          f"back to the previous release {figures['rollback_s']:.2f} s after the failed deadline (target <= 10 s)")
