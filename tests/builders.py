@@ -175,8 +175,8 @@ EXAMPLE_DIR = Path(__file__).resolve().parent.parent / "examples" / "vision-app"
 def example_releases(root: Path, *, python: str) -> dict[str, Path]:
     """Signed x86_64-cpu releases of the example with a 2 s stabilisation window and host port
     FAST_PORT: 1.0.0 and 1.1.0 (healthy), 1.2.0 (the engine cannot start it), 1.3.0 (starts, never
-    healthy: its model is missing; 5 s deadline). Returns them by version, and "root" for the
-    root metadata to provision devices with."""
+    healthy: its model is missing; 5 s deadline), 1.4.0 (its server exits at once; 5 s deadline).
+    Returns them by version, and "root" for the root metadata to provision devices with."""
     import os
     import subprocess
 
@@ -193,13 +193,15 @@ def example_releases(root: Path, *, python: str) -> dict[str, Path]:
     # a port bound to an address this host does not have (TEST-NET-3): the engine refuses to start it
     (root / "compose-cannot-start.yaml").write_text(compose.replace(f'"{FAST_PORT}:8080"', f'"203.0.113.7:{FAST_PORT}:8080"'))
     (root / "compose-broken.yaml").write_text(compose.replace("/models/detector.model\n", "/models/missing.model\n", 1))
+    (root / "compose-exits.yaml").write_text(compose.replace("    environment:\n", "    environment:\n      VISION_PORT: not-a-port\n", 1))
     text = (EXAMPLE_DIR / "sealift.yaml").read_text()
     for relative in ("build/images/vision-app", "models/", "config/", "golden/"):
         text = text.replace(f" {relative}", f" {EXAMPLE_DIR}/{relative}").replace(f":{relative}", f":{EXAMPLE_DIR}/{relative}")
     text = text.replace("stabilisation: 20s", "stabilisation: 2s")
     variants = {"1.0.0": text, "1.1.0": text,
                 "1.2.0": text.replace("app: compose.yaml", "app: compose-cannot-start.yaml"),
-                "1.3.0": text.replace("app: compose.yaml", "app: compose-broken.yaml").replace("deadline: 60s", "deadline: 5s")}
+                "1.3.0": text.replace("app: compose.yaml", "app: compose-broken.yaml").replace("deadline: 60s", "deadline: 5s"),
+                "1.4.0": text.replace("app: compose.yaml", "app: compose-exits.yaml").replace("deadline: 60s", "deadline: 5s")}
     profiles = load_profiles([builtin_profile_dir()])
     built: dict[str, Path] = {}
     for version, variant in variants.items():

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bundler.appdef import App, HealthPolicy, parse_app, parse_health
+from bundler.errors import SealiftError
 from bundler.profiles import Profile
 from bundler.yamlfile import Field
 from updater.errors import UpdaterError
@@ -53,25 +54,33 @@ class Installer:
     def install(self, bundle: Path, *, force: bool = False) -> Outcome:
         with self.slots.locked():
             state = self._converge(self.slots.load())
-            self.log(f"[1/7] verify {bundle}")
-            info = verify_for_device(bundle, trust=self.trust, profile=self.profile)
-            if info.digest in state.failed and not force:
-                raise UpdaterError(f"{info.name} {info.version} failed its health checks before; use --force to try it again")
-            if state.current is not None and state.current.digest == info.digest:
-                return Outcome(committed=True, release=state.current, reason="already running")
-            release = Release(name=info.name, version=info.version, profile=info.profile, digest=info.digest,
-                              slot=state.inactive_slot())
-            slot_dir = self.slots.slot_dir(release.slot)
-            self.log(f"[2/7] stage into slot {release.slot}")
-            stage_release(bundle, info, slot_dir)
-            self.log("[3/7] load images")
-            load_images(self.client, bundle, info)
-            self.log("[4/7] record trying")
-            # the previous release's slot now holds the new one: it can no longer be returned to
-            previous = state.previous if state.previous is not None and state.previous.slot != release.slot else None
-            state = state.with_event(phase=Phase.TRYING, candidate=release, previous=previous, reason="")
-            self.slots.save(state)
-            return self._switch(state, release, "healthy")
+            try:
+                return self._install(state, bundle, force=force)
+            except SealiftError as e:
+                # refused before the switch: the running release is untouched; say why in status
+                self.slots.save(self.slots.load().with_event(reason=f"refused {bundle.name}: {e.diagnostics()}"))
+                raise
+
+    def _install(self, state: DeviceState, bundle: Path, *, force: bool) -> Outcome:
+        self.log(f"[1/7] verify {bundle}")
+        info = verify_for_device(bundle, trust=self.trust, profile=self.profile)
+        if info.digest in state.failed and not force:
+            raise UpdaterError(f"{info.name} {info.version} failed its health checks before; use --force to try it again")
+        if state.current is not None and state.current.digest == info.digest:
+            return Outcome(committed=True, release=state.current, reason="already running")
+        release = Release(name=info.name, version=info.version, profile=info.profile, digest=info.digest,
+                          slot=state.inactive_slot())
+        slot_dir = self.slots.slot_dir(release.slot)
+        self.log(f"[2/7] stage into slot {release.slot}")
+        stage_release(bundle, info, slot_dir)
+        self.log("[3/7] load images")
+        load_images(self.client, bundle, info)
+        self.log("[4/7] record trying")
+        # the previous release's slot now holds the new one: it can no longer be returned to
+        previous = state.previous if state.previous is not None and state.previous.slot != release.slot else None
+        state = state.with_event(phase=Phase.TRYING, candidate=release, previous=previous, reason="")
+        self.slots.save(state)
+        return self._switch(state, release, "healthy")
 
     def rollback(self) -> Outcome:
         """Return to the previous release on demand, with the same checks as an install."""

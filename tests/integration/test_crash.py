@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from bundler.errors import SealiftError
 from bundler.profiles import builtin_profile_dir, load_profiles
 from tests.builders import FAST_PORT
 from tests.realparts import DockerEngine
@@ -111,3 +112,20 @@ def test_a_release_the_engine_cannot_start_is_rolled_back(device: Installer, rel
     state = Slots(device.slots.state_dir).load()
     assert state.current is not None and state.current.version == "1.0.0" and "start failed" in state.reason
     assert running_slots(docker_engine) == {"a"} and healthz() == 200
+
+
+@pytest.mark.docker
+def test_refusals_and_failures_leave_the_previous_release_and_say_why(device: Installer, releases: dict[str, Path],
+                                                                       docker_engine: DockerEngine) -> None:
+    nvidia_device = Installer(state_dir=device.slots.state_dir, client=docker_engine.client, profile=PROFILES["x86_64-nvidia"])
+    with pytest.raises(SealiftError, match="is for profile x86_64-cpu, this device is x86_64-nvidia"):
+        nvidia_device.install(releases["1.1.0"])
+    state = Slots(device.slots.state_dir).load()
+    assert state.reason.startswith("refused vision-app-1.1.0-x86_64-cpu: ") and "x86_64-nvidia" in state.reason
+    assert state.current is not None and state.current.version == "1.0.0" and healthz() == 200
+
+    exits = device.install(releases["1.4.0"])  # its server exits at once; the engine keeps restarting it
+    assert not exits.committed
+    state = Slots(device.slots.state_dir).load()
+    assert state.phase == Phase.ROLLED_BACK and state.current is not None and state.current.version == "1.0.0"
+    assert "failed" in state.reason and running_slots(docker_engine) == {"a"} and healthz() == 200
