@@ -6,6 +6,7 @@ engine lost its containers."""
 from __future__ import annotations
 
 import hashlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -129,3 +130,19 @@ def test_refusals_and_failures_leave_the_previous_release_and_say_why(device: In
     state = Slots(device.slots.state_dir).load()
     assert state.phase == Phase.ROLLED_BACK and state.current is not None and state.current.version == "1.0.0"
     assert "failed" in state.reason and running_slots(docker_engine) == {"a"} and healthz() == 200
+
+
+@pytest.mark.docker
+def test_a_corrupt_bundle_is_refused_before_anything_changes(device: Installer, releases: dict[str, Path], tmp_path: Path) -> None:
+    copy = tmp_path / releases["1.1.0"].name
+    shutil.copytree(releases["1.1.0"], copy)
+    biggest = max((copy / "blobs/sha256").iterdir(), key=lambda p: p.stat().st_size)
+    data = bytearray(biggest.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    biggest.write_bytes(bytes(data))
+    slot_b = device.slots.slot_dir("b")
+    with pytest.raises(SealiftError, match="is corrupt"):
+        device.install(copy)
+    state = Slots(device.slots.state_dir).load()
+    assert state.reason.startswith(f"refused {copy.name}: ") and state.current is not None and state.current.version == "1.0.0"
+    assert not slot_b.exists() and healthz() == 200
