@@ -10,16 +10,14 @@ acting at once.
 from __future__ import annotations
 
 import enum
-import fcntl
 import json
-import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from bundler.durable import replace_file
+from bundler.durable import exclusive_lock, replace_file
 from updater.errors import UpdaterError
 
 __all__ = ["SLOTS", "DeviceState", "Phase", "Release", "Slots"]
@@ -127,13 +125,9 @@ class Slots:
     @contextmanager
     def locked(self) -> Iterator[None]:
         """Hold the install lock, or fail at once if another updater holds it."""
-        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.state_dir / "install.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
+        with ExitStack() as stack:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                stack.enter_context(exclusive_lock(self.state_dir / "install.lock", wait=False))
             except BlockingIOError:
                 raise UpdaterError(f"{self.state_dir}: another sealift-updater is installing; nothing was changed") from None
             yield
-        finally:
-            os.close(fd)

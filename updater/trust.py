@@ -11,7 +11,6 @@ trusts. ``STATE/lock`` keeps two verifications from interleaving.
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import json
 import os
 import secrets
@@ -24,7 +23,7 @@ from tuf.api.exceptions import RepositoryError as TufRepositoryError
 from tuf.api.metadata import Metadata, Root
 from tuf.api.serialization import DeserializationError
 
-from bundler.durable import fsync_dir, replace_file
+from bundler.durable import exclusive_lock, fsync_dir, replace_file
 from bundler.spec import version_key
 from updater.errors import TrustError
 
@@ -153,13 +152,8 @@ class TrustStore:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # another updater verifying or installing: wait for it
+        with exclusive_lock(self.state_dir / "lock", wait=True):  # another updater verifying: wait for it
             yield
-        finally:
-            os.close(fd)
 
     def _copy_current(self) -> Path:
         scratch = self._new_dir(create=False)
