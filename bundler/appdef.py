@@ -25,6 +25,7 @@ __all__ = [
     "Service",
     "parse_app",
     "parse_health",
+    "start_order",
 ]
 
 NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
@@ -333,12 +334,19 @@ def _check_depends_on(field: Field, services: tuple[Service, ...]) -> None:
         for dep in service.depends_on:
             if dep not in names:
                 raise field.child(service.name).child("depends_on").error(f"{dep!r} is not a service")
-    order = _start_order(services)
+    order = _ordered(services)
     if order is None:
         raise field.error("depends_on forms a cycle")
 
 
-def _start_order(services: tuple[Service, ...]) -> list[str] | None:
+def start_order(app: App) -> list[Service]:
+    """The app's services, each after those it depends on (parsing refused cycles)."""
+    order = _ordered(app.services)
+    assert order is not None
+    return [app.service(name) for name in order]
+
+
+def _ordered(services: tuple[Service, ...]) -> list[str] | None:
     """Services in an order that starts dependencies first, or None if they form a cycle."""
     deps = {s.name: set(s.depends_on) for s in services}
     order: list[str] = []

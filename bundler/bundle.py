@@ -21,7 +21,7 @@ from typing import Any
 
 import zstandard
 
-from bundler.appdef import parse_app, parse_health
+from bundler.appdef import App, HealthPolicy, parse_app, parse_health
 from bundler.errors import BundleError, SpecError
 from bundler.layout import (
     CHUNK,
@@ -43,6 +43,7 @@ __all__ = [
     "CheckReport",
     "Component",
     "check_bundle",
+    "release_definition",
     "verify_bundle",
 ]
 
@@ -217,7 +218,7 @@ def _read_structure(reader: LayoutReader, top: Descriptor) -> tuple[BundleInfo, 
     payload_blobs, descriptor, files = _read_payload(reader, payloads[0])
     image_blobs, image_parts = _read_images(reader, [d for d in entries if d is not payloads[0]], descriptor)
     info = _bundle_info(reader.location, top, annotations, descriptor, [*image_parts, *files])
-    _check_release(reader.location, descriptor)
+    release_definition(reader.location, descriptor)
     return info, [*image_blobs, *payload_blobs], {top.digest, *(e.digest for e in entries)}
 
 
@@ -334,8 +335,8 @@ _FILE_ENTRY_TYPES = {
 }
 
 
-def _check_release(location: str, descriptor: dict[str, Any]) -> None:
-    """The app definition and health policy, validated by the code that validates the spec."""
+def release_definition(location: str, descriptor: dict[str, Any]) -> tuple[App, HealthPolicy]:
+    """The descriptor's app definition and health policy, validated by the code that validates a spec."""
     secrets = _list(descriptor, "secrets", "descriptor")
     if not all(isinstance(s, dict) and isinstance(s.get("name"), str) for s in secrets):
         raise BundleError(f"{location}: descriptor: malformed secret entry")
@@ -345,9 +346,10 @@ def _check_release(location: str, descriptor: dict[str, Any]) -> None:
         app = parse_app(Field(Path(location), "descriptor.app", descriptor.get("app")),
                         images=tuple(e["name"] for e in _list(descriptor, "images", "descriptor")),
                         mountable=mountable, secrets=tuple(s["name"] for s in secrets))
-        parse_health(Field(Path(location), "descriptor.health", descriptor.get("health")), app=app, configs=configs)
+        health = parse_health(Field(Path(location), "descriptor.health", descriptor.get("health")), app=app, configs=configs)
     except SpecError as e:
         raise BundleError(str(e)) from e
+    return app, health
 
 
 def _file_entries(descriptor: dict[str, Any]) -> Iterator[dict[str, Any]]:

@@ -172,22 +172,28 @@ def rewrite_descriptor(bundle: Path, change: Callable[[dict], None]) -> None:  #
 EXAMPLE_DIR = Path(__file__).resolve().parent.parent / "examples" / "vision-app"
 
 
-def example_releases(root: Path, *, python: str) -> dict[str, Path]:
-    """Signed x86_64-cpu releases of the example with a 2 s stabilisation window and host port
-    FAST_PORT: 1.0.0 and 1.1.0 (healthy), 1.2.0 (the engine cannot start it), 1.3.0 (starts, never
-    healthy: its model is missing; 5 s deadline), 1.4.0 (its server exits at once; 5 s deadline).
-    Returns them by version, and "root" for the root metadata to provision devices with."""
+def make_example_images(python: str) -> Path:
+    """Run the example's make-images.sh (offline, cached); return its multi-arch image layout."""
     import os
     import subprocess
-
-    from bundler.build import BuildOptions, build_bundles, select_profiles
-    from bundler.profiles import builtin_profile_dir, load_profiles
-    from bundler.spec import load_spec
 
     done = subprocess.run([str(EXAMPLE_DIR / "make-images.sh")], capture_output=True, text=True, timeout=600,
                           env={**os.environ, "PYTHON": python}, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"make-images.sh failed: {done.stderr[-2000:]}")
+    return EXAMPLE_DIR / "build" / "images" / "vision-app"
+
+
+def example_releases(root: Path, *, python: str) -> dict[str, Path]:
+    """Signed x86_64-cpu releases of the example with a 2 s stabilisation window and host port
+    FAST_PORT: 1.0.0 and 1.1.0 (healthy), 1.2.0 (the engine cannot start it), 1.3.0 (starts, never
+    healthy: its model is missing; 5 s deadline), 1.4.0 (its server exits at once; 5 s deadline).
+    Returns them by version, and "root" for the root metadata to provision devices with."""
+    from bundler.build import BuildOptions, build_bundles, select_profiles
+    from bundler.profiles import builtin_profile_dir, load_profiles
+    from bundler.spec import load_spec
+
+    make_example_images(python)
     compose = (EXAMPLE_DIR / "compose.yaml").read_text().replace('"8080:8080"', f'"{FAST_PORT}:8080"')
     (root / "compose.yaml").write_text(compose)
     # a port bound to an address this host does not have (TEST-NET-3): the engine refuses to start it

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bundler.appdef import App, HealthPolicy, parse_app, parse_health
+from bundler.appdef import HealthPolicy
+from bundler.bundle import release_definition
 from bundler.errors import SealiftError
 from bundler.profiles import Profile
-from bundler.yamlfile import Field
 from updater.errors import UpdaterError
 from updater.gc import collect_images
 from updater.health import HealthResult, wait_healthy
@@ -157,7 +157,7 @@ class Installer:
     def _start(self, release: Release) -> None:
         slot_dir = self.slots.slot_dir(release.slot)
         descriptor = _descriptor(slot_dir)
-        app, _ = _release_definition(descriptor, str(slot_dir))
+        app, _ = release_definition(str(slot_dir), descriptor)
         self.runtime.start(release, app, slot_dir, {i["name"]: i["config"] for i in descriptor["images"]})
 
     def _running(self, release: Release) -> bool:
@@ -166,17 +166,9 @@ class Installer:
 
 
 def _policy(slot_dir: Path) -> HealthPolicy:
-    return _release_definition(_descriptor(slot_dir), str(slot_dir))[1]
+    return release_definition(str(slot_dir), _descriptor(slot_dir))[1]
 
 
 def _descriptor(slot_dir: Path) -> dict[str, Any]:
     data: dict[str, Any] = json.loads((slot_dir / "descriptor.json").read_text())
     return data
-
-
-def _release_definition(descriptor: dict[str, Any], where: str) -> tuple[App, HealthPolicy]:
-    configs = tuple(c["name"] for c in descriptor["configs"])
-    mountable = (*(m["name"] for m in descriptor["models"]), *configs)
-    app = parse_app(Field(Path(where), "app", descriptor["app"]), images=tuple(i["name"] for i in descriptor["images"]),
-                    mountable=mountable, secrets=tuple(s["name"] for s in descriptor["secrets"]))
-    return app, parse_health(Field(Path(where), "health", descriptor["health"]), app=app, configs=configs)

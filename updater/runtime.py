@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bundler.appdef import App, Service
+from bundler.appdef import App, Service, start_order
 from updater.errors import UpdaterError
 from updater.slots import Release
 
@@ -37,7 +37,7 @@ class Runtime:
         try:
             default = self._network(release, None)
             named = {name: self._network(release, name, internal=internal) for name, internal in app.networks}
-            for service in _start_order(app):
+            for service in start_order(app):
                 self._run(release, service, slot_dir, images, default, named)
         except docker.errors.DockerException as e:
             raise UpdaterError(f"{release.name} {release.version}: the engine could not start it ({_short(e)})") from e
@@ -110,18 +110,6 @@ def _labels(release: Release, service: str | None) -> dict[str, str]:
     if service is not None:
         labels[LABEL_SERVICE] = service
     return labels
-
-
-def _start_order(app: App) -> list[Service]:
-    started: list[Service] = []
-    pending = list(app.services)
-    while pending:
-        ready = [s for s in pending if set(s.depends_on) <= {x.name for x in started}]
-        if not ready:  # the Compose subset refuses cycles; never loop on one
-            raise UpdaterError(f"services {', '.join(s.name for s in pending)} depend on each other in a cycle")
-        started += ready
-        pending = [s for s in pending if s not in ready]
-    return started
 
 
 def _short(error: Exception) -> str:

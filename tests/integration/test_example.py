@@ -16,7 +16,7 @@ import pytest
 import zstandard
 
 from bundler.bundle import check_bundle
-from tests.builders import docker_archive_from_bundle
+from tests.builders import docker_archive_from_bundle, make_example_images
 from tests.realparts import DockerEngine
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,11 +26,7 @@ SHIPPED = ("arm64-coral", "jetson-orin", "rpi5-hailo8", "x86_64-cpu", "x86_64-in
 
 @pytest.fixture(scope="module")
 def example_images() -> Path:
-    done = subprocess.run([str(EXAMPLE / "make-images.sh")], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHON": sys.executable}, check=False)
-    if done.returncode != 0:
-        pytest.fail(f"make-images.sh failed: {done.stderr[-2000:]}")
-    return EXAMPLE / "build" / "images" / "vision-app"
+    return make_example_images(sys.executable)
 
 
 def sealift(*args: str) -> subprocess.CompletedProcess[str]:

@@ -5,8 +5,6 @@ remembered."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import time
 import urllib.error
@@ -18,7 +16,7 @@ import pytest
 from bundler.build import BuildOptions, build_bundles, select_profiles
 from bundler.profiles import builtin_profile_dir, load_profiles
 from bundler.spec import load_spec
-from tests.builders import signed
+from tests.builders import make_example_images, signed
 from tests.realparts import DockerEngine
 from updater.errors import UpdaterError
 from updater.install import Installer
@@ -30,11 +28,9 @@ CPU = load_profiles([builtin_profile_dir()])["x86_64-cpu"]
 
 
 @pytest.fixture(scope="module")
-def releases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    done = subprocess.run([str(EXAMPLE / "make-images.sh")], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHON": sys.executable}, check=False)
-    if done.returncode != 0:
-        pytest.fail(f"make-images.sh failed: {done.stderr[-2000:]}")
+def example_app(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The example's own releases: sealift.yaml (1.0.0) and sealift-broken.yaml (1.0.1), signed."""
+    make_example_images(sys.executable)
     out = tmp_path_factory.mktemp("releases")
     built = {}
     for name in ("sealift.yaml", "sealift-broken.yaml"):
@@ -67,21 +63,21 @@ def serving(deadline: float = 30) -> int:
 
 
 @pytest.mark.docker
-def test_install_commits_a_healthy_release_and_rolls_back_a_broken_one(releases: dict[str, Path], docker_engine: DockerEngine,
+def test_install_commits_a_healthy_release_and_rolls_back_a_broken_one(example_app: dict[str, Path], docker_engine: DockerEngine,
                                                                        tmp_path: Path) -> None:
     state_dir = tmp_path / "device"
-    TrustStore(state_dir).init(releases["root"])
+    TrustStore(state_dir).init(example_app["root"])
     lines: list[str] = []
     installer = Installer(state_dir=state_dir, client=docker_engine.client, profile=CPU, log=lines.append)
     try:
-        good = installer.install(releases["1.0.0"])
+        good = installer.install(example_app["1.0.0"])
         assert good.committed and good.release.slot == "a"
         assert [line.split("]")[0] for line in lines] == [f"[{i}/7" for i in range(1, 8)]
         golden = (EXAMPLE / "golden/input.txt").read_bytes()
         status, body = answer("/infer", golden)
         assert status == 200 and json.loads(body)["label"] == json.loads((EXAMPLE / "golden/expected.json").read_text())["label"]
 
-        broken = installer.install(releases["1.0.1"])
+        broken = installer.install(example_app["1.0.1"])
         assert not broken.committed and broken.release.slot == "b"
         assert "failed" in broken.reason
         state = Slots(state_dir).load()
@@ -92,7 +88,7 @@ def test_install_commits_a_healthy_release_and_rolls_back_a_broken_one(releases:
         assert {c.labels["dev.sealift.slot"] for c in containers} == {"a"}
 
         with pytest.raises(UpdaterError, match="failed its health checks before"):
-            installer.install(releases["1.0.1"])
+            installer.install(example_app["1.0.1"])
     finally:
         for container in docker_engine.client.containers.list(all=True, filters={"label": "dev.sealift.app=vision-app"}):
             container.remove(force=True)
