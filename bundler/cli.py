@@ -16,6 +16,7 @@ from bundler.build import BuildOptions, build_bundles, select_profiles, source_d
 from bundler.bundle import BundleInfo, check_bundle
 from bundler.errors import SealiftError
 from bundler.keys import ALGORITHMS, KeyStore, public_key_from_pem
+from bundler.medium import looks_like_medium
 from bundler.profiles import load_profiles, profile_search_path
 from bundler.progress import for_terminal
 from bundler.repo import ROLES, Policy, Repository, RolePolicy
@@ -133,6 +134,9 @@ def verify(bundles: tuple[Path, ...], trusted_root: Path | None, as_json: bool) 
     results: list[dict[str, Any]] = []
     failed = False
     for path in bundles:
+        if looks_like_medium(path):
+            failed |= _verify_medium(path, trusted_root, as_json, results)
+            continue
         try:
             if trusted_root is not None:
                 _verify_signed(path, trusted_root)
@@ -153,6 +157,51 @@ def verify(bundles: tuple[Path, ...], trusted_root: Path | None, as_json: bool) 
         click.echo(json.dumps(results, indent=2))
     if failed:
         sys.exit(1)
+
+
+def _verify_medium(path: Path, trusted_root: Path | None, as_json: bool, results: list[dict[str, Any]]) -> bool:
+    """Check a medium end to end; with ``trusted_root``, also each complete bundle's signatures. True if it failed."""
+    from bundler.medium import MediumReport, check_medium
+
+    progress = for_terminal(quiet=as_json)
+    try:
+        report = check_medium(path, progress=progress)
+    except SealiftError as e:  # not even readable as a medium: truncated, or its manifest is damaged
+        report = MediumReport(location=str(path), problems=[e.diagnostics()])
+    finally:
+        progress.close()
+    if trusted_root is not None and not report.problems:
+        report.problems += _medium_signatures(path, trusted_root)
+    results.append(report.to_json())
+    if not as_json:
+        for problem in report.problems:
+            click.echo(f"FAILED {path}: {problem}", err=True)
+        if not report.problems:
+            for b in report.bundles:
+                kind = f"delta on {b.base['version']}" if b.base else "complete"
+                click.echo(f"ok {path}  {b.name} {b.version} ({b.profile}, {kind})  {b.top.digest}")
+    return bool(report.problems)
+
+
+def _medium_signatures(path: Path, root: Path) -> list[str]:
+    """Each bundle of the medium is a signed target (checked with the medium's tuf/ folder)."""
+    import tempfile
+
+    from bundler.layout import open_layout
+    from bundler.medium import read_medium
+    from updater.trust import TrustStore
+    from updater.verify import check_signed_target
+
+    problems = []
+    with open_layout(path, strict=False) as reader, tempfile.TemporaryDirectory(prefix="sealift-verify-") as state:
+        store = TrustStore(Path(state))
+        store.init(root)
+        for b in read_medium(reader):
+            try:
+                check_signed_target(reader, b.top.digest, trust=store)
+            except SealiftError as e:
+                problems.append(f"{b.name} {b.version} ({b.profile}): {e.diagnostics()}")
+    return problems
 
 
 def _verify_signed(bundle: Path, root: Path) -> None:
@@ -338,6 +387,134 @@ def repo_rotate(directory: Path, role: str, keydir: Path, revoke: tuple[str, ...
         click.echo(json.dumps({"role": role, "revoked": removed}))
     else:
         click.echo(f"{role}: replaced {len(removed)} key(s): {', '.join(k[:16] for k in removed)}")
+
+
+_plain_http_option = click.option(
+    "--plain-http", is_flag=True, help="Talk to the registry over plain HTTP (a site registry without TLS); TLS otherwise.")
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("target", metavar="REGISTRY/REPO[:TAG]")
+@_plain_http_option
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@reports_errors
+def push(bundle: Path, target: str, plain_http: bool, as_json: bool) -> None:
+    """Push BUNDLE to a registry, with the signed metadata in its tuf/ folder.
+
+    The bundle is verified first. Its blobs, manifests and top index keep their digests; only
+    blobs the registry lacks are sent. The tag defaults to PROFILE-VERSION. Credentials come from
+    the Docker config (`docker login`, DOCKER_CONFIG).
+    """
+    from bundler.publish import push as push_bundle
+
+    progress = for_terminal(quiet=as_json)
+    try:
+        result = push_bundle(bundle, target, plain_http=plain_http, progress=progress)
+    finally:
+        progress.close()
+    _print_transfer(result, as_json, "pushed")
+
+
+@cli.command()
+@click.argument("reference", metavar="REGISTRY/REPO:TAG|@DIGEST")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="Directory to write the bundle into (an interrupted pull into it resumes).")
+@_plain_http_option
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@reports_errors
+def pull(reference: str, out: Path, plain_http: bool, as_json: bool) -> None:
+    """Download a bundle and its signed metadata from a registry into an OCI layout directory.
+
+    The result is verified like any bundle before the command succeeds.
+    """
+    from bundler.publish import pull as pull_bundle
+
+    progress = for_terminal(quiet=as_json)
+    try:
+        result = pull_bundle(reference, out, plain_http=plain_http, progress=progress)
+    finally:
+        progress.close()
+    _print_transfer(result, as_json, "pulled")
+
+
+@cli.command()
+@click.argument("bundles", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--to", "to", required=True, type=click.Path(path_type=Path),
+              help="The medium: a new (or empty) directory, or a new FILE.tar.")
+@click.option("--base", "bases", multiple=True, metavar="BUNDLE|REGISTRY/REPO:TAG",
+              help="Make a delta: leave out the blobs this base bundle (same name and profile) already has. Repeatable.")
+@_plain_http_option
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@reports_errors
+def export(bundles: tuple[Path, ...], to: Path, bases: tuple[str, ...], plain_http: bool, as_json: bool) -> None:
+    """Write BUNDLES to removable media for a site that never connects.
+
+    The medium holds the OCI layout, the signed metadata, SHA256SUMS and a README.txt for the
+    site operator. With --base it is a delta holding only what the base version lacks; a device
+    without that base refuses it before changing anything. Check the medium with
+    `sealift verify` before it travels.
+    """
+    from bundler.medium import export as export_medium
+
+    progress = for_terminal(quiet=as_json)
+    try:
+        report = export_medium(list(bundles), to, bases=bases, plain_http=plain_http, progress=progress)
+    finally:
+        progress.close()
+    if as_json:
+        click.echo(json.dumps({"ok": True, **report.to_json(), **report.moved.to_json()}, indent=2))
+        return
+    for b in report.bundles:
+        kind = f"delta on {b.base['version']}, {b.blobs_from_base} blobs left to the base" if b.base else "complete"
+        click.echo(f"exported {b.name} {b.version} ({b.profile}, {kind})  {b.top.digest}")
+    click.echo(f"wrote {report.moved.blobs_sent} blobs ({_size(report.moved.bytes_sent)}) to {to}")
+
+
+@cli.group()
+def mirror() -> None:
+    """Keep site registries (mirrors) supplied with bundles and their signed metadata."""
+
+
+@mirror.command("sync")
+@click.option("--from", "origin", required=True, metavar="REGISTRY/REPO[:TAG]",
+              help="Where to copy from: a repository (every bundle in it) or one tagged bundle.")
+@click.option("--to", "target", required=True, metavar="REGISTRY[/REPO]",
+              help="The mirror; the repository defaults to the source's.")
+@click.option("--profile", "profiles", multiple=True, metavar="NAME", help="Copy only bundles for this profile (repeatable).")
+@click.option("--plain-http", is_flag=True, help="Talk to both registries over plain HTTP.")
+@click.option("--plain-http-from", is_flag=True, help="Talk to the source over plain HTTP.")
+@click.option("--plain-http-to", is_flag=True, help="Talk to the mirror over plain HTTP.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@reports_errors
+def mirror_sync(origin: str, target: str, profiles: tuple[str, ...], plain_http: bool, plain_http_from: bool,
+                plain_http_to: bool, as_json: bool) -> None:
+    """Copy what a site needs into its registry: the bundles (of --profile) and the signed metadata.
+
+    Only blobs the mirror lacks are sent, so an interrupted sync resumes where it stopped and a
+    blob crosses each hop once. Chain syncs hop by hop (origin, DMZ mirror, OT mirror) where each
+    network reaches only the next.
+    """
+    from bundler.publish import mirror_sync as sync
+
+    progress = for_terminal(quiet=as_json)
+    try:
+        result = sync(origin, target, profiles=profiles, plain_http_from=plain_http or plain_http_from,
+                      plain_http_to=plain_http or plain_http_to, progress=progress)
+    finally:
+        progress.close()
+    _print_transfer(result, as_json, "synced")
+
+
+def _print_transfer(result: Any, as_json: bool, verb: str) -> None:
+    if as_json:
+        click.echo(json.dumps({"ok": True, **result.to_json()}, indent=2))
+        return
+    for b in result.bundles:
+        click.echo(f"{verb} {b.get('name')} {b.get('version')} ({b.get('profile')})  {b['digest']}  to {result.destination}")
+    moved = result.moved
+    click.echo(f"sent {moved.blobs_sent} blobs ({_size(moved.bytes_sent)}), {moved.blobs_present} already there "
+               f"({_size(moved.bytes_present)}); {len(result.metadata)} metadata files published")
 
 
 def _print_table(info: BundleInfo) -> None:

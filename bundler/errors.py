@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "BundleError",
+    "DeliveryError",
     "OutputError",
     "RepositoryError",
     "SealiftError",
@@ -48,3 +49,7 @@ class SigningError(SealiftError):
 
 class RepositoryError(SealiftError):
     """The TUF repository refuses a change: an older version, a damaged or unsigned metadata file."""
+
+
+class DeliveryError(SealiftError):
+    """A registry, mirror or medium cannot deliver: unreachable, refused, incomplete or not matching."""

@@ -26,8 +26,12 @@ __all__ = [
     "CHUNK",
     "LAYOUT_VERSION",
     "MAX_JSON_BYTES",
+    "MEDIUM_FILE",
+    "MEDIUM_FILES",
     "METADATA_DIR",
     "METADATA_NAME",
+    "NOTE_FILE",
+    "SUMS_FILE",
     "Descriptor",
     "LayoutReader",
     "canonical_json",
@@ -287,6 +291,9 @@ class _DirReader:
 
 _TAR_DIRS = {"blobs", "blobs/sha256", "tuf"}
 _TAR_FILES = {"oci-layout", "index.json"}
+# beside the layout on a medium (see bundler.medium): what it holds, checksums of every file, a note for people
+MEDIUM_FILE, SUMS_FILE, NOTE_FILE = "sealift-medium.json", "SHA256SUMS", "README.txt"
+MEDIUM_FILES = frozenset({MEDIUM_FILE, SUMS_FILE, NOTE_FILE})
 MAX_TAR_MEMBERS = 20_000  # a member costs about 1 KiB of memory; bundles have a few hundred
 MAX_TAR_EXTENSION = 64 << 10  # pax and GNU long-name headers are read whole by tarfile
 _EXTENSION_TYPES = {tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK}
@@ -330,7 +337,8 @@ class _TarReader:
                 name = info.name.removeprefix("./").rstrip("/")
                 if info.isdir() and name in (*_TAR_DIRS, "", "."):
                     continue
-                if not info.isreg() or not (name in _TAR_FILES or _BLOB_NAME.fullmatch(name) or _TAR_METADATA.fullmatch(name)):
+                known = name in _TAR_FILES or _BLOB_NAME.fullmatch(name) or _TAR_METADATA.fullmatch(name)
+                if not info.isreg() or not (known or (not self.strict and name in MEDIUM_FILES)):
                     if not self.strict:
                         continue
                     kind = "entry" if info.isreg() else "link or special entry"

@@ -1,44 +1,109 @@
-"""Reading images from an OCI registry, through oras-py's authenticated session.
+"""Talking to one repository of an OCI registry, through oras-py's authenticated session.
+
+:class:`RegistryClient` makes the distribution API calls Sealift needs (manifests as raw bytes,
+streamed blobs with ranges, monolithic streamed uploads, tags), on oras-py's session and
+credential handling (the Docker ``config.json``, ``DOCKER_CONFIG`` honoured). Transport faults
+and 5xx answers are retried with jittered, growing delays; every other fault is one clear
+error. TLS is on unless the caller asks for plain HTTP. :class:`RegistrySource` reads build
+inputs (``docker://`` images) with it.
 
 Manifests are fetched as raw bytes (a parsed and re-serialised manifest would change its
-digest) and checked against the digest the registry reports or the reference names; blobs are
-streamed. TLS is on unless the caller asks for plain HTTP.
+digest) and checked against the digest the reference names or the registry reports.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import random
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import IO, Any
 
+import oras.auth
 import oras.container
 import oras.provider
 import requests
 from requests.adapters import HTTPAdapter
 
 from bundler.bundle import MEDIA
-from bundler.errors import SourceError
+from bundler.errors import SealiftError, SourceError
 from bundler.layout import MAX_JSON_BYTES, Descriptor
 from bundler.profiles import Platform
 from bundler.sources import ResolvedImage, check_config_platform, parse_manifest, select_platform, verified
 
-__all__ = ["RegistrySource"]
+__all__ = ["ACCEPT_MANIFESTS", "Reference", "RegistryClient", "RegistrySource", "Retry", "parse_reference"]
 
-_ACCEPT = ", ".join((MEDIA.INDEX, MEDIA.DOCKER_LIST, MEDIA.MANIFEST, MEDIA.DOCKER_MANIFEST))
+ACCEPT_MANIFESTS = ", ".join((MEDIA.INDEX, MEDIA.DOCKER_LIST, MEDIA.MANIFEST, MEDIA.DOCKER_MANIFEST))
 _DIGEST_REF = re.compile(r"sha256:[0-9a-f]{64}")
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 _TIMEOUT = (10.0, 60.0)  # seconds to connect, and between bytes received
-_RETRY_DELAYS = (0.5, 2.0)  # then give up: a build should fail fast, not wait minutes
 # oras-py retries every failure with delays growing to minutes; call the undecorated request
-# (auth handling included) and retry transport errors here, briefly.
+# (auth handling included) and retry transport errors here, on the caller's schedule.
 _REQUEST_ONCE = getattr(oras.provider.Registry.do_request, "__wrapped__", oras.provider.Registry.do_request)
+_REASONS = {401: "not authorised: check the credentials in the Docker config", 403: "forbidden", 404: "not found",
+            429: "too many requests"}
+
+
+@dataclass(frozen=True)
+class Retry:
+    """How long to keep trying a registry that does not answer: the delays between attempts,
+    each stretched or shrunk at random by up to ``jitter`` so that many devices do not retry in step."""
+
+    delays: Sequence[float] = (0.5, 2.0)
+    jitter: float = 0.5
+
+    def waits(self) -> Iterator[float | None]:
+        for delay in self.delays:
+            yield delay * random.uniform(1 - self.jitter, 1 + self.jitter)
+        yield None
+
+
+BUILD_RETRY = Retry()  # a build should fail fast, not wait minutes
+
+
+@dataclass(frozen=True)
+class Reference:
+    """``HOST[:PORT]/REPO[:TAG|@DIGEST]``, parsed."""
+
+    host: str
+    repository: str
+    tag: str | None = None
+    digest: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.host}/{self.repository}"
+
+    def __str__(self) -> str:
+        return self.name + (f"@{self.digest}" if self.digest else f":{self.tag}" if self.tag else "")
+
+
+def parse_reference(text: str, *, what: str = "registry reference", error: type[SealiftError] = SourceError) -> Reference:
+    """Parse ``HOST[:PORT]/REPO[:TAG|@DIGEST]``; the host must look like one (a dot, a port or localhost)."""
+    host, slash, rest = text.removeprefix("docker://").partition("/")
+    if not slash or not rest or not ("." in host or ":" in host or host == "localhost"):
+        raise error(f"{what} {text!r}: expected HOST[:PORT]/REPO[:TAG|@DIGEST], e.g. registry.example.com/vision-app")
+    repository, at, digest = rest.partition("@")
+    tag = None
+    if not at:
+        repository, colon, tag_text = repository.rpartition(":") if ":" in repository else (repository, "", "")
+        tag = tag_text if colon else None
+    if at and not _DIGEST_REF.fullmatch(digest):
+        raise error(f"{what} {text!r}: {digest!r} is not a sha256 digest")
+    if tag is not None and not _TAG.fullmatch(tag):
+        raise error(f"{what} {text!r}: {tag!r} is not a valid tag")
+    if not re.fullmatch(r"[a-z0-9]+(?:[._-]+[a-z0-9]+)*(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*", repository):
+        raise error(f"{what} {text!r}: {repository!r} is not a valid repository name (lower case, digits, . _ - and /)")
+    return Reference(host=host, repository=repository, tag=tag, digest=digest if at else None)
 
 
 class _TimeoutAdapter(HTTPAdapter):
-    """requests has no session-wide timeout; a registry that stops answering must not hang a build."""
+    """requests has no session-wide timeout; a registry that stops answering must not hang us."""
 
     def send(  # type: ignore[override]
         self, request: requests.PreparedRequest, timeout: Any = None, **kwargs: Any
@@ -46,78 +111,227 @@ class _TimeoutAdapter(HTTPAdapter):
         return super().send(request, timeout=timeout or _TIMEOUT, **kwargs)
 
 
-class RegistrySource:
-    """``docker://HOST/REPO[:TAG|@DIGEST]``."""
+class _Transient(Exception):
+    """A failure worth another attempt: the network, or a registry answering 5xx or 429."""
 
-    def __init__(self, reference: str, name: str, *, plain_http: bool) -> None:
-        self.reference = reference
-        host = name.partition("/")[0]
-        if "/" not in name or not ("." in host or ":" in host or host == "localhost"):
-            raise SourceError(f"image {reference}: expected docker://HOST[:PORT]/REPO[:TAG|@DIGEST]")
-        try:
-            self.container = oras.container.Container(name)
-        except ValueError as e:
-            raise SourceError(f"image {reference}: malformed reference ({e})") from e
-        self.registry = oras.provider.Registry(hostname=host, insecure=plain_http)
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class RegistryClient:
+    """One repository of one registry. ``what`` starts every error message; ``error`` is its class."""
+
+    def __init__(self, ref: Reference, *, plain_http: bool, what: str, error: type[SealiftError],
+                 retry: Retry = BUILD_RETRY) -> None:
+        self.ref = ref
+        self.what = what
+        self.error = error
+        self.retry = retry
+        self.scheme = "http" if plain_http else "https"
+        self.registry = oras.provider.Registry(hostname=ref.host, insecure=plain_http)
         for prefix in ("http://", "https://"):
             self.registry.session.mount(prefix, _TimeoutAdapter())
-        self.scheme = "http" if plain_http else "https"
+        self._authenticated = False
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def get_manifest(self, ref: str, *, accept: str = ACCEPT_MANIFESTS) -> tuple[bytes, str, str] | None:
+        """The manifest's bytes, media type and digest, or None if the registry has none by that name."""
+        response = self._request("GET", f"manifests/{ref}", headers={"Accept": accept}, missing_ok=True)
+        if response is None:
+            return None
+        with response:
+            body = response.raw.read(MAX_JSON_BYTES + 1, decode_content=True)
+        if len(body) > MAX_JSON_BYTES:
+            raise self.error(f"{self.what}: manifest {ref} is larger than {MAX_JSON_BYTES} bytes")
+        media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+        actual = f"sha256:{hashlib.sha256(body).hexdigest()}"
+        named = ref if _DIGEST_REF.fullmatch(ref) else response.headers.get("Docker-Content-Digest", actual)
+        if named != actual:
+            raise self.error(f"{self.what}: manifest {ref} does not match its digest {named} (got {actual}); refused")
+        return body, media_type, actual
+
+    def has_manifest(self, digest: str) -> bool:
+        return self._request("HEAD", f"manifests/{digest}", headers={"Accept": ACCEPT_MANIFESTS}, missing_ok=True,
+                             stream=False) is not None
+
+    def has_blob(self, digest: str) -> bool:
+        return self._request("HEAD", f"blobs/{digest}", missing_ok=True, stream=False) is not None
+
+    @contextmanager
+    def open_blob(self, digest: str, *, offset: int = 0) -> Iterator[IO[bytes]]:
+        """The blob's bytes from ``offset`` on (a ranged request when ``offset`` is not 0)."""
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        response = self._request("GET", f"blobs/{digest}", headers=headers)
+        with response:
+            if offset and response.status_code != 206:
+                raise self.error(f"{self.what}: the registry ignored a range request for blob {digest}")
+            yield response.raw
+
+    def tags(self) -> list[str]:
+        """Every tag of the repository (following the registry's pagination)."""
+        tags: list[str] = []
+        path = "tags/list?n=1000"
+        while path:
+            response = self._request("GET", path, missing_ok=True, stream=False)
+            if response is None:
+                return tags  # a repository that does not exist yet has no tags
+            try:
+                tags += [t for t in response.json().get("tags") or [] if isinstance(t, str)]
+            except (ValueError, AttributeError) as e:
+                raise self.error(f"{self.what}: the registry's tag list is not valid JSON") from e
+            following = response.links.get("next", {}).get("url", "")
+            path = following.split(f"/v2/{self.ref.repository}/", 1)[1] if f"/v2/{self.ref.repository}/" in following else ""
+        return tags
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def put_blob(self, blob: Descriptor, stream: IO[bytes]) -> None:
+        """Upload one blob in a single streamed request; the registry checks its digest."""
+        started = self._request("POST", "blobs/uploads/", headers={"Content-Length": "0"}, stream=False, ok=(202,))
+        location = started.headers.get("Location", "")
+        if not location:
+            raise self.error(f"{self.what}: the registry started an upload without saying where to send it")
+        if not location.startswith("http"):
+            location = f"{self.scheme}://{self.ref.host}{location}"
+        url = f"{location}{'&' if '?' in location else '?'}digest={blob.digest}"
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(blob.size), **self._auth_header()}
+        try:
+            response = self.registry.session.request("PUT", url, data=stream, headers=headers, verify=self.registry._tls_verify)
+        except requests.RequestException as e:
+            raise self.error(f"{self.what}: upload of blob {blob.digest} failed ({_reason(e)})") from e
+        with response:
+            if response.status_code == 400 and "DIGEST_INVALID" in response.text:
+                raise self.error(f"{self.what}: blob {blob.digest} does not match its digest; the registry refused it")
+            if response.status_code != 201:
+                raise self.error(f"{self.what}: the registry answered {response.status_code} to the upload of blob "
+                                 f"{blob.digest}{_error_text(response)}")
+
+    def put_manifest(self, ref: str, body: bytes, media_type: str) -> None:
+        self._request("PUT", f"manifests/{ref}", headers={"Content-Type": media_type}, data=body, stream=False, ok=(201,))
+
+    # -- the one request path ----------------------------------------------------------------
+
+    def _auth_header(self) -> dict[str, str]:
+        """The credentials the last authenticated request used, for a request that cannot be replayed."""
+        header = self.registry.auth.get_auth_header() if self._authenticated else None
+        return dict(header) if isinstance(header, dict) else {}
+
+    def _request(self, method: str, path: str, *, headers: dict[str, str] | None = None, data: bytes | None = None,
+                 stream: bool = True, missing_ok: bool = False, ok: tuple[int, ...] = (200, 206)) -> Any:
+        url = path if path.startswith("http") else f"{self.scheme}://{self.ref.host}/v2/{self.ref.repository}/{path}"
+        waits = self.retry.waits()
+        while True:
+            try:
+                response = self._attempt(method, url, headers or {}, data, stream)
+                if response.status_code >= 500 or response.status_code == 429:
+                    response.close()
+                    raise _Transient(f"the registry answered {response.status_code}")
+                break
+            except _Transient as e:
+                wait = next(waits)
+                if wait is None:
+                    raise self.error(f"{self.what}: cannot reach {self.ref.host} ({e.reason}); gave up after "
+                                     f"{len(self.retry.delays) + 1} attempts") from None
+                time.sleep(wait)
+        if response.status_code == 404 and missing_ok:
+            response.close()
+            return None
+        if response.status_code not in ok:
+            detail = _error_text(response)
+            response.close()
+            reason = _REASONS.get(response.status_code, "refused")
+            raise self.error(f"{self.what}: the registry answered {response.status_code} ({reason}) to {method} "
+                             f"{path.split('?')[0]}{detail}")
+        return response
+
+    def _attempt(self, method: str, url: str, headers: dict[str, str], data: bytes | None, stream: bool) -> Any:
+        self._load_credentials()
+        if isinstance(self.registry.auth, oras.auth.BasicAuth):
+            headers = {**headers, **self.registry.auth.get_auth_header()}
+        try:
+            response = _REQUEST_ONCE(self.registry, url, method, headers=dict(headers), data=data, stream=stream)
+        except requests.exceptions.SSLError as e:
+            raise self.error(f"{self.what}: cannot reach {self.ref.host} ({_reason(e)})") from e
+        except (requests.ConnectionError, requests.Timeout) as e:
+            raise _Transient(_reason(e)) from e
+        except ValueError as e:  # oras-py: a 401 it could not answer (no or wrong credentials)
+            raise self.error(f"{self.what}: {self.ref.host} asks for credentials that were not accepted "
+                             "(check `docker login` or the Docker config)") from e
+        except requests.RequestException as e:
+            raise self.error(f"{self.what}: cannot reach {self.ref.host} ({_reason(e)})") from e
+        if response.status_code == 401 and "basic" in response.headers.get("Www-Authenticate", "").lower()[:6] \
+                and not isinstance(self.registry.auth, oras.auth.BasicAuth):
+            response.close()  # a registry with plain basic auth (htpasswd): oras-py's basic backend answers it
+            self._use_basic_auth()
+            return self._attempt(method, url, headers, data, stream)
+        if response.status_code not in (401, 403):
+            self._authenticated = self._authenticated or "Authorization" in (response.request.headers or {})
+        return response
+
+    def _load_credentials(self) -> None:
+        if getattr(self, "_credentials_loaded", False):
+            return
+        self._credentials_loaded = True
+        configs = [os.path.join(os.environ["DOCKER_CONFIG"], "config.json")] if os.environ.get("DOCKER_CONFIG") else None
+        if configs and not os.path.exists(configs[0]):
+            configs = None
+        self.registry.auth.load_configs(oras.container.Container(self.ref.name), configs=configs)
+
+    def _use_basic_auth(self) -> None:
+        loaded = self.registry.auth
+        basic = oras.auth.get_auth_backend("basic", self.registry.session, self.scheme == "http",
+                                           tls_verify=self.registry._tls_verify)
+        basic._auth_config = loaded._auth_config
+        credential = getattr(loaded, "_basic_auth", None)
+        if not credential:
+            raise self.error(f"{self.what}: {self.ref.host} asks for a user name and password, and the Docker config "
+                             "has none for it (`docker login` it)")
+        basic._basic_auth = credential
+        self.registry.auth = basic
+
+    def close(self) -> None:
+        self.registry.session.close()
+
+
+class RegistrySource:
+    """``docker://HOST/REPO[:TAG|@DIGEST]``: an image to build from."""
+
+    def __init__(self, reference: str, *, plain_http: bool) -> None:
+        self.reference = reference
+        ref = parse_reference(reference, what="image")
+        self.client = RegistryClient(ref, plain_http=plain_http, what=f"image {reference}", error=SourceError)
 
     def resolve(self, platform: Platform) -> ResolvedImage:
-        tag_or_digest = self.container.digest or self.container.tag
-        body, media_type, digest = self._get_manifest(tag_or_digest)
+        tag_or_digest = self.client.ref.digest or self.client.ref.tag or "latest"
+        body, media_type, digest = self._manifest(tag_or_digest)
         entry = Descriptor(media_type=media_type, digest=digest, size=len(body))
         if media_type in (MEDIA.INDEX, MEDIA.DOCKER_LIST):
             entry = select_platform(self.reference, _json(body, self.reference), platform)
-            body, media_type, _ = self._get_manifest(entry.digest)
+            body, media_type, _ = self._manifest(entry.digest)
             verified(self.reference, body, entry)
         image = parse_manifest(self.reference, body, entry)
         with self.open_blob(image.config) as stream:
             check_config_platform(self.reference, verified(self.reference, stream.read(image.config.size + 1), image.config), platform)
         return image
 
-    def _get_manifest(self, ref: str) -> tuple[bytes, str, str]:
-        url = f"{self.scheme}://{self.container.registry}/v2/{self.container.api_prefix}/manifests/{ref}"
-        response = self._request(url, headers={"Accept": _ACCEPT})
-        with response:
-            body = response.raw.read(MAX_JSON_BYTES + 1, decode_content=True)
-        if len(body) > MAX_JSON_BYTES:
-            raise SourceError(f"image {self.reference}: manifest is larger than {MAX_JSON_BYTES} bytes")
-        media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
-        named = ref if _DIGEST_REF.fullmatch(ref) else response.headers.get("Docker-Content-Digest", "")
-        digest = named or f"sha256:{hashlib.sha256(body).hexdigest()}"
-        verified(self.reference, body, Descriptor(media_type=media_type, digest=digest, size=len(body)))
-        return body, media_type, digest
+    def _manifest(self, ref: str) -> tuple[bytes, str, str]:
+        found = self.client.get_manifest(ref)
+        if found is None:
+            raise SourceError(f"image {self.reference}: the registry has no manifest {ref}")
+        return found
 
     @contextmanager
     def open_blob(self, blob: Descriptor) -> Iterator[IO[bytes]]:
-        url = f"{self.scheme}://{self.container.get_blob_url(blob.digest)}"
-        response = self._request(url, stream=True)
-        with response:
-            yield response.raw
+        with self.client.open_blob(blob.digest) as stream:
+            yield stream
 
     def locate_blob(self, blob: Descriptor) -> None:
         return None
 
-    def _request(self, url: str, *, headers: dict[str, str] | None = None, stream: bool = True) -> Any:
-        for delay in (*_RETRY_DELAYS, None):
-            try:
-                response = _REQUEST_ONCE(self.registry, url, "GET", headers=dict(headers or {}), stream=stream)
-                break
-            except (requests.ConnectionError, requests.Timeout) as e:
-                if delay is None or isinstance(e, requests.exceptions.SSLError):
-                    raise SourceError(f"image {self.reference}: cannot reach {self.container.registry} ({_reason(e)})") from e
-                time.sleep(delay)
-            except requests.RequestException as e:
-                raise SourceError(f"image {self.reference}: cannot reach {self.container.registry} ({_reason(e)})") from e
-        if response.status_code != 200:
-            response.close()
-            reason = {401: "not authorised", 403: "forbidden", 404: "not found"}.get(response.status_code, "refused")
-            raise SourceError(f"image {self.reference}: registry answered {response.status_code} ({reason}) for {url}")
-        return response
-
     def close(self) -> None:
-        self.registry.session.close()
+        self.client.close()
 
 
 def _reason(error: Exception) -> str:
@@ -130,6 +344,16 @@ def _reason(error: Exception) -> str:
     return type(error).__name__
 
 
+def _error_text(response: Any) -> str:
+    """The first error message an OCI registry put in its answer, if any."""
+    try:
+        errors = response.json().get("errors") or []
+        message = errors[0].get("message") if errors and isinstance(errors[0], dict) else None
+    except (ValueError, AttributeError, requests.RequestException):
+        return ""
+    return f": {str(message)[:200]}" if message else ""
+
+
 def _json(body: bytes, reference: str) -> dict[str, Any]:
     try:
         data = json.loads(body)
@@ -138,3 +362,4 @@ def _json(body: bytes, reference: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise SourceError(f"image {reference}: manifest is not a JSON object")
     return data
+

@@ -79,7 +79,7 @@ def open_image_source(reference: str, *, base: Path, work: Path, plain_http: boo
     elif transport == "docker" and rest.startswith("//"):
         from bundler.registry import RegistrySource
 
-        source = RegistrySource(reference, rest[2:], plain_http=plain_http)
+        source = RegistrySource(reference, plain_http=plain_http)
     else:
         raise SourceError(
             f"image {reference!r}: unknown transport {transport!r} "

@@ -28,7 +28,7 @@ from updater.errors import TrustError
 from updater.fetcher import BUNDLE_URL, BundleFetcher
 from updater.trust import TrustStore
 
-__all__ = ["verify_for_device"]
+__all__ = ["check_signed_target", "verify_for_device"]
 
 class _OfflineSigstoreKey(SigstoreKey):
     """A keyless (Sigstore) key as a device sees it: its signatures need Sigstore's online trust
@@ -69,6 +69,15 @@ def verify_for_device(path: Path, *, trust: TrustStore, profile: Profile | None)
     return info
 
 
+def check_signed_target(reader: LayoutReader, digest: str, *, trust: TrustStore) -> None:
+    """Check that the index ``digest`` in ``reader`` (a medium) is a target signed by the repository
+    whose metadata the medium carries, against ``trust``; the trusted state does not change."""
+    with trust.candidate() as metadata_dir:
+        name, index = _claimed_target(reader, digest)
+        target = _signed_target(Path(reader.location), reader, metadata_dir, name)
+        _check_target(Path(reader.location), name, target, index)
+
+
 def _fault(error: Exception) -> str:
     if isinstance(error, tuf_errors.BadVersionNumberError) and str(error).startswith("Expected"):
         # ngclient's words when a file's version is not the one the snapshot (or timestamp) names
@@ -76,11 +85,11 @@ def _fault(error: Exception) -> str:
     return next((text for kind, text in _TUF_FAULTS.items() if isinstance(error, kind)), "metadata that fails verification")
 
 
-def _claimed_target(reader: LayoutReader) -> tuple[str, bytes]:
-    """The target name the bundle claims to be, and its index bytes (checked against TUF next)."""
+def _claimed_target(reader: LayoutReader, digest: str | None = None) -> tuple[str, bytes]:
+    """The target name the bundle (or the index ``digest``) claims to be, and its index bytes (checked against TUF next)."""
     try:
-        entry = json.loads(reader.read_small("index.json"))["manifests"][0]
-        with reader.open_blob(entry["digest"]) as stream:
+        digest = digest or json.loads(reader.read_small("index.json"))["manifests"][0]["digest"]
+        with reader.open_blob(digest) as stream:
             index = stream.read(MAX_JSON_BYTES + 1)
         annotations = json.loads(index)["annotations"]
         name = f"{annotations[ANNOTATION.NAME]}/{annotations[ANNOTATION.PROFILE]}/{annotations[ANNOTATION.VERSION]}"

@@ -85,7 +85,7 @@ def test_multi_arch_registry_image_gives_each_profile_its_platform_manifest(tmp_
 
 @pytest.mark.registry
 @pytest.mark.parametrize(("reference", "plain_http", "message"), [
-    ("docker://{registry}/test/never-pushed:1", True, "registry answered 404 (not found)"),
+    ("docker://{registry}/test/never-pushed:1", True, "the registry has no manifest 1"),
     ("docker://127.0.0.1:9/test/app:1", True, "cannot reach 127.0.0.1:9"),
     ("docker://{registry}/test/never-pushed:1", False, "TLS handshake failed; use --plain-http"),
 ], ids=["unknown-tag", "nothing-listening", "tls-to-plain-http"])

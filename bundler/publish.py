@@ -1,0 +1,282 @@
+"""Delivering bundles through OCI registries: ``push``, ``pull`` and ``mirror sync``.
+
+A bundle keeps its digests everywhere: its blobs, its manifests and its top index are the same
+bytes in the build output, in every registry and on the device. A bundle is tagged
+``PROFILE-VERSION`` in its repository (``+`` becomes ``_``, which tags cannot hold), and its
+signed TUF metadata is published beside it (see :mod:`bundler.transfer`). Only the blobs a
+registry lacks are sent; a sync interrupted halfway sends, the next time, only what it had not
+finished. Metadata is published after the bundles it signs, ``timestamp.json`` last, and never
+replaced by an older version, so a device polling during a sync sees either the old release or
+the new one, never a half.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bundler.bundle import ANNOTATION, MEDIA, verify_bundle
+from bundler.errors import DeliveryError
+from bundler.layout import METADATA_NAME, Descriptor, open_layout
+from bundler.progress import Progress, QuietProgress
+from bundler.registry import RegistryClient, Retry, parse_reference
+from bundler.transfer import (
+    EMPTY_CONFIG,
+    METADATA_TAG_PREFIX,
+    TUF_ARTIFACT,
+    LayoutStore,
+    ReaderStore,
+    RegistryStore,
+    Transferred,
+    checked_json,
+    copy_graph,
+    metadata_manifest,
+    walk,
+)
+
+__all__ = [
+    "MAX_METADATA_BYTES",
+    "PublishResult",
+    "bundle_tag",
+    "connect",
+    "mirror_sync",
+    "publish_metadata",
+    "pull",
+    "push",
+    "read_metadata",
+]
+
+MAX_METADATA_BYTES = 16 << 20  # larger than any metadata file ngclient would accept
+
+
+@dataclass
+class PublishResult:
+    """What a push, pull or sync did."""
+
+    destination: str
+    bundles: list[dict[str, Any]] = field(default_factory=list)
+    metadata: list[str] = field(default_factory=list)
+    moved: Transferred = field(default_factory=Transferred)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"destination": self.destination, "bundles": self.bundles, "metadata_published": self.metadata,
+                **self.moved.to_json()}
+
+
+def bundle_tag(profile: str, version: str) -> str:
+    return f"{profile}-{version}".replace("+", "_")
+
+
+def connect(text: str, *, plain_http: bool, what: str, retry: Retry | None = None) -> RegistryClient:
+    ref = parse_reference(text, what=what, error=DeliveryError)
+    return RegistryClient(ref, plain_http=plain_http, what=f"{what} {ref.name}", error=DeliveryError,
+                          **({"retry": retry} if retry else {}))
+
+
+def push(bundle: Path, target: str, *, plain_http: bool, progress: Progress | None = None) -> PublishResult:
+    """Verify ``bundle``, then send what the registry lacks of it, and its signed metadata."""
+    progress = progress or QuietProgress()
+    progress.step(f"verify {bundle}")
+    info = verify_bundle(bundle, progress=progress.advance)
+    client = connect(target, plain_http=plain_http, what="registry")
+    if client.ref.digest:
+        raise DeliveryError(f"registry {target}: push to a tag, not a digest (the digest is the bundle's own)")
+    result = PublishResult(destination=client.ref.name)
+    with open_layout(bundle) as reader, _closing(client):
+        source = ReaderStore(reader)
+        top = Descriptor.from_json(json.loads(reader.read_small("index.json"))["manifests"][0], where=str(bundle))
+        graph = walk(top, source)
+        tag = client.ref.tag or bundle_tag(info.profile, info.version)
+        progress.step(f"push {info.name} {info.version} ({info.profile}) to {client.ref.name}:{tag}", total_bytes=graph.size)
+        result.moved = copy_graph(graph, source, RegistryStore(client), tag=tag, advance=progress.advance)
+        result.bundles.append({"name": info.name, "version": info.version, "profile": info.profile, "digest": top.digest,
+                               "tag": tag})
+        files = {name: _read_file(reader, name) for name in sorted(reader.metadata_names())}
+        progress.step(f"publish {len(files)} metadata files")
+        result.metadata = publish_metadata(client, files)
+    return result
+
+
+def pull(reference: str, out: Path, *, plain_http: bool, progress: Progress | None = None) -> PublishResult:
+    """Download a bundle and the signed metadata beside it into the layout directory ``out``.
+
+    Blobs already in ``out`` (an earlier, interrupted pull) are kept; a half-written blob is
+    resumed. ``index.json`` is written last, and the result is verified like any bundle.
+    """
+    progress = progress or QuietProgress()
+    client = connect(reference, plain_http=plain_http, what="registry")
+    if not (client.ref.tag or client.ref.digest):
+        raise DeliveryError(f"registry {reference}: name the bundle to pull with :TAG or @DIGEST")
+    if (out / "index.json").exists():
+        raise DeliveryError(f"{out}: already holds a complete layout; pull into a new directory")
+    result = PublishResult(destination=str(out))
+    with _closing(client):
+        source = RegistryStore(client)
+        found = client.get_manifest(client.ref.digest or client.ref.tag or "")
+        if found is None:
+            raise DeliveryError(f"registry {reference}: no such bundle")
+        body, media_type, digest = found
+        top = _bundle_descriptor(body, media_type, digest, str(client.ref))
+        graph = walk(top, source)
+        dest = LayoutStore(out)
+        dest.prepare()
+        progress.step(f"pull {client.ref} into {out}", total_bytes=graph.size)
+        result.moved = copy_graph(graph, source, dest, advance=progress.advance)
+        names = metadata_names(client)
+        progress.step(f"fetch {len(names)} metadata files")
+        dest.write_metadata({name: read_metadata(client, name) or b"" for name in names})
+        dest.finish([top])
+    progress.step(f"verify {out}")
+    info = verify_bundle(out, progress=progress.advance)
+    result.bundles.append({"name": info.name, "version": info.version, "profile": info.profile, "digest": info.digest})
+    result.metadata = names
+    return result
+
+
+def mirror_sync(origin: str, target: str, *, profiles: tuple[str, ...] = (), plain_http_from: bool = False,
+                plain_http_to: bool = False, progress: Progress | None = None) -> PublishResult:
+    """Copy the bundles a site needs (all, or those of ``profiles``) and the metadata into another registry."""
+    progress = progress or QuietProgress()
+    src = connect(origin, plain_http=plain_http_from, what="source registry")
+    dst_ref = parse_reference(target if "/" in target else f"{target}/{src.ref.repository}", what="mirror", error=DeliveryError)
+    if dst_ref.tag or dst_ref.digest:
+        raise DeliveryError(f"mirror {target}: name a repository (HOST[/REPO]), not a tag; tags are copied as they are")
+    dst = RegistryClient(dst_ref, plain_http=plain_http_to, what=f"mirror {dst_ref.name}", error=DeliveryError)
+    result = PublishResult(destination=dst_ref.name)
+    with _closing(src), _closing(dst):
+        tags = [src.ref.digest or src.ref.tag] if (src.ref.tag or src.ref.digest) else sorted(
+            t for t in src.tags() if not t.startswith(METADATA_TAG_PREFIX))
+        source, dest = RegistryStore(src), RegistryStore(dst)
+        for tag in tags:
+            assert tag is not None
+            found = src.get_manifest(tag)
+            if found is None:
+                raise DeliveryError(f"source registry {src.ref.name}: {tag} vanished during the sync")
+            top = _bundle_descriptor(*found, f"{src.ref.name}:{tag}")
+            annotations = top.annotations
+            if profiles and annotations.get(ANNOTATION.PROFILE) not in profiles:
+                continue
+            graph = walk(top, source)
+            progress.step(f"sync {tag} ({annotations.get(ANNOTATION.NAME)} {annotations.get(ANNOTATION.VERSION)})",
+                          total_bytes=graph.size)
+            copy_tag = None if src.ref.digest else tag
+            result.moved.add(copy_graph(graph, source, dest, tag=copy_tag, advance=progress.advance))
+            result.bundles.append({"tag": tag, "digest": top.digest, "name": annotations.get(ANNOTATION.NAME),
+                                   "version": annotations.get(ANNOTATION.VERSION),
+                                   "profile": annotations.get(ANNOTATION.PROFILE)})
+        names = metadata_names(src)
+        progress.step(f"sync {len(names)} metadata files")
+        files = {name: data for name in names if (data := read_metadata(src, name)) is not None}
+        result.metadata = publish_metadata(dst, files)
+    return result
+
+
+# --- signed metadata in a registry --------------------------------------------------------------
+
+
+def metadata_names(client: RegistryClient) -> list[str]:
+    names = [t.removeprefix(METADATA_TAG_PREFIX) for t in client.tags() if t.startswith(METADATA_TAG_PREFIX)]
+    return sorted(n for n in names if METADATA_NAME.fullmatch(n))
+
+
+def read_metadata(client: RegistryClient, name: str, *, limit: int = MAX_METADATA_BYTES) -> bytes | None:
+    """The metadata file ``name`` published in the repository, or None if it has none by that name.
+
+    Its bytes are checked against the digest its artifact names; whether they are trustworthy is
+    for TUF to decide.
+    """
+    found = client.get_manifest(METADATA_TAG_PREFIX + name, accept=MEDIA.MANIFEST)
+    if found is None:
+        return None
+    try:
+        manifest = json.loads(found[0])
+        layer = Descriptor.from_json(manifest["layers"][0], where=f"{client.what}: metadata {name}")
+    except (ValueError, KeyError, IndexError, TypeError) as e:
+        raise DeliveryError(f"{client.what}: the artifact of metadata {name} is malformed") from e
+    if manifest.get("artifactType") != TUF_ARTIFACT or layer.size > limit:
+        raise DeliveryError(f"{client.what}: tag {METADATA_TAG_PREFIX}{name} is not a metadata artifact of at most {limit} bytes")
+    with client.open_blob(layer.digest) as stream:
+        data = stream.read(layer.size + 1)
+    return checked_json(data, layer, f"{client.what}: metadata {name}")
+
+
+def publish_metadata(client: RegistryClient, files: dict[str, bytes]) -> list[str]:
+    """Publish metadata files; return the names written.
+
+    Versioned files (``3.snapshot.json``, ``2.root.json``) never change, so one already there is
+    left alone; ``timestamp.json`` (and any other unversioned file) is replaced only by a newer
+    version. Roots go first and the timestamp last, so readers never see a timestamp whose
+    snapshot is not there yet.
+    """
+    written: list[str] = []
+    for name in sorted(files, key=_publish_order):
+        data = files[name]
+        tag = METADATA_TAG_PREFIX + name
+        if name[0].isdigit():
+            if client.has_manifest(tag):
+                continue
+        else:
+            current = read_metadata(client, name)
+            if current is not None and _version(current) >= _version(data):
+                continue
+        blob = Descriptor(media_type=TUF_ARTIFACT, digest=_digest(data), size=len(data))
+        for part, body in ((EMPTY_CONFIG, b"{}"), (blob, data)):
+            if not client.has_blob(part.digest):
+                client.put_blob(part, io.BytesIO(body))
+        client.put_manifest(tag, metadata_manifest(name, blob), MEDIA.MANIFEST)
+        written.append(name)
+    return written
+
+
+def _publish_order(name: str) -> tuple[int, str]:
+    role = name.split(".")[-2]
+    return ({"root": 0, "timestamp": 3, "snapshot": 2}.get(role, 1), name)
+
+
+def _version(data: bytes) -> int:
+    try:
+        version = json.loads(data)["signed"]["version"]
+    except (ValueError, KeyError, TypeError):
+        return -1
+    return version if isinstance(version, int) else -1
+
+
+def _digest(data: bytes) -> str:
+    return f"sha256:{hashlib.sha256(data).hexdigest()}"
+
+
+def _bundle_descriptor(body: bytes, media_type: str, digest: str, where: str) -> Descriptor:
+    """The descriptor of a bundle's top index fetched from a registry, with its annotations."""
+    try:
+        data = json.loads(body)
+    except ValueError as e:
+        raise DeliveryError(f"{where}: the manifest is not valid JSON") from e
+    if not isinstance(data, dict) or data.get("artifactType") != MEDIA.BUNDLE or media_type != MEDIA.INDEX:
+        raise DeliveryError(f"{where}: not a Sealift bundle (expected an OCI index with artifactType {MEDIA.BUNDLE})")
+    annotations = data.get("annotations")
+    annotations = annotations if isinstance(annotations, dict) else {}
+    return Descriptor(media_type=MEDIA.INDEX, digest=digest, size=len(body), artifact_type=MEDIA.BUNDLE,
+                      annotations={k: v for k, v in annotations.items() if isinstance(v, str)})
+
+
+def _read_file(reader: Any, name: str) -> bytes:
+    with reader.open_metadata(name) as stream:
+        data: bytes = stream.read(MAX_METADATA_BYTES + 1)
+    if len(data) > MAX_METADATA_BYTES:
+        raise DeliveryError(f"{reader.location}: tuf/{name} is larger than {MAX_METADATA_BYTES} bytes")
+    return data
+
+
+@contextmanager
+def _closing(client: RegistryClient) -> Iterator[RegistryClient]:
+    try:
+        yield client
+    finally:
+        client.close()
+

@@ -1,0 +1,431 @@
+"""Moving bundles between places that hold OCI content: layouts on disk and registry repositories.
+
+A bundle is a graph: its top index names manifests, manifests name a config and layers. ``walk``
+reads the graph's small JSON nodes (each checked against its digest) and lists every blob once;
+``copy`` sends only the blobs the destination lacks, then the manifests children first and the
+top index last, so a reader of the destination never sees an index whose parts are missing.
+Blobs are streamed and their digests checked on the way; nothing that fails its digest is kept.
+
+Signed TUF metadata travels in a registry as small OCI artifacts in the bundle's repository,
+one per file, tagged ``tuf.NAME`` (``tuf.timestamp.json``, ``tuf.3.snapshot.json``): a device
+needs nothing but the registry address and its trusted root.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+from bundler.bundle import MEDIA
+from bundler.durable import fsync_dir
+from bundler.errors import BundleError, DeliveryError
+from bundler.layout import CHUNK, LAYOUT_VERSION, MAX_JSON_BYTES, METADATA_NAME, Descriptor, LayoutReader, canonical_json
+from bundler.registry import RegistryClient
+
+__all__ = [
+    "EMPTY_CONFIG",
+    "METADATA_TAG_PREFIX",
+    "TUF_ARTIFACT",
+    "Graph",
+    "LayoutStore",
+    "ReaderStore",
+    "RegistryStore",
+    "Store",
+    "Transferred",
+    "checked_json",
+    "copy_graph",
+    "metadata_manifest",
+    "walk",
+]
+
+METADATA_TAG_PREFIX = "tuf."
+TUF_ARTIFACT = "application/vnd.sealift.tuf.metadata.v1+json"
+EMPTY_CONFIG = Descriptor(media_type="application/vnd.oci.empty.v1+json", size=2,
+                          digest="sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a")
+_MANIFEST_TYPES = {MEDIA.MANIFEST, MEDIA.DOCKER_MANIFEST}
+_INDEX_TYPES = {MEDIA.INDEX, MEDIA.DOCKER_LIST}
+Advance = Callable[[int], None]
+
+
+class Store(Protocol):
+    """Somewhere OCI content lives."""
+
+    what: str
+
+    def has_blob(self, digest: str) -> bool: ...
+
+    def open_blob(self, digest: str, *, offset: int = 0) -> AbstractContextManager[IO[bytes]]: ...
+
+    def read_manifest(self, digest: str) -> bytes: ...
+
+    def has_manifest(self, digest: str) -> bool: ...
+
+    def put_blob(self, blob: Descriptor, source: Store, advance: Advance) -> None: ...
+
+    def put_manifest(self, manifest: Descriptor, body: bytes, *, tag: str | None = None) -> None: ...
+
+
+@dataclass
+class Graph:
+    """A bundle (or any OCI artifact): its top manifest, every manifest children first, every other blob once."""
+
+    top: Descriptor
+    manifests: list[tuple[Descriptor, bytes]] = field(default_factory=list)
+    blobs: list[Descriptor] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return sum(d.size for d in self.blobs) + sum(len(body) for _, body in self.manifests)
+
+
+@dataclass
+class Transferred:
+    """What one copy moved, and what it found already there."""
+
+    blobs_sent: int = 0
+    bytes_sent: int = 0
+    blobs_present: int = 0
+    bytes_present: int = 0
+
+    def add(self, other: Transferred) -> None:
+        self.blobs_sent += other.blobs_sent
+        self.bytes_sent += other.bytes_sent
+        self.blobs_present += other.blobs_present
+        self.bytes_present += other.bytes_present
+
+    def to_json(self) -> dict[str, int]:
+        return {"blobs_sent": self.blobs_sent, "bytes_sent": self.bytes_sent,
+                "blobs_present": self.blobs_present, "bytes_present": self.bytes_present}
+
+
+def walk(top: Descriptor, store: Store) -> Graph:
+    """Read the graph below ``top`` from ``store``; every manifest's digest and size are checked."""
+    graph = Graph(top=top)
+    seen_blobs: set[str] = set()
+    seen_manifests: set[str] = set()
+
+    def visit(node: Descriptor, depth: int) -> None:
+        if node.digest in seen_manifests:
+            return
+        if depth > 4:
+            raise DeliveryError(f"{store.what}: manifests nest deeper than a bundle does (at {node.digest})")
+        body = checked_json(store.read_manifest(node.digest), node, store.what)
+        data = _object(body, node, store.what)
+        media_type = data.get("mediaType", node.media_type)
+        if media_type in _INDEX_TYPES:
+            for child in _descriptors(data.get("manifests"), node, store.what):
+                visit(child, depth + 1)
+        elif media_type in _MANIFEST_TYPES:
+            for blob in (Descriptor.from_json(data.get("config"), where=f"{store.what}: manifest {node.digest}"),
+                         *_descriptors(data.get("layers"), node, store.what)):
+                if blob.digest not in seen_blobs:
+                    seen_blobs.add(blob.digest)
+                    graph.blobs.append(blob)
+        else:
+            raise DeliveryError(f"{store.what}: {node.digest} has media type {media_type!r}, not an OCI index or manifest")
+        seen_manifests.add(node.digest)
+        graph.manifests.append((node, body))
+
+    try:
+        visit(top, 0)
+    except BundleError as e:  # a malformed descriptor inside a manifest
+        raise DeliveryError(str(e)) from e
+    return graph
+
+
+def copy_graph(graph: Graph, source: Store, dest: Store, *, tag: str | None = None,
+               advance: Advance = lambda _: None) -> Transferred:
+    """Send what ``dest`` lacks of ``graph``: blobs first, then manifests children first, the top last."""
+    moved = Transferred()
+    for blob in graph.blobs:
+        if dest.has_blob(blob.digest):
+            moved.blobs_present += 1
+            moved.bytes_present += blob.size
+            advance(blob.size)
+            continue
+        dest.put_blob(blob, source, advance)
+        moved.blobs_sent += 1
+        moved.bytes_sent += blob.size
+    for manifest, body in graph.manifests:
+        top = manifest.digest == graph.top.digest
+        if (top and tag) or not dest.has_manifest(manifest.digest):
+            dest.put_manifest(manifest, body, tag=tag if top else None)
+            moved.bytes_sent += len(body)
+    return moved
+
+
+def checked_json(body: bytes, descriptor: Descriptor, what: str) -> bytes:
+    """``body`` if it is the manifest ``descriptor`` names, byte for byte."""
+    actual = f"sha256:{hashlib.sha256(body).hexdigest()}"
+    if actual != descriptor.digest or len(body) != descriptor.size:
+        raise DeliveryError(f"{what}: manifest {descriptor.digest} does not match its digest or size (got {actual}, "
+                            f"{len(body)} bytes); refused")
+    return body
+
+
+def metadata_manifest(name: str, blob: Descriptor) -> bytes:
+    """The OCI artifact manifest that carries one TUF metadata file in a registry."""
+    layer = Descriptor(media_type=TUF_ARTIFACT, digest=blob.digest, size=blob.size,
+                       annotations={"org.opencontainers.image.title": name})
+    return canonical_json({
+        "schemaVersion": 2,
+        "mediaType": MEDIA.MANIFEST,
+        "artifactType": TUF_ARTIFACT,
+        "config": {**EMPTY_CONFIG.to_json(), "data": "e30="},
+        "layers": [layer.to_json()],
+        "annotations": {"dev.sealift.tuf.name": name},
+    })
+
+
+def _object(body: bytes, node: Descriptor, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError) as e:
+        raise DeliveryError(f"{what}: manifest {node.digest} is not valid JSON") from e
+    if not isinstance(data, dict):
+        raise DeliveryError(f"{what}: manifest {node.digest} is not a JSON object")
+    return data
+
+
+def _descriptors(items: object, node: Descriptor, what: str) -> list[Descriptor]:
+    if not isinstance(items, list):
+        raise DeliveryError(f"{what}: manifest {node.digest} lacks its list of parts")
+    return [Descriptor.from_json(item, where=f"{what}: manifest {node.digest}") for item in items]
+
+
+# --- stores -------------------------------------------------------------------------------------
+
+
+class ReaderStore:
+    """A bundle or medium on disk, read-only (through the hardened layout reader)."""
+
+    def __init__(self, reader: LayoutReader) -> None:
+        self.reader = reader
+        self.what = reader.location
+        self.names = reader.blob_names()
+
+    def has_blob(self, digest: str) -> bool:
+        return digest in self.names
+
+    @contextmanager
+    def open_blob(self, digest: str, *, offset: int = 0) -> Iterator[IO[bytes]]:
+        with self.reader.open_blob(digest) as stream:
+            if offset:
+                _skip(stream, offset)
+            yield stream
+
+    def read_manifest(self, digest: str) -> bytes:
+        if digest not in self.names:
+            raise DeliveryError(f"{self.what}: manifest {digest} is missing")
+        with self.reader.open_blob(digest) as stream:
+            return stream.read(MAX_JSON_BYTES + 1)
+
+    def has_manifest(self, digest: str) -> bool:
+        return self.has_blob(digest)
+
+    def put_blob(self, blob: Descriptor, source: Store, advance: Advance) -> None:
+        raise DeliveryError(f"{self.what}: read-only")
+
+    def put_manifest(self, manifest: Descriptor, body: bytes, *, tag: str | None = None) -> None:
+        raise DeliveryError(f"{self.what}: read-only")
+
+
+class RegistryStore:
+    """A repository in a registry."""
+
+    def __init__(self, client: RegistryClient) -> None:
+        self.client = client
+        self.what = client.what
+
+    def has_blob(self, digest: str) -> bool:
+        return self.client.has_blob(digest)
+
+    def open_blob(self, digest: str, *, offset: int = 0) -> AbstractContextManager[IO[bytes]]:
+        return self.client.open_blob(digest, offset=offset)
+
+    def read_manifest(self, digest: str) -> bytes:
+        found = self.client.get_manifest(digest)
+        if found is None:
+            raise DeliveryError(f"{self.what}: manifest {digest} is missing from the registry")
+        return found[0]
+
+    def has_manifest(self, digest: str) -> bool:
+        return self.client.has_manifest(digest)
+
+    def put_blob(self, blob: Descriptor, source: Store, advance: Advance) -> None:
+        with source.open_blob(blob.digest) as stream:
+            checked = _Checked(stream, blob, source.what, advance)
+            self.client.put_blob(blob, checked)  # type: ignore[arg-type]
+            checked.finish()
+
+    def put_manifest(self, manifest: Descriptor, body: bytes, *, tag: str | None = None) -> None:
+        self.client.put_manifest(tag or manifest.digest, body, manifest.media_type)
+
+
+class LayoutStore:
+    """An OCI layout directory being written (a pulled bundle, a medium, the device's store).
+
+    A blob is written to ``blobs/sha256/.partial-HEX``, its digest checked, synced and renamed to
+    its name; an interrupted copy leaves the partial file, and the next copy resumes from its
+    end (with a ranged request where the source is a registry). ``index.json`` is written last.
+    """
+
+    def __init__(self, root: Path, *, what: str | None = None) -> None:
+        self.root = root
+        self.what = what or str(root)
+        self.blobs = root / "blobs" / "sha256"
+        self.manifests: dict[str, bytes] = {}
+
+    def prepare(self) -> None:
+        try:
+            self.blobs.mkdir(parents=True, exist_ok=True)
+            (self.root / "oci-layout").write_text(json.dumps({"imageLayoutVersion": LAYOUT_VERSION}))
+        except OSError as e:
+            raise DeliveryError(f"{self.what}: cannot write ({_why(e)})") from e
+
+    def path(self, digest: str) -> Path:
+        return self.blobs / digest.removeprefix("sha256:")
+
+    def has_blob(self, digest: str) -> bool:
+        return self.path(digest).is_file()
+
+    @contextmanager
+    def open_blob(self, digest: str, *, offset: int = 0) -> Iterator[IO[bytes]]:
+        try:
+            stream = open(self.path(digest), "rb")  # noqa: SIM115 (closed by the with below)
+        except OSError as e:
+            raise DeliveryError(f"{self.what}: blob {digest} cannot be read ({_why(e)})") from e
+        with stream:
+            stream.seek(offset)
+            yield stream
+
+    def read_manifest(self, digest: str) -> bytes:
+        with self.open_blob(digest) as stream:
+            return stream.read(MAX_JSON_BYTES + 1)
+
+    def has_manifest(self, digest: str) -> bool:
+        return self.has_blob(digest)
+
+    def put_blob(self, blob: Descriptor, source: Store, advance: Advance) -> None:
+        partial = self.blobs / f".partial-{blob.digest.removeprefix('sha256:')}"
+        try:
+            with open(partial, "ab+") as out:
+                out.seek(0)
+                sha = hashlib.sha256()
+                done = 0
+                while chunk := out.read(CHUNK):  # what an interrupted copy left: hashed, not fetched again
+                    sha.update(chunk)
+                    done += len(chunk)
+                if done > blob.size:
+                    out.truncate(0)
+                    sha, done = hashlib.sha256(), 0
+                advance(done)
+                with source.open_blob(blob.digest, offset=done) as stream:
+                    checked = _Checked(stream, blob, source.what, advance, sha=sha, done=done)
+                    while chunk := checked.read(CHUNK):
+                        out.write(chunk)
+                    checked.finish()
+                out.flush()
+                os.fsync(out.fileno())
+            os.rename(partial, self.path(blob.digest))
+        except DeliveryError:
+            partial.unlink(missing_ok=True)  # it failed its digest: keep nothing of it
+            raise
+        except OSError as e:
+            raise DeliveryError(f"{self.what}: cannot write blob {blob.digest} ({_why(e)})") from e
+
+    def link_blob(self, blob: Descriptor, existing: Path) -> bool:
+        """Take ``blob`` from another layout on the same file system (a hard link); False if it cannot."""
+        try:
+            if existing.stat().st_size != blob.size:
+                return False
+            os.link(existing, self.path(blob.digest))
+        except FileExistsError:
+            return True
+        except OSError:
+            return False
+        return True
+
+    def put_manifest(self, manifest: Descriptor, body: bytes, *, tag: str | None = None) -> None:
+        target = self.path(manifest.digest)
+        if target.is_file():
+            return
+        temp = self.blobs / f".partial-{manifest.digest.removeprefix('sha256:')}-{secrets.token_hex(4)}"
+        try:
+            temp.write_bytes(body)
+            os.rename(temp, target)
+        except OSError as e:
+            temp.unlink(missing_ok=True)
+            raise DeliveryError(f"{self.what}: cannot write manifest {manifest.digest} ({_why(e)})") from e
+
+    def finish(self, tops: list[Descriptor]) -> None:
+        """Write ``index.json`` naming ``tops``: from now on the layout is complete."""
+        try:
+            fsync_dir(self.blobs)
+            temp = self.root / f".index.json-{secrets.token_hex(4)}"
+            temp.write_bytes(canonical_json({"schemaVersion": 2, "mediaType": MEDIA.INDEX,
+                                             "manifests": [t.to_json() for t in tops]}))
+            os.rename(temp, self.root / "index.json")
+            fsync_dir(self.root)
+        except OSError as e:
+            raise DeliveryError(f"{self.what}: cannot write index.json ({_why(e)})") from e
+
+    def write_metadata(self, files: dict[str, bytes]) -> None:
+        """Put signed metadata files into the layout's ``tuf/`` folder."""
+        folder = self.root / "tuf"
+        try:
+            folder.mkdir(exist_ok=True)
+            for name, data in files.items():
+                if not METADATA_NAME.fullmatch(name):
+                    raise DeliveryError(f"{self.what}: {name[:80]!r} is not a metadata file name")
+                (folder / name).write_bytes(data)
+        except OSError as e:
+            raise DeliveryError(f"{self.what}: cannot write tuf/ ({_why(e)})") from e
+
+
+class _Checked:
+    """A stream read through: hashed and counted, refused if it runs long, checked at the end."""
+
+    def __init__(self, stream: IO[bytes], blob: Descriptor, what: str, advance: Advance,
+                 *, sha: Any = None, done: int = 0) -> None:
+        self.stream, self.blob, self.what, self.advance = stream, blob, what, advance
+        self.sha = sha or hashlib.sha256()
+        self.done = done
+
+    def read(self, n: int = CHUNK) -> bytes:
+        want = CHUNK if n is None or n < 0 else n
+        data = self.stream.read(min(want, self.blob.size + 1 - self.done))
+        self.sha.update(data)
+        self.done += len(data)
+        if self.done > self.blob.size:
+            raise DeliveryError(f"{self.what}: blob {self.blob.digest} is longer than its {self.blob.size} bytes; refused")
+        self.advance(len(data))
+        return data
+
+    def __len__(self) -> int:
+        return self.blob.size - self.done
+
+    def finish(self) -> None:
+        actual = f"sha256:{self.sha.hexdigest()}"
+        if self.done != self.blob.size or actual != self.blob.digest:
+            raise DeliveryError(f"{self.what}: blob {self.blob.digest} does not match its digest or size (got {actual}, "
+                                f"{self.done} of {self.blob.size} bytes); refused, nothing kept")
+
+
+def _skip(stream: IO[bytes], offset: int) -> None:
+    try:
+        stream.seek(offset)
+    except (OSError, ValueError):
+        while offset:
+            offset -= len(stream.read(min(CHUNK, offset)) or b"\0" * offset)
+
+
+def _why(error: OSError) -> str:
+    return "the disk is full" if error.errno == 28 else (error.strerror or str(error))
