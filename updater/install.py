@@ -25,6 +25,7 @@ from updater.images import load_images
 from updater.runtime import Runtime
 from updater.slots import DeviceState, Phase, Release, Slots
 from updater.stage import stage_release
+from updater.store import BundleStore
 from updater.trust import TrustStore
 from updater.verify import verify_for_device
 
@@ -46,23 +47,29 @@ class Installer:
     def __init__(self, *, state_dir: Path, client: Any, profile: Profile | None, log: Log = lambda _: None) -> None:
         self.slots = Slots(state_dir)
         self.trust = TrustStore(state_dir)
+        self.store = BundleStore(state_dir)
         self.runtime = Runtime(client)
         self.client = client
         self.profile = profile
         self.log = log
 
     def install(self, bundle: Path, *, force: bool = False) -> Outcome:
+        """Install the bundle at ``bundle`` (a bundle, a medium, or a bundle already in the store)."""
         with self.slots.locked():
             state = self._converge(self.slots.load())
             try:
-                return self._install(state, bundle, force=force)
+                self.log(f"[1/7] verify {bundle}")
+                local = bundle if bundle.parent == self.store.root else self.store.take(bundle, self.profile)
+                return self._install(state, local, force=force)
             except SealiftError as e:
                 # refused before the switch: the running release is untouched; say why in status
                 self.slots.save(self.slots.load().with_event(reason=f"refused {bundle.name}: {e.diagnostics()}"))
                 raise
+            finally:
+                kept = self.slots.load()
+                self.store.prune({r.digest for r in (kept.current, kept.previous) if r is not None})
 
     def _install(self, state: DeviceState, bundle: Path, *, force: bool) -> Outcome:
-        self.log(f"[1/7] verify {bundle}")
         info = verify_for_device(bundle, trust=self.trust, profile=self.profile)
         if info.digest in state.failed and not force:
             raise UpdaterError(f"{info.name} {info.version} failed its health checks before; use --force to try it again")

@@ -1,0 +1,192 @@
+"""The device's bundle store: the bundles of the releases it keeps, as OCI layouts, by index digest.
+
+``STATE/bundles/HEX`` is a complete bundle (``index.json`` written last); ``.incoming-HEX`` is
+one being assembled, kept across interruptions so a download resumes where it stopped. Every
+bundle a device installs passes through here, wherever it came from (a path, a medium, a
+registry): a blob another kept bundle already has is hard-linked, not fetched again, and a
+delta medium finds its base here. Blobs are checked against their digests as they arrive; the
+installer then verifies the assembled bundle as a whole (TUF, every blob, the profile). Bundles
+no kept release needs are removed after each install.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from bundler.bundle import ANNOTATION, MEDIA
+from bundler.errors import BundleError, DeliveryError
+from bundler.layout import MAX_JSON_BYTES, Descriptor, LayoutReader, open_layout
+from bundler.medium import MediumBundle, looks_like_medium, read_medium
+from bundler.profiles import Profile
+from bundler.transfer import LayoutStore, ReaderStore, Store, Transferred, copy_graph, walk
+
+__all__ = ["BundleStore", "Incoming", "candidate_digest"]
+
+_INCOMING_KEPT_S = 24 * 3600
+
+
+class Incoming:
+    """A bundle being assembled in the store; ``complete`` makes it a bundle."""
+
+    def __init__(self, store: BundleStore, top: Descriptor) -> None:
+        self.store = store
+        self.top = top
+        self.layout = LayoutStore(store.root / f".incoming-{_hex(top.digest)}", what=f"store {_hex(top.digest)[:12]}")
+        self.layout.prepare()
+        self.moved = Transferred()
+
+    def fill(self, source: Store, *, advance: Callable[[int], None] = lambda _: None) -> None:
+        """Take every blob of the bundle: from kept bundles (hard links) or from ``source``."""
+        graph = walk(self.top, source)
+        for blob in graph.blobs:
+            if not self.layout.has_blob(blob.digest):
+                self._adopt(blob)
+        graph.blobs = [b for b in graph.blobs if not self.layout.has_blob(b.digest)]
+        self.moved.add(copy_graph(graph, source, self.layout, advance=advance))
+
+    def missing(self, source: Store) -> list[Descriptor]:
+        """Blobs of the bundle neither ``source`` nor the store has."""
+        graph = walk(self.top, source)
+        return [b for b in graph.blobs if not source.has_blob(b.digest) and self.store.find_blob(b.digest) is None
+                and not self.layout.has_blob(b.digest)]
+
+    def _adopt(self, blob: Descriptor) -> None:
+        existing = self.store.find_blob(blob.digest)
+        if existing is not None:
+            self.layout.link_blob(blob, existing)
+
+    def complete(self, metadata: dict[str, bytes]) -> Path:
+        self.layout.write_metadata(metadata)
+        self.layout.finish([self.top])
+        final = self.store.path(self.top.digest)
+        try:
+            if final.exists():
+                shutil.rmtree(final)
+            self.layout.root.rename(final)
+        except OSError as e:
+            raise DeliveryError(f"{self.store.root}: cannot keep the bundle ({e.strerror})") from e
+        return final
+
+
+class BundleStore:
+    """``STATE/bundles``."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.root = state_dir / "bundles"
+
+    def path(self, digest: str) -> Path:
+        return self.root / _hex(digest)
+
+    def has(self, digest: str) -> bool:
+        return (self.path(digest) / "index.json").is_file()
+
+    def find_blob(self, digest: str) -> Path | None:
+        """A kept bundle's copy of the blob, if any."""
+        if not self.root.is_dir():
+            return None
+        for bundle in self.root.iterdir():
+            candidate = bundle / "blobs" / "sha256" / _hex(digest)
+            if not bundle.name.startswith(".") and candidate.is_file():
+                return candidate
+        return None
+
+    def incoming(self, top: Descriptor) -> Incoming:
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return Incoming(self, top)
+
+    def take(self, path: Path, profile: Profile | None) -> Path:
+        """Copy the bundle at ``path`` (a bundle, or this device's bundle on a medium) into the store.
+
+        A delta whose base this device does not have is refused before anything is copied.
+        """
+        medium = looks_like_medium(path)
+        with open_layout(path, strict=not medium) as reader:
+            source = ReaderStore(reader)
+            if medium:
+                entry = _pick(read_medium(reader), profile, path)
+                top = entry.top
+                if entry.base is not None and not self.has(entry.base["digest"]):
+                    raise DeliveryError(
+                        f"{path}: {entry.name} {entry.version} is a delta on {entry.name} {entry.base['version']} "
+                        f"({entry.base['digest'][:19]}), which this device does not have; bring a complete medium")
+            else:
+                top = _single_top(reader)
+            if self.has(top.digest):
+                return self.path(top.digest)
+            incoming = self.incoming(top)
+            missing = incoming.missing(source)
+            if missing:
+                raise DeliveryError(f"{path}: blob {missing[0].digest} of {_identity(top)} is neither on the medium nor "
+                                    f"on this device ({len(missing)} missing in all)")
+            incoming.fill(source)
+            metadata = {}
+            for name in reader.metadata_names():
+                with reader.open_metadata(name) as stream:
+                    metadata[name] = stream.read(MAX_JSON_BYTES + 1)
+            return incoming.complete(metadata)
+
+    def prune(self, keep: set[str]) -> list[str]:
+        """Remove every bundle (and every unfinished one) whose index is not in ``keep``; return those removed."""
+        if not self.root.is_dir():
+            return []
+        wanted = {_hex(d) for d in keep}
+        removed = []
+        for entry in self.root.iterdir():
+            if entry.name.startswith(".incoming-"):
+                # a download in progress, or one to resume: kept a day, unless the bundle is complete
+                stale = time.time() - entry.stat().st_mtime > _INCOMING_KEPT_S
+                if not (stale or self.has(f"sha256:{entry.name.removeprefix('.incoming-')}")):
+                    continue
+            elif entry.name in wanted:
+                continue
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry.name)
+        return removed
+
+
+def candidate_digest(path: Path, profile: Profile | None) -> str | None:
+    """The index digest this device would take from ``path`` (a bundle, or its bundle on a medium); None if unreadable."""
+    try:
+        medium = looks_like_medium(path)
+        with open_layout(path, strict=not medium) as reader:
+            return _pick(read_medium(reader), profile, path).top.digest if medium else _single_top(reader).digest
+    except (BundleError, DeliveryError):
+        return None
+
+
+def _pick(bundles: list[MediumBundle], profile: Profile | None, path: Path) -> MediumBundle:
+    fitting = [b for b in bundles if profile is None or b.profile == profile.name]
+    if not fitting:
+        held = ", ".join(sorted({b.profile for b in bundles})) or "nothing"
+        raise DeliveryError(f"{path}: the medium holds no bundle for profile {profile.name if profile else '?'} (it holds {held})")
+    if len(fitting) > 1 and profile is None:
+        raise DeliveryError(f"{path}: the medium holds bundles for several profiles; name this device's with --profile")
+    from bundler.spec import version_key
+
+    return max(fitting, key=lambda b: version_key(b.version))
+
+
+def _single_top(reader: LayoutReader) -> Descriptor:
+    try:
+        manifests = json.loads(reader.read_small("index.json"))["manifests"]
+        if len(manifests) != 1:
+            raise BundleError(f"{reader.location}: index.json must list exactly one bundle index")
+        top = Descriptor.from_json(manifests[0], where=f"{reader.location}: index.json")
+    except (ValueError, KeyError, TypeError) as e:
+        raise BundleError(f"{reader.location}: index.json is not a bundle's index ({type(e).__name__})") from e
+    if top.media_type != MEDIA.INDEX:
+        raise BundleError(f"{reader.location}: index.json does not point at a bundle index")
+    return top
+
+
+def _identity(top: Descriptor) -> str:
+    a = top.annotations
+    return f"{a.get(ANNOTATION.NAME, 'bundle')} {a.get(ANNOTATION.VERSION, top.digest[:19])}"
+
+
+def _hex(digest: str) -> str:
+    return digest.removeprefix("sha256:")
