@@ -43,6 +43,7 @@ from bundler.transfer import (
 __all__ = [
     "MAX_METADATA_BYTES",
     "PublishResult",
+    "bundle_descriptor",
     "bundle_tag",
     "connect",
     "mirror_sync",
@@ -122,7 +123,7 @@ def pull(reference: str, out: Path, *, plain_http: bool, progress: Progress | No
         if found is None:
             raise DeliveryError(f"registry {reference}: no such bundle")
         body, media_type, digest = found
-        top = _bundle_descriptor(body, media_type, digest, str(client.ref))
+        top = bundle_descriptor(body, media_type, digest, str(client.ref))
         graph = walk(top, source)
         dest = LayoutStore(out)
         dest.prepare()
@@ -158,7 +159,7 @@ def mirror_sync(origin: str, target: str, *, profiles: tuple[str, ...] = (), pla
             found = src.get_manifest(tag)
             if found is None:
                 raise DeliveryError(f"source registry {src.ref.name}: {tag} vanished during the sync")
-            top = _bundle_descriptor(*found, f"{src.ref.name}:{tag}")
+            top = bundle_descriptor(*found, f"{src.ref.name}:{tag}")
             annotations = top.annotations
             if profiles and annotations.get(ANNOTATION.PROFILE) not in profiles:
                 continue
@@ -170,8 +171,8 @@ def mirror_sync(origin: str, target: str, *, profiles: tuple[str, ...] = (), pla
             result.bundles.append({"tag": tag, "digest": top.digest, "name": annotations.get(ANNOTATION.NAME),
                                    "version": annotations.get(ANNOTATION.VERSION),
                                    "profile": annotations.get(ANNOTATION.PROFILE)})
-        names = metadata_names(src)
-        progress.step(f"sync {len(names)} metadata files")
+        names = [n for n in metadata_names(src) if not _same_tag(src, dst, METADATA_TAG_PREFIX + n)]
+        progress.step(f"sync {len(names)} changed metadata files")
         files = {name: data for name in names if (data := read_metadata(src, name)) is not None}
         result.metadata = publish_metadata(dst, files)
     return result
@@ -234,6 +235,12 @@ def publish_metadata(client: RegistryClient, files: dict[str, bytes]) -> list[st
     return written
 
 
+def _same_tag(src: RegistryClient, dst: RegistryClient, tag: str) -> bool:
+    """Whether ``dst`` already has ``tag`` as ``src`` has it (asked with HEAD requests: nothing is downloaded)."""
+    there = dst.manifest_digest(tag)
+    return there is not None and there == src.manifest_digest(tag)
+
+
 def _publish_order(name: str) -> tuple[int, str]:
     role = name.split(".")[-2]
     return ({"root": 0, "timestamp": 3, "snapshot": 2}.get(role, 1), name)
@@ -251,7 +258,7 @@ def _digest(data: bytes) -> str:
     return f"sha256:{hashlib.sha256(data).hexdigest()}"
 
 
-def _bundle_descriptor(body: bytes, media_type: str, digest: str, where: str) -> Descriptor:
+def bundle_descriptor(body: bytes, media_type: str, digest: str, where: str) -> Descriptor:
     """The descriptor of a bundle's top index fetched from a registry, with its annotations."""
     try:
         data = json.loads(body)

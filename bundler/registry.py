@@ -133,6 +133,7 @@ class RegistryClient:
         for prefix in ("http://", "https://"):
             self.registry.session.mount(prefix, _TimeoutAdapter())
         self._authenticated = False
+        self._prepared = False
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -152,9 +153,15 @@ class RegistryClient:
             raise self.error(f"{self.what}: manifest {ref} does not match its digest {named} (got {actual}); refused")
         return body, media_type, actual
 
-    def has_manifest(self, digest: str) -> bool:
-        return self._request("HEAD", f"manifests/{digest}", headers={"Accept": ACCEPT_MANIFESTS}, missing_ok=True,
-                             stream=False) is not None
+    def has_manifest(self, ref: str) -> bool:
+        return self.manifest_digest(ref) is not None
+
+    def manifest_digest(self, ref: str) -> str | None:
+        """The digest of the manifest ``ref`` (a tag or digest) names, or None if there is none (no body is fetched)."""
+        response = self._request("HEAD", f"manifests/{ref}", headers={"Accept": ACCEPT_MANIFESTS}, missing_ok=True, stream=False)
+        if response is None:
+            return None
+        return str(response.headers.get("Docker-Content-Digest") or ref)
 
     def has_blob(self, digest: str) -> bool:
         return self._request("HEAD", f"blobs/{digest}", missing_ok=True, stream=False) is not None
@@ -247,10 +254,10 @@ class RegistryClient:
         return response
 
     def _attempt(self, method: str, url: str, headers: dict[str, str], data: bytes | None, stream: bool) -> Any:
-        self._load_credentials()
-        if isinstance(self.registry.auth, oras.auth.BasicAuth):
-            headers = {**headers, **self.registry.auth.get_auth_header()}
         try:
+            self._prepare()
+            if isinstance(self.registry.auth, oras.auth.BasicAuth):
+                headers = {**headers, **self.registry.auth.get_auth_header()}
             response = _REQUEST_ONCE(self.registry, url, method, headers=dict(headers), data=data, stream=stream)
         except requests.exceptions.SSLError as e:
             raise self.error(f"{self.what}: cannot reach {self.ref.host} ({_reason(e)})") from e
@@ -261,23 +268,25 @@ class RegistryClient:
                              "(check `docker login` or the Docker config)") from e
         except requests.RequestException as e:
             raise self.error(f"{self.what}: cannot reach {self.ref.host} ({_reason(e)})") from e
-        if response.status_code == 401 and "basic" in response.headers.get("Www-Authenticate", "").lower()[:6] \
-                and not isinstance(self.registry.auth, oras.auth.BasicAuth):
-            response.close()  # a registry with plain basic auth (htpasswd): oras-py's basic backend answers it
-            self._use_basic_auth()
-            return self._attempt(method, url, headers, data, stream)
         if response.status_code not in (401, 403):
             self._authenticated = self._authenticated or "Authorization" in (response.request.headers or {})
         return response
 
-    def _load_credentials(self) -> None:
-        if getattr(self, "_credentials_loaded", False):
+    def _prepare(self) -> None:
+        """On first contact: load the Docker config's credentials, and ask the registry which kind
+        of authentication it wants. oras-py's default answers token challenges; a registry with
+        plain basic auth (htpasswd) gets oras-py's basic backend instead."""
+        if self._prepared:
             return
-        self._credentials_loaded = True
         configs = [os.path.join(os.environ["DOCKER_CONFIG"], "config.json")] if os.environ.get("DOCKER_CONFIG") else None
         if configs and not os.path.exists(configs[0]):
             configs = None
         self.registry.auth.load_configs(oras.container.Container(self.ref.name), configs=configs)
+        with self.registry.session.get(f"{self.scheme}://{self.ref.host}/v2/", verify=self.registry._tls_verify) as ping:
+            challenge = ping.headers.get("Www-Authenticate", "")
+        if ping.status_code == 401 and challenge.lower().startswith("basic"):
+            self._use_basic_auth()
+        self._prepared = True
 
     def _use_basic_auth(self) -> None:
         loaded = self.registry.auth

@@ -69,7 +69,9 @@ class Store(Protocol):
 
     def put_blob(self, blob: Descriptor, source: Store, advance: Advance) -> None: ...
 
-    def put_manifest(self, manifest: Descriptor, body: bytes, *, tag: str | None = None) -> None: ...
+    def put_manifest(self, manifest: Descriptor, body: bytes, *, tag: str | None = None) -> bool:
+        """Store the manifest (under ``tag`` too); False if it was there already."""
+        ...
 
 
 @dataclass
@@ -155,8 +157,7 @@ def copy_graph(graph: Graph, source: Store, dest: Store, *, tag: str | None = No
         moved.bytes_sent += blob.size
     for manifest, body in graph.manifests:
         top = manifest.digest == graph.top.digest
-        if (top and tag) or not dest.has_manifest(manifest.digest):
-            dest.put_manifest(manifest, body, tag=tag if top else None)
+        if ((top and tag) or not dest.has_manifest(manifest.digest)) and dest.put_manifest(manifest, body, tag=tag if top else None):
             moved.bytes_sent += len(body)
     return moved
 
@@ -233,7 +234,7 @@ class ReaderStore:
     def put_blob(self, blob: Descriptor, source: Store, advance: Advance) -> None:
         raise DeliveryError(f"{self.what}: read-only")
 
-    def put_manifest(self, manifest: Descriptor, body: bytes, *, tag: str | None = None) -> None:
+    def put_manifest(self, manifest: Descriptor, body: bytes, *, tag: str | None = None) -> bool:
         raise DeliveryError(f"{self.what}: read-only")
 
 
@@ -265,8 +266,11 @@ class RegistryStore:
             self.client.put_blob(blob, checked)  # type: ignore[arg-type]
             checked.finish()
 
-    def put_manifest(self, manifest: Descriptor, body: bytes, *, tag: str | None = None) -> None:
+    def put_manifest(self, manifest: Descriptor, body: bytes, *, tag: str | None = None) -> bool:
+        if tag is not None and self.client.manifest_digest(tag) == manifest.digest:
+            return False
         self.client.put_manifest(tag or manifest.digest, body, manifest.media_type)
+        return True
 
 
 class LayoutStore:
@@ -353,10 +357,10 @@ class LayoutStore:
             return False
         return True
 
-    def put_manifest(self, manifest: Descriptor, body: bytes, *, tag: str | None = None) -> None:
+    def put_manifest(self, manifest: Descriptor, body: bytes, *, tag: str | None = None) -> bool:
         target = self.path(manifest.digest)
         if target.is_file():
-            return
+            return False
         temp = self.blobs / f".partial-{manifest.digest.removeprefix('sha256:')}-{secrets.token_hex(4)}"
         try:
             temp.write_bytes(body)
@@ -364,6 +368,7 @@ class LayoutStore:
         except OSError as e:
             temp.unlink(missing_ok=True)
             raise DeliveryError(f"{self.what}: cannot write manifest {manifest.digest} ({_why(e)})") from e
+        return True
 
     def finish(self, tops: list[Descriptor]) -> None:
         """Write ``index.json`` naming ``tops``: from now on the layout is complete."""

@@ -218,3 +218,20 @@ def example_releases(root: Path, *, python: str) -> dict[str, Path]:
         built[version] = b.path
     built["root"] = signed(list(built.values()), root / "signing")
     return built
+
+
+def healthz(port: int = FAST_PORT, *, wait: float = 30.0) -> int:
+    """The status of the example's ``/healthz`` on ``port``, waiting up to ``wait`` seconds for an answer."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    end = time.monotonic() + wait
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+                return int(response.status)
+        except (urllib.error.URLError, ConnectionError):
+            if time.monotonic() > end:
+                raise
+            time.sleep(0.2)

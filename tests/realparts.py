@@ -39,6 +39,7 @@ import io
 import ipaddress
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -522,6 +523,26 @@ def _merged(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+@dataclass(frozen=True)
+class Request:
+    """One line of a registry's access log."""
+
+    method: str
+    path: str
+    status: int
+    bytes: int
+
+    @property
+    def blob(self) -> str | None:
+        """The digest of the blob read (``GET .../blobs/DIGEST``) or uploaded (``PUT ...?digest=DIGEST``), if any."""
+        found = _BLOB_IN_PATH.search(self.path)
+        return found.group(1) if found and ("/blobs/sha256:" in self.path or "/blobs/uploads/" in self.path) else None
+
+
+_ACCESS_LINE = re.compile(r'"(?P<method>[A-Z]+) (?P<path>\S+) HTTP/[0-9.]+" (?P<status>\d{3}) (?P<bytes>\d+)')
+_BLOB_IN_PATH = re.compile(r"(sha256:[0-9a-f]{64})")
+
+
 class Registry:
     """A CNCF distribution registry on ``127.0.0.1``, plain HTTP, no auth, storage in a temp dir.
 
@@ -555,7 +576,7 @@ class Registry:
     def _write_config(self, extra: Mapping[str, Any]) -> None:
         config: dict[str, Any] = {
             "version": 0.1,
-            "log": {"level": "warn", "accesslog": {"disabled": True}},
+            "log": {"level": "warn", "accesslog": {"disabled": False}},  # tests count requests (see requests())
             "storage": {
                 "filesystem": {"rootdirectory": str(self.workdir / "storage")},
                 "delete": {"enabled": True},
@@ -577,9 +598,19 @@ class Registry:
 
     def _answers(self) -> bool:
         try:
-            return fetch(f"{self.url}/v2/", timeout=2).status == 200
+            return fetch(f"{self.url}/v2/", timeout=2).status in (200, 401)  # 401: it asks for credentials
         except OSError:
             return False
+
+    def requests(self) -> list[Request]:
+        """Every request the registry answered so far, from its access log, oldest first."""
+        return [Request(m["method"], m["path"], int(m["status"]), int(m["bytes"]))
+                for m in _ACCESS_LINE.finditer(self.log.read_text(errors="replace"))]
+
+    def blob_path(self, digest: str) -> Path:
+        """Where the registry keeps a blob's bytes (to damage it on purpose)."""
+        hexdigest = digest.removeprefix("sha256:")
+        return self.workdir / "storage" / "docker" / "registry" / "v2" / "blobs" / "sha256" / hexdigest[:2] / hexdigest / "data"
 
     def stop(self) -> None:
         """Stop the registry and delete its storage."""

@@ -15,6 +15,7 @@ from updater.detect import Hardware, detect_profile
 from updater.errors import UpdaterError
 from updater.install import Installer
 from updater.slots import Slots
+from updater.sources import RegistryPoller
 from updater.trust import TrustStore
 from updater.verify import verify_for_device
 
@@ -147,26 +148,43 @@ def rollback(store: TrustStore, as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--watch", required=True, type=click.Path(path_type=Path, file_okay=False),
-              help="The directory to watch for bundles (where removable media are mounted).")
-@click.option("--interval", type=click.FloatRange(min=1.0), default=30.0, show_default=True, help="Seconds between passes.")
-@click.option("--once", is_flag=True, help="One pass, then exit.")
+@click.option("--watch", type=click.Path(path_type=Path, file_okay=False),
+              help="A directory to watch for bundles and media (where removable media are mounted).")
+@click.option("--source", metavar="REGISTRY/REPO", help="A site registry (mirror) to poll for newer signed releases.")
+@click.option("--plain-http", is_flag=True, help="Reach --source over plain HTTP (a site registry without TLS).")
+@click.option("--interval", type=click.FloatRange(min=1.0), default=30.0, show_default=True,
+              help="Seconds between passes (longer, with jitter, after failed polls).")
+@click.option("--once", is_flag=True, help="One pass (scan and poll-and-install), then exit; exits 1 if the poll failed.")
 @click.option("--profile", metavar="NAME", help="This device's hardware profile (default: detected).")
 @click.option("--profiles-dir", type=click.Path(path_type=Path, file_okay=False), help="Extra profile directory.")
 @click.pass_obj
 @reports_errors
-def run(store: TrustStore, watch: Path, interval: float, once: bool, profile: str | None, profiles_dir: Path | None) -> None:
-    """Install bundles that appear in --watch, one at a time, as a service.
+def run(store: TrustStore, watch: Path | None, source: str | None, plain_http: bool, interval: float, once: bool,
+        profile: str | None, profiles_dir: Path | None) -> None:
+    """Install what arrives, as a service: bundles in --watch, newer releases from --source.
 
-    Converges first (like `recover`), then passes over the directory every --interval seconds.
-    With systemd (Type=notify) it reports readiness and feeds the watchdog after each pass;
-    see examples/systemd/sealift-updater.service.
+    Converges first (like `recover`), then makes a pass every --interval seconds. A poll asks the
+    registry's signed metadata for the newest release for this profile, downloads only the blobs
+    this device lacks (resuming an interrupted download) and installs it; an unreachable registry
+    is retried with growing, jittered delays while the running release keeps serving. With
+    systemd (Type=notify) it reports readiness and feeds the watchdog after each pass; see
+    examples/systemd/sealift-updater.service.
     """
     import docker
 
-    installer = Installer(state_dir=store.state_dir, client=docker.from_env(), profile=_device_profile(profile, profiles_dir),
-                          log=lambda line: click.echo(line, err=True))
-    Daemon(installer, watch, interval=interval, log=lambda line: click.echo(line, err=True)).run(once=once)
+    if watch is None and source is None:
+        raise UpdaterError("nothing to do: give --watch DIR, --source REGISTRY/REPO, or both")
+    device = _device_profile(profile, profiles_dir)
+    def log(line: str) -> None:
+        click.echo(line, err=True)
+
+    installer = Installer(state_dir=store.state_dir, client=docker.from_env(), profile=device, log=log)
+    poller = None
+    if source is not None:
+        poller = RegistryPoller(source, installer=installer, profile=device, plain_http=plain_http, log=log)
+    clean = Daemon(installer, watch, poller=poller, interval=interval, log=log).run(once=once)
+    if not clean:
+        sys.exit(1)
 
 
 @cli.command()

@@ -1,7 +1,9 @@
-"""``sealift-updater run``: watch a directory (where removable media mount) and install what arrives.
+"""``sealift-updater run``: install what arrives, from removable media and from a site registry.
 
-Each pass looks for bundles (OCI layout directories and tar files) in the watched directory and
-installs, one at a time, those this device has not installed or seen fail; then it sleeps. It
+Each pass looks for bundles and media (OCI layout directories and tar files) in the watched
+directory and installs, one at a time, those this device has not installed or seen fail; it polls
+the site registry, if one is given, for a newer signed release (see :mod:`updater.sources`);
+then it sleeps. It
 talks to systemd when started as a ``Type=notify`` service: ``READY=1`` after the first pass,
 ``WATCHDOG=1`` after each one. Log lines are ``key=value`` pairs, easy to search in journald.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import time
 from collections.abc import Callable
@@ -17,6 +20,8 @@ from pathlib import Path
 
 from bundler.errors import SealiftError
 from updater.install import Installer
+from updater.sources import RegistryPoller
+from updater.store import candidate_digest
 
 __all__ = ["Daemon", "notify"]
 
@@ -34,34 +39,71 @@ def notify(message: str) -> None:
 
 
 class Daemon:
-    """Installs bundles that appear in ``watch``, one pass every ``interval`` seconds."""
+    """Installs what arrives: bundles and media in ``watch``, and releases a site registry offers.
 
-    def __init__(self, installer: Installer, watch: Path, *, interval: float = 30.0, log: Callable[[str], None]) -> None:
+    A pass scans ``watch`` and polls the registry; passes are ``interval`` seconds apart, and
+    after a failed poll the wait doubles (up to ``MAX_BACKOFF`` times the interval), each wait
+    shifted at random so that a site's devices do not poll in step. Nothing a pass does to the
+    network touches the running release.
+    """
+
+    MAX_BACKOFF = 16
+
+    def __init__(self, installer: Installer, watch: Path | None, *, poller: RegistryPoller | None = None,
+                 interval: float = 30.0, log: Callable[[str], None]) -> None:
         self.installer = installer
         self.watch = watch
+        self.poller = poller
         self.interval = interval
         self.log = log
+        self.failures = 0
 
-    def run(self, *, once: bool = False) -> None:
+    def run(self, *, once: bool = False) -> bool:
+        """Serve until stopped; with ``once``, one pass. Returns whether the last pass went without a fault."""
         state = self.installer.recover()
         current = state.current
-        self._log(event="start", watch=str(self.watch), running=f"{current.name} {current.version}" if current else "nothing")
+        self._log(event="start", watch=str(self.watch or ""), source=self.poller.source if self.poller else "",
+                  running=f"{current.name} {current.version}" if current else "nothing")
         ready = False
         while True:
             self.scan()
+            clean = self.poll() if self.poller is not None else True
             notify("WATCHDOG=1" if ready else "READY=1")
             ready = True
             if once:
-                return
-            time.sleep(self.interval)
+                return clean
+            time.sleep(self.next_wait())
+
+    def next_wait(self) -> float:
+        """Seconds to the next pass: the interval, doubled per failed poll in a row, with jitter."""
+        factor = float(min(1 << min(self.failures, 30), self.MAX_BACKOFF))
+        return self.interval * factor * random.uniform(0.8, 1.2)
+
+    def poll(self) -> bool:
+        """One poll of the registry; False (and a longer wait) if it failed."""
+        assert self.poller is not None
+        try:
+            outcome = self.poller.poll()
+        except SealiftError as e:
+            self.failures += 1
+            self._log(event="poll-failed", source=self.poller.source, error=e.diagnostics(),
+                      retry_in=f"{self.next_wait():.0f}s")
+            return False
+        self.failures = 0
+        if outcome is None:
+            self._log(event="up-to-date", source=self.poller.source)
+        else:
+            self._log(event="committed" if outcome.committed else "rolled-back",
+                      release=f"{outcome.release.name} {outcome.release.version}", reason=outcome.reason)
+        return True
 
     def scan(self) -> int:
-        """Install every new bundle found; return how many were tried."""
+        """Install every new bundle found in the watched directory; return how many were tried."""
         tried = 0
         for bundle in self._candidates():
             state = self.installer.slots.load()
             seen = {r.digest for r in (state.current,) if r is not None} | set(state.failed)
-            digest = _index_digest(bundle)
+            digest = candidate_digest(bundle, self.installer.profile)
             if digest is None or digest in seen:
                 continue
             tried += 1
@@ -76,6 +118,8 @@ class Daemon:
         return tried
 
     def _candidates(self) -> list[Path]:
+        if self.watch is None:
+            return []
         try:
             entries = sorted(self.watch.iterdir())
         except OSError as e:
@@ -85,14 +129,3 @@ class Daemon:
 
     def _log(self, **fields: str) -> None:
         self.log(" ".join(f"{key}={json.dumps(value)}" for key, value in fields.items()))
-
-
-def _index_digest(bundle: Path) -> str | None:
-    """The digest the bundle's index.json names (what identifies it), or None if unreadable."""
-    from bundler.layout import open_layout
-
-    try:
-        with open_layout(bundle) as reader:
-            return str(json.loads(reader.read_small("index.json"))["manifests"][0]["digest"])
-    except (SealiftError, ValueError, KeyError, IndexError, TypeError):
-        return None

@@ -28,7 +28,7 @@ from updater.errors import TrustError
 from updater.fetcher import BUNDLE_URL, BundleFetcher
 from updater.trust import TrustStore
 
-__all__ = ["check_signed_target", "verify_for_device"]
+__all__ = ["check_signed_target", "tuf_fault", "verify_for_device"]
 
 class _OfflineSigstoreKey(SigstoreKey):
     """A keyless (Sigstore) key as a device sees it: its signatures need Sigstore's online trust
@@ -78,7 +78,7 @@ def check_signed_target(reader: LayoutReader, digest: str, *, trust: TrustStore)
         _check_target(Path(reader.location), name, target, index)
 
 
-def _fault(error: Exception) -> str:
+def tuf_fault(error: Exception) -> str:
     if isinstance(error, tuf_errors.BadVersionNumberError) and str(error).startswith("Expected"):
         # ngclient's words when a file's version is not the one the snapshot (or timestamp) names
         return "metadata from another moment than the snapshot names (mix-and-match)"
@@ -108,7 +108,7 @@ def _signed_target(path: Path, reader: LayoutReader, metadata_dir: Path, name: s
         updater.refresh()
         target = updater.get_targetinfo(name)
     except (tuf_errors.RepositoryError, tuf_errors.DownloadError) as e:
-        raise TrustError(f"{path}: refused: {_fault(e)} ({e})") from e
+        raise TrustError(f"{path}: refused: {tuf_fault(e)} ({e})") from e
     except OSError as e:
         raise TrustError(f"{metadata_dir}: cannot keep the trusted metadata ({e.strerror})") from e
     if target is None:

@@ -10,16 +10,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from bundler.errors import SealiftError
 from bundler.profiles import builtin_profile_dir, load_profiles
-from tests.builders import FAST_PORT
+from tests.builders import healthz
 from tests.realparts import DockerEngine
 from updater.errors import UpdaterError
 from updater.install import Installer
@@ -28,18 +25,6 @@ from updater.trust import TrustStore
 
 PROFILES = load_profiles([builtin_profile_dir()])
 CPU = PROFILES["x86_64-cpu"]
-
-
-def healthz() -> int:
-    end = time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{FAST_PORT}/healthz", timeout=5) as response:
-                return int(response.status)
-        except (urllib.error.URLError, ConnectionError):
-            if time.monotonic() > end:
-                raise
-            time.sleep(0.2)
 
 
 def files_of(slot: Path) -> dict[str, str]:

@@ -1,0 +1,290 @@
+"""Delivery with real registries (CNCF distribution) and the real engine: a bundle goes through
+`push`, two `mirror sync` hops and a device's poll to a running release, each blob crossing each
+hop once; an exported delta installs on a device that has its base; interrupted syncs and pulls
+resume; and bad registries, credentials, blobs and media fail clearly with nothing kept."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import bcrypt
+import pytest
+from click.testing import CliRunner
+
+from bundler.build import BuildOptions, build_bundles, select_profiles
+from bundler.cli import cli as sealift
+from bundler.errors import BundleError, DeliveryError
+from bundler.profiles import builtin_profile_dir, load_profiles
+from bundler.publish import mirror_sync, pull, push
+from bundler.registry import Retry
+from bundler.spec import load_spec
+from bundler.transfer import EMPTY_CONFIG
+from tests.builders import healthz, project
+from tests.realparts import DockerEngine, Registry, RegistryFactory, sha256_digest
+from updater.daemon import Daemon
+from updater.install import Installer
+from updater.slots import Slots
+from updater.sources import RegistryPoller
+from updater.trust import TrustStore
+
+PROFILES = load_profiles([builtin_profile_dir()])
+CPU = PROFILES["x86_64-cpu"]
+pytestmark = pytest.mark.registry
+
+
+def blobs_of(bundle: Path) -> set[str]:
+    return {f"sha256:{p.name}" for p in (bundle / "blobs" / "sha256").iterdir()}
+
+
+def manifest_digests(bundle: Path) -> set[str]:
+    """The bundle's manifests and indexes (the rest of its blobs are configs and layers)."""
+    found = set()
+    for path in (bundle / "blobs" / "sha256").iterdir():
+        if path.stat().st_size < 1 << 16:
+            try:
+                media_type = json.loads(path.read_bytes()).get("mediaType", "")
+            except (ValueError, UnicodeDecodeError, AttributeError):
+                continue
+            if "manifest" in media_type or "index" in media_type:
+                found.add(f"sha256:{path.name}")
+    return found
+
+
+def metadata_blobs(bundle: Path) -> set[str]:
+    """The blobs that carry the bundle's signed metadata in a registry (read again by every poll: they may change)."""
+    return {sha256_digest(p.read_bytes()) for p in (bundle / "tuf").iterdir()} | {EMPTY_CONFIG.digest}
+
+
+def blob_reads(registry: Registry) -> Counter[str]:
+    """How often the registry served each blob in full."""
+    return Counter(r.blob for r in registry.requests() if r.method == "GET" and r.status == 200 and r.blob)
+
+
+def blob_uploads(registry: Registry) -> Counter[str]:
+    """How often each blob was uploaded to the registry."""
+    return Counter(r.blob for r in registry.requests() if r.method == "PUT" and r.status == 201 and "/blobs/uploads/" in r.path)
+
+
+def sealift_json(*args: str) -> dict[str, Any]:
+    result = CliRunner().invoke(sealift, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    data: dict[str, Any] = json.loads(result.stdout)
+    return data
+
+
+def remove_app(engine: DockerEngine) -> None:
+    for container in engine.client.containers.list(all=True, filters={"label": "dev.sealift.app=vision-app"}):
+        container.remove(force=True)
+
+
+@pytest.mark.docker
+def test_push_two_mirror_hops_and_a_poll_bring_a_release_each_blob_crossing_each_hop_once(
+        releases: dict[str, Path], docker_engine: DockerEngine, registry_factory: RegistryFactory, tmp_path: Path) -> None:
+    origin, dmz, ot = registry_factory(), registry_factory(), registry_factory()
+    old, new = releases["1.0.0"], releases["1.1.0"]
+    state_dir = tmp_path / "device"
+    TrustStore(state_dir).init(releases["root"])
+    installer = Installer(state_dir=state_dir, client=docker_engine.client, profile=CPU)
+    poller = RegistryPoller(f"{ot.address}/vision-app", installer=installer, profile=CPU, plain_http=True)
+    try:
+        for bundle in (old, new):
+            wanted = blobs_of(bundle) - manifest_digests(bundle) - (blobs_of(old) if bundle == new else set())
+            pushed = sealift_json("push", str(bundle), f"{origin.address}/vision-app", "--plain-http")
+            hop1 = sealift_json("mirror", "sync", "--from", f"{origin.address}/vision-app", "--to", dmz.address,
+                                "--profile", "x86_64-cpu", "--plain-http")
+            hop2 = sealift_json("mirror", "sync", "--from", f"{dmz.address}/vision-app", "--to", ot.address,
+                                "--profile", "x86_64-cpu", "--plain-http")
+            assert pushed["blobs_sent"] == hop1["blobs_sent"] == hop2["blobs_sent"] == len(wanted)
+            before = (len(origin.requests()), len(dmz.requests()))
+            outcome = poller.poll()
+            assert outcome is not None and outcome.committed and outcome.release.version == bundle.name.split("-")[2]
+            assert (len(origin.requests()), len(dmz.requests())) == before  # the device reached only its site's mirror
+            assert healthz() == 200
+            downloaded = Counter(r.blob for r in ot.requests() if r.method == "GET" and r.status == 200 and r.blob
+                                 and r.blob not in manifest_digests(bundle))
+            assert set(downloaded) >= wanted
+        assert poller.poll() is None  # up to date: nothing more to do
+        # each blob crossed each hop once: read once from the origin and the DMZ mirror, uploaded once to each
+        # mirror, downloaded once by the device (which took what 1.1.0 shares with 1.0.0 from its own store)
+        bundle_blobs = blobs_of(old) | blobs_of(new)
+        for counted in (blob_reads(origin), blob_reads(dmz), blob_uploads(dmz), blob_uploads(ot), blob_reads(ot)):
+            crossings = {d: n for d, n in counted.items() if d not in metadata_blobs(new)}
+            assert set(crossings) <= bundle_blobs and set(crossings.values()) == {1}
+        # a registry that cannot be reached: the poll fails, the wait grows, the release keeps serving
+        offline = RegistryPoller("127.0.0.1:9/vision-app", installer=installer, profile=CPU, plain_http=True,
+                                 retry=Retry(delays=(0.05,)))
+        lines: list[str] = []
+        daemon = Daemon(installer, None, poller=offline, interval=10, log=lines.append)
+        assert daemon.run(once=True) is False
+        assert any('event="poll-failed"' in line and "cannot reach 127.0.0.1:9" in line for line in lines)
+        assert daemon.next_wait() >= 10 * 2 * 0.8
+        assert healthz() == 200 and Slots(state_dir).load().current.version == "1.1.0"  # type: ignore[union-attr]
+    finally:
+        remove_app(docker_engine)
+
+
+@pytest.mark.docker
+def test_an_exported_delta_installs_where_the_base_is_and_is_refused_where_it_is_not(
+        releases: dict[str, Path], docker_engine: DockerEngine, registry: Registry, tmp_path: Path) -> None:
+    old, new = releases["1.0.0"], releases["1.1.0"]
+    push(old, f"{registry.address}/delta-base", plain_http=True)
+    medium = tmp_path / "stick"
+    exported = sealift_json("export", str(new), "--to", str(medium), "--base", f"{registry.address}/delta-base:x86_64-cpu-1.0.0",
+                            "--plain-http")
+    (entry,) = exported["bundles"]
+    assert entry["base"]["version"] == "1.0.0" and entry["blobs_from_base"] == len(blobs_of(old) & blobs_of(new) - manifest_digests(new))
+    held = blobs_of(medium)
+    assert not held & (blobs_of(old) - manifest_digests(new))  # nothing the base has, but the manifests
+    full = tmp_path / "full.tar"
+    sealift_json("export", str(new), "--to", str(full))
+    assert medium.stat().st_size < full.stat().st_size
+    checked = CliRunner().invoke(sealift, ["verify", str(medium), "--trusted-root", str(releases["root"])])
+    assert checked.exit_code == 0 and "delta on 1.0.0" in checked.stdout
+
+    # a device without the base refuses the delta before changing anything
+    bare = tmp_path / "bare"
+    TrustStore(bare).init(releases["root"])
+    refusing = Installer(state_dir=bare, client=docker_engine.client, profile=CPU)
+    with pytest.raises(DeliveryError, match=r"is a delta on vision-app 1\.0\.0 .* which this device does not have"):
+        refusing.install(medium)
+    state = Slots(bare).load()
+    assert state.current is None and state.reason.startswith("refused stick: ")
+    assert not (bare / "bundles").exists() and not Slots(bare).slot_dir("a").exists()
+
+    state_dir = tmp_path / "device"
+    TrustStore(state_dir).init(releases["root"])
+    installer = Installer(state_dir=state_dir, client=docker_engine.client, profile=CPU)
+    try:
+        assert installer.install(old).committed
+        outcome = installer.install(medium)
+        assert outcome.committed and outcome.release.version == "1.1.0"
+        assert healthz() == 200
+        state = Slots(state_dir).load()
+        assert state.current is not None and state.previous is not None
+        # the device keeps the bundles of the releases it can run: the next delta finds its base there
+        assert {p.name for p in (state_dir / "bundles").iterdir()} == {state.current.digest[7:], state.previous.digest[7:]}
+    finally:
+        remove_app(docker_engine)
+
+
+class _CutOff:
+    """A progress reporter that stops the transfer (as Ctrl-C or a lost link would) after ``after`` bytes."""
+
+    def __init__(self, after: int) -> None:
+        self.left = after
+
+    def step(self, message: str, *, total_bytes: int | None = None) -> None:
+        pass
+
+    def advance(self, n: int) -> None:
+        self.left -= n
+        if self.left < 0:
+            raise KeyboardInterrupt
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def big_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An unsigned bundle with an 8 MiB model that does not compress (several read chunks)."""
+    root = tmp_path_factory.mktemp("big")
+    spec = load_spec(project(root, model_bytes=os.urandom(8 << 20)))
+    (built,) = build_bundles(spec, select_profiles(spec, PROFILES, ("x86_64-cpu",)), BuildOptions(out=root / "out", epoch=0))
+    return built.path
+
+
+def test_an_interrupted_sync_resumes_without_resending_finished_blobs(big_bundle: Path, registry_factory: RegistryFactory,
+                                                                       tmp_path: Path) -> None:
+    origin, mirror = registry_factory(), registry_factory()
+    push(big_bundle, f"{origin.address}/demo", plain_http=True)
+    model = max(blobs_of(big_bundle), key=lambda d: (big_bundle / "blobs/sha256" / d[7:]).stat().st_size)
+    with pytest.raises(KeyboardInterrupt):
+        mirror_sync(f"{origin.address}/demo", mirror.address, plain_http_from=True, plain_http_to=True,
+                    progress=_CutOff(2 << 20))  # stops inside the model
+    finished = set(blob_uploads(mirror))
+    assert finished and finished != blobs_of(big_bundle) - manifest_digests(big_bundle)
+    second = mirror_sync(f"{origin.address}/demo", mirror.address, plain_http_from=True, plain_http_to=True)
+    assert second.moved.blobs_present == len(finished)
+    assert max(blob_uploads(mirror).values()) == 1  # no finished blob was sent again
+    assert model in blob_uploads(mirror)
+    pulled = pull(f"{mirror.address}/demo:x86_64-cpu-1.2.0", tmp_path / "pulled", plain_http=True)
+    assert pulled.bundles[0]["digest"] == json.loads((big_bundle / "index.json").read_text())["manifests"][0]["digest"]
+
+
+def test_an_interrupted_pull_resumes_with_a_ranged_request(big_bundle: Path, registry: Registry, tmp_path: Path) -> None:
+    push(big_bundle, f"{registry.address}/resume", plain_http=True)
+    out = tmp_path / "pulled"
+    with pytest.raises(KeyboardInterrupt):
+        pull(f"{registry.address}/resume:x86_64-cpu-1.2.0", out, plain_http=True, progress=_CutOff(4 << 20))
+    partial = [p for p in (out / "blobs" / "sha256").iterdir() if p.name.startswith(".partial-")]
+    assert len(partial) == 1 and partial[0].stat().st_size > 0 and not (out / "index.json").exists()
+    model = "sha256:" + partial[0].name.removeprefix(".partial-")
+    arrived = partial[0].stat().st_size
+    result = CliRunner().invoke(sealift, ["pull", f"{registry.address}/resume:x86_64-cpu-1.2.0", "--out", str(out), "--plain-http"])
+    assert result.exit_code == 0, result.output
+    ranged = [r for r in registry.requests() if r.blob == model and r.method == "GET"]
+    assert sorted(r.status for r in ranged) == [200, 206]
+    size = (big_bundle / "blobs/sha256" / model[7:]).stat().st_size
+    assert [r.bytes for r in ranged if r.status == 206] == [size - arrived]  # what arrived before was not fetched again
+    assert not [p for p in (out / "blobs" / "sha256").iterdir() if p.name.startswith(".")]
+    assert (out / "index.json").exists()
+
+
+def test_a_blob_that_does_not_match_its_digest_is_refused_and_never_kept(big_bundle: Path, registry: Registry, tmp_path: Path) -> None:
+    push(big_bundle, f"{registry.address}/tampered", plain_http=True)
+    model = max(blobs_of(big_bundle), key=lambda d: (big_bundle / "blobs/sha256" / d[7:]).stat().st_size)
+    stored = registry.blob_path(model)
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    stored.write_bytes(bytes(data))
+    out = tmp_path / "pulled"
+    result = CliRunner().invoke(sealift, ["pull", f"{registry.address}/tampered:x86_64-cpu-1.2.0", "--out", str(out), "--plain-http"])
+    assert result.exit_code == 1 and f"blob {model} does not match its digest" in result.stderr
+    assert not (out / "blobs" / "sha256" / model[7:]).exists() and not (out / "index.json").exists()
+    assert not [p for p in (out / "blobs" / "sha256").iterdir() if p.name.startswith(".partial")]
+
+
+def test_a_tampered_bundle_is_not_pushed(big_bundle: Path, registry: Registry, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(big_bundle, copy)
+    victim = max((copy / "blobs/sha256").iterdir(), key=lambda p: p.stat().st_size)
+    with open(victim, "r+b") as f:
+        f.truncate(victim.stat().st_size - 1)
+    with pytest.raises(BundleError, match=r"truncated|size"):
+        push(copy, f"{registry.address}/never", plain_http=True)
+    assert not [r for r in registry.requests() if "/never/" in r.path]
+
+
+def test_credentials_come_from_the_docker_config_and_wrong_ones_fail_clearly(
+        big_bundle: Path, registry_factory: RegistryFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_bytes(b"edge:" + bcrypt.hashpw(b"right horse", bcrypt.gensalt(rounds=4)) + b"\n")
+    secured = registry_factory(config={"auth": {"htpasswd": {"realm": "sealift-test", "path": str(htpasswd)}}})
+    config_dir = tmp_path / "docker"
+    config_dir.mkdir()
+    monkeypatch.setenv("DOCKER_CONFIG", str(config_dir))
+
+    def login(password: str) -> None:
+        token = base64.b64encode(f"edge:{password}".encode()).decode()
+        (config_dir / "config.json").write_text(json.dumps({"auths": {secured.address: {"auth": token}}}))
+
+    login("wrong horse")
+    result = CliRunner().invoke(sealift, ["push", str(big_bundle), f"{secured.address}/demo", "--plain-http"])
+    assert result.exit_code == 1 and "not authorised" in result.stderr and "horse" not in result.stderr
+    login("right horse")
+    pushed = push(big_bundle, f"{secured.address}/demo", plain_http=True)
+    assert pushed.moved.blobs_sent == len(blobs_of(big_bundle) - manifest_digests(big_bundle))
+
+
+def test_an_unreachable_registry_is_retried_then_named() -> None:
+    with pytest.raises(DeliveryError, match=r"cannot reach 127\.0\.0\.1:9 \(connection refused or host unreachable\); gave up after 2"):
+        from bundler.publish import connect
+
+        connect("127.0.0.1:9/demo", plain_http=True, what="registry", retry=Retry(delays=(0.05,))).tags()
