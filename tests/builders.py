@@ -235,3 +235,17 @@ def healthz(port: int = FAST_PORT, *, wait: float = 30.0) -> int:
             if time.monotonic() > end:
                 raise
             time.sleep(0.2)
+
+
+def manifest_digests(bundle: Path) -> set[str]:
+    """The digests of a bundle directory's manifests and indexes (its other blobs are configs and layers)."""
+    found = set()
+    for path in (bundle / "blobs" / "sha256").iterdir():
+        if path.stat().st_size < 1 << 16:
+            try:
+                media_type = json.loads(path.read_bytes()).get("mediaType", "")
+            except (ValueError, UnicodeDecodeError, AttributeError):
+                continue
+            if "manifest" in media_type or "index" in media_type:
+                found.add(f"sha256:{path.name}")
+    return found

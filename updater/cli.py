@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from bundler.bundle import BundleInfo
 from bundler.cli import reports_errors
 from bundler.profiles import Profile, load_profiles, profile_search_path
 from updater.daemon import Daemon
@@ -225,7 +226,8 @@ def status(store: TrustStore, as_json: bool) -> None:
 @click.pass_obj
 @reports_errors
 def verify(store: TrustStore, bundle: Path, profile: str | None, profiles_dir: Path | None, as_json: bool) -> None:
-    """Check BUNDLE the way an install does: signed metadata, every blob, the hardware profile.
+    """Check BUNDLE (or this device's bundle on a medium) the way an install does: signed metadata,
+    every blob, the hardware profile. A delta medium is completed from this device's own store.
 
     Offline: the metadata comes from the bundle's tuf/ folder. The device's trusted metadata
     advances only when every check passes.
@@ -236,11 +238,27 @@ def verify(store: TrustStore, bundle: Path, profile: str | None, profiles_dir: P
         if profile not in known:
             raise UpdaterError(f"unknown profile {profile!r} (known: {', '.join(sorted(known))})")
         wanted = known[profile]
-    info = verify_for_device(bundle, trust=store, profile=wanted)
+    info = _verify_any(store, bundle, wanted)
     if as_json:
         click.echo(json.dumps({"ok": True, **info.to_json()}, indent=2))
     else:
         click.echo(f"ok {info.name} {info.version} for {info.profile}  {info.digest}")
+
+
+def _verify_any(store: TrustStore, path: Path, profile: Profile | None) -> BundleInfo:
+    """Verify a bundle, or this device's bundle on a medium (a delta is completed from the device's store first)."""
+    from bundler.medium import looks_like_medium
+    from updater.store import BundleStore
+
+    if not looks_like_medium(path):
+        return verify_for_device(path, trust=store, profile=profile)
+    bundles = BundleStore(store.state_dir)
+    kept = Slots(store.state_dir).load()
+    local = bundles.take(path, profile)
+    try:
+        return verify_for_device(local, trust=store, profile=profile)
+    finally:
+        bundles.prune({r.digest for r in (kept.current, kept.previous) if r is not None})
 
 
 def main() -> None:

@@ -42,7 +42,7 @@ class Incoming:
     def fill(self, source: Store, *, advance: Callable[[int], None] = lambda _: None) -> None:
         """Take every blob of the bundle: from kept bundles (hard links) or from ``source``."""
         graph = walk(self.top, source)
-        for blob in graph.blobs:
+        for blob in [*graph.blobs, *(manifest for manifest, _ in graph.manifests)]:
             if not self.layout.has_blob(blob.digest):
                 self._adopt(blob)
         graph.blobs = [b for b in graph.blobs if not self.layout.has_blob(b.digest)]

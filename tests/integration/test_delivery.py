@@ -25,8 +25,9 @@ from bundler.publish import mirror_sync, pull, push
 from bundler.registry import Retry
 from bundler.spec import load_spec
 from bundler.transfer import EMPTY_CONFIG
-from tests.builders import healthz, project
+from tests.builders import healthz, manifest_digests, project
 from tests.realparts import DockerEngine, Registry, RegistryFactory, sha256_digest
+from updater.cli import cli as updater_cli
 from updater.daemon import Daemon
 from updater.install import Installer
 from updater.slots import Slots
@@ -40,20 +41,6 @@ pytestmark = pytest.mark.registry
 
 def blobs_of(bundle: Path) -> set[str]:
     return {f"sha256:{p.name}" for p in (bundle / "blobs" / "sha256").iterdir()}
-
-
-def manifest_digests(bundle: Path) -> set[str]:
-    """The bundle's manifests and indexes (the rest of its blobs are configs and layers)."""
-    found = set()
-    for path in (bundle / "blobs" / "sha256").iterdir():
-        if path.stat().st_size < 1 << 16:
-            try:
-                media_type = json.loads(path.read_bytes()).get("mediaType", "")
-            except (ValueError, UnicodeDecodeError, AttributeError):
-                continue
-            if "manifest" in media_type or "index" in media_type:
-                found.add(f"sha256:{path.name}")
-    return found
 
 
 def metadata_blobs(bundle: Path) -> set[str]:
@@ -162,6 +149,8 @@ def test_an_exported_delta_installs_where_the_base_is_and_is_refused_where_it_is
     installer = Installer(state_dir=state_dir, client=docker_engine.client, profile=CPU)
     try:
         assert installer.install(old).committed
+        checked = CliRunner().invoke(updater_cli, ["--state-dir", str(state_dir), "verify", str(medium), "--profile", "x86_64-cpu"])
+        assert checked.exit_code == 0 and checked.stdout.startswith("ok vision-app 1.1.0 for x86_64-cpu"), checked.output
         outcome = installer.install(medium)
         assert outcome.committed and outcome.release.version == "1.1.0"
         assert healthz() == 200

@@ -204,19 +204,6 @@ def test_component_missing_for_a_profile_that_needs_it(tmp_path: Path) -> None:
     assert build(spec, tmp_path / "out", profiles=("jetson-orin",))[0].path.exists()
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True, check=False)
-    if done.returncode != 0:
-        if os.environ.get("CI"):
-            pytest.fail(f"cannot mount a small tmpfs to fill: {done.stderr.decode().strip()}")
-        pytest.skip("needs root to mount a small tmpfs")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
 def test_full_disk_mid_build_is_one_line_and_leaves_nothing(tmp_path: Path, small_disk: Path) -> None:
     spec = project(tmp_path / "src", model_bytes=os.urandom(3 << 20))  # bigger than the disk
     with pytest.raises(OutputError) as caught:

@@ -1,0 +1,198 @@
+"""Delivery without a registry: references, retries, media (full, delta, damaged, on a full disk),
+the device's bundle store, resumed blob copies and the daemon's backoff."""
+
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from bundler.build import BuildOptions, build_bundles, select_profiles
+from bundler.cli import cli as sealift
+from bundler.errors import DeliveryError, OutputError, SourceError
+from bundler.layout import Descriptor, open_layout
+from bundler.medium import check_medium, export
+from bundler.profiles import builtin_profile_dir, load_profiles
+from bundler.registry import Reference, Retry, parse_reference
+from bundler.spec import load_spec
+from bundler.transfer import LayoutStore, ReaderStore
+from tests.builders import manifest_digests, project
+from updater.daemon import Daemon
+from updater.store import BundleStore, candidate_digest
+
+PROFILES = load_profiles([builtin_profile_dir()])
+
+
+@pytest.fixture(scope="module")
+def versions(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """demo 1.2.0 and 1.3.0 for x86_64-cpu and jetson-orin; 1.3.0 changes the CPU model (1 MiB each)."""
+    root = tmp_path_factory.mktemp("versions")
+    spec_path = project(root / "src", model_bytes=os.urandom(1 << 20))
+    built: dict[str, Path] = {}
+    for version in ("1.2.0", "1.3.0"):
+        if version == "1.3.0":
+            (root / "src/models/int8.bin").write_bytes(os.urandom(1 << 20))
+            spec_path.write_text(spec_path.read_text().replace("version: 1.2.0", "version: 1.3.0"))
+        spec = load_spec(spec_path)
+        selected = select_profiles(spec, PROFILES, ("x86_64-cpu", "jetson-orin"))
+        for b in build_bundles(spec, selected, BuildOptions(out=root / "out", epoch=0)):
+            built[f"{b.info.version}-{b.info.profile}"] = b.path
+    return built
+
+
+def blobs(bundle: Path) -> set[str]:
+    return {p.name for p in (bundle / "blobs" / "sha256").iterdir() if not p.name.startswith(".")}
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("registry.example.com/vision-app", Reference("registry.example.com", "vision-app")),
+    ("127.0.0.1:5000/team/app:x86_64-cpu-1.0.0", Reference("127.0.0.1:5000", "team/app", tag="x86_64-cpu-1.0.0")),
+    ("docker://localhost/app@sha256:" + "a" * 64, Reference("localhost", "app", digest="sha256:" + "a" * 64)),
+])
+def test_references_parse(text: str, expected: Reference) -> None:
+    assert parse_reference(text) == expected
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("vision-app", "expected HOST"),
+    ("library/app", "expected HOST"),
+    ("host.example/App", "not a valid repository name"),
+    ("host.example/app:bad/tag", "'bad/tag' is not a valid tag"),
+    ("host.example/app@sha256:12", "not a sha256 digest"),
+    ("host.example/app:-x", "not a valid tag"),
+])
+def test_malformed_references_are_named(text: str, message: str) -> None:
+    with pytest.raises(SourceError, match=message):
+        parse_reference(text)
+
+
+def test_retries_wait_longer_each_time_with_jitter() -> None:
+    waits = [list(Retry(delays=(1.0, 4.0), jitter=0.5).waits()) for _ in range(50)]
+    assert all(w[2] is None and 0.5 <= w[0] <= 1.5 and 2.0 <= w[1] <= 6.0 for w in waits)  # type: ignore[operator]
+    assert len({w[0] for w in waits}) > 1  # devices do not retry in step
+
+
+def test_a_full_medium_and_a_delta_check_out(versions: dict[str, Path], tmp_path: Path) -> None:
+    full = export([versions["1.3.0-x86_64-cpu"], versions["1.3.0-jetson-orin"]], tmp_path / "full")
+    delta = export([versions["1.3.0-x86_64-cpu"]], tmp_path / "delta", bases=(str(versions["1.2.0-x86_64-cpu"]),))
+    assert [b.profile for b in full.bundles] == ["x86_64-cpu", "jetson-orin"] and full.bundles[0].base is None
+    (entry,) = delta.bundles
+    manifests = {d.removeprefix("sha256:") for d in manifest_digests(versions["1.3.0-x86_64-cpu"])}
+    shared = blobs(versions["1.3.0-x86_64-cpu"]) & blobs(versions["1.2.0-x86_64-cpu"]) - manifests
+    assert entry.base is not None and entry.base["version"] == "1.2.0" and entry.blobs_from_base == len(shared)
+    assert not blobs(tmp_path / "delta") & shared
+    for medium in (tmp_path / "full", tmp_path / "delta"):
+        assert check_medium(medium).problems == []
+    assert "needs demo 1.2.0 already installed" in (tmp_path / "delta/README.txt").read_text()
+    sums = (tmp_path / "full/SHA256SUMS").read_text()
+    assert "index.json" in sums and "tuf/" not in sums  # unsigned bundles carry no metadata
+
+
+@pytest.mark.parametrize(("damage", "problem"), [
+    (lambda m: (m / "SHA256SUMS").unlink(), "SHA256SUMS is missing"),
+    (lambda m: next(p for p in (m / "blobs/sha256").iterdir() if p.stat().st_size > 4096).unlink(), "is missing (copied halfway?)"),
+    (lambda m: _truncate(max((m / "blobs/sha256").iterdir(), key=lambda p: p.stat().st_size)), "does not match SHA256SUMS"),
+    (lambda m: (m / "README.txt").write_text("edited"), "README.txt does not match SHA256SUMS"),
+])
+def test_a_damaged_or_half_copied_medium_fails_its_check(versions: dict[str, Path], tmp_path: Path, damage, problem: str) -> None:  # type: ignore[no-untyped-def]
+    medium = tmp_path / "stick"
+    export([versions["1.2.0-x86_64-cpu"]], medium)
+    damage(medium)
+    result = CliRunner().invoke(sealift, ["verify", str(medium), "--json"])
+    assert result.exit_code == 1
+    (report,) = json.loads(result.stdout)
+    assert report["ok"] is False and any(problem in p for p in report["problems"])
+
+
+def _truncate(path: Path) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+
+
+def test_a_tar_medium_cut_short_is_named_truncated(versions: dict[str, Path], tmp_path: Path) -> None:
+    medium = tmp_path / "stick.tar"
+    export([versions["1.2.0-x86_64-cpu"]], medium)
+    with tarfile.open(medium) as tar:
+        assert tar.getnames()[0] == "sealift-medium.json" and tar.getnames()[-1] == "SHA256SUMS"
+    _truncate(medium)
+    result = CliRunner().invoke(sealift, ["verify", str(medium)])
+    assert result.exit_code == 1 and "truncated" in result.stderr
+
+
+def test_export_refuses_an_existing_medium_and_an_unmatched_base(versions: dict[str, Path], tmp_path: Path) -> None:
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used/notes").write_text("x")
+    with pytest.raises(OutputError, match="already exists"):
+        export([versions["1.2.0-x86_64-cpu"]], tmp_path / "used")
+    with pytest.raises(DeliveryError, match="no exported bundle has its name and profile"):
+        export([versions["1.3.0-x86_64-cpu"]], tmp_path / "new", bases=(str(versions["1.2.0-jetson-orin"]),))
+
+
+def test_a_full_disk_during_export_is_one_line_and_the_medium_fails_its_check(versions: dict[str, Path], small_disk: Path) -> None:
+    with pytest.raises((OutputError, DeliveryError)) as caught:  # 2 MiB of bundles on a 2 MiB disk
+        export([versions["1.2.0-x86_64-cpu"], versions["1.3.0-x86_64-cpu"]], small_disk / "stick")
+    assert "the disk is full" in caught.value.diagnostics() and "\n" not in caught.value.diagnostics()
+    assert not (small_disk / "stick/SHA256SUMS").exists()
+    assert CliRunner().invoke(sealift, ["verify", str(small_disk / "stick")]).exit_code == 1  # never taken for complete
+
+
+def test_the_store_shares_blobs_between_releases_and_keeps_only_what_it_is_told(versions: dict[str, Path], tmp_path: Path) -> None:
+    store = BundleStore(tmp_path / "device")
+    old = store.take(versions["1.2.0-x86_64-cpu"], PROFILES["x86_64-cpu"])
+    new = store.take(versions["1.3.0-x86_64-cpu"], PROFILES["x86_64-cpu"])
+    shared = blobs(old) & blobs(new)
+    assert shared and all((old / "blobs/sha256" / n).stat().st_ino == (new / "blobs/sha256" / n).stat().st_ino for n in shared)
+    assert store.take(versions["1.3.0-x86_64-cpu"], PROFILES["x86_64-cpu"]) == new  # already there: nothing copied
+    digest = candidate_digest(versions["1.3.0-x86_64-cpu"], None)
+    assert digest is not None and new.name == digest.removeprefix("sha256:")
+    assert store.prune({digest}) == [old.name] and not old.exists() and new.exists()
+
+
+def test_the_store_takes_this_devices_bundle_from_a_medium_and_refuses_a_delta_without_base(
+        versions: dict[str, Path], tmp_path: Path) -> None:
+    export([versions["1.3.0-x86_64-cpu"], versions["1.3.0-jetson-orin"]], tmp_path / "full")
+    export([versions["1.3.0-x86_64-cpu"]], tmp_path / "delta", bases=(str(versions["1.2.0-x86_64-cpu"]),))
+    store = BundleStore(tmp_path / "device")
+    with pytest.raises(DeliveryError, match=r"is a delta on demo 1\.2\.0 .* which this device does not have"):
+        store.take(tmp_path / "delta", PROFILES["x86_64-cpu"])
+    assert not store.root.exists()  # refused before anything was copied
+    with pytest.raises(DeliveryError, match=r"no bundle for profile arm64-coral \(it holds jetson-orin, x86_64-cpu\)"):
+        store.take(tmp_path / "full", PROFILES["arm64-coral"])
+    jetson = store.take(tmp_path / "full", PROFILES["jetson-orin"])
+    assert blobs(jetson) == blobs(versions["1.3.0-jetson-orin"])
+    store.take(versions["1.2.0-x86_64-cpu"], PROFILES["x86_64-cpu"])
+    cpu = store.take(tmp_path / "delta", PROFILES["x86_64-cpu"])
+    assert blobs(cpu) == blobs(versions["1.3.0-x86_64-cpu"])
+
+
+def test_a_blob_copy_cut_off_resumes_and_a_wrong_one_is_not_kept(versions: dict[str, Path], tmp_path: Path) -> None:
+    bundle = versions["1.2.0-x86_64-cpu"]
+    model = max((bundle / "blobs/sha256").iterdir(), key=lambda p: p.stat().st_size)
+    blob = Descriptor(media_type="application/octet-stream", digest=f"sha256:{model.name}", size=model.stat().st_size)
+    dest = LayoutStore(tmp_path / "out")
+    dest.prepare()
+    partial = dest.blobs / f".partial-{model.name}"
+    partial.write_bytes(model.read_bytes()[: blob.size // 3])
+    advanced: list[int] = []
+    with open_layout(bundle) as reader:
+        dest.put_blob(blob, ReaderStore(reader), advanced.append)
+    assert (dest.blobs / model.name).read_bytes() == model.read_bytes() and not partial.exists()
+    assert advanced[0] == blob.size // 3 and sum(advanced) == blob.size  # the part already there was not read again
+    partial.write_bytes(b"not the model at all")
+    (dest.blobs / model.name).unlink()
+    with open_layout(bundle) as reader, pytest.raises(DeliveryError, match="does not match its digest"):
+        dest.put_blob(blob, ReaderStore(reader), lambda _: None)
+    assert not partial.exists() and not (dest.blobs / model.name).exists()
+
+
+def test_failed_polls_stretch_the_wait_up_to_a_limit() -> None:
+    daemon = Daemon(None, None, interval=10, log=lambda _: None)  # type: ignore[arg-type]
+    assert 8 <= daemon.next_wait() <= 12
+    daemon.failures = 2
+    assert 32 <= daemon.next_wait() <= 48
+    daemon.failures = 50
+    assert daemon.next_wait() <= 10 * Daemon.MAX_BACKOFF * 1.2
