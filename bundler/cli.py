@@ -477,10 +477,10 @@ def mirror() -> None:
 
 
 @mirror.command("sync")
-@click.option("--from", "origin", required=True, metavar="REGISTRY/REPO[:TAG]",
-              help="Where to copy from: a repository (every bundle in it) or one tagged bundle.")
+@click.option("--from", "origin", required=True, metavar="REGISTRY[/REPO[:TAG]]",
+              help="Where to copy from: a registry (every repository of bundles it lists), a repository, or one bundle.")
 @click.option("--to", "target", required=True, metavar="REGISTRY[/REPO]",
-              help="The mirror; the repository defaults to the source's.")
+              help="The mirror; repositories keep their names unless one is given.")
 @click.option("--profile", "profiles", multiple=True, metavar="NAME", help="Copy only bundles for this profile (repeatable).")
 @click.option("--plain-http", is_flag=True, help="Talk to both registries over plain HTTP.")
 @click.option("--plain-http-from", is_flag=True, help="Talk to the source over plain HTTP.")
@@ -513,8 +513,10 @@ def _print_transfer(result: Any, as_json: bool, verb: str) -> None:
     for b in result.bundles:
         click.echo(f"{verb} {b.get('name')} {b.get('version')} ({b.get('profile')})  {b['digest']}  to {result.destination}")
     moved = result.moved
-    click.echo(f"sent {moved.blobs_sent} blobs ({_size(moved.bytes_sent)}), {moved.blobs_present} already there "
+    click.echo(f"copied {moved.blobs_sent} blobs ({_size(moved.bytes_sent)}), {moved.blobs_present} already there "
                f"({_size(moved.bytes_present)}); {len(result.metadata)} metadata files published")
+    if result.skipped:
+        click.echo(f"left alone {len(result.skipped)} tags that are not Sealift bundles: {', '.join(result.skipped[:5])}")
 
 
 def _print_table(info: BundleInfo) -> None:

@@ -25,7 +25,7 @@ from bundler.bundle import ANNOTATION, MEDIA, verify_bundle
 from bundler.errors import DeliveryError
 from bundler.layout import METADATA_NAME, Descriptor, open_layout
 from bundler.progress import Progress, QuietProgress
-from bundler.registry import RegistryClient, Retry, parse_reference
+from bundler.registry import Reference, RegistryClient, Retry, parse_reference
 from bundler.transfer import (
     EMPTY_CONFIG,
     METADATA_TAG_PREFIX,
@@ -45,6 +45,7 @@ __all__ = [
     "PublishResult",
     "bundle_descriptor",
     "bundle_tag",
+    "catalog",
     "connect",
     "mirror_sync",
     "publish_metadata",
@@ -64,10 +65,11 @@ class PublishResult:
     bundles: list[dict[str, Any]] = field(default_factory=list)
     metadata: list[str] = field(default_factory=list)
     moved: Transferred = field(default_factory=Transferred)
+    skipped: list[str] = field(default_factory=list)  # tags that are not bundles
 
     def to_json(self) -> dict[str, Any]:
         return {"destination": self.destination, "bundles": self.bundles, "metadata_published": self.metadata,
-                **self.moved.to_json()}
+                "skipped_tags": self.skipped, **self.moved.to_json()}
 
 
 def bundle_tag(profile: str, version: str) -> str:
@@ -116,6 +118,8 @@ def pull(reference: str, out: Path, *, plain_http: bool, progress: Progress | No
         raise DeliveryError(f"registry {reference}: name the bundle to pull with :TAG or @DIGEST")
     if (out / "index.json").exists():
         raise DeliveryError(f"{out}: already holds a complete layout; pull into a new directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / "oci-layout").is_file():
+        raise DeliveryError(f"{out}: not empty, and not a pull that was cut short; pull into a new directory")
     result = PublishResult(destination=str(out))
     with _closing(client):
         source = RegistryStore(client)
@@ -142,7 +146,23 @@ def pull(reference: str, out: Path, *, plain_http: bool, progress: Progress | No
 
 def mirror_sync(origin: str, target: str, *, profiles: tuple[str, ...] = (), plain_http_from: bool = False,
                 plain_http_to: bool = False, progress: Progress | None = None) -> PublishResult:
-    """Copy the bundles a site needs (all, or those of ``profiles``) and the metadata into another registry."""
+    """Copy the bundles a site needs (all, or those of ``profiles``) and the metadata into another registry.
+
+    ``origin`` is a repository, one tagged bundle in it, or a whole registry (``HOST[:PORT]``: every
+    repository its catalog lists that holds bundles, each to the repository of the same name).
+    """
+    if "/" not in origin.removeprefix("docker://"):
+        if "/" in target:
+            raise DeliveryError(f"mirror {target}: syncing a whole registry needs a registry to sync into (HOST[:PORT])")
+        result = PublishResult(destination=target)
+        for repository in catalog(origin, plain_http=plain_http_from):
+            one = mirror_sync(f"{origin}/{repository}", target, profiles=profiles, plain_http_from=plain_http_from,
+                              plain_http_to=plain_http_to, progress=progress)
+            result.bundles += one.bundles
+            result.metadata += [f"{repository}/{name}" for name in one.metadata]
+            result.moved.add(one.moved)
+            result.skipped += [f"{repository}:{tag}" for tag in one.skipped]
+        return result
     progress = progress or QuietProgress()
     src = connect(origin, plain_http=plain_http_from, what="source registry")
     dst_ref = parse_reference(target if "/" in target else f"{target}/{src.ref.repository}", what="mirror", error=DeliveryError)
@@ -151,15 +171,20 @@ def mirror_sync(origin: str, target: str, *, profiles: tuple[str, ...] = (), pla
     dst = RegistryClient(dst_ref, plain_http=plain_http_to, what=f"mirror {dst_ref.name}", error=DeliveryError)
     result = PublishResult(destination=dst_ref.name)
     with _closing(src), _closing(dst):
-        tags = [src.ref.digest or src.ref.tag] if (src.ref.tag or src.ref.digest) else sorted(
-            t for t in src.tags() if not t.startswith(METADATA_TAG_PREFIX))
+        named = src.ref.digest or src.ref.tag
+        tags = [named] if named else sorted(t for t in src.tags() if not t.startswith(METADATA_TAG_PREFIX))
         source, dest = RegistryStore(src), RegistryStore(dst)
         for tag in tags:
-            assert tag is not None
             found = src.get_manifest(tag)
             if found is None:
                 raise DeliveryError(f"source registry {src.ref.name}: {tag} vanished during the sync")
-            top = bundle_descriptor(*found, f"{src.ref.name}:{tag}")
+            try:
+                top = bundle_descriptor(*found, f"{src.ref.name}:{tag}")
+            except DeliveryError:
+                if named:
+                    raise
+                result.skipped.append(tag)  # something else shares the repository: not ours to copy
+                continue
             annotations = top.annotations
             if profiles and annotations.get(ANNOTATION.PROFILE) not in profiles:
                 continue
@@ -176,6 +201,14 @@ def mirror_sync(origin: str, target: str, *, profiles: tuple[str, ...] = (), pla
         files = {name: data for name in names if (data := read_metadata(src, name)) is not None}
         result.metadata = publish_metadata(dst, files)
     return result
+
+
+def catalog(host: str, *, plain_http: bool) -> list[str]:
+    """The repositories a registry lists (its ``/v2/_catalog``), following its pagination."""
+    client = RegistryClient(Reference(host=host.removeprefix("docker://"), repository="_catalog"), plain_http=plain_http,
+                            what=f"source registry {host}", error=DeliveryError)
+    with _closing(client):
+        return client.catalog()
 
 
 # --- signed metadata in a registry --------------------------------------------------------------

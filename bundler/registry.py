@@ -177,20 +177,30 @@ class RegistryClient:
             yield response.raw
 
     def tags(self) -> list[str]:
-        """Every tag of the repository (following the registry's pagination)."""
-        tags: list[str] = []
-        path = "tags/list?n=1000"
-        while path:
-            response = self._request("GET", path, missing_ok=True, stream=False)
+        """Every tag of the repository (none if it does not exist yet)."""
+        return self._listing(f"{self._base()}/v2/{self.ref.repository}/tags/list?n=1000", "tags")
+
+    def catalog(self) -> list[str]:
+        """Every repository the registry lists."""
+        return self._listing(f"{self._base()}/v2/_catalog?n=1000", "repositories")
+
+    def _listing(self, url: str, key: str) -> list[str]:
+        """A paginated list (the registry's ``Link: <…>; rel="next"`` header leads to the next page)."""
+        items: list[str] = []
+        while url:
+            response = self._request("GET", url, missing_ok=True, stream=False)
             if response is None:
-                return tags  # a repository that does not exist yet has no tags
+                return items
             try:
-                tags += [t for t in response.json().get("tags") or [] if isinstance(t, str)]
+                items += [t for t in response.json().get(key) or [] if isinstance(t, str)]
             except (ValueError, AttributeError) as e:
-                raise self.error(f"{self.what}: the registry's tag list is not valid JSON") from e
+                raise self.error(f"{self.what}: the registry's {key} list is not valid JSON") from e
             following = response.links.get("next", {}).get("url", "")
-            path = following.split(f"/v2/{self.ref.repository}/", 1)[1] if f"/v2/{self.ref.repository}/" in following else ""
-        return tags
+            url = f"{self._base()}{following}" if following.startswith("/v2/") else ""
+        return items
+
+    def _base(self) -> str:
+        return f"{self.scheme}://{self.ref.host}"
 
     # -- writing -----------------------------------------------------------------------------
 

@@ -158,7 +158,21 @@ def main() -> None:
     parser.add_argument("--update", action="store_true",
                         help="measure the updater instead: service gap during an update and time to roll back "
                              "(starts its own Docker engine; see scripts/bench_update.py)")
+    parser.add_argument("--delivery", action="store_true",
+                        help="measure delivery instead: bytes per hop through two mirrors, delta media, and many "
+                             "devices on one site mirror (starts its own registries; see scripts/bench_delivery.py)")
+    parser.add_argument("--devices", type=int, default=50, help="devices pulling at once with --delivery (default 50)")
     args = parser.parse_args()
+    if args.delivery:
+        from scripts.bench_delivery import measure as measure_delivery
+        from scripts.bench_delivery import print_report as print_delivery
+
+        figures = measure_delivery(args.repeat, devices=args.devices)
+        if args.json:
+            print(json.dumps(figures, indent=2))
+        else:
+            print_delivery(figures)
+        return
     if args.update:
         from scripts.bench_update import measure
         from scripts.bench_update import print_report as print_update

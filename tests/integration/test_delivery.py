@@ -25,8 +25,8 @@ from bundler.publish import mirror_sync, pull, push
 from bundler.registry import Retry
 from bundler.spec import load_spec
 from bundler.transfer import EMPTY_CONFIG
-from tests.builders import healthz, manifest_digests, project
-from tests.realparts import DockerEngine, Registry, RegistryFactory, sha256_digest
+from tests.builders import healthz, image_layout, manifest_digests, project
+from tests.realparts import DockerEngine, Registry, RegistryFactory, push_to_registry, sha256_digest
 from updater.cli import cli as updater_cli
 from updater.daemon import Daemon
 from updater.install import Installer
@@ -277,3 +277,17 @@ def test_an_unreachable_registry_is_retried_then_named() -> None:
         from bundler.publish import connect
 
         connect("127.0.0.1:9/demo", plain_http=True, what="registry", retry=Retry(delays=(0.05,))).tags()
+
+
+def test_a_whole_registry_syncs_repository_by_repository_leaving_other_artifacts_alone(
+        big_bundle: Path, registry_factory: RegistryFactory, tmp_path: Path) -> None:
+    origin, mirror = registry_factory(), registry_factory()
+    push(big_bundle, f"{origin.address}/team-a/demo", plain_http=True)
+    push(big_bundle, f"{origin.address}/team-b/demo", plain_http=True)
+    push_to_registry(f"oci:{image_layout(tmp_path / 'image')}:1.0.0", f"{origin.address}/team-a/demo:an-image")
+    synced = sealift_json("mirror", "sync", "--from", origin.address, "--to", mirror.address, "--plain-http")
+    assert sorted(b["tag"] for b in synced["bundles"]) == ["x86_64-cpu-1.2.0"] * 2
+    assert synced["skipped_tags"] == ["team-a/demo:an-image"]
+    for repository in ("team-a/demo", "team-b/demo"):
+        pulled = pull(f"{mirror.address}/{repository}:x86_64-cpu-1.2.0", tmp_path / repository, plain_http=True)
+        assert pulled.bundles[0]["name"] == "demo"

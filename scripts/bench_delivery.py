@@ -1,0 +1,228 @@
+"""The delivery benchmark: bytes moved per hop, delta media, and many devices on one site mirror.
+
+Starts three CNCF distribution registries on loopback (origin, DMZ mirror, OT mirror), builds and
+signs release 1 of an app (an image with a base layer and an app layer, a model, a config) and
+release 2 (a new app layer and a new model; the rest unchanged), then measures:
+
+- **bytes per hop**: for the first install and for the update, what crosses each hop (``push``
+  to the origin, ``mirror sync`` origin to DMZ, DMZ to OT, and the device's download from the OT
+  mirror), read from each registry's access log (or from the push's own count), against the floor
+  beside it: the sum of the blobs the hop had to move (all of release 1; for the update, only the
+  changed blobs). Target: at most 1.05x the floor plus metadata (manifests and signed TUF files).
+- **delta medium**: ``export --base`` release 1 against a full export of release 2.
+- **one site mirror, many devices**: ``--devices`` devices (threads, each with its own state)
+  download release 1 from the OT mirror at once; the origin and the DMZ mirror serve nothing
+  more, whatever the number of devices.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bundler.build import BuildOptions, build_bundles, select_profiles  # noqa: E402
+from bundler.medium import export  # noqa: E402
+from bundler.profiles import builtin_profile_dir, load_profiles  # noqa: E402
+from bundler.publish import connect, mirror_sync, push  # noqa: E402
+from bundler.spec import load_spec  # noqa: E402
+from bundler.transfer import RegistryStore  # noqa: E402
+from scripts.oci_image import FileEntry, ImageConfig, Platform, PlatformImage, write_image_layout  # noqa: E402
+from tests.builders import signed  # noqa: E402
+from tests.realparts import Registry, start_registry  # noqa: E402
+from updater.install import Installer  # noqa: E402
+from updater.sources import RegistryPoller  # noqa: E402
+from updater.trust import TrustStore  # noqa: E402
+
+MIB = 1 << 20
+CPU = load_profiles([builtin_profile_dir()])["x86_64-cpu"]
+SPEC = """\
+name: fleet-app
+version: {version}
+profiles: [x86_64-cpu]
+images:
+  app: {{source: "oci:image-{version}:{version}"}}
+models:
+  detector: {{path: models/detector-{version}.bin}}
+configs:
+  settings: {{path: config/settings.yaml}}
+app:
+  services:
+    app:
+      image: app
+      volumes: ["detector:/models/detector", "settings:/etc/settings.yaml"]
+"""
+
+
+def make_release(src: Path, version: str, *, base_layer: Path, model_mib: int, app_layer_mib: int) -> Path:
+    """Write release ``version``'s inputs and build its bundle; the base layer is shared by all releases."""
+    (src / "config").mkdir(parents=True, exist_ok=True)
+    (src / "config/settings.yaml").write_text("threshold: 0.5\n")
+    _random_file(src / f"app-{version}.bin", app_layer_mib)
+    _random_file(src / f"models/detector-{version}.bin", model_mib)
+    image = PlatformImage(platform=Platform.parse("linux/amd64"),
+                          layers=((FileEntry(path="/base/base.bin", source=base_layer),),
+                                  (FileEntry(path="/app/app.bin", source=src / f"app-{version}.bin"),)),
+                          config=ImageConfig(cmd=("/bin/true",)))
+    write_image_layout(src / f"image-{version}", version, [image], epoch=0)
+    spec_path = src / f"sealift-{version}.yaml"
+    spec_path.write_text(SPEC.format(version=version))
+    spec = load_spec(spec_path)
+    (built,) = build_bundles(spec, select_profiles(spec, {CPU.name: CPU}, (CPU.name,)), BuildOptions(out=src / "out", epoch=0))
+    return built.path
+
+
+def _random_file(path: Path, mib: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        for _ in range(mib):
+            f.write(os.urandom(MIB))
+
+
+def blob_sizes(bundle: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in (bundle / "blobs" / "sha256").iterdir()}
+
+
+def served(registry: Registry, since: int) -> int:
+    """Bytes the registry sent in answers since its ``since``-th request."""
+    return sum(r.bytes for r in registry.requests()[since:] if r.method == "GET")
+
+
+class Device:
+    """A device's download side: its own state, trust and store; no engine (only the bytes are measured)."""
+
+    def __init__(self, root: Path, trusted_root: Path, source: str) -> None:
+        TrustStore(root).init(trusted_root)
+        self.installer = Installer(state_dir=root, client=None, profile=CPU)
+        self.poller = RegistryPoller(source, installer=self.installer, profile=CPU, plain_http=True)
+
+    def download(self) -> int:
+        """Find the newest signed release and download what this device lacks; return the bytes of blobs fetched."""
+        client = connect(self.poller.source, plain_http=True, what="site registry")
+        try:
+            found = self.poller.find(client, self.installer.slots.load())
+            assert found is not None, "the mirror offers nothing newer"
+            incoming = self.installer.store.incoming(found.top)
+            incoming.fill(RegistryStore(client))
+            incoming.complete(found.metadata)
+            return incoming.moved.bytes_sent
+        finally:
+            client.close()
+
+
+def hop_round(work: Path, releases: dict[str, Path], trusted_root: Path) -> dict[str, Any]:
+    """One pass of release 1 then release 2 through origin, DMZ, OT and a device."""
+    origin, dmz, ot = start_registry(), start_registry(), start_registry()
+    try:
+        device = Device(work / "device", trusted_root, f"{ot.address}/fleet-app")
+        figures: dict[str, Any] = {}
+        previous: dict[str, int] = {}
+        for label, bundle in (("first install", releases["1"]), ("update", releases["2"])):
+            sizes = blob_sizes(bundle)
+            changed = sum(size for name, size in sizes.items() if name not in previous)
+            marks = (len(origin.requests()), len(dmz.requests()), len(ot.requests()))
+            pushed = push(bundle, f"{origin.address}/fleet-app", plain_http=True)
+            mirror_sync(f"{origin.address}/fleet-app", f"{dmz.address}", plain_http_from=True, plain_http_to=True)
+            mirror_sync(f"{dmz.address}/fleet-app", f"{ot.address}", plain_http_from=True, plain_http_to=True)
+            hop_bytes = {"push to origin": pushed.moved.bytes_sent, "origin to DMZ": served(origin, marks[0]),
+                         "DMZ to OT": served(dmz, marks[1])}
+            ot_mark = len(ot.requests())
+            device.download()
+            hop_bytes["OT to device"] = served(ot, ot_mark)
+            figures[label] = {"changed_blob_bytes": changed, "hops": hop_bytes}
+            previous = sizes
+        return figures
+    finally:
+        for registry in (origin, dmz, ot):
+            registry.stop()
+        shutil.rmtree(work / "device", ignore_errors=True)
+
+
+def many_devices(work: Path, bundle: Path, trusted_root: Path, count: int) -> dict[str, Any]:
+    origin, ot = start_registry(), start_registry()
+    try:
+        push(bundle, f"{origin.address}/fleet-app", plain_http=True)
+        mirror_sync(f"{origin.address}/fleet-app", ot.address, plain_http_from=True, plain_http_to=True)
+        origin_mark, ot_mark = len(origin.requests()), len(ot.requests())
+        devices = [Device(work / f"device-{i}", trusted_root, f"{ot.address}/fleet-app") for i in range(count)]
+        errors: list[BaseException] = []
+
+        def run(device: Device) -> None:
+            try:
+                device.download()
+            except BaseException as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=run, args=(d,)) for d in devices]
+        start = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.perf_counter() - start
+        if errors:
+            raise SystemExit(f"{len(errors)} of {count} devices failed: {errors[0]}")
+        bundle_bytes = sum(blob_sizes(bundle).values())
+        return {"devices": count, "seconds": elapsed, "bundle_bytes": bundle_bytes,
+                "mirror_served": served(ot, ot_mark), "origin_served": served(origin, origin_mark)}
+    finally:
+        origin.stop()
+        ot.stop()
+        for path in work.glob("device-*"):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def measure(repeat: int, *, model_mib: int = 256, base_layer_mib: int = 64, app_layer_mib: int = 16,
+            devices: int = 50, device_model_mib: int = 8) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="sealift-bench-delivery-"))
+    try:
+        src = work / "src"
+        _random_file(src / "base.bin", base_layer_mib)
+        releases = {v: make_release(src, f"{v}.0.0", base_layer=src / "base.bin", model_mib=model_mib, app_layer_mib=app_layer_mib)
+                    for v in ("1", "2")}
+        small = make_release(work / "small", "3.0.0", base_layer=src / "base.bin", model_mib=device_model_mib, app_layer_mib=1)
+        trusted_root = signed([*releases.values(), small], work / "signing")
+        rounds = [hop_round(work, releases, trusted_root) for _ in range(repeat)]
+        hops = {label: {"changed_blob_bytes": rounds[0][label]["changed_blob_bytes"],
+                        "hops": {hop: statistics.median(r[label]["hops"][hop] for r in rounds) for hop in rounds[0][label]["hops"]}}
+                for label in rounds[0]}
+        full = export([releases["2"]], work / "full")
+        delta = export([releases["2"]], work / "delta", bases=(str(releases["1"]),))
+        media = {"full_bytes": _tree_bytes(work / "full"), "delta_bytes": _tree_bytes(work / "delta"),
+                 "blobs_left_to_base": delta.bundles[0].blobs_from_base, "full_blobs": full.moved.blobs_sent}
+        crowd = many_devices(work, small, trusted_root, devices)
+        return {"hops": hops, "media": media, "many_devices": crowd,
+                "sizes_mib": {"model": model_mib, "base_layer": base_layer_mib, "app_layer": app_layer_mib,
+                              "device_bundle": device_model_mib}}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _tree_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def print_report(figures: dict[str, Any]) -> None:
+    print("| release | hop | bytes moved | changed blobs | moved / changed | overhead (manifests, metadata) |")
+    print("|---|---|---|---|---|---|")
+    for label, figure in figures["hops"].items():
+        floor = figure["changed_blob_bytes"]
+        for hop, moved in figure["hops"].items():
+            print(f"| {label} | {hop} | {moved / MIB:.2f} MiB | {floor / MIB:.2f} MiB | {moved / floor:.4f}x "
+                  f"| {(moved - floor) / 1024:.1f} KiB |")
+    m = figures["media"]
+    print(f"\ndelta medium {m['delta_bytes'] / MIB:.2f} MiB, full medium {m['full_bytes'] / MIB:.2f} MiB "
+          f"({m['delta_bytes'] / m['full_bytes']:.3f} of it; {m['blobs_left_to_base']} blobs left to the base)")
+    c = figures["many_devices"]
+    print(f"{c['devices']} devices pulled a {c['bundle_bytes'] / MIB:.1f} MiB bundle from one site mirror in {c['seconds']:.1f} s: "
+          f"the mirror served {c['mirror_served'] / MIB:.1f} MiB ({c['mirror_served'] / c['bundle_bytes']:.2f} bundles), "
+          f"the origin {c['origin_served'] / MIB:.2f} MiB")
