@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "BundleError",
+    "ContentMismatch",
     "DeliveryError",
     "OutputError",
     "RepositoryError",
@@ -53,3 +54,7 @@ class RepositoryError(SealiftError):
 
 class DeliveryError(SealiftError):
     """A registry, mirror or medium cannot deliver: unreachable, refused, incomplete or not matching."""
+
+
+class ContentMismatch(DeliveryError):
+    """Bytes that are not what their digest or size says: refused, and nothing of them kept."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -264,7 +265,9 @@ def read_medium(reader: LayoutReader) -> list[MediumBundle]:
         bundles = []
         for entry in data["bundles"]:
             base = entry.get("base")
-            if base is not None and not (isinstance(base, dict) and all(isinstance(base.get(k), str) for k in ("version", "digest"))):
+            if base is not None and not (isinstance(base, dict) and isinstance(base.get("version"), str)
+                                         and _HEX.fullmatch(str(base.get("digest", "")).removeprefix("sha256:"))
+                                         and str(base["digest"]).startswith("sha256:")):
                 raise DeliveryError(f"{where}: malformed base of {entry.get('name')!r}")
             bundles.append(MediumBundle(name=str(entry["name"]), version=str(entry["version"]), profile=str(entry["profile"]),
                                         top=tops[entry["digest"]], base=base, blobs_from_base=int(entry.get("blobs_from_base", 0))))
@@ -274,8 +277,9 @@ def read_medium(reader: LayoutReader) -> list[MediumBundle]:
 
 
 def check_medium(path: Path, *, progress: Progress | None = None) -> MediumReport:
-    """Check a medium end to end: every file against ``SHA256SUMS``, every bundle's graph complete
-    (a delta may lack only blobs, and says which base supplies them), every blob against its digest."""
+    """Check a medium end to end: every file against ``SHA256SUMS``, every blob against its own digest
+    and listed there, every bundle's graph complete (a delta may lack only blobs, and says which
+    base supplies them)."""
     progress = progress or QuietProgress()
     report = MediumReport(location=str(path))
     with open_layout(path, strict=False) as reader:
@@ -299,6 +303,8 @@ def check_medium(path: Path, *, progress: Progress | None = None) -> MediumRepor
 
 
 def _check_sums(reader: LayoutReader, path: Path, progress: Progress) -> list[str]:
+    """Every file ``SHA256SUMS`` lists is there with that hash, every blob's hash is its name, and
+    every blob is listed. Only the names a medium holds are read: a listing cannot lead elsewhere."""
     try:
         listing = reader.read_small(SUMS_FILE).decode()
     except (BundleError, UnicodeDecodeError):
@@ -306,7 +312,7 @@ def _check_sums(reader: LayoutReader, path: Path, progress: Progress) -> list[st
     expected: dict[str, str] = {}
     for line in listing.splitlines():
         digest, _, name = line.partition("  ")
-        if len(digest) != 64 or not name:
+        if not _HEX.fullmatch(digest) or not _medium_name(name):
             return [f"{SUMS_FILE}: malformed line {line[:80]!r}"]
         expected[name] = digest
     problems = []
@@ -317,7 +323,25 @@ def _check_sums(reader: LayoutReader, path: Path, progress: Progress) -> list[st
             problems.append(f"{name} is missing (copied halfway?)")
         elif actual != digest:
             problems.append(f"{name} does not match {SUMS_FILE} (truncated or altered)")
+        elif name.startswith("blobs/sha256/") and actual != name.removeprefix("blobs/sha256/"):
+            problems.append(f"{name} does not match its digest (altered)")
+    unlisted = sorted(f"blobs/sha256/{d.removeprefix('sha256:')}" for d in reader.blob_names())
+    problems += [f"{name} is not listed in {SUMS_FILE}" for name in unlisted if name not in expected]
     return problems
+
+
+_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def _medium_name(name: str) -> bool:
+    """The names a medium may hold (and so the only ones ``SHA256SUMS`` may name)."""
+    if name in ("oci-layout", "index.json", MEDIUM_FILE, NOTE_FILE):
+        return True
+    if name.startswith("blobs/sha256/"):
+        return bool(_HEX.fullmatch(name.removeprefix("blobs/sha256/")))
+    if name.startswith("tuf/"):
+        return bool(METADATA_NAME.fullmatch(name.removeprefix("tuf/")))
+    return False
 
 
 def _file_digest(reader: LayoutReader, name: str) -> str | None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bundler.bundle import ANNOTATION, MEDIA, verify_bundle
-from bundler.errors import DeliveryError
+from bundler.errors import DeliveryError, SealiftError
 from bundler.layout import METADATA_NAME, Descriptor, open_layout
 from bundler.progress import Progress, QuietProgress
 from bundler.registry import Reference, RegistryClient, Retry, parse_reference
@@ -138,7 +138,11 @@ def pull(reference: str, out: Path, *, plain_http: bool, progress: Progress | No
         dest.write_metadata({name: read_metadata(client, name) or b"" for name in names})
         dest.finish([top])
     progress.step(f"verify {out}")
-    info = verify_bundle(out, progress=progress.advance)
+    try:
+        info = verify_bundle(out, progress=progress.advance)
+    except SealiftError:
+        (out / "index.json").unlink(missing_ok=True)  # never leave what looks like a complete bundle
+        raise
     result.bundles.append({"name": info.name, "version": info.version, "profile": info.profile, "digest": info.digest})
     result.metadata = names
     return result
@@ -271,7 +275,7 @@ def publish_metadata(client: RegistryClient, files: dict[str, bytes]) -> list[st
 def _same_tag(src: RegistryClient, dst: RegistryClient, tag: str) -> bool:
     """Whether ``dst`` already has ``tag`` as ``src`` has it (asked with HEAD requests: nothing is downloaded)."""
     there = dst.manifest_digest(tag)
-    return there is not None and there == src.manifest_digest(tag)
+    return bool(there) and there == src.manifest_digest(tag)
 
 
 def _publish_order(name: str) -> tuple[int, str]:

@@ -19,15 +19,17 @@ import os
 import random
 import re
 import time
-from collections.abc import Iterator, Sequence
+import urllib.parse
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import oras.auth
 import oras.container
 import oras.provider
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from bundler.bundle import MEDIA
@@ -41,6 +43,7 @@ __all__ = ["ACCEPT_MANIFESTS", "Reference", "RegistryClient", "RegistrySource", 
 ACCEPT_MANIFESTS = ", ".join((MEDIA.INDEX, MEDIA.DOCKER_LIST, MEDIA.MANIFEST, MEDIA.DOCKER_MANIFEST))
 _DIGEST_REF = re.compile(r"sha256:[0-9a-f]{64}")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+_MAX_PAGES = 100  # of up to 1000 tags or repositories each
 _TIMEOUT = (10.0, 60.0)  # seconds to connect, and between bytes received
 # oras-py retries every failure with delays growing to minutes; call the undecorated request
 # (auth handling included) and retry transport errors here, on the caller's schedule.
@@ -111,6 +114,21 @@ class _TimeoutAdapter(HTTPAdapter):
         return super().send(request, timeout=timeout or _TIMEOUT, **kwargs)
 
 
+class _Guarded:
+    """A response body whose transport errors (a dropped or stalled connection) become one clear error."""
+
+    def __init__(self, raw: Any, error: Callable[[Exception], SealiftError]) -> None:
+        self.raw = raw
+        self.error = error
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            data: bytes = self.raw.read(n, decode_content=True)
+        except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as e:
+            raise self.error(e) from e
+        return data
+
+
 class _Transient(Exception):
     """A failure worth another attempt: the network, or a registry answering 5xx or 429."""
 
@@ -143,7 +161,8 @@ class RegistryClient:
         if response is None:
             return None
         with response:
-            body = response.raw.read(MAX_JSON_BYTES + 1, decode_content=True)
+            body = _Guarded(response.raw, lambda e: self.error(
+                f"{self.what}: the connection was lost while reading manifest {ref} ({_reason(e)})")).read(MAX_JSON_BYTES + 1)
         if len(body) > MAX_JSON_BYTES:
             raise self.error(f"{self.what}: manifest {ref} is larger than {MAX_JSON_BYTES} bytes")
         media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
@@ -157,24 +176,28 @@ class RegistryClient:
         return self.manifest_digest(ref) is not None
 
     def manifest_digest(self, ref: str) -> str | None:
-        """The digest of the manifest ``ref`` (a tag or digest) names, or None if there is none (no body is fetched)."""
+        """The digest of the manifest ``ref`` (a tag or digest) names, "" if the registry does not say, or None
+        if there is no such manifest (asked with HEAD: no body is fetched)."""
         response = self._request("HEAD", f"manifests/{ref}", headers={"Accept": ACCEPT_MANIFESTS}, missing_ok=True, stream=False)
         if response is None:
             return None
-        return str(response.headers.get("Docker-Content-Digest") or ref)
+        named = response.headers.get("Docker-Content-Digest", "")
+        return named if _DIGEST_REF.fullmatch(named) else (ref if _DIGEST_REF.fullmatch(ref) else "")
 
     def has_blob(self, digest: str) -> bool:
         return self._request("HEAD", f"blobs/{digest}", missing_ok=True, stream=False) is not None
 
     @contextmanager
     def open_blob(self, digest: str, *, offset: int = 0) -> Iterator[IO[bytes]]:
-        """The blob's bytes from ``offset`` on (a ranged request when ``offset`` is not 0)."""
+        """The blob's bytes from ``offset`` on (a ranged request when ``offset`` is not 0). A
+        connection lost while reading raises this client's error, naming the blob."""
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         response = self._request("GET", f"blobs/{digest}", headers=headers)
         with response:
             if offset and response.status_code != 206:
                 raise self.error(f"{self.what}: the registry ignored a range request for blob {digest}")
-            yield response.raw
+            yield cast(IO[bytes], _Guarded(response.raw, lambda e: self.error(
+                f"{self.what}: the connection was lost while reading blob {digest} ({_reason(e)}); run again to resume")))
 
     def tags(self) -> list[str]:
         """Every tag of the repository (none if it does not exist yet)."""
@@ -185,19 +208,27 @@ class RegistryClient:
         return self._listing(f"{self._base()}/v2/_catalog?n=1000", "repositories")
 
     def _listing(self, url: str, key: str) -> list[str]:
-        """A paginated list (the registry's ``Link: <…>; rel="next"`` header leads to the next page)."""
+        """A paginated list (the registry's ``Link: <…>; rel="next"`` header leads to the next page),
+        bounded: a registry cannot keep a reader paging, or reading, for ever."""
         items: list[str] = []
-        while url:
-            response = self._request("GET", url, missing_ok=True, stream=False)
+        for _ in range(_MAX_PAGES):
+            response = self._request("GET", url, missing_ok=True)
             if response is None:
                 return items
+            with response:
+                body = _Guarded(response.raw, lambda e: self.error(
+                    f"{self.what}: the connection was lost while reading the {key} list ({_reason(e)})")).read(MAX_JSON_BYTES + 1)
+            if len(body) > MAX_JSON_BYTES:
+                raise self.error(f"{self.what}: the registry's {key} list is larger than {MAX_JSON_BYTES} bytes a page")
             try:
-                items += [t for t in response.json().get(key) or [] if isinstance(t, str)]
-            except (ValueError, AttributeError) as e:
+                items += [t for t in json.loads(body).get(key) or [] if isinstance(t, str)]
+            except (ValueError, AttributeError, RecursionError) as e:
                 raise self.error(f"{self.what}: the registry's {key} list is not valid JSON") from e
             following = response.links.get("next", {}).get("url", "")
-            url = f"{self._base()}{following}" if following.startswith("/v2/") else ""
-        return items
+            if not following.startswith("/v2/"):
+                return items
+            url = f"{self._base()}{following}"
+        raise self.error(f"{self.what}: the registry's {key} list runs past {_MAX_PAGES} pages")
 
     def _base(self) -> str:
         return f"{self.scheme}://{self.ref.host}"
@@ -213,7 +244,10 @@ class RegistryClient:
         if not location.startswith("http"):
             location = f"{self.scheme}://{self.ref.host}{location}"
         url = f"{location}{'&' if '?' in location else '?'}digest={blob.digest}"
-        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(blob.size), **self._auth_header()}
+        same_host = urllib.parse.urlsplit(location).netloc == self.ref.host
+        # credentials go only where they came from, never to a host a Location header names
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(blob.size),
+                   **(self._auth_header() if same_host else {})}
         try:
             response = self.registry.session.request("PUT", url, data=stream, headers=headers, verify=self.registry._tls_verify)
         except requests.RequestException as e:
@@ -354,6 +388,10 @@ class RegistrySource:
 
 
 def _reason(error: Exception) -> str:
+    if isinstance(error, urllib3.exceptions.ReadTimeoutError):
+        return "timed out"
+    if isinstance(error, urllib3.exceptions.ProtocolError):
+        return "the connection was cut"
     if isinstance(error, requests.exceptions.SSLError):
         return "TLS handshake failed; use --plain-http for a plain-HTTP registry"
     if isinstance(error, requests.Timeout):

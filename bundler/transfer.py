@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -24,8 +23,8 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from bundler.bundle import MEDIA
-from bundler.durable import fsync_dir
-from bundler.errors import BundleError, DeliveryError
+from bundler.durable import fsync_dir, replace_file
+from bundler.errors import BundleError, ContentMismatch, DeliveryError
 from bundler.layout import CHUNK, LAYOUT_VERSION, MAX_JSON_BYTES, METADATA_NAME, Descriptor, LayoutReader, canonical_json
 from bundler.registry import RegistryClient
 
@@ -52,6 +51,7 @@ EMPTY_CONFIG = Descriptor(media_type="application/vnd.oci.empty.v1+json", size=2
 _MANIFEST_TYPES = {MEDIA.MANIFEST, MEDIA.DOCKER_MANIFEST}
 _INDEX_TYPES = {MEDIA.INDEX, MEDIA.DOCKER_LIST}
 Advance = Callable[[int], None]
+_PIECE = 256 << 10  # written as it arrives: a cut connection loses at most this much of a blob
 
 
 class Store(Protocol):
@@ -166,7 +166,7 @@ def checked_json(body: bytes, descriptor: Descriptor, what: str) -> bytes:
     """``body`` if it is the manifest ``descriptor`` names, byte for byte."""
     actual = f"sha256:{hashlib.sha256(body).hexdigest()}"
     if actual != descriptor.digest or len(body) != descriptor.size:
-        raise DeliveryError(f"{what}: manifest {descriptor.digest} does not match its digest or size (got {actual}, "
+        raise ContentMismatch(f"{what}: manifest {descriptor.digest} does not match its digest or size (got {actual}, "
                             f"{len(body)} bytes); refused")
     return body
 
@@ -321,28 +321,22 @@ class LayoutStore:
         partial = self.blobs / f".partial-{blob.digest.removeprefix('sha256:')}"
         try:
             with open(partial, "ab+") as out:
-                out.seek(0)
-                sha = hashlib.sha256()
-                done = 0
-                while chunk := out.read(CHUNK):  # what an interrupted copy left: hashed, not fetched again
-                    sha.update(chunk)
-                    done += len(chunk)
-                if done > blob.size:
-                    out.truncate(0)
-                    sha, done = hashlib.sha256(), 0
+                sha, done = _hash_existing(out, blob.size)  # what an interrupted copy left: not fetched again
                 advance(done)
-                with source.open_blob(blob.digest, offset=done) as stream:
-                    checked = _Checked(stream, blob, source.what, advance, sha=sha, done=done)
-                    while chunk := checked.read(CHUNK):
-                        out.write(chunk)
-                    checked.finish()
+                checked = _Checked(None, blob, source.what, advance, sha=sha, done=done)
+                if done < blob.size:
+                    with source.open_blob(blob.digest, offset=done) as stream:
+                        checked.stream = stream
+                        while chunk := checked.read(_PIECE):
+                            out.write(chunk)
+                checked.finish()
                 out.flush()
                 os.fsync(out.fileno())
             os.rename(partial, self.path(blob.digest))
-        except DeliveryError:
-            partial.unlink(missing_ok=True)  # it failed its digest: keep nothing of it
+        except ContentMismatch:
+            partial.unlink(missing_ok=True)  # not the blob it claims to be: keep nothing of it
             raise
-        except OSError as e:
+        except OSError as e:  # a transfer cut short (DeliveryError) keeps the partial file: the next copy resumes it
             raise DeliveryError(f"{self.what}: cannot write blob {blob.digest} ({_why(e)})") from e
 
     def link_blob(self, blob: Descriptor, existing: Path) -> bool:
@@ -361,44 +355,55 @@ class LayoutStore:
         target = self.path(manifest.digest)
         if target.is_file():
             return False
-        temp = self.blobs / f".partial-{manifest.digest.removeprefix('sha256:')}-{secrets.token_hex(4)}"
-        try:
-            temp.write_bytes(body)
-            os.rename(temp, target)
-        except OSError as e:
-            temp.unlink(missing_ok=True)
-            raise DeliveryError(f"{self.what}: cannot write manifest {manifest.digest} ({_why(e)})") from e
+        self._durable(target, body, f"manifest {manifest.digest}")
         return True
 
     def finish(self, tops: list[Descriptor]) -> None:
-        """Write ``index.json`` naming ``tops``: from now on the layout is complete."""
+        """Write ``index.json`` naming ``tops`` (durably, after every blob): from now on the layout is complete."""
         try:
             fsync_dir(self.blobs)
-            temp = self.root / f".index.json-{secrets.token_hex(4)}"
-            temp.write_bytes(canonical_json({"schemaVersion": 2, "mediaType": MEDIA.INDEX,
-                                             "manifests": [t.to_json() for t in tops]}))
-            os.rename(temp, self.root / "index.json")
-            fsync_dir(self.root)
         except OSError as e:
             raise DeliveryError(f"{self.what}: cannot write index.json ({_why(e)})") from e
+        index = canonical_json({"schemaVersion": 2, "mediaType": MEDIA.INDEX, "manifests": [t.to_json() for t in tops]})
+        self._durable(self.root / "index.json", index, "index.json")
 
     def write_metadata(self, files: dict[str, bytes]) -> None:
         """Put signed metadata files into the layout's ``tuf/`` folder."""
         folder = self.root / "tuf"
         try:
             folder.mkdir(exist_ok=True)
-            for name, data in files.items():
-                if not METADATA_NAME.fullmatch(name):
-                    raise DeliveryError(f"{self.what}: {name[:80]!r} is not a metadata file name")
-                (folder / name).write_bytes(data)
         except OSError as e:
             raise DeliveryError(f"{self.what}: cannot write tuf/ ({_why(e)})") from e
+        for name, data in files.items():
+            if not METADATA_NAME.fullmatch(name):
+                raise DeliveryError(f"{self.what}: {name[:80]!r} is not a metadata file name")
+            self._durable(folder / name, data, f"tuf/{name}")
+
+    def _durable(self, path: Path, data: bytes, what: str) -> None:
+        try:
+            replace_file(path, data)
+        except OSError as e:
+            raise DeliveryError(f"{self.what}: cannot write {what} ({_why(e)})") from e
+
+
+def _hash_existing(out: IO[bytes], size: int) -> tuple[Any, int]:
+    """Hash what a partial file already holds (emptying it if it is longer than the blob)."""
+    out.seek(0)
+    sha = hashlib.sha256()
+    done = 0
+    while chunk := out.read(CHUNK):
+        sha.update(chunk)
+        done += len(chunk)
+    if done > size:
+        out.truncate(0)
+        return hashlib.sha256(), 0
+    return sha, done
 
 
 class _Checked:
     """A stream read through: hashed and counted, refused if it runs long, checked at the end."""
 
-    def __init__(self, stream: IO[bytes], blob: Descriptor, what: str, advance: Advance,
+    def __init__(self, stream: IO[bytes] | None, blob: Descriptor, what: str, advance: Advance,
                  *, sha: Any = None, done: int = 0) -> None:
         self.stream, self.blob, self.what, self.advance = stream, blob, what, advance
         self.sha = sha or hashlib.sha256()
@@ -406,11 +411,12 @@ class _Checked:
 
     def read(self, n: int = CHUNK) -> bytes:
         want = CHUNK if n is None or n < 0 else n
+        assert self.stream is not None
         data = self.stream.read(min(want, self.blob.size + 1 - self.done))
         self.sha.update(data)
         self.done += len(data)
         if self.done > self.blob.size:
-            raise DeliveryError(f"{self.what}: blob {self.blob.digest} is longer than its {self.blob.size} bytes; refused")
+            raise ContentMismatch(f"{self.what}: blob {self.blob.digest} is longer than its {self.blob.size} bytes; refused")
         self.advance(len(data))
         return data
 
@@ -420,7 +426,7 @@ class _Checked:
     def finish(self) -> None:
         actual = f"sha256:{self.sha.hexdigest()}"
         if self.done != self.blob.size or actual != self.blob.digest:
-            raise DeliveryError(f"{self.what}: blob {self.blob.digest} does not match its digest or size (got {actual}, "
+            raise ContentMismatch(f"{self.what}: blob {self.blob.digest} does not match its digest or size (got {actual}, "
                                 f"{self.done} of {self.blob.size} bytes); refused, nothing kept")
 
 

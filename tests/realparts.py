@@ -47,6 +47,7 @@ import socket
 import subprocess
 import tarfile
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -624,6 +625,65 @@ class Registry:
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
+
+
+class CuttingProxy:
+    """A TCP proxy on ``127.0.0.1`` in front of ``target`` (``HOST:PORT``) that, once armed with
+    :meth:`cut_after`, cuts the connection (both sides) after sending that many more
+    bytes of answers, then passes everything again: a link that drops in the middle of a transfer."""
+
+    def __init__(self, target: str) -> None:
+        host, _, port = target.rpartition(":")
+        self.target = (host, int(port))
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.cuts = 0
+        self._left: int | None = None
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def cut_after(self, n: int) -> None:
+        with self._lock:
+            self._left = n
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            threading.Thread(target=self._pipe, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, True), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, answers: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if answers:
+                    with self._lock:
+                        if self._left is not None and len(data) >= self._left:
+                            data, cut = data[: self._left], True
+                            self._left, self.cuts = None, self.cuts + 1
+                        else:
+                            cut = False
+                            if self._left is not None:
+                                self._left -= len(data)
+                    dst.sendall(data)
+                    if cut:
+                        for sock in (src, dst):
+                            sock.shutdown(socket.SHUT_RDWR)  # also wakes the other direction's thread
+                        return
+                else:
+                    dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.close()
+
+    def close(self) -> None:
+        self.listener.close()
 
 
 # --- images ------------------------------------------------------------------------------

@@ -252,13 +252,8 @@ def _verify_any(store: TrustStore, path: Path, profile: Profile | None) -> Bundl
 
     if not looks_like_medium(path):
         return verify_for_device(path, trust=store, profile=profile)
-    bundles = BundleStore(store.state_dir)
-    kept = Slots(store.state_dir).load()
-    local = bundles.take(path, profile)
-    try:
-        return verify_for_device(local, trust=store, profile=profile)
-    finally:
-        bundles.prune({r.digest for r in (kept.current, kept.previous) if r is not None})
+    # the bundle stays in the store (an install of the medium then copies nothing); the next install prunes it
+    return verify_for_device(BundleStore(store.state_dir).take(path, profile), trust=store, profile=profile)
 
 
 def main() -> None:

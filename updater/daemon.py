@@ -84,10 +84,10 @@ class Daemon:
         assert self.poller is not None
         try:
             outcome = self.poller.poll()
-        except SealiftError as e:
+        except Exception as e:  # whatever the network or the registry did, the service goes on
             self.failures += 1
-            self._log(event="poll-failed", source=self.poller.source, error=e.diagnostics(),
-                      retry_in=f"{self.next_wait():.0f}s")
+            error = e.diagnostics() if isinstance(e, SealiftError) else f"{type(e).__name__}: {e}"
+            self._log(event="poll-failed", source=self.poller.source, error=error, retry_in=f"{self.next_wait():.0f}s")
             return False
         self.failures = 0
         if outcome is None:

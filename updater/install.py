@@ -25,7 +25,7 @@ from updater.images import load_images
 from updater.runtime import Runtime
 from updater.slots import DeviceState, Phase, Release, Slots
 from updater.stage import stage_release
-from updater.store import BundleStore
+from updater.store import BundleStore, Incoming
 from updater.trust import TrustStore
 from updater.verify import verify_for_device
 
@@ -53,17 +53,18 @@ class Installer:
         self.profile = profile
         self.log = log
 
-    def install(self, bundle: Path, *, force: bool = False) -> Outcome:
-        """Install the bundle at ``bundle`` (a bundle, a medium, or a bundle already in the store)."""
+    def install(self, bundle: Path | Incoming, *, force: bool = False) -> Outcome:
+        """Install ``bundle``: a bundle or medium at a path, or a download assembled in the store."""
+        shown = bundle.name if isinstance(bundle, Path) else bundle.top.digest
         with self.slots.locked():
             state = self._converge(self.slots.load())
             try:
-                self.log(f"[1/7] verify {bundle}")
-                local = bundle if bundle.parent == self.store.root else self.store.take(bundle, self.profile)
+                self.log(f"[1/7] verify {shown}")
+                local = self.store.take(bundle, self.profile) if isinstance(bundle, Path) else bundle.complete()
                 return self._install(state, local, force=force)
             except SealiftError as e:
                 # refused before the switch: the running release is untouched; say why in status
-                self.slots.save(self.slots.load().with_event(reason=f"refused {bundle.name}: {e.diagnostics()}"))
+                self.slots.save(self.slots.load().with_event(reason=f"refused {shown}: {e.diagnostics()}"))
                 raise
             finally:
                 kept = self.slots.load()

@@ -19,7 +19,7 @@ from tuf.api import exceptions as tuf_errors
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 
 from bundler.bundle import ANNOTATION
-from bundler.errors import DeliveryError, SealiftError
+from bundler.errors import BundleError, ContentMismatch, DeliveryError, SealiftError
 from bundler.layout import Descriptor
 from bundler.profiles import Profile
 from bundler.publish import MAX_METADATA_BYTES, bundle_descriptor, bundle_tag, connect, read_metadata
@@ -88,19 +88,19 @@ class RegistryPoller:
             if found is None:
                 return None
             self.log(f"found {found.name} {found.version} ({found.top.digest}) in {client.ref.name}")
-            incoming = self.installer.store.incoming(found.top)
-            incoming.fill(RegistryStore(client))
-            moved = incoming.moved
-            self.log(f"downloaded {moved.blobs_sent} blobs ({moved.bytes_sent} bytes); {moved.blobs_present} already on "
-                     "this device")
-            bundle = incoming.complete(found.metadata)
+            with self.installer.store.incoming(found.top) as incoming:  # resumes what an earlier poll left
+                incoming.fill(RegistryStore(client))
+                incoming.metadata = found.metadata
+                moved = incoming.moved
+                self.log(f"downloaded {moved.blobs_sent} blobs ({moved.bytes_sent} bytes); {moved.blobs_present} "
+                         "already on this device")
+                try:
+                    return self.installer.install(incoming)
+                except (TrustError, BundleError, ContentMismatch):
+                    self.refused.add(found.top.digest)  # it will not verify: do not fetch it again
+                    raise
         finally:
             client.close()
-        try:
-            return self.installer.install(bundle)
-        except SealiftError:
-            self.refused.add(found.top.digest)
-            raise
 
     def find(self, client: RegistryClient, state: DeviceState) -> Found | None:
         """The newest signed release for this profile newer than the running one, or None."""

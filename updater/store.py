@@ -15,29 +15,43 @@ import json
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 from bundler.bundle import ANNOTATION, MEDIA
+from bundler.durable import exclusive_lock, fsync_dir
 from bundler.errors import BundleError, DeliveryError
-from bundler.layout import MAX_JSON_BYTES, Descriptor, LayoutReader, open_layout
+from bundler.layout import MAX_JSON_BYTES, Descriptor, LayoutReader, check_digest, open_layout
 from bundler.medium import MediumBundle, looks_like_medium, read_medium
 from bundler.profiles import Profile
 from bundler.transfer import LayoutStore, ReaderStore, Store, Transferred, copy_graph, walk
 
 __all__ = ["BundleStore", "Incoming", "candidate_digest"]
 
-_INCOMING_KEPT_S = 24 * 3600
+_INCOMING = ".incoming-"
+_LOCKS = ".locks"
+_INCOMING_KEPT_S = 24 * 3600  # an unfinished download untouched this long is given up
 
 
 class Incoming:
-    """A bundle being assembled in the store; ``complete`` makes it a bundle."""
+    """A bundle being assembled in the store, under a lock of its own (one writer per bundle);
+    ``complete`` makes it a bundle. Use it as a context manager."""
 
     def __init__(self, store: BundleStore, top: Descriptor) -> None:
         self.store = store
         self.top = top
-        self.layout = LayoutStore(store.root / f".incoming-{_hex(top.digest)}", what=f"store {_hex(top.digest)[:12]}")
-        self.layout.prepare()
+        self.layout = LayoutStore(store.root / f"{_INCOMING}{_hex(top.digest)}", what=f"store {_hex(top.digest)[:12]}")
+        self.metadata: dict[str, bytes] = {}
         self.moved = Transferred()
+        self._lock = ExitStack()
+
+    def __enter__(self) -> Incoming:
+        self._lock.enter_context(exclusive_lock(self.store.lock_path(self.top.digest), wait=True))
+        self.layout.prepare()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.close()
 
     def fill(self, source: Store, *, advance: Callable[[int], None] = lambda _: None) -> None:
         """Take every blob of the bundle: from kept bundles (hard links) or from ``source``."""
@@ -59,14 +73,18 @@ class Incoming:
         if existing is not None:
             self.layout.link_blob(blob, existing)
 
-    def complete(self, metadata: dict[str, bytes]) -> Path:
-        self.layout.write_metadata(metadata)
-        self.layout.finish([self.top])
+    def complete(self) -> Path:
+        """Write the metadata and ``index.json``, and move the bundle to its place (or use the one already there)."""
         final = self.store.path(self.top.digest)
         try:
-            if final.exists():
-                shutil.rmtree(final)
+            if self.store.has(self.top.digest):
+                shutil.rmtree(self.layout.root)  # the same bytes arrived another way first
+                return final
+            self.layout.write_metadata(self.metadata)
+            self.layout.finish([self.top])
+            shutil.rmtree(final, ignore_errors=True)  # an unfinished leftover (no index.json)
             self.layout.root.rename(final)
+            fsync_dir(self.store.root)
         except OSError as e:
             raise DeliveryError(f"{self.store.root}: cannot keep the bundle ({e.strerror})") from e
         return final
@@ -79,18 +97,24 @@ class BundleStore:
         self.root = state_dir / "bundles"
 
     def path(self, digest: str) -> Path:
-        return self.root / _hex(digest)
+        return self.root / _hex(check_digest(digest))
 
     def has(self, digest: str) -> bool:
         return (self.path(digest) / "index.json").is_file()
 
+    def lock_path(self, digest: str) -> Path:
+        """The lock of the one process that may assemble this bundle (kept: removing a lock file races its users)."""
+        return self.root / _LOCKS / _hex(check_digest(digest))
+
     def find_blob(self, digest: str) -> Path | None:
         """A kept bundle's copy of the blob, if any."""
-        if not self.root.is_dir():
+        try:
+            bundles = [b for b in self.root.iterdir() if not b.name.startswith(".")]
+        except FileNotFoundError:
             return None
-        for bundle in self.root.iterdir():
+        for bundle in bundles:
             candidate = bundle / "blobs" / "sha256" / _hex(digest)
-            if not bundle.name.startswith(".") and candidate.is_file():
+            if candidate.is_file():
                 return candidate
         return None
 
@@ -117,35 +141,48 @@ class BundleStore:
                 top = _single_top(reader)
             if self.has(top.digest):
                 return self.path(top.digest)
-            incoming = self.incoming(top)
-            missing = incoming.missing(source)
-            if missing:
-                raise DeliveryError(f"{path}: blob {missing[0].digest} of {_identity(top)} is neither on the medium nor "
-                                    f"on this device ({len(missing)} missing in all)")
-            incoming.fill(source)
-            metadata = {}
-            for name in reader.metadata_names():
-                with reader.open_metadata(name) as stream:
-                    metadata[name] = stream.read(MAX_JSON_BYTES + 1)
-            return incoming.complete(metadata)
+            with self.incoming(top) as incoming:
+                missing = incoming.missing(source)
+                if missing:
+                    raise DeliveryError(f"{path}: blob {missing[0].digest} of {_identity(top)} is neither on the medium nor "
+                                        f"on this device ({len(missing)} missing in all)")
+                incoming.fill(source)
+                for name in reader.metadata_names():
+                    with reader.open_metadata(name) as stream:
+                        incoming.metadata[name] = stream.read(MAX_JSON_BYTES + 1)
+                return incoming.complete()
 
     def prune(self, keep: set[str]) -> list[str]:
-        """Remove every bundle (and every unfinished one) whose index is not in ``keep``; return those removed."""
-        if not self.root.is_dir():
-            return []
+        """Remove the bundles whose index is not in ``keep``, and downloads left unfinished for a day
+        (or made needless); a download in progress is left alone. Returns the names removed.
+        Call it under the install lock: what it removes, no install is using."""
         wanted = {_hex(d) for d in keep}
         removed = []
-        for entry in self.root.iterdir():
-            if entry.name.startswith(".incoming-"):
-                # a download in progress, or one to resume: kept a day, unless the bundle is complete
-                stale = time.time() - entry.stat().st_mtime > _INCOMING_KEPT_S
-                if not (stale or self.has(f"sha256:{entry.name.removeprefix('.incoming-')}")):
+        try:
+            entries = list(self.root.iterdir())
+        except FileNotFoundError:
+            return []
+        for entry in entries:
+            try:
+                if entry.name in wanted or entry.name == _LOCKS:
                     continue
-            elif entry.name in wanted:
-                continue
-            shutil.rmtree(entry, ignore_errors=True)
-            removed.append(entry.name)
+                if entry.name.startswith(_INCOMING) and not self._abandoned(entry):
+                    continue
+                shutil.rmtree(entry)
+                removed.append(entry.name)
+            except OSError:
+                continue  # gone already, or busy: the next prune sees it again
         return removed
+
+    def _abandoned(self, incoming: Path) -> bool:
+        digest = f"sha256:{incoming.name.removeprefix(_INCOMING)}"
+        try:
+            with exclusive_lock(self.lock_path(digest), wait=False):
+                files = [p for p in incoming.rglob("*") if p.is_file()]  # a partial blob grows as it arrives
+                newest = max((p.stat().st_mtime for p in files), default=incoming.stat().st_mtime)
+                return self.has(digest) or time.time() - newest > _INCOMING_KEPT_S
+        except BlockingIOError:
+            return False  # someone is writing it now
 
 
 def candidate_digest(path: Path, profile: Profile | None) -> str | None:

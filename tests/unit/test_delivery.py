@@ -195,4 +195,53 @@ def test_failed_polls_stretch_the_wait_up_to_a_limit() -> None:
     daemon.failures = 2
     assert 32 <= daemon.next_wait() <= 48
     daemon.failures = 50
-    assert daemon.next_wait() <= 10 * Daemon.MAX_BACKOFF * 1.2
+    assert 10 * Daemon.MAX_BACKOFF * 0.8 <= daemon.next_wait() <= 10 * Daemon.MAX_BACKOFF * 1.2
+
+
+def _regenerate_sums(medium: Path) -> None:
+    """What someone who altered a medium would do to make its SHA256SUMS agree."""
+    import hashlib
+
+    lines = [f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(medium)}\n"
+             for p in sorted(medium.rglob("*")) if p.is_file() and p.name != "SHA256SUMS"]
+    (medium / "SHA256SUMS").write_text("".join(lines))
+
+
+def test_a_medium_whose_checksums_were_rewritten_still_fails_on_an_altered_or_stray_blob(
+        versions: dict[str, Path], tmp_path: Path) -> None:
+    medium = tmp_path / "stick"
+    export([versions["1.2.0-x86_64-cpu"]], medium)
+    victim = max((medium / "blobs/sha256").iterdir(), key=lambda p: p.stat().st_size)
+    with open(victim, "r+b") as f:
+        f.write(b"X")
+    _regenerate_sums(medium)
+    assert any("does not match its digest" in p for p in check_medium(medium).problems)
+    medium2 = tmp_path / "stick2"
+    export([versions["1.2.0-x86_64-cpu"]], medium2)
+    (medium2 / "blobs/sha256" / ("0" * 64)).write_bytes(b"stray")
+    assert any("is not listed in SHA256SUMS" in p for p in check_medium(medium2).problems)
+
+
+def test_checksums_cannot_name_files_outside_the_medium(versions: dict[str, Path], tmp_path: Path) -> None:
+    medium = tmp_path / "stick"
+    export([versions["1.2.0-x86_64-cpu"]], medium)
+    (tmp_path / "secret").write_text("not for the medium")
+    with open(medium / "SHA256SUMS", "a") as f:
+        f.write(f"{'0' * 64}  ../secret\n")
+    assert check_medium(medium).problems == [f"SHA256SUMS: malformed line {'0' * 64 + '  ../secret'!r}"]
+
+
+def test_prune_leaves_a_download_in_progress_and_removes_an_abandoned_one(versions: dict[str, Path], tmp_path: Path) -> None:
+    from bundler.durable import exclusive_lock
+
+    store = BundleStore(tmp_path / "device")
+    kept = store.take(versions["1.2.0-x86_64-cpu"], PROFILES["x86_64-cpu"])
+    busy, old = store.root / (".incoming-" + "a" * 64), store.root / (".incoming-" + "b" * 64)
+    for incoming in (busy, old):
+        (incoming / "blobs/sha256").mkdir(parents=True)
+        (incoming / "blobs/sha256/.partial-x").write_bytes(b"half")
+    os.utime(old / "blobs/sha256/.partial-x", (0, 0))
+    os.utime(busy / "blobs/sha256/.partial-x", (0, 0))
+    with exclusive_lock(store.lock_path("sha256:" + "a" * 64), wait=False):
+        removed = store.prune({f"sha256:{kept.name}"})
+    assert removed == [old.name] and busy.exists() and kept.exists()
