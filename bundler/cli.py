@@ -25,6 +25,7 @@ from bundler.spec import load_spec
 __all__ = ["main", "reports_errors"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 def reports_errors(func: F) -> F:
@@ -86,11 +87,7 @@ def build(spec: Path, profiles: tuple[str, ...], out: Path, fmt: str, plain_http
     selected = select_profiles(loaded, known, profiles)
     options = BuildOptions(out=out, format="tar" if fmt == "tar" else "dir",
                            epoch=source_date_epoch(loaded.directory), plain_http=plain_http)
-    progress = for_terminal(quiet=as_json)
-    try:
-        built = build_bundles(loaded, selected, options, progress=progress)
-    finally:
-        progress.close()
+    built = _with_progress(as_json, functools.partial(build_bundles, loaded, selected, options))
     if as_json:
         click.echo(json.dumps([{"path": str(b.path), "unchanged": b.unchanged, **b.info.to_json()} for b in built], indent=2))
         return
@@ -408,11 +405,7 @@ def push(bundle: Path, target: str, plain_http: bool, as_json: bool) -> None:
     """
     from bundler.publish import push as push_bundle
 
-    progress = for_terminal(quiet=as_json)
-    try:
-        result = push_bundle(bundle, target, plain_http=plain_http, progress=progress)
-    finally:
-        progress.close()
+    result = _with_progress(as_json, functools.partial(push_bundle, bundle, target, plain_http=plain_http))
     _print_transfer(result, as_json, "pushed")
 
 
@@ -430,11 +423,7 @@ def pull(reference: str, out: Path, plain_http: bool, as_json: bool) -> None:
     """
     from bundler.publish import pull as pull_bundle
 
-    progress = for_terminal(quiet=as_json)
-    try:
-        result = pull_bundle(reference, out, plain_http=plain_http, progress=progress)
-    finally:
-        progress.close()
+    result = _with_progress(as_json, functools.partial(pull_bundle, reference, out, plain_http=plain_http))
     _print_transfer(result, as_json, "pulled")
 
 
@@ -457,11 +446,7 @@ def export(bundles: tuple[Path, ...], to: Path, bases: tuple[str, ...], plain_ht
     """
     from bundler.medium import export as export_medium
 
-    progress = for_terminal(quiet=as_json)
-    try:
-        report = export_medium(list(bundles), to, bases=bases, plain_http=plain_http, progress=progress)
-    finally:
-        progress.close()
+    report = _with_progress(as_json, functools.partial(export_medium, list(bundles), to, bases=bases, plain_http=plain_http))
     if as_json:
         click.echo(json.dumps({"ok": True, **report.to_json(), **report.moved.to_json()}, indent=2))
         return
@@ -497,13 +482,19 @@ def mirror_sync(origin: str, target: str, profiles: tuple[str, ...], plain_http:
     """
     from bundler.publish import mirror_sync as sync
 
+    result = _with_progress(as_json, functools.partial(sync, origin, target, profiles=profiles,
+                                                       plain_http_from=plain_http or plain_http_from,
+                                                       plain_http_to=plain_http or plain_http_to))
+    _print_transfer(result, as_json, "synced")
+
+
+def _with_progress(as_json: bool, work: Callable[..., T]) -> T:
+    """Run ``work(progress=…)`` with a progress reporter for the terminal (none with --json)."""
     progress = for_terminal(quiet=as_json)
     try:
-        result = sync(origin, target, profiles=profiles, plain_http_from=plain_http or plain_http_from,
-                      plain_http_to=plain_http or plain_http_to, progress=progress)
+        return work(progress=progress)
     finally:
         progress.close()
-    _print_transfer(result, as_json, "synced")
 
 
 def _print_transfer(result: Any, as_json: bool, verb: str) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Protocol
 
-from bundler.errors import BundleError
+from bundler.errors import BundleError, SealiftError
 
 __all__ = [
     "CHUNK",
@@ -37,6 +37,7 @@ __all__ = [
     "canonical_json",
     "check_digest",
     "copy_hashed",
+    "json_object",
     "open_layout",
 ]
 
@@ -102,6 +103,17 @@ class Descriptor:
 def canonical_json(data: object) -> bytes:
     """Deterministic JSON: sorted keys, no whitespace, UTF-8."""
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def json_object(data: bytes, where: str, error: type[SealiftError] = BundleError) -> dict[str, Any]:
+    """``data`` parsed as a JSON object; ``error`` naming ``where`` if it is not one."""
+    try:
+        parsed = json.loads(data)
+    except (ValueError, RecursionError) as e:
+        raise error(f"{where} is not valid JSON") from e
+    if not isinstance(parsed, dict):
+        raise error(f"{where} is not a JSON object")
+    return parsed
 
 
 def check_digest(digest: str) -> str:

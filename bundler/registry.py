@@ -34,7 +34,7 @@ from requests.adapters import HTTPAdapter
 
 from bundler.bundle import MEDIA
 from bundler.errors import SealiftError, SourceError
-from bundler.layout import MAX_JSON_BYTES, Descriptor
+from bundler.layout import MAX_JSON_BYTES, Descriptor, json_object
 from bundler.profiles import Platform
 from bundler.sources import ResolvedImage, check_config_platform, parse_manifest, select_platform, verified
 
@@ -160,11 +160,7 @@ class RegistryClient:
         response = self._request("GET", f"manifests/{ref}", headers={"Accept": accept}, missing_ok=True)
         if response is None:
             return None
-        with response:
-            body = _Guarded(response.raw, lambda e: self.error(
-                f"{self.what}: the connection was lost while reading manifest {ref} ({_reason(e)})")).read(MAX_JSON_BYTES + 1)
-        if len(body) > MAX_JSON_BYTES:
-            raise self.error(f"{self.what}: manifest {ref} is larger than {MAX_JSON_BYTES} bytes")
+        body = self._small_body(response, f"manifest {ref}")
         media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
         actual = f"sha256:{hashlib.sha256(body).hexdigest()}"
         named = ref if _DIGEST_REF.fullmatch(ref) else response.headers.get("Docker-Content-Digest", actual)
@@ -215,11 +211,7 @@ class RegistryClient:
             response = self._request("GET", url, missing_ok=True)
             if response is None:
                 return items
-            with response:
-                body = _Guarded(response.raw, lambda e: self.error(
-                    f"{self.what}: the connection was lost while reading the {key} list ({_reason(e)})")).read(MAX_JSON_BYTES + 1)
-            if len(body) > MAX_JSON_BYTES:
-                raise self.error(f"{self.what}: the registry's {key} list is larger than {MAX_JSON_BYTES} bytes a page")
+            body = self._small_body(response, f"the {key} list")
             try:
                 items += [t for t in json.loads(body).get(key) or [] if isinstance(t, str)]
             except (ValueError, AttributeError, RecursionError) as e:
@@ -229,6 +221,15 @@ class RegistryClient:
                 return items
             url = f"{self._base()}{following}"
         raise self.error(f"{self.what}: the registry's {key} list runs past {_MAX_PAGES} pages")
+
+    def _small_body(self, response: Any, what: str) -> bytes:
+        """A JSON answer, read whole but bounded: a registry cannot make a reader hold gigabytes."""
+        with response:
+            body = _Guarded(response.raw, lambda e: self.error(
+                f"{self.what}: the connection was lost while reading {what} ({_reason(e)})")).read(MAX_JSON_BYTES + 1)
+        if len(body) > MAX_JSON_BYTES:
+            raise self.error(f"{self.what}: {what} is larger than {MAX_JSON_BYTES} bytes")
+        return body
 
     def _base(self) -> str:
         return f"{self.scheme}://{self.ref.host}"
@@ -361,7 +362,7 @@ class RegistrySource:
         body, media_type, digest = self._manifest(tag_or_digest)
         entry = Descriptor(media_type=media_type, digest=digest, size=len(body))
         if media_type in (MEDIA.INDEX, MEDIA.DOCKER_LIST):
-            entry = select_platform(self.reference, _json(body, self.reference), platform)
+            entry = select_platform(self.reference, json_object(body, f"image {self.reference}: manifest", SourceError), platform)
             body, media_type, _ = self._manifest(entry.digest)
             verified(self.reference, body, entry)
         image = parse_manifest(self.reference, body, entry)
@@ -409,14 +410,3 @@ def _error_text(response: Any) -> str:
     except (ValueError, AttributeError, requests.RequestException):
         return ""
     return f": {str(message)[:200]}" if message else ""
-
-
-def _json(body: bytes, reference: str) -> dict[str, Any]:
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError) as e:
-        raise SourceError(f"image {reference}: manifest is not valid JSON") from e
-    if not isinstance(data, dict):
-        raise SourceError(f"image {reference}: manifest is not a JSON object")
-    return data
-

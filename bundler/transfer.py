@@ -25,7 +25,7 @@ from typing import IO, Any, Protocol
 from bundler.bundle import MEDIA
 from bundler.durable import fsync_dir, replace_file
 from bundler.errors import BundleError, ContentMismatch, DeliveryError
-from bundler.layout import CHUNK, LAYOUT_VERSION, MAX_JSON_BYTES, METADATA_NAME, Descriptor, LayoutReader, canonical_json
+from bundler.layout import CHUNK, LAYOUT_VERSION, MAX_JSON_BYTES, METADATA_NAME, Descriptor, LayoutReader, canonical_json, json_object
 from bundler.registry import RegistryClient
 
 __all__ = [
@@ -119,7 +119,7 @@ def walk(top: Descriptor, store: Store) -> Graph:
         if depth > 4:
             raise DeliveryError(f"{store.what}: manifests nest deeper than a bundle does (at {node.digest})")
         body = checked_json(store.read_manifest(node.digest), node, store.what)
-        data = _object(body, node, store.what)
+        data = json_object(body, f"{store.what}: manifest {node.digest}", DeliveryError)
         media_type = data.get("mediaType", node.media_type)
         if media_type in _INDEX_TYPES:
             for child in _descriptors(data.get("manifests"), node, store.what):
@@ -183,16 +183,6 @@ def metadata_manifest(name: str, blob: Descriptor) -> bytes:
         "layers": [layer.to_json()],
         "annotations": {"dev.sealift.tuf.name": name},
     })
-
-
-def _object(body: bytes, node: Descriptor, what: str) -> dict[str, Any]:
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError) as e:
-        raise DeliveryError(f"{what}: manifest {node.digest} is not valid JSON") from e
-    if not isinstance(data, dict):
-        raise DeliveryError(f"{what}: manifest {node.digest} is not a JSON object")
-    return data
 
 
 def _descriptors(items: object, node: Descriptor, what: str) -> list[Descriptor]:
