@@ -25,6 +25,8 @@ from updater.store import candidate_digest
 
 __all__ = ["Daemon", "notify"]
 
+WATCHDOG_EVERY_S = 30.0  # while bytes arrive; WatchdogSec in the unit must be longer
+
 
 def notify(message: str) -> None:
     """Send ``message`` to systemd's notification socket, if this process has one."""
@@ -57,6 +59,9 @@ class Daemon:
         self.interval = interval
         self.log = log
         self.failures = 0
+        self._fed = time.monotonic()
+        if poller is not None:
+            poller.advance = self._still_alive  # a long download is progress: systemd's watchdog must not kill it
 
     def run(self, *, once: bool = False) -> bool:
         """Serve until stopped; with ``once``, one pass. Returns whether the last pass went without a fault."""
@@ -73,6 +78,11 @@ class Daemon:
             if once:
                 return clean
             time.sleep(self.next_wait())
+
+    def _still_alive(self, _: int) -> None:
+        if time.monotonic() - self._fed > WATCHDOG_EVERY_S:
+            notify("WATCHDOG=1")
+            self._fed = time.monotonic()
 
     def next_wait(self) -> float:
         """Seconds to the next pass: the interval, doubled per failed poll in a row, with jitter."""

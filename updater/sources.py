@@ -79,6 +79,7 @@ class RegistryPoller:
         self.log = log
         self.retry = retry
         self.refused: set[str] = set()  # digests that failed verification: not downloaded again by this process
+        self.advance: Callable[[int], None] = lambda _: None  # told of every piece downloaded (the daemon feeds its watchdog)
 
     def poll(self) -> Outcome | None:
         """One cycle: find, download, install. None when there is nothing newer to install."""
@@ -89,7 +90,7 @@ class RegistryPoller:
                 return None
             self.log(f"found {found.name} {found.version} ({found.top.digest}) in {client.ref.name}")
             with self.installer.store.incoming(found.top) as incoming:  # resumes what an earlier poll left
-                incoming.fill(RegistryStore(client))
+                incoming.fill(RegistryStore(client), advance=self.advance)
                 incoming.metadata = found.metadata
                 moved = incoming.moved
                 self.log(f"downloaded {moved.blobs_sent} blobs ({moved.bytes_sent} bytes); {moved.blobs_present} "

@@ -245,3 +245,21 @@ def test_prune_leaves_a_download_in_progress_and_removes_an_abandoned_one(versio
     with exclusive_lock(store.lock_path("sha256:" + "a" * 64), wait=False):
         removed = store.prune({f"sha256:{kept.name}"})
     assert removed == [old.name] and busy.exists() and kept.exists()
+
+
+def test_a_long_download_feeds_the_systemd_watchdog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+    from types import SimpleNamespace
+
+    import updater.daemon
+
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(tmp_path / "notify"))
+    listener.settimeout(5)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+    monkeypatch.setattr(updater.daemon, "WATCHDOG_EVERY_S", 0.0)
+    poller = SimpleNamespace(source="mirror/app", advance=None)
+    Daemon(None, None, poller=poller, interval=10, log=lambda _: None)  # type: ignore[arg-type]
+    poller.advance(256 << 10)  # a piece of a blob arrived
+    assert listener.recv(64) == b"WATCHDOG=1"
+    listener.close()
