@@ -58,7 +58,8 @@ def cli() -> None:
     A bundle is an OCI image layout for one hardware profile: the application's container images
     (by their original digests), its models and configs, and a descriptor the device's updater
     reads. Build with `sealift build`, look inside with `sealift inspect`, check with
-    `sealift verify`.
+    `sealift verify`, sign with `sealift repo`, and deliver with `sealift push` (a registry),
+    `sealift mirror sync` (site mirrors) or `sealift export` (removable media).
     """
 
 
@@ -123,7 +124,10 @@ def inspect(bundle: Path, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @reports_errors
 def verify(bundles: tuple[Path, ...], trusted_root: Path | None, as_json: bool) -> None:
-    """Check each BUNDLE: structure, and every blob's size and digest (and content digest when compressed).
+    """Check each BUNDLE (or medium): structure, and every blob's size and digest (and content digest when compressed).
+
+    A medium from `sealift export` is checked end to end: every file against its SHA256SUMS, and
+    every bundle on it complete (a delta may lack only what its base supplies).
 
     With --trusted-root, first the signed metadata in the bundle's tuf/ folder, as a device does.
     Exits 1 and names each tampered, truncated or missing blob if any check fails.
