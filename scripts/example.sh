@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job: builds the example application's bundles for every shipped hardware profile,
-# verifies each, and shows one. Needs no server. Installs what it needs first (scripts/setup.sh).
+# verifies each, shows one, and writes them all to one removable medium. Needs no server.
+# Installs what it needs first (scripts/setup.sh).
 # Usage: scripts/example.sh [OUT_DIR]   (default: out/)
 set -euo pipefail
 
@@ -13,3 +14,7 @@ PYTHON="$SEALIFT_PYTHON" "$repo/examples/vision-app/make-images.sh"
 sealift build "$repo/examples/vision-app/sealift.yaml" --profile all --out "$out"
 sealift verify "$out"/vision-app-*
 sealift inspect "$out/vision-app-1.0.0-x86_64-cpu"
+# one removable medium for every profile (shared blobs stored once), checked as it would be before it travels
+rm -rf "$out/medium"
+sealift export "$out"/vision-app-1.0.0-* --to "$out/medium"
+sealift verify "$out/medium"
