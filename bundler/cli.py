@@ -460,6 +460,60 @@ def export(bundles: tuple[Path, ...], to: Path, bases: tuple[str, ...], plain_ht
     click.echo(f"wrote {report.moved.blobs_sent} blobs ({_size(report.moved.bytes_sent)}) to {to}")
 
 
+_inventory_option = click.option(
+    "--inventory", type=click.Path(path_type=Path, dir_okay=False), default=Path("devices.yaml"), show_default=True,
+    help="The fleet inventory (public keys only), kept by the build machine.")
+
+
+@cli.group()
+def devices() -> None:
+    """The enrolled devices that site secrets are sealed to."""
+
+
+@devices.command("add")
+@click.argument("record", type=click.Path(path_type=Path, dir_okay=False))
+@_inventory_option
+@click.option("--json", "as_json", is_flag=True, help="Print the device as JSON.")
+@reports_errors
+def devices_add(record: Path, inventory: Path, as_json: bool) -> None:
+    """Enroll the device described by RECORD (what `sealift-updater enroll` printed on it)."""
+    from bundler.devices import Inventory
+
+    device = Inventory(inventory).add(record)
+    click.echo(json.dumps(device.to_json()) if as_json else f"enrolled {device.device} at site {device.site} ({device.profile}, "
+                                                            f"{device.kem})")
+
+
+@devices.command("list")
+@_inventory_option
+@click.option("--site", help="Only this site's devices.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@reports_errors
+def devices_list(inventory: Path, site: str | None, as_json: bool) -> None:
+    """List the enrolled devices (revoked ones too, marked)."""
+    from bundler.devices import Inventory
+
+    listed = [d for d in Inventory(inventory).devices() if site is None or d.site == site]
+    if as_json:
+        click.echo(json.dumps([d.to_json() for d in listed], indent=2))
+        return
+    for d in listed:
+        state = f"revoked {d.revoked}" if d.revoked else f"enrolled {d.enrolled}"
+        click.echo(f"{d.device}  {d.site:16}  {d.profile:18}  {d.kem:16}  {state}")
+
+
+@devices.command("revoke")
+@click.argument("device")
+@_inventory_option
+@reports_errors
+def devices_revoke(device: str, inventory: Path) -> None:
+    """Revoke DEVICE: it is left out of every secret sealed from now on, so it can read nothing new."""
+    from bundler.devices import Inventory
+
+    revoked = Inventory(inventory).revoke(device)
+    click.echo(f"revoked {revoked.device} (site {revoked.site}) on {revoked.revoked}")
+
+
 @cli.group()
 def mirror() -> None:
     """Keep site registries (mirrors) supplied with bundles and their signed metadata."""

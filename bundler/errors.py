@@ -14,6 +14,7 @@ __all__ = [
     "OutputError",
     "RepositoryError",
     "SealiftError",
+    "SecretError",
     "SigningError",
     "SourceError",
     "SpecError",
@@ -58,3 +59,8 @@ class DeliveryError(SealiftError):
 
 class ContentMismatch(DeliveryError):
     """Bytes that are not what their digest or size says: refused, and nothing of them kept."""
+
+
+class SecretError(SealiftError):
+    """A secret cannot be sealed or opened: no value, no recipient, a wrong key, a tampered or moved
+    ciphertext. Messages name the secret, never its value."""

@@ -11,9 +11,11 @@ import click
 from bundler.bundle import BundleInfo
 from bundler.cli import reports_errors
 from bundler.profiles import Profile, load_profiles, profile_search_path
+from bundler.sealing import KEMS
 from updater.daemon import Daemon
 from updater.detect import Hardware, detect_profile
 from updater.errors import UpdaterError
+from updater.identity import DeviceIdentity
 from updater.install import Installer
 from updater.slots import Slots
 from updater.sources import RegistryPoller
@@ -69,6 +71,28 @@ def trust_reset_clock(store: TrustStore) -> None:
     """
     newest = store.reset_clock()
     click.echo(f"forgot the newest trusted time ({newest:%Y-%m-%d %H:%M}Z)" if newest else "no trusted time was recorded")
+
+
+@cli.command()
+@click.option("--site", required=True, help="The site this device serves (its overlays and secrets are that site's).")
+@click.option("--kem", type=click.Choice(KEMS), default="x25519", show_default=True,
+              help="The key type: X25519, or the hybrid ML-KEM-768 + X25519 for devices whose secrets must stay "
+                   "confidential for decades.")
+@click.option("--profile", metavar="NAME", help="This device's hardware profile (default: detected).")
+@click.option("--profiles-dir", type=click.Path(path_type=Path, file_okay=False), help="Extra profile directory.")
+@click.option("--force", is_flag=True, help="Make new keys even though the device is enrolled (the old record stops working).")
+@click.pass_obj
+@reports_errors
+def enroll(store: TrustStore, site: str, kem: str, profile: str | None, profiles_dir: Path | None, force: bool) -> None:
+    """Create this device's key pair for secrets and print its enrollment record (JSON).
+
+    The private key stays in STATE/identity/device.key, readable by root only. Give the record
+    to the build machine: `sealift devices add RECORD.json`.
+    """
+    record = DeviceIdentity(store.state_dir).enroll(site=site, profile=_device_profile(profile, profiles_dir).name, kem=kem,
+                                                   force=force)
+    click.echo(json.dumps(record, indent=2))
+    click.echo(f"enrolled {record['device']} at site {site}; add the record above with `sealift devices add`", err=True)
 
 
 @cli.command()

@@ -1,0 +1,141 @@
+"""The fleet inventory the build machine keeps: enrolled devices, their sites and public keys.
+
+``devices.yaml`` (or ``--inventory FILE``) lists each device enrolled with ``sealift devices add``
+from the record ``sealift-updater enroll`` printed on the device. A device's ID is a fingerprint
+of its public key, checked on the way in, so a record cannot claim another device's ID. Revoked
+devices stay listed (with the time of revocation) and are never recipients again: whatever is
+sealed after the revocation, they cannot read. Only public keys are here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bundler.durable import exclusive_lock, replace_file
+from bundler.errors import SecretError, SpecError
+from bundler.sealing import KEMS, Recipient, device_id, public_key_from_text
+from bundler.yamlfile import Field, load_yaml
+
+__all__ = ["SITE", "Device", "Inventory"]
+
+SITE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+_PROFILE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+_DEVICE = re.compile(r"dev-[0-9a-f]{24}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Device:
+    """One enrolled device."""
+
+    device: str
+    site: str
+    profile: str
+    kem: str
+    public_key: str  # base64
+    enrolled: str
+    revoked: str | None = None
+
+    def recipient(self) -> Recipient:
+        return Recipient(device=self.device, kem=self.kem,
+                         public_key=public_key_from_text(self.kem, self.public_key, where=f"device {self.device}"))
+
+    def to_json(self) -> dict[str, Any]:
+        data = {"device": self.device, "site": self.site, "profile": self.profile, "kem": self.kem,
+                "public_key": self.public_key, "enrolled": self.enrolled}
+        return {**data, "revoked": self.revoked} if self.revoked else data
+
+
+class Inventory:
+    """``devices.yaml``: read whole, changed under a lock, replaced atomically."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def devices(self) -> list[Device]:
+        if not self.path.exists():
+            return []
+        top = load_yaml(self.path, what="device inventory")
+        entries = top.mapping(required=("devices",))["devices"].items() if top.present else []
+        devices = [_device(entry, revocable=True) for entry in entries]
+        seen: set[str] = set()
+        for d in devices:
+            if d.device in seen:
+                raise SpecError(f"{self.path}: device {d.device} is listed twice")
+            seen.add(d.device)
+        return devices
+
+    def recipients(self, site: str) -> list[Recipient]:
+        """The devices of ``site`` that may read what is sealed now (revoked ones never)."""
+        return [d.recipient() for d in self.devices() if d.site == site and d.revoked is None]
+
+    def add(self, record_file: Path) -> Device:
+        """Add the device an enrollment record describes; the same record again changes nothing."""
+        try:
+            data = json.loads(record_file.read_text())
+        except OSError as e:
+            raise SpecError(f"{record_file}: cannot read the enrollment record ({e.strerror})") from e
+        except ValueError as e:
+            raise SpecError(f"{record_file}: not an enrollment record (not JSON)") from e
+        device = _device(Field(record_file, "", data), revocable=False)
+        with self._locked():
+            devices = self.devices()
+            existing = next((d for d in devices if d.device == device.device), None)
+            if existing is not None:
+                if existing.revoked:
+                    raise SpecError(f"device {device.device} was revoked on {existing.revoked}; a revoked device enrolls "
+                                    "again only with new keys (`sealift-updater enroll --force`)")
+                if (existing.site, existing.profile) != (device.site, device.profile):
+                    raise SpecError(f"device {device.device} is already enrolled at site {existing.site} ({existing.profile})")
+                return existing
+            self._write([*devices, device])
+        return device
+
+    def revoke(self, device: str, *, now: dt.datetime | None = None) -> Device:
+        with self._locked():
+            devices = self.devices()
+            found = next((d for d in devices if d.device == device), None)
+            if found is None:
+                raise SpecError(f"{self.path}: no device {device}")
+            if found.revoked:
+                return found
+            revoked = replace(found, revoked=(now or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds"))
+            self._write([revoked if d.device == device else d for d in devices])
+        return revoked
+
+    def _write(self, devices: list[Device]) -> None:
+        text = "# Sealift device inventory: public keys only. Change it with `sealift devices`.\n"
+        text += yaml.safe_dump({"devices": [d.to_json() for d in devices]}, sort_keys=False, width=10_000)
+        try:
+            replace_file(self.path, text.encode())
+        except OSError as e:
+            raise SpecError(f"{self.path}: cannot write the inventory ({e.strerror}); it is unchanged") from e
+
+    def _locked(self) -> Any:
+        return exclusive_lock(self.path.with_name(f".{self.path.name}.lock"), wait=True)
+
+
+def _device(field: Field, *, revocable: bool) -> Device:
+    optional = ("revoked",) if revocable else ()
+    f = field.mapping(required=("device", "site", "profile", "kem", "public_key", "enrolled"), optional=optional)
+    kem = f["kem"].string(what=f"one of {', '.join(KEMS)}")
+    if kem not in KEMS:
+        f["kem"].fail(f"one of {', '.join(KEMS)}")
+    key_text = f["public_key"].string(what="a base64 public key")
+    try:
+        key = public_key_from_text(kem, key_text, where=f"{field.file}: {f['public_key'].path}")
+    except SecretError as e:  # a key that does not decode: a malformed record
+        raise f["public_key"].error(str(e).split(": ")[-1]) from e
+    claimed = f["device"].string(pattern=_DEVICE, what="a device ID (dev- and 24 hex digits)")
+    if claimed != device_id(kem, key):
+        raise f["device"].error(f"{claimed} is not the ID of this public key ({device_id(kem, key)}); the record was altered")
+    return Device(device=claimed, site=f["site"].string(pattern=SITE, what="a site name (lower case, digits, . _ -)"),
+                  profile=f["profile"].string(pattern=_PROFILE, what="a profile name"), kem=kem, public_key=key_text,
+                  enrolled=f["enrolled"].scalar_string(),
+                  revoked=f["revoked"].scalar_string() if "revoked" in f else None)

@@ -1,0 +1,134 @@
+"""Secrets sealed to enrolled devices: HPKE sealing and opening, device enrollment and the fleet
+inventory. Each refusal names the secret or the device, never a value."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from bundler.cli import cli as sealift
+from bundler.devices import Inventory
+from bundler.errors import SecretError, SpecError
+from bundler.sealing import DeviceKey, Identity, Recipient, device_id, open_sealed, seal
+from updater.cli import cli as updater_cli
+from updater.identity import DeviceIdentity
+
+TOKEN = b"tok-3f9a1c77e2-not-for-logs"
+IDENTITY = Identity(app="vision-app", site="plant-7", version="3")
+
+
+def recipient(key: DeviceKey) -> Recipient:
+    return Recipient(device=device_id(key.kem, key.public_bytes()), kem=key.kem, public_key=key.public_bytes())
+
+
+@pytest.fixture(scope="module")
+def keys() -> dict[str, DeviceKey]:
+    return {"a": DeviceKey.generate("x25519"), "b": DeviceKey.generate("mlkem768-x25519"), "c": DeviceKey.generate("x25519")}
+
+
+def test_every_recipient_opens_the_set_and_only_ciphertext_is_written(keys: dict[str, DeviceKey]) -> None:
+    secrets = {"api-token": TOKEN, "mqtt-password": b"hunter2-but-longer"}
+    sealed = seal(secrets, IDENTITY, [recipient(keys["a"]), recipient(keys["b"])])
+    text = json.dumps(sealed)
+    assert TOKEN.decode() not in text and base64.b64encode(TOKEN).decode() not in text
+    for name in ("a", "b"):
+        r = recipient(keys[name])
+        assert open_sealed(json.loads(text), IDENTITY, r.device, keys[name]) == secrets
+    assert seal(secrets, IDENTITY, [recipient(keys["a"])])["secrets"] != sealed["secrets"]  # a fresh data key each time
+
+
+def test_a_device_left_out_or_with_the_wrong_key_reads_nothing(keys: dict[str, DeviceKey]) -> None:
+    sealed = seal({"api-token": TOKEN}, IDENTITY, [recipient(keys["a"])])
+    with pytest.raises(SecretError, match="not sealed to this device"):
+        open_sealed(sealed, IDENTITY, recipient(keys["c"]).device, keys["c"])
+    with pytest.raises(SecretError, match="this device's key does not open them") as caught:
+        open_sealed(sealed, IDENTITY, recipient(keys["a"]).device, keys["c"])  # a's entry, c's key
+    assert TOKEN.decode() not in str(caught.value)
+
+
+@pytest.mark.parametrize(("tamper", "message"), [
+    (lambda d: d["secrets"]["api-token"].update(ciphertext=base64.b64encode(
+        bytes([base64.b64decode(d["secrets"]["api-token"]["ciphertext"])[0] ^ 1])
+        + base64.b64decode(d["secrets"]["api-token"]["ciphertext"])[1:]).decode()),
+     "secret api-token: its ciphertext was altered or moved"),
+    (lambda d: d["secrets"].update({"api-token": d["secrets"]["db-password"], "db-password": d["secrets"]["api-token"]}),
+     "secret (api-token|db-password): its ciphertext was altered or moved"),
+    (lambda d: d["identity"].update(site="plant-8"), "are for vision-app 3 at site plant-8, not vision-app 3 at site plant-7"),
+])
+def test_tampered_or_moved_ciphertext_is_refused_naming_the_secret(keys: dict[str, DeviceKey], tamper, message: str) -> None:  # type: ignore[no-untyped-def]
+    sealed = seal({"api-token": TOKEN, "db-password": b"db-secret-value"}, IDENTITY, [recipient(keys["a"])])
+    tamper(sealed)
+    with pytest.raises(SecretError, match=message) as caught:
+        open_sealed(sealed, IDENTITY, recipient(keys["a"]).device, keys["a"])
+    assert TOKEN.decode() not in str(caught.value) and "db-secret-value" not in str(caught.value)
+
+
+def test_a_set_cannot_be_replayed_as_another_version_or_site(keys: dict[str, DeviceKey]) -> None:
+    sealed = seal({"api-token": TOKEN}, IDENTITY, [recipient(keys["a"])])
+    sealed["identity"] = {"app": "vision-app", "site": "plant-7", "version": "4"}  # claims to be a newer set
+    newer = Identity(app="vision-app", site="plant-7", version="4")
+    with pytest.raises(SecretError, match="does not open them"):
+        open_sealed(sealed, newer, recipient(keys["a"]).device, keys["a"])
+
+
+def test_enrollment_keeps_the_private_key_owner_only_and_prints_only_public_parts(tmp_path: Path) -> None:
+    result = CliRunner().invoke(updater_cli, ["--state-dir", str(tmp_path / "device"), "enroll", "--site", "plant-7",
+                                              "--profile", "x86_64-cpu", "--kem", "mlkem768-x25519"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    identity = DeviceIdentity(tmp_path / "device")
+    key_file = tmp_path / "device/identity/device.key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600 and stat.S_IMODE(key_file.parent.stat().st_mode) == 0o700
+    secret = base64.b64encode(identity.key().secret_bytes()).decode()
+    assert secret not in result.output and record["device"] == device_id(record["kem"], base64.b64decode(record["public_key"]))
+    assert record == identity.record() and (record["site"], record["profile"]) == ("plant-7", "x86_64-cpu")
+    again = CliRunner().invoke(updater_cli, ["--state-dir", str(tmp_path / "device"), "enroll", "--site", "plant-7",
+                                             "--profile", "x86_64-cpu"])
+    assert again.exit_code == 1 and "enrolled already" in again.stderr
+    os.chmod(key_file, 0o644)
+    with pytest.raises(SecretError, match="readable by others than its owner"):
+        identity.key()
+
+
+def test_the_inventory_enrolls_lists_and_revokes_and_revoked_devices_are_no_recipients(tmp_path: Path) -> None:
+    records = []
+    for i, site in enumerate(("plant-7", "plant-7", "plant-9")):
+        record = DeviceIdentity(tmp_path / f"d{i}").enroll(site=site, profile="x86_64-cpu")
+        (tmp_path / f"d{i}.json").write_text(json.dumps(record))
+        records.append(record)
+    inventory = tmp_path / "devices.yaml"
+    for i in range(3):
+        result = CliRunner().invoke(sealift, ["devices", "add", str(tmp_path / f"d{i}.json"), "--inventory", str(inventory)])
+        assert result.exit_code == 0, result.output
+    again = CliRunner().invoke(sealift, ["devices", "add", str(tmp_path / "d0.json"), "--inventory", str(inventory)])
+    assert again.exit_code == 0 and len(Inventory(inventory).devices()) == 3  # the same record twice changes nothing
+    assert [r.device for r in Inventory(inventory).recipients("plant-7")] == [records[0]["device"], records[1]["device"]]
+    revoked = CliRunner().invoke(sealift, ["devices", "revoke", records[1]["device"], "--inventory", str(inventory)])
+    assert revoked.exit_code == 0 and "revoked" in revoked.output
+    assert [r.device for r in Inventory(inventory).recipients("plant-7")] == [records[0]["device"]]
+    listed = json.loads(CliRunner().invoke(sealift, ["devices", "list", "--site", "plant-7", "--inventory", str(inventory),
+                                                     "--json"]).stdout)
+    assert [d["device"] for d in listed] == [records[0]["device"], records[1]["device"]] and "revoked" in listed[1]
+    back = CliRunner().invoke(sealift, ["devices", "add", str(tmp_path / "d1.json"), "--inventory", str(inventory)])
+    assert back.exit_code == 1 and "was revoked" in back.stderr
+    text = inventory.read_text()
+    for i in range(3):
+        assert base64.b64encode(DeviceIdentity(tmp_path / f"d{i}").key().secret_bytes()).decode() not in text
+
+
+def test_an_altered_enrollment_record_is_refused(tmp_path: Path) -> None:
+    record = DeviceIdentity(tmp_path / "d").enroll(site="plant-7", profile="x86_64-cpu")
+    other = DeviceIdentity(tmp_path / "e").enroll(site="plant-7", profile="x86_64-cpu")
+    (tmp_path / "forged.json").write_text(json.dumps({**record, "public_key": other["public_key"]}))
+    with pytest.raises(SpecError, match="is not the ID of this public key"):
+        Inventory(tmp_path / "devices.yaml").add(tmp_path / "forged.json")
+    (tmp_path / "short.json").write_text(json.dumps({**record, "public_key": base64.b64encode(b"x" * 7).decode()}))
+    with pytest.raises(SpecError, match="has 32 bytes, this one 7"):
+        Inventory(tmp_path / "devices.yaml").add(tmp_path / "short.json")
+    assert not (tmp_path / "devices.yaml").exists()

@@ -1,0 +1,94 @@
+"""The device's identity for secrets: its key pair and enrollment record, in ``STATE/identity``.
+
+``sealift-updater enroll --site SITE`` creates the key pair (X25519, or the hybrid
+ML-KEM-768 + X25519 KEM for devices that must keep secrets confidential for decades), keeps the
+private key in ``STATE/identity/device.key`` readable by its owner (root) only, and prints the
+enrollment record (device ID, site, profile, key type, public key) for the build machine's
+inventory (``sealift devices add``). The private key never leaves the file: not in output, logs or
+state reports.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+from bundler.devices import SITE
+from bundler.durable import exclusive_lock, fsync_dir, replace_file
+from bundler.errors import SecretError
+from bundler.sealing import KEMS, DeviceKey, device_id
+
+__all__ = ["DeviceIdentity"]
+
+_DIR = "identity"
+_RECORD = "device.json"
+_KEY = "device.key"
+
+
+class DeviceIdentity:
+    """``STATE/identity``: ``device.key`` (owner-only) and ``device.json`` (the public record)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = state_dir / _DIR
+
+    def enrolled(self) -> bool:
+        return (self.dir / _RECORD).is_file() and (self.dir / _KEY).is_file()
+
+    def enroll(self, *, site: str, profile: str, kem: str = "x25519", force: bool = False,
+               now: dt.datetime | None = None) -> dict[str, Any]:
+        """Create the key pair and the record; refuse to replace existing keys unless ``force``."""
+        if not SITE.fullmatch(site):
+            raise SecretError(f"site {site!r}: expected a site name (lower case letters, digits, . _ -)")
+        if kem not in KEMS:
+            raise SecretError(f"unknown key type {kem!r} (known: {', '.join(KEMS)})")
+        with exclusive_lock(self.dir.parent / "identity.lock", wait=True):
+            if self.enrolled() and not force:
+                raise SecretError(f"{self.dir}: this device is enrolled already (as {self.record()['device']}); "
+                                  "--force makes new keys, and the inventory must then take the new record")
+            key = DeviceKey.generate(kem)
+            public = key.public_bytes()
+            record = {"device": device_id(kem, public), "site": site, "profile": profile, "kem": kem,
+                      "public_key": base64.b64encode(public).decode(),
+                      "enrolled": (now or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds")}
+            try:
+                self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+                os.chmod(self.dir, 0o700)
+                secret = json.dumps({"kem": kem, "key": base64.b64encode(key.secret_bytes()).decode()}).encode()
+                replace_file(self.dir / _KEY, secret, mode=0o600)  # the key first: a record never names a missing key
+                replace_file(self.dir / _RECORD, json.dumps(record, indent=2).encode() + b"\n")
+                fsync_dir(self.dir)
+            except OSError as e:
+                raise SecretError(f"{self.dir}: cannot keep the device's keys ({e.strerror})") from e
+        return record
+
+    def record(self) -> dict[str, Any]:
+        try:
+            data = json.loads((self.dir / _RECORD).read_text())
+        except FileNotFoundError:
+            raise SecretError("this device is not enrolled: run `sealift-updater enroll --site SITE`") from None
+        except (OSError, ValueError) as e:
+            raise SecretError(f"{self.dir / _RECORD}: damaged ({type(e).__name__})") from e
+        if not isinstance(data, dict):
+            raise SecretError(f"{self.dir / _RECORD}: damaged (not a JSON object)")
+        return data
+
+    def key(self) -> DeviceKey:
+        """The private key; refused if anyone but the owner could read it."""
+        path = self.dir / _KEY
+        try:
+            st = path.stat()
+            if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+                raise SecretError(f"{path}: readable by others than its owner (mode {stat.S_IMODE(st.st_mode):o}); "
+                                  "refusing to use it (chmod 600, and consider enrolling again)")
+            data = json.loads(path.read_text())
+            return DeviceKey(str(data["kem"]), base64.b64decode(str(data["key"]), validate=True))
+        except FileNotFoundError:
+            raise SecretError("this device is not enrolled: run `sealift-updater enroll --site SITE`") from None
+        except (OSError, ValueError, KeyError, TypeError, binascii.Error) as e:
+            raise SecretError(f"{path}: damaged ({type(e).__name__})") from e
