@@ -231,13 +231,17 @@ def recover(store: TrustStore) -> None:
 @click.pass_obj
 @reports_errors
 def status(store: TrustStore, as_json: bool) -> None:
-    """What runs, in which slot, what happened last, and the history."""
+    """What runs, in which slot, what happened last, the history, and the device's enrollment."""
     state = Slots(store.state_dir).load()
+    identity = DeviceIdentity(store.state_dir)
+    record = identity.record() if identity.enrolled() else None
     if as_json:
-        click.echo(json.dumps(state.to_json(), indent=2))
+        click.echo(json.dumps({**state.to_json(), "enrollment": record}, indent=2))
         return
     current = f"{state.current.name} {state.current.version} (slot {state.current.slot})" if state.current else "nothing"
     click.echo(f"running: {current}\nphase:   {state.phase.value}{': ' + state.reason if state.reason else ''}")
+    click.echo(f"device:  {record['device']} at site {record['site']} ({record['kem']})" if record else
+               "device:  not enrolled for secrets (`sealift-updater enroll --site SITE`)")
     for event in state.history[-10:]:
         click.echo(f"  {event.get('phase', '?'):13} {event.get('release', ''):28} {event.get('reason', '')}")
 

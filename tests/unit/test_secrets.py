@@ -88,6 +88,8 @@ def test_enrollment_keeps_the_private_key_owner_only_and_prints_only_public_part
     secret = base64.b64encode(identity.key().secret_bytes()).decode()
     assert secret not in result.output and record["device"] == device_id(record["kem"], base64.b64decode(record["public_key"]))
     assert record == identity.record() and (record["site"], record["profile"]) == ("plant-7", "x86_64-cpu")
+    status = CliRunner().invoke(updater_cli, ["--state-dir", str(tmp_path / "device"), "status", "--json"])
+    assert json.loads(status.stdout)["enrollment"] == record and secret not in status.output
     again = CliRunner().invoke(updater_cli, ["--state-dir", str(tmp_path / "device"), "enroll", "--site", "plant-7",
                                              "--profile", "x86_64-cpu"])
     assert again.exit_code == 1 and "enrolled already" in again.stderr
