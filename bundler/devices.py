@@ -27,7 +27,7 @@ __all__ = ["SITE", "Device", "Inventory"]
 
 SITE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _PROFILE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
-_DEVICE = re.compile(r"dev-[0-9a-f]{24}")
+_DEVICE = re.compile(r"dev-[0-9a-f]{32}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,7 +49,7 @@ class Device:
     def to_json(self) -> dict[str, Any]:
         data = {"device": self.device, "site": self.site, "profile": self.profile, "kem": self.kem,
                 "public_key": self.public_key, "enrolled": self.enrolled}
-        return {**data, "revoked": self.revoked} if self.revoked else data
+        return {**data, "revoked": self.revoked} if self.revoked is not None else data
 
 
 class Inventory:
@@ -88,7 +88,7 @@ class Inventory:
             devices = self.devices()
             existing = next((d for d in devices if d.device == device.device), None)
             if existing is not None:
-                if existing.revoked:
+                if existing.revoked is not None:
                     raise SpecError(f"device {device.device} was revoked on {existing.revoked}; a revoked device enrolls "
                                     "again only with new keys (`sealift-updater enroll --force`)")
                 if (existing.site, existing.profile) != (device.site, device.profile):
@@ -103,7 +103,7 @@ class Inventory:
             found = next((d for d in devices if d.device == device), None)
             if found is None:
                 raise SpecError(f"{self.path}: no device {device}")
-            if found.revoked:
+            if found.revoked is not None:
                 return found
             revoked = replace(found, revoked=(now or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds"))
             self._write([revoked if d.device == device else d for d in devices])
@@ -132,10 +132,22 @@ def _device(field: Field, *, revocable: bool) -> Device:
         key = public_key_from_text(kem, key_text, where=f"{field.file}: {f['public_key'].path}")
     except SecretError as e:  # a key that does not decode: a malformed record
         raise f["public_key"].error(str(e).split(": ")[-1]) from e
-    claimed = f["device"].string(pattern=_DEVICE, what="a device ID (dev- and 24 hex digits)")
+    claimed = f["device"].string(pattern=_DEVICE, what="a device ID (dev- and 32 hex digits)")
     if claimed != device_id(kem, key):
         raise f["device"].error(f"{claimed} is not the ID of this public key ({device_id(kem, key)}); the record was altered")
     return Device(device=claimed, site=f["site"].string(pattern=SITE, what="a site name (lower case, digits, . _ -)"),
                   profile=f["profile"].string(pattern=_PROFILE, what="a profile name"), kem=kem, public_key=key_text,
-                  enrolled=f["enrolled"].scalar_string(),
-                  revoked=f["revoked"].scalar_string() if "revoked" in f else None)
+                  enrolled=_timestamp(f["enrolled"]), revoked=_timestamp(f["revoked"]) if "revoked" in f else None)
+
+
+def _timestamp(field: Field) -> str:
+    """An ISO 8601 time (YAML may already have read an unquoted one as a date and time)."""
+    value = field.value
+    if isinstance(value, dt.datetime):
+        return value.isoformat(timespec="seconds")
+    if isinstance(value, str):
+        try:
+            return dt.datetime.fromisoformat(value).isoformat(timespec="seconds")
+        except ValueError:
+            pass
+    field.fail("a date and time (ISO 8601)")

@@ -15,7 +15,8 @@ def replace_file(path: Path, data: bytes, *, mode: int = 0o644) -> None:
     """Write ``data`` to a temporary file beside ``path``, fsync it, rename it over ``path``, and
     fsync the directory so the rename itself survives a power cut."""
     temp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    temp.unlink(missing_ok=True)  # a crashed writer's leftover: never reuse its mode, or a link in its place
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

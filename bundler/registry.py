@@ -129,6 +129,14 @@ class _Guarded:
         return data
 
 
+def _discard(stream: _Guarded, n: int) -> None:
+    while n > 0:
+        chunk = stream.read(min(n, 1 << 20))
+        if not chunk:
+            return
+        n -= len(chunk)
+
+
 class _Transient(Exception):
     """A failure worth another attempt: the network, or a registry answering 5xx or 429."""
 
@@ -190,10 +198,11 @@ class RegistryClient:
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         response = self._request("GET", f"blobs/{digest}", headers=headers)
         with response:
-            if offset and response.status_code != 206:
-                raise self.error(f"{self.what}: the registry ignored a range request for blob {digest}")
-            yield cast(IO[bytes], _Guarded(response.raw, lambda e: self.error(
-                f"{self.what}: the connection was lost while reading blob {digest} ({_reason(e)}); run again to resume")))
+            stream = _Guarded(response.raw, lambda e: self.error(
+                f"{self.what}: the connection was lost while reading blob {digest} ({_reason(e)}); run again to resume"))
+            if offset and response.status_code != 206:  # the registry sends it all: skip what is here already
+                _discard(stream, offset)
+            yield cast(IO[bytes], stream)
 
     def tags(self) -> list[str]:
         """Every tag of the repository (none if it does not exist yet)."""

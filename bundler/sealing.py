@@ -17,6 +17,8 @@ import base64
 import binascii
 import hashlib
 import os
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +40,8 @@ _SUITES = {
 }
 _PUBLIC_SIZES = {"x25519": 32, "mlkem768-x25519": 1184 + 32}
 _MLKEM_SEED = 64
+_NONCE = 12
+SECRET_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 MAX_RECIPIENTS = 10_000
 MAX_SECRET_BYTES = 1 << 20
 
@@ -103,7 +107,7 @@ class DeviceKey:
 
 def device_id(kem: str, public_key: bytes) -> str:
     """A device's ID: a fingerprint of its public key, so a record cannot claim another device's key."""
-    return "dev-" + hashlib.sha256(kem.encode() + b"\0" + public_key).hexdigest()[:24]
+    return "dev-" + hashlib.sha256(kem.encode() + b"\0" + public_key).hexdigest()[:32]
 
 
 def public_key_from_text(kem: str, text: str, *, where: str) -> bytes:
@@ -126,17 +130,22 @@ def seal(secrets: dict[str, bytes], identity: Identity, recipients: list[Recipie
         raise SecretError(f"{identity.app} for site {identity.site}: no enrolled device to seal the secrets to")
     if len(recipients) > MAX_RECIPIENTS:
         raise SecretError(f"{identity.app} for site {identity.site}: more than {MAX_RECIPIENTS} recipients")
+    for name, value in secrets.items():
+        if not SECRET_NAME.fullmatch(name):
+            raise SecretError(f"secret {name[:64]!r}: not a valid secret name")
+        if len(value) > MAX_SECRET_BYTES:
+            raise SecretError(f"secret {name}: larger than {MAX_SECRET_BYTES} bytes")
     data_key = AESGCM.generate_key(bit_length=256)
     aes = AESGCM(data_key)
     sealed_secrets = {}
     for name, value in sorted(secrets.items()):
-        nonce = os.urandom(12)
+        nonce = os.urandom(_NONCE)  # a fresh data key per set, a fresh nonce per secret
         sealed_secrets[name] = {"nonce": _b64(nonce), "ciphertext": _b64(aes.encrypt(nonce, value, _aad(identity, name)))}
     wrapped = []
     for r in recipients:
         public = _public(r.kem, r.public_key, f"device {r.device}")
         wrapped.append({"device": r.device, "kem": r.kem,
-                        "sealed_key": _b64(_SUITES[r.kem].encrypt(data_key, public, info=_info(identity, r.device)))})
+                        "sealed_key": _b64(_SUITES[r.kem].encrypt(data_key, public, info=_info(identity, r.device, secrets)))})
     return {"format": FORMAT, "identity": identity.to_json(), "recipients": wrapped, "secrets": sealed_secrets}
 
 
@@ -149,7 +158,10 @@ def open_sealed(document: Any, identity: Identity, device: str, key: DeviceKey) 
         claimed: dict[str, Any] = found if isinstance(found, dict) else {}
         raise SecretError(f"sealed secrets are for {claimed.get('app')} {claimed.get('version')} at site {claimed.get('site')}, "
                           f"not {identity.app} {identity.version} at site {identity.site}")
-    entry = next((r for r in document.get("recipients") or [] if isinstance(r, dict) and r.get("device") == device), None)
+    recipients, secrets = document.get("recipients"), document.get("secrets")
+    if not isinstance(recipients, list) or not isinstance(secrets, dict) or not all(isinstance(v, dict) for v in secrets.values()):
+        raise SecretError(f"sealed secrets for {identity.app} {identity.version}: malformed document")
+    entry = next((r for r in recipients if isinstance(r, dict) and r.get("device") == device), None)
     if entry is None:
         raise SecretError(f"sealed secrets for {identity.app} {identity.version}: not sealed to this device ({device}); "
                           "is it enrolled in the inventory, and not revoked?")
@@ -157,22 +169,19 @@ def open_sealed(document: Any, identity: Identity, device: str, key: DeviceKey) 
         raise SecretError(f"sealed secrets: sealed to a {entry.get('kem')} key, this device has a {key.kem} key")
     try:
         data_key = _SUITES[key.kem].decrypt(_unb64(entry.get("sealed_key"), "the sealed key"), key._key,
-                                            info=_info(identity, device))
+                                            info=_info(identity, device, secrets))
     except (InvalidTag, ValueError) as e:
         raise SecretError(f"sealed secrets for {identity.app} {identity.version}: this device's key does not open them "
-                          "(a wrong key, or a tampered document)") from e
+                          "(a wrong key, or a tampered document: altered, or with secrets added or removed)") from e
     aes = AESGCM(data_key)
     values: dict[str, bytes] = {}
-    secrets = document.get("secrets")
-    if not isinstance(secrets, dict):
-        raise SecretError("sealed secrets: the document has no secrets")
     for name, sealed in secrets.items():
-        if not isinstance(sealed, dict):
-            raise SecretError(f"secret {name}: malformed")
+        nonce = _unb64(sealed.get("nonce"), f"secret {name}")
+        if len(nonce) != _NONCE:
+            raise SecretError(f"secret {name}: malformed (a nonce of {len(nonce)} bytes)")
         try:
-            values[name] = aes.decrypt(_unb64(sealed.get("nonce"), f"secret {name}"),
-                                       _unb64(sealed.get("ciphertext"), f"secret {name}"), _aad(identity, name))
-        except InvalidTag as e:
+            values[name] = aes.decrypt(nonce, _unb64(sealed.get("ciphertext"), f"secret {name}"), _aad(identity, name))
+        except (InvalidTag, ValueError) as e:
             raise SecretError(f"secret {name}: its ciphertext was altered or moved from another secret or release") from e
     return values
 
@@ -187,8 +196,10 @@ def _public(kem: str, raw: bytes, where: str) -> Any:
         raise SecretError(f"{where}: not a valid {kem} public key") from e
 
 
-def _info(identity: Identity, device: str) -> bytes:
-    return b"sealift data key\0" + canonical_json({**identity.to_json(), "device": device})
+def _info(identity: Identity, device: str, names: Iterable[str]) -> bytes:
+    """What the sealed data key is bound to: the set's identity, the device, and which secrets the set holds
+    (so none can be dropped from it unnoticed)."""
+    return b"sealift data key\0" + canonical_json({**identity.to_json(), "device": device, "secrets": sorted(names)})
 
 
 def _aad(identity: Identity, name: str) -> bytes:
@@ -200,7 +211,9 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: object, what: str) -> bytes:
+    if not isinstance(text, str):
+        raise SecretError(f"{what}: malformed (not a base64 string)")
     try:
-        return base64.b64decode(str(text), validate=True)
+        return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as e:
         raise SecretError(f"{what}: not base64") from e

@@ -329,6 +329,14 @@ class LayoutStore:
         except OSError as e:  # a transfer cut short (DeliveryError) keeps the partial file: the next copy resumes it
             raise DeliveryError(f"{self.what}: cannot write blob {blob.digest} ({_why(e)})") from e
 
+    def drop_partial(self, digest: str) -> None:
+        (self.blobs / f".partial-{digest.removeprefix('sha256:')}").unlink(missing_ok=True)
+
+    def drop_partials(self) -> None:
+        """Remove what unfinished copies left (partial blobs, temporary files)."""
+        for leftover in self.blobs.glob(".*"):
+            leftover.unlink(missing_ok=True)
+
     def link_blob(self, blob: Descriptor, existing: Path) -> bool:
         """Take ``blob`` from another layout on the same file system (a hard link); False if it cannot."""
         try:

@@ -87,8 +87,12 @@ class DeviceIdentity:
                 raise SecretError(f"{path}: readable by others than its owner (mode {stat.S_IMODE(st.st_mode):o}); "
                                   "refusing to use it (chmod 600, and consider enrolling again)")
             data = json.loads(path.read_text())
-            return DeviceKey(str(data["kem"]), base64.b64decode(str(data["key"]), validate=True))
+            key = DeviceKey(str(data["kem"]), base64.b64decode(str(data["key"]), validate=True))
         except FileNotFoundError:
             raise SecretError("this device is not enrolled: run `sealift-updater enroll --site SITE`") from None
         except (OSError, ValueError, KeyError, TypeError, binascii.Error) as e:
             raise SecretError(f"{path}: damaged ({type(e).__name__})") from e
+        if device_id(key.kem, key.public_bytes()) != self.record().get("device"):
+            raise SecretError(f"{path}: does not belong to the enrollment record {self.dir / _RECORD} (an enrollment was "
+                              "cut short): enroll again with --force")
+        return key

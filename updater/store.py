@@ -12,6 +12,7 @@ no kept release needs are removed after each install.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -30,6 +31,7 @@ __all__ = ["BundleStore", "Incoming", "candidate_digest"]
 
 _INCOMING = ".incoming-"
 _LOCKS = ".locks"
+_HEX = re.compile(r"[0-9a-f]{64}")
 _INCOMING_KEPT_S = 24 * 3600  # an unfinished download untouched this long is given up
 
 
@@ -70,8 +72,8 @@ class Incoming:
 
     def _adopt(self, blob: Descriptor) -> None:
         existing = self.store.find_blob(blob.digest)
-        if existing is not None:
-            self.layout.link_blob(blob, existing)
+        if existing is not None and self.layout.link_blob(blob, existing):
+            self.layout.drop_partial(blob.digest)  # an earlier, cut download of it is needless now
 
     def complete(self) -> Path:
         """Write the metadata and ``index.json``, and move the bundle to its place (or use the one already there)."""
@@ -81,6 +83,7 @@ class Incoming:
                 shutil.rmtree(self.layout.root)  # the same bytes arrived another way first
                 return final
             self.layout.write_metadata(self.metadata)
+            self.layout.drop_partials()  # a bundle holds its blobs and nothing else
             self.layout.finish([self.top])
             shutil.rmtree(final, ignore_errors=True)  # an unfinished leftover (no index.json)
             self.layout.root.rename(final)
@@ -166,7 +169,9 @@ class BundleStore:
             try:
                 if entry.name in wanted or entry.name == _LOCKS:
                     continue
-                if entry.name.startswith(_INCOMING) and not self._abandoned(entry):
+                if entry.name.startswith(_INCOMING):
+                    if self._remove_if_abandoned(entry):
+                        removed.append(entry.name)
                     continue
                 shutil.rmtree(entry)
                 removed.append(entry.name)
@@ -174,13 +179,20 @@ class BundleStore:
                 continue  # gone already, or busy: the next prune sees it again
         return removed
 
-    def _abandoned(self, incoming: Path) -> bool:
-        digest = f"sha256:{incoming.name.removeprefix(_INCOMING)}"
+    def _remove_if_abandoned(self, incoming: Path) -> bool:
+        """Remove an unfinished download nobody is writing, if it is needless or a day old (under its lock)."""
+        hexdigest = incoming.name.removeprefix(_INCOMING)
+        if not _HEX.fullmatch(hexdigest):
+            shutil.rmtree(incoming)  # not one of ours
+            return True
         try:
-            with exclusive_lock(self.lock_path(digest), wait=False):
+            with exclusive_lock(self.lock_path(f"sha256:{hexdigest}"), wait=False):
                 files = [p for p in incoming.rglob("*") if p.is_file()]  # a partial blob grows as it arrives
                 newest = max((p.stat().st_mtime for p in files), default=incoming.stat().st_mtime)
-                return self.has(digest) or time.time() - newest > _INCOMING_KEPT_S
+                if not (self.has(f"sha256:{hexdigest}") or time.time() - newest > _INCOMING_KEPT_S):
+                    return False
+                shutil.rmtree(incoming)
+                return True
         except BlockingIOError:
             return False  # someone is writing it now
 

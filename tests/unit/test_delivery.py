@@ -263,3 +263,21 @@ def test_a_long_download_feeds_the_systemd_watchdog(tmp_path: Path, monkeypatch:
     poller.advance(256 << 10)  # a piece of a blob arrived
     assert listener.recv(64) == b"WATCHDOG=1"
     listener.close()
+
+
+def test_a_cut_download_whose_blob_arrives_another_way_leaves_no_partial_in_the_bundle(
+        versions: dict[str, Path], tmp_path: Path) -> None:
+    store = BundleStore(tmp_path / "device")
+    top = Descriptor.from_json(json.loads((versions["1.3.0-x86_64-cpu"] / "index.json").read_text())["manifests"][0], where="t")
+    shared = sorted(blobs(versions["1.2.0-x86_64-cpu"]) & blobs(versions["1.3.0-x86_64-cpu"]))[0]
+    with store.incoming(top) as incoming:  # a download of 1.3.0 cut off inside a blob 1.2.0 also has
+        (incoming.layout.blobs / f".partial-{shared}").write_bytes(b"half")
+    store.take(versions["1.2.0-x86_64-cpu"], PROFILES["x86_64-cpu"])
+    with open_layout(versions["1.3.0-x86_64-cpu"]) as reader, store.incoming(top) as incoming:
+        incoming.fill(ReaderStore(reader))
+        incoming.metadata = {}
+        done = incoming.complete()
+    assert not [p for p in (done / "blobs/sha256").iterdir() if p.name.startswith(".")]
+    from bundler.bundle import verify_bundle
+
+    assert verify_bundle(done).digest == top.digest

@@ -134,3 +134,74 @@ def test_an_altered_enrollment_record_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match="has 32 bytes, this one 7"):
         Inventory(tmp_path / "devices.yaml").add(tmp_path / "short.json")
     assert not (tmp_path / "devices.yaml").exists()
+
+
+def _data_key(document: dict, key: DeviceKey) -> bytes:  # type: ignore[type-arg]
+    """Unwrap a set's data key the way open_sealed does (to check its properties)."""
+    from bundler import sealing
+
+    r = recipient(key)
+    entry = next(e for e in document["recipients"] if e["device"] == r.device)
+    info = sealing._info(IDENTITY, r.device, document["secrets"])
+    return bytes(sealing._SUITES[key.kem].decrypt(base64.b64decode(entry["sealed_key"]), key._key, info=info))
+
+
+def test_each_set_has_a_fresh_data_key_and_each_secret_a_fresh_nonce(keys: dict[str, DeviceKey]) -> None:
+    secrets = {f"s{i}": b"same value" for i in range(8)}
+    one, two = (seal(secrets, IDENTITY, [recipient(keys["a"])]) for _ in range(2))
+    assert _data_key(one, keys["a"]) != _data_key(two, keys["a"]) and len(_data_key(one, keys["a"])) == 32
+    assert len({s["nonce"] for s in one["secrets"].values()}) == len(secrets)
+
+
+@pytest.mark.parametrize(("change", "opened_as"), [
+    (lambda d: d["identity"].update(site="plant-8"), Identity(app="vision-app", site="plant-8", version="3")),
+    (lambda d: d["identity"].update(app="other-app"), Identity(app="other-app", site="plant-7", version="3")),
+    (lambda d: d["secrets"].pop("db-password"), IDENTITY),
+    (lambda d: d["secrets"].update({"extra": d["secrets"]["api-token"]}), IDENTITY),
+])
+def test_a_relabelled_or_trimmed_set_does_not_open(keys: dict[str, DeviceKey], change, opened_as: Identity) -> None:  # type: ignore[no-untyped-def]
+    sealed = seal({"api-token": TOKEN, "db-password": b"db-secret-value"}, IDENTITY, [recipient(keys["a"])])
+    change(sealed)
+    with pytest.raises(SecretError, match="does not open them"):
+        open_sealed(sealed, opened_as, recipient(keys["a"]).device, keys["a"])
+
+
+@pytest.mark.parametrize("damage", [
+    lambda d: d["secrets"]["api-token"].update(nonce=None),
+    lambda d: d["secrets"]["api-token"].update(nonce=base64.b64encode(b"n" * 200).decode()),
+    lambda d: d.update(recipients=5),
+    lambda d: d.update(secrets=["api-token"]),
+    lambda d: d["recipients"][0].update(sealed_key="not base64!"),
+])
+def test_a_malformed_set_is_one_clear_error(keys: dict[str, DeviceKey], damage) -> None:  # type: ignore[no-untyped-def]
+    sealed = seal({"api-token": TOKEN}, IDENTITY, [recipient(keys["a"])])
+    damage(sealed)
+    with pytest.raises(SecretError):
+        open_sealed(sealed, IDENTITY, recipient(keys["a"]).device, keys["a"])
+
+
+def test_a_stale_temporary_key_file_never_lends_its_mode(tmp_path: Path) -> None:
+    identity_dir = tmp_path / "device/identity"
+    identity_dir.mkdir(parents=True)
+    stale = identity_dir / ".device.key.tmp"
+    stale.write_text("left by a crash")
+    os.chmod(stale, 0o644)
+    DeviceIdentity(tmp_path / "device").enroll(site="plant-7", profile="x86_64-cpu")
+    assert stat.S_IMODE((identity_dir / "device.key").stat().st_mode) == 0o600
+
+
+def test_hand_edited_times_in_the_inventory_are_read_or_refused_clearly(tmp_path: Path) -> None:
+    record = DeviceIdentity(tmp_path / "d").enroll(site="plant-7", profile="x86_64-cpu")
+    inventory = tmp_path / "devices.yaml"
+    Inventory(inventory).add(_write(tmp_path / "r.json", record))
+    text = inventory.read_text()
+    inventory.write_text(text.replace(f"'{record['enrolled']}'", record["enrolled"]))  # unquoted: YAML reads a datetime
+    assert Inventory(inventory).devices()[0].enrolled == record["enrolled"]
+    inventory.write_text(text + "  revoked: ''\n")
+    with pytest.raises(SpecError, match="revoked: expected a date and time"):
+        Inventory(inventory).devices()
+
+
+def _write(path: Path, record: dict) -> Path:  # type: ignore[type-arg]
+    path.write_text(json.dumps(record))
+    return path
