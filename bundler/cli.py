@@ -17,6 +17,7 @@ from bundler.bundle import BundleInfo, check_bundle
 from bundler.errors import SealiftError
 from bundler.keys import ALGORITHMS, KeyStore, public_key_from_pem
 from bundler.medium import looks_like_medium
+from bundler.overlay import check_overlay, is_overlay
 from bundler.profiles import load_profiles, profile_search_path
 from bundler.progress import for_terminal
 from bundler.repo import ROLES, Policy, Repository, RolePolicy
@@ -139,11 +140,18 @@ def verify(bundles: tuple[Path, ...], trusted_root: Path | None, as_json: bool) 
             failed |= _verify_medium(path, trusted_root, as_json, results)
             continue
         try:
-            if trusted_root is not None:
-                _verify_signed(path, trusted_root)
-            report = check_bundle(path)
-            problems = list(report.problems)
-            result: dict[str, Any] = {"bundle": str(path), "digest": report.bundle.digest, "problems": problems}
+            if is_overlay(path):
+                overlay = check_overlay(path)
+                if trusted_root is not None:
+                    _verify_signed_index(path, overlay.digest, trusted_root)
+                problems = []
+                result: dict[str, Any] = {"bundle": str(path), "digest": overlay.digest, "problems": [], "overlay": overlay.to_json()}
+            else:
+                if trusted_root is not None:
+                    _verify_signed(path, trusted_root)
+                report = check_bundle(path)
+                problems = list(report.problems)
+                result = {"bundle": str(path), "digest": report.bundle.digest, "problems": problems}
         except SealiftError as e:
             problems = [e.diagnostics()]
             result = {"bundle": str(path), "digest": None, "problems": problems}
@@ -182,6 +190,20 @@ def _verify_medium(path: Path, trusted_root: Path | None, as_json: bool, results
                 kind = f"delta on {b.base['version']}" if b.base else "complete"
                 click.echo(f"ok {path}  {b.name} {b.version} ({b.profile}, {kind})  {b.top.digest}")
     return bool(report.problems)
+
+
+def _verify_signed_index(path: Path, digest: str, root: Path) -> None:
+    """The index ``digest`` in ``path`` is a target the repository signed (checked as a device would)."""
+    import tempfile
+
+    from bundler.layout import open_layout
+    from updater.trust import TrustStore
+    from updater.verify import check_signed_target
+
+    with open_layout(path) as reader, tempfile.TemporaryDirectory(prefix="sealift-verify-") as state:
+        store = TrustStore(Path(state))
+        store.init(root)
+        check_signed_target(reader, digest, trust=store)
 
 
 def _medium_signatures(path: Path, root: Path) -> list[str]:
@@ -460,6 +482,38 @@ def export(bundles: tuple[Path, ...], to: Path, bases: tuple[str, ...], plain_ht
     click.echo(f"wrote {report.moved.blobs_sent} blobs ({_size(report.moved.bytes_sent)}) to {to}")
 
 
+@cli.group()
+def overlay() -> None:
+    """Per-site overlays: a site's configuration values and its secrets, sealed to its devices."""
+
+
+@overlay.command("build")
+@click.argument("spec", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--site", required=True, help="The site to build the overlay for.")
+@click.option("--site-file", type=click.Path(path_type=Path, dir_okay=False),
+              help="The site's values (version, fits, environment). Default: sites/SITE.yaml beside the spec.")
+@click.option("--inventory", type=click.Path(path_type=Path, dir_okay=False), default=Path("devices.yaml"), show_default=True,
+              help="The fleet inventory: the site's enrolled, unrevoked devices are the recipients.")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path("out"), show_default=True,
+              help="Directory that receives the overlay.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@reports_errors
+def overlay_build(spec: Path, site: str, site_file: Path | None, inventory: Path, out: Path, as_json: bool) -> None:
+    """Build SITE's overlay for the application SPEC describes.
+
+    Secret values come from where the spec's `secrets` say (an environment variable or a file) and
+    are sealed with HPKE to the site's enrolled devices; only ciphertext is written. Sign the
+    overlay with `sealift repo add` and deliver it like a bundle. See docs/secrets.md.
+    """
+    from bundler.overlay import build_overlay
+
+    path, info = build_overlay(load_spec(spec), site, inventory=inventory, out=out, site_file=site_file)
+    if as_json:
+        click.echo(json.dumps({"path": str(path), **info.to_json()}, indent=2))
+        return
+    click.echo(f"built {path}  {info.digest}  ({len(info.secrets)} secrets sealed to {len(info.recipients)} devices)")
+
+
 _inventory_option = click.option(
     "--inventory", type=click.Path(path_type=Path, dir_okay=False), default=Path("devices.yaml"), show_default=True,
     help="The fleet inventory (public keys only), kept by the build machine.")
@@ -525,14 +579,15 @@ def mirror() -> None:
 @click.option("--to", "target", required=True, metavar="REGISTRY[/REPO]",
               help="The mirror; repositories keep their names unless one is given.")
 @click.option("--profile", "profiles", multiple=True, metavar="NAME", help="Copy only bundles for this profile (repeatable).")
+@click.option("--site", "sites", multiple=True, metavar="SITE", help="Copy only overlays for this site (repeatable).")
 @click.option("--plain-http", is_flag=True, help="Talk to both registries over plain HTTP.")
 @click.option("--plain-http-from", is_flag=True, help="Talk to the source over plain HTTP.")
 @click.option("--plain-http-to", is_flag=True, help="Talk to the mirror over plain HTTP.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @reports_errors
-def mirror_sync(origin: str, target: str, profiles: tuple[str, ...], plain_http: bool, plain_http_from: bool,
-                plain_http_to: bool, as_json: bool) -> None:
-    """Copy what a site needs into its registry: the bundles (of --profile) and the signed metadata.
+def mirror_sync(origin: str, target: str, profiles: tuple[str, ...], sites: tuple[str, ...], plain_http: bool,
+                plain_http_from: bool, plain_http_to: bool, as_json: bool) -> None:
+    """Copy what a site needs into its registry: the bundles (of --profile), the overlays (of --site) and the signed metadata.
 
     Only blobs the mirror lacks are sent, so an interrupted sync resumes where it stopped and a
     blob crosses each hop once. Chain syncs hop by hop (origin, DMZ mirror, OT mirror) where each
@@ -540,7 +595,7 @@ def mirror_sync(origin: str, target: str, profiles: tuple[str, ...], plain_http:
     """
     from bundler.publish import mirror_sync as sync
 
-    result = _with_progress(as_json, functools.partial(sync, origin, target, profiles=profiles,
+    result = _with_progress(as_json, functools.partial(sync, origin, target, profiles=profiles, sites=sites,
                                                        plain_http_from=plain_http or plain_http_from,
                                                        plain_http_to=plain_http or plain_http_to))
     _print_transfer(result, as_json, "synced")
@@ -560,7 +615,8 @@ def _print_transfer(result: Any, as_json: bool, verb: str) -> None:
         click.echo(json.dumps({"ok": True, **result.to_json()}, indent=2))
         return
     for b in result.bundles:
-        click.echo(f"{verb} {b.get('name')} {b.get('version')} ({b.get('profile')})  {b['digest']}  to {result.destination}")
+        target = b.get("profile") or f"site {b.get('site')}"
+        click.echo(f"{verb} {b.get('name')} {b.get('version')} ({target})  {b['digest']}  to {result.destination}")
     moved = result.moved
     click.echo(f"copied {moved.blobs_sent} blobs ({_size(moved.bytes_sent)}), {moved.blobs_present} already there "
                f"({_size(moved.bytes_present)}); {len(result.metadata)} metadata files published")

@@ -24,6 +24,7 @@ from typing import Any
 from bundler.bundle import ANNOTATION, MEDIA, verify_bundle
 from bundler.errors import DeliveryError, SealiftError
 from bundler.layout import METADATA_NAME, Descriptor, open_layout
+from bundler.overlay import OVERLAY, SITE_ANNOTATION, check_overlay, is_overlay
 from bundler.progress import Progress, QuietProgress
 from bundler.registry import Reference, RegistryClient, Retry, parse_reference
 from bundler.transfer import (
@@ -48,6 +49,7 @@ __all__ = [
     "catalog",
     "connect",
     "mirror_sync",
+    "overlay_tag",
     "publish_metadata",
     "pull",
     "push",
@@ -86,7 +88,14 @@ def push(bundle: Path, target: str, *, plain_http: bool, progress: Progress | No
     """Verify ``bundle``, then send what the registry lacks of it, and its signed metadata."""
     progress = progress or QuietProgress()
     progress.step(f"verify {bundle}")
-    info = verify_bundle(bundle, progress=progress.advance)
+    if is_overlay(bundle):
+        overlay = check_overlay(bundle)
+        identity = {"name": overlay.name, "version": overlay.version, "site": overlay.site}
+        default_tag, shown = overlay_tag(overlay.site, overlay.version), f"site {overlay.site}"
+    else:
+        info = verify_bundle(bundle, progress=progress.advance)
+        identity = {"name": info.name, "version": info.version, "profile": info.profile}
+        default_tag, shown = bundle_tag(info.profile, info.version), info.profile
     client = connect(target, plain_http=plain_http, what="registry")
     if client.ref.digest:
         raise DeliveryError(f"registry {target}: push to a tag, not a digest (the digest is the bundle's own)")
@@ -95,11 +104,10 @@ def push(bundle: Path, target: str, *, plain_http: bool, progress: Progress | No
         source = ReaderStore(reader)
         top = Descriptor.from_json(json.loads(reader.read_small("index.json"))["manifests"][0], where=str(bundle))
         graph = walk(top, source)
-        tag = client.ref.tag or bundle_tag(info.profile, info.version)
-        progress.step(f"push {info.name} {info.version} ({info.profile}) to {client.ref.name}:{tag}", total_bytes=graph.size)
+        tag = client.ref.tag or default_tag
+        progress.step(f"push {identity['name']} {identity['version']} ({shown}) to {client.ref.name}:{tag}", total_bytes=graph.size)
         result.moved = copy_graph(graph, source, RegistryStore(client), tag=tag, advance=progress.advance)
-        result.bundles.append({"name": info.name, "version": info.version, "profile": info.profile, "digest": top.digest,
-                               "tag": tag})
+        result.bundles.append({**identity, "digest": top.digest, "tag": tag})
         files = {name: _read_file(reader, name) for name in sorted(reader.metadata_names())}
         progress.step(f"publish {len(files)} metadata files")
         result.metadata = publish_metadata(client, files)
@@ -148,9 +156,10 @@ def pull(reference: str, out: Path, *, plain_http: bool, progress: Progress | No
     return result
 
 
-def mirror_sync(origin: str, target: str, *, profiles: tuple[str, ...] = (), plain_http_from: bool = False,
-                plain_http_to: bool = False, progress: Progress | None = None) -> PublishResult:
-    """Copy the bundles a site needs (all, or those of ``profiles``) and the metadata into another registry.
+def mirror_sync(origin: str, target: str, *, profiles: tuple[str, ...] = (), sites: tuple[str, ...] = (),
+                plain_http_from: bool = False, plain_http_to: bool = False, progress: Progress | None = None) -> PublishResult:
+    """Copy the bundles a site needs (all, or those of ``profiles``), its overlays (all, or those of
+    ``sites``) and the metadata into another registry.
 
     ``origin`` is a repository, one tagged bundle in it, or a whole registry (``HOST[:PORT]``: every
     repository its catalog lists that holds bundles, each to the repository of the same name).
@@ -160,7 +169,7 @@ def mirror_sync(origin: str, target: str, *, profiles: tuple[str, ...] = (), pla
             raise DeliveryError(f"mirror {target}: syncing a whole registry needs a registry to sync into (HOST[:PORT])")
         result = PublishResult(destination=target)
         for repository in catalog(origin, plain_http=plain_http_from):
-            one = mirror_sync(f"{origin}/{repository}", target, profiles=profiles, plain_http_from=plain_http_from,
+            one = mirror_sync(f"{origin}/{repository}", target, profiles=profiles, sites=sites, plain_http_from=plain_http_from,
                               plain_http_to=plain_http_to, progress=progress)
             result.bundles += one.bundles
             result.metadata += [f"{repository}/{name}" for name in one.metadata]
@@ -183,23 +192,27 @@ def mirror_sync(origin: str, target: str, *, profiles: tuple[str, ...] = (), pla
             if found is None:
                 raise DeliveryError(f"source registry {src.ref.name}: {tag} vanished during the sync")
             try:
-                top = bundle_descriptor(*found, f"{src.ref.name}:{tag}")
+                top = bundle_descriptor(*found, f"{src.ref.name}:{tag}", kinds=(MEDIA.BUNDLE, OVERLAY))
             except DeliveryError:
                 if named:
                     raise
                 result.skipped.append(tag)  # something else shares the repository: not ours to copy
                 continue
             annotations = top.annotations
-            if profiles and annotations.get(ANNOTATION.PROFILE) not in profiles:
+            if top.artifact_type == OVERLAY:  # a site's overlay: sealed to that site's devices only
+                if sites and annotations.get(SITE_ANNOTATION) not in sites:
+                    continue
+            elif profiles and annotations.get(ANNOTATION.PROFILE) not in profiles:
                 continue
             graph = walk(top, source)
             progress.step(f"sync {tag} ({annotations.get(ANNOTATION.NAME)} {annotations.get(ANNOTATION.VERSION)})",
                           total_bytes=graph.size)
             copy_tag = None if src.ref.digest else tag
             result.moved.add(copy_graph(graph, source, dest, tag=copy_tag, advance=progress.advance))
+            where = {"site": annotations.get(SITE_ANNOTATION)} if top.artifact_type == OVERLAY else {
+                "profile": annotations.get(ANNOTATION.PROFILE)}
             result.bundles.append({"tag": tag, "digest": top.digest, "name": annotations.get(ANNOTATION.NAME),
-                                   "version": annotations.get(ANNOTATION.VERSION),
-                                   "profile": annotations.get(ANNOTATION.PROFILE)})
+                                   "version": annotations.get(ANNOTATION.VERSION), **where})
         names = [n for n in metadata_names(src) if not _same_tag(src, dst, METADATA_TAG_PREFIX + n)]
         progress.step(f"sync {len(names)} changed metadata files")
         files = {name: data for name in names if (data := read_metadata(src, name)) is not None}
@@ -295,17 +308,22 @@ def _digest(data: bytes) -> str:
     return f"sha256:{hashlib.sha256(data).hexdigest()}"
 
 
-def bundle_descriptor(body: bytes, media_type: str, digest: str, where: str) -> Descriptor:
-    """The descriptor of a bundle's top index fetched from a registry, with its annotations."""
+def overlay_tag(site: str, version: str) -> str:
+    return f"site-{site}-{version}".replace("+", "_")
+
+
+def bundle_descriptor(body: bytes, media_type: str, digest: str, where: str, *,
+                      kinds: tuple[str, ...] = (MEDIA.BUNDLE,)) -> Descriptor:
+    """The descriptor of a bundle's (or, with ``kinds``, an overlay's) top index fetched from a registry."""
     try:
         data = json.loads(body)
     except ValueError as e:
         raise DeliveryError(f"{where}: the manifest is not valid JSON") from e
-    if not isinstance(data, dict) or data.get("artifactType") != MEDIA.BUNDLE or media_type != MEDIA.INDEX:
-        raise DeliveryError(f"{where}: not a Sealift bundle (expected an OCI index with artifactType {MEDIA.BUNDLE})")
+    if not isinstance(data, dict) or data.get("artifactType") not in kinds or media_type != MEDIA.INDEX:
+        raise DeliveryError(f"{where}: not a Sealift bundle (expected an OCI index with artifactType {' or '.join(kinds)})")
     annotations = data.get("annotations")
     annotations = annotations if isinstance(annotations, dict) else {}
-    return Descriptor(media_type=MEDIA.INDEX, digest=digest, size=len(body), artifact_type=MEDIA.BUNDLE,
+    return Descriptor(media_type=MEDIA.INDEX, digest=digest, size=len(body), artifact_type=str(data["artifactType"]),
                       annotations={k: v for k, v in annotations.items() if isinstance(v, str)})
 
 

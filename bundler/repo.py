@@ -38,12 +38,13 @@ from tuf.api.metadata import (
 from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import JSONSerializer
 
-from bundler.bundle import BundleInfo, verify_bundle
+from bundler.bundle import verify_bundle
 from bundler.durable import replace_file
 from bundler.errors import RepositoryError, SigningError
 from bundler.keys import KeyStore
 from bundler.layout import open_layout
 from bundler.metadata_io import attach_metadata
+from bundler.overlay import check_overlay, is_overlay, overlay_target
 from bundler.spec import version_key
 
 __all__ = ["ROLES", "AddResult", "Policy", "Repository", "RolePolicy"]
@@ -191,18 +192,18 @@ class Repository:
         results = []
         names: dict[Path, str] = {}
         for path in bundles:
-            info = verify_bundle(path)
-            name = names[path] = f"{info.name}/{info.profile}/{info.version}"
+            name, version, custom = _identify(path)
+            names[path] = name
             holder = self._holder(change, name, role)
             targets = self._targets_of(change, holder).signed
-            target = _target_file(path, info, name, location)
+            target = _target_file(path, custom, name, location)
             existing = targets.targets.get(name)
             if existing is not None and existing == target:
                 results.append(AddResult(bundle=path, target=name, changed=False))
                 continue
             if existing is not None and not force:
                 raise RepositoryError(f"{name}: already published with other content; bundles are immutable (use --force to replace)")
-            self._check_newest(change, info, force=force)
+            self._check_newest(change, name, version, force=force)
             targets.targets[name] = target
             self._mark_changed(change, holder)
             results.append(AddResult(bundle=path, target=name, changed=True))
@@ -316,15 +317,14 @@ class Repository:
         else:
             change.delegated_changed.add(role)
 
-    def _check_newest(self, change: _Change, info: BundleInfo, *, force: bool) -> None:
-        prefix = f"{info.name}/{info.profile}/"
-        published = [n.removeprefix(prefix) for md in self._all_targets(change) for n in md.signed.targets if n.startswith(prefix)]
-        newer = [v for v in published if version_key(v) > version_key(info.version)]
+    def _check_newest(self, change: _Change, name: str, version: str, *, force: bool) -> None:
+        prefix = name.removesuffix(version)
+        published = [n.removeprefix(prefix) for md in self._all_targets(change) for n in md.signed.targets
+                     if n.startswith(prefix) and "/" not in n.removeprefix(prefix)]
+        newer = [v for v in published if version_key(v) > version_key(version)]
         if newer and not force:
             newest = max(newer, key=version_key)
-            raise RepositoryError(
-                f"bundle {info.name} {info.version} for {info.profile} is older than published {newest} (use --force to add it anyway)"
-            )
+            raise RepositoryError(f"{prefix}{version} is older than published {newest} (use --force to add it anyway)")
 
     def _all_targets(self, change: _Change) -> list[Metadata[Targets]]:
         delegations = change.targets.signed.delegations
@@ -464,18 +464,25 @@ def _roles_for(targets: Targets, target: str | None) -> list[str]:
     return [name for name, role in (delegations.roles or {}).items() if target is None or role.is_delegated_path(target)]
 
 
-def _target_file(path: Path, info: BundleInfo, name: str, location: str | None) -> TargetFile:
+def _identify(path: Path) -> tuple[str, str, dict[str, str]]:
+    """The target name, version and custom fields of a bundle (``NAME/PROFILE/VERSION``) or an
+    overlay (``NAME/overlays/SITE/VERSION``), checked completely first."""
+    if is_overlay(path):
+        o = check_overlay(path)
+        return (overlay_target(o.name, o.site, o.version), o.version,
+                {"name": o.name, "version": o.version, "site": o.site, "kind": "overlay", "fits": o.fits, "digest": o.digest})
+    info = verify_bundle(path)
+    return (f"{info.name}/{info.profile}/{info.version}", info.version,
+            {"name": info.name, "version": info.version, "profile": info.profile, "compatible": info.compatible,
+             "digest": info.digest})
+
+
+def _target_file(path: Path, custom: dict[str, str], name: str, location: str | None) -> TargetFile:
     with open_layout(path) as reader:
-        index = reader.open_blob(info.digest)
+        index = reader.open_blob(custom["digest"])
         with index:
             data = index.read()
-    custom = {
-        "name": info.name,
-        "version": info.version,
-        "profile": info.profile,
-        "compatible": info.compatible,
-        "digest": info.digest,
-    }
+    custom = dict(custom)
     if location:
         custom["location"] = location
     return TargetFile(length=len(data), hashes={"sha256": hashlib.sha256(data).hexdigest()}, path=name,

@@ -329,6 +329,13 @@ class LayoutStore:
         except OSError as e:  # a transfer cut short (DeliveryError) keeps the partial file: the next copy resumes it
             raise DeliveryError(f"{self.what}: cannot write blob {blob.digest} ({_why(e)})") from e
 
+    def put_bytes(self, data: bytes, media_type: str) -> Descriptor:
+        """Store a small blob (a manifest, a descriptor) durably; return its descriptor."""
+        blob = Descriptor(media_type=media_type, digest=f"sha256:{hashlib.sha256(data).hexdigest()}", size=len(data))
+        if not self.has_blob(blob.digest):
+            self._durable(self.path(blob.digest), data, f"blob {blob.digest}")
+        return blob
+
     def drop_partial(self, digest: str) -> None:
         (self.blobs / f".partial-{digest.removeprefix('sha256:')}").unlink(missing_ok=True)
 

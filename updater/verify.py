@@ -23,6 +23,7 @@ from tuf.ngclient import Updater, UpdaterConfig
 from bundler.bundle import ANNOTATION, BundleInfo, verify_bundle
 from bundler.errors import BundleError
 from bundler.layout import MAX_JSON_BYTES, LayoutReader, open_layout
+from bundler.overlay import OVERLAY, SITE_ANNOTATION, overlay_target
 from bundler.profiles import Profile
 from updater.errors import TrustError
 from updater.fetcher import BUNDLE_URL, BundleFetcher
@@ -91,8 +92,12 @@ def _claimed_target(reader: LayoutReader, digest: str | None = None) -> tuple[st
         digest = digest or json.loads(reader.read_small("index.json"))["manifests"][0]["digest"]
         with reader.open_blob(digest) as stream:
             index = stream.read(MAX_JSON_BYTES + 1)
-        annotations = json.loads(index)["annotations"]
-        name = f"{annotations[ANNOTATION.NAME]}/{annotations[ANNOTATION.PROFILE]}/{annotations[ANNOTATION.VERSION]}"
+        parsed = json.loads(index)
+        annotations = parsed["annotations"]
+        if parsed.get("artifactType") == OVERLAY:
+            name = overlay_target(annotations[ANNOTATION.NAME], annotations[SITE_ANNOTATION], annotations[ANNOTATION.VERSION])
+        else:
+            name = f"{annotations[ANNOTATION.NAME]}/{annotations[ANNOTATION.PROFILE]}/{annotations[ANNOTATION.VERSION]}"
     except (ValueError, KeyError, IndexError, TypeError, RecursionError) as e:
         raise BundleError(f"{reader.location}: no readable bundle index to look up in the signed targets") from e
     return name, index

@@ -294,3 +294,29 @@ def test_a_whole_registry_syncs_repository_by_repository_leaving_other_artifacts
     for repository in ("team-a/demo", "team-b/demo"):
         pulled = pull(f"{mirror.address}/{repository}:x86_64-cpu-1.2.0", tmp_path / repository, plain_http=True)
         assert pulled.bundles[0]["name"] == "demo"
+
+
+def test_overlays_travel_like_bundles_and_a_mirror_takes_only_its_sites(registry_factory: RegistryFactory, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from bundler.devices import Inventory
+    from bundler.overlay import build_overlay
+    from updater.identity import DeviceIdentity
+
+    spec_path = project(tmp_path / "src")
+    inventory = tmp_path / "devices.yaml"
+    monkeypatch.setenv("DEMO_API_TOKEN", "tok-delivered-sealed")
+    origin, site_mirror = registry_factory(), registry_factory()
+    for site in ("plant-7", "plant-9"):
+        (tmp_path / "src/sites").mkdir(exist_ok=True)
+        (tmp_path / f"src/sites/{site}.yaml").write_text("version: 1.0.0\n")
+        record = DeviceIdentity(tmp_path / site).enroll(site=site, profile="x86_64-cpu")
+        (tmp_path / f"{site}.json").write_text(json.dumps(record))
+        Inventory(inventory).add(tmp_path / f"{site}.json")
+        path, _ = build_overlay(load_spec(spec_path), site, inventory=inventory, out=tmp_path / "out")
+        pushed = sealift_json("push", str(path), f"{origin.address}/demo", "--plain-http")
+        assert pushed["bundles"][0]["tag"] == f"site-{site}-1.0.0"
+    synced = sealift_json("mirror", "sync", "--from", f"{origin.address}/demo", "--to", site_mirror.address, "--site", "plant-7",
+                          "--plain-http")
+    assert [(b["tag"], b["site"]) for b in synced["bundles"]] == [("site-plant-7-1.0.0", "plant-7")]
+    for reg in (origin, site_mirror):  # registries only ever hold ciphertext
+        assert all(b"tok-delivered-sealed" not in p.read_bytes() for p in reg.workdir.rglob("*") if p.is_file())

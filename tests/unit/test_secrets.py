@@ -205,3 +205,117 @@ def test_hand_edited_times_in_the_inventory_are_read_or_refused_clearly(tmp_path
 def _write(path: Path, record: dict) -> Path:  # type: ignore[type-arg]
     path.write_text(json.dumps(record))
     return path
+
+
+# --- per-site overlays ---------------------------------------------------------------------------
+
+SITE_FILE = """\
+version: 3.0.0
+fits: ">=1.0.0 <2.0.0"
+environment:
+  app: {SITE_ID: plant-7, MQTT_BROKER: "mqtt.plant7.local:1883"}
+"""
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """A project with a site file, two devices enrolled at plant-7 and one at plant-9, and the token set."""
+    from tests.builders import project
+
+    spec = project(tmp_path / "src")
+    (tmp_path / "src/sites").mkdir()
+    (tmp_path / "src/sites/plant-7.yaml").write_text(SITE_FILE)
+    inventory = tmp_path / "devices.yaml"
+    for i, site in enumerate(("plant-7", "plant-7", "plant-9")):
+        record = DeviceIdentity(tmp_path / f"device{i}").enroll(site=site, profile="x86_64-cpu")
+        Inventory(inventory).add(_write(tmp_path / f"record{i}.json", record))
+    monkeypatch.setenv("DEMO_API_TOKEN", TOKEN.decode())
+    return {"spec": spec, "inventory": inventory, "out": tmp_path / "out"}
+
+
+def _build(fleet: dict[str, Path], *extra: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(sealift, ["overlay", "build", str(fleet["spec"]), "--site", "plant-7", "--inventory",
+                                          str(fleet["inventory"]), "--out", str(fleet["out"]), "--json", *extra])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_an_overlay_seals_the_sites_secrets_to_its_devices_only_and_writes_no_value(fleet: dict[str, Path], tmp_path: Path) -> None:
+    from bundler.overlay import check_overlay
+
+    code, out, err = _build(fleet)
+    assert code == 0, err
+    built = json.loads(out)
+    info = check_overlay(Path(built["path"]))
+    assert (info.name, info.site, info.version, info.fits) == ("demo", "plant-7", "3.0.0", ">=1.0.0 <2.0.0")
+    assert info.environment == {"app": {"SITE_ID": "plant-7", "MQTT_BROKER": "mqtt.plant7.local:1883"}}
+    identity = Identity(app="demo", site="plant-7", version="3.0.0")
+    for i in (0, 1):
+        device = DeviceIdentity(tmp_path / f"device{i}")
+        assert open_sealed(info.sealed, identity, device.record()["device"], device.key()) == {"api-token": TOKEN}
+    outsider = DeviceIdentity(tmp_path / "device2")  # enrolled, but at another site
+    with pytest.raises(SecretError, match="not sealed to this device"):
+        open_sealed(info.sealed, identity, outsider.record()["device"], outsider.key())
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]  # the overlay, the inventory, every device's state
+    assert len(written) > 10
+    for path in written:
+        data = path.read_bytes()
+        assert TOKEN not in data and base64.b64encode(TOKEN) not in data, path
+
+
+def test_an_overlay_is_signed_like_a_bundle_and_verified_as_a_device_would(fleet: dict[str, Path], tmp_path: Path) -> None:
+    from tests.builders import signed
+
+    code, out, err = _build(fleet)
+    assert code == 0, err
+    path = Path(json.loads(out)["path"])
+    root = signed([path], tmp_path / "signing")
+    result = CliRunner().invoke(sealift, ["verify", str(path), "--trusted-root", str(root), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)[0]["overlay"]["site"] == "plant-7"
+    assert (path / "tuf/timestamp.json").exists()
+
+
+def test_overlay_builds_fail_clearly_and_write_nothing(fleet: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DEMO_API_TOKEN")
+    code, _, err = _build(fleet)
+    assert code == 1 and "secret api-token: the environment variable DEMO_API_TOKEN is not set" in err
+    monkeypatch.setenv("DEMO_API_TOKEN", TOKEN.decode())
+    for device in Inventory(fleet["inventory"]).devices():
+        if device.site == "plant-7":
+            Inventory(fleet["inventory"]).revoke(device.device)
+    code, _, err = _build(fleet)
+    assert code == 1 and "site plant-7: no enrolled device" in err
+    assert not fleet["out"].exists() or not any(fleet["out"].iterdir())
+
+
+def test_a_revoked_device_cannot_read_the_next_overlay(fleet: dict[str, Path], tmp_path: Path) -> None:
+    from bundler.overlay import check_overlay
+
+    first = DeviceIdentity(tmp_path / "device0")
+    Inventory(fleet["inventory"]).revoke(first.record()["device"])
+    (fleet["spec"].parent / "sites/plant-7.yaml").write_text(SITE_FILE.replace("version: 3.0.0", "version: 4.0.0"))
+    code, out, err = _build(fleet)
+    assert code == 0, err
+    info = check_overlay(Path(json.loads(out)["path"]))
+    with pytest.raises(SecretError, match="not sealed to this device"):
+        open_sealed(info.sealed, Identity(app="demo", site="plant-7", version="4.0.0"), first.record()["device"], first.key())
+    assert first.record()["device"] not in info.recipients
+
+
+@pytest.mark.parametrize(("site_file", "message"), [
+    ("version: 3.0.0\nenvironment:\n  nosuch: {A: b}\n", "the spec has no service 'nosuch'"),
+    ("version: 3.0.0\nfits: around 1.0\n", "is not a version range"),
+    ("version: 3\n", "'3' is not a semantic version"),
+    ("fits: '>=1.0.0'\n", "version: is required"),
+])
+def test_a_malformed_site_file_is_named(fleet: dict[str, Path], site_file: str, message: str) -> None:
+    (fleet["spec"].parent / "sites/plant-7.yaml").write_text(site_file)
+    code, _, err = _build(fleet)
+    assert code == 1 and message in err
+
+
+def test_versions_fit_ranges() -> None:
+    from bundler.overlay import fits
+
+    assert fits(">=1.0.0 <2.0.0", "1.4.2") and not fits(">=1.0.0 <2.0.0", "2.0.0") and fits("", "0.1.0")
+    assert not fits("==1.2.0", "1.2.1") and fits(">1.0.0", "1.0.1")
