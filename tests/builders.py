@@ -184,17 +184,21 @@ def make_example_images(python: str) -> Path:
     return EXAMPLE_DIR / "build" / "images" / "vision-app"
 
 
-def example_releases(root: Path, *, python: str) -> dict[str, Path]:
+def example_releases(root: Path, *, python: str, secrets: bool = False, versions: tuple[str, ...] | None = None) -> dict[str, Path]:
     """Signed x86_64-cpu releases of the example with a 2 s stabilisation window and host port
     FAST_PORT: 1.0.0 and 1.1.0 (healthy), 1.2.0 (the engine cannot start it), 1.3.0 (starts, never
     healthy: its model is missing; 5 s deadline), 1.4.0 (its server exits at once; 5 s deadline).
-    Returns them by version, and "root" for the root metadata to provision devices with."""
+    Returns them by version, and "root" for the root metadata to provision devices with. With
+    ``secrets``, the service declares the secret api-token (mounted at /run/secrets/api-token);
+    ``versions`` builds only those."""
     from bundler.build import BuildOptions, build_bundles, select_profiles
     from bundler.profiles import builtin_profile_dir, load_profiles
     from bundler.spec import load_spec
 
     make_example_images(python)
     compose = (EXAMPLE_DIR / "compose.yaml").read_text().replace('"8080:8080"', f'"{FAST_PORT}:8080"')
+    if secrets:
+        compose = compose.replace("    image: vision\n", "    image: vision\n    secrets: [api-token]\n")
     (root / "compose.yaml").write_text(compose)
     # a port bound to an address this host does not have (TEST-NET-3): the engine refuses to start it
     (root / "compose-cannot-start.yaml").write_text(compose.replace(f'"{FAST_PORT}:8080"', f'"203.0.113.7:{FAST_PORT}:8080"'))
@@ -211,6 +215,8 @@ def example_releases(root: Path, *, python: str) -> dict[str, Path]:
     profiles = load_profiles([builtin_profile_dir()])
     built: dict[str, Path] = {}
     for version, variant in variants.items():
+        if versions is not None and version not in versions:
+            continue
         spec_path = root / f"sealift-{version}.yaml"
         spec_path.write_text(variant.replace("version: 1.0.0", f"version: {version}"))
         spec = load_spec(spec_path)

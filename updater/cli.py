@@ -127,23 +127,28 @@ def _device_profile(profile: str | None, profiles_dir: Path | None) -> Profile:
 
 @cli.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("overlay", type=click.Path(path_type=Path), required=False)
 @click.option("--profile", metavar="NAME", help="This device's hardware profile (default: detected).")
 @click.option("--profiles-dir", type=click.Path(path_type=Path, file_okay=False), help="Extra profile directory.")
 @click.option("--force", is_flag=True, help="Try a release again that failed its health checks before.")
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
 @click.pass_obj
 @reports_errors
-def install(store: TrustStore, bundle: Path, profile: str | None, profiles_dir: Path | None, force: bool, as_json: bool) -> None:
-    """Install BUNDLE beside the running release, switch to it, and keep it only if it is healthy.
+def install(store: TrustStore, bundle: Path, overlay: Path | None, profile: str | None, profiles_dir: Path | None, force: bool,
+            as_json: bool) -> None:
+    """Install BUNDLE (with the site OVERLAY) beside the running release, switch, and keep it only if healthy.
 
     Steps: verify, stage into the inactive slot, load images, record `trying`, switch, health
-    checks, then commit or roll back to the previous release. Exits 1 after a rollback.
+    checks, then commit or roll back to the previous release. Exits 1 after a rollback. The
+    overlay's configuration and secrets go with the release and roll back with it; without one,
+    the running release's overlay is carried over if it fits. BUNDLE may also be an overlay
+    alone: the running release is started again with it, checked and rolled back the same way.
     """
     import docker
 
     installer = Installer(state_dir=store.state_dir, client=docker.from_env(), profile=_device_profile(profile, profiles_dir),
                           log=lambda line: click.echo(line, err=True))
-    outcome = installer.install(bundle, force=force)
+    outcome = installer.install(bundle, overlay=overlay, force=force)
     if as_json:
         click.echo(json.dumps({"ok": outcome.committed, "release": vars(outcome.release), "reason": outcome.reason}))
     else:

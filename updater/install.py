@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from bundler.appdef import HealthPolicy
 from bundler.bundle import release_definition
 from bundler.errors import SealiftError
+from bundler.overlay import OverlayInfo, fits, is_overlay
 from bundler.profiles import Profile
 from updater.errors import UpdaterError
 from updater.gc import collect_images
 from updater.health import HealthResult, wait_healthy
+from updater.identity import DeviceIdentity
 from updater.images import load_images
+from updater.overlays import SecretStore, check_overlay_in_slot, clone_slot, overlay_of, stage_overlay, verify_overlay
 from updater.runtime import Runtime
 from updater.slots import DeviceState, Phase, Release, Slots
 from updater.stage import stage_release
@@ -48,20 +51,28 @@ class Installer:
         self.slots = Slots(state_dir)
         self.trust = TrustStore(state_dir)
         self.store = BundleStore(state_dir)
+        self.identity = DeviceIdentity(state_dir)
+        self.secrets = SecretStore(state_dir, self.identity)
         self.runtime = Runtime(client)
         self.client = client
         self.profile = profile
         self.log = log
 
-    def install(self, bundle: Path | Incoming, *, force: bool = False) -> Outcome:
-        """Install ``bundle``: a bundle or medium at a path, or a download assembled in the store."""
+    def install(self, bundle: Path | Incoming, *, overlay: Path | None = None, force: bool = False) -> Outcome:
+        """Install ``bundle`` (a bundle or medium at a path, or a download assembled in the store) with
+        the site ``overlay`` as one transaction; or, when ``bundle`` is an overlay, re-apply the running
+        release with it."""
         shown = bundle.name if isinstance(bundle, Path) else bundle.top.digest
         with self.slots.locked():
             state = self._converge(self.slots.load())
             try:
-                self.log(f"[1/7] verify {shown}")
+                self.log(f"[1/7] verify {shown}" + (f" with {overlay.name}" if overlay else ""))
+                if isinstance(bundle, Path) and is_overlay(bundle):
+                    if overlay is not None:
+                        raise UpdaterError(f"{bundle}: an overlay, given where the application bundle goes")
+                    return self._apply_overlay(state, bundle)
                 local = self.store.take(bundle, self.profile) if isinstance(bundle, Path) else bundle.complete()
-                return self._install(state, local, force=force)
+                return self._install(state, local, force=force, overlay=overlay)
             except SealiftError as e:
                 # refused before the switch: the running release is untouched; say why in status
                 self.slots.save(self.slots.load().with_event(reason=f"refused {shown}: {e.diagnostics()}"))
@@ -70,17 +81,20 @@ class Installer:
                 kept = self.slots.load()
                 self.store.prune({r.digest for r in (kept.current, kept.previous) if r is not None})
 
-    def _install(self, state: DeviceState, bundle: Path, *, force: bool) -> Outcome:
+    def _install(self, state: DeviceState, bundle: Path, *, force: bool, overlay: Path | None) -> Outcome:
         info = verify_for_device(bundle, trust=self.trust, profile=self.profile)
         if info.digest in state.failed and not force:
             raise UpdaterError(f"{info.name} {info.version} failed its health checks before; use --force to try it again")
-        if state.current is not None and state.current.digest == info.digest:
+        if state.current is not None and state.current.digest == info.digest and overlay is None:
             return Outcome(committed=True, release=state.current, reason="already running")
+        site = self._overlay_for(state, overlay, info.name, info.version)
         release = Release(name=info.name, version=info.version, profile=info.profile, digest=info.digest,
-                          slot=state.inactive_slot())
+                          slot=state.inactive_slot(), overlay=site.version if site else "", overlay_digest=site.digest if site else "")
         slot_dir = self.slots.slot_dir(release.slot)
         self.log(f"[2/7] stage into slot {release.slot}")
         stage_release(bundle, info, slot_dir)
+        if site is not None:
+            stage_overlay(site, slot_dir)
         self.log("[3/7] load images")
         load_images(self.client, bundle, info)
         self.log("[4/7] record trying")
@@ -89,6 +103,39 @@ class Installer:
         state = state.with_event(phase=Phase.TRYING, candidate=release, previous=previous, reason="")
         self.slots.save(state)
         return self._switch(state, release, "healthy")
+
+    def _overlay_for(self, state: DeviceState, overlay: Path | None, app: str, version: str) -> OverlayInfo | None:
+        """The overlay to stage with ``app`` ``version``: the one given (verified), or the running one if it fits."""
+        if overlay is not None:
+            return verify_overlay(overlay, trust=self.trust, identity=self.identity, app=app, app_version=version)
+        if state.current is None:
+            return None
+        running_slot = self.slots.slot_dir(state.current.slot)
+        running = overlay_of(running_slot)
+        if running is None:
+            return None
+        if running.get("name") != app or not fits(str(running.get("fits", "")), version):
+            raise UpdaterError(f"the site overlay {running.get('version')} does not fit {app} {version} "
+                               f"({running.get('fits')}); install it with an overlay that does")
+        return check_overlay_in_slot(running_slot)
+
+    def _apply_overlay(self, state: DeviceState, overlay: Path) -> Outcome:
+        """Run the current release again with a new overlay, from the other slot: checked and rolled back like an install."""
+        current = state.current
+        if current is None:
+            raise UpdaterError(f"{overlay}: an overlay needs a running release to apply to; install the application first")
+        site = verify_overlay(overlay, trust=self.trust, identity=self.identity, app=current.name, app_version=current.version)
+        release = replace(current, slot=state.inactive_slot(), overlay=site.version, overlay_digest=site.digest)
+        slot_dir = self.slots.slot_dir(release.slot)
+        self.log(f"[2/7] stage {current.name} {current.version} with overlay {site.version} into slot {release.slot}")
+        clone_slot(self.slots.slot_dir(current.slot), slot_dir)
+        stage_overlay(site, slot_dir)
+        self.log("[3/7] load images: none, the release's images are loaded")
+        self.log("[4/7] record trying")
+        previous = state.previous if state.previous is not None and state.previous.slot != release.slot else None
+        state = state.with_event(phase=Phase.TRYING, candidate=release, previous=previous, reason="")
+        self.slots.save(state)
+        return self._switch(state, release, f"healthy with overlay {site.version}")
 
     def rollback(self) -> Outcome:
         """Return to the previous release on demand, with the same checks as an install."""
@@ -110,8 +157,8 @@ class Installer:
         slot_dir = self.slots.slot_dir(release.slot)
         self.log(f"[5/7] switch to {release.name} {release.version} in slot {release.slot}")
         if state.current is not None:
-            self.runtime.stop(state.current.name, state.current.slot)
-        self.runtime.stop(release.name, release.slot)  # leftovers of an earlier try
+            self._stop(state.current)
+        self._stop(release)  # leftovers of an earlier try
         try:
             self._start(release)
         except UpdaterError as e:  # the engine refused to create or start it: roll back like a failed check
@@ -145,28 +192,35 @@ class Installer:
             self.slots.save(state)
         elif state.current is not None and not self._running(state.current):
             self.log(f"recovering: {state.current.name} {state.current.version} is not running; starting it")
-            self.runtime.stop(state.current.name, state.current.slot)
+            self._stop(state.current)
             self._start(state.current)
         return state
 
     def _back_to_current(self, state: DeviceState, leaving: Release) -> str:
         """Stop ``leaving``; start the committed release again. Returns what to add to the reason."""
-        self.runtime.stop(leaving.name, leaving.slot)
+        self._stop(leaving)
         current = state.current
         if current is None or current.slot == leaving.slot:
             return ""
         if not self._running(current):  # a switch cut short may have stopped it, or left it half-removed
-            self.runtime.stop(current.name, current.slot)
+            self._stop(current)
             self._start(current)
         slot_dir = self.slots.slot_dir(current.slot)
         back = wait_healthy(lambda: self.runtime.containers(current.name, current.slot), _policy(slot_dir), slot_dir)
         return "" if back.ok else f"; the previous release is not healthy either ({back.check}: {back.detail})"
 
+    def _stop(self, release: Release) -> None:
+        self.runtime.stop(release.name, release.slot)
+        self.secrets.remove(release.name, release.slot)  # the opened secrets go with the containers
+
     def _start(self, release: Release) -> None:
         slot_dir = self.slots.slot_dir(release.slot)
         descriptor = _descriptor(slot_dir)
         app, _ = release_definition(str(slot_dir), descriptor)
-        self.runtime.start(release, app, slot_dir, {i["name"]: i["config"] for i in descriptor["images"]})
+        overlay = overlay_of(slot_dir)
+        secrets = self.secrets.open_into_memory(release.name, release.slot, slot_dir) if overlay else None
+        self.runtime.start(release, app, slot_dir, {i["name"]: i["config"] for i in descriptor["images"]},
+                           environment=overlay.get("environment") if overlay else None, secrets=secrets)
 
     def _running(self, release: Release) -> bool:
         containers = self.runtime.containers(release.name, release.slot)

@@ -30,15 +30,18 @@ class Runtime:
     def __init__(self, client: Any) -> None:
         self.client = client
 
-    def start(self, release: Release, app: App, slot_dir: Path, images: dict[str, str]) -> None:
-        """Create the release's networks and start its services, dependencies first."""
+    def start(self, release: Release, app: App, slot_dir: Path, images: dict[str, str], *,
+              environment: dict[str, dict[str, str]] | None = None, secrets: Path | None = None) -> None:
+        """Create the release's networks and start its services, dependencies first. ``environment``
+        adds values per service (a site overlay's); ``secrets`` is the folder (in a tmpfs) whose files
+        are mounted read-only at ``/run/secrets/NAME`` in the services that declare them."""
         import docker.errors
 
         try:
             default = self._network(release, None)
             named = {name: self._network(release, name, internal=internal) for name, internal in app.networks}
             for service in start_order(app):
-                self._run(release, service, slot_dir, images, default, named)
+                self._run(release, service, slot_dir, images, default, named, (environment or {}).get(service.name, {}), secrets)
         except docker.errors.DockerException as e:
             raise UpdaterError(f"{release.name} {release.version}: the engine could not start it ({_short(e)})") from e
 
@@ -68,18 +71,24 @@ class Runtime:
         return self.client.networks.create(full, driver="bridge", internal=internal, labels=_labels(release, None))
 
     def _run(self, release: Release, service: Service, slot_dir: Path, images: dict[str, str], default: Any,
-             named: dict[str, Any]) -> None:
+             named: dict[str, Any], site_environment: dict[str, str], secrets: Path | None) -> None:
         name = f"sealift-{release.name}-{release.slot}-{service.name}"
         networks = [named[n] for n in service.networks] or [default]
+        volumes = {str(_mount_source(slot_dir, m.source)): {"bind": m.target, "mode": "ro"} for m in service.volumes}
+        for secret in service.secrets:
+            if secrets is None or not (secrets / secret).is_file():
+                raise UpdaterError(f"{release.name} {release.version}: service {service.name} needs secret {secret}, "
+                                   "and no overlay on this device provides it")
+            volumes[str(secrets / secret)] = {"bind": f"/run/secrets/{secret}", "mode": "ro"}
         container = self.client.containers.create(
             images[service.image],
             command=list(service.command) if service.command is not None else None,
             name=name,
             hostname=service.name,
-            environment=dict(service.environment),
+            environment={**dict(service.environment), **site_environment},
             labels=_labels(release, service.name),
             ports={f"{p.container}/{p.protocol}": (p.host_ip or "0.0.0.0", p.host) if p.host else None for p in service.ports},
-            volumes={str(_mount_source(slot_dir, m.source)): {"bind": m.target, "mode": "ro"} for m in service.volumes},
+            volumes=volumes,
             healthcheck=_healthcheck(service),
             restart_policy={"Name": "unless-stopped"},
             network=networks[0].name,

@@ -45,6 +45,8 @@ class Release:
     profile: str
     digest: str
     slot: str
+    overlay: str = ""  # the version of the site overlay staged with it, if any
+    overlay_digest: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)

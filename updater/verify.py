@@ -29,7 +29,7 @@ from updater.errors import TrustError
 from updater.fetcher import BUNDLE_URL, BundleFetcher
 from updater.trust import TrustStore
 
-__all__ = ["check_signed_target", "tuf_fault", "verify_for_device"]
+__all__ = ["check_signed_target", "signed_name", "tuf_fault", "verify_for_device"]
 
 class _OfflineSigstoreKey(SigstoreKey):
     """A keyless (Sigstore) key as a device sees it: its signatures need Sigstore's online trust
@@ -68,6 +68,13 @@ def verify_for_device(path: Path, *, trust: TrustStore, profile: Profile | None)
         trust.check_version(info.name, info.profile, info.version)
         trust.commit(metadata_dir, release=(info.name, info.profile, info.version))
     return info
+
+
+def signed_name(path: Path, reader: LayoutReader, metadata_dir: Path) -> str:
+    """The target name the layout's index is signed as (TUF against ``metadata_dir``, byte for byte)."""
+    name, index = _claimed_target(reader)
+    _check_target(path, name, _signed_target(path, reader, metadata_dir, name), index)
+    return name
 
 
 def check_signed_target(reader: LayoutReader, digest: str, *, trust: TrustStore) -> None:
