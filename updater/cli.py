@@ -243,7 +243,8 @@ def status(store: TrustStore, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({**state.to_json(), "enrollment": record}, indent=2))
         return
-    current = f"{state.current.name} {state.current.version} (slot {state.current.slot})" if state.current else "nothing"
+    current = (f"{state.current.name} {state.current.version} (slot {state.current.slot}"
+               + (f", site overlay {state.current.overlay})" if state.current.overlay else ")")) if state.current else "nothing"
     click.echo(f"running: {current}\nphase:   {state.phase.value}{': ' + state.reason if state.reason else ''}")
     click.echo(f"device:  {record['device']} at site {record['site']} ({record['kem']})" if record else
                "device:  not enrolled for secrets (`sealift-updater enroll --site SITE`)")
