@@ -176,6 +176,8 @@ def open_sealed(document: Any, identity: Identity, device: str, key: DeviceKey) 
     aes = AESGCM(data_key)
     values: dict[str, bytes] = {}
     for name, sealed in secrets.items():
+        if not SECRET_NAME.fullmatch(name):  # names become file names on the device
+            raise SecretError(f"sealed secrets: {name[:64]!r} is not a valid secret name")
         nonce = _unb64(sealed.get("nonce"), f"secret {name}")
         if len(nonce) != _NONCE:
             raise SecretError(f"secret {name}: malformed (a nonce of {len(nonce)} bytes)")

@@ -172,6 +172,7 @@ def test_a_relabelled_or_trimmed_set_does_not_open(keys: dict[str, DeviceKey], c
     lambda d: d.update(recipients=5),
     lambda d: d.update(secrets=["api-token"]),
     lambda d: d["recipients"][0].update(sealed_key="not base64!"),
+    lambda d: d["secrets"].update({"../../etc/passwd": d["secrets"]["api-token"]}),
 ])
 def test_a_malformed_set_is_one_clear_error(keys: dict[str, DeviceKey], damage) -> None:  # type: ignore[no-untyped-def]
     sealed = seal({"api-token": TOKEN}, IDENTITY, [recipient(keys["a"])])
