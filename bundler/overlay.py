@@ -28,7 +28,7 @@ from bundler.bundle import ANNOTATION, MEDIA
 from bundler.devices import SITE, Inventory
 from bundler.errors import BundleError, DeliveryError, OutputError, SecretError, SpecError
 from bundler.layout import MAX_JSON_BYTES, Descriptor, canonical_json, json_object, open_layout
-from bundler.sealing import Identity, seal
+from bundler.sealing import SECRET_NAME, Identity, seal
 from bundler.spec import Spec, version_key
 from bundler.transfer import EMPTY_CONFIG, LayoutStore, ReaderStore, checked_json, walk
 from bundler.yamlfile import Field, load_yaml
@@ -241,6 +241,16 @@ def check_overlay(path: Path) -> OverlayInfo:
         raise BundleError(f"{where}: the overlay descriptor and the index disagree on name, site or version")
     if sealed.get("identity") != {"app": claimed[0], "site": claimed[1], "version": claimed[2]}:
         raise BundleError(f"{where}: the sealed secrets belong to another overlay")
+    environment = descriptor.get("environment") or {}
+    if not isinstance(environment, dict) or not all(
+            isinstance(values, dict) and all(isinstance(k, str) and _ENV_NAME.fullmatch(k) and isinstance(v, str)
+                                             for k, v in values.items()) for values in environment.values()):
+        raise BundleError(f"{where}: the overlay's environment is not a map of services to variables")
+    names = descriptor.get("secrets") or []
+    sealed_secrets = sealed.get("secrets")
+    if not isinstance(names, list) or not isinstance(sealed_secrets, dict) or sorted(sealed_secrets) != sorted(names) \
+            or not all(isinstance(n, str) and SECRET_NAME.fullmatch(n) for n in names):
+        raise BundleError(f"{where}: the overlay's secret names are malformed or disagree with its sealed set")
     return OverlayInfo(name=str(claimed[0]), site=str(claimed[1]), version=str(claimed[2]), fits=str(descriptor.get("fits", "")),
                        digest=top.digest, environment=descriptor.get("environment") or {},
                        secrets=tuple(descriptor.get("secrets") or ()), recipients=tuple(descriptor.get("recipients") or ()),

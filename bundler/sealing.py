@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.hpke import AEAD, KDF, KEM, MLKEM768X25519Pr
 from bundler.errors import SecretError
 from bundler.layout import canonical_json
 
-__all__ = ["KEMS", "DeviceKey", "Identity", "Recipient", "device_id", "open_sealed", "public_key_from_text", "seal"]
+__all__ = ["KEMS", "SECRET_NAME", "DeviceKey", "Identity", "Recipient", "device_id", "open_sealed", "public_key_from_text", "seal"]
 
 FORMAT = "sealift-sealed-secrets-v1"
 KEMS = ("x25519", "mlkem768-x25519")

@@ -112,9 +112,9 @@ class Daemon:
         tried = 0
         for bundle in self._candidates():
             state = self.installer.slots.load()
-            seen = {r.digest for r in (state.current,) if r is not None} | set(state.failed)
             digest = candidate_digest(bundle, self.installer.profile)
-            if digest is None or digest in seen:
+            running = state.current.digest if state.current is not None else None
+            if digest is None or digest == running or state.failed_as_next(digest):
                 continue
             tried += 1
             self._log(event="install", bundle=str(bundle), digest=digest)

@@ -32,7 +32,7 @@ from updater.store import BundleStore, Incoming
 from updater.trust import TrustStore
 from updater.verify import verify_for_device
 
-__all__ = ["Installer", "Outcome"]
+__all__ = ["Installer", "Outcome", "failure_key"]
 
 Log = Callable[[str], None]
 
@@ -83,13 +83,14 @@ class Installer:
 
     def _install(self, state: DeviceState, bundle: Path, *, force: bool, overlay: Path | None) -> Outcome:
         info = verify_for_device(bundle, trust=self.trust, profile=self.profile)
-        if info.digest in state.failed and not force:
-            raise UpdaterError(f"{info.name} {info.version} failed its health checks before; use --force to try it again")
         if state.current is not None and state.current.digest == info.digest and overlay is None:
             return Outcome(committed=True, release=state.current, reason="already running")
         site = self._overlay_for(state, overlay, info.name, info.version)
         release = Release(name=info.name, version=info.version, profile=info.profile, digest=info.digest,
                           slot=state.inactive_slot(), overlay=site.version if site else "", overlay_digest=site.digest if site else "")
+        if failure_key(release) in state.failed and not force:
+            with_overlay = f" with overlay {release.overlay}" if release.overlay else ""
+            raise UpdaterError(f"{info.name} {info.version}{with_overlay} failed its health checks before; use --force to try it again")
         slot_dir = self.slots.slot_dir(release.slot)
         self.log(f"[2/7] stage into slot {release.slot}")
         stage_release(bundle, info, slot_dir)
@@ -180,7 +181,7 @@ class Installer:
         self.slots.save(state.with_event(phase=Phase.ROLLING_BACK, reason=reason))
         reason += self._back_to_current(state, release)
         self.slots.save(state.with_event(phase=Phase.ROLLED_BACK, candidate=None, reason=reason,
-                                         failed=(*state.failed, release.digest)))
+                                         failed=(*state.failed, failure_key(release))))
         return Outcome(committed=False, release=release, reason=reason)
 
     def _converge(self, state: DeviceState) -> DeviceState:
@@ -204,7 +205,10 @@ class Installer:
             return ""
         if not self._running(current):  # a switch cut short may have stopped it, or left it half-removed
             self._stop(current)
-            self._start(current)
+            try:
+                self._start(current)
+            except UpdaterError as e:
+                return f"; the previous release could not be started again either ({e.diagnostics()})"
         slot_dir = self.slots.slot_dir(current.slot)
         back = wait_healthy(lambda: self.runtime.containers(current.name, current.slot), _policy(slot_dir), slot_dir)
         return "" if back.ok else f"; the previous release is not healthy either ({back.check}: {back.detail})"
@@ -225,6 +229,12 @@ class Installer:
     def _running(self, release: Release) -> bool:
         containers = self.runtime.containers(release.name, release.slot)
         return bool(containers) and all(c.status == "running" for c in containers.values())
+
+
+def failure_key(release: Release) -> str:
+    """What a failed health check marks: the release's digest, with its overlay's when it has one
+    (a bad overlay does not mark the application as bad)."""
+    return f"{release.digest}+{release.overlay_digest}" if release.overlay_digest else release.digest
 
 
 def _policy(slot_dir: Path) -> HealthPolicy:

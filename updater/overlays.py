@@ -24,6 +24,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from bundler.durable import fsync_dir
+from bundler.errors import SecretError
 from bundler.layout import canonical_json, open_layout
 from bundler.overlay import OverlayInfo, check_overlay, fits, overlay_target
 from bundler.sealing import Identity, open_sealed
@@ -114,6 +116,7 @@ def clone_slot(source: Path, dest: Path) -> None:
         if dest.exists():
             shutil.rmtree(dest)
         os.rename(temp, dest)
+        fsync_dir(dest.parent)
     except OSError as e:
         shutil.rmtree(temp, ignore_errors=True)
         raise UpdaterError(f"staging into slot {dest.name} failed ({e.strerror}); the running release is untouched") from e
@@ -127,22 +130,34 @@ class SecretStore:
         self.identity = identity
 
     def open_into_memory(self, app: str, slot: str, slot_dir: Path) -> Path | None:
-        """Open the slot's sealed secrets into the tmpfs; return their folder (None when the slot has no overlay)."""
+        """Open the slot's sealed secrets into the tmpfs; return their folder (None when the slot has no overlay).
+        Any failure is an UpdaterError, so a release whose secrets cannot be opened rolls back like one that cannot start."""
         overlay = overlay_of(slot_dir)
         if overlay is None or not overlay.get("secrets"):
             return None
-        sealed = json.loads((slot_dir / _DIR / "sealed.json").read_text())
-        record = self.identity.record()
-        values = open_sealed(sealed, Identity(app=overlay["name"], site=overlay["site"], version=overlay["version"]),
-                             str(record.get("device")), self.identity.key())
-        self._mount()
-        folder = self.root / f"{app}-{slot}"
-        self.remove(app, slot)
-        folder.mkdir(mode=0o700)
-        for name, value in values.items():
-            fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o400)
-            with os.fdopen(fd, "wb") as f:
-                f.write(value)
+        try:
+            sealed = json.loads((slot_dir / _DIR / "sealed.json").read_text())
+            record = self.identity.record()
+            values = open_sealed(sealed, Identity(app=overlay["name"], site=overlay["site"], version=overlay["version"]),
+                                 str(record.get("device")), self.identity.key())
+            self._mount()
+            folder = self.root / f"{app}-{slot}"
+            self.remove(app, slot)
+            folder.mkdir(mode=0o700)
+            dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            try:
+                for name, value in values.items():  # names were checked by open_sealed: no separators
+                    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o400, dir_fd=dir_fd)
+                    with os.fdopen(fd, "wb") as f:
+                        f.write(value)
+            finally:
+                os.close(dir_fd)
+        except SecretError as e:
+            raise UpdaterError(f"{app} slot {slot}: its secrets cannot be opened ({e.diagnostics()})") from e
+        except (OSError, ValueError) as e:
+            self.remove(app, slot)
+            reason = "the secrets tmpfs is full" if isinstance(e, OSError) and e.errno == 28 else type(e).__name__
+            raise UpdaterError(f"{app} slot {slot}: its secrets cannot be opened ({reason})") from e
         return folder
 
     def remove(self, app: str, slot: str) -> None:
@@ -150,14 +165,21 @@ class SecretStore:
 
     def _mount(self) -> None:
         """Make ``STATE/run`` a tmpfs (secrets must never reach a disk); refuse rather than fall back."""
+        if self.root.is_symlink():
+            raise UpdaterError(f"{self.root}: a symbolic link; the secrets tmpfs must be a directory of the state")
         self.root.mkdir(mode=0o700, exist_ok=True)
         if _is_tmpfs(self.root):
             return
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700,nosuid,nodev,noexec", "sealift-secrets",
-                               str(self.root)], capture_output=True, text=True, check=False)
-        if done.returncode != 0 or not _is_tmpfs(self.root):
+        options = "size=64m,mode=0700,nosuid,nodev,noexec"
+        done = None
+        for extra in (",noswap", ""):  # noswap (Linux 6.4+) keeps the values out of swap too
+            done = subprocess.run(["mount", "-t", "tmpfs", "-o", options + extra, "sealift-secrets", str(self.root)],
+                                  capture_output=True, text=True, check=False)
+            if done.returncode == 0:
+                break
+        if done is None or done.returncode != 0 or not _is_tmpfs(self.root):
             raise UpdaterError(f"{self.root}: secrets need a memory-backed filesystem, and mounting a tmpfs there failed "
-                               f"({done.stderr.strip() or 'not a tmpfs'}); the updater must run as root")
+                               f"({(done.stderr.strip() if done else '') or 'not a tmpfs'}); the updater must run as root")
 
 
 def _is_tmpfs(path: Path) -> bool:

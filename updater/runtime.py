@@ -72,14 +72,19 @@ class Runtime:
 
     def _run(self, release: Release, service: Service, slot_dir: Path, images: dict[str, str], default: Any,
              named: dict[str, Any], site_environment: dict[str, str], secrets: Path | None) -> None:
+        import docker.types
+
         name = f"sealift-{release.name}-{release.slot}-{service.name}"
         networks = [named[n] for n in service.networks] or [default]
         volumes = {str(_mount_source(slot_dir, m.source)): {"bind": m.target, "mode": "ro"} for m in service.volumes}
+        mounts = []
         for secret in service.secrets:
             if secrets is None or not (secrets / secret).is_file():
                 raise UpdaterError(f"{release.name} {release.version}: service {service.name} needs secret {secret}, "
                                    "and no overlay on this device provides it")
-            volumes[str(secrets / secret)] = {"bind": f"/run/secrets/{secret}", "mode": "ro"}
+            # a bind mount proper: if the tmpfs file is gone (a reboot), the engine refuses to start the
+            # container instead of making an empty directory on disk; the updater opens the secrets again
+            mounts.append(docker.types.Mount(f"/run/secrets/{secret}", str(secrets / secret), type="bind", read_only=True))
         container = self.client.containers.create(
             images[service.image],
             command=list(service.command) if service.command is not None else None,
@@ -89,6 +94,7 @@ class Runtime:
             labels=_labels(release, service.name),
             ports={f"{p.container}/{p.protocol}": (p.host_ip or "0.0.0.0", p.host) if p.host else None for p in service.ports},
             volumes=volumes,
+            mounts=mounts,
             healthcheck=_healthcheck(service),
             restart_policy={"Name": "unless-stopped"},
             network=networks[0].name,

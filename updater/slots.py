@@ -61,6 +61,11 @@ class DeviceState:
     failed: tuple[str, ...] = ()  # digests of releases that failed their health checks
     history: tuple[dict[str, str], ...] = field(default=())
 
+    def failed_as_next(self, digest: str) -> bool:
+        """Whether installing ``digest`` now (with the running release's overlay carried over) failed before."""
+        carried = self.current.overlay_digest if self.current is not None else ""
+        return digest in self.failed or (bool(carried) and f"{digest}+{carried}" in self.failed)
+
     def inactive_slot(self) -> str:
         """The slot a new release is staged in: never the current one."""
         return "b" if self.current is not None and self.current.slot == "a" else "a"

@@ -139,7 +139,7 @@ class RegistryPoller:
         if fetched is None:
             return None
         body, media_type, digest = fetched
-        if digest in state.failed or digest in self.refused:
+        if state.failed_as_next(digest) or digest in self.refused:
             return None
         try:
             top = bundle_descriptor(body, media_type, digest, f"{client.ref.name}:{tag}")

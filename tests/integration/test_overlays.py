@@ -45,13 +45,14 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def overlay(site: dict[str, Path], version: str, token: str, monkeypatch: pytest.MonkeyPatch, *, for_site: str = "plant-7",
-            sign: bool = True) -> Path:
+            sign: bool = True, environment: str = "") -> Path:
     """Build (and sign, with the releases' repository) the overlay ``version`` carrying ``token``."""
     work = site["work"]
     spec = work / "sealift-1.0.0.yaml"
     (work / "sites").mkdir(exist_ok=True)
+    extra = f", {environment}" if environment else ""
     (work / "sites" / f"{for_site}.yaml").write_text(f"version: {version}\nfits: '>=1.0.0 <2.0.0'\n"
-                                                      f"environment:\n  vision: {{SITE_ID: {for_site}}}\n")
+                                                      f"environment:\n  vision: {{SITE_ID: {for_site}{extra}}}\n")
     monkeypatch.setenv("VISION_API_TOKEN", token)
     if for_site != "plant-7":
         other = DeviceIdentity(work / f"device-{for_site}").enroll(site=for_site, profile="x86_64-cpu")
@@ -83,7 +84,7 @@ def test_a_release_with_its_overlay_then_a_rotation_then_refusals(site: dict[str
         first = overlay(site, "1.0.0", TOKENS[0], monkeypatch)
         alone = installer.install(site["1.0.0"])  # the app alone cannot start without its secret: rolled back
         assert not alone.committed and "needs secret api-token, and no overlay on this device provides it" in alone.reason
-        outcome = installer.install(site["1.0.0"], overlay=first, force=True)
+        outcome = installer.install(site["1.0.0"], overlay=first)  # the app failed alone, not with its overlay
         assert outcome.committed and outcome.release.overlay == "1.0.0" and healthz() == 200
         assert in_container(docker_engine, "cat /run/secrets/api-token") == TOKENS[0]
         assert in_container(docker_engine, "ls -l /run/secrets/api-token").startswith("-r--------")
@@ -104,6 +105,13 @@ def test_a_release_with_its_overlay_then_a_rotation_then_refusals(site: dict[str
         assert in_container(docker_engine, "cat /run/secrets/api-token") == TOKENS[1]
         assert {i.id for i in docker_engine.client.images.list()} == images_before
         assert "[3/7] load images: none, the release's images are loaded" in lines
+
+        # a rotation whose values break the service rolls back to the previous overlay and its secret
+        broken = overlay(site, "2.1.0", "tok-never-used", monkeypatch, environment="VISION_PORT: not-a-port")
+        failed = installer.install(broken)
+        assert not failed.committed and in_container(docker_engine, "cat /run/secrets/api-token") == TOKENS[1]
+        state = Slots(site["state"]).load()
+        assert state.current is not None and state.current.overlay == "2.0.0" and state.current.digest not in state.failed
 
         # refused, with the running release and its secret untouched: another site's, an older one, an unsigned one
         _repository(site).add([first])  # the older overlay with the newest metadata: only its version is wrong

@@ -320,3 +320,16 @@ def test_versions_fit_ranges() -> None:
 
     assert fits(">=1.0.0 <2.0.0", "1.4.2") and not fits(">=1.0.0 <2.0.0", "2.0.0") and fits("", "0.1.0")
     assert not fits("==1.2.0", "1.2.1") and fits(">1.0.0", "1.0.1")
+
+
+def test_a_validly_sealed_secret_name_that_would_leave_its_folder_is_refused(keys: dict[str, DeviceKey],
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import re
+
+    from bundler import sealing
+
+    monkeypatch.setattr(sealing, "SECRET_NAME", re.compile(r".+"))  # a sealer that skips the check
+    sealed = seal({"../../escaped": TOKEN}, IDENTITY, [recipient(keys["a"])])
+    monkeypatch.undo()
+    with pytest.raises(SecretError, match="is not a valid secret name"):
+        open_sealed(sealed, IDENTITY, recipient(keys["a"]).device, keys["a"])
