@@ -115,7 +115,9 @@ class TrustStore:
         """Refuse a release older than one this device has already accepted (a rollback)."""
         newest = self._versions().get(f"{name}/{profile}")
         if newest is not None and version_key(version) < version_key(newest):
-            raise TrustError(f"bundle {name} {version} for {profile} is older than {newest}, which this device already accepted")
+            what = f"overlay {name} {version} for site {profile.removeprefix('overlays/')}" if profile.startswith("overlays/") \
+                else f"bundle {name} {version} for {profile}"
+            raise TrustError(f"{what} is older than {newest}, which this device already accepted")
 
     def check_clock(self) -> None:
         newest = self._newest_time()

@@ -116,7 +116,7 @@ def test_a_release_with_its_overlay_then_a_rotation_then_refusals(site: dict[str
         # refused, with the running release and its secret untouched: another site's, an older one, an unsigned one
         _repository(site).add([first])  # the older overlay with the newest metadata: only its version is wrong
         for bad, message in ((overlay(site, "3.0.0", "tok-other-site", monkeypatch, for_site="plant-9"), "site plant-9"),
-                             (first, "older than 2.0.0"),
+                             (first, "overlay vision-app 1.0.0 for site plant-7 is older than 2.1.0"),  # 2.1.0 was accepted
                              (overlay(site, "4.0.0", "tok-unsigned", monkeypatch, sign=False), "carries no signed metadata")):
             with pytest.raises(SealiftError, match=message):
                 installer.install(bad)
