@@ -160,10 +160,11 @@ class Check:
     tolerance: float | None = None
     max_latency: float | None = None
     deadline: float | None = None
+    secret: str | None = None  # sent as a bearer token (a secret the service declares)
 
     def to_data(self) -> dict[str, Any]:
         data: dict[str, Any] = {"name": self.name, "type": self.type.value, "service": self.service}
-        for key in ("port", "path", "expect_status", "input", "expected", "tolerance"):
+        for key in ("port", "path", "expect_status", "input", "expected", "tolerance", "secret"):
             if (value := getattr(self, key)) is not None:
                 data[key] = value
         if self.command is not None:
@@ -363,7 +364,7 @@ def _ordered(services: tuple[Service, ...]) -> list[str] | None:
 # --- health checks -----------------------------------------------------------------------------
 
 _CHECK_FIELDS = (
-    "port", "path", "expect_status", "command", "input", "expected", "tolerance", "max_latency", "deadline",
+    "port", "path", "expect_status", "command", "input", "expected", "tolerance", "max_latency", "deadline", "secret",
 )
 _NEEDS: dict[CheckType, tuple[str, ...]] = {
     CheckType.CONTAINER: (),
@@ -374,10 +375,10 @@ _NEEDS: dict[CheckType, tuple[str, ...]] = {
 }
 _ALLOWS: dict[CheckType, tuple[str, ...]] = {
     CheckType.CONTAINER: ("deadline",),
-    CheckType.HTTP: ("port", "path", "expect_status", "deadline"),
+    CheckType.HTTP: ("port", "path", "expect_status", "deadline", "secret"),
     CheckType.TCP: ("port", "deadline"),
     CheckType.EXEC: ("command", "deadline"),
-    CheckType.INFERENCE: ("port", "path", "input", "expected", "tolerance", "max_latency", "deadline"),
+    CheckType.INFERENCE: ("port", "path", "input", "expected", "tolerance", "max_latency", "deadline", "secret"),
 }
 
 
@@ -407,10 +408,11 @@ def _parse_check(field: Field, app: App, configs: tuple[str, ...]) -> Check:
     for key in _NEEDS[kind]:
         if key not in f:
             raise field.child(key).error(f"is required for a {kind.value} check")
+    service = check_known(f["service"], tuple(s.name for s in app.services), what="service")
     return Check(
         name=f["name"].string(pattern=NAME, what="a check name"),
         type=kind,
-        service=check_known(f["service"], tuple(s.name for s in app.services), what="service"),
+        service=service,
         port=f["port"].integer(low=1, high=65535) if "port" in f else None,
         path=f["path"].string(pattern=_HTTP_PATH, what="an HTTP path starting with /") if "path" in f else None,
         expect_status=f["expect_status"].integer(low=100, high=599) if "expect_status" in f else None,
@@ -420,4 +422,5 @@ def _parse_check(field: Field, app: App, configs: tuple[str, ...]) -> Check:
         tolerance=f["tolerance"].number() if "tolerance" in f else None,
         max_latency=f["max_latency"].duration() if "max_latency" in f else None,
         deadline=f["deadline"].duration() if "deadline" in f else None,
+        secret=check_known(f["secret"], app.service(service).secrets, what=f"secret of service {service}") if "secret" in f else None,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 import textwrap
 from collections.abc import Callable
@@ -189,22 +190,25 @@ def example_releases(root: Path, *, python: str, secrets: bool = False, versions
     FAST_PORT: 1.0.0 and 1.1.0 (healthy), 1.2.0 (the engine cannot start it), 1.3.0 (starts, never
     healthy: its model is missing; 5 s deadline), 1.4.0 (its server exits at once; 5 s deadline).
     Returns them by version, and "root" for the root metadata to provision devices with. With
-    ``secrets``, the service declares the secret api-token (mounted at /run/secrets/api-token);
-    ``versions`` builds only those."""
+    ``secrets``, the service declares the secret api-token as the example does (mounted at
+    /run/secrets/api-token, sent by the inference check); without, neither does. ``versions``
+    builds only those."""
     from bundler.build import BuildOptions, build_bundles, select_profiles
     from bundler.profiles import builtin_profile_dir, load_profiles
     from bundler.spec import load_spec
 
     make_example_images(python)
     compose = (EXAMPLE_DIR / "compose.yaml").read_text().replace('"8080:8080"', f'"{FAST_PORT}:8080"')
-    if secrets:
-        compose = compose.replace("    image: vision\n", "    image: vision\n    secrets: [api-token]\n")
+    if not secrets:  # the example's service needs its api-token from a site overlay; these releases run without
+        compose = re.sub(r"\n    secrets: \[api-token\][^\n]*", "", compose)
     (root / "compose.yaml").write_text(compose)
     # a port bound to an address this host does not have (TEST-NET-3): the engine refuses to start it
     (root / "compose-cannot-start.yaml").write_text(compose.replace(f'"{FAST_PORT}:8080"', f'"203.0.113.7:{FAST_PORT}:8080"'))
     (root / "compose-broken.yaml").write_text(compose.replace("/models/detector.model\n", "/models/missing.model\n", 1))
     (root / "compose-exits.yaml").write_text(compose.replace("    environment:\n", "    environment:\n      VISION_PORT: not-a-port\n", 1))
     text = (EXAMPLE_DIR / "sealift.yaml").read_text()
+    if not secrets:
+        text = re.sub(r"\n      secret: api-token[^\n]*", "", text)
     for relative in ("build/images/vision-app", "models/", "config/", "golden/"):
         text = text.replace(f" {relative}", f" {EXAMPLE_DIR}/{relative}").replace(f":{relative}", f":{EXAMPLE_DIR}/{relative}")
     text = text.replace("stabilisation: 20s", "stabilisation: 2s")
@@ -255,3 +259,12 @@ def manifest_digests(bundle: Path) -> set[str]:
             if "manifest" in media_type or "index" in media_type:
                 found.add(f"sha256:{path.name}")
     return found
+
+
+def unmount_secrets(state_dir: Path) -> None:
+    """Unmount the tmpfs a device's updater mounted for opened secrets (STATE/run), if it did."""
+    import subprocess
+
+    run = state_dir / "run"
+    if any(line.split()[4] == str(run) for line in Path("/proc/self/mountinfo").read_text().splitlines()):
+        subprocess.run(["umount", "-l", str(run)], check=False)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bundler.appdef import Check, CheckType, HealthPolicy
+from updater.runtime import LABEL_APP, LABEL_SLOT
 
 __all__ = ["HealthResult", "wait_healthy"]
 
@@ -103,7 +104,7 @@ def _container_health(check: Check, container: Any, slot_dir: Path) -> tuple[boo
 def _http(check: Check, container: Any, slot_dir: Path) -> tuple[bool, str]:
     url = f"http://127.0.0.1:{_host_port(container, check.port)}{check.path or '/'}"
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=_auth(check, container, slot_dir)), timeout=5) as response:
             status = response.status
     except urllib.error.HTTPError as e:
         status = e.code
@@ -128,7 +129,8 @@ def _inference(check: Check, container: Any, slot_dir: Path) -> tuple[bool, str]
     url = f"http://127.0.0.1:{_host_port(container, check.port)}{check.path}"
     started = time.monotonic()
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, data=body, method="POST"), timeout=10) as response:
+        request = urllib.request.Request(url, data=body, method="POST", headers=_auth(check, container, slot_dir))
+        with urllib.request.urlopen(request, timeout=10) as response:
             answer = json.loads(response.read(_ANSWER_BYTES))
     except urllib.error.HTTPError as e:
         return False, f"POST {check.path} answered {e.code}"
@@ -139,6 +141,19 @@ def _inference(check: Check, container: Any, slot_dir: Path) -> tuple[bool, str]
         return False, f"answered in {latency:.2f}s, more than the {check.max_latency:g}s allowed"
     mismatch = _differs(answer, expected, check.tolerance or 0.0, "")
     return mismatch is None, mismatch or f"answer matches the golden output in {latency:.2f}s"
+
+
+def _auth(check: Check, container: Any, slot_dir: Path) -> dict[str, str]:
+    """The bearer token a check sends: the secret the service gets, read from the updater's tmpfs."""
+    if check.secret is None:
+        return {}
+    labels = container.labels
+    opened = slot_dir.parent.parent / "run" / f"{labels.get(LABEL_APP)}-{labels.get(LABEL_SLOT)}" / check.secret
+    try:
+        token = opened.read_text().strip()
+    except OSError as e:
+        raise OSError(f"secret {check.secret} is not open for the check") from e
+    return {"Authorization": f"Bearer {token}"}
 
 
 def _differs(found: Any, expected: Any, tolerance: float, where: str) -> str | None:

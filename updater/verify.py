@@ -26,7 +26,7 @@ from bundler.layout import MAX_JSON_BYTES, LayoutReader, open_layout
 from bundler.overlay import OVERLAY, SITE_ANNOTATION, overlay_target
 from bundler.profiles import Profile
 from updater.errors import TrustError
-from updater.fetcher import BUNDLE_URL, BundleFetcher
+from updater.fetcher import BUNDLE_URL, BundleFetcher, TrustedFetcher
 from updater.trust import TrustStore
 
 __all__ = ["check_signed_target", "signed_name", "tuf_fault", "verify_for_device"]
@@ -119,6 +119,11 @@ def _signed_target(path: Path, reader: LayoutReader, metadata_dir: Path, name: s
     try:
         updater.refresh()
         target = updater.get_targetinfo(name)
+    except tuf_errors.BadVersionNumberError as e:
+        if not str(e).startswith("New "):  # not older metadata, but metadata from another moment: refused
+            raise TrustError(f"{path}: refused: {tuf_fault(e)} ({e})") from e
+        # the bundle carries older metadata than the device trusts: its newer, trusted metadata decides
+        target = _trusted_target(path, metadata_dir, name)
     except (tuf_errors.RepositoryError, tuf_errors.DownloadError) as e:
         raise TrustError(f"{path}: refused: {tuf_fault(e)} ({e})") from e
     except OSError as e:
@@ -126,6 +131,17 @@ def _signed_target(path: Path, reader: LayoutReader, metadata_dir: Path, name: s
     if target is None:
         raise TrustError(f"{path}: {name} is not a target signed by the repository")
     return target
+
+
+def _trusted_target(path: Path, metadata_dir: Path, name: str) -> TargetFile | None:
+    """``name`` as the device's own trusted metadata has it (unexpired, already verified), or None."""
+    updater = Updater(str(metadata_dir), BUNDLE_URL, fetcher=TrustedFetcher(metadata_dir), config=UpdaterConfig(), bootstrap=None)
+    try:
+        updater.refresh()
+        return updater.get_targetinfo(name)
+    except (tuf_errors.RepositoryError, tuf_errors.DownloadError) as e:
+        raise TrustError(f"{path}: refused: its metadata is older than the device's, and the device's own: {tuf_fault(e)} "
+                         f"({e})") from e
 
 
 def _check_root_chain(path: Path, names: set[str], metadata_dir: Path) -> None:

@@ -5,6 +5,7 @@ remembered."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import urllib.error
@@ -14,12 +15,17 @@ from pathlib import Path
 import pytest
 
 from bundler.build import BuildOptions, build_bundles, select_profiles
+from bundler.devices import Inventory
+from bundler.keys import KeyStore
+from bundler.overlay import build_overlay
 from bundler.profiles import builtin_profile_dir, load_profiles
+from bundler.repo import Repository
 from bundler.spec import load_spec
-from tests.builders import make_example_images, signed
+from tests.builders import make_example_images, signed, unmount_secrets
 from tests.realparts import DockerEngine
 from updater.errors import UpdaterError
-from updater.install import Installer
+from updater.identity import DeviceIdentity
+from updater.install import Installer, failure_key
 from updater.slots import Phase, Slots
 from updater.trust import TrustStore
 
@@ -42,8 +48,27 @@ def example_app(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return built
 
 
-def answer(path: str, body: bytes | None = None) -> tuple[int, bytes]:
-    request = urllib.request.Request(f"http://127.0.0.1:8080{path}", data=body, method="POST" if body else "GET")
+TOKEN = "example-token-5c0ffee"
+
+
+def enroll_with_overlay(example_app: dict[str, Path], state_dir: Path, work: Path) -> Path:
+    """Enroll the device at the example's site and build and sign the site's overlay (api-token = TOKEN)."""
+    record = DeviceIdentity(state_dir).enroll(site="demo-site", profile="x86_64-cpu")
+    (work / "record.json").write_text(json.dumps(record))
+    Inventory(work / "devices.yaml").add(work / "record.json")
+    os.environ["VISION_API_TOKEN"] = TOKEN
+    try:
+        path, _ = build_overlay(load_spec(EXAMPLE / "sealift.yaml"), "demo-site", inventory=work / "devices.yaml", out=work)
+    finally:
+        del os.environ["VISION_API_TOKEN"]
+    signing = example_app["root"].parent.parent.parent
+    Repository(signing / "repo", KeyStore(signing / "keys", passphrase=lambda: "test passphrase")).add([path])
+    return path
+
+
+def answer(path: str, body: bytes | None = None, *, token: str | None = None) -> tuple[int, bytes]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(f"http://127.0.0.1:8080{path}", data=body, method="POST" if body else "GET", headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=5) as response:
             return response.status, response.read()
@@ -70,19 +95,24 @@ def test_install_commits_a_healthy_release_and_rolls_back_a_broken_one(example_a
     lines: list[str] = []
     installer = Installer(state_dir=state_dir, client=docker_engine.client, profile=CPU, log=lines.append)
     try:
-        good = installer.install(example_app["1.0.0"])
+        alone = installer.install(example_app["1.0.0"])  # the example needs its site's api-token
+        assert not alone.committed and "needs secret api-token" in alone.reason
+        lines.clear()
+        good = installer.install(example_app["1.0.0"], overlay=enroll_with_overlay(example_app, state_dir, tmp_path))
         assert good.committed and good.release.slot == "a"
         assert [line.split("]")[0] for line in lines] == [f"[{i}/7" for i in range(1, 8)]
         golden = (EXAMPLE / "golden/input.txt").read_bytes()
-        status, body = answer("/infer", golden)
+        status, body = answer("/infer", golden, token=TOKEN)
         assert status == 200 and json.loads(body)["label"] == json.loads((EXAMPLE / "golden/expected.json").read_text())["label"]
+        assert answer("/infer", golden)[0] == 401 and answer("/infer", golden, token="guess")[0] == 401  # no token, no answer
+        assert answer("/healthz")[0] == 200
 
-        broken = installer.install(example_app["1.0.1"])
-        assert not broken.committed and broken.release.slot == "b"
+        broken = installer.install(example_app["1.0.1"])  # carries the running overlay
+        assert not broken.committed and broken.release.slot == "b" and broken.release.overlay == "1.0.0"
         assert "failed" in broken.reason
         state = Slots(state_dir).load()
         assert state.phase == Phase.ROLLED_BACK and state.current is not None and state.current.version == "1.0.0"
-        assert broken.release.digest in state.failed
+        assert failure_key(broken.release) in state.failed
         assert serving() == 200  # the previous release answers again
         containers = docker_engine.client.containers.list(filters={"label": "dev.sealift.app=vision-app"})
         assert {c.labels["dev.sealift.slot"] for c in containers} == {"a"}
@@ -92,3 +122,4 @@ def test_install_commits_a_healthy_release_and_rolls_back_a_broken_one(example_a
     finally:
         for container in docker_engine.client.containers.list(all=True, filters={"label": "dev.sealift.app=vision-app"}):
             container.remove(force=True)
+        unmount_secrets(state_dir)

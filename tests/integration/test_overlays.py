@@ -19,7 +19,7 @@ from bundler.overlay import build_overlay
 from bundler.profiles import builtin_profile_dir, load_profiles
 from bundler.repo import Repository
 from bundler.spec import load_spec
-from tests.builders import example_releases, healthz
+from tests.builders import example_releases, healthz, unmount_secrets
 from tests.realparts import DockerEngine
 from updater.identity import DeviceIdentity
 from updater.install import Installer
@@ -133,7 +133,5 @@ def test_a_release_with_its_overlay_then_a_rotation_then_refusals(site: dict[str
     finally:
         for container in docker_engine.client.containers.list(all=True, filters={"label": "dev.sealift.app=vision-app"}):
             container.remove(force=True)
-        import subprocess
-
-        subprocess.run(["umount", "-l", str(site["state"] / "run")], check=False)
+        unmount_secrets(site["state"])
 

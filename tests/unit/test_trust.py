@@ -173,15 +173,29 @@ def test_repository_refuses_to_publish_an_older_version(setup: Setup) -> None:
     assert setup.repo.add([setup.bundles["1.1.0-x86_64-cpu"]])[0].changed is False  # re-adding changes nothing
 
 
-def test_older_metadata_is_a_rollback(setup: Setup, tmp_path: Path) -> None:
+def test_older_metadata_is_judged_by_the_newer_metadata_the_device_trusts(setup: Setup, tmp_path: Path) -> None:
+    """A bundle may carry older metadata than the device has (signed before something else the device
+    installed since): the device's own newer, verified metadata then decides, and a replay gains nothing."""
     setup.sign("1.2.0-x86_64-cpu")
     stale = tmp_path / "stale-tuf"
     shutil.copytree(setup.tuf("1.2.0-x86_64-cpu"), stale)  # timestamp and snapshot version 2
-    setup.sign("1.3.0-x86_64-cpu")  # the repository moves on: version 3
-    assert setup.verify("1.3.0-x86_64-cpu") == "1.3.0"
+    setup.sign("1.2.0-x86_64-nvidia", "1.3.0-x86_64-cpu")  # the repository moves on: version 3
+    assert setup.verify("1.2.0-x86_64-nvidia", profile="x86_64-nvidia") == "1.2.0"  # the device trusts version 3
     shutil.rmtree(setup.tuf("1.2.0-x86_64-cpu"))
     shutil.copytree(stale, setup.tuf("1.2.0-x86_64-cpu"))
-    setup.refused("1.2.0-x86_64-cpu", TrustError, "older than the device already trusts")
+    assert setup.verify("1.2.0-x86_64-cpu") == "1.2.0"  # signed in what the device trusts: accepted
+    assert setup.verify("1.3.0-x86_64-cpu") == "1.3.0"
+    setup.refused("1.2.0-x86_64-cpu", TrustError, "older than 1.3.0, which this device already accepted")  # no going back
+
+
+def test_a_bundle_signed_nowhere_the_device_trusts_is_refused_whatever_metadata_it_carries(setup: Setup, tmp_path: Path) -> None:
+    setup.sign("1.2.0-x86_64-cpu")
+    stale = tmp_path / "stale-tuf"
+    shutil.copytree(setup.tuf("1.2.0-x86_64-cpu"), stale)
+    setup.sign("1.2.0-x86_64-nvidia")
+    assert setup.verify("1.2.0-x86_64-nvidia", profile="x86_64-nvidia") == "1.2.0"
+    shutil.copytree(stale, setup.tuf("1.1.0-x86_64-cpu"))  # never signed; carries old metadata of another bundle
+    setup.refused("1.1.0-x86_64-cpu", TrustError, "is not a target signed by the repository")
 
 
 def test_expired_metadata_is_a_freeze(tmp_path: Path, unsigned: dict[str, Path]) -> None:

@@ -13,6 +13,7 @@ MAX_LINE=4096       # bytes in the request line or one header line
 MAX_HEADERS=64
 MAX_BODY=65536
 READ_TIMEOUT=10     # seconds a client may stall
+TOKEN_FILE=/run/secrets/api-token
 
 cr=$(printf '\r')
 
@@ -44,6 +45,7 @@ esac
 
 # (2) the header fields, passed on as they came, but for the ones this script answers itself
 fields=""
+authorization=""
 count=0
 length=0
 expect_continue=no
@@ -64,12 +66,27 @@ while read_line && [ -n "$line" ]; do
             [ "$value" = 100-continue ] && expect_continue=yes
             continue
             ;;
+        [Aa][Uu][Tt][Hh][Oo][Rr][Ii][Zz][Aa][Tt][Ii][Oo][Nn]:*)
+            authorization=$value
+            continue
+            ;;
     esac
     fields="$fields$line$cr
 "
 done
 
-# (3) the body: a client that sent "Expect: 100-continue" waits for this before sending it
+# (3) /infer answers only with the API token, when the device gave the service one (the secret
+#     api-token, mounted by the updater at /run/secrets/api-token); spaces are compared removed
+case $target in
+    /cgi-bin/infer*)
+        if [ -f "$TOKEN_FILE" ]; then
+            token=$(tr -d ' \t\r\n' < "$TOKEN_FILE")
+            [ -n "$token" ] && [ "$authorization" = "Bearer$token" ] || reject "401 Unauthorized"
+        fi
+        ;;
+esac
+
+# (4) the body: a client that sent "Expect: 100-continue" waits for this before sending it
 if [ "$expect_continue" = yes ] && [ "$length" -gt 0 ]; then
     printf 'HTTP/1.1 100 Continue\r\n\r\n'
 fi
