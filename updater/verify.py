@@ -120,7 +120,9 @@ def _signed_target(path: Path, reader: LayoutReader, metadata_dir: Path, name: s
         updater.refresh()
         target = updater.get_targetinfo(name)
     except tuf_errors.BadVersionNumberError as e:
-        if not str(e).startswith("New "):  # not older metadata, but metadata from another moment: refused
+        # only an older timestamp (signed, just older than the device's) falls back; anything else,
+        # a timestamp naming an older snapshot included, is refused as the attack it looks like
+        if not str(e).startswith("New timestamp version"):
             raise TrustError(f"{path}: refused: {tuf_fault(e)} ({e})") from e
         # the bundle carries older metadata than the device trusts: its newer, trusted metadata decides
         target = _trusted_target(path, metadata_dir, name)
@@ -142,6 +144,8 @@ def _trusted_target(path: Path, metadata_dir: Path, name: str) -> TargetFile | N
     except (tuf_errors.RepositoryError, tuf_errors.DownloadError) as e:
         raise TrustError(f"{path}: refused: its metadata is older than the device's, and the device's own: {tuf_fault(e)} "
                          f"({e})") from e
+    except OSError as e:
+        raise TrustError(f"{metadata_dir}: cannot read the trusted metadata ({e.strerror})") from e
 
 
 def _check_root_chain(path: Path, names: set[str], metadata_dir: Path) -> None:

@@ -188,6 +188,18 @@ def test_older_metadata_is_judged_by_the_newer_metadata_the_device_trusts(setup:
     setup.refused("1.2.0-x86_64-cpu", TrustError, "older than 1.3.0, which this device already accepted")  # no going back
 
 
+def test_a_bundle_whose_own_old_metadata_lacks_it_is_accepted_through_the_devices_newer_metadata(setup: Setup,
+                                                                                                   tmp_path: Path) -> None:
+    setup.sign("1.2.0-x86_64-cpu")
+    stale = tmp_path / "stale-tuf"
+    shutil.copytree(setup.tuf("1.2.0-x86_64-cpu"), stale)  # version 2: does not list 1.3.0
+    setup.sign("1.3.0-x86_64-cpu", "1.2.0-x86_64-nvidia")  # version 3 lists both
+    assert setup.verify("1.2.0-x86_64-nvidia", profile="x86_64-nvidia") == "1.2.0"
+    shutil.rmtree(setup.tuf("1.3.0-x86_64-cpu"))
+    shutil.copytree(stale, setup.tuf("1.3.0-x86_64-cpu"))
+    assert setup.verify("1.3.0-x86_64-cpu") == "1.3.0"  # only the device's own metadata can vouch for it
+
+
 def test_a_bundle_signed_nowhere_the_device_trusts_is_refused_whatever_metadata_it_carries(setup: Setup, tmp_path: Path) -> None:
     setup.sign("1.2.0-x86_64-cpu")
     stale = tmp_path / "stale-tuf"
