@@ -41,6 +41,7 @@ from bundler.layout import (
     open_layout,
 )
 from bundler.progress import Progress, QuietProgress
+from bundler.publish import connect, metadata_version
 from bundler.transfer import Graph, LayoutStore, ReaderStore, RegistryStore, Store, Transferred, copy_graph, walk
 
 __all__ = ["MEDIUM_FILE", "MediumBundle", "MediumReport", "check_medium", "export", "looks_like_medium", "read_medium"]
@@ -164,8 +165,6 @@ def _base_blobs(base: str, plain_http: bool, stack: ExitStack) -> tuple[str, str
         top = Descriptor.from_json(json.loads(reader.read_small("index.json"))["manifests"][0], where=base)
         body = store.read_manifest(top.digest)
     else:
-        from bundler.publish import connect
-
         client = connect(base, plain_http=plain_http, what="base")
         stack.callback(client.close)
         found = client.get_manifest(client.ref.digest or client.ref.tag or "latest")
@@ -185,14 +184,8 @@ def _base_blobs(base: str, plain_http: bool, stack: ExitStack) -> tuple[str, str
 
 def _merge_metadata(into: dict[str, bytes], name: str, data: bytes) -> None:
     """Versioned files are the same everywhere; of two unversioned ones (timestamp.json) keep the newer."""
-    if name in into and not name[0].isdigit():
-        def version(raw: bytes) -> int:
-            try:
-                return int(json.loads(raw)["signed"]["version"])
-            except (ValueError, KeyError, TypeError):
-                return -1
-        if version(into[name]) >= version(data):
-            return
+    if name in into and not name[0].isdigit() and metadata_version(into[name]) >= metadata_version(data):
+        return
     into[name] = data
 
 

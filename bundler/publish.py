@@ -48,6 +48,7 @@ __all__ = [
     "bundle_tag",
     "catalog",
     "connect",
+    "metadata_version",
     "mirror_sync",
     "overlay_tag",
     "publish_metadata",
@@ -274,7 +275,7 @@ def publish_metadata(client: RegistryClient, files: dict[str, bytes]) -> list[st
                 continue
         else:
             current = read_metadata(client, name)
-            if current is not None and _version(current) >= _version(data):
+            if current is not None and metadata_version(current) >= metadata_version(data):
                 continue
         blob = Descriptor(media_type=TUF_ARTIFACT, digest=_digest(data), size=len(data))
         for part, body in ((EMPTY_CONFIG, b"{}"), (blob, data)):
@@ -296,7 +297,8 @@ def _publish_order(name: str) -> tuple[int, str]:
     return ({"root": 0, "timestamp": 3, "snapshot": 2}.get(role, 1), name)
 
 
-def _version(data: bytes) -> int:
+def metadata_version(data: bytes) -> int:
+    """The ``signed.version`` of a metadata file (-1 if it has none): which of two copies is newer."""
     try:
         version = json.loads(data)["signed"]["version"]
     except (ValueError, KeyError, TypeError):
