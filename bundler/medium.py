@@ -1,11 +1,12 @@
 """Physical media for sites that never connect: ``sealift export`` and the check of a medium.
 
 A medium is one OCI layout (a directory, or the same as a tar file) holding one or more bundles
-(``index.json`` names each bundle's top index), the signed metadata in ``tuf/``,
+and site overlays (``index.json`` names each one's top index), the signed metadata in ``tuf/``,
 ``sealift-medium.json`` (what it holds, and for a delta which base each bundle needs),
 ``README.txt`` for the site operator, and ``SHA256SUMS`` over every other file, written last.
 A delta holds every manifest but only the blobs its base lacks; a device that has the base
-takes the rest from its own store.
+takes the rest from its own store. A device takes the newest bundle for its profile and the
+newest overlay for its site; a medium holding only an overlay rotates a site's secrets.
 
 A medium copied halfway, or onto a stick that filled up, fails its check: a file listed in
 ``SHA256SUMS`` is missing or differs, or ``SHA256SUMS`` itself is missing.
@@ -40,11 +41,13 @@ from bundler.layout import (
     copy_hashed,
     open_layout,
 )
+from bundler.overlay import check_overlay, is_overlay
 from bundler.progress import Progress, QuietProgress
 from bundler.publish import connect, metadata_version
 from bundler.transfer import Graph, LayoutStore, ReaderStore, RegistryStore, Store, Transferred, copy_graph, walk
 
-__all__ = ["MEDIUM_FILE", "MediumBundle", "MediumReport", "check_medium", "export", "looks_like_medium", "read_medium"]
+__all__ = ["MEDIUM_FILE", "MediumBundle", "MediumContents", "MediumOverlay", "MediumReport", "check_medium", "export",
+           "looks_like_medium", "read_medium"]
 
 FORMAT = 1
 
@@ -65,18 +68,38 @@ class MediumBundle:
                 "base": self.base, "blobs_from_base": self.blobs_from_base}
 
 
+@dataclass(frozen=True, kw_only=True)
+class MediumOverlay:
+    """One site overlay on a medium (always complete: overlays are small)."""
+
+    name: str
+    site: str
+    version: str
+    top: Descriptor
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "site": self.site, "version": self.version, "digest": self.top.digest}
+
+
 @dataclass
-class MediumReport:
+class MediumContents:
+    """What ``sealift-medium.json`` says a medium holds."""
+
+    bundles: list[MediumBundle] = field(default_factory=list)
+    overlays: list[MediumOverlay] = field(default_factory=list)
+
+
+@dataclass
+class MediumReport(MediumContents):
     """What a medium holds, and every problem found with it."""
 
-    location: str
-    bundles: list[MediumBundle] = field(default_factory=list)
+    location: str = ""
     problems: list[str] = field(default_factory=list)
     moved: Transferred = field(default_factory=Transferred)
 
     def to_json(self) -> dict[str, Any]:
-        return {"medium": self.location, "bundles": [b.to_json() for b in self.bundles], "problems": self.problems,
-                "ok": not self.problems}
+        return {"medium": self.location, "bundles": [b.to_json() for b in self.bundles],
+                "overlays": [o.to_json() for o in self.overlays], "problems": self.problems, "ok": not self.problems}
 
 
 def looks_like_medium(path: Path) -> bool:
@@ -97,7 +120,8 @@ def looks_like_medium(path: Path) -> bool:
 
 def export(bundles: list[Path], to: Path, *, bases: tuple[str, ...] = (), plain_http: bool = False,
            progress: Progress | None = None) -> MediumReport:
-    """Write ``bundles`` (full, or as deltas against ``bases``) to the medium ``to`` (a directory, or a ``.tar`` file)."""
+    """Write ``bundles`` (full, or as deltas against ``bases``) and site overlays to the medium ``to``
+    (a directory, or a ``.tar`` file)."""
     progress = progress or QuietProgress()
     as_tar = to.suffix == ".tar"
     if to.exists() and (as_tar or any(to.iterdir())):
@@ -113,35 +137,22 @@ def export(bundles: list[Path], to: Path, *, bases: tuple[str, ...] = (), plain_
             used: set[int] = set()
             for bundle in bundles:
                 progress.step(f"verify {bundle}")
-                info = verify_bundle(bundle, progress=progress.advance)
-                reader = stack.enter_context(open_layout(bundle))
-                source = ReaderStore(reader)
-                top = Descriptor.from_json(json.loads(reader.read_small("index.json"))["manifests"][0], where=str(bundle))
-                top = Descriptor(media_type=top.media_type, digest=top.digest, size=top.size, artifact_type=top.artifact_type,
-                                 annotations={**top.annotations, ANNOTATION.NAME: info.name, ANNOTATION.VERSION: info.version,
-                                              ANNOTATION.PROFILE: info.profile})
-                graph = walk(top, source)
-                base = next(((i, b) for i, b in enumerate(base_blobs) if (b[0], b[1]) == (info.name, info.profile)), None)
-                omitted = {d.digest for d in graph.blobs if base and d.digest in base[1][3]}
-                if base is not None:
-                    used.add(base[0])
-                part = Graph(top=top, manifests=graph.manifests, blobs=[d for d in graph.blobs if d.digest not in omitted])
-                progress.step(f"write {info.name} {info.version} ({info.profile})"
-                              + (f" as a delta against {base[1][2]}" if base else ""), total_bytes=part.size)
-                report.moved.add(copy_graph(part, source, layout, advance=progress.advance))
-                report.bundles.append(MediumBundle(
-                    name=info.name, version=info.version, profile=info.profile, top=top, blobs_from_base=len(omitted),
-                    base={"version": base[1][2], "digest": base[1][4]} if base else None))
-                for name in reader.metadata_names():
-                    with reader.open_metadata(name) as stream:
-                        _merge_metadata(metadata, name, stream.read(MAX_JSON_BYTES + 1))
+                if is_overlay(bundle):
+                    report.overlays.append(_export_overlay(bundle, layout, report, progress))
+                else:
+                    _export_bundle(bundle, layout, report, base_blobs, used, stack, progress)
+                with open_layout(bundle) as reader:
+                    for name in reader.metadata_names():
+                        with reader.open_metadata(name) as stream:
+                            _merge_metadata(metadata, name, stream.read(MAX_JSON_BYTES + 1))
             if unused := [bases[i] for i in range(len(bases)) if i not in used]:
                 raise DeliveryError(f"base {unused[0]}: no exported bundle has its name and profile")
             layout.write_metadata(metadata)
-            (work / MEDIUM_FILE).write_bytes(json.dumps({"mediumVersion": FORMAT, "bundles": [
-                b.to_json() for b in report.bundles]}, indent=2, sort_keys=True).encode())
-            (work / NOTE_FILE).write_text(_note(report.bundles))
-            layout.finish([b.top for b in report.bundles])
+            (work / MEDIUM_FILE).write_bytes(json.dumps({"mediumVersion": FORMAT, "bundles": [b.to_json() for b in report.bundles],
+                                                         "overlays": [o.to_json() for o in report.overlays]},
+                                                        indent=2, sort_keys=True).encode())
+            (work / NOTE_FILE).write_text(_note(report))
+            layout.finish([*(b.top for b in report.bundles), *(o.top for o in report.overlays)])
             _write_sums(work)
         if as_tar:
             progress.step(f"write {to}")
@@ -155,7 +166,46 @@ def export(bundles: list[Path], to: Path, *, bases: tuple[str, ...] = (), plain_
     return report
 
 
-def _base_blobs(base: str, plain_http: bool, stack: ExitStack) -> tuple[str, str, str, set[str], str]:
+Base = tuple[str, str, str, set[str], str]
+
+
+def _export_bundle(bundle: Path, layout: LayoutStore, report: MediumReport, base_blobs: list[Base], used: set[int],
+                   stack: ExitStack, progress: Progress) -> None:
+    info = verify_bundle(bundle, progress=progress.advance)
+    reader = stack.enter_context(open_layout(bundle))
+    source = ReaderStore(reader)
+    top = Descriptor.from_json(json.loads(reader.read_small("index.json"))["manifests"][0], where=str(bundle))
+    top = Descriptor(media_type=top.media_type, digest=top.digest, size=top.size, artifact_type=top.artifact_type,
+                     annotations={**top.annotations, ANNOTATION.NAME: info.name, ANNOTATION.VERSION: info.version,
+                                  ANNOTATION.PROFILE: info.profile})
+    graph = walk(top, source)
+    base = next(((i, b) for i, b in enumerate(base_blobs) if (b[0], b[1]) == (info.name, info.profile)), None)
+    omitted = {d.digest for d in graph.blobs if base and d.digest in base[1][3]}
+    if base is not None:
+        used.add(base[0])
+    part = Graph(top=top, manifests=graph.manifests, blobs=[d for d in graph.blobs if d.digest not in omitted])
+    progress.step(f"write {info.name} {info.version} ({info.profile})" + (f" as a delta against {base[1][2]}" if base else ""),
+                  total_bytes=part.size)
+    report.moved.add(copy_graph(part, source, layout, advance=progress.advance))
+    report.bundles.append(MediumBundle(
+        name=info.name, version=info.version, profile=info.profile, top=top, blobs_from_base=len(omitted),
+        base={"version": base[1][2], "digest": base[1][4]} if base else None))
+
+
+def _export_overlay(path: Path, layout: LayoutStore, report: MediumReport, progress: Progress) -> MediumOverlay:
+    info = check_overlay(path)
+    if any(o.name == info.name and o.site == info.site for o in report.overlays):
+        raise DeliveryError(f"{path}: a second overlay of {info.name} for site {info.site}; a medium carries one per site")
+    with open_layout(path) as reader:
+        source = ReaderStore(reader)
+        top = Descriptor.from_json(json.loads(reader.read_small("index.json"))["manifests"][0], where=str(path))
+        graph = walk(top, source)
+        progress.step(f"write overlay {info.name} {info.version} for site {info.site}", total_bytes=graph.size)
+        report.moved.add(copy_graph(graph, source, layout, advance=progress.advance))
+    return MediumOverlay(name=info.name, site=info.site, version=info.version, top=top)
+
+
+def _base_blobs(base: str, plain_http: bool, stack: ExitStack) -> Base:
     """(name, profile, version, blob digests, index digest) of a base given as a path or a registry reference."""
     path = Path(base)
     store: Store
@@ -189,11 +239,13 @@ def _merge_metadata(into: dict[str, bytes], name: str, data: bytes) -> None:
     into[name] = data
 
 
-def _note(bundles: list[MediumBundle]) -> str:
+def _note(contents: MediumContents) -> str:
     lines = ["Sealift update medium", "", "This medium carries signed update bundles for edge devices:", ""]
-    for b in bundles:
+    for b in contents.bundles:
         kind = f"delta: needs {b.name} {b.base['version']} already installed" if b.base else "complete"
         lines.append(f"  {b.name} {b.version} for {b.profile} ({kind})")
+    for o in contents.overlays:
+        lines.append(f"  {o.name} overlay {o.version} for site {o.site} (its configuration, and secrets only its devices can open)")
     lines += ["", "Before it travels, check it: sealift verify THIS-MEDIUM",
               "At the site, plug it into the device, or copy it into the updater's watched directory;",
               "the updater verifies it again before it changes anything.",
@@ -246,37 +298,42 @@ def _tar(work: Path, to: Path) -> None:
 # --- reading ----------------------------------------------------------------------------------
 
 
-def read_medium(reader: LayoutReader) -> list[MediumBundle]:
-    """The bundles a medium says it holds."""
+def read_medium(reader: LayoutReader) -> MediumContents:
+    """The bundles and overlays a medium says it holds."""
     where = f"{reader.location}: {MEDIUM_FILE}"
+    contents = MediumContents()
     try:
         data = json.loads(reader.read_small(MEDIUM_FILE))
         if data.get("mediumVersion") != FORMAT:
             raise DeliveryError(f"{where}: medium format {data.get('mediumVersion')!r}, this Sealift reads {FORMAT}")
         index = json.loads(reader.read_small("index.json"))
         tops = {d.digest: d for d in (Descriptor.from_json(m, where=f"{reader.location}: index.json") for m in index["manifests"])}
-        bundles = []
         for entry in data["bundles"]:
             base = entry.get("base")
             if base is not None and not (isinstance(base, dict) and isinstance(base.get("version"), str)
                                          and _HEX.fullmatch(str(base.get("digest", "")).removeprefix("sha256:"))
                                          and str(base["digest"]).startswith("sha256:")):
                 raise DeliveryError(f"{where}: malformed base of {entry.get('name')!r}")
-            bundles.append(MediumBundle(name=str(entry["name"]), version=str(entry["version"]), profile=str(entry["profile"]),
-                                        top=tops[entry["digest"]], base=base, blobs_from_base=int(entry.get("blobs_from_base", 0))))
+            contents.bundles.append(MediumBundle(
+                name=str(entry["name"]), version=str(entry["version"]), profile=str(entry["profile"]), top=tops[entry["digest"]],
+                base=base, blobs_from_base=int(entry.get("blobs_from_base", 0))))
+        for entry in data.get("overlays") or []:
+            contents.overlays.append(MediumOverlay(name=str(entry["name"]), site=str(entry["site"]), version=str(entry["version"]),
+                                                   top=tops[entry["digest"]]))
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise DeliveryError(f"{where}: malformed ({type(e).__name__}: {e})") from e
-    return bundles
+    return contents
 
 
 def check_medium(path: Path, *, progress: Progress | None = None) -> MediumReport:
     """Check a medium end to end: every file against ``SHA256SUMS``, every blob against its own digest
-    and listed there, every bundle's graph complete (a delta may lack only blobs, and says which
-    base supplies them)."""
+    and listed there, every bundle's and overlay's graph complete (a delta may lack only blobs, and
+    says which base supplies them)."""
     progress = progress or QuietProgress()
     report = MediumReport(location=str(path))
     with open_layout(path, strict=False) as reader:
-        report.bundles = read_medium(reader)
+        contents = read_medium(reader)
+        report.bundles, report.overlays = contents.bundles, contents.overlays
         report.problems += _check_sums(reader, path, progress)
         store = ReaderStore(reader)
         for bundle in report.bundles:
@@ -292,6 +349,15 @@ def check_medium(path: Path, *, progress: Progress | None = None) -> MediumRepor
             elif len(missing) != bundle.blobs_from_base and bundle.base is not None:
                 report.problems.append(f"{bundle.name} {bundle.version} ({bundle.profile}): {len(missing)} blobs are missing, "
                                        f"the delta takes {bundle.blobs_from_base} from its base")
+        for overlay in report.overlays:
+            what = f"{overlay.name} overlay {overlay.version} (site {overlay.site})"
+            try:
+                graph = walk(overlay.top, store)
+            except (DeliveryError, BundleError) as e:
+                report.problems.append(f"{what}: {e}")
+                continue
+            if missing := [d.digest for d in graph.blobs if not store.has_blob(d.digest)]:
+                report.problems.append(f"{what}: blob {missing[0]} is missing ({len(missing)} in all)")
     return report
 
 

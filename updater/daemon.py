@@ -18,14 +18,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bundler.errors import SealiftError
-from updater.install import Installer
+from bundler.errors import BundleError, ContentMismatch, SealiftError, SecretError
+from updater.errors import TrustError
+from updater.install import Installer, Outcome, choose, failure_key
 from updater.sources import RegistryPoller
-from updater.store import candidate_digest
+from updater.store import offer
 
 __all__ = ["Daemon", "notify"]
 
 WATCHDOG_EVERY_S = 30.0  # while bytes arrive; WatchdogSec in the unit must be longer
+LASTING = (TrustError, BundleError, ContentMismatch, SecretError)  # refusals that the same bytes would earn again
 
 
 def notify(message: str) -> None:
@@ -59,6 +61,7 @@ class Daemon:
         self.interval = interval
         self.log = log
         self.failures = 0
+        self.refused: set[tuple[str, str]] = set()  # (path, what it offered) refused: not tried again unless it changes
         self._fed = time.monotonic()
         if poller is not None:
             poller.advance = self._still_alive  # a long download is progress: systemd's watchdog must not kill it
@@ -103,29 +106,40 @@ class Daemon:
         if outcome is None:
             self._log(event="up-to-date", source=self.poller.source)
         else:
-            self._log(event="committed" if outcome.committed else "rolled-back",
-                      release=f"{outcome.release.name} {outcome.release.version}", reason=outcome.reason)
+            self._outcome(outcome)
         return True
 
     def scan(self) -> int:
-        """Install every new bundle found in the watched directory; return how many were tried."""
+        """Install every new bundle, overlay or medium found in the watched directory; return how many were tried.
+        One that was refused is not tried again by this process while it stays the same."""
         tried = 0
         for bundle in self._candidates():
             state = self.installer.slots.load()
-            digest = candidate_digest(bundle, self.installer.profile)
-            running = state.current.digest if state.current is not None else None
-            if digest is None or digest == running or state.failed_as_next(digest):
+            try:
+                key = choose(state, offer(bundle, self.installer.profile, self.installer.site())).key(state)
+            except SealiftError:
+                continue  # unreadable, or nothing for this device: not ours to install
+            current = state.current
+            if key is None or (current is not None and key == failure_key(current)) or key in state.failed:
+                continue
+            if (str(bundle), key) in self.refused:
                 continue
             tried += 1
-            self._log(event="install", bundle=str(bundle), digest=digest)
+            self._log(event="install", bundle=str(bundle), digest=key)
             try:
                 outcome = self.installer.install(bundle)
             except SealiftError as e:
+                if isinstance(e, LASTING):  # it will not verify: not checked again on every pass
+                    self.refused.add((str(bundle), key))
                 self._log(event="refused", bundle=str(bundle), error=e.diagnostics())
                 continue
-            self._log(event="committed" if outcome.committed else "rolled-back", release=f"{outcome.release.name} "
-                      f"{outcome.release.version}", reason=outcome.reason)
+            self._outcome(outcome)
         return tried
+
+    def _outcome(self, outcome: Outcome) -> None:
+        release = outcome.release
+        self._log(event="committed" if outcome.committed else "rolled-back", release=f"{release.name} {release.version}",
+                  overlay=release.overlay, reason=outcome.reason)
 
     def _candidates(self) -> list[Path]:
         if self.watch is None:

@@ -17,8 +17,10 @@ from typing import Any
 from bundler.appdef import HealthPolicy
 from bundler.bundle import release_definition
 from bundler.errors import SealiftError
+from bundler.medium import looks_like_medium
 from bundler.overlay import OverlayInfo, fits, is_overlay
 from bundler.profiles import Profile
+from bundler.spec import version_key
 from updater.errors import UpdaterError
 from updater.gc import collect_images
 from updater.health import HealthResult, wait_healthy
@@ -28,11 +30,11 @@ from updater.overlays import SecretStore, check_overlay_in_slot, clone_slot, ove
 from updater.runtime import Runtime
 from updater.slots import DeviceState, Phase, Release, Slots
 from updater.stage import stage_release
-from updater.store import BundleStore, Incoming
+from updater.store import BundleStore, Incoming, Offer, offer
 from updater.trust import TrustStore
 from updater.verify import verify_for_device
 
-__all__ = ["Installer", "Outcome", "failure_key"]
+__all__ = ["Choice", "Installer", "Outcome", "choose", "failure_key"]
 
 Log = Callable[[str], None]
 
@@ -60,8 +62,8 @@ class Installer:
 
     def install(self, bundle: Path | Incoming, *, overlay: Path | None = None, force: bool = False) -> Outcome:
         """Install ``bundle`` (a bundle or medium at a path, or a download assembled in the store) with
-        the site ``overlay`` as one transaction; or, when ``bundle`` is an overlay, re-apply the running
-        release with it."""
+        the site ``overlay`` as one transaction; or, when ``bundle`` is an overlay (or a medium whose
+        only news for this device is its site's overlay), re-apply the running release with it."""
         shown = bundle.name if isinstance(bundle, Path) else bundle.top.digest
         with self.slots.locked():
             state = self._converge(self.slots.load())
@@ -70,7 +72,15 @@ class Installer:
                 if isinstance(bundle, Path) and is_overlay(bundle):
                     if overlay is not None:
                         raise UpdaterError(f"{bundle}: an overlay, given where the application bundle goes")
-                    return self._apply_overlay(state, bundle)
+                    return self._apply_overlay(state, bundle, force=force)
+                if isinstance(bundle, Path) and looks_like_medium(bundle) and overlay is None:
+                    choice = choose(state, offer(bundle, self.profile, self.site()))
+                    overlay = self.store.take(bundle, self.profile, overlay=choice.overlay) if choice.overlay else None
+                    if choice.bundle is None:
+                        if overlay is None:
+                            assert state.current is not None
+                            return Outcome(committed=True, release=state.current, reason="already running")
+                        return self._apply_overlay(state, overlay, force=force)
                 local = self.store.take(bundle, self.profile) if isinstance(bundle, Path) else bundle.complete()
                 return self._install(state, local, force=force, overlay=overlay)
             except SealiftError as e:
@@ -120,13 +130,18 @@ class Installer:
                                f"({running.get('fits')}); install it with an overlay that does")
         return check_overlay_in_slot(running_slot)
 
-    def _apply_overlay(self, state: DeviceState, overlay: Path) -> Outcome:
+    def _apply_overlay(self, state: DeviceState, overlay: Path, *, force: bool) -> Outcome:
         """Run the current release again with a new overlay, from the other slot: checked and rolled back like an install."""
         current = state.current
         if current is None:
             raise UpdaterError(f"{overlay}: an overlay needs a running release to apply to; install the application first")
         site = verify_overlay(overlay, trust=self.trust, identity=self.identity, app=current.name, app_version=current.version)
+        if site.digest == current.overlay_digest:
+            return Outcome(committed=True, release=current, reason="already running")
         release = replace(current, slot=state.inactive_slot(), overlay=site.version, overlay_digest=site.digest)
+        if failure_key(release) in state.failed and not force:
+            raise UpdaterError(f"{current.name} {current.version} with overlay {site.version} failed its health checks before; "
+                               "use --force to try it again")
         slot_dir = self.slots.slot_dir(release.slot)
         self.log(f"[2/7] stage {current.name} {current.version} with overlay {site.version} into slot {release.slot}")
         clone_slot(self.slots.slot_dir(current.slot), slot_dir)
@@ -137,6 +152,10 @@ class Installer:
         state = state.with_event(phase=Phase.TRYING, candidate=release, previous=previous, reason="")
         self.slots.save(state)
         return self._switch(state, release, f"healthy with overlay {site.version}")
+
+    def site(self) -> str | None:
+        """The site this device is enrolled at (None when it is not enrolled)."""
+        return str(self.identity.record().get("site")) if self.identity.enrolled() else None
 
     def rollback(self) -> Outcome:
         """Return to the previous release on demand, with the same checks as an install."""
@@ -229,6 +248,36 @@ class Installer:
     def _running(self, release: Release) -> bool:
         containers = self.runtime.containers(release.name, release.slot)
         return bool(containers) and all(c.status == "running" for c in containers.values())
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What to install of an offer: a bundle (None: the running release) and an overlay (None: the
+    running release's overlay is carried, when it has one)."""
+
+    bundle: str | None
+    overlay: str | None
+
+    def key(self, state: DeviceState) -> str | None:
+        """The failure key of the release this choice installs (None when nothing runs to apply an overlay to)."""
+        current = state.current
+        app = self.bundle or (current.digest if current is not None else None)
+        carried = self.overlay or (current.overlay_digest if current is not None else "")
+        return None if app is None else f"{app}+{carried}" if carried else app
+
+
+def choose(state: DeviceState, offered: Offer) -> Choice:
+    """What of ``offered`` is news to this device: an overlay the running one equals, or is newer than,
+    is left aside (carried instead); a bundle that is the running release, with a new overlay, is a rotation."""
+    current = state.current
+    overlay = offered.overlay
+    if overlay is not None and current is not None and current.overlay_digest and (
+            overlay == current.overlay_digest or version_key(offered.overlay_version) < version_key(current.overlay)):
+        overlay = None
+    bundle = offered.bundle
+    if bundle is not None and current is not None and bundle == current.digest and overlay is not None:
+        bundle = None
+    return Choice(bundle=bundle, overlay=overlay)
 
 
 def failure_key(release: Release) -> str:

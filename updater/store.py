@@ -17,6 +17,7 @@ import shutil
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 from bundler.bundle import ANNOTATION, MEDIA
@@ -24,10 +25,12 @@ from bundler.durable import exclusive_lock, fsync_dir
 from bundler.errors import BundleError, DeliveryError
 from bundler.layout import MAX_JSON_BYTES, Descriptor, LayoutReader, check_digest, open_layout
 from bundler.medium import MediumBundle, looks_like_medium, read_medium
+from bundler.overlay import OVERLAY
 from bundler.profiles import Profile
+from bundler.spec import version_key
 from bundler.transfer import LayoutStore, ReaderStore, Store, Transferred, copy_graph, walk
 
-__all__ = ["BundleStore", "Incoming", "candidate_digest"]
+__all__ = ["BundleStore", "Incoming", "Offer", "offer"]
 
 _INCOMING = ".incoming-"
 _LOCKS = ".locks"
@@ -125,16 +128,21 @@ class BundleStore:
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         return Incoming(self, top)
 
-    def take(self, path: Path, profile: Profile | None) -> Path:
-        """Copy the bundle at ``path`` (a bundle, or this device's bundle on a medium) into the store.
+    def take(self, path: Path, profile: Profile | None, *, overlay: str | None = None) -> Path:
+        """Copy the bundle at ``path`` (a bundle, or this device's bundle on a medium; or the medium's
+        overlay whose index is ``overlay``) into the store.
 
         A delta whose base this device does not have is refused before anything is copied.
         """
         medium = looks_like_medium(path)
         with open_layout(path, strict=not medium) as reader:
             source = ReaderStore(reader)
-            if medium:
-                entry = _pick(read_medium(reader), profile, path)
+            if overlay is not None:
+                top = next((o.top for o in read_medium(reader).overlays if o.top.digest == overlay), None)
+                if top is None:
+                    raise DeliveryError(f"{path}: holds no overlay {overlay}")
+            elif medium:
+                entry = _pick(read_medium(reader).bundles, profile, path)
                 top = entry.top
                 if entry.base is not None and not self.has(entry.base["digest"]):
                     raise DeliveryError(
@@ -197,14 +205,38 @@ class BundleStore:
             return False  # someone is writing it now
 
 
-def candidate_digest(path: Path, profile: Profile | None) -> str | None:
-    """The index digest this device would take from ``path`` (a bundle, or its bundle on a medium); None if unreadable."""
-    try:
-        medium = looks_like_medium(path)
-        with open_layout(path, strict=not medium) as reader:
-            return _pick(read_medium(reader), profile, path).top.digest if medium else _single_top(reader).digest
-    except (BundleError, DeliveryError):
-        return None
+@dataclass(frozen=True)
+class Offer:
+    """What a path holds for this device: a bundle (its index digest), a site overlay (digest and
+    version), or both: a medium may carry the newest of each."""
+
+    bundle: str | None = None
+    overlay: str | None = None
+    overlay_version: str = ""
+
+
+def offer(path: Path, profile: Profile | None, site: str | None) -> Offer:
+    """What ``path`` (a bundle, an overlay, or a medium) offers a device of ``profile`` at ``site``.
+    Raises BundleError or DeliveryError when it is unreadable or holds nothing for this device."""
+    medium = looks_like_medium(path)
+    with open_layout(path, strict=not medium) as reader:
+        if not medium:
+            top = _single_top(reader)
+            if top.artifact_type == OVERLAY:
+                return Offer(overlay=top.digest, overlay_version=top.annotations.get(ANNOTATION.VERSION, ""))
+            return Offer(bundle=top.digest)
+        contents = read_medium(reader)
+    overlays = [o for o in contents.overlays if site is not None and o.site == site]
+    overlay = max(overlays, key=lambda o: version_key(o.version)) if overlays else None
+    if overlay is not None and not any(profile is None or b.profile == profile.name for b in contents.bundles):
+        return Offer(overlay=overlay.top.digest, overlay_version=overlay.version)  # a rotation medium
+    if not contents.bundles and contents.overlays:
+        sites = ", ".join(sorted({o.site for o in contents.overlays}))
+        raise DeliveryError(f"{path}: the medium holds only overlays, for sites {sites}; this device is "
+                            + (f"at site {site}" if site else "not enrolled at any site"))
+    bundle = _pick(contents.bundles, profile, path)  # refused, naming what the medium holds, when nothing fits
+    return Offer(bundle=bundle.top.digest, overlay=overlay.top.digest if overlay else None,
+                 overlay_version=overlay.version if overlay else "")
 
 
 def _pick(bundles: list[MediumBundle], profile: Profile | None, path: Path) -> MediumBundle:
@@ -214,8 +246,6 @@ def _pick(bundles: list[MediumBundle], profile: Profile | None, path: Path) -> M
         raise DeliveryError(f"{path}: the medium holds no bundle for profile {profile.name if profile else '?'} (it holds {held})")
     if len(fitting) > 1 and profile is None:
         raise DeliveryError(f"{path}: the medium holds bundles for several profiles; name this device's with --profile")
-    from bundler.spec import version_key
-
     return max(fitting, key=lambda b: version_key(b.version))
 
 

@@ -22,7 +22,7 @@ from bundler.spec import load_spec
 from bundler.transfer import LayoutStore, ReaderStore
 from tests.builders import manifest_digests, project
 from updater.daemon import Daemon
-from updater.store import BundleStore, candidate_digest
+from updater.store import BundleStore, offer
 
 PROFILES = load_profiles([builtin_profile_dir()])
 
@@ -147,7 +147,7 @@ def test_the_store_shares_blobs_between_releases_and_keeps_only_what_it_is_told(
     shared = blobs(old) & blobs(new)
     assert shared and all((old / "blobs/sha256" / n).stat().st_ino == (new / "blobs/sha256" / n).stat().st_ino for n in shared)
     assert store.take(versions["1.3.0-x86_64-cpu"], PROFILES["x86_64-cpu"]) == new  # already there: nothing copied
-    digest = candidate_digest(versions["1.3.0-x86_64-cpu"], None)
+    digest = offer(versions["1.3.0-x86_64-cpu"], None, None).bundle
     assert digest is not None and new.name == digest.removeprefix("sha256:")
     assert store.prune({digest}) == [old.name] and not old.exists() and new.exists()
 

@@ -1,0 +1,162 @@
+"""Site overlays on removable media, and what a device takes from what it is offered: the newest
+bundle for its profile and the newest overlay for its site, a rotation when the bundle is the
+running one, the running overlay carried when the offered one is not newer; and a watched
+directory that does not try again what was refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from bundler.build import BuildOptions, build_bundles, select_profiles
+from bundler.cli import cli as sealift
+from bundler.devices import Inventory
+from bundler.errors import DeliveryError, SecretError
+from bundler.medium import check_medium, export
+from bundler.overlay import build_overlay, check_overlay
+from bundler.profiles import builtin_profile_dir, load_profiles
+from bundler.spec import load_spec
+from tests.builders import project, signed
+from updater.daemon import Daemon
+from updater.errors import TrustError, UpdaterError
+from updater.identity import DeviceIdentity
+from updater.install import Choice, choose, failure_key
+from updater.slots import DeviceState, Release
+from updater.store import BundleStore, Offer, offer
+
+PROFILES = load_profiles([builtin_profile_dir()])
+CPU, ORIN = PROFILES["x86_64-cpu"], PROFILES["jetson-orin"]
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """demo 1.2.0 for x86_64-cpu, and overlays for plant-7 (1.0.0 and 1.1.0) and plant-9 (1.0.0), all signed."""
+    root = tmp_path_factory.mktemp("shipped")
+    spec_path = project(root / "src")
+    spec = load_spec(spec_path)
+    (bundle,) = build_bundles(spec, select_profiles(spec, PROFILES, ("x86_64-cpu",)), BuildOptions(out=root / "out", epoch=0))
+    (root / "src/sites").mkdir()
+    built = {"bundle": bundle.path}
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("DEMO_API_TOKEN", "tok-on-a-stick-5e1d")
+        for site, version in (("plant-7", "1.0.0"), ("plant-7", "1.1.0"), ("plant-9", "1.0.0")):
+            if not (root / site).exists():
+                record = DeviceIdentity(root / site).enroll(site=site, profile="x86_64-cpu")
+                (root / f"{site}.json").write_text(json.dumps(record))
+                Inventory(root / "devices.yaml").add(root / f"{site}.json")
+            (root / f"src/sites/{site}.yaml").write_text(f"version: {version}\n")
+            built[f"{site}-{version}"], _ = build_overlay(spec, site, inventory=root / "devices.yaml", out=root / f"o-{version}")
+    built["root"] = signed(list(built.values()), root / "signing")
+    return built
+
+
+def test_a_medium_carries_a_bundle_and_site_overlays_and_a_device_takes_its_own(shipped: dict[str, Path], tmp_path: Path) -> None:
+    medium = tmp_path / "stick"
+    report = export([shipped["bundle"], shipped["plant-7-1.1.0"], shipped["plant-9-1.0.0"]], medium)
+    assert [(o.site, o.version) for o in report.overlays] == [("plant-7", "1.1.0"), ("plant-9", "1.0.0")]
+    assert check_medium(medium).problems == []
+    assert "demo overlay 1.1.0 for site plant-7" in (medium / "README.txt").read_text()
+    result = CliRunner().invoke(sealift, ["verify", str(medium), "--trusted-root", str(shipped["root"]), "--json"])
+    assert result.exit_code == 0, result.output
+    assert [o["site"] for o in json.loads(result.stdout)[0]["overlays"]] == ["plant-7", "plant-9"]
+
+    seven, nine = (check_overlay(shipped[k]) for k in ("plant-7-1.1.0", "plant-9-1.0.0"))
+    bundle = offer(shipped["bundle"], CPU, None).bundle
+    assert offer(medium, CPU, "plant-7") == Offer(bundle=bundle, overlay=seven.digest, overlay_version="1.1.0")
+    assert offer(medium, CPU, "plant-9").overlay == nine.digest
+    assert offer(medium, CPU, "plant-3") == Offer(bundle=bundle)  # no overlay for its site: the bundle alone
+    assert offer(medium, ORIN, "plant-7") == Offer(overlay=seven.digest, overlay_version="1.1.0")  # its site's overlay only
+    with pytest.raises(DeliveryError, match="holds no bundle for profile jetson-orin"):
+        offer(medium, ORIN, "plant-3")
+
+    store = BundleStore(tmp_path / "device")
+    taken = store.take(medium, CPU, overlay=seven.digest)
+    assert check_overlay(taken).digest == seven.digest and (taken / "tuf" / "timestamp.json").is_file()
+    with pytest.raises(DeliveryError, match="holds no overlay"):
+        store.take(medium, CPU, overlay="sha256:" + "0" * 64)
+
+
+def test_an_overlay_only_medium_rotates_and_names_what_it_holds_to_other_sites(shipped: dict[str, Path], tmp_path: Path) -> None:
+    export([shipped["plant-7-1.1.0"]], tmp_path / "rotation.tar")
+    assert offer(tmp_path / "rotation.tar", CPU, "plant-7").bundle is None
+    with pytest.raises(DeliveryError, match="holds only overlays, for sites plant-7; this device is at site plant-9"):
+        offer(tmp_path / "rotation.tar", CPU, "plant-9")
+    with pytest.raises(DeliveryError, match="a second overlay of demo for site plant-7"):
+        export([shipped["plant-7-1.0.0"], shipped["plant-7-1.1.0"]], tmp_path / "two")
+
+
+def test_a_damaged_overlay_on_a_medium_fails_its_check(shipped: dict[str, Path], tmp_path: Path) -> None:
+    medium = tmp_path / "stick"
+    export([shipped["plant-7-1.1.0"]], medium)
+    info = check_overlay(shipped["plant-7-1.1.0"])
+    layer = next(p for p in (medium / "blobs/sha256").iterdir() if b'"recipients"' in p.read_bytes())  # descriptor or sealed set
+    layer.unlink()
+    (problem,) = [p for p in check_medium(medium).problems if "overlay" in p]
+    assert problem.startswith(f"demo overlay {info.version} (site plant-7): blob sha256:{layer.name} is missing")
+
+
+RUNNING = Release(name="demo", version="1.2.0", profile="x86_64-cpu", digest="sha256:a1", slot="a", overlay="1.1.0",
+                  overlay_digest="sha256:o11")
+
+
+@pytest.mark.parametrize(("offered", "choice", "key"), [
+    (Offer(bundle="sha256:a1", overlay="sha256:o11", overlay_version="1.1.0"), Choice("sha256:a1", None), "sha256:a1+sha256:o11"),
+    (Offer(bundle="sha256:a1", overlay="sha256:o12", overlay_version="1.2.0"), Choice(None, "sha256:o12"), "sha256:a1+sha256:o12"),
+    (Offer(bundle="sha256:a2", overlay="sha256:o10", overlay_version="1.0.0"), Choice("sha256:a2", None), "sha256:a2+sha256:o11"),
+    (Offer(bundle="sha256:a2", overlay="sha256:o12", overlay_version="1.2.0"), Choice("sha256:a2", "sha256:o12"),
+     "sha256:a2+sha256:o12"),
+    (Offer(overlay="sha256:o12", overlay_version="1.2.0"), Choice(None, "sha256:o12"), "sha256:a1+sha256:o12"),
+    (Offer(bundle="sha256:a2"), Choice("sha256:a2", None), "sha256:a2+sha256:o11"),
+])
+def test_a_device_takes_what_is_news_to_it(offered: Offer, choice: Choice, key: str) -> None:
+    state = DeviceState(current=RUNNING)
+    assert choose(state, offered) == choice and choice.key(state) == key
+    assert (key == failure_key(RUNNING)) == (offered.bundle == RUNNING.digest and offered.overlay == RUNNING.overlay_digest)
+
+
+def test_with_nothing_running_an_overlay_alone_has_nothing_to_apply_to() -> None:
+    nothing = DeviceState()
+    assert choose(nothing, Offer(bundle="sha256:a2", overlay="sha256:o1", overlay_version="1.0.0")).key(nothing) == \
+        "sha256:a2+sha256:o1"
+    assert choose(nothing, Offer(overlay="sha256:o1", overlay_version="1.0.0")).key(nothing) is None
+
+
+class _Installer:
+    """The part of updater.install.Installer a daemon's scan uses: it refuses every install with ``error``."""
+
+    def __init__(self, state_dir: Path, error: Exception) -> None:
+        from updater.slots import Slots
+
+        self.slots = Slots(state_dir)
+        self.profile = CPU
+        self.error = error
+        self.tried = 0
+
+    def site(self) -> str | None:
+        return "plant-7"
+
+    def install(self, bundle: Path) -> Any:
+        self.tried += 1
+        raise self.error
+
+
+@pytest.mark.parametrize(("error", "tries"), [
+    (TrustError("signed metadata refused"), 1),  # the same bytes would be refused again: not checked on every pass
+    (SecretError("not sealed to this device"), 1),
+    (UpdaterError("the engine could not start it"), 3),  # may pass next time
+])
+def test_a_watched_directory_does_not_try_again_what_will_not_verify(shipped: dict[str, Path], tmp_path: Path,
+                                                                      error: Exception, tries: int) -> None:
+    watch = tmp_path / "watch"
+    export([shipped["bundle"], shipped["plant-7-1.1.0"]], watch / "stick")
+    installer = _Installer(tmp_path / "device", error)
+    lines: list[str] = []
+    daemon = Daemon(installer, watch, interval=1, log=lines.append)  # type: ignore[arg-type]
+    for _ in range(3):
+        daemon.scan()
+    assert installer.tried == tries
+    assert sum('event="refused"' in line for line in lines) == tries
