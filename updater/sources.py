@@ -3,35 +3,43 @@
 A poll (1) refreshes the device's TUF metadata from the registry's ``tuf.*`` artifacts, on a
 throwaway copy of the trusted state; (2) lists the repository's tags for this profile
 (``PROFILE-VERSION``) newest first, and takes the first whose index TUF signs as
-``NAME/PROFILE/VERSION`` byte for byte: tags only point, the signature decides; (3) downloads into
-the device's store only the blobs no kept bundle has, resuming a download cut off earlier; and
-(4) hands the assembled bundle, with the metadata the refresh fetched, to the installer, which
-verifies it all again before it touches a slot. The running release is never touched by a poll
-that fails: an unreachable registry is retried with jittered, growing delays.
+``NAME/PROFILE/VERSION`` byte for byte: tags only point, the signature decides; with it, the newest
+signed overlay of the device's site (``site-SITE-VERSION``, signed as
+``NAME/overlays/SITE/VERSION``) that fits it, or, with no newer release, a newer overlay for the
+running one (a rotation); (3) downloads into the device's store only the blobs no kept bundle has,
+resuming a download cut off earlier; and (4) hands what it assembled, with the metadata the
+refresh fetched, to the installer, which verifies it all again before it touches a slot. The
+running release is never touched by a poll that fails: an unreachable registry is retried with
+jittered, growing delays.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import Any
 
 from tuf.api import exceptions as tuf_errors
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 
-from bundler.bundle import ANNOTATION
-from bundler.errors import BundleError, ContentMismatch, DeliveryError, SealiftError
+from bundler.bundle import ANNOTATION, MEDIA
+from bundler.errors import BundleError, ContentMismatch, DeliveryError, SealiftError, SecretError
 from bundler.layout import Descriptor
+from bundler.overlay import FITS_ANNOTATION, OVERLAY, SITE_ANNOTATION, fits, overlay_target
 from bundler.profiles import Profile
-from bundler.publish import MAX_METADATA_BYTES, bundle_descriptor, bundle_tag, connect, read_metadata
+from bundler.publish import MAX_METADATA_BYTES, bundle_descriptor, bundle_tag, connect, overlay_tag, read_metadata
 from bundler.registry import RegistryClient, Retry
 from bundler.spec import version_key
 from bundler.transfer import RegistryStore
 from updater.errors import TrustError
 from updater.install import Installer, Outcome
+from updater.overlays import overlay_of
 from updater.slots import DeviceState
+from updater.store import Incoming
 from updater.verify import tuf_fault
 
-__all__ = ["REGISTRY_URL", "Found", "RegistryFetcher", "RegistryPoller"]
+__all__ = ["REGISTRY_URL", "Found", "RegistryFetcher", "RegistryPoller", "Signed"]
 
 REGISTRY_URL = "sealift-registry:/"
 DEVICE_RETRY = Retry(delays=(1.0, 4.0, 15.0))  # within one poll; the daemon backs off further between polls
@@ -58,17 +66,39 @@ class RegistryFetcher(FetcherInterface):
 
 
 @dataclass(frozen=True)
-class Found:
-    """The newest release the registry holds for this device, signed, and the metadata that says so."""
+class Signed:
+    """A top index the registry holds under ``tag`` that TUF signs as ``target``, byte for byte."""
 
     top: Descriptor
+    tag: str
     name: str
     version: str
+
+    @property
+    def fits(self) -> str:
+        return self.top.annotations.get(FITS_ANNOTATION, "")
+
+
+@dataclass(frozen=True)
+class Found:
+    """What the registry holds that this device should install: a newer release (``app``; None: the
+    running one) and its site's overlay (``overlay``; None: the running one is carried), and the
+    metadata that signs them."""
+
+    app: Signed | None
+    overlay: Signed | None
     metadata: dict[str, bytes]
+
+    def __str__(self) -> str:
+        parts = [f"{self.app.name} {self.app.version} ({self.app.top.digest})"] if self.app else []
+        parts += [f"overlay {self.overlay.version} for site {self.overlay.top.annotations.get(SITE_ANNOTATION)} "
+                  f"({self.overlay.top.digest})"] if self.overlay else []
+        return " with ".join(parts)
 
 
 class RegistryPoller:
-    """Polls ``source`` (``HOST/REPO``) for this device's newest signed release and installs it."""
+    """Polls ``source`` (``HOST/REPO``) for this device's newest signed release, and its site's
+    newest overlay, and installs them."""
 
     def __init__(self, source: str, *, installer: Installer, profile: Profile, plain_http: bool = False,
                  log: Log = lambda _: None, retry: Retry = DEVICE_RETRY) -> None:
@@ -88,38 +118,43 @@ class RegistryPoller:
             found = self.find(client, self.installer.slots.load())
             if found is None:
                 return None
-            self.log(f"found {found.name} {found.version} ({found.top.digest}) in {client.ref.name}")
-            with self.installer.store.incoming(found.top) as incoming:  # resumes what an earlier poll left
-                incoming.fill(RegistryStore(client), advance=self.advance)
-                incoming.metadata = found.metadata
-                moved = incoming.moved
-                self.log(f"downloaded {moved.blobs_sent} blobs ({moved.bytes_sent} bytes); {moved.blobs_present} "
-                         "already on this device")
+            self.log(f"found {found} in {client.ref.name}")
+            with ExitStack() as stack:
+                overlay = None
+                if found.overlay is not None:
+                    overlay = self._download(stack, client, found.overlay, found.metadata).complete()
+                downloading = [d for d in (found.app, found.overlay) if d is not None]
                 try:
-                    return self.installer.install(incoming)
-                except (TrustError, BundleError, ContentMismatch):
-                    self.refused.add(found.top.digest)  # it will not verify: do not fetch it again
+                    if found.app is None:
+                        assert overlay is not None
+                        return self.installer.install(overlay)
+                    return self.installer.install(self._download(stack, client, found.app, found.metadata), overlay=overlay)
+                except (TrustError, BundleError, ContentMismatch, SecretError):
+                    self.refused.update(d.top.digest for d in downloading)  # it will not verify: do not fetch it again
                     raise
         finally:
             client.close()
 
+    def _download(self, stack: ExitStack, client: RegistryClient, signed: Signed, metadata: dict[str, bytes]) -> Incoming:
+        incoming = stack.enter_context(self.installer.store.incoming(signed.top))  # resumes what an earlier poll left
+        incoming.fill(RegistryStore(client), advance=self.advance)
+        incoming.metadata = metadata
+        moved = incoming.moved
+        self.log(f"downloaded {signed.tag}: {moved.blobs_sent} blobs ({moved.bytes_sent} bytes); {moved.blobs_present} "
+                 "already on this device")
+        return incoming
+
     def find(self, client: RegistryClient, state: DeviceState) -> Found | None:
-        """The newest signed release for this profile newer than the running one, or None."""
+        """The newest signed release for this profile newer than the running one, with the newest
+        signed overlay for this device's site that fits it; or, with no newer release, a newer overlay
+        for the running one. None when there is nothing to install."""
         current = state.current
-        candidates = []
-        prefix = f"{self.profile.name}-"
-        for tag in client.tags():
-            if not tag.startswith(prefix):
-                continue
-            version = tag.removeprefix(prefix).replace("_", "+")
-            try:
-                candidates.append((version_key(version), version, tag))
-            except (ValueError, SealiftError):
-                continue
-        if current is not None:
-            floor = version_key(current.version)
-            candidates = [c for c in candidates if c[0] > floor]
-        if not candidates:
+        site = self.installer.site()
+        tags = client.tags()
+        apps = _versions(tags, f"{self.profile.name}-", above=current.version if current else None)
+        overlays = _versions(tags, f"site-{site}-", above=current.overlay if current and current.overlay_digest else None) \
+            if site else []
+        if not apps and not overlays:
             return None
         with self.installer.trust.candidate() as metadata_dir:  # a copy: the trusted state changes only at install
             fetcher = RegistryFetcher(client)
@@ -128,30 +163,59 @@ class RegistryPoller:
                 updater.refresh()
             except (tuf_errors.RepositoryError, tuf_errors.DownloadError) as e:
                 raise TrustError(f"site registry {client.ref.name}: signed metadata refused: {tuf_fault(e)} ({e})") from e
-            for _, version, tag in sorted(candidates, reverse=True):
-                found = self._signed(client, updater, tag, state)
-                if found is not None:
-                    return Found(top=found[0], name=found[1], version=version, metadata=dict(fetcher.fetched))
+            signed_overlays = [o for o in (self._signed(client, updater, tag, version, site=site) for version, tag in overlays)
+                               if o is not None]
+            running = self._running_overlay(state)
+            for version, tag in apps:
+                app = self._signed(client, updater, tag, version)
+                if app is None:
+                    continue
+                overlay = next((o for o in signed_overlays if o.name == app.name and fits(o.fits, version)
+                                and f"{app.top.digest}+{o.top.digest}" not in state.failed), None)
+                if overlay is None and state.failed_as_next(app.top.digest):
+                    continue
+                if overlay is None and running is not None and (running.get("name") != app.name
+                                                                or not fits(str(running.get("fits", "")), version)):
+                    self.log(f"skipped {tag}: the site overlay {running.get('version')} does not fit it, and no newer one does")
+                    continue
+                return Found(app=app, overlay=overlay, metadata=dict(fetcher.fetched))
+            if current is not None:
+                for overlay in signed_overlays:
+                    if overlay.name == current.name and fits(overlay.fits, current.version) \
+                            and f"{current.digest}+{overlay.top.digest}" not in state.failed:
+                        return Found(app=None, overlay=overlay, metadata=dict(fetcher.fetched))
         return None
 
-    def _signed(self, client: RegistryClient, updater: Updater, tag: str, state: DeviceState) -> tuple[Descriptor, str] | None:
+    def _running_overlay(self, state: DeviceState) -> dict[str, Any] | None:
+        current = state.current
+        return overlay_of(self.installer.slots.slot_dir(current.slot)) if current is not None and current.overlay_digest else None
+
+    def _signed(self, client: RegistryClient, updater: Updater, tag: str, version: str, *, site: str | None = None) -> Signed | None:
+        """The index tagged ``tag`` if TUF signs it as what it claims to be (a bundle for this profile,
+        or with ``site`` an overlay for that site), else None (and a line in the log saying why)."""
         fetched = client.get_manifest(tag)
         if fetched is None:
             return None
         body, media_type, digest = fetched
-        if state.failed_as_next(digest) or digest in self.refused:
+        if digest in self.refused:
             return None
         try:
-            top = bundle_descriptor(body, media_type, digest, f"{client.ref.name}:{tag}")
+            top = bundle_descriptor(body, media_type, digest, f"{client.ref.name}:{tag}", kinds=(OVERLAY,) if site else (MEDIA.BUNDLE,))
         except DeliveryError as e:
             self.log(f"skipped {tag}: {e.diagnostics()}")
             return None
         a = top.annotations
-        name, profile, version = a.get(ANNOTATION.NAME, ""), a.get(ANNOTATION.PROFILE), a.get(ANNOTATION.VERSION, "")
-        if profile != self.profile.name or bundle_tag(self.profile.name, version) != tag:
-            self.log(f"skipped {tag}: its index is for {profile} {version}")
-            return None
-        target_path = f"{name}/{profile}/{version}"
+        name, claimed = a.get(ANNOTATION.NAME, ""), a.get(ANNOTATION.VERSION, "")
+        if site is not None:
+            target_path = overlay_target(name, site, claimed)
+            if a.get(SITE_ANNOTATION) != site or overlay_tag(site, claimed) != tag:
+                self.log(f"skipped {tag}: its index is an overlay for site {a.get(SITE_ANNOTATION)} {claimed}")
+                return None
+        else:
+            target_path = f"{name}/{self.profile.name}/{claimed}"
+            if a.get(ANNOTATION.PROFILE) != self.profile.name or bundle_tag(self.profile.name, claimed) != tag:
+                self.log(f"skipped {tag}: its index is for {a.get(ANNOTATION.PROFILE)} {claimed}")
+                return None
         try:
             target = updater.get_targetinfo(target_path)
         except (tuf_errors.RepositoryError, tuf_errors.DownloadError) as e:
@@ -164,4 +228,21 @@ class RegistryPoller:
         except tuf_errors.LengthOrHashMismatchError:
             self.log(f"skipped {tag}: its index {digest} is not the one signed as {target_path}")
             return None
-        return top, name
+        return Signed(top=top, tag=tag, name=name, version=version)
+
+
+def _versions(tags: list[str], prefix: str, *, above: str | None) -> list[tuple[str, str]]:
+    """(version, tag) of the tags ``PREFIX-VERSION`` newer than ``above``, newest first."""
+    found = []
+    for tag in tags:
+        if not tag.startswith(prefix):
+            continue
+        version = tag.removeprefix(prefix).replace("_", "+")
+        try:
+            found.append((version_key(version), version, tag))
+        except (ValueError, SealiftError):
+            continue
+    if above is not None:
+        floor = version_key(above)
+        found = [f for f in found if f[0] > floor]
+    return [(version, tag) for _, version, tag in sorted(found, reverse=True)]
