@@ -102,7 +102,7 @@ def _container_health(check: Check, container: Any, slot_dir: Path) -> tuple[boo
 
 
 def _http(check: Check, container: Any, slot_dir: Path) -> tuple[bool, str]:
-    url = f"http://127.0.0.1:{_host_port(container, check.port)}{check.path or '/'}"
+    url = _url(container, check.port, check.path or "/")
     try:
         with urllib.request.urlopen(urllib.request.Request(url, headers=_auth(check, container, slot_dir)), timeout=5) as response:
             status = response.status
@@ -113,7 +113,7 @@ def _http(check: Check, container: Any, slot_dir: Path) -> tuple[bool, str]:
 
 
 def _tcp(check: Check, container: Any, slot_dir: Path) -> tuple[bool, str]:
-    with socket.create_connection(("127.0.0.1", _host_port(container, check.port)), timeout=5):
+    with socket.create_connection(_published(container, check.port), timeout=5):
         return True, f"port {check.port} accepts connections"
 
 
@@ -126,7 +126,7 @@ def _exec(check: Check, container: Any, slot_dir: Path) -> tuple[bool, str]:
 def _inference(check: Check, container: Any, slot_dir: Path) -> tuple[bool, str]:
     body = (slot_dir / "configs" / str(check.input)).read_bytes()
     expected = json.loads((slot_dir / "configs" / str(check.expected)).read_text())
-    url = f"http://127.0.0.1:{_host_port(container, check.port)}{check.path}"
+    url = _url(container, check.port, str(check.path))
     started = time.monotonic()
     try:
         request = urllib.request.Request(url, data=body, method="POST", headers=_auth(check, container, slot_dir))
@@ -170,11 +170,19 @@ def _differs(found: Any, expected: Any, tolerance: float, where: str) -> str | N
     return None
 
 
-def _host_port(container: Any, port: int | None) -> int:
+def _published(container: Any, port: int | None) -> tuple[str, int]:
+    """Where the container's ``port`` is published on the host: the address it is bound to (loopback
+    when it is bound to every address), and the port."""
     bindings = (container.attrs["NetworkSettings"].get("Ports") or {}).get(f"{port}/tcp") or []
     if not bindings:
         raise OSError(f"port {port} is not published on the host")
-    return int(bindings[0]["HostPort"])
+    host = bindings[0].get("HostIp") or ""
+    return ("127.0.0.1" if host in ("", "0.0.0.0", "::") else host), int(bindings[0]["HostPort"])
+
+
+def _url(container: Any, port: int | None, path: str) -> str:
+    host, published = _published(container, port)
+    return f"http://[{host}]:{published}{path}" if ":" in host else f"http://{host}:{published}{path}"
 
 
 _CHECKS: dict[CheckType, Callable[[Check, Any, Path], tuple[bool, str]]] = {
