@@ -189,6 +189,8 @@ def _verify_medium(path: Path, trusted_root: Path | None, as_json: bool, results
             for b in report.bundles:
                 kind = f"delta on {b.base['version']}" if b.base else "complete"
                 click.echo(f"ok {path}  {b.name} {b.version} ({b.profile}, {kind})  {b.top.digest}")
+            for o in report.overlays:
+                click.echo(f"ok {path}  {o.name} overlay {o.version} (site {o.site})  {o.top.digest}")
     return bool(report.problems)
 
 
@@ -207,7 +209,7 @@ def _verify_signed_index(path: Path, digest: str, root: Path) -> None:
 
 
 def _medium_signatures(path: Path, root: Path) -> list[str]:
-    """Each bundle of the medium is a signed target (checked with the medium's tuf/ folder)."""
+    """Each bundle and overlay of the medium is a signed target (checked with the medium's tuf/ folder)."""
     import tempfile
 
     from bundler.layout import open_layout
@@ -219,11 +221,14 @@ def _medium_signatures(path: Path, root: Path) -> list[str]:
     with open_layout(path, strict=False) as reader, tempfile.TemporaryDirectory(prefix="sealift-verify-") as state:
         store = TrustStore(Path(state))
         store.init(root)
-        for b in read_medium(reader):
+        contents = read_medium(reader)
+        entries = [(b.top.digest, f"{b.name} {b.version} ({b.profile})") for b in contents.bundles]
+        entries += [(o.top.digest, f"{o.name} overlay {o.version} (site {o.site})") for o in contents.overlays]
+        for digest, what in entries:
             try:
-                check_signed_target(reader, b.top.digest, trust=store)
+                check_signed_target(reader, digest, trust=store)
             except SealiftError as e:
-                problems.append(f"{b.name} {b.version} ({b.profile}): {e.diagnostics()}")
+                problems.append(f"{what}: {e.diagnostics()}")
     return problems
 
 
@@ -463,12 +468,14 @@ def pull(reference: str, out: Path, plain_http: bool, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @reports_errors
 def export(bundles: tuple[Path, ...], to: Path, bases: tuple[str, ...], plain_http: bool, as_json: bool) -> None:
-    """Write BUNDLES to removable media for a site that never connects.
+    """Write BUNDLES (and site overlays) to removable media for a site that never connects.
 
     The medium holds the OCI layout, the signed metadata, SHA256SUMS and a README.txt for the
     site operator. With --base it is a delta holding only what the base version lacks; a device
-    without that base refuses it before changing anything. Check the medium with
-    `sealift verify` before it travels.
+    without that base refuses it before changing anything. A device takes the newest bundle for
+    its profile and the newest overlay for its site (`sealift overlay build`), as one install; a
+    medium holding only an overlay rotates the site's configuration and secrets. Check the medium
+    with `sealift verify` before it travels.
     """
     from bundler.medium import export as export_medium
 
@@ -479,6 +486,8 @@ def export(bundles: tuple[Path, ...], to: Path, bases: tuple[str, ...], plain_ht
     for b in report.bundles:
         kind = f"delta on {b.base['version']}, {b.blobs_from_base} blobs left to the base" if b.base else "complete"
         click.echo(f"exported {b.name} {b.version} ({b.profile}, {kind})  {b.top.digest}")
+    for o in report.overlays:
+        click.echo(f"exported {o.name} overlay {o.version} for site {o.site}  {o.top.digest}")
     click.echo(f"wrote {report.moved.blobs_sent} blobs ({_size(report.moved.bytes_sent)}) to {to}")
 
 
@@ -559,13 +568,18 @@ def devices_list(inventory: Path, site: str | None, as_json: bool) -> None:
 @devices.command("revoke")
 @click.argument("device")
 @_inventory_option
+@click.option("--json", "as_json", is_flag=True, help="Print the device as JSON.")
 @reports_errors
-def devices_revoke(device: str, inventory: Path) -> None:
-    """Revoke DEVICE: it is left out of every secret sealed from now on, so it can read nothing new."""
+def devices_revoke(device: str, inventory: Path, as_json: bool) -> None:
+    """Revoke DEVICE: it is left out of every secret sealed from now on, so it can read nothing new.
+
+    What it could already read stays readable to it: rotate the site's secrets (build and deliver a
+    new overlay) after revoking a device that was lost or stolen.
+    """
     from bundler.devices import Inventory
 
     revoked = Inventory(inventory).revoke(device)
-    click.echo(f"revoked {revoked.device} (site {revoked.site}) on {revoked.revoked}")
+    click.echo(json.dumps(revoked.to_json()) if as_json else f"revoked {revoked.device} (site {revoked.site}) on {revoked.revoked}")
 
 
 @cli.group()
