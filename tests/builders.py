@@ -247,6 +247,21 @@ def healthz(port: int = FAST_PORT, *, wait: float = 30.0) -> int:
             time.sleep(0.2)
 
 
+def answer(path: str, body: bytes | None = None, *, token: str | None = None, host: str = "127.0.0.1",
+           port: int = FAST_PORT) -> tuple[int, bytes]:
+    """The example's answer to ``path`` (a POST of ``body`` if given) with the bearer ``token``: status and body."""
+    import urllib.error
+    import urllib.request
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(f"http://{host}:{port}{path}", data=body, method="POST" if body else "GET", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return int(response.status), bytes(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
 def manifest_digests(bundle: Path) -> set[str]:
     """The digests of a bundle directory's manifests and indexes (its other blobs are configs and layers)."""
     found = set()

@@ -29,6 +29,12 @@ daemon using docker0):
   deletes every ``br-*`` link addressed inside the block.
 * Each dockerd starts its own containerd under ``--exec-root``. ``--config-file`` names an
   empty file so ``/etc/docker/daemon.json`` cannot leak in.
+* A port published on a user-defined network binds every address (dockerd's ``--ip``
+  applies to the default bridge only), so two engines running the same release collide on
+  its port. An engine given a ``NetNamespace`` runs in that network namespace (``nsenter
+  --net``, keeping the host's mounts, so tmpfs mounts made for it are shared), with the
+  namespace's own docker0: an isolated host with nothing but its loopback, as an air-gapped
+  device is. Whatever must reach its published ports runs there too (``NetNamespace.command``).
 """
 
 from __future__ import annotations
@@ -64,6 +70,7 @@ __all__ = [
     "ENGINE_BINARIES",
     "DockerEngine",
     "HttpResponse",
+    "NetNamespace",
     "RealPartError",
     "Registry",
     "RegistryFactory",
@@ -75,11 +82,12 @@ __all__ = [
     "require",
     "sha256_digest",
     "start_docker_engine",
+    "start_net_namespace",
     "start_registry",
     "unavailable",
 ]
 
-ENGINE_BINARIES = ("dockerd", "containerd", "runc", "docker-proxy", "ip")
+ENGINE_BINARIES = ("dockerd", "containerd", "runc", "docker-proxy", "ip", "nsenter")
 _BLOCKS = ipaddress.IPv4Network("172.31.128.0/17")
 _LOG_TAIL_LINES = 40
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -126,6 +134,17 @@ def start_docker_engine(**options: Any) -> DockerEngine:
     except RealPartError as e:
         reason = e.diagnostics()
     unavailable(reason)  # outside ``except``: the report shows the reason, not a chained traceback
+
+
+def start_net_namespace() -> NetNamespace:
+    """A new ``NetNamespace``, or the test ended as ``unavailable``."""
+    for binary in ("ip", "nsenter"):
+        require(binary)
+    try:
+        return NetNamespace()
+    except RealPartError as e:
+        reason = e.diagnostics()
+    unavailable(reason)
 
 
 def start_registry(**options: Any) -> Registry:
@@ -363,6 +382,36 @@ def _unmount_leftovers(workdir: Path) -> None:
         _run(["umount", "-l", point])
 
 
+# --- an isolated host ------------------------------------------------------------------
+
+
+class NetNamespace:
+    """A network namespace with only its loopback up (``ip netns``): a host of its own on this one.
+    ``command`` runs a program in it. Use ``delete()`` or a ``with`` block."""
+
+    def __init__(self) -> None:
+        self.name = f"sl-ns-{secrets.token_hex(4)}"
+        _check(["ip", "netns", "add", self.name])
+        try:
+            _check(["ip", "-n", self.name, "link", "set", "lo", "up"])
+        except RealPartError:
+            self.delete()
+            raise
+
+    def command(self, argv: Sequence[str]) -> list[str]:
+        """``argv`` run in this namespace's network (the host's mounts and files stay in view)."""
+        return ["nsenter", f"--net=/run/netns/{self.name}", *argv]
+
+    def delete(self) -> None:
+        _run(["ip", "netns", "delete", self.name])
+
+    def __enter__(self) -> NetNamespace:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        self.delete()
+
+
 # --- the Docker engine -------------------------------------------------------------------
 
 
@@ -374,7 +423,8 @@ class DockerEngine:
     daemon took to answer. Use ``stop()`` or a ``with`` block.
     """
 
-    def __init__(self, *, extra_args: Sequence[str] = (), start_timeout: float = 60.0) -> None:
+    def __init__(self, *, extra_args: Sequence[str] = (), start_timeout: float = 60.0, netns: NetNamespace | None = None) -> None:
+        self.netns = netns
         self.workdir = Path(tempfile.mkdtemp(prefix="sl-dk-", dir="/tmp"))
         self.host = f"unix://{self.workdir}/docker.sock"
         self.log = self.workdir / "dockerd.log"
@@ -416,15 +466,17 @@ class DockerEngine:
         return {**kept, "DOCKER_HOST": self.host}
 
     def _start(self, extra_args: Sequence[str], timeout: float) -> None:
-        # (1) own bridge and address block, so we never share docker0 or its chains
-        self._block = _claim_block()
-        self._holds_block = True
-        _open_forwarding(self._block)
+        # (1) own bridge and address block, so we never share docker0 or its chains (a namespace has its own)
+        if self.netns is None:
+            self._block = _claim_block()
+            self._holds_block = True
+            _open_forwarding(self._block)
         # (2) the daemon, in its own session so a Ctrl-C reaches pytest's teardown, not it
         (self.workdir / "daemon.json").write_text("{}\n")
         with self.log.open("wb") as log:
+            argv = [*self._argv(self._block), *extra_args]
             self._process = subprocess.Popen(
-                [*self._argv(self._block), *extra_args],
+                self.netns.command(argv) if self.netns else argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -435,7 +487,7 @@ class DockerEngine:
         self._client = docker.DockerClient(base_url=self.host, version="auto", timeout=120)
         self._client.ping()
 
-    def _argv(self, block: _NetBlock) -> list[str]:
+    def _argv(self, block: _NetBlock | None) -> list[str]:
         w = self.workdir
         return [
             "dockerd",
@@ -444,8 +496,7 @@ class DockerEngine:
             f"--exec-root={w}/exec",
             f"--pidfile={w}/docker.pid",
             f"--host={self.host}",
-            f"--bridge={block.bridge}",
-            f"--default-address-pool={block.pool}",
+            *([f"--bridge={block.bridge}", f"--default-address-pool={block.pool}"] if block else []),
             "--iptables=false",
             "--ip-forward=false",
             "--userland-proxy=true",

@@ -9,7 +9,6 @@ import os
 import sys
 import time
 import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from bundler.overlay import build_overlay
 from bundler.profiles import builtin_profile_dir, load_profiles
 from bundler.repo import Repository
 from bundler.spec import load_spec
+from tests import builders
 from tests.builders import make_example_images, signed, unmount_secrets
 from tests.realparts import DockerEngine
 from updater.errors import UpdaterError
@@ -67,13 +67,7 @@ def enroll_with_overlay(example_app: dict[str, Path], state_dir: Path, work: Pat
 
 
 def answer(path: str, body: bytes | None = None, *, token: str | None = None) -> tuple[int, bytes]:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    request = urllib.request.Request(f"http://127.0.0.1:8080{path}", data=body, method="POST" if body else "GET", headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
+    return builders.answer(path, body, token=token, port=8080)  # the example's own port
 
 
 def serving(deadline: float = 30) -> int:
