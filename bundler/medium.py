@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bundler.bundle import ANNOTATION, verify_bundle
-from bundler.errors import BundleError, DeliveryError, OutputError
+from bundler.errors import BundleError, DeliveryError, OutputError, SealiftError
 from bundler.layout import (
     CHUNK,
     MAX_JSON_BYTES,
@@ -41,9 +41,10 @@ from bundler.layout import (
     copy_hashed,
     open_layout,
 )
-from bundler.overlay import check_overlay, is_overlay
+from bundler.overlay import check_overlay, fits, is_overlay
 from bundler.progress import Progress, QuietProgress
 from bundler.publish import connect, metadata_version
+from bundler.spec import version_key
 from bundler.transfer import Graph, LayoutStore, ReaderStore, RegistryStore, Store, Transferred, copy_graph, walk
 
 __all__ = ["MEDIUM_FILE", "MediumBundle", "MediumContents", "MediumOverlay", "MediumReport", "check_medium", "export",
@@ -76,9 +77,10 @@ class MediumOverlay:
     site: str
     version: str
     top: Descriptor
+    fits: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "site": self.site, "version": self.version, "digest": self.top.digest}
+        return {"name": self.name, "site": self.site, "version": self.version, "fits": self.fits, "digest": self.top.digest}
 
 
 @dataclass
@@ -195,14 +197,14 @@ def _export_bundle(bundle: Path, layout: LayoutStore, report: MediumReport, base
 def _export_overlay(path: Path, layout: LayoutStore, report: MediumReport, progress: Progress) -> MediumOverlay:
     info = check_overlay(path)
     if any(o.name == info.name and o.site == info.site for o in report.overlays):
-        raise DeliveryError(f"{path}: a second overlay of {info.name} for site {info.site}; a medium carries one per site")
+        raise DeliveryError(f"{path}: a second overlay of {info.name} for site {info.site}; a medium carries one per application and site")
     with open_layout(path) as reader:
         source = ReaderStore(reader)
         top = Descriptor.from_json(json.loads(reader.read_small("index.json"))["manifests"][0], where=str(path))
         graph = walk(top, source)
         progress.step(f"write overlay {info.name} {info.version} for site {info.site}", total_bytes=graph.size)
         report.moved.add(copy_graph(graph, source, layout, advance=progress.advance))
-    return MediumOverlay(name=info.name, site=info.site, version=info.version, top=top)
+    return MediumOverlay(name=info.name, site=info.site, version=info.version, top=top, fits=info.fits)
 
 
 def _base_blobs(base: str, plain_http: bool, stack: ExitStack) -> Base:
@@ -319,9 +321,15 @@ def read_medium(reader: LayoutReader) -> MediumContents:
                 base=base, blobs_from_base=int(entry.get("blobs_from_base", 0))))
         for entry in data.get("overlays") or []:
             contents.overlays.append(MediumOverlay(name=str(entry["name"]), site=str(entry["site"]), version=str(entry["version"]),
-                                                   top=tops[entry["digest"]]))
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise DeliveryError(f"{where}: malformed ({type(e).__name__}: {e})") from e
+                                                   top=tops[entry["digest"]], fits=str(entry.get("fits", ""))))
+        for bundle in contents.bundles:
+            version_key(bundle.version)
+        for overlay in contents.overlays:
+            version_key(overlay.version)
+            fits(overlay.fits, overlay.version)  # a malformed range is refused here, not when a device compares it
+    except (ValueError, KeyError, TypeError, AttributeError, SealiftError) as e:
+        detail = e.diagnostics() if isinstance(e, SealiftError) else f"{type(e).__name__}: {e}"
+        raise DeliveryError(f"{where}: malformed ({detail})") from e
     return contents
 
 

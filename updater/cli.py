@@ -143,6 +143,9 @@ def install(store: TrustStore, bundle: Path, overlay: Path | None, profile: str 
     overlay's configuration and secrets go with the release and roll back with it; without one,
     the running release's overlay is carried over if it fits. BUNDLE may also be an overlay
     alone: the running release is started again with it, checked and rolled back the same way.
+    BUNDLE may be a medium from `sealift export` (a directory or .tar): the newest bundle for this
+    device's profile is taken from it, with the newest overlay for its site that fits; a medium
+    with nothing newer than the running release but a newer overlay rotates the overlay.
     """
     import docker
 

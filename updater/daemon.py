@@ -10,6 +10,7 @@ talks to systemd when started as a ``Type=notify`` service: ``READY=1`` after th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -18,16 +19,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bundler.errors import BundleError, ContentMismatch, SealiftError, SecretError
-from updater.errors import TrustError
-from updater.install import Installer, Outcome, choose, failure_key
+from bundler.errors import SealiftError
+from updater.install import Installer, Outcome, choose, failure_key, lasting
 from updater.sources import RegistryPoller
 from updater.store import offer
 
 __all__ = ["Daemon", "notify"]
 
 WATCHDOG_EVERY_S = 30.0  # while bytes arrive; WatchdogSec in the unit must be longer
-LASTING = (TrustError, BundleError, ContentMismatch, SecretError)  # refusals that the same bytes would earn again
 
 
 def notify(message: str) -> None:
@@ -61,7 +60,7 @@ class Daemon:
         self.interval = interval
         self.log = log
         self.failures = 0
-        self.refused: set[tuple[str, str]] = set()  # (path, what it offered) refused: not tried again unless it changes
+        self.refused: set[tuple[str, ...]] = set()  # (path, its files, the running release[, what it offered]) refused
         self._fed = time.monotonic()
         if poller is not None:
             poller.advance = self._still_alive  # a long download is progress: systemd's watchdog must not kill it
@@ -111,27 +110,39 @@ class Daemon:
 
     def scan(self) -> int:
         """Install every new bundle, overlay or medium found in the watched directory; return how many were tried.
-        One that was refused is not tried again by this process while it stays the same."""
+        One refused for a reason the same bytes would meet again is not tried again by this process
+        until its files change (a medium still being copied changes) or the device's release does."""
         tried = 0
-        for bundle in self._candidates():
+        for path in self._candidates():
             state = self.installer.slots.load()
             try:
-                key = choose(state, offer(bundle, self.installer.profile, self.installer.site())).key(state)
+                offered = offer(path, self.installer.profile, self.installer.site())
             except SealiftError:
-                continue  # unreadable, or nothing for this device: not ours to install
+                continue  # unreadable (perhaps still being copied), or nothing for this device
             current = state.current
+            seen = (str(path), _fingerprint(path), failure_key(current) if current is not None else "")
+            try:
+                key = choose(state, offered, self.installer.running_overlay(state)).key(state)
+            except SealiftError as e:  # it cannot work with what runs now: say so once
+                if seen not in self.refused:
+                    self.refused.add(seen)
+                    self._log(event="refused", bundle=str(path), error=e.diagnostics())
+                continue
             if key is None or (current is not None and key == failure_key(current)) or key in state.failed:
                 continue
-            if (str(bundle), key) in self.refused:
+            if (*seen, key) in self.refused:
                 continue
             tried += 1
-            self._log(event="install", bundle=str(bundle), digest=key)
+            self._log(event="install", bundle=str(path), digest=key)
             try:
-                outcome = self.installer.install(bundle)
+                outcome = self.installer.install(path)
             except SealiftError as e:
-                if isinstance(e, LASTING):  # it will not verify: not checked again on every pass
-                    self.refused.add((str(bundle), key))
-                self._log(event="refused", bundle=str(bundle), error=e.diagnostics())
+                if lasting(e):  # it will not verify: not checked again on every pass
+                    self.refused.add((*seen, key))
+                self._log(event="refused", bundle=str(path), error=e.diagnostics())
+                continue
+            except Exception as e:  # whatever went wrong with one candidate, the service goes on
+                self._log(event="refused", bundle=str(path), error=f"{type(e).__name__}: {e}")
                 continue
             self._outcome(outcome)
         return tried
@@ -153,3 +164,20 @@ class Daemon:
 
     def _log(self, **fields: str) -> None:
         self.log(" ".join(f"{key}={json.dumps(value)}" for key, value in fields.items()))
+
+
+def _fingerprint(path: Path) -> str:
+    """Changes whenever a file under ``path`` (or the file itself) is added, removed, grown or rewritten."""
+    entries = []
+    try:
+        if path.is_dir():
+            for directory, _, names in os.walk(path):
+                for name in names:
+                    st = os.stat(os.path.join(directory, name), follow_symlinks=False)
+                    entries.append(f"{os.path.relpath(os.path.join(directory, name), path)}:{st.st_size}:{st.st_mtime_ns}")
+        else:
+            st = path.stat()
+            entries.append(f":{st.st_size}:{st.st_mtime_ns}")
+    except OSError:
+        return ""
+    return hashlib.sha256("\n".join(sorted(entries)).encode()).hexdigest()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bundler.errors import SealiftError
 
-__all__ = ["TrustError", "UpdaterError"]
+__all__ = ["ClockError", "TrustError", "UpdaterError"]
 
 
 class UpdaterError(SealiftError):
@@ -13,3 +13,7 @@ class UpdaterError(SealiftError):
 
 class TrustError(UpdaterError):
     """A bundle or its metadata fails the trust check, or the device's trust state is unusable."""
+
+
+class ClockError(TrustError):
+    """The device's clock reads earlier than a time it already trusted: fixed by fixing the clock."""

@@ -176,8 +176,10 @@ def _published(container: Any, port: int | None) -> tuple[str, int]:
     bindings = (container.attrs["NetworkSettings"].get("Ports") or {}).get(f"{port}/tcp") or []
     if not bindings:
         raise OSError(f"port {port} is not published on the host")
-    host = bindings[0].get("HostIp") or ""
-    return ("127.0.0.1" if host in ("", "0.0.0.0", "::") else host), int(bindings[0]["HostPort"])
+    binding = min(bindings, key=lambda b: ":" in (b.get("HostIp") or ""))  # IPv4 first: each family may have its own port
+    host = binding.get("HostIp") or ""
+    loopback = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
+    return loopback.get(host, host), int(binding["HostPort"])
 
 
 def _url(container: Any, port: int | None, path: str) -> str:

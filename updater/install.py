@@ -16,12 +16,12 @@ from typing import Any
 
 from bundler.appdef import HealthPolicy
 from bundler.bundle import release_definition
-from bundler.errors import SealiftError
+from bundler.errors import BundleError, ContentMismatch, SealiftError, SecretError
 from bundler.medium import looks_like_medium
 from bundler.overlay import OverlayInfo, fits, is_overlay
 from bundler.profiles import Profile
 from bundler.spec import version_key
-from updater.errors import UpdaterError
+from updater.errors import ClockError, TrustError, UpdaterError
 from updater.gc import collect_images
 from updater.health import HealthResult, wait_healthy
 from updater.identity import DeviceIdentity
@@ -34,7 +34,7 @@ from updater.store import BundleStore, Incoming, Offer, offer
 from updater.trust import TrustStore
 from updater.verify import verify_for_device
 
-__all__ = ["Choice", "Installer", "Outcome", "choose", "failure_key"]
+__all__ = ["Choice", "Installer", "Outcome", "choose", "failure_key", "lasting"]
 
 Log = Callable[[str], None]
 
@@ -74,7 +74,7 @@ class Installer:
                         raise UpdaterError(f"{bundle}: an overlay, given where the application bundle goes")
                     return self._apply_overlay(state, bundle, force=force)
                 if isinstance(bundle, Path) and looks_like_medium(bundle) and overlay is None:
-                    choice = choose(state, offer(bundle, self.profile, self.site()))
+                    choice = choose(state, offer(bundle, self.profile, self.site()), self.running_overlay(state))
                     overlay = self.store.take(bundle, self.profile, overlay=choice.overlay) if choice.overlay else None
                     if choice.bundle is None:
                         if overlay is None:
@@ -155,7 +155,12 @@ class Installer:
 
     def site(self) -> str | None:
         """The site this device is enrolled at (None when it is not enrolled)."""
-        return str(self.identity.record().get("site")) if self.identity.enrolled() else None
+        site = self.identity.record().get("site") if self.identity.enrolled() else None
+        return site if isinstance(site, str) and site else None
+
+    def running_overlay(self, state: DeviceState) -> dict[str, Any] | None:
+        """The descriptor of the overlay staged with the running release (None when it runs without one)."""
+        return overlay_of(self.slots.slot_dir(state.current.slot)) if state.current is not None else None
 
     def rollback(self) -> Outcome:
         """Return to the previous release on demand, with the same checks as an install."""
@@ -266,18 +271,37 @@ class Choice:
         return None if app is None else f"{app}+{carried}" if carried else app
 
 
-def choose(state: DeviceState, offered: Offer) -> Choice:
-    """What of ``offered`` is news to this device: an overlay the running one equals, or is newer than,
-    is left aside (carried instead); a bundle that is the running release, with a new overlay, is a rotation."""
+def choose(state: DeviceState, offered: Offer, running_overlay: dict[str, Any] | None = None) -> Choice:
+    """What of ``offered`` to install: its bundle, unless it is the running release or older (then the
+    running release), with the newest offered overlay that fits that release and is newer than the
+    running overlay (else the running overlay, ``running_overlay``, is carried).
+
+    Raises UpdaterError when that cannot work: the running overlay does not fit the offered release
+    and no offered overlay does, or there is no release for an overlay to apply to.
+    """
     current = state.current
-    overlay = offered.overlay
-    if overlay is not None and current is not None and current.overlay_digest and (
-            overlay == current.overlay_digest or version_key(offered.overlay_version) < version_key(current.overlay)):
-        overlay = None
     bundle = offered.bundle
-    if bundle is not None and current is not None and bundle == current.digest and overlay is not None:
-        bundle = None
-    return Choice(bundle=bundle, overlay=overlay)
+    if bundle is not None and current is not None and bundle.name == current.name and (
+            bundle.digest == current.digest or version_key(bundle.version) < version_key(current.version)):
+        bundle = None  # nothing new in it (an older release would be refused as a rollback anyway)
+    if bundle is None and current is None:
+        raise UpdaterError("an overlay needs a running release to apply to; install the application first")
+    name, version = (bundle.name, bundle.version) if bundle is not None else (current.name, current.version)  # type: ignore[union-attr]
+    floor = current.overlay if current is not None and current.overlay_digest and current.name == name else None
+    overlays = [o for o in offered.overlays if o.name == name and fits(o.fits, version)
+                and (floor is None or version_key(o.version) > version_key(floor))]
+    overlay = max(overlays, key=lambda o: version_key(o.version)) if overlays else None
+    if bundle is not None and overlay is None and running_overlay is not None and not (
+            running_overlay.get("name") == name and fits(str(running_overlay.get("fits", "")), version)):
+        raise UpdaterError(f"{name} {version} does not fit the running site overlay {running_overlay.get('version')} "
+                           f"({running_overlay.get('fits')}), and no overlay offered with it does")
+    return Choice(bundle=bundle.digest if bundle is not None else None, overlay=overlay.digest if overlay is not None else None)
+
+
+def lasting(error: SealiftError) -> bool:
+    """Whether the same bytes would be refused again (so they need not be fetched or checked again):
+    failed verification, damaged content, secrets this device cannot open; not a clock to fix."""
+    return isinstance(error, TrustError | BundleError | ContentMismatch | SecretError) and not isinstance(error, ClockError)
 
 
 def failure_key(release: Release) -> str:

@@ -39,8 +39,10 @@ __all__ = ["SecretStore", "check_overlay_in_slot", "clone_slot", "overlay_of", "
 _DIR = "overlay"
 
 
-def verify_overlay(path: Path, *, trust: TrustStore, identity: DeviceIdentity, app: str, app_version: str) -> OverlayInfo:
-    """Everything a device checks before an overlay may go into a slot; the trusted state then advances."""
+def verify_overlay(path: Path, *, trust: TrustStore, identity: DeviceIdentity, app: str, app_version: str,
+                   commit: bool = True) -> OverlayInfo:
+    """Everything a device checks before an overlay may go into a slot; the trusted state then
+    advances (unless not ``commit``: a check before downloading what goes with it)."""
     record = identity.record()
     with trust.candidate() as metadata_dir, open_layout(path) as reader:
         name = signed_name(path, reader, metadata_dir)
@@ -56,7 +58,8 @@ def verify_overlay(path: Path, *, trust: TrustStore, identity: DeviceIdentity, a
         trust.check_version(info.name, f"overlays/{info.site}", info.version)
         open_sealed(info.sealed, Identity(app=info.name, site=info.site, version=info.version), str(record.get("device")),
                     identity.key())  # this device can read it: refused now, not after the switch
-        trust.commit(metadata_dir, release=(info.name, f"overlays/{info.site}", info.version))
+        if commit:
+            trust.commit(metadata_dir, release=(info.name, f"overlays/{info.site}", info.version))
     return info
 
 

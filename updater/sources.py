@@ -16,7 +16,7 @@ jittered, growing delays.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +24,7 @@ from tuf.api import exceptions as tuf_errors
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 
 from bundler.bundle import ANNOTATION, MEDIA
-from bundler.errors import BundleError, ContentMismatch, DeliveryError, SealiftError, SecretError
+from bundler.errors import DeliveryError, SealiftError
 from bundler.layout import Descriptor
 from bundler.overlay import FITS_ANNOTATION, OVERLAY, SITE_ANNOTATION, fits, overlay_target
 from bundler.profiles import Profile
@@ -33,8 +33,8 @@ from bundler.registry import RegistryClient, Retry
 from bundler.spec import version_key
 from bundler.transfer import RegistryStore
 from updater.errors import TrustError
-from updater.install import Installer, Outcome
-from updater.overlays import overlay_of
+from updater.install import Installer, Outcome, lasting
+from updater.overlays import overlay_of, verify_overlay
 from updater.slots import DeviceState
 from updater.store import Incoming
 from updater.verify import tuf_fault
@@ -115,25 +115,39 @@ class RegistryPoller:
         """One cycle: find, download, install. None when there is nothing newer to install."""
         client = connect(self.source, plain_http=self.plain_http, what="site registry", retry=self.retry)
         try:
-            found = self.find(client, self.installer.slots.load())
+            state = self.installer.slots.load()
+            found = self.find(client, state)
             if found is None:
                 return None
             self.log(f"found {found} in {client.ref.name}")
             with ExitStack() as stack:
                 overlay = None
-                if found.overlay is not None:
+                if found.overlay is not None:  # a few kilobytes, checked before the release that goes with it is fetched
                     overlay = self._download(stack, client, found.overlay, found.metadata).complete()
-                downloading = [d for d in (found.app, found.overlay) if d is not None]
-                try:
-                    if found.app is None:
-                        assert overlay is not None
+                    runs_with = found.app or state.current
+                    assert runs_with is not None  # find offers an overlay alone only for a running release
+                    with self._refusing(found.overlay):
+                        verify_overlay(overlay, trust=self.installer.trust, identity=self.installer.identity, app=runs_with.name,
+                                       app_version=runs_with.version, commit=False)
+                if found.app is None:
+                    assert overlay is not None and found.overlay is not None
+                    with self._refusing(found.overlay):
                         return self.installer.install(overlay)
-                    return self.installer.install(self._download(stack, client, found.app, found.metadata), overlay=overlay)
-                except (TrustError, BundleError, ContentMismatch, SecretError):
-                    self.refused.update(d.top.digest for d in downloading)  # it will not verify: do not fetch it again
-                    raise
+                incoming = self._download(stack, client, found.app, found.metadata)
+                with self._refusing(found.app):
+                    return self.installer.install(incoming, overlay=overlay)
         finally:
             client.close()
+
+    @contextmanager
+    def _refusing(self, signed: Signed) -> Iterator[None]:
+        """What fails verification in this block is not downloaded again by this process."""
+        try:
+            yield
+        except SealiftError as e:
+            if lasting(e):
+                self.refused.add(signed.top.digest)
+            raise
 
     def _download(self, stack: ExitStack, client: RegistryClient, signed: Signed, metadata: dict[str, bytes]) -> Incoming:
         incoming = stack.enter_context(self.installer.store.incoming(signed.top))  # resumes what an earlier poll left

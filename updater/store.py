@@ -25,12 +25,12 @@ from bundler.durable import exclusive_lock, fsync_dir
 from bundler.errors import BundleError, DeliveryError
 from bundler.layout import MAX_JSON_BYTES, Descriptor, LayoutReader, check_digest, open_layout
 from bundler.medium import MediumBundle, looks_like_medium, read_medium
-from bundler.overlay import OVERLAY
+from bundler.overlay import FITS_ANNOTATION, OVERLAY, SITE_ANNOTATION
 from bundler.profiles import Profile
 from bundler.spec import version_key
 from bundler.transfer import LayoutStore, ReaderStore, Store, Transferred, copy_graph, walk
 
-__all__ = ["BundleStore", "Incoming", "Offer", "offer"]
+__all__ = ["BundleStore", "Incoming", "Offer", "Offered", "offer"]
 
 _INCOMING = ".incoming-"
 _LOCKS = ".locks"
@@ -165,8 +165,9 @@ class BundleStore:
 
     def prune(self, keep: set[str]) -> list[str]:
         """Remove the bundles whose index is not in ``keep``, and downloads left unfinished for a day
-        (or made needless); a download in progress is left alone. Returns the names removed.
-        Call it under the install lock: what it removes, no install is using."""
+        (or made needless); a download in progress, and a bundle whose lock someone holds (a poll
+        about to install it), are left alone. Returns the names removed. Call it under the install
+        lock: what it removes, no install is using."""
         wanted = {_hex(d) for d in keep}
         removed = []
         try:
@@ -181,10 +182,15 @@ class BundleStore:
                     if self._remove_if_abandoned(entry):
                         removed.append(entry.name)
                     continue
-                shutil.rmtree(entry)
+                if not _HEX.fullmatch(entry.name):
+                    shutil.rmtree(entry)  # not one of ours
+                    removed.append(entry.name)
+                    continue
+                with exclusive_lock(self.lock_path(f"sha256:{entry.name}"), wait=False):  # a poll may hold it, to install next
+                    shutil.rmtree(entry)
                 removed.append(entry.name)
             except OSError:
-                continue  # gone already, or busy: the next prune sees it again
+                continue  # gone already, busy, or locked: the next prune sees it again
         return removed
 
     def _remove_if_abandoned(self, incoming: Path) -> bool:
@@ -206,13 +212,23 @@ class BundleStore:
 
 
 @dataclass(frozen=True)
-class Offer:
-    """What a path holds for this device: a bundle (its index digest), a site overlay (digest and
-    version), or both: a medium may carry the newest of each."""
+class Offered:
+    """A bundle or overlay that a path holds: its index digest, application name and version, and
+    an overlay's ``fits`` range. Read from the path, not yet verified: it only says what to try."""
 
-    bundle: str | None = None
-    overlay: str | None = None
-    overlay_version: str = ""
+    digest: str
+    name: str
+    version: str
+    fits: str = ""
+
+
+@dataclass(frozen=True)
+class Offer:
+    """What a path holds for this device: a bundle for its profile (the newest, on a medium), the
+    overlays for its site, or both."""
+
+    bundle: Offered | None = None
+    overlays: tuple[Offered, ...] = ()
 
 
 def offer(path: Path, profile: Profile | None, site: str | None) -> Offer:
@@ -222,21 +238,37 @@ def offer(path: Path, profile: Profile | None, site: str | None) -> Offer:
     with open_layout(path, strict=not medium) as reader:
         if not medium:
             top = _single_top(reader)
-            if top.artifact_type == OVERLAY:
-                return Offer(overlay=top.digest, overlay_version=top.annotations.get(ANNOTATION.VERSION, ""))
-            return Offer(bundle=top.digest)
+            a = _annotations(reader, top)
+            offered = Offered(digest=top.digest, name=a.get(ANNOTATION.NAME, ""), version=a.get(ANNOTATION.VERSION, ""),
+                              fits=a.get(FITS_ANNOTATION, ""))
+            if top.artifact_type != OVERLAY:
+                return Offer(bundle=offered)
+            if a.get(SITE_ANNOTATION) != site:
+                raise DeliveryError(f"{path}: an overlay for site {a.get(SITE_ANNOTATION)}; this device is "
+                                    + (f"at site {site}" if site else "not enrolled at any site"))
+            return Offer(overlays=(offered,))
         contents = read_medium(reader)
-    overlays = [o for o in contents.overlays if site is not None and o.site == site]
-    overlay = max(overlays, key=lambda o: version_key(o.version)) if overlays else None
-    if overlay is not None and not any(profile is None or b.profile == profile.name for b in contents.bundles):
-        return Offer(overlay=overlay.top.digest, overlay_version=overlay.version)  # a rotation medium
+    overlays = tuple(Offered(digest=o.top.digest, name=o.name, version=o.version, fits=o.fits)
+                     for o in contents.overlays if site is not None and o.site == site)
+    if overlays and not any(profile is None or b.profile == profile.name for b in contents.bundles):
+        return Offer(overlays=overlays)  # a rotation medium
     if not contents.bundles and contents.overlays:
         sites = ", ".join(sorted({o.site for o in contents.overlays}))
         raise DeliveryError(f"{path}: the medium holds only overlays, for sites {sites}; this device is "
                             + (f"at site {site}" if site else "not enrolled at any site"))
     bundle = _pick(contents.bundles, profile, path)  # refused, naming what the medium holds, when nothing fits
-    return Offer(bundle=bundle.top.digest, overlay=overlay.top.digest if overlay else None,
-                 overlay_version=overlay.version if overlay else "")
+    return Offer(bundle=Offered(digest=bundle.top.digest, name=bundle.name, version=bundle.version), overlays=overlays)
+
+
+def _annotations(reader: LayoutReader, top: Descriptor) -> dict[str, str]:
+    """The annotations of a layout's top index (what it claims to be)."""
+    try:
+        with reader.open_blob(top.digest) as stream:
+            data = json.loads(stream.read(MAX_JSON_BYTES + 1))
+        found = data.get("annotations") if isinstance(data, dict) else None
+    except (ValueError, RecursionError) as e:
+        raise BundleError(f"{reader.location}: the top index is not JSON ({type(e).__name__})") from e
+    return {k: v for k, v in found.items() if isinstance(v, str)} if isinstance(found, dict) else {}
 
 
 def _pick(bundles: list[MediumBundle], profile: Profile | None, path: Path) -> MediumBundle:

@@ -25,7 +25,7 @@ from tuf.api.serialization import DeserializationError
 
 from bundler.durable import exclusive_lock, fsync_dir, replace_file
 from bundler.spec import version_key
-from updater.errors import TrustError
+from updater.errors import ClockError, TrustError
 
 __all__ = ["ROOT_MAX_BYTES", "TrustStore"]
 
@@ -123,7 +123,7 @@ class TrustStore:
         newest = self._newest_time()
         now = self.now()
         if newest is not None and now < newest - CLOCK_TOLERANCE:
-            raise TrustError(
+            raise ClockError(
                 f"the device clock reads {now:%Y-%m-%d %H:%M}Z, before the newest trusted time {newest:%Y-%m-%d %H:%M}Z; "
                 "fix the clock (or, if it ran ahead before, `sealift-updater trust reset-clock`)"
             )

@@ -108,7 +108,8 @@ def test_two_sites_run_one_bundle_with_their_own_secrets_rotate_them_and_a_revok
         engines = {"north": start_docker_engine(), "south": start_docker_engine(netns=south_host)}
         hosts = {"north": None, "south": south_host}
         installer = Installer(state_dir=states["north"], client=engines["north"].client, profile=CPU)
-        north = Daemon(installer, None, interval=10, log=lambda _: None,
+        logs: list[str] = []  # what north's daemon and south's updater said
+        north = Daemon(installer, None, interval=10, log=logs.append,
                        poller=RegistryPoller(f"{mirror.address}/vision-app", installer=installer, profile=CPU, plain_http=True))
         usb = work / "usb"  # south's watched directory, where the site's operator copies each medium
         usb.mkdir()
@@ -124,7 +125,8 @@ def test_two_sites_run_one_bundle_with_their_own_secrets_rotate_them_and_a_revok
         assert isinstance(medium, dict) and [o["site"] for o in medium["overlays"]] == ["south"]
         assert north.run(once=True)
         south = updater_run(south_host, engines["south"], states["south"], usb)
-        assert south.returncode == 0 and 'event="committed"' in south.stdout + south.stderr, south.stdout + south.stderr
+        logs.append(south.stdout + south.stderr)
+        assert south.returncode == 0 and 'event="committed"' in logs[-1], logs[-1]
         for site, other in (("north", "south"), ("south", "north")):
             current = Slots(states[site]).load().current
             assert current is not None and (current.version, current.overlay) == ("1.0.0", "1.0.0")
@@ -145,7 +147,7 @@ def test_two_sites_run_one_bundle_with_their_own_secrets_rotate_them_and_a_revok
         before = len(mirror.requests())
         assert north.run(once=True)
         south = updater_run(south_host, engines["south"], states["south"], usb)
-        output = south.stdout + south.stderr
+        logs.append(output := south.stdout + south.stderr)
         assert south.returncode == 0 and output.count('event="install"') == 1 and "stick-2" in output, output  # not stick-1 again
         app_blobs = {f"sha256:{p.name}" for p in (app / "blobs" / "sha256").iterdir()} - manifest_digests(app)
         assert not device_reads(mirror, before) & app_blobs  # north downloaded no image layer, model or config again
@@ -165,15 +167,18 @@ def test_two_sites_run_one_bundle_with_their_own_secrets_rotate_them_and_a_revok
             else:
                 with pytest.raises(SecretError, match="not sealed to this device"):
                     open_sealed(info.sealed, identity, ids["spare"], spare.key())
-        # and as a device: its poll of the site mirror is refused before anything is staged or started
+        # and as a device: its poll of the site mirror is refused on the overlay, before the release is even downloaded
         spare_installer = Installer(state_dir=states["spare"], client=None, profile=CPU)
+        before = len(mirror.requests())
         with pytest.raises(SecretError, match="not sealed to this device"):
             RegistryPoller(f"{mirror.address}/vision-app", installer=spare_installer, profile=CPU, plain_http=True).poll()
+        assert not device_reads(mirror, before) & app_blobs
         assert Slots(states["spare"]).load().current is None
         assert not any((states["spare"] / "slots").glob("*/*"))  # nothing staged
 
-        # no registry blob, medium or file of the builder holds a secret value
+        # no registry blob, medium, log or file of the builder holds a secret value
         values = [t.encode() for pair in TOKENS.values() for t in pair]
+        assert logs and not any(v.decode() in line for line in logs for v in values)
         for registry in (origin, mirror):
             for path in registry.workdir.rglob("*"):
                 assert not (path.is_file() and any(v in path.read_bytes() for v in values)), path

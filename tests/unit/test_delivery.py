@@ -147,8 +147,9 @@ def test_the_store_shares_blobs_between_releases_and_keeps_only_what_it_is_told(
     shared = blobs(old) & blobs(new)
     assert shared and all((old / "blobs/sha256" / n).stat().st_ino == (new / "blobs/sha256" / n).stat().st_ino for n in shared)
     assert store.take(versions["1.3.0-x86_64-cpu"], PROFILES["x86_64-cpu"]) == new  # already there: nothing copied
-    digest = offer(versions["1.3.0-x86_64-cpu"], None, None).bundle
-    assert digest is not None and new.name == digest.removeprefix("sha256:")
+    offered = offer(versions["1.3.0-x86_64-cpu"], None, None).bundle
+    assert offered is not None and new.name == offered.digest.removeprefix("sha256:")
+    digest = offered.digest
     assert store.prune({digest}) == [old.name] and not old.exists() and new.exists()
 
 

@@ -19,10 +19,11 @@ from updater.health import wait_healthy
 class _Container:
     """What the checks read of a docker SDK container: ``attrs`` (after ``reload()``) and ``labels``."""
 
-    def __init__(self, host_ip: str, port: int) -> None:
+    def __init__(self, host_ip: str, port: int, *, also: tuple[dict[str, str], ...] = ()) -> None:
         self.labels: dict[str, str] = {}
+        bindings = [*also, {"HostIp": host_ip, "HostPort": str(port)}]
         self.attrs: dict[str, Any] = {"State": {"Status": "running"}, "RestartCount": 0,
-                                      "NetworkSettings": {"Ports": {"8080/tcp": [{"HostIp": host_ip, "HostPort": str(port)}]}}}
+                                      "NetworkSettings": {"Ports": {"8080/tcp": bindings}}}
 
     def reload(self) -> None:
         pass
@@ -54,6 +55,9 @@ CHECKS = HealthPolicy(checks=(Check(name="healthz", type=CheckType.HTTP, service
 def test_checks_reach_a_port_on_the_address_it_is_published_on(server: tuple[str, int], tmp_path: Path) -> None:
     host, port = server
     assert wait_healthy(lambda: {"web": _Container(host, port)}, CHECKS, tmp_path).ok
+    # published on both families, each with its own port: the IPv4 binding is the one checked
+    ipv6 = ({"HostIp": "::", "HostPort": "9"},)
+    assert wait_healthy(lambda: {"web": _Container(host, port, also=ipv6)}, CHECKS, tmp_path).ok
     # bound to every address, it is reached on loopback, where this server does not listen: the check fails
     failed = wait_healthy(lambda: {"web": _Container("0.0.0.0", port)}, CHECKS, tmp_path, sleep=lambda _: None)
     assert not failed.ok and failed.check in ("healthz", "port") and "Connection refused" in failed.detail

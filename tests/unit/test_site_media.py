@@ -15,18 +15,18 @@ from click.testing import CliRunner
 from bundler.build import BuildOptions, build_bundles, select_profiles
 from bundler.cli import cli as sealift
 from bundler.devices import Inventory
-from bundler.errors import DeliveryError, SecretError
+from bundler.errors import ContentMismatch, DeliveryError, SecretError
 from bundler.medium import check_medium, export
 from bundler.overlay import build_overlay, check_overlay
 from bundler.profiles import builtin_profile_dir, load_profiles
 from bundler.spec import load_spec
 from tests.builders import project, signed
 from updater.daemon import Daemon
-from updater.errors import TrustError, UpdaterError
+from updater.errors import ClockError, TrustError, UpdaterError
 from updater.identity import DeviceIdentity
-from updater.install import Choice, choose, failure_key
+from updater.install import Choice, choose
 from updater.slots import DeviceState, Release
-from updater.store import BundleStore, Offer, offer
+from updater.store import BundleStore, Offer, Offered, offer
 
 PROFILES = load_profiles([builtin_profile_dir()])
 CPU, ORIN = PROFILES["x86_64-cpu"], PROFILES["jetson-orin"]
@@ -66,12 +66,17 @@ def test_a_medium_carries_a_bundle_and_site_overlays_and_a_device_takes_its_own(
 
     seven, nine = (check_overlay(shipped[k]) for k in ("plant-7-1.1.0", "plant-9-1.0.0"))
     bundle = offer(shipped["bundle"], CPU, None).bundle
-    assert offer(medium, CPU, "plant-7") == Offer(bundle=bundle, overlay=seven.digest, overlay_version="1.1.0")
-    assert offer(medium, CPU, "plant-9").overlay == nine.digest
+    assert bundle is not None and (bundle.name, bundle.version) == ("demo", "1.2.0")
+    as_offered = Offered(digest=seven.digest, name="demo", version="1.1.0", fits=seven.fits)
+    assert offer(medium, CPU, "plant-7") == Offer(bundle=bundle, overlays=(as_offered,))
+    assert [o.digest for o in offer(medium, CPU, "plant-9").overlays] == [nine.digest]
     assert offer(medium, CPU, "plant-3") == Offer(bundle=bundle)  # no overlay for its site: the bundle alone
-    assert offer(medium, ORIN, "plant-7") == Offer(overlay=seven.digest, overlay_version="1.1.0")  # its site's overlay only
+    assert offer(medium, ORIN, "plant-7") == Offer(overlays=(as_offered,))  # its site's overlay only
     with pytest.raises(DeliveryError, match="holds no bundle for profile jetson-orin"):
         offer(medium, ORIN, "plant-3")
+    assert offer(shipped["plant-7-1.1.0"], CPU, "plant-7") == Offer(overlays=(as_offered,))  # an overlay on its own
+    with pytest.raises(DeliveryError, match="an overlay for site plant-7; this device is at site plant-9"):
+        offer(shipped["plant-7-1.1.0"], CPU, "plant-9")
 
     store = BundleStore(tmp_path / "device")
     taken = store.take(medium, CPU, overlay=seven.digest)
@@ -101,28 +106,56 @@ def test_a_damaged_overlay_on_a_medium_fails_its_check(shipped: dict[str, Path],
 
 RUNNING = Release(name="demo", version="1.2.0", profile="x86_64-cpu", digest="sha256:a1", slot="a", overlay="1.1.0",
                   overlay_digest="sha256:o11")
+RUNNING_OVERLAY = {"name": "demo", "version": "1.1.0", "fits": ">=1.0.0 <2.0.0"}
+
+
+def bundle(digest: str, version: str) -> Offered:
+    return Offered(digest=digest, name="demo", version=version)
+
+
+def overlay(digest: str, version: str, fits: str = "") -> Offered:
+    return Offered(digest=digest, name="demo", version=version, fits=fits)
 
 
 @pytest.mark.parametrize(("offered", "choice", "key"), [
-    (Offer(bundle="sha256:a1", overlay="sha256:o11", overlay_version="1.1.0"), Choice("sha256:a1", None), "sha256:a1+sha256:o11"),
-    (Offer(bundle="sha256:a1", overlay="sha256:o12", overlay_version="1.2.0"), Choice(None, "sha256:o12"), "sha256:a1+sha256:o12"),
-    (Offer(bundle="sha256:a2", overlay="sha256:o10", overlay_version="1.0.0"), Choice("sha256:a2", None), "sha256:a2+sha256:o11"),
-    (Offer(bundle="sha256:a2", overlay="sha256:o12", overlay_version="1.2.0"), Choice("sha256:a2", "sha256:o12"),
-     "sha256:a2+sha256:o12"),
-    (Offer(overlay="sha256:o12", overlay_version="1.2.0"), Choice(None, "sha256:o12"), "sha256:a1+sha256:o12"),
-    (Offer(bundle="sha256:a2"), Choice("sha256:a2", None), "sha256:a2+sha256:o11"),
+    # the running release and overlay again: nothing new
+    (Offer(bundle=bundle("sha256:a1", "1.2.0"), overlays=(overlay("sha256:o11", "1.1.0"),)), Choice(None, None), "sha256:a1+sha256:o11"),
+    # the running release with a newer overlay: a rotation
+    (Offer(bundle=bundle("sha256:a1", "1.2.0"), overlays=(overlay("sha256:o12", "1.2.0"),)), Choice(None, "sha256:o12"),
+     "sha256:a1+sha256:o12"),
+    # a newer release with an older overlay: the running overlay is carried
+    (Offer(bundle=bundle("sha256:a2", "1.3.0"), overlays=(overlay("sha256:o10", "1.0.0"),)), Choice("sha256:a2", None),
+     "sha256:a2+sha256:o11"),
+    # the newest overlay that fits the new release, not the newest one
+    (Offer(bundle=bundle("sha256:a2", "1.3.0"), overlays=(overlay("sha256:o13", "1.3.0", "<1.3.0"), overlay("sha256:o12", "1.2.0"))),
+     Choice("sha256:a2", "sha256:o12"), "sha256:a2+sha256:o12"),
+    # an older release on a stick with a newer overlay: the overlay alone, for what runs
+    (Offer(bundle=bundle("sha256:a0", "1.0.0"), overlays=(overlay("sha256:o12", "1.2.0"),)), Choice(None, "sha256:o12"),
+     "sha256:a1+sha256:o12"),
+    (Offer(overlays=(overlay("sha256:o12", "1.2.0"),)), Choice(None, "sha256:o12"), "sha256:a1+sha256:o12"),
+    (Offer(overlays=(overlay("sha256:o12", "1.2.0", ">=2.0.0"),)), Choice(None, None), "sha256:a1+sha256:o11"),  # fits not 1.2.0
+    (Offer(bundle=bundle("sha256:a2", "1.3.0")), Choice("sha256:a2", None), "sha256:a2+sha256:o11"),
 ])
 def test_a_device_takes_what_is_news_to_it(offered: Offer, choice: Choice, key: str) -> None:
     state = DeviceState(current=RUNNING)
-    assert choose(state, offered) == choice and choice.key(state) == key
-    assert (key == failure_key(RUNNING)) == (offered.bundle == RUNNING.digest and offered.overlay == RUNNING.overlay_digest)
+    assert choose(state, offered, RUNNING_OVERLAY) == choice and choice.key(state) == key
+
+
+def test_a_release_neither_the_running_overlay_nor_an_offered_one_fits_is_refused_before_anything_is_copied() -> None:
+    state = DeviceState(current=RUNNING)
+    offered = Offer(bundle=bundle("sha256:a3", "2.0.0"), overlays=(overlay("sha256:o12", "1.2.0", "<2.0.0"),))
+    with pytest.raises(UpdaterError, match=r"demo 2\.0\.0 does not fit the running site overlay 1\.1\.0 \(>=1\.0\.0 <2\.0\.0\)"):
+        choose(state, offered, RUNNING_OVERLAY)
+    fitting = Offer(bundle=offered.bundle, overlays=(*offered.overlays, overlay("sha256:o20", "2.0.0", ">=2.0.0")))
+    assert choose(state, fitting, RUNNING_OVERLAY) == Choice("sha256:a3", "sha256:o20")
 
 
 def test_with_nothing_running_an_overlay_alone_has_nothing_to_apply_to() -> None:
     nothing = DeviceState()
-    assert choose(nothing, Offer(bundle="sha256:a2", overlay="sha256:o1", overlay_version="1.0.0")).key(nothing) == \
+    assert choose(nothing, Offer(bundle=bundle("sha256:a2", "1.3.0"), overlays=(overlay("sha256:o1", "1.0.0"),))).key(nothing) == \
         "sha256:a2+sha256:o1"
-    assert choose(nothing, Offer(overlay="sha256:o1", overlay_version="1.0.0")).key(nothing) is None
+    with pytest.raises(UpdaterError, match="needs a running release"):
+        choose(nothing, Offer(overlays=(overlay("sha256:o1", "1.0.0"),)))
 
 
 class _Installer:
@@ -139,6 +172,9 @@ class _Installer:
     def site(self) -> str | None:
         return "plant-7"
 
+    def running_overlay(self, state: DeviceState) -> dict[str, Any] | None:
+        return None
+
     def install(self, bundle: Path) -> Any:
         self.tried += 1
         raise self.error
@@ -147,7 +183,8 @@ class _Installer:
 @pytest.mark.parametrize(("error", "tries"), [
     (TrustError("signed metadata refused"), 1),  # the same bytes would be refused again: not checked on every pass
     (SecretError("not sealed to this device"), 1),
-    (UpdaterError("the engine could not start it"), 3),  # may pass next time
+    (ClockError("the device clock reads 2020-01-01"), 3),  # fixed by fixing the clock: tried again
+    (UpdaterError("another sealift-updater is installing; nothing was changed"), 3),
 ])
 def test_a_watched_directory_does_not_try_again_what_will_not_verify(shipped: dict[str, Path], tmp_path: Path,
                                                                       error: Exception, tries: int) -> None:
@@ -160,3 +197,37 @@ def test_a_watched_directory_does_not_try_again_what_will_not_verify(shipped: di
         daemon.scan()
     assert installer.tried == tries
     assert sum('event="refused"' in line for line in lines) == tries
+
+
+def test_a_medium_refused_while_it_was_being_copied_is_tried_again_once_the_copy_ends(shipped: dict[str, Path],
+                                                                                     tmp_path: Path) -> None:
+    watch = tmp_path / "watch"
+    export([shipped["bundle"]], watch / "stick")
+    blob = max((watch / "stick/blobs/sha256").iterdir(), key=lambda p: p.stat().st_size)
+    whole = blob.read_bytes()
+    blob.write_bytes(whole[: len(whole) // 2])  # the copy is not done yet
+    installer = _Installer(tmp_path / "device", ContentMismatch("a blob does not match its digest"))
+    daemon = Daemon(installer, watch, interval=1, log=lambda _: None)  # type: ignore[arg-type]
+    daemon.scan()
+    daemon.scan()
+    assert installer.tried == 1  # the same half-copied files: not tried again
+    blob.write_bytes(whole)  # the copy ends
+    daemon.scan()
+    assert installer.tried == 2
+
+
+@pytest.mark.parametrize("damage", [
+    lambda m: m.update(bundles=[{**m["bundles"][0], "version": "latest"}]),
+    lambda m: m.update(overlays=[{**m["overlays"][0], "fits": "around 1.0"}]),
+])
+def test_a_medium_with_a_malformed_version_or_range_is_skipped_and_the_service_goes_on(
+        shipped: dict[str, Path], tmp_path: Path, damage) -> None:  # type: ignore[no-untyped-def]
+    watch = tmp_path / "watch"
+    export([shipped["bundle"], shipped["plant-7-1.1.0"]], watch / "stick")
+    manifest = json.loads((watch / "stick/sealift-medium.json").read_text())
+    damage(manifest)
+    (watch / "stick/sealift-medium.json").write_text(json.dumps(manifest))
+    with pytest.raises(DeliveryError, match=r"sealift-medium\.json: malformed"):
+        offer(watch / "stick", CPU, "plant-7")
+    installer = _Installer(tmp_path / "device", TrustError("never reached"))
+    assert Daemon(installer, watch, interval=1, log=lambda _: None).scan() == 0  # type: ignore[arg-type]
