@@ -22,6 +22,7 @@ __all__ = [
     "HealthPolicy",
     "Mount",
     "Port",
+    "SecretMount",
     "Service",
     "parse_app",
     "parse_health",
@@ -67,6 +68,23 @@ class Mount:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SecretMount:
+    """A secret a service declares, mounted read-only at ``/run/secrets/TARGET`` as a file owned by
+    ``uid``:``gid`` with ``mode`` (Compose's long syntax; root and 0400 unless it says otherwise)."""
+
+    source: str
+    target: str
+    uid: int = 0
+    gid: int = 0
+    mode: int = 0o400
+
+    def to_data(self) -> str | dict[str, Any]:
+        if (self.target, self.uid, self.gid, self.mode) == (self.source, 0, 0, 0o400):
+            return self.source
+        return {"source": self.source, "target": self.target, "uid": str(self.uid), "gid": str(self.gid), "mode": f"0{self.mode:o}"}
+
+
+@dataclass(frozen=True, kw_only=True)
 class ContainerHealthcheck:
     """Compose's ``healthcheck``: run by the engine inside the container."""
 
@@ -99,7 +117,7 @@ class Service:
     healthcheck: ContainerHealthcheck | None = None
     depends_on: tuple[str, ...] = ()
     networks: tuple[str, ...] = ()
-    secrets: tuple[str, ...] = ()
+    secrets: tuple[SecretMount, ...] = ()
 
     def to_data(self) -> dict[str, Any]:
         data: dict[str, Any] = {"image": self.image}
@@ -111,7 +129,7 @@ class Service:
             "volumes": [v.to_data() for v in self.volumes],
             "depends_on": list(self.depends_on),
             "networks": list(self.networks),
-            "secrets": list(self.secrets),
+            "secrets": [m.to_data() for m in self.secrets],
         }
         data.update({key: value for key, value in optional.items() if value})
         if self.healthcheck is not None:
@@ -245,8 +263,47 @@ def _parse_service(
         healthcheck=_parse_healthcheck(f["healthcheck"]) if "healthcheck" in f else None,
         depends_on=_parse_depends_on(f["depends_on"]) if "depends_on" in f else (),
         networks=_names(f, "networks", networks, what="network (an `app.networks` entry)"),
-        secrets=_names(f, "secrets", secrets, what="secret (a `secrets` entry)"),
+        secrets=_parse_secrets(f["secrets"], secrets) if "secrets" in f else (),
     )
+
+
+def _parse_secrets(field: Field, declared: tuple[str, ...]) -> tuple[SecretMount, ...]:
+    mounts = tuple(_parse_secret(item, declared) for item in field.items())
+    targets = [m.target for m in mounts]
+    if len(set(targets)) != len(targets):
+        field.fail("secrets with distinct targets (two are mounted at the same /run/secrets file)")
+    return mounts
+
+
+def _parse_secret(field: Field, declared: tuple[str, ...]) -> SecretMount:
+    """``NAME``, or ``{source: NAME, target: FILE, uid: "1000", gid: "1000", mode: 0440}``."""
+    if not isinstance(field.value, dict):
+        source = check_known(field, declared, what="secret (a `secrets` entry)")
+        return SecretMount(source=source, target=source)
+    f = field.mapping(required=("source",), optional=("target", "uid", "gid", "mode"))
+    source = check_known(f["source"], declared, what="secret (a `secrets` entry)")
+    target = f["target"].string(pattern=NAME, what="a file name under /run/secrets") if "target" in f else source
+    ids = {key: _id(f[key]) for key in ("uid", "gid") if key in f}
+    mode = _mode(f["mode"]) if "mode" in f else 0o400
+    return SecretMount(source=source, target=target, uid=ids.get("uid", 0), gid=ids.get("gid", 0), mode=mode)
+
+
+def _id(field: Field) -> int:
+    text = field.scalar_string()
+    if not text.isdigit() or int(text) > 2**31 - 1:
+        field.fail("a numeric user or group ID")
+    return int(text)
+
+
+def _mode(field: Field) -> int:
+    """An octal mode of read bits only (a secret is never writable or executable): 0400, 0440, 0444."""
+    value = field.value
+    mode = value if isinstance(value, int) and not isinstance(value, bool) else None
+    if isinstance(value, str) and re.fullmatch(r"0?[0-7]{3}", value):
+        mode = int(value, 8)
+    if mode is None or mode & ~0o444 or not mode:
+        field.fail("a mode of read bits only, such as 0400, 0440 or 0444")
+    return mode
 
 
 def _names(f: dict[str, Field], key: str, known: tuple[str, ...], *, what: str) -> tuple[str, ...]:
@@ -422,5 +479,6 @@ def _parse_check(field: Field, app: App, configs: tuple[str, ...]) -> Check:
         tolerance=f["tolerance"].number() if "tolerance" in f else None,
         max_latency=f["max_latency"].duration() if "max_latency" in f else None,
         deadline=f["deadline"].duration() if "deadline" in f else None,
-        secret=check_known(f["secret"], app.service(service).secrets, what=f"secret of service {service}") if "secret" in f else None,
+        secret=check_known(f["secret"], tuple(m.source for m in app.service(service).secrets), what=f"secret of service {service}")
+        if "secret" in f else None,
     )

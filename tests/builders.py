@@ -191,8 +191,8 @@ def example_releases(root: Path, *, python: str, secrets: bool = False, versions
     healthy: its model is missing; 5 s deadline), 1.4.0 (its server exits at once; 5 s deadline).
     Returns them by version, and "root" for the root metadata to provision devices with. With
     ``secrets``, the service declares the secret api-token as the example does (mounted at
-    /run/secrets/api-token, sent by the inference check); without, neither does. ``versions``
-    builds only those."""
+    /run/secrets/api-token, sent by the inference check; in 1.1.0 owned by uid and gid 1000 with
+    mode 0440); without, neither does. ``versions`` builds only those."""
     from bundler.build import BuildOptions, build_bundles, select_profiles
     from bundler.profiles import builtin_profile_dir, load_profiles
     from bundler.spec import load_spec
@@ -206,13 +206,16 @@ def example_releases(root: Path, *, python: str, secrets: bool = False, versions
     (root / "compose-cannot-start.yaml").write_text(compose.replace(f'"{FAST_PORT}:8080"', f'"203.0.113.7:{FAST_PORT}:8080"'))
     (root / "compose-broken.yaml").write_text(compose.replace("/models/detector.model\n", "/models/missing.model\n", 1))
     (root / "compose-exits.yaml").write_text(compose.replace("    environment:\n", "    environment:\n      VISION_PORT: not-a-port\n", 1))
+    # 1.1.0 with secrets: the token owned by uid/gid 1000, mode 0440 (a service that drops root could read it)
+    (root / "compose-owned.yaml").write_text(compose.replace("secrets: [api-token]", 'secrets: [{source: api-token, uid: "1000", '
+                                                                                     'gid: "1000", mode: 0440}]'))
     text = (EXAMPLE_DIR / "sealift.yaml").read_text()
     if not secrets:
         text = re.sub(r"\n      secret: api-token[^\n]*", "", text)
     for relative in ("build/images/vision-app", "models/", "config/", "golden/"):
         text = text.replace(f" {relative}", f" {EXAMPLE_DIR}/{relative}").replace(f":{relative}", f":{EXAMPLE_DIR}/{relative}")
     text = text.replace("stabilisation: 20s", "stabilisation: 2s")
-    variants = {"1.0.0": text, "1.1.0": text,
+    variants = {"1.0.0": text, "1.1.0": text.replace("app: compose.yaml", "app: compose-owned.yaml") if secrets else text,
                 "1.2.0": text.replace("app: compose.yaml", "app: compose-cannot-start.yaml"),
                 "1.3.0": text.replace("app: compose.yaml", "app: compose-broken.yaml").replace("deadline: 60s", "deadline: 5s"),
                 "1.4.0": text.replace("app: compose.yaml", "app: compose-exits.yaml").replace("deadline: 60s", "deadline: 5s")}

@@ -148,7 +148,7 @@ def _auth(check: Check, container: Any, slot_dir: Path) -> dict[str, str]:
     if check.secret is None:
         return {}
     labels = container.labels
-    opened = slot_dir.parent.parent / "run" / f"{labels.get(LABEL_APP)}-{labels.get(LABEL_SLOT)}" / check.secret
+    opened = slot_dir.parent.parent / "run" / f"{labels.get(LABEL_APP)}-{labels.get(LABEL_SLOT)}" / check.service / check.secret
     try:
         token = opened.read_text().strip()
     except OSError as e:

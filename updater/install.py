@@ -246,7 +246,7 @@ class Installer:
         descriptor = _descriptor(slot_dir)
         app, _ = release_definition(str(slot_dir), descriptor)
         overlay = overlay_of(slot_dir)
-        secrets = self.secrets.open_into_memory(release.name, release.slot, slot_dir) if overlay else None
+        secrets = self.secrets.open_into_memory(release.name, release.slot, slot_dir, app.services) if overlay else None
         self.runtime.start(release, app, slot_dir, {i["name"]: i["config"] for i in descriptor["images"]},
                            environment=overlay.get("environment") if overlay else None, secrets=secrets)
 

@@ -8,9 +8,10 @@ accepted, and this device's key opens its sealed secrets. Only then does it go i
 ``SLOT/overlay/sealed.json`` (ciphertext only).
 
 When the release starts, :class:`SecretStore` opens the sealed set into a memory-backed
-filesystem (a tmpfs the updater mounts at ``STATE/run``, mode 0700) as files of mode 0400, one
-directory per app and slot, which the runtime mounts read-only at ``/run/secrets/NAME`` in the
-containers that declare them. Secret values never reach the slot, the state file, the logs or
+filesystem (a tmpfs the updater mounts at ``STATE/run``, mode 0700), one directory per app and
+slot and in it one per service, as files with the owner and mode each service declares (root and
+0400 by default), which the runtime mounts read-only at ``/run/secrets/TARGET`` in that service's
+container. Secret values never reach the slot, the state file, the logs or
 ``status``; after a reboot the tmpfs is empty and the values are opened again from the slot.
 """
 
@@ -24,6 +25,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from bundler.appdef import SecretMount, Service
 from bundler.durable import fsync_dir
 from bundler.errors import SecretError
 from bundler.layout import canonical_json, open_layout
@@ -132,9 +134,11 @@ class SecretStore:
         self.root = state_dir / "run"
         self.identity = identity
 
-    def open_into_memory(self, app: str, slot: str, slot_dir: Path) -> Path | None:
-        """Open the slot's sealed secrets into the tmpfs; return their folder (None when the slot has no overlay).
-        Any failure is an UpdaterError, so a release whose secrets cannot be opened rolls back like one that cannot start."""
+    def open_into_memory(self, app: str, slot: str, slot_dir: Path, services: tuple[Service, ...]) -> Path | None:
+        """Open the slot's sealed secrets into the tmpfs, a folder per service holding the secrets it
+        declares (owner and mode as it declares them); return the release's folder (None when the slot
+        has no overlay). Any failure is an UpdaterError, so a release whose secrets cannot be opened
+        rolls back like one that cannot start."""
         overlay = overlay_of(slot_dir)
         if overlay is None or not overlay.get("secrets"):
             return None
@@ -147,14 +151,8 @@ class SecretStore:
             folder = self.root / f"{app}-{slot}"
             self.remove(app, slot)
             folder.mkdir(mode=0o700)
-            dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-            try:
-                for name, value in values.items():  # names were checked by open_sealed: no separators
-                    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o400, dir_fd=dir_fd)
-                    with os.fdopen(fd, "wb") as f:
-                        f.write(value)
-            finally:
-                os.close(dir_fd)
+            for service in services:
+                _write_secrets(folder / service.name, [(m, values[m.source]) for m in service.secrets if m.source in values])
         except SecretError as e:
             raise UpdaterError(f"{app} slot {slot}: its secrets cannot be opened ({e.diagnostics()})") from e
         except (OSError, ValueError) as e:
@@ -183,6 +181,21 @@ class SecretStore:
         if done is None or done.returncode != 0 or not _is_tmpfs(self.root):
             raise UpdaterError(f"{self.root}: secrets need a memory-backed filesystem, and mounting a tmpfs there failed "
                                f"({(done.stderr.strip() if done else '') or 'not a tmpfs'}); the updater must run as root")
+
+
+def _write_secrets(folder: Path, secrets: list[tuple[SecretMount, bytes]]) -> None:
+    """One service's opened secrets, each a new file (never through a link) with the owner and mode it declares."""
+    folder.mkdir(mode=0o700)
+    dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        for mount, value in secrets:  # sources were checked by open_sealed: no separators
+            fd = os.open(mount.source, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o400, dir_fd=dir_fd)
+            with os.fdopen(fd, "wb") as f:
+                f.write(value)
+                os.fchown(f.fileno(), mount.uid, mount.gid)
+                os.fchmod(f.fileno(), mount.mode)
+    finally:
+        os.close(dir_fd)
 
 
 def _is_tmpfs(path: Path) -> bool:

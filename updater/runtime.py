@@ -33,8 +33,9 @@ class Runtime:
     def start(self, release: Release, app: App, slot_dir: Path, images: dict[str, str], *,
               environment: dict[str, dict[str, str]] | None = None, secrets: Path | None = None) -> None:
         """Create the release's networks and start its services, dependencies first. ``environment``
-        adds values per service (a site overlay's); ``secrets`` is the folder (in a tmpfs) whose files
-        are mounted read-only at ``/run/secrets/NAME`` in the services that declare them."""
+        adds values per service (a site overlay's); ``secrets`` is the folder (in a tmpfs) holding a
+        folder per service, whose files are mounted read-only at ``/run/secrets/TARGET`` in the
+        services that declare them."""
         import docker.errors
 
         try:
@@ -79,12 +80,13 @@ class Runtime:
         volumes = {str(_mount_source(slot_dir, m.source)): {"bind": m.target, "mode": "ro"} for m in service.volumes}
         mounts = []
         for secret in service.secrets:
-            if secrets is None or not (secrets / secret).is_file():
-                raise UpdaterError(f"{release.name} {release.version}: service {service.name} needs secret {secret}, "
+            opened = secrets / service.name / secret.source if secrets is not None else None
+            if opened is None or not opened.is_file():
+                raise UpdaterError(f"{release.name} {release.version}: service {service.name} needs secret {secret.source}, "
                                    "and no overlay on this device provides it")
             # a bind mount proper: if the tmpfs file is gone (a reboot), the engine refuses to start the
             # container instead of making an empty directory on disk; the updater opens the secrets again
-            mounts.append(docker.types.Mount(f"/run/secrets/{secret}", str(secrets / secret), type="bind", read_only=True))
+            mounts.append(docker.types.Mount(f"/run/secrets/{secret.target}", str(opened), type="bind", read_only=True))
         container = self.client.containers.create(
             images[service.image],
             command=list(service.command) if service.command is not None else None,

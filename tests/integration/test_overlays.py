@@ -70,9 +70,9 @@ def _repository(site: dict[str, Path]) -> Repository:
     return Repository(site["root"].parent.parent, keys)
 
 
-def in_container(engine: DockerEngine, command: str) -> str:
+def in_container(engine: DockerEngine, command: str, *, user: str = "") -> str:
     (container,) = engine.client.containers.list(filters={"label": "dev.sealift.app=vision-app"})
-    code, output = container.exec_run(["sh", "-c", command])
+    code, output = container.exec_run(["sh", "-c", command], user=user)
     assert code == 0, output
     return str(output.decode())
 
@@ -94,6 +94,11 @@ def test_a_release_with_its_overlay_then_a_rotation_then_refusals(site: dict[str
         _repository(site).add([site["1.1.0"]])
         assert installer.install(site["1.1.0"]).committed
         assert in_container(docker_engine, "cat /run/secrets/api-token") == TOKENS[0]
+        # 1.1.0 declares the token for uid and gid 1000, mode 0440: that user reads it, another does not
+        assert in_container(docker_engine, "stat -c '%a %u %g' /run/secrets/api-token").strip() == "440 1000 1000"
+        assert in_container(docker_engine, "cat /run/secrets/api-token", user="1000:1000") == TOKENS[0]
+        with pytest.raises(AssertionError, match="Permission denied"):
+            in_container(docker_engine, "cat /run/secrets/api-token", user="1001:1001")
 
         # rotation: a new overlay alone; no image is loaded again
         images_before = {i.id for i in docker_engine.client.images.list()}

@@ -45,6 +45,43 @@ def test_app_and_health_round_trip_through_their_data_form(tmp_path: Path) -> No
     assert health == spec.health
 
 
+LONG_SECRET = '      image: app\n      secrets:\n        - {source: api-token, target: token, uid: "1000", gid: "1000", mode: 0440}\n'
+
+
+def test_a_secret_may_name_its_file_owner_and_mode_for_a_service_that_is_not_root(tmp_path: Path) -> None:
+    from bundler.appdef import SecretMount, parse_app
+    from bundler.yamlfile import Field
+
+    spec = load_spec(write(tmp_path, SPEC.replace("      image: app\n", LONG_SECRET)))
+    (mount,) = spec.app.service("app").secrets
+    assert mount == SecretMount(source="api-token", target="token", uid=1000, gid=1000, mode=0o440)
+    again = parse_app(Field(tmp_path, "app", spec.app.to_data()), images=("app",),
+                      mountable=("detector", "settings", "golden-in", "golden-out"), secrets=("api-token",))
+    assert again == spec.app  # the descriptor's data form keeps owner and mode
+    short = load_spec(write(tmp_path, SPEC.replace("      image: app\n", "      image: app\n      secrets: [api-token]\n")))
+    assert short.app.service("app").secrets == (SecretMount(source="api-token", target="api-token"),)  # root, 0400
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ("{source: nope}", "'nope' is not a declared secret"),
+    ("{source: api-token, mode: 0640}", "a mode of read bits only"),
+    ('{source: api-token, mode: "0755"}', "a mode of read bits only"),
+    ("{source: api-token, uid: alice}", "a numeric user or group ID"),
+    ("{source: api-token, target: /etc/passwd}", "a file name under /run/secrets"),
+    ("{source: api-token, target: ../x}", "a file name under /run/secrets"),
+    ("{source: api-token, owner: root}", "owner: unknown field"),
+])
+def test_a_malformed_secret_mount_is_named(tmp_path: Path, entry: str, message: str) -> None:
+    with pytest.raises(SpecError, match=message):
+        load_spec(write(tmp_path, SPEC.replace("      image: app\n", f"      image: app\n      secrets:\n        - {entry}\n")))
+
+
+def test_two_secrets_at_one_target_are_refused(tmp_path: Path) -> None:
+    text = SPEC.replace("      image: app\n", "      image: app\n      secrets: [api-token, {source: api-token, target: api-token}]\n")
+    with pytest.raises(SpecError, match="distinct targets"):
+        load_spec(write(tmp_path, text))
+
+
 def test_app_may_live_in_a_compose_file(tmp_path: Path) -> None:
     (tmp_path / "compose.yaml").write_text("services:\n  app:\n    image: app\n")
     spec = load_spec(write(tmp_path, "name: x\nversion: 1.0.0\nprofiles: all\nimages: {app: {source: oci:i}}\napp: compose.yaml\n"))
