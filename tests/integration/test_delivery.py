@@ -22,7 +22,7 @@ from bundler.build import BuildOptions, build_bundles, select_profiles
 from bundler.cli import cli as sealift
 from bundler.errors import BundleError, DeliveryError
 from bundler.profiles import builtin_profile_dir, load_profiles
-from bundler.publish import mirror_sync, pull, push
+from bundler.publish import connect, mirror_sync, pull, push
 from bundler.registry import Retry
 from bundler.spec import load_spec
 from bundler.transfer import EMPTY_CONFIG
@@ -320,3 +320,80 @@ def test_overlays_travel_like_bundles_and_a_mirror_takes_only_its_sites(registry
     assert [(b["tag"], b["site"]) for b in synced["bundles"]] == [("site-plant-7-1.0.0", "plant-7")]
     for reg in (origin, site_mirror):  # registries only ever hold ciphertext
         assert all(b"tok-delivered-sealed" not in p.read_bytes() for p in reg.workdir.rglob("*") if p.is_file())
+
+
+@pytest.fixture(scope="module")
+def overlaid(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """demo 1.2.0 and 1.3.0 for x86_64-cpu and overlays of plant-7 (1.0.0 fits <1.3.0, 1.1.0 fits >=1.3.0) and
+    plant-9, signed by one repository; "device" is a device enrolled at plant-7 and provisioned with its root."""
+    from bundler.devices import Inventory
+    from bundler.overlay import build_overlay
+    from tests.builders import signed
+    from updater.identity import DeviceIdentity
+
+    root = tmp_path_factory.mktemp("overlaid")
+    spec_path = project(root / "src")
+    built: dict[str, Path] = {}
+    for version in ("1.2.0", "1.3.0"):
+        spec_path.write_text(spec_path.read_text().replace("version: 1.2.0", f"version: {version}"))
+        spec = load_spec(spec_path)
+        (b,) = build_bundles(spec, select_profiles(spec, PROFILES, ("x86_64-cpu",)), BuildOptions(out=root / "out", epoch=0))
+        built[version] = b.path
+    (root / "src/sites").mkdir()
+    for site in ("plant-7", "plant-9"):
+        record = DeviceIdentity(root / f"device-{site}").enroll(site=site, profile="x86_64-cpu")
+        (root / f"{site}.json").write_text(json.dumps(record))
+        Inventory(root / "devices.yaml").add(root / f"{site}.json")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("DEMO_API_TOKEN", "tok-polled-4b1e")
+        for site, version, fits in (("plant-7", "1.0.0", "<1.3.0"), ("plant-7", "1.1.0", ">=1.3.0"), ("plant-9", "2.0.0", ">=1.0.0")):
+            (root / f"src/sites/{site}.yaml").write_text(f"version: {version}\nfits: '{fits}'\n")
+            built[f"{site}-{version}"], _ = build_overlay(load_spec(spec_path), site, inventory=root / "devices.yaml",
+                                                          out=root / f"o-{version}")
+    TrustStore(root / "device-plant-7").init(signed(list(built.values()), root / "signing"))
+    built["device"] = root / "device-plant-7"
+    return built
+
+
+def test_a_poll_takes_the_newest_release_with_the_newest_overlay_of_its_site_that_fits_it(
+        overlaid: dict[str, Path], registry: Registry) -> None:
+    from updater.overlays import stage_overlay
+    from updater.slots import DeviceState, Release
+
+    for path in overlaid.values():
+        if path.name != overlaid["device"].name:
+            push(path, f"{registry.address}/polled", plain_http=True)
+    installer = Installer(state_dir=overlaid["device"], client=None, profile=CPU)
+    poller = RegistryPoller(f"{registry.address}/polled", installer=installer, profile=CPU, plain_http=True)
+    digest = {name: json.loads((path / "index.json").read_text())["manifests"][0]["digest"]
+              for name, path in overlaid.items() if name != "device"}
+
+    def running(version: str, overlay: str | None) -> DeviceState:
+        """The device's state with ``version`` running in slot a, with the plant-7 ``overlay`` staged beside it."""
+        slot = installer.slots.slot_dir("a")
+        shutil.rmtree(slot, ignore_errors=True)
+        slot.mkdir(parents=True)
+        if overlay is not None:
+            from bundler.overlay import check_overlay
+
+            stage_overlay(check_overlay(overlaid[f"plant-7-{overlay}"]), slot)
+        return DeviceState(current=Release(name="demo", version=version, profile="x86_64-cpu", digest=digest[version], slot="a",
+                                           overlay=overlay or "", overlay_digest=digest[f"plant-7-{overlay}"] if overlay else ""))
+
+    def found(state: DeviceState) -> tuple[str | None, str | None]:
+        client = connect(f"{registry.address}/polled", plain_http=True, what="registry")
+        try:
+            result = poller.find(client, state)
+        finally:
+            client.close()
+        if result is None:
+            return None, None
+        return (result.app.version if result.app else None), (result.overlay.version if result.overlay else None)
+
+    assert found(DeviceState()) == ("1.3.0", "1.1.0")  # a first install: the overlay that fits 1.3.0, never plant-9's
+    assert found(running("1.2.0", "1.0.0")) == ("1.3.0", "1.1.0")  # 1.0.0 does not fit 1.3.0; 1.1.0 does
+    assert found(running("1.3.0", "1.1.0")) == (None, None)  # up to date
+    assert found(running("1.3.0", None)) == (None, "1.1.0")  # no newer release: the overlay alone, a rotation
+    failed = running("1.2.0", "1.0.0")
+    failed = DeviceState(current=failed.current, failed=(f"{digest['1.3.0']}+{digest['plant-7-1.1.0']}",))
+    assert found(failed) == (None, None)  # that pair failed, and the running overlay does not fit 1.3.0: nothing to try
