@@ -27,7 +27,7 @@ from typing import Any
 from bundler.bundle import ANNOTATION, MEDIA
 from bundler.devices import SITE, Inventory
 from bundler.errors import BundleError, DeliveryError, OutputError, SecretError, SpecError
-from bundler.layout import MAX_JSON_BYTES, Descriptor, canonical_json, json_object, open_layout
+from bundler.layout import MAX_JSON_BYTES, MEDIUM_FILE, Descriptor, canonical_json, json_object, open_layout
 from bundler.sealing import SECRET_NAME, Identity, seal
 from bundler.spec import Spec, version_key
 from bundler.transfer import EMPTY_CONFIG, LayoutStore, ReaderStore, checked_json, walk
@@ -199,9 +199,15 @@ def _write(root: Path, descriptor: dict[str, Any], sealed: dict[str, Any], creat
 
 
 def is_overlay(path: Path) -> bool:
+    """Whether ``path`` is an overlay's layout (a medium holding overlays is not one)."""
     try:
         with open_layout(path) as reader:
             entry = json.loads(reader.read_small("index.json"))["manifests"][0]
+            try:
+                reader.read_small(MEDIUM_FILE)
+                return False  # a medium
+            except BundleError:
+                pass
     except (BundleError, ValueError, KeyError, IndexError, TypeError):
         return False
     return isinstance(entry, dict) and entry.get("artifactType") == OVERLAY

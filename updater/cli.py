@@ -10,6 +10,7 @@ import click
 
 from bundler.bundle import BundleInfo
 from bundler.cli import reports_errors
+from bundler.overlay import OverlayInfo
 from bundler.profiles import Profile, load_profiles, profile_search_path
 from bundler.sealing import KEMS
 from updater.daemon import Daemon
@@ -263,8 +264,11 @@ def status(store: TrustStore, as_json: bool) -> None:
 @click.pass_obj
 @reports_errors
 def verify(store: TrustStore, bundle: Path, profile: str | None, profiles_dir: Path | None, as_json: bool) -> None:
-    """Check BUNDLE (or this device's bundle on a medium) the way an install does: signed metadata,
-    every blob, the hardware profile. A delta medium is completed from this device's own store.
+    """Check BUNDLE (a bundle, a site overlay, or a medium) the way an install does: signed
+    metadata, every blob, the hardware profile; for an overlay also the site, the release it
+    would run with, and that this device's key opens its secrets (their values are not shown). On
+    a medium, what an install would take: this device's bundle (a delta is completed from the
+    device's own store) and its site's overlay.
 
     Offline: the metadata comes from the bundle's tuf/ folder. The device's trusted metadata
     advances only when every check passes.
@@ -275,22 +279,50 @@ def verify(store: TrustStore, bundle: Path, profile: str | None, profiles_dir: P
         if profile not in known:
             raise UpdaterError(f"unknown profile {profile!r} (known: {', '.join(sorted(known))})")
         wanted = known[profile]
-    info = _verify_any(store, bundle, wanted)
+    info, overlay = _verify_any(store, bundle, wanted)
     if as_json:
-        click.echo(json.dumps({"ok": True, **info.to_json()}, indent=2))
-    else:
+        click.echo(json.dumps({"ok": True, **(info.to_json() if info else {}), **({"overlay": overlay.to_json()} if overlay else {})},
+                              indent=2))
+        return
+    if info is not None:
         click.echo(f"ok {info.name} {info.version} for {info.profile}  {info.digest}")
+    if overlay is not None:
+        click.echo(f"ok {overlay.name} overlay {overlay.version} for site {overlay.site}  {overlay.digest}")
 
 
-def _verify_any(store: TrustStore, path: Path, profile: Profile | None) -> BundleInfo:
-    """Verify a bundle, or this device's bundle on a medium (a delta is completed from the device's store first)."""
+def _verify_any(store: TrustStore, path: Path, profile: Profile | None) -> tuple[BundleInfo | None, OverlayInfo | None]:
+    """Verify a bundle or an overlay, or what an install would take from a medium (a delta is
+    completed from the device's store first; what is taken stays there, and the next install prunes it)."""
     from bundler.medium import looks_like_medium
-    from updater.store import BundleStore
+    from bundler.overlay import is_overlay
+    from updater.identity import DeviceIdentity
+    from updater.install import choose
+    from updater.overlays import overlay_of, verify_overlay
+    from updater.slots import Slots
+    from updater.store import BundleStore, offer
 
+    identity = DeviceIdentity(store.state_dir)
+    state = Slots(store.state_dir).load()
+    running = state.current
+    if is_overlay(path):
+        return None, verify_overlay(path, trust=store, identity=identity, app=running.name if running else None,
+                                    app_version=running.version if running else None)
     if not looks_like_medium(path):
-        return verify_for_device(path, trust=store, profile=profile)
-    # the bundle stays in the store (an install of the medium then copies nothing); the next install prunes it
-    return verify_for_device(BundleStore(store.state_dir).take(path, profile), trust=store, profile=profile)
+        return verify_for_device(path, trust=store, profile=profile), None
+    bundles = BundleStore(store.state_dir)
+    site = identity.record().get("site") if identity.enrolled() else None
+    staged = overlay_of(Slots(store.state_dir).slot_dir(running.slot)) if running else None
+    offered = offer(path, profile, site if isinstance(site, str) else None)
+    choice = choose(state, offered, staged)  # refused here, as an install would refuse it
+    info = verify_for_device(bundles.take(path, profile), trust=store, profile=profile) if offered.bundle else None
+    overlay = None
+    if choice.overlay:
+        runs_with = info or running
+        overlay = verify_overlay(bundles.take(path, profile, overlay=choice.overlay), trust=store, identity=identity,
+                                 app=runs_with.name if runs_with else None, app_version=runs_with.version if runs_with else None)
+    if info is None and overlay is None:
+        raise UpdaterError(f"{path}: holds no bundle for this device, and no overlay newer than the one it runs")
+    return info, overlay
 
 
 def main() -> None:

@@ -41,21 +41,22 @@ __all__ = ["SecretStore", "check_overlay_in_slot", "clone_slot", "overlay_of", "
 _DIR = "overlay"
 
 
-def verify_overlay(path: Path, *, trust: TrustStore, identity: DeviceIdentity, app: str, app_version: str,
+def verify_overlay(path: Path, *, trust: TrustStore, identity: DeviceIdentity, app: str | None, app_version: str | None,
                    commit: bool = True) -> OverlayInfo:
-    """Everything a device checks before an overlay may go into a slot; the trusted state then
-    advances (unless not ``commit``: a check before downloading what goes with it)."""
+    """Everything a device checks before an overlay may go into a slot (with ``app`` ``app_version``;
+    None when nothing runs yet to check it against); the trusted state then advances (unless not
+    ``commit``: a check before downloading what goes with it)."""
     record = identity.record()
     with trust.candidate() as metadata_dir, open_layout(path) as reader:
         name = signed_name(path, reader, metadata_dir)
         info = check_overlay(path)
         if overlay_target(info.name, info.site, info.version) != name:
             raise TrustError(f"{path}: the overlay is not the target it claims to be")
-        if info.name != app:
+        if app is not None and info.name != app:
             raise UpdaterError(f"{path}: an overlay for {info.name}, this device runs {app}")
         if info.site != record.get("site"):
             raise UpdaterError(f"{path}: an overlay for site {info.site}, this device is enrolled at {record.get('site')}")
-        if not fits(info.fits, app_version):
+        if app_version is not None and not fits(info.fits, app_version):
             raise UpdaterError(f"{path}: overlay {info.version} fits {info.name} {info.fits}, not {app_version}")
         trust.check_version(info.name, f"overlays/{info.site}", info.version)
         open_sealed(info.sealed, Identity(app=info.name, site=info.site, version=info.version), str(record.get("device")),

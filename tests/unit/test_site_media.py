@@ -231,3 +231,35 @@ def test_a_medium_with_a_malformed_version_or_range_is_skipped_and_the_service_g
         offer(watch / "stick", CPU, "plant-7")
     installer = _Installer(tmp_path / "device", TrustError("never reached"))
     assert Daemon(installer, watch, interval=1, log=lambda _: None).scan() == 0  # type: ignore[arg-type]
+
+
+def test_the_device_verifies_a_medium_or_an_overlay_as_an_install_would_take_it(shipped: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    from updater.cli import cli as updater_cli
+    from updater.trust import TrustStore
+
+    state = tmp_path / "device"
+    shutil.copytree(shipped["bundle"].parents[1] / "plant-7" / "identity", state / "identity")  # the device enrolled at plant-7
+    TrustStore(state).init(shipped["root"])
+    export([shipped["bundle"], shipped["plant-7-1.1.0"], shipped["plant-9-1.0.0"]], tmp_path / "stick")
+    export([shipped["plant-9-1.0.0"]], tmp_path / "other-site")
+
+    def verify(path: Path) -> tuple[int, str]:
+        result = CliRunner().invoke(updater_cli, ["--state-dir", str(state), "verify", str(path), "--profile", "x86_64-cpu",
+                                                  "--json"])
+        return result.exit_code, result.stdout if result.exit_code == 0 else result.stderr
+
+    code, out = verify(shipped["plant-7-1.0.0"])
+    assert code == 0 and json.loads(out)["overlay"]["version"] == "1.0.0"
+    code, out = verify(tmp_path / "stick")
+    assert code == 0, out
+    found = json.loads(out)
+    assert (found["name"], found["version"], found["overlay"]["site"], found["overlay"]["version"]) == ("demo", "1.2.0", "plant-7", "1.1.0")
+    assert "tok-on-a-stick" not in out  # the key opens the secrets; their values are not shown
+    code, err = verify(shipped["plant-7-1.0.0"])  # what verifies is accepted, as by an install: no going back
+    assert code == 1 and "overlay demo 1.0.0 for site plant-7 is older than 1.1.0" in err
+    code, err = verify(shipped["plant-9-1.0.0"])
+    assert code == 1 and "an overlay for site plant-9, this device is enrolled at plant-7" in err
+    code, err = verify(tmp_path / "other-site")
+    assert code == 1 and "holds only overlays, for sites plant-9; this device is at site plant-7" in err
