@@ -9,6 +9,8 @@ release 2 (a new app layer and a new model; the rest unchanged), then measures:
   mirror), read from each registry's access log (or from the push's own count), against the floor
   beside it: the sum of the blobs the hop had to move (all of release 1; for the update, only the
   changed blobs). Target: at most 1.05x the floor plus metadata (manifests and signed TUF files).
+- **rotation**: a new site overlay (configuration and sealed secrets) for the running release 2
+  through the same hops; the floor is the overlay's own blobs: no image layer or model moves.
 - **delta medium**: ``export --base`` release 1 against a full export of release 2.
 - **one site mirror, many devices**: ``--devices`` devices (threads, each with its own state)
   download a release from the site mirror at once; the origin serves it once (to the mirror's
@@ -20,6 +22,7 @@ the sending registry's access log says it served (blobs, manifests and the signe
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import statistics
@@ -34,7 +37,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bundler.build import BuildOptions, build_bundles, select_profiles  # noqa: E402
+from bundler.devices import Inventory  # noqa: E402
 from bundler.medium import export  # noqa: E402
+from bundler.overlay import build_overlay  # noqa: E402
 from bundler.profiles import builtin_profile_dir, load_profiles  # noqa: E402
 from bundler.publish import connect, mirror_sync, push  # noqa: E402
 from bundler.spec import load_spec  # noqa: E402
@@ -42,7 +47,9 @@ from bundler.transfer import RegistryStore  # noqa: E402
 from scripts.oci_image import FileEntry, ImageConfig, Platform, PlatformImage, write_image_layout  # noqa: E402
 from tests.builders import signed  # noqa: E402
 from tests.realparts import Registry, start_registry  # noqa: E402
+from updater.identity import DeviceIdentity  # noqa: E402
 from updater.install import Installer  # noqa: E402
+from updater.slots import DeviceState, Release  # noqa: E402
 from updater.sources import RegistryPoller  # noqa: E402
 from updater.trust import TrustStore  # noqa: E402
 
@@ -63,7 +70,11 @@ app:
     app:
       image: app
       volumes: ["detector:/models/detector", "settings:/etc/settings.yaml"]
+      secrets: [api-token]
+secrets:
+  api-token: {{environment: FLEET_API_TOKEN}}
 """
+SITE = "plant-1"
 
 
 def make_release(src: Path, version: str, *, base_layer: Path, model_mib: int, app_layer_mib: int) -> Path:
@@ -82,6 +93,27 @@ def make_release(src: Path, version: str, *, base_layer: Path, model_mib: int, a
     spec = load_spec(spec_path)
     (built,) = build_bundles(spec, select_profiles(spec, {CPU.name: CPU}, (CPU.name,)), BuildOptions(out=src / "out", epoch=0))
     return built.path
+
+
+def make_overlay(spec_path: Path, device_state: Path) -> Path:
+    """Enroll a device at SITE (its state in ``device_state``) and build SITE's overlay for it."""
+    (spec_path.parent / "sites").mkdir(exist_ok=True)
+    (spec_path.parent / "sites" / f"{SITE}.yaml").write_text("version: 1.0.0\nenvironment:\n  app: {SITE_ID: plant-1}\n")
+    record = DeviceIdentity(device_state).enroll(site=SITE, profile=CPU.name)
+    (spec_path.parent / "device.json").write_text(json.dumps(record))
+    inventory = spec_path.parent / "devices.yaml"
+    Inventory(inventory).add(spec_path.parent / "device.json")
+    os.environ["FLEET_API_TOKEN"] = "bench-token-" + os.urandom(8).hex()
+    try:
+        path, _ = build_overlay(load_spec(spec_path), SITE, inventory=inventory, out=spec_path.parent / "overlays")
+    finally:
+        del os.environ["FLEET_API_TOKEN"]
+    return path
+
+
+def _top(bundle: Path) -> str:
+    digest: str = json.loads((bundle / "index.json").read_text())["manifests"][0]["digest"]
+    return digest
 
 
 def _random_file(path: Path, mib: int) -> None:
@@ -103,34 +135,46 @@ def served(registry: Registry, since: int) -> int:
 class Device:
     """A device's download side: its own state, trust and store; no engine (only the bytes are measured)."""
 
-    def __init__(self, root: Path, trusted_root: Path, source: str) -> None:
+    def __init__(self, root: Path, trusted_root: Path, source: str, *, identity: Path | None = None) -> None:
         TrustStore(root).init(trusted_root)
+        if identity is not None:  # enrolled at SITE: the overlays are sealed to this key
+            shutil.copytree(identity, root / "identity")
         self.installer = Installer(state_dir=root, client=None, profile=CPU)
         self.poller = RegistryPoller(source, installer=self.installer, profile=CPU, plain_http=True)
 
-    def download(self) -> int:
-        """Find the newest signed release and download what this device lacks; return the bytes of blobs fetched."""
+    def download(self, state: DeviceState | None = None) -> int:
+        """Find what is newer than ``state`` (default: the device's) and download what this device lacks;
+        return the bytes of blobs fetched."""
         client = connect(self.poller.source, plain_http=True, what="site registry")
         try:
-            found = self.poller.find(client, self.installer.slots.load())
+            found = self.poller.find(client, state or self.installer.slots.load())
             assert found is not None, "the mirror offers nothing newer"
-            with self.installer.store.incoming(found.top) as incoming:
-                incoming.fill(RegistryStore(client))
-                incoming.metadata = found.metadata
-                incoming.complete()
-            return incoming.moved.bytes_sent
+            fetched = 0
+            for signed_part in (found.overlay, found.app):
+                if signed_part is None:
+                    continue
+                with self.installer.store.incoming(signed_part.top) as incoming:
+                    incoming.fill(RegistryStore(client))
+                    incoming.metadata = found.metadata
+                    incoming.complete()
+                fetched += incoming.moved.bytes_sent
+            return fetched
         finally:
             client.close()
 
 
-def hop_round(work: Path, releases: dict[str, Path], trusted_root: Path) -> dict[str, Any]:
-    """One pass of release 1 then release 2 through origin, DMZ, OT and a device."""
+def hop_round(work: Path, releases: dict[str, Path], trusted_root: Path, identity: Path) -> dict[str, Any]:
+    """One pass of release 1, release 2, then a new overlay for release 2 through origin, DMZ, OT and a device."""
     origin, dmz, ot = start_registry(), start_registry(), start_registry()
     try:
-        device = Device(work / "device", trusted_root, f"{ot.address}/fleet-app")
+        device = Device(work / "device", trusted_root, f"{ot.address}/fleet-app", identity=identity)
         figures: dict[str, Any] = {}
         previous: dict[str, int] = {}
-        for label, bundle in (("first install", releases["1"]), ("update", releases["2"])):
+        # the rotation's device runs release 2 with an older overlay: the poll finds the new one alone
+        running = DeviceState(current=Release(name="fleet-app", version="2.0.0", profile=CPU.name, slot="a",
+                                               digest=_top(releases["2"]), overlay="0.1.0", overlay_digest="sha256:" + "0" * 64))
+        for label, bundle, state in (("first install", releases["1"], None), ("update", releases["2"], None),
+                                     ("rotation", releases["overlay"], running)):
             sizes = blob_sizes(bundle)
             changed = sum(size for name, size in sizes.items() if name not in previous)
             marks = (len(origin.requests()), len(dmz.requests()), len(ot.requests()))
@@ -140,10 +184,10 @@ def hop_round(work: Path, releases: dict[str, Path], trusted_root: Path) -> dict
             hop_bytes = {"push to origin": pushed.moved.bytes_sent, "origin to DMZ": served(origin, marks[0]),
                          "DMZ to OT": served(dmz, marks[1])}
             ot_mark = len(ot.requests())
-            device.download()
+            device.download(state)
             hop_bytes["OT to device"] = served(ot, ot_mark)
             figures[label] = {"changed_blob_bytes": changed, "hops": hop_bytes}
-            previous = sizes
+            previous = {**previous, **sizes}
         return figures
     finally:
         for registry in (origin, dmz, ot):
@@ -194,8 +238,10 @@ def measure(repeat: int, *, model_mib: int = 256, base_layer_mib: int = 64, app_
         releases = {v: make_release(src, f"{v}.0.0", base_layer=src / "base.bin", model_mib=model_mib, app_layer_mib=app_layer_mib)
                     for v in ("1", "2")}
         small = make_release(work / "small", "3.0.0", base_layer=src / "base.bin", model_mib=device_model_mib, app_layer_mib=1)
+        identity = work / "enrolled"
+        releases["overlay"] = make_overlay(src / "sealift-2.0.0.yaml", identity)
         trusted_root = signed([*releases.values(), small], work / "signing")
-        rounds = [hop_round(work, releases, trusted_root) for _ in range(repeat)]
+        rounds = [hop_round(work, releases, trusted_root, identity / "identity") for _ in range(repeat)]
         hops = {label: {"changed_blob_bytes": rounds[0][label]["changed_blob_bytes"],
                         "hops": {hop: statistics.median(r[label]["hops"][hop] for r in rounds) for hop in rounds[0][label]["hops"]}}
                 for label in rounds[0]}
@@ -211,6 +257,10 @@ def measure(repeat: int, *, model_mib: int = 256, base_layer_mib: int = 64, app_
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _size(n: float) -> str:
+    return f"{n / MIB:.2f} MiB" if n >= MIB else f"{n / 1024:.1f} KiB"
+
+
 def _tree_bytes(root: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 
@@ -221,8 +271,9 @@ def print_report(figures: dict[str, Any]) -> None:
     for label, figure in figures["hops"].items():
         floor = figure["changed_blob_bytes"]
         for hop, moved in figure["hops"].items():
-            print(f"| {label} | {hop} | {moved / MIB:.2f} MiB | {floor / MIB:.2f} MiB | {moved / floor:.4f}x "
-                  f"| {(moved - floor) / 1024:.1f} KiB |")
+            print(f"| {label} | {hop} | {_size(moved)} | {_size(floor)} | {moved / floor:.4f}x | {(moved - floor) / 1024:.1f} KiB |")
+    rotation, update = (figures["hops"][k]["hops"]["OT to device"] for k in ("rotation", "update"))
+    print(f"\na rotation brought the device {rotation / 1024:.1f} KiB, {rotation / update:.6f} of what the update brought")
     m = figures["media"]
     print(f"\ndelta medium {m['delta_bytes'] / MIB:.2f} MiB, full medium {m['full_bytes'] / MIB:.2f} MiB "
           f"({m['delta_bytes'] / m['full_bytes']:.3f} of it; {m['blobs_left_to_base']} blobs left to the base)")
