@@ -269,9 +269,9 @@ def _parse_service(
 
 def _parse_secrets(field: Field, declared: tuple[str, ...]) -> tuple[SecretMount, ...]:
     mounts = tuple(_parse_secret(item, declared) for item in field.items())
-    targets = [m.target for m in mounts]
-    if len(set(targets)) != len(targets):
-        field.fail("secrets with distinct targets (two are mounted at the same /run/secrets file)")
+    for what, names in (("targets", [m.target for m in mounts]), ("sources", [m.source for m in mounts])):
+        if len(set(names)) != len(names):
+            field.fail(f"each secret once, with distinct {what}")
     return mounts
 
 

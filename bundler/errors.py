@@ -11,6 +11,7 @@ __all__ = [
     "BundleError",
     "ContentMismatch",
     "DeliveryError",
+    "IncompleteMedium",
     "OutputError",
     "RepositoryError",
     "SealiftError",
@@ -59,6 +60,10 @@ class DeliveryError(SealiftError):
 
 class ContentMismatch(DeliveryError):
     """Bytes that are not what their digest or size says: refused, and nothing of them kept."""
+
+
+class IncompleteMedium(DeliveryError):
+    """A medium lacks what the device needs and does not have: a delta's base, or a blob."""
 
 
 class SecretError(SealiftError):

@@ -310,11 +310,12 @@ def _verify_any(store: TrustStore, path: Path, profile: Profile | None) -> tuple
     if not looks_like_medium(path):
         return verify_for_device(path, trust=store, profile=profile), None
     bundles = BundleStore(store.state_dir)
-    site = identity.record().get("site") if identity.enrolled() else None
     staged = overlay_of(Slots(store.state_dir).slot_dir(running.slot)) if running else None
-    offered = offer(path, profile, site if isinstance(site, str) else None)
+    offered = offer(path, profile, identity.site())
     choice = choose(state, offered, staged)  # refused here, as an install would refuse it
-    info = verify_for_device(bundles.take(path, profile), trust=store, profile=profile) if offered.bundle else None
+    # the bundle an install would take; or, when the medium brings nothing new, its bundle all the same
+    take_bundle = choice.bundle is not None or (choice.overlay is None and offered.bundle is not None)
+    info = verify_for_device(bundles.take(path, profile), trust=store, profile=profile) if take_bundle else None
     overlay = None
     if choice.overlay:
         runs_with = info or running

@@ -114,38 +114,48 @@ class Daemon:
         until its files change (a medium still being copied changes) or the device's release does."""
         tried = 0
         for path in self._candidates():
-            state = self.installer.slots.load()
             try:
-                offered = offer(path, self.installer.profile, self.installer.site())
-            except SealiftError:
-                continue  # unreadable (perhaps still being copied), or nothing for this device
-            current = state.current
-            seen = (str(path), _fingerprint(path), failure_key(current) if current is not None else "")
-            try:
-                key = choose(state, offered, self.installer.running_overlay(state)).key(state)
-            except SealiftError as e:  # it cannot work with what runs now: say so once
-                if seen not in self.refused:
-                    self.refused.add(seen)
-                    self._log(event="refused", bundle=str(path), error=e.diagnostics())
-                continue
-            if key is None or (current is not None and key == failure_key(current)) or key in state.failed:
-                continue
-            if (*seen, key) in self.refused:
-                continue
-            tried += 1
-            self._log(event="install", bundle=str(path), digest=key)
-            try:
-                outcome = self.installer.install(path)
-            except SealiftError as e:
-                if lasting(e):  # it will not verify: not checked again on every pass
-                    self.refused.add((*seen, key))
-                self._log(event="refused", bundle=str(path), error=e.diagnostics())
-                continue
-            except Exception as e:  # whatever went wrong with one candidate, the service goes on
-                self._log(event="refused", bundle=str(path), error=f"{type(e).__name__}: {e}")
-                continue
-            self._outcome(outcome)
+                tried += self._consider(path)
+            except Exception as e:  # a damaged state or identity file, say: said once, and the service goes on
+                error = e.diagnostics() if isinstance(e, SealiftError) else f"{type(e).__name__}: {e}"
+                self._once(("fault", str(path), error), event="refused", bundle=str(path), error=error)
         return tried
+
+    def _consider(self, path: Path) -> int:
+        """Install what ``path`` offers, if it is new to this device; 1 if an install was tried."""
+        state = self.installer.slots.load()
+        site = self.installer.site()
+        try:
+            offered = offer(path, self.installer.profile, site)
+        except SealiftError:
+            return 0  # unreadable (perhaps still being copied), or nothing for this device
+        current = state.current
+        seen = (str(path), _fingerprint(path), failure_key(current) if current is not None else "")
+        try:
+            key = choose(state, offered, self.installer.running_overlay(state)).key(state)
+        except SealiftError as e:  # it cannot work with what runs now
+            self._once(seen, event="refused", bundle=str(path), error=e.diagnostics())
+            return 0
+        if key is None or (current is not None and key == failure_key(current)) or key in state.failed:
+            return 0
+        if (*seen, key) in self.refused:
+            return 0
+        self._log(event="install", bundle=str(path), digest=key)
+        try:
+            outcome = self.installer.install(path)
+        except SealiftError as e:
+            if lasting(e):  # it will not verify: not checked again on every pass
+                self.refused.add((*seen, key))
+            self._log(event="refused", bundle=str(path), error=e.diagnostics())
+            return 1
+        self._outcome(outcome)
+        return 1
+
+    def _once(self, memo: tuple[str, ...], **fields: str) -> None:
+        """Log ``fields`` the first time ``memo`` is seen."""
+        if memo not in self.refused:
+            self.refused.add(memo)
+            self._log(**fields)
 
     def _outcome(self, outcome: Outcome) -> None:
         release = outcome.release

@@ -67,6 +67,11 @@ class DeviceIdentity:
                 raise SecretError(f"{self.dir}: cannot keep the device's keys ({e.strerror})") from e
         return record
 
+    def site(self) -> str | None:
+        """The site this device is enrolled at; None when it is not enrolled."""
+        site = self.record().get("site") if self.enrolled() else None
+        return site if isinstance(site, str) and site else None
+
     def record(self) -> dict[str, Any]:
         try:
             data = json.loads((self.dir / _RECORD).read_text())

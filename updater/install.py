@@ -16,12 +16,12 @@ from typing import Any
 
 from bundler.appdef import HealthPolicy
 from bundler.bundle import release_definition
-from bundler.errors import BundleError, ContentMismatch, SealiftError, SecretError
+from bundler.errors import BundleError, ContentMismatch, IncompleteMedium, SealiftError, SecretError
 from bundler.medium import looks_like_medium
 from bundler.overlay import OverlayInfo, fits, is_overlay
 from bundler.profiles import Profile
 from bundler.spec import version_key
-from updater.errors import ClockError, TrustError, UpdaterError
+from updater.errors import DeviceFault, TrustError, UpdaterError
 from updater.gc import collect_images
 from updater.health import HealthResult, wait_healthy
 from updater.identity import DeviceIdentity
@@ -155,8 +155,7 @@ class Installer:
 
     def site(self) -> str | None:
         """The site this device is enrolled at (None when it is not enrolled)."""
-        site = self.identity.record().get("site") if self.identity.enrolled() else None
-        return site if isinstance(site, str) and site else None
+        return self.identity.site()
 
     def running_overlay(self, state: DeviceState) -> dict[str, Any] | None:
         """The descriptor of the overlay staged with the running release (None when it runs without one)."""
@@ -300,8 +299,10 @@ def choose(state: DeviceState, offered: Offer, running_overlay: dict[str, Any] |
 
 def lasting(error: SealiftError) -> bool:
     """Whether the same bytes would be refused again (so they need not be fetched or checked again):
-    failed verification, damaged content, secrets this device cannot open; not a clock to fix."""
-    return isinstance(error, TrustError | BundleError | ContentMismatch | SecretError) and not isinstance(error, ClockError)
+    failed verification, damaged or incomplete content, secrets this device cannot open; not a fault
+    of the device's own (its trust state, disk or clock) that is fixed on the device."""
+    return isinstance(error, TrustError | BundleError | ContentMismatch | IncompleteMedium | SecretError) \
+        and not isinstance(error, DeviceFault)
 
 
 def failure_key(release: Release) -> str:

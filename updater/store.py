@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bundler.bundle import ANNOTATION, MEDIA
 from bundler.durable import exclusive_lock, fsync_dir
-from bundler.errors import BundleError, DeliveryError
+from bundler.errors import BundleError, DeliveryError, IncompleteMedium
 from bundler.layout import MAX_JSON_BYTES, Descriptor, LayoutReader, check_digest, open_layout
 from bundler.medium import MediumBundle, looks_like_medium, read_medium
 from bundler.overlay import FITS_ANNOTATION, OVERLAY, SITE_ANNOTATION
@@ -145,7 +145,7 @@ class BundleStore:
                 entry = _pick(read_medium(reader).bundles, profile, path)
                 top = entry.top
                 if entry.base is not None and not self.has(entry.base["digest"]):
-                    raise DeliveryError(
+                    raise IncompleteMedium(
                         f"{path}: {entry.name} {entry.version} is a delta on {entry.name} {entry.base['version']} "
                         f"({entry.base['digest'][:19]}), which this device does not have; bring a complete medium")
             else:
@@ -155,7 +155,7 @@ class BundleStore:
             with self.incoming(top) as incoming:
                 missing = incoming.missing(source)
                 if missing:
-                    raise DeliveryError(f"{path}: blob {missing[0].digest} of {_identity(top)} is neither on the medium nor "
+                    raise IncompleteMedium(f"{path}: blob {missing[0].digest} of {_identity(top)} is neither on the medium nor "
                                         f"on this device ({len(missing)} missing in all)")
                 incoming.fill(source)
                 for name in reader.metadata_names():
@@ -248,8 +248,10 @@ def offer(path: Path, profile: Profile | None, site: str | None) -> Offer:
                                     + (f"at site {site}" if site else "not enrolled at any site"))
             return Offer(overlays=(offered,))
         contents = read_medium(reader)
-    overlays = tuple(Offered(digest=o.top.digest, name=o.name, version=o.version, fits=o.fits)
-                     for o in contents.overlays if site is not None and o.site == site)
+        # what an overlay fits, as its own index says (what TUF signs), not as the medium's listing says
+        overlays = tuple(Offered(digest=o.top.digest, name=o.name, version=o.version,
+                                 fits=_annotations(reader, o.top).get(FITS_ANNOTATION, ""))
+                         for o in contents.overlays if site is not None and o.site == site)
     if overlays and not any(profile is None or b.profile == profile.name for b in contents.bundles):
         return Offer(overlays=overlays)  # a rotation medium
     if not contents.bundles and contents.overlays:

@@ -25,7 +25,7 @@ from tuf.api.serialization import DeserializationError
 
 from bundler.durable import exclusive_lock, fsync_dir, replace_file
 from bundler.spec import version_key
-from updater.errors import ClockError, TrustError
+from updater.errors import ClockError, DeviceFault, TrustError
 
 __all__ = ["ROOT_MAX_BYTES", "TrustStore"]
 
@@ -85,7 +85,7 @@ class TrustStore:
         trusted state only if the caller calls :meth:`commit` inside the block."""
         with self._locked():
             if not self.provisioned():
-                raise TrustError(f"{self.state_dir}: no trusted root: provision the device with `sealift-updater trust init ROOT.json`")
+                raise DeviceFault(f"{self.state_dir}: no trusted root: provision the device with `sealift-updater trust init ROOT.json`")
             self._sweep()
             self.check_clock()
             scratch = self._copy_current()
@@ -109,7 +109,7 @@ class TrustStore:
             replace_file(candidate / _CLOCK, json.dumps({"newest_trusted_time": newest.isoformat()}).encode())
             self._swap_in(candidate)
         except OSError as e:
-            raise TrustError(f"{self.state_dir}: cannot record the verified state ({e.strerror}); nothing changed") from e
+            raise DeviceFault(f"{self.state_dir}: cannot record the verified state ({e.strerror}); nothing changed") from e
 
     def check_version(self, name: str, profile: str, version: str) -> None:
         """Refuse a release older than one this device has already accepted (a rollback)."""
@@ -137,9 +137,9 @@ class TrustStore:
         except FileNotFoundError:
             return {}
         except ValueError as e:
-            raise TrustError(f"{path}: damaged ({e})") from e
+            raise DeviceFault(f"{path}: damaged ({e})") from e
         if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
-            raise TrustError(f"{path}: damaged (not a map of versions)")
+            raise DeviceFault(f"{path}: damaged (not a map of versions)")
         return data
 
     def _newest_time(self) -> dt.datetime | None:
@@ -150,7 +150,7 @@ class TrustStore:
         except FileNotFoundError:
             return None
         except (ValueError, KeyError, TypeError) as e:
-            raise TrustError(f"{path}: damaged ({e}); the trusted time cannot be read") from e
+            raise DeviceFault(f"{path}: damaged ({e}); the trusted time cannot be read") from e
 
     @contextmanager
     def _locked(self) -> Iterator[None]:

@@ -25,7 +25,7 @@ from bundler.errors import BundleError
 from bundler.layout import MAX_JSON_BYTES, LayoutReader, open_layout
 from bundler.overlay import OVERLAY, SITE_ANNOTATION, overlay_target
 from bundler.profiles import Profile
-from updater.errors import TrustError
+from updater.errors import DeviceFault, TrustError
 from updater.fetcher import BUNDLE_URL, BundleFetcher, TrustedFetcher
 from updater.trust import TrustStore
 
@@ -129,7 +129,7 @@ def _signed_target(path: Path, reader: LayoutReader, metadata_dir: Path, name: s
     except (tuf_errors.RepositoryError, tuf_errors.DownloadError) as e:
         raise TrustError(f"{path}: refused: {tuf_fault(e)} ({e})") from e
     except OSError as e:
-        raise TrustError(f"{metadata_dir}: cannot keep the trusted metadata ({e.strerror})") from e
+        raise DeviceFault(f"{metadata_dir}: cannot keep the trusted metadata ({e.strerror})") from e
     if target is None:
         raise TrustError(f"{path}: {name} is not a target signed by the repository")
     return target
@@ -145,7 +145,7 @@ def _trusted_target(path: Path, metadata_dir: Path, name: str) -> TargetFile | N
         raise TrustError(f"{path}: refused: its metadata is older than the device's, and the device's own: {tuf_fault(e)} "
                          f"({e})") from e
     except OSError as e:
-        raise TrustError(f"{metadata_dir}: cannot read the trusted metadata ({e.strerror})") from e
+        raise DeviceFault(f"{metadata_dir}: cannot read the trusted metadata ({e.strerror})") from e
 
 
 def _check_root_chain(path: Path, names: set[str], metadata_dir: Path) -> None:

@@ -232,6 +232,16 @@ def test_checksums_cannot_name_files_outside_the_medium(versions: dict[str, Path
     assert check_medium(medium).problems == [f"SHA256SUMS: malformed line {'0' * 64 + '  ../secret'!r}"]
 
 
+def test_prune_leaves_a_bundle_whose_lock_is_held(versions: dict[str, Path], tmp_path: Path) -> None:
+    from bundler.durable import exclusive_lock
+
+    store = BundleStore(tmp_path / "device")
+    taken = store.take(versions["1.2.0-x86_64-cpu"], PROFILES["x86_64-cpu"])
+    with exclusive_lock(store.lock_path(f"sha256:{taken.name}"), wait=True):  # a poll holds it, to install it next
+        assert store.prune(set()) == [] and taken.exists()
+    assert store.prune(set()) == [taken.name] and not taken.exists()
+
+
 def test_prune_leaves_a_download_in_progress_and_removes_an_abandoned_one(versions: dict[str, Path], tmp_path: Path) -> None:
     from bundler.durable import exclusive_lock
 

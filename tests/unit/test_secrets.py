@@ -333,3 +333,50 @@ def test_a_validly_sealed_secret_name_that_would_leave_its_folder_is_refused(key
     monkeypatch.undo()
     with pytest.raises(SecretError, match="is not a valid secret name"):
         open_sealed(sealed, IDENTITY, recipient(keys["a"]).device, keys["a"])
+
+
+def test_secrets_open_into_memory_one_folder_per_service_with_the_owner_and_mode_each_declares(tmp_path: Path) -> None:
+    """A real tmpfs (the updater mounts it; needs root): root 0400 by default, uid/gid/mode as declared."""
+    from bundler.appdef import SecretMount, Service
+    from bundler.overlay import OverlayInfo
+    from tests.builders import unmount_secrets
+    from updater.errors import UpdaterError
+    from updater.overlays import SecretStore, stage_overlay
+
+    if os.geteuid() != 0:
+        if os.environ.get("CI"):
+            pytest.fail("opening secrets into a tmpfs needs root")
+        pytest.skip("needs root to mount the secrets tmpfs")
+    state = tmp_path / "state"
+    device = DeviceIdentity(state)
+    device.enroll(site="plant-7", profile="x86_64-cpu")
+    identity = Identity(app="demo", site="plant-7", version="1.0.0")
+    sealed = seal({"api-token": TOKEN, "db-password": b"pw-1b2c"}, identity, [recipient(device.key())])
+    slot = state / "slots" / "a"
+    slot.mkdir(parents=True)
+    stage_overlay(OverlayInfo(name="demo", site="plant-7", version="1.0.0", fits="", digest="sha256:" + "1" * 64,
+                              secrets=("api-token", "db-password"), sealed=sealed), slot)
+    services = (Service(name="web", image="app", secrets=(SecretMount(source="api-token", target="api-token"),)),
+                Service(name="worker", image="app", secrets=(
+                    SecretMount(source="api-token", target="token", uid=1000, gid=1001, mode=0o440),
+                    SecretMount(source="db-password", target="db-password", uid=1000))),
+                Service(name="cache", image="app"))
+    store = SecretStore(state, device)
+    try:
+        folder = store.open_into_memory("demo", "a", slot, services)
+        assert folder is not None
+        found = {str(p.relative_to(folder)): (p.stat().st_uid, p.stat().st_gid, stat.S_IMODE(p.stat().st_mode))
+                 for p in folder.rglob("*") if p.is_file()}
+        assert found == {"web/api-token": (0, 0, 0o400), "worker/api-token": (1000, 1001, 0o440),
+                         "worker/db-password": (1000, 0, 0o400)}
+        assert (folder / "worker/api-token").read_bytes() == TOKEN
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and stat.S_IMODE(state.joinpath("run").stat().st_mode) == 0o700
+        store.remove("demo", "a")
+        assert not folder.exists()
+        with pytest.raises(UpdaterError, match="its secrets cannot be opened"):  # another device's set: nothing opened
+            other = DeviceIdentity(tmp_path / "other")
+            other.enroll(site="plant-7", profile="x86_64-cpu")
+            SecretStore(state, other).open_into_memory("demo", "a", slot, services)
+        assert not folder.exists()
+    finally:
+        unmount_secrets(state)

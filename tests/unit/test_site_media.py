@@ -15,14 +15,14 @@ from click.testing import CliRunner
 from bundler.build import BuildOptions, build_bundles, select_profiles
 from bundler.cli import cli as sealift
 from bundler.devices import Inventory
-from bundler.errors import ContentMismatch, DeliveryError, SecretError
+from bundler.errors import ContentMismatch, DeliveryError, IncompleteMedium, SecretError
 from bundler.medium import check_medium, export
 from bundler.overlay import build_overlay, check_overlay
 from bundler.profiles import builtin_profile_dir, load_profiles
 from bundler.spec import load_spec
 from tests.builders import project, signed
 from updater.daemon import Daemon
-from updater.errors import ClockError, TrustError, UpdaterError
+from updater.errors import ClockError, DeviceFault, TrustError, UpdaterError
 from updater.identity import DeviceIdentity
 from updater.install import Choice, choose
 from updater.slots import DeviceState, Release
@@ -135,6 +135,9 @@ def overlay(digest: str, version: str, fits: str = "") -> Offered:
     (Offer(overlays=(overlay("sha256:o12", "1.2.0"),)), Choice(None, "sha256:o12"), "sha256:a1+sha256:o12"),
     (Offer(overlays=(overlay("sha256:o12", "1.2.0", ">=2.0.0"),)), Choice(None, None), "sha256:a1+sha256:o11"),  # fits not 1.2.0
     (Offer(bundle=bundle("sha256:a2", "1.3.0")), Choice("sha256:a2", None), "sha256:a2+sha256:o11"),
+    # another build of the running version is news; another build of the running overlay's version is not
+    (Offer(bundle=bundle("sha256:a1b", "1.2.0")), Choice("sha256:a1b", None), "sha256:a1b+sha256:o11"),
+    (Offer(overlays=(overlay("sha256:o11b", "1.1.0"),)), Choice(None, None), "sha256:a1+sha256:o11"),
 ])
 def test_a_device_takes_what_is_news_to_it(offered: Offer, choice: Choice, key: str) -> None:
     state = DeviceState(current=RUNNING)
@@ -148,6 +151,9 @@ def test_a_release_neither_the_running_overlay_nor_an_offered_one_fits_is_refuse
         choose(state, offered, RUNNING_OVERLAY)
     fitting = Offer(bundle=offered.bundle, overlays=(*offered.overlays, overlay("sha256:o20", "2.0.0", ">=2.0.0")))
     assert choose(state, fitting, RUNNING_OVERLAY) == Choice("sha256:a3", "sha256:o20")
+    other_app = Offer(bundle=Offered(digest="sha256:x1", name="other", version="0.1.0"), overlays=fitting.overlays)
+    with pytest.raises(UpdaterError, match=r"other 0\.1\.0 does not fit the running site overlay"):  # demo's overlays are not its
+        choose(state, other_app, RUNNING_OVERLAY)
 
 
 def test_with_nothing_running_an_overlay_alone_has_nothing_to_apply_to() -> None:
@@ -183,7 +189,9 @@ class _Installer:
 @pytest.mark.parametrize(("error", "tries"), [
     (TrustError("signed metadata refused"), 1),  # the same bytes would be refused again: not checked on every pass
     (SecretError("not sealed to this device"), 1),
+    (IncompleteMedium("a delta on 1.1.0, which this device does not have"), 1),
     (ClockError("the device clock reads 2020-01-01"), 3),  # fixed by fixing the clock: tried again
+    (DeviceFault("cannot record the verified state (No space left on device)"), 3),  # fixed by freeing space
     (UpdaterError("another sealift-updater is installing; nothing was changed"), 3),
 ])
 def test_a_watched_directory_does_not_try_again_what_will_not_verify(shipped: dict[str, Path], tmp_path: Path,

@@ -76,9 +76,13 @@ def test_a_malformed_secret_mount_is_named(tmp_path: Path, entry: str, message: 
         load_spec(write(tmp_path, SPEC.replace("      image: app\n", f"      image: app\n      secrets:\n        - {entry}\n")))
 
 
-def test_two_secrets_at_one_target_are_refused(tmp_path: Path) -> None:
-    text = SPEC.replace("      image: app\n", "      image: app\n      secrets: [api-token, {source: api-token, target: api-token}]\n")
-    with pytest.raises(SpecError, match="distinct targets"):
+@pytest.mark.parametrize(("entries", "message"), [
+    ("[api-token, {source: api-token, target: api-token}]", "distinct targets"),
+    ("[api-token, {source: api-token, target: other, uid: '1000'}]", "distinct sources"),
+])
+def test_a_secret_mounted_twice_in_a_service_is_refused(tmp_path: Path, entries: str, message: str) -> None:
+    text = SPEC.replace("      image: app\n", f"      image: app\n      secrets: {entries}\n")
+    with pytest.raises(SpecError, match=message):
         load_spec(write(tmp_path, text))
 
 
