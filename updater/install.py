@@ -30,7 +30,7 @@ from updater.overlays import SecretStore, check_overlay_in_slot, clone_slot, ove
 from updater.runtime import Runtime
 from updater.slots import DeviceState, Phase, Release, Slots
 from updater.stage import stage_release
-from updater.store import BundleStore, Incoming, Offer, offer
+from updater.store import BundleStore, Incoming, Offer, Offered, offer
 from updater.trust import TrustStore
 from updater.verify import verify_for_device
 
@@ -285,7 +285,9 @@ def choose(state: DeviceState, offered: Offer, running_overlay: dict[str, Any] |
         bundle = None  # nothing new in it (an older release would be refused as a rollback anyway)
     if bundle is None and current is None:
         raise UpdaterError("an overlay needs a running release to apply to; install the application first")
-    name, version = (bundle.name, bundle.version) if bundle is not None else (current.name, current.version)  # type: ignore[union-attr]
+    runs: Offered | Release | None = bundle if bundle is not None else current
+    assert runs is not None
+    name, version = runs.name, runs.version
     floor = current.overlay if current is not None and current.overlay_digest and current.name == name else None
     overlays = [o for o in offered.overlays if o.name == name and fits(o.fits, version)
                 and (floor is None or version_key(o.version) > version_key(floor))]

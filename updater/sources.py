@@ -67,7 +67,7 @@ class RegistryFetcher(FetcherInterface):
 
 @dataclass(frozen=True)
 class Signed:
-    """A top index the registry holds under ``tag`` that TUF signs as ``target``, byte for byte."""
+    """A top index the registry holds under ``tag``, signed byte for byte as what it claims to be (``name`` ``version``)."""
 
     top: Descriptor
     tag: str
