@@ -92,6 +92,10 @@ class Installer:
                 self.store.prune({r.digest for r in (kept.current, kept.previous) if r is not None})
 
     def _install(self, state: DeviceState, bundle: Path, *, force: bool, overlay: Path | None) -> Outcome:
+        claimed = offer(bundle, self.profile, self.site()).bundle
+        if overlay is not None and claimed is not None:  # one that cannot go with it is refused before its version counts
+            verify_overlay(overlay, trust=self.trust, identity=self.identity, app=claimed.name, app_version=claimed.version,
+                           commit=False)
         info = verify_for_device(bundle, trust=self.trust, profile=self.profile)
         if state.current is not None and state.current.digest == info.digest and overlay is None:
             return Outcome(committed=True, release=state.current, reason="already running")

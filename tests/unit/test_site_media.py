@@ -34,7 +34,8 @@ CPU, ORIN = PROFILES["x86_64-cpu"], PROFILES["jetson-orin"]
 
 @pytest.fixture(scope="module")
 def shipped(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """demo 1.2.0 for x86_64-cpu, and overlays for plant-7 (1.0.0 and 1.1.0) and plant-9 (1.0.0), all signed."""
+    """demo 1.2.0 for x86_64-cpu, and overlays for plant-7 (1.0.0 and 1.1.0; 2.0.0 fits only demo 2 and later) and
+    plant-9 (1.0.0), all signed."""
     root = tmp_path_factory.mktemp("shipped")
     spec_path = project(root / "src")
     spec = load_spec(spec_path)
@@ -43,12 +44,12 @@ def shipped(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     built = {"bundle": bundle.path}
     with pytest.MonkeyPatch.context() as env:
         env.setenv("DEMO_API_TOKEN", "tok-on-a-stick-5e1d")
-        for site, version in (("plant-7", "1.0.0"), ("plant-7", "1.1.0"), ("plant-9", "1.0.0")):
+        for site, version in (("plant-7", "1.0.0"), ("plant-7", "1.1.0"), ("plant-7", "2.0.0"), ("plant-9", "1.0.0")):
             if not (root / site).exists():
                 record = DeviceIdentity(root / site).enroll(site=site, profile="x86_64-cpu")
                 (root / f"{site}.json").write_text(json.dumps(record))
                 Inventory(root / "devices.yaml").add(root / f"{site}.json")
-            (root / f"src/sites/{site}.yaml").write_text(f"version: {version}\n")
+            (root / f"src/sites/{site}.yaml").write_text(f"version: {version}\n" + ("fits: '>=2.0.0'\n" if version == "2.0.0" else ""))
             built[f"{site}-{version}"], _ = build_overlay(spec, site, inventory=root / "devices.yaml", out=root / f"o-{version}")
     built["root"] = signed(list(built.values()), root / "signing")
     return built
@@ -271,3 +272,20 @@ def test_the_device_verifies_a_medium_or_an_overlay_as_an_install_would_take_it(
     assert code == 1 and "an overlay for site plant-9, this device is enrolled at plant-7" in err
     code, err = verify(tmp_path / "other-site")
     assert code == 1 and "holds only overlays, for sites plant-9; this device is at site plant-7" in err
+
+
+def test_an_overlay_that_does_not_fit_is_refused_before_the_release_counts_as_accepted(shipped: dict[str, Path],
+                                                                                      tmp_path: Path) -> None:
+    import shutil
+
+    from updater.install import Installer
+    from updater.trust import TrustStore
+
+    state = tmp_path / "device"
+    shutil.copytree(shipped["bundle"].parents[1] / "plant-7" / "identity", state / "identity")
+    TrustStore(state).init(shipped["root"])
+    installer = Installer(state_dir=state, client=None, profile=CPU)  # refused before the engine is needed
+    with pytest.raises(UpdaterError, match=r"overlay 2\.0\.0 fits demo >=2\.0\.0, not 1\.2\.0"):
+        installer.install(shipped["bundle"], overlay=shipped["plant-7-2.0.0"])
+    installer.trust.check_version("demo", "x86_64-cpu", "1.0.0")  # 1.2.0 was not accepted: an older one is still no rollback
+    assert installer.slots.load().current is None
