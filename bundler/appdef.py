@@ -15,6 +15,8 @@ from typing import Any
 from bundler.yamlfile import Field, check_known
 
 __all__ = [
+    "ENV_NAME",
+    "NAME",
     "App",
     "Check",
     "CheckType",
@@ -30,7 +32,7 @@ __all__ = [
 ]
 
 NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # an environment variable's name
 _PORT = re.compile(
     r"(?:(?P<ip>\d{1,3}(?:\.\d{1,3}){3}|\[[0-9a-fA-F:]+\]):)?"  # optional host address
     r"(?:(?P<host>\d{1,5}):)?(?P<container>\d{1,5})(?:/(?P<proto>tcp|udp))?"
@@ -324,11 +326,11 @@ def _parse_environment(field: Field) -> tuple[tuple[str, str], ...]:
         for item in field.items():
             text = item.string(what="KEY=VALUE")
             key, sep, value = text.partition("=")
-            if not sep or not _ENV_NAME.fullmatch(key):
+            if not sep or not ENV_NAME.fullmatch(key):
                 item.fail("KEY=VALUE")
             pairs.append((key, value))
     else:
-        for key, sub in field.entries(key_pattern=_ENV_NAME, key_what="environment variable name"):
+        for key, sub in field.entries(key_pattern=ENV_NAME, key_what="environment variable name"):
             pairs.append((key, sub.scalar_string() if sub.present else ""))
     return tuple(sorted(pairs))
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bundler.appdef import ENV_NAME, NAME
 from bundler.bundle import ANNOTATION, MEDIA
 from bundler.devices import SITE, Inventory
 from bundler.errors import BundleError, DeliveryError, OutputError, SecretError, SpecError
@@ -42,7 +43,6 @@ SEALED_SECRETS = "application/vnd.sealift.sealed-secrets.v1+json"
 SITE_ANNOTATION = "dev.sealift.site"
 FITS_ANNOTATION = "dev.sealift.fits"
 _CONSTRAINT = re.compile(r"(>=|<=|==|>|<)\s*([0-9A-Za-z.+-]+)")
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MAX_VALUE = 4096
 
 
@@ -137,10 +137,10 @@ def _site_values(path: Path, spec: Spec) -> dict[str, Any]:
     services = {s.name for s in spec.app.services}
     environment: dict[str, dict[str, str]] = {}
     if "environment" in f:
-        for service, values in f["environment"].entries(key_pattern=re.compile(r"[a-z0-9][a-z0-9_-]*"), key_what="service"):
+        for service, values in f["environment"].entries(key_pattern=NAME, key_what="service"):
             if service not in services:
                 raise values.error(f"the spec has no service {service!r} (it has {', '.join(sorted(services))})")
-            environment[service] = {name: _value(sub) for name, sub in values.entries(key_pattern=_ENV_NAME,
+            environment[service] = {name: _value(sub) for name, sub in values.entries(key_pattern=ENV_NAME,
                                                                                           key_what="environment variable")}
     return {"version": version, "fits": constraint, "environment": environment}
 
@@ -249,7 +249,7 @@ def check_overlay(path: Path) -> OverlayInfo:
         raise BundleError(f"{where}: the sealed secrets belong to another overlay")
     environment = descriptor.get("environment") or {}
     if not isinstance(environment, dict) or not all(
-            isinstance(values, dict) and all(isinstance(k, str) and _ENV_NAME.fullmatch(k) and isinstance(v, str)
+            isinstance(values, dict) and all(isinstance(k, str) and ENV_NAME.fullmatch(k) and isinstance(v, str)
                                              for k, v in values.items()) for values in environment.values()):
         raise BundleError(f"{where}: the overlay's environment is not a map of services to variables")
     names = descriptor.get("secrets") or []

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from bundler.appdef import NAME, App, HealthPolicy, parse_app, parse_health
+from bundler.appdef import ENV_NAME, NAME, App, HealthPolicy, parse_app, parse_health
 from bundler.errors import SpecError
 from bundler.yamlfile import Field, load_yaml
 
@@ -22,7 +22,6 @@ ALL_PROFILES = "all"
 _VERSION = re.compile(
     r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?(?:\+[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?"
 )
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PROFILE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 
 
@@ -207,7 +206,7 @@ def _secrets(field: Field) -> tuple[Secret, ...]:
         f = sub.mapping(optional=("environment", "file"))
         if len(f) != 1:
             raise sub.error("needs exactly one of `environment` or `file`")
-        env = f["environment"].string(pattern=_ENV_NAME, what="an environment variable name") if "environment" in f else None
+        env = f["environment"].string(pattern=ENV_NAME, what="an environment variable name") if "environment" in f else None
         file = f["file"].string(what="a path") if "file" in f else None
         secrets.append(Secret(name=name, environment=env, file=file))
     return tuple(secrets)
