@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from bundler.build import BuildOptions, BuiltBundle, build_bundles, select_profiles, source_date_epoch
-from bundler.bundle import BundleInfo, CheckReport, check_bundle, verify_bundle
-from bundler.errors import BundleError, OutputError, SealiftError, SourceError, SpecError
-from bundler.profiles import Profile, builtin_profile_dir, load_profiles
+from bundler.errors import OutputError, SourceError
 from bundler.spec import Spec, load_spec
+from updater.bundle import BundleInfo, CheckReport, check_bundle, verify_bundle
+from updater.errors import BundleError, SealiftError, SpecError
+from updater.profiles import Profile, builtin_profile_dir, load_profiles
 
 __all__ = [
     "BuildOptions",

@@ -22,17 +22,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from bundler.bundle import ANNOTATION, MEDIA, BundleInfo, verify_bundle
-from bundler.durable import fsync_dir
-from bundler.errors import BundleError, OutputError, SealiftError, SourceError, SpecError
-from bundler.layout import Descriptor, canonical_json
+from bundler.errors import OutputError, SourceError
 from bundler.payload import FileEntry, add_file_component
-from bundler.profiles import Profile
-from bundler.progress import Progress, QuietProgress
-from bundler.provenance import ProvenanceClaim, read_bounded, verify_provenance
 from bundler.sources import ResolvedImage, open_image_source
 from bundler.spec import Component, Spec
 from bundler.writer import LayoutWriter, open_writer
+from updater.bundle import BundleInfo, verify_bundle
+from updater.durable import fsync_dir
+from updater.errors import BundleError, SealiftError, SpecError
+from updater.oci import ANNOTATION, MEDIA, Descriptor, canonical_json
+from updater.profiles import Profile
+from updater.progress import Progress, QuietProgress
+from updater.provenance import MAX_SIGSTORE_BYTES, ProvenanceClaim, verify_provenance
 
 __all__ = ["BuildOptions", "BuiltBundle", "build_bundles", "select_profiles", "source_date_epoch"]
 
@@ -181,10 +182,10 @@ def _with_provenance(spec: Spec, component: Component, source: str, writer: Layo
     if entry.kind != "file":
         raise SpecError(f"{spec.path}: {entry.role}s.{entry.name}.provenance: Sigstore signs files; {source} is a directory")
     assert spec.sigstore_trusted_root is not None  # load_spec requires it with provenance
-    bundle = read_bounded(spec.directory / (wanted.bundle or f"{source}.sigstore"), f"{what} Sigstore bundle")
-    root = read_bounded(spec.directory / spec.sigstore_trusted_root, "Sigstore trusted root")
+    bundle = _read_sigstore_file(spec.directory / (wanted.bundle or f"{source}.sigstore"), f"{what} Sigstore bundle")
+    root = _read_sigstore_file(spec.directory / spec.sigstore_trusted_root, "Sigstore trusted root")
     claim = ProvenanceClaim(what=what, content_digest=entry.content_digest, identity=wanted.identity, issuer=wanted.issuer)
-    verify_provenance(claim, sigstore_bundle=bundle, trusted_root=root)
+    verify_provenance(claim, sigstore_bundle=bundle, trusted_root=root, error=SourceError)
     layers = []
     for data, media_type, kind in ((bundle, MEDIA.SIGSTORE_BUNDLE, "provenance"), (root, MEDIA.SIGSTORE_ROOT, "sigstore-root")):
         digest, size = writer.add_bytes(data)
@@ -387,3 +388,17 @@ def _output_error(e: OSError, where: Path, profile: Profile) -> SealiftError:
     if e.filename and not str(e.filename).startswith(str(where)):
         return SourceError(f"{e.filename}: cannot read ({e.strerror})")
     return OutputError(f"{e.filename or where}: cannot write the {profile.name} bundle ({e.strerror})")
+
+
+def _read_sigstore_file(path: Path, what: str) -> bytes:
+    """A Sigstore file, at most MAX_SIGSTORE_BYTES."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_SIGSTORE_BYTES + 1)
+    except FileNotFoundError as e:
+        raise SourceError(f"{what}: {path} not found") from e
+    except OSError as e:
+        raise SourceError(f"{what}: cannot read {path} ({e.strerror})") from e
+    if len(data) > MAX_SIGSTORE_BYTES:
+        raise SourceError(f"{what}: {path} is larger than {MAX_SIGSTORE_BYTES} bytes")
+    return data

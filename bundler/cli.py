@@ -13,36 +13,20 @@ import click
 from securesystemslib.signer import Key
 
 from bundler.build import BuildOptions, build_bundles, select_profiles, source_date_epoch
-from bundler.bundle import BundleInfo, check_bundle
-from bundler.errors import SealiftError
 from bundler.keys import ALGORITHMS, KeyStore, public_key_from_pem
-from bundler.medium import looks_like_medium
-from bundler.overlay import check_overlay, is_overlay
-from bundler.profiles import load_profiles, profile_search_path
-from bundler.progress import for_terminal
 from bundler.repo import ROLES, Policy, Repository, RolePolicy
 from bundler.spec import load_spec
+from updater.bundle import BundleInfo, check_bundle
+from updater.errors import SealiftError
+from updater.exits import reports_errors
+from updater.medium import looks_like_medium
+from updater.overlay import check_overlay, is_overlay
+from updater.profiles import load_profiles, profile_search_path
+from updater.progress import for_terminal
 
-__all__ = ["main", "reports_errors"]
+__all__ = ["cli", "main"]
 
-F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
-
-
-def reports_errors(func: F) -> F:
-    """Print a SealiftError's one-line diagnostics (also as JSON on stdout with --json) and exit 1."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except SealiftError as e:
-            if kwargs.get("as_json"):
-                click.echo(json.dumps({"ok": False, "error": e.diagnostics()}))
-            click.echo(f"error: {e.diagnostics()}", err=True)
-            sys.exit(1)
-
-    return wrapper  # type: ignore[return-value]
 
 
 _profiles_dir_option = click.option(
@@ -170,7 +154,7 @@ def verify(bundles: tuple[Path, ...], trusted_root: Path | None, as_json: bool) 
 
 def _verify_medium(path: Path, trusted_root: Path | None, as_json: bool, results: list[dict[str, Any]]) -> bool:
     """Check a medium end to end; with ``trusted_root``, also each complete bundle's signatures. True if it failed."""
-    from bundler.medium import MediumReport, check_medium
+    from updater.medium import MediumReport, check_medium
 
     progress = for_terminal(quiet=as_json)
     try:
@@ -198,7 +182,7 @@ def _verify_signed_index(path: Path, digest: str, root: Path) -> None:
     """The index ``digest`` in ``path`` is a target the repository signed (checked as a device would)."""
     import tempfile
 
-    from bundler.layout import open_layout
+    from updater.layout import open_layout
     from updater.trust import TrustStore
     from updater.verify import check_signed_target
 
@@ -212,8 +196,8 @@ def _medium_signatures(path: Path, root: Path) -> list[str]:
     """Each bundle and overlay of the medium is a signed target (checked with the medium's tuf/ folder)."""
     import tempfile
 
-    from bundler.layout import open_layout
-    from bundler.medium import read_medium
+    from updater.layout import open_layout
+    from updater.medium import read_medium
     from updater.trust import TrustStore
     from updater.verify import check_signed_target
 
@@ -477,7 +461,7 @@ def export(bundles: tuple[Path, ...], to: Path, bases: tuple[str, ...], plain_ht
     medium holding only an overlay rotates the site's configuration and secrets. Check the medium
     with `sealift verify` before it travels.
     """
-    from bundler.medium import export as export_medium
+    from bundler.export import export as export_medium
 
     report = _with_progress(as_json, functools.partial(export_medium, list(bundles), to, bases=bases, plain_http=plain_http))
     if as_json:

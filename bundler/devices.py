@@ -18,10 +18,12 @@ from typing import Any
 
 import yaml
 
-from bundler.durable import exclusive_lock, replace_file
-from bundler.errors import SecretError, SpecError
-from bundler.sealing import KEMS, Recipient, device_id, public_key_from_text
-from bundler.yamlfile import Field, load_yaml
+from bundler.sealing import Recipient, public_key_from_text
+from updater.durable import replace_file
+from updater.errors import SecretError, SpecError
+from updater.locks import exclusive_lock
+from updater.sealed import KEMS, device_id
+from updater.yamlfile import Field, load_yaml
 
 __all__ = ["SITE", "Device", "Inventory"]
 

@@ -36,8 +36,8 @@ from securesystemslib.signer import (
     SSlibKey,
 )
 
-from bundler.durable import replace_file
 from bundler.errors import SigningError
+from updater.durable import replace_file
 
 __all__ = ["ALGORITHMS", "PASSPHRASE_ENV", "KeyStore", "public_key_from_pem"]
 

@@ -7,16 +7,17 @@ and renamed over the old one. The layout's bytes, and so the bundle's digest, ne
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tarfile
 import tempfile
 from pathlib import Path
 
-from bundler.errors import BundleError
-from bundler.layout import METADATA_DIR, METADATA_NAME
+from updater.errors import BundleError
+from updater.oci import METADATA_DIR, METADATA_NAME
 
-__all__ = ["attach_metadata"]
+__all__ = ["attach_metadata", "metadata_version"]
 
 
 def attach_metadata(bundle: Path, files: dict[str, bytes]) -> None:
@@ -92,3 +93,12 @@ def _member(name: str, data: bytes, mtime: int, *, directory: bool = False) -> b
     info.mtime, info.uid, info.gid, info.uname, info.gname = mtime, 0, 0, "", ""
     info.type, info.mode, info.size = (tarfile.DIRTYPE, 0o755, 0) if directory else (tarfile.REGTYPE, 0o644, len(data))
     return info.tobuf(format=tarfile.GNU_FORMAT) + data + b"\0" * (-len(data) % tarfile.BLOCKSIZE)
+
+
+def metadata_version(data: bytes) -> int:
+    """The ``signed.version`` of a metadata file (-1 if it has none): which of two copies is newer."""
+    try:
+        version = json.loads(data)["signed"]["version"]
+    except (ValueError, KeyError, TypeError):
+        return -1
+    return version if isinstance(version, int) else -1

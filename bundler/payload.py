@@ -17,11 +17,11 @@ from typing import Any
 
 import zstandard
 
-from bundler.bundle import ANNOTATION, MEDIA
-from bundler.errors import SourceError, SpecError
-from bundler.layout import Descriptor, copy_hashed
-from bundler.progress import Progress
+from bundler.errors import SourceError
 from bundler.writer import LayoutWriter
+from updater.errors import SpecError
+from updater.oci import ANNOTATION, MEDIA, Descriptor, copy_hashed
+from updater.progress import Progress
 
 __all__ = ["FileEntry", "add_file_component"]
 

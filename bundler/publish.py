@@ -3,7 +3,7 @@
 A bundle keeps its digests everywhere: its blobs, its manifests and its top index are the same
 bytes in the build output, in every registry and on the device. A bundle is tagged
 ``PROFILE-VERSION`` in its repository (``+`` becomes ``_``, which tags cannot hold), and its
-signed TUF metadata is published beside it (see :mod:`bundler.transfer`). Only the blobs a
+signed TUF metadata is published beside it (see :mod:`updater.registry`). Only the blobs a
 registry lacks are sent; a sync interrupted halfway sends, the next time, only what it had not
 finished. Metadata is published after the bundles it signs, ``timestamp.json`` last, and never
 replaced by an older version, so a device polling during a sync sees either the old release or
@@ -21,43 +21,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bundler.bundle import ANNOTATION, MEDIA, verify_bundle
-from bundler.errors import DeliveryError, SealiftError
-from bundler.layout import METADATA_NAME, Descriptor, open_layout
-from bundler.overlay import OVERLAY, SITE_ANNOTATION, check_overlay, is_overlay
-from bundler.progress import Progress, QuietProgress
-from bundler.registry import Reference, RegistryClient, Retry, parse_reference
-from bundler.transfer import (
-    EMPTY_CONFIG,
+from bundler.metadata_io import metadata_version
+from updater.bundle import verify_bundle
+from updater.errors import DeliveryError, SealiftError
+from updater.layout import open_layout
+from updater.oci import ANNOTATION, MEDIA, Descriptor, canonical_json
+from updater.overlay import check_overlay, is_overlay
+from updater.progress import Progress, QuietProgress
+from updater.registry import (
+    MAX_METADATA_BYTES,
     METADATA_TAG_PREFIX,
-    TUF_ARTIFACT,
-    LayoutStore,
-    ReaderStore,
-    RegistryStore,
-    Transferred,
-    checked_json,
-    copy_graph,
-    metadata_manifest,
-    walk,
+    Reference,
+    RegistryClient,
+    bundle_descriptor,
+    bundle_tag,
+    connect,
+    metadata_names,
+    overlay_tag,
+    parse_reference,
+    read_metadata,
 )
+from updater.transfer import EMPTY_CONFIG, LayoutStore, ReaderStore, RegistryStore, Transferred, copy_graph, walk
 
-__all__ = [
-    "MAX_METADATA_BYTES",
-    "PublishResult",
-    "bundle_descriptor",
-    "bundle_tag",
-    "catalog",
-    "connect",
-    "metadata_version",
-    "mirror_sync",
-    "overlay_tag",
-    "publish_metadata",
-    "pull",
-    "push",
-    "read_metadata",
-]
+__all__ = ["PublishResult", "catalog", "metadata_manifest", "mirror_sync", "publish_metadata", "pull", "push"]
 
-MAX_METADATA_BYTES = 16 << 20  # larger than any metadata file ngclient would accept
 
 
 @dataclass
@@ -73,16 +60,6 @@ class PublishResult:
     def to_json(self) -> dict[str, Any]:
         return {"destination": self.destination, "bundles": self.bundles, "metadata_published": self.metadata,
                 "skipped_tags": self.skipped, **self.moved.to_json()}
-
-
-def bundle_tag(profile: str, version: str) -> str:
-    return f"{profile}-{version}".replace("+", "_")
-
-
-def connect(text: str, *, plain_http: bool, what: str, retry: Retry | None = None) -> RegistryClient:
-    ref = parse_reference(text, what=what, error=DeliveryError)
-    return RegistryClient(ref, plain_http=plain_http, what=f"{what} {ref.name}", error=DeliveryError,
-                          **({"retry": retry} if retry else {}))
 
 
 def push(bundle: Path, target: str, *, plain_http: bool, progress: Progress | None = None) -> PublishResult:
@@ -193,15 +170,15 @@ def mirror_sync(origin: str, target: str, *, profiles: tuple[str, ...] = (), sit
             if found is None:
                 raise DeliveryError(f"source registry {src.ref.name}: {tag} vanished during the sync")
             try:
-                top = bundle_descriptor(*found, f"{src.ref.name}:{tag}", kinds=(MEDIA.BUNDLE, OVERLAY))
+                top = bundle_descriptor(*found, f"{src.ref.name}:{tag}", kinds=(MEDIA.BUNDLE, MEDIA.OVERLAY))
             except DeliveryError:
                 if named:
                     raise
                 result.skipped.append(tag)  # something else shares the repository: not ours to copy
                 continue
             annotations = top.annotations
-            if top.artifact_type == OVERLAY:  # a site's overlay: sealed to that site's devices only
-                if sites and annotations.get(SITE_ANNOTATION) not in sites:
+            if top.artifact_type == MEDIA.OVERLAY:  # a site's overlay: sealed to that site's devices only
+                if sites and annotations.get(ANNOTATION.SITE) not in sites:
                     continue
             elif profiles and annotations.get(ANNOTATION.PROFILE) not in profiles:
                 continue
@@ -210,7 +187,7 @@ def mirror_sync(origin: str, target: str, *, profiles: tuple[str, ...] = (), sit
                           total_bytes=graph.size)
             copy_tag = None if src.ref.digest else tag
             result.moved.add(copy_graph(graph, source, dest, tag=copy_tag, advance=progress.advance))
-            where = {"site": annotations.get(SITE_ANNOTATION)} if top.artifact_type == OVERLAY else {
+            where = {"site": annotations.get(ANNOTATION.SITE)} if top.artifact_type == MEDIA.OVERLAY else {
                 "profile": annotations.get(ANNOTATION.PROFILE)}
             result.bundles.append({"tag": tag, "digest": top.digest, "name": annotations.get(ANNOTATION.NAME),
                                    "version": annotations.get(ANNOTATION.VERSION), **where})
@@ -232,32 +209,6 @@ def catalog(host: str, *, plain_http: bool) -> list[str]:
 # --- signed metadata in a registry --------------------------------------------------------------
 
 
-def metadata_names(client: RegistryClient) -> list[str]:
-    names = [t.removeprefix(METADATA_TAG_PREFIX) for t in client.tags() if t.startswith(METADATA_TAG_PREFIX)]
-    return sorted(n for n in names if METADATA_NAME.fullmatch(n))
-
-
-def read_metadata(client: RegistryClient, name: str, *, limit: int = MAX_METADATA_BYTES) -> bytes | None:
-    """The metadata file ``name`` published in the repository, or None if it has none by that name.
-
-    Its bytes are checked against the digest its artifact names; whether they are trustworthy is
-    for TUF to decide.
-    """
-    found = client.get_manifest(METADATA_TAG_PREFIX + name, accept=MEDIA.MANIFEST)
-    if found is None:
-        return None
-    try:
-        manifest = json.loads(found[0])
-        layer = Descriptor.from_json(manifest["layers"][0], where=f"{client.what}: metadata {name}")
-    except (ValueError, KeyError, IndexError, TypeError) as e:
-        raise DeliveryError(f"{client.what}: the artifact of metadata {name} is malformed") from e
-    if manifest.get("artifactType") != TUF_ARTIFACT or layer.size > limit:
-        raise DeliveryError(f"{client.what}: tag {METADATA_TAG_PREFIX}{name} is not a metadata artifact of at most {limit} bytes")
-    with client.open_blob(layer.digest) as stream:
-        data = stream.read(layer.size + 1)
-    return checked_json(data, layer, f"{client.what}: metadata {name}")
-
-
 def publish_metadata(client: RegistryClient, files: dict[str, bytes]) -> list[str]:
     """Publish metadata files; return the names written.
 
@@ -277,7 +228,7 @@ def publish_metadata(client: RegistryClient, files: dict[str, bytes]) -> list[st
             current = read_metadata(client, name)
             if current is not None and metadata_version(current) >= metadata_version(data):
                 continue
-        blob = Descriptor(media_type=TUF_ARTIFACT, digest=_digest(data), size=len(data))
+        blob = Descriptor(media_type=MEDIA.TUF_METADATA, digest=_digest(data), size=len(data))
         for part, body in ((EMPTY_CONFIG, b"{}"), (blob, data)):
             if not client.has_blob(part.digest):
                 client.put_blob(part, io.BytesIO(body))
@@ -297,36 +248,8 @@ def _publish_order(name: str) -> tuple[int, str]:
     return ({"root": 0, "timestamp": 3, "snapshot": 2}.get(role, 1), name)
 
 
-def metadata_version(data: bytes) -> int:
-    """The ``signed.version`` of a metadata file (-1 if it has none): which of two copies is newer."""
-    try:
-        version = json.loads(data)["signed"]["version"]
-    except (ValueError, KeyError, TypeError):
-        return -1
-    return version if isinstance(version, int) else -1
-
-
 def _digest(data: bytes) -> str:
     return f"sha256:{hashlib.sha256(data).hexdigest()}"
-
-
-def overlay_tag(site: str, version: str) -> str:
-    return f"site-{site}-{version}".replace("+", "_")
-
-
-def bundle_descriptor(body: bytes, media_type: str, digest: str, where: str, *,
-                      kinds: tuple[str, ...] = (MEDIA.BUNDLE,)) -> Descriptor:
-    """The descriptor of a bundle's (or, with ``kinds``, an overlay's) top index fetched from a registry."""
-    try:
-        data = json.loads(body)
-    except ValueError as e:
-        raise DeliveryError(f"{where}: the manifest is not valid JSON") from e
-    if not isinstance(data, dict) or data.get("artifactType") not in kinds or media_type != MEDIA.INDEX:
-        raise DeliveryError(f"{where}: not a Sealift bundle (expected an OCI index with artifactType {' or '.join(kinds)})")
-    annotations = data.get("annotations")
-    annotations = annotations if isinstance(annotations, dict) else {}
-    return Descriptor(media_type=MEDIA.INDEX, digest=digest, size=len(body), artifact_type=str(data["artifactType"]),
-                      annotations={k: v for k, v in annotations.items() if isinstance(v, str)})
 
 
 def _read_file(reader: Any, name: str) -> bytes:
@@ -344,3 +267,16 @@ def _closing(client: RegistryClient) -> Iterator[RegistryClient]:
     finally:
         client.close()
 
+
+def metadata_manifest(name: str, blob: Descriptor) -> bytes:
+    """The OCI artifact manifest that carries one TUF metadata file in a registry."""
+    layer = Descriptor(media_type=MEDIA.TUF_METADATA, digest=blob.digest, size=blob.size,
+                       annotations={"org.opencontainers.image.title": name})
+    return canonical_json({
+        "schemaVersion": 2,
+        "mediaType": MEDIA.MANIFEST,
+        "artifactType": MEDIA.TUF_METADATA,
+        "config": {**EMPTY_CONFIG.to_json(), "data": "e30="},
+        "layers": [layer.to_json()],
+        "annotations": {"dev.sealift.tuf.name": name},
+    })

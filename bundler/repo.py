@@ -38,14 +38,14 @@ from tuf.api.metadata import (
 from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import JSONSerializer
 
-from bundler.bundle import verify_bundle
-from bundler.durable import replace_file
 from bundler.errors import RepositoryError, SigningError
 from bundler.keys import KeyStore
-from bundler.layout import open_layout
 from bundler.metadata_io import attach_metadata
-from bundler.overlay import check_overlay, is_overlay, overlay_target
-from bundler.spec import version_key
+from updater.bundle import verify_bundle
+from updater.durable import replace_file
+from updater.layout import open_layout
+from updater.overlay import check_overlay, is_overlay, overlay_target
+from updater.versions import version_key
 
 __all__ = ["ROLES", "AddResult", "Policy", "Repository", "RolePolicy"]
 

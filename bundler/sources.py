@@ -22,12 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol, TypeGuard
 
-from bundler.bundle import MEDIA
-from bundler.errors import BundleError, SourceError
-from bundler.layout import MAX_JSON_BYTES, Descriptor, canonical_json, open_layout
-from bundler.profiles import Platform
+from bundler.errors import SourceError
+from updater.errors import BundleError
+from updater.layout import open_layout
+from updater.oci import MAX_JSON_BYTES, MEDIA, Descriptor, canonical_json, json_object
+from updater.profiles import Platform
+from updater.registry import RegistryClient, parse_reference
 
-__all__ = ["ImageSource", "ResolvedImage", "open_image_source"]
+__all__ = ["ImageSource", "RegistrySource", "ResolvedImage", "open_image_source"]
 
 _INDEX_TYPES = (MEDIA.INDEX, MEDIA.DOCKER_LIST)
 _MANIFEST_TYPES = (MEDIA.MANIFEST, MEDIA.DOCKER_MANIFEST)
@@ -77,7 +79,7 @@ def open_image_source(reference: str, *, base: Path, work: Path, plain_http: boo
     elif transport == "docker-daemon":
         source = _daemon_source(reference, rest, work)
     elif transport == "docker" and rest.startswith("//"):
-        from bundler.registry import RegistrySource
+        from bundler.sources import RegistrySource
 
         source = RegistrySource(reference, plain_http=plain_http)
     else:
@@ -367,3 +369,42 @@ def _daemon_source(reference: str, name: str, work: Path) -> ImageSource:
         client.close()
     tag = name if ":" in name.rpartition("/")[2] else f"{name}:latest"
     return _archive_source(reference, target, tag)
+
+
+class RegistrySource:
+    """``docker://HOST/REPO[:TAG|@DIGEST]``: an image to build from."""
+
+    def __init__(self, reference: str, *, plain_http: bool) -> None:
+        self.reference = reference
+        ref = parse_reference(reference, what="image", error=SourceError)
+        self.client = RegistryClient(ref, plain_http=plain_http, what=f"image {reference}", error=SourceError)
+
+    def resolve(self, platform: Platform) -> ResolvedImage:
+        tag_or_digest = self.client.ref.digest or self.client.ref.tag or "latest"
+        body, media_type, digest = self._manifest(tag_or_digest)
+        entry = Descriptor(media_type=media_type, digest=digest, size=len(body))
+        if media_type in (MEDIA.INDEX, MEDIA.DOCKER_LIST):
+            entry = select_platform(self.reference, json_object(body, f"image {self.reference}: manifest", SourceError), platform)
+            body, media_type, _ = self._manifest(entry.digest)
+            verified(self.reference, body, entry)
+        image = parse_manifest(self.reference, body, entry)
+        with self.open_blob(image.config) as stream:
+            check_config_platform(self.reference, verified(self.reference, stream.read(image.config.size + 1), image.config), platform)
+        return image
+
+    def _manifest(self, ref: str) -> tuple[bytes, str, str]:
+        found = self.client.get_manifest(ref)
+        if found is None:
+            raise SourceError(f"image {self.reference}: the registry has no manifest {ref}")
+        return found
+
+    @contextmanager
+    def open_blob(self, blob: Descriptor) -> Iterator[IO[bytes]]:
+        with self.client.open_blob(blob.digest) as stream:
+            yield stream
+
+    def locate_blob(self, blob: Descriptor) -> None:
+        return None
+
+    def close(self) -> None:
+        self.client.close()

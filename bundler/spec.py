@@ -12,16 +12,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from bundler.appdef import ENV_NAME, NAME, App, HealthPolicy, parse_app, parse_health
-from bundler.errors import SpecError
-from bundler.yamlfile import Field, load_yaml
+from updater.appdef import ENV_NAME, NAME, App, HealthPolicy, parse_app, parse_health
+from updater.errors import SpecError
+from updater.versions import VERSION
+from updater.yamlfile import Field, load_yaml
 
-__all__ = ["ALL_PROFILES", "Component", "Provenance", "Secret", "Spec", "load_spec", "version_key"]
+__all__ = ["ALL_PROFILES", "Component", "Provenance", "Secret", "Spec", "load_spec"]
 
 ALL_PROFILES = "all"
-_VERSION = re.compile(
-    r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?(?:\+[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?"
-)
 _PROFILE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 
 
@@ -123,7 +121,7 @@ def load_spec(path: Path) -> Spec:
     return Spec(
         path=path,
         name=top["name"].string(pattern=NAME, what="a name of lower-case letters, digits, '.', '_' or '-'"),
-        version=top["version"].string(pattern=_VERSION, what="a semantic version such as 1.2.0"),
+        version=top["version"].string(pattern=VERSION, what="a semantic version such as 1.2.0"),
         profiles=_profiles(top["profiles"]),
         images=images,
         models=models,
@@ -223,18 +221,3 @@ def _app_field(field: Field, spec_path: Path) -> Field:
         return load_yaml(target, what="application definition")
     except SpecError as e:
         raise SpecError(f"{e} (referenced from {spec_path}: app)") from e
-
-
-def version_key(version: str) -> tuple[tuple[int, int, int], int, tuple[tuple[int, int | str], ...]]:
-    """Semantic-version precedence: ``1.0.0-rc.1 < 1.0.0 < 1.0.1``; build metadata is ignored.
-
-    Raises ValueError for a string that is not a semantic version.
-    """
-    match = _VERSION.fullmatch(version)
-    if match is None:
-        raise ValueError(f"{version!r} is not a semantic version")
-    core, _, rest = version.partition("+")[0].partition("-")
-    major, minor, patch = (int(p) for p in core.split("."))
-    prerelease = tuple((0, int(p)) if p.isdigit() else (1, p) for p in rest.split(".")) if rest else ()
-    # a release ranks above every pre-release of the same core version
-    return (major, minor, patch), 0 if rest else 1, prerelease

@@ -19,8 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO
 
-from bundler.errors import BundleError, SourceError
-from bundler.layout import CHUNK, LAYOUT_VERSION, Descriptor, Progress, canonical_json, check_digest, copy_hashed
+from bundler.errors import SourceError
+from updater.errors import BundleError
+from updater.oci import CHUNK, LAYOUT_VERSION, Advance, Descriptor, canonical_json, check_digest, copy_hashed
 
 __all__ = ["DirWriter", "LayoutWriter", "TarWriter", "open_writer"]
 
@@ -28,7 +29,7 @@ _COPY_STEP = 64 << 20  # progress granularity of kernel copies
 _NO_KERNEL_COPY = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF}
 
 
-def open_writer(temp: Path, *, tar: bool, mtime: int, progress: Progress | None = None) -> LayoutWriter:
+def open_writer(temp: Path, *, tar: bool, mtime: int, progress: Advance | None = None) -> LayoutWriter:
     """A writer that builds its layout under the empty directory ``temp``."""
     if tar:
         return TarWriter(temp / "bundle.tar", work=temp, mtime=mtime, progress=progress)
@@ -40,7 +41,7 @@ class LayoutWriter(ABC):
 
     product: Path
 
-    def __init__(self, *, work: Path, progress: Progress | None) -> None:
+    def __init__(self, *, work: Path, progress: Advance | None) -> None:
         self.work = work
         self.progress = progress
         self._count = 0
@@ -152,7 +153,7 @@ class LayoutWriter(ABC):
 class DirWriter(LayoutWriter):
     """An OCI layout directory: one file per blob under ``blobs/sha256``."""
 
-    def __init__(self, root: Path, *, work: Path, progress: Progress | None = None) -> None:
+    def __init__(self, root: Path, *, work: Path, progress: Advance | None = None) -> None:
         super().__init__(work=work, progress=progress)
         self.product = root
         self.blobs = root / "blobs" / "sha256"
@@ -209,7 +210,7 @@ class DirWriter(LayoutWriter):
 class TarWriter(LayoutWriter):
     """An OCI layout as one deterministic tar file, blobs in the order they were added."""
 
-    def __init__(self, path: Path, *, work: Path, mtime: int, progress: Progress | None = None) -> None:
+    def __init__(self, path: Path, *, work: Path, mtime: int, progress: Advance | None = None) -> None:
         super().__init__(work=work, progress=progress)
         self.product = path
         self.mtime = mtime
@@ -308,7 +309,7 @@ def _hash_range(fd: int, offset: int, size: int, stop: threading.Event) -> str:
     return f"sha256:{sha.hexdigest()}"
 
 
-def _kernel_copy(src: int, src_offset: int, dst: int, dst_offset: int, size: int, progress: Progress | None) -> None:
+def _kernel_copy(src: int, src_offset: int, dst: int, dst_offset: int, size: int, progress: Advance | None) -> None:
     done = 0
     while done < size:
         step = min(_COPY_STEP, size - done)

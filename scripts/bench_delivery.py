@@ -38,19 +38,20 @@ sys.path.insert(0, str(ROOT))
 
 from bundler.build import BuildOptions, build_bundles, select_profiles  # noqa: E402
 from bundler.devices import Inventory  # noqa: E402
-from bundler.medium import export  # noqa: E402
+from bundler.export import export  # noqa: E402
 from bundler.overlay import build_overlay  # noqa: E402
-from bundler.profiles import builtin_profile_dir, load_profiles  # noqa: E402
-from bundler.publish import connect, mirror_sync, push  # noqa: E402
+from bundler.publish import mirror_sync, push  # noqa: E402
 from bundler.spec import load_spec  # noqa: E402
-from bundler.transfer import RegistryStore  # noqa: E402
 from scripts.oci_image import FileEntry, ImageConfig, Platform, PlatformImage, write_image_layout  # noqa: E402
 from tests.builders import signed  # noqa: E402
 from tests.realparts import Registry, start_registry  # noqa: E402
 from updater.identity import DeviceIdentity  # noqa: E402
 from updater.install import Installer  # noqa: E402
+from updater.poll import RegistryPoller  # noqa: E402
+from updater.profiles import builtin_profile_dir, load_profiles  # noqa: E402
+from updater.registry import connect  # noqa: E402
 from updater.slots import DeviceState, Release  # noqa: E402
-from updater.sources import RegistryPoller  # noqa: E402
+from updater.transfer import RegistryStore  # noqa: E402
 from updater.trust import TrustStore  # noqa: E402
 
 MIB = 1 << 20

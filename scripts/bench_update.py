@@ -63,8 +63,8 @@ class Poller:
 
 
 def measure(repeat: int) -> dict[str, Any]:
-    from bundler.profiles import builtin_profile_dir, load_profiles
     from updater.install import Installer
+    from updater.profiles import builtin_profile_dir, load_profiles
     from updater.trust import TrustStore
 
     cpu = load_profiles([builtin_profile_dir()])["x86_64-cpu"]

@@ -194,8 +194,8 @@ def example_releases(root: Path, *, python: str, secrets: bool = False, versions
     /run/secrets/api-token, sent by the inference check; in 1.1.0 owned by uid and gid 1000 with
     mode 0440); without, neither does. ``versions`` builds only those."""
     from bundler.build import BuildOptions, build_bundles, select_profiles
-    from bundler.profiles import builtin_profile_dir, load_profiles
     from bundler.spec import load_spec
+    from updater.profiles import builtin_profile_dir, load_profiles
 
     make_example_images(python)
     compose = (EXAMPLE_DIR / "compose.yaml").read_text().replace('"8080:8080"', f'"{FAST_PORT}:8080"')

@@ -8,22 +8,22 @@ from pathlib import Path
 
 import click
 
-from bundler.bundle import BundleInfo
-from bundler.cli import reports_errors
-from bundler.overlay import OverlayInfo
-from bundler.profiles import Profile, load_profiles, profile_search_path
-from bundler.sealing import KEMS
+from updater.bundle import BundleInfo
 from updater.daemon import Daemon
 from updater.detect import Hardware, detect_profile
 from updater.errors import UpdaterError
+from updater.exits import reports_errors
 from updater.identity import DeviceIdentity
 from updater.install import Installer
+from updater.overlay import OverlayInfo
+from updater.poll import RegistryPoller
+from updater.profiles import Profile, load_profiles, profile_search_path
+from updater.sealed import KEMS
 from updater.slots import Slots
-from updater.sources import RegistryPoller
 from updater.trust import TrustStore
 from updater.verify import verify_for_device
 
-__all__ = ["main"]
+__all__ = ["cli", "main"]
 
 DEFAULT_STATE_DIR = Path("/var/lib/sealift")
 
@@ -137,7 +137,7 @@ def _device_profile(profile: str | None, profiles_dir: Path | None) -> Profile:
 @reports_errors
 def install(store: TrustStore, bundle: Path, overlay: Path | None, profile: str | None, profiles_dir: Path | None, force: bool,
             as_json: bool) -> None:
-    """Install BUNDLE (with the site OVERLAY) beside the running release, switch, and keep it only if healthy.
+    """Install BUNDLE (with the site MEDIA.OVERLAY) beside the running release, switch, and keep it only if healthy.
 
     Steps: verify, stage into the inactive slot, load images, record `trying`, switch, health
     checks, then commit or roll back to the previous release. Exits 1 after a rollback. The
@@ -293,13 +293,14 @@ def verify(store: TrustStore, bundle: Path, profile: str | None, profiles_dir: P
 def _verify_any(store: TrustStore, path: Path, profile: Profile | None) -> tuple[BundleInfo | None, OverlayInfo | None]:
     """Verify a bundle or an overlay, or what an install would take from a medium (a delta is
     completed from the device's store first; what is taken stays there, and the next install prunes it)."""
-    from bundler.medium import looks_like_medium
-    from bundler.overlay import is_overlay
     from updater.identity import DeviceIdentity
     from updater.install import choose
-    from updater.overlays import overlay_of, verify_overlay
+    from updater.medium import looks_like_medium
+    from updater.overlay import is_overlay
     from updater.slots import Slots
+    from updater.stage import overlay_of
     from updater.store import BundleStore, offer
+    from updater.verify import verify_overlay
 
     identity = DeviceIdentity(store.state_dir)
     state = Slots(store.state_dir).load()

@@ -2,7 +2,7 @@
 
 Each pass looks for bundles and media (OCI layout directories and tar files) in the watched
 directory and installs, one at a time, those this device has not installed or seen fail; it polls
-the site registry, if one is given, for a newer signed release (see :mod:`updater.sources`);
+the site registry, if one is given, for a newer signed release (see :mod:`updater.poll`);
 then it sleeps. It
 talks to systemd when started as a ``Type=notify`` service: ``READY=1`` after the first pass,
 ``WATCHDOG=1`` after each one. Log lines are ``key=value`` pairs, easy to search in journald.
@@ -19,9 +19,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bundler.errors import SealiftError
+from updater.errors import SealiftError
 from updater.install import Installer, Outcome, choose, failure_key, lasting
-from updater.sources import RegistryPoller
+from updater.poll import RegistryPoller
 from updater.store import offer
 
 __all__ = ["Daemon", "notify"]

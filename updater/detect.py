@@ -14,8 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bundler.profiles import Profile, Rule
 from updater.errors import UpdaterError
+from updater.profiles import Profile, Rule
 
 __all__ = ["Detection", "Hardware", "detect_profile"]
 

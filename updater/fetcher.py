@@ -12,7 +12,7 @@ from pathlib import Path
 from tuf.api.exceptions import DownloadHTTPError
 from tuf.ngclient import FetcherInterface
 
-from bundler.layout import LayoutReader
+from updater.layout import LayoutReader
 
 __all__ = ["BUNDLE_URL", "BundleFetcher", "TrustedFetcher"]
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bundler.appdef import Check, CheckType, HealthPolicy
+from updater.appdef import Check, CheckType, HealthPolicy
 from updater.runtime import LABEL_APP, LABEL_SLOT
 
 __all__ = ["HealthResult", "wait_healthy"]

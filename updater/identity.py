@@ -19,10 +19,11 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from bundler.devices import SITE
-from bundler.durable import exclusive_lock, fsync_dir, replace_file
-from bundler.errors import SecretError
-from bundler.sealing import KEMS, DeviceKey, device_id
+from updater.appdef import NAME
+from updater.durable import fsync_dir, replace_file
+from updater.errors import SecretError
+from updater.locks import exclusive_lock
+from updater.sealed import KEMS, DeviceKey, device_id
 
 __all__ = ["DeviceIdentity"]
 
@@ -43,7 +44,7 @@ class DeviceIdentity:
     def enroll(self, *, site: str, profile: str, kem: str = "x25519", force: bool = False,
                now: dt.datetime | None = None) -> dict[str, Any]:
         """Create the key pair and the record; refuse to replace existing keys unless ``force``."""
-        if not SITE.fullmatch(site):
+        if not NAME.fullmatch(site):
             raise SecretError(f"site {site!r}: expected a site name (lower case letters, digits, . _ -)")
         if kem not in KEMS:
             raise SecretError(f"unknown key type {kem!r} (known: {', '.join(KEMS)})")

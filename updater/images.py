@@ -15,9 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bundler.bundle import BundleInfo
-from bundler.layout import CHUNK, LayoutReader, open_layout
+from updater.bundle import BundleInfo
 from updater.errors import UpdaterError
+from updater.layout import LayoutReader, open_layout
+from updater.oci import CHUNK
 
 __all__ = ["image_tag", "load_images"]
 

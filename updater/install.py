@@ -14,25 +14,24 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bundler.appdef import HealthPolicy
-from bundler.bundle import release_definition
-from bundler.errors import BundleError, ContentMismatch, IncompleteMedium, SealiftError, SecretError
-from bundler.medium import looks_like_medium
-from bundler.overlay import OverlayInfo, fits, is_overlay
-from bundler.profiles import Profile
-from bundler.spec import version_key
-from updater.errors import DeviceFault, TrustError, UpdaterError
+from updater.appdef import HealthPolicy
+from updater.bundle import release_definition
+from updater.errors import BundleError, ContentMismatch, DeviceFault, IncompleteMedium, SealiftError, SecretError, TrustError, UpdaterError
 from updater.gc import collect_images
 from updater.health import HealthResult, wait_healthy
 from updater.identity import DeviceIdentity
 from updater.images import load_images
-from updater.overlays import SecretStore, check_overlay_in_slot, clone_slot, overlay_of, stage_overlay, verify_overlay
+from updater.medium import looks_like_medium
+from updater.overlay import OverlayInfo, is_overlay
+from updater.profiles import Profile
 from updater.runtime import Runtime
+from updater.secrets import SecretStore
 from updater.slots import DeviceState, Phase, Release, Slots
-from updater.stage import stage_release
+from updater.stage import clone_slot, overlay_of, stage_overlay, stage_release, staged_overlay
 from updater.store import BundleStore, Incoming, Offer, Offered, offer
 from updater.trust import TrustStore
-from updater.verify import verify_for_device
+from updater.verify import verify_for_device, verify_overlay
+from updater.versions import fits, version_key
 
 __all__ = ["Choice", "Installer", "Outcome", "choose", "failure_key", "lasting"]
 
@@ -132,7 +131,7 @@ class Installer:
         if running.get("name") != app or not fits(str(running.get("fits", "")), version):
             raise UpdaterError(f"the site overlay {running.get('version')} does not fit {app} {version} "
                                f"({running.get('fits')}); install it with an overlay that does")
-        return check_overlay_in_slot(running_slot)
+        return staged_overlay(running_slot)
 
     def _apply_overlay(self, state: DeviceState, overlay: Path, *, force: bool) -> Outcome:
         """Run the current release again with a new overlay, from the other slot: checked and rolled back like an install."""

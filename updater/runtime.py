@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bundler.appdef import App, Service, start_order
+from updater.appdef import App, Service, start_order
 from updater.errors import UpdaterError
 from updater.slots import Release
 

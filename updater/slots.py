@@ -17,8 +17,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from bundler.durable import exclusive_lock, replace_file
+from updater.durable import replace_file
 from updater.errors import UpdaterError
+from updater.locks import exclusive_lock
 
 __all__ = ["SLOTS", "DeviceState", "Phase", "Release", "Slots"]
 

@@ -9,6 +9,7 @@ into it, so a slot is either fully staged or not there.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import posixpath
 import secrets
@@ -22,14 +23,17 @@ from typing import IO, Any
 
 import zstandard
 
-from bundler.bundle import MAX_ZSTD_WINDOW, MEDIA, BundleInfo
-from bundler.durable import fsync_dir
-from bundler.layout import CHUNK, canonical_json, open_layout
+from updater.bundle import MAX_ZSTD_WINDOW, BundleInfo
+from updater.durable import fsync_dir
 from updater.errors import UpdaterError
+from updater.layout import open_layout
+from updater.oci import CHUNK, MEDIA, canonical_json
+from updater.overlay import OverlayInfo
 
-__all__ = ["stage_release"]
+__all__ = ["clone_slot", "overlay_of", "stage_overlay", "stage_release", "staged_overlay"]
 
 _DIRS = {"model": "models", "config": "configs"}
+_OVERLAY = "overlay"
 
 
 def stage_release(bundle: Path, info: BundleInfo, slot_dir: Path) -> Path:
@@ -152,3 +156,68 @@ def _remove(path: Path) -> None:
             if not full.is_symlink():
                 os.chmod(full, stat.S_IRWXU)
     shutil.rmtree(path)
+
+
+# --- a site overlay, staged with its release ---------------------------------------------------
+
+
+def stage_overlay(info: OverlayInfo, slot_dir: Path) -> None:
+    """Put the overlay's descriptor and sealed set (ciphertext) into a staged, read-only slot."""
+    folder = slot_dir / _OVERLAY
+    descriptor = {"name": info.name, "site": info.site, "version": info.version, "fits": info.fits,
+                  "digest": info.digest, "environment": info.environment, "secrets": list(info.secrets)}
+    mode = stat.S_IMODE(slot_dir.stat().st_mode)
+    try:
+        os.chmod(slot_dir, mode | stat.S_IWUSR)
+        folder.mkdir(mode=0o700)
+        (folder / "overlay.json").write_bytes(canonical_json(descriptor))
+        (folder / "sealed.json").write_bytes(canonical_json(info.sealed))
+        for file in folder.iterdir():
+            os.chmod(file, 0o400)
+        os.chmod(folder, 0o500)
+    except OSError as e:
+        raise UpdaterError(f"staging overlay {info.version} into slot {slot_dir.name} failed ({e.strerror}); "
+                           "the running release is untouched") from e
+    finally:
+        os.chmod(slot_dir, mode)
+
+
+def staged_overlay(slot_dir: Path) -> OverlayInfo:
+    """The overlay staged in a slot, to carry to the next release (it was verified when it was staged)."""
+    descriptor = overlay_of(slot_dir)
+    if descriptor is None:
+        raise UpdaterError(f"{slot_dir}: no overlay staged")
+    try:
+        sealed = json.loads((slot_dir / _OVERLAY / "sealed.json").read_text())
+        return OverlayInfo(name=descriptor["name"], site=descriptor["site"], version=descriptor["version"],
+                           fits=descriptor.get("fits", ""), digest=descriptor["digest"],
+                           environment=descriptor.get("environment") or {}, secrets=tuple(descriptor.get("secrets") or ()),
+                           sealed=sealed)
+    except (OSError, ValueError, KeyError) as e:
+        raise UpdaterError(f"{slot_dir}: the staged overlay is damaged ({type(e).__name__})") from e
+
+
+def overlay_of(slot_dir: Path) -> dict[str, Any] | None:
+    """The overlay staged in a slot (its descriptor), or None."""
+    try:
+        data: dict[str, Any] = json.loads((slot_dir / _OVERLAY / "overlay.json").read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise UpdaterError(f"{slot_dir}: the staged overlay is damaged ({type(e).__name__})") from e
+    return data
+
+
+def clone_slot(source: Path, dest: Path) -> None:
+    """Stage ``dest`` as a copy of ``source`` without its overlay: files are hard-linked (they are read-only)."""
+    temp = dest.with_name(f".{dest.name}-clone")
+    shutil.rmtree(temp, ignore_errors=True)
+    try:
+        shutil.copytree(source, temp, copy_function=os.link, ignore=lambda d, names: [_OVERLAY] if Path(d) == source else [])
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.rename(temp, dest)
+        fsync_dir(dest.parent)
+    except OSError as e:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise UpdaterError(f"staging into slot {dest.name} failed ({e.strerror}); the running release is untouched") from e

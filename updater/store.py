@@ -20,15 +20,15 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from bundler.bundle import ANNOTATION, MEDIA
-from bundler.durable import exclusive_lock, fsync_dir
-from bundler.errors import BundleError, DeliveryError, IncompleteMedium
-from bundler.layout import MAX_JSON_BYTES, Descriptor, LayoutReader, check_digest, open_layout
-from bundler.medium import MediumBundle, looks_like_medium, read_medium
-from bundler.overlay import FITS_ANNOTATION, OVERLAY, SITE_ANNOTATION
-from bundler.profiles import Profile
-from bundler.spec import version_key
-from bundler.transfer import LayoutStore, ReaderStore, Store, Transferred, copy_graph, walk
+from updater.durable import fsync_dir
+from updater.errors import BundleError, DeliveryError, IncompleteMedium
+from updater.layout import LayoutReader, open_layout
+from updater.locks import exclusive_lock
+from updater.medium import MediumBundle, looks_like_medium, read_medium
+from updater.oci import ANNOTATION, MAX_JSON_BYTES, MEDIA, Descriptor, check_digest
+from updater.profiles import Profile
+from updater.transfer import LayoutStore, ReaderStore, Store, Transferred, copy_graph, walk
+from updater.versions import version_key
 
 __all__ = ["BundleStore", "Incoming", "Offer", "Offered", "offer"]
 
@@ -240,17 +240,17 @@ def offer(path: Path, profile: Profile | None, site: str | None) -> Offer:
             top = _single_top(reader)
             a = _annotations(reader, top)
             offered = Offered(digest=top.digest, name=a.get(ANNOTATION.NAME, ""), version=a.get(ANNOTATION.VERSION, ""),
-                              fits=a.get(FITS_ANNOTATION, ""))
-            if top.artifact_type != OVERLAY:
+                              fits=a.get(ANNOTATION.FITS, ""))
+            if top.artifact_type != MEDIA.OVERLAY:
                 return Offer(bundle=offered)
-            if a.get(SITE_ANNOTATION) != site:
-                raise DeliveryError(f"{path}: an overlay for site {a.get(SITE_ANNOTATION)}; this device is "
+            if a.get(ANNOTATION.SITE) != site:
+                raise DeliveryError(f"{path}: an overlay for site {a.get(ANNOTATION.SITE)}; this device is "
                                     + (f"at site {site}" if site else "not enrolled at any site"))
             return Offer(overlays=(offered,))
         contents = read_medium(reader)
         # what an overlay fits, as its own index says (what TUF signs), not as the medium's listing says
         overlays = tuple(Offered(digest=o.top.digest, name=o.name, version=o.version,
-                                 fits=_annotations(reader, o.top).get(FITS_ANNOTATION, ""))
+                                 fits=_annotations(reader, o.top).get(ANNOTATION.FITS, ""))
                          for o in contents.overlays if site is not None and o.site == site)
     if overlays and not any(profile is None or b.profile == profile.name for b in contents.bundles):
         return Offer(overlays=overlays)  # a rotation medium

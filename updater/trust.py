@@ -23,9 +23,10 @@ from tuf.api.exceptions import RepositoryError as TufRepositoryError
 from tuf.api.metadata import Metadata, Root
 from tuf.api.serialization import DeserializationError
 
-from bundler.durable import exclusive_lock, fsync_dir, replace_file
-from bundler.spec import version_key
+from updater.durable import fsync_dir, replace_file
 from updater.errors import ClockError, DeviceFault, TrustError
+from updater.locks import exclusive_lock
+from updater.versions import version_key
 
 __all__ = ["ROOT_MAX_BYTES", "TrustStore"]
 

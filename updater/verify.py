@@ -20,16 +20,19 @@ from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import TargetFile
 from tuf.ngclient import Updater, UpdaterConfig
 
-from bundler.bundle import ANNOTATION, BundleInfo, verify_bundle
-from bundler.errors import BundleError
-from bundler.layout import MAX_JSON_BYTES, LayoutReader, open_layout
-from bundler.overlay import OVERLAY, SITE_ANNOTATION, overlay_target
-from bundler.profiles import Profile
-from updater.errors import DeviceFault, TrustError
+from updater.bundle import BundleInfo, verify_bundle
+from updater.errors import BundleError, DeviceFault, TrustError, UpdaterError
 from updater.fetcher import BUNDLE_URL, BundleFetcher, TrustedFetcher
+from updater.identity import DeviceIdentity
+from updater.layout import LayoutReader, open_layout
+from updater.oci import ANNOTATION, MAX_JSON_BYTES, MEDIA
+from updater.overlay import OverlayInfo, check_overlay, overlay_target
+from updater.profiles import Profile
+from updater.sealed import Identity, open_sealed
 from updater.trust import TrustStore
+from updater.versions import fits
 
-__all__ = ["check_signed_target", "signed_name", "tuf_fault", "verify_for_device"]
+__all__ = ["check_signed_target", "signed_name", "tuf_fault", "verify_for_device", "verify_overlay"]
 
 class _OfflineSigstoreKey(SigstoreKey):
     """A keyless (Sigstore) key as a device sees it: its signatures need Sigstore's online trust
@@ -101,8 +104,8 @@ def _claimed_target(reader: LayoutReader, digest: str | None = None) -> tuple[st
             index = stream.read(MAX_JSON_BYTES + 1)
         parsed = json.loads(index)
         annotations = parsed["annotations"]
-        if parsed.get("artifactType") == OVERLAY:
-            name = overlay_target(annotations[ANNOTATION.NAME], annotations[SITE_ANNOTATION], annotations[ANNOTATION.VERSION])
+        if parsed.get("artifactType") == MEDIA.OVERLAY:
+            name = overlay_target(annotations[ANNOTATION.NAME], annotations[ANNOTATION.SITE], annotations[ANNOTATION.VERSION])
         else:
             name = f"{annotations[ANNOTATION.NAME]}/{annotations[ANNOTATION.PROFILE]}/{annotations[ANNOTATION.VERSION]}"
     except (ValueError, KeyError, IndexError, TypeError, RecursionError) as e:
@@ -182,3 +185,28 @@ def _check_profile(path: Path, info: BundleInfo, profile: Profile | None) -> Non
             f"{path}: bundle {info.name} {info.version} is compatible with {info.compatible!r}, "
             f"this device needs {profile.compatible!r}"
         )
+
+
+def verify_overlay(path: Path, *, trust: TrustStore, identity: DeviceIdentity, app: str | None, app_version: str | None,
+                   commit: bool = True) -> OverlayInfo:
+    """Everything a device checks before an overlay may go into a slot (with ``app`` ``app_version``;
+    None when nothing runs yet to check it against); the trusted state then advances (unless not
+    ``commit``: a check before downloading what goes with it)."""
+    record = identity.record()
+    with trust.candidate() as metadata_dir, open_layout(path) as reader:
+        name = signed_name(path, reader, metadata_dir)
+        info = check_overlay(path)
+        if overlay_target(info.name, info.site, info.version) != name:
+            raise TrustError(f"{path}: the overlay is not the target it claims to be")
+        if app is not None and info.name != app:
+            raise UpdaterError(f"{path}: an overlay for {info.name}, this device runs {app}")
+        if info.site != record.get("site"):
+            raise UpdaterError(f"{path}: an overlay for site {info.site}, this device is enrolled at {record.get('site')}")
+        if app_version is not None and not fits(info.fits, app_version):
+            raise UpdaterError(f"{path}: overlay {info.version} fits {info.name} {info.fits}, not {app_version}")
+        trust.check_version(info.name, f"overlays/{info.site}", info.version)
+        open_sealed(info.sealed, Identity(app=info.name, site=info.site, version=info.version), str(record.get("device")),
+                    identity.key())  # this device can read it: refused now, not after the switch
+        if commit:
+            trust.commit(metadata_dir, release=(info.name, f"overlays/{info.site}", info.version))
+    return info

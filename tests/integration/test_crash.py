@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from bundler.errors import SealiftError
-from bundler.profiles import builtin_profile_dir, load_profiles
 from tests.builders import healthz
 from tests.realparts import DockerEngine
-from updater.errors import UpdaterError
+from updater.errors import SealiftError, UpdaterError
 from updater.install import Installer
+from updater.profiles import builtin_profile_dir, load_profiles
 from updater.slots import Phase, Slots
 from updater.trust import TrustStore
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from bundler.profiles import builtin_profile_dir, load_profiles
 from tests.realparts import DockerEngine
 from updater.daemon import Daemon
 from updater.install import Installer
+from updater.profiles import builtin_profile_dir, load_profiles
 from updater.slots import Slots
 from updater.trust import TrustStore
 

@@ -20,19 +20,19 @@ from click.testing import CliRunner
 
 from bundler.build import BuildOptions, build_bundles, select_profiles
 from bundler.cli import cli as sealift
-from bundler.errors import BundleError, DeliveryError
-from bundler.profiles import builtin_profile_dir, load_profiles
-from bundler.publish import connect, mirror_sync, pull, push
-from bundler.registry import Retry
+from bundler.publish import mirror_sync, pull, push
 from bundler.spec import load_spec
-from bundler.transfer import EMPTY_CONFIG
 from tests.builders import healthz, image_layout, manifest_digests, project
 from tests.realparts import CuttingProxy, DockerEngine, Registry, RegistryFactory, push_to_registry, sha256_digest
 from updater.cli import cli as updater_cli
 from updater.daemon import Daemon
+from updater.errors import BundleError, DeliveryError
 from updater.install import Installer
+from updater.poll import RegistryPoller
+from updater.profiles import builtin_profile_dir, load_profiles
+from updater.registry import Retry, connect
 from updater.slots import Slots
-from updater.sources import RegistryPoller
+from updater.transfer import EMPTY_CONFIG
 from updater.trust import TrustStore
 
 PROFILES = load_profiles([builtin_profile_dir()])
@@ -277,7 +277,7 @@ def test_credentials_come_from_the_docker_config_and_wrong_ones_fail_clearly(
 
 def test_an_unreachable_registry_is_retried_then_named() -> None:
     with pytest.raises(DeliveryError, match=r"cannot reach 127\.0\.0\.1:9 \(connection refused or host unreachable\); gave up after 2"):
-        from bundler.publish import connect
+        from updater.registry import connect
 
         connect("127.0.0.1:9/demo", plain_http=True, what="registry", retry=Retry(delays=(0.05,))).tags()
 
@@ -357,8 +357,8 @@ def overlaid(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def test_a_poll_takes_the_newest_release_with_the_newest_overlay_of_its_site_that_fits_it(
         overlaid: dict[str, Path], registry: Registry) -> None:
-    from updater.overlays import stage_overlay
     from updater.slots import DeviceState, Release
+    from updater.stage import stage_overlay
 
     for path in overlaid.values():
         if path.name != overlaid["device"].name:
@@ -374,7 +374,7 @@ def test_a_poll_takes_the_newest_release_with_the_newest_overlay_of_its_site_tha
         shutil.rmtree(slot, ignore_errors=True)
         slot.mkdir(parents=True)
         if overlay is not None:
-            from bundler.overlay import check_overlay
+            from updater.overlay import check_overlay
 
             stage_overlay(check_overlay(overlaid[f"plant-7-{overlay}"]), slot)
         return DeviceState(current=Release(name="demo", version=version, profile="x86_64-cpu", digest=digest[version], slot="a",

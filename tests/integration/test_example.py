@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from bundler.bundle import check_bundle
 from tests.builders import docker_archive_from_bundle, make_example_images
 from tests.realparts import DockerEngine
+from updater.bundle import check_bundle
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "vision-app"

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from bundler.build import BuildOptions, build_bundles, select_profiles
-from bundler.bundle import BundleInfo
 from bundler.errors import SourceError
-from bundler.profiles import builtin_profile_dir, load_profiles
 from bundler.spec import load_spec
 from tests.builders import docker_archive_from_bundle, image_layout, project
 from tests.realparts import DockerEngine, Registry, busybox_image, push_to_registry
+from updater.bundle import BundleInfo
+from updater.profiles import builtin_profile_dir, load_profiles
 
 PROFILES = load_profiles([builtin_profile_dir()])
 

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 
 from bundler.build import BuildOptions, build_bundles, select_profiles
-from bundler.bundle import BundleInfo, check_bundle
-from bundler.profiles import builtin_profile_dir, load_profiles
 from bundler.spec import load_spec
 from tests.builders import project
 from tests.realparts import DockerEngine, busybox_image
+from updater.bundle import BundleInfo, check_bundle
 from updater.images import image_tag, load_images
+from updater.profiles import builtin_profile_dir, load_profiles
 
 PROFILES = load_profiles([builtin_profile_dir()])
 

@@ -17,7 +17,6 @@ from bundler.build import BuildOptions, build_bundles, select_profiles
 from bundler.devices import Inventory
 from bundler.keys import KeyStore
 from bundler.overlay import build_overlay
-from bundler.profiles import builtin_profile_dir, load_profiles
 from bundler.repo import Repository
 from bundler.spec import load_spec
 from tests import builders
@@ -26,6 +25,7 @@ from tests.realparts import DockerEngine
 from updater.errors import UpdaterError
 from updater.identity import DeviceIdentity
 from updater.install import Installer, failure_key
+from updater.profiles import builtin_profile_dir, load_profiles
 from updater.slots import Phase, Slots
 from updater.trust import TrustStore
 

@@ -13,16 +13,16 @@ from pathlib import Path
 import pytest
 
 from bundler.devices import Inventory
-from bundler.errors import SealiftError
 from bundler.keys import KeyStore
 from bundler.overlay import build_overlay
-from bundler.profiles import builtin_profile_dir, load_profiles
 from bundler.repo import Repository
 from bundler.spec import load_spec
 from tests.builders import example_releases, healthz, unmount_secrets
 from tests.realparts import DockerEngine
+from updater.errors import SealiftError
 from updater.identity import DeviceIdentity
 from updater.install import Installer
+from updater.profiles import builtin_profile_dir, load_profiles
 from updater.slots import Slots
 from updater.trust import TrustStore
 

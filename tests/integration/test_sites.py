@@ -21,19 +21,19 @@ import pytest
 from click.testing import CliRunner
 
 from bundler.cli import cli as sealift
-from bundler.errors import SecretError
 from bundler.keys import PASSPHRASE_ENV
-from bundler.overlay import check_overlay
-from bundler.profiles import builtin_profile_dir, load_profiles
-from bundler.sealing import Identity, open_sealed
-from bundler.transfer import EMPTY_CONFIG
 from tests.builders import answer, example_releases, manifest_digests, unmount_secrets
 from tests.realparts import DockerEngine, NetNamespace, Registry, RegistryFactory, start_docker_engine, start_net_namespace
 from updater.daemon import Daemon
+from updater.errors import SecretError
 from updater.identity import DeviceIdentity
 from updater.install import Installer
+from updater.overlay import check_overlay
+from updater.poll import RegistryPoller
+from updater.profiles import builtin_profile_dir, load_profiles
+from updater.sealed import Identity, open_sealed
 from updater.slots import Slots
-from updater.sources import RegistryPoller
+from updater.transfer import EMPTY_CONFIG
 from updater.trust import TrustStore
 
 CPU = load_profiles([builtin_profile_dir()])["x86_64-cpu"]

@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 
 from bundler.build import BuildOptions, build_bundles, select_profiles
-from bundler.bundle import MEDIA, check_bundle
-from bundler.errors import OutputError, SourceError, SpecError
-from bundler.profiles import builtin_profile_dir, load_profiles
+from bundler.errors import OutputError, SourceError
 from bundler.spec import load_spec
 from tests.builders import AMD64, image_layout, project
+from updater.bundle import check_bundle
+from updater.errors import SpecError
+from updater.oci import MEDIA
+from updater.profiles import builtin_profile_dir, load_profiles
 
 PROFILES = load_profiles([builtin_profile_dir()])
 

@@ -14,11 +14,11 @@ import pytest
 import zstandard
 
 from bundler.build import BuildOptions, build_bundles, select_profiles
-from bundler.bundle import check_bundle, verify_bundle
-from bundler.errors import BundleError
-from bundler.profiles import builtin_profile_dir, load_profiles
 from bundler.spec import load_spec
 from tests.builders import project, reseal, rewrite_descriptor
+from updater.bundle import check_bundle, verify_bundle
+from updater.errors import BundleError
+from updater.profiles import builtin_profile_dir, load_profiles
 
 PROFILES = load_profiles([builtin_profile_dir()])
 

@@ -13,16 +13,19 @@ from click.testing import CliRunner
 
 from bundler.build import BuildOptions, build_bundles, select_profiles
 from bundler.cli import cli as sealift
-from bundler.errors import DeliveryError, OutputError, SourceError
-from bundler.layout import Descriptor, open_layout
-from bundler.medium import check_medium, export
-from bundler.profiles import builtin_profile_dir, load_profiles
-from bundler.registry import Reference, Retry, parse_reference
+from bundler.errors import OutputError
+from bundler.export import export
 from bundler.spec import load_spec
-from bundler.transfer import LayoutStore, ReaderStore
 from tests.builders import manifest_digests, project
 from updater.daemon import Daemon
+from updater.errors import DeliveryError, SpecError
+from updater.layout import open_layout
+from updater.medium import check_medium
+from updater.oci import Descriptor
+from updater.profiles import builtin_profile_dir, load_profiles
+from updater.registry import Reference, Retry, parse_reference
 from updater.store import BundleStore, offer
+from updater.transfer import LayoutStore, ReaderStore
 
 PROFILES = load_profiles([builtin_profile_dir()])
 
@@ -66,7 +69,7 @@ def test_references_parse(text: str, expected: Reference) -> None:
     ("host.example/app:-x", "not a valid tag"),
 ])
 def test_malformed_references_are_named(text: str, message: str) -> None:
-    with pytest.raises(SourceError, match=message):
+    with pytest.raises(SpecError, match=message):
         parse_reference(text)
 
 
@@ -233,7 +236,7 @@ def test_checksums_cannot_name_files_outside_the_medium(versions: dict[str, Path
 
 
 def test_prune_leaves_a_bundle_whose_lock_is_held(versions: dict[str, Path], tmp_path: Path) -> None:
-    from bundler.durable import exclusive_lock
+    from updater.locks import exclusive_lock
 
     store = BundleStore(tmp_path / "device")
     taken = store.take(versions["1.2.0-x86_64-cpu"], PROFILES["x86_64-cpu"])
@@ -243,7 +246,7 @@ def test_prune_leaves_a_bundle_whose_lock_is_held(versions: dict[str, Path], tmp
 
 
 def test_prune_leaves_a_download_in_progress_and_removes_an_abandoned_one(versions: dict[str, Path], tmp_path: Path) -> None:
-    from bundler.durable import exclusive_lock
+    from updater.locks import exclusive_lock
 
     store = BundleStore(tmp_path / "device")
     kept = store.take(versions["1.2.0-x86_64-cpu"], PROFILES["x86_64-cpu"])
@@ -289,6 +292,6 @@ def test_a_cut_download_whose_blob_arrives_another_way_leaves_no_partial_in_the_
         incoming.metadata = {}
         done = incoming.complete()
     assert not [p for p in (done / "blobs/sha256").iterdir() if p.name.startswith(".")]
-    from bundler.bundle import verify_bundle
+    from updater.bundle import verify_bundle
 
     assert verify_bundle(done).digest == top.digest

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from bundler.profiles import builtin_profile_dir, load_profiles
 from updater.detect import Hardware, detect_profile
 from updater.errors import UpdaterError
+from updater.profiles import builtin_profile_dir, load_profiles
 
 ROOTS = Path(__file__).resolve().parent.parent / "assets" / "sysfs"
 PROFILES = load_profiles([builtin_profile_dir()])

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from bundler.appdef import Check, CheckType, HealthPolicy
+from updater.appdef import Check, CheckType, HealthPolicy
 from updater.health import wait_healthy
 
 

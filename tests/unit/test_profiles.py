@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from bundler.errors import SpecError
-from bundler.profiles import Platform, builtin_profile_dir, load_profiles
+from updater.errors import SpecError
+from updater.profiles import Platform, builtin_profile_dir, load_profiles
 
 SHIPPED = {"x86_64-cpu", "x86_64-nvidia", "jetson-orin", "rpi5-hailo8", "arm64-coral", "x86_64-intel-npu"}
 

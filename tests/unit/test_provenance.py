@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 
 from bundler.build import BuildOptions, build_bundles, select_profiles
-from bundler.bundle import MEDIA, check_bundle
-from bundler.errors import SourceError, SpecError
-from bundler.profiles import builtin_profile_dir, load_profiles
+from bundler.errors import SourceError
 from bundler.spec import load_spec
 from tests.builders import project, signed
+from updater.bundle import check_bundle
+from updater.errors import SpecError
+from updater.oci import MEDIA
+from updater.profiles import builtin_profile_dir, load_profiles
 from updater.trust import TrustStore
 from updater.verify import verify_for_device
 

@@ -14,10 +14,11 @@ from click.testing import CliRunner
 
 from bundler.cli import cli as sealift
 from bundler.devices import Inventory
-from bundler.errors import SecretError, SpecError
-from bundler.sealing import DeviceKey, Identity, Recipient, device_id, open_sealed, seal
+from bundler.sealing import Recipient, seal
 from updater.cli import cli as updater_cli
+from updater.errors import SecretError, SpecError
 from updater.identity import DeviceIdentity
+from updater.sealed import DeviceKey, Identity, device_id, open_sealed
 
 TOKEN = b"tok-3f9a1c77e2-not-for-logs"
 IDENTITY = Identity(app="vision-app", site="plant-7", version="3")
@@ -138,12 +139,12 @@ def test_an_altered_enrollment_record_is_refused(tmp_path: Path) -> None:
 
 def _data_key(document: dict, key: DeviceKey) -> bytes:  # type: ignore[type-arg]
     """Unwrap a set's data key the way open_sealed does (to check its properties)."""
-    from bundler import sealing
+    from updater.sealed import SUITES, key_binding
 
     r = recipient(key)
     entry = next(e for e in document["recipients"] if e["device"] == r.device)
-    info = sealing._info(IDENTITY, r.device, document["secrets"])
-    return bytes(sealing._SUITES[key.kem].decrypt(base64.b64decode(entry["sealed_key"]), key._key, info=info))
+    info = key_binding(IDENTITY, r.device, document["secrets"])
+    return bytes(SUITES[key.kem].decrypt(base64.b64decode(entry["sealed_key"]), key._key, info=info))
 
 
 def test_each_set_has_a_fresh_data_key_and_each_secret_a_fresh_nonce(keys: dict[str, DeviceKey]) -> None:
@@ -241,7 +242,7 @@ def _build(fleet: dict[str, Path], *extra: str) -> tuple[int, str, str]:
 
 
 def test_an_overlay_seals_the_sites_secrets_to_its_devices_only_and_writes_no_value(fleet: dict[str, Path], tmp_path: Path) -> None:
-    from bundler.overlay import check_overlay
+    from updater.overlay import check_overlay
 
     code, out, err = _build(fleet)
     assert code == 0, err
@@ -290,7 +291,7 @@ def test_overlay_builds_fail_clearly_and_write_nothing(fleet: dict[str, Path], m
 
 
 def test_a_revoked_device_cannot_read_the_next_overlay(fleet: dict[str, Path], tmp_path: Path) -> None:
-    from bundler.overlay import check_overlay
+    from updater.overlay import check_overlay
 
     first = DeviceIdentity(tmp_path / "device0")
     Inventory(fleet["inventory"]).revoke(first.record()["device"])
@@ -316,7 +317,7 @@ def test_a_malformed_site_file_is_named(fleet: dict[str, Path], site_file: str, 
 
 
 def test_versions_fit_ranges() -> None:
-    from bundler.overlay import fits
+    from updater.versions import fits
 
     assert fits(">=1.0.0 <2.0.0", "1.4.2") and not fits(">=1.0.0 <2.0.0", "2.0.0") and fits("", "0.1.0")
     assert not fits("==1.2.0", "1.2.1") and fits(">1.0.0", "1.0.1")
@@ -337,11 +338,12 @@ def test_a_validly_sealed_secret_name_that_would_leave_its_folder_is_refused(key
 
 def test_secrets_open_into_memory_one_folder_per_service_with_the_owner_and_mode_each_declares(tmp_path: Path) -> None:
     """A real tmpfs (the updater mounts it; needs root): root 0400 by default, uid/gid/mode as declared."""
-    from bundler.appdef import SecretMount, Service
-    from bundler.overlay import OverlayInfo
     from tests.builders import unmount_secrets
+    from updater.appdef import SecretMount, Service
     from updater.errors import UpdaterError
-    from updater.overlays import SecretStore, stage_overlay
+    from updater.overlay import OverlayInfo
+    from updater.secrets import SecretStore
+    from updater.stage import stage_overlay
 
     if os.geteuid() != 0:
         if os.environ.get("CI"):

@@ -15,16 +15,17 @@ from click.testing import CliRunner
 from bundler.build import BuildOptions, build_bundles, select_profiles
 from bundler.cli import cli as sealift
 from bundler.devices import Inventory
-from bundler.errors import ContentMismatch, DeliveryError, IncompleteMedium, SecretError
-from bundler.medium import check_medium, export
-from bundler.overlay import build_overlay, check_overlay
-from bundler.profiles import builtin_profile_dir, load_profiles
+from bundler.export import export
+from bundler.overlay import build_overlay
 from bundler.spec import load_spec
 from tests.builders import project, signed
 from updater.daemon import Daemon
-from updater.errors import ClockError, DeviceFault, TrustError, UpdaterError
+from updater.errors import ClockError, ContentMismatch, DeliveryError, DeviceFault, IncompleteMedium, SecretError, TrustError, UpdaterError
 from updater.identity import DeviceIdentity
 from updater.install import Choice, choose
+from updater.medium import check_medium
+from updater.overlay import check_overlay
+from updater.profiles import builtin_profile_dir, load_profiles
 from updater.slots import DeviceState, Release
 from updater.store import BundleStore, Offer, Offered, offer
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from bundler.errors import SourceError
-from bundler.profiles import Platform
 from bundler.sources import open_image_source
+from updater.profiles import Platform
 
 AMD64 = Platform(os="linux", architecture="amd64")
 LAYER = b"layer tar bytes" * 100

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from bundler.appdef import CheckType
-from bundler.errors import SpecError
 from bundler.spec import load_spec
 from tests.builders import SPEC
+from updater.appdef import CheckType
+from updater.errors import SpecError
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -34,8 +34,8 @@ def test_valid_spec_loads_into_values(tmp_path: Path) -> None:
 
 def test_app_and_health_round_trip_through_their_data_form(tmp_path: Path) -> None:
     """The descriptor stores to_data(); parsing it back must give the same values."""
-    from bundler.appdef import parse_app, parse_health
-    from bundler.yamlfile import Field
+    from updater.appdef import parse_app, parse_health
+    from updater.yamlfile import Field
 
     spec = load_spec(write(tmp_path, SPEC))
     app = parse_app(Field(tmp_path, "app", spec.app.to_data()), images=("app",),
@@ -49,8 +49,8 @@ LONG_SECRET = '      image: app\n      secrets:\n        - {source: api-token, t
 
 
 def test_a_secret_may_name_its_file_owner_and_mode_for_a_service_that_is_not_root(tmp_path: Path) -> None:
-    from bundler.appdef import SecretMount, parse_app
-    from bundler.yamlfile import Field
+    from updater.appdef import SecretMount, parse_app
+    from updater.yamlfile import Field
 
     spec = load_spec(write(tmp_path, SPEC.replace("      image: app\n", LONG_SECRET)))
     (mount,) = spec.app.service("app").secrets

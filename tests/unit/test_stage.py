@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from bundler.build import BuildOptions, build_bundles, select_profiles
-from bundler.bundle import BundleInfo, check_bundle
-from bundler.profiles import builtin_profile_dir, load_profiles
 from bundler.spec import load_spec
 from tests.builders import project
+from updater.bundle import BundleInfo, check_bundle
 from updater.errors import UpdaterError
+from updater.profiles import builtin_profile_dir, load_profiles
 from updater.stage import stage_release
 
 PROFILES = load_profiles([builtin_profile_dir()])

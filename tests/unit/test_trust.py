@@ -15,13 +15,13 @@ import pytest
 from tuf.api.metadata import Metadata, Targets
 
 from bundler.build import BuildOptions, build_bundles, select_profiles
-from bundler.errors import BundleError, RepositoryError, SigningError
+from bundler.errors import RepositoryError, SigningError
 from bundler.keys import KeyStore
-from bundler.profiles import builtin_profile_dir, load_profiles
 from bundler.repo import Policy, Repository, RolePolicy
 from bundler.spec import load_spec
 from tests.builders import project
-from updater.errors import TrustError
+from updater.errors import BundleError, TrustError
+from updater.profiles import builtin_profile_dir, load_profiles
 from updater.trust import TrustStore
 from updater.verify import verify_for_device
 
@@ -462,7 +462,7 @@ def test_bundle_changed_between_the_tuf_check_and_the_blob_check(setup: Setup, m
 
 
 def test_bundle_for_another_compatible_string(setup: Setup, tmp_path: Path) -> None:
-    from bundler.profiles import load_profiles
+    from updater.profiles import load_profiles
 
     setup.sign("1.2.0-x86_64-cpu")
     (tmp_path / "p").mkdir()

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from bundler.errors import BundleError
-from bundler.layout import Descriptor, open_layout
 from bundler.writer import open_writer
+from updater.errors import BundleError
+from updater.layout import open_layout
+from updater.oci import Descriptor
 
 TOP = Descriptor(media_type="application/vnd.oci.image.index.v1+json", digest="sha256:" + "0" * 64, size=2)
 

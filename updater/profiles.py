@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from bundler.errors import SpecError
-from bundler.yamlfile import Field, load_yaml
+from updater.errors import SpecError
+from updater.yamlfile import Field, load_yaml
 
 __all__ = ["Accelerator", "Platform", "Profile", "Rule", "builtin_profile_dir", "load_profiles", "profile_search_path"]
 
@@ -87,11 +87,11 @@ class Profile:
 def builtin_profile_dir() -> Path:
     """The directory of the profiles that ship with Sealift.
 
-    An installed wheel carries them as ``bundler.builtin_profiles``; a source checkout (and an
+    An installed wheel carries them as ``updater.builtin_profiles``; a source checkout (and an
     editable install) reads the repository's ``profiles/``.
     """
     try:
-        return Path(str(resources.files("bundler.builtin_profiles")))
+        return Path(str(resources.files("updater.builtin_profiles")))
     except ModuleNotFoundError:
         return Path(__file__).resolve().parent.parent / "profiles"
 

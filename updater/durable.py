@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["exclusive_lock", "fsync_dir", "replace_file"]
+__all__ = ["fsync_dir", "replace_file"]
 
 
 def replace_file(path: Path, data: bytes, *, mode: int = 0o644) -> None:
@@ -34,18 +31,5 @@ def fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def exclusive_lock(path: Path, *, wait: bool) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (created if missing). Without ``wait``, BlockingIOError
-    at once if another process holds it. The kernel drops the lock when the holder dies."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-        yield
     finally:
         os.close(fd)

@@ -1,4 +1,4 @@
-"""The Sealift bundle: media types, the payload descriptor, and the one reader that checks bundles.
+"""The Sealift bundle: the payload descriptor, and the one reader that checks bundles.
 
 A bundle is an OCI image layout whose top object is an image index with a Sealift artifactType.
 The index lists each container image by its manifest digest and one payload manifest whose layers
@@ -21,24 +21,15 @@ from typing import Any
 
 import zstandard
 
-from bundler.appdef import App, HealthPolicy, parse_app, parse_health
-from bundler.errors import BundleError, SpecError
-from bundler.layout import (
-    CHUNK,
-    LAYOUT_VERSION,
-    MAX_JSON_BYTES,
-    Descriptor,
-    LayoutReader,
-    Progress,
-    copy_hashed,
-    open_layout,
-)
-from bundler.provenance import check_provenance
-from bundler.yamlfile import Field
+from updater.appdef import App, HealthPolicy, parse_app, parse_health
+from updater.errors import BundleError, SpecError
+from updater.layout import LayoutReader, open_layout
+from updater.oci import ANNOTATION, CHUNK, LAYOUT_VERSION, MAX_JSON_BYTES, MEDIA, Advance, Descriptor, copy_hashed
+from updater.provenance import check_provenance
+from updater.yamlfile import Field
 
 __all__ = [
-    "ANNOTATION",
-    "MEDIA",
+    "MAX_ZSTD_WINDOW",
     "BundleInfo",
     "CheckReport",
     "Component",
@@ -46,41 +37,6 @@ __all__ = [
     "release_definition",
     "verify_bundle",
 ]
-
-
-class MEDIA:
-    """Media and artifact types of a bundle."""
-
-    INDEX = "application/vnd.oci.image.index.v1+json"
-    MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-    DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-    DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-    EMPTY = "application/vnd.oci.empty.v1+json"
-    BUNDLE = "application/vnd.sealift.bundle.v1"
-    PAYLOAD = "application/vnd.sealift.payload.v1"
-    DESCRIPTOR = "application/vnd.sealift.descriptor.v1+json"
-    MODEL = "application/vnd.sealift.model.v1"
-    CONFIG = "application/vnd.sealift.config.v1"
-    SIGSTORE_BUNDLE = "application/vnd.dev.sigstore.bundle+json"
-    SIGSTORE_ROOT = "application/vnd.dev.sigstore.trustedroot+json"
-    TAR_SUFFIX = ".tar"
-    ZSTD_SUFFIX = "+zstd"
-
-
-class ANNOTATION:
-    """Annotation keys Sealift writes."""
-
-    NAME = "dev.sealift.name"
-    VERSION = "dev.sealift.version"
-    PROFILE = "dev.sealift.profile"
-    COMPATIBLE = "dev.sealift.compatible"
-    IMAGE = "dev.sealift.image"
-    ROLE = "dev.sealift.role"
-    UNCOMPRESSED_DIGEST = "dev.sealift.uncompressed.digest"
-    UNCOMPRESSED_SIZE = "dev.sealift.uncompressed.size"
-    CREATED = "org.opencontainers.image.created"
-    TITLE = "org.opencontainers.image.title"
-    REF_NAME = "org.opencontainers.image.ref.name"
 
 
 _MANIFEST_TYPES = (MEDIA.MANIFEST, MEDIA.DOCKER_MANIFEST)
@@ -159,7 +115,7 @@ class _Blob:
     uncompressed: tuple[str, int] | None = None  # (digest, size) of a zstd layer's content
 
 
-def verify_bundle(path: Path, *, progress: Progress | None = None) -> BundleInfo:
+def verify_bundle(path: Path, *, progress: Advance | None = None) -> BundleInfo:
     """Check a bundle's structure and every blob; raise BundleError naming the first problem."""
     report = check_bundle(path, progress=progress)
     if report.problems:
@@ -168,7 +124,7 @@ def verify_bundle(path: Path, *, progress: Progress | None = None) -> BundleInfo
     return report.bundle
 
 
-def check_bundle(path: Path, *, progress: Progress | None = None) -> CheckReport:
+def check_bundle(path: Path, *, progress: Advance | None = None) -> CheckReport:
     """Check a bundle and collect every bad blob.
 
     Structural faults (no layout, a corrupt index or manifest, a descriptor that disagrees with
@@ -380,7 +336,7 @@ def _uncompressed(layer: Descriptor) -> tuple[str, int] | None:
     return digest, int(size)
 
 
-def _check_blobs(reader: LayoutReader, blobs: list[_Blob], progress: Progress | None) -> tuple[list[str], int]:
+def _check_blobs(reader: LayoutReader, blobs: list[_Blob], progress: Advance | None) -> tuple[list[str], int]:
     """Check each distinct claim once, on as many threads as there are cores (hashing releases the GIL).
 
     A claim is a digest with a size and, for a compressed layer, its content digest and size: the
@@ -399,7 +355,7 @@ def _claim(blob: _Blob) -> tuple[str, int, tuple[str, int] | None]:
     return blob.descriptor.digest, blob.descriptor.size, blob.uncompressed
 
 
-def _check_blob(reader: LayoutReader, blob: _Blob, progress: Progress | None) -> str | None:
+def _check_blob(reader: LayoutReader, blob: _Blob, progress: Advance | None) -> str | None:
     d = blob.descriptor
     what = f"{blob.label} ({d.digest[:19]}…)"
     stored = reader.blob_size(d.digest)
@@ -477,7 +433,7 @@ class _TooLong(Exception):
 
 
 def _check_zstd(
-    stream: Any, size: int, uncompressed: tuple[str, int], progress: Progress | None
+    stream: Any, size: int, uncompressed: tuple[str, int], progress: Advance | None
 ) -> tuple[str, int, str | None]:
     """The stored digest and length, and what is wrong with the content, if anything."""
     sink = _Decompressing(uncompressed[1])

@@ -88,5 +88,8 @@ def for_terminal(*, quiet: bool) -> Progress:
     if quiet:
         return QuietProgress()
     if sys.stderr.isatty():
-        return RichProgress()
+        try:
+            return RichProgress()
+        except ImportError:  # rich comes with the build side; a device may not have it
+            pass
     return LineProgress()

@@ -23,21 +23,18 @@ from typing import Any
 from tuf.api import exceptions as tuf_errors
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 
-from bundler.bundle import ANNOTATION, MEDIA
-from bundler.errors import DeliveryError, SealiftError
-from bundler.layout import Descriptor
-from bundler.overlay import FITS_ANNOTATION, OVERLAY, SITE_ANNOTATION, fits, overlay_target
-from bundler.profiles import Profile
-from bundler.publish import MAX_METADATA_BYTES, bundle_descriptor, bundle_tag, connect, overlay_tag, read_metadata
-from bundler.registry import RegistryClient, Retry
-from bundler.spec import version_key
-from bundler.transfer import RegistryStore
-from updater.errors import TrustError
+from updater.errors import DeliveryError, SealiftError, TrustError
 from updater.install import Installer, Outcome, lasting
-from updater.overlays import overlay_of, verify_overlay
+from updater.oci import ANNOTATION, MEDIA, Descriptor
+from updater.overlay import overlay_target
+from updater.profiles import Profile
+from updater.registry import MAX_METADATA_BYTES, RegistryClient, Retry, bundle_descriptor, bundle_tag, connect, overlay_tag, read_metadata
 from updater.slots import DeviceState
+from updater.stage import overlay_of
 from updater.store import Incoming
-from updater.verify import tuf_fault
+from updater.transfer import RegistryStore
+from updater.verify import tuf_fault, verify_overlay
+from updater.versions import fits, version_key
 
 __all__ = ["REGISTRY_URL", "Found", "RegistryFetcher", "RegistryPoller", "Signed"]
 
@@ -76,7 +73,7 @@ class Signed:
 
     @property
     def fits(self) -> str:
-        return self.top.annotations.get(FITS_ANNOTATION, "")
+        return self.top.annotations.get(ANNOTATION.FITS, "")
 
 
 @dataclass(frozen=True)
@@ -91,7 +88,7 @@ class Found:
 
     def __str__(self) -> str:
         parts = [f"{self.app.name} {self.app.version} ({self.app.top.digest})"] if self.app else []
-        parts += [f"overlay {self.overlay.version} for site {self.overlay.top.annotations.get(SITE_ANNOTATION)} "
+        parts += [f"overlay {self.overlay.version} for site {self.overlay.top.annotations.get(ANNOTATION.SITE)} "
                   f"({self.overlay.top.digest})"] if self.overlay else []
         return " with ".join(parts)
 
@@ -214,7 +211,8 @@ class RegistryPoller:
         if digest in self.refused:
             return None
         try:
-            top = bundle_descriptor(body, media_type, digest, f"{client.ref.name}:{tag}", kinds=(OVERLAY,) if site else (MEDIA.BUNDLE,))
+            kinds = (MEDIA.OVERLAY,) if site else (MEDIA.BUNDLE,)
+            top = bundle_descriptor(body, media_type, digest, f"{client.ref.name}:{tag}", kinds=kinds)
         except DeliveryError as e:
             self.log(f"skipped {tag}: {e.diagnostics()}")
             return None
@@ -222,8 +220,8 @@ class RegistryPoller:
         name, claimed = a.get(ANNOTATION.NAME, ""), a.get(ANNOTATION.VERSION, "")
         if site is not None:
             target_path = overlay_target(name, site, claimed)
-            if a.get(SITE_ANNOTATION) != site or overlay_tag(site, claimed) != tag:
-                self.log(f"skipped {tag}: its index is an overlay for site {a.get(SITE_ANNOTATION)} {claimed}")
+            if a.get(ANNOTATION.SITE) != site or overlay_tag(site, claimed) != tag:
+                self.log(f"skipped {tag}: its index is an overlay for site {a.get(ANNOTATION.SITE)} {claimed}")
                 return None
         else:
             target_path = f"{name}/{self.profile.name}/{claimed}"

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from bundler.errors import SourceError
-from bundler.layout import LayoutReader
+from updater.errors import BundleError, SealiftError
+from updater.layout import LayoutReader
 
-__all__ = ["MAX_SIGSTORE_BYTES", "ProvenanceClaim", "check_provenance", "read_bounded", "verify_provenance"]
+__all__ = ["MAX_SIGSTORE_BYTES", "ProvenanceClaim", "check_provenance", "verify_provenance"]
 
 MAX_SIGSTORE_BYTES = 1 << 20  # a Sigstore bundle or trusted root is a few KiB
 
@@ -31,8 +30,9 @@ class ProvenanceClaim:
     issuer: str
 
 
-def verify_provenance(claim: ProvenanceClaim, *, sigstore_bundle: bytes, trusted_root: bytes) -> None:
-    """Verify offline; SourceError naming the identity expected and the one found, if any."""
+def verify_provenance(claim: ProvenanceClaim, *, sigstore_bundle: bytes, trusted_root: bytes,
+                      error: type[SealiftError] = BundleError) -> None:
+    """Verify offline; ``error`` naming the identity expected and the one found, if any."""
     # sigstore-python is large: imported only when a bundle uses provenance
     from sigstore.errors import Error as SigstoreError
     from sigstore.hashes import Hashed
@@ -48,14 +48,14 @@ def verify_provenance(claim: ProvenanceClaim, *, sigstore_bundle: bytes, trusted
             root = TrustedRoot.from_file(root_file.name)
         bundle = Bundle.from_json(sigstore_bundle)
     except (SigstoreError, ValueError, UnicodeDecodeError) as e:
-        raise SourceError(f"{claim.what}: unreadable Sigstore material ({_short(e)})") from e
+        raise error(f"{claim.what}: unreadable Sigstore material ({_short(e)})") from e
     digest = bytes.fromhex(claim.content_digest.removeprefix("sha256:"))
     policy = Identity(identity=claim.identity, issuer=claim.issuer)
     try:
         Verifier(trusted_root=root).verify_artifact(Hashed(algorithm=HashAlgorithm.SHA2_256, digest=digest), bundle, policy)
     except SigstoreError as e:
         found = _identity_of(bundle)
-        raise SourceError(
+        raise error(
             f"{claim.what}: Sigstore signature refused: expected {claim.identity} from {claim.issuer}, found {found} ({_short(e)})"
         ) from e
 
@@ -76,23 +76,9 @@ def check_provenance(reader: LayoutReader, entries: list[dict[str, Any]]) -> lis
                                 identity=record["identity"], issuer=record["issuer"])
         try:
             verify_provenance(claim, sigstore_bundle=material[0], trusted_root=material[1])
-        except SourceError as e:
+        except BundleError as e:
             problems.append(str(e))
     return problems
-
-
-def read_bounded(path: Path, what: str) -> bytes:
-    """A Sigstore file, at most MAX_SIGSTORE_BYTES."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_SIGSTORE_BYTES + 1)
-    except FileNotFoundError as e:
-        raise SourceError(f"{what}: {path} not found") from e
-    except OSError as e:
-        raise SourceError(f"{what}: cannot read {path} ({e.strerror})") from e
-    if len(data) > MAX_SIGSTORE_BYTES:
-        raise SourceError(f"{what}: {path} is larger than {MAX_SIGSTORE_BYTES} bytes")
-    return data
 
 
 def _identity_of(bundle: Any) -> str:

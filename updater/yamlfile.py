@@ -15,7 +15,7 @@ from typing import NoReturn
 
 import yaml
 
-from bundler.errors import SpecError
+from updater.errors import SpecError
 
 __all__ = ["MAX_FILE_BYTES", "Field", "check_known", "load_yaml", "parse_duration"]
 

@@ -5,10 +5,6 @@ reads the graph's small JSON nodes (each checked against its digest) and lists e
 ``copy`` sends only the blobs the destination lacks, then the manifests children first and the
 top index last, so a reader of the destination never sees an index whose parts are missing.
 Blobs are streamed and their digests checked on the way; nothing that fails its digest is kept.
-
-Signed TUF metadata travels in a registry as small OCI artifacts in the bundle's repository,
-one per file, tagged ``tuf.NAME`` (``tuf.timestamp.json``, ``tuf.3.snapshot.json``): a device
-needs nothing but the registry address and its trusted root.
 """
 
 from __future__ import annotations
@@ -16,41 +12,46 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from bundler.bundle import MEDIA
-from bundler.durable import fsync_dir, replace_file
-from bundler.errors import BundleError, ContentMismatch, DeliveryError
-from bundler.layout import CHUNK, LAYOUT_VERSION, MAX_JSON_BYTES, METADATA_NAME, Descriptor, LayoutReader, canonical_json, json_object
-from bundler.registry import RegistryClient
+from updater.durable import fsync_dir, replace_file
+from updater.errors import BundleError, ContentMismatch, DeliveryError
+from updater.layout import LayoutReader
+from updater.oci import (
+    CHUNK,
+    LAYOUT_VERSION,
+    MAX_JSON_BYTES,
+    MEDIA,
+    METADATA_NAME,
+    Advance,
+    Descriptor,
+    canonical_json,
+    checked_json,
+    json_object,
+)
+from updater.registry import RegistryClient
 
 __all__ = [
     "EMPTY_CONFIG",
-    "METADATA_TAG_PREFIX",
-    "TUF_ARTIFACT",
     "Graph",
     "LayoutStore",
     "ReaderStore",
     "RegistryStore",
     "Store",
     "Transferred",
-    "checked_json",
     "copy_graph",
-    "metadata_manifest",
     "walk",
 ]
 
-METADATA_TAG_PREFIX = "tuf."
-TUF_ARTIFACT = "application/vnd.sealift.tuf.metadata.v1+json"
 EMPTY_CONFIG = Descriptor(media_type="application/vnd.oci.empty.v1+json", size=2,
                           digest="sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a")
 _MANIFEST_TYPES = {MEDIA.MANIFEST, MEDIA.DOCKER_MANIFEST}
 _INDEX_TYPES = {MEDIA.INDEX, MEDIA.DOCKER_LIST}
-Advance = Callable[[int], None]
+
 _PIECE = 256 << 10  # written as it arrives: a cut connection loses at most this much of a blob
 
 
@@ -160,29 +161,6 @@ def copy_graph(graph: Graph, source: Store, dest: Store, *, tag: str | None = No
         if ((top and tag) or not dest.has_manifest(manifest.digest)) and dest.put_manifest(manifest, body, tag=tag if top else None):
             moved.bytes_sent += len(body)
     return moved
-
-
-def checked_json(body: bytes, descriptor: Descriptor, what: str) -> bytes:
-    """``body`` if it is the manifest ``descriptor`` names, byte for byte."""
-    actual = f"sha256:{hashlib.sha256(body).hexdigest()}"
-    if actual != descriptor.digest or len(body) != descriptor.size:
-        raise ContentMismatch(f"{what}: manifest {descriptor.digest} does not match its digest or size (got {actual}, "
-                            f"{len(body)} bytes); refused")
-    return body
-
-
-def metadata_manifest(name: str, blob: Descriptor) -> bytes:
-    """The OCI artifact manifest that carries one TUF metadata file in a registry."""
-    layer = Descriptor(media_type=TUF_ARTIFACT, digest=blob.digest, size=blob.size,
-                       annotations={"org.opencontainers.image.title": name})
-    return canonical_json({
-        "schemaVersion": 2,
-        "mediaType": MEDIA.MANIFEST,
-        "artifactType": TUF_ARTIFACT,
-        "config": {**EMPTY_CONFIG.to_json(), "data": "e30="},
-        "layers": [layer.to_json()],
-        "annotations": {"dev.sealift.tuf.name": name},
-    })
 
 
 def _descriptors(items: object, node: Descriptor, what: str) -> list[Descriptor]:

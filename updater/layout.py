@@ -1,162 +1,37 @@
-"""OCI image layouts: descriptors, and one reader for layouts stored as directories or tar files.
+"""One reader for OCI image layouts stored as directories or tar files.
 
-Blobs are read in fixed-size chunks while they are hashed, so no blob is ever held whole in
-memory. Readers refuse anything a hostile layout could use to escape or exhaust the reader:
-symlinks, special files, names outside ``blobs/sha256/``, and blobs longer than their descriptor.
+Blobs are streamed in fixed-size chunks, so no blob is ever held whole in memory. The reader
+refuses anything a hostile layout could use to escape or exhaust it: symlinks, special files,
+names outside ``blobs/sha256/``, oversized headers, truncated archives. :func:`read_index` is the
+one parser of a layout's ``index.json``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import os
 import re
 import stat
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
-from bundler.errors import BundleError, SealiftError
+from updater.errors import BundleError
+from updater.oci import MAX_JSON_BYTES, METADATA_DIR, METADATA_NAME, check_digest
 
 __all__ = [
-    "CHUNK",
-    "LAYOUT_VERSION",
-    "MAX_JSON_BYTES",
     "MEDIUM_FILE",
     "MEDIUM_FILES",
-    "METADATA_DIR",
-    "METADATA_NAME",
     "NOTE_FILE",
     "SUMS_FILE",
-    "Descriptor",
     "LayoutReader",
-    "canonical_json",
-    "check_digest",
-    "copy_hashed",
-    "json_object",
     "open_layout",
 ]
 
-CHUNK = 1 << 20
-LAYOUT_VERSION = "1.0.0"
-MAX_JSON_BYTES = 4 << 20  # manifests, indexes and descriptors are small; refuse huge ones
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _BLOB_NAME = re.compile(r"blobs/sha256/[0-9a-f]{64}")
-METADATA_DIR = "tuf"  # signed TUF metadata travels beside the layout, outside its content-addressed part
-METADATA_NAME = re.compile(r"(?:[1-9][0-9]{0,9}\.)?[a-z][a-z0-9._-]{0,99}\.json")  # N.role.json: no leading zeros
 _TAR_METADATA = re.compile(rf"{METADATA_DIR}/{METADATA_NAME.pattern}")
-Progress = Callable[[int], None]
-
-
-@dataclass(frozen=True, kw_only=True)
-class Descriptor:
-    """An OCI content descriptor."""
-
-    media_type: str
-    digest: str
-    size: int
-    annotations: dict[str, str] = field(default_factory=dict, compare=False)
-    platform: dict[str, str] | None = field(default=None, compare=False)
-    artifact_type: str | None = field(default=None, compare=False)
-
-    def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
-        if self.artifact_type:
-            data["artifactType"] = self.artifact_type
-        if self.platform:
-            data["platform"] = self.platform
-        if self.annotations:
-            data["annotations"] = self.annotations
-        return data
-
-    @classmethod
-    def from_json(cls, data: object, *, where: str) -> Descriptor:
-        """Parse a descriptor, refusing anything malformed with a message naming ``where``."""
-        if not isinstance(data, dict):
-            raise BundleError(f"{where}: descriptor is not a JSON object")
-        media_type, digest, size = data.get("mediaType"), data.get("digest"), data.get("size")
-        if not isinstance(media_type, str) or not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
-            raise BundleError(f"{where}: descriptor needs a mediaType and a sha256 digest")
-        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-            raise BundleError(f"{where}: descriptor {digest} has no valid size")
-        annotations = data.get("annotations") or {}
-        platform = data.get("platform")
-        if not isinstance(annotations, dict) or not all(isinstance(v, str) for v in annotations.values()):
-            raise BundleError(f"{where}: annotations of {digest} are not a string map")
-        if platform is not None and not isinstance(platform, dict):
-            raise BundleError(f"{where}: platform of {digest} is not an object")
-        artifact_type = data.get("artifactType")
-        return cls(
-            media_type=media_type,
-            digest=digest,
-            size=size,
-            annotations=annotations,
-            platform=platform,
-            artifact_type=artifact_type if isinstance(artifact_type, str) else None,
-        )
-
-
-def canonical_json(data: object) -> bytes:
-    """Deterministic JSON: sorted keys, no whitespace, UTF-8."""
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def json_object(data: bytes, where: str, error: type[SealiftError] = BundleError) -> dict[str, Any]:
-    """``data`` parsed as a JSON object; ``error`` naming ``where`` if it is not one."""
-    try:
-        parsed = json.loads(data)
-    except (ValueError, RecursionError) as e:
-        raise error(f"{where} is not valid JSON") from e
-    if not isinstance(parsed, dict):
-        raise error(f"{where} is not a JSON object")
-    return parsed
-
-
-def check_digest(digest: str) -> str:
-    """``digest`` if it is a well-formed sha256 digest; BundleError otherwise."""
-    if not _DIGEST.fullmatch(digest):
-        raise BundleError(f"unsupported or malformed digest {digest[:80]!r}")
-    return digest
-
-
-class _Sink(Protocol):
-    def write(self, data: bytes | memoryview, /) -> int | None: ...
-
-
-def copy_hashed(
-    source: IO[bytes], sink: _Sink | None, *, limit: int | None = None, progress: Progress | None = None
-) -> tuple[str, int]:
-    """Copy ``source`` to ``sink`` (or nowhere) in chunks; return its sha256 digest and length.
-
-    With ``limit``, reading stops one byte past it, so an over-long stream is detected without
-    reading it all.
-    """
-    sha = hashlib.sha256()
-    buffer = bytearray(CHUNK)
-    view = memoryview(buffer)
-    total = 0
-    readinto = getattr(source, "readinto", None)
-    while limit is None or total <= limit:
-        want = CHUNK if limit is None else min(CHUNK, limit + 1 - total)
-        if readinto is not None:
-            n = readinto(view[:want])
-            chunk = view[:n]
-        else:
-            data = source.read(want)
-            n, chunk = len(data), memoryview(data)
-        if not n:
-            break
-        sha.update(chunk)
-        if sink is not None:
-            sink.write(chunk)
-        total += n
-        if progress is not None:
-            progress(n)
-    return f"sha256:{sha.hexdigest()}", total
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -303,7 +178,7 @@ class _DirReader:
 
 _TAR_DIRS = {"blobs", "blobs/sha256", "tuf"}
 _TAR_FILES = {"oci-layout", "index.json"}
-# beside the layout on a medium (see bundler.medium): what it holds, checksums of every file, a note for people
+# beside the layout on a medium (see updater.medium): what it holds, checksums of every file, a note for people
 MEDIUM_FILE, SUMS_FILE, NOTE_FILE = "sealift-medium.json", "SHA256SUMS", "README.txt"
 MEDIUM_FILES = frozenset({MEDIUM_FILE, SUMS_FILE, NOTE_FILE})
 MAX_TAR_MEMBERS = 20_000  # a member costs about 1 KiB of memory; bundles have a few hundred

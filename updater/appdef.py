@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from bundler.yamlfile import Field, check_known
+from updater.yamlfile import Field, check_known
 
 __all__ = [
     "ENV_NAME",

@@ -4,11 +4,15 @@
 streamed blobs with ranges, monolithic streamed uploads, tags), on oras-py's session and
 credential handling (the Docker ``config.json``, ``DOCKER_CONFIG`` honoured). Transport faults
 and 5xx answers are retried with jittered, growing delays; every other fault is one clear
-error. TLS is on unless the caller asks for plain HTTP. :class:`RegistrySource` reads build
-inputs (``docker://`` images) with it.
+error. TLS is on unless the caller asks for plain HTTP.
 
 Manifests are fetched as raw bytes (a parsed and re-serialised manifest would change its
 digest) and checked against the digest the reference names or the registry reports.
+
+What Sealift keeps in a repository: a bundle tagged ``PROFILE-VERSION``, an overlay
+``site-SITE-VERSION`` (``+`` becomes ``_``, which tags cannot hold), and each signed TUF metadata
+file as a small OCI artifact tagged ``tuf.NAME`` (``tuf.timestamp.json``, ``tuf.3.snapshot.json``):
+a device needs nothing but the registry address and its trusted root.
 """
 
 from __future__ import annotations
@@ -32,13 +36,24 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
-from bundler.bundle import MEDIA
-from bundler.errors import SealiftError, SourceError
-from bundler.layout import MAX_JSON_BYTES, Descriptor, json_object
-from bundler.profiles import Platform
-from bundler.sources import ResolvedImage, check_config_platform, parse_manifest, select_platform, verified
+from updater.errors import DeliveryError, SealiftError, SpecError
+from updater.oci import MAX_JSON_BYTES, MEDIA, METADATA_NAME, Descriptor, checked_json
 
-__all__ = ["ACCEPT_MANIFESTS", "Reference", "RegistryClient", "RegistrySource", "Retry", "parse_reference"]
+__all__ = [
+    "ACCEPT_MANIFESTS",
+    "MAX_METADATA_BYTES",
+    "METADATA_TAG_PREFIX",
+    "Reference",
+    "RegistryClient",
+    "Retry",
+    "bundle_descriptor",
+    "bundle_tag",
+    "connect",
+    "metadata_names",
+    "overlay_tag",
+    "parse_reference",
+    "read_metadata",
+]
 
 ACCEPT_MANIFESTS = ", ".join((MEDIA.INDEX, MEDIA.DOCKER_LIST, MEDIA.MANIFEST, MEDIA.DOCKER_MANIFEST))
 _DIGEST_REF = re.compile(r"sha256:[0-9a-f]{64}")
@@ -86,7 +101,7 @@ class Reference:
         return self.name + (f"@{self.digest}" if self.digest else f":{self.tag}" if self.tag else "")
 
 
-def parse_reference(text: str, *, what: str = "registry reference", error: type[SealiftError] = SourceError) -> Reference:
+def parse_reference(text: str, *, what: str = "registry reference", error: type[SealiftError] = SpecError) -> Reference:
     """Parse ``HOST[:PORT]/REPO[:TAG|@DIGEST]``; the host must look like one (a dot, a port or localhost)."""
     host, slash, rest = text.removeprefix("docker://").partition("/")
     if not slash or not rest or not ("." in host or ":" in host or host == "localhost"):
@@ -358,45 +373,6 @@ class RegistryClient:
         self.registry.session.close()
 
 
-class RegistrySource:
-    """``docker://HOST/REPO[:TAG|@DIGEST]``: an image to build from."""
-
-    def __init__(self, reference: str, *, plain_http: bool) -> None:
-        self.reference = reference
-        ref = parse_reference(reference, what="image")
-        self.client = RegistryClient(ref, plain_http=plain_http, what=f"image {reference}", error=SourceError)
-
-    def resolve(self, platform: Platform) -> ResolvedImage:
-        tag_or_digest = self.client.ref.digest or self.client.ref.tag or "latest"
-        body, media_type, digest = self._manifest(tag_or_digest)
-        entry = Descriptor(media_type=media_type, digest=digest, size=len(body))
-        if media_type in (MEDIA.INDEX, MEDIA.DOCKER_LIST):
-            entry = select_platform(self.reference, json_object(body, f"image {self.reference}: manifest", SourceError), platform)
-            body, media_type, _ = self._manifest(entry.digest)
-            verified(self.reference, body, entry)
-        image = parse_manifest(self.reference, body, entry)
-        with self.open_blob(image.config) as stream:
-            check_config_platform(self.reference, verified(self.reference, stream.read(image.config.size + 1), image.config), platform)
-        return image
-
-    def _manifest(self, ref: str) -> tuple[bytes, str, str]:
-        found = self.client.get_manifest(ref)
-        if found is None:
-            raise SourceError(f"image {self.reference}: the registry has no manifest {ref}")
-        return found
-
-    @contextmanager
-    def open_blob(self, blob: Descriptor) -> Iterator[IO[bytes]]:
-        with self.client.open_blob(blob.digest) as stream:
-            yield stream
-
-    def locate_blob(self, blob: Descriptor) -> None:
-        return None
-
-    def close(self) -> None:
-        self.client.close()
-
-
 def _reason(error: Exception) -> str:
     if isinstance(error, urllib3.exceptions.ReadTimeoutError):
         return "timed out"
@@ -419,3 +395,65 @@ def _error_text(response: Any) -> str:
     except (ValueError, AttributeError, requests.RequestException):
         return ""
     return f": {str(message)[:200]}" if message else ""
+
+
+# --- what Sealift keeps in a repository: bundles and overlays by tag, signed metadata as artifacts ---
+
+
+METADATA_TAG_PREFIX = "tuf."
+MAX_METADATA_BYTES = 16 << 20  # larger than any metadata file ngclient would accept
+
+
+def connect(text: str, *, plain_http: bool, what: str, retry: Retry | None = None) -> RegistryClient:
+    ref = parse_reference(text, what=what, error=DeliveryError)
+    return RegistryClient(ref, plain_http=plain_http, what=f"{what} {ref.name}", error=DeliveryError,
+                          **({"retry": retry} if retry else {}))
+
+
+def bundle_tag(profile: str, version: str) -> str:
+    return f"{profile}-{version}".replace("+", "_")
+
+
+def overlay_tag(site: str, version: str) -> str:
+    return f"site-{site}-{version}".replace("+", "_")
+
+
+def bundle_descriptor(body: bytes, media_type: str, digest: str, where: str, *,
+                      kinds: tuple[str, ...] = (MEDIA.BUNDLE,)) -> Descriptor:
+    """The descriptor of a bundle's (or, with ``kinds``, an overlay's) top index fetched from a registry."""
+    try:
+        data = json.loads(body)
+    except ValueError as e:
+        raise DeliveryError(f"{where}: the manifest is not valid JSON") from e
+    if not isinstance(data, dict) or data.get("artifactType") not in kinds or media_type != MEDIA.INDEX:
+        raise DeliveryError(f"{where}: not a Sealift bundle (expected an OCI index with artifactType {' or '.join(kinds)})")
+    annotations = data.get("annotations")
+    annotations = annotations if isinstance(annotations, dict) else {}
+    return Descriptor(media_type=MEDIA.INDEX, digest=digest, size=len(body), artifact_type=str(data["artifactType"]),
+                      annotations={k: v for k, v in annotations.items() if isinstance(v, str)})
+
+
+def metadata_names(client: RegistryClient) -> list[str]:
+    names = [t.removeprefix(METADATA_TAG_PREFIX) for t in client.tags() if t.startswith(METADATA_TAG_PREFIX)]
+    return sorted(n for n in names if METADATA_NAME.fullmatch(n))
+
+
+def read_metadata(client: RegistryClient, name: str, *, limit: int = MAX_METADATA_BYTES) -> bytes | None:
+    """The metadata file ``name`` published in the repository, or None if it has none by that name.
+
+    Its bytes are checked against the digest its artifact names; whether they are trustworthy is
+    for TUF to decide.
+    """
+    found = client.get_manifest(METADATA_TAG_PREFIX + name, accept=MEDIA.MANIFEST)
+    if found is None:
+        return None
+    try:
+        manifest = json.loads(found[0])
+        layer = Descriptor.from_json(manifest["layers"][0], where=f"{client.what}: metadata {name}")
+    except (ValueError, KeyError, IndexError, TypeError) as e:
+        raise DeliveryError(f"{client.what}: the artifact of metadata {name} is malformed") from e
+    if manifest.get("artifactType") != MEDIA.TUF_METADATA or layer.size > limit:
+        raise DeliveryError(f"{client.what}: tag {METADATA_TAG_PREFIX}{name} is not a metadata artifact of at most {limit} bytes")
+    with client.open_blob(layer.digest) as stream:
+        data = stream.read(layer.size + 1)
+    return checked_json(data, layer, f"{client.what}: metadata {name}")

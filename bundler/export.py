@@ -1,0 +1,210 @@
+"""``sealift export``: bundles and site overlays written to removable media for sites that never connect.
+
+The medium is described in :mod:`updater.medium`, which also reads and checks it. A delta holds
+every manifest but only the blobs its base lacks; ``SHA256SUMS`` is written last, so a medium
+copied halfway, or onto a stick that filled up, fails its check.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+from bundler.errors import OutputError
+from bundler.metadata_io import metadata_version
+from updater.bundle import verify_bundle
+from updater.errors import DeliveryError
+from updater.layout import MEDIUM_FILE, NOTE_FILE, SUMS_FILE, open_layout
+from updater.medium import MEDIUM_FORMAT, MediumBundle, MediumContents, MediumOverlay, MediumReport
+from updater.oci import ANNOTATION, MAX_JSON_BYTES, Descriptor, copy_hashed
+from updater.overlay import check_overlay, is_overlay
+from updater.progress import Progress, QuietProgress
+from updater.registry import connect
+from updater.transfer import Graph, LayoutStore, ReaderStore, RegistryStore, Store, copy_graph, walk
+
+__all__ = ["export"]
+
+
+def export(bundles: list[Path], to: Path, *, bases: tuple[str, ...] = (), plain_http: bool = False,
+           progress: Progress | None = None) -> MediumReport:
+    """Write ``bundles`` (full, or as deltas against ``bases``) and site overlays to the medium ``to``
+    (a directory, or a ``.tar`` file)."""
+    progress = progress or QuietProgress()
+    as_tar = to.suffix == ".tar"
+    if to.exists() and (as_tar or any(to.iterdir())):
+        raise OutputError(f"{to}: already exists; export to a new (or empty) directory or a new .tar file")
+    work = Path(tempfile.mkdtemp(prefix=f".{to.name}-", dir=to.parent)) if as_tar else to
+    report = MediumReport(location=str(to))
+    try:
+        with ExitStack() as stack:
+            base_blobs = [_base_blobs(base, plain_http, stack) for base in bases]
+            layout = LayoutStore(work)
+            layout.prepare()
+            metadata: dict[str, bytes] = {}
+            used: set[int] = set()
+            for bundle in bundles:
+                progress.step(f"verify {bundle}")
+                if is_overlay(bundle):
+                    report.overlays.append(_export_overlay(bundle, layout, report, progress))
+                else:
+                    _export_bundle(bundle, layout, report, base_blobs, used, stack, progress)
+                with open_layout(bundle) as reader:
+                    for name in reader.metadata_names():
+                        with reader.open_metadata(name) as stream:
+                            _merge_metadata(metadata, name, stream.read(MAX_JSON_BYTES + 1))
+            if unused := [bases[i] for i in range(len(bases)) if i not in used]:
+                raise DeliveryError(f"base {unused[0]}: no exported bundle has its name and profile")
+            layout.write_metadata(metadata)
+            (work / MEDIUM_FILE).write_bytes(json.dumps({"mediumVersion": MEDIUM_FORMAT, "bundles": [b.to_json() for b in report.bundles],
+                                                         "overlays": [o.to_json() for o in report.overlays]},
+                                                        indent=2, sort_keys=True).encode())
+            (work / NOTE_FILE).write_text(_note(report))
+            layout.finish([*(b.top for b in report.bundles), *(o.top for o in report.overlays)])
+            _write_sums(work)
+        if as_tar:
+            progress.step(f"write {to}")
+            _tar(work, to)
+    except OSError as e:
+        raise OutputError(f"{to}: cannot write the medium ({'the disk is full' if e.errno == 28 else e.strerror}); "
+                          "what was written is incomplete and fails `sealift verify`") from e
+    finally:
+        if as_tar:
+            shutil.rmtree(work, ignore_errors=True)
+    return report
+
+
+Base = tuple[str, str, str, set[str], str]
+
+
+def _export_bundle(bundle: Path, layout: LayoutStore, report: MediumReport, base_blobs: list[Base], used: set[int],
+                   stack: ExitStack, progress: Progress) -> None:
+    info = verify_bundle(bundle, progress=progress.advance)
+    reader = stack.enter_context(open_layout(bundle))
+    source = ReaderStore(reader)
+    top = Descriptor.from_json(json.loads(reader.read_small("index.json"))["manifests"][0], where=str(bundle))
+    top = Descriptor(media_type=top.media_type, digest=top.digest, size=top.size, artifact_type=top.artifact_type,
+                     annotations={**top.annotations, ANNOTATION.NAME: info.name, ANNOTATION.VERSION: info.version,
+                                  ANNOTATION.PROFILE: info.profile})
+    graph = walk(top, source)
+    base = next(((i, b) for i, b in enumerate(base_blobs) if (b[0], b[1]) == (info.name, info.profile)), None)
+    omitted = {d.digest for d in graph.blobs if base and d.digest in base[1][3]}
+    if base is not None:
+        used.add(base[0])
+    part = Graph(top=top, manifests=graph.manifests, blobs=[d for d in graph.blobs if d.digest not in omitted])
+    progress.step(f"write {info.name} {info.version} ({info.profile})" + (f" as a delta against {base[1][2]}" if base else ""),
+                  total_bytes=part.size)
+    report.moved.add(copy_graph(part, source, layout, advance=progress.advance))
+    report.bundles.append(MediumBundle(
+        name=info.name, version=info.version, profile=info.profile, top=top, blobs_from_base=len(omitted),
+        base={"version": base[1][2], "digest": base[1][4]} if base else None))
+
+
+def _export_overlay(path: Path, layout: LayoutStore, report: MediumReport, progress: Progress) -> MediumOverlay:
+    info = check_overlay(path)
+    if any(o.name == info.name and o.site == info.site for o in report.overlays):
+        raise DeliveryError(f"{path}: a second overlay of {info.name} for site {info.site}; a medium carries one per application and site")
+    with open_layout(path) as reader:
+        source = ReaderStore(reader)
+        top = Descriptor.from_json(json.loads(reader.read_small("index.json"))["manifests"][0], where=str(path))
+        graph = walk(top, source)
+        progress.step(f"write overlay {info.name} {info.version} for site {info.site}", total_bytes=graph.size)
+        report.moved.add(copy_graph(graph, source, layout, advance=progress.advance))
+    return MediumOverlay(name=info.name, site=info.site, version=info.version, top=top, fits=info.fits)
+
+
+def _base_blobs(base: str, plain_http: bool, stack: ExitStack) -> Base:
+    """(name, profile, version, blob digests, index digest) of a base given as a path or a registry reference."""
+    path = Path(base)
+    store: Store
+    if path.exists():
+        reader = stack.enter_context(open_layout(path))
+        store = ReaderStore(reader)
+        top = Descriptor.from_json(json.loads(reader.read_small("index.json"))["manifests"][0], where=base)
+        body = store.read_manifest(top.digest)
+    else:
+        client = connect(base, plain_http=plain_http, what="base")
+        stack.callback(client.close)
+        found = client.get_manifest(client.ref.digest or client.ref.tag or "latest")
+        if found is None:
+            raise DeliveryError(f"base {base}: neither a bundle on disk nor a bundle in the registry")
+        body, media_type, digest = found
+        top = Descriptor(media_type=media_type, digest=digest, size=len(body))
+        store = RegistryStore(client)
+    try:
+        annotations = json.loads(body)["annotations"]
+        identity = (annotations[ANNOTATION.NAME], annotations[ANNOTATION.PROFILE], annotations[ANNOTATION.VERSION])
+    except (ValueError, KeyError, TypeError) as e:
+        raise DeliveryError(f"base {base}: not a Sealift bundle") from e
+    graph = walk(top, store)
+    return (*identity, {d.digest for d in graph.blobs}, top.digest)
+
+
+def _merge_metadata(into: dict[str, bytes], name: str, data: bytes) -> None:
+    """Versioned files are the same everywhere; of two unversioned ones (timestamp.json) keep the newer."""
+    if name in into and not name[0].isdigit() and metadata_version(into[name]) >= metadata_version(data):
+        return
+    into[name] = data
+
+
+def _note(contents: MediumContents) -> str:
+    lines = ["Sealift update medium", "", "This medium carries signed update bundles for edge devices:", ""]
+    for b in contents.bundles:
+        kind = f"delta: needs {b.name} {b.base['version']} already installed" if b.base else "complete"
+        lines.append(f"  {b.name} {b.version} for {b.profile} ({kind})")
+    for o in contents.overlays:
+        lines.append(f"  {o.name} overlay {o.version} for site {o.site} (its configuration, and secrets only its devices can open)")
+    lines += ["", "Before it travels, check it: sealift verify THIS-MEDIUM",
+              "At the site, plug it into the device, or copy it into the updater's watched directory;",
+              "the updater verifies it again before it changes anything.",
+              "Files: index.json, oci-layout and blobs/ (the OCI layout), tuf/ (signed metadata),",
+              f"{MEDIUM_FILE} (what this holds), {SUMS_FILE} (a checksum of every file).", ""]
+    return "\n".join(lines)
+
+
+def _files(root: Path) -> Iterator[str]:
+    for directory, dirs, names in os.walk(root):
+        dirs.sort()
+        for name in sorted(names):
+            relative = os.path.relpath(os.path.join(directory, name), root)
+            if relative != SUMS_FILE:
+                yield relative
+
+
+def _write_sums(root: Path) -> None:
+    lines = []
+    for relative in _files(root):
+        with open(root / relative, "rb") as f:
+            digest, _ = copy_hashed(f, None)
+        lines.append(f"{digest.removeprefix('sha256:')}  {relative}\n")
+    temp = root / f".{SUMS_FILE}.tmp"
+    with open(temp, "w") as out:
+        out.writelines(lines)
+        out.flush()
+        os.fsync(out.fileno())
+    os.rename(temp, root / SUMS_FILE)
+
+
+def _tar(work: Path, to: Path) -> None:
+    temp = to.with_name(f".{to.name}.partial")
+    try:
+        with tarfile.open(temp, "w", format=tarfile.PAX_FORMAT) as tar:
+            for relative in [MEDIUM_FILE, *(f for f in _files(work) if f != MEDIUM_FILE), SUMS_FILE]:
+                info = tar.gettarinfo(str(work / relative), arcname=relative)
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                info.mtime = 0
+                with open(work / relative, "rb") as member:
+                    tar.addfile(info, member)
+        with open(temp, "rb+") as written:
+            os.fsync(written.fileno())
+        os.rename(temp, to)
+    finally:
+        temp.unlink(missing_ok=True)
+
+

@@ -1,0 +1,202 @@
+"""The OCI wire model Sealift reads and writes: media and artifact types, annotation keys,
+content descriptors, canonical JSON, and the one streaming hash of a blob.
+
+A bundle, an overlay and a medium are OCI content: an image layout whose ``index.json`` names a
+top image index, manifests that name blobs, every one addressed by its sha256 digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import IO, Any, Protocol
+
+from updater.errors import BundleError, ContentMismatch, SealiftError
+
+__all__ = [
+    "ANNOTATION",
+    "CHUNK",
+    "LAYOUT_VERSION",
+    "MAX_JSON_BYTES",
+    "MEDIA",
+    "METADATA_DIR",
+    "METADATA_NAME",
+    "Advance",
+    "Descriptor",
+    "canonical_json",
+    "check_digest",
+    "checked_json",
+    "copy_hashed",
+    "json_object",
+]
+
+CHUNK = 1 << 20
+LAYOUT_VERSION = "1.0.0"
+MAX_JSON_BYTES = 4 << 20  # manifests, indexes and descriptors are small; refuse huge ones
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+METADATA_DIR = "tuf"  # signed TUF metadata travels beside the layout, outside its content-addressed part
+METADATA_NAME = re.compile(r"(?:[1-9][0-9]{0,9}\.)?[a-z][a-z0-9._-]{0,99}\.json")  # N.role.json: no leading zeros
+Advance = Callable[[int], None]  # told of every piece of bytes done
+
+
+class MEDIA:
+    """Media and artifact types of bundles and overlays."""
+
+    INDEX = "application/vnd.oci.image.index.v1+json"
+    MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+    DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+    DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+    EMPTY = "application/vnd.oci.empty.v1+json"
+    BUNDLE = "application/vnd.sealift.bundle.v1"
+    PAYLOAD = "application/vnd.sealift.payload.v1"
+    DESCRIPTOR = "application/vnd.sealift.descriptor.v1+json"
+    MODEL = "application/vnd.sealift.model.v1"
+    CONFIG = "application/vnd.sealift.config.v1"
+    OVERLAY = "application/vnd.sealift.overlay.v1"
+    OVERLAY_PAYLOAD = "application/vnd.sealift.overlay-payload.v1"
+    OVERLAY_DESCRIPTOR = "application/vnd.sealift.overlay.descriptor.v1+json"
+    SEALED_SECRETS = "application/vnd.sealift.sealed-secrets.v1+json"
+    TUF_METADATA = "application/vnd.sealift.tuf.metadata.v1+json"
+    SIGSTORE_BUNDLE = "application/vnd.dev.sigstore.bundle+json"
+    SIGSTORE_ROOT = "application/vnd.dev.sigstore.trustedroot+json"
+    TAR_SUFFIX = ".tar"
+    ZSTD_SUFFIX = "+zstd"
+
+
+class ANNOTATION:
+    """Annotation keys Sealift writes."""
+
+    NAME = "dev.sealift.name"
+    VERSION = "dev.sealift.version"
+    PROFILE = "dev.sealift.profile"
+    COMPATIBLE = "dev.sealift.compatible"
+    SITE = "dev.sealift.site"
+    FITS = "dev.sealift.fits"
+    IMAGE = "dev.sealift.image"
+    ROLE = "dev.sealift.role"
+    UNCOMPRESSED_DIGEST = "dev.sealift.uncompressed.digest"
+    UNCOMPRESSED_SIZE = "dev.sealift.uncompressed.size"
+    CREATED = "org.opencontainers.image.created"
+    TITLE = "org.opencontainers.image.title"
+    REF_NAME = "org.opencontainers.image.ref.name"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Descriptor:
+    """An OCI content descriptor."""
+
+    media_type: str
+    digest: str
+    size: int
+    annotations: dict[str, str] = field(default_factory=dict, compare=False)
+    platform: dict[str, str] | None = field(default=None, compare=False)
+    artifact_type: str | None = field(default=None, compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+        if self.artifact_type:
+            data["artifactType"] = self.artifact_type
+        if self.platform:
+            data["platform"] = self.platform
+        if self.annotations:
+            data["annotations"] = self.annotations
+        return data
+
+    @classmethod
+    def from_json(cls, data: object, *, where: str) -> Descriptor:
+        """Parse a descriptor, refusing anything malformed with a message naming ``where``."""
+        if not isinstance(data, dict):
+            raise BundleError(f"{where}: descriptor is not a JSON object")
+        media_type, digest, size = data.get("mediaType"), data.get("digest"), data.get("size")
+        if not isinstance(media_type, str) or not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
+            raise BundleError(f"{where}: descriptor needs a mediaType and a sha256 digest")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise BundleError(f"{where}: descriptor {digest} has no valid size")
+        annotations = data.get("annotations") or {}
+        platform = data.get("platform")
+        if not isinstance(annotations, dict) or not all(isinstance(v, str) for v in annotations.values()):
+            raise BundleError(f"{where}: annotations of {digest} are not a string map")
+        if platform is not None and not isinstance(platform, dict):
+            raise BundleError(f"{where}: platform of {digest} is not an object")
+        artifact_type = data.get("artifactType")
+        return cls(
+            media_type=media_type,
+            digest=digest,
+            size=size,
+            annotations=annotations,
+            platform=platform,
+            artifact_type=artifact_type if isinstance(artifact_type, str) else None,
+        )
+
+
+def canonical_json(data: object) -> bytes:
+    """Deterministic JSON: sorted keys, no whitespace, UTF-8."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def json_object(data: bytes, where: str, error: type[SealiftError] = BundleError) -> dict[str, Any]:
+    """``data`` parsed as a JSON object; ``error`` naming ``where`` if it is not one."""
+    try:
+        parsed = json.loads(data)
+    except (ValueError, RecursionError) as e:
+        raise error(f"{where} is not valid JSON") from e
+    if not isinstance(parsed, dict):
+        raise error(f"{where} is not a JSON object")
+    return parsed
+
+
+def checked_json(body: bytes, descriptor: Descriptor, what: str) -> bytes:
+    """``body`` if it is the manifest ``descriptor`` names, byte for byte."""
+    actual = f"sha256:{hashlib.sha256(body).hexdigest()}"
+    if actual != descriptor.digest or len(body) != descriptor.size:
+        raise ContentMismatch(f"{what}: manifest {descriptor.digest} does not match its digest or size (got {actual}, "
+                            f"{len(body)} bytes); refused")
+    return body
+
+
+def check_digest(digest: str) -> str:
+    """``digest`` if it is a well-formed sha256 digest; BundleError otherwise."""
+    if not _DIGEST.fullmatch(digest):
+        raise BundleError(f"unsupported or malformed digest {digest[:80]!r}")
+    return digest
+
+
+class _Sink(Protocol):
+    def write(self, data: bytes | memoryview, /) -> int | None: ...
+
+
+def copy_hashed(
+    source: IO[bytes], sink: _Sink | None, *, limit: int | None = None, progress: Advance | None = None
+) -> tuple[str, int]:
+    """Copy ``source`` to ``sink`` (or nowhere) in chunks; return its sha256 digest and length.
+
+    With ``limit``, reading stops one byte past it, so an over-long stream is detected without
+    reading it all.
+    """
+    sha = hashlib.sha256()
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    total = 0
+    readinto = getattr(source, "readinto", None)
+    while limit is None or total <= limit:
+        want = CHUNK if limit is None else min(CHUNK, limit + 1 - total)
+        if readinto is not None:
+            n = readinto(view[:want])
+            chunk = view[:n]
+        else:
+            data = source.read(want)
+            n, chunk = len(data), memoryview(data)
+        if not n:
+            break
+        sha.update(chunk)
+        if sink is not None:
+            sink.write(chunk)
+        total += n
+        if progress is not None:
+            progress(n)
+    return f"sha256:{sha.hexdigest()}", total
+
+
