@@ -1,32 +1,36 @@
-"""Sealift's build side: bundle specs, hardware profiles, and the OCI bundles built from them."""
+"""Sealift's build side: bundle specs, and the signed OCI bundles built from them for each hardware profile.
+
+What a bundle is, and the check both sides run on it, come from the device side (:mod:`updater`).
+Names are imported when first used, so a command loads only what it needs.
+"""
 
 from __future__ import annotations
 
-from bundler.build import BuildOptions, BuiltBundle, build_bundles, select_profiles, source_date_epoch
-from bundler.errors import OutputError, SourceError
-from bundler.spec import Spec, load_spec
-from updater.bundle import BundleInfo, CheckReport, check_bundle, verify_bundle
-from updater.errors import BundleError, SealiftError, SpecError
-from updater.profiles import Profile, builtin_profile_dir, load_profiles
+import importlib
+from typing import Any
 
 __all__ = [
     "BuildOptions",
     "BuiltBundle",
-    "BundleError",
-    "BundleInfo",
-    "CheckReport",
-    "OutputError",
-    "Profile",
-    "SealiftError",
-    "SourceError",
     "Spec",
-    "SpecError",
     "build_bundles",
-    "builtin_profile_dir",
-    "check_bundle",
-    "load_profiles",
     "load_spec",
     "select_profiles",
     "source_date_epoch",
-    "verify_bundle",
 ]
+
+_WHERE = {
+    "BuildOptions": "bundler.build",
+    "BuiltBundle": "bundler.build",
+    "build_bundles": "bundler.build",
+    "select_profiles": "bundler.build",
+    "source_date_epoch": "bundler.build",
+    "Spec": "bundler.spec",
+    "load_spec": "bundler.spec",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'bundler' has no attribute {name!r}")
+    return getattr(importlib.import_module(_WHERE[name]), name)

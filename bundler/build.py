@@ -22,14 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from bundler.errors import OutputError, SourceError
 from bundler.payload import FileEntry, add_file_component
 from bundler.sources import ResolvedImage, open_image_source
 from bundler.spec import Component, Spec
 from bundler.writer import LayoutWriter, open_writer
 from updater.bundle import BundleInfo, verify_bundle
 from updater.durable import fsync_dir
-from updater.errors import BundleError, SealiftError, SpecError
+from updater.errors import DeviceFault, InputError, Refused, SealiftError
 from updater.oci import ANNOTATION, MEDIA, Descriptor, canonical_json
 from updater.profiles import Profile
 from updater.progress import Progress, QuietProgress
@@ -73,7 +72,7 @@ def source_date_epoch(spec_dir: Path) -> int:
     value = os.environ.get("SOURCE_DATE_EPOCH")
     if value is not None:
         if not re.fullmatch(r"[0-9]{1,12}", value) or int(value) > _MAX_EPOCH:
-            raise SpecError(f"SOURCE_DATE_EPOCH: expected whole seconds since 1970 (before year 10000), found {value[:40]!r}")
+            raise InputError(f"SOURCE_DATE_EPOCH: expected whole seconds since 1970 (before year 10000), found {value[:40]!r}")
         return int(value)
     try:
         done = subprocess.run(
@@ -90,17 +89,17 @@ def select_profiles(spec: Spec, known: dict[str, Profile], wanted: Sequence[str]
     targets = list(spec.profiles) if spec.profiles is not None else sorted(known)
     for name in targets:
         if name not in known:
-            raise SpecError(f"{spec.path}: profiles: unknown profile {name!r} (known: {', '.join(sorted(known))})")
+            raise InputError(f"{spec.path}: profiles: unknown profile {name!r} (known: {', '.join(sorted(known))})")
     for name, field in spec.variant_profiles().items():
         if name not in known:
-            raise SpecError(f"{spec.path}: {field}: unknown profile {name!r} (known: {', '.join(sorted(known))})")
+            raise InputError(f"{spec.path}: {field}: unknown profile {name!r} (known: {', '.join(sorted(known))})")
     if not wanted or "all" in wanted:
         return [known[name] for name in targets]
     for name in wanted:
         if name not in known:
-            raise SpecError(f"unknown profile {name!r} (known: {', '.join(sorted(known))})")
+            raise InputError(f"unknown profile {name!r} (known: {', '.join(sorted(known))})")
         if name not in targets:
-            raise SpecError(f"profile {name!r} is not a target of {spec.path} (targets: {', '.join(targets)})")
+            raise InputError(f"profile {name!r} is not a target of {spec.path} (targets: {', '.join(targets)})")
     return [known[name] for name in targets if name in wanted]
 
 
@@ -112,7 +111,7 @@ def build_bundles(
     try:
         options.out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise OutputError(f"{options.out}: cannot create the output directory ({e.strerror})") from e
+        raise DeviceFault(f"{options.out}: cannot create the output directory ({e.strerror})") from e
     _sweep_stale_temps(options.out)
     return [_build_one(spec, profile, options, progress) for profile in profiles]
 
@@ -129,8 +128,8 @@ def _build_one(spec: Spec, profile: Profile, options: BuildOptions, progress: Pr
         progress.step(f"{profile.name}: verifying")
         try:
             info = verify_bundle(product, progress=progress.advance)
-        except BundleError as e:
-            raise BundleError(f"the {profile.name} bundle failed its final check (a source changed or is corrupt): {e}") from e
+        except Refused as e:
+            raise Refused(f"the {profile.name} bundle failed its final check (a source changed or is corrupt): {e}") from e
         unchanged = _publish(product, final, info.digest)
         return BuiltBundle(profile=profile.name, path=final, info=info, unchanged=unchanged)
     except SealiftError:
@@ -180,12 +179,12 @@ def _with_provenance(spec: Spec, component: Component, source: str, writer: Layo
         return entry
     what = f"{entry.role} {entry.name}"
     if entry.kind != "file":
-        raise SpecError(f"{spec.path}: {entry.role}s.{entry.name}.provenance: Sigstore signs files; {source} is a directory")
+        raise InputError(f"{spec.path}: {entry.role}s.{entry.name}.provenance: Sigstore signs files; {source} is a directory")
     assert spec.sigstore_trusted_root is not None  # load_spec requires it with provenance
     bundle = _read_sigstore_file(spec.directory / (wanted.bundle or f"{source}.sigstore"), f"{what} Sigstore bundle")
     root = _read_sigstore_file(spec.directory / spec.sigstore_trusted_root, "Sigstore trusted root")
     claim = ProvenanceClaim(what=what, content_digest=entry.content_digest, identity=wanted.identity, issuer=wanted.issuer)
-    verify_provenance(claim, sigstore_bundle=bundle, trusted_root=root, error=SourceError)
+    verify_provenance(claim, sigstore_bundle=bundle, trusted_root=root, error=InputError)
     layers = []
     for data, media_type, kind in ((bundle, MEDIA.SIGSTORE_BUNDLE, "provenance"), (root, MEDIA.SIGSTORE_ROOT, "sigstore-root")):
         digest, size = writer.add_bytes(data)
@@ -207,14 +206,14 @@ def _check_complete(spec: Spec, profile: Profile) -> None:
     present = {c.name for c in (*spec.models, *spec.configs) if c.for_profile(profile.name) is not None}
     for service in spec.app.services:
         if service.image not in images:
-            raise SpecError(f"{spec.path}: app.services.{service.name}: image {service.image!r} has no source for profile {profile.name}")
+            raise InputError(f"{spec.path}: app.services.{service.name}: image {service.image!r} has no source for profile {profile.name}")
         for mount in service.volumes:
             if mount.source not in present:
-                raise SpecError(f"{spec.path}: app.services.{service.name}: {mount.source!r} has no file for profile {profile.name}")
+                raise InputError(f"{spec.path}: app.services.{service.name}: {mount.source!r} has no file for profile {profile.name}")
     for check in spec.health.checks:
         for ref in (check.input, check.expected):
             if ref is not None and ref not in present:
-                raise SpecError(f"{spec.path}: health check {check.name}: config {ref!r} has no file for profile {profile.name}")
+                raise InputError(f"{spec.path}: health check {check.name}: config {ref!r} has no file for profile {profile.name}")
 
 
 def _add_image(
@@ -234,7 +233,7 @@ def _add_image(
                 writer.add_stream(stream, expect=d, what=what)
     digest, _ = writer.add_bytes(image.manifest)
     if digest != image.descriptor.digest:
-        raise SourceError(f"image {reference}: manifest digest changed while copying")
+        raise InputError(f"image {reference}: manifest digest changed while copying")
     platform = {"os": profile.platform.os, "architecture": profile.platform.architecture}
     if profile.platform.variant:
         platform["variant"] = profile.platform.variant
@@ -352,10 +351,10 @@ def _same_bundle(existing: Path, digest: str) -> bool:
     """True if ``existing`` is an intact bundle with ``digest``; OutputError otherwise."""
     try:
         found = verify_bundle(existing).digest
-    except BundleError as e:
-        raise OutputError(f"{existing} already exists and is not an intact bundle ({e}); remove it and build again") from e
+    except Refused as e:
+        raise InputError(f"{existing} already exists and is not an intact bundle ({e}); remove it and build again") from e
     if found != digest:
-        raise OutputError(
+        raise InputError(
             f"{existing} already exists with different content ({found}); bundles are immutable: bump the version or remove it"
         )
     return True
@@ -382,12 +381,12 @@ def _alive(pid: int) -> bool:
 
 def _output_error(e: OSError, where: Path, profile: Profile) -> SealiftError:
     if e.errno == errno.ENOSPC:
-        return OutputError(f"{where}: no space left on the device while building the {profile.name} bundle; nothing was kept")
+        return DeviceFault(f"{where}: no space left on the device while building the {profile.name} bundle; nothing was kept")
     if e.errno == errno.EDQUOT:
-        return OutputError(f"{where}: disk quota exceeded while building the {profile.name} bundle; nothing was kept")
+        return DeviceFault(f"{where}: disk quota exceeded while building the {profile.name} bundle; nothing was kept")
     if e.filename and not str(e.filename).startswith(str(where)):
-        return SourceError(f"{e.filename}: cannot read ({e.strerror})")
-    return OutputError(f"{e.filename or where}: cannot write the {profile.name} bundle ({e.strerror})")
+        return InputError(f"{e.filename}: cannot read ({e.strerror})")
+    return DeviceFault(f"{e.filename or where}: cannot write the {profile.name} bundle ({e.strerror})")
 
 
 def _read_sigstore_file(path: Path, what: str) -> bytes:
@@ -396,9 +395,9 @@ def _read_sigstore_file(path: Path, what: str) -> bytes:
         with open(path, "rb") as f:
             data = f.read(MAX_SIGSTORE_BYTES + 1)
     except FileNotFoundError as e:
-        raise SourceError(f"{what}: {path} not found") from e
+        raise InputError(f"{what}: {path} not found") from e
     except OSError as e:
-        raise SourceError(f"{what}: cannot read {path} ({e.strerror})") from e
+        raise InputError(f"{what}: cannot read {path} ({e.strerror})") from e
     if len(data) > MAX_SIGSTORE_BYTES:
-        raise SourceError(f"{what}: {path} is larger than {MAX_SIGSTORE_BYTES} bytes")
+        raise InputError(f"{what}: {path} is larger than {MAX_SIGSTORE_BYTES} bytes")
     return data

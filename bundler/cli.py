@@ -17,7 +17,7 @@ from bundler.keys import ALGORITHMS, KeyStore, public_key_from_pem
 from bundler.repo import ROLES, Policy, Repository, RolePolicy
 from bundler.spec import load_spec
 from updater.bundle import BundleInfo, check_bundle
-from updater.errors import SealiftError
+from updater.errors import Refused, SealiftError
 from updater.exits import reports_errors
 from updater.medium import looks_like_medium
 from updater.overlay import check_overlay, is_overlay
@@ -99,7 +99,7 @@ def inspect(bundle: Path, as_json: bool) -> None:
         for problem in report.problems:
             click.echo(f"problem: {problem}", err=True)
     if report.problems:
-        sys.exit(1)
+        sys.exit(Refused.exit_code)
 
 
 @cli.command()
@@ -115,13 +115,14 @@ def verify(bundles: tuple[Path, ...], trusted_root: Path | None, as_json: bool) 
     every bundle on it complete (a delta may lack only what its base supplies).
 
     With --trusted-root, first the signed metadata in the bundle's tuf/ folder, as a device does.
-    Exits 1 and names each tampered, truncated or missing blob if any check fails.
+    Names each tampered, truncated or missing blob if any check fails, and exits with the code of
+    the first fault found (3 for a bad or unsigned bundle; docs/errors.md).
     """
     results: list[dict[str, Any]] = []
-    failed = False
+    exit_code = 0
     for path in bundles:
         if looks_like_medium(path):
-            failed |= _verify_medium(path, trusted_root, as_json, results)
+            exit_code = exit_code or _verify_medium(path, trusted_root, as_json, results)
             continue
         try:
             if is_overlay(path):
@@ -136,10 +137,14 @@ def verify(bundles: tuple[Path, ...], trusted_root: Path | None, as_json: bool) 
                 report = check_bundle(path)
                 problems = list(report.problems)
                 result = {"bundle": str(path), "digest": report.bundle.digest, "problems": problems}
+            fault: SealiftError = Refused("")
         except SealiftError as e:
             problems = [e.diagnostics()]
             result = {"bundle": str(path), "digest": None, "problems": problems}
-        failed |= bool(problems)
+            fault = e
+        if problems:
+            exit_code = exit_code or fault.exit_code
+            result["fault"] = fault.fault
         results.append({**result, "ok": not problems})
         if not as_json:
             for problem in problems:
@@ -148,19 +153,22 @@ def verify(bundles: tuple[Path, ...], trusted_root: Path | None, as_json: bool) 
                 click.echo(f"ok {path}  {result['digest']}")
     if as_json:
         click.echo(json.dumps(results, indent=2))
-    if failed:
-        sys.exit(1)
+    if exit_code:
+        sys.exit(exit_code)
 
 
-def _verify_medium(path: Path, trusted_root: Path | None, as_json: bool, results: list[dict[str, Any]]) -> bool:
-    """Check a medium end to end; with ``trusted_root``, also each complete bundle's signatures. True if it failed."""
+def _verify_medium(path: Path, trusted_root: Path | None, as_json: bool, results: list[dict[str, Any]]) -> int:
+    """Check a medium end to end; with ``trusted_root``, also each complete bundle's signatures. The exit
+    code of what failed, 0 if nothing did."""
     from updater.medium import MediumReport, check_medium
 
     progress = for_terminal(quiet=as_json)
+    fault: SealiftError = Refused("")
     try:
         report = check_medium(path, progress=progress)
     except SealiftError as e:  # not even readable as a medium: truncated, or its manifest is damaged
         report = MediumReport(location=str(path), problems=[e.diagnostics()])
+        fault = e
     finally:
         progress.close()
     if trusted_root is not None and not report.problems:
@@ -175,7 +183,7 @@ def _verify_medium(path: Path, trusted_root: Path | None, as_json: bool, results
                 click.echo(f"ok {path}  {b.name} {b.version} ({b.profile}, {kind})  {b.top.digest}")
             for o in report.overlays:
                 click.echo(f"ok {path}  {o.name} overlay {o.version} (site {o.site})  {o.top.digest}")
-    return bool(report.problems)
+    return fault.exit_code if report.problems else 0
 
 
 def _verify_signed_index(path: Path, digest: str, root: Path) -> None:

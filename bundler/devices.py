@@ -20,7 +20,7 @@ import yaml
 
 from bundler.sealing import Recipient, public_key_from_text
 from updater.durable import replace_file
-from updater.errors import SecretError, SpecError
+from updater.errors import InputError
 from updater.locks import exclusive_lock
 from updater.sealed import KEMS, device_id
 from updater.yamlfile import Field, load_yaml
@@ -69,7 +69,7 @@ class Inventory:
         seen: set[str] = set()
         for d in devices:
             if d.device in seen:
-                raise SpecError(f"{self.path}: device {d.device} is listed twice")
+                raise InputError(f"{self.path}: device {d.device} is listed twice")
             seen.add(d.device)
         return devices
 
@@ -82,19 +82,19 @@ class Inventory:
         try:
             data = json.loads(record_file.read_text())
         except OSError as e:
-            raise SpecError(f"{record_file}: cannot read the enrollment record ({e.strerror})") from e
+            raise InputError(f"{record_file}: cannot read the enrollment record ({e.strerror})") from e
         except ValueError as e:
-            raise SpecError(f"{record_file}: not an enrollment record (not JSON)") from e
+            raise InputError(f"{record_file}: not an enrollment record (not JSON)") from e
         device = _device(Field(record_file, "", data), revocable=False)
         with self._locked():
             devices = self.devices()
             existing = next((d for d in devices if d.device == device.device), None)
             if existing is not None:
                 if existing.revoked is not None:
-                    raise SpecError(f"device {device.device} was revoked on {existing.revoked}; a revoked device enrolls "
+                    raise InputError(f"device {device.device} was revoked on {existing.revoked}; a revoked device enrolls "
                                     "again only with new keys (`sealift-updater enroll --force`)")
                 if (existing.site, existing.profile) != (device.site, device.profile):
-                    raise SpecError(f"device {device.device} is already enrolled at site {existing.site} ({existing.profile})")
+                    raise InputError(f"device {device.device} is already enrolled at site {existing.site} ({existing.profile})")
                 return existing
             self._write([*devices, device])
         return device
@@ -104,7 +104,7 @@ class Inventory:
             devices = self.devices()
             found = next((d for d in devices if d.device == device), None)
             if found is None:
-                raise SpecError(f"{self.path}: no device {device}")
+                raise InputError(f"{self.path}: no device {device}")
             if found.revoked is not None:
                 return found
             revoked = replace(found, revoked=(now or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds"))
@@ -117,7 +117,7 @@ class Inventory:
         try:
             replace_file(self.path, text.encode())
         except OSError as e:
-            raise SpecError(f"{self.path}: cannot write the inventory ({e.strerror}); it is unchanged") from e
+            raise InputError(f"{self.path}: cannot write the inventory ({e.strerror}); it is unchanged") from e
 
     def _locked(self) -> Any:
         return exclusive_lock(self.path.with_name(f".{self.path.name}.lock"), wait=True)
@@ -132,7 +132,7 @@ def _device(field: Field, *, revocable: bool) -> Device:
     key_text = f["public_key"].string(what="a base64 public key")
     try:
         key = public_key_from_text(kem, key_text, where=f"{field.file}: {f['public_key'].path}")
-    except SecretError as e:  # a key that does not decode: a malformed record
+    except InputError as e:  # a key that does not decode: a malformed record
         raise f["public_key"].error(str(e).split(": ")[-1]) from e
     claimed = f["device"].string(pattern=_DEVICE, what="a device ID (dev- and 32 hex digits)")
     if claimed != device_id(kem, key):

@@ -16,10 +16,9 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
-from bundler.errors import OutputError
 from bundler.metadata_io import metadata_version
 from updater.bundle import verify_bundle
-from updater.errors import DeliveryError
+from updater.errors import DeliveryError, DeviceFault, InputError, Refused
 from updater.layout import MEDIUM_FILE, NOTE_FILE, SUMS_FILE, open_layout
 from updater.medium import MEDIUM_FORMAT, MediumBundle, MediumContents, MediumOverlay, MediumReport
 from updater.oci import ANNOTATION, MAX_JSON_BYTES, Descriptor, copy_hashed
@@ -38,7 +37,7 @@ def export(bundles: list[Path], to: Path, *, bases: tuple[str, ...] = (), plain_
     progress = progress or QuietProgress()
     as_tar = to.suffix == ".tar"
     if to.exists() and (as_tar or any(to.iterdir())):
-        raise OutputError(f"{to}: already exists; export to a new (or empty) directory or a new .tar file")
+        raise InputError(f"{to}: already exists; export to a new (or empty) directory or a new .tar file")
     work = Path(tempfile.mkdtemp(prefix=f".{to.name}-", dir=to.parent)) if as_tar else to
     report = MediumReport(location=str(to))
     try:
@@ -59,7 +58,7 @@ def export(bundles: list[Path], to: Path, *, bases: tuple[str, ...] = (), plain_
                         with reader.open_metadata(name) as stream:
                             _merge_metadata(metadata, name, stream.read(MAX_JSON_BYTES + 1))
             if unused := [bases[i] for i in range(len(bases)) if i not in used]:
-                raise DeliveryError(f"base {unused[0]}: no exported bundle has its name and profile")
+                raise InputError(f"base {unused[0]}: no exported bundle has its name and profile")
             layout.write_metadata(metadata)
             (work / MEDIUM_FILE).write_bytes(json.dumps({"mediumVersion": MEDIUM_FORMAT, "bundles": [b.to_json() for b in report.bundles],
                                                          "overlays": [o.to_json() for o in report.overlays]},
@@ -71,7 +70,7 @@ def export(bundles: list[Path], to: Path, *, bases: tuple[str, ...] = (), plain_
             progress.step(f"write {to}")
             _tar(work, to)
     except OSError as e:
-        raise OutputError(f"{to}: cannot write the medium ({'the disk is full' if e.errno == 28 else e.strerror}); "
+        raise DeviceFault(f"{to}: cannot write the medium ({'the disk is full' if e.errno == 28 else e.strerror}); "
                           "what was written is incomplete and fails `sealift verify`") from e
     finally:
         if as_tar:
@@ -108,7 +107,7 @@ def _export_bundle(bundle: Path, layout: LayoutStore, report: MediumReport, base
 def _export_overlay(path: Path, layout: LayoutStore, report: MediumReport, progress: Progress) -> MediumOverlay:
     info = check_overlay(path)
     if any(o.name == info.name and o.site == info.site for o in report.overlays):
-        raise DeliveryError(f"{path}: a second overlay of {info.name} for site {info.site}; a medium carries one per application and site")
+        raise InputError(f"{path}: a second overlay of {info.name} for site {info.site}; a medium carries one per application and site")
     with open_layout(path) as reader:
         source = ReaderStore(reader)
         top = Descriptor.from_json(json.loads(reader.read_small("index.json"))["manifests"][0], where=str(path))
@@ -140,7 +139,7 @@ def _base_blobs(base: str, plain_http: bool, stack: ExitStack) -> Base:
         annotations = json.loads(body)["annotations"]
         identity = (annotations[ANNOTATION.NAME], annotations[ANNOTATION.PROFILE], annotations[ANNOTATION.VERSION])
     except (ValueError, KeyError, TypeError) as e:
-        raise DeliveryError(f"base {base}: not a Sealift bundle") from e
+        raise Refused(f"base {base}: not a Sealift bundle") from e
     graph = walk(top, store)
     return (*identity, {d.digest for d in graph.blobs}, top.digest)
 

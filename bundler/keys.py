@@ -36,8 +36,8 @@ from securesystemslib.signer import (
     SSlibKey,
 )
 
-from bundler.errors import SigningError
 from updater.durable import replace_file
+from updater.errors import InputError
 
 __all__ = ["ALGORITHMS", "PASSPHRASE_ENV", "KeyStore", "public_key_from_pem"]
 
@@ -57,13 +57,13 @@ class EncryptedFileSigner(Signer):
     ) -> CryptoSigner:
         path = Path(priv_key_uri.removeprefix(f"{cls.SCHEME}:"))
         if secrets_handler is None:
-            raise SigningError(f"{path}: a passphrase is needed to unlock this key")
+            raise InputError(f"{path}: a passphrase is needed to unlock this key")
         try:
             private_key = load_pem_private_key(path.read_bytes(), secrets_handler("passphrase").encode())
         except FileNotFoundError as e:
-            raise SigningError(f"{path}: private key not found") from e
+            raise InputError(f"{path}: private key not found") from e
         except (ValueError, TypeError) as e:
-            raise SigningError(f"{path}: cannot unlock the private key (wrong passphrase?)") from e
+            raise InputError(f"{path}: cannot unlock the private key (wrong passphrase?)") from e
         return CryptoSigner(private_key, public_key)  # type: ignore[arg-type]
 
     # A loader only: signing is done by the CryptoSigner it returns.
@@ -102,7 +102,7 @@ class KeyStore:
     def generate(self, role: str, *, algorithm: str = "ed25519") -> Key:
         """A new key pair for ``role``: the private half encrypted into the key directory."""
         if algorithm not in ALGORITHMS:
-            raise SigningError(f"unknown key algorithm {algorithm!r} (expected one of {', '.join(ALGORITHMS)})")
+            raise InputError(f"unknown key algorithm {algorithm!r} (expected one of {', '.join(ALGORITHMS)})")
         private: ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey = (
             ed25519.Ed25519PrivateKey.generate() if algorithm == "ed25519" else ec.generate_private_key(ec.SECP256R1())
         )
@@ -129,7 +129,7 @@ class KeyStore:
             if keyid in entries and keyid not in self._signers and keyid not in self.unreachable:
                 try:
                     self._signers[keyid] = self._signer(entries[keyid])
-                except SigningError as e:
+                except InputError as e:
                     if "passphrase" in str(e):
                         raise
                     self.unreachable[keyid] = str(e)
@@ -146,10 +146,10 @@ class KeyStore:
             uri = f"{EncryptedFileSigner.SCHEME}:{self.directory / uri.split(':', 1)[1]}"
         try:
             return Signer.from_priv_key_uri(uri, Key.from_dict(entry.keyid, dict(entry.public)), lambda _: self.passphrase())
-        except SigningError:
+        except InputError:
             raise
         except Exception as e:  # securesystemslib and KMS clients raise many kinds
-            raise SigningError(f"key {entry.keyid[:16]} ({entry.role}): cannot load its signer {entry.uri!r} ({e})") from e
+            raise InputError(f"key {entry.keyid[:16]} ({entry.role}): cannot load its signer {entry.uri!r} ({e})") from e
 
     def _entries(self) -> dict[str, _Entry]:
         path = self.directory / _INDEX
@@ -159,7 +159,7 @@ class KeyStore:
             data = json.loads(path.read_text())
             return {k: _Entry(keyid=k, role=v["role"], uri=v["uri"], public=v["public"]) for k, v in data.items()}
         except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise SigningError(f"{path}: not a valid key index ({e})") from e
+            raise InputError(f"{path}: not a valid key index ({e})") from e
 
     def _record(self, entry: _Entry) -> None:
         entries = self._entries()
@@ -173,9 +173,9 @@ def public_key_from_pem(path: Path) -> Key:
     try:
         return SSlibKey.from_crypto(load_pem_public_key(path.read_bytes()))
     except FileNotFoundError as e:
-        raise SigningError(f"{path}: public key not found") from e
+        raise InputError(f"{path}: public key not found") from e
     except (ValueError, TypeError) as e:
-        raise SigningError(f"{path}: not a supported PEM public key ({e})") from e
+        raise InputError(f"{path}: not a supported PEM public key ({e})") from e
 
 
 def _write_private(path: Path, pem: bytes) -> None:
@@ -194,4 +194,4 @@ def _passphrase_from_env_or_prompt() -> str:
         entered = getpass.getpass("Passphrase for the signing keys: ")
         if entered:
             return entered
-    raise SigningError(f"no passphrase for the signing keys: set {PASSPHRASE_ENV} or run on a terminal")
+    raise InputError(f"no passphrase for the signing keys: set {PASSPHRASE_ENV} or run on a terminal")

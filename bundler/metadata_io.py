@@ -14,7 +14,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from updater.errors import BundleError
+from updater.errors import Refused
 from updater.oci import METADATA_DIR, METADATA_NAME
 
 __all__ = ["attach_metadata", "metadata_version"]
@@ -24,7 +24,7 @@ def attach_metadata(bundle: Path, files: dict[str, bytes]) -> None:
     """Make ``files`` the whole content of the bundle's ``tuf/`` folder."""
     for name in files:
         if not METADATA_NAME.fullmatch(name):
-            raise BundleError(f"{name!r} is not a metadata file name")
+            raise Refused(f"{name!r} is not a metadata file name")
     if bundle.is_dir():
         _attach_to_directory(bundle, files)
     else:
@@ -54,7 +54,7 @@ def _attach_to_tar(bundle: Path, files: dict[str, bytes]) -> None:
             while copied < layout_end:
                 n = os.copy_file_range(src.fileno(), out.fileno(), layout_end - copied, copied, copied)
                 if n == 0:
-                    raise BundleError(f"{bundle}: shrank while its metadata was replaced")
+                    raise Refused(f"{bundle}: shrank while its metadata was replaced")
                 copied += n
             out.seek(layout_end)
             out.write(_member(METADATA_DIR, b"", mtime, directory=True))
@@ -80,11 +80,11 @@ def _layout_end(bundle: Path) -> tuple[int, int]:
                     seen_metadata = True
                     continue
                 if seen_metadata:
-                    raise BundleError(f"{bundle}: layout entries follow its {METADATA_DIR}/ folder")
+                    raise Refused(f"{bundle}: layout entries follow its {METADATA_DIR}/ folder")
                 end = info.offset_data + info.size + (-info.size % tarfile.BLOCKSIZE)
                 mtime = max(mtime, int(info.mtime))
     except tarfile.TarError as e:
-        raise BundleError(f"{bundle}: tar file is damaged ({e})") from e
+        raise Refused(f"{bundle}: tar file is damaged ({e})") from e
     return end, mtime
 
 

@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from bundler.devices import SITE, Inventory
-from bundler.errors import OutputError
 from bundler.sealing import seal
 from bundler.spec import Spec
 from updater.appdef import ENV_NAME, NAME
-from updater.errors import BundleError, SecretError, SpecError
+from updater.errors import DeviceFault, InputError, Refused
 from updater.oci import ANNOTATION, MEDIA, Descriptor, canonical_json
 from updater.overlay import OverlayInfo, check_overlay
 from updater.sealed import Identity
@@ -46,12 +45,12 @@ def build_overlay(spec: Spec, site: str, *, inventory: Path, out: Path, site_fil
                   now: dt.datetime | None = None) -> tuple[Path, OverlayInfo]:
     """Build the overlay of ``site`` into ``out``; return its path and what it holds."""
     if not SITE.fullmatch(site):
-        raise SpecError(f"site {site!r}: expected a site name (lower case letters, digits, . _ -)")
+        raise InputError(f"site {site!r}: expected a site name (lower case letters, digits, . _ -)")
     values = _site_values(site_file or spec.directory / "sites" / f"{site}.yaml", spec)
     identity = Identity(app=spec.name, site=site, version=values["version"])
     recipients = Inventory(inventory).recipients(site)
     if not recipients:
-        raise SecretError(f"site {site}: no enrolled device in {inventory} to seal the secrets to "
+        raise InputError(f"site {site}: no enrolled device in {inventory} to seal the secrets to "
                           "(`sealift-updater enroll` on each device, then `sealift devices add`)")
     sealed = seal(_secret_values(spec), identity, recipients)
     descriptor = {"name": spec.name, "site": site, "version": values["version"], "fits": values["fits"],
@@ -59,17 +58,17 @@ def build_overlay(spec: Spec, site: str, *, inventory: Path, out: Path, site_fil
                   "recipients": sorted(r.device for r in recipients)}
     final = out / f"{spec.name}-site-{site}-{values['version']}"
     if final.exists():
-        raise OutputError(f"{final}: exists; an overlay version is built once (raise `version` in the site file)")
+        raise InputError(f"{final}: exists; an overlay version is built once (raise `version` in the site file)")
     temp = out / f".sealift-overlay-{random.token_hex(6)}"
     try:
         out.mkdir(parents=True, exist_ok=True)
         top = _write(temp, descriptor, sealed, (now or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%dT%H:%M:%SZ"))
         info = check_overlay(temp)  # what the device will check, before anything is in place
         if info.digest != top.digest:
-            raise BundleError(f"{final}: the overlay changed while it was written")
+            raise Refused(f"{final}: the overlay changed while it was written")
         os.rename(temp, final)
     except OSError as e:
-        raise OutputError(f"{final}: cannot write the overlay ({'the disk is full' if e.errno == 28 else e.strerror})") from e
+        raise DeviceFault(f"{final}: cannot write the overlay ({'the disk is full' if e.errno == 28 else e.strerror})") from e
     finally:
         shutil.rmtree(temp, ignore_errors=True)
     return final, info
@@ -81,7 +80,7 @@ def _site_values(path: Path, spec: Spec) -> dict[str, Any]:
     version = f["version"].scalar_string()
     try:
         version_key(version)
-    except (SpecError, ValueError) as e:
+    except (InputError, ValueError) as e:
         raise f["version"].error(f"{version!r} is not a semantic version (like 3.0.0); overlay versions only go up") from e
     constraint = f["fits"].string(what="a version range") if "fits" in f else ""
     check_range(constraint, where=f"{path}: fits")
@@ -110,7 +109,7 @@ def _secret_values(spec: Spec) -> dict[str, bytes]:
         if s.environment is not None:
             value = os.environ.get(s.environment)
             if not value:
-                raise SecretError(f"secret {s.name}: the environment variable {s.environment} is not set")
+                raise InputError(f"secret {s.name}: the environment variable {s.environment} is not set")
             values[s.name] = value.encode()
         else:
             path = spec.directory / str(s.file)
@@ -118,9 +117,9 @@ def _secret_values(spec: Spec) -> dict[str, bytes]:
                 with open(path, "rb") as f:
                     data = f.read((1 << 20) + 1)
             except OSError as e:
-                raise SecretError(f"secret {s.name}: cannot read {path} ({e.strerror})") from e
+                raise InputError(f"secret {s.name}: cannot read {path} ({e.strerror})") from e
             if not data or len(data) > 1 << 20:
-                raise SecretError(f"secret {s.name}: {path} is empty or larger than 1 MiB")
+                raise InputError(f"secret {s.name}: {path} is empty or larger than 1 MiB")
             values[s.name] = data
     return values
 

@@ -17,9 +17,8 @@ from typing import Any
 
 import zstandard
 
-from bundler.errors import SourceError
 from bundler.writer import LayoutWriter
-from updater.errors import SpecError
+from updater.errors import InputError
 from updater.oci import ANNOTATION, MEDIA, Descriptor, copy_hashed
 from updater.progress import Progress
 
@@ -66,13 +65,13 @@ def add_file_component(
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
-        raise SpecError(f"{role} {name}: {path} not found") from None
+        raise InputError(f"{role} {name}: {path} not found") from None
     if stat.S_ISDIR(mode):
         kind, media_type, source = "directory", base + MEDIA.TAR_SUFFIX, _tar_directory(path, work / f"{role}-{name}.tar", epoch)
     elif stat.S_ISREG(mode):
         kind, media_type, source = "file", base, path
     else:
-        raise SpecError(f"{role} {name}: {path} is not a regular file or directory")
+        raise InputError(f"{role} {name}: {path} is not a regular file or directory")
     progress.step(label, total_bytes=source.stat().st_size)
     layer, content = _store(writer, source, media_type, progress)
     annotations = {
@@ -97,7 +96,7 @@ def _store(writer: LayoutWriter, source: Path, media_type: str, progress: Progre
                     with compressor.stream_writer(sink, size=size, closefd=False) as z:  # type: ignore[arg-type]
                         content = copy_hashed(src, z, progress=progress.advance)
                 except zstandard.ZstdError as e:  # the frame header promised `size` bytes
-                    raise SourceError(f"{source}: changed size while it was read ({e})") from e
+                    raise InputError(f"{source}: changed size while it was read ({e})") from e
             if sink.size < content[1]:
                 digest = f"sha256:{sink.sha.hexdigest()}"
                 writer.adopt(temp, digest)
@@ -159,7 +158,7 @@ def _tar_directory(root: Path, dest: Path, epoch: int) -> Path:
 
 
 def _walk_error(error: OSError) -> None:
-    raise SourceError(f"{error.filename}: cannot read the directory ({error.strerror})") from error
+    raise InputError(f"{error.filename}: cannot read the directory ({error.strerror})") from error
 
 
 def _walk(root: Path) -> list[Path]:
@@ -171,8 +170,8 @@ def _walk(root: Path) -> list[Path]:
             path = here / name
             mode = path.lstat().st_mode
             if stat.S_ISLNK(mode):
-                raise SpecError(f"{path}: symbolic links are not allowed in a model or config directory")
+                raise InputError(f"{path}: symbolic links are not allowed in a model or config directory")
             if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
-                raise SpecError(f"{path}: only regular files and directories are allowed in a model or config directory")
+                raise InputError(f"{path}: only regular files and directories are allowed in a model or config directory")
             found.append(path)
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())

@@ -23,7 +23,7 @@ from typing import Any
 
 from bundler.metadata_io import metadata_version
 from updater.bundle import verify_bundle
-from updater.errors import DeliveryError, SealiftError
+from updater.errors import DeliveryError, InputError, Refused, SealiftError
 from updater.layout import open_layout
 from updater.oci import ANNOTATION, MEDIA, Descriptor, canonical_json
 from updater.overlay import check_overlay, is_overlay
@@ -76,7 +76,7 @@ def push(bundle: Path, target: str, *, plain_http: bool, progress: Progress | No
         default_tag, shown = bundle_tag(info.profile, info.version), info.profile
     client = connect(target, plain_http=plain_http, what="registry")
     if client.ref.digest:
-        raise DeliveryError(f"registry {target}: push to a tag, not a digest (the digest is the bundle's own)")
+        raise InputError(f"registry {target}: push to a tag, not a digest (the digest is the bundle's own)")
     result = PublishResult(destination=client.ref.name)
     with open_layout(bundle) as reader, _closing(client):
         source = ReaderStore(reader)
@@ -101,11 +101,11 @@ def pull(reference: str, out: Path, *, plain_http: bool, progress: Progress | No
     progress = progress or QuietProgress()
     client = connect(reference, plain_http=plain_http, what="registry")
     if not (client.ref.tag or client.ref.digest):
-        raise DeliveryError(f"registry {reference}: name the bundle to pull with :TAG or @DIGEST")
+        raise InputError(f"registry {reference}: name the bundle to pull with :TAG or @DIGEST")
     if (out / "index.json").exists():
-        raise DeliveryError(f"{out}: already holds a complete layout; pull into a new directory")
+        raise InputError(f"{out}: already holds a complete layout; pull into a new directory")
     if out.is_dir() and any(out.iterdir()) and not (out / "oci-layout").is_file():
-        raise DeliveryError(f"{out}: not empty, and not a pull that was cut short; pull into a new directory")
+        raise InputError(f"{out}: not empty, and not a pull that was cut short; pull into a new directory")
     result = PublishResult(destination=str(out))
     with _closing(client):
         source = RegistryStore(client)
@@ -144,7 +144,7 @@ def mirror_sync(origin: str, target: str, *, profiles: tuple[str, ...] = (), sit
     """
     if "/" not in origin.removeprefix("docker://"):
         if "/" in target:
-            raise DeliveryError(f"mirror {target}: syncing a whole registry needs a registry to sync into (HOST[:PORT])")
+            raise InputError(f"mirror {target}: syncing a whole registry needs a registry to sync into (HOST[:PORT])")
         result = PublishResult(destination=target)
         for repository in catalog(origin, plain_http=plain_http_from):
             one = mirror_sync(f"{origin}/{repository}", target, profiles=profiles, sites=sites, plain_http_from=plain_http_from,
@@ -156,10 +156,10 @@ def mirror_sync(origin: str, target: str, *, profiles: tuple[str, ...] = (), sit
         return result
     progress = progress or QuietProgress()
     src = connect(origin, plain_http=plain_http_from, what="source registry")
-    dst_ref = parse_reference(target if "/" in target else f"{target}/{src.ref.repository}", what="mirror", error=DeliveryError)
+    dst_ref = parse_reference(target if "/" in target else f"{target}/{src.ref.repository}", what="mirror")
     if dst_ref.tag or dst_ref.digest:
-        raise DeliveryError(f"mirror {target}: name a repository (HOST[/REPO]), not a tag; tags are copied as they are")
-    dst = RegistryClient(dst_ref, plain_http=plain_http_to, what=f"mirror {dst_ref.name}", error=DeliveryError)
+        raise InputError(f"mirror {target}: name a repository (HOST[/REPO]), not a tag; tags are copied as they are")
+    dst = RegistryClient(dst_ref, plain_http=plain_http_to, what=f"mirror {dst_ref.name}")
     result = PublishResult(destination=dst_ref.name)
     with _closing(src), _closing(dst):
         named = src.ref.digest or src.ref.tag
@@ -171,7 +171,7 @@ def mirror_sync(origin: str, target: str, *, profiles: tuple[str, ...] = (), sit
                 raise DeliveryError(f"source registry {src.ref.name}: {tag} vanished during the sync")
             try:
                 top = bundle_descriptor(*found, f"{src.ref.name}:{tag}", kinds=(MEDIA.BUNDLE, MEDIA.OVERLAY))
-            except DeliveryError:
+            except Refused:
                 if named:
                     raise
                 result.skipped.append(tag)  # something else shares the repository: not ours to copy
@@ -201,7 +201,7 @@ def mirror_sync(origin: str, target: str, *, profiles: tuple[str, ...] = (), sit
 def catalog(host: str, *, plain_http: bool) -> list[str]:
     """The repositories a registry lists (its ``/v2/_catalog``), following its pagination."""
     client = RegistryClient(Reference(host=host.removeprefix("docker://"), repository="_catalog"), plain_http=plain_http,
-                            what=f"source registry {host}", error=DeliveryError)
+                            what=f"source registry {host}")
     with _closing(client):
         return client.catalog()
 
@@ -256,7 +256,7 @@ def _read_file(reader: Any, name: str) -> bytes:
     with reader.open_metadata(name) as stream:
         data: bytes = stream.read(MAX_METADATA_BYTES + 1)
     if len(data) > MAX_METADATA_BYTES:
-        raise DeliveryError(f"{reader.location}: tuf/{name} is larger than {MAX_METADATA_BYTES} bytes")
+        raise Refused(f"{reader.location}: tuf/{name} is larger than {MAX_METADATA_BYTES} bytes")
     return data
 
 

@@ -38,13 +38,14 @@ from tuf.api.metadata import (
 from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import JSONSerializer
 
-from bundler.errors import RepositoryError, SigningError
 from bundler.keys import KeyStore
 from bundler.metadata_io import attach_metadata
 from updater.bundle import verify_bundle
 from updater.durable import replace_file
+from updater.errors import InputError
 from updater.layout import open_layout
-from updater.overlay import check_overlay, is_overlay, overlay_target
+from updater.overlay import check_overlay, is_overlay
+from updater.tuf_client import target_name
 from updater.versions import version_key
 
 __all__ = ["ROLES", "AddResult", "Policy", "Repository", "RolePolicy"]
@@ -88,9 +89,9 @@ class Policy:
         for role in ROLES:
             p = self.roles[role]
             if not 1 <= p.threshold <= p.keys:
-                raise RepositoryError(f"role {role}: threshold {p.threshold} needs 1 to {p.keys} keys")
+                raise InputError(f"role {role}: threshold {p.threshold} needs 1 to {p.keys} keys")
             if not (math.isfinite(p.expiry_days) and 0 < p.expiry_days <= _MAX_EXPIRY_DAYS):
-                raise RepositoryError(f"role {role}: expiry must be over 0 and at most {_MAX_EXPIRY_DAYS:g} days, found {p.expiry_days}")
+                raise InputError(f"role {role}: expiry must be over 0 and at most {_MAX_EXPIRY_DAYS:g} days, found {p.expiry_days}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -121,7 +122,7 @@ class Repository:
 
     def __init__(self, directory: Path, keys: KeyStore, *, now: Callable[[], dt.datetime] | None = None) -> None:
         if keys.directory.resolve().is_relative_to(directory.resolve()):
-            raise RepositoryError(f"{keys.directory}: the key directory must not be inside the repository {directory}")
+            raise InputError(f"{keys.directory}: the key directory must not be inside the repository {directory}")
         self.directory = directory
         self.metadata = directory / "metadata"
         self.keys = keys
@@ -137,9 +138,9 @@ class Repository:
         """
         policy.check()
         if (self.metadata / "1.root.json").exists():
-            raise RepositoryError(f"{self.directory}: already a repository (metadata/1.root.json exists)")
+            raise InputError(f"{self.directory}: already a repository (metadata/1.root.json exists)")
         if not 0 <= hashed_bins <= 14:
-            raise RepositoryError(f"hashed bins: expected 1 to 14 bits (2 to 16384 bins), found {hashed_bins}")
+            raise InputError(f"hashed bins: expected 1 to 14 bits (2 to 16384 bins), found {hashed_bins}")
         self.metadata.mkdir(parents=True, exist_ok=True)
         root = Root(expires=self._expiry(policy, "root"), consistent_snapshot=True)
         for role in ROLES:
@@ -162,18 +163,18 @@ class Repository:
     def delegate(self, name: str, *, paths: Sequence[str], keys: int = 1, threshold: int = 1) -> None:
         """Delegate the targets matching ``paths`` (e.g. ``vision-app/*``) to a new role with its own keys."""
         if not _ROLE_NAME.fullmatch(name) or name in ROLES or name.startswith(f"{BINS_ROLE}-"):
-            raise RepositoryError(f"{name!r} cannot name a delegated role (lower-case letters, digits and '-', not a top-level role)")
+            raise InputError(f"{name!r} cannot name a delegated role (lower-case letters, digits and '-', not a top-level role)")
         if not paths or not 1 <= threshold <= keys:
-            raise RepositoryError(f"role {name}: needs at least one path and a threshold from 1 to {keys}")
+            raise InputError(f"role {name}: needs at least one path and a threshold from 1 to {keys}")
         change = _Change(self)
         delegations = change.targets.signed.delegations
         if delegations is not None and delegations.succinct_roles is not None:
-            raise RepositoryError(f"{self.directory} spreads targets over hashed bins; it cannot also have named delegations")
+            raise InputError(f"{self.directory} spreads targets over hashed bins; it cannot also have named delegations")
         if delegations is None:
             delegations = change.targets.signed.delegations = Delegations(keys={}, roles={})
         assert delegations.roles is not None
         if name in delegations.roles:
-            raise RepositoryError(f"role {name} already exists")
+            raise InputError(f"role {name} already exists")
         delegations.roles[name] = DelegatedRole(name=name, keyids=[], threshold=threshold, terminating=True, paths=list(paths))
         for _ in range(keys):
             change.targets.signed.add_key(self.keys.generate(name, algorithm=change.policy.algorithm), name)
@@ -202,7 +203,7 @@ class Repository:
                 results.append(AddResult(bundle=path, target=name, changed=False))
                 continue
             if existing is not None and not force:
-                raise RepositoryError(f"{name}: already published with other content; bundles are immutable (use --force to replace)")
+                raise InputError(f"{name}: already published with other content; bundles are immutable (use --force to replace)")
             self._check_newest(change, name, version, force=force)
             targets.targets[name] = target
             self._mark_changed(change, holder)
@@ -240,21 +241,21 @@ class Repository:
     def _new_root(self, role: str, *, add: list[tuple[Key, str]], revoke: list[str], replace: bool = False) -> None:
         """A new root version that revokes and adds keys of ``role``; then re-sign what it names."""
         if role not in ROLES:
-            raise RepositoryError(f"unknown role {role!r} (expected one of {', '.join(ROLES)})")
+            raise InputError(f"unknown role {role!r} (expected one of {', '.join(ROLES)})")
         change = _Change(self)
         old = self._load("root.json", Root)
         root = Metadata.from_bytes(old.to_bytes()).signed
         assert isinstance(root, Root)
         unknown = [k for k in revoke if k not in root.roles[role].keyids]
         if unknown:
-            raise RepositoryError(f"role {role}: key {unknown[0][:16]} is not one of its keys")
+            raise InputError(f"role {role}: key {unknown[0][:16]} is not one of its keys")
         for keyid in revoke:
             root.revoke_key(keyid, role)
             if replace:
                 root.add_key(self.keys.generate(role, algorithm=change.policy.algorithm), role)
         for key, uri in add:
             if key.keyid in root.roles[role].keyids:
-                raise RepositoryError(f"role {role}: key {key.keyid[:16]} is already trusted")
+                raise InputError(f"role {role}: key {key.keyid[:16]} is already trusted")
             self.keys.add_uri(role, key, uri)
             root.add_key(key, role)
         root.version += 1
@@ -285,20 +286,20 @@ class Repository:
         if delegations is not None and delegations.succinct_roles is not None:
             bin_name = delegations.succinct_roles.get_role_for_target(name)
             if role is not None and role != bin_name:
-                raise RepositoryError(f"{name} belongs in hashed bin {bin_name}, not {role}")
+                raise InputError(f"{name} belongs in hashed bin {bin_name}, not {role}")
             return bin_name
         if role is None or role == "targets":
             return "targets"
         roles = (delegations.roles or {}) if delegations is not None else {}
         delegated = roles.get(role)
         if delegated is None:
-            raise RepositoryError(f"no delegated role {role!r} (create it with `sealift repo delegate`)")
+            raise InputError(f"no delegated role {role!r} (create it with `sealift repo delegate`)")
         if not delegated.is_delegated_path(name):
-            raise RepositoryError(f"role {role} may sign {', '.join(delegated.paths or [])}, not {name}")
+            raise InputError(f"role {role} may sign {', '.join(delegated.paths or [])}, not {name}")
         # devices walk delegations in order and stop at the first terminating role that matches
         first = next(r for r in roles.values() if r.is_delegated_path(name))
         if first.name != role:
-            raise RepositoryError(f"role {first.name}, delegated before {role}, also matches {name}: devices would never look in {role}")
+            raise InputError(f"role {first.name}, delegated before {role}, also matches {name}: devices would never look in {role}")
         return role
 
     def _targets_of(self, change: _Change, role: str) -> Metadata[Targets]:
@@ -307,7 +308,7 @@ class Repository:
         if role not in change.delegated:
             meta = change.snapshot.signed.meta.get(f"{role}.json")
             if meta is None:
-                raise RepositoryError(f"{self.metadata}: the snapshot names no {role} metadata")
+                raise InputError(f"{self.metadata}: the snapshot names no {role} metadata")
             change.delegated[role] = self._load(f"{meta.version}.{role}.json", Targets)
         return change.delegated[role]
 
@@ -324,7 +325,7 @@ class Repository:
         newer = [v for v in published if version_key(v) > version_key(version)]
         if newer and not force:
             newest = max(newer, key=version_key)
-            raise RepositoryError(f"{prefix}{version} is older than published {newest} (use --force to add it anyway)")
+            raise InputError(f"{prefix}{version} is older than published {newest} (use --force to add it anyway)")
 
     def _all_targets(self, change: _Change) -> list[Metadata[Targets]]:
         delegations = change.targets.signed.delegations
@@ -406,7 +407,7 @@ class Repository:
             try:
                 trusted.verify_delegate("root", md.signed_bytes, md.signatures)
             except UnsignedMetadataError as e:
-                raise SigningError(f"root version {current.version}: not enough signatures from the {which} root keys") from e
+                raise InputError(f"root version {current.version}: not enough signatures from the {which} root keys") from e
 
     def _sign(self, md: Metadata[Any], delegator: Root | Targets, role: str) -> None:
         md.signatures.clear()
@@ -418,7 +419,7 @@ class Repository:
         except UnsignedMetadataError as e:
             have = len(md.signatures)
             why = [self.keys.unreachable[k] for k in delegated.keyids if k in self.keys.unreachable]
-            raise SigningError(
+            raise InputError(
                 f"role {role}: {have} of the {delegated.threshold} signatures needed "
                 f"(the key directory reaches {have} of its {len(delegated.keyids)} keys{'; ' + why[0] if why else ''})"
             ) from e
@@ -432,20 +433,20 @@ class Repository:
             data = json.loads(path.read_text())
             return Policy(algorithm=data["algorithm"], roles={r: RolePolicy(**p) for r, p in data["roles"].items()})
         except FileNotFoundError as e:
-            raise RepositoryError(f"{self.directory}: not a Sealift repository ({_POLICY_FILE} is missing)") from e
+            raise InputError(f"{self.directory}: not a Sealift repository ({_POLICY_FILE} is missing)") from e
         except (ValueError, KeyError, TypeError) as e:
-            raise RepositoryError(f"{path}: malformed policy ({e})") from e
+            raise InputError(f"{path}: malformed policy ({e})") from e
 
     def _load(self, name: str, kind: type[T]) -> Metadata[T]:
         path = self.metadata / name
         try:
             md = Metadata.from_bytes(path.read_bytes())
         except FileNotFoundError as e:
-            raise RepositoryError(f"{path}: missing; is {self.directory} a repository (sealift repo init)?") from e
+            raise InputError(f"{path}: missing; is {self.directory} a repository (sealift repo init)?") from e
         except DeserializationError as e:
-            raise RepositoryError(f"{path}: not valid TUF metadata ({e})") from e
+            raise InputError(f"{path}: not valid TUF metadata ({e})") from e
         if not isinstance(md.signed, kind):
-            raise RepositoryError(f"{path}: holds {md.signed.type} metadata, expected {kind.type}")
+            raise InputError(f"{path}: holds {md.signed.type} metadata, expected {kind.type}")
         return md
 
     def _write(self, md: Metadata[Any], name: str) -> None:
@@ -469,10 +470,10 @@ def _identify(path: Path) -> tuple[str, str, dict[str, str]]:
     overlay (``NAME/overlays/SITE/VERSION``), checked completely first."""
     if is_overlay(path):
         o = check_overlay(path)
-        return (overlay_target(o.name, o.site, o.version), o.version,
+        return (target_name(name=o.name, site=o.site, version=o.version), o.version,
                 {"name": o.name, "version": o.version, "site": o.site, "kind": "overlay", "fits": o.fits, "digest": o.digest})
     info = verify_bundle(path)
-    return (f"{info.name}/{info.profile}/{info.version}", info.version,
+    return (target_name(name=info.name, profile=info.profile, version=info.version), info.version,
             {"name": info.name, "version": info.version, "profile": info.profile, "compatible": info.compatible,
              "digest": info.digest})
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from updater.errors import SecretError
+from updater.errors import InputError
 from updater.sealed import FORMAT, KEMS, NONCE, SECRET_NAME, SUITES, Identity, key_binding, load_public_key, secret_binding
 
 __all__ = ["Recipient", "public_key_from_text", "seal"]
@@ -36,13 +36,13 @@ class Recipient:
 def public_key_from_text(kem: str, text: str, *, where: str) -> bytes:
     """Decode a base64 public key and check its length for ``kem``."""
     if kem not in KEMS:
-        raise SecretError(f"{where}: unknown key type {kem!r} (known: {', '.join(KEMS)})")
+        raise InputError(f"{where}: unknown key type {kem!r} (known: {', '.join(KEMS)})")
     try:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as e:
-        raise SecretError(f"{where}: public key is not base64") from e
+        raise InputError(f"{where}: public key is not base64") from e
     if len(raw) != _PUBLIC_SIZES[kem]:
-        raise SecretError(f"{where}: a {kem} public key has {_PUBLIC_SIZES[kem]} bytes, this one {len(raw)}")
+        raise InputError(f"{where}: a {kem} public key has {_PUBLIC_SIZES[kem]} bytes, this one {len(raw)}")
     load_public_key(kem, raw, where)
     return raw
 
@@ -50,14 +50,14 @@ def public_key_from_text(kem: str, text: str, *, where: str) -> bytes:
 def seal(secrets: dict[str, bytes], identity: Identity, recipients: list[Recipient]) -> dict[str, Any]:
     """Encrypt ``secrets`` to every recipient; return the sealed document (JSON-ready, ciphertext only)."""
     if not recipients:
-        raise SecretError(f"{identity.app} for site {identity.site}: no enrolled device to seal the secrets to")
+        raise InputError(f"{identity.app} for site {identity.site}: no enrolled device to seal the secrets to")
     if len(recipients) > MAX_RECIPIENTS:
-        raise SecretError(f"{identity.app} for site {identity.site}: more than {MAX_RECIPIENTS} recipients")
+        raise InputError(f"{identity.app} for site {identity.site}: more than {MAX_RECIPIENTS} recipients")
     for name, value in secrets.items():
         if not SECRET_NAME.fullmatch(name):
-            raise SecretError(f"secret {name[:64]!r}: not a valid secret name")
+            raise InputError(f"secret {name[:64]!r}: not a valid secret name")
         if len(value) > MAX_SECRET_BYTES:
-            raise SecretError(f"secret {name}: larger than {MAX_SECRET_BYTES} bytes")
+            raise InputError(f"secret {name}: larger than {MAX_SECRET_BYTES} bytes")
     data_key = AESGCM.generate_key(bit_length=256)
     aes = AESGCM(data_key)
     sealed_secrets = {}

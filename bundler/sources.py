@@ -22,8 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol, TypeGuard
 
-from bundler.errors import SourceError
-from updater.errors import BundleError
+from updater.errors import InputError, Refused
 from updater.layout import open_layout
 from updater.oci import MAX_JSON_BYTES, MEDIA, Descriptor, canonical_json, json_object
 from updater.profiles import Platform
@@ -68,7 +67,7 @@ def open_image_source(reference: str, *, base: Path, work: Path, plain_http: boo
     """Open the source that ``reference`` names; relative paths are taken from ``base``."""
     transport, sep, rest = reference.partition(":")
     if not sep or not rest:
-        raise SourceError(f"image {reference!r}: expected TRANSPORT:REFERENCE, e.g. oci:DIR:TAG or docker://HOST/REPO:TAG")
+        raise InputError(f"image {reference!r}: expected TRANSPORT:REFERENCE, e.g. oci:DIR:TAG or docker://HOST/REPO:TAG")
     source: ImageSource
     if transport == "oci":
         path, ref = _path_and_ref(rest, base)
@@ -83,7 +82,7 @@ def open_image_source(reference: str, *, base: Path, work: Path, plain_http: boo
 
         source = RegistrySource(reference, plain_http=plain_http)
     else:
-        raise SourceError(
+        raise InputError(
             f"image {reference!r}: unknown transport {transport!r} "
             "(expected oci, oci-archive, docker-archive, docker-daemon or docker://)"
         )
@@ -107,14 +106,14 @@ def _path_and_ref(rest: str, base: Path) -> tuple[str, str | None]:
 
 
 def select_platform(reference: str, index: dict[str, Any], platform: Platform) -> Descriptor:
-    """The manifest for ``platform`` in a multi-arch index; SourceError naming what it has otherwise."""
+    """The manifest for ``platform`` in a multi-arch index; InputError naming what it has otherwise."""
     manifests = index.get("manifests")
     if not isinstance(manifests, list):
-        raise SourceError(f"image {reference}: the image index has no manifests list")
+        raise InputError(f"image {reference}: the image index has no manifests list")
     try:
         entries = [Descriptor.from_json(m, where=f"image {reference} index") for m in manifests]
-    except BundleError as e:
-        raise SourceError(str(e)) from e
+    except Refused as e:
+        raise InputError(str(e)) from e
     offered = []
     for entry in entries:
         p = entry.platform or {}
@@ -124,7 +123,7 @@ def select_platform(reference: str, index: dict[str, Any], platform: Platform) -
             if candidate.matches(platform):
                 return entry
     have = ", ".join(offered) or "none"
-    raise SourceError(f"image {reference}: no manifest for platform {platform} (the index has: {have})")
+    raise InputError(f"image {reference}: no manifest for platform {platform} (the index has: {have})")
 
 
 def check_config_platform(reference: str, config: bytes, platform: Platform) -> None:
@@ -133,7 +132,7 @@ def check_config_platform(reference: str, config: bytes, platform: Platform) -> 
     found = Platform(os=str(data.get("os", "")), architecture=str(data.get("architecture", "")),
                      variant=data.get("variant") if isinstance(data.get("variant"), str) else None)
     if not found.matches(platform):
-        raise SourceError(f"image {reference}: is built for {found}, the profile needs {platform}")
+        raise InputError(f"image {reference}: is built for {found}, the profile needs {platform}")
 
 
 def parse_manifest(reference: str, body: bytes, descriptor: Descriptor) -> ResolvedImage:
@@ -141,16 +140,16 @@ def parse_manifest(reference: str, body: bytes, descriptor: Descriptor) -> Resol
     try:
         config = Descriptor.from_json(data.get("config"), where=f"image {reference} manifest")
         layers = tuple(Descriptor.from_json(d, where=f"image {reference} manifest") for d in data.get("layers", []))
-    except BundleError as e:
-        raise SourceError(str(e)) from e
+    except Refused as e:
+        raise InputError(str(e)) from e
     return ResolvedImage(reference=reference, manifest=body, descriptor=descriptor, config=config, layers=layers)
 
 
 def verified(reference: str, body: bytes, descriptor: Descriptor) -> bytes:
-    """``body`` if it matches ``descriptor``; SourceError otherwise."""
+    """``body`` if it matches ``descriptor``; InputError otherwise."""
     digest = f"sha256:{hashlib.sha256(body).hexdigest()}"
     if (digest, len(body)) != (descriptor.digest, descriptor.size):
-        raise SourceError(f"image {reference}: {descriptor.digest} does not match its content (got {digest})")
+        raise InputError(f"image {reference}: {descriptor.digest} does not match its content (got {digest})")
     return body
 
 
@@ -162,11 +161,11 @@ def _json_object(body: bytes, what: str) -> dict[str, Any]:
     try:
         data = json.loads(body)
     except ValueError as e:  # malformed JSON, bad UTF-8, integers too long to convert
-        raise SourceError(f"{what} is not valid JSON ({e})") from e
+        raise InputError(f"{what} is not valid JSON ({e})") from e
     except RecursionError as e:
-        raise SourceError(f"{what} is nested too deeply") from e
+        raise InputError(f"{what} is nested too deeply") from e
     if not isinstance(data, dict):
-        raise SourceError(f"{what} is not a JSON object")
+        raise InputError(f"{what} is not a JSON object")
     return data
 
 
@@ -176,7 +175,7 @@ class _LayoutSource:
     def __init__(self, reference: str, path: Path, ref: str | None) -> None:
         self.reference, self.ref = reference, ref
         if not path.exists():
-            raise SourceError(f"image {reference}: {path} not found")
+            raise InputError(f"image {reference}: {path} not found")
         self._context = open_layout(path, strict=False)
         self.reader = self._context.__enter__()
 
@@ -185,7 +184,7 @@ class _LayoutSource:
         if entry.media_type in _INDEX_TYPES:
             entry = select_platform(self.reference, _json_object(self._small(entry), f"image {self.reference} index"), platform)
         if entry.media_type not in _MANIFEST_TYPES:
-            raise SourceError(f"image {self.reference}: {entry.digest} is a {entry.media_type}, not an image manifest")
+            raise InputError(f"image {self.reference}: {entry.digest} is a {entry.media_type}, not an image manifest")
         image = parse_manifest(self.reference, self._small(entry), entry)
         check_config_platform(self.reference, self._small(image.config), platform)
         return image
@@ -195,10 +194,10 @@ class _LayoutSource:
             index = _json_object(self.reader.read_small("index.json"), f"image {self.reference} index.json")
             manifests = index.get("manifests")
             if not isinstance(manifests, list):
-                raise BundleError("index.json has no manifests list")
+                raise Refused("index.json has no manifests list")
             entries = [Descriptor.from_json(m, where="index.json") for m in manifests]
-        except BundleError as e:
-            raise SourceError(f"image {self.reference}: {e}") from e
+        except Refused as e:
+            raise InputError(f"image {self.reference}: {e}") from e
         names = [e.annotations.get("org.opencontainers.image.ref.name") for e in entries]
         if self.ref is None and len(entries) == 1:
             return entries[0]
@@ -206,11 +205,11 @@ class _LayoutSource:
             if name is not None and self.ref in (name, name.rpartition(":")[2]):
                 return entry
         have = ", ".join(n for n in names if n) or "no named images"
-        raise SourceError(f"image {self.reference}: reference {self.ref or '(none)'} not found (the layout has: {have})")
+        raise InputError(f"image {self.reference}: reference {self.ref or '(none)'} not found (the layout has: {have})")
 
     def _small(self, d: Descriptor) -> bytes:
         if d.size > MAX_JSON_BYTES:
-            raise SourceError(f"image {self.reference}: {d.digest} is too large for a manifest or config")
+            raise InputError(f"image {self.reference}: {d.digest} is too large for a manifest or config")
         with self.open_blob(d) as stream:
             return verified(self.reference, stream.read(d.size + 1), d)
 
@@ -218,8 +217,8 @@ class _LayoutSource:
     def open_blob(self, blob: Descriptor) -> Iterator[IO[bytes]]:
         try:
             stream = self.reader.open_blob(blob.digest)
-        except BundleError as e:
-            raise SourceError(f"image {self.reference}: {e}") from e
+        except Refused as e:
+            raise InputError(f"image {self.reference}: {e}") from e
         with stream:
             yield stream
 
@@ -232,12 +231,12 @@ class _LayoutSource:
 
 def _archive_source(reference: str, path: Path, ref: str | None) -> ImageSource:
     if not path.is_file():
-        raise SourceError(f"image {reference}: {path} not found")
+        raise InputError(f"image {reference}: {path} not found")
     try:
         with tarfile.open(path, "r:") as tar:
             names = set(tar.getnames())
     except (tarfile.TarError, OSError) as e:
-        raise SourceError(f"image {reference}: {path} is not a readable tar file ({e})") from e
+        raise InputError(f"image {reference}: {path} is not a readable tar file ({e})") from e
     if "index.json" in names or "./index.json" in names:
         return _LayoutSource(reference, path, ref)
     return _DockerArchiveSource(reference, path, ref)
@@ -260,15 +259,15 @@ class _DockerArchiveSource:
         entry = self._entry()
         config_path, layer_paths = entry.get("Config"), entry.get("Layers")
         if not isinstance(config_path, str) or not _strings(layer_paths):
-            raise SourceError(f"image {self.reference}: manifest.json entry lacks Config or Layers")
+            raise InputError(f"image {self.reference}: manifest.json entry lacks Config or Layers")
         config_bytes = self._read_member(config_path, MAX_JSON_BYTES)
         check_config_platform(self.reference, config_bytes, platform)
         rootfs = _json_object(config_bytes, f"image {self.reference} config").get("rootfs")
         diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
         if not _strings(diff_ids) or not all(_DIGEST.fullmatch(d) for d in diff_ids):
-            raise SourceError(f"image {self.reference}: config has no valid rootfs.diff_ids")
+            raise InputError(f"image {self.reference}: config has no valid rootfs.diff_ids")
         if len(diff_ids) != len(layer_paths):
-            raise SourceError(f"image {self.reference}: config lists {len(diff_ids)} layers, the archive {len(layer_paths)}")
+            raise InputError(f"image {self.reference}: config lists {len(diff_ids)} layers, the archive {len(layer_paths)}")
         config_digest = f"sha256:{hashlib.sha256(config_bytes).hexdigest()}"
         config_d = Descriptor(media_type=_OCI_CONFIG, digest=config_digest, size=len(config_bytes))
         self.paths[config_digest] = config_path
@@ -295,9 +294,9 @@ class _DockerArchiveSource:
         try:
             data = json.loads(self._read_member("manifest.json", MAX_JSON_BYTES))
         except (ValueError, RecursionError) as e:
-            raise SourceError(f"image {self.reference}: manifest.json is not valid JSON ({e})") from e
+            raise InputError(f"image {self.reference}: manifest.json is not valid JSON ({e})") from e
         if not isinstance(data, list) or not data or not all(isinstance(e, dict) for e in data):
-            raise SourceError(f"image {self.reference}: manifest.json lists no images")
+            raise InputError(f"image {self.reference}: manifest.json lists no images")
         if self.ref is None and len(data) == 1:
             return dict(data[0])
         tagged = [(entry, tag) for entry in data for tag in (entry.get("RepoTags") or []) if isinstance(tag, str)]
@@ -305,24 +304,24 @@ class _DockerArchiveSource:
             if self.ref in (tag, tag.rpartition(":")[2]):
                 return dict(entry)
         have = ", ".join(tag for _, tag in tagged) or "no tagged images"
-        raise SourceError(f"image {self.reference}: reference {self.ref or '(none)'} not found (the archive has: {have})")
+        raise InputError(f"image {self.reference}: reference {self.ref or '(none)'} not found (the archive has: {have})")
 
     def _member(self, name: str, depth: int = 0) -> tarfile.TarInfo:
         try:
             info = self.tar.getmember(name)
         except KeyError:
-            raise SourceError(f"image {self.reference}: {name} is missing from the archive") from None
+            raise InputError(f"image {self.reference}: {name} is missing from the archive") from None
         if info.issym() and depth < 8:
             return self._member(posixpath.normpath(posixpath.join(posixpath.dirname(name), info.linkname)), depth + 1)
         if not info.isreg():
-            raise SourceError(f"image {self.reference}: {name} is not a regular file in the archive")
+            raise InputError(f"image {self.reference}: {name} is not a regular file in the archive")
         return info
 
     def _read_member(self, name: str, limit: int) -> bytes:
         with self._open(name) as stream:
             data = stream.read(limit + 1)
         if len(data) > limit:
-            raise SourceError(f"image {self.reference}: {name} is larger than {limit} bytes")
+            raise InputError(f"image {self.reference}: {name} is larger than {limit} bytes")
         return data
 
     @contextmanager
@@ -355,16 +354,16 @@ def _daemon_source(reference: str, name: str, work: Path) -> ImageSource:
     try:
         client = docker.from_env()
     except docker.errors.DockerException as e:
-        raise SourceError(f"image {reference}: cannot reach the Docker engine ({e})") from e
+        raise InputError(f"image {reference}: cannot reach the Docker engine ({e})") from e
     try:
         image = client.images.get(name)
         with open(target, "wb") as out:
             for chunk in image.save(chunk_size=1 << 20, named=True):
                 out.write(chunk)
     except docker.errors.ImageNotFound as e:
-        raise SourceError(f"image {reference}: not found in the local Docker engine") from e
+        raise InputError(f"image {reference}: not found in the local Docker engine") from e
     except (docker.errors.DockerException, requests.RequestException) as e:
-        raise SourceError(f"image {reference}: the Docker engine failed to export it ({e})") from e
+        raise InputError(f"image {reference}: the Docker engine failed to export it ({e})") from e
     finally:
         client.close()
     tag = name if ":" in name.rpartition("/")[2] else f"{name}:latest"
@@ -376,15 +375,15 @@ class RegistrySource:
 
     def __init__(self, reference: str, *, plain_http: bool) -> None:
         self.reference = reference
-        ref = parse_reference(reference, what="image", error=SourceError)
-        self.client = RegistryClient(ref, plain_http=plain_http, what=f"image {reference}", error=SourceError)
+        ref = parse_reference(reference, what="image")
+        self.client = RegistryClient(ref, plain_http=plain_http, what=f"image {reference}")
 
     def resolve(self, platform: Platform) -> ResolvedImage:
         tag_or_digest = self.client.ref.digest or self.client.ref.tag or "latest"
         body, media_type, digest = self._manifest(tag_or_digest)
         entry = Descriptor(media_type=media_type, digest=digest, size=len(body))
         if media_type in (MEDIA.INDEX, MEDIA.DOCKER_LIST):
-            entry = select_platform(self.reference, json_object(body, f"image {self.reference}: manifest", SourceError), platform)
+            entry = select_platform(self.reference, json_object(body, f"image {self.reference}: manifest", InputError), platform)
             body, media_type, _ = self._manifest(entry.digest)
             verified(self.reference, body, entry)
         image = parse_manifest(self.reference, body, entry)
@@ -395,7 +394,7 @@ class RegistrySource:
     def _manifest(self, ref: str) -> tuple[bytes, str, str]:
         found = self.client.get_manifest(ref)
         if found is None:
-            raise SourceError(f"image {self.reference}: the registry has no manifest {ref}")
+            raise InputError(f"image {self.reference}: the registry has no manifest {ref}")
         return found
 
     @contextmanager

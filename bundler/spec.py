@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from updater.appdef import ENV_NAME, NAME, App, HealthPolicy, parse_app, parse_health
-from updater.errors import SpecError
+from updater.errors import InputError
 from updater.versions import VERSION
 from updater.yamlfile import Field, load_yaml
 
@@ -219,5 +219,5 @@ def _app_field(field: Field, spec_path: Path) -> Field:
         raise field.error(f"{field.value!r} points outside the spec's directory")
     try:
         return load_yaml(target, what="application definition")
-    except SpecError as e:
-        raise SpecError(f"{e} (referenced from {spec_path}: app)") from e
+    except InputError as e:
+        raise InputError(f"{e} (referenced from {spec_path}: app)") from e

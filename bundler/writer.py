@@ -19,8 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO
 
-from bundler.errors import SourceError
-from updater.errors import BundleError
+from updater.errors import InputError, Refused
 from updater.oci import CHUNK, LAYOUT_VERSION, Advance, Descriptor, canonical_json, check_digest, copy_hashed
 
 __all__ = ["DirWriter", "LayoutWriter", "TarWriter", "open_writer"]
@@ -90,7 +89,7 @@ class LayoutWriter(ABC):
         try:
             digest, size = copy_hashed(source, _FdSink(fd, start), limit=expect.size if expect else None, progress=self.progress)
             if expect is not None and (digest, size) != (expect.digest, expect.size):
-                raise BundleError(
+                raise Refused(
                     f"{what}: source gave {size} bytes with digest {digest}, expected {expect.size} bytes with {expect.digest}"
                 )
         except BaseException:
@@ -114,7 +113,7 @@ class LayoutWriter(ABC):
                 digest = self._copy_file(src.fileno(), offset, size, fd, start, hashed=expect is None)
             except _Shrank as e:
                 self._abort()
-                raise SourceError(f"{what}: {path} changed while it was read ({e})") from e
+                raise InputError(f"{what}: {path} changed while it was read ({e})") from e
             except BaseException:
                 self._abort()
                 raise

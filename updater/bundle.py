@@ -22,7 +22,7 @@ from typing import Any
 import zstandard
 
 from updater.appdef import App, HealthPolicy, parse_app, parse_health
-from updater.errors import BundleError, SpecError
+from updater.errors import InputError, Refused
 from updater.layout import LayoutReader, open_layout
 from updater.oci import ANNOTATION, CHUNK, LAYOUT_VERSION, MAX_JSON_BYTES, MEDIA, Advance, Descriptor, copy_hashed
 from updater.provenance import check_provenance
@@ -116,11 +116,11 @@ class _Blob:
 
 
 def verify_bundle(path: Path, *, progress: Advance | None = None) -> BundleInfo:
-    """Check a bundle's structure and every blob; raise BundleError naming the first problem."""
+    """Check a bundle's structure and every blob; raise Refused naming the first problem."""
     report = check_bundle(path, progress=progress)
     if report.problems:
         more = f" (and {len(report.problems) - 1} more problems)" if len(report.problems) > 1 else ""
-        raise BundleError(f"{path}: {report.problems[0]}{more}")
+        raise Refused(f"{path}: {report.problems[0]}{more}")
     return report.bundle
 
 
@@ -128,7 +128,7 @@ def check_bundle(path: Path, *, progress: Advance | None = None) -> CheckReport:
     """Check a bundle and collect every bad blob.
 
     Structural faults (no layout, a corrupt index or manifest, a descriptor that disagrees with
-    the index) raise BundleError at once; blob faults are collected, so all of them are reported.
+    the index) raise Refused at once; blob faults are collected, so all of them are reported.
     """
     with open_layout(path) as reader:
         # (1) the layout marker and its single entry point
@@ -150,14 +150,14 @@ def check_bundle(path: Path, *, progress: Advance | None = None) -> CheckReport:
 def _entry_point(reader: LayoutReader) -> Descriptor:
     marker = _parse_json(reader.read_small("oci-layout"), f"{reader.location}: oci-layout")
     if not isinstance(marker, dict) or marker.get("imageLayoutVersion") != LAYOUT_VERSION:
-        raise BundleError(f"{reader.location}: oci-layout does not declare imageLayoutVersion {LAYOUT_VERSION}")
+        raise Refused(f"{reader.location}: oci-layout does not declare imageLayoutVersion {LAYOUT_VERSION}")
     index = _parse_json(reader.read_small("index.json"), f"{reader.location}: index.json")
     manifests = index.get("manifests") if isinstance(index, dict) else None
     if not isinstance(manifests, list) or len(manifests) != 1:
-        raise BundleError(f"{reader.location}: index.json must list exactly one bundle index")
+        raise Refused(f"{reader.location}: index.json must list exactly one bundle index")
     top = Descriptor.from_json(manifests[0], where=f"{reader.location}: index.json")
     if top.media_type != MEDIA.INDEX or top.artifact_type != MEDIA.BUNDLE:
-        raise BundleError(f"{reader.location}: index.json does not point at a Sealift bundle ({MEDIA.BUNDLE})")
+        raise Refused(f"{reader.location}: index.json does not point at a Sealift bundle ({MEDIA.BUNDLE})")
     return top
 
 
@@ -166,11 +166,11 @@ def _read_structure(reader: LayoutReader, top: Descriptor) -> tuple[BundleInfo, 
     index = _read_json_blob(reader, top, "bundle index")
     annotations = index.get("annotations")
     if index.get("artifactType") != MEDIA.BUNDLE or not isinstance(annotations, dict):
-        raise BundleError(f"{reader.location}: bundle index {top.digest} lacks its artifactType or annotations")
+        raise Refused(f"{reader.location}: bundle index {top.digest} lacks its artifactType or annotations")
     entries = [Descriptor.from_json(m, where="bundle index") for m in _list(index, "manifests", "bundle index")]
     payloads = [d for d in entries if d.artifact_type == MEDIA.PAYLOAD]
     if len(payloads) != 1:
-        raise BundleError(f"{reader.location}: bundle index must reference exactly one payload manifest")
+        raise Refused(f"{reader.location}: bundle index must reference exactly one payload manifest")
     payload_blobs, descriptor, files = _read_payload(reader, payloads[0])
     image_blobs, image_parts = _read_images(reader, [d for d in entries if d is not payloads[0]], descriptor)
     info = _bundle_info(reader.location, top, annotations, descriptor, [*image_parts, *files])
@@ -184,7 +184,7 @@ def _read_payload(reader: LayoutReader, payload: Descriptor) -> tuple[list[_Blob
     config = Descriptor.from_json(manifest.get("config"), where="payload manifest config")
     descriptors = [d for d in layers if d.media_type == MEDIA.DESCRIPTOR]
     if len(descriptors) != 1:
-        raise BundleError(f"{reader.location}: payload manifest must hold exactly one bundle descriptor")
+        raise Refused(f"{reader.location}: payload manifest must hold exactly one bundle descriptor")
     descriptor = _read_json_blob(reader, descriptors[0], "bundle descriptor")
     blobs = [_Blob(label="payload config", descriptor=config), _Blob(label="bundle descriptor", descriptor=descriptors[0])]
     parts = [Component(kind="descriptor", name="descriptor", digest=descriptors[0].digest,
@@ -192,7 +192,7 @@ def _read_payload(reader: LayoutReader, payload: Descriptor) -> tuple[list[_Blob
     entries = list(_file_entries(descriptor))
     listed = {(e["role"], e["name"]): e for e in entries}
     if len(listed) != len(entries):
-        raise BundleError(f"{reader.location}: descriptor lists a model or config name twice")
+        raise Refused(f"{reader.location}: descriptor lists a model or config name twice")
     provenance = {d for e in entries for d in (e.get("provenance") or {}).values() if str(d).startswith("sha256:")}
     for layer in layers:
         if layer is descriptors[0]:
@@ -200,24 +200,24 @@ def _read_payload(reader: LayoutReader, payload: Descriptor) -> tuple[list[_Blob
         role, name = layer.annotations.get("dev.sealift.component", "?"), layer.annotations.get(ANNOTATION.TITLE, "?")
         if role in _SIGSTORE_ROLES:
             if layer.digest not in provenance:
-                raise BundleError(f"{reader.location}: Sigstore layer {layer.digest} is not named by any provenance record")
+                raise Refused(f"{reader.location}: Sigstore layer {layer.digest} is not named by any provenance record")
             provenance.discard(layer.digest)
             blobs.append(_Blob(label=f"Sigstore {'bundle of ' if role == 'provenance' else ''}{name}", descriptor=layer))
             continue
         entry = listed.pop((role, name), None)
         content = _uncompressed(layer) or (layer.digest, layer.size)
         if entry is None:
-            raise BundleError(f"{reader.location}: payload layer {role} {name} ({layer.digest}) is not in the descriptor")
+            raise Refused(f"{reader.location}: payload layer {role} {name} ({layer.digest}) is not in the descriptor")
         if _entry_identity(entry) != (layer.media_type, layer.digest, layer.size, *content):
-            raise BundleError(f"{reader.location}: payload layer {role} {name} ({layer.digest}) disagrees with the descriptor")
+            raise Refused(f"{reader.location}: payload layer {role} {name} ({layer.digest}) disagrees with the descriptor")
         blobs.append(_Blob(label=f"{role} {name}", descriptor=layer, uncompressed=_uncompressed(layer)))
         parts.append(Component(kind=role, name=name, digest=layer.digest, size=layer.size,
                                media_type=layer.media_type, uncompressed_size=content[1], detail=str(entry["kind"])))
     if listed:
         role, name = next(iter(listed))
-        raise BundleError(f"{reader.location}: descriptor lists {role} {name}, which the payload manifest lacks")
+        raise Refused(f"{reader.location}: descriptor lists {role} {name}, which the payload manifest lacks")
     if provenance:
-        raise BundleError(f"{reader.location}: provenance names {sorted(provenance)[0]}, which the payload manifest lacks")
+        raise Refused(f"{reader.location}: provenance names {sorted(provenance)[0]}, which the payload manifest lacks")
     return blobs, descriptor, parts
 
 
@@ -226,22 +226,22 @@ def _read_images(
 ) -> tuple[list[_Blob], list[Component]]:
     images = _list(descriptor, "images", "descriptor")
     if not all(isinstance(e, dict) and isinstance(e.get("name"), str) for e in images):
-        raise BundleError(f"{reader.location}: descriptor: malformed image entry")
+        raise Refused(f"{reader.location}: descriptor: malformed image entry")
     listed = {e["name"]: e for e in images}
     if len(listed) != len(images):
-        raise BundleError(f"{reader.location}: descriptor lists an image name twice")
+        raise Refused(f"{reader.location}: descriptor lists an image name twice")
     blobs: list[_Blob] = []
     parts: list[Component] = []
     for entry in manifests:
         name = entry.annotations.get(ANNOTATION.IMAGE, "?")
         wanted = listed.pop(name, None)
         if entry.media_type not in _MANIFEST_TYPES or wanted is None or wanted.get("manifest") != entry.digest:
-            raise BundleError(f"{reader.location}: image manifest {entry.digest} ({name}) is not in the descriptor")
+            raise Refused(f"{reader.location}: image manifest {entry.digest} ({name}) is not in the descriptor")
         manifest = _read_json_blob(reader, entry, f"image {name} manifest")
         config = Descriptor.from_json(manifest.get("config"), where=f"image {name} manifest")
         claimed = {k: wanted.get(k) for k in ("mediaType", "size", "config", "platform")}
         if claimed != {"mediaType": entry.media_type, "size": entry.size, "config": config.digest, "platform": entry.platform}:
-            raise BundleError(f"{reader.location}: descriptor entry of image {name} disagrees with its manifest")
+            raise Refused(f"{reader.location}: descriptor entry of image {name} disagrees with its manifest")
         layers = [Descriptor.from_json(d, where=f"image {name}") for d in _list(manifest, "layers", f"image {name}")]
         blobs.append(_Blob(label=f"image {name} config", descriptor=config))
         blobs += [_Blob(label=f"image {name} layer {i + 1}/{len(layers)}", descriptor=d) for i, d in enumerate(layers)]
@@ -249,7 +249,7 @@ def _read_images(
         parts.append(Component(kind="image", name=name, digest=entry.digest, size=size, media_type=entry.media_type,
                                detail=f"{len(layers)} layers, image id {config.digest[7:19]}"))
     if listed:
-        raise BundleError(f"{reader.location}: descriptor lists image {next(iter(listed))}, which the index lacks")
+        raise Refused(f"{reader.location}: descriptor lists image {next(iter(listed))}, which the index lacks")
     return blobs, parts
 
 
@@ -258,10 +258,10 @@ def _bundle_info(
 ) -> BundleInfo:
     profile = descriptor.get("profile")
     if not isinstance(profile, dict):
-        raise BundleError(f"{location}: descriptor has no profile")
+        raise Refused(f"{location}: descriptor has no profile")
     platform = profile.get("platform")
     if not isinstance(platform, dict) or not all(isinstance(v, str) for v in platform.values()):
-        raise BundleError(f"{location}: descriptor has no valid profile and platform")
+        raise Refused(f"{location}: descriptor has no valid profile and platform")
     identity = {
         ANNOTATION.NAME: descriptor.get("name"),
         ANNOTATION.VERSION: descriptor.get("version"),
@@ -271,7 +271,7 @@ def _bundle_info(
     }
     for key, value in identity.items():
         if not isinstance(value, str) or annotations.get(key) != value:
-            raise BundleError(f"{location}: index annotation {key} disagrees with the descriptor")
+            raise Refused(f"{location}: index annotation {key} disagrees with the descriptor")
     return BundleInfo(
         location=location,
         digest=top.digest,
@@ -295,7 +295,7 @@ def release_definition(location: str, descriptor: dict[str, Any]) -> tuple[App, 
     """The descriptor's app definition and health policy, validated by the code that validates a spec."""
     secrets = _list(descriptor, "secrets", "descriptor")
     if not all(isinstance(s, dict) and isinstance(s.get("name"), str) for s in secrets):
-        raise BundleError(f"{location}: descriptor: malformed secret entry")
+        raise Refused(f"{location}: descriptor: malformed secret entry")
     configs = tuple(e["name"] for e in _list(descriptor, "configs", "descriptor"))
     mountable = (*(e["name"] for e in _list(descriptor, "models", "descriptor")), *configs)
     try:
@@ -303,8 +303,8 @@ def release_definition(location: str, descriptor: dict[str, Any]) -> tuple[App, 
                         images=tuple(e["name"] for e in _list(descriptor, "images", "descriptor")),
                         mountable=mountable, secrets=tuple(s["name"] for s in secrets))
         health = parse_health(Field(Path(location), "descriptor.health", descriptor.get("health")), app=app, configs=configs)
-    except SpecError as e:
-        raise BundleError(str(e)) from e
+    except InputError as e:
+        raise Refused(str(e)) from e
     return app, health
 
 
@@ -312,13 +312,13 @@ def _file_entries(descriptor: dict[str, Any]) -> Iterator[dict[str, Any]]:
     for role, key in (("model", "models"), ("config", "configs")):
         for entry in _list(descriptor, key, "descriptor"):
             if not isinstance(entry, dict) or not all(isinstance(entry.get(k), t) for k, t in _FILE_ENTRY_TYPES.items()):
-                raise BundleError(f"descriptor: malformed {role} entry (expected {', '.join(_FILE_ENTRY_TYPES)})")
+                raise Refused(f"descriptor: malformed {role} entry (expected {', '.join(_FILE_ENTRY_TYPES)})")
             if entry["kind"] not in ("file", "directory"):
-                raise BundleError(f"descriptor: {role} {entry['name']} has unknown kind {str(entry['kind'])[:40]!r}")
+                raise Refused(f"descriptor: {role} {entry['name']} has unknown kind {str(entry['kind'])[:40]!r}")
             provenance = entry.get("provenance")
             if provenance is not None and (not isinstance(provenance, dict) or sorted(provenance) != sorted(_PROVENANCE_KEYS)
                                            or not all(isinstance(v, str) for v in provenance.values())):
-                raise BundleError(f"descriptor: {role} {entry['name']} has a malformed provenance record")
+                raise Refused(f"descriptor: {role} {entry['name']} has a malformed provenance record")
             yield {**entry, "role": role}
 
 
@@ -332,7 +332,7 @@ def _uncompressed(layer: Descriptor) -> tuple[str, int] | None:
     digest = layer.annotations.get(ANNOTATION.UNCOMPRESSED_DIGEST)
     size = layer.annotations.get(ANNOTATION.UNCOMPRESSED_SIZE, "")
     if digest is None or not _DIGITS.fullmatch(size):
-        raise BundleError(f"compressed layer {layer.digest} lacks its uncompressed digest and size")
+        raise Refused(f"compressed layer {layer.digest} lacks its uncompressed digest and size")
     return digest, int(size)
 
 
@@ -448,14 +448,14 @@ def _check_zstd(
 
 def _read_json_blob(reader: LayoutReader, d: Descriptor, what: str) -> dict[str, Any]:
     if d.size > MAX_JSON_BYTES:
-        raise BundleError(f"{reader.location}: {what} {d.digest} is {d.size} bytes, more than {MAX_JSON_BYTES}")
+        raise Refused(f"{reader.location}: {what} {d.digest} is {d.size} bytes, more than {MAX_JSON_BYTES}")
     with reader.open_blob(d.digest) as stream:
         data = stream.read(d.size + 1)
     if len(data) != d.size or f"sha256:{hashlib.sha256(data).hexdigest()}" != d.digest:
-        raise BundleError(f"{reader.location}: {what} ({d.digest[:19]}…) is corrupt or truncated")
+        raise Refused(f"{reader.location}: {what} ({d.digest[:19]}…) is corrupt or truncated")
     parsed = _parse_json(data, f"{reader.location}: {what}")
     if not isinstance(parsed, dict):
-        raise BundleError(f"{reader.location}: {what} is not a JSON object")
+        raise Refused(f"{reader.location}: {what} is not a JSON object")
     return parsed
 
 
@@ -463,13 +463,13 @@ def _parse_json(data: bytes, where: str) -> Any:
     try:
         return json.loads(data)
     except ValueError as e:  # malformed JSON, bad UTF-8, integers too long to convert
-        raise BundleError(f"{where}: not valid JSON ({e})") from e
+        raise Refused(f"{where}: not valid JSON ({e})") from e
     except RecursionError as e:
-        raise BundleError(f"{where}: JSON nested too deeply") from e
+        raise Refused(f"{where}: JSON nested too deeply") from e
 
 
 def _list(data: dict[str, Any], key: str, where: str) -> list[Any]:
     value = data.get(key, [])
     if not isinstance(value, list):
-        raise BundleError(f"{where}: {key} is not a list")
+        raise Refused(f"{where}: {key} is not a list")
     return value

@@ -11,13 +11,14 @@ import click
 from updater.bundle import BundleInfo
 from updater.daemon import Daemon
 from updater.detect import Hardware, detect_profile
-from updater.errors import UpdaterError
+from updater.errors import FAMILIES, DeliveryError, InputError, Unhealthy
 from updater.exits import reports_errors
 from updater.identity import DeviceIdentity
 from updater.install import Installer
 from updater.overlay import OverlayInfo
 from updater.poll import RegistryPoller
 from updater.profiles import Profile, load_profiles, profile_search_path
+from updater.runtime import connect_engine
 from updater.sealed import KEMS
 from updater.slots import Slots
 from updater.trust import TrustStore
@@ -122,7 +123,7 @@ def _device_profile(profile: str | None, profiles_dir: Path | None) -> Profile:
     if profile is None:
         return detect_profile(known.values(), Hardware()).profile
     if profile not in known:
-        raise UpdaterError(f"unknown profile {profile!r} (known: {', '.join(sorted(known))})")
+        raise InputError(f"unknown profile {profile!r} (known: {', '.join(sorted(known))})")
     return known[profile]
 
 
@@ -140,7 +141,7 @@ def install(store: TrustStore, bundle: Path, overlay: Path | None, profile: str 
     """Install BUNDLE (with the site MEDIA.OVERLAY) beside the running release, switch, and keep it only if healthy.
 
     Steps: verify, stage into the inactive slot, load images, record `trying`, switch, health
-    checks, then commit or roll back to the previous release. Exits 1 after a rollback. The
+    checks, then commit or roll back to the previous release. Exits 7 after a rollback (6 when the engine would not start it). The
     overlay's configuration and secrets go with the release and roll back with it; without one,
     the running release's overlay is carried over if it fits. BUNDLE may also be an overlay
     alone: the running release is started again with it, checked and rolled back the same way.
@@ -148,18 +149,17 @@ def install(store: TrustStore, bundle: Path, overlay: Path | None, profile: str 
     device's profile is taken from it, with the newest overlay for its site that fits; a medium
     with nothing newer than the running release but a newer overlay rotates the overlay.
     """
-    import docker
-
-    installer = Installer(state_dir=store.state_dir, client=docker.from_env(), profile=_device_profile(profile, profiles_dir),
+    installer = Installer(state_dir=store.state_dir, client=connect_engine(), profile=_device_profile(profile, profiles_dir),
                           log=lambda line: click.echo(line, err=True))
     outcome = installer.install(bundle, overlay=overlay, force=force)
     if as_json:
-        click.echo(json.dumps({"ok": outcome.committed, "release": vars(outcome.release), "reason": outcome.reason}))
+        click.echo(json.dumps({"ok": outcome.committed, "release": vars(outcome.release), "reason": outcome.reason,
+                               **({"fault": outcome.fault} if outcome.fault else {})}))
     else:
         verb = "running" if outcome.committed else "rolled back from"
         click.echo(f"{verb} {outcome.release.name} {outcome.release.version} (slot {outcome.release.slot}): {outcome.reason}")
     if not outcome.committed:
-        sys.exit(1)
+        sys.exit(FAMILIES.get(outcome.fault, Unhealthy).exit_code)
 
 
 @cli.command()
@@ -168,17 +168,16 @@ def install(store: TrustStore, bundle: Path, overlay: Path | None, profile: str 
 @reports_errors
 def rollback(store: TrustStore, as_json: bool) -> None:
     """Return to the previous release (still staged in the other slot), health-checked like an install."""
-    import docker
-
-    installer = Installer(state_dir=store.state_dir, client=docker.from_env(), profile=None, log=lambda line: click.echo(line, err=True))
+    installer = Installer(state_dir=store.state_dir, client=connect_engine(), profile=None, log=lambda line: click.echo(line, err=True))
     outcome = installer.rollback()
     if as_json:
-        click.echo(json.dumps({"ok": outcome.committed, "release": vars(outcome.release), "reason": outcome.reason}))
+        click.echo(json.dumps({"ok": outcome.committed, "release": vars(outcome.release), "reason": outcome.reason,
+                               **({"fault": outcome.fault} if outcome.fault else {})}))
     else:
         click.echo(f"{'running' if outcome.committed else 'stayed on the current release; could not return to'} "
                    f"{outcome.release.name} {outcome.release.version}: {outcome.reason}")
     if not outcome.committed:
-        sys.exit(1)
+        sys.exit(FAMILIES.get(outcome.fault, Unhealthy).exit_code)
 
 
 @cli.command()
@@ -188,7 +187,8 @@ def rollback(store: TrustStore, as_json: bool) -> None:
 @click.option("--plain-http", is_flag=True, help="Reach --source over plain HTTP (a site registry without TLS).")
 @click.option("--interval", type=click.FloatRange(min=1.0), default=30.0, show_default=True,
               help="Seconds between passes (longer, with jitter, after failed polls).")
-@click.option("--once", is_flag=True, help="One pass (scan and poll-and-install), then exit; exits 1 if the poll failed.")
+@click.option("--once", is_flag=True,
+              help="One pass (scan and poll-and-install), then exit; with the fault's exit code (docs/errors.md) if the poll failed.")
 @click.option("--profile", metavar="NAME", help="This device's hardware profile (default: detected).")
 @click.option("--profiles-dir", type=click.Path(path_type=Path, file_okay=False), help="Extra profile directory.")
 @click.pass_obj
@@ -204,21 +204,19 @@ def run(store: TrustStore, watch: Path | None, source: str | None, plain_http: b
     systemd (Type=notify) it reports readiness and feeds the watchdog after each pass; see
     examples/systemd/sealift-updater.service.
     """
-    import docker
-
     if watch is None and source is None:
-        raise UpdaterError("nothing to do: give --watch DIR, --source REGISTRY/REPO, or both")
+        raise InputError("nothing to do: give --watch DIR, --source REGISTRY/REPO, or both")
     device = _device_profile(profile, profiles_dir)
     def log(line: str) -> None:
         click.echo(line, err=True)
 
-    installer = Installer(state_dir=store.state_dir, client=docker.from_env(), profile=device, log=log)
+    installer = Installer(state_dir=store.state_dir, client=connect_engine(), profile=device, log=log)
     poller = None
     if source is not None:
         poller = RegistryPoller(source, installer=installer, profile=device, plain_http=plain_http, log=log)
-    clean = Daemon(installer, watch, poller=poller, interval=interval, log=log).run(once=once)
-    if not clean:
-        sys.exit(1)
+    failed = Daemon(installer, watch, poller=poller, interval=interval, log=log).run(once=once)
+    if failed is not None:
+        sys.exit(failed.exit_code)
 
 
 @cli.command()
@@ -227,9 +225,7 @@ def run(store: TrustStore, watch: Path | None, source: str | None, plain_http: b
 def recover(store: TrustStore) -> None:
     """Converge after a crash, a power cut or an engine restart: an interrupted install is rolled
     back, and the committed release is started if it is not running. Run it at boot."""
-    import docker
-
-    installer = Installer(state_dir=store.state_dir, client=docker.from_env(), profile=None, log=lambda line: click.echo(line, err=True))
+    installer = Installer(state_dir=store.state_dir, client=connect_engine(), profile=None, log=lambda line: click.echo(line, err=True))
     state = installer.recover()
     current = state.current
     click.echo(f"running: {current.name} {current.version} (slot {current.slot})" if current else "nothing installed")
@@ -277,7 +273,7 @@ def verify(store: TrustStore, bundle: Path, profile: str | None, profiles_dir: P
     if profile is not None:
         known = load_profiles(profile_search_path(extra=[profiles_dir] if profiles_dir else []))
         if profile not in known:
-            raise UpdaterError(f"unknown profile {profile!r} (known: {', '.join(sorted(known))})")
+            raise InputError(f"unknown profile {profile!r} (known: {', '.join(sorted(known))})")
         wanted = known[profile]
     info, overlay = _verify_any(store, bundle, wanted)
     if as_json:
@@ -323,7 +319,7 @@ def _verify_any(store: TrustStore, path: Path, profile: Profile | None) -> tuple
         overlay = verify_overlay(bundles.take(path, profile, overlay=choice.overlay), trust=store, identity=identity,
                                  app=runs_with.name if runs_with else None, app_version=runs_with.version if runs_with else None)
     if info is None and overlay is None:
-        raise UpdaterError(f"{path}: holds no bundle for this device, and no overlay newer than the one it runs")
+        raise DeliveryError(f"{path}: holds no bundle for this device, and no overlay newer than the one it runs")
     return info, overlay
 
 

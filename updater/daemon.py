@@ -19,8 +19,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from updater.errors import SealiftError
-from updater.install import Installer, Outcome, choose, failure_key, lasting
+from updater.errors import Refused, SealiftError
+from updater.install import Installer, Outcome, choose, failure_key
 from updater.poll import RegistryPoller
 from updater.store import offer
 
@@ -65,8 +65,8 @@ class Daemon:
         if poller is not None:
             poller.advance = self._still_alive  # a long download is progress: systemd's watchdog must not kill it
 
-    def run(self, *, once: bool = False) -> bool:
-        """Serve until stopped; with ``once``, one pass. Returns whether the last pass went without a fault."""
+    def run(self, *, once: bool = False) -> SealiftError | None:
+        """Serve until stopped; with ``once``, one pass. Returns what made the last poll fail (None when it did not)."""
         state = self.installer.recover()
         current = state.current
         self._log(event="start", watch=str(self.watch or ""), source=self.poller.source if self.poller else "",
@@ -74,11 +74,11 @@ class Daemon:
         ready = False
         while True:
             self.scan()
-            clean = self.poll() if self.poller is not None else True
+            failed = self.poll() if self.poller is not None else None
             notify("WATCHDOG=1" if ready else "READY=1")
             ready = True
             if once:
-                return clean
+                return failed
             time.sleep(self.next_wait())
 
     def _still_alive(self, _: int) -> None:
@@ -91,22 +91,23 @@ class Daemon:
         factor = float(min(1 << min(self.failures, 30), self.MAX_BACKOFF))
         return self.interval * factor * random.uniform(0.8, 1.2)
 
-    def poll(self) -> bool:
-        """One poll of the registry; False (and a longer wait) if it failed."""
+    def poll(self) -> SealiftError | None:
+        """One poll of the registry; what made it fail (and the wait longer), or None."""
         assert self.poller is not None
         try:
             outcome = self.poller.poll()
         except Exception as e:  # whatever the network or the registry did, the service goes on
             self.failures += 1
-            error = e.diagnostics() if isinstance(e, SealiftError) else f"{type(e).__name__}: {e}"
-            self._log(event="poll-failed", source=self.poller.source, error=error, retry_in=f"{self.next_wait():.0f}s")
-            return False
+            failed = e if isinstance(e, SealiftError) else SealiftError(f"{type(e).__name__}: {e}")
+            self._log(event="poll-failed", source=self.poller.source, fault=failed.fault, error=failed.diagnostics(),
+                      retry_in=f"{self.next_wait():.0f}s")
+            return failed
         self.failures = 0
         if outcome is None:
             self._log(event="up-to-date", source=self.poller.source)
         else:
             self._outcome(outcome)
-        return True
+        return None
 
     def scan(self) -> int:
         """Install every new bundle, overlay or medium found in the watched directory; return how many were tried.
@@ -117,8 +118,9 @@ class Daemon:
             try:
                 tried += self._consider(path)
             except Exception as e:  # a damaged state or identity file, say: said once, and the service goes on
-                error = e.diagnostics() if isinstance(e, SealiftError) else f"{type(e).__name__}: {e}"
-                self._once(("fault", str(path), error), event="refused", bundle=str(path), error=error)
+                failed = e if isinstance(e, SealiftError) else SealiftError(f"{type(e).__name__}: {e}")
+                self._once(("fault", str(path), failed.diagnostics()), event=_event(failed), bundle=str(path), fault=failed.fault,
+                           error=failed.diagnostics())
         return tried
 
     def _consider(self, path: Path) -> int:
@@ -134,7 +136,7 @@ class Daemon:
         try:
             key = choose(state, offered, self.installer.running_overlay(state)).key(state)
         except SealiftError as e:  # it cannot work with what runs now
-            self._once(seen, event="refused", bundle=str(path), error=e.diagnostics())
+            self._once(seen, event=_event(e), bundle=str(path), fault=e.fault, error=e.diagnostics())
             return 0
         if key is None or (current is not None and key == failure_key(current)) or key in state.failed:
             return 0
@@ -144,9 +146,9 @@ class Daemon:
         try:
             outcome = self.installer.install(path)
         except SealiftError as e:
-            if lasting(e):  # it will not verify: not checked again on every pass
+            if isinstance(e, Refused):  # the same bytes would be refused again: not checked on every pass
                 self.refused.add((*seen, key))
-            self._log(event="refused", bundle=str(path), error=e.diagnostics())
+            self._log(event=_event(e), bundle=str(path), fault=e.fault, error=e.diagnostics())
             return 1
         self._outcome(outcome)
         return 1
@@ -174,6 +176,10 @@ class Daemon:
 
     def _log(self, **fields: str) -> None:
         self.log(" ".join(f"{key}={json.dumps(value)}" for key, value in fields.items()))
+
+
+def _event(error: SealiftError) -> str:
+    return "refused" if isinstance(error, Refused) else "install-failed"
 
 
 def _fingerprint(path: Path) -> str:

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from updater.errors import UpdaterError
+from updater.errors import InputError
 from updater.profiles import Profile, Rule
 
 __all__ = ["Detection", "Hardware", "detect_profile"]
@@ -62,14 +62,14 @@ def detect_profile(profiles: Iterable[Profile], hardware: Hardware) -> Detection
     """The most specific profile whose rules all hold (and one of its ``any`` rules, if it has them)."""
     matches = [d for p in profiles if p.detect_all or p.detect_any if (d := _match(p, hardware)) is not None]
     if not matches:
-        raise UpdaterError(
+        raise InputError(
             f"no hardware profile matches this device (uname -m {hardware.machine}, {len(hardware.pci)} PCI and "
             f"{len(hardware.usb)} USB devices seen); add a profile with detection rules for it"
         )
     matches.sort(key=lambda d: -d.profile.priority)
     if len(matches) > 1 and matches[0].profile.priority == matches[1].profile.priority:
         tied = ", ".join(sorted(d.profile.name for d in matches if d.profile.priority == matches[0].profile.priority))
-        raise UpdaterError(f"several profiles match this device equally ({tied}); give one a higher priority")
+        raise InputError(f"several profiles match this device equally ({tied}); give one a higher priority")
     return matches[0]
 
 

@@ -1,72 +1,103 @@
-"""Sealift's errors, split by who is at fault.
+"""Sealift's errors, one family per fault, each with its own exit code.
 
-Every error carries a one-line message that names its subject, what was expected and what was
-found. The CLIs print ``diagnostics()`` once and exit non-zero; library exceptions (yaml, docker,
-oras, tuf, OSError) are wrapped with context before they leave a public function. The build side
-(``bundler.errors``) adds its own families on the same base.
+Who is at fault decides what to do next: fix the input, reject the artifact for good, try the
+delivery again, repair the machine, look at the engine, or look at the release. Every error
+carries a one-line message that names its subject, what was expected and what was found; the
+CLIs of both sides print ``diagnostics()`` once and exit with the family's code (the table is in
+docs/errors.md). Library exceptions (yaml, docker, oras, tuf, OSError) are wrapped with context
+before they leave a public function. A subclass exists only where a caller branches on it.
 """
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 __all__ = [
-    "BundleError",
-    "ClockError",
+    "FAMILIES",
+    "Conflict",
     "ContentMismatch",
     "DeliveryError",
     "DeviceFault",
-    "IncompleteMedium",
+    "EngineFault",
+    "InputError",
+    "Refused",
     "SealiftError",
-    "SecretError",
-    "SpecError",
-    "TrustError",
-    "UpdaterError",
+    "Unhealthy",
 ]
 
 
 class SealiftError(Exception):
     """Base of every error Sealift raises on purpose."""
 
+    exit_code: ClassVar[int] = 1
+    fault: ClassVar[str] = "error"
+
     def diagnostics(self) -> str:
         """The text the CLI shows: one line naming the cause."""
         return str(self)
 
 
-class SpecError(SealiftError):
-    """A spec or profile file is missing, malformed or inconsistent (the user's input)."""
+class Conflict(SealiftError):
+    """What was asked conflicts with what the machine holds now: another updater is installing,
+    there is nothing to roll back to, the release failed before, the device is provisioned or
+    enrolled already. Nothing was changed; ``--force`` overrides where it says so."""
+
+    exit_code = 1
+    fault = "conflict"
 
 
-class BundleError(SealiftError):
-    """A bundle is malformed, tampered with, truncated or incomplete."""
+class InputError(SealiftError):
+    """The command's input is wrong: a spec, profile, site or inventory file, a key, a reference
+    or an option value. Nothing was changed; fix it and run again."""
+
+    exit_code = 2
+    fault = "input"
+
+
+class Refused(SealiftError):
+    """An attack or a bad artifact: a signature, threshold, expiry or rollback check failed;
+    content is tampered with, truncated or malformed; or it is for another profile, site or
+    device. The same bytes will be refused again."""
+
+    exit_code = 3
+    fault = "refused"
+
+
+class ContentMismatch(Refused):
+    """Bytes that are not what their digest or size says: nothing of them is kept."""
 
 
 class DeliveryError(SealiftError):
-    """A registry, mirror or medium cannot deliver: unreachable, refused, incomplete or not matching."""
+    """A registry, mirror or medium cannot deliver: unreachable, timed out, not found, cut off.
+    Nothing was changed; a later try may succeed (an interrupted download resumes)."""
+
+    exit_code = 4
+    fault = "delivery"
 
 
-class ContentMismatch(DeliveryError):
-    """Bytes that are not what their digest or size says: refused, and nothing of them kept."""
+class DeviceFault(SealiftError):
+    """The machine's own disk, state or clock: full, read-only, damaged, not provisioned or
+    enrolled, a clock behind a time it trusted. Fixed on the machine."""
+
+    exit_code = 5
+    fault = "device"
 
 
-class IncompleteMedium(DeliveryError):
-    """A medium lacks what the device needs and does not have: a delta's base, or a blob."""
+class EngineFault(SealiftError):
+    """The container engine: unreachable, or it refused to load an image or to create, start or
+    stop a container."""
+
+    exit_code = 6
+    fault = "engine"
 
 
-class SecretError(SealiftError):
-    """A secret cannot be sealed or opened: no value, no recipient, a wrong key, a tampered or moved
-    ciphertext. Messages name the secret, never its value."""
+class Unhealthy(SealiftError):
+    """The release started but failed its health checks; the previous release was restored."""
+
+    exit_code = 7
+    fault = "unhealthy"
 
 
-class UpdaterError(SealiftError):
-    """Base of the errors raised by the device side."""
-
-
-class TrustError(UpdaterError):
-    """A bundle or its metadata fails the trust check, or the device's trust state is unusable."""
-
-
-class DeviceFault(TrustError):
-    """The device's own trust state, disk or clock is at fault, not the bundle: fixed on the device."""
-
-
-class ClockError(DeviceFault):
-    """The device's clock reads earlier than a time it already trusted: fixed by fixing the clock."""
+FAMILIES: dict[str, type[SealiftError]] = {family.fault: family for family in (
+    SealiftError, Conflict, InputError, Refused, DeliveryError, DeviceFault, EngineFault, Unhealthy)}
+"""Each fault family by the name ``status``, logs and JSON give it."""

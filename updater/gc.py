@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from updater.errors import UpdaterError
+from updater.errors import DeviceFault, EngineFault
 from updater.slots import DeviceState, Slots
 
 __all__ = ["collect_images"]
@@ -34,7 +34,7 @@ def collect_images(client: Any, slots: Slots, state: DeviceState) -> list[str]:
                 client.images.remove(image.id, force=True)
                 removed.append(image.id)
     except docker.errors.DockerException as e:
-        raise UpdaterError(f"{app}: cleaning up old images failed ({' '.join(str(e).split())[:200]})") from e
+        raise EngineFault(f"{app}: cleaning up old images failed ({' '.join(str(e).split())[:200]})") from e
     return removed
 
 
@@ -42,5 +42,5 @@ def _image_ids(slot_dir: Path) -> set[str]:
     try:
         descriptor = json.loads((slot_dir / "descriptor.json").read_text())
     except (OSError, ValueError) as e:
-        raise UpdaterError(f"{slot_dir}: cannot read the staged descriptor ({e}); nothing was cleaned up") from e
+        raise DeviceFault(f"{slot_dir}: cannot read the staged descriptor ({e}); nothing was cleaned up") from e
     return {image["config"] for image in descriptor["images"]}

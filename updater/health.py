@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from updater.appdef import Check, CheckType, HealthPolicy
+from updater.errors import Unhealthy
 from updater.runtime import LABEL_APP, LABEL_SLOT
 
 __all__ = ["HealthResult", "wait_healthy"]
@@ -32,6 +33,7 @@ class HealthResult:
     ok: bool
     check: str = ""
     detail: str = ""
+    fault: str = Unhealthy.fault  # what kind of failure, when not ok: the release's health, or what kept it from starting
 
 
 def wait_healthy(containers: Callable[[], dict[str, Any]], policy: HealthPolicy, slot_dir: Path, *,

@@ -21,7 +21,7 @@ from typing import Any
 
 from updater.appdef import NAME
 from updater.durable import fsync_dir, replace_file
-from updater.errors import SecretError
+from updater.errors import Conflict, DeviceFault, InputError
 from updater.locks import exclusive_lock
 from updater.sealed import KEMS, DeviceKey, device_id
 
@@ -45,12 +45,12 @@ class DeviceIdentity:
                now: dt.datetime | None = None) -> dict[str, Any]:
         """Create the key pair and the record; refuse to replace existing keys unless ``force``."""
         if not NAME.fullmatch(site):
-            raise SecretError(f"site {site!r}: expected a site name (lower case letters, digits, . _ -)")
+            raise InputError(f"site {site!r}: expected a site name (lower case letters, digits, . _ -)")
         if kem not in KEMS:
-            raise SecretError(f"unknown key type {kem!r} (known: {', '.join(KEMS)})")
+            raise InputError(f"unknown key type {kem!r} (known: {', '.join(KEMS)})")
         with exclusive_lock(self.dir.parent / "identity.lock", wait=True):
             if self.enrolled() and not force:
-                raise SecretError(f"{self.dir}: this device is enrolled already (as {self.record()['device']}); "
+                raise Conflict(f"{self.dir}: this device is enrolled already (as {self.record()['device']}); "
                                   "--force makes new keys, and the inventory must then take the new record")
             key = DeviceKey.generate(kem)
             public = key.public_bytes()
@@ -65,7 +65,7 @@ class DeviceIdentity:
                 replace_file(self.dir / _RECORD, json.dumps(record, indent=2).encode() + b"\n")
                 fsync_dir(self.dir)
             except OSError as e:
-                raise SecretError(f"{self.dir}: cannot keep the device's keys ({e.strerror})") from e
+                raise DeviceFault(f"{self.dir}: cannot keep the device's keys ({e.strerror})") from e
         return record
 
     def site(self) -> str | None:
@@ -77,11 +77,11 @@ class DeviceIdentity:
         try:
             data = json.loads((self.dir / _RECORD).read_text())
         except FileNotFoundError:
-            raise SecretError("this device is not enrolled: run `sealift-updater enroll --site SITE`") from None
+            raise DeviceFault("this device is not enrolled: run `sealift-updater enroll --site SITE`") from None
         except (OSError, ValueError) as e:
-            raise SecretError(f"{self.dir / _RECORD}: damaged ({type(e).__name__})") from e
+            raise DeviceFault(f"{self.dir / _RECORD}: damaged ({type(e).__name__})") from e
         if not isinstance(data, dict):
-            raise SecretError(f"{self.dir / _RECORD}: damaged (not a JSON object)")
+            raise DeviceFault(f"{self.dir / _RECORD}: damaged (not a JSON object)")
         return data
 
     def key(self) -> DeviceKey:
@@ -90,15 +90,15 @@ class DeviceIdentity:
         try:
             st = path.stat()
             if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-                raise SecretError(f"{path}: readable by others than its owner (mode {stat.S_IMODE(st.st_mode):o}); "
+                raise DeviceFault(f"{path}: readable by others than its owner (mode {stat.S_IMODE(st.st_mode):o}); "
                                   "refusing to use it (chmod 600, and consider enrolling again)")
             data = json.loads(path.read_text())
             key = DeviceKey(str(data["kem"]), base64.b64decode(str(data["key"]), validate=True))
         except FileNotFoundError:
-            raise SecretError("this device is not enrolled: run `sealift-updater enroll --site SITE`") from None
+            raise DeviceFault("this device is not enrolled: run `sealift-updater enroll --site SITE`") from None
         except (OSError, ValueError, KeyError, TypeError, binascii.Error) as e:
-            raise SecretError(f"{path}: damaged ({type(e).__name__})") from e
+            raise DeviceFault(f"{path}: damaged ({type(e).__name__})") from e
         if device_id(key.kem, key.public_bytes()) != self.record().get("device"):
-            raise SecretError(f"{path}: does not belong to the enrollment record {self.dir / _RECORD} (an enrollment was "
+            raise DeviceFault(f"{path}: does not belong to the enrollment record {self.dir / _RECORD} (an enrollment was "
                               "cut short): enroll again with --force")
         return key

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from updater.bundle import BundleInfo
-from updater.errors import UpdaterError
+from updater.errors import EngineFault
 from updater.layout import LayoutReader, open_layout
 from updater.oci import CHUNK
 
@@ -42,9 +42,9 @@ def load_images(client: Any, bundle: Path, info: BundleInfo) -> dict[str, str]:
                 try:
                     client.api.load_image(_archive(reader, image["manifest"], tag), quiet=True)
                 except (docker.errors.DockerException, requests.RequestException) as e:
-                    raise UpdaterError(f"image {image['name']} ({image_id[:19]}): the engine refused to load it ({e})") from e
+                    raise EngineFault(f"image {image['name']} ({image_id[:19]}): the engine refused to load it ({e})") from e
                 if not _present(client, image_id):
-                    raise UpdaterError(f"image {image['name']}: loaded, but the engine has no image {image_id[:19]}")
+                    raise EngineFault(f"image {image['name']}: loaded, but the engine has no image {image_id[:19]}")
             client.api.tag(image_id, *tag.rsplit(":", 1))
             loaded[image["name"]] = image_id
     return loaded

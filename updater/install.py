@@ -16,7 +16,7 @@ from typing import Any
 
 from updater.appdef import HealthPolicy
 from updater.bundle import release_definition
-from updater.errors import BundleError, ContentMismatch, DeviceFault, IncompleteMedium, SealiftError, SecretError, TrustError, UpdaterError
+from updater.errors import Conflict, InputError, Refused, SealiftError
 from updater.gc import collect_images
 from updater.health import HealthResult, wait_healthy
 from updater.identity import DeviceIdentity
@@ -33,7 +33,7 @@ from updater.trust import TrustStore
 from updater.verify import verify_for_device, verify_overlay
 from updater.versions import fits, version_key
 
-__all__ = ["Choice", "Installer", "Outcome", "choose", "failure_key", "lasting"]
+__all__ = ["Choice", "Installer", "Outcome", "choose", "failure_key"]
 
 Log = Callable[[str], None]
 
@@ -43,6 +43,7 @@ class Outcome:
     committed: bool
     release: Release
     reason: str
+    fault: str = ""  # when not committed: what kind of failure made it roll back (docs/errors.md)
 
 
 class Installer:
@@ -70,7 +71,7 @@ class Installer:
                 self.log(f"[1/7] verify {shown}" + (f" with {overlay.name}" if overlay else ""))
                 if isinstance(bundle, Path) and is_overlay(bundle):
                     if overlay is not None:
-                        raise UpdaterError(f"{bundle}: an overlay, given where the application bundle goes")
+                        raise InputError(f"{bundle}: an overlay, given where the application bundle goes")
                     return self._apply_overlay(state, bundle, force=force)
                 if isinstance(bundle, Path) and looks_like_medium(bundle) and overlay is None:
                     choice = choose(state, offer(bundle, self.profile, self.site()), self.running_overlay(state))
@@ -84,7 +85,7 @@ class Installer:
                 return self._install(state, local, force=force, overlay=overlay)
             except SealiftError as e:
                 # refused before the switch: the running release is untouched; say why in status
-                self.slots.save(self.slots.load().with_event(reason=f"refused {shown}: {e.diagnostics()}"))
+                self.slots.save(self.slots.load().with_event(reason=f"{e.fault}: {shown}: {e.diagnostics()}", fault=e.fault))
                 raise
             finally:
                 kept = self.slots.load()
@@ -103,7 +104,7 @@ class Installer:
                           slot=state.inactive_slot(), overlay=site.version if site else "", overlay_digest=site.digest if site else "")
         if failure_key(release) in state.failed and not force:
             with_overlay = f" with overlay {release.overlay}" if release.overlay else ""
-            raise UpdaterError(f"{info.name} {info.version}{with_overlay} failed its health checks before; use --force to try it again")
+            raise Conflict(f"{info.name} {info.version}{with_overlay} failed its health checks before; use --force to try it again")
         slot_dir = self.slots.slot_dir(release.slot)
         self.log(f"[2/7] stage into slot {release.slot}")
         stage_release(bundle, info, slot_dir)
@@ -129,7 +130,7 @@ class Installer:
         if running is None:
             return None
         if running.get("name") != app or not fits(str(running.get("fits", "")), version):
-            raise UpdaterError(f"the site overlay {running.get('version')} does not fit {app} {version} "
+            raise Refused(f"the site overlay {running.get('version')} does not fit {app} {version} "
                                f"({running.get('fits')}); install it with an overlay that does")
         return staged_overlay(running_slot)
 
@@ -137,13 +138,13 @@ class Installer:
         """Run the current release again with a new overlay, from the other slot: checked and rolled back like an install."""
         current = state.current
         if current is None:
-            raise UpdaterError(f"{overlay}: an overlay needs a running release to apply to; install the application first")
+            raise Conflict(f"{overlay}: an overlay needs a running release to apply to; install the application first")
         site = verify_overlay(overlay, trust=self.trust, identity=self.identity, app=current.name, app_version=current.version)
         if site.digest == current.overlay_digest:
             return Outcome(committed=True, release=current, reason="already running")
         release = replace(current, slot=state.inactive_slot(), overlay=site.version, overlay_digest=site.digest)
         if failure_key(release) in state.failed and not force:
-            raise UpdaterError(f"{current.name} {current.version} with overlay {site.version} failed its health checks before; "
+            raise Conflict(f"{current.name} {current.version} with overlay {site.version} failed its health checks before; "
                                "use --force to try it again")
         slot_dir = self.slots.slot_dir(release.slot)
         self.log(f"[2/7] stage {current.name} {current.version} with overlay {site.version} into slot {release.slot}")
@@ -170,7 +171,7 @@ class Installer:
             state = self._converge(self.slots.load())
             previous = state.previous
             if previous is None or state.current is None:
-                raise UpdaterError("no previous release to roll back to")
+                raise Conflict("no previous release to roll back to")
             state = state.with_event(phase=Phase.TRYING, candidate=previous, reason="rollback requested")
             self.slots.save(state)
             return self._switch(state, previous, "rolled back on request")
@@ -188,8 +189,8 @@ class Installer:
         self._stop(release)  # leftovers of an earlier try
         try:
             self._start(release)
-        except UpdaterError as e:  # the engine refused to create or start it: roll back like a failed check
-            result = HealthResult(ok=False, check="start", detail=e.diagnostics())
+        except SealiftError as e:  # the engine refused to create or start it: roll back like a failed check
+            result = HealthResult(ok=False, check="start", detail=e.diagnostics(), fault=e.fault)
         else:
             self.log("[6/7] health checks")
             result = wait_healthy(lambda: self.runtime.containers(release.name, release.slot), _policy(slot_dir), slot_dir)
@@ -204,11 +205,11 @@ class Installer:
             return Outcome(committed=True, release=release, reason=success)
         self.log(f"[7/7] roll back: {result.check} failed: {result.detail}")
         reason = f"{result.check} failed: {result.detail}"
-        self.slots.save(state.with_event(phase=Phase.ROLLING_BACK, reason=reason))
+        self.slots.save(state.with_event(phase=Phase.ROLLING_BACK, reason=reason, fault=result.fault))
         reason += self._back_to_current(state, release)
-        self.slots.save(state.with_event(phase=Phase.ROLLED_BACK, candidate=None, reason=reason,
+        self.slots.save(state.with_event(phase=Phase.ROLLED_BACK, candidate=None, reason=reason, fault=result.fault,
                                          failed=(*state.failed, failure_key(release))))
-        return Outcome(committed=False, release=release, reason=reason)
+        return Outcome(committed=False, release=release, reason=reason, fault=result.fault)
 
     def _converge(self, state: DeviceState) -> DeviceState:
         """An install that was cut short is rolled back; the committed release is made to run."""
@@ -233,7 +234,7 @@ class Installer:
             self._stop(current)
             try:
                 self._start(current)
-            except UpdaterError as e:
+            except SealiftError as e:
                 return f"; the previous release could not be started again either ({e.diagnostics()})"
         slot_dir = self.slots.slot_dir(current.slot)
         back = wait_healthy(lambda: self.runtime.containers(current.name, current.slot), _policy(slot_dir), slot_dir)
@@ -278,7 +279,7 @@ def choose(state: DeviceState, offered: Offer, running_overlay: dict[str, Any] |
     running release), with the newest offered overlay that fits that release and is newer than the
     running overlay (else the running overlay, ``running_overlay``, is carried).
 
-    Raises UpdaterError when that cannot work: the running overlay does not fit the offered release
+    Raises Refused or Conflict when that cannot work: the running overlay does not fit the offered release
     and no offered overlay does, or there is no release for an overlay to apply to.
     """
     current = state.current
@@ -287,7 +288,7 @@ def choose(state: DeviceState, offered: Offer, running_overlay: dict[str, Any] |
             bundle.digest == current.digest or version_key(bundle.version) < version_key(current.version)):
         bundle = None  # nothing new in it (an older release would be refused as a rollback anyway)
     if bundle is None and current is None:
-        raise UpdaterError("an overlay needs a running release to apply to; install the application first")
+        raise Conflict("an overlay needs a running release to apply to; install the application first")
     runs: Offered | Release | None = bundle if bundle is not None else current
     assert runs is not None
     name, version = runs.name, runs.version
@@ -297,17 +298,9 @@ def choose(state: DeviceState, offered: Offer, running_overlay: dict[str, Any] |
     overlay = max(overlays, key=lambda o: version_key(o.version)) if overlays else None
     if bundle is not None and overlay is None and running_overlay is not None and not (
             running_overlay.get("name") == name and fits(str(running_overlay.get("fits", "")), version)):
-        raise UpdaterError(f"{name} {version} does not fit the running site overlay {running_overlay.get('version')} "
+        raise Refused(f"{name} {version} does not fit the running site overlay {running_overlay.get('version')} "
                            f"({running_overlay.get('fits')}), and no overlay offered with it does")
     return Choice(bundle=bundle.digest if bundle is not None else None, overlay=overlay.digest if overlay is not None else None)
-
-
-def lasting(error: SealiftError) -> bool:
-    """Whether the same bytes would be refused again (so they need not be fetched or checked again):
-    failed verification, damaged or incomplete content, secrets this device cannot open; not a fault
-    of the device's own (its trust state, disk or clock) that is fixed on the device."""
-    return isinstance(error, TrustError | BundleError | ContentMismatch | IncompleteMedium | SecretError) \
-        and not isinstance(error, DeviceFault)
 
 
 def failure_key(release: Release) -> str:

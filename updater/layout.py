@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from updater.errors import BundleError
+from updater.errors import Refused
 from updater.oci import MAX_JSON_BYTES, METADATA_DIR, METADATA_NAME, check_digest
 
 __all__ = [
@@ -47,7 +47,7 @@ class LayoutReader(Protocol):
         ...
 
     def open_blob(self, digest: str) -> BinaryIO:
-        """A stream of the blob's bytes; BundleError if it is missing."""
+        """A stream of the blob's bytes; Refused if it is missing."""
         ...
 
     def blob_size(self, digest: str) -> int | None:
@@ -67,7 +67,7 @@ class LayoutReader(Protocol):
         ...
 
     def open_metadata(self, name: str) -> BinaryIO:
-        """A stream of one ``tuf/`` file; BundleError if it is missing."""
+        """A stream of one ``tuf/`` file; Refused if it is missing."""
         ...
 
     def close(self) -> None: ...
@@ -85,11 +85,11 @@ def open_layout(path: Path, *, strict: bool = True) -> Iterator[LayoutReader]:
         try:
             reader = _DirReader(path)
         except OSError as e:
-            raise BundleError(f"{path}: cannot open the bundle directory ({e.strerror})") from e
+            raise Refused(f"{path}: cannot open the bundle directory ({e.strerror})") from e
     elif path.is_file():
         reader = _TarReader(path, strict=strict)
     else:
-        raise BundleError(f"{path}: no such bundle (expected an OCI layout directory or tar file)")
+        raise Refused(f"{path}: no such bundle (expected an OCI layout directory or tar file)")
     try:
         yield reader
     finally:
@@ -116,7 +116,7 @@ class _DirReader:
             return None
         except OSError as e:
             self.close()
-            raise BundleError(f"{self.location}: {name} is not a plain directory ({e.strerror})") from e
+            raise Refused(f"{self.location}: {name} is not a plain directory ({e.strerror})") from e
 
     def read_small(self, name: str) -> bytes:
         return _read_bounded(self._regular(self.root_fd, name, name), name, self.location)
@@ -137,7 +137,7 @@ class _DirReader:
 
     def open_metadata(self, name: str) -> BinaryIO:
         if not METADATA_NAME.fullmatch(name):
-            raise BundleError(f"{self.location}: {name[:80]!r} is not a metadata file name")
+            raise Refused(f"{self.location}: {name[:80]!r} is not a metadata file name")
         return self._regular(self.tuf_fd, name, f"{METADATA_DIR}/{name}")
 
     def locate(self, digest: str) -> tuple[Path, int] | None:
@@ -156,16 +156,16 @@ class _DirReader:
 
     def _regular(self, directory: int | None, name: str, shown: str) -> BinaryIO:
         if directory is None:
-            raise BundleError(f"{self.location}: {shown} is missing")
+            raise Refused(f"{self.location}: {shown} is missing")
         try:
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=directory)
         except FileNotFoundError:
-            raise BundleError(f"{self.location}: {shown} is missing") from None
+            raise Refused(f"{self.location}: {shown} is missing") from None
         except OSError as e:
-            raise BundleError(f"{self.location}: {shown} cannot be opened ({e.strerror})") from e
+            raise Refused(f"{self.location}: {shown} cannot be opened ({e.strerror})") from e
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
-            raise BundleError(f"{self.location}: {shown} is not a regular file")
+            raise Refused(f"{self.location}: {shown} is not a regular file")
         os.set_blocking(fd, True)
         return open(fd, "rb", buffering=0)
 
@@ -202,7 +202,7 @@ class _TarReader:
         try:
             self.tar = tarfile.open(path, "r:", tarinfo=_BoundedTarInfo)  # noqa: SIM115 (closed by close())
         except (tarfile.TarError, OSError) as e:
-            raise BundleError(f"{path}: not an uncompressed tar file ({e})") from e
+            raise Refused(f"{path}: not an uncompressed tar file ({e})") from e
         try:
             self.members = self._index_members()
             if strict:
@@ -217,10 +217,10 @@ class _TarReader:
         try:
             for count, info in enumerate(self.tar):
                 if count >= MAX_TAR_MEMBERS:
-                    raise BundleError(f"{self.location}: more than {MAX_TAR_MEMBERS} entries in the tar file")
+                    raise Refused(f"{self.location}: more than {MAX_TAR_MEMBERS} entries in the tar file")
                 if info.offset_data + info.size > file_size:
                     # tarfile reads a cut-off archive as a short one; the sizes tell the truth
-                    raise BundleError(f"{self.location}: tar file is truncated: {info.name[:200]!r} runs past its end")
+                    raise Refused(f"{self.location}: tar file is truncated: {info.name[:200]!r} runs past its end")
                 name = info.name.removeprefix("./").rstrip("/")
                 if info.isdir() and name in (*_TAR_DIRS, "", "."):
                     continue
@@ -229,12 +229,12 @@ class _TarReader:
                     if not self.strict:
                         continue
                     kind = "entry" if info.isreg() else "link or special entry"
-                    raise BundleError(f"{self.location}: unexpected {kind} {info.name[:200]!r} in bundle tar")
+                    raise Refused(f"{self.location}: unexpected {kind} {info.name[:200]!r} in bundle tar")
                 if name in members:
-                    raise BundleError(f"{self.location}: {name} appears twice in bundle tar")
+                    raise Refused(f"{self.location}: {name} appears twice in bundle tar")
                 members[name] = info
         except tarfile.TarError as e:
-            raise BundleError(f"{self.location}: tar file is damaged or truncated ({e})") from e
+            raise Refused(f"{self.location}: tar file is damaged or truncated ({e})") from e
         return members
 
     def _check_end(self) -> None:
@@ -249,10 +249,10 @@ class _TarReader:
         tail = self.tar.fileobj.read(longest + 1)
         if len(tail) > longest or tail.strip(b"\0"):
             if len(tail) < 2 * tarfile.BLOCKSIZE:
-                raise BundleError(f"{self.location}: tar file is truncated (it stops inside an entry's header)")
-            raise BundleError(f"{self.location}: data follows the end of the tar archive")
+                raise Refused(f"{self.location}: tar file is truncated (it stops inside an entry's header)")
+            raise Refused(f"{self.location}: data follows the end of the tar archive")
         if len(tail) < 2 * tarfile.BLOCKSIZE:
-            raise BundleError(f"{self.location}: tar file is truncated (it has no end-of-archive marker)")
+            raise Refused(f"{self.location}: tar file is truncated (it has no end-of-archive marker)")
 
     def read_small(self, name: str) -> bytes:
         return _read_bounded(self._open(name), name, self.location)
@@ -283,9 +283,9 @@ class _TarReader:
         """A stream of one member on its own file handle, so blobs can be read in parallel."""
         info = self.members.get(name)
         if info is None:
-            raise BundleError(f"{self.location}: {name} is missing")
+            raise Refused(f"{self.location}: {name} is missing")
         if info.issparse():
-            raise BundleError(f"{self.location}: {name} is a sparse tar member")
+            raise Refused(f"{self.location}: {name} is a sparse tar member")
         raw = open(self.location, "rb", buffering=0)  # noqa: SIM115 (owned by the slice)
         raw.seek(info.offset_data)
         return _Slice(raw, info.size)  # type: ignore[return-value]
@@ -318,5 +318,5 @@ def _read_bounded(stream: BinaryIO, name: str, location: str) -> bytes:
     with stream:
         data = stream.read(MAX_JSON_BYTES + 1)
     if len(data) > MAX_JSON_BYTES:
-        raise BundleError(f"{location}: {name} is larger than {MAX_JSON_BYTES} bytes")
+        raise Refused(f"{location}: {name} is larger than {MAX_JSON_BYTES} bytes")
     return data

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from updater.errors import BundleError, DeliveryError, SealiftError
+from updater.errors import DeliveryError, Refused, SealiftError
 from updater.layout import MEDIUM_FILE, NOTE_FILE, SUMS_FILE, LayoutReader, open_layout
 from updater.oci import CHUNK, METADATA_NAME, Descriptor
 from updater.progress import Progress, QuietProgress
@@ -116,7 +116,7 @@ def read_medium(reader: LayoutReader) -> MediumContents:
     try:
         data = json.loads(reader.read_small(MEDIUM_FILE))
         if data.get("mediumVersion") != MEDIUM_FORMAT:
-            raise DeliveryError(f"{where}: medium format {data.get('mediumVersion')!r}, this Sealift reads {MEDIUM_FORMAT}")
+            raise Refused(f"{where}: medium format {data.get('mediumVersion')!r}, this Sealift reads {MEDIUM_FORMAT}")
         index = json.loads(reader.read_small("index.json"))
         tops = {d.digest: d for d in (Descriptor.from_json(m, where=f"{reader.location}: index.json") for m in index["manifests"])}
         for entry in data["bundles"]:
@@ -124,7 +124,7 @@ def read_medium(reader: LayoutReader) -> MediumContents:
             if base is not None and not (isinstance(base, dict) and isinstance(base.get("version"), str)
                                          and _HEX.fullmatch(str(base.get("digest", "")).removeprefix("sha256:"))
                                          and str(base["digest"]).startswith("sha256:")):
-                raise DeliveryError(f"{where}: malformed base of {entry.get('name')!r}")
+                raise Refused(f"{where}: malformed base of {entry.get('name')!r}")
             contents.bundles.append(MediumBundle(
                 name=str(entry["name"]), version=str(entry["version"]), profile=str(entry["profile"]), top=tops[entry["digest"]],
                 base=base, blobs_from_base=int(entry.get("blobs_from_base", 0))))
@@ -138,7 +138,7 @@ def read_medium(reader: LayoutReader) -> MediumContents:
             fits(overlay.fits, overlay.version)  # a malformed range is refused here, not when a device compares it
     except (ValueError, KeyError, TypeError, AttributeError, SealiftError) as e:
         detail = e.diagnostics() if isinstance(e, SealiftError) else f"{type(e).__name__}: {e}"
-        raise DeliveryError(f"{where}: malformed ({detail})") from e
+        raise Refused(f"{where}: malformed ({detail})") from e
     return contents
 
 
@@ -156,7 +156,7 @@ def check_medium(path: Path, *, progress: Progress | None = None) -> MediumRepor
         for bundle in report.bundles:
             try:
                 graph = walk(bundle.top, store)
-            except (DeliveryError, BundleError) as e:
+            except (DeliveryError, Refused) as e:
                 report.problems.append(f"{bundle.name} {bundle.version} ({bundle.profile}): {e}")
                 continue
             missing = [d.digest for d in graph.blobs if not store.has_blob(d.digest)]
@@ -170,7 +170,7 @@ def check_medium(path: Path, *, progress: Progress | None = None) -> MediumRepor
             what = f"{overlay.name} overlay {overlay.version} (site {overlay.site})"
             try:
                 graph = walk(overlay.top, store)
-            except (DeliveryError, BundleError) as e:
+            except (DeliveryError, Refused) as e:
                 report.problems.append(f"{what}: {e}")
                 continue
             if missing := [d.digest for d in graph.blobs if not store.has_blob(d.digest)]:
@@ -183,7 +183,7 @@ def _check_sums(reader: LayoutReader, path: Path, progress: Progress) -> list[st
     every blob is listed. Only the names a medium holds are read: a listing cannot lead elsewhere."""
     try:
         listing = reader.read_small(SUMS_FILE).decode()
-    except (BundleError, UnicodeDecodeError):
+    except (Refused, UnicodeDecodeError):
         return [f"{SUMS_FILE} is missing or unreadable: the medium was not written completely (or copied halfway)"]
     expected: dict[str, str] = {}
     for line in listing.splitlines():
@@ -226,7 +226,7 @@ def _file_digest(reader: LayoutReader, name: str) -> str | None:
             sha = hashlib.sha256()
             while chunk := stream.read(CHUNK):
                 sha.update(chunk)
-    except (BundleError, OSError):
+    except (Refused, OSError):
         return None
     return sha.hexdigest()
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
-from updater.errors import BundleError, ContentMismatch, SealiftError
+from updater.errors import ContentMismatch, Refused, SealiftError
 
 __all__ = [
     "ANNOTATION",
@@ -109,18 +109,18 @@ class Descriptor:
     def from_json(cls, data: object, *, where: str) -> Descriptor:
         """Parse a descriptor, refusing anything malformed with a message naming ``where``."""
         if not isinstance(data, dict):
-            raise BundleError(f"{where}: descriptor is not a JSON object")
+            raise Refused(f"{where}: descriptor is not a JSON object")
         media_type, digest, size = data.get("mediaType"), data.get("digest"), data.get("size")
         if not isinstance(media_type, str) or not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
-            raise BundleError(f"{where}: descriptor needs a mediaType and a sha256 digest")
+            raise Refused(f"{where}: descriptor needs a mediaType and a sha256 digest")
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-            raise BundleError(f"{where}: descriptor {digest} has no valid size")
+            raise Refused(f"{where}: descriptor {digest} has no valid size")
         annotations = data.get("annotations") or {}
         platform = data.get("platform")
         if not isinstance(annotations, dict) or not all(isinstance(v, str) for v in annotations.values()):
-            raise BundleError(f"{where}: annotations of {digest} are not a string map")
+            raise Refused(f"{where}: annotations of {digest} are not a string map")
         if platform is not None and not isinstance(platform, dict):
-            raise BundleError(f"{where}: platform of {digest} is not an object")
+            raise Refused(f"{where}: platform of {digest} is not an object")
         artifact_type = data.get("artifactType")
         return cls(
             media_type=media_type,
@@ -137,7 +137,7 @@ def canonical_json(data: object) -> bytes:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def json_object(data: bytes, where: str, error: type[SealiftError] = BundleError) -> dict[str, Any]:
+def json_object(data: bytes, where: str, error: type[SealiftError] = Refused) -> dict[str, Any]:
     """``data`` parsed as a JSON object; ``error`` naming ``where`` if it is not one."""
     try:
         parsed = json.loads(data)
@@ -158,9 +158,9 @@ def checked_json(body: bytes, descriptor: Descriptor, what: str) -> bytes:
 
 
 def check_digest(digest: str) -> str:
-    """``digest`` if it is a well-formed sha256 digest; BundleError otherwise."""
+    """``digest`` if it is a well-formed sha256 digest; Refused otherwise."""
     if not _DIGEST.fullmatch(digest):
-        raise BundleError(f"unsupported or malformed digest {digest[:80]!r}")
+        raise Refused(f"unsupported or malformed digest {digest[:80]!r}")
     return digest
 
 

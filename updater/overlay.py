@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from updater.appdef import ENV_NAME
-from updater.errors import BundleError, DeliveryError
+from updater.errors import Refused
 from updater.layout import MEDIUM_FILE, open_layout
 from updater.oci import ANNOTATION, MAX_JSON_BYTES, MEDIA, Descriptor, checked_json, json_object
 from updater.sealed import SECRET_NAME
 from updater.transfer import ReaderStore, walk
 
-__all__ = ["OverlayInfo", "check_overlay", "is_overlay", "overlay_target"]
+__all__ = ["OverlayInfo", "check_overlay", "is_overlay"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,10 +45,6 @@ class OverlayInfo:
                 "environment": self.environment, "secrets": list(self.secrets), "recipients": list(self.recipients)}
 
 
-def overlay_target(name: str, site: str, version: str) -> str:
-    return f"{name}/overlays/{site}/{version}"
-
-
 def is_overlay(path: Path) -> bool:
     """Whether ``path`` is an overlay's layout (a medium holding overlays is not one)."""
     try:
@@ -57,9 +53,9 @@ def is_overlay(path: Path) -> bool:
             try:
                 reader.read_small(MEDIUM_FILE)
                 return False  # a medium
-            except BundleError:
+            except Refused:
                 pass
-    except (BundleError, ValueError, KeyError, IndexError, TypeError):
+    except (Refused, ValueError, KeyError, IndexError, TypeError):
         return False
     return isinstance(entry, dict) and entry.get("artifactType") == MEDIA.OVERLAY
 
@@ -71,43 +67,40 @@ def check_overlay(path: Path) -> OverlayInfo:
         index = json_object(reader.read_small("index.json"), f"{where}: index.json")
         manifests = index.get("manifests")
         if not isinstance(manifests, list) or len(manifests) != 1:
-            raise BundleError(f"{where}: index.json must list exactly one overlay index")
+            raise Refused(f"{where}: index.json must list exactly one overlay index")
         top = Descriptor.from_json(manifests[0], where=f"{where}: index.json")
         store = ReaderStore(reader)
-        try:
-            graph = walk(top, store)
-        except DeliveryError as e:
-            raise BundleError(str(e)) from e
+        graph = walk(top, store)
         top_json = json_object(graph.manifests[-1][1], f"{where}: overlay index")
         payload_json = json_object(graph.manifests[0][1], f"{where}: overlay payload")
         if top_json.get("artifactType") != MEDIA.OVERLAY or payload_json.get("artifactType") != MEDIA.OVERLAY_PAYLOAD:
-            raise BundleError(f"{where}: not a Sealift overlay ({MEDIA.OVERLAY})")
+            raise Refused(f"{where}: not a Sealift overlay ({MEDIA.OVERLAY})")
         layers = [Descriptor.from_json(d, where=f"{where}: payload") for d in payload_json.get("layers") or []]
         kinds = [d.media_type for d in layers]
         if kinds != [MEDIA.OVERLAY_DESCRIPTOR, MEDIA.SEALED_SECRETS]:
-            raise BundleError(f"{where}: an overlay payload holds its descriptor and its sealed secrets, not {kinds}")
+            raise Refused(f"{where}: an overlay payload holds its descriptor and its sealed secrets, not {kinds}")
         descriptor, sealed = (json_object(_read_blob(reader, d, where), f"{where}: {d.media_type}") for d in layers)
         referenced = {top.digest, *(m.digest for m, _ in graph.manifests), *(d.digest for d in graph.blobs)}
         stray = sorted(reader.blob_names() - referenced)
         if stray:
-            raise BundleError(f"{where}: blob {stray[0]} is not referenced by the overlay")
+            raise Refused(f"{where}: blob {stray[0]} is not referenced by the overlay")
     found = top_json.get("annotations")
     annotations: dict[str, Any] = found if isinstance(found, dict) else {}
     claimed = (annotations.get(ANNOTATION.NAME), annotations.get(ANNOTATION.SITE), annotations.get(ANNOTATION.VERSION))
     if (descriptor.get("name"), descriptor.get("site"), descriptor.get("version")) != claimed:
-        raise BundleError(f"{where}: the overlay descriptor and the index disagree on name, site or version")
+        raise Refused(f"{where}: the overlay descriptor and the index disagree on name, site or version")
     if sealed.get("identity") != {"app": claimed[0], "site": claimed[1], "version": claimed[2]}:
-        raise BundleError(f"{where}: the sealed secrets belong to another overlay")
+        raise Refused(f"{where}: the sealed secrets belong to another overlay")
     environment = descriptor.get("environment") or {}
     if not isinstance(environment, dict) or not all(
             isinstance(values, dict) and all(isinstance(k, str) and ENV_NAME.fullmatch(k) and isinstance(v, str)
                                              for k, v in values.items()) for values in environment.values()):
-        raise BundleError(f"{where}: the overlay's environment is not a map of services to variables")
+        raise Refused(f"{where}: the overlay's environment is not a map of services to variables")
     names = descriptor.get("secrets") or []
     sealed_secrets = sealed.get("secrets")
     if not isinstance(names, list) or not isinstance(sealed_secrets, dict) or sorted(sealed_secrets) != sorted(names) \
             or not all(isinstance(n, str) and SECRET_NAME.fullmatch(n) for n in names):
-        raise BundleError(f"{where}: the overlay's secret names are malformed or disagree with its sealed set")
+        raise Refused(f"{where}: the overlay's secret names are malformed or disagree with its sealed set")
     return OverlayInfo(name=str(claimed[0]), site=str(claimed[1]), version=str(claimed[2]), fits=str(descriptor.get("fits", "")),
                        digest=top.digest, environment=descriptor.get("environment") or {},
                        secrets=tuple(descriptor.get("secrets") or ()), recipients=tuple(descriptor.get("recipients") or ()),
@@ -117,7 +110,4 @@ def check_overlay(path: Path) -> OverlayInfo:
 def _read_blob(reader: Any, blob: Descriptor, where: str) -> bytes:
     with reader.open_blob(blob.digest) as stream:
         data: bytes = stream.read(MAX_JSON_BYTES + 1)
-    try:
-        return checked_json(data, blob, where)
-    except DeliveryError as e:
-        raise BundleError(str(e)) from e
+    return checked_json(data, blob, where)

@@ -20,46 +20,23 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from tuf.api import exceptions as tuf_errors
-from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
-
-from updater.errors import DeliveryError, SealiftError, TrustError
-from updater.install import Installer, Outcome, lasting
+from updater.errors import Refused, SealiftError
+from updater.install import Installer, Outcome
 from updater.oci import ANNOTATION, MEDIA, Descriptor
-from updater.overlay import overlay_target
 from updater.profiles import Profile
-from updater.registry import MAX_METADATA_BYTES, RegistryClient, Retry, bundle_descriptor, bundle_tag, connect, overlay_tag, read_metadata
+from updater.registry import RegistryClient, Retry, bundle_descriptor, bundle_tag, connect, overlay_tag
 from updater.slots import DeviceState
 from updater.stage import overlay_of
 from updater.store import Incoming
 from updater.transfer import RegistryStore
-from updater.verify import tuf_fault, verify_overlay
+from updater.tuf_client import RegistryMetadata, TufClient, target_name
+from updater.verify import verify_overlay
 from updater.versions import fits, version_key
 
-__all__ = ["REGISTRY_URL", "Found", "RegistryFetcher", "RegistryPoller", "Signed"]
+__all__ = ["Found", "RegistryPoller", "Signed"]
 
-REGISTRY_URL = "sealift-registry:/"
 DEVICE_RETRY = Retry(delays=(1.0, 4.0, 15.0))  # within one poll; the daemon backs off further between polls
 Log = Callable[[str], None]
-
-
-class RegistryFetcher(FetcherInterface):
-    """Serves ngclient the metadata files published in a repository, and keeps what it served."""
-
-    def __init__(self, client: RegistryClient) -> None:
-        self.client = client
-        self.fetched: dict[str, bytes] = {}
-
-    def _fetch(self, url: str) -> Iterator[bytes]:
-        name = url.removeprefix(REGISTRY_URL)
-        try:
-            data = read_metadata(self.client, name, limit=MAX_METADATA_BYTES)
-        except DeliveryError as e:
-            raise tuf_errors.DownloadError(e.diagnostics()) from e
-        if data is None:
-            raise tuf_errors.DownloadHTTPError(f"{name} is not published in {self.client.ref.name}", 404)
-        self.fetched[name] = data
-        return iter((data,))
 
 
 @dataclass(frozen=True)
@@ -142,7 +119,7 @@ class RegistryPoller:
         try:
             yield
         except SealiftError as e:
-            if lasting(e):
+            if isinstance(e, Refused):
                 self.refused.add(signed.top.digest)
             raise
 
@@ -168,17 +145,14 @@ class RegistryPoller:
         if not apps and not overlays:
             return None
         with self.installer.trust.candidate() as metadata_dir:  # a copy: the trusted state changes only at install
-            fetcher = RegistryFetcher(client)
-            updater = Updater(str(metadata_dir), REGISTRY_URL, fetcher=fetcher, config=UpdaterConfig(), bootstrap=None)
-            try:
-                updater.refresh()
-            except (tuf_errors.RepositoryError, tuf_errors.DownloadError) as e:
-                raise TrustError(f"site registry {client.ref.name}: signed metadata refused: {tuf_fault(e)} ({e})") from e
-            signed_overlays = [o for o in (self._signed(client, updater, tag, version, site=site) for version, tag in overlays)
+            metadata = RegistryMetadata(client)
+            tuf = TufClient(metadata_dir, metadata)
+            tuf.refresh()
+            signed_overlays = [o for o in (self._signed(client, tuf, tag, version, site=site) for version, tag in overlays)
                                if o is not None]
             running = self._running_overlay(state)
             for version, tag in apps:
-                app = self._signed(client, updater, tag, version)
+                app = self._signed(client, tuf, tag, version)
                 if app is None:
                     continue
                 overlay = next((o for o in signed_overlays if o.name == app.name and fits(o.fits, version)
@@ -189,19 +163,19 @@ class RegistryPoller:
                                                                 or not fits(str(running.get("fits", "")), version)):
                     self.log(f"skipped {tag}: the site overlay {running.get('version')} does not fit it, and no newer one does")
                     continue
-                return Found(app=app, overlay=overlay, metadata=dict(fetcher.fetched))
+                return Found(app=app, overlay=overlay, metadata=dict(metadata.fetched))
             if current is not None:
                 for overlay in signed_overlays:
                     if overlay.name == current.name and fits(overlay.fits, current.version) \
                             and f"{current.digest}+{overlay.top.digest}" not in state.failed:
-                        return Found(app=None, overlay=overlay, metadata=dict(fetcher.fetched))
+                        return Found(app=None, overlay=overlay, metadata=dict(metadata.fetched))
         return None
 
     def _running_overlay(self, state: DeviceState) -> dict[str, Any] | None:
         current = state.current
         return overlay_of(self.installer.slots.slot_dir(current.slot)) if current is not None and current.overlay_digest else None
 
-    def _signed(self, client: RegistryClient, updater: Updater, tag: str, version: str, *, site: str | None = None) -> Signed | None:
+    def _signed(self, client: RegistryClient, tuf: TufClient, tag: str, version: str, *, site: str | None = None) -> Signed | None:
         """The index tagged ``tag`` if TUF signs it as what it claims to be (a bundle for this profile,
         or with ``site`` an overlay for that site), else None (and a line in the log saying why)."""
         fetched = client.get_manifest(tag)
@@ -213,32 +187,23 @@ class RegistryPoller:
         try:
             kinds = (MEDIA.OVERLAY,) if site else (MEDIA.BUNDLE,)
             top = bundle_descriptor(body, media_type, digest, f"{client.ref.name}:{tag}", kinds=kinds)
-        except DeliveryError as e:
+        except Refused as e:
             self.log(f"skipped {tag}: {e.diagnostics()}")
             return None
         a = top.annotations
         name, claimed = a.get(ANNOTATION.NAME, ""), a.get(ANNOTATION.VERSION, "")
         if site is not None:
-            target_path = overlay_target(name, site, claimed)
+            target_path = target_name(name=name, site=site, version=claimed)
             if a.get(ANNOTATION.SITE) != site or overlay_tag(site, claimed) != tag:
                 self.log(f"skipped {tag}: its index is an overlay for site {a.get(ANNOTATION.SITE)} {claimed}")
                 return None
         else:
-            target_path = f"{name}/{self.profile.name}/{claimed}"
+            target_path = target_name(name=name, profile=self.profile.name, version=claimed)
             if a.get(ANNOTATION.PROFILE) != self.profile.name or bundle_tag(self.profile.name, claimed) != tag:
                 self.log(f"skipped {tag}: its index is for {a.get(ANNOTATION.PROFILE)} {claimed}")
                 return None
-        try:
-            target = updater.get_targetinfo(target_path)
-        except (tuf_errors.RepositoryError, tuf_errors.DownloadError) as e:
-            raise TrustError(f"site registry {client.ref.name}: signed metadata refused: {tuf_fault(e)} ({e})") from e
-        if target is None:
-            self.log(f"skipped {tag}: {target_path} is not a signed target")
-            return None
-        try:
-            target.verify_length_and_hashes(body)
-        except tuf_errors.LengthOrHashMismatchError:
-            self.log(f"skipped {tag}: its index {digest} is not the one signed as {target_path}")
+        if why := tuf.doubts(target_path, body):
+            self.log(f"skipped {tag}: {why}")
             return None
         return Signed(top=top, tag=tag, name=name, version=version)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from updater.errors import SpecError
+from updater.errors import InputError
 from updater.yamlfile import Field, load_yaml
 
 __all__ = ["Accelerator", "Platform", "Profile", "Rule", "builtin_profile_dir", "load_profiles", "profile_search_path"]
@@ -112,7 +112,7 @@ def load_profiles(directories: Iterable[Path]) -> dict[str, Profile]:
     profiles: dict[str, Profile] = {}
     for directory in directories:
         if not directory.is_dir():
-            raise SpecError(f"{directory}: profile directory not found")
+            raise InputError(f"{directory}: profile directory not found")
         for path in sorted(directory.glob("*.yaml")):
             profile = load_profile(path)
             profiles[profile.name] = profile

@@ -12,7 +12,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
-from updater.errors import BundleError, SealiftError
+from updater.errors import Refused, SealiftError
 from updater.layout import LayoutReader
 
 __all__ = ["MAX_SIGSTORE_BYTES", "ProvenanceClaim", "check_provenance", "verify_provenance"]
@@ -31,7 +31,7 @@ class ProvenanceClaim:
 
 
 def verify_provenance(claim: ProvenanceClaim, *, sigstore_bundle: bytes, trusted_root: bytes,
-                      error: type[SealiftError] = BundleError) -> None:
+                      error: type[SealiftError] = Refused) -> None:
     """Verify offline; ``error`` naming the identity expected and the one found, if any."""
     # sigstore-python is large: imported only when a bundle uses provenance
     from sigstore.errors import Error as SigstoreError
@@ -76,7 +76,7 @@ def check_provenance(reader: LayoutReader, entries: list[dict[str, Any]]) -> lis
                                 identity=record["identity"], issuer=record["issuer"])
         try:
             verify_provenance(claim, sigstore_bundle=material[0], trusted_root=material[1])
-        except BundleError as e:
+        except Refused as e:
             problems.append(str(e))
     return problems
 

@@ -36,7 +36,7 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
-from updater.errors import DeliveryError, SealiftError, SpecError
+from updater.errors import ContentMismatch, DeliveryError, InputError, Refused, SealiftError
 from updater.oci import MAX_JSON_BYTES, MEDIA, METADATA_NAME, Descriptor, checked_json
 
 __all__ = [
@@ -101,22 +101,22 @@ class Reference:
         return self.name + (f"@{self.digest}" if self.digest else f":{self.tag}" if self.tag else "")
 
 
-def parse_reference(text: str, *, what: str = "registry reference", error: type[SealiftError] = SpecError) -> Reference:
+def parse_reference(text: str, *, what: str = "registry reference") -> Reference:
     """Parse ``HOST[:PORT]/REPO[:TAG|@DIGEST]``; the host must look like one (a dot, a port or localhost)."""
     host, slash, rest = text.removeprefix("docker://").partition("/")
     if not slash or not rest or not ("." in host or ":" in host or host == "localhost"):
-        raise error(f"{what} {text!r}: expected HOST[:PORT]/REPO[:TAG|@DIGEST], e.g. registry.example.com/vision-app")
+        raise InputError(f"{what} {text!r}: expected HOST[:PORT]/REPO[:TAG|@DIGEST], e.g. registry.example.com/vision-app")
     repository, at, digest = rest.partition("@")
     tag = None
     if not at:
         repository, colon, tag_text = repository.rpartition(":") if ":" in repository else (repository, "", "")
         tag = tag_text if colon else None
     if at and not _DIGEST_REF.fullmatch(digest):
-        raise error(f"{what} {text!r}: {digest!r} is not a sha256 digest")
+        raise InputError(f"{what} {text!r}: {digest!r} is not a sha256 digest")
     if tag is not None and not _TAG.fullmatch(tag):
-        raise error(f"{what} {text!r}: {tag!r} is not a valid tag")
+        raise InputError(f"{what} {text!r}: {tag!r} is not a valid tag")
     if not re.fullmatch(r"[a-z0-9]+(?:[._-]+[a-z0-9]+)*(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*", repository):
-        raise error(f"{what} {text!r}: {repository!r} is not a valid repository name (lower case, digits, . _ - and /)")
+        raise InputError(f"{what} {text!r}: {repository!r} is not a valid repository name (lower case, digits, . _ - and /)")
     return Reference(host=host, repository=repository, tag=tag, digest=digest if at else None)
 
 
@@ -161,13 +161,12 @@ class _Transient(Exception):
 
 
 class RegistryClient:
-    """One repository of one registry. ``what`` starts every error message; ``error`` is its class."""
+    """One repository of one registry. ``what`` starts every error message. A fault of the network or
+    the registry is a DeliveryError; bytes that do not match their digest are a ContentMismatch."""
 
-    def __init__(self, ref: Reference, *, plain_http: bool, what: str, error: type[SealiftError],
-                 retry: Retry = BUILD_RETRY) -> None:
+    def __init__(self, ref: Reference, *, plain_http: bool, what: str, retry: Retry = BUILD_RETRY) -> None:
         self.ref = ref
         self.what = what
-        self.error = error
         self.retry = retry
         self.scheme = "http" if plain_http else "https"
         self.registry = oras.provider.Registry(hostname=ref.host, insecure=plain_http)
@@ -188,7 +187,7 @@ class RegistryClient:
         actual = f"sha256:{hashlib.sha256(body).hexdigest()}"
         named = ref if _DIGEST_REF.fullmatch(ref) else response.headers.get("Docker-Content-Digest", actual)
         if named != actual:
-            raise self.error(f"{self.what}: manifest {ref} does not match its digest {named} (got {actual}); refused")
+            raise ContentMismatch(f"{self.what}: manifest {ref} does not match its digest {named} (got {actual}); refused")
         return body, media_type, actual
 
     def has_manifest(self, ref: str) -> bool:
@@ -213,7 +212,7 @@ class RegistryClient:
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         response = self._request("GET", f"blobs/{digest}", headers=headers)
         with response:
-            stream = _Guarded(response.raw, lambda e: self.error(
+            stream = _Guarded(response.raw, lambda e: DeliveryError(
                 f"{self.what}: the connection was lost while reading blob {digest} ({_reason(e)}); run again to resume"))
             if offset and response.status_code != 206:  # the registry sends it all: skip what is here already
                 _discard(stream, offset)
@@ -239,20 +238,20 @@ class RegistryClient:
             try:
                 items += [t for t in json.loads(body).get(key) or [] if isinstance(t, str)]
             except (ValueError, AttributeError, RecursionError) as e:
-                raise self.error(f"{self.what}: the registry's {key} list is not valid JSON") from e
+                raise DeliveryError(f"{self.what}: the registry's {key} list is not valid JSON") from e
             following = response.links.get("next", {}).get("url", "")
             if not following.startswith("/v2/"):
                 return items
             url = f"{self._base()}{following}"
-        raise self.error(f"{self.what}: the registry's {key} list runs past {_MAX_PAGES} pages")
+        raise DeliveryError(f"{self.what}: the registry's {key} list runs past {_MAX_PAGES} pages")
 
     def _small_body(self, response: Any, what: str) -> bytes:
         """A JSON answer, read whole but bounded: a registry cannot make a reader hold gigabytes."""
         with response:
-            body = _Guarded(response.raw, lambda e: self.error(
+            body = _Guarded(response.raw, lambda e: DeliveryError(
                 f"{self.what}: the connection was lost while reading {what} ({_reason(e)})")).read(MAX_JSON_BYTES + 1)
         if len(body) > MAX_JSON_BYTES:
-            raise self.error(f"{self.what}: {what} is larger than {MAX_JSON_BYTES} bytes")
+            raise DeliveryError(f"{self.what}: {what} is larger than {MAX_JSON_BYTES} bytes")
         return body
 
     def _base(self) -> str:
@@ -265,7 +264,7 @@ class RegistryClient:
         started = self._request("POST", "blobs/uploads/", headers={"Content-Length": "0"}, stream=False, ok=(202,))
         location = started.headers.get("Location", "")
         if not location:
-            raise self.error(f"{self.what}: the registry started an upload without saying where to send it")
+            raise DeliveryError(f"{self.what}: the registry started an upload without saying where to send it")
         if not location.startswith("http"):
             location = f"{self.scheme}://{self.ref.host}{location}"
         url = f"{location}{'&' if '?' in location else '?'}digest={blob.digest}"
@@ -276,12 +275,12 @@ class RegistryClient:
         try:
             response = self.registry.session.request("PUT", url, data=stream, headers=headers, verify=self.registry._tls_verify)
         except requests.RequestException as e:
-            raise self.error(f"{self.what}: upload of blob {blob.digest} failed ({_reason(e)})") from e
+            raise DeliveryError(f"{self.what}: upload of blob {blob.digest} failed ({_reason(e)})") from e
         with response:
             if response.status_code == 400 and "DIGEST_INVALID" in response.text:
-                raise self.error(f"{self.what}: blob {blob.digest} does not match its digest; the registry refused it")
+                raise ContentMismatch(f"{self.what}: blob {blob.digest} does not match its digest; the registry refused it")
             if response.status_code != 201:
-                raise self.error(f"{self.what}: the registry answered {response.status_code} to the upload of blob "
+                raise DeliveryError(f"{self.what}: the registry answered {response.status_code} to the upload of blob "
                                  f"{blob.digest}{_error_text(response)}")
 
     def put_manifest(self, ref: str, body: bytes, media_type: str) -> None:
@@ -308,7 +307,7 @@ class RegistryClient:
             except _Transient as e:
                 wait = next(waits)
                 if wait is None:
-                    raise self.error(f"{self.what}: cannot reach {self.ref.host} ({e.reason}); gave up after "
+                    raise DeliveryError(f"{self.what}: cannot reach {self.ref.host} ({e.reason}); gave up after "
                                      f"{len(self.retry.delays) + 1} attempts") from None
                 time.sleep(wait)
         if response.status_code == 404 and missing_ok:
@@ -318,8 +317,9 @@ class RegistryClient:
             detail = _error_text(response)
             response.close()
             reason = _REASONS.get(response.status_code, "refused")
-            raise self.error(f"{self.what}: the registry answered {response.status_code} ({reason}) to {method} "
-                             f"{path.split('?')[0]}{detail}")
+            family = InputError if response.status_code == 401 else DeliveryError  # credentials are the user's to fix
+            raise family(f"{self.what}: the registry answered {response.status_code} ({reason}) to {method} "
+                         f"{path.split('?')[0]}{detail}")
         return response
 
     def _attempt(self, method: str, url: str, headers: dict[str, str], data: bytes | None, stream: bool) -> Any:
@@ -329,14 +329,14 @@ class RegistryClient:
                 headers = {**headers, **self.registry.auth.get_auth_header()}
             response = _REQUEST_ONCE(self.registry, url, method, headers=dict(headers), data=data, stream=stream)
         except requests.exceptions.SSLError as e:
-            raise self.error(f"{self.what}: cannot reach {self.ref.host} ({_reason(e)})") from e
+            raise DeliveryError(f"{self.what}: cannot reach {self.ref.host} ({_reason(e)})") from e
         except (requests.ConnectionError, requests.Timeout) as e:
             raise _Transient(_reason(e)) from e
         except ValueError as e:  # oras-py: a 401 it could not answer (no or wrong credentials)
-            raise self.error(f"{self.what}: {self.ref.host} asks for credentials that were not accepted "
+            raise InputError(f"{self.what}: {self.ref.host} asks for credentials that were not accepted "
                              "(check `docker login` or the Docker config)") from e
         except requests.RequestException as e:
-            raise self.error(f"{self.what}: cannot reach {self.ref.host} ({_reason(e)})") from e
+            raise DeliveryError(f"{self.what}: cannot reach {self.ref.host} ({_reason(e)})") from e
         if response.status_code not in (401, 403):
             self._authenticated = self._authenticated or "Authorization" in (response.request.headers or {})
         return response
@@ -364,7 +364,7 @@ class RegistryClient:
         basic._auth_config = loaded._auth_config
         credential = getattr(loaded, "_basic_auth", None)
         if not credential:
-            raise self.error(f"{self.what}: {self.ref.host} asks for a user name and password, and the Docker config "
+            raise InputError(f"{self.what}: {self.ref.host} asks for a user name and password, and the Docker config "
                              "has none for it (`docker login` it)")
         basic._basic_auth = credential
         self.registry.auth = basic
@@ -405,8 +405,8 @@ MAX_METADATA_BYTES = 16 << 20  # larger than any metadata file ngclient would ac
 
 
 def connect(text: str, *, plain_http: bool, what: str, retry: Retry | None = None) -> RegistryClient:
-    ref = parse_reference(text, what=what, error=DeliveryError)
-    return RegistryClient(ref, plain_http=plain_http, what=f"{what} {ref.name}", error=DeliveryError,
+    ref = parse_reference(text, what=what)
+    return RegistryClient(ref, plain_http=plain_http, what=f"{what} {ref.name}",
                           **({"retry": retry} if retry else {}))
 
 
@@ -424,9 +424,9 @@ def bundle_descriptor(body: bytes, media_type: str, digest: str, where: str, *,
     try:
         data = json.loads(body)
     except ValueError as e:
-        raise DeliveryError(f"{where}: the manifest is not valid JSON") from e
+        raise Refused(f"{where}: the manifest is not valid JSON") from e
     if not isinstance(data, dict) or data.get("artifactType") not in kinds or media_type != MEDIA.INDEX:
-        raise DeliveryError(f"{where}: not a Sealift bundle (expected an OCI index with artifactType {' or '.join(kinds)})")
+        raise Refused(f"{where}: not a Sealift bundle (expected an OCI index with artifactType {' or '.join(kinds)})")
     annotations = data.get("annotations")
     annotations = annotations if isinstance(annotations, dict) else {}
     return Descriptor(media_type=MEDIA.INDEX, digest=digest, size=len(body), artifact_type=str(data["artifactType"]),
@@ -451,9 +451,9 @@ def read_metadata(client: RegistryClient, name: str, *, limit: int = MAX_METADAT
         manifest = json.loads(found[0])
         layer = Descriptor.from_json(manifest["layers"][0], where=f"{client.what}: metadata {name}")
     except (ValueError, KeyError, IndexError, TypeError) as e:
-        raise DeliveryError(f"{client.what}: the artifact of metadata {name} is malformed") from e
+        raise Refused(f"{client.what}: the artifact of metadata {name} is malformed") from e
     if manifest.get("artifactType") != MEDIA.TUF_METADATA or layer.size > limit:
-        raise DeliveryError(f"{client.what}: tag {METADATA_TAG_PREFIX}{name} is not a metadata artifact of at most {limit} bytes")
+        raise Refused(f"{client.what}: tag {METADATA_TAG_PREFIX}{name} is not a metadata artifact of at most {limit} bytes")
     with client.open_blob(layer.digest) as stream:
         data = stream.read(layer.size + 1)
     return checked_json(data, layer, f"{client.what}: metadata {name}")

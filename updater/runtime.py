@@ -8,20 +8,41 @@ from the slot; ports and networks are as the Compose subset declares; restart po
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from updater.appdef import App, Service, start_order
-from updater.errors import UpdaterError
+from updater.errors import DeviceFault, EngineFault, Refused
 from updater.slots import Release
 
-__all__ = ["LABEL_APP", "LABEL_SLOT", "Runtime"]
+__all__ = ["LABEL_APP", "LABEL_SLOT", "Runtime", "connect_engine"]
 
 LABEL_APP = "dev.sealift.app"
 LABEL_SLOT = "dev.sealift.slot"
 LABEL_VERSION = "dev.sealift.version"
 LABEL_SERVICE = "dev.sealift.service"
 _NS = 1_000_000_000
+
+
+def connect_engine() -> Any:
+    """A client of the Docker engine that ``DOCKER_HOST`` names (the local socket by default);
+    EngineFault, naming where it looked, when nothing answers there."""
+    import docker
+    import docker.errors
+
+    host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    try:
+        return docker.from_env()
+    except docker.errors.DockerException as e:
+        raise EngineFault(f"the Docker engine at {host} does not answer ({_short(_root_cause(e))}); is dockerd running? "
+                          "(DOCKER_HOST names another engine)") from e
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__  # type: ignore[assignment]
+    return error
 
 
 class Runtime:
@@ -44,7 +65,7 @@ class Runtime:
             for service in start_order(app):
                 self._run(release, service, slot_dir, images, default, named, (environment or {}).get(service.name, {}), secrets)
         except docker.errors.DockerException as e:
-            raise UpdaterError(f"{release.name} {release.version}: the engine could not start it ({_short(e)})") from e
+            raise EngineFault(f"{release.name} {release.version}: the engine could not start it ({_short(e)})") from e
 
     def stop(self, app_name: str, slot: str) -> None:
         """Stop and remove every container (and network) of one slot of the app."""
@@ -57,7 +78,7 @@ class Runtime:
             for network in self.client.networks.list(filters={"label": labels}):
                 network.remove()
         except docker.errors.DockerException as e:
-            raise UpdaterError(f"{app_name} slot {slot}: the engine could not stop it ({_short(e)})") from e
+            raise EngineFault(f"{app_name} slot {slot}: the engine could not stop it ({_short(e)})") from e
 
     def containers(self, app_name: str, slot: str) -> dict[str, Any]:
         """Service name -> container, for one slot of the app."""
@@ -82,7 +103,7 @@ class Runtime:
         for secret in service.secrets:
             opened = secrets / service.name / secret.source if secrets is not None else None
             if opened is None or not opened.is_file():
-                raise UpdaterError(f"{release.name} {release.version}: service {service.name} needs secret {secret.source}, "
+                raise Refused(f"{release.name} {release.version}: service {service.name} needs secret {secret.source}, "
                                    "and no overlay on this device provides it")
             # a bind mount proper: if the tmpfs file is gone (a reboot), the engine refuses to start the
             # container instead of making an empty directory on disk; the updater opens the secrets again
@@ -111,7 +132,7 @@ def _mount_source(slot_dir: Path, component: str) -> Path:
     for folder in ("models", "configs"):
         if (slot_dir / folder / component).exists():
             return slot_dir / folder / component
-    raise UpdaterError(f"{slot_dir}: {component} is not staged in this slot")
+    raise DeviceFault(f"{slot_dir}: {component} is not staged in this slot")
 
 
 def _healthcheck(service: Service) -> dict[str, Any] | None:
@@ -129,5 +150,5 @@ def _labels(release: Release, service: str | None) -> dict[str, str]:
     return labels
 
 
-def _short(error: Exception) -> str:
+def _short(error: BaseException) -> str:
     return " ".join(str(error).split())[:240]

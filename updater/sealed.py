@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.hpke import AEAD, KDF, KEM, MLKEM768X25519PrivateKey, MLKEM768X25519PublicKey, Suite
 
-from updater.errors import SecretError
+from updater.errors import DeviceFault, InputError, Refused
 from updater.oci import canonical_json
 
 __all__ = [
@@ -73,7 +73,7 @@ class DeviceKey:
 
     def __init__(self, kem: str, secret: bytes) -> None:
         if kem not in KEMS:
-            raise SecretError(f"unknown key type {kem!r} (known: {', '.join(KEMS)})")
+            raise DeviceFault(f"unknown key type {kem!r} (known: {', '.join(KEMS)})")
         self.kem = kem
         self._secret = secret
         try:
@@ -83,7 +83,7 @@ class DeviceKey:
                 self._key = MLKEM768X25519PrivateKey(mlkem.MLKEM768PrivateKey.from_seed_bytes(secret[:_MLKEM_SEED]),
                                                      x25519.X25519PrivateKey.from_private_bytes(secret[_MLKEM_SEED:]))
         except ValueError as e:
-            raise SecretError(f"the device's {kem} private key is damaged ({e})") from e
+            raise DeviceFault(f"the device's {kem} private key is damaged ({e})") from e
 
     @classmethod
     def generate(cls, kem: str = "x25519") -> DeviceKey:
@@ -92,7 +92,7 @@ class DeviceKey:
         if kem == "mlkem768-x25519":
             return cls(kem, mlkem.MLKEM768PrivateKey.generate().private_bytes_raw()
                        + x25519.X25519PrivateKey.generate().private_bytes_raw())
-        raise SecretError(f"unknown key type {kem!r} (known: {', '.join(KEMS)})")
+        raise InputError(f"unknown key type {kem!r} (known: {', '.join(KEMS)})")
 
     def secret_bytes(self) -> bytes:
         """The raw private key, to store with owner-only permissions; never print or log it."""
@@ -112,53 +112,53 @@ def device_id(kem: str, public_key: bytes) -> str:
 
 
 def open_sealed(document: Any, identity: Identity, device: str, key: DeviceKey) -> dict[str, bytes]:
-    """Decrypt the secrets sealed to ``device``; SecretError (naming a secret, never a value) otherwise."""
+    """Decrypt the secrets sealed to ``device``; Refused (naming a secret, never a value) otherwise."""
     if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise SecretError(f"sealed secrets: not a {FORMAT} document")
+        raise Refused(f"sealed secrets: not a {FORMAT} document")
     if document.get("identity") != identity.to_json():
         found = document.get("identity")
         claimed: dict[str, Any] = found if isinstance(found, dict) else {}
-        raise SecretError(f"sealed secrets are for {claimed.get('app')} {claimed.get('version')} at site {claimed.get('site')}, "
+        raise Refused(f"sealed secrets are for {claimed.get('app')} {claimed.get('version')} at site {claimed.get('site')}, "
                           f"not {identity.app} {identity.version} at site {identity.site}")
     recipients, secrets = document.get("recipients"), document.get("secrets")
     if not isinstance(recipients, list) or not isinstance(secrets, dict) or not all(isinstance(v, dict) for v in secrets.values()):
-        raise SecretError(f"sealed secrets for {identity.app} {identity.version}: malformed document")
+        raise Refused(f"sealed secrets for {identity.app} {identity.version}: malformed document")
     entry = next((r for r in recipients if isinstance(r, dict) and r.get("device") == device), None)
     if entry is None:
-        raise SecretError(f"sealed secrets for {identity.app} {identity.version}: not sealed to this device ({device}); "
+        raise Refused(f"sealed secrets for {identity.app} {identity.version}: not sealed to this device ({device}); "
                           "is it enrolled in the inventory, and not revoked?")
     if entry.get("kem") != key.kem:
-        raise SecretError(f"sealed secrets: sealed to a {entry.get('kem')} key, this device has a {key.kem} key")
+        raise Refused(f"sealed secrets: sealed to a {entry.get('kem')} key, this device has a {key.kem} key")
     try:
         data_key = SUITES[key.kem].decrypt(_unb64(entry.get("sealed_key"), "the sealed key"), key._key,
                                             info=key_binding(identity, device, secrets))
     except (InvalidTag, ValueError) as e:
-        raise SecretError(f"sealed secrets for {identity.app} {identity.version}: this device's key does not open them "
+        raise Refused(f"sealed secrets for {identity.app} {identity.version}: this device's key does not open them "
                           "(a wrong key, or a tampered document: altered, or with secrets added or removed)") from e
     aes = AESGCM(data_key)
     values: dict[str, bytes] = {}
     for name, sealed in secrets.items():
         if not SECRET_NAME.fullmatch(name):  # names become file names on the device
-            raise SecretError(f"sealed secrets: {name[:64]!r} is not a valid secret name")
+            raise Refused(f"sealed secrets: {name[:64]!r} is not a valid secret name")
         nonce = _unb64(sealed.get("nonce"), f"secret {name}")
         if len(nonce) != NONCE:
-            raise SecretError(f"secret {name}: malformed (a nonce of {len(nonce)} bytes)")
+            raise Refused(f"secret {name}: malformed (a nonce of {len(nonce)} bytes)")
         try:
             values[name] = aes.decrypt(nonce, _unb64(sealed.get("ciphertext"), f"secret {name}"), secret_binding(identity, name))
         except (InvalidTag, ValueError) as e:
-            raise SecretError(f"secret {name}: its ciphertext was altered or moved from another secret or release") from e
+            raise Refused(f"secret {name}: its ciphertext was altered or moved from another secret or release") from e
     return values
 
 
 def load_public_key(kem: str, raw: bytes, where: str) -> Any:
-    """A recipient's public key of type ``kem`` from its raw bytes; SecretError naming ``where`` if it is not one."""
+    """A recipient's public key of type ``kem`` from its raw bytes; InputError naming ``where`` if it is not one."""
     try:
         if kem == "x25519":
             return x25519.X25519PublicKey.from_public_bytes(raw)
         return MLKEM768X25519PublicKey(mlkem.MLKEM768PublicKey.from_public_bytes(raw[:-32]),
                                        x25519.X25519PublicKey.from_public_bytes(raw[-32:]))
     except (ValueError, KeyError) as e:
-        raise SecretError(f"{where}: not a valid {kem} public key") from e
+        raise InputError(f"{where}: not a valid {kem} public key") from e
 
 
 def key_binding(identity: Identity, device: str, names: Iterable[str]) -> bytes:
@@ -174,8 +174,8 @@ def secret_binding(identity: Identity, name: str) -> bytes:
 
 def _unb64(text: object, what: str) -> bytes:
     if not isinstance(text, str):
-        raise SecretError(f"{what}: malformed (not a base64 string)")
+        raise Refused(f"{what}: malformed (not a base64 string)")
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as e:
-        raise SecretError(f"{what}: not base64") from e
+        raise Refused(f"{what}: not base64") from e

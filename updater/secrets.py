@@ -18,7 +18,7 @@ import subprocess
 from pathlib import Path
 
 from updater.appdef import SecretMount, Service
-from updater.errors import SecretError, UpdaterError
+from updater.errors import DeviceFault, Refused
 from updater.identity import DeviceIdentity
 from updater.sealed import Identity, open_sealed
 from updater.stage import overlay_of
@@ -37,8 +37,8 @@ class SecretStore:
     def open_into_memory(self, app: str, slot: str, slot_dir: Path, services: tuple[Service, ...]) -> Path | None:
         """Open the slot's sealed secrets into the tmpfs, a folder per service holding the secrets it
         declares (owner and mode as it declares them); return the release's folder (None when the slot
-        has no overlay). Any failure is an UpdaterError, so a release whose secrets cannot be opened
-        rolls back like one that cannot start."""
+        has no overlay). A release whose secrets cannot be opened rolls back like one that cannot
+        start."""
         overlay = overlay_of(slot_dir)
         if overlay is None or not overlay.get("secrets"):
             return None
@@ -53,12 +53,12 @@ class SecretStore:
             folder.mkdir(mode=0o700)
             for service in services:
                 _write_secrets(folder / service.name, [(m, values[m.source]) for m in service.secrets if m.source in values])
-        except SecretError as e:
-            raise UpdaterError(f"{app} slot {slot}: its secrets cannot be opened ({e.diagnostics()})") from e
+        except Refused as e:
+            raise Refused(f"{app} slot {slot}: its secrets cannot be opened ({e.diagnostics()})") from e
         except (OSError, ValueError) as e:
             self.remove(app, slot)
             reason = "the secrets tmpfs is full" if isinstance(e, OSError) and e.errno == 28 else type(e).__name__
-            raise UpdaterError(f"{app} slot {slot}: its secrets cannot be opened ({reason})") from e
+            raise DeviceFault(f"{app} slot {slot}: its secrets cannot be opened ({reason})") from e
         return folder
 
     def remove(self, app: str, slot: str) -> None:
@@ -67,7 +67,7 @@ class SecretStore:
     def _mount(self) -> None:
         """Make ``STATE/run`` a tmpfs (secrets must never reach a disk); refuse rather than fall back."""
         if self.root.is_symlink():
-            raise UpdaterError(f"{self.root}: a symbolic link; the secrets tmpfs must be a directory of the state")
+            raise DeviceFault(f"{self.root}: a symbolic link; the secrets tmpfs must be a directory of the state")
         self.root.mkdir(mode=0o700, exist_ok=True)
         if _is_tmpfs(self.root):
             return
@@ -79,7 +79,7 @@ class SecretStore:
             if done.returncode == 0:
                 break
         if done is None or done.returncode != 0 or not _is_tmpfs(self.root):
-            raise UpdaterError(f"{self.root}: secrets need a memory-backed filesystem, and mounting a tmpfs there failed "
+            raise DeviceFault(f"{self.root}: secrets need a memory-backed filesystem, and mounting a tmpfs there failed "
                                f"({(done.stderr.strip() if done else '') or 'not a tmpfs'}); the updater must run as root")
 
 

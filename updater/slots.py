@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from updater.durable import replace_file
-from updater.errors import UpdaterError
+from updater.errors import Conflict, DeviceFault
 from updater.locks import exclusive_lock
 
 __all__ = ["SLOTS", "DeviceState", "Phase", "Release", "Slots"]
@@ -59,6 +59,7 @@ class DeviceState:
     previous: Release | None = None  # still staged in the other slot: what `rollback` returns to
     candidate: Release | None = None
     reason: str = ""
+    fault: str = ""  # the fault family of what went wrong last (docs/errors.md); empty when the last step succeeded
     failed: tuple[str, ...] = ()  # digests of releases that failed their health checks
     history: tuple[dict[str, str], ...] = field(default=())
 
@@ -73,8 +74,8 @@ class DeviceState:
 
     def with_event(self, **changes: Any) -> DeviceState:
         """A new state with ``changes``, recorded in the history."""
-        new = replace(self, **changes)
-        event = {"phase": new.phase.value, "reason": new.reason}
+        new = replace(self, **{"fault": "", **changes})
+        event = {"phase": new.phase.value, "reason": new.reason, **({"fault": new.fault} if new.fault else {})}
         if new.candidate is not None:
             event["release"] = f"{new.candidate.name} {new.candidate.version}"
         return replace(new, history=(*self.history, event)[-_HISTORY:])
@@ -97,6 +98,7 @@ class DeviceState:
             previous=release(data.get("previous")),
             candidate=release(data.get("candidate")),
             reason=str(data.get("reason", "")),
+            fault=str(data.get("fault", "")),
             failed=tuple(data.get("failed", ())),
             history=tuple(data.get("history", ())),
         )
@@ -110,7 +112,7 @@ class Slots:
 
     def slot_dir(self, slot: str) -> Path:
         if slot not in SLOTS:
-            raise UpdaterError(f"unknown slot {slot!r}")
+            raise DeviceFault(f"unknown slot {slot!r}")
         return self.state_dir / "slots" / slot
 
     def load(self) -> DeviceState:
@@ -120,7 +122,7 @@ class Slots:
         except FileNotFoundError:
             return DeviceState()
         except (ValueError, KeyError, TypeError) as e:
-            raise UpdaterError(f"{path}: damaged state file ({e}); the updater will not guess what runs") from e
+            raise DeviceFault(f"{path}: damaged state file ({e}); the updater will not guess what runs") from e
 
     def save(self, state: DeviceState) -> None:
         """Replace the state file atomically and durably."""
@@ -128,7 +130,7 @@ class Slots:
         try:
             replace_file(self.state_dir / _STATE, (json.dumps(state.to_json(), indent=2, sort_keys=True) + "\n").encode(), mode=0o600)
         except OSError as e:
-            raise UpdaterError(f"{self.state_dir / _STATE}: cannot record the state ({e.strerror})") from e
+            raise DeviceFault(f"{self.state_dir / _STATE}: cannot record the state ({e.strerror})") from e
 
     @contextmanager
     def locked(self) -> Iterator[None]:
@@ -137,5 +139,5 @@ class Slots:
             try:
                 stack.enter_context(exclusive_lock(self.state_dir / "install.lock", wait=False))
             except BlockingIOError:
-                raise UpdaterError(f"{self.state_dir}: another sealift-updater is installing; nothing was changed") from None
+                raise Conflict(f"{self.state_dir}: another sealift-updater is installing; nothing was changed") from None
             yield

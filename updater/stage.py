@@ -25,7 +25,7 @@ import zstandard
 
 from updater.bundle import MAX_ZSTD_WINDOW, BundleInfo
 from updater.durable import fsync_dir
-from updater.errors import UpdaterError
+from updater.errors import DeviceFault, Refused
 from updater.layout import open_layout
 from updater.oci import CHUNK, MEDIA, canonical_json
 from updater.overlay import OverlayInfo
@@ -55,7 +55,7 @@ def stage_release(bundle: Path, info: BundleInfo, slot_dir: Path) -> Path:
     except OSError as e:
         _remove(temp)
         reason = "the disk is full" if e.errno == 28 else e.strerror
-        raise UpdaterError(f"staging {info.name} {info.version} into slot {slot_dir.name} failed ({reason}); "
+        raise DeviceFault(f"staging {info.name} {info.version} into slot {slot_dir.name} failed ({reason}); "
                            "the running release is untouched") from e
     except BaseException:
         _remove(temp)
@@ -75,7 +75,7 @@ class _Checked:
         data: bytes = self.source.read(n if n >= 0 else CHUNK)
         self.size += len(data)
         if self.size > self.entry["uncompressedSize"]:
-            raise UpdaterError(f"{self.entry['name']}: more content than the {self.entry['uncompressedSize']} bytes declared")
+            raise Refused(f"{self.entry['name']}: more content than the {self.entry['uncompressedSize']} bytes declared")
         self.sha.update(data)
         return data
 
@@ -84,7 +84,7 @@ class _Checked:
             pass
         digest = f"sha256:{self.sha.hexdigest()}"
         if (digest, self.size) != (self.entry["uncompressedDigest"], self.entry["uncompressedSize"]):
-            raise UpdaterError(f"{self.entry['name']}: content is {self.size} bytes with {digest}, not what the descriptor says")
+            raise Refused(f"{self.entry['name']}: content is {self.size} bytes with {digest}, not what the descriptor says")
 
 
 @contextmanager
@@ -124,15 +124,15 @@ def _extract(content: _Checked, dest: Path, name: str) -> None:
                     with source, open(target, "xb") as out:
                         shutil.copyfileobj(source, out, CHUNK)
                 else:
-                    raise UpdaterError(f"{name}: {member.name[:200]!r} is a link or special file; only files and directories are staged")
+                    raise Refused(f"{name}: {member.name[:200]!r} is a link or special file; only files and directories are staged")
     except tarfile.TarError as e:
-        raise UpdaterError(f"{name}: not a valid directory archive ({e})") from e
+        raise Refused(f"{name}: not a valid directory archive ({e})") from e
 
 
 def _safe_name(raw: str, what: str) -> str:
     name = posixpath.normpath(raw.removeprefix("./"))
     if name.startswith("/") or name == ".." or name.startswith("../") or "\0" in name or name in ("", "."):
-        raise UpdaterError(f"{what}: entry {raw[:200]!r} would leave its directory")
+        raise Refused(f"{what}: entry {raw[:200]!r} would leave its directory")
     return name
 
 
@@ -176,7 +176,7 @@ def stage_overlay(info: OverlayInfo, slot_dir: Path) -> None:
             os.chmod(file, 0o400)
         os.chmod(folder, 0o500)
     except OSError as e:
-        raise UpdaterError(f"staging overlay {info.version} into slot {slot_dir.name} failed ({e.strerror}); "
+        raise DeviceFault(f"staging overlay {info.version} into slot {slot_dir.name} failed ({e.strerror}); "
                            "the running release is untouched") from e
     finally:
         os.chmod(slot_dir, mode)
@@ -186,7 +186,7 @@ def staged_overlay(slot_dir: Path) -> OverlayInfo:
     """The overlay staged in a slot, to carry to the next release (it was verified when it was staged)."""
     descriptor = overlay_of(slot_dir)
     if descriptor is None:
-        raise UpdaterError(f"{slot_dir}: no overlay staged")
+        raise DeviceFault(f"{slot_dir}: no overlay staged")
     try:
         sealed = json.loads((slot_dir / _OVERLAY / "sealed.json").read_text())
         return OverlayInfo(name=descriptor["name"], site=descriptor["site"], version=descriptor["version"],
@@ -194,7 +194,7 @@ def staged_overlay(slot_dir: Path) -> OverlayInfo:
                            environment=descriptor.get("environment") or {}, secrets=tuple(descriptor.get("secrets") or ()),
                            sealed=sealed)
     except (OSError, ValueError, KeyError) as e:
-        raise UpdaterError(f"{slot_dir}: the staged overlay is damaged ({type(e).__name__})") from e
+        raise DeviceFault(f"{slot_dir}: the staged overlay is damaged ({type(e).__name__})") from e
 
 
 def overlay_of(slot_dir: Path) -> dict[str, Any] | None:
@@ -204,7 +204,7 @@ def overlay_of(slot_dir: Path) -> dict[str, Any] | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:
-        raise UpdaterError(f"{slot_dir}: the staged overlay is damaged ({type(e).__name__})") from e
+        raise DeviceFault(f"{slot_dir}: the staged overlay is damaged ({type(e).__name__})") from e
     return data
 
 
@@ -220,4 +220,4 @@ def clone_slot(source: Path, dest: Path) -> None:
         fsync_dir(dest.parent)
     except OSError as e:
         shutil.rmtree(temp, ignore_errors=True)
-        raise UpdaterError(f"staging into slot {dest.name} failed ({e.strerror}); the running release is untouched") from e
+        raise DeviceFault(f"staging into slot {dest.name} failed ({e.strerror}); the running release is untouched") from e

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from updater.durable import fsync_dir
-from updater.errors import BundleError, DeliveryError, IncompleteMedium
+from updater.errors import DeliveryError, DeviceFault, InputError, Refused
 from updater.layout import LayoutReader, open_layout
 from updater.locks import exclusive_lock
 from updater.medium import MediumBundle, looks_like_medium, read_medium
@@ -92,7 +92,7 @@ class Incoming:
             self.layout.root.rename(final)
             fsync_dir(self.store.root)
         except OSError as e:
-            raise DeliveryError(f"{self.store.root}: cannot keep the bundle ({e.strerror})") from e
+            raise DeviceFault(f"{self.store.root}: cannot keep the bundle ({e.strerror})") from e
         return final
 
 
@@ -145,7 +145,7 @@ class BundleStore:
                 entry = _pick(read_medium(reader).bundles, profile, path)
                 top = entry.top
                 if entry.base is not None and not self.has(entry.base["digest"]):
-                    raise IncompleteMedium(
+                    raise Refused(
                         f"{path}: {entry.name} {entry.version} is a delta on {entry.name} {entry.base['version']} "
                         f"({entry.base['digest'][:19]}), which this device does not have; bring a complete medium")
             else:
@@ -155,7 +155,7 @@ class BundleStore:
             with self.incoming(top) as incoming:
                 missing = incoming.missing(source)
                 if missing:
-                    raise IncompleteMedium(f"{path}: blob {missing[0].digest} of {_identity(top)} is neither on the medium nor "
+                    raise Refused(f"{path}: blob {missing[0].digest} of {_identity(top)} is neither on the medium nor "
                                         f"on this device ({len(missing)} missing in all)")
                 incoming.fill(source)
                 for name in reader.metadata_names():
@@ -233,7 +233,7 @@ class Offer:
 
 def offer(path: Path, profile: Profile | None, site: str | None) -> Offer:
     """What ``path`` (a bundle, an overlay, or a medium) offers a device of ``profile`` at ``site``.
-    Raises BundleError or DeliveryError when it is unreadable or holds nothing for this device."""
+    Raises Refused or DeliveryError when it is unreadable or holds nothing for this device."""
     medium = looks_like_medium(path)
     with open_layout(path, strict=not medium) as reader:
         if not medium:
@@ -244,7 +244,7 @@ def offer(path: Path, profile: Profile | None, site: str | None) -> Offer:
             if top.artifact_type != MEDIA.OVERLAY:
                 return Offer(bundle=offered)
             if a.get(ANNOTATION.SITE) != site:
-                raise DeliveryError(f"{path}: an overlay for site {a.get(ANNOTATION.SITE)}; this device is "
+                raise Refused(f"{path}: an overlay for site {a.get(ANNOTATION.SITE)}; this device is "
                                     + (f"at site {site}" if site else "not enrolled at any site"))
             return Offer(overlays=(offered,))
         contents = read_medium(reader)
@@ -256,7 +256,7 @@ def offer(path: Path, profile: Profile | None, site: str | None) -> Offer:
         return Offer(overlays=overlays)  # a rotation medium
     if not contents.bundles and contents.overlays:
         sites = ", ".join(sorted({o.site for o in contents.overlays}))
-        raise DeliveryError(f"{path}: the medium holds only overlays, for sites {sites}; this device is "
+        raise Refused(f"{path}: the medium holds only overlays, for sites {sites}; this device is "
                             + (f"at site {site}" if site else "not enrolled at any site"))
     bundle = _pick(contents.bundles, profile, path)  # refused, naming what the medium holds, when nothing fits
     return Offer(bundle=Offered(digest=bundle.top.digest, name=bundle.name, version=bundle.version), overlays=overlays)
@@ -269,7 +269,7 @@ def _annotations(reader: LayoutReader, top: Descriptor) -> dict[str, str]:
             data = json.loads(stream.read(MAX_JSON_BYTES + 1))
         found = data.get("annotations") if isinstance(data, dict) else None
     except (ValueError, RecursionError) as e:
-        raise BundleError(f"{reader.location}: the top index is not JSON ({type(e).__name__})") from e
+        raise Refused(f"{reader.location}: the top index is not JSON ({type(e).__name__})") from e
     return {k: v for k, v in found.items() if isinstance(v, str)} if isinstance(found, dict) else {}
 
 
@@ -277,9 +277,9 @@ def _pick(bundles: list[MediumBundle], profile: Profile | None, path: Path) -> M
     fitting = [b for b in bundles if profile is None or b.profile == profile.name]
     if not fitting:
         held = ", ".join(sorted({b.profile for b in bundles})) or "nothing"
-        raise DeliveryError(f"{path}: the medium holds no bundle for profile {profile.name if profile else '?'} (it holds {held})")
+        raise Refused(f"{path}: the medium holds no bundle for profile {profile.name if profile else '?'} (it holds {held})")
     if len(fitting) > 1 and profile is None:
-        raise DeliveryError(f"{path}: the medium holds bundles for several profiles; name this device's with --profile")
+        raise InputError(f"{path}: the medium holds bundles for several profiles; name this device's with --profile")
     return max(fitting, key=lambda b: version_key(b.version))
 
 
@@ -287,12 +287,12 @@ def _single_top(reader: LayoutReader) -> Descriptor:
     try:
         manifests = json.loads(reader.read_small("index.json"))["manifests"]
         if len(manifests) != 1:
-            raise BundleError(f"{reader.location}: index.json must list exactly one bundle index")
+            raise Refused(f"{reader.location}: index.json must list exactly one bundle index")
         top = Descriptor.from_json(manifests[0], where=f"{reader.location}: index.json")
     except (ValueError, KeyError, TypeError) as e:
-        raise BundleError(f"{reader.location}: index.json is not a bundle's index ({type(e).__name__})") from e
+        raise Refused(f"{reader.location}: index.json is not a bundle's index ({type(e).__name__})") from e
     if top.media_type != MEDIA.INDEX:
-        raise BundleError(f"{reader.location}: index.json does not point at a bundle index")
+        raise Refused(f"{reader.location}: index.json does not point at a bundle index")
     return top
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from updater.durable import fsync_dir, replace_file
-from updater.errors import BundleError, ContentMismatch, DeliveryError
+from updater.errors import ContentMismatch, DeliveryError, DeviceFault, Refused
 from updater.layout import LayoutReader
 from updater.oci import (
     CHUNK,
@@ -118,7 +118,7 @@ def walk(top: Descriptor, store: Store) -> Graph:
         if node.digest in seen_manifests:
             return
         if depth > 4:
-            raise DeliveryError(f"{store.what}: manifests nest deeper than a bundle does (at {node.digest})")
+            raise Refused(f"{store.what}: manifests nest deeper than a bundle does (at {node.digest})")
         body = checked_json(store.read_manifest(node.digest), node, store.what)
         data = json_object(body, f"{store.what}: manifest {node.digest}", DeliveryError)
         media_type = data.get("mediaType", node.media_type)
@@ -132,14 +132,11 @@ def walk(top: Descriptor, store: Store) -> Graph:
                     seen_blobs.add(blob.digest)
                     graph.blobs.append(blob)
         else:
-            raise DeliveryError(f"{store.what}: {node.digest} has media type {media_type!r}, not an OCI index or manifest")
+            raise Refused(f"{store.what}: {node.digest} has media type {media_type!r}, not an OCI index or manifest")
         seen_manifests.add(node.digest)
         graph.manifests.append((node, body))
 
-    try:
-        visit(top, 0)
-    except BundleError as e:  # a malformed descriptor inside a manifest
-        raise DeliveryError(str(e)) from e
+    visit(top, 0)
     return graph
 
 
@@ -165,7 +162,7 @@ def copy_graph(graph: Graph, source: Store, dest: Store, *, tag: str | None = No
 
 def _descriptors(items: object, node: Descriptor, what: str) -> list[Descriptor]:
     if not isinstance(items, list):
-        raise DeliveryError(f"{what}: manifest {node.digest} lacks its list of parts")
+        raise Refused(f"{what}: manifest {node.digest} lacks its list of parts")
     return [Descriptor.from_json(item, where=f"{what}: manifest {node.digest}") for item in items]
 
 
@@ -192,7 +189,7 @@ class ReaderStore:
 
     def read_manifest(self, digest: str) -> bytes:
         if digest not in self.names:
-            raise DeliveryError(f"{self.what}: manifest {digest} is missing")
+            raise Refused(f"{self.what}: manifest {digest} is missing")
         with self.reader.open_blob(digest) as stream:
             return stream.read(MAX_JSON_BYTES + 1)
 
@@ -260,7 +257,7 @@ class LayoutStore:
             self.blobs.mkdir(parents=True, exist_ok=True)
             (self.root / "oci-layout").write_text(json.dumps({"imageLayoutVersion": LAYOUT_VERSION}))
         except OSError as e:
-            raise DeliveryError(f"{self.what}: cannot write ({_why(e)})") from e
+            raise DeviceFault(f"{self.what}: cannot write ({_why(e)})") from e
 
     def path(self, digest: str) -> Path:
         return self.blobs / digest.removeprefix("sha256:")
@@ -273,7 +270,7 @@ class LayoutStore:
         try:
             stream = open(self.path(digest), "rb")  # noqa: SIM115 (closed by the with below)
         except OSError as e:
-            raise DeliveryError(f"{self.what}: blob {digest} cannot be read ({_why(e)})") from e
+            raise DeviceFault(f"{self.what}: blob {digest} cannot be read ({_why(e)})") from e
         with stream:
             stream.seek(offset)
             yield stream
@@ -305,7 +302,7 @@ class LayoutStore:
             partial.unlink(missing_ok=True)  # not the blob it claims to be: keep nothing of it
             raise
         except OSError as e:  # a transfer cut short (DeliveryError) keeps the partial file: the next copy resumes it
-            raise DeliveryError(f"{self.what}: cannot write blob {blob.digest} ({_why(e)})") from e
+            raise DeviceFault(f"{self.what}: cannot write blob {blob.digest} ({_why(e)})") from e
 
     def put_bytes(self, data: bytes, media_type: str) -> Descriptor:
         """Store a small blob (a manifest, a descriptor) durably; return its descriptor."""
@@ -346,7 +343,7 @@ class LayoutStore:
         try:
             fsync_dir(self.blobs)
         except OSError as e:
-            raise DeliveryError(f"{self.what}: cannot write index.json ({_why(e)})") from e
+            raise DeviceFault(f"{self.what}: cannot write index.json ({_why(e)})") from e
         index = canonical_json({"schemaVersion": 2, "mediaType": MEDIA.INDEX, "manifests": [t.to_json() for t in tops]})
         self._durable(self.root / "index.json", index, "index.json")
 
@@ -356,17 +353,17 @@ class LayoutStore:
         try:
             folder.mkdir(exist_ok=True)
         except OSError as e:
-            raise DeliveryError(f"{self.what}: cannot write tuf/ ({_why(e)})") from e
+            raise DeviceFault(f"{self.what}: cannot write tuf/ ({_why(e)})") from e
         for name, data in files.items():
             if not METADATA_NAME.fullmatch(name):
-                raise DeliveryError(f"{self.what}: {name[:80]!r} is not a metadata file name")
+                raise Refused(f"{self.what}: {name[:80]!r} is not a metadata file name")
             self._durable(folder / name, data, f"tuf/{name}")
 
     def _durable(self, path: Path, data: bytes, what: str) -> None:
         try:
             replace_file(path, data)
         except OSError as e:
-            raise DeliveryError(f"{self.what}: cannot write {what} ({_why(e)})") from e
+            raise DeviceFault(f"{self.what}: cannot write {what} ({_why(e)})") from e
 
 
 def _hash_existing(out: IO[bytes], size: int) -> tuple[Any, int]:

@@ -24,7 +24,7 @@ from tuf.api.metadata import Metadata, Root
 from tuf.api.serialization import DeserializationError
 
 from updater.durable import fsync_dir, replace_file
-from updater.errors import ClockError, DeviceFault, TrustError
+from updater.errors import Conflict, DeviceFault, InputError, Refused
 from updater.locks import exclusive_lock
 from updater.versions import version_key
 
@@ -58,10 +58,10 @@ class TrustStore:
         data = _read_bounded(root_file)
         root = _parse_root(root_file, data)
         if root.is_expired(self.now()):
-            raise TrustError(f"{root_file}: root version {root.version} expired on {root.expires:%Y-%m-%d}")
+            raise Refused(f"{root_file}: root version {root.version} expired on {root.expires:%Y-%m-%d}")
         with self._locked():
             if self.provisioned() and not force:
-                raise TrustError(f"{self.state_dir}: already provisioned with a trusted root (use --force to replace it)")
+                raise Conflict(f"{self.state_dir}: already provisioned with a trusted root (use --force to replace it)")
             fresh = self._new_dir()
             history = fresh / "root_history"
             history.mkdir()
@@ -118,13 +118,13 @@ class TrustStore:
         if newest is not None and version_key(version) < version_key(newest):
             what = f"overlay {name} {version} for site {profile.removeprefix('overlays/')}" if profile.startswith("overlays/") \
                 else f"bundle {name} {version} for {profile}"
-            raise TrustError(f"{what} is older than {newest}, which this device already accepted")
+            raise Refused(f"{what} is older than {newest}, which this device already accepted")
 
     def check_clock(self) -> None:
         newest = self._newest_time()
         now = self.now()
         if newest is not None and now < newest - CLOCK_TOLERANCE:
-            raise ClockError(
+            raise DeviceFault(
                 f"the device clock reads {now:%Y-%m-%d %H:%M}Z, before the newest trusted time {newest:%Y-%m-%d %H:%M}Z; "
                 "fix the clock (or, if it ran ahead before, `sealift-updater trust reset-clock`)"
             )
@@ -196,9 +196,9 @@ def _read_bounded(path: Path) -> bytes:
         with open(path, "rb") as f:
             data = f.read(ROOT_MAX_BYTES + 1)
     except OSError as e:
-        raise TrustError(f"{path}: cannot read the root metadata ({e.strerror})") from e
+        raise InputError(f"{path}: cannot read the root metadata ({e.strerror})") from e
     if len(data) > ROOT_MAX_BYTES:
-        raise TrustError(f"{path}: larger than the {ROOT_MAX_BYTES} bytes root metadata may have")
+        raise Refused(f"{path}: larger than the {ROOT_MAX_BYTES} bytes root metadata may have")
     return data
 
 
@@ -206,11 +206,11 @@ def _parse_root(path: Path, data: bytes) -> Root:
     try:
         md = Metadata.from_bytes(data)
     except DeserializationError as e:
-        raise TrustError(f"{path}: not TUF metadata ({e})") from e
+        raise Refused(f"{path}: not TUF metadata ({e})") from e
     if not isinstance(md.signed, Root):
-        raise TrustError(f"{path}: holds {md.signed.type} metadata, expected root")
+        raise Refused(f"{path}: holds {md.signed.type} metadata, expected root")
     try:
         md.signed.verify_delegate(Root.type, md.signed_bytes, md.signatures)
     except TufRepositoryError as e:
-        raise TrustError(f"{path}: root is not signed by its own threshold of keys ({e})") from e
+        raise Refused(f"{path}: root is not signed by its own threshold of keys ({e})") from e
     return md.signed

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from updater.errors import SpecError
+from updater.errors import InputError
 
 __all__ = ["VERSION", "check_range", "fits", "version_key"]
 
@@ -40,10 +40,10 @@ def fits(constraint: str, version: str) -> bool:
 
 
 def check_range(text: str, *, where: str) -> list[tuple[str, str]]:
-    """The (operator, version) pairs of a range like ``>=1.0.0 <2.0.0``; SpecError naming ``where`` if malformed."""
+    """The (operator, version) pairs of a range like ``>=1.0.0 <2.0.0``; InputError naming ``where`` if malformed."""
     found = _CONSTRAINT.findall(text)
     if _CONSTRAINT.sub("", text).strip(" ,"):
-        raise SpecError(f"{where}: {text!r} is not a version range (like `>=1.0.0 <2.0.0`)")
+        raise InputError(f"{where}: {text!r} is not a version range (like `>=1.0.0 <2.0.0`)")
     for _, bound in found:
         version_key(bound)  # a malformed bound is an error now, not at the device
     return found

@@ -15,7 +15,7 @@ from typing import NoReturn
 
 import yaml
 
-from updater.errors import SpecError
+from updater.errors import InputError
 
 __all__ = ["MAX_FILE_BYTES", "Field", "check_known", "load_yaml", "parse_duration"]
 
@@ -34,12 +34,12 @@ def load_yaml(path: Path, *, what: str) -> Field:
             _count_nodes(node, path)
         value = yaml.safe_load(text)
     except RecursionError as e:
-        raise SpecError(f"{path}: YAML nested too deeply") from e
+        raise InputError(f"{path}: YAML nested too deeply") from e
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or type(e).__name__
-        raise SpecError(f"{path}: not valid YAML{where}: {problem}") from e
+        raise InputError(f"{path}: not valid YAML{where}: {problem}") from e
     return Field(path, "", value)
 
 
@@ -47,16 +47,16 @@ def _read_text(path: Path, *, what: str) -> str:
     try:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
-            raise SpecError(f"{path}: {what} is {size} bytes, more than the {MAX_FILE_BYTES} allowed")
+            raise InputError(f"{path}: {what} is {size} bytes, more than the {MAX_FILE_BYTES} allowed")
         return path.read_text(encoding="utf-8")
     except FileNotFoundError as e:
-        raise SpecError(f"{path}: {what} not found") from e
+        raise InputError(f"{path}: {what} not found") from e
     except IsADirectoryError as e:
-        raise SpecError(f"{path}: {what} is a directory, expected a file") from e
+        raise InputError(f"{path}: {what} is a directory, expected a file") from e
     except UnicodeDecodeError as e:
-        raise SpecError(f"{path}: {what} is not UTF-8 text") from e
+        raise InputError(f"{path}: {what} is not UTF-8 text") from e
     except OSError as e:
-        raise SpecError(f"{path}: cannot read {what}: {e.strerror}") from e
+        raise InputError(f"{path}: cannot read {what}: {e.strerror}") from e
 
 
 def _count_nodes(root: yaml.Node, path: Path) -> None:
@@ -67,7 +67,7 @@ def _count_nodes(root: yaml.Node, path: Path) -> None:
         node = stack.pop()
         seen += 1
         if seen > MAX_NODES:
-            raise SpecError(f"{path}: more than {MAX_NODES} YAML nodes once aliases are expanded")
+            raise InputError(f"{path}: more than {MAX_NODES} YAML nodes once aliases are expanded")
         if isinstance(node, yaml.SequenceNode):
             stack.extend(node.value)
         elif isinstance(node, yaml.MappingNode):
@@ -126,12 +126,12 @@ class Field:
         return None
 
     def fail(self, expected: str) -> NoReturn:
-        """Raise a SpecError saying what was expected here and what was found."""
-        raise SpecError(f"{self.file}: {self.path or 'top level'}: expected {expected}, found {_describe(self.value)}")
+        """Raise a InputError saying what was expected here and what was found."""
+        raise InputError(f"{self.file}: {self.path or 'top level'}: expected {expected}, found {_describe(self.value)}")
 
-    def error(self, message: str) -> SpecError:
-        """A SpecError about this field with a free-form message."""
-        return SpecError(f"{self.file}: {self.path or 'top level'}: {message}")
+    def error(self, message: str) -> InputError:
+        """A InputError about this field with a free-form message."""
+        return InputError(f"{self.file}: {self.path or 'top level'}: {message}")
 
     @property
     def present(self) -> bool:

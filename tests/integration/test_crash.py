@@ -16,7 +16,7 @@ import pytest
 
 from tests.builders import healthz
 from tests.realparts import DockerEngine
-from updater.errors import SealiftError, UpdaterError
+from updater.errors import Conflict, Refused
 from updater.install import Installer
 from updater.profiles import builtin_profile_dir, load_profiles
 from updater.slots import Phase, Slots
@@ -84,7 +84,7 @@ def test_rollback_on_demand_and_after_the_engine_lost_the_containers(device: Ins
     device.recover()
     assert running_slots(docker_engine) == {"a"} and healthz() == 200
     assert not device.install(releases["1.2.0"]).committed  # staged over the previous release's slot, then rolled back
-    with pytest.raises(UpdaterError, match="no previous release to roll back to"):
+    with pytest.raises(Conflict, match="no previous release to roll back to"):
         device.rollback()
 
 
@@ -92,10 +92,11 @@ def test_rollback_on_demand_and_after_the_engine_lost_the_containers(device: Ins
 def test_a_release_the_engine_cannot_start_is_rolled_back(device: Installer, releases: dict[str, Path],
                                                           docker_engine: DockerEngine) -> None:
     outcome = device.install(releases["1.2.0"])
-    assert not outcome.committed and outcome.reason.startswith("start failed: ")
+    assert not outcome.committed and outcome.reason.startswith("start failed: ") and outcome.fault == "engine"
     assert "vision-app 1.2.0: the engine could not start it" in outcome.reason
     state = Slots(device.slots.state_dir).load()
     assert state.current is not None and state.current.version == "1.0.0" and "start failed" in state.reason
+    assert state.fault == "engine"
     assert running_slots(docker_engine) == {"a"} and healthz() == 200
 
 
@@ -103,16 +104,18 @@ def test_a_release_the_engine_cannot_start_is_rolled_back(device: Installer, rel
 def test_refusals_and_failures_leave_the_previous_release_and_say_why(device: Installer, releases: dict[str, Path],
                                                                        docker_engine: DockerEngine) -> None:
     nvidia_device = Installer(state_dir=device.slots.state_dir, client=docker_engine.client, profile=PROFILES["x86_64-nvidia"])
-    with pytest.raises(SealiftError, match="is for profile x86_64-cpu, this device is x86_64-nvidia"):
+    with pytest.raises(Refused, match="is for profile x86_64-cpu, this device is x86_64-nvidia"):
         nvidia_device.install(releases["1.1.0"])
     state = Slots(device.slots.state_dir).load()
-    assert state.reason.startswith("refused vision-app-1.1.0-x86_64-cpu: ") and "x86_64-nvidia" in state.reason
+    assert state.reason.startswith("refused: vision-app-1.1.0-x86_64-cpu: ") and "x86_64-nvidia" in state.reason
+    assert state.fault == "refused"
     assert state.current is not None and state.current.version == "1.0.0" and healthz() == 200
 
     exits = device.install(releases["1.4.0"])  # its server exits at once; the engine keeps restarting it
-    assert not exits.committed
+    assert not exits.committed and exits.fault == "unhealthy"
     state = Slots(device.slots.state_dir).load()
-    assert state.phase == Phase.ROLLED_BACK and state.current is not None and state.current.version == "1.0.0"
+    assert state.fault == "unhealthy" and state.phase == Phase.ROLLED_BACK
+    assert state.current is not None and state.current.version == "1.0.0"
     assert "failed" in state.reason and running_slots(docker_engine) == {"a"} and healthz() == 200
 
 
@@ -127,8 +130,9 @@ def test_a_corrupt_bundle_is_refused_before_anything_changes(device: Installer, 
     data[len(data) // 2] ^= 0xFF
     biggest.write_bytes(bytes(data))
     slot_b = device.slots.slot_dir("b")
-    with pytest.raises(SealiftError, match=f"blob sha256:{biggest.name} does not match its digest"):
+    with pytest.raises(Refused, match=f"blob sha256:{biggest.name} does not match its digest"):
         device.install(copy)
     state = Slots(device.slots.state_dir).load()
-    assert state.reason.startswith(f"refused {copy.name}: ") and state.current is not None and state.current.version == "1.0.0"
+    assert state.reason.startswith(f"refused: {copy.name}: ") and state.fault == "refused"
+    assert state.current is not None and state.current.version == "1.0.0"
     assert not slot_b.exists() and healthz() == 200

@@ -26,7 +26,7 @@ from tests.builders import healthz, image_layout, manifest_digests, project
 from tests.realparts import CuttingProxy, DockerEngine, Registry, RegistryFactory, push_to_registry, sha256_digest
 from updater.cli import cli as updater_cli
 from updater.daemon import Daemon
-from updater.errors import BundleError, DeliveryError
+from updater.errors import DeliveryError, InputError, Refused
 from updater.install import Installer
 from updater.poll import RegistryPoller
 from updater.profiles import builtin_profile_dir, load_profiles
@@ -94,7 +94,7 @@ def test_push_two_mirror_hops_and_a_poll_bring_a_release_each_blob_crossing_each
             if bundle == old:  # the link drops in the middle of the first download: the poll fails, nothing changes
                 link.cut_after(600_000)  # inside the 1 MB busybox layer
                 lines: list[str] = []
-                assert Daemon(installer, None, poller=poller, interval=10, log=lines.append).run(once=True) is False
+                assert isinstance(Daemon(installer, None, poller=poller, interval=10, log=lines.append).run(once=True), DeliveryError)
                 assert link.cuts == 1 and any('event="poll-failed"' in line and "run again to resume" in line for line in lines)
                 assert Slots(state_dir).load().current is None
             outcome = poller.poll()  # resumes the download where it stopped
@@ -117,7 +117,7 @@ def test_push_two_mirror_hops_and_a_poll_bring_a_release_each_blob_crossing_each
                                  retry=Retry(delays=(0.05,)))
         lines: list[str] = []
         daemon = Daemon(installer, None, poller=offline, interval=10, log=lines.append)
-        assert daemon.run(once=True) is False
+        assert isinstance(daemon.run(once=True), DeliveryError)  # an outage, not a refusal
         assert any('event="poll-failed"' in line and "cannot reach 127.0.0.1:9" in line for line in lines)
         assert daemon.next_wait() >= 10 * 2 * 0.8
         assert healthz() == 200 and Slots(state_dir).load().current.version == "1.1.0"  # type: ignore[union-attr]
@@ -148,10 +148,10 @@ def test_an_exported_delta_installs_where_the_base_is_and_is_refused_where_it_is
     bare = tmp_path / "bare"
     TrustStore(bare).init(releases["root"])
     refusing = Installer(state_dir=bare, client=docker_engine.client, profile=CPU)
-    with pytest.raises(DeliveryError, match=r"is a delta on vision-app 1\.0\.0 .* which this device does not have"):
+    with pytest.raises(Refused, match=r"is a delta on vision-app 1\.0\.0 .* which this device does not have"):
         refusing.install(medium)
     state = Slots(bare).load()
-    assert state.current is None and state.reason.startswith("refused stick: ")
+    assert state.current is None and state.reason.startswith("refused: stick: ") and state.fault == "refused"
     assert not (bare / "bundles").exists() and not Slots(bare).slot_dir("a").exists()
 
     state_dir = tmp_path / "device"
@@ -197,7 +197,7 @@ def test_a_sync_cut_off_resumes_without_resending_finished_blobs(big_bundle: Pat
     cutting.cut_after(3 << 20)  # inside the 8 MiB model
     result = CliRunner().invoke(sealift, ["mirror", "sync", "--from", f"{cutting.address}/cut-sync", "--to", mirror.address,
                                           "--plain-http"])
-    assert result.exit_code == 1 and cutting.cuts == 1
+    assert result.exit_code == DeliveryError.exit_code and cutting.cuts == 1
     assert "the connection was lost while reading blob" in result.stderr and "Traceback" not in result.output
     finished = set(blob_uploads(mirror))
     assert finished and finished != blobs_of(big_bundle) - manifest_digests(big_bundle)
@@ -214,7 +214,7 @@ def test_a_pull_cut_off_resumes_with_a_ranged_request(big_bundle: Path, registry
     cutting.cut_after(4 << 20)
     args = ["pull", f"{cutting.address}/cut-pull:x86_64-cpu-1.2.0", "--out", str(out), "--plain-http"]
     first = CliRunner().invoke(sealift, args)
-    assert first.exit_code == 1 and "run again to resume" in first.stderr and "Traceback" not in first.output
+    assert first.exit_code == DeliveryError.exit_code and "run again to resume" in first.stderr and "Traceback" not in first.output
     partial = [p for p in (out / "blobs" / "sha256").iterdir() if p.name.startswith(".partial-")]
     assert len(partial) == 1 and partial[0].stat().st_size > 0 and not (out / "index.json").exists()
     model = "sha256:" + partial[0].name.removeprefix(".partial-")
@@ -237,7 +237,7 @@ def test_a_blob_that_does_not_match_its_digest_is_refused_and_never_kept(big_bun
     stored.write_bytes(bytes(data))
     out = tmp_path / "pulled"
     result = CliRunner().invoke(sealift, ["pull", f"{registry.address}/tampered:x86_64-cpu-1.2.0", "--out", str(out), "--plain-http"])
-    assert result.exit_code == 1 and f"blob {model} does not match its digest" in result.stderr
+    assert result.exit_code == Refused.exit_code and f"blob {model} does not match its digest" in result.stderr
     assert not (out / "blobs" / "sha256" / model[7:]).exists() and not (out / "index.json").exists()
     assert not [p for p in (out / "blobs" / "sha256").iterdir() if p.name.startswith(".partial")]
 
@@ -248,7 +248,7 @@ def test_a_tampered_bundle_is_not_pushed(big_bundle: Path, registry: Registry, t
     victim = max((copy / "blobs/sha256").iterdir(), key=lambda p: p.stat().st_size)
     with open(victim, "r+b") as f:
         f.truncate(victim.stat().st_size - 1)
-    with pytest.raises(BundleError, match=r"truncated|size"):
+    with pytest.raises(Refused, match=r"truncated|size"):
         push(copy, f"{registry.address}/never", plain_http=True)
     assert not [r for r in registry.requests() if "/never/" in r.path]
 
@@ -268,7 +268,7 @@ def test_credentials_come_from_the_docker_config_and_wrong_ones_fail_clearly(
 
     login("wrong horse")
     result = CliRunner().invoke(sealift, ["push", str(big_bundle), f"{secured.address}/demo", "--plain-http"])
-    assert result.exit_code == 1 and "not authorised" in result.stderr
+    assert result.exit_code == InputError.exit_code and "not authorised" in result.stderr
     assert "horse" not in result.output and base64.b64encode(b"edge:wrong horse").decode() not in result.output
     login("right horse")
     pushed = push(big_bundle, f"{secured.address}/demo", plain_http=True)

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from bundler.build import BuildOptions, build_bundles, select_profiles
-from bundler.errors import SourceError
 from bundler.spec import load_spec
 from tests.builders import docker_archive_from_bundle, image_layout, project
 from tests.realparts import DockerEngine, Registry, busybox_image, push_to_registry
 from updater.bundle import BundleInfo
+from updater.errors import DeliveryError, InputError, SealiftError
 from updater.profiles import builtin_profile_dir, load_profiles
 
 PROFILES = load_profiles([builtin_profile_dir()])
@@ -55,7 +55,7 @@ def test_docker_save_archive_is_a_source(tmp_path: Path, docker_engine: DockerEn
             f.write(chunk)
     (info,) = build_with_source(tmp_path, f"docker-archive:{archive}:sealift-test/archive-src:2", ("x86_64-cpu",))
     assert image_entry(info)["config"] == image_id
-    with pytest.raises(SourceError, match=r"reference nope:1 not found \(the archive has: sealift-test/archive-src:2\)"):
+    with pytest.raises(InputError, match=r"reference nope:1 not found \(the archive has: sealift-test/archive-src:2\)"):
         build_with_source(tmp_path / "again", f"docker-archive:{archive}:nope:1", ("x86_64-cpu",))
 
 
@@ -63,7 +63,7 @@ def test_docker_save_archive_is_a_source(tmp_path: Path, docker_engine: DockerEn
 def test_image_missing_from_the_engine_is_a_clear_error(tmp_path: Path, docker_engine: DockerEngine,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DOCKER_HOST", docker_engine.host)
-    with pytest.raises(SourceError, match="not found in the local Docker engine"):
+    with pytest.raises(InputError, match="not found in the local Docker engine"):
         build_with_source(tmp_path, "docker-daemon:sealift-test/absent:1", ("x86_64-cpu",))
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
@@ -84,14 +84,14 @@ def test_multi_arch_registry_image_gives_each_profile_its_platform_manifest(tmp_
 
 
 @pytest.mark.registry
-@pytest.mark.parametrize(("reference", "plain_http", "message"), [
-    ("docker://{registry}/test/never-pushed:1", True, "the registry has no manifest 1"),
-    ("docker://127.0.0.1:9/test/app:1", True, "cannot reach 127.0.0.1:9"),
-    ("docker://{registry}/test/never-pushed:1", False, "TLS handshake failed; use --plain-http"),
+@pytest.mark.parametrize(("reference", "plain_http", "fault", "message"), [
+    ("docker://{registry}/test/never-pushed:1", True, InputError, "the registry has no manifest 1"),
+    ("docker://127.0.0.1:9/test/app:1", True, DeliveryError, "cannot reach 127.0.0.1:9"),  # an outage, not the spec's fault
+    ("docker://{registry}/test/never-pushed:1", False, DeliveryError, "TLS handshake failed; use --plain-http"),
 ], ids=["unknown-tag", "nothing-listening", "tls-to-plain-http"])
 def test_unresolvable_registry_reference_is_a_clear_error(tmp_path: Path, registry: Registry, reference: str,
-                                                           plain_http: bool, message: str) -> None:
-    with pytest.raises(SourceError) as caught:
+                                                           plain_http: bool, fault: type[SealiftError], message: str) -> None:
+    with pytest.raises(fault) as caught:
         build_with_source(tmp_path, reference.format(registry=registry.address), ("x86_64-cpu",), plain_http=plain_http)
     assert message in caught.value.diagnostics()
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())

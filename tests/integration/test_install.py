@@ -22,7 +22,7 @@ from bundler.spec import load_spec
 from tests import builders
 from tests.builders import make_example_images, signed, unmount_secrets
 from tests.realparts import DockerEngine
-from updater.errors import UpdaterError
+from updater.errors import Conflict
 from updater.identity import DeviceIdentity
 from updater.install import Installer, failure_key
 from updater.profiles import builtin_profile_dir, load_profiles
@@ -111,7 +111,7 @@ def test_install_commits_a_healthy_release_and_rolls_back_a_broken_one(example_a
         containers = docker_engine.client.containers.list(filters={"label": "dev.sealift.app=vision-app"})
         assert {c.labels["dev.sealift.slot"] for c in containers} == {"a"}
 
-        with pytest.raises(UpdaterError, match="failed its health checks before"):
+        with pytest.raises(Conflict, match="failed its health checks before"):
             installer.install(example_app["1.0.1"])
     finally:
         for container in docker_engine.client.containers.list(all=True, filters={"label": "dev.sealift.app=vision-app"}):

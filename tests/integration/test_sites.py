@@ -25,7 +25,7 @@ from bundler.keys import PASSPHRASE_ENV
 from tests.builders import answer, example_releases, manifest_digests, unmount_secrets
 from tests.realparts import DockerEngine, NetNamespace, Registry, RegistryFactory, start_docker_engine, start_net_namespace
 from updater.daemon import Daemon
-from updater.errors import SecretError
+from updater.errors import Refused
 from updater.identity import DeviceIdentity
 from updater.install import Installer
 from updater.overlay import check_overlay
@@ -124,7 +124,7 @@ def test_two_sites_run_one_bundle_with_their_own_secrets_rotate_them_and_a_revok
         assert isinstance(synced, dict) and {b.get("site") for b in synced["bundles"]} == {None, "north"}  # not south's
         medium = run("export", str(app), str(first["south"]), "--to", str(usb / "stick-1"))
         assert isinstance(medium, dict) and [o["site"] for o in medium["overlays"]] == ["south"]
-        assert north.run(once=True)
+        assert north.run(once=True) is None
         south = updater_run(south_host, engines["south"], states["south"], usb)
         logs.append(south.stdout + south.stderr)
         assert south.returncode == 0 and 'event="committed"' in logs[-1], logs[-1]
@@ -146,7 +146,7 @@ def test_two_sites_run_one_bundle_with_their_own_secrets_rotate_them_and_a_revok
         run("export", str(rotated["south"]), "--to", str(usb / "stick-2"))  # stick-1 stays plugged in: nothing new on it
         images = {site: {i.id for i in engines[site].client.images.list()} for site in engines}
         before = len(mirror.requests())
-        assert north.run(once=True)
+        assert north.run(once=True) is None
         south = updater_run(south_host, engines["south"], states["south"], usb)
         logs.append(output := south.stdout + south.stderr)
         assert south.returncode == 0 and output.count('event="install"') == 1 and "stick-2" in output, output  # not stick-1 again
@@ -167,12 +167,12 @@ def test_two_sites_run_one_bundle_with_their_own_secrets_rotate_them_and_a_revok
             if opens:
                 assert open_sealed(info.sealed, identity, ids["spare"], spare.key()) == {"api-token": TOKENS["north"][0].encode()}
             else:
-                with pytest.raises(SecretError, match="not sealed to this device"):
+                with pytest.raises(Refused, match="not sealed to this device"):
                     open_sealed(info.sealed, identity, ids["spare"], spare.key())
         # and as a device: its poll of the site mirror is refused on the overlay, before the release is even downloaded
         spare_installer = Installer(state_dir=states["spare"], client=None, profile=CPU)
         before = len(mirror.requests())
-        with pytest.raises(SecretError, match="not sealed to this device"):
+        with pytest.raises(Refused, match="not sealed to this device"):
             RegistryPoller(f"{mirror.address}/vision-app", installer=spare_installer, profile=CPU, plain_http=True).poll()
         assert not device_reads(mirror, before) & app_blobs, device_reads(mirror, before) & app_blobs
         assert Slots(states["spare"]).load().current is None

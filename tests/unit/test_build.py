@@ -8,11 +8,10 @@ from pathlib import Path
 import pytest
 
 from bundler.build import BuildOptions, build_bundles, select_profiles
-from bundler.errors import OutputError, SourceError
 from bundler.spec import load_spec
 from tests.builders import AMD64, image_layout, project
 from updater.bundle import check_bundle
-from updater.errors import SpecError
+from updater.errors import DeviceFault, InputError
 from updater.oci import MEDIA
 from updater.profiles import builtin_profile_dir, load_profiles
 
@@ -143,7 +142,7 @@ def test_symlink_in_model_directory_is_refused(tmp_path: Path) -> None:
     (src / "models/tree").mkdir()
     (src / "models/tree/escape").symlink_to("/etc/passwd")
     spec.write_text(spec.read_text().replace("path: models/int8.bin", "path: models/tree"))
-    with pytest.raises(SpecError, match="symbolic links are not allowed"):
+    with pytest.raises(InputError, match="symbolic links are not allowed"):
         build(spec, tmp_path / "out", profiles=("x86_64-cpu",))
     assert not list((tmp_path / "out").iterdir())
 
@@ -154,7 +153,7 @@ def test_existing_bundle_is_kept_when_identical_and_refused_when_different(tmp_p
     (again,) = build(spec, tmp_path / "out", profiles=("x86_64-cpu",))
     assert again.unchanged and again.info.digest == first.info.digest
     (tmp_path / "src/config/settings.yaml").write_text("threshold: 0.9\n")
-    with pytest.raises(OutputError, match="already exists with different content"):
+    with pytest.raises(InputError, match="already exists with different content"):
         build(spec, tmp_path / "out", profiles=("x86_64-cpu",))
     assert check_bundle(first.path).bundle.digest == first.info.digest
     assert [p.name for p in (tmp_path / "out").iterdir()] == [first.path.name]
@@ -175,7 +174,7 @@ def test_bad_build_input_is_one_line_and_leaves_nothing(tmp_path: Path, edit, me
     spec = project(tmp_path / "src")
     spec.write_text(edit(spec.read_text()))
     out = tmp_path / "out"
-    with pytest.raises((SpecError, SourceError)) as caught:
+    with pytest.raises((InputError, InputError)) as caught:
         build(spec, out)
     assert message in caught.value.diagnostics() and "\n" not in caught.value.diagnostics()
     assert not out.exists() or not list(out.iterdir())
@@ -185,30 +184,30 @@ def test_profile_without_a_matching_platform_is_a_clear_error(tmp_path: Path) ->
     src = tmp_path / "src"
     spec = project(src)
     image_layout(src / "images/app", platforms=(AMD64,))  # amd64 only
-    with pytest.raises(SourceError, match=r"is built for linux/amd64, the profile needs linux/arm64/v8"):
+    with pytest.raises(InputError, match=r"is built for linux/amd64, the profile needs linux/arm64/v8"):
         build(spec, tmp_path / "out", profiles=("jetson-orin",))
     image_layout(src / "images/app", platforms=(AMD64, "linux/arm/v7"))
-    with pytest.raises(SourceError, match=r"no manifest for platform linux/arm64/v8 \(the index has: linux/amd64, linux/arm/v7\)"):
+    with pytest.raises(InputError, match=r"no manifest for platform linux/arm64/v8 \(the index has: linux/amd64, linux/arm/v7\)"):
         build(spec, tmp_path / "out", profiles=("jetson-orin",))
     assert not list((tmp_path / "out").iterdir())
 
 
 def test_profile_not_targeted_by_the_spec_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(SpecError, match="'rpi5-hailo8' is not a target"):
+    with pytest.raises(InputError, match="'rpi5-hailo8' is not a target"):
         build(project(tmp_path / "src"), tmp_path / "out", profiles=("rpi5-hailo8",))
 
 
 def test_component_missing_for_a_profile_that_needs_it(tmp_path: Path) -> None:
     spec = project(tmp_path / "src")
     spec.write_text(spec.read_text().replace("    path: models/int8.bin\n", ""))  # detector only for nvidia + jetson
-    with pytest.raises(SpecError, match="'detector' has no file for profile x86_64-cpu"):
+    with pytest.raises(InputError, match="'detector' has no file for profile x86_64-cpu"):
         build(spec, tmp_path / "out", profiles=("x86_64-cpu",))
     assert build(spec, tmp_path / "out", profiles=("jetson-orin",))[0].path.exists()
 
 
 def test_full_disk_mid_build_is_one_line_and_leaves_nothing(tmp_path: Path, small_disk: Path) -> None:
     spec = project(tmp_path / "src", model_bytes=os.urandom(3 << 20))  # bigger than the disk
-    with pytest.raises(OutputError) as caught:
+    with pytest.raises(DeviceFault) as caught:
         build(spec, small_disk, profiles=("x86_64-cpu",))
     assert "no space left" in caught.value.diagnostics()
     assert list(small_disk.iterdir()) == []
@@ -254,7 +253,7 @@ def test_names_that_would_escape_the_output_directory_are_refused(tmp_path: Path
     spec = project(tmp_path / "src")
     spec.write_text(edit(spec.read_text()))
     out = tmp_path / "deep" / "out"
-    with pytest.raises(SpecError) as caught:
+    with pytest.raises(InputError) as caught:
         build(spec, out)
     assert message in caught.value.diagnostics()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
@@ -264,12 +263,12 @@ def test_profile_file_with_an_escaping_name_is_refused(tmp_path: Path) -> None:
     profiles = tmp_path / "profiles"
     profiles.mkdir()
     (profiles / "evil.yaml").write_text("name: ../evil\nplatform: {os: linux, architecture: amd64}\ncompatible: x\n")
-    with pytest.raises(SpecError, match=r"name: expected a profile name"):
+    with pytest.raises(InputError, match=r"name: expected a profile name"):
         load_profiles([profiles])
 
 
 def test_unknown_profile_on_the_command_line_lists_the_known_ones(tmp_path: Path) -> None:
-    with pytest.raises(SpecError, match=r"unknown profile 'x86-cpu' \(known: arm64-coral, "):
+    with pytest.raises(InputError, match=r"unknown profile 'x86-cpu' \(known: arm64-coral, "):
         build(project(tmp_path / "src"), tmp_path / "out", profiles=("x86-cpu",))
 
 
@@ -279,7 +278,7 @@ def test_damaged_existing_bundle_is_not_reported_unchanged(tmp_path: Path) -> No
     model = next(c for c in first.info.components if c.name == "detector")
     blob = first.path / "blobs/sha256" / model.digest.removeprefix("sha256:")
     blob.write_bytes(blob.read_bytes()[:10])  # as a power cut before the data reached the disk would
-    with pytest.raises(OutputError, match="already exists and is not an intact bundle"):
+    with pytest.raises(InputError, match="already exists and is not an intact bundle"):
         build(spec, tmp_path / "out", profiles=("x86_64-cpu",))
 
 
@@ -319,7 +318,7 @@ def test_a_bundle_appearing_under_the_final_name_is_never_replaced(tmp_path: Pat
     monkeypatch.setattr(build_module, "_same_bundle", spy)
     monkeypatch.setattr(build_module.os.path, "lexists", racing_lexists)
     monkeypatch.setattr(build_module, "_link", racing_link)
-    with pytest.raises(OutputError, match="already exists with different content"):
+    with pytest.raises(InputError, match="already exists with different content"):
         build(spec, out, profiles=("x86_64-cpu",), fmt=fmt)
     assert calls and check_bundle(out / rival_bundle.name).bundle.created == "1970-01-01T00:00:01Z"
 
@@ -327,7 +326,7 @@ def test_a_bundle_appearing_under_the_final_name_is_never_replaced(tmp_path: Pat
 def test_deeply_nested_yaml_is_one_line(tmp_path: Path) -> None:
     spec = tmp_path / "sealift.yaml"
     spec.write_text("name: " + "[" * 20_000 + "\n")
-    with pytest.raises(SpecError, match="YAML nested too deeply"):
+    with pytest.raises(InputError, match="YAML nested too deeply"):
         load_spec(spec)
 
 
@@ -344,6 +343,6 @@ def test_source_that_shrinks_during_the_copy_is_a_source_error(tmp_path: Path) -
         os.truncate(source, 1 << 20)
 
     writer = open_writer(temp, tar=False, mtime=0, progress=shrink)
-    with pytest.raises(SourceError, match="changed while it was read"):
+    with pytest.raises(InputError, match="changed while it was read"):
         writer.add_file(source, what="model detector")
     assert [p.name for p in (temp / "layout/blobs/sha256").iterdir()] == []

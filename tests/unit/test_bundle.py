@@ -17,7 +17,7 @@ from bundler.build import BuildOptions, build_bundles, select_profiles
 from bundler.spec import load_spec
 from tests.builders import project, reseal, rewrite_descriptor
 from updater.bundle import check_bundle, verify_bundle
-from updater.errors import BundleError
+from updater.errors import Refused
 from updater.profiles import builtin_profile_dir, load_profiles
 
 PROFILES = load_profiles([builtin_profile_dir()])
@@ -80,7 +80,7 @@ def test_bad_blob_is_reported_by_name(bundle: Path, tamper: Callable[[Path], Non
     report = check_bundle(bundle)
     assert len(report.problems) == 1
     assert message in report.problems[0]
-    with pytest.raises(BundleError, match=r"detector|settings|app"):
+    with pytest.raises(Refused, match=r"detector|settings|app"):
         verify_bundle(bundle)
 
 
@@ -119,7 +119,7 @@ STRUCTURE: list[tuple[str, Callable[[Path], None], str]] = [
 @pytest.mark.parametrize(("tamper", "message"), [t[1:] for t in STRUCTURE], ids=[t[0] for t in STRUCTURE])
 def test_broken_structure_is_refused(bundle: Path, tamper: Callable[[Path], None], message: str) -> None:
     tamper(bundle)
-    with pytest.raises(BundleError) as caught:
+    with pytest.raises(Refused) as caught:
         check_bundle(bundle)
     assert message in caught.value.diagnostics()
 
@@ -168,9 +168,9 @@ def add_device(out: tarfile.TarFile) -> None:
 def test_hostile_tar_entries_are_refused(pristine: dict[str, Path], tmp_path: Path, extra: Callable[[tarfile.TarFile], None],
                                          message: str) -> None:
     hostile = rewrite_tar(pristine["tar"], tmp_path / "hostile.tar", extra)
-    with pytest.raises(BundleError, match="unexpected"):
+    with pytest.raises(Refused, match="unexpected"):
         check_bundle(hostile)
-    with pytest.raises(BundleError) as caught:
+    with pytest.raises(Refused) as caught:
         check_bundle(hostile)
     assert message in caught.value.diagnostics()
 
@@ -179,15 +179,15 @@ def test_truncated_tar_is_refused(pristine: dict[str, Path], tmp_path: Path) -> 
     data = pristine["tar"].read_bytes()
     cut = tmp_path / "cut.tar"
     cut.write_bytes(data[: len(data) // 2])
-    with pytest.raises(BundleError):
+    with pytest.raises(Refused):
         verify_bundle(cut)
 
 
 def test_not_a_bundle(tmp_path: Path) -> None:
     (tmp_path / "file.txt").write_text("hello")
-    with pytest.raises(BundleError, match="not an uncompressed tar file"):
+    with pytest.raises(Refused, match="not an uncompressed tar file"):
         check_bundle(tmp_path / "file.txt")
-    with pytest.raises(BundleError, match="no such bundle"):
+    with pytest.raises(Refused, match="no such bundle"):
         check_bundle(tmp_path / "absent")
 
 
@@ -207,7 +207,7 @@ FORGED: list[tuple[str, Callable[[dict], None], str]] = [  # type: ignore[type-a
 def test_descriptor_that_disagrees_with_the_bundle_is_refused(bundle: Path, change: Callable[[dict], None],  # type: ignore[type-arg]
                                                               message: str) -> None:
     rewrite_descriptor(bundle, change)
-    with pytest.raises(BundleError) as caught:
+    with pytest.raises(Refused) as caught:
         check_bundle(bundle)
     assert message in caught.value.diagnostics()
 
@@ -235,14 +235,14 @@ def test_unreferenced_blob_is_a_problem(bundle: Path) -> None:
 def test_fifo_in_place_of_a_file_is_refused_without_blocking(bundle: Path) -> None:
     (bundle / "index.json").unlink()
     os.mkfifo(bundle / "index.json")
-    with pytest.raises(BundleError, match=r"index\.json is not a regular file"):
+    with pytest.raises(Refused, match=r"index\.json is not a regular file"):
         check_bundle(bundle)
 
 
 def test_symlinked_blob_directory_is_refused(bundle: Path, pristine: dict[str, Path], tmp_path: Path) -> None:
     shutil.rmtree(bundle / "blobs")
     (bundle / "blobs").symlink_to(pristine["dir"] / "blobs")
-    with pytest.raises(BundleError, match="blobs is not a plain directory"):
+    with pytest.raises(Refused, match="blobs is not a plain directory"):
         check_bundle(bundle)
 
 
@@ -253,7 +253,7 @@ def test_symlinked_blob_directory_is_refused(bundle: Path, pristine: dict[str, P
 ], ids=["deep-nesting", "huge-integer", "bad-utf8"])
 def test_hostile_index_json_is_one_line(bundle: Path, text: str, message: str) -> None:
     (bundle / "index.json").write_bytes(text.encode("utf-8", "surrogateescape"))
-    with pytest.raises(BundleError, match=message):
+    with pytest.raises(Refused, match=message):
         check_bundle(bundle)
 
 
@@ -263,7 +263,7 @@ def test_data_after_the_end_of_a_tar_bundle_is_refused(pristine: dict[str, Path]
     assert check_bundle(padded).ok
     junk = tmp_path / "junk.tar"
     junk.write_bytes(pristine["tar"].read_bytes() + b"smuggled bytes")
-    with pytest.raises(BundleError, match="data follows the end of the tar archive"):
+    with pytest.raises(Refused, match="data follows the end of the tar archive"):
         check_bundle(junk)
 
 
@@ -274,13 +274,13 @@ def test_tar_metadata_is_bounded(tmp_path: Path) -> None:
     with open(huge_header, "wb") as f:
         f.write(info.tobuf(format=tarfile.USTAR_FORMAT))
         f.truncate(f.tell() + (1 << 30) + 1024)  # sparse: costs no disk
-    with pytest.raises(BundleError, match="extension header"):
+    with pytest.raises(Refused, match="extension header"):
         check_bundle(huge_header)
     many = tmp_path / "many.tar"
     with tarfile.open(many, "w") as out:
         for i in range(20_001):
             out.addfile(tarfile.TarInfo(f"blobs/sha256/{i:064x}"))
-    with pytest.raises(BundleError, match="more than 20000 entries"):
+    with pytest.raises(Refused, match="more than 20000 entries"):
         check_bundle(many)
 
 
@@ -302,7 +302,7 @@ def test_zstd_frame_with_a_huge_window_is_refused(bundle: Path) -> None:
 ], ids=["image-id-lies", "platform-lies", "image-twice", "config-twice"])
 def test_descriptor_image_claims_must_match_the_index(bundle: Path, change: Callable[[dict], None], message: str) -> None:  # type: ignore[type-arg]
     rewrite_descriptor(bundle, change)
-    with pytest.raises(BundleError, match=message):
+    with pytest.raises(Refused, match=message):
         check_bundle(bundle)
 
 
@@ -314,7 +314,7 @@ def test_descriptor_image_claims_must_match_the_index(bundle: Path, change: Call
 ], ids=["unknown-image", "writable-mount", "bad-check", "bad-secret"])
 def test_descriptor_release_is_validated_like_a_spec(bundle: Path, change: Callable[[dict], None], message: str) -> None:  # type: ignore[type-arg]
     rewrite_descriptor(bundle, change)
-    with pytest.raises(BundleError) as caught:
+    with pytest.raises(Refused) as caught:
         check_bundle(bundle)
     assert message in caught.value.diagnostics()
 
@@ -333,5 +333,5 @@ def test_tar_cut_anywhere_is_reported_truncated(pristine: dict[str, Path], tmp_p
     }[where]
     cut_copy = tmp_path / "cut.tar"
     cut_copy.write_bytes(data[:cut])
-    with pytest.raises(BundleError, match="tar file is truncated"):
+    with pytest.raises(Refused, match="tar file is truncated"):
         check_bundle(cut_copy)

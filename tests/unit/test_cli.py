@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from tests.builders import project, signed
+from updater.errors import DeviceFault, InputError, Refused
 
 
 def run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -44,22 +45,23 @@ def test_verify_names_the_bad_blob_and_exits_non_zero(tmp_path: Path) -> None:
     settings = next(c for c in info["components"] if c["name"] == "settings")
     (bundle / "blobs/sha256" / settings["digest"].removeprefix("sha256:")).write_text("threshold: 0.0001\n")
     done = run("verify", str(bundle), "--json")
-    assert done.returncode == 1
+    assert done.returncode == Refused.exit_code
     (result,) = json.loads(done.stdout)
-    assert result["ok"] is False and "config settings" in result["problems"][0]
+    assert result["ok"] is False and result["fault"] == "refused" and "config settings" in result["problems"][0]
     plain = run("verify", str(bundle))
-    assert plain.returncode == 1 and "FAILED" in plain.stderr and "config settings" in plain.stderr
+    assert plain.returncode == Refused.exit_code and "FAILED" in plain.stderr and "config settings" in plain.stderr
 
 
 def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
     done = run("build", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "out"))
-    assert done.returncode == 1
+    assert done.returncode == InputError.exit_code
     assert done.stderr.strip().count("\n") == 0 and "bundle spec not found" in done.stderr
     assert "Traceback" not in done.stderr
     spec = str(project(tmp_path / "src"))
     for epoch in ("yesterday", "\u00b2", "99999999999999", "-1"):
         bad_epoch = run("build", spec, "--out", str(tmp_path / "o"), env={"SOURCE_DATE_EPOCH": epoch})
-        assert bad_epoch.returncode == 1 and "SOURCE_DATE_EPOCH" in bad_epoch.stderr and "Traceback" not in bad_epoch.stderr
+        assert bad_epoch.returncode == InputError.exit_code
+        assert "SOURCE_DATE_EPOCH" in bad_epoch.stderr and "Traceback" not in bad_epoch.stderr
 
 
 def test_default_epoch_comes_from_the_specs_git_commit(tmp_path: Path) -> None:
@@ -83,13 +85,13 @@ def test_updater_refuses_a_bundle_for_other_hardware(tmp_path: Path) -> None:
     bundle = tmp_path / "out" / "demo-1.2.0-x86_64-cpu"
     state = str(tmp_path / "state")
     unprovisioned = updater("--state-dir", state, "verify", str(bundle))
-    assert unprovisioned.returncode == 1 and "no trusted root" in unprovisioned.stderr
+    assert unprovisioned.returncode == DeviceFault.exit_code and "no trusted root" in unprovisioned.stderr
     root = signed([bundle], tmp_path / "signing")
     assert updater("--state-dir", state, "trust", "init", str(root)).returncode == 0
     ok = updater("--state-dir", state, "verify", str(bundle), "--profile", "x86_64-cpu")
     assert ok.returncode == 0, ok.stderr
     refused = updater("--state-dir", state, "verify", str(bundle), "--profile", "x86_64-nvidia")
-    assert refused.returncode == 1 and "is for profile x86_64-cpu, this device is x86_64-nvidia" in refused.stderr
+    assert refused.returncode == Refused.exit_code and "is for profile x86_64-cpu, this device is x86_64-nvidia" in refused.stderr
 
 
 def test_help_explains_every_command() -> None:
@@ -132,10 +134,10 @@ def test_sign_rotate_and_verify_from_the_command_line(tmp_path: Path) -> None:
     assert run("repo", "add", repo, bundle, "--keys", keys, env=env).returncode == 0
     assert run("verify", bundle, "--trusted-root", root).returncode == 0
     wrong = run("repo", "rotate", repo, "snapshot", "--keys", keys, env={"SEALIFT_KEY_PASSPHRASE": "wrong"})
-    assert wrong.returncode == 1 and "wrong passphrase" in wrong.stderr
+    assert wrong.returncode == InputError.exit_code and "wrong passphrase" in wrong.stderr
     bad_option = run("repo", "init", str(tmp_path / "r2"), "--keys", keys, "--threshold", "root=two", env=env)
     assert bad_option.returncode == 2 and "expected ROLE=NUMBER" in bad_option.stderr
     other_root = tmp_path / "other"
     run("repo", "init", str(other_root), "--keys", str(tmp_path / "other-keys"), env=env)
     foreign = run("verify", bundle, "--trusted-root", str(other_root / "metadata/1.root.json"))
-    assert foreign.returncode == 1 and "not signed by enough trusted keys" in foreign.stderr
+    assert foreign.returncode == Refused.exit_code and "not signed by enough trusted keys" in foreign.stderr

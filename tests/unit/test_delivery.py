@@ -13,12 +13,11 @@ from click.testing import CliRunner
 
 from bundler.build import BuildOptions, build_bundles, select_profiles
 from bundler.cli import cli as sealift
-from bundler.errors import OutputError
 from bundler.export import export
 from bundler.spec import load_spec
 from tests.builders import manifest_digests, project
 from updater.daemon import Daemon
-from updater.errors import DeliveryError, SpecError
+from updater.errors import ContentMismatch, DeviceFault, InputError, Refused
 from updater.layout import open_layout
 from updater.medium import check_medium
 from updater.oci import Descriptor
@@ -69,7 +68,7 @@ def test_references_parse(text: str, expected: Reference) -> None:
     ("host.example/app:-x", "not a valid tag"),
 ])
 def test_malformed_references_are_named(text: str, message: str) -> None:
-    with pytest.raises(SpecError, match=message):
+    with pytest.raises(InputError, match=message):
         parse_reference(text)
 
 
@@ -106,7 +105,7 @@ def test_a_damaged_or_half_copied_medium_fails_its_check(versions: dict[str, Pat
     export([versions["1.2.0-x86_64-cpu"]], medium)
     damage(medium)
     result = CliRunner().invoke(sealift, ["verify", str(medium), "--json"])
-    assert result.exit_code == 1
+    assert result.exit_code == Refused.exit_code
     (report,) = json.loads(result.stdout)
     assert report["ok"] is False and any(problem in p for p in report["problems"])
 
@@ -123,24 +122,24 @@ def test_a_tar_medium_cut_short_is_named_truncated(versions: dict[str, Path], tm
         assert tar.getnames()[0] == "sealift-medium.json" and tar.getnames()[-1] == "SHA256SUMS"
     _truncate(medium)
     result = CliRunner().invoke(sealift, ["verify", str(medium)])
-    assert result.exit_code == 1 and "truncated" in result.stderr
+    assert result.exit_code == Refused.exit_code and "truncated" in result.stderr
 
 
 def test_export_refuses_an_existing_medium_and_an_unmatched_base(versions: dict[str, Path], tmp_path: Path) -> None:
     (tmp_path / "used").mkdir()
     (tmp_path / "used/notes").write_text("x")
-    with pytest.raises(OutputError, match="already exists"):
+    with pytest.raises(InputError, match="already exists"):
         export([versions["1.2.0-x86_64-cpu"]], tmp_path / "used")
-    with pytest.raises(DeliveryError, match="no exported bundle has its name and profile"):
+    with pytest.raises(InputError, match="no exported bundle has its name and profile"):
         export([versions["1.3.0-x86_64-cpu"]], tmp_path / "new", bases=(str(versions["1.2.0-jetson-orin"]),))
 
 
 def test_a_full_disk_during_export_is_one_line_and_the_medium_fails_its_check(versions: dict[str, Path], small_disk: Path) -> None:
-    with pytest.raises((OutputError, DeliveryError)) as caught:  # 2 MiB of bundles on a 2 MiB disk
+    with pytest.raises(DeviceFault) as caught:  # 2 MiB of bundles on a 2 MiB disk
         export([versions["1.2.0-x86_64-cpu"], versions["1.3.0-x86_64-cpu"]], small_disk / "stick")
     assert "the disk is full" in caught.value.diagnostics() and "\n" not in caught.value.diagnostics()
     assert not (small_disk / "stick/SHA256SUMS").exists()
-    assert CliRunner().invoke(sealift, ["verify", str(small_disk / "stick")]).exit_code == 1  # never taken for complete
+    assert CliRunner().invoke(sealift, ["verify", str(small_disk / "stick")]).exit_code == Refused.exit_code  # never complete
 
 
 def test_the_store_shares_blobs_between_releases_and_keeps_only_what_it_is_told(versions: dict[str, Path], tmp_path: Path) -> None:
@@ -161,10 +160,10 @@ def test_the_store_takes_this_devices_bundle_from_a_medium_and_refuses_a_delta_w
     export([versions["1.3.0-x86_64-cpu"], versions["1.3.0-jetson-orin"]], tmp_path / "full")
     export([versions["1.3.0-x86_64-cpu"]], tmp_path / "delta", bases=(str(versions["1.2.0-x86_64-cpu"]),))
     store = BundleStore(tmp_path / "device")
-    with pytest.raises(DeliveryError, match=r"is a delta on demo 1\.2\.0 .* which this device does not have"):
+    with pytest.raises(Refused, match=r"is a delta on demo 1\.2\.0 .* which this device does not have"):
         store.take(tmp_path / "delta", PROFILES["x86_64-cpu"])
     assert not store.root.exists()  # refused before anything was copied
-    with pytest.raises(DeliveryError, match=r"no bundle for profile arm64-coral \(it holds jetson-orin, x86_64-cpu\)"):
+    with pytest.raises(Refused, match=r"no bundle for profile arm64-coral \(it holds jetson-orin, x86_64-cpu\)"):
         store.take(tmp_path / "full", PROFILES["arm64-coral"])
     jetson = store.take(tmp_path / "full", PROFILES["jetson-orin"])
     assert blobs(jetson) == blobs(versions["1.3.0-jetson-orin"])
@@ -188,7 +187,7 @@ def test_a_blob_copy_cut_off_resumes_and_a_wrong_one_is_not_kept(versions: dict[
     assert advanced[0] == blob.size // 3 and sum(advanced) == blob.size  # the part already there was not read again
     partial.write_bytes(b"not the model at all")
     (dest.blobs / model.name).unlink()
-    with open_layout(bundle) as reader, pytest.raises(DeliveryError, match="does not match its digest"):
+    with open_layout(bundle) as reader, pytest.raises(ContentMismatch, match="does not match its digest"):
         dest.put_blob(blob, ReaderStore(reader), lambda _: None)
     assert not partial.exists() and not (dest.blobs / model.name).exists()
 

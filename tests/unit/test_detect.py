@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from updater.detect import Hardware, detect_profile
-from updater.errors import UpdaterError
+from updater.errors import InputError
 from updater.profiles import builtin_profile_dir, load_profiles
 
 ROOTS = Path(__file__).resolve().parent.parent / "assets" / "sysfs"
@@ -33,7 +33,7 @@ def test_each_board_gets_its_profile_with_evidence(root: str, machine: str, prof
 
 
 def test_a_board_no_profile_describes_is_a_clear_error() -> None:
-    with pytest.raises(UpdaterError, match=r"no hardware profile matches this device \(uname -m aarch64, 1 PCI and 0 USB"):
+    with pytest.raises(InputError, match=r"no hardware profile matches this device \(uname -m aarch64, 1 PCI and 0 USB"):
         detect_profile(PROFILES.values(), Hardware(ROOTS / "rpi5-bare", machine="aarch64"))
 
 
@@ -44,7 +44,7 @@ def test_equal_matches_are_refused(tmp_path: Path) -> None:
         "detect: {all: [{pci: '10de:2684'}]}\npriority: 50\n"
     )
     clone.update(load_profiles([tmp_path]))
-    with pytest.raises(UpdaterError, match=r"several profiles match this device equally \(gpu-box, x86_64-nvidia\)"):
+    with pytest.raises(InputError, match=r"several profiles match this device equally \(gpu-box, x86_64-nvidia\)"):
         detect_profile(clone.values(), Hardware(ROOTS / "x86-rtx4090", machine="x86_64"))
 
 
@@ -53,7 +53,7 @@ def test_hostile_sysfs_contents_are_ignored(tmp_path: Path) -> None:
     device.mkdir(parents=True)
     (device / "vendor").write_bytes(b"\xff" * 10_000)  # not an ID
     (device / "device").write_text("0x2684\n")
-    with pytest.raises(UpdaterError, match="no hardware profile matches"):
+    with pytest.raises(InputError, match="no hardware profile matches"):
         detect_profile([PROFILES["x86_64-nvidia"]], Hardware(tmp_path, machine="x86_64"))
 
 
@@ -67,4 +67,4 @@ def test_detect_command() -> None:
     assert {"rule": "cpu_arch aarch64", "proof": "uname -m = aarch64"} in result["evidence"]
     none = subprocess.run([sys.executable, "-c", code, "detect", "--sysroot", str(ROOTS / "rpi5-bare"), "--machine", "aarch64"],
                           capture_output=True, text=True, check=False)
-    assert none.returncode == 1 and "no hardware profile matches" in none.stderr and "Traceback" not in none.stderr
+    assert none.returncode == InputError.exit_code and "no hardware profile matches" in none.stderr and "Traceback" not in none.stderr

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from updater.errors import SpecError
+from updater.errors import InputError
 from updater.profiles import Platform, builtin_profile_dir, load_profiles
 
 SHIPPED = {"x86_64-cpu", "x86_64-nvidia", "jetson-orin", "rpi5-hailo8", "arm64-coral", "x86_64-intel-npu"}
@@ -55,11 +55,11 @@ def test_user_directory_adds_and_replaces_profiles(tmp_path: Path) -> None:
 )
 def test_bad_profile_is_refused_naming_the_field(tmp_path: Path, text: str, message: str) -> None:
     (tmp_path / "p.yaml").write_text(text)
-    with pytest.raises(SpecError, match=r"p\.yaml: ") as caught:
+    with pytest.raises(InputError, match=r"p\.yaml: ") as caught:
         load_profiles([tmp_path])
     assert message in str(caught.value)
 
 
 def test_missing_profile_directory_is_an_error(tmp_path: Path) -> None:
-    with pytest.raises(SpecError, match="profile directory not found"):
+    with pytest.raises(InputError, match="profile directory not found"):
         load_profiles([tmp_path / "nope"])

@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 
 from bundler.build import BuildOptions, build_bundles, select_profiles
-from bundler.errors import SourceError
 from bundler.spec import load_spec
 from tests.builders import project, signed
 from updater.bundle import check_bundle
-from updater.errors import SpecError
+from updater.errors import InputError
 from updater.oci import MEDIA
 from updater.profiles import builtin_profile_dir, load_profiles
 from updater.trust import TrustStore
@@ -61,11 +60,11 @@ def test_signed_model_is_verified_recorded_and_rechecked(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize(("kwargs", "change", "error", "message"), [
-    ({"identity": "mallory@example.com"}, None, SourceError, "expected mallory@example.com from https://github.com/login/oauth, "
+    ({"identity": "mallory@example.com"}, None, InputError, "expected mallory@example.com from https://github.com/login/oauth, "
                                                              "found william@yossarian.net"),
-    ({"with_bundle": False}, None, SourceError, "model detector Sigstore bundle: "),
-    ({}, "tampered-model", SourceError, "Sigstore signature refused"),
-    ({"trusted_root": False}, None, SpecError, "sigstore: is required when a component declares provenance"),
+    ({"with_bundle": False}, None, InputError, "model detector Sigstore bundle: "),
+    ({}, "tampered-model", InputError, "Sigstore signature refused"),
+    ({"trusted_root": False}, None, InputError, "sigstore: is required when a component declares provenance"),
 ], ids=["wrong-identity", "missing-signature", "model-changed", "no-trusted-root"])
 def test_provenance_failures_stop_the_build(tmp_path: Path, kwargs: dict, change: str | None, error: type[Exception],  # type: ignore[type-arg]
                                             message: str) -> None:

@@ -16,7 +16,7 @@ from bundler.cli import cli as sealift
 from bundler.devices import Inventory
 from bundler.sealing import Recipient, seal
 from updater.cli import cli as updater_cli
-from updater.errors import SecretError, SpecError
+from updater.errors import Conflict, DeviceFault, InputError, Refused
 from updater.identity import DeviceIdentity
 from updater.sealed import DeviceKey, Identity, device_id, open_sealed
 
@@ -46,9 +46,9 @@ def test_every_recipient_opens_the_set_and_only_ciphertext_is_written(keys: dict
 
 def test_a_device_left_out_or_with_the_wrong_key_reads_nothing(keys: dict[str, DeviceKey]) -> None:
     sealed = seal({"api-token": TOKEN}, IDENTITY, [recipient(keys["a"])])
-    with pytest.raises(SecretError, match="not sealed to this device"):
+    with pytest.raises(Refused, match="not sealed to this device"):
         open_sealed(sealed, IDENTITY, recipient(keys["c"]).device, keys["c"])
-    with pytest.raises(SecretError, match="this device's key does not open them") as caught:
+    with pytest.raises(Refused, match="this device's key does not open them") as caught:
         open_sealed(sealed, IDENTITY, recipient(keys["a"]).device, keys["c"])  # a's entry, c's key
     assert TOKEN.decode() not in str(caught.value)
 
@@ -65,7 +65,7 @@ def test_a_device_left_out_or_with_the_wrong_key_reads_nothing(keys: dict[str, D
 def test_tampered_or_moved_ciphertext_is_refused_naming_the_secret(keys: dict[str, DeviceKey], tamper, message: str) -> None:  # type: ignore[no-untyped-def]
     sealed = seal({"api-token": TOKEN, "db-password": b"db-secret-value"}, IDENTITY, [recipient(keys["a"])])
     tamper(sealed)
-    with pytest.raises(SecretError, match=message) as caught:
+    with pytest.raises(Refused, match=message) as caught:
         open_sealed(sealed, IDENTITY, recipient(keys["a"]).device, keys["a"])
     assert TOKEN.decode() not in str(caught.value) and "db-secret-value" not in str(caught.value)
 
@@ -74,7 +74,7 @@ def test_a_set_cannot_be_replayed_as_another_version_or_site(keys: dict[str, Dev
     sealed = seal({"api-token": TOKEN}, IDENTITY, [recipient(keys["a"])])
     sealed["identity"] = {"app": "vision-app", "site": "plant-7", "version": "4"}  # claims to be a newer set
     newer = Identity(app="vision-app", site="plant-7", version="4")
-    with pytest.raises(SecretError, match="does not open them"):
+    with pytest.raises(Refused, match="does not open them"):
         open_sealed(sealed, newer, recipient(keys["a"]).device, keys["a"])
 
 
@@ -93,9 +93,9 @@ def test_enrollment_keeps_the_private_key_owner_only_and_prints_only_public_part
     assert json.loads(status.stdout)["enrollment"] == record and secret not in status.output
     again = CliRunner().invoke(updater_cli, ["--state-dir", str(tmp_path / "device"), "enroll", "--site", "plant-7",
                                              "--profile", "x86_64-cpu"])
-    assert again.exit_code == 1 and "enrolled already" in again.stderr
+    assert again.exit_code == Conflict.exit_code and "enrolled already" in again.stderr
     os.chmod(key_file, 0o644)
-    with pytest.raises(SecretError, match="readable by others than its owner"):
+    with pytest.raises(DeviceFault, match="readable by others than its owner"):
         identity.key()
 
 
@@ -119,7 +119,7 @@ def test_the_inventory_enrolls_lists_and_revokes_and_revoked_devices_are_no_reci
                                                      "--json"]).stdout)
     assert [d["device"] for d in listed] == [records[0]["device"], records[1]["device"]] and "revoked" in listed[1]
     back = CliRunner().invoke(sealift, ["devices", "add", str(tmp_path / "d1.json"), "--inventory", str(inventory)])
-    assert back.exit_code == 1 and "was revoked" in back.stderr
+    assert back.exit_code == InputError.exit_code and "was revoked" in back.stderr
     text = inventory.read_text()
     for i in range(3):
         assert base64.b64encode(DeviceIdentity(tmp_path / f"d{i}").key().secret_bytes()).decode() not in text
@@ -129,10 +129,10 @@ def test_an_altered_enrollment_record_is_refused(tmp_path: Path) -> None:
     record = DeviceIdentity(tmp_path / "d").enroll(site="plant-7", profile="x86_64-cpu")
     other = DeviceIdentity(tmp_path / "e").enroll(site="plant-7", profile="x86_64-cpu")
     (tmp_path / "forged.json").write_text(json.dumps({**record, "public_key": other["public_key"]}))
-    with pytest.raises(SpecError, match="is not the ID of this public key"):
+    with pytest.raises(InputError, match="is not the ID of this public key"):
         Inventory(tmp_path / "devices.yaml").add(tmp_path / "forged.json")
     (tmp_path / "short.json").write_text(json.dumps({**record, "public_key": base64.b64encode(b"x" * 7).decode()}))
-    with pytest.raises(SpecError, match="has 32 bytes, this one 7"):
+    with pytest.raises(InputError, match="has 32 bytes, this one 7"):
         Inventory(tmp_path / "devices.yaml").add(tmp_path / "short.json")
     assert not (tmp_path / "devices.yaml").exists()
 
@@ -163,7 +163,7 @@ def test_each_set_has_a_fresh_data_key_and_each_secret_a_fresh_nonce(keys: dict[
 def test_a_relabelled_or_trimmed_set_does_not_open(keys: dict[str, DeviceKey], change, opened_as: Identity) -> None:  # type: ignore[no-untyped-def]
     sealed = seal({"api-token": TOKEN, "db-password": b"db-secret-value"}, IDENTITY, [recipient(keys["a"])])
     change(sealed)
-    with pytest.raises(SecretError, match="does not open them"):
+    with pytest.raises(Refused, match="does not open them"):
         open_sealed(sealed, opened_as, recipient(keys["a"]).device, keys["a"])
 
 
@@ -178,7 +178,7 @@ def test_a_relabelled_or_trimmed_set_does_not_open(keys: dict[str, DeviceKey], c
 def test_a_malformed_set_is_one_clear_error(keys: dict[str, DeviceKey], damage) -> None:  # type: ignore[no-untyped-def]
     sealed = seal({"api-token": TOKEN}, IDENTITY, [recipient(keys["a"])])
     damage(sealed)
-    with pytest.raises(SecretError):
+    with pytest.raises(Refused):
         open_sealed(sealed, IDENTITY, recipient(keys["a"]).device, keys["a"])
 
 
@@ -200,7 +200,7 @@ def test_hand_edited_times_in_the_inventory_are_read_or_refused_clearly(tmp_path
     inventory.write_text(text.replace(f"'{record['enrolled']}'", record["enrolled"]))  # unquoted: YAML reads a datetime
     assert Inventory(inventory).devices()[0].enrolled == record["enrolled"]
     inventory.write_text(text + "  revoked: ''\n")
-    with pytest.raises(SpecError, match="revoked: expected a date and time"):
+    with pytest.raises(InputError, match="revoked: expected a date and time"):
         Inventory(inventory).devices()
 
 
@@ -255,7 +255,7 @@ def test_an_overlay_seals_the_sites_secrets_to_its_devices_only_and_writes_no_va
         device = DeviceIdentity(tmp_path / f"device{i}")
         assert open_sealed(info.sealed, identity, device.record()["device"], device.key()) == {"api-token": TOKEN}
     outsider = DeviceIdentity(tmp_path / "device2")  # enrolled, but at another site
-    with pytest.raises(SecretError, match="not sealed to this device"):
+    with pytest.raises(Refused, match="not sealed to this device"):
         open_sealed(info.sealed, identity, outsider.record()["device"], outsider.key())
     written = [p for p in tmp_path.rglob("*") if p.is_file()]  # the overlay, the inventory, every device's state
     assert len(written) > 10
@@ -280,13 +280,13 @@ def test_an_overlay_is_signed_like_a_bundle_and_verified_as_a_device_would(fleet
 def test_overlay_builds_fail_clearly_and_write_nothing(fleet: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DEMO_API_TOKEN")
     code, _, err = _build(fleet)
-    assert code == 1 and "secret api-token: the environment variable DEMO_API_TOKEN is not set" in err
+    assert code == InputError.exit_code and "secret api-token: the environment variable DEMO_API_TOKEN is not set" in err
     monkeypatch.setenv("DEMO_API_TOKEN", TOKEN.decode())
     for device in Inventory(fleet["inventory"]).devices():
         if device.site == "plant-7":
             Inventory(fleet["inventory"]).revoke(device.device)
     code, _, err = _build(fleet)
-    assert code == 1 and "site plant-7: no enrolled device" in err
+    assert code == InputError.exit_code and "site plant-7: no enrolled device" in err
     assert not fleet["out"].exists() or not any(fleet["out"].iterdir())
 
 
@@ -299,7 +299,7 @@ def test_a_revoked_device_cannot_read_the_next_overlay(fleet: dict[str, Path], t
     code, out, err = _build(fleet)
     assert code == 0, err
     info = check_overlay(Path(json.loads(out)["path"]))
-    with pytest.raises(SecretError, match="not sealed to this device"):
+    with pytest.raises(Refused, match="not sealed to this device"):
         open_sealed(info.sealed, Identity(app="demo", site="plant-7", version="4.0.0"), first.record()["device"], first.key())
     assert first.record()["device"] not in info.recipients
 
@@ -313,7 +313,7 @@ def test_a_revoked_device_cannot_read_the_next_overlay(fleet: dict[str, Path], t
 def test_a_malformed_site_file_is_named(fleet: dict[str, Path], site_file: str, message: str) -> None:
     (fleet["spec"].parent / "sites/plant-7.yaml").write_text(site_file)
     code, _, err = _build(fleet)
-    assert code == 1 and message in err
+    assert code == InputError.exit_code and message in err
 
 
 def test_versions_fit_ranges() -> None:
@@ -332,7 +332,7 @@ def test_a_validly_sealed_secret_name_that_would_leave_its_folder_is_refused(key
     monkeypatch.setattr(sealing, "SECRET_NAME", re.compile(r".+"))  # a sealer that skips the check
     sealed = seal({"../../escaped": TOKEN}, IDENTITY, [recipient(keys["a"])])
     monkeypatch.undo()
-    with pytest.raises(SecretError, match="is not a valid secret name"):
+    with pytest.raises(Refused, match="is not a valid secret name"):
         open_sealed(sealed, IDENTITY, recipient(keys["a"]).device, keys["a"])
 
 
@@ -340,7 +340,7 @@ def test_secrets_open_into_memory_one_folder_per_service_with_the_owner_and_mode
     """A real tmpfs (the updater mounts it; needs root): root 0400 by default, uid/gid/mode as declared."""
     from tests.builders import unmount_secrets
     from updater.appdef import SecretMount, Service
-    from updater.errors import UpdaterError
+    from updater.errors import Refused
     from updater.overlay import OverlayInfo
     from updater.secrets import SecretStore
     from updater.stage import stage_overlay
@@ -375,7 +375,7 @@ def test_secrets_open_into_memory_one_folder_per_service_with_the_owner_and_mode
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and stat.S_IMODE(state.joinpath("run").stat().st_mode) == 0o700
         store.remove("demo", "a")
         assert not folder.exists()
-        with pytest.raises(UpdaterError, match="its secrets cannot be opened"):  # another device's set: nothing opened
+        with pytest.raises(Refused, match="its secrets cannot be opened"):  # another device's set: nothing opened
             other = DeviceIdentity(tmp_path / "other")
             other.enroll(site="plant-7", profile="x86_64-cpu")
             SecretStore(state, other).open_into_memory("demo", "a", slot, services)

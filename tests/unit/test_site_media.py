@@ -20,7 +20,7 @@ from bundler.overlay import build_overlay
 from bundler.spec import load_spec
 from tests.builders import project, signed
 from updater.daemon import Daemon
-from updater.errors import ClockError, ContentMismatch, DeliveryError, DeviceFault, IncompleteMedium, SecretError, TrustError, UpdaterError
+from updater.errors import Conflict, ContentMismatch, DeliveryError, DeviceFault, InputError, Refused, SealiftError
 from updater.identity import DeviceIdentity
 from updater.install import Choice, choose
 from updater.medium import check_medium
@@ -74,10 +74,10 @@ def test_a_medium_carries_a_bundle_and_site_overlays_and_a_device_takes_its_own(
     assert [o.digest for o in offer(medium, CPU, "plant-9").overlays] == [nine.digest]
     assert offer(medium, CPU, "plant-3") == Offer(bundle=bundle)  # no overlay for its site: the bundle alone
     assert offer(medium, ORIN, "plant-7") == Offer(overlays=(as_offered,))  # its site's overlay only
-    with pytest.raises(DeliveryError, match="holds no bundle for profile jetson-orin"):
+    with pytest.raises(Refused, match="holds no bundle for profile jetson-orin"):
         offer(medium, ORIN, "plant-3")
     assert offer(shipped["plant-7-1.1.0"], CPU, "plant-7") == Offer(overlays=(as_offered,))  # an overlay on its own
-    with pytest.raises(DeliveryError, match="an overlay for site plant-7; this device is at site plant-9"):
+    with pytest.raises(Refused, match="an overlay for site plant-7; this device is at site plant-9"):
         offer(shipped["plant-7-1.1.0"], CPU, "plant-9")
 
     store = BundleStore(tmp_path / "device")
@@ -90,9 +90,9 @@ def test_a_medium_carries_a_bundle_and_site_overlays_and_a_device_takes_its_own(
 def test_an_overlay_only_medium_rotates_and_names_what_it_holds_to_other_sites(shipped: dict[str, Path], tmp_path: Path) -> None:
     export([shipped["plant-7-1.1.0"]], tmp_path / "rotation.tar")
     assert offer(tmp_path / "rotation.tar", CPU, "plant-7").bundle is None
-    with pytest.raises(DeliveryError, match="holds only overlays, for sites plant-7; this device is at site plant-9"):
+    with pytest.raises(Refused, match="holds only overlays, for sites plant-7; this device is at site plant-9"):
         offer(tmp_path / "rotation.tar", CPU, "plant-9")
-    with pytest.raises(DeliveryError, match="a second overlay of demo for site plant-7"):
+    with pytest.raises(InputError, match="a second overlay of demo for site plant-7"):
         export([shipped["plant-7-1.0.0"], shipped["plant-7-1.1.0"]], tmp_path / "two")
 
 
@@ -149,12 +149,12 @@ def test_a_device_takes_what_is_news_to_it(offered: Offer, choice: Choice, key: 
 def test_a_release_neither_the_running_overlay_nor_an_offered_one_fits_is_refused_before_anything_is_copied() -> None:
     state = DeviceState(current=RUNNING)
     offered = Offer(bundle=bundle("sha256:a3", "2.0.0"), overlays=(overlay("sha256:o12", "1.2.0", "<2.0.0"),))
-    with pytest.raises(UpdaterError, match=r"demo 2\.0\.0 does not fit the running site overlay 1\.1\.0 \(>=1\.0\.0 <2\.0\.0\)"):
+    with pytest.raises(Refused, match=r"demo 2\.0\.0 does not fit the running site overlay 1\.1\.0 \(>=1\.0\.0 <2\.0\.0\)"):
         choose(state, offered, RUNNING_OVERLAY)
     fitting = Offer(bundle=offered.bundle, overlays=(*offered.overlays, overlay("sha256:o20", "2.0.0", ">=2.0.0")))
     assert choose(state, fitting, RUNNING_OVERLAY) == Choice("sha256:a3", "sha256:o20")
     other_app = Offer(bundle=Offered(digest="sha256:x1", name="other", version="0.1.0"), overlays=fitting.overlays)
-    with pytest.raises(UpdaterError, match=r"other 0\.1\.0 does not fit the running site overlay"):  # demo's overlays are not its
+    with pytest.raises(Refused, match=r"other 0\.1\.0 does not fit the running site overlay"):  # demo's overlays are not its
         choose(state, other_app, RUNNING_OVERLAY)
 
 
@@ -162,7 +162,7 @@ def test_with_nothing_running_an_overlay_alone_has_nothing_to_apply_to() -> None
     nothing = DeviceState()
     assert choose(nothing, Offer(bundle=bundle("sha256:a2", "1.3.0"), overlays=(overlay("sha256:o1", "1.0.0"),))).key(nothing) == \
         "sha256:a2+sha256:o1"
-    with pytest.raises(UpdaterError, match="needs a running release"):
+    with pytest.raises(Conflict, match="needs a running release"):
         choose(nothing, Offer(overlays=(overlay("sha256:o1", "1.0.0"),)))
 
 
@@ -189,15 +189,16 @@ class _Installer:
 
 
 @pytest.mark.parametrize(("error", "tries"), [
-    (TrustError("signed metadata refused"), 1),  # the same bytes would be refused again: not checked on every pass
-    (SecretError("not sealed to this device"), 1),
-    (IncompleteMedium("a delta on 1.1.0, which this device does not have"), 1),
-    (ClockError("the device clock reads 2020-01-01"), 3),  # fixed by fixing the clock: tried again
+    (Refused("signed metadata refused"), 1),  # the same bytes would be refused again: not checked on every pass
+    (Refused("not sealed to this device"), 1),
+    (Refused("a delta on 1.1.0, which this device does not have"), 1),
+    (DeviceFault("the device clock reads 2020-01-01"), 3),  # fixed by fixing the clock: tried again
     (DeviceFault("cannot record the verified state (No space left on device)"), 3),  # fixed by freeing space
-    (UpdaterError("another sealift-updater is installing; nothing was changed"), 3),
+    (Conflict("another sealift-updater is installing; nothing was changed"), 3),
+    (DeliveryError("the medium was unplugged while it was read"), 3),  # an outage is no refusal: tried again
 ])
 def test_a_watched_directory_does_not_try_again_what_will_not_verify(shipped: dict[str, Path], tmp_path: Path,
-                                                                      error: Exception, tries: int) -> None:
+                                                                      error: SealiftError, tries: int) -> None:
     watch = tmp_path / "watch"
     export([shipped["bundle"], shipped["plant-7-1.1.0"]], watch / "stick")
     installer = _Installer(tmp_path / "device", error)
@@ -206,7 +207,8 @@ def test_a_watched_directory_does_not_try_again_what_will_not_verify(shipped: di
     for _ in range(3):
         daemon.scan()
     assert installer.tried == tries
-    assert sum('event="refused"' in line for line in lines) == tries
+    assert sum(f'fault="{error.fault}"' in line for line in lines) == tries
+    assert all(('event="refused"' in line) == (error.fault == "refused") for line in lines if "fault=" in line)
 
 
 def test_a_medium_refused_while_it_was_being_copied_is_tried_again_once_the_copy_ends(shipped: dict[str, Path],
@@ -237,9 +239,9 @@ def test_a_medium_with_a_malformed_version_or_range_is_skipped_and_the_service_g
     manifest = json.loads((watch / "stick/sealift-medium.json").read_text())
     damage(manifest)
     (watch / "stick/sealift-medium.json").write_text(json.dumps(manifest))
-    with pytest.raises(DeliveryError, match=r"sealift-medium\.json: malformed"):
+    with pytest.raises(Refused, match=r"sealift-medium\.json: malformed"):
         offer(watch / "stick", CPU, "plant-7")
-    installer = _Installer(tmp_path / "device", TrustError("never reached"))
+    installer = _Installer(tmp_path / "device", Refused("never reached"))
     assert Daemon(installer, watch, interval=1, log=lambda _: None).scan() == 0  # type: ignore[arg-type]
 
 
@@ -268,11 +270,11 @@ def test_the_device_verifies_a_medium_or_an_overlay_as_an_install_would_take_it(
     assert (found["name"], found["version"], found["overlay"]["site"], found["overlay"]["version"]) == ("demo", "1.2.0", "plant-7", "1.1.0")
     assert "tok-on-a-stick" not in out  # the key opens the secrets; their values are not shown
     code, err = verify(shipped["plant-7-1.0.0"])  # what verifies is accepted, as by an install: no going back
-    assert code == 1 and "overlay demo 1.0.0 for site plant-7 is older than 1.1.0" in err
+    assert code == Refused.exit_code and "overlay demo 1.0.0 for site plant-7 is older than 1.1.0" in err
     code, err = verify(shipped["plant-9-1.0.0"])
-    assert code == 1 and "an overlay for site plant-9, this device is enrolled at plant-7" in err
+    assert code == Refused.exit_code and "an overlay for site plant-9, this device is enrolled at plant-7" in err
     code, err = verify(tmp_path / "other-site")
-    assert code == 1 and "holds only overlays, for sites plant-9; this device is at site plant-7" in err
+    assert code == Refused.exit_code and "holds only overlays, for sites plant-9; this device is at site plant-7" in err
 
 
 def test_an_overlay_that_does_not_fit_is_refused_before_the_release_counts_as_accepted(shipped: dict[str, Path],
@@ -286,7 +288,7 @@ def test_an_overlay_that_does_not_fit_is_refused_before_the_release_counts_as_ac
     shutil.copytree(shipped["bundle"].parents[1] / "plant-7" / "identity", state / "identity")
     TrustStore(state).init(shipped["root"])
     installer = Installer(state_dir=state, client=None, profile=CPU)  # refused before the engine is needed
-    with pytest.raises(UpdaterError, match=r"overlay 2\.0\.0 fits demo >=2\.0\.0, not 1\.2\.0"):
+    with pytest.raises(Refused, match=r"overlay 2\.0\.0 fits demo >=2\.0\.0, not 1\.2\.0"):
         installer.install(shipped["bundle"], overlay=shipped["plant-7-2.0.0"])
     installer.trust.check_version("demo", "x86_64-cpu", "1.0.0")  # 1.2.0 was not accepted: an older one is still no rollback
     assert installer.slots.load().current is None

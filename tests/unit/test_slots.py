@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from updater.errors import UpdaterError
+from updater.errors import Conflict, DeviceFault
 from updater.slots import DeviceState, Phase, Release, Slots
 
 RELEASE = Release(name="vision-app", version="1.2.0", profile="x86_64-cpu", digest="sha256:" + "a" * 64, slot="a")
@@ -39,7 +39,7 @@ def test_history_is_bounded() -> None:
 
 def test_damaged_state_file_is_an_error_not_a_guess(tmp_path: Path) -> None:
     (tmp_path / "state.json").write_text(json.dumps({"phase": "dancing"}))
-    with pytest.raises(UpdaterError, match="damaged state file"):
+    with pytest.raises(DeviceFault, match="damaged state file"):
         Slots(tmp_path).load()
 
 
@@ -56,7 +56,7 @@ def test_a_second_updater_is_refused_at_once(tmp_path: Path) -> None:
     holder.start()
     assert entered.wait(10)
     try:
-        with pytest.raises(UpdaterError, match="another sealift-updater is installing"), Slots(tmp_path).locked():
+        with pytest.raises(Conflict, match="another sealift-updater is installing"), Slots(tmp_path).locked():
             pass
     finally:
         release.set()

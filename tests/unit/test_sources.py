@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bundler.errors import SourceError
 from bundler.sources import open_image_source
+from updater.errors import InputError
 from updater.profiles import Platform
 
 AMD64 = Platform(os="linux", architecture="amd64")
@@ -69,7 +69,7 @@ HOSTILE = [
 @pytest.mark.parametrize(("members", "message"), [h[1:] for h in HOSTILE], ids=[h[0] for h in HOSTILE])
 def test_malformed_or_hostile_archive_is_a_one_line_source_error(tmp_path: Path, members: dict[str, bytes | str],
                                                                   message: str) -> None:
-    with pytest.raises(SourceError) as caught:
+    with pytest.raises(InputError) as caught:
         resolve(tmp_path, members)
     assert message in caught.value.diagnostics() and "\n" not in caught.value.diagnostics()
 
@@ -79,6 +79,6 @@ def test_oci_layout_with_a_non_list_index_is_refused(tmp_path: Path) -> None:
     (layout / "blobs/sha256").mkdir(parents=True)
     (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
     (layout / "index.json").write_text('{"manifests": "nope"}')
-    with pytest.raises(SourceError, match=r"index\.json has no manifests list"):  # noqa: SIM117
+    with pytest.raises(InputError, match=r"index\.json has no manifests list"):  # noqa: SIM117
         with open_image_source("oci:layout", base=tmp_path, work=tmp_path) as source:
             source.resolve(AMD64)

@@ -7,7 +7,7 @@ import pytest
 from bundler.spec import load_spec
 from tests.builders import SPEC
 from updater.appdef import CheckType
-from updater.errors import SpecError
+from updater.errors import InputError
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -72,7 +72,7 @@ def test_a_secret_may_name_its_file_owner_and_mode_for_a_service_that_is_not_roo
     ("{source: api-token, owner: root}", "owner: unknown field"),
 ])
 def test_a_malformed_secret_mount_is_named(tmp_path: Path, entry: str, message: str) -> None:
-    with pytest.raises(SpecError, match=message):
+    with pytest.raises(InputError, match=message):
         load_spec(write(tmp_path, SPEC.replace("      image: app\n", f"      image: app\n      secrets:\n        - {entry}\n")))
 
 
@@ -82,7 +82,7 @@ def test_a_malformed_secret_mount_is_named(tmp_path: Path, entry: str, message: 
 ])
 def test_a_secret_mounted_twice_in_a_service_is_refused(tmp_path: Path, entries: str, message: str) -> None:
     text = SPEC.replace("      image: app\n", f"      image: app\n      secrets: {entries}\n")
-    with pytest.raises(SpecError, match=message):
+    with pytest.raises(InputError, match=message):
         load_spec(write(tmp_path, text))
 
 
@@ -132,7 +132,7 @@ BAD = [
 @pytest.mark.parametrize(("text", "message"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
 def test_bad_spec_is_refused_naming_file_and_field(tmp_path: Path, text: str, message: str) -> None:
     path = write(tmp_path, text)
-    with pytest.raises(SpecError) as caught:
+    with pytest.raises(InputError) as caught:
         load_spec(path)
     text_of_error = caught.value.diagnostics()
     assert message in text_of_error
@@ -143,20 +143,20 @@ def test_bad_spec_is_refused_naming_file_and_field(tmp_path: Path, text: str, me
 def test_alias_bomb_is_refused_before_expansion(tmp_path: Path) -> None:
     lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
     lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
-    with pytest.raises(SpecError, match="YAML nodes once aliases are expanded"):
+    with pytest.raises(InputError, match="YAML nodes once aliases are expanded"):
         load_spec(write(tmp_path, "\n".join(lines) + "\n"))
 
 
 def test_oversized_file_is_refused_unread(tmp_path: Path) -> None:
-    with pytest.raises(SpecError, match="more than the 1048576 allowed"):
+    with pytest.raises(InputError, match="more than the 1048576 allowed"):
         load_spec(write(tmp_path, "# " + "x" * (1 << 20) + "\n"))
 
 
 def test_missing_and_binary_specs_are_named(tmp_path: Path) -> None:
-    with pytest.raises(SpecError, match="bundle spec not found"):
+    with pytest.raises(InputError, match="bundle spec not found"):
         load_spec(tmp_path / "absent.yaml")
     (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe\x00")
-    with pytest.raises(SpecError, match="not UTF-8"):
+    with pytest.raises(InputError, match="not UTF-8"):
         load_spec(tmp_path / "bin.yaml")
 
 
@@ -164,5 +164,5 @@ def test_app_file_outside_the_spec_directory_is_refused(tmp_path: Path) -> None:
     inner = tmp_path / "inner"
     inner.mkdir()
     (tmp_path / "compose.yaml").write_text("services: {app: {image: app}}\n")
-    with pytest.raises(SpecError, match="points outside the spec's directory"):
+    with pytest.raises(InputError, match="points outside the spec's directory"):
         load_spec(write(inner, "name: x\nversion: 1.0.0\nprofiles: all\nimages: {app: {source: oci:i}}\napp: ../compose.yaml\n"))

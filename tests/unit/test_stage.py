@@ -15,7 +15,7 @@ from bundler.build import BuildOptions, build_bundles, select_profiles
 from bundler.spec import load_spec
 from tests.builders import project
 from updater.bundle import BundleInfo, check_bundle
-from updater.errors import UpdaterError
+from updater.errors import DeviceFault, Refused
 from updater.profiles import builtin_profile_dir, load_profiles
 from updater.stage import stage_release
 
@@ -97,7 +97,7 @@ def test_hostile_directory_archive_is_refused_and_nothing_is_staged(tmp_path: Pa
     model = next(m for m in info.descriptor["models"] if m["name"] == "detector")
     model.update(digest=digest, size=len(data), mediaType="application/vnd.sealift.model.v1.tar",
                  uncompressedDigest=digest, uncompressedSize=len(data))
-    with pytest.raises(UpdaterError, match=message):
+    with pytest.raises(Refused, match=message):
         stage_release(bundle, info, slot_dir)
     assert (slot_dir / "models/detector/weights.bin").exists()
     assert not (tmp_path / "state/escaped").exists() and not (tmp_path / "escaped").exists()
@@ -113,7 +113,7 @@ def test_a_full_disk_while_staging_leaves_nothing(tmp_path: Path) -> None:
             pytest.fail("cannot mount a small tmpfs to fill")
         pytest.skip("needs root to mount a small tmpfs")
     try:
-        with pytest.raises(UpdaterError, match=r"into slot a failed \(the disk is full\); the running release is untouched"):
+        with pytest.raises(DeviceFault, match=r"into slot a failed \(the disk is full\); the running release is untouched"):
             stage_release(bundle, info, small / "slots/a")
         assert list((small / "slots").iterdir()) == []
     finally:

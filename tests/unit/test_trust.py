@@ -15,12 +15,11 @@ import pytest
 from tuf.api.metadata import Metadata, Targets
 
 from bundler.build import BuildOptions, build_bundles, select_profiles
-from bundler.errors import RepositoryError, SigningError
 from bundler.keys import KeyStore
 from bundler.repo import Policy, Repository, RolePolicy
 from bundler.spec import load_spec
 from tests.builders import project
-from updater.errors import BundleError, TrustError
+from updater.errors import DeviceFault, InputError, Refused
 from updater.profiles import builtin_profile_dir, load_profiles
 from updater.trust import TrustStore
 from updater.verify import verify_for_device
@@ -105,9 +104,9 @@ def test_signed_bundle_verifies_offline_and_the_device_remembers(setup: Setup) -
 
 
 def test_unsigned_bundle_and_unprovisioned_device(setup: Setup, tmp_path: Path) -> None:
-    setup.refused("1.2.0-x86_64-cpu", TrustError, "carries no signed metadata")
+    setup.refused("1.2.0-x86_64-cpu", Refused, "carries no signed metadata")
     setup.sign("1.2.0-x86_64-cpu")
-    with pytest.raises(TrustError, match="no trusted root"):
+    with pytest.raises(DeviceFault, match="no trusted root"):
         verify_for_device(setup.bundles["1.2.0-x86_64-cpu"], trust=TrustStore(tmp_path / "blank"), profile=CPU)
 
 
@@ -117,7 +116,7 @@ def test_tampered_blob(setup: Setup) -> None:
     data = bytearray(blob.read_bytes())
     data[100] ^= 1
     blob.write_bytes(bytes(data))
-    setup.refused("1.2.0-x86_64-cpu", BundleError, "is corrupt")
+    setup.refused("1.2.0-x86_64-cpu", Refused, "is corrupt")
 
 
 def test_tampered_index(setup: Setup) -> None:
@@ -132,7 +131,7 @@ def test_tampered_index(setup: Setup) -> None:
     (bundle / "blobs/sha256" / digest).write_bytes(forged)
     layout["manifests"][0].update(digest=f"sha256:{digest}", size=len(forged))
     (bundle / "index.json").write_text(json.dumps(layout))
-    setup.refused("1.2.0-x86_64-cpu", TrustError, "is not the one signed as demo/x86_64-cpu/1.2.0")
+    setup.refused("1.2.0-x86_64-cpu", Refused, "is not the one signed as demo/x86_64-cpu/1.2.0")
 
 
 def test_metadata_signed_by_an_unknown_key(setup: Setup, tmp_path: Path) -> None:
@@ -144,7 +143,7 @@ def test_metadata_signed_by_an_unknown_key(setup: Setup, tmp_path: Path) -> None
     md.signatures.clear()
     md.sign(rogue.signers([key.keyid])[0])
     path.write_bytes(md.to_bytes())
-    setup.refused("1.2.0-x86_64-cpu", TrustError, "not signed by enough trusted keys")
+    setup.refused("1.2.0-x86_64-cpu", Refused, "not signed by enough trusted keys")
 
 
 def test_threshold_not_met(tmp_path: Path, unsigned: dict[str, Path]) -> None:
@@ -156,18 +155,18 @@ def test_threshold_not_met(tmp_path: Path, unsigned: dict[str, Path]) -> None:
     assert len(md.signatures) == 2
     md.signatures.popitem()
     path.write_bytes(md.to_bytes())
-    setup.refused("1.2.0-x86_64-cpu", TrustError, "not signed by enough trusted keys")
+    setup.refused("1.2.0-x86_64-cpu", Refused, "not signed by enough trusted keys")
 
 
 def test_older_bundle_version_is_a_rollback(setup: Setup) -> None:
     setup.sign("1.1.0-x86_64-cpu", "1.2.0-x86_64-cpu")
     assert setup.verify("1.2.0-x86_64-cpu") == "1.2.0"
-    setup.refused("1.1.0-x86_64-cpu", TrustError, "1.1.0 for x86_64-cpu is older than 1.2.0, which this device already accepted")
+    setup.refused("1.1.0-x86_64-cpu", Refused, "1.1.0 for x86_64-cpu is older than 1.2.0, which this device already accepted")
 
 
 def test_repository_refuses_to_publish_an_older_version(setup: Setup) -> None:
     setup.sign("1.3.0-x86_64-cpu")
-    with pytest.raises(RepositoryError, match=r"older than published 1\.3\.0"):
+    with pytest.raises(InputError, match=r"older than published 1\.3\.0"):
         setup.sign("1.1.0-x86_64-cpu")
     setup.repo.add([setup.bundles["1.1.0-x86_64-cpu"]], force=True)
     assert setup.repo.add([setup.bundles["1.1.0-x86_64-cpu"]])[0].changed is False  # re-adding changes nothing
@@ -185,7 +184,7 @@ def test_older_metadata_is_judged_by_the_newer_metadata_the_device_trusts(setup:
     shutil.copytree(stale, setup.tuf("1.2.0-x86_64-cpu"))
     assert setup.verify("1.2.0-x86_64-cpu") == "1.2.0"  # signed in what the device trusts: accepted
     assert setup.verify("1.3.0-x86_64-cpu") == "1.3.0"
-    setup.refused("1.2.0-x86_64-cpu", TrustError, "older than 1.3.0, which this device already accepted")  # no going back
+    setup.refused("1.2.0-x86_64-cpu", Refused, "older than 1.3.0, which this device already accepted")  # no going back
 
 
 def test_a_bundle_whose_own_old_metadata_lacks_it_is_accepted_through_the_devices_newer_metadata(setup: Setup,
@@ -207,7 +206,7 @@ def test_a_bundle_signed_nowhere_the_device_trusts_is_refused_whatever_metadata_
     setup.sign("1.2.0-x86_64-nvidia")
     assert setup.verify("1.2.0-x86_64-nvidia", profile="x86_64-nvidia") == "1.2.0"
     shutil.copytree(stale, setup.tuf("1.1.0-x86_64-cpu"))  # never signed; carries old metadata of another bundle
-    setup.refused("1.1.0-x86_64-cpu", TrustError, "is not a target signed by the repository")
+    setup.refused("1.1.0-x86_64-cpu", Refused, "is not a target signed by the repository")
 
 
 def test_expired_metadata_is_a_freeze(tmp_path: Path, unsigned: dict[str, Path]) -> None:
@@ -216,7 +215,7 @@ def test_expired_metadata_is_a_freeze(tmp_path: Path, unsigned: dict[str, Path])
     roles = {**Policy().roles, "timestamp": RolePolicy(expiry_days=1)}
     setup = Setup(tmp_path, unsigned, policy=Policy(roles=roles), now=lambda: two_days_ago)
     setup.sign("1.2.0-x86_64-cpu")
-    setup.refused("1.2.0-x86_64-cpu", TrustError, "expired metadata")
+    setup.refused("1.2.0-x86_64-cpu", Refused, "expired metadata")
 
 
 def test_snapshot_and_targets_from_different_moments(setup: Setup, tmp_path: Path) -> None:
@@ -226,14 +225,14 @@ def test_snapshot_and_targets_from_different_moments(setup: Setup, tmp_path: Pat
     setup.sign("1.2.0-x86_64-cpu")  # refresh its metadata to the latest moment
     current = next(setup.tuf("1.2.0-x86_64-cpu").glob("*.targets.json"))
     current.write_bytes(old_targets)  # the snapshot names this version, the content is older
-    setup.refused("1.2.0-x86_64-cpu", TrustError, r"mix-and-match\) \(Expected targets v3, got v2")
+    setup.refused("1.2.0-x86_64-cpu", Refused, r"mix-and-match\) \(Expected targets v3, got v2")
 
 
 def test_oversized_metadata_is_endless_data(setup: Setup) -> None:
     setup.sign("1.2.0-x86_64-cpu")
     timestamp = setup.tuf("1.2.0-x86_64-cpu") / "timestamp.json"
     timestamp.write_bytes(timestamp.read_bytes().rstrip(b"}") + b" " * 20_000 + b"}")
-    setup.refused("1.2.0-x86_64-cpu", TrustError, "a metadata file larger than allowed")
+    setup.refused("1.2.0-x86_64-cpu", Refused, "a metadata file larger than allowed")
 
 
 def test_rotated_out_key_no_longer_signs(setup: Setup) -> None:
@@ -250,7 +249,7 @@ def test_rotated_out_key_no_longer_signs(setup: Setup) -> None:
     old = KeyStore(setup.tmp / "keys", passphrase=lambda: "test passphrase")
     md.sign(old.signers(removed)[0])
     path.write_bytes(md.to_bytes())
-    setup.refused("1.3.0-x86_64-cpu", TrustError, "not signed by enough trusted keys")
+    setup.refused("1.3.0-x86_64-cpu", Refused, "not signed by enough trusted keys")
 
 
 def test_rotation_is_followed_by_the_device(setup: Setup) -> None:
@@ -268,13 +267,13 @@ def test_root_chain_with_a_gap(setup: Setup) -> None:
     setup.repo.rotate("timestamp")
     setup.sign("1.2.0-x86_64-cpu")
     (setup.tuf("1.2.0-x86_64-cpu") / "2.root.json").unlink()
-    setup.refused("1.2.0-x86_64-cpu", TrustError,
+    setup.refused("1.2.0-x86_64-cpu", Refused,
                   "root chain has a gap: the device trusts root version 1, the bundle carries up to 3 but not 2")
 
 
 def test_bundle_for_another_profile(setup: Setup) -> None:
     setup.sign("1.2.0-x86_64-nvidia")
-    setup.refused("1.2.0-x86_64-nvidia", BundleError, "is for profile x86_64-nvidia, this device is x86_64-cpu")
+    setup.refused("1.2.0-x86_64-nvidia", Refused, "is for profile x86_64-nvidia, this device is x86_64-cpu")
 
 
 def test_bundle_copied_halfway(setup: Setup, tmp_path: Path, unsigned: dict[str, Path]) -> None:
@@ -285,22 +284,22 @@ def test_bundle_copied_halfway(setup: Setup, tmp_path: Path, unsigned: dict[str,
     data = tar.path.read_bytes()
     setup.bundles["half"] = tmp_path / "half.tar"
     setup.bundles["half"].write_bytes(data[: len(data) // 2])
-    setup.refused("half", BundleError, "tar file is truncated")
+    setup.refused("half", Refused, "tar file is truncated")
 
 
 def test_clock_set_back_is_refused(setup: Setup) -> None:
     setup.sign("1.2.0-x86_64-cpu")
     assert setup.verify("1.2.0-x86_64-cpu") == "1.2.0"
     setup.device.now = lambda: dt.datetime(2001, 1, 1, tzinfo=dt.UTC)
-    setup.refused("1.2.0-x86_64-cpu", TrustError, "before the newest trusted time")
+    setup.refused("1.2.0-x86_64-cpu", DeviceFault, "before the newest trusted time")
 
 
 def test_signing_needs_the_keys(setup: Setup, tmp_path: Path) -> None:
     wrong = Repository(setup.tmp / "repo", KeyStore(tmp_path / "empty-keys", passphrase=lambda: "x"))
-    with pytest.raises(SigningError, match="role targets: 0 of the 1 signatures needed"):
+    with pytest.raises(InputError, match="role targets: 0 of the 1 signatures needed"):
         wrong.add([setup.bundles["1.2.0-x86_64-cpu"]])
     locked = Repository(setup.tmp / "repo", KeyStore(setup.tmp / "keys", passphrase=lambda: "not it"))
-    with pytest.raises(SigningError, match="wrong passphrase"):
+    with pytest.raises(InputError, match="wrong passphrase"):
         locked.add([setup.bundles["1.2.0-x86_64-cpu"]])
     targets = Metadata.from_bytes(next((setup.tmp / "repo/metadata").glob("1.targets.json")).read_bytes())
     assert isinstance(targets.signed, Targets) and targets.signed.targets == {}
@@ -317,9 +316,9 @@ def test_delegated_role_signs_its_own_bundles(setup: Setup) -> None:
 
 def test_delegated_role_is_limited_to_its_paths(setup: Setup) -> None:
     setup.repo.delegate("site-berlin", paths=["other-app/*/*"])
-    with pytest.raises(RepositoryError, match=re.escape("role site-berlin may sign other-app/*/*, not demo/x86_64-cpu/1.2.0")):
+    with pytest.raises(InputError, match=re.escape("role site-berlin may sign other-app/*/*, not demo/x86_64-cpu/1.2.0")):
         setup.repo.add([setup.bundles["1.2.0-x86_64-cpu"]], role="site-berlin")
-    with pytest.raises(RepositoryError, match="no delegated role 'nobody'"):
+    with pytest.raises(InputError, match="no delegated role 'nobody'"):
         setup.repo.add([setup.bundles["1.2.0-x86_64-cpu"]], role="nobody")
 
 
@@ -333,7 +332,7 @@ def test_delegated_metadata_signed_by_the_delegator_is_refused(setup: Setup) -> 
     root = Metadata.from_bytes((setup.tmp / "repo/metadata/root.json").read_bytes()).signed
     md.sign(setup.keys.signers(root.roles["targets"].keyids)[0])
     path.write_bytes(md.to_bytes())
-    setup.refused("1.2.0-x86_64-cpu", TrustError, "not signed by enough trusted keys")
+    setup.refused("1.2.0-x86_64-cpu", Refused, "not signed by enough trusted keys")
 
 
 def test_hashed_bins_spread_targets_and_each_bundle_carries_one_bin(tmp_path: Path, unsigned: dict[str, Path]) -> None:
@@ -345,9 +344,9 @@ def test_hashed_bins_spread_targets_and_each_bundle_carries_one_bin(tmp_path: Pa
         assert len(carried) == 1, carried
     assert setup.verify("1.2.0-x86_64-cpu") == "1.2.0"
     assert setup.verify("1.2.0-x86_64-nvidia", profile="x86_64-nvidia") == "1.2.0"
-    with pytest.raises(RepositoryError, match=r"older than published 1\.2\.0"):
+    with pytest.raises(InputError, match=r"older than published 1\.2\.0"):
         setup.sign("1.1.0-x86_64-cpu")  # the newest-version check looks across every bin
-    with pytest.raises(RepositoryError, match="cannot also have named delegations"):
+    with pytest.raises(InputError, match="cannot also have named delegations"):
         setup.repo.delegate("team", paths=["*"])
 
 
@@ -405,7 +404,7 @@ def test_a_failure_while_committing_changes_nothing(setup: Setup, monkeypatch: p
         real_replace(src, dst)  # type: ignore[arg-type]
 
     monkeypatch.setattr(trust_module.os, "replace", full_disk)
-    setup.refused("1.2.0-x86_64-cpu", TrustError, "cannot record the verified state .No space left on device.; nothing changed")
+    setup.refused("1.2.0-x86_64-cpu", DeviceFault, "cannot record the verified state .No space left on device.; nothing changed")
     monkeypatch.undo()
     assert setup.verify("1.2.0-x86_64-cpu") == "1.2.0"
 
@@ -442,7 +441,7 @@ def test_verifications_are_serialised_and_leftovers_swept(setup: Setup) -> None:
 def test_hostile_root_version_names(setup: Setup) -> None:
     setup.sign("1.2.0-x86_64-cpu")
     (setup.tuf("1.2.0-x86_64-cpu") / "9999999999.root.json").write_text("{}")
-    setup.refused("1.2.0-x86_64-cpu", TrustError, "carries up to 9999999999 but not 2")
+    setup.refused("1.2.0-x86_64-cpu", Refused, "carries up to 9999999999 but not 2")
     (setup.tuf("1.2.0-x86_64-cpu") / "9999999999.root.json").unlink()
     (setup.tuf("1.2.0-x86_64-cpu") / "01.root.json").write_text("{}")  # not a metadata name: never read
     assert setup.verify("1.2.0-x86_64-cpu") == "1.2.0"
@@ -458,7 +457,7 @@ def test_bundle_changed_between_the_tuf_check_and_the_blob_check(setup: Setup, m
         return real(setup.bundles["1.3.0-x86_64-cpu"])  # another (valid) bundle now lies at the path
 
     monkeypatch.setattr(verify_module, "verify_bundle", swapped)
-    setup.refused("1.2.0-x86_64-cpu", TrustError, "changed while it was verified")
+    setup.refused("1.2.0-x86_64-cpu", Refused, "changed while it was verified")
 
 
 def test_bundle_for_another_compatible_string(setup: Setup, tmp_path: Path) -> None:
@@ -469,7 +468,7 @@ def test_bundle_for_another_compatible_string(setup: Setup, tmp_path: Path) -> N
     (tmp_path / "p/x86_64-cpu.yaml").write_text("name: x86_64-cpu\nplatform: {os: linux, architecture: amd64}\ncompatible: acme/cpu-rev2\n")
     rev2 = load_profiles([tmp_path / "p"])["x86_64-cpu"]
     before = setup.state()
-    with pytest.raises(BundleError, match="is compatible with 'sealift/x86_64-cpu', this device needs 'acme/cpu-rev2'"):
+    with pytest.raises(Refused, match="is compatible with 'sealift/x86_64-cpu', this device needs 'acme/cpu-rev2'"):
         verify_for_device(setup.bundles["1.2.0-x86_64-cpu"], trust=setup.device, profile=rev2)
     assert setup.state() == before
 
@@ -498,9 +497,9 @@ def test_a_signing_failure_leaves_the_repository_as_it_was(setup: Setup) -> None
         del index[keyid]  # the snapshot key is not reachable today
     (setup.tmp / "keys/keys.json").write_text(json.dumps(index))
     crippled = Repository(setup.tmp / "repo", KeyStore(setup.tmp / "keys", passphrase=lambda: "test passphrase"))
-    with pytest.raises(SigningError, match="role snapshot: 0 of the 1 signatures needed"):
+    with pytest.raises(InputError, match="role snapshot: 0 of the 1 signatures needed"):
         crippled.add([setup.bundles["1.3.0-x86_64-cpu"]])
-    with pytest.raises(SigningError, match="role snapshot"):
+    with pytest.raises(InputError, match="role snapshot"):
         crippled.rotate("targets")
     assert {p.name: p.read_bytes() for p in (setup.tmp / "repo/metadata").iterdir()} == before
 
@@ -527,14 +526,14 @@ def test_repo_refresh_renews_timestamp_and_snapshot(setup: Setup) -> None:
 def test_a_delegation_that_devices_would_never_reach_is_refused(setup: Setup) -> None:
     setup.repo.delegate("team-a", paths=["demo/*/*"])
     setup.repo.delegate("site-b", paths=["demo/x86_64-cpu/*"])
-    with pytest.raises(RepositoryError, match=re.escape("role team-a, delegated before site-b, also matches demo/x86_64-cpu/1.2.0")):
+    with pytest.raises(InputError, match=re.escape("role team-a, delegated before site-b, also matches demo/x86_64-cpu/1.2.0")):
         setup.repo.add([setup.bundles["1.2.0-x86_64-cpu"]], role="site-b")
 
 
 def test_keys_inside_the_repository_and_absurd_expiry_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(RepositoryError, match="must not be inside the repository"):
+    with pytest.raises(InputError, match="must not be inside the repository"):
         Repository(tmp_path / "repo", KeyStore(tmp_path / "repo/metadata/keys"))
     repo = Repository(tmp_path / "repo", KeyStore(tmp_path / "keys", passphrase=lambda: "x"))
     for days in (float("nan"), 1e7, 0.0):
-        with pytest.raises(RepositoryError, match="expiry must be over 0"):
+        with pytest.raises(InputError, match="expiry must be over 0"):
             repo.init(Policy(roles={**Policy().roles, "timestamp": RolePolicy(expiry_days=days)}))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bundler.writer import open_writer
-from updater.errors import BundleError
+from updater.errors import Refused
 from updater.layout import open_layout
 from updater.oci import Descriptor
 
@@ -51,7 +51,7 @@ def test_a_stream_that_does_not_match_leaves_nothing(tmp_path: Path, tar: bool) 
     writer = open_writer(tmp_path, tar=tar, mtime=0)
     good = writer.add_bytes(b"kept")
     wrong = Descriptor(media_type="x", digest=digest(b"expected"), size=8)
-    with pytest.raises(BundleError, match="expected 8 bytes"):
+    with pytest.raises(Refused, match="expected 8 bytes"):
         writer.add_stream(io.BytesIO(b"tampered"), expect=wrong, what="layer")
     assert not writer.has(wrong.digest)
     writer.finish(TOP)

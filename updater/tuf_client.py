@@ -1,0 +1,295 @@
+"""The device's one TUF client: python-tuf's ngclient over a copy of the device's trusted metadata.
+
+Signed metadata reaches a device three ways, and all three go through :class:`TufClient`: in a
+bundle's or a medium's ``tuf/`` folder (:class:`LayoutMetadata`), as ``tuf.*`` artifacts in a site
+registry (:class:`RegistryMetadata`), and, when what a bundle carries is older than what the device
+already trusts, from the device's own trusted copy (:class:`TrustedMetadata`). A verification
+(1) checks the chain of root versions has no gap, (2) runs ngclient's refresh (TUF 5.3 to 5.6: root,
+timestamp, snapshot, targets, each signed by its threshold of keys, unexpired and never older than
+what the device trusts), (3) looks a target up by the one name it is signed as
+(:func:`target_name`), and (4) holds the index bytes against it.
+
+Faults are split as python-tuf splits them: metadata that fails a check is Refused (an attack, or
+metadata a repository should never have served), a source that cannot deliver is a
+DeliveryError (never reported as an attack), and trusted metadata the device cannot write is a
+DeviceFault.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+from securesystemslib.exceptions import UnverifiedSignatureError
+from securesystemslib.signer import KEY_FOR_TYPE_AND_SCHEME, Signature, SigstoreKey
+from tuf.api import exceptions as tuf_errors
+from tuf.api.metadata import TargetFile
+from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
+
+from updater.errors import DeliveryError, DeviceFault, Refused
+from updater.layout import LayoutReader
+from updater.oci import ANNOTATION, MEDIA
+from updater.registry import MAX_METADATA_BYTES, RegistryClient, read_metadata
+
+__all__ = [
+    "LayoutMetadata",
+    "MetadataSource",
+    "RegistryMetadata",
+    "TrustedMetadata",
+    "TufClient",
+    "claimed_target",
+    "target_name",
+]
+
+_URL = "sealift-metadata:/"
+T = TypeVar("T")
+_REASONS: dict[type[Exception], str] = {  # ngclient's exception classes, in the words of an operator
+    tuf_errors.ExpiredMetadataError: "expired metadata",
+    tuf_errors.EqualVersionNumberError: "metadata replayed with an unchanged version",
+    tuf_errors.BadVersionNumberError: "metadata older than the device trusts, or from another moment than the snapshot "
+                                      "names (rollback or mix-and-match)",
+    tuf_errors.UnsignedMetadataError: "metadata not signed by enough trusted keys",
+    tuf_errors.LengthOrHashMismatchError: "metadata that does not match what the snapshot or timestamp signed",
+    tuf_errors.DownloadLengthMismatchError: "a metadata file larger than allowed",
+    tuf_errors.DownloadHTTPError: "metadata missing",
+}
+
+
+class _OfflineSigstoreKey(SigstoreKey):
+    """A keyless (Sigstore) key as a device sees it: its signatures need Sigstore's online trust
+    root, so offline they never count, and the role's ordinary keys must meet its threshold."""
+
+    def verify_signature(self, signature: Signature, data: bytes) -> None:
+        raise UnverifiedSignatureError(f"key {self.keyid[:16]}: keyless signatures are not verified offline")
+
+
+KEY_FOR_TYPE_AND_SCHEME[("sigstore-oidc", "Fulcio")] = _OfflineSigstoreKey
+
+
+def target_name(*, name: str, version: str, profile: str | None = None, site: str | None = None) -> str:
+    """The name a bundle (``NAME/PROFILE/VERSION``) or a site overlay (``NAME/overlays/SITE/VERSION``)
+    is signed as: the repository signs, and the device looks up, exactly this."""
+    if (profile is None) == (site is None):
+        raise ValueError("a target is a bundle for a profile or an overlay for a site")
+    return f"{name}/overlays/{site}/{version}" if site is not None else f"{name}/{profile}/{version}"
+
+
+def claimed_target(index: bytes, where: str) -> str:
+    """The target a top index (its bytes) claims to be, from its annotations; TUF decides whether it is."""
+    try:
+        parsed = json.loads(index)
+        a = parsed["annotations"]
+        if parsed.get("artifactType") == MEDIA.OVERLAY:
+            return target_name(name=a[ANNOTATION.NAME], site=a[ANNOTATION.SITE], version=a[ANNOTATION.VERSION])
+        return target_name(name=a[ANNOTATION.NAME], profile=a[ANNOTATION.PROFILE], version=a[ANNOTATION.VERSION])
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+        raise Refused(f"{where}: no readable bundle index to look up in the signed targets") from e
+
+
+class MetadataSource(Protocol):
+    """Where signed metadata files come from. ``what`` names it in messages."""
+
+    what: str
+    may_be_older: bool  # whether its metadata may be older than the device's, which then decides
+
+    def names(self) -> set[str] | None:
+        """The files it holds, when it can tell (a folder can, a registry is asked file by file)."""
+        ...
+
+    def read(self, name: str) -> bytes | None:
+        """The bytes of ``name``, None when the source has no such file; DeliveryError when it cannot deliver."""
+        ...
+
+
+class LayoutMetadata:
+    """The ``tuf/`` folder of a bundle or medium: the metadata of the moment it was signed, which may be
+    older than what the device has since come to trust (then the device's own metadata decides)."""
+
+    may_be_older = True
+
+    def __init__(self, reader: LayoutReader) -> None:
+        self.reader = reader
+        self.what = reader.location
+        self._names = reader.metadata_names()
+
+    def names(self) -> set[str]:
+        return self._names
+
+    def read(self, name: str) -> bytes | None:
+        if name not in self._names:
+            return None
+        with self.reader.open_metadata(name) as stream:
+            return stream.read(MAX_METADATA_BYTES + 1)
+
+
+class RegistryMetadata:
+    """The ``tuf.*`` artifacts of a registry repository; keeps what it served, for the bundle it goes with.
+    A mirror serves its newest metadata: older than what the device trusts is refused (a freeze)."""
+
+    may_be_older = False
+
+    def __init__(self, client: RegistryClient) -> None:
+        self.client = client
+        self.what = f"site registry {client.ref.name}"
+        self.fetched: dict[str, bytes] = {}
+
+    def names(self) -> None:
+        return None
+
+    def read(self, name: str) -> bytes | None:
+        if name in self.fetched:
+            return self.fetched[name]
+        data = read_metadata(self.client, name, limit=MAX_METADATA_BYTES)
+        if data is not None:
+            self.fetched[name] = data
+        return data
+
+
+class TrustedMetadata:
+    """The device's own trusted metadata, served back (and no newer root), so a refresh changes nothing
+    and a target is looked up in what the device already trusts."""
+
+    may_be_older = False
+
+    def __init__(self, metadata_dir: Path) -> None:
+        self.metadata_dir = metadata_dir
+        self.what = "the device's trusted metadata"
+
+    def names(self) -> None:
+        return None
+
+    def read(self, name: str) -> bytes | None:
+        role = name.split(".", 1)[1] if name.split(".", 1)[0].isdigit() else name
+        path = self.metadata_dir / role
+        if role == "root.json" or "/" in role or not path.is_file():
+            return None
+        return path.read_bytes()
+
+
+class _Fetcher(FetcherInterface):
+    """Hands ngclient the files of a source; a source's outage travels as the cause of its DownloadError."""
+
+    def __init__(self, source: MetadataSource) -> None:
+        self.source = source
+
+    def _fetch(self, url: str) -> Iterator[bytes]:
+        name = url.removeprefix(_URL)
+        try:
+            data = self.source.read(name)
+        except DeliveryError as e:
+            raise tuf_errors.DownloadError(e.diagnostics()) from e
+        if data is None:  # like an HTTP 404: for a root, "no newer version"
+            raise tuf_errors.DownloadHTTPError(f"{name} is not in {self.source.what}", 404)
+        return iter((data,))
+
+
+class TufClient:
+    """One verification against ``metadata_dir``, a candidate copy of the device's trusted metadata
+    (see :meth:`updater.trust.TrustStore.candidate`): the copy advances as ngclient verifies, and
+    becomes the device's only if the caller commits it."""
+
+    def __init__(self, metadata_dir: Path, source: MetadataSource) -> None:
+        self.metadata_dir = metadata_dir
+        self.source = source
+        self._updater: Updater | None = None
+
+    def refresh(self) -> None:
+        """(1) the root chain, (2) ngclient's refresh; a source older than the device's metadata gives way to it."""
+        names = self.source.names()
+        if names is not None and not names:
+            raise Refused(f"{self.source.what}: carries no signed metadata (tuf/); sign it with `sealift repo add`")
+        if names is not None:
+            self._check_root_chain(names)
+        if self.source.may_be_older and self._older_than_trusted():
+            # the bundle carries older metadata than the device trusts: the newer, trusted metadata decides
+            self.source = TrustedMetadata(self.metadata_dir)
+        self._updater = Updater(str(self.metadata_dir), _URL, fetcher=_Fetcher(self.source), config=UpdaterConfig(),
+                                bootstrap=None)
+        self._guarded(self._updater.refresh)
+
+    def target(self, name: str) -> TargetFile | None:
+        """(3) ``name`` as the refreshed metadata signs it (delegated roles walked as needed), or None."""
+        updater = self._updater
+        assert updater is not None, "refresh first"
+        return self._guarded(lambda: updater.get_targetinfo(name))
+
+    def check(self, name: str, index: bytes) -> None:
+        """(4) ``index`` is, byte for byte, what the repository signs as ``name``; Refused otherwise."""
+        if why := self.doubts(name, index):
+            raise Refused(f"{self.source.what}: {why}")
+
+    def doubts(self, name: str, index: bytes) -> str | None:
+        """Why ``index`` is not what the repository signs as ``name`` (None when it is). Metadata that
+        fails verification on the way (a delegated role) raises, as in :meth:`refresh`."""
+        target = self.target(name)
+        if target is None:
+            return f"{name} is not a target signed by the repository"
+        try:
+            target.verify_length_and_hashes(index)
+        except tuf_errors.LengthOrHashMismatchError as e:
+            return f"the index {_sha256(index)} is not the one signed as {name} ({e})"
+        return None
+
+    def _guarded(self, step: Callable[[], T]) -> T:
+        try:
+            return step()
+        except tuf_errors.DownloadError as e:
+            if isinstance(e.__cause__, DeliveryError):
+                raise e.__cause__ from None  # an outage, not an attack
+            raise Refused(f"{self.source.what}: signed metadata refused: {_reason(e)} ({e})") from e
+        except tuf_errors.RepositoryError as e:
+            raise Refused(f"{self.source.what}: signed metadata refused: {_reason(e)} ({e})") from e
+        except OSError as e:
+            raise DeviceFault(f"{self.metadata_dir}: cannot keep the trusted metadata ({e.strerror})") from e
+
+    def _check_root_chain(self, names: set[str]) -> None:
+        """Every root version after the trusted one must be there: a device walks them one by one."""
+        trusted = int(Path(os.readlink(self.metadata_dir / "root.json")).name.split(".")[0])
+        carried = {int(n.split(".")[0]) for n in names if n.endswith(".root.json") and n.split(".")[0].isdigit()}
+        newer = sorted(v for v in carried if v > trusted)
+        if not newer or len(newer) == newer[-1] - trusted:
+            return
+        missing = trusted + 1
+        while missing in carried:  # at most len(newer) steps: there is a gap below newer[-1]
+            missing += 1
+        raise Refused(f"{self.source.what}: the root chain has a gap: the device trusts root version {trusted}, "
+                      f"the bundle carries up to {newer[-1]} but not {missing}")
+
+    def _older_than_trusted(self) -> bool:
+        """Whether the source's timestamp is older than the device's (read unverified: it only picks which
+        metadata to verify, and either is verified in full)."""
+        trusted = _version(self.metadata_dir / "timestamp.json")
+        if trusted is None:
+            return False
+        try:
+            carried = self.source.read("timestamp.json")
+        except DeliveryError:
+            return False  # the refresh meets the same outage and says so
+        return carried is not None and _version_of(carried) < trusted
+
+
+def _sha256(data: bytes) -> str:
+    return f"sha256:{hashlib.sha256(data).hexdigest()}"
+
+
+def _version(path: Path) -> int | None:
+    try:
+        return _version_of(path.read_bytes())
+    except FileNotFoundError:
+        return None
+
+
+def _version_of(data: bytes) -> int:
+    try:
+        version = json.loads(data)["signed"]["version"]
+    except (ValueError, KeyError, TypeError, RecursionError):
+        return -1
+    return version if isinstance(version, int) else -1
+
+
+def _reason(error: Exception) -> str:
+    return next((text for kind, text in _REASONS.items() if isinstance(error, kind)), "metadata that fails verification")
