@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.builders import FAST_PORT, example_releases  # noqa: E402
 from tests.realparts import start_docker_engine  # noqa: E402
+from updater.docker_runtime import DockerRuntime  # noqa: E402
 
 
 class Poller:
@@ -80,7 +81,7 @@ def measure(repeat: int) -> dict[str, Any]:
                 def mark(line: str, marks: dict[str, float] = marks) -> None:
                     marks.setdefault(line.split("]")[0].strip("["), time.monotonic())
 
-                installer = Installer(state_dir=state, client=engine.client, profile=cpu, log=mark)
+                installer = Installer(state_dir=state, runtime=DockerRuntime(engine.client), profile=cpu, log=mark)
                 installer.install(releases["1.0.0"])
                 with Poller() as poller:
                     time.sleep(0.5)

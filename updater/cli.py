@@ -11,6 +11,7 @@ import click
 from updater.bundle import BundleInfo
 from updater.daemon import Daemon
 from updater.detect import Hardware, detect_profile
+from updater.docker_runtime import DockerRuntime
 from updater.errors import FAMILIES, DeliveryError, InputError, Unhealthy
 from updater.exits import reports_errors
 from updater.identity import DeviceIdentity
@@ -18,7 +19,6 @@ from updater.install import Installer
 from updater.overlay import OverlayInfo
 from updater.poll import RegistryPoller
 from updater.profiles import Profile, load_profiles, profile_search_path
-from updater.runtime import connect_engine
 from updater.sealed import KEMS
 from updater.slots import Slots
 from updater.trust import TrustStore
@@ -149,7 +149,7 @@ def install(store: TrustStore, bundle: Path, overlay: Path | None, profile: str 
     device's profile is taken from it, with the newest overlay for its site that fits; a medium
     with nothing newer than the running release but a newer overlay rotates the overlay.
     """
-    installer = Installer(state_dir=store.state_dir, client=connect_engine(), profile=_device_profile(profile, profiles_dir),
+    installer = Installer(state_dir=store.state_dir, runtime=DockerRuntime.connect(), profile=_device_profile(profile, profiles_dir),
                           log=lambda line: click.echo(line, err=True))
     outcome = installer.install(bundle, overlay=overlay, force=force)
     if as_json:
@@ -168,7 +168,8 @@ def install(store: TrustStore, bundle: Path, overlay: Path | None, profile: str 
 @reports_errors
 def rollback(store: TrustStore, as_json: bool) -> None:
     """Return to the previous release (still staged in the other slot), health-checked like an install."""
-    installer = Installer(state_dir=store.state_dir, client=connect_engine(), profile=None, log=lambda line: click.echo(line, err=True))
+    installer = Installer(state_dir=store.state_dir, runtime=DockerRuntime.connect(), profile=None,
+                          log=lambda line: click.echo(line, err=True))
     outcome = installer.rollback()
     if as_json:
         click.echo(json.dumps({"ok": outcome.committed, "release": vars(outcome.release), "reason": outcome.reason,
@@ -210,7 +211,7 @@ def run(store: TrustStore, watch: Path | None, source: str | None, plain_http: b
     def log(line: str) -> None:
         click.echo(line, err=True)
 
-    installer = Installer(state_dir=store.state_dir, client=connect_engine(), profile=device, log=log)
+    installer = Installer(state_dir=store.state_dir, runtime=DockerRuntime.connect(), profile=device, log=log)
     poller = None
     if source is not None:
         poller = RegistryPoller(source, installer=installer, profile=device, plain_http=plain_http, log=log)
@@ -225,7 +226,8 @@ def run(store: TrustStore, watch: Path | None, source: str | None, plain_http: b
 def recover(store: TrustStore) -> None:
     """Converge after a crash, a power cut or an engine restart: an interrupted install is rolled
     back, and the committed release is started if it is not running. Run it at boot."""
-    installer = Installer(state_dir=store.state_dir, client=connect_engine(), profile=None, log=lambda line: click.echo(line, err=True))
+    installer = Installer(state_dir=store.state_dir, runtime=DockerRuntime.connect(), profile=None,
+                          log=lambda line: click.echo(line, err=True))
     state = installer.recover()
     current = state.current
     click.echo(f"running: {current.name} {current.version} (slot {current.slot})" if current else "nothing installed")

@@ -20,9 +20,9 @@ from typing import Any
 
 from updater.appdef import Check, CheckType, HealthPolicy
 from updater.errors import Unhealthy
-from updater.runtime import LABEL_APP, LABEL_SLOT
+from updater.runtime import ContainerState, Runtime
 
-__all__ = ["HealthResult", "wait_healthy"]
+__all__ = ["HealthResult", "Watched", "wait_healthy"]
 
 _POLL = 0.5
 _ANSWER_BYTES = 1 << 20
@@ -36,15 +36,30 @@ class HealthResult:
     fault: str = Unhealthy.fault  # what kind of failure, when not ok: the release's health, or what kept it from starting
 
 
-def wait_healthy(containers: Callable[[], dict[str, Any]], policy: HealthPolicy, slot_dir: Path, *,
-                 now: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> HealthResult:
+@dataclass(frozen=True, kw_only=True)
+class Watched:
+    """The release whose health is checked: its containers on the engine (``app``, ``slot``), its staged
+    slot (the inference check's golden files), and the folder of its opened secrets (bearer tokens)."""
+
+    runtime: Runtime
+    app: str
+    slot: str
+    slot_dir: Path
+    secrets: Path | None = None
+
+    def containers(self) -> dict[str, ContainerState]:
+        return self.runtime.containers(self.app, self.slot)
+
+
+def wait_healthy(watched: Watched, policy: HealthPolicy, *, now: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> HealthResult:
     """Run the checks until they all pass or their deadline passes, then watch the stabilisation window."""
     start = now()
     pending = list(policy.checks)
     last: dict[str, str] = {}
     while pending:
         for check in list(pending):
-            passed, detail = _run(check, containers(), slot_dir)
+            passed, detail = _run(check, watched)
             last[check.name] = detail
             if passed:
                 pending.remove(check)
@@ -55,58 +70,49 @@ def wait_healthy(containers: Callable[[], dict[str, Any]], policy: HealthPolicy,
                 check = pending[0]
                 return HealthResult(ok=False, check=check.name, detail=last.get(check.name, ""))
             sleep(_POLL)
-    return _stable(containers, policy, now=now, sleep=sleep)
+    return _stable(watched, policy, now=now, sleep=sleep)
 
 
-def _stable(containers: Callable[[], dict[str, Any]], policy: HealthPolicy, *, now: Callable[[], float],
-            sleep: Callable[[float], None]) -> HealthResult:
-    restarts = {name: _restarts(c) for name, c in containers().items()}
+def _stable(watched: Watched, policy: HealthPolicy, *, now: Callable[[], float], sleep: Callable[[float], None]) -> HealthResult:
+    restarts = {name: c.restarts for name, c in watched.containers().items()}
     end = now() + policy.stabilisation
     while True:
-        for name, container in containers().items():
-            container.reload()
-            state = container.attrs["State"]
-            if state.get("Status") != "running":
-                detail = f"{name} is {state.get('Status')} (exit code {state.get('ExitCode')})"
+        for name, container in watched.containers().items():
+            if not container.running:
+                detail = f"{name} is {container.status} (exit code {container.exit_code})"
                 return HealthResult(ok=False, check="stabilisation", detail=detail)
-            if _restarts(container) != restarts.get(name):
+            if container.restarts != restarts.get(name):
                 return HealthResult(ok=False, check="stabilisation", detail=f"{name} restarted")
-            if (state.get("Health") or {}).get("Status") == "unhealthy":
+            if container.health == "unhealthy":
                 return HealthResult(ok=False, check="stabilisation", detail=f"{name} turned unhealthy")
         if now() >= end:
             return HealthResult(ok=True)
         sleep(_POLL)
 
 
-def _restarts(container: Any) -> int:
-    return int(container.attrs.get("RestartCount", 0))
-
-
-def _run(check: Check, containers: dict[str, Any], slot_dir: Path) -> tuple[bool, str]:
-    container = containers.get(check.service)
+def _run(check: Check, watched: Watched) -> tuple[bool, str]:
+    container = watched.containers().get(check.service)
     if container is None:
         return False, f"service {check.service} has no container"
-    container.reload()
-    if container.attrs["State"].get("Status") != "running":
-        return False, f"{check.service} is {container.attrs['State'].get('Status')}"
+    if not container.running:
+        return False, f"{check.service} is {container.status}"
     try:
-        return _CHECKS[check.type](check, container, slot_dir)
+        return _CHECKS[check.type](check, container, watched)
     except OSError as e:
         return False, f"{type(e).__name__}: {e}"
 
 
-def _container_health(check: Check, container: Any, slot_dir: Path) -> tuple[bool, str]:
-    health = container.attrs["State"].get("Health")
-    if health is None:
+def _container_health(check: Check, container: ContainerState, watched: Watched) -> tuple[bool, str]:
+    if container.health is None:
         return True, "running (no HEALTHCHECK)"
-    log = health.get("Log") or [{}]
-    return health.get("Status") == "healthy", f"{health.get('Status')}: {str(log[-1].get('Output', '')).strip()[:200]}"
+    return container.health == "healthy", f"{container.health}: {container.health_output[:200]}"
 
 
-def _http(check: Check, container: Any, slot_dir: Path) -> tuple[bool, str]:
+def _http(check: Check, container: ContainerState, watched: Watched) -> tuple[bool, str]:
     url = _url(container, check.port, check.path or "/")
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=_auth(check, container, slot_dir)), timeout=5) as response:
+        request = urllib.request.Request(url, headers=_auth(check, watched))
+        with urllib.request.urlopen(request, timeout=5) as response:
             status = response.status
     except urllib.error.HTTPError as e:
         status = e.code
@@ -114,24 +120,23 @@ def _http(check: Check, container: Any, slot_dir: Path) -> tuple[bool, str]:
     return status == expected, f"GET {check.path or '/'} answered {status}, expected {expected}"
 
 
-def _tcp(check: Check, container: Any, slot_dir: Path) -> tuple[bool, str]:
+def _tcp(check: Check, container: ContainerState, watched: Watched) -> tuple[bool, str]:
     with socket.create_connection(_published(container, check.port), timeout=5):
         return True, f"port {check.port} accepts connections"
 
 
-def _exec(check: Check, container: Any, slot_dir: Path) -> tuple[bool, str]:
-    result = container.exec_run(list(check.command or ()))
-    output = result.output.decode(errors="replace").strip()[:200]
-    return result.exit_code == 0, f"exit code {result.exit_code}: {output}"
+def _exec(check: Check, container: ContainerState, watched: Watched) -> tuple[bool, str]:
+    code, output = watched.runtime.run_in(watched.app, watched.slot, check.service, check.command or ())
+    return code == 0, f"exit code {code}: {output.strip()[:200]}"
 
 
-def _inference(check: Check, container: Any, slot_dir: Path) -> tuple[bool, str]:
-    body = (slot_dir / "configs" / str(check.input)).read_bytes()
-    expected = json.loads((slot_dir / "configs" / str(check.expected)).read_text())
+def _inference(check: Check, container: ContainerState, watched: Watched) -> tuple[bool, str]:
+    body = (watched.slot_dir / "configs" / str(check.input)).read_bytes()
+    expected = json.loads((watched.slot_dir / "configs" / str(check.expected)).read_text())
     url = _url(container, check.port, str(check.path))
     started = time.monotonic()
     try:
-        request = urllib.request.Request(url, data=body, method="POST", headers=_auth(check, container, slot_dir))
+        request = urllib.request.Request(url, data=body, method="POST", headers=_auth(check, watched))
         with urllib.request.urlopen(request, timeout=10) as response:
             answer = json.loads(response.read(_ANSWER_BYTES))
     except urllib.error.HTTPError as e:
@@ -145,14 +150,14 @@ def _inference(check: Check, container: Any, slot_dir: Path) -> tuple[bool, str]
     return mismatch is None, mismatch or f"answer matches the golden output in {latency:.2f}s"
 
 
-def _auth(check: Check, container: Any, slot_dir: Path) -> dict[str, str]:
+def _auth(check: Check, watched: Watched) -> dict[str, str]:
     """The bearer token a check sends: the secret the service gets, read from the updater's tmpfs."""
     if check.secret is None:
         return {}
-    labels = container.labels
-    opened = slot_dir.parent.parent / "run" / f"{labels.get(LABEL_APP)}-{labels.get(LABEL_SLOT)}" / check.service / check.secret
+    if watched.secrets is None:
+        raise OSError(f"secret {check.secret} is not open for the check")
     try:
-        token = opened.read_text().strip()
+        token = (watched.secrets / check.service / check.secret).read_text().strip()
     except OSError as e:
         raise OSError(f"secret {check.secret} is not open for the check") from e
     return {"Authorization": f"Bearer {token}"}
@@ -172,24 +177,23 @@ def _differs(found: Any, expected: Any, tolerance: float, where: str) -> str | N
     return None
 
 
-def _published(container: Any, port: int | None) -> tuple[str, int]:
+def _published(container: ContainerState, port: int | None) -> tuple[str, int]:
     """Where the container's ``port`` is published on the host: the address it is bound to (loopback
     when it is bound to every address), and the port."""
-    bindings = (container.attrs["NetworkSettings"].get("Ports") or {}).get(f"{port}/tcp") or []
+    bindings = container.ports.get(f"{port}/tcp") or ()
     if not bindings:
         raise OSError(f"port {port} is not published on the host")
-    binding = min(bindings, key=lambda b: ":" in (b.get("HostIp") or ""))  # IPv4 first: each family may have its own port
-    host = binding.get("HostIp") or ""
+    binding = min(bindings, key=lambda b: ":" in b.host)  # IPv4 first: each family may have its own port
     loopback = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
-    return loopback.get(host, host), int(binding["HostPort"])
+    return loopback.get(binding.host, binding.host), binding.port
 
 
-def _url(container: Any, port: int | None, path: str) -> str:
+def _url(container: ContainerState, port: int | None, path: str) -> str:
     host, published = _published(container, port)
     return f"http://[{host}]:{published}{path}" if ":" in host else f"http://{host}:{published}{path}"
 
 
-_CHECKS: dict[CheckType, Callable[[Check, Any, Path], tuple[bool, str]]] = {
+_CHECKS: dict[CheckType, Callable[[Check, ContainerState, Watched], tuple[bool, str]]] = {
     CheckType.CONTAINER: _container_health,
     CheckType.HTTP: _http,
     CheckType.TCP: _tcp,

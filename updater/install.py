@@ -15,16 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from updater.appdef import HealthPolicy
-from updater.bundle import release_definition
+from updater.bundle import BundleInfo, release_definition
 from updater.errors import Conflict, InputError, Refused, SealiftError
 from updater.gc import collect_images
-from updater.health import HealthResult, wait_healthy
+from updater.health import HealthResult, Watched, wait_healthy
 from updater.identity import DeviceIdentity
-from updater.images import load_images
+from updater.layout import open_layout
 from updater.medium import looks_like_medium
 from updater.overlay import OverlayInfo, is_overlay
 from updater.profiles import Profile
-from updater.runtime import Runtime
+from updater.runtime import Image, Runtime, image_tag
 from updater.secrets import SecretStore
 from updater.slots import DeviceState, Phase, Release, Slots
 from updater.stage import clone_slot, overlay_of, stage_overlay, stage_release, staged_overlay
@@ -49,14 +49,13 @@ class Outcome:
 class Installer:
     """Installs releases on one device: its state directory, its trust, its engine."""
 
-    def __init__(self, *, state_dir: Path, client: Any, profile: Profile | None, log: Log = lambda _: None) -> None:
+    def __init__(self, *, state_dir: Path, runtime: Runtime, profile: Profile | None, log: Log = lambda _: None) -> None:
         self.slots = Slots(state_dir)
         self.trust = TrustStore(state_dir)
         self.store = BundleStore(state_dir)
         self.identity = DeviceIdentity(state_dir)
         self.secrets = SecretStore(state_dir, self.identity)
-        self.runtime = Runtime(client)
-        self.client = client
+        self.runtime = runtime
         self.profile = profile
         self.log = log
 
@@ -111,7 +110,8 @@ class Installer:
         if site is not None:
             stage_overlay(site, slot_dir)
         self.log("[3/7] load images")
-        load_images(self.client, bundle, info)
+        with open_layout(bundle) as reader:
+            self.runtime.load_images(reader, images_of(info))
         self.log("[4/7] record trying")
         # the previous release's slot now holds the new one: it can no longer be returned to
         previous = state.previous if state.previous is not None and state.previous.slot != release.slot else None
@@ -193,13 +193,13 @@ class Installer:
             result = HealthResult(ok=False, check="start", detail=e.diagnostics(), fault=e.fault)
         else:
             self.log("[6/7] health checks")
-            result = wait_healthy(lambda: self.runtime.containers(release.name, release.slot), _policy(slot_dir), slot_dir)
+            result = wait_healthy(self._watched(release), _policy(slot_dir))
         if result.ok:
             self.log("[7/7] commit")
             committed = state.with_event(phase=Phase.COMMITTED, current=release, previous=state.current, candidate=None,
                                          reason=success)
             self.slots.save(committed)
-            removed = collect_images(self.client, self.slots, committed)
+            removed = collect_images(self.runtime, self.slots, committed)
             if removed:
                 self.log(f"removed {len(removed)} image(s) no kept release uses")
             return Outcome(committed=True, release=release, reason=success)
@@ -237,7 +237,7 @@ class Installer:
             except SealiftError as e:
                 return f"; the previous release could not be started again either ({e.diagnostics()})"
         slot_dir = self.slots.slot_dir(current.slot)
-        back = wait_healthy(lambda: self.runtime.containers(current.name, current.slot), _policy(slot_dir), slot_dir)
+        back = wait_healthy(self._watched(current), _policy(slot_dir))
         return "" if back.ok else f"; the previous release is not healthy either ({back.check}: {back.detail})"
 
     def _stop(self, release: Release) -> None:
@@ -255,7 +255,11 @@ class Installer:
 
     def _running(self, release: Release) -> bool:
         containers = self.runtime.containers(release.name, release.slot)
-        return bool(containers) and all(c.status == "running" for c in containers.values())
+        return bool(containers) and all(c.running for c in containers.values())
+
+    def _watched(self, release: Release) -> Watched:
+        return Watched(runtime=self.runtime, app=release.name, slot=release.slot, slot_dir=self.slots.slot_dir(release.slot),
+                       secrets=self.secrets.folder(release.name, release.slot))
 
 
 @dataclass(frozen=True)
@@ -301,6 +305,12 @@ def choose(state: DeviceState, offered: Offer, running_overlay: dict[str, Any] |
         raise Refused(f"{name} {version} does not fit the running site overlay {running_overlay.get('version')} "
                            f"({running_overlay.get('fits')}), and no overlay offered with it does")
     return Choice(bundle=bundle.digest if bundle is not None else None, overlay=overlay.digest if overlay is not None else None)
+
+
+def images_of(info: BundleInfo) -> list[Image]:
+    """The images of a verified bundle, and the tags they get on this device."""
+    return [Image(name=i["name"], manifest=i["manifest"], config=i["config"],
+                  tag=image_tag(info.name, i["name"], info.version, info.profile)) for i in info.descriptor["images"]]
 
 
 def failure_key(release: Release) -> str:

@@ -64,6 +64,11 @@ class SecretStore:
     def remove(self, app: str, slot: str) -> None:
         shutil.rmtree(self.root / f"{app}-{slot}", ignore_errors=True)
 
+    def folder(self, app: str, slot: str) -> Path | None:
+        """Where the secrets of ``app`` in ``slot`` are open (a folder per service), None when they are not."""
+        folder = self.root / f"{app}-{slot}"
+        return folder if folder.is_dir() else None
+
     def _mount(self) -> None:
         """Make ``STATE/run`` a tmpfs (secrets must never reach a disk); refuse rather than fall back."""
         if self.root.is_symlink():

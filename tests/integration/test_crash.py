@@ -16,6 +16,7 @@ import pytest
 
 from tests.builders import healthz
 from tests.realparts import DockerEngine
+from updater.docker_runtime import DockerRuntime
 from updater.errors import Conflict, Refused
 from updater.install import Installer
 from updater.profiles import builtin_profile_dir, load_profiles
@@ -34,7 +35,7 @@ def files_of(slot: Path) -> dict[str, str]:
 def device(releases: dict[str, Path], docker_engine: DockerEngine, tmp_path: Path):  # type: ignore[no-untyped-def]
     state_dir = tmp_path / "device"
     TrustStore(state_dir).init(releases["root"])
-    installer = Installer(state_dir=state_dir, client=docker_engine.client, profile=CPU)
+    installer = Installer(state_dir=state_dir, runtime=DockerRuntime(docker_engine.client), profile=CPU)
     assert installer.install(releases["1.0.0"]).committed
     yield installer
     for container in docker_engine.client.containers.list(all=True, filters={"label": "dev.sealift.app=vision-app"}):
@@ -103,7 +104,8 @@ def test_a_release_the_engine_cannot_start_is_rolled_back(device: Installer, rel
 @pytest.mark.docker
 def test_refusals_and_failures_leave_the_previous_release_and_say_why(device: Installer, releases: dict[str, Path],
                                                                        docker_engine: DockerEngine) -> None:
-    nvidia_device = Installer(state_dir=device.slots.state_dir, client=docker_engine.client, profile=PROFILES["x86_64-nvidia"])
+    nvidia_device = Installer(state_dir=device.slots.state_dir, runtime=DockerRuntime(docker_engine.client),
+                              profile=PROFILES["x86_64-nvidia"])
     with pytest.raises(Refused, match="is for profile x86_64-cpu, this device is x86_64-nvidia"):
         nvidia_device.install(releases["1.1.0"])
     state = Slots(device.slots.state_dir).load()

@@ -11,6 +11,7 @@ import pytest
 
 from tests.realparts import DockerEngine
 from updater.daemon import Daemon
+from updater.docker_runtime import DockerRuntime
 from updater.install import Installer
 from updater.profiles import builtin_profile_dir, load_profiles
 from updater.slots import Slots
@@ -35,7 +36,7 @@ def test_a_pass_installs_what_arrived_once_and_tells_systemd(releases: dict[str,
     listener.settimeout(5)
     monkeypatch.setenv("NOTIFY_SOCKET", str(notify_path))
     lines: list[str] = []
-    installer = Installer(state_dir=state_dir, client=docker_engine.client, profile=CPU)
+    installer = Installer(state_dir=state_dir, runtime=DockerRuntime(docker_engine.client), profile=CPU)
     daemon = Daemon(installer, media, interval=1, log=lines.append)
     try:
         daemon.run(once=True)

@@ -23,9 +23,11 @@ from bundler.cli import cli as sealift
 from bundler.publish import mirror_sync, pull, push
 from bundler.spec import load_spec
 from tests.builders import healthz, image_layout, manifest_digests, project
+from tests.fakes import NoEngine
 from tests.realparts import CuttingProxy, DockerEngine, Registry, RegistryFactory, push_to_registry, sha256_digest
 from updater.cli import cli as updater_cli
 from updater.daemon import Daemon
+from updater.docker_runtime import DockerRuntime
 from updater.errors import DeliveryError, InputError, Refused
 from updater.install import Installer
 from updater.poll import RegistryPoller
@@ -78,7 +80,7 @@ def test_push_two_mirror_hops_and_a_poll_bring_a_release_each_blob_crossing_each
     old, new = releases["1.0.0"], releases["1.1.0"]
     state_dir = tmp_path / "device"
     TrustStore(state_dir).init(releases["root"])
-    installer = Installer(state_dir=state_dir, client=docker_engine.client, profile=CPU)
+    installer = Installer(state_dir=state_dir, runtime=DockerRuntime(docker_engine.client), profile=CPU)
     link = CuttingProxy(ot.address)  # the device's link to its site's mirror, which will drop once
     poller = RegistryPoller(f"{link.address}/vision-app", installer=installer, profile=CPU, plain_http=True)
     try:
@@ -147,7 +149,7 @@ def test_an_exported_delta_installs_where_the_base_is_and_is_refused_where_it_is
     # a device without the base refuses the delta before changing anything
     bare = tmp_path / "bare"
     TrustStore(bare).init(releases["root"])
-    refusing = Installer(state_dir=bare, client=docker_engine.client, profile=CPU)
+    refusing = Installer(state_dir=bare, runtime=DockerRuntime(docker_engine.client), profile=CPU)
     with pytest.raises(Refused, match=r"is a delta on vision-app 1\.0\.0 .* which this device does not have"):
         refusing.install(medium)
     state = Slots(bare).load()
@@ -156,7 +158,7 @@ def test_an_exported_delta_installs_where_the_base_is_and_is_refused_where_it_is
 
     state_dir = tmp_path / "device"
     TrustStore(state_dir).init(releases["root"])
-    installer = Installer(state_dir=state_dir, client=docker_engine.client, profile=CPU)
+    installer = Installer(state_dir=state_dir, runtime=DockerRuntime(docker_engine.client), profile=CPU)
     try:
         assert installer.install(old).committed
         checked = CliRunner().invoke(updater_cli, ["--state-dir", str(state_dir), "verify", str(medium), "--profile", "x86_64-cpu"])
@@ -363,7 +365,7 @@ def test_a_poll_takes_the_newest_release_with_the_newest_overlay_of_its_site_tha
     for path in overlaid.values():
         if path.name != overlaid["device"].name:
             push(path, f"{registry.address}/polled", plain_http=True)
-    installer = Installer(state_dir=overlaid["device"], client=None, profile=CPU)
+    installer = Installer(state_dir=overlaid["device"], runtime=NoEngine(), profile=CPU)
     poller = RegistryPoller(f"{registry.address}/polled", installer=installer, profile=CPU, plain_http=True)
     digest = {name: json.loads((path / "index.json").read_text())["manifests"][0]["digest"]
               for name, path in overlaid.items() if name != "device"}

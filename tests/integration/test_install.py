@@ -22,6 +22,7 @@ from bundler.spec import load_spec
 from tests import builders
 from tests.builders import make_example_images, signed, unmount_secrets
 from tests.realparts import DockerEngine
+from updater.docker_runtime import DockerRuntime
 from updater.errors import Conflict
 from updater.identity import DeviceIdentity
 from updater.install import Installer, failure_key
@@ -87,7 +88,7 @@ def test_install_commits_a_healthy_release_and_rolls_back_a_broken_one(example_a
     state_dir = tmp_path / "device"
     TrustStore(state_dir).init(example_app["root"])
     lines: list[str] = []
-    installer = Installer(state_dir=state_dir, client=docker_engine.client, profile=CPU, log=lines.append)
+    installer = Installer(state_dir=state_dir, runtime=DockerRuntime(docker_engine.client), profile=CPU, log=lines.append)
     try:
         alone = installer.install(example_app["1.0.0"])  # the example needs its site's api-token
         assert not alone.committed and "needs secret api-token" in alone.reason

@@ -19,6 +19,7 @@ from bundler.repo import Repository
 from bundler.spec import load_spec
 from tests.builders import example_releases, healthz, unmount_secrets
 from tests.realparts import DockerEngine
+from updater.docker_runtime import DockerRuntime
 from updater.errors import SealiftError
 from updater.identity import DeviceIdentity
 from updater.install import Installer
@@ -79,7 +80,7 @@ def in_container(engine: DockerEngine, command: str, *, user: str = "") -> str:
 
 def test_a_release_with_its_overlay_then_a_rotation_then_refusals(site: dict[str, Path], docker_engine: DockerEngine,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    installer = Installer(state_dir=site["state"], client=docker_engine.client, profile=CPU)
+    installer = Installer(state_dir=site["state"], runtime=DockerRuntime(docker_engine.client), profile=CPU)
     try:
         first = overlay(site, "1.0.0", TOKENS[0], monkeypatch)
         alone = installer.install(site["1.0.0"])  # the app alone cannot start without its secret: rolled back

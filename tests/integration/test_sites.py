@@ -23,8 +23,10 @@ from click.testing import CliRunner
 from bundler.cli import cli as sealift
 from bundler.keys import PASSPHRASE_ENV
 from tests.builders import answer, example_releases, manifest_digests, unmount_secrets
+from tests.fakes import NoEngine
 from tests.realparts import DockerEngine, NetNamespace, Registry, RegistryFactory, start_docker_engine, start_net_namespace
 from updater.daemon import Daemon
+from updater.docker_runtime import DockerRuntime
 from updater.errors import Refused
 from updater.identity import DeviceIdentity
 from updater.install import Installer
@@ -108,7 +110,7 @@ def test_two_sites_run_one_bundle_with_their_own_secrets_rotate_them_and_a_revok
     try:
         engines = {"north": start_docker_engine(), "south": start_docker_engine(netns=south_host)}
         hosts = {"north": None, "south": south_host}
-        installer = Installer(state_dir=states["north"], client=engines["north"].client, profile=CPU)
+        installer = Installer(state_dir=states["north"], runtime=DockerRuntime(engines["north"].client), profile=CPU)
         logs: list[str] = []  # what north's daemon and south's updater said
         north = Daemon(installer, None, interval=10, log=logs.append,
                        poller=RegistryPoller(f"{mirror.address}/vision-app", installer=installer, profile=CPU, plain_http=True))
@@ -170,7 +172,7 @@ def test_two_sites_run_one_bundle_with_their_own_secrets_rotate_them_and_a_revok
                 with pytest.raises(Refused, match="not sealed to this device"):
                     open_sealed(info.sealed, identity, ids["spare"], spare.key())
         # and as a device: its poll of the site mirror is refused on the overlay, before the release is even downloaded
-        spare_installer = Installer(state_dir=states["spare"], client=None, profile=CPU)
+        spare_installer = Installer(state_dir=states["spare"], runtime=NoEngine(), profile=CPU)
         before = len(mirror.requests())
         with pytest.raises(Refused, match="not sealed to this device"):
             RegistryPoller(f"{mirror.address}/vision-app", installer=spare_installer, profile=CPU, plain_http=True).poll()

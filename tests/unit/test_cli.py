@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from tests.builders import project, signed
-from updater.errors import DeviceFault, InputError, Refused
+from updater.errors import DeviceFault, EngineFault, InputError, Refused
 
 
 def run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -141,3 +141,23 @@ def test_sign_rotate_and_verify_from_the_command_line(tmp_path: Path) -> None:
     run("repo", "init", str(other_root), "--keys", str(tmp_path / "other-keys"), env=env)
     foreign = run("verify", bundle, "--trusted-root", str(other_root / "metadata/1.root.json"))
     assert foreign.returncode == Refused.exit_code and "not signed by enough trusted keys" in foreign.stderr
+
+
+def test_commands_that_need_the_engine_say_in_one_line_when_it_does_not_answer(tmp_path: Path) -> None:
+    env = {"DOCKER_HOST": f"unix://{tmp_path}/docker.sock"}
+    for command in (["recover"], ["rollback"], ["install", str(tmp_path / "bundle")], ["run", "--watch", str(tmp_path), "--once"]):
+        done = updater("--state-dir", str(tmp_path / "state"), *command, "--profile", "x86_64-cpu", env=env) \
+            if command[0] in ("install", "run") else updater("--state-dir", str(tmp_path / "state"), *command, env=env)
+        assert done.returncode == EngineFault.exit_code, (command, done.stderr)
+        assert done.stderr.strip() == done.stderr.strip().splitlines()[0] and "Traceback" not in done.stderr
+        assert done.stderr.startswith(f"engine: the Docker engine at unix://{tmp_path}/docker.sock does not answer")
+
+
+def test_status_and_errors_give_json_for_scripts(tmp_path: Path) -> None:
+    state = str(tmp_path / "state")
+    status = updater("--state-dir", state, "status", "--json")
+    assert status.returncode == 0 and json.loads(status.stdout)["phase"] == "idle"
+    refused = updater("--state-dir", state, "verify", str(tmp_path / "nothing"), "--json")
+    report = json.loads(refused.stdout)
+    assert refused.returncode == report["exit_code"] == DeviceFault.exit_code  # not provisioned: the device's to fix
+    assert report == {"ok": False, "fault": "device", "exit_code": DeviceFault.exit_code, "error": report["error"]}

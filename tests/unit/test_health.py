@@ -12,21 +12,25 @@ from typing import Any
 
 import pytest
 
+from tests.fakes import FakeEngine
 from updater.appdef import Check, CheckType, HealthPolicy
-from updater.health import wait_healthy
+from updater.health import Watched, wait_healthy
+from updater.runtime import ContainerState, Published
 
 
-class _Container:
-    """What the checks read of a docker SDK container: ``attrs`` (after ``reload()``) and ``labels``."""
+class _Engine(FakeEngine):
+    """One service, ``web``, running with its port 8080 published at ``bindings``."""
 
-    def __init__(self, host_ip: str, port: int, *, also: tuple[dict[str, str], ...] = ()) -> None:
-        self.labels: dict[str, str] = {}
-        bindings = [*also, {"HostIp": host_ip, "HostPort": str(port)}]
-        self.attrs: dict[str, Any] = {"State": {"Status": "running"}, "RestartCount": 0,
-                                      "NetworkSettings": {"Ports": {"8080/tcp": bindings}}}
+    def __init__(self, *bindings: tuple[str, int]) -> None:
+        super().__init__()
+        self.bindings = tuple(Published(host, port) for host, port in bindings)
 
-    def reload(self) -> None:
-        pass
+    def containers(self, app: str, slot: str) -> dict[str, ContainerState]:
+        return {"web": ContainerState(service="web", status="running", ports={"8080/tcp": self.bindings})}
+
+
+def watched(engine: _Engine, tmp_path: Path) -> Watched:
+    return Watched(runtime=engine, app="demo", slot="a", slot_dir=tmp_path)
 
 
 @pytest.fixture
@@ -54,10 +58,9 @@ CHECKS = HealthPolicy(checks=(Check(name="healthz", type=CheckType.HTTP, service
 
 def test_checks_reach_a_port_on_the_address_it_is_published_on(server: tuple[str, int], tmp_path: Path) -> None:
     host, port = server
-    assert wait_healthy(lambda: {"web": _Container(host, port)}, CHECKS, tmp_path).ok
+    assert wait_healthy(watched(_Engine((host, port)), tmp_path), CHECKS).ok
     # published on both families, each with its own port: the IPv4 binding is the one checked
-    ipv6 = ({"HostIp": "::", "HostPort": "9"},)
-    assert wait_healthy(lambda: {"web": _Container(host, port, also=ipv6)}, CHECKS, tmp_path).ok
+    assert wait_healthy(watched(_Engine(("::", 9), (host, port)), tmp_path), CHECKS).ok
     # bound to every address, it is reached on loopback, where this server does not listen: the check fails
-    failed = wait_healthy(lambda: {"web": _Container("0.0.0.0", port)}, CHECKS, tmp_path, sleep=lambda _: None)
+    failed = wait_healthy(watched(_Engine(("0.0.0.0", port)), tmp_path), CHECKS, sleep=lambda _: None)
     assert not failed.ok and failed.check in ("healthz", "port") and "Connection refused" in failed.detail

@@ -19,6 +19,7 @@ from bundler.export import export
 from bundler.overlay import build_overlay
 from bundler.spec import load_spec
 from tests.builders import project, signed
+from tests.fakes import NoEngine
 from updater.daemon import Daemon
 from updater.errors import Conflict, ContentMismatch, DeliveryError, DeviceFault, InputError, Refused, SealiftError
 from updater.identity import DeviceIdentity
@@ -287,7 +288,7 @@ def test_an_overlay_that_does_not_fit_is_refused_before_the_release_counts_as_ac
     state = tmp_path / "device"
     shutil.copytree(shipped["bundle"].parents[1] / "plant-7" / "identity", state / "identity")
     TrustStore(state).init(shipped["root"])
-    installer = Installer(state_dir=state, client=None, profile=CPU)  # refused before the engine is needed
+    installer = Installer(state_dir=state, runtime=NoEngine(), profile=CPU)  # refused before the engine is needed
     with pytest.raises(Refused, match=r"overlay 2\.0\.0 fits demo >=2\.0\.0, not 1\.2\.0"):
         installer.install(shipped["bundle"], overlay=shipped["plant-7-2.0.0"])
     installer.trust.check_version("demo", "x86_64-cpu", "1.0.0")  # 1.2.0 was not accepted: an older one is still no rollback

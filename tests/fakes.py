@@ -1,0 +1,65 @@
+"""Small fakes of the real interfaces, for unit tests; integration tests cover the real parts."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from updater.appdef import App
+from updater.errors import EngineFault
+from updater.layout import LayoutReader
+from updater.runtime import ContainerState, Image
+from updater.slots import Release
+
+__all__ = ["FakeEngine", "NoEngine"]
+
+
+class FakeEngine:
+    """The engine protocol (:class:`updater.runtime.Runtime`) in memory. ``health`` gives each service's
+    HEALTHCHECK verdict by (app, version); ``refuse_start`` names versions the engine will not start."""
+
+    def __init__(self, *, health: Mapping[str, str] | None = None, refuse_start: Sequence[str] = ()) -> None:
+        self.health = dict(health or {})
+        self.refuse_start = set(refuse_start)
+        self.loaded: dict[str, str] = {}  # image ID -> tag
+        self.running: dict[tuple[str, str], tuple[str, dict[str, ContainerState]]] = {}  # (app, slot) -> (version, services)
+
+    def load_images(self, reader: LayoutReader, images: Sequence[Image]) -> None:
+        for image in images:
+            assert reader.blob_size(image.manifest) is not None and reader.blob_size(image.config) is not None
+            self.loaded[image.config] = image.tag
+
+    def start(self, release: Release, app: App, slot_dir: Path, images: Mapping[str, str], *,
+              environment: Mapping[str, Mapping[str, str]] | None = None, secrets: Path | None = None) -> None:
+        if release.version in self.refuse_start:
+            raise EngineFault(f"{release.name} {release.version}: the engine could not start it (no such device)")
+        assert all(images[s.image] in self.loaded for s in app.services), "started before its images were loaded"
+        health = self.health.get(release.version, "healthy")
+        self.running[(release.name, release.slot)] = (release.version, {
+            s.name: ContainerState(service=s.name, status="running", health=health) for s in app.services})
+
+    def stop(self, app: str, slot: str) -> None:
+        self.running.pop((app, slot), None)
+
+    def containers(self, app: str, slot: str) -> dict[str, ContainerState]:
+        return dict(self.running.get((app, slot), ("", {}))[1])
+
+    def run_in(self, app: str, slot: str, service: str, command: Sequence[str]) -> tuple[int, str]:
+        return 0, ""
+
+    def images(self, app: str) -> set[str]:
+        return {image for image, tag in self.loaded.items() if tag.startswith(f"sealift/{app}-")}
+
+    def remove_image(self, image_id: str) -> None:
+        del self.loaded[image_id]
+
+
+class NoEngine(FakeEngine):
+    """For an installer that must never reach the engine (a refusal, a poll that stops before installing)."""
+
+    def load_images(self, reader: LayoutReader, images: Sequence[Image]) -> None:
+        raise AssertionError("the engine was reached")
+
+    def start(self, release: Release, app: App, slot_dir: Path, images: Mapping[str, str], *,
+              environment: Mapping[str, Mapping[str, str]] | None = None, secrets: Path | None = None) -> None:
+        raise AssertionError("the engine was reached")

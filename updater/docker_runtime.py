@@ -1,0 +1,270 @@
+"""The engine protocol (:mod:`updater.runtime`) on the Docker Engine, through the Docker SDK.
+
+Images: Docker 20.10 cannot load an OCI image layout, but it loads a ``docker save`` archive whose
+``manifest.json`` names the config and layer files: the bundle's own blobs, byte for byte,
+streamed straight from the bundle. The loaded image's ID is then the config digest the bundle
+recorded, which is checked; newer engines load the same archive. Containers: ports and networks as
+the Compose subset declares; restart policy ``unless-stopped`` brings a committed release back
+after the engine restarts. Every docker-py exception becomes an EngineFault naming what was asked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tarfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from updater.appdef import App, Service, start_order
+from updater.errors import DeviceFault, EngineFault, Refused
+from updater.layout import LayoutReader
+from updater.oci import CHUNK
+from updater.runtime import IMAGE_REPOSITORY, LABEL_APP, LABEL_SERVICE, LABEL_SLOT, LABEL_VERSION, ContainerState, Image, Published
+from updater.slots import Release
+
+__all__ = ["DockerRuntime"]
+
+_NS = 1_000_000_000
+
+
+class DockerRuntime:
+    """The releases' containers and images on one Docker engine (``client``: a docker-py DockerClient)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    @classmethod
+    def connect(cls) -> DockerRuntime:
+        """The engine ``DOCKER_HOST`` names (the local socket by default), at the API version it speaks;
+        EngineFault, naming where it looked, when nothing answers there."""
+        import docker
+        import docker.constants
+        import requests
+
+        host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        if host.startswith("unix://"):
+            _knock(host, host.removeprefix("unix://"))
+        try:
+            probe = docker.from_env(version=docker.constants.MINIMUM_DOCKER_API_VERSION)  # no request made yet
+        except docker.errors.DockerException as e:  # DOCKER_HOST or the TLS settings are malformed
+            raise EngineFault(f"the Docker engine at {host} cannot be reached ({_short(e)})") from e
+        try:
+            version = str(probe.api.version(api_version=False)["ApiVersion"])
+        except (docker.errors.DockerException, requests.RequestException, KeyError) as e:
+            raise EngineFault(f"the Docker engine at {host} does not answer ({_short(_root_cause(e))}); is dockerd running? "
+                              "(DOCKER_HOST names another engine)") from e
+        finally:
+            probe.close()
+        return cls(docker.from_env(version=version))
+
+    # -- images ----------------------------------------------------------------------------------
+
+    def load_images(self, reader: LayoutReader, images: Sequence[Image]) -> None:
+        for image in images:
+            with self._engine(f"image {image.name} ({image.config[:19]}): the engine refused to load it"):
+                if not self._has_image(image.config):
+                    self.client.api.load_image(_archive(reader, image.manifest, image.tag), quiet=True)
+                    if not self._has_image(image.config):
+                        raise EngineFault(f"image {image.name}: loaded, but the engine has no image {image.config[:19]}")
+                self.client.api.tag(image.config, *image.tag.rsplit(":", 1))
+
+    def images(self, app: str) -> set[str]:
+        with self._engine(f"{app}: listing its images failed"):
+            return {image.id for image in self.client.images.list(name=f"{IMAGE_REPOSITORY}{app}-*")}
+
+    def remove_image(self, image_id: str) -> None:
+        with self._engine(f"image {image_id[:19]}: the engine could not remove it"):
+            self.client.images.remove(image_id, force=True)
+
+    def _has_image(self, image_id: str) -> bool:
+        import docker.errors
+
+        try:
+            return bool(self.client.images.get(image_id).id == image_id)
+        except docker.errors.ImageNotFound:
+            return False
+
+    # -- containers ------------------------------------------------------------------------------
+
+    def start(self, release: Release, app: App, slot_dir: Path, images: Mapping[str, str], *,
+              environment: Mapping[str, Mapping[str, str]] | None = None, secrets: Path | None = None) -> None:
+        with self._engine(f"{release.name} {release.version}: the engine could not start it"):
+            default = self._network(release, None)
+            named = {name: self._network(release, name, internal=internal) for name, internal in app.networks}
+            for service in start_order(app):
+                self._run(release, service, slot_dir, images, default, named, (environment or {}).get(service.name, {}), secrets)
+
+    def stop(self, app: str, slot: str) -> None:
+        with self._engine(f"{app} slot {slot}: the engine could not stop it"):
+            for container in self.client.containers.list(all=True, filters={"label": _labels_of(app, slot)}):
+                container.remove(force=True)
+            for network in self.client.networks.list(filters={"label": _labels_of(app, slot)}):
+                network.remove()
+
+    def containers(self, app: str, slot: str) -> dict[str, ContainerState]:
+        with self._engine(f"{app} slot {slot}: the engine could not say how its containers are"):
+            found = self.client.containers.list(all=True, filters={"label": _labels_of(app, slot)})
+            for container in found:
+                container.reload()  # the full inspection: health, restarts, published ports
+            return {c.labels.get(LABEL_SERVICE, c.name): _state(c) for c in found}
+
+    def run_in(self, app: str, slot: str, service: str, command: Sequence[str]) -> tuple[int, str]:
+        with self._engine(f"{app} slot {slot}: the engine could not run a command in {service}"):
+            (container, *_) = [c for c in self.client.containers.list(filters={"label": _labels_of(app, slot)})
+                               if c.labels.get(LABEL_SERVICE) == service] or [None]
+            if container is None:
+                return -1, f"service {service} has no running container"
+            result = container.exec_run(list(command))
+            return int(result.exit_code), result.output.decode(errors="replace")
+
+    def _network(self, release: Release, name: str | None, *, internal: bool = False) -> Any:
+        full = f"sealift-{release.name}-{release.slot}" + (f"-{name}" if name else "")
+        existing = self.client.networks.list(names=[full])
+        if existing:
+            return existing[0]
+        return self.client.networks.create(full, driver="bridge", internal=internal, labels=_labels(release, None))
+
+    def _run(self, release: Release, service: Service, slot_dir: Path, images: Mapping[str, str], default: Any,
+             named: dict[str, Any], site_environment: Mapping[str, str], secrets: Path | None) -> None:
+        import docker.types
+
+        networks = [named[n] for n in service.networks] or [default]
+        volumes = {str(_mount_source(slot_dir, m.source)): {"bind": m.target, "mode": "ro"} for m in service.volumes}
+        mounts = []
+        for secret in service.secrets:
+            opened = secrets / service.name / secret.source if secrets is not None else None
+            if opened is None or not opened.is_file():
+                raise Refused(f"{release.name} {release.version}: service {service.name} needs secret {secret.source}, "
+                              "and no overlay on this device provides it")
+            # a bind mount proper: if the tmpfs file is gone (a reboot), the engine refuses to start the
+            # container instead of making an empty directory on disk; the updater opens the secrets again
+            mounts.append(docker.types.Mount(f"/run/secrets/{secret.target}", str(opened), type="bind", read_only=True))
+        container = self.client.containers.create(
+            images[service.image],
+            command=list(service.command) if service.command is not None else None,
+            name=f"sealift-{release.name}-{release.slot}-{service.name}",
+            hostname=service.name,
+            environment={**dict(service.environment), **site_environment},
+            labels=_labels(release, service.name),
+            ports={f"{p.container}/{p.protocol}": (p.host_ip or "0.0.0.0", p.host) if p.host else None for p in service.ports},
+            volumes=volumes,
+            mounts=mounts,
+            healthcheck=_healthcheck(service),
+            restart_policy={"Name": "unless-stopped"},
+            network=networks[0].name,
+            detach=True,
+        )
+        for network in networks[1:]:
+            network.connect(container, aliases=[service.name])
+        container.start()
+
+    def _engine(self, doing: str) -> _EngineCall:
+        return _EngineCall(doing)
+
+
+class _EngineCall:
+    """Turns what the engine (or the SDK's transport to it) raises into one EngineFault naming the work."""
+
+    def __init__(self, doing: str) -> None:
+        self.doing = doing
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> None:
+        import docker.errors
+        import requests
+
+        if isinstance(error, docker.errors.DockerException | requests.RequestException):
+            raise EngineFault(f"{self.doing} ({_short(error)})") from error
+
+
+def _knock(host: str, path: str) -> None:
+    """Whether anything listens on the engine's socket (docker-py leaks the socket of a failed connect)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(10)
+        try:
+            probe.connect(path)
+        except OSError as e:
+            raise EngineFault(f"the Docker engine at {host} does not answer ({e.strerror or e}); is dockerd running? "
+                              "(DOCKER_HOST names another engine)") from e
+
+
+def _state(container: Any) -> ContainerState:
+    attrs = container.attrs
+    state = attrs.get("State") or {}
+    health = state.get("Health")
+    log = (health or {}).get("Log") or [{}]
+    ports = {port: tuple(Published(b.get("HostIp") or "", int(b["HostPort"])) for b in bindings or ())
+             for port, bindings in ((attrs.get("NetworkSettings") or {}).get("Ports") or {}).items()}
+    return ContainerState(service=container.labels.get(LABEL_SERVICE, container.name), status=str(state.get("Status")),
+                          exit_code=int(state.get("ExitCode") or 0), health=health.get("Status") if health else None,
+                          health_output=str(log[-1].get("Output", "")).strip(), restarts=int(attrs.get("RestartCount", 0)),
+                          ports=ports)
+
+
+def _archive(reader: LayoutReader, manifest_digest: str, tag: str) -> Iterator[bytes]:
+    """A ``docker save`` archive of one image, streamed from the bundle's blobs."""
+    with reader.open_blob(manifest_digest) as stream:
+        manifest = json.loads(stream.read())
+    digests = [manifest["config"]["digest"], *(layer["digest"] for layer in manifest["layers"])]
+    names = [f"blobs/sha256/{d.removeprefix('sha256:')}" for d in digests]
+    index = json.dumps([{"Config": names[0], "RepoTags": [tag], "Layers": names[1:]}]).encode()
+    yield from _member("manifest.json", len(index), iter([index]))
+    for digest, name in dict(zip(digests, names, strict=True)).items():
+        size = reader.blob_size(digest) or 0
+        yield from _member(name, size, _chunks(reader, digest))
+    yield b"\0" * (2 * tarfile.BLOCKSIZE)
+
+
+def _member(name: str, size: int, content: Iterator[bytes]) -> Iterator[bytes]:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    yield info.tobuf(format=tarfile.GNU_FORMAT)
+    yield from content
+    yield b"\0" * (-size % tarfile.BLOCKSIZE)
+
+
+def _chunks(reader: LayoutReader, digest: str) -> Iterator[bytes]:
+    with reader.open_blob(digest) as stream:
+        while chunk := stream.read(CHUNK):
+            yield chunk
+
+
+def _mount_source(slot_dir: Path, component: str) -> Path:
+    for folder in ("models", "configs"):
+        if (slot_dir / folder / component).exists():
+            return slot_dir / folder / component
+    raise DeviceFault(f"{slot_dir}: {component} is not staged in this slot")
+
+
+def _healthcheck(service: Service) -> dict[str, Any] | None:
+    check = service.healthcheck
+    if check is None:
+        return None
+    return {"test": list(check.test), "interval": int(check.interval * _NS), "timeout": int(check.timeout * _NS),
+            "retries": check.retries, "start_period": int(check.start_period * _NS)}
+
+
+def _labels(release: Release, service: str | None) -> dict[str, str]:
+    labels = {LABEL_APP: release.name, LABEL_SLOT: release.slot, LABEL_VERSION: release.version}
+    if service is not None:
+        labels[LABEL_SERVICE] = service
+    return labels
+
+
+def _labels_of(app: str, slot: str) -> list[str]:
+    return [f"{LABEL_APP}={app}", f"{LABEL_SLOT}={slot}"]
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__  # type: ignore[assignment]
+    return error
+
+
+def _short(error: BaseException) -> str:
+    return " ".join(str(error).split())[:240]
