@@ -138,7 +138,7 @@ def _device_profile(profile: str | None, profiles_dir: Path | None) -> Profile:
 @reports_errors
 def install(store: TrustStore, bundle: Path, overlay: Path | None, profile: str | None, profiles_dir: Path | None, force: bool,
             as_json: bool) -> None:
-    """Install BUNDLE (with the site MEDIA.OVERLAY) beside the running release, switch, and keep it only if healthy.
+    """Install BUNDLE (with the site OVERLAY) beside the running release, switch, and keep it only if healthy.
 
     Steps: verify, stage into the inactive slot, load images, record `trying`, switch, health
     checks, then commit or roll back to the previous release. Exits 7 after a rollback (6 when the engine would not start it). The
