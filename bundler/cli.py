@@ -17,10 +17,8 @@ from bundler.keys import ALGORITHMS, KeyStore, public_key_from_pem
 from bundler.repo import ROLES, Policy, Repository, RolePolicy
 from bundler.spec import load_spec
 from updater.bundle import BundleInfo, check_bundle
-from updater.errors import Refused, SealiftError
+from updater.errors import Refused
 from updater.exits import reports_errors
-from updater.medium import looks_like_medium
-from updater.overlay import check_overlay, is_overlay
 from updater.profiles import load_profiles, profile_search_path
 from updater.progress import for_terminal
 
@@ -118,123 +116,38 @@ def verify(bundles: tuple[Path, ...], trusted_root: Path | None, as_json: bool) 
     Names each tampered, truncated or missing blob if any check fails, and exits with the code of
     the first fault found (3 for a bad or unsigned bundle; docs/errors.md).
     """
-    results: list[dict[str, Any]] = []
-    exit_code = 0
+    from bundler.check import check_path
+
+    results = []
     for path in bundles:
-        if looks_like_medium(path):
-            exit_code = exit_code or _verify_medium(path, trusted_root, as_json, results)
-            continue
+        progress = for_terminal(quiet=as_json)
         try:
-            if is_overlay(path):
-                overlay = check_overlay(path)
-                if trusted_root is not None:
-                    _verify_signed_index(path, overlay.digest, trusted_root)
-                problems = []
-                result: dict[str, Any] = {"bundle": str(path), "digest": overlay.digest, "problems": [], "overlay": overlay.to_json()}
-            else:
-                if trusted_root is not None:
-                    _verify_signed(path, trusted_root)
-                report = check_bundle(path)
-                problems = list(report.problems)
-                result = {"bundle": str(path), "digest": report.bundle.digest, "problems": problems}
-            fault: SealiftError = Refused("")
-        except SealiftError as e:
-            problems = [e.diagnostics()]
-            result = {"bundle": str(path), "digest": None, "problems": problems}
-            fault = e
-        if problems:
-            exit_code = exit_code or fault.exit_code
-            result["fault"] = fault.fault
-        results.append({**result, "ok": not problems})
+            checked = check_path(path, trusted_root=trusted_root, progress=progress)
+        finally:
+            progress.close()
+        results.append(checked)
         if not as_json:
-            for problem in problems:
-                click.echo(f"FAILED {path}: {problem}", err=True)
-            if not problems:
-                click.echo(f"ok {path}  {result['digest']}")
+            _print_checked(checked)
     if as_json:
-        click.echo(json.dumps(results, indent=2))
-    if exit_code:
-        sys.exit(exit_code)
+        click.echo(json.dumps([r.to_json() for r in results], indent=2))
+    failed = next((r.fault for r in results if r.fault is not None), None)
+    if failed is not None:
+        sys.exit(failed.exit_code)
 
 
-def _verify_medium(path: Path, trusted_root: Path | None, as_json: bool, results: list[dict[str, Any]]) -> int:
-    """Check a medium end to end; with ``trusted_root``, also each complete bundle's signatures. The exit
-    code of what failed, 0 if nothing did."""
-    from updater.medium import MediumReport, check_medium
-
-    progress = for_terminal(quiet=as_json)
-    fault: SealiftError = Refused("")
-    try:
-        report = check_medium(path, progress=progress)
-    except SealiftError as e:  # not even readable as a medium: truncated, or its manifest is damaged
-        report = MediumReport(location=str(path), problems=[e.diagnostics()])
-        fault = e
-    finally:
-        progress.close()
-    if trusted_root is not None and not report.problems:
-        report.problems += _medium_signatures(path, trusted_root)
-    results.append(report.to_json())
-    if not as_json:
-        for problem in report.problems:
-            click.echo(f"FAILED {path}: {problem}", err=True)
-        if not report.problems:
-            for b in report.bundles:
-                kind = f"delta on {b.base['version']}" if b.base else "complete"
-                click.echo(f"ok {path}  {b.name} {b.version} ({b.profile}, {kind})  {b.top.digest}")
-            for o in report.overlays:
-                click.echo(f"ok {path}  {o.name} overlay {o.version} (site {o.site})  {o.top.digest}")
-    return fault.exit_code if report.problems else 0
-
-
-def _verify_signed_index(path: Path, digest: str, root: Path) -> None:
-    """The index ``digest`` in ``path`` is a target the repository signed (checked as a device would)."""
-    import tempfile
-
-    from updater.layout import open_layout
-    from updater.trust import TrustStore
-    from updater.verify import check_signed_target
-
-    with open_layout(path) as reader, tempfile.TemporaryDirectory(prefix="sealift-verify-") as state:
-        store = TrustStore(Path(state))
-        store.init(root)
-        check_signed_target(reader, digest, trust=store)
-
-
-def _medium_signatures(path: Path, root: Path) -> list[str]:
-    """Each bundle and overlay of the medium is a signed target (checked with the medium's tuf/ folder)."""
-    import tempfile
-
-    from updater.layout import open_layout
-    from updater.medium import read_medium
-    from updater.trust import TrustStore
-    from updater.verify import check_signed_target
-
-    problems = []
-    with open_layout(path, strict=False) as reader, tempfile.TemporaryDirectory(prefix="sealift-verify-") as state:
-        store = TrustStore(Path(state))
-        store.init(root)
-        contents = read_medium(reader)
-        entries = [(b.top.digest, f"{b.name} {b.version} ({b.profile})") for b in contents.bundles]
-        entries += [(o.top.digest, f"{o.name} overlay {o.version} (site {o.site})") for o in contents.overlays]
-        for digest, what in entries:
-            try:
-                check_signed_target(reader, digest, trust=store)
-            except SealiftError as e:
-                problems.append(f"{what}: {e.diagnostics()}")
-    return problems
-
-
-def _verify_signed(bundle: Path, root: Path) -> None:
-    """The device's TUF check, against a throwaway trust state provisioned with ``root``."""
-    import tempfile
-
-    from updater.trust import TrustStore
-    from updater.verify import verify_for_device
-
-    with tempfile.TemporaryDirectory(prefix="sealift-verify-") as state:
-        store = TrustStore(Path(state))
-        store.init(root)
-        verify_for_device(bundle, trust=store, profile=None)
+def _print_checked(checked: Any) -> None:
+    for problem in checked.problems:
+        click.echo(f"FAILED {checked.path}: {problem}", err=True)
+    if checked.problems:
+        return
+    if checked.medium is None:
+        click.echo(f"ok {checked.path}  {checked.digest}")
+        return
+    for b in checked.medium.bundles:
+        kind = f"delta on {b.base['version']}" if b.base else "complete"
+        click.echo(f"ok {checked.path}  {b.name} {b.version} ({b.profile}, {kind})  {b.top.digest}")
+    for o in checked.medium.overlays:
+        click.echo(f"ok {checked.path}  {o.name} overlay {o.version} (site {o.site})  {o.top.digest}")
 
 
 @cli.command("profiles")

@@ -17,12 +17,14 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from bundler.metadata_io import metadata_version
+from updater.artifact import Artifact, Kind, open_artifact
 from updater.bundle import verify_bundle
+from updater.content import copy_hashed
 from updater.errors import DeliveryError, DeviceFault, InputError, Refused
-from updater.layout import MEDIUM_FILE, NOTE_FILE, SUMS_FILE, open_layout
+from updater.layout import MEDIUM_FILE, NOTE_FILE, SUMS_FILE
 from updater.medium import MEDIUM_FORMAT, MediumBundle, MediumContents, MediumOverlay, MediumReport
-from updater.oci import ANNOTATION, MAX_JSON_BYTES, Descriptor, copy_hashed
-from updater.overlay import check_overlay, is_overlay
+from updater.oci import ANNOTATION, MAX_JSON_BYTES, Descriptor
+from updater.overlay import check_overlay
 from updater.progress import Progress, QuietProgress
 from updater.registry import connect
 from updater.transfer import Graph, LayoutStore, ReaderStore, RegistryStore, Store, copy_graph, walk
@@ -49,13 +51,13 @@ def export(bundles: list[Path], to: Path, *, bases: tuple[str, ...] = (), plain_
             used: set[int] = set()
             for bundle in bundles:
                 progress.step(f"verify {bundle}")
-                if is_overlay(bundle):
-                    report.overlays.append(_export_overlay(bundle, layout, report, progress))
-                else:
-                    _export_bundle(bundle, layout, report, base_blobs, used, stack, progress)
-                with open_layout(bundle) as reader:
-                    for name in reader.metadata_names():
-                        with reader.open_metadata(name) as stream:
+                with open_artifact(bundle) as artifact:
+                    if artifact.kind is Kind.OVERLAY:
+                        report.overlays.append(_export_overlay(artifact, layout, report, progress))
+                    else:
+                        _export_bundle(artifact, layout, report, base_blobs, used, progress)
+                    for name in artifact.reader.metadata_names():
+                        with artifact.reader.open_metadata(name) as stream:
                             _merge_metadata(metadata, name, stream.read(MAX_JSON_BYTES + 1))
             if unused := [bases[i] for i in range(len(bases)) if i not in used]:
                 raise InputError(f"base {unused[0]}: no exported bundle has its name and profile")
@@ -81,12 +83,11 @@ def export(bundles: list[Path], to: Path, *, bases: tuple[str, ...] = (), plain_
 Base = tuple[str, str, str, set[str], str]
 
 
-def _export_bundle(bundle: Path, layout: LayoutStore, report: MediumReport, base_blobs: list[Base], used: set[int],
-                   stack: ExitStack, progress: Progress) -> None:
-    info = verify_bundle(bundle, progress=progress.advance)
-    reader = stack.enter_context(open_layout(bundle))
-    source = ReaderStore(reader)
-    top = Descriptor.from_json(json.loads(reader.read_small("index.json"))["manifests"][0], where=str(bundle))
+def _export_bundle(artifact: Artifact, layout: LayoutStore, report: MediumReport, base_blobs: list[Base], used: set[int],
+                   progress: Progress) -> None:
+    info = verify_bundle(artifact, progress=progress.advance)
+    source = ReaderStore(artifact.reader)
+    top = artifact.top
     top = Descriptor(media_type=top.media_type, digest=top.digest, size=top.size, artifact_type=top.artifact_type,
                      annotations={**top.annotations, ANNOTATION.NAME: info.name, ANNOTATION.VERSION: info.version,
                                   ANNOTATION.PROFILE: info.profile})
@@ -104,17 +105,16 @@ def _export_bundle(bundle: Path, layout: LayoutStore, report: MediumReport, base
         base={"version": base[1][2], "digest": base[1][4]} if base else None))
 
 
-def _export_overlay(path: Path, layout: LayoutStore, report: MediumReport, progress: Progress) -> MediumOverlay:
-    info = check_overlay(path)
+def _export_overlay(artifact: Artifact, layout: LayoutStore, report: MediumReport, progress: Progress) -> MediumOverlay:
+    info = check_overlay(artifact)
     if any(o.name == info.name and o.site == info.site for o in report.overlays):
-        raise InputError(f"{path}: a second overlay of {info.name} for site {info.site}; a medium carries one per application and site")
-    with open_layout(path) as reader:
-        source = ReaderStore(reader)
-        top = Descriptor.from_json(json.loads(reader.read_small("index.json"))["manifests"][0], where=str(path))
-        graph = walk(top, source)
-        progress.step(f"write overlay {info.name} {info.version} for site {info.site}", total_bytes=graph.size)
-        report.moved.add(copy_graph(graph, source, layout, advance=progress.advance))
-    return MediumOverlay(name=info.name, site=info.site, version=info.version, top=top, fits=info.fits)
+        raise InputError(f"{artifact.path}: a second overlay of {info.name} for site {info.site}; a medium carries one per "
+                         "application and site")
+    source = ReaderStore(artifact.reader)
+    graph = walk(artifact.top, source)
+    progress.step(f"write overlay {info.name} {info.version} for site {info.site}", total_bytes=graph.size)
+    report.moved.add(copy_graph(graph, source, layout, advance=progress.advance))
+    return MediumOverlay(name=info.name, site=info.site, version=info.version, top=artifact.top, fits=info.fits)
 
 
 def _base_blobs(base: str, plain_http: bool, stack: ExitStack) -> Base:
@@ -122,9 +122,9 @@ def _base_blobs(base: str, plain_http: bool, stack: ExitStack) -> Base:
     path = Path(base)
     store: Store
     if path.exists():
-        reader = stack.enter_context(open_layout(path))
-        store = ReaderStore(reader)
-        top = Descriptor.from_json(json.loads(reader.read_small("index.json"))["manifests"][0], where=base)
+        artifact = stack.enter_context(open_artifact(path))
+        store = ReaderStore(artifact.reader)
+        top = artifact.top
         body = store.read_manifest(top.digest)
     else:
         client = connect(base, plain_http=plain_http, what="base")

@@ -18,8 +18,9 @@ from typing import Any
 import zstandard
 
 from bundler.writer import LayoutWriter
+from updater.content import copy_hashed
 from updater.errors import InputError
-from updater.oci import ANNOTATION, MEDIA, Descriptor, copy_hashed
+from updater.oci import ANNOTATION, MEDIA, Descriptor
 from updater.progress import Progress
 
 __all__ = ["FileEntry", "add_file_component"]

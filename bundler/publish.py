@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from bundler.metadata_io import metadata_version
+from updater.artifact import Artifact, Kind, open_artifact
 from updater.bundle import verify_bundle
 from updater.errors import DeliveryError, InputError, Refused, SealiftError
-from updater.layout import open_layout
 from updater.oci import ANNOTATION, MEDIA, Descriptor, canonical_json
-from updater.overlay import check_overlay, is_overlay
+from updater.overlay import check_overlay
 from updater.progress import Progress, QuietProgress
 from updater.registry import (
     MAX_METADATA_BYTES,
@@ -66,23 +65,28 @@ def push(bundle: Path, target: str, *, plain_http: bool, progress: Progress | No
     """Verify ``bundle``, then send what the registry lacks of it, and its signed metadata."""
     progress = progress or QuietProgress()
     progress.step(f"verify {bundle}")
-    if is_overlay(bundle):
-        overlay = check_overlay(bundle)
-        identity = {"name": overlay.name, "version": overlay.version, "site": overlay.site}
-        default_tag, shown = overlay_tag(overlay.site, overlay.version), f"site {overlay.site}"
-    else:
-        info = verify_bundle(bundle, progress=progress.advance)
-        identity = {"name": info.name, "version": info.version, "profile": info.profile}
-        default_tag, shown = bundle_tag(info.profile, info.version), info.profile
-    client = connect(target, plain_http=plain_http, what="registry")
-    if client.ref.digest:
-        raise InputError(f"registry {target}: push to a tag, not a digest (the digest is the bundle's own)")
+    with open_artifact(bundle) as artifact:
+        if artifact.kind is Kind.OVERLAY:
+            overlay = check_overlay(artifact)
+            identity = {"name": overlay.name, "version": overlay.version, "site": overlay.site}
+            default_tag, shown = overlay_tag(overlay.site, overlay.version), f"site {overlay.site}"
+        else:
+            info = verify_bundle(artifact, progress=progress.advance)
+            identity = {"name": info.name, "version": info.version, "profile": info.profile}
+            default_tag, shown = bundle_tag(info.profile, info.version), info.profile
+        client = connect(target, plain_http=plain_http, what="registry")
+        if client.ref.digest:
+            raise InputError(f"registry {target}: push to a tag, not a digest (the digest is the bundle's own)")
+        return _push(artifact, client, tag=client.ref.tag or default_tag, identity=identity, shown=shown, progress=progress)
+
+
+def _push(artifact: Artifact, client: RegistryClient, *, tag: str, identity: dict[str, str], shown: str,
+          progress: Progress) -> PublishResult:
     result = PublishResult(destination=client.ref.name)
-    with open_layout(bundle) as reader, _closing(client):
+    reader, top = artifact.reader, artifact.top
+    with _closing(client):
         source = ReaderStore(reader)
-        top = Descriptor.from_json(json.loads(reader.read_small("index.json"))["manifests"][0], where=str(bundle))
         graph = walk(top, source)
-        tag = client.ref.tag or default_tag
         progress.step(f"push {identity['name']} {identity['version']} ({shown}) to {client.ref.name}:{tag}", total_bytes=graph.size)
         result.moved = copy_graph(graph, source, RegistryStore(client), tag=tag, advance=progress.advance)
         result.bundles.append({**identity, "digest": top.digest, "tag": tag})

@@ -40,11 +40,12 @@ from tuf.api.serialization.json import JSONSerializer
 
 from bundler.keys import KeyStore
 from bundler.metadata_io import attach_metadata
+from updater.artifact import Kind, open_artifact
 from updater.bundle import verify_bundle
 from updater.durable import replace_file
 from updater.errors import InputError
 from updater.layout import open_layout
-from updater.overlay import check_overlay, is_overlay
+from updater.overlay import check_overlay
 from updater.tuf_client import target_name
 from updater.versions import version_key
 
@@ -468,11 +469,12 @@ def _roles_for(targets: Targets, target: str | None) -> list[str]:
 def _identify(path: Path) -> tuple[str, str, dict[str, str]]:
     """The target name, version and custom fields of a bundle (``NAME/PROFILE/VERSION``) or an
     overlay (``NAME/overlays/SITE/VERSION``), checked completely first."""
-    if is_overlay(path):
-        o = check_overlay(path)
-        return (target_name(name=o.name, site=o.site, version=o.version), o.version,
-                {"name": o.name, "version": o.version, "site": o.site, "kind": "overlay", "fits": o.fits, "digest": o.digest})
-    info = verify_bundle(path)
+    with open_artifact(path) as artifact:
+        if artifact.kind is Kind.OVERLAY:
+            o = check_overlay(artifact)
+            return (target_name(name=o.name, site=o.site, version=o.version), o.version,
+                    {"name": o.name, "version": o.version, "site": o.site, "kind": "overlay", "fits": o.fits, "digest": o.digest})
+        info = verify_bundle(artifact)
     return (target_name(name=info.name, profile=info.profile, version=info.version), info.version,
             {"name": info.name, "version": info.version, "profile": info.profile, "compatible": info.compatible,
              "digest": info.digest})

@@ -19,8 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO
 
+from updater.content import copy_hashed
 from updater.errors import InputError, Refused
-from updater.oci import CHUNK, LAYOUT_VERSION, Advance, Descriptor, canonical_json, check_digest, copy_hashed
+from updater.oci import CHUNK, LAYOUT_VERSION, Advance, Descriptor, canonical_json, check_digest
 
 __all__ = ["DirWriter", "LayoutWriter", "TarWriter", "open_writer"]
 

@@ -9,6 +9,7 @@ import tarfile
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from scripts.oci_image import FileEntry, ImageConfig, Platform, PlatformImage, write_image_layout
 
@@ -286,3 +287,37 @@ def unmount_secrets(state_dir: Path) -> None:
     run = state_dir / "run"
     if any(line.split()[4] == str(run) for line in Path("/proc/self/mountinfo").read_text().splitlines()):
         subprocess.run(["umount", "-l", str(run)], check=False)
+
+
+def offer_of(path: Path, profile: Any, site: str | None) -> Any:
+    """What ``path`` offers a device of ``profile`` at ``site`` (opened once, as the updater does)."""
+    from updater.artifact import open_artifact
+    from updater.plan import read_offer
+
+    with open_artifact(path) as artifact:
+        return read_offer(artifact, profile, site)
+
+
+def take(store: Any, path: Path, profile: Any, *, overlay: str | None = None) -> Path:
+    """Copy into a device's store the bundle ``path`` holds for ``profile`` (on a medium, the newest), or
+    the overlay whose index is ``overlay``."""
+    from updater.artifact import Kind, open_artifact
+    from updater.medium import read_medium
+    from updater.plan import newest_for
+
+    with open_artifact(path) as artifact:
+        if overlay is not None:
+            return Path(store.ingest(artifact, overlay))
+        if artifact.kind is Kind.MEDIUM:
+            bundles = read_medium(artifact.reader, artifact.tops).bundles
+            return Path(store.ingest(artifact, newest_for(bundles, profile, artifact).top.digest))
+        return Path(store.ingest(artifact, artifact.top.digest))
+
+
+def stage(bundle: Path, info: Any, slot_dir: Path) -> Path:
+    """Stage the release of the bundle at ``bundle`` (checked as ``info``) into ``slot_dir``."""
+    from updater.layout import open_layout
+    from updater.stage import stage_release
+
+    with open_layout(bundle) as reader:
+        return Path(stage_release(reader, info, slot_dir))

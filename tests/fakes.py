@@ -16,15 +16,20 @@ __all__ = ["FakeEngine", "NoEngine"]
 
 class FakeEngine:
     """The engine protocol (:class:`updater.runtime.Runtime`) in memory. ``health`` gives each service's
-    HEALTHCHECK verdict by (app, version); ``refuse_start`` names versions the engine will not start."""
+    HEALTHCHECK verdict by version; ``refuse_start`` names versions the engine will not start; with
+    ``refuse_load`` it loads no image."""
 
-    def __init__(self, *, health: Mapping[str, str] | None = None, refuse_start: Sequence[str] = ()) -> None:
+    def __init__(self, *, health: Mapping[str, str] | None = None, refuse_start: Sequence[str] = (),
+                 refuse_load: bool = False) -> None:
         self.health = dict(health or {})
         self.refuse_start = set(refuse_start)
+        self.refuse_load = refuse_load
         self.loaded: dict[str, str] = {}  # image ID -> tag
         self.running: dict[tuple[str, str], tuple[str, dict[str, ContainerState]]] = {}  # (app, slot) -> (version, services)
 
     def load_images(self, reader: LayoutReader, images: Sequence[Image]) -> None:
+        if self.refuse_load:
+            raise EngineFault(f"image {images[0].name}: the engine refused to load it (no space left on device)")
         for image in images:
             assert reader.blob_size(image.manifest) is not None and reader.blob_size(image.config) is not None
             self.loaded[image.config] = image.tag

@@ -9,17 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from updater.errors import (
-    Conflict,
-    ContentMismatch,
-    DeliveryError,
-    DeviceFault,
-    EngineFault,
-    InputError,
-    Refused,
-    SealiftError,
-    Unhealthy,
-)
+from updater.errors import Conflict, ContentMismatch, DeliveryError, DeviceFault, EngineFault, InputError, Refused, SealiftError, Unhealthy
 
 __all__ = [
     "BundleInfo",

@@ -8,21 +8,18 @@ from pathlib import Path
 
 import click
 
-from updater.bundle import BundleInfo
 from updater.daemon import Daemon
 from updater.detect import Hardware, detect_profile
 from updater.docker_runtime import DockerRuntime
-from updater.errors import FAMILIES, DeliveryError, InputError, Unhealthy
+from updater.errors import FAMILIES, InputError, Unhealthy
 from updater.exits import reports_errors
 from updater.identity import DeviceIdentity
-from updater.install import Installer
-from updater.overlay import OverlayInfo
+from updater.install import Installer, check_as_installed
 from updater.poll import RegistryPoller
 from updater.profiles import Profile, load_profiles, profile_search_path
 from updater.sealed import KEMS
 from updater.slots import Slots
 from updater.trust import TrustStore
-from updater.verify import verify_for_device
 
 __all__ = ["cli", "main"]
 
@@ -277,7 +274,7 @@ def verify(store: TrustStore, bundle: Path, profile: str | None, profiles_dir: P
         if profile not in known:
             raise InputError(f"unknown profile {profile!r} (known: {', '.join(sorted(known))})")
         wanted = known[profile]
-    info, overlay = _verify_any(store, bundle, wanted)
+    info, overlay = check_as_installed(bundle, trust=store, profile=wanted)
     if as_json:
         click.echo(json.dumps({"ok": True, **(info.to_json() if info else {}), **({"overlay": overlay.to_json()} if overlay else {})},
                               indent=2))
@@ -286,43 +283,6 @@ def verify(store: TrustStore, bundle: Path, profile: str | None, profiles_dir: P
         click.echo(f"ok {info.name} {info.version} for {info.profile}  {info.digest}")
     if overlay is not None:
         click.echo(f"ok {overlay.name} overlay {overlay.version} for site {overlay.site}  {overlay.digest}")
-
-
-def _verify_any(store: TrustStore, path: Path, profile: Profile | None) -> tuple[BundleInfo | None, OverlayInfo | None]:
-    """Verify a bundle or an overlay, or what an install would take from a medium (a delta is
-    completed from the device's store first; what is taken stays there, and the next install prunes it)."""
-    from updater.identity import DeviceIdentity
-    from updater.install import choose
-    from updater.medium import looks_like_medium
-    from updater.overlay import is_overlay
-    from updater.slots import Slots
-    from updater.stage import overlay_of
-    from updater.store import BundleStore, offer
-    from updater.verify import verify_overlay
-
-    identity = DeviceIdentity(store.state_dir)
-    state = Slots(store.state_dir).load()
-    running = state.current
-    if is_overlay(path):
-        return None, verify_overlay(path, trust=store, identity=identity, app=running.name if running else None,
-                                    app_version=running.version if running else None)
-    if not looks_like_medium(path):
-        return verify_for_device(path, trust=store, profile=profile), None
-    bundles = BundleStore(store.state_dir)
-    staged = overlay_of(Slots(store.state_dir).slot_dir(running.slot)) if running else None
-    offered = offer(path, profile, identity.site())
-    choice = choose(state, offered, staged)  # refused here, as an install would refuse it
-    # the bundle an install would take; or, when the medium brings nothing new, its bundle all the same
-    take_bundle = choice.bundle is not None or (choice.overlay is None and offered.bundle is not None)
-    info = verify_for_device(bundles.take(path, profile), trust=store, profile=profile) if take_bundle else None
-    overlay = None
-    if choice.overlay:
-        runs_with = info or running
-        overlay = verify_overlay(bundles.take(path, profile, overlay=choice.overlay), trust=store, identity=identity,
-                                 app=runs_with.name if runs_with else None, app_version=runs_with.version if runs_with else None)
-    if info is None and overlay is None:
-        raise DeliveryError(f"{path}: holds no bundle for this device, and no overlay newer than the one it runs")
-    return info, overlay
 
 
 def main() -> None:

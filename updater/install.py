@@ -1,39 +1,40 @@
 """``sealift-updater install``: an A/B update with health checks and automatic rollback.
 
-(1) verify (TUF, every blob, the profile); (2) stage into the inactive slot; (3) load the
-images; (4) record ``trying`` durably; (5) stop the running release and start the new one;
-(6) run the health checks; (7) commit, or roll back: stop the new release, start the previous
-one, and record why, marking the new release as failed so it is not retried unless forced.
+(1) take what arrived into the device's store (hashed on the way in) and decide what of it to
+install; (2) verify it (TUF, every blob, the profile) and stage it into the inactive slot, checking
+compressed content as it is written; only then does the device's trust advance; (3) load the
+images; (4) record ``trying`` durably; (5) stop the running release and start the new one; (6) run
+the health checks; (7) commit, or roll back: stop the new release, start the previous one, and
+record why, marking the new release as failed so it is not retried unless forced.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from updater.appdef import HealthPolicy
-from updater.bundle import BundleInfo, release_definition
-from updater.errors import Conflict, InputError, Refused, SealiftError
+from updater.artifact import Kind, open_artifact
+from updater.bundle import BundleInfo
+from updater.descriptor import BundleDescriptor
+from updater.errors import Conflict, DeliveryError, InputError, Refused, SealiftError
 from updater.gc import collect_images
 from updater.health import HealthResult, Watched, wait_healthy
 from updater.identity import DeviceIdentity
-from updater.layout import open_layout
-from updater.medium import looks_like_medium
-from updater.overlay import OverlayInfo, is_overlay
+from updater.overlay import OverlayInfo
+from updater.plan import failure_key, plan, read_offer
 from updater.profiles import Profile
 from updater.runtime import Image, Runtime, image_tag
 from updater.secrets import SecretStore
 from updater.slots import DeviceState, Phase, Release, Slots
 from updater.stage import clone_slot, overlay_of, stage_overlay, stage_release, staged_overlay
-from updater.store import BundleStore, Incoming, Offer, Offered, offer
+from updater.store import BundleStore, Incoming
 from updater.trust import TrustStore
-from updater.verify import verify_for_device, verify_overlay
-from updater.versions import fits, version_key
+from updater.verify import verify_for_device, verify_overlay, verifying
+from updater.versions import fits
 
-__all__ = ["Choice", "Installer", "Outcome", "choose", "failure_key"]
+__all__ = ["Installer", "Outcome", "check_as_installed", "images_of"]
 
 Log = Callable[[str], None]
 
@@ -59,29 +60,22 @@ class Installer:
         self.profile = profile
         self.log = log
 
-    def install(self, bundle: Path | Incoming, *, overlay: Path | None = None, force: bool = False) -> Outcome:
-        """Install ``bundle`` (a bundle or medium at a path, or a download assembled in the store) with
-        the site ``overlay`` as one transaction; or, when ``bundle`` is an overlay (or a medium whose
-        only news for this device is its site's overlay), re-apply the running release with it."""
-        shown = bundle.name if isinstance(bundle, Path) else bundle.top.digest
+    def install(self, source: Path | Incoming, *, overlay: Path | None = None, force: bool = False) -> Outcome:
+        """Install ``source`` (a bundle, an overlay or a medium at a path, or a download assembled in the
+        store) with the site ``overlay`` as one transaction; an overlay alone (or a medium whose only news
+        for this device is its site's overlay) re-applies the running release with it."""
+        shown = source.name if isinstance(source, Path) else source.top.digest
         with self.slots.locked():
             state = self._converge(self.slots.load())
             try:
                 self.log(f"[1/7] verify {shown}" + (f" with {overlay.name}" if overlay else ""))
-                if isinstance(bundle, Path) and is_overlay(bundle):
-                    if overlay is not None:
-                        raise InputError(f"{bundle}: an overlay, given where the application bundle goes")
-                    return self._apply_overlay(state, bundle, force=force)
-                if isinstance(bundle, Path) and looks_like_medium(bundle) and overlay is None:
-                    choice = choose(state, offer(bundle, self.profile, self.site()), self.running_overlay(state))
-                    overlay = self.store.take(bundle, self.profile, overlay=choice.overlay) if choice.overlay else None
-                    if choice.bundle is None:
-                        if overlay is None:
-                            assert state.current is not None
-                            return Outcome(committed=True, release=state.current, reason="already running")
-                        return self._apply_overlay(state, overlay, force=force)
-                local = self.store.take(bundle, self.profile) if isinstance(bundle, Path) else bundle.complete()
-                return self._install(state, local, force=force, overlay=overlay)
+                bundle, overlay = self._take_in(state, source, overlay)
+                if bundle is not None:
+                    return self._install(state, bundle, force=force, overlay=overlay)
+                if overlay is not None:
+                    return self._apply_overlay(state, overlay, force=force)
+                assert state.current is not None
+                return Outcome(committed=True, release=state.current, reason="already running")
             except SealiftError as e:
                 # refused before the switch: the running release is untouched; say why in status
                 self.slots.save(self.slots.load().with_event(reason=f"{e.fault}: {shown}: {e.diagnostics()}", fault=e.fault))
@@ -90,39 +84,72 @@ class Installer:
                 kept = self.slots.load()
                 self.store.prune({r.digest for r in (kept.current, kept.previous) if r is not None})
 
+    def _take_in(self, state: DeviceState, source: Path | Incoming, overlay: Path | None) -> tuple[Path | None, Path | None]:
+        """(1) The bundle to install, in the device's store (None: the running one), and the overlay to
+        apply with it (None: the running one's, carried)."""
+        if isinstance(source, Incoming):
+            return source.complete(), overlay
+        with open_artifact(source) as artifact:
+            if artifact.kind is Kind.OVERLAY:
+                if overlay is not None:
+                    raise InputError(f"{source}: an overlay, given where the application bundle goes")
+                return None, self.store.ingest(artifact, artifact.top.digest)
+            if artifact.kind is Kind.BUNDLE or overlay is not None:
+                offered = read_offer(artifact, self.profile, self.site()).bundle
+                assert offered is not None
+                return self.store.ingest(artifact, offered.digest), overlay
+            chosen = plan(state, read_offer(artifact, self.profile, self.site()), self.running_overlay(state))
+            bundle = self.store.ingest(artifact, chosen.bundle) if chosen.bundle else None
+            return bundle, self.store.ingest(artifact, chosen.overlay) if chosen.overlay else None
+
     def _install(self, state: DeviceState, bundle: Path, *, force: bool, overlay: Path | None) -> Outcome:
-        claimed = offer(bundle, self.profile, self.site()).bundle
-        if overlay is not None and claimed is not None:  # one that cannot go with it is refused before its version counts
-            verify_overlay(overlay, trust=self.trust, identity=self.identity, app=claimed.name, app_version=claimed.version,
-                           commit=False)
-        info = verify_for_device(bundle, trust=self.trust, profile=self.profile)
-        if state.current is not None and state.current.digest == info.digest and overlay is None:
-            return Outcome(committed=True, release=state.current, reason="already running")
-        site = self._overlay_for(state, overlay, info.name, info.version)
-        release = Release(name=info.name, version=info.version, profile=info.profile, digest=info.digest,
-                          slot=state.inactive_slot(), overlay=site.version if site else "", overlay_digest=site.digest if site else "")
-        if failure_key(release) in state.failed and not force:
-            with_overlay = f" with overlay {release.overlay}" if release.overlay else ""
-            raise Conflict(f"{info.name} {info.version}{with_overlay} failed its health checks before; use --force to try it again")
-        slot_dir = self.slots.slot_dir(release.slot)
-        self.log(f"[2/7] stage into slot {release.slot}")
-        stage_release(bundle, info, slot_dir)
-        if site is not None:
-            stage_overlay(site, slot_dir)
-        self.log("[3/7] load images")
-        with open_layout(bundle) as reader:
-            self.runtime.load_images(reader, images_of(info))
+        with open_artifact(bundle) as artifact:
+            claimed = read_offer(artifact, self.profile, self.site()).bundle
+            assert claimed is not None
+            # an overlay that cannot go with it is refused before the release's version counts
+            site = self._overlay_for(state, overlay, claimed.name, claimed.version)
+            # (2) verify and stage; the device trusts the release only once both succeeded
+            with verifying(artifact, trust=self.trust, profile=self.profile, hashed=True) as info:
+                if (info.name, info.version) != (claimed.name, claimed.version):
+                    raise Refused(f"{bundle}: its index claims {claimed.name} {claimed.version}, its descriptor {info.name} "
+                                  f"{info.version}")
+                if state.current is not None and state.current.digest == info.digest and overlay is None:
+                    return Outcome(committed=True, release=state.current, reason="already running")
+                release = Release(name=info.name, version=info.version, profile=info.profile, digest=info.digest,
+                                  slot=state.inactive_slot(), overlay=site.version if site else "",
+                                  overlay_digest=site.digest if site else "")
+                if failure_key(release) in state.failed and not force:
+                    with_overlay = f" with overlay {release.overlay}" if release.overlay else ""
+                    raise Conflict(f"{info.name} {info.version}{with_overlay} failed its health checks before; "
+                                   "use --force to try it again")
+                state = self._forget_previous(state, release.slot)
+                self.log(f"[2/7] stage into slot {release.slot}")
+                stage_release(artifact.reader, info, self.slots.slot_dir(release.slot))
+            if overlay is not None:  # now that the release counts, so does its overlay
+                verify_overlay(overlay, trust=self.trust, identity=self.identity, app=info.name, app_version=info.version)
+            if site is not None:
+                stage_overlay(site, self.slots.slot_dir(release.slot))
+            self.log("[3/7] load images")
+            self.runtime.load_images(artifact.reader, images_of(info))
         self.log("[4/7] record trying")
-        # the previous release's slot now holds the new one: it can no longer be returned to
-        previous = state.previous if state.previous is not None and state.previous.slot != release.slot else None
-        state = state.with_event(phase=Phase.TRYING, candidate=release, previous=previous, reason="")
+        state = state.with_event(phase=Phase.TRYING, candidate=release, reason="")
         self.slots.save(state)
         return self._switch(state, release, "healthy")
 
+    def _forget_previous(self, state: DeviceState, slot: str) -> DeviceState:
+        """The release staged in ``slot`` is about to be overwritten: record first that it can no longer be
+        returned to, so nothing cut short later can start the wrong release as the previous one."""
+        if state.previous is None or state.previous.slot != slot:
+            return state
+        forgotten = replace(state, previous=None)
+        self.slots.save(forgotten)
+        return forgotten
+
     def _overlay_for(self, state: DeviceState, overlay: Path | None, app: str, version: str) -> OverlayInfo | None:
-        """The overlay to stage with ``app`` ``version``: the one given (verified), or the running one if it fits."""
+        """The overlay to stage with ``app`` ``version``: the one given (verified; the device's trust advances
+        once the release it goes with is verified too), or the running one if it fits."""
         if overlay is not None:
-            return verify_overlay(overlay, trust=self.trust, identity=self.identity, app=app, app_version=version)
+            return verify_overlay(overlay, trust=self.trust, identity=self.identity, app=app, app_version=version, commit=False)
         if state.current is None:
             return None
         running_slot = self.slots.slot_dir(state.current.slot)
@@ -147,13 +174,13 @@ class Installer:
             raise Conflict(f"{current.name} {current.version} with overlay {site.version} failed its health checks before; "
                                "use --force to try it again")
         slot_dir = self.slots.slot_dir(release.slot)
+        state = self._forget_previous(state, release.slot)
         self.log(f"[2/7] stage {current.name} {current.version} with overlay {site.version} into slot {release.slot}")
         clone_slot(self.slots.slot_dir(current.slot), slot_dir)
         stage_overlay(site, slot_dir)
         self.log("[3/7] load images: none, the release's images are loaded")
         self.log("[4/7] record trying")
-        previous = state.previous if state.previous is not None and state.previous.slot != release.slot else None
-        state = state.with_event(phase=Phase.TRYING, candidate=release, previous=previous, reason="")
+        state = state.with_event(phase=Phase.TRYING, candidate=release, reason="")
         self.slots.save(state)
         return self._switch(state, release, f"healthy with overlay {site.version}")
 
@@ -193,13 +220,15 @@ class Installer:
             result = HealthResult(ok=False, check="start", detail=e.diagnostics(), fault=e.fault)
         else:
             self.log("[6/7] health checks")
-            result = wait_healthy(self._watched(release), _policy(slot_dir))
+            result = wait_healthy(self._watched(release), _staged(slot_dir).health)
         if result.ok:
             self.log("[7/7] commit")
             committed = state.with_event(phase=Phase.COMMITTED, current=release, previous=state.current, candidate=None,
                                          reason=success)
             self.slots.save(committed)
-            removed = collect_images(self.runtime, self.slots, committed)
+            kept = [r for r in (committed.current, committed.previous) if r is not None]
+            keep = {i.config for r in kept for i in _staged(self.slots.slot_dir(r.slot)).images}
+            removed = collect_images(self.runtime, release.name, keep)
             if removed:
                 self.log(f"removed {len(removed)} image(s) no kept release uses")
             return Outcome(committed=True, release=release, reason=success)
@@ -236,8 +265,7 @@ class Installer:
                 self._start(current)
             except SealiftError as e:
                 return f"; the previous release could not be started again either ({e.diagnostics()})"
-        slot_dir = self.slots.slot_dir(current.slot)
-        back = wait_healthy(self._watched(current), _policy(slot_dir))
+        back = wait_healthy(self._watched(current), _staged(self.slots.slot_dir(current.slot)).health)
         return "" if back.ok else f"; the previous release is not healthy either ({back.check}: {back.detail})"
 
     def _stop(self, release: Release) -> None:
@@ -246,11 +274,10 @@ class Installer:
 
     def _start(self, release: Release) -> None:
         slot_dir = self.slots.slot_dir(release.slot)
-        descriptor = _descriptor(slot_dir)
-        app, _ = release_definition(str(slot_dir), descriptor)
+        descriptor = _staged(slot_dir)
         overlay = overlay_of(slot_dir)
-        secrets = self.secrets.open_into_memory(release.name, release.slot, slot_dir, app.services) if overlay else None
-        self.runtime.start(release, app, slot_dir, {i["name"]: i["config"] for i in descriptor["images"]},
+        secrets = self.secrets.open_into_memory(release.name, release.slot, slot_dir, descriptor.app.services) if overlay else None
+        self.runtime.start(release, descriptor.app, slot_dir, {i.name: i.config for i in descriptor.images},
                            environment=overlay.get("environment") if overlay else None, secrets=secrets)
 
     def _running(self, release: Release) -> bool:
@@ -262,67 +289,42 @@ class Installer:
                        secrets=self.secrets.folder(release.name, release.slot))
 
 
-@dataclass(frozen=True)
-class Choice:
-    """What to install of an offer: a bundle (None: the running release) and an overlay (None: the
-    running release's overlay is carried, when it has one)."""
-
-    bundle: str | None
-    overlay: str | None
-
-    def key(self, state: DeviceState) -> str | None:
-        """The failure key of the release this choice installs (None when nothing runs to apply an overlay to)."""
-        current = state.current
-        app = self.bundle or (current.digest if current is not None else None)
-        carried = self.overlay or (current.overlay_digest if current is not None else "")
-        return None if app is None else f"{app}+{carried}" if carried else app
-
-
-def choose(state: DeviceState, offered: Offer, running_overlay: dict[str, Any] | None = None) -> Choice:
-    """What of ``offered`` to install: its bundle, unless it is the running release or older (then the
-    running release), with the newest offered overlay that fits that release and is newer than the
-    running overlay (else the running overlay, ``running_overlay``, is carried).
-
-    Raises Refused or Conflict when that cannot work: the running overlay does not fit the offered release
-    and no offered overlay does, or there is no release for an overlay to apply to.
-    """
-    current = state.current
-    bundle = offered.bundle
-    if bundle is not None and current is not None and bundle.name == current.name and (
-            bundle.digest == current.digest or version_key(bundle.version) < version_key(current.version)):
-        bundle = None  # nothing new in it (an older release would be refused as a rollback anyway)
-    if bundle is None and current is None:
-        raise Conflict("an overlay needs a running release to apply to; install the application first")
-    runs: Offered | Release | None = bundle if bundle is not None else current
-    assert runs is not None
-    name, version = runs.name, runs.version
-    floor = current.overlay if current is not None and current.overlay_digest and current.name == name else None
-    overlays = [o for o in offered.overlays if o.name == name and fits(o.fits, version)
-                and (floor is None or version_key(o.version) > version_key(floor))]
-    overlay = max(overlays, key=lambda o: version_key(o.version)) if overlays else None
-    if bundle is not None and overlay is None and running_overlay is not None and not (
-            running_overlay.get("name") == name and fits(str(running_overlay.get("fits", "")), version)):
-        raise Refused(f"{name} {version} does not fit the running site overlay {running_overlay.get('version')} "
-                           f"({running_overlay.get('fits')}), and no overlay offered with it does")
-    return Choice(bundle=bundle.digest if bundle is not None else None, overlay=overlay.digest if overlay is not None else None)
+def check_as_installed(path: Path, *, trust: TrustStore, profile: Profile | None) -> tuple[BundleInfo | None, OverlayInfo | None]:
+    """Verify a bundle or an overlay completely, or what an install would take from a medium (a delta
+    is completed from the device's store first; what is taken stays there, and the next install
+    prunes it). The device's trusted metadata advances as an install's would."""
+    identity = DeviceIdentity(trust.state_dir)
+    slots = Slots(trust.state_dir)
+    state = slots.load()
+    running = state.current
+    with open_artifact(path) as artifact:
+        if artifact.kind is Kind.OVERLAY:
+            return None, verify_overlay(artifact, trust=trust, identity=identity, app=running.name if running else None,
+                                        app_version=running.version if running else None)
+        if artifact.kind is Kind.BUNDLE:
+            return verify_for_device(path, trust=trust, profile=profile), None
+        store = BundleStore(trust.state_dir)
+        offer = read_offer(artifact, profile, identity.site())
+        chosen = plan(state, offer, overlay_of(slots.slot_dir(running.slot)) if running else None)  # refused as an install would
+        # the bundle an install would take; or, when the medium brings nothing new, its bundle all the same
+        bundle = chosen.bundle or (offer.bundle.digest if offer.bundle is not None and chosen.overlay is None else None)
+        info = verify_for_device(store.ingest(artifact, bundle), trust=trust, profile=profile) if bundle else None
+        overlay = None
+        if chosen.overlay:
+            runs_with = info or running
+            overlay = verify_overlay(store.ingest(artifact, chosen.overlay), trust=trust, identity=identity,
+                                     app=runs_with.name if runs_with else None, app_version=runs_with.version if runs_with else None)
+    if info is None and overlay is None:
+        raise DeliveryError(f"{path}: holds no bundle for this device, and no overlay newer than the one it runs")
+    return info, overlay
 
 
-def images_of(info: BundleInfo) -> list[Image]:
-    """The images of a verified bundle, and the tags they get on this device."""
-    return [Image(name=i["name"], manifest=i["manifest"], config=i["config"],
-                  tag=image_tag(info.name, i["name"], info.version, info.profile)) for i in info.descriptor["images"]]
+def images_of(info: BundleInfo | BundleDescriptor) -> list[Image]:
+    """The images of a release, and the tags they get on this device."""
+    d = info.descriptor if isinstance(info, BundleInfo) else info
+    return [Image(name=i.name, manifest=i.manifest, config=i.config, tag=image_tag(d.name, i.name, d.version, d.profile))
+            for i in d.images]
 
 
-def failure_key(release: Release) -> str:
-    """What a failed health check marks: the release's digest, with its overlay's when it has one
-    (a bad overlay does not mark the application as bad)."""
-    return f"{release.digest}+{release.overlay_digest}" if release.overlay_digest else release.digest
-
-
-def _policy(slot_dir: Path) -> HealthPolicy:
-    return release_definition(str(slot_dir), _descriptor(slot_dir))[1]
-
-
-def _descriptor(slot_dir: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((slot_dir / "descriptor.json").read_text())
-    return data
+def _staged(slot_dir: Path) -> BundleDescriptor:
+    return BundleDescriptor.read(slot_dir / "descriptor.json")

@@ -18,8 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from updater.errors import Refused
-from updater.oci import MAX_JSON_BYTES, METADATA_DIR, METADATA_NAME, check_digest
+from updater.errors import InputError, Refused
+from updater.oci import LAYOUT_VERSION, MAX_JSON_BYTES, METADATA_DIR, METADATA_NAME, Descriptor, check_digest, json_object
 
 __all__ = [
     "MEDIUM_FILE",
@@ -28,6 +28,7 @@ __all__ = [
     "SUMS_FILE",
     "LayoutReader",
     "open_layout",
+    "read_index",
 ]
 
 _BLOB_NAME = re.compile(r"blobs/sha256/[0-9a-f]{64}")
@@ -89,11 +90,24 @@ def open_layout(path: Path, *, strict: bool = True) -> Iterator[LayoutReader]:
     elif path.is_file():
         reader = _TarReader(path, strict=strict)
     else:
-        raise Refused(f"{path}: no such bundle (expected an OCI layout directory or tar file)")
+        raise InputError(f"{path}: no such bundle (expected an OCI layout directory or tar file)")
     try:
         yield reader
     finally:
         reader.close()
+
+
+def read_index(reader: LayoutReader) -> tuple[Descriptor, ...]:
+    """The entry points a layout's ``index.json`` lists, once its ``oci-layout`` marker says it is one:
+    the one reader of those two files."""
+    marker = json_object(reader.read_small("oci-layout"), f"{reader.location}: oci-layout", Refused)
+    if marker.get("imageLayoutVersion") != LAYOUT_VERSION:
+        raise Refused(f"{reader.location}: oci-layout does not declare imageLayoutVersion {LAYOUT_VERSION}")
+    index = json_object(reader.read_small("index.json"), f"{reader.location}: index.json", Refused)
+    manifests = index.get("manifests")
+    if not isinstance(manifests, list) or not manifests:
+        raise Refused(f"{reader.location}: index.json lists no manifests")
+    return tuple(Descriptor.from_json(m, where=f"{reader.location}: index.json") for m in manifests)
 
 
 class _DirReader:

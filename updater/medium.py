@@ -17,15 +17,15 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import tarfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from updater.artifact import Artifact, Kind, open_artifact
 from updater.errors import DeliveryError, Refused, SealiftError
-from updater.layout import MEDIUM_FILE, NOTE_FILE, SUMS_FILE, LayoutReader, open_layout
+from updater.layout import MEDIUM_FILE, NOTE_FILE, SUMS_FILE, LayoutReader
 from updater.oci import CHUNK, METADATA_NAME, Descriptor
 from updater.progress import Progress, QuietProgress
 from updater.transfer import ReaderStore, Transferred, walk
@@ -38,7 +38,6 @@ __all__ = [
     "MediumOverlay",
     "MediumReport",
     "check_medium",
-    "looks_like_medium",
     "read_medium",
 ]
 
@@ -96,29 +95,15 @@ class MediumReport(MediumContents):
                 "overlays": [o.to_json() for o in self.overlays], "problems": self.problems, "ok": not self.problems}
 
 
-def looks_like_medium(path: Path) -> bool:
-    """Whether ``path`` claims to be a medium (a directory or tar with ``sealift-medium.json``;
-    a tar medium starts with it, so even a truncated one is recognised)."""
-    if path.is_dir():
-        return (path / MEDIUM_FILE).is_file()
-    try:
-        with tarfile.open(path, "r:") as tar:
-            first = tar.next()
-            return first is not None and first.name == MEDIUM_FILE
-    except (tarfile.TarError, OSError):
-        return False
-
-
-def read_medium(reader: LayoutReader) -> MediumContents:
-    """The bundles and overlays a medium says it holds."""
+def read_medium(reader: LayoutReader, entries: tuple[Descriptor, ...]) -> MediumContents:
+    """The bundles and overlays a medium says it holds (``entries``: its ``index.json``'s)."""
     where = f"{reader.location}: {MEDIUM_FILE}"
     contents = MediumContents()
     try:
         data = json.loads(reader.read_small(MEDIUM_FILE))
         if data.get("mediumVersion") != MEDIUM_FORMAT:
             raise Refused(f"{where}: medium format {data.get('mediumVersion')!r}, this Sealift reads {MEDIUM_FORMAT}")
-        index = json.loads(reader.read_small("index.json"))
-        tops = {d.digest: d for d in (Descriptor.from_json(m, where=f"{reader.location}: index.json") for m in index["manifests"])}
+        tops = {d.digest: d for d in entries}
         for entry in data["bundles"]:
             base = entry.get("base")
             if base is not None and not (isinstance(base, dict) and isinstance(base.get("version"), str)
@@ -136,45 +121,50 @@ def read_medium(reader: LayoutReader) -> MediumContents:
         for overlay in contents.overlays:
             version_key(overlay.version)
             fits(overlay.fits, overlay.version)  # a malformed range is refused here, not when a device compares it
-    except (ValueError, KeyError, TypeError, AttributeError, SealiftError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError, SealiftError) as e:
         detail = e.diagnostics() if isinstance(e, SealiftError) else f"{type(e).__name__}: {e}"
         raise Refused(f"{where}: malformed ({detail})") from e
     return contents
 
 
-def check_medium(path: Path, *, progress: Progress | None = None) -> MediumReport:
+def check_medium(source: Path | Artifact, *, progress: Progress | None = None) -> MediumReport:
     """Check a medium end to end: every file against ``SHA256SUMS``, every blob against its own digest
     and listed there, every bundle's and overlay's graph complete (a delta may lack only blobs, and
     says which base supplies them)."""
+    if isinstance(source, Path):
+        with open_artifact(source) as artifact:
+            return check_medium(artifact, progress=progress)
+    if source.kind is not Kind.MEDIUM:
+        raise Refused(f"{source.path}: a Sealift {source.kind}, not a medium ({MEDIUM_FILE} is missing)")
+    path, reader = source.path, source.reader
     progress = progress or QuietProgress()
     report = MediumReport(location=str(path))
-    with open_layout(path, strict=False) as reader:
-        contents = read_medium(reader)
-        report.bundles, report.overlays = contents.bundles, contents.overlays
-        report.problems += _check_sums(reader, path, progress)
-        store = ReaderStore(reader)
-        for bundle in report.bundles:
-            try:
-                graph = walk(bundle.top, store)
-            except (DeliveryError, Refused) as e:
-                report.problems.append(f"{bundle.name} {bundle.version} ({bundle.profile}): {e}")
-                continue
-            missing = [d.digest for d in graph.blobs if not store.has_blob(d.digest)]
-            if missing and bundle.base is None:
-                report.problems.append(f"{bundle.name} {bundle.version} ({bundle.profile}): blob {missing[0]} is missing "
-                                       f"({len(missing)} in all) and the bundle is not a delta")
-            elif len(missing) != bundle.blobs_from_base and bundle.base is not None:
-                report.problems.append(f"{bundle.name} {bundle.version} ({bundle.profile}): {len(missing)} blobs are missing, "
-                                       f"the delta takes {bundle.blobs_from_base} from its base")
-        for overlay in report.overlays:
-            what = f"{overlay.name} overlay {overlay.version} (site {overlay.site})"
-            try:
-                graph = walk(overlay.top, store)
-            except (DeliveryError, Refused) as e:
-                report.problems.append(f"{what}: {e}")
-                continue
-            if missing := [d.digest for d in graph.blobs if not store.has_blob(d.digest)]:
-                report.problems.append(f"{what}: blob {missing[0]} is missing ({len(missing)} in all)")
+    contents = read_medium(reader, source.tops)
+    report.bundles, report.overlays = contents.bundles, contents.overlays
+    report.problems += _check_sums(reader, path, progress)
+    store = ReaderStore(reader)
+    for bundle in report.bundles:
+        try:
+            graph = walk(bundle.top, store)
+        except (DeliveryError, Refused) as e:
+            report.problems.append(f"{bundle.name} {bundle.version} ({bundle.profile}): {e}")
+            continue
+        missing = [d.digest for d in graph.blobs if not store.has_blob(d.digest)]
+        if missing and bundle.base is None:
+            report.problems.append(f"{bundle.name} {bundle.version} ({bundle.profile}): blob {missing[0]} is missing "
+                                   f"({len(missing)} in all) and the bundle is not a delta")
+        elif len(missing) != bundle.blobs_from_base and bundle.base is not None:
+            report.problems.append(f"{bundle.name} {bundle.version} ({bundle.profile}): {len(missing)} blobs are missing, "
+                                   f"the delta takes {bundle.blobs_from_base} from its base")
+    for overlay in report.overlays:
+        what = f"{overlay.name} overlay {overlay.version} (site {overlay.site})"
+        try:
+            graph = walk(overlay.top, store)
+        except (DeliveryError, Refused) as e:
+            report.problems.append(f"{what}: {e}")
+            continue
+        if missing := [d.digest for d in graph.blobs if not store.has_blob(d.digest)]:
+            report.problems.append(f"{what}: blob {missing[0]} is missing ({len(missing)} in all)")
     return report
 
 

@@ -7,14 +7,13 @@ top image index, manifests that name blobs, every one addressed by its sha256 di
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO, Any, Protocol
+from typing import Any
 
-from updater.errors import ContentMismatch, Refused, SealiftError
+from updater.errors import Refused, SealiftError
 
 __all__ = [
     "ANNOTATION",
@@ -28,8 +27,6 @@ __all__ = [
     "Descriptor",
     "canonical_json",
     "check_digest",
-    "checked_json",
-    "copy_hashed",
     "json_object",
 ]
 
@@ -141,20 +138,13 @@ def json_object(data: bytes, where: str, error: type[SealiftError] = Refused) ->
     """``data`` parsed as a JSON object; ``error`` naming ``where`` if it is not one."""
     try:
         parsed = json.loads(data)
-    except (ValueError, RecursionError) as e:
-        raise error(f"{where} is not valid JSON") from e
+    except ValueError as e:  # malformed JSON, bad UTF-8, integers too long to convert
+        raise error(f"{where}: not valid JSON ({e})") from e
+    except RecursionError as e:
+        raise error(f"{where}: JSON nested too deeply") from e
     if not isinstance(parsed, dict):
-        raise error(f"{where} is not a JSON object")
+        raise error(f"{where}: not a JSON object")
     return parsed
-
-
-def checked_json(body: bytes, descriptor: Descriptor, what: str) -> bytes:
-    """``body`` if it is the manifest ``descriptor`` names, byte for byte."""
-    actual = f"sha256:{hashlib.sha256(body).hexdigest()}"
-    if actual != descriptor.digest or len(body) != descriptor.size:
-        raise ContentMismatch(f"{what}: manifest {descriptor.digest} does not match its digest or size (got {actual}, "
-                            f"{len(body)} bytes); refused")
-    return body
 
 
 def check_digest(digest: str) -> str:
@@ -162,41 +152,3 @@ def check_digest(digest: str) -> str:
     if not _DIGEST.fullmatch(digest):
         raise Refused(f"unsupported or malformed digest {digest[:80]!r}")
     return digest
-
-
-class _Sink(Protocol):
-    def write(self, data: bytes | memoryview, /) -> int | None: ...
-
-
-def copy_hashed(
-    source: IO[bytes], sink: _Sink | None, *, limit: int | None = None, progress: Advance | None = None
-) -> tuple[str, int]:
-    """Copy ``source`` to ``sink`` (or nowhere) in chunks; return its sha256 digest and length.
-
-    With ``limit``, reading stops one byte past it, so an over-long stream is detected without
-    reading it all.
-    """
-    sha = hashlib.sha256()
-    buffer = bytearray(CHUNK)
-    view = memoryview(buffer)
-    total = 0
-    readinto = getattr(source, "readinto", None)
-    while limit is None or total <= limit:
-        want = CHUNK if limit is None else min(CHUNK, limit + 1 - total)
-        if readinto is not None:
-            n = readinto(view[:want])
-            chunk = view[:n]
-        else:
-            data = source.read(want)
-            n, chunk = len(data), memoryview(data)
-        if not n:
-            break
-        sha.update(chunk)
-        if sink is not None:
-            sink.write(chunk)
-        total += n
-        if progress is not None:
-            progress(n)
-    return f"sha256:{sha.hexdigest()}", total
-
-

@@ -11,19 +11,19 @@ accepted, and that this device's key opens its sealed secrets.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from updater.appdef import ENV_NAME
+from updater.artifact import Artifact, Kind, open_artifact
+from updater.content import read_json_blob
 from updater.errors import Refused
-from updater.layout import MEDIUM_FILE, open_layout
-from updater.oci import ANNOTATION, MAX_JSON_BYTES, MEDIA, Descriptor, checked_json, json_object
+from updater.oci import ANNOTATION, MEDIA, Descriptor, json_object
 from updater.sealed import SECRET_NAME
 from updater.transfer import ReaderStore, walk
 
-__all__ = ["OverlayInfo", "check_overlay", "is_overlay"]
+__all__ = ["OverlayInfo", "check_overlay"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,45 +45,30 @@ class OverlayInfo:
                 "environment": self.environment, "secrets": list(self.secrets), "recipients": list(self.recipients)}
 
 
-def is_overlay(path: Path) -> bool:
-    """Whether ``path`` is an overlay's layout (a medium holding overlays is not one)."""
-    try:
-        with open_layout(path) as reader:
-            entry = json.loads(reader.read_small("index.json"))["manifests"][0]
-            try:
-                reader.read_small(MEDIUM_FILE)
-                return False  # a medium
-            except Refused:
-                pass
-    except (Refused, ValueError, KeyError, IndexError, TypeError):
-        return False
-    return isinstance(entry, dict) and entry.get("artifactType") == MEDIA.OVERLAY
-
-
-def check_overlay(path: Path) -> OverlayInfo:
-    """Check an overlay completely (every digest, descriptor and sealed set agreeing with the index)."""
-    with open_layout(path) as reader:
-        where = str(path)
-        index = json_object(reader.read_small("index.json"), f"{where}: index.json")
-        manifests = index.get("manifests")
-        if not isinstance(manifests, list) or len(manifests) != 1:
-            raise Refused(f"{where}: index.json must list exactly one overlay index")
-        top = Descriptor.from_json(manifests[0], where=f"{where}: index.json")
-        store = ReaderStore(reader)
-        graph = walk(top, store)
-        top_json = json_object(graph.manifests[-1][1], f"{where}: overlay index")
-        payload_json = json_object(graph.manifests[0][1], f"{where}: overlay payload")
-        if top_json.get("artifactType") != MEDIA.OVERLAY or payload_json.get("artifactType") != MEDIA.OVERLAY_PAYLOAD:
-            raise Refused(f"{where}: not a Sealift overlay ({MEDIA.OVERLAY})")
-        layers = [Descriptor.from_json(d, where=f"{where}: payload") for d in payload_json.get("layers") or []]
-        kinds = [d.media_type for d in layers]
-        if kinds != [MEDIA.OVERLAY_DESCRIPTOR, MEDIA.SEALED_SECRETS]:
-            raise Refused(f"{where}: an overlay payload holds its descriptor and its sealed secrets, not {kinds}")
-        descriptor, sealed = (json_object(_read_blob(reader, d, where), f"{where}: {d.media_type}") for d in layers)
-        referenced = {top.digest, *(m.digest for m, _ in graph.manifests), *(d.digest for d in graph.blobs)}
-        stray = sorted(reader.blob_names() - referenced)
-        if stray:
-            raise Refused(f"{where}: blob {stray[0]} is not referenced by the overlay")
+def check_overlay(source: Path | Artifact) -> OverlayInfo:
+    """Check an overlay (a path, or one already open) completely: every digest, descriptor and sealed
+    set agreeing with the index."""
+    if isinstance(source, Path):
+        with open_artifact(source) as artifact:
+            return check_overlay(artifact)
+    if source.kind is not Kind.OVERLAY:
+        raise Refused(f"{source.path}: a Sealift {source.kind}, not an overlay")
+    reader, top, where = source.reader, source.top, str(source.path)
+    store = ReaderStore(reader)
+    graph = walk(top, store)
+    top_json = json_object(graph.manifests[-1][1], f"{where}: overlay index")
+    payload_json = json_object(graph.manifests[0][1], f"{where}: overlay payload")
+    if top_json.get("artifactType") != MEDIA.OVERLAY or payload_json.get("artifactType") != MEDIA.OVERLAY_PAYLOAD:
+        raise Refused(f"{where}: not a Sealift overlay ({MEDIA.OVERLAY})")
+    layers = [Descriptor.from_json(d, where=f"{where}: payload") for d in payload_json.get("layers") or []]
+    kinds = [d.media_type for d in layers]
+    if kinds != [MEDIA.OVERLAY_DESCRIPTOR, MEDIA.SEALED_SECRETS]:
+        raise Refused(f"{where}: an overlay payload holds its descriptor and its sealed secrets, not {kinds}")
+    descriptor, sealed = (read_json_blob(reader, d, d.media_type) for d in layers)
+    referenced = {top.digest, *(m.digest for m, _ in graph.manifests), *(d.digest for d in graph.blobs)}
+    stray = sorted(reader.blob_names() - referenced)
+    if stray:
+        raise Refused(f"{where}: blob {stray[0]} is not referenced by the overlay")
     found = top_json.get("annotations")
     annotations: dict[str, Any] = found if isinstance(found, dict) else {}
     claimed = (annotations.get(ANNOTATION.NAME), annotations.get(ANNOTATION.SITE), annotations.get(ANNOTATION.VERSION))
@@ -105,9 +90,3 @@ def check_overlay(path: Path) -> OverlayInfo:
                        digest=top.digest, environment=descriptor.get("environment") or {},
                        secrets=tuple(descriptor.get("secrets") or ()), recipients=tuple(descriptor.get("recipients") or ()),
                        sealed=sealed)
-
-
-def _read_blob(reader: Any, blob: Descriptor, where: str) -> bytes:
-    with reader.open_blob(blob.digest) as stream:
-        data: bytes = stream.read(MAX_JSON_BYTES + 1)
-    return checked_json(data, blob, where)

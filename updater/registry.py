@@ -36,8 +36,9 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
+from updater.content import checked_json
 from updater.errors import ContentMismatch, DeliveryError, InputError, Refused, SealiftError
-from updater.oci import MAX_JSON_BYTES, MEDIA, METADATA_NAME, Descriptor, checked_json
+from updater.oci import MAX_JSON_BYTES, MEDIA, METADATA_NAME, Descriptor
 
 __all__ = [
     "ACCEPT_MANIFESTS",

@@ -1,14 +1,14 @@
 """Staging a verified release into a slot: its models, configs and descriptor, read-only.
 
-Compressed payloads are decompressed while they are written, their content digest checked on
-the way; a directory payload is extracted entry by entry, regular files and directories only,
-with every name kept inside the slot. The slot is assembled beside its final place and renamed
-into it, so a slot is either fully staged or not there.
+Compressed payloads are decompressed while they are written, their content digest checked on the
+way (the stored blobs were hashed on their way into the device's store); a directory payload is
+extracted entry by entry, regular files and directories only, with every name kept inside the
+slot. The slot is assembled beside its final place and renamed into it, so a slot is either fully
+staged or not there.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import posixpath
@@ -21,13 +21,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-import zstandard
-
-from updater.bundle import MAX_ZSTD_WINDOW, BundleInfo
+from updater.bundle import BundleInfo
+from updater.content import Hashed, drain, zstd_reader
+from updater.descriptor import FileEntry
 from updater.durable import fsync_dir
 from updater.errors import DeviceFault, Refused
-from updater.layout import open_layout
-from updater.oci import CHUNK, MEDIA, canonical_json
+from updater.layout import LayoutReader
+from updater.oci import CHUNK, canonical_json
 from updater.overlay import OverlayInfo
 
 __all__ = ["clone_slot", "overlay_of", "stage_overlay", "stage_release", "staged_overlay"]
@@ -36,18 +36,17 @@ _DIRS = {"model": "models", "config": "configs"}
 _OVERLAY = "overlay"
 
 
-def stage_release(bundle: Path, info: BundleInfo, slot_dir: Path) -> Path:
-    """Make ``slot_dir`` hold exactly this release; return it. The bundle must be verified already."""
+def stage_release(reader: LayoutReader, info: BundleInfo, slot_dir: Path) -> Path:
+    """Make ``slot_dir`` hold exactly the release ``reader`` holds (verified, as ``info`` says); return it.
+    Each model's and config's content is hashed as it is written, and must be what the descriptor says."""
     slot_dir.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     temp = slot_dir.with_name(f".{slot_dir.name}-staging-{secrets.token_hex(4)}")
     try:
         temp.mkdir(mode=0o700)
-        with open_layout(bundle) as reader:
-            for role, key in (("model", "models"), ("config", "configs")):
-                for entry in info.descriptor[key]:
-                    with reader.open_blob(entry["digest"]) as stored, _content(stored, entry) as content:
-                        _place(content, entry, temp / _DIRS[role] / entry["name"])
-        (temp / "descriptor.json").write_bytes(canonical_json(info.descriptor))
+        for entry in info.descriptor.files:
+            with reader.open_blob(entry.digest) as stored, _content(stored, entry) as content:
+                _place(content, entry, temp / _DIRS[entry.role] / entry.name)
+        (temp / "descriptor.json").write_bytes(canonical_json(info.descriptor.data))
         _make_read_only(temp)
         _remove(slot_dir)
         os.rename(temp, slot_dir)
@@ -56,59 +55,37 @@ def stage_release(bundle: Path, info: BundleInfo, slot_dir: Path) -> Path:
         _remove(temp)
         reason = "the disk is full" if e.errno == 28 else e.strerror
         raise DeviceFault(f"staging {info.name} {info.version} into slot {slot_dir.name} failed ({reason}); "
-                           "the running release is untouched") from e
+                          "the running release is untouched") from e
     except BaseException:
         _remove(temp)
         raise
     return slot_dir
 
 
-class _Checked:
-    """Reads a payload's content while hashing it, refusing more than the declared size."""
-
-    def __init__(self, source: Any, entry: dict[str, Any]) -> None:
-        self.source, self.entry = source, entry
-        self.sha = hashlib.sha256()
-        self.size = 0
-
-    def read(self, n: int = -1) -> bytes:
-        data: bytes = self.source.read(n if n >= 0 else CHUNK)
-        self.size += len(data)
-        if self.size > self.entry["uncompressedSize"]:
-            raise Refused(f"{self.entry['name']}: more content than the {self.entry['uncompressedSize']} bytes declared")
-        self.sha.update(data)
-        return data
-
-    def finish(self) -> None:
-        while self.read(CHUNK):
-            pass
-        digest = f"sha256:{self.sha.hexdigest()}"
-        if (digest, self.size) != (self.entry["uncompressedDigest"], self.entry["uncompressedSize"]):
-            raise Refused(f"{self.entry['name']}: content is {self.size} bytes with {digest}, not what the descriptor says")
-
-
 @contextmanager
-def _content(stored: IO[bytes], entry: dict[str, Any]) -> Iterator[_Checked]:
-    if entry["mediaType"].endswith(MEDIA.ZSTD_SUFFIX):
-        decompressor = zstandard.ZstdDecompressor(max_window_size=MAX_ZSTD_WINDOW)
-        with decompressor.stream_reader(stored, read_size=CHUNK) as plain:
-            yield _Checked(plain, entry)
+def _content(stored: IO[bytes], entry: FileEntry) -> Iterator[Hashed]:
+    """The entry's content (decompressed, when it is stored compressed), hashed as it is read."""
+    what = f"{entry.role} {entry.name}"
+    if entry.compressed:
+        with zstd_reader(stored, what) as plain:
+            yield Hashed(plain, digest=entry.content_digest, size=entry.content_size, what=f"the content of {what}")
     else:
-        yield _Checked(stored, entry)
+        yield Hashed(stored, digest=entry.content_digest, size=entry.content_size, what=what)
 
 
-def _place(content: _Checked, entry: dict[str, Any], dest: Path) -> None:
+def _place(content: Hashed, entry: FileEntry, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
-    if entry["kind"] == "file":
+    if entry.kind == "file":
         with open(dest, "xb") as out:
             while chunk := content.read(CHUNK):
                 out.write(chunk)
     else:
-        _extract(content, dest, entry["name"])
+        _extract(content, dest, entry.name)
+    drain(content)
     content.finish()
 
 
-def _extract(content: _Checked, dest: Path, name: str) -> None:
+def _extract(content: Hashed, dest: Path, name: str) -> None:
     """Regular files and directories only, each strictly inside ``dest``."""
     dest.mkdir()
     try:

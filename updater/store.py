@@ -11,26 +11,22 @@ no kept release needs are removed after each install.
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 
+from updater.artifact import Artifact, Kind
 from updater.durable import fsync_dir
-from updater.errors import DeliveryError, DeviceFault, InputError, Refused
-from updater.layout import LayoutReader, open_layout
+from updater.errors import DeliveryError, DeviceFault, Refused
 from updater.locks import exclusive_lock
-from updater.medium import MediumBundle, looks_like_medium, read_medium
-from updater.oci import ANNOTATION, MAX_JSON_BYTES, MEDIA, Descriptor, check_digest
-from updater.profiles import Profile
+from updater.medium import read_medium
+from updater.oci import ANNOTATION, MAX_JSON_BYTES, Descriptor, check_digest
 from updater.transfer import LayoutStore, ReaderStore, Store, Transferred, copy_graph, walk
-from updater.versions import version_key
 
-__all__ = ["BundleStore", "Incoming", "Offer", "Offered", "offer"]
+__all__ = ["BundleStore", "Incoming"]
 
 _INCOMING = ".incoming-"
 _LOCKS = ".locks"
@@ -128,40 +124,37 @@ class BundleStore:
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         return Incoming(self, top)
 
-    def take(self, path: Path, profile: Profile | None, *, overlay: str | None = None) -> Path:
-        """Copy the bundle at ``path`` (a bundle, or this device's bundle on a medium; or the medium's
-        overlay whose index is ``overlay``) into the store.
+    def ingest(self, artifact: Artifact, digest: str) -> Path:
+        """Copy the bundle or overlay whose top index is ``digest`` from ``artifact`` (a bundle, an overlay,
+        or a medium holding it) into the store; return its path there. Every blob is hashed on its way
+        in (and then trusted: the store holds nothing else); one a kept bundle has is linked instead.
 
         A delta whose base this device does not have is refused before anything is copied.
         """
-        medium = looks_like_medium(path)
-        with open_layout(path, strict=not medium) as reader:
-            source = ReaderStore(reader)
-            if overlay is not None:
-                top = next((o.top for o in read_medium(reader).overlays if o.top.digest == overlay), None)
-                if top is None:
-                    raise DeliveryError(f"{path}: holds no overlay {overlay}")
-            elif medium:
-                entry = _pick(read_medium(reader).bundles, profile, path)
-                top = entry.top
-                if entry.base is not None and not self.has(entry.base["digest"]):
-                    raise Refused(
-                        f"{path}: {entry.name} {entry.version} is a delta on {entry.name} {entry.base['version']} "
-                        f"({entry.base['digest'][:19]}), which this device does not have; bring a complete medium")
-            else:
-                top = _single_top(reader)
-            if self.has(top.digest):
-                return self.path(top.digest)
-            with self.incoming(top) as incoming:
-                missing = incoming.missing(source)
-                if missing:
-                    raise Refused(f"{path}: blob {missing[0].digest} of {_identity(top)} is neither on the medium nor "
-                                        f"on this device ({len(missing)} missing in all)")
-                incoming.fill(source)
-                for name in reader.metadata_names():
-                    with reader.open_metadata(name) as stream:
-                        incoming.metadata[name] = stream.read(MAX_JSON_BYTES + 1)
-                return incoming.complete()
+        top = next((t for t in artifact.tops if t.digest == digest), None)
+        if top is None:
+            raise DeliveryError(f"{artifact.path}: holds no bundle or overlay {digest}")
+        if artifact.kind is Kind.MEDIUM:
+            self._check_base(artifact, digest)
+        if self.has(top.digest):
+            return self.path(top.digest)
+        source = ReaderStore(artifact.reader)
+        with self.incoming(top) as incoming:
+            missing = incoming.missing(source)
+            if missing:
+                raise Refused(f"{artifact.path}: blob {missing[0].digest} of {_identity(top)} is neither on the medium nor "
+                              f"on this device ({len(missing)} missing in all)")
+            incoming.fill(source)
+            for name in artifact.reader.metadata_names():
+                with artifact.reader.open_metadata(name) as stream:
+                    incoming.metadata[name] = stream.read(MAX_JSON_BYTES + 1)
+            return incoming.complete()
+
+    def _check_base(self, artifact: Artifact, digest: str) -> None:
+        entry = next((b for b in read_medium(artifact.reader, artifact.tops).bundles if b.top.digest == digest), None)
+        if entry is not None and entry.base is not None and not self.has(entry.base["digest"]):
+            raise Refused(f"{artifact.path}: {entry.name} {entry.version} is a delta on {entry.name} {entry.base['version']} "
+                          f"({entry.base['digest'][:19]}), which this device does not have; bring a complete medium")
 
     def prune(self, keep: set[str]) -> list[str]:
         """Remove the bundles whose index is not in ``keep``, and downloads left unfinished for a day
@@ -209,91 +202,6 @@ class BundleStore:
                 return True
         except BlockingIOError:
             return False  # someone is writing it now
-
-
-@dataclass(frozen=True)
-class Offered:
-    """A bundle or overlay that a path holds: its index digest, application name and version, and
-    an overlay's ``fits`` range. Read from the path, not yet verified: it only says what to try."""
-
-    digest: str
-    name: str
-    version: str
-    fits: str = ""
-
-
-@dataclass(frozen=True)
-class Offer:
-    """What a path holds for this device: a bundle for its profile (the newest, on a medium), the
-    overlays for its site, or both."""
-
-    bundle: Offered | None = None
-    overlays: tuple[Offered, ...] = ()
-
-
-def offer(path: Path, profile: Profile | None, site: str | None) -> Offer:
-    """What ``path`` (a bundle, an overlay, or a medium) offers a device of ``profile`` at ``site``.
-    Raises Refused or DeliveryError when it is unreadable or holds nothing for this device."""
-    medium = looks_like_medium(path)
-    with open_layout(path, strict=not medium) as reader:
-        if not medium:
-            top = _single_top(reader)
-            a = _annotations(reader, top)
-            offered = Offered(digest=top.digest, name=a.get(ANNOTATION.NAME, ""), version=a.get(ANNOTATION.VERSION, ""),
-                              fits=a.get(ANNOTATION.FITS, ""))
-            if top.artifact_type != MEDIA.OVERLAY:
-                return Offer(bundle=offered)
-            if a.get(ANNOTATION.SITE) != site:
-                raise Refused(f"{path}: an overlay for site {a.get(ANNOTATION.SITE)}; this device is "
-                                    + (f"at site {site}" if site else "not enrolled at any site"))
-            return Offer(overlays=(offered,))
-        contents = read_medium(reader)
-        # what an overlay fits, as its own index says (what TUF signs), not as the medium's listing says
-        overlays = tuple(Offered(digest=o.top.digest, name=o.name, version=o.version,
-                                 fits=_annotations(reader, o.top).get(ANNOTATION.FITS, ""))
-                         for o in contents.overlays if site is not None and o.site == site)
-    if overlays and not any(profile is None or b.profile == profile.name for b in contents.bundles):
-        return Offer(overlays=overlays)  # a rotation medium
-    if not contents.bundles and contents.overlays:
-        sites = ", ".join(sorted({o.site for o in contents.overlays}))
-        raise Refused(f"{path}: the medium holds only overlays, for sites {sites}; this device is "
-                            + (f"at site {site}" if site else "not enrolled at any site"))
-    bundle = _pick(contents.bundles, profile, path)  # refused, naming what the medium holds, when nothing fits
-    return Offer(bundle=Offered(digest=bundle.top.digest, name=bundle.name, version=bundle.version), overlays=overlays)
-
-
-def _annotations(reader: LayoutReader, top: Descriptor) -> dict[str, str]:
-    """The annotations of a layout's top index (what it claims to be)."""
-    try:
-        with reader.open_blob(top.digest) as stream:
-            data = json.loads(stream.read(MAX_JSON_BYTES + 1))
-        found = data.get("annotations") if isinstance(data, dict) else None
-    except (ValueError, RecursionError) as e:
-        raise Refused(f"{reader.location}: the top index is not JSON ({type(e).__name__})") from e
-    return {k: v for k, v in found.items() if isinstance(v, str)} if isinstance(found, dict) else {}
-
-
-def _pick(bundles: list[MediumBundle], profile: Profile | None, path: Path) -> MediumBundle:
-    fitting = [b for b in bundles if profile is None or b.profile == profile.name]
-    if not fitting:
-        held = ", ".join(sorted({b.profile for b in bundles})) or "nothing"
-        raise Refused(f"{path}: the medium holds no bundle for profile {profile.name if profile else '?'} (it holds {held})")
-    if len(fitting) > 1 and profile is None:
-        raise InputError(f"{path}: the medium holds bundles for several profiles; name this device's with --profile")
-    return max(fitting, key=lambda b: version_key(b.version))
-
-
-def _single_top(reader: LayoutReader) -> Descriptor:
-    try:
-        manifests = json.loads(reader.read_small("index.json"))["manifests"]
-        if len(manifests) != 1:
-            raise Refused(f"{reader.location}: index.json must list exactly one bundle index")
-        top = Descriptor.from_json(manifests[0], where=f"{reader.location}: index.json")
-    except (ValueError, KeyError, TypeError) as e:
-        raise Refused(f"{reader.location}: index.json is not a bundle's index ({type(e).__name__})") from e
-    if top.media_type != MEDIA.INDEX:
-        raise Refused(f"{reader.location}: index.json does not point at a bundle index")
-    return top
 
 
 def _identity(top: Descriptor) -> str:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from updater.content import Hashed, checked_json
 from updater.durable import fsync_dir, replace_file
 from updater.errors import ContentMismatch, DeliveryError, DeviceFault, Refused
 from updater.layout import LayoutReader
@@ -30,7 +31,6 @@ from updater.oci import (
     Advance,
     Descriptor,
     canonical_json,
-    checked_json,
     json_object,
 )
 from updater.registry import RegistryClient
@@ -227,7 +227,7 @@ class RegistryStore:
 
     def put_blob(self, blob: Descriptor, source: Store, advance: Advance) -> None:
         with source.open_blob(blob.digest) as stream:
-            checked = _Checked(stream, blob, source.what, advance)
+            checked = Hashed(stream, digest=blob.digest, size=blob.size, what=f"{source.what}: blob {blob.digest}", advance=advance)
             self.client.put_blob(blob, checked)  # type: ignore[arg-type]
             checked.finish()
 
@@ -288,10 +288,11 @@ class LayoutStore:
             with open(partial, "ab+") as out:
                 sha, done = _hash_existing(out, blob.size)  # what an interrupted copy left: not fetched again
                 advance(done)
-                checked = _Checked(None, blob, source.what, advance, sha=sha, done=done)
+                checked = Hashed(None, digest=blob.digest, size=blob.size, what=f"{source.what}: blob {blob.digest}",
+                                 advance=advance, sha=sha, done=done)
                 if done < blob.size:
                     with source.open_blob(blob.digest, offset=done) as stream:
-                        checked.stream = stream
+                        checked.source = stream
                         while chunk := checked.read(_PIECE):
                             out.write(chunk)
                 checked.finish()
@@ -378,36 +379,6 @@ def _hash_existing(out: IO[bytes], size: int) -> tuple[Any, int]:
         out.truncate(0)
         return hashlib.sha256(), 0
     return sha, done
-
-
-class _Checked:
-    """A stream read through: hashed and counted, refused if it runs long, checked at the end."""
-
-    def __init__(self, stream: IO[bytes] | None, blob: Descriptor, what: str, advance: Advance,
-                 *, sha: Any = None, done: int = 0) -> None:
-        self.stream, self.blob, self.what, self.advance = stream, blob, what, advance
-        self.sha = sha or hashlib.sha256()
-        self.done = done
-
-    def read(self, n: int = CHUNK) -> bytes:
-        want = CHUNK if n is None or n < 0 else n
-        assert self.stream is not None
-        data = self.stream.read(min(want, self.blob.size + 1 - self.done))
-        self.sha.update(data)
-        self.done += len(data)
-        if self.done > self.blob.size:
-            raise ContentMismatch(f"{self.what}: blob {self.blob.digest} is longer than its {self.blob.size} bytes; refused")
-        self.advance(len(data))
-        return data
-
-    def __len__(self) -> int:
-        return self.blob.size - self.done
-
-    def finish(self) -> None:
-        actual = f"sha256:{self.sha.hexdigest()}"
-        if self.done != self.blob.size or actual != self.blob.digest:
-            raise ContentMismatch(f"{self.what}: blob {self.blob.digest} does not match its digest or size (got {actual}, "
-                                f"{self.done} of {self.blob.size} bytes); refused, nothing kept")
 
 
 def _skip(stream: IO[bytes], offset: int) -> None:

@@ -11,12 +11,15 @@ same way, then against this device: its site, the release it runs with, its key 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from updater.artifact import Artifact, open_artifact
 from updater.bundle import BundleInfo, verify_bundle
 from updater.errors import Refused
 from updater.identity import DeviceIdentity
-from updater.layout import LayoutReader, open_layout
+from updater.layout import LayoutReader
 from updater.oci import MAX_JSON_BYTES
 from updater.overlay import OverlayInfo, check_overlay
 from updater.profiles import Profile
@@ -25,34 +28,44 @@ from updater.trust import TrustStore
 from updater.tuf_client import LayoutMetadata, TufClient, claimed_target, target_name
 from updater.versions import fits
 
-__all__ = ["check_signed_target", "signed_name", "verify_for_device", "verify_overlay"]
+__all__ = ["check_signed_target", "signed_index", "verify_for_device", "verify_overlay", "verifying"]
 
 
 def verify_for_device(path: Path, *, trust: TrustStore, profile: Profile | None) -> BundleInfo:
-    """Check ``path`` completely; Refused naming the first fault found (DeviceFault for the device's own)."""
-    with trust.candidate() as metadata_dir, open_layout(path) as reader:
+    """Check the bundle at ``path`` completely, every blob hashed and every compressed content
+    decompressed; Refused naming the first fault found (DeviceFault for the device's own). The trusted
+    state advances when every check passed."""
+    with open_artifact(path) as artifact, verifying(artifact, trust=trust, profile=profile, hashed=False) as info:
+        return info
+
+
+@contextmanager
+def verifying(artifact: Artifact, *, trust: TrustStore, profile: Profile | None, hashed: bool) -> Iterator[BundleInfo]:
+    """Verify the bundle ``artifact`` and yield what it is; the device's trusted state advances only
+    if the block ends without an error (an install stages the release inside it: compressed content
+    is checked as it is staged). ``hashed``: its blobs were hashed on their way into the store."""
+    with trust.candidate() as metadata_dir:
         # (1) TUF: the index bytes are the target the bundle claims to be
-        _, index = signed_index(reader, metadata_dir)
+        _, index = signed_index(artifact.reader, metadata_dir, artifact.top.digest)
         # (2) every blob (of the very index TUF vouched for), (3) the hardware, (4) never an older release
-        info = verify_bundle(path)
+        info = verify_bundle(artifact, hashed=hashed)
         signed_digest = f"sha256:{hashlib.sha256(index).hexdigest()}"
         if info.digest != signed_digest:
-            raise Refused(f"{path}: changed while it was verified (index {info.digest}, signed {signed_digest})")
-        _check_profile(path, info, profile)
+            raise Refused(f"{artifact.path}: changed while it was verified (index {info.digest}, signed {signed_digest})")
+        _check_profile(artifact.path, info, profile)
         trust.check_version(info.name, info.profile, info.version)
+        yield info
         trust.commit(metadata_dir, release=(info.name, info.profile, info.version))
-    return info
 
 
-def signed_name(reader: LayoutReader, metadata_dir: Path) -> str:
-    """The target name the layout's index is signed as (TUF against ``metadata_dir``, byte for byte)."""
-    return signed_index(reader, metadata_dir)[0]
-
-
-def signed_index(reader: LayoutReader, metadata_dir: Path, digest: str | None = None) -> tuple[str, bytes]:
-    """The target name and bytes of the layout's top index (or of the index ``digest``, on a medium),
-    once TUF, against ``metadata_dir`` and the layout's own metadata, has vouched for them."""
-    index = _index_bytes(reader, digest)
+def signed_index(reader: LayoutReader, metadata_dir: Path, digest: str) -> tuple[str, bytes]:
+    """The target name and bytes of the top index ``digest``, once TUF, against ``metadata_dir`` and
+    the layout's own metadata, has vouched for them."""
+    try:
+        with reader.open_blob(digest) as stream:
+            index = stream.read(MAX_JSON_BYTES + 1)
+    except Refused as e:
+        raise Refused(f"{reader.location}: no readable bundle index to look up in the signed targets ({e})") from e
     name = claimed_target(index, reader.location)
     client = TufClient(metadata_dir, LayoutMetadata(reader))
     client.refresh()
@@ -67,17 +80,6 @@ def check_signed_target(reader: LayoutReader, digest: str, *, trust: TrustStore)
         signed_index(reader, metadata_dir, digest)
 
 
-def _index_bytes(reader: LayoutReader, digest: str | None) -> bytes:
-    import json
-
-    try:
-        digest = digest or json.loads(reader.read_small("index.json"))["manifests"][0]["digest"]
-        with reader.open_blob(str(digest)) as stream:
-            return stream.read(MAX_JSON_BYTES + 1)
-    except (ValueError, KeyError, IndexError, TypeError, RecursionError) as e:
-        raise Refused(f"{reader.location}: no readable bundle index to look up in the signed targets") from e
-
-
 def _check_profile(path: Path, info: BundleInfo, profile: Profile | None) -> None:
     if profile is None:
         return
@@ -90,15 +92,19 @@ def _check_profile(path: Path, info: BundleInfo, profile: Profile | None) -> Non
         )
 
 
-def verify_overlay(path: Path, *, trust: TrustStore, identity: DeviceIdentity, app: str | None, app_version: str | None,
-                   commit: bool = True) -> OverlayInfo:
+def verify_overlay(source: Path | Artifact, *, trust: TrustStore, identity: DeviceIdentity, app: str | None,
+                   app_version: str | None, commit: bool = True) -> OverlayInfo:
     """Everything a device checks before an overlay may go into a slot (with ``app`` ``app_version``;
     None when nothing runs yet to check it against); the trusted state then advances (unless not
     ``commit``: a check before downloading what goes with it)."""
+    if isinstance(source, Path):
+        with open_artifact(source) as artifact:
+            return verify_overlay(artifact, trust=trust, identity=identity, app=app, app_version=app_version, commit=commit)
+    path = source.path
     record = identity.record()
-    with trust.candidate() as metadata_dir, open_layout(path) as reader:
-        name = signed_name(reader, metadata_dir)
-        info = check_overlay(path)
+    with trust.candidate() as metadata_dir:
+        name, _ = signed_index(source.reader, metadata_dir, source.top.digest)
+        info = check_overlay(source)
         if target_name(name=info.name, site=info.site, version=info.version) != name:
             raise Refused(f"{path}: the overlay is not the target it claims to be")
         if app is not None and info.name != app:

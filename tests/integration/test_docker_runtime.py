@@ -5,7 +5,6 @@ is one line naming where it was looked for."""
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,6 @@ from updater.gc import collect_images
 from updater.install import images_of
 from updater.layout import open_layout
 from updater.profiles import builtin_profile_dir, load_profiles
-from updater.slots import DeviceState, Release, Slots
 
 PROFILES = load_profiles([builtin_profile_dir()])
 
@@ -61,7 +59,7 @@ def test_an_image_from_docker_save_loads_with_its_id_and_runs(tmp_path: Path, do
 def test_an_oci_image_with_gzip_layers_loads_with_its_config_digest_as_id(tmp_path: Path, docker_engine: DockerEngine) -> None:
     bundle, info = bundle_from(tmp_path, "oci:images/app:1.0.0")
     load(docker_engine, bundle, info)
-    config = info.descriptor["images"][0]["config"]
+    config = info.descriptor.images[0].config
     inspected = docker_engine.client.images.get(config).attrs
     assert inspected["Architecture"] == "amd64" and inspected["Config"]["Cmd"] == ["/app/run"]
 
@@ -76,13 +74,7 @@ def test_images_of_releases_neither_running_nor_kept_for_rollback_are_removed(tm
         image, _ = client.images.build(fileobj=dockerfile, tag=f"sealift/gc-app-{name}:1", rm=True)
         ids[name] = image.id
     assert len(set(ids.values())) == 3
-    slots = Slots(tmp_path / "device")
-    for slot, name in (("a", "current"), ("b", "previous")):
-        slots.slot_dir(slot).mkdir(parents=True)
-        (slots.slot_dir(slot) / "descriptor.json").write_text(json.dumps({"images": [{"name": "app", "config": ids[name]}]}))
-    release = {"name": "gc-app", "version": "1", "profile": "x86_64-cpu", "digest": "sha256:" + "0" * 64}
-    state = DeviceState(current=Release(**release, slot="a"), previous=Release(**release, slot="b"))
-    removed = collect_images(DockerRuntime(client), slots, state)
+    removed = collect_images(DockerRuntime(client), "gc-app", {ids["current"], ids["previous"]})
     remaining = {image.id for image in client.images.list(name="sealift/gc-app-*")}
     assert removed == [ids["old"]]
     assert remaining == {ids["current"], ids["previous"]}

@@ -60,7 +60,7 @@ def test_rebuilding_gives_byte_identical_bundles(bundles: dict[str, dict], tmp_p
 def test_nvidia_profiles_carry_the_fp16_model(bundles: dict[str, dict]) -> None:  # type: ignore[type-arg]
     def model(profile: str) -> str:
         info = check_bundle(Path(bundles[profile]["path"])).bundle
-        return str(next(m["uncompressedDigest"] for m in info.descriptor["models"] if m["name"] == "detector"))
+        return str(next(m.content_digest for m in info.descriptor.models if m.name == "detector"))
     assert model("x86_64-nvidia") == model("jetson-orin") != model("x86_64-cpu") == model("rpi5-hailo8")
 
 
@@ -81,7 +81,7 @@ def _payload_file(bundle: Path, descriptor: dict, role: str, name: str, dest: Pa
 def test_amd64_release_answers_golden_inference_from_its_bundle(bundles: dict[str, dict], docker_engine: DockerEngine,  # type: ignore[type-arg]
                                                                  tmp_path: Path) -> None:
     bundle = Path(bundles["x86_64-cpu"]["path"])
-    descriptor = check_bundle(bundle).bundle.descriptor
+    descriptor = check_bundle(bundle).bundle.descriptor.data  # the descriptor as the bundle carries it
     docker_engine.client.images.load(docker_archive_from_bundle(bundle, descriptor["images"][0]["manifest"], "vision-app-test:1"))
     model = _payload_file(bundle, descriptor, "models", "detector", tmp_path / "detector.model")
     config = _payload_file(bundle, descriptor, "configs", "app-config", tmp_path / "app.conf")

@@ -27,7 +27,7 @@ def build_with_source(tmp_path: Path, source: str, profiles: tuple[str, ...], *,
 
 
 def image_entry(info: BundleInfo) -> dict:  # type: ignore[type-arg]
-    return dict(info.descriptor["images"][0])
+    return dict(vars(info.descriptor.images[0]))
 
 
 @pytest.mark.docker

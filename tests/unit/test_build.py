@@ -71,7 +71,7 @@ def test_same_inputs_give_byte_identical_bundles_and_tar_matches_dir(tmp_path: P
 def test_variants_pick_per_profile_models(tmp_path: Path) -> None:
     built = {b.profile: b for b in build(project(tmp_path / "src"), tmp_path / "out")}
     def model_digest(profile: str) -> str:
-        return next(m["uncompressedDigest"] for m in built[profile].info.descriptor["models"] if m["name"] == "detector")
+        return next(m.content_digest for m in built[profile].info.descriptor.models if m.name == "detector")
     assert model_digest("x86_64-nvidia") == model_digest("jetson-orin") != model_digest("x86_64-cpu")
 
 
@@ -79,19 +79,19 @@ def test_compressible_payload_is_stored_zstd_with_content_digest(tmp_path: Path)
     import hashlib
 
     (b,) = build(project(tmp_path / "src"), tmp_path / "out", profiles=("x86_64-nvidia",))
-    detector = next(m for m in b.info.descriptor["models"] if m["name"] == "detector")
+    detector = next(m for m in b.info.descriptor.models if m.name == "detector")
     raw = (tmp_path / "src/models/fp16.bin").read_bytes()
-    assert detector["mediaType"] == MEDIA.MODEL + "+zstd"
-    assert detector["size"] < len(raw)
-    assert detector["uncompressedDigest"] == f"sha256:{hashlib.sha256(raw).hexdigest()}"
-    assert detector["uncompressedSize"] == len(raw)
+    assert detector.media_type == MEDIA.MODEL + "+zstd"
+    assert detector.size < len(raw)
+    assert detector.content_digest == f"sha256:{hashlib.sha256(raw).hexdigest()}"
+    assert detector.content_size == len(raw)
 
 
 def test_incompressible_payload_is_stored_as_is(tmp_path: Path) -> None:
     (b,) = build(project(tmp_path / "src", model_bytes=os.urandom(300_000)), tmp_path / "out", profiles=("x86_64-cpu",))
-    detector = next(m for m in b.info.descriptor["models"] if m["name"] == "detector")
-    assert detector["mediaType"] == MEDIA.MODEL
-    assert detector["digest"] == detector["uncompressedDigest"] and detector["size"] == 300_000
+    detector = next(m for m in b.info.descriptor.models if m.name == "detector")
+    assert detector.media_type == MEDIA.MODEL
+    assert detector.digest == detector.content_digest and detector.size == 300_000
 
 
 def test_identical_blobs_are_stored_once(tmp_path: Path) -> None:
@@ -99,7 +99,7 @@ def test_identical_blobs_are_stored_once(tmp_path: Path) -> None:
     spec = project(src)
     (src / "config/golden-out.json").write_text("1 2 3 4\n")  # same bytes as golden-in
     (b,) = build(spec, tmp_path / "out", profiles=("x86_64-cpu",))
-    configs = {c["name"]: c["digest"] for c in b.info.descriptor["configs"]}
+    configs = {c.name: c.digest for c in b.info.descriptor.configs}
     assert configs["golden-in"] == configs["golden-out"]
     references = referenced_digests(b.path)
     stored = {f"sha256:{p.name}" for p in (b.path / "blobs/sha256").iterdir()}
@@ -131,8 +131,8 @@ def test_directory_model_becomes_a_deterministic_tar_layer(tmp_path: Path) -> No
     first = build(spec, tmp_path / "o1", profiles=("x86_64-cpu",))[0]
     os.utime(model_dir / "a.bin", (1, 1))  # mtimes must not matter
     second = build(spec, tmp_path / "o2", profiles=("x86_64-cpu",))[0]
-    detector = next(m for m in first.info.descriptor["models"] if m["name"] == "detector")
-    assert detector["kind"] == "directory" and detector["mediaType"].startswith(MEDIA.MODEL + ".tar")
+    detector = next(m for m in first.info.descriptor.models if m.name == "detector")
+    assert detector.kind == "directory" and detector.media_type.startswith(MEDIA.MODEL + ".tar")
     assert first.info.digest == second.info.digest
 
 

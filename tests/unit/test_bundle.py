@@ -17,7 +17,7 @@ from bundler.build import BuildOptions, build_bundles, select_profiles
 from bundler.spec import load_spec
 from tests.builders import project, reseal, rewrite_descriptor
 from updater.bundle import check_bundle, verify_bundle
-from updater.errors import Refused
+from updater.errors import InputError, Refused
 from updater.profiles import builtin_profile_dir, load_profiles
 
 PROFILES = load_profiles([builtin_profile_dir()])
@@ -47,7 +47,7 @@ def blob_of(bundle: Path, component: str) -> Path:
 
 def image_layer(bundle: Path) -> Path:
     descriptor = check_bundle(bundle).bundle.descriptor
-    manifest = json.loads((bundle / "blobs/sha256" / descriptor["images"][0]["manifest"].removeprefix("sha256:")).read_bytes())
+    manifest = json.loads((bundle / "blobs/sha256" / descriptor.images[0].manifest.removeprefix("sha256:")).read_bytes())
     return bundle / "blobs/sha256" / manifest["layers"][0]["digest"].removeprefix("sha256:")
 
 
@@ -187,7 +187,7 @@ def test_not_a_bundle(tmp_path: Path) -> None:
     (tmp_path / "file.txt").write_text("hello")
     with pytest.raises(Refused, match="not an uncompressed tar file"):
         check_bundle(tmp_path / "file.txt")
-    with pytest.raises(Refused, match="no such bundle"):
+    with pytest.raises(InputError, match="no such bundle"):
         check_bundle(tmp_path / "absent")
 
 
@@ -199,7 +199,7 @@ FORGED: list[tuple[str, Callable[[dict], None], str]] = [  # type: ignore[type-a
     ("image-entry-not-object", lambda d: d.update(images=["vision"]), "malformed image entry"),
     ("platform-not-object", lambda d: d["profile"].update(platform="linux/amd64"), "no valid profile and platform"),
     ("profile-renamed", lambda d: d["profile"].update(name="jetson-orin"), "dev.sealift.profile disagrees"),
-    ("config-dropped", lambda d: d["configs"].pop(0), "is not in the descriptor"),
+    ("config-dropped", lambda d: d["configs"].pop(0), "'settings' is not a declared model or config"),  # the app still mounts it
 ]
 
 

@@ -157,7 +157,8 @@ def test_status_and_errors_give_json_for_scripts(tmp_path: Path) -> None:
     state = str(tmp_path / "state")
     status = updater("--state-dir", state, "status", "--json")
     assert status.returncode == 0 and json.loads(status.stdout)["phase"] == "idle"
-    refused = updater("--state-dir", state, "verify", str(tmp_path / "nothing"), "--json")
-    report = json.loads(refused.stdout)
-    assert refused.returncode == report["exit_code"] == DeviceFault.exit_code  # not provisioned: the device's to fix
-    assert report == {"ok": False, "fault": "device", "exit_code": DeviceFault.exit_code, "error": report["error"]}
+    missing = updater("--state-dir", state, "verify", str(tmp_path / "nothing"), "--json")
+    report = json.loads(missing.stdout)
+    assert missing.returncode == report["exit_code"] == InputError.exit_code
+    assert report == {"ok": False, "fault": "input", "exit_code": InputError.exit_code, "error": report["error"]}
+    assert "no such bundle" in report["error"] and missing.stderr.startswith("input: ")

@@ -15,7 +15,7 @@ from bundler.build import BuildOptions, build_bundles, select_profiles
 from bundler.cli import cli as sealift
 from bundler.export import export
 from bundler.spec import load_spec
-from tests.builders import manifest_digests, project
+from tests.builders import manifest_digests, offer_of, project, take
 from updater.daemon import Daemon
 from updater.errors import ContentMismatch, DeviceFault, InputError, Refused
 from updater.layout import open_layout
@@ -23,7 +23,7 @@ from updater.medium import check_medium
 from updater.oci import Descriptor
 from updater.profiles import builtin_profile_dir, load_profiles
 from updater.registry import Reference, Retry, parse_reference
-from updater.store import BundleStore, offer
+from updater.store import BundleStore
 from updater.transfer import LayoutStore, ReaderStore
 
 PROFILES = load_profiles([builtin_profile_dir()])
@@ -144,12 +144,12 @@ def test_a_full_disk_during_export_is_one_line_and_the_medium_fails_its_check(ve
 
 def test_the_store_shares_blobs_between_releases_and_keeps_only_what_it_is_told(versions: dict[str, Path], tmp_path: Path) -> None:
     store = BundleStore(tmp_path / "device")
-    old = store.take(versions["1.2.0-x86_64-cpu"], PROFILES["x86_64-cpu"])
-    new = store.take(versions["1.3.0-x86_64-cpu"], PROFILES["x86_64-cpu"])
+    old = take(store, versions["1.2.0-x86_64-cpu"], PROFILES["x86_64-cpu"])
+    new = take(store, versions["1.3.0-x86_64-cpu"], PROFILES["x86_64-cpu"])
     shared = blobs(old) & blobs(new)
     assert shared and all((old / "blobs/sha256" / n).stat().st_ino == (new / "blobs/sha256" / n).stat().st_ino for n in shared)
-    assert store.take(versions["1.3.0-x86_64-cpu"], PROFILES["x86_64-cpu"]) == new  # already there: nothing copied
-    offered = offer(versions["1.3.0-x86_64-cpu"], None, None).bundle
+    assert take(store, versions["1.3.0-x86_64-cpu"], PROFILES["x86_64-cpu"]) == new  # already there: nothing copied
+    offered = offer_of(versions["1.3.0-x86_64-cpu"], None, None).bundle
     assert offered is not None and new.name == offered.digest.removeprefix("sha256:")
     digest = offered.digest
     assert store.prune({digest}) == [old.name] and not old.exists() and new.exists()
@@ -161,14 +161,14 @@ def test_the_store_takes_this_devices_bundle_from_a_medium_and_refuses_a_delta_w
     export([versions["1.3.0-x86_64-cpu"]], tmp_path / "delta", bases=(str(versions["1.2.0-x86_64-cpu"]),))
     store = BundleStore(tmp_path / "device")
     with pytest.raises(Refused, match=r"is a delta on demo 1\.2\.0 .* which this device does not have"):
-        store.take(tmp_path / "delta", PROFILES["x86_64-cpu"])
+        take(store, tmp_path / "delta", PROFILES["x86_64-cpu"])
     assert not store.root.exists()  # refused before anything was copied
     with pytest.raises(Refused, match=r"no bundle for profile arm64-coral \(it holds jetson-orin, x86_64-cpu\)"):
-        store.take(tmp_path / "full", PROFILES["arm64-coral"])
-    jetson = store.take(tmp_path / "full", PROFILES["jetson-orin"])
+        take(store, tmp_path / "full", PROFILES["arm64-coral"])
+    jetson = take(store, tmp_path / "full", PROFILES["jetson-orin"])
     assert blobs(jetson) == blobs(versions["1.3.0-jetson-orin"])
-    store.take(versions["1.2.0-x86_64-cpu"], PROFILES["x86_64-cpu"])
-    cpu = store.take(tmp_path / "delta", PROFILES["x86_64-cpu"])
+    take(store, versions["1.2.0-x86_64-cpu"], PROFILES["x86_64-cpu"])
+    cpu = take(store, tmp_path / "delta", PROFILES["x86_64-cpu"])
     assert blobs(cpu) == blobs(versions["1.3.0-x86_64-cpu"])
 
 
@@ -238,7 +238,7 @@ def test_prune_leaves_a_bundle_whose_lock_is_held(versions: dict[str, Path], tmp
     from updater.locks import exclusive_lock
 
     store = BundleStore(tmp_path / "device")
-    taken = store.take(versions["1.2.0-x86_64-cpu"], PROFILES["x86_64-cpu"])
+    taken = take(store, versions["1.2.0-x86_64-cpu"], PROFILES["x86_64-cpu"])
     with exclusive_lock(store.lock_path(f"sha256:{taken.name}"), wait=True):  # a poll holds it, to install it next
         assert store.prune(set()) == [] and taken.exists()
     assert store.prune(set()) == [taken.name] and not taken.exists()
@@ -248,7 +248,7 @@ def test_prune_leaves_a_download_in_progress_and_removes_an_abandoned_one(versio
     from updater.locks import exclusive_lock
 
     store = BundleStore(tmp_path / "device")
-    kept = store.take(versions["1.2.0-x86_64-cpu"], PROFILES["x86_64-cpu"])
+    kept = take(store, versions["1.2.0-x86_64-cpu"], PROFILES["x86_64-cpu"])
     busy, old = store.root / (".incoming-" + "a" * 64), store.root / (".incoming-" + "b" * 64)
     for incoming in (busy, old):
         (incoming / "blobs/sha256").mkdir(parents=True)
@@ -285,7 +285,7 @@ def test_a_cut_download_whose_blob_arrives_another_way_leaves_no_partial_in_the_
     shared = sorted(blobs(versions["1.2.0-x86_64-cpu"]) & blobs(versions["1.3.0-x86_64-cpu"]))[0]
     with store.incoming(top) as incoming:  # a download of 1.3.0 cut off inside a blob 1.2.0 also has
         (incoming.layout.blobs / f".partial-{shared}").write_bytes(b"half")
-    store.take(versions["1.2.0-x86_64-cpu"], PROFILES["x86_64-cpu"])
+    take(store, versions["1.2.0-x86_64-cpu"], PROFILES["x86_64-cpu"])
     with open_layout(versions["1.3.0-x86_64-cpu"]) as reader, store.incoming(top) as incoming:
         incoming.fill(ReaderStore(reader))
         incoming.metadata = {}

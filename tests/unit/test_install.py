@@ -13,6 +13,7 @@ from bundler.spec import load_spec
 from tests.builders import SPEC, project, signed
 from tests.fakes import FakeEngine
 from updater.bundle import check_bundle
+from updater.errors import Conflict, EngineFault
 from updater.install import Installer, images_of
 from updater.profiles import builtin_profile_dir, load_profiles
 from updater.slots import Phase, Slots
@@ -89,3 +90,20 @@ def test_images_no_kept_release_uses_are_removed_after_a_commit(tmp_path: Path, 
         assert installer.install(bundles[version]).committed
     kept = {image.config for v in ("1.1.0", "1.2.0") for image in images_of(check_bundle(bundles[v]).bundle)}
     assert set(engine.loaded) == kept
+
+
+def test_a_failure_after_staging_over_the_previous_release_never_leaves_it_named_as_previous(tmp_path: Path,
+                                                                                            bundles: dict[str, Path]) -> None:
+    engine = FakeEngine()
+    installer = device(tmp_path, bundles, engine)
+    for version in ("1.0.0", "1.1.0"):
+        assert installer.install(bundles[version]).committed
+    assert Slots(tmp_path / "state").load().previous is not None  # 1.0.0, in slot a
+    engine.refuse_load = True
+    with pytest.raises(EngineFault, match="refused to load"):
+        installer.install(bundles["1.2.0"])  # staged over slot a, then the engine failed
+    state = Slots(tmp_path / "state").load()
+    assert state.current is not None and state.current.version == "1.1.0" and state.previous is None
+    assert state.fault == "engine"
+    with pytest.raises(Conflict, match="no previous release"):
+        installer.rollback()  # never 1.0.0's record with 1.2.0's files

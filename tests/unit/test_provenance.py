@@ -50,8 +50,9 @@ def test_signed_model_is_verified_recorded_and_rechecked(tmp_path: Path) -> None
     bundle = build(signed_model_project(tmp_path / "src"), tmp_path / "out")
     report = check_bundle(bundle)
     assert report.ok, report.problems
-    detector = next(m for m in report.bundle.descriptor["models"] if m["name"] == "detector")
-    assert detector["provenance"]["identity"] == IDENTITY and detector["provenance"]["issuer"] == ISSUER
+    detector = next(m for m in report.bundle.descriptor.models if m.name == "detector")
+    assert detector.provenance is not None
+    assert detector.provenance.identity == IDENTITY and detector.provenance.issuer == ISSUER
     media = {c.media_type for c in report.bundle.components}
     assert MEDIA.MODEL in media  # the Sigstore material travels as payload layers beside it
     device = TrustStore(tmp_path / "state")
@@ -80,8 +81,9 @@ def test_provenance_failures_stop_the_build(tmp_path: Path, kwargs: dict, change
 
 def test_tampered_sigstore_material_in_a_bundle_is_refused(tmp_path: Path) -> None:
     bundle = build(signed_model_project(tmp_path / "src"), tmp_path / "out")
-    layer = next(c for c in check_bundle(bundle).bundle.descriptor["models"] if c["name"] == "detector")["provenance"]
-    blob = bundle / "blobs/sha256" / layer["sigstoreBundle"].removeprefix("sha256:")
+    record = next(c for c in check_bundle(bundle).bundle.descriptor.models if c.name == "detector").provenance
+    assert record is not None
+    blob = bundle / "blobs/sha256" / record.sigstore_bundle.removeprefix("sha256:")
     data = blob.read_bytes()
     blob.write_bytes(data.replace(b'"mediaType"', b'"mediatype"', 1))
     assert blob.read_bytes() != data

@@ -18,17 +18,17 @@ from bundler.devices import Inventory
 from bundler.export import export
 from bundler.overlay import build_overlay
 from bundler.spec import load_spec
-from tests.builders import project, signed
+from tests.builders import offer_of, project, signed, take
 from tests.fakes import NoEngine
 from updater.daemon import Daemon
 from updater.errors import Conflict, ContentMismatch, DeliveryError, DeviceFault, InputError, Refused, SealiftError
 from updater.identity import DeviceIdentity
-from updater.install import Choice, choose
 from updater.medium import check_medium
 from updater.overlay import check_overlay
+from updater.plan import Candidate, Offer, Plan, plan
 from updater.profiles import builtin_profile_dir, load_profiles
 from updater.slots import DeviceState, Release
-from updater.store import BundleStore, Offer, Offered, offer
+from updater.store import BundleStore
 
 PROFILES = load_profiles([builtin_profile_dir()])
 CPU, ORIN = PROFILES["x86_64-cpu"], PROFILES["jetson-orin"]
@@ -68,31 +68,31 @@ def test_a_medium_carries_a_bundle_and_site_overlays_and_a_device_takes_its_own(
     assert [o["site"] for o in json.loads(result.stdout)[0]["overlays"]] == ["plant-7", "plant-9"]
 
     seven, nine = (check_overlay(shipped[k]) for k in ("plant-7-1.1.0", "plant-9-1.0.0"))
-    bundle = offer(shipped["bundle"], CPU, None).bundle
+    bundle = offer_of(shipped["bundle"], CPU, None).bundle
     assert bundle is not None and (bundle.name, bundle.version) == ("demo", "1.2.0")
-    as_offered = Offered(digest=seven.digest, name="demo", version="1.1.0", fits=seven.fits)
-    assert offer(medium, CPU, "plant-7") == Offer(bundle=bundle, overlays=(as_offered,))
-    assert [o.digest for o in offer(medium, CPU, "plant-9").overlays] == [nine.digest]
-    assert offer(medium, CPU, "plant-3") == Offer(bundle=bundle)  # no overlay for its site: the bundle alone
-    assert offer(medium, ORIN, "plant-7") == Offer(overlays=(as_offered,))  # its site's overlay only
+    as_offered = Candidate(digest=seven.digest, name="demo", version="1.1.0", fits=seven.fits)
+    assert offer_of(medium, CPU, "plant-7") == Offer(bundle=bundle, overlays=(as_offered,))
+    assert [o.digest for o in offer_of(medium, CPU, "plant-9").overlays] == [nine.digest]
+    assert offer_of(medium, CPU, "plant-3") == Offer(bundle=bundle)  # no overlay for its site: the bundle alone
+    assert offer_of(medium, ORIN, "plant-7") == Offer(overlays=(as_offered,))  # its site's overlay only
     with pytest.raises(Refused, match="holds no bundle for profile jetson-orin"):
-        offer(medium, ORIN, "plant-3")
-    assert offer(shipped["plant-7-1.1.0"], CPU, "plant-7") == Offer(overlays=(as_offered,))  # an overlay on its own
+        offer_of(medium, ORIN, "plant-3")
+    assert offer_of(shipped["plant-7-1.1.0"], CPU, "plant-7") == Offer(overlays=(as_offered,))  # an overlay on its own
     with pytest.raises(Refused, match="an overlay for site plant-7; this device is at site plant-9"):
-        offer(shipped["plant-7-1.1.0"], CPU, "plant-9")
+        offer_of(shipped["plant-7-1.1.0"], CPU, "plant-9")
 
     store = BundleStore(tmp_path / "device")
-    taken = store.take(medium, CPU, overlay=seven.digest)
+    taken = take(store, medium, CPU, overlay=seven.digest)
     assert check_overlay(taken).digest == seven.digest and (taken / "tuf" / "timestamp.json").is_file()
-    with pytest.raises(DeliveryError, match="holds no overlay"):
-        store.take(medium, CPU, overlay="sha256:" + "0" * 64)
+    with pytest.raises(DeliveryError, match="holds no bundle or overlay sha256:0000"):
+        take(store, medium, CPU, overlay="sha256:" + "0" * 64)
 
 
 def test_an_overlay_only_medium_rotates_and_names_what_it_holds_to_other_sites(shipped: dict[str, Path], tmp_path: Path) -> None:
     export([shipped["plant-7-1.1.0"]], tmp_path / "rotation.tar")
-    assert offer(tmp_path / "rotation.tar", CPU, "plant-7").bundle is None
+    assert offer_of(tmp_path / "rotation.tar", CPU, "plant-7").bundle is None
     with pytest.raises(Refused, match="holds only overlays, for sites plant-7; this device is at site plant-9"):
-        offer(tmp_path / "rotation.tar", CPU, "plant-9")
+        offer_of(tmp_path / "rotation.tar", CPU, "plant-9")
     with pytest.raises(InputError, match="a second overlay of demo for site plant-7"):
         export([shipped["plant-7-1.0.0"], shipped["plant-7-1.1.0"]], tmp_path / "two")
 
@@ -112,59 +112,59 @@ RUNNING = Release(name="demo", version="1.2.0", profile="x86_64-cpu", digest="sh
 RUNNING_OVERLAY = {"name": "demo", "version": "1.1.0", "fits": ">=1.0.0 <2.0.0"}
 
 
-def bundle(digest: str, version: str) -> Offered:
-    return Offered(digest=digest, name="demo", version=version)
+def bundle(digest: str, version: str) -> Candidate:
+    return Candidate(digest=digest, name="demo", version=version)
 
 
-def overlay(digest: str, version: str, fits: str = "") -> Offered:
-    return Offered(digest=digest, name="demo", version=version, fits=fits)
+def overlay(digest: str, version: str, fits: str = "") -> Candidate:
+    return Candidate(digest=digest, name="demo", version=version, fits=fits)
 
 
 @pytest.mark.parametrize(("offered", "choice", "key"), [
     # the running release and overlay again: nothing new
-    (Offer(bundle=bundle("sha256:a1", "1.2.0"), overlays=(overlay("sha256:o11", "1.1.0"),)), Choice(None, None), "sha256:a1+sha256:o11"),
+    (Offer(bundle=bundle("sha256:a1", "1.2.0"), overlays=(overlay("sha256:o11", "1.1.0"),)), Plan(None, None), "sha256:a1+sha256:o11"),
     # the running release with a newer overlay: a rotation
-    (Offer(bundle=bundle("sha256:a1", "1.2.0"), overlays=(overlay("sha256:o12", "1.2.0"),)), Choice(None, "sha256:o12"),
+    (Offer(bundle=bundle("sha256:a1", "1.2.0"), overlays=(overlay("sha256:o12", "1.2.0"),)), Plan(None, "sha256:o12"),
      "sha256:a1+sha256:o12"),
     # a newer release with an older overlay: the running overlay is carried
-    (Offer(bundle=bundle("sha256:a2", "1.3.0"), overlays=(overlay("sha256:o10", "1.0.0"),)), Choice("sha256:a2", None),
+    (Offer(bundle=bundle("sha256:a2", "1.3.0"), overlays=(overlay("sha256:o10", "1.0.0"),)), Plan("sha256:a2", None),
      "sha256:a2+sha256:o11"),
     # the newest overlay that fits the new release, not the newest one
     (Offer(bundle=bundle("sha256:a2", "1.3.0"), overlays=(overlay("sha256:o13", "1.3.0", "<1.3.0"), overlay("sha256:o12", "1.2.0"))),
-     Choice("sha256:a2", "sha256:o12"), "sha256:a2+sha256:o12"),
+     Plan("sha256:a2", "sha256:o12"), "sha256:a2+sha256:o12"),
     # an older release on a stick with a newer overlay: the overlay alone, for what runs
-    (Offer(bundle=bundle("sha256:a0", "1.0.0"), overlays=(overlay("sha256:o12", "1.2.0"),)), Choice(None, "sha256:o12"),
+    (Offer(bundle=bundle("sha256:a0", "1.0.0"), overlays=(overlay("sha256:o12", "1.2.0"),)), Plan(None, "sha256:o12"),
      "sha256:a1+sha256:o12"),
-    (Offer(overlays=(overlay("sha256:o12", "1.2.0"),)), Choice(None, "sha256:o12"), "sha256:a1+sha256:o12"),
-    (Offer(overlays=(overlay("sha256:o12", "1.2.0", ">=2.0.0"),)), Choice(None, None), "sha256:a1+sha256:o11"),  # fits not 1.2.0
-    (Offer(bundle=bundle("sha256:a2", "1.3.0")), Choice("sha256:a2", None), "sha256:a2+sha256:o11"),
+    (Offer(overlays=(overlay("sha256:o12", "1.2.0"),)), Plan(None, "sha256:o12"), "sha256:a1+sha256:o12"),
+    (Offer(overlays=(overlay("sha256:o12", "1.2.0", ">=2.0.0"),)), Plan(None, None), "sha256:a1+sha256:o11"),  # fits not 1.2.0
+    (Offer(bundle=bundle("sha256:a2", "1.3.0")), Plan("sha256:a2", None), "sha256:a2+sha256:o11"),
     # another build of the running version is news; another build of the running overlay's version is not
-    (Offer(bundle=bundle("sha256:a1b", "1.2.0")), Choice("sha256:a1b", None), "sha256:a1b+sha256:o11"),
-    (Offer(overlays=(overlay("sha256:o11b", "1.1.0"),)), Choice(None, None), "sha256:a1+sha256:o11"),
+    (Offer(bundle=bundle("sha256:a1b", "1.2.0")), Plan("sha256:a1b", None), "sha256:a1b+sha256:o11"),
+    (Offer(overlays=(overlay("sha256:o11b", "1.1.0"),)), Plan(None, None), "sha256:a1+sha256:o11"),
 ])
-def test_a_device_takes_what_is_news_to_it(offered: Offer, choice: Choice, key: str) -> None:
+def test_a_device_takes_what_is_news_to_it(offered: Offer, choice: Plan, key: str) -> None:
     state = DeviceState(current=RUNNING)
-    assert choose(state, offered, RUNNING_OVERLAY) == choice and choice.key(state) == key
+    assert plan(state, offered, RUNNING_OVERLAY) == choice and choice.key(state) == key
 
 
 def test_a_release_neither_the_running_overlay_nor_an_offered_one_fits_is_refused_before_anything_is_copied() -> None:
     state = DeviceState(current=RUNNING)
     offered = Offer(bundle=bundle("sha256:a3", "2.0.0"), overlays=(overlay("sha256:o12", "1.2.0", "<2.0.0"),))
     with pytest.raises(Refused, match=r"demo 2\.0\.0 does not fit the running site overlay 1\.1\.0 \(>=1\.0\.0 <2\.0\.0\)"):
-        choose(state, offered, RUNNING_OVERLAY)
+        plan(state, offered, RUNNING_OVERLAY)
     fitting = Offer(bundle=offered.bundle, overlays=(*offered.overlays, overlay("sha256:o20", "2.0.0", ">=2.0.0")))
-    assert choose(state, fitting, RUNNING_OVERLAY) == Choice("sha256:a3", "sha256:o20")
-    other_app = Offer(bundle=Offered(digest="sha256:x1", name="other", version="0.1.0"), overlays=fitting.overlays)
+    assert plan(state, fitting, RUNNING_OVERLAY) == Plan("sha256:a3", "sha256:o20")
+    other_app = Offer(bundle=Candidate(digest="sha256:x1", name="other", version="0.1.0"), overlays=fitting.overlays)
     with pytest.raises(Refused, match=r"other 0\.1\.0 does not fit the running site overlay"):  # demo's overlays are not its
-        choose(state, other_app, RUNNING_OVERLAY)
+        plan(state, other_app, RUNNING_OVERLAY)
 
 
 def test_with_nothing_running_an_overlay_alone_has_nothing_to_apply_to() -> None:
     nothing = DeviceState()
-    assert choose(nothing, Offer(bundle=bundle("sha256:a2", "1.3.0"), overlays=(overlay("sha256:o1", "1.0.0"),))).key(nothing) == \
+    assert plan(nothing, Offer(bundle=bundle("sha256:a2", "1.3.0"), overlays=(overlay("sha256:o1", "1.0.0"),))).key(nothing) == \
         "sha256:a2+sha256:o1"
     with pytest.raises(Conflict, match="needs a running release"):
-        choose(nothing, Offer(overlays=(overlay("sha256:o1", "1.0.0"),)))
+        plan(nothing, Offer(overlays=(overlay("sha256:o1", "1.0.0"),)))
 
 
 class _Installer:
@@ -241,7 +241,7 @@ def test_a_medium_with_a_malformed_version_or_range_is_skipped_and_the_service_g
     damage(manifest)
     (watch / "stick/sealift-medium.json").write_text(json.dumps(manifest))
     with pytest.raises(Refused, match=r"sealift-medium\.json: malformed"):
-        offer(watch / "stick", CPU, "plant-7")
+        offer_of(watch / "stick", CPU, "plant-7")
     installer = _Installer(tmp_path / "device", Refused("never reached"))
     assert Daemon(installer, watch, interval=1, log=lambda _: None).scan() == 0  # type: ignore[arg-type]
 

@@ -7,17 +7,17 @@ import io
 import os
 import subprocess
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from bundler.build import BuildOptions, build_bundles, select_profiles
 from bundler.spec import load_spec
-from tests.builders import project
+from tests.builders import project, stage
 from updater.bundle import BundleInfo, check_bundle
 from updater.errors import DeviceFault, Refused
 from updater.profiles import builtin_profile_dir, load_profiles
-from updater.stage import stage_release
 
 PROFILES = load_profiles([builtin_profile_dir()])
 
@@ -39,14 +39,14 @@ def built(root: Path, *, directory_model: bool = False) -> tuple[Path, BundleInf
 
 def test_compressed_file_payload_is_staged_as_its_content(tmp_path: Path) -> None:
     bundle, info = built(tmp_path)
-    assert next(m for m in info.descriptor["models"] if m["name"] == "detector")["mediaType"].endswith("+zstd")
-    slot = stage_release(bundle, info, tmp_path / "state/slots/a")
+    assert next(m for m in info.descriptor.models if m.name == "detector").compressed
+    slot = stage(bundle, info, tmp_path / "state/slots/a")
     assert (slot / "models/detector").read_bytes() == (tmp_path / "src/models/fp16.bin").read_bytes()
 
 
 def test_payload_is_staged_read_only_with_its_content(tmp_path: Path) -> None:
     bundle, info = built(tmp_path, directory_model=True)
-    slot = stage_release(bundle, info, tmp_path / "state/slots/a")
+    slot = stage(bundle, info, tmp_path / "state/slots/a")
     assert (slot / "models/detector/weights.bin").read_bytes() == b"w" * 50_000
     assert (slot / "models/detector/sub/labels.txt").read_text() == "cat\ndog\n"
     assert (slot / "configs/settings").read_bytes() == (tmp_path / "src/config/settings.yaml").read_bytes()
@@ -58,9 +58,9 @@ def test_payload_is_staged_read_only_with_its_content(tmp_path: Path) -> None:
 
 def test_restaging_replaces_the_slot_whole(tmp_path: Path) -> None:
     bundle, info = built(tmp_path)
-    slot = stage_release(bundle, info, tmp_path / "state/slots/b")
+    slot = stage(bundle, info, tmp_path / "state/slots/b")
     before = (slot / "models/detector").read_bytes()
-    slot = stage_release(bundle, info, tmp_path / "state/slots/b")
+    slot = stage(bundle, info, tmp_path / "state/slots/b")
     assert (slot / "models/detector").read_bytes() == before
     assert sorted(p.name for p in (tmp_path / "state/slots").iterdir()) == ["b"]
 
@@ -90,15 +90,16 @@ def symlink() -> tarfile.TarInfo:
 def test_hostile_directory_archive_is_refused_and_nothing_is_staged(tmp_path: Path, entry, message: str) -> None:  # type: ignore[no-untyped-def]
     bundle, info = built(tmp_path, directory_model=True)
     slot_dir = tmp_path / "state/slots/a"
-    stage_release(bundle, info, slot_dir)  # a release already staged there stays untouched
+    stage(bundle, info, slot_dir)  # a release already staged there stays untouched
     data = hostile_tar(entry())
     digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
     (bundle / "blobs/sha256" / digest.removeprefix("sha256:")).write_bytes(data)
-    model = next(m for m in info.descriptor["models"] if m["name"] == "detector")
-    model.update(digest=digest, size=len(data), mediaType="application/vnd.sealift.model.v1.tar",
-                 uncompressedDigest=digest, uncompressedSize=len(data))
+    model = next(m for m in info.descriptor.models if m.name == "detector")
+    hostile = replace(model, digest=digest, size=len(data), media_type="application/vnd.sealift.model.v1.tar",
+                      content_digest=digest, content_size=len(data))
+    forged = replace(info, descriptor=replace(info.descriptor, models=(hostile,)))
     with pytest.raises(Refused, match=message):
-        stage_release(bundle, info, slot_dir)
+        stage(bundle, forged, slot_dir)
     assert (slot_dir / "models/detector/weights.bin").exists()
     assert not (tmp_path / "state/escaped").exists() and not (tmp_path / "escaped").exists()
     assert sorted(p.name for p in slot_dir.parent.iterdir()) == ["a"]
@@ -114,7 +115,7 @@ def test_a_full_disk_while_staging_leaves_nothing(tmp_path: Path) -> None:
         pytest.skip("needs root to mount a small tmpfs")
     try:
         with pytest.raises(DeviceFault, match=r"into slot a failed \(the disk is full\); the running release is untouched"):
-            stage_release(bundle, info, small / "slots/a")
+            stage(bundle, info, small / "slots/a")
         assert list((small / "slots").iterdir()) == []
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)

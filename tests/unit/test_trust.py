@@ -453,8 +453,8 @@ def test_bundle_changed_between_the_tuf_check_and_the_blob_check(setup: Setup, m
     setup.sign("1.2.0-x86_64-cpu", "1.3.0-x86_64-cpu")
     real = verify_module.verify_bundle
 
-    def swapped(path: Path) -> object:
-        return real(setup.bundles["1.3.0-x86_64-cpu"])  # another (valid) bundle now lies at the path
+    def swapped(artifact: object, **options: bool) -> object:
+        return real(setup.bundles["1.3.0-x86_64-cpu"], **options)  # another (valid) bundle now lies at the path
 
     monkeypatch.setattr(verify_module, "verify_bundle", swapped)
     setup.refused("1.2.0-x86_64-cpu", Refused, "changed while it was verified")
