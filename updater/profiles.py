@@ -8,11 +8,11 @@ add their own directories without touching code.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 from updater.errors import InputError
@@ -87,13 +87,12 @@ class Profile:
 def builtin_profile_dir() -> Path:
     """The directory of the profiles that ship with Sealift.
 
-    An installed wheel carries them as ``updater.builtin_profiles``; a source checkout (and an
-    editable install) reads the repository's ``profiles/``.
+    An installed wheel carries them as the data package ``updater.builtin_profiles``; a source
+    checkout (and an editable install) reads the repository's ``profiles/``.
     """
-    try:
-        return Path(str(resources.files("updater.builtin_profiles")))
-    except ModuleNotFoundError:
-        return Path(__file__).resolve().parent.parent / "profiles"
+    spec = importlib.util.find_spec("updater.builtin_profiles")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    return Path(locations[0]) if locations else Path(__file__).resolve().parent.parent / "profiles"
 
 
 def profile_search_path(spec_dir: Path | None = None, extra: Iterable[Path] = ()) -> list[Path]:
