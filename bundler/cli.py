@@ -7,20 +7,17 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from securesystemslib.signer import Key
 
-from bundler.build import BuildOptions, build_bundles, select_profiles, source_date_epoch
-from bundler.keys import ALGORITHMS, KeyStore, public_key_from_pem
-from bundler.repo import ROLES, Policy, Repository, RolePolicy
-from bundler.spec import load_spec
-from updater.bundle import BundleInfo, check_bundle
+from bundler.policy import ALGORITHMS, ROLES, Policy, RolePolicy
 from updater.errors import Refused
 from updater.exits import reports_errors
-from updater.profiles import load_profiles, profile_search_path
 from updater.progress import for_terminal
+
+if TYPE_CHECKING:
+    from updater.bundle import BundleInfo
 
 __all__ = ["cli", "main"]
 
@@ -66,6 +63,10 @@ def build(spec: Path, profiles: tuple[str, ...], out: Path, fmt: str, plain_http
     SOURCE_DATE_EPOCH (which defaults to the spec's last git commit time). Each is verified
     before it is moved into place; an existing bundle is kept if identical and refused otherwise.
     """
+    from bundler.build import BuildOptions, build_bundles, select_profiles, source_date_epoch
+    from bundler.spec import load_spec
+    from updater.profiles import load_profiles, profile_search_path
+
     loaded = load_spec(spec)
     known = load_profiles(profile_search_path(loaded.directory, profiles_dirs))
     selected = select_profiles(loaded, known, profiles)
@@ -89,6 +90,8 @@ def inspect(bundle: Path, as_json: bool) -> None:
 
     Every blob is checked on the way, so what is shown is what the device would get.
     """
+    from updater.bundle import check_bundle
+
     report = check_bundle(bundle)
     if as_json:
         click.echo(json.dumps({**report.bundle.to_json(), "problems": list(report.problems)}, indent=2))
@@ -157,6 +160,8 @@ def _print_checked(checked: Any) -> None:
 @reports_errors
 def profiles_cmd(spec: Path | None, as_json: bool, profiles_dirs: tuple[Path, ...]) -> None:
     """List the known hardware profiles."""
+    from updater.profiles import load_profiles, profile_search_path
+
     known = load_profiles(profile_search_path(spec.parent if spec else None, profiles_dirs))
     if as_json:
         click.echo(json.dumps([
@@ -211,6 +216,9 @@ _keys_option = click.option("--keys", "keydir", required=True, type=click.Path(p
 def repo_init(directory: Path, keydir: Path, algorithm: str, role_keys: tuple[str, ...], threshold: tuple[str, ...],
               expiry: tuple[str, ...], hashed_bins: int, as_json: bool) -> None:
     """Create a TUF repository in DIRECTORY with new keys for root, targets, snapshot and timestamp."""
+    from bundler.keys import KeyStore
+    from bundler.repo import Repository
+
     counts = _role_numbers(role_keys, "--role-keys", int)
     thresholds = _role_numbers(threshold, "--threshold", int)
     days = _role_numbers(expiry, "--expiry", float)
@@ -240,6 +248,9 @@ def repo_init(directory: Path, keydir: Path, algorithm: str, role_keys: tuple[st
 def repo_add(directory: Path, bundles: tuple[Path, ...], keydir: Path, role: str | None, force: bool, location: str | None,
              as_json: bool) -> None:
     """Sign BUNDLES as targets of the repository in DIRECTORY and write its metadata into each."""
+    from bundler.keys import KeyStore
+    from bundler.repo import Repository
+
     results = Repository(directory, KeyStore(keydir)).add(list(bundles), role=role, force=force, location=location)
     if as_json:
         click.echo(json.dumps([{"bundle": str(r.bundle), "target": r.target, "changed": r.changed} for r in results], indent=2))
@@ -260,6 +271,9 @@ def repo_add(directory: Path, bundles: tuple[Path, ...], keydir: Path, role: str
 @reports_errors
 def repo_delegate(directory: Path, name: str, keydir: Path, paths: tuple[str, ...], key_count: int, threshold: int) -> None:
     """Create the delegated targets role NAME (a team or a site) with its own keys, limited to PATTERNs."""
+    from bundler.keys import KeyStore
+    from bundler.repo import Repository
+
     Repository(directory, KeyStore(keydir)).delegate(name, paths=paths, keys=key_count, threshold=threshold)
     click.echo(f"delegated {', '.join(paths)} to role {name}")
 
@@ -276,6 +290,11 @@ def repo_delegate(directory: Path, name: str, keydir: Path, paths: tuple[str, ..
 def repo_add_key(directory: Path, role: str, keydir: Path, uri: str | None, public_key: Path | None,
                  sigstore_identity: str | None, sigstore_issuer: str | None) -> None:
     """Trust a key held elsewhere (KMS, HSM, file, Sigstore keyless) for ROLE, in a new root version."""
+    from securesystemslib.signer import Key
+
+    from bundler.keys import KeyStore, public_key_from_pem
+    from bundler.repo import Repository
+
     key: Key
     if sigstore_identity and sigstore_issuer and not (uri or public_key):
         from securesystemslib.signer import SigstoreSigner
@@ -299,6 +318,9 @@ def repo_refresh(directory: Path, keydir: Path) -> None:
     Schedule it more often than the timestamp expires. Bundles carry the metadata they were
     added with: add them again to give them the fresh metadata.
     """
+    from bundler.keys import KeyStore
+    from bundler.repo import Repository
+
     Repository(directory, KeyStore(keydir)).refresh()
     click.echo(f"refreshed {directory}")
 
@@ -315,6 +337,9 @@ def repo_rotate(directory: Path, role: str, keydir: Path, revoke: tuple[str, ...
 
     Bundles signed afterwards carry the new root; add them again (`repo add`) to re-sign.
     """
+    from bundler.keys import KeyStore
+    from bundler.repo import Repository
+
     removed = Repository(directory, KeyStore(keydir)).rotate(role, revoke=list(revoke) or None)
     if as_json:
         click.echo(json.dumps({"role": role, "revoked": removed}))
@@ -420,6 +445,7 @@ def overlay_build(spec: Path, site: str, site_file: Path | None, inventory: Path
     overlay with `sealift repo add` and deliver it like a bundle. See docs/secrets.md.
     """
     from bundler.overlay import build_overlay
+    from bundler.spec import load_spec
 
     path, info = build_overlay(load_spec(spec), site, inventory=inventory, out=out, site_file=site_file)
     if as_json:

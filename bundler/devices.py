@@ -22,13 +22,12 @@ from bundler.sealing import Recipient, public_key_from_text
 from updater.durable import replace_file
 from updater.errors import InputError
 from updater.locks import exclusive_lock
+from updater.names import NAME
 from updater.sealed import KEMS, device_id
 from updater.yamlfile import Field, load_yaml
 
-__all__ = ["SITE", "Device", "Inventory"]
+__all__ = ["Device", "Inventory"]
 
-SITE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
-_PROFILE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _DEVICE = re.compile(r"dev-[0-9a-f]{32}")
 
 
@@ -137,8 +136,8 @@ def _device(field: Field, *, revocable: bool) -> Device:
     claimed = f["device"].string(pattern=_DEVICE, what="a device ID (dev- and 32 hex digits)")
     if claimed != device_id(kem, key):
         raise f["device"].error(f"{claimed} is not the ID of this public key ({device_id(kem, key)}); the record was altered")
-    return Device(device=claimed, site=f["site"].string(pattern=SITE, what="a site name (lower case, digits, . _ -)"),
-                  profile=f["profile"].string(pattern=_PROFILE, what="a profile name"), kem=kem, public_key=key_text,
+    return Device(device=claimed, site=f["site"].string(pattern=NAME, what="a site name (lower case, digits, . _ -)"),
+                  profile=f["profile"].string(pattern=NAME, what="a profile name"), kem=kem, public_key=key_text,
                   enrolled=_timestamp(f["enrolled"]), revoked=_timestamp(f["revoked"]) if "revoked" in f else None)
 
 

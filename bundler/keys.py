@@ -36,13 +36,13 @@ from securesystemslib.signer import (
     SSlibKey,
 )
 
+from bundler.policy import ALGORITHMS
 from updater.durable import replace_file
 from updater.errors import InputError
 
-__all__ = ["ALGORITHMS", "PASSPHRASE_ENV", "KeyStore", "public_key_from_pem"]
+__all__ = ["PASSPHRASE_ENV", "KeyStore", "public_key_from_pem"]
 
 PASSPHRASE_ENV = "SEALIFT_KEY_PASSPHRASE"
-ALGORITHMS = ("ed25519", "ecdsa-p256")
 _INDEX = "keys.json"
 
 

@@ -21,11 +21,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from bundler.devices import SITE, Inventory
+from bundler.devices import Inventory
 from bundler.sealing import seal
 from bundler.spec import Spec
-from updater.appdef import ENV_NAME, NAME
 from updater.errors import DeviceFault, InputError, Refused
+from updater.names import ENV_NAME, NAME
 from updater.oci import ANNOTATION, MEDIA, Descriptor, canonical_json
 from updater.overlay import OverlayInfo, check_overlay
 from updater.sealed import Identity
@@ -44,7 +44,7 @@ _MAX_VALUE = 4096
 def build_overlay(spec: Spec, site: str, *, inventory: Path, out: Path, site_file: Path | None = None,
                   now: dt.datetime | None = None) -> tuple[Path, OverlayInfo]:
     """Build the overlay of ``site`` into ``out``; return its path and what it holds."""
-    if not SITE.fullmatch(site):
+    if not NAME.fullmatch(site):
         raise InputError(f"site {site!r}: expected a site name (lower case letters, digits, . _ -)")
     values = _site_values(site_file or spec.directory / "sites" / f"{site}.yaml", spec)
     identity = Identity(app=spec.name, site=site, version=values["version"])

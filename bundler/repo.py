@@ -14,10 +14,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,6 +39,7 @@ from tuf.api.serialization.json import JSONSerializer
 
 from bundler.keys import KeyStore
 from bundler.metadata_io import attach_metadata
+from bundler.policy import ROLES, Policy, RolePolicy
 from updater.artifact import Kind, open_artifact
 from updater.bundle import verify_bundle
 from updater.durable import replace_file
@@ -49,50 +49,13 @@ from updater.overlay import check_overlay
 from updater.tuf_client import target_name
 from updater.versions import version_key
 
-__all__ = ["ROLES", "AddResult", "Policy", "Repository", "RolePolicy"]
+__all__ = ["AddResult", "Repository"]
 
-ROLES = ("root", "targets", "snapshot", "timestamp")
 BINS_ROLE = "bins"
 _ROLE_NAME = re.compile(r"[a-z][a-z0-9-]{0,62}")
-_MAX_EXPIRY_DAYS = 36500.0
 _POLICY_FILE = "sealift-repo.json"
 _SERIALIZER = JSONSerializer(compact=False)
 T = TypeVar("T", Root, Timestamp, Snapshot, Targets)
-
-
-@dataclass(frozen=True, kw_only=True)
-class RolePolicy:
-    """How many keys a role has, how many must sign, and how long its metadata stays valid."""
-
-    keys: int = 1
-    threshold: int = 1
-    expiry_days: float = 365.0
-
-
-def _default_roles() -> dict[str, RolePolicy]:
-    # Root rarely changes and its keys stay offline; timestamp is re-signed often. A site that is
-    # offline for weeks needs bundles whose snapshot and timestamp outlive its absence: see
-    # docs/security.md for the offline policy.
-    return {
-        "root": RolePolicy(expiry_days=365),
-        "targets": RolePolicy(expiry_days=90),
-        "snapshot": RolePolicy(expiry_days=30),
-        "timestamp": RolePolicy(expiry_days=30),
-    }
-
-
-@dataclass(frozen=True, kw_only=True)
-class Policy:
-    roles: dict[str, RolePolicy] = field(default_factory=_default_roles)
-    algorithm: str = "ed25519"
-
-    def check(self) -> None:
-        for role in ROLES:
-            p = self.roles[role]
-            if not 1 <= p.threshold <= p.keys:
-                raise InputError(f"role {role}: threshold {p.threshold} needs 1 to {p.keys} keys")
-            if not (math.isfinite(p.expiry_days) and 0 < p.expiry_days <= _MAX_EXPIRY_DAYS):
-                raise InputError(f"role {role}: expiry must be over 0 and at most {_MAX_EXPIRY_DAYS:g} days, found {p.expiry_days}")
 
 
 @dataclass(frozen=True, kw_only=True)

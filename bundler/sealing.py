@@ -15,7 +15,7 @@ from typing import Any
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from updater.errors import InputError
-from updater.sealed import FORMAT, KEMS, NONCE, SECRET_NAME, SUITES, Identity, key_binding, load_public_key, secret_binding
+from updater.sealed import FORMAT, KEMS, NONCE, SECRET_NAME, Identity, key_binding, load_public_key, secret_binding, suite
 
 __all__ = ["Recipient", "public_key_from_text", "seal"]
 
@@ -68,7 +68,7 @@ def seal(secrets: dict[str, bytes], identity: Identity, recipients: list[Recipie
     for r in recipients:
         public = load_public_key(r.kem, r.public_key, f"device {r.device}")
         wrapped.append({"device": r.device, "kem": r.kem,
-                        "sealed_key": _b64(SUITES[r.kem].encrypt(data_key, public, info=key_binding(identity, r.device, secrets)))})
+                        "sealed_key": _b64(suite(r.kem).encrypt(data_key, public, info=key_binding(identity, r.device, secrets)))})
     return {"format": FORMAT, "identity": identity.to_json(), "recipients": wrapped, "secrets": sealed_secrets}
 
 

@@ -12,15 +12,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from updater.appdef import ENV_NAME, NAME, App, HealthPolicy, parse_app, parse_health
+from updater.appdef import App, HealthPolicy, parse_app, parse_health
 from updater.errors import InputError
+from updater.names import ENV_NAME, NAME
 from updater.versions import VERSION
 from updater.yamlfile import Field, load_yaml
 
 __all__ = ["ALL_PROFILES", "Component", "Provenance", "Secret", "Spec", "load_spec"]
 
 ALL_PROFILES = "all"
-_PROFILE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -138,7 +138,7 @@ def _profiles(field: Field) -> tuple[str, ...] | None:
         return None
     if not isinstance(field.value, list):
         field.fail(f'a list of profile names, or "{ALL_PROFILES}"')
-    names = field.string_list(pattern=_PROFILE, what=f'a profile name, or "{ALL_PROFILES}"')
+    names = field.string_list(pattern=NAME, what=f'a profile name, or "{ALL_PROFILES}"')
     if not names:
         field.fail(f'at least one profile, or "{ALL_PROFILES}"')
     if len(set(names)) != len(names):
@@ -174,7 +174,7 @@ def _sigstore(field: Field) -> str:
 
 def _variants(field: Field, *, key: str) -> tuple[tuple[str, str], ...]:
     result = []
-    for profile, sub in field.entries(key_pattern=_PROFILE, key_what="profile name"):
+    for profile, sub in field.entries(key_pattern=NAME, key_what="profile name"):
         f = sub.mapping(required=(key,))
         result.append((profile, _source(f[key], key)))
     return tuple(sorted(result))

@@ -9,6 +9,9 @@ large layer), then, in one run and on the same warm files:
 - the verify floor: ``openssl dgst -sha256`` of the bundle's bytes;
 - ``sealift verify``: time and peak RSS.
 
+With ``--startup``, what the commands cost before they do anything (``sealift-updater status``,
+``sealift --help``), beside ``python -c pass``; targets: at most 0.25 s and 32 MiB peak RSS.
+
 Each figure is the median of ``--repeat`` runs; ratios are what to compare across machines.
 Targets: build at most 1.3x its floor, verify at most 1.1x its floor, both under 100 MiB RSS.
 """
@@ -162,7 +165,16 @@ def main() -> None:
                         help="measure delivery instead: bytes per hop through two mirrors, delta media, and many "
                              "devices on one site mirror (starts its own registries; see scripts/bench_delivery.py)")
     parser.add_argument("--devices", type=int, default=50, help="devices pulling at once with --delivery (default 50)")
+    parser.add_argument("--startup", action="store_true",
+                        help="measure start-up instead: what a command costs before it does anything, beside `python -c pass`")
     args = parser.parse_args()
+    if args.startup:
+        figures = {"machine": machine(), "commands": measure_startup(max(args.repeat, 21))}
+        if args.json:
+            print(json.dumps(figures, indent=2))
+        else:
+            print_startup(figures)
+        return
     if args.delivery:
         from scripts.bench_delivery import measure as measure_delivery
         from scripts.bench_delivery import print_report as print_delivery
@@ -200,6 +212,65 @@ def main() -> None:
         print(json.dumps(report, indent=2))
         return
     print_report(report)
+
+
+STARTUP = {
+    "python -c pass (floor)": [sys.executable, "-c", "pass"],
+    "sealift-updater status": ["sealift-updater", "--state-dir", "{state}", "status"],
+    "sealift-updater --help": ["sealift-updater", "--help"],
+    "sealift --help": ["sealift", "--help"],
+    "sealift --version": ["sealift", "--version"],
+}
+
+
+# A forked child's peak RSS starts at its parent's high-water mark, so each command is started by
+# a small launcher (no site imports: smaller than any command measured) that reports its child's.
+_LAUNCHER = """
+import os, sys, time
+start = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    quiet = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(quiet, 1)
+    os.dup2(quiet, 2)
+    os.execv(sys.argv[1], sys.argv[1:])
+_, status, usage = os.wait4(pid, 0)
+print(time.perf_counter() - start, usage.ru_maxrss, os.waitstatus_to_exitcode(status))
+"""
+
+
+def launched(argv: list[str]) -> tuple[float, int]:
+    """Wall seconds and the command's own peak RSS (KiB)."""
+    done = subprocess.run([sys.executable, "-S", "-c", _LAUNCHER, *argv], capture_output=True, text=True, check=True)
+    seconds, rss, code = done.stdout.split()
+    if code != "0":
+        raise SystemExit(f"{' '.join(argv)} failed")
+    return float(seconds), int(rss)
+
+
+def measure_startup(repeat: int) -> dict[str, dict[str, float]]:
+    """Median wall seconds and peak RSS of each command in STARTUP, run ``repeat`` times in turn."""
+    bin_dir = Path(sys.executable).parent
+    with tempfile.TemporaryDirectory(prefix="sealift-bench-") as state:
+        commands = {name: [str(bin_dir / argv[0]) if (bin_dir / argv[0]).exists() else argv[0],
+                           *(a.replace("{state}", state) for a in argv[1:])] for name, argv in STARTUP.items()}
+        runs: dict[str, list[tuple[float, int]]] = {name: [] for name in commands}
+        for _ in range(repeat):
+            for name, argv in commands.items():
+                runs[name].append(launched(argv))
+    return {name: {"seconds": statistics.median(t for t, _ in found), "rss_kib": statistics.median(r for _, r in found)}
+            for name, found in runs.items()}
+
+
+def print_startup(figures: dict) -> None:  # type: ignore[type-arg]
+    m = figures["machine"]
+    print(f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Linux {m['kernel']}, Python {m['python']}")
+    floor = figures["commands"]["python -c pass (floor)"]
+    print("| command | s | - floor | peak RSS MiB | - floor |")
+    print("|---|---|---|---|---|")
+    for name, r in figures["commands"].items():
+        print(f"| `{name}` | {r['seconds']:.3f} | {r['seconds'] - floor['seconds']:+.3f} | {r['rss_kib'] / 1024:.1f} "
+              f"| {(r['rss_kib'] - floor['rss_kib']) / 1024:+.1f} |")
 
 
 def print_report(report: dict) -> None:  # type: ignore[type-arg]

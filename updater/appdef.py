@@ -12,11 +12,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from updater.names import ENV_NAME, NAME
 from updater.yamlfile import Field, check_known
 
 __all__ = [
-    "ENV_NAME",
-    "NAME",
     "App",
     "Check",
     "CheckType",
@@ -31,8 +30,6 @@ __all__ = [
     "start_order",
 ]
 
-NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
-ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # an environment variable's name
 _PORT = re.compile(
     r"(?:(?P<ip>\d{1,3}(?:\.\d{1,3}){3}|\[[0-9a-fA-F:]+\]):)?"  # optional host address
     r"(?:(?P<host>\d{1,5}):)?(?P<container>\d{1,5})(?:/(?P<proto>tcp|udp))?"

@@ -5,21 +5,16 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from updater.daemon import Daemon
-from updater.detect import Hardware, detect_profile
-from updater.docker_runtime import DockerRuntime
 from updater.errors import FAMILIES, InputError, Unhealthy
 from updater.exits import reports_errors
-from updater.identity import DeviceIdentity
-from updater.install import Installer, check_as_installed
-from updater.poll import RegistryPoller
-from updater.profiles import Profile, load_profiles, profile_search_path
 from updater.sealed import KEMS
-from updater.slots import Slots
-from updater.trust import TrustStore
+
+if TYPE_CHECKING:
+    from updater.profiles import Profile
 
 __all__ = ["cli", "main"]
 
@@ -38,7 +33,7 @@ def cli(ctx: click.Context, state_dir: Path) -> None:
     is then checked against it: TUF signatures, versions and expiry, every blob's digest, and
     the hardware profile.
     """
-    ctx.obj = TrustStore(state_dir)
+    ctx.obj = state_dir
 
 
 @cli.group()
@@ -52,23 +47,27 @@ def trust() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
 @reports_errors
-def trust_init(store: TrustStore, root: Path, force: bool, as_json: bool) -> None:
+def trust_init(state_dir: Path, root: Path, force: bool, as_json: bool) -> None:
     """Provision this device with ROOT (the repository's root.json): the one trusted starting point."""
-    trusted = store.init(root, force=force)
-    result = {"ok": True, "root_version": trusted.version, "expires": trusted.expires.isoformat(), "state_dir": str(store.state_dir)}
+    from updater.trust import TrustStore
+
+    trusted = TrustStore(state_dir).init(root, force=force)
+    result = {"ok": True, "root_version": trusted.version, "expires": trusted.expires.isoformat(), "state_dir": str(state_dir)}
     click.echo(json.dumps(result) if as_json else f"trusted root version {trusted.version}, expires {trusted.expires:%Y-%m-%d}")
 
 
 @trust.command("reset-clock")
 @click.pass_obj
 @reports_errors
-def trust_reset_clock(store: TrustStore) -> None:
+def trust_reset_clock(state_dir: Path) -> None:
     """Forget the newest trusted time, after a clock that ran ahead has been corrected.
 
     The device refuses to verify while its clock reads earlier than the newest time at which it
     accepted a bundle; if that time came from a clock that was wrong, this lets it start again.
     """
-    newest = store.reset_clock()
+    from updater.trust import TrustStore
+
+    newest = TrustStore(state_dir).reset_clock()
     click.echo(f"forgot the newest trusted time ({newest:%Y-%m-%d %H:%M}Z)" if newest else "no trusted time was recorded")
 
 
@@ -82,13 +81,15 @@ def trust_reset_clock(store: TrustStore) -> None:
 @click.option("--force", is_flag=True, help="Make new keys even though the device is enrolled (the old record stops working).")
 @click.pass_obj
 @reports_errors
-def enroll(store: TrustStore, site: str, kem: str, profile: str | None, profiles_dir: Path | None, force: bool) -> None:
+def enroll(state_dir: Path, site: str, kem: str, profile: str | None, profiles_dir: Path | None, force: bool) -> None:
     """Create this device's key pair for secrets and print its enrollment record (JSON).
 
     The private key stays in STATE/identity/device.key, readable by root only. Give the record
     to the build machine: `sealift devices add RECORD.json`.
     """
-    record = DeviceIdentity(store.state_dir).enroll(site=site, profile=_device_profile(profile, profiles_dir).name, kem=kem,
+    from updater.identity import DeviceIdentity
+
+    record = DeviceIdentity(state_dir).enroll(site=site, profile=_device_profile(profile, profiles_dir).name, kem=kem,
                                                    force=force)
     click.echo(json.dumps(record, indent=2))
     click.echo(f"enrolled {record['device']} at site {site}; add the record above with `sealift devices add`", err=True)
@@ -103,6 +104,9 @@ def enroll(store: TrustStore, site: str, kem: str, profile: str | None, profiles
 @reports_errors
 def detect(sysroot: Path, machine: str | None, profiles_dir: Path | None, as_json: bool) -> None:
     """Which hardware profile this device matches, with the evidence for it."""
+    from updater.detect import Hardware, detect_profile
+    from updater.profiles import load_profiles, profile_search_path
+
     known = load_profiles(profile_search_path(extra=[profiles_dir] if profiles_dir else []))
     found = detect_profile(known.values(), Hardware(sysroot, machine=machine))
     evidence = [{"rule": str(rule), "proof": proof} for rule, proof in found.evidence]
@@ -116,6 +120,9 @@ def detect(sysroot: Path, machine: str | None, profiles_dir: Path | None, as_jso
 
 
 def _device_profile(profile: str | None, profiles_dir: Path | None) -> Profile:
+    from updater.detect import Hardware, detect_profile
+    from updater.profiles import load_profiles, profile_search_path
+
     known = load_profiles(profile_search_path(extra=[profiles_dir] if profiles_dir else []))
     if profile is None:
         return detect_profile(known.values(), Hardware()).profile
@@ -133,7 +140,7 @@ def _device_profile(profile: str | None, profiles_dir: Path | None) -> Profile:
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
 @click.pass_obj
 @reports_errors
-def install(store: TrustStore, bundle: Path, overlay: Path | None, profile: str | None, profiles_dir: Path | None, force: bool,
+def install(state_dir: Path, bundle: Path, overlay: Path | None, profile: str | None, profiles_dir: Path | None, force: bool,
             as_json: bool) -> None:
     """Install BUNDLE (with the site OVERLAY) beside the running release, switch, and keep it only if healthy.
 
@@ -146,7 +153,10 @@ def install(store: TrustStore, bundle: Path, overlay: Path | None, profile: str 
     device's profile is taken from it, with the newest overlay for its site that fits; a medium
     with nothing newer than the running release but a newer overlay rotates the overlay.
     """
-    installer = Installer(state_dir=store.state_dir, runtime=DockerRuntime.connect(), profile=_device_profile(profile, profiles_dir),
+    from updater.docker_runtime import DockerRuntime
+    from updater.install import Installer
+
+    installer = Installer(state_dir=state_dir, runtime=DockerRuntime.connect(), profile=_device_profile(profile, profiles_dir),
                           log=lambda line: click.echo(line, err=True))
     outcome = installer.install(bundle, overlay=overlay, force=force)
     if as_json:
@@ -163,9 +173,12 @@ def install(store: TrustStore, bundle: Path, overlay: Path | None, profile: str 
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
 @click.pass_obj
 @reports_errors
-def rollback(store: TrustStore, as_json: bool) -> None:
+def rollback(state_dir: Path, as_json: bool) -> None:
     """Return to the previous release (still staged in the other slot), health-checked like an install."""
-    installer = Installer(state_dir=store.state_dir, runtime=DockerRuntime.connect(), profile=None,
+    from updater.docker_runtime import DockerRuntime
+    from updater.install import Installer
+
+    installer = Installer(state_dir=state_dir, runtime=DockerRuntime.connect(), profile=None,
                           log=lambda line: click.echo(line, err=True))
     outcome = installer.rollback()
     if as_json:
@@ -191,7 +204,7 @@ def rollback(store: TrustStore, as_json: bool) -> None:
 @click.option("--profiles-dir", type=click.Path(path_type=Path, file_okay=False), help="Extra profile directory.")
 @click.pass_obj
 @reports_errors
-def run(store: TrustStore, watch: Path | None, source: str | None, plain_http: bool, interval: float, once: bool,
+def run(state_dir: Path, watch: Path | None, source: str | None, plain_http: bool, interval: float, once: bool,
         profile: str | None, profiles_dir: Path | None) -> None:
     """Install what arrives, as a service: bundles in --watch, newer releases from --source.
 
@@ -202,13 +215,18 @@ def run(store: TrustStore, watch: Path | None, source: str | None, plain_http: b
     systemd (Type=notify) it reports readiness and feeds the watchdog after each pass; see
     examples/systemd/sealift-updater.service.
     """
+    from updater.daemon import Daemon
+    from updater.docker_runtime import DockerRuntime
+    from updater.install import Installer
+    from updater.poll import RegistryPoller
+
     if watch is None and source is None:
         raise InputError("nothing to do: give --watch DIR, --source REGISTRY/REPO, or both")
     device = _device_profile(profile, profiles_dir)
     def log(line: str) -> None:
         click.echo(line, err=True)
 
-    installer = Installer(state_dir=store.state_dir, runtime=DockerRuntime.connect(), profile=device, log=log)
+    installer = Installer(state_dir=state_dir, runtime=DockerRuntime.connect(), profile=device, log=log)
     poller = None
     if source is not None:
         poller = RegistryPoller(source, installer=installer, profile=device, plain_http=plain_http, log=log)
@@ -220,10 +238,13 @@ def run(store: TrustStore, watch: Path | None, source: str | None, plain_http: b
 @cli.command()
 @click.pass_obj
 @reports_errors
-def recover(store: TrustStore) -> None:
+def recover(state_dir: Path) -> None:
     """Converge after a crash, a power cut or an engine restart: an interrupted install is rolled
     back, and the committed release is started if it is not running. Run it at boot."""
-    installer = Installer(state_dir=store.state_dir, runtime=DockerRuntime.connect(), profile=None,
+    from updater.docker_runtime import DockerRuntime
+    from updater.install import Installer
+
+    installer = Installer(state_dir=state_dir, runtime=DockerRuntime.connect(), profile=None,
                           log=lambda line: click.echo(line, err=True))
     state = installer.recover()
     current = state.current
@@ -234,10 +255,13 @@ def recover(store: TrustStore) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the state as JSON.")
 @click.pass_obj
 @reports_errors
-def status(store: TrustStore, as_json: bool) -> None:
+def status(state_dir: Path, as_json: bool) -> None:
     """What runs, in which slot, what happened last, the history, and the device's enrollment."""
-    state = Slots(store.state_dir).load()
-    identity = DeviceIdentity(store.state_dir)
+    from updater.identity import DeviceIdentity
+    from updater.slots import Slots
+
+    state = Slots(state_dir).load()
+    identity = DeviceIdentity(state_dir)
     record = identity.record() if identity.enrolled() else None
     if as_json:
         click.echo(json.dumps({**state.to_json(), "enrollment": record}, indent=2))
@@ -258,7 +282,7 @@ def status(store: TrustStore, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
 @reports_errors
-def verify(store: TrustStore, bundle: Path, profile: str | None, profiles_dir: Path | None, as_json: bool) -> None:
+def verify(state_dir: Path, bundle: Path, profile: str | None, profiles_dir: Path | None, as_json: bool) -> None:
     """Check BUNDLE (a bundle, a site overlay, or a medium) the way an install does: signed
     metadata, every blob, the hardware profile; for an overlay also the site, the release it
     would run with, and that this device's key opens its secrets (their values are not shown). On
@@ -268,13 +292,17 @@ def verify(store: TrustStore, bundle: Path, profile: str | None, profiles_dir: P
     Offline: the metadata comes from the bundle's tuf/ folder. The device's trusted metadata
     advances only when every check passes.
     """
+    from updater.install import check_as_installed
+    from updater.profiles import load_profiles, profile_search_path
+    from updater.trust import TrustStore
+
     wanted = None
     if profile is not None:
         known = load_profiles(profile_search_path(extra=[profiles_dir] if profiles_dir else []))
         if profile not in known:
             raise InputError(f"unknown profile {profile!r} (known: {', '.join(sorted(known))})")
         wanted = known[profile]
-    info, overlay = check_as_installed(bundle, trust=store, profile=wanted)
+    info, overlay = check_as_installed(bundle, trust=TrustStore(state_dir), profile=wanted)
     if as_json:
         click.echo(json.dumps({"ok": True, **(info.to_json() if info else {}), **({"overlay": overlay.to_json()} if overlay else {})},
                               indent=2))

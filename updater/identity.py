@@ -19,10 +19,10 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from updater.appdef import NAME
 from updater.durable import fsync_dir, replace_file
 from updater.errors import Conflict, DeviceFault, InputError
 from updater.locks import exclusive_lock
+from updater.names import NAME
 from updater.sealed import KEMS, DeviceKey, device_id
 
 __all__ = ["DeviceIdentity"]

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from updater.appdef import ENV_NAME
 from updater.artifact import Artifact, Kind, open_artifact
 from updater.content import read_json_blob
 from updater.errors import Refused
+from updater.names import ENV_NAME
 from updater.oci import ANNOTATION, MEDIA, Descriptor, json_object
 from updater.sealed import SECRET_NAME
 from updater.transfer import ReaderStore, walk

@@ -23,7 +23,7 @@ from updater.profiles import Profile
 from updater.slots import DeviceState, Release
 from updater.versions import fits, version_key
 
-__all__ = ["Candidate", "Offer", "Plan", "failure_key", "plan", "read_offer"]
+__all__ = ["Candidate", "Offer", "Plan", "failure_key", "newest_for", "plan", "read_offer"]
 
 
 @dataclass(frozen=True)

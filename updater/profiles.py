@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from updater.errors import InputError
+from updater.names import NAME
 from updater.yamlfile import Field, load_yaml
 
 __all__ = ["Accelerator", "Platform", "Profile", "Rule", "builtin_profile_dir", "load_profiles", "profile_search_path"]
 
-_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _HEX4 = re.compile(r"[0-9a-f]{4}")
 _ARCHES = ("amd64", "arm64", "arm", "386", "riscv64", "ppc64le", "s390x")
 RULE_KINDS = ("file", "pci", "usb", "device_tree", "cpu_arch")
@@ -124,7 +124,7 @@ def load_profile(path: Path) -> Profile:
         required=("name", "platform", "compatible"),
         optional=("description", "accelerators", "capabilities", "detect", "priority"),
     )
-    name = top["name"].string(pattern=_NAME, what="a profile name")
+    name = top["name"].string(pattern=NAME, what="a profile name")
     if path.stem != name:
         raise top["name"].error(f"{name!r} differs from the file name {path.name!r}")
     detect = top["detect"].mapping(optional=("all", "any")) if "detect" in top else {}
@@ -134,7 +134,7 @@ def load_profile(path: Path) -> Profile:
         platform=_platform(top["platform"]),
         compatible=top["compatible"].string(pattern=re.compile(r"[\x21-\x7e]{1,128}"), what="printable text"),
         accelerators=tuple(_accelerator(a) for a in top["accelerators"].items()) if "accelerators" in top else (),
-        capabilities=top["capabilities"].string_list(pattern=_NAME, what="a capability") if "capabilities" in top else (),
+        capabilities=top["capabilities"].string_list(pattern=NAME, what="a capability") if "capabilities" in top else (),
         detect_all=_rules(detect["all"]) if "all" in detect else (),
         detect_any=_rules(detect["any"]) if "any" in detect else (),
         priority=top["priority"].integer(low=0, high=1000) if "priority" in top else 0,
@@ -155,8 +155,8 @@ def _platform(field: Field) -> Platform:
 def _accelerator(field: Field) -> Accelerator:
     f = field.mapping(required=("kind", "vendor"), optional=("model",))
     return Accelerator(
-        kind=f["kind"].string(pattern=_NAME, what="an accelerator kind such as gpu or npu"),
-        vendor=f["vendor"].string(pattern=_NAME, what="a vendor name"),
+        kind=f["kind"].string(pattern=NAME, what="an accelerator kind such as gpu or npu"),
+        vendor=f["vendor"].string(pattern=NAME, what="a vendor name"),
         model=f["model"].string() if "model" in f else None,
     )
 

@@ -17,17 +17,12 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.hpke import AEAD, KDF, KEM, MLKEM768X25519PrivateKey, MLKEM768X25519PublicKey, Suite
-
 from updater.errors import DeviceFault, InputError, Refused
+from updater.names import NAME
 from updater.oci import canonical_json
 
 __all__ = [
@@ -35,7 +30,6 @@ __all__ = [
     "KEMS",
     "NONCE",
     "SECRET_NAME",
-    "SUITES",
     "DeviceKey",
     "Identity",
     "device_id",
@@ -43,17 +37,14 @@ __all__ = [
     "load_public_key",
     "open_sealed",
     "secret_binding",
+    "suite",
 ]
 
 FORMAT = "sealift-sealed-secrets-v1"
 KEMS = ("x25519", "mlkem768-x25519")
-SUITES = {
-    "x25519": Suite(KEM.X25519, KDF.HKDF_SHA256, AEAD.AES_256_GCM),
-    "mlkem768-x25519": Suite(KEM.MLKEM768_X25519, KDF.HKDF_SHA256, AEAD.AES_256_GCM),
-}
 _MLKEM_SEED = 64
 NONCE = 12
-SECRET_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+SECRET_NAME = NAME  # secret names become file names on the device
 
 
 @dataclass(frozen=True)
@@ -74,6 +65,9 @@ class DeviceKey:
     def __init__(self, kem: str, secret: bytes) -> None:
         if kem not in KEMS:
             raise DeviceFault(f"unknown key type {kem!r} (known: {', '.join(KEMS)})")
+        from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
+        from cryptography.hazmat.primitives.hpke import MLKEM768X25519PrivateKey
+
         self.kem = kem
         self._secret = secret
         try:
@@ -87,6 +81,8 @@ class DeviceKey:
 
     @classmethod
     def generate(cls, kem: str = "x25519") -> DeviceKey:
+        from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
+
         if kem == "x25519":
             return cls(kem, x25519.X25519PrivateKey.generate().private_bytes_raw())
         if kem == "mlkem768-x25519":
@@ -99,6 +95,8 @@ class DeviceKey:
         return self._secret
 
     def public_bytes(self) -> bytes:
+        from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
+
         if self.kem == "x25519":
             return bytes(self._key.public_key().public_bytes_raw())
         seed, x = self._secret[:_MLKEM_SEED], self._secret[_MLKEM_SEED:]
@@ -111,8 +109,18 @@ def device_id(kem: str, public_key: bytes) -> str:
     return "dev-" + hashlib.sha256(kem.encode() + b"\0" + public_key).hexdigest()[:32]
 
 
+def suite(kem: str) -> Any:
+    """The HPKE suite of a key type: base mode, HKDF-SHA256, AES-256-GCM."""
+    from cryptography.hazmat.primitives.hpke import AEAD, KDF, KEM, Suite
+
+    return Suite(KEM.X25519 if kem == "x25519" else KEM.MLKEM768_X25519, KDF.HKDF_SHA256, AEAD.AES_256_GCM)
+
+
 def open_sealed(document: Any, identity: Identity, device: str, key: DeviceKey) -> dict[str, bytes]:
     """Decrypt the secrets sealed to ``device``; Refused (naming a secret, never a value) otherwise."""
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise Refused(f"sealed secrets: not a {FORMAT} document")
     if document.get("identity") != identity.to_json():
@@ -130,7 +138,7 @@ def open_sealed(document: Any, identity: Identity, device: str, key: DeviceKey) 
     if entry.get("kem") != key.kem:
         raise Refused(f"sealed secrets: sealed to a {entry.get('kem')} key, this device has a {key.kem} key")
     try:
-        data_key = SUITES[key.kem].decrypt(_unb64(entry.get("sealed_key"), "the sealed key"), key._key,
+        data_key = suite(key.kem).decrypt(_unb64(entry.get("sealed_key"), "the sealed key"), key._key,
                                             info=key_binding(identity, device, secrets))
     except (InvalidTag, ValueError) as e:
         raise Refused(f"sealed secrets for {identity.app} {identity.version}: this device's key does not open them "
@@ -152,6 +160,9 @@ def open_sealed(document: Any, identity: Identity, device: str, key: DeviceKey) 
 
 def load_public_key(kem: str, raw: bytes, where: str) -> Any:
     """A recipient's public key of type ``kem`` from its raw bytes; InputError naming ``where`` if it is not one."""
+    from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
+    from cryptography.hazmat.primitives.hpke import MLKEM768X25519PublicKey
+
     try:
         if kem == "x25519":
             return x25519.X25519PublicKey.from_public_bytes(raw)

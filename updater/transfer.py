@@ -22,17 +22,7 @@ from updater.content import Hashed, checked_json
 from updater.durable import fsync_dir, replace_file
 from updater.errors import ContentMismatch, DeliveryError, DeviceFault, Refused
 from updater.layout import LayoutReader
-from updater.oci import (
-    CHUNK,
-    LAYOUT_VERSION,
-    MAX_JSON_BYTES,
-    MEDIA,
-    METADATA_NAME,
-    Advance,
-    Descriptor,
-    canonical_json,
-    json_object,
-)
+from updater.oci import CHUNK, LAYOUT_VERSION, MAX_JSON_BYTES, MEDIA, METADATA_NAME, Advance, Descriptor, canonical_json, json_object
 from updater.registry import RegistryClient
 
 __all__ = [

@@ -25,7 +25,8 @@ from tests.realparts import DockerEngine
 from updater.docker_runtime import DockerRuntime
 from updater.errors import Conflict
 from updater.identity import DeviceIdentity
-from updater.install import Installer, failure_key
+from updater.install import Installer
+from updater.plan import failure_key
 from updater.profiles import builtin_profile_dir, load_profiles
 from updater.slots import Phase, Slots
 from updater.trust import TrustStore

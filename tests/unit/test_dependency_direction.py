@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import updater
 
 UPDATER = Path(updater.__file__).parent
@@ -30,17 +32,28 @@ def test_no_updater_module_names_bundler() -> None:
     assert {name: found for name, found in offenders.items() if found} == {}
 
 
-def test_importing_the_device_cli_loads_no_build_module() -> None:
-    code = "import sys, updater.cli; print(sorted(m for m in sys.modules if m.split('.')[0] in ('bundler', 'sigstore', 'rich')))"
+@pytest.mark.parametrize(("module", "absent"), [
+    ("updater.cli", ("bundler", "sigstore", "rich", "tuf", "docker", "oras", "requests", "cryptography", "zstandard", "yaml")),
+    ("bundler.cli", ("sigstore", "rich", "tuf", "securesystemslib", "docker", "oras", "requests", "cryptography", "zstandard")),
+], ids=["sealift-updater", "sealift"])
+def test_a_command_line_loads_the_libraries_of_a_command_only_when_it_runs(module: str, absent: tuple[str, ...]) -> None:
+    """Starting a command costs what it uses (sealift-updater status, sealift --help): the heavy
+    libraries are imported by the commands that need them (figures: scripts/bench.py --startup)."""
+    code = f"import sys, {module}; print(sorted({{m.split('.')[0] for m in sys.modules}} & set({absent!r})))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
 
 
 def test_the_builder_checks_bundles_with_the_device_reader() -> None:
-    """``sealift verify`` and the device share one reader: the build side has none of its own."""
+    """``sealift build`` and ``sealift verify`` check bundles with the device's reader: the build side has none of its own."""
     import bundler.build
-    import bundler.cli
-    from updater.bundle import check_bundle
+    import bundler.check
+    import updater.bundle
 
-    assert bundler.cli.check_bundle is check_bundle
-    assert bundler.build.verify_bundle.__module__ == "updater.bundle"
+    assert bundler.build.verify_bundle is updater.bundle.verify_bundle
+    assert bundler.check.check_bundle is updater.bundle.check_bundle
+    readers = {"check_bundle", "verify_bundle", "open_layout", "read_index", "check_overlay", "check_medium"}
+    BUNDLER = Path(bundler.build.__file__).parent
+    defined = {node.name for path in BUNDLER.glob("*.py") for node in ast.parse(path.read_text()).body
+               if isinstance(node, ast.FunctionDef)}
+    assert defined & readers == set()

@@ -139,12 +139,12 @@ def test_an_altered_enrollment_record_is_refused(tmp_path: Path) -> None:
 
 def _data_key(document: dict, key: DeviceKey) -> bytes:  # type: ignore[type-arg]
     """Unwrap a set's data key the way open_sealed does (to check its properties)."""
-    from updater.sealed import SUITES, key_binding
+    from updater.sealed import key_binding, suite
 
     r = recipient(key)
     entry = next(e for e in document["recipients"] if e["device"] == r.device)
     info = key_binding(IDENTITY, r.device, document["secrets"])
-    return bytes(SUITES[key.kem].decrypt(base64.b64decode(entry["sealed_key"]), key._key, info=info))
+    return bytes(suite(key.kem).decrypt(base64.b64decode(entry["sealed_key"]), key._key, info=info))
 
 
 def test_each_set_has_a_fresh_data_key_and_each_secret_a_fresh_nonce(keys: dict[str, DeviceKey]) -> None:

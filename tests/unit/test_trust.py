@@ -16,7 +16,8 @@ from tuf.api.metadata import Metadata, Targets
 
 from bundler.build import BuildOptions, build_bundles, select_profiles
 from bundler.keys import KeyStore
-from bundler.repo import Policy, Repository, RolePolicy
+from bundler.policy import Policy, RolePolicy
+from bundler.repo import Repository
 from bundler.spec import load_spec
 from tests.builders import project
 from updater.errors import DeviceFault, InputError, Refused

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from bundler.keys import KeyStore
-from bundler.repo import Policy, Repository
+from bundler.policy import Policy
+from bundler.repo import Repository
 from updater.errors import DeliveryError, Refused
 from updater.trust import TrustStore
 from updater.tuf_client import TufClient, claimed_target, target_name
