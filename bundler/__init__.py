@@ -6,31 +6,14 @@ Names are imported when first used, so a command loads only what it needs.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
-__all__ = [
-    "BuildOptions",
-    "BuiltBundle",
-    "Spec",
-    "build_bundles",
-    "load_spec",
-    "select_profiles",
-    "source_date_epoch",
-]
+from updater.lazy import lazy_exports
 
 _WHERE = {
-    "BuildOptions": "bundler.build",
-    "BuiltBundle": "bundler.build",
-    "build_bundles": "bundler.build",
-    "select_profiles": "bundler.build",
-    "source_date_epoch": "bundler.build",
-    "Spec": "bundler.spec",
-    "load_spec": "bundler.spec",
+    **dict.fromkeys(("BuildOptions", "BuiltBundle", "build_bundles", "select_profiles", "source_date_epoch"), "bundler.build"),
+    **dict.fromkeys(("Spec", "load_spec"), "bundler.spec"),
+    **dict.fromkeys(("Policy", "RolePolicy"), "bundler.policy"),
+    "Repository": "bundler.repo",
+    "check_path": "bundler.check",
 }
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module 'bundler' has no attribute {name!r}")
-    return getattr(importlib.import_module(_WHERE[name]), name)
+__all__ = sorted(_WHERE)
+__getattr__ = lazy_exports(__name__, _WHERE)

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from updater.artifact import Artifact, Kind, open_artifact
 from updater.bundle import check_bundle
@@ -22,8 +22,9 @@ from updater.errors import Refused, SealiftError
 from updater.medium import MediumReport, check_medium, read_medium
 from updater.overlay import check_overlay
 from updater.progress import Progress, QuietProgress
-from updater.trust import TrustStore
-from updater.verify import check_signed_target, verifying
+
+if TYPE_CHECKING:
+    from updater.trust import TrustedState
 
 __all__ = ["Checked", "check_path"]
 
@@ -60,6 +61,8 @@ def check_path(path: Path, *, trusted_root: Path | None, progress: Progress | No
             if artifact.kind is Kind.MEDIUM:
                 _check_medium(artifact, checked, trusted_root, progress or QuietProgress())
             elif artifact.kind is Kind.OVERLAY:
+                from updater.verify import check_signed_target  # TUF, when there is a root to check against
+
                 overlay = check_overlay(artifact)
                 checked.digest, checked.overlay = overlay.digest, overlay.to_json()
                 if trusted_root is not None:
@@ -80,6 +83,8 @@ def _check_bundle(artifact: Artifact, checked: Checked, trusted_root: Path | Non
         report = check_bundle(artifact)  # every problem, not only the first
         checked.digest, checked.problems = report.bundle.digest, list(report.problems)
         return
+    from updater.verify import verifying
+
     with _device(trusted_root) as trust, verifying(artifact, trust=trust, profile=None, hashed=False) as info:
         checked.digest = info.digest
 
@@ -100,6 +105,8 @@ def _check_medium(artifact: Artifact, checked: Checked, trusted_root: Path | Non
 
 def _medium_signatures(artifact: Artifact, root: Path) -> list[str]:
     """Each bundle and overlay of the medium is a signed target (checked with the medium's tuf/ folder)."""
+    from updater.verify import check_signed_target
+
     contents = read_medium(artifact.reader, artifact.tops)
     entries = [(b.top.digest, f"{b.name} {b.version} ({b.profile})") for b in contents.bundles]
     entries += [(o.top.digest, f"{o.name} overlay {o.version} (site {o.site})") for o in contents.overlays]
@@ -114,9 +121,11 @@ def _medium_signatures(artifact: Artifact, root: Path) -> list[str]:
 
 
 @contextmanager
-def _device(root: Path) -> Iterator[TrustStore]:
+def _device(root: Path) -> Iterator[TrustedState]:
     """A throwaway trust state provisioned with ``root``: the device's checks, none of its state."""
+    from updater.trust import TrustedState
+
     with tempfile.TemporaryDirectory(prefix="sealift-verify-") as state:
-        trust = TrustStore(Path(state))
+        trust = TrustedState(Path(state))
         trust.init(root)
         yield trust

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from bundler.policy import ALGORITHMS, ROLES, Policy, RolePolicy
 from updater.errors import Refused
 from updater.exits import reports_errors
 from updater.progress import for_terminal
@@ -173,180 +172,6 @@ def profiles_cmd(spec: Path | None, as_json: bool, profiles_dirs: tuple[Path, ..
         click.echo(f"{p.name:18} {p.platform!s:16} {p.compatible:28} {p.description}")
 
 
-def _role_numbers(values: tuple[str, ...], option: str, kind: type[float] | type[int]) -> dict[str, float]:
-    result: dict[str, float] = {}
-    for value in values:
-        role, sep, number = value.partition("=")
-        try:
-            if not sep or role not in ROLES:
-                raise ValueError
-            result[role] = kind(number)
-        except ValueError:
-            raise click.BadParameter(f"expected ROLE=NUMBER with ROLE one of {', '.join(ROLES)}, found {value!r}",
-                                     param_hint=option) from None
-    return result
-
-
-@cli.group()
-def repo() -> None:
-    """The TUF repository that signs bundles.
-
-    Public metadata lives in DIR/metadata/; private keys only in KEYDIR, encrypted with the
-    passphrase in SEALIFT_KEY_PASSPHRASE (or typed at a prompt). Devices are provisioned with
-    DIR/metadata/1.root.json.
-    """
-
-
-_keys_option = click.option("--keys", "keydir", required=True, type=click.Path(path_type=Path, file_okay=False),
-                            help="The key directory (private keys, encrypted; never inside the repository).")
-
-
-@repo.command("init")
-@click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
-@_keys_option
-@click.option("--algorithm", type=click.Choice(ALGORITHMS), default="ed25519", show_default=True, help="Key type for new keys.")
-@click.option("--role-keys", multiple=True, metavar="ROLE=N", help="Keys to create for a role (e.g. root=3). Default 1.")
-@click.option("--threshold", multiple=True, metavar="ROLE=N", help="Signatures a role needs (e.g. root=2). Default 1.")
-@click.option("--expiry", multiple=True, metavar="ROLE=DAYS",
-              help="How long a role's metadata stays valid. Defaults: root 365, targets 90, snapshot 30, timestamp 30.")
-@click.option("--hashed-bins", type=click.IntRange(0, 14), default=0, metavar="BITS",
-              help="Spread targets over 2**BITS delegated bins (for many thousands of bundles).")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@reports_errors
-def repo_init(directory: Path, keydir: Path, algorithm: str, role_keys: tuple[str, ...], threshold: tuple[str, ...],
-              expiry: tuple[str, ...], hashed_bins: int, as_json: bool) -> None:
-    """Create a TUF repository in DIRECTORY with new keys for root, targets, snapshot and timestamp."""
-    from bundler.keys import KeyStore
-    from bundler.repo import Repository
-
-    counts = _role_numbers(role_keys, "--role-keys", int)
-    thresholds = _role_numbers(threshold, "--threshold", int)
-    days = _role_numbers(expiry, "--expiry", float)
-    defaults = Policy().roles
-    roles = {
-        r: RolePolicy(keys=int(counts.get(r, max(defaults[r].keys, thresholds.get(r, 1)))), threshold=int(thresholds.get(r, 1)),
-                      expiry_days=days.get(r, defaults[r].expiry_days))
-        for r in ROLES
-    }
-    Repository(directory, KeyStore(keydir)).init(Policy(roles=roles, algorithm=algorithm), hashed_bins=hashed_bins)
-    root = directory / "metadata" / "1.root.json"
-    if as_json:
-        click.echo(json.dumps({"repository": str(directory), "root": str(root), "keys": str(keydir)}))
-    else:
-        click.echo(f"created {directory}; provision devices with {root}")
-
-
-@repo.command("add")
-@click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
-@click.argument("bundles", nargs=-1, required=True, type=click.Path(path_type=Path))
-@_keys_option
-@click.option("--role", metavar="NAME", help="Sign as this delegated role (a team's or a site's) instead of targets.")
-@click.option("--force", is_flag=True, help="Publish even an older version than the newest, or replace a target.")
-@click.option("--location", metavar="URL", help="Where devices can fetch the bundle (recorded in the target).")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@reports_errors
-def repo_add(directory: Path, bundles: tuple[Path, ...], keydir: Path, role: str | None, force: bool, location: str | None,
-             as_json: bool) -> None:
-    """Sign BUNDLES as targets of the repository in DIRECTORY and write its metadata into each."""
-    from bundler.keys import KeyStore
-    from bundler.repo import Repository
-
-    results = Repository(directory, KeyStore(keydir)).add(list(bundles), role=role, force=force, location=location)
-    if as_json:
-        click.echo(json.dumps([{"bundle": str(r.bundle), "target": r.target, "changed": r.changed} for r in results], indent=2))
-        return
-    for r in results:
-        click.echo(f"{'added' if r.changed else 'unchanged':9} {r.target}  {r.bundle}")
-
-
-@repo.command("delegate")
-@click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
-@click.argument("name")
-@_keys_option
-@click.option("--path", "paths", multiple=True, required=True, metavar="PATTERN",
-              help="Targets the role may sign: NAME/PROFILE/VERSION patterns, '*' matching within one part "
-                   "(e.g. 'vision-app/*/*'); repeatable.")
-@click.option("--role-keys", "key_count", type=click.IntRange(1, 16), default=1, show_default=True, help="Keys to create.")
-@click.option("--threshold", type=click.IntRange(1, 16), default=1, show_default=True, help="Signatures needed.")
-@reports_errors
-def repo_delegate(directory: Path, name: str, keydir: Path, paths: tuple[str, ...], key_count: int, threshold: int) -> None:
-    """Create the delegated targets role NAME (a team or a site) with its own keys, limited to PATTERNs."""
-    from bundler.keys import KeyStore
-    from bundler.repo import Repository
-
-    Repository(directory, KeyStore(keydir)).delegate(name, paths=paths, keys=key_count, threshold=threshold)
-    click.echo(f"delegated {', '.join(paths)} to role {name}")
-
-
-@repo.command("add-key")
-@click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
-@click.argument("role", type=click.Choice(ROLES))
-@_keys_option
-@click.option("--uri", help="securesystemslib signer URI of the private key (e.g. gcpkms:…, hsm:…, file2:PATH).")
-@click.option("--public-key", "public_key", type=click.Path(path_type=Path, dir_okay=False), help="The key's public half, PEM.")
-@click.option("--sigstore-identity", help="Instead of --uri and --public-key: sign keylessly in CI as this OIDC identity.")
-@click.option("--sigstore-issuer", help="The OIDC issuer of --sigstore-identity.")
-@reports_errors
-def repo_add_key(directory: Path, role: str, keydir: Path, uri: str | None, public_key: Path | None,
-                 sigstore_identity: str | None, sigstore_issuer: str | None) -> None:
-    """Trust a key held elsewhere (KMS, HSM, file, Sigstore keyless) for ROLE, in a new root version."""
-    from securesystemslib.signer import Key
-
-    from bundler.keys import KeyStore, public_key_from_pem
-    from bundler.repo import Repository
-
-    key: Key
-    if sigstore_identity and sigstore_issuer and not (uri or public_key):
-        from securesystemslib.signer import SigstoreSigner
-
-        uri, key = SigstoreSigner.import_(sigstore_identity, sigstore_issuer, ambient=True)
-    elif uri and public_key and not (sigstore_identity or sigstore_issuer):
-        key = public_key_from_pem(public_key)
-    else:
-        raise click.UsageError("give --uri with --public-key, or --sigstore-identity with --sigstore-issuer")
-    Repository(directory, KeyStore(keydir)).add_key(role, key, uri)
-    click.echo(f"{role}: trusts key {key.keyid[:16]} through {uri.split(':', 1)[0]}:")
-
-
-@repo.command("refresh")
-@click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
-@_keys_option
-@reports_errors
-def repo_refresh(directory: Path, keydir: Path) -> None:
-    """Re-sign snapshot and timestamp (and targets metadata past half its validity).
-
-    Schedule it more often than the timestamp expires. Bundles carry the metadata they were
-    added with: add them again to give them the fresh metadata.
-    """
-    from bundler.keys import KeyStore
-    from bundler.repo import Repository
-
-    Repository(directory, KeyStore(keydir)).refresh()
-    click.echo(f"refreshed {directory}")
-
-
-@repo.command("rotate")
-@click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
-@click.argument("role", type=click.Choice(ROLES))
-@_keys_option
-@click.option("--revoke", multiple=True, metavar="KEYID", help="Replace only this key (repeatable). Default: every key of ROLE.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@reports_errors
-def repo_rotate(directory: Path, role: str, keydir: Path, revoke: tuple[str, ...], as_json: bool) -> None:
-    """Replace ROLE's keys with new ones in a new root version (for root too: devices walk the chain).
-
-    Bundles signed afterwards carry the new root; add them again (`repo add`) to re-sign.
-    """
-    from bundler.keys import KeyStore
-    from bundler.repo import Repository
-
-    removed = Repository(directory, KeyStore(keydir)).rotate(role, revoke=list(revoke) or None)
-    if as_json:
-        click.echo(json.dumps({"role": role, "revoked": removed}))
-    else:
-        click.echo(f"{role}: replaced {len(removed)} key(s): {', '.join(k[:16] for k in removed)}")
-
-
 _plain_http_option = click.option(
     "--plain-http", is_flag=True, help="Talk to the registry over plain HTTP (a site registry without TLS); TLS otherwise.")
 
@@ -422,98 +247,6 @@ def export(bundles: tuple[Path, ...], to: Path, bases: tuple[str, ...], plain_ht
 
 
 @cli.group()
-def overlay() -> None:
-    """Per-site overlays: a site's configuration values and its secrets, sealed to its devices."""
-
-
-@overlay.command("build")
-@click.argument("spec", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--site", required=True, help="The site to build the overlay for.")
-@click.option("--site-file", type=click.Path(path_type=Path, dir_okay=False),
-              help="The site's values (version, fits, environment). Default: sites/SITE.yaml beside the spec.")
-@click.option("--inventory", type=click.Path(path_type=Path, dir_okay=False), default=Path("devices.yaml"), show_default=True,
-              help="The fleet inventory: the site's enrolled, unrevoked devices are the recipients.")
-@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path("out"), show_default=True,
-              help="Directory that receives the overlay.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
-@reports_errors
-def overlay_build(spec: Path, site: str, site_file: Path | None, inventory: Path, out: Path, as_json: bool) -> None:
-    """Build SITE's overlay for the application SPEC describes.
-
-    Secret values come from where the spec's `secrets` say (an environment variable or a file) and
-    are sealed with HPKE to the site's enrolled devices; only ciphertext is written. Sign the
-    overlay with `sealift repo add` and deliver it like a bundle. See docs/secrets.md.
-    """
-    from bundler.overlay import build_overlay
-    from bundler.spec import load_spec
-
-    path, info = build_overlay(load_spec(spec), site, inventory=inventory, out=out, site_file=site_file)
-    if as_json:
-        click.echo(json.dumps({"path": str(path), **info.to_json()}, indent=2))
-        return
-    click.echo(f"built {path}  {info.digest}  ({len(info.secrets)} secrets sealed to {len(info.recipients)} devices)")
-
-
-_inventory_option = click.option(
-    "--inventory", type=click.Path(path_type=Path, dir_okay=False), default=Path("devices.yaml"), show_default=True,
-    help="The fleet inventory (public keys only), kept by the build machine.")
-
-
-@cli.group()
-def devices() -> None:
-    """The enrolled devices that site secrets are sealed to."""
-
-
-@devices.command("add")
-@click.argument("record", type=click.Path(path_type=Path, dir_okay=False))
-@_inventory_option
-@click.option("--json", "as_json", is_flag=True, help="Print the device as JSON.")
-@reports_errors
-def devices_add(record: Path, inventory: Path, as_json: bool) -> None:
-    """Enroll the device described by RECORD (what `sealift-updater enroll` printed on it)."""
-    from bundler.devices import Inventory
-
-    device = Inventory(inventory).add(record)
-    click.echo(json.dumps(device.to_json()) if as_json else f"enrolled {device.device} at site {device.site} ({device.profile}, "
-                                                            f"{device.kem})")
-
-
-@devices.command("list")
-@_inventory_option
-@click.option("--site", help="Only this site's devices.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@reports_errors
-def devices_list(inventory: Path, site: str | None, as_json: bool) -> None:
-    """List the enrolled devices (revoked ones too, marked)."""
-    from bundler.devices import Inventory
-
-    listed = [d for d in Inventory(inventory).devices() if site is None or d.site == site]
-    if as_json:
-        click.echo(json.dumps([d.to_json() for d in listed], indent=2))
-        return
-    for d in listed:
-        state = f"revoked {d.revoked}" if d.revoked else f"enrolled {d.enrolled}"
-        click.echo(f"{d.device}  {d.site:16}  {d.profile:18}  {d.kem:16}  {state}")
-
-
-@devices.command("revoke")
-@click.argument("device")
-@_inventory_option
-@click.option("--json", "as_json", is_flag=True, help="Print the device as JSON.")
-@reports_errors
-def devices_revoke(device: str, inventory: Path, as_json: bool) -> None:
-    """Revoke DEVICE: it is left out of every secret sealed from now on, so it can read nothing new.
-
-    What it could already read stays readable to it: rotate the site's secrets (build and deliver a
-    new overlay) after revoking a device that was lost or stolen.
-    """
-    from bundler.devices import Inventory
-
-    revoked = Inventory(inventory).revoke(device)
-    click.echo(json.dumps(revoked.to_json()) if as_json else f"revoked {revoked.device} (site {revoked.site}) on {revoked.revoked}")
-
-
-@cli.group()
 def mirror() -> None:
     """Keep site registries (mirrors) supplied with bundles and their signed metadata."""
 
@@ -570,22 +303,30 @@ def _print_transfer(result: Any, as_json: bool, verb: str) -> None:
 
 
 def _print_table(info: BundleInfo) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(width=max(Console().width, 100))
     platform = "/".join(info.platform[k] for k in ("os", "architecture", "variant") if k in info.platform)
-    console.print(f"[bold]{info.name} {info.version}[/] for [bold]{info.profile}[/] ({platform}, compatible {info.compatible})")
-    console.print(f"digest  {info.digest}")
-    console.print(f"created {info.created}, {_size(info.size)} in {len(info.components)} components")
-    table = Table()
-    for column in ("kind", "name", "size", "digest", "detail"):
-        table.add_column(column, justify="right" if column == "size" else "left", no_wrap=column != "detail")
+    rows = []
     for c in info.components:
         detail = c.detail
         if c.uncompressed_size is not None and c.uncompressed_size != c.size:
             detail = f"{detail}, zstd from {_size(c.uncompressed_size)}".lstrip(", ")
-        table.add_row(c.kind, c.name, _size(c.size), c.digest[7:19], detail)
+        rows.append((c.kind, c.name, _size(c.size), c.digest[7:19], detail))
+    heading = [f"{info.name} {info.version} for {info.profile} ({platform}, compatible {info.compatible})",
+               f"digest  {info.digest}", f"created {info.created}, {_size(info.size)} in {len(info.components)} components"]
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:  # the base package (a device) has no rich: plain columns
+        click.echo("\n".join(heading))
+        for row in rows:
+            click.echo(f"{row[0]:10} {row[1]:20} {row[2]:>10}  {row[3]}  {row[4]}")
+        return
+    console = Console(width=max(Console().width, 100))
+    console.print(f"[bold]{heading[0]}[/]\n" + "\n".join(heading[1:]), highlight=False)
+    table = Table()
+    for column in ("kind", "name", "size", "digest", "detail"):
+        table.add_column(column, justify="right" if column == "size" else "left", no_wrap=column != "detail")
+    for row in rows:
+        table.add_row(*row)
     console.print(table)
 
 
@@ -595,6 +336,17 @@ def _size(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024  # type: ignore[assignment]
     return str(n)
+
+
+def _add_groups() -> None:
+    from bundler.cli_repo import repo
+    from bundler.cli_sites import devices, overlay
+
+    for group in (repo, overlay, devices):
+        cli.add_command(group)
+
+
+_add_groups()
 
 
 def main() -> None:

@@ -27,7 +27,7 @@ from updater.oci import ANNOTATION, MAX_JSON_BYTES, Descriptor
 from updater.overlay import check_overlay
 from updater.progress import Progress, QuietProgress
 from updater.registry import connect
-from updater.transfer import Graph, LayoutStore, ReaderStore, RegistryStore, Store, copy_graph, walk
+from updater.transfer import DirectoryEndpoint, Endpoint, Graph, ReaderEndpoint, RegistryEndpoint, copy_graph, walk
 
 __all__ = ["export"]
 
@@ -45,7 +45,7 @@ def export(bundles: list[Path], to: Path, *, bases: tuple[str, ...] = (), plain_
     try:
         with ExitStack() as stack:
             base_blobs = [_base_blobs(base, plain_http, stack) for base in bases]
-            layout = LayoutStore(work)
+            layout = DirectoryEndpoint(work)
             layout.prepare()
             metadata: dict[str, bytes] = {}
             used: set[int] = set()
@@ -83,10 +83,10 @@ def export(bundles: list[Path], to: Path, *, bases: tuple[str, ...] = (), plain_
 Base = tuple[str, str, str, set[str], str]
 
 
-def _export_bundle(artifact: Artifact, layout: LayoutStore, report: MediumReport, base_blobs: list[Base], used: set[int],
+def _export_bundle(artifact: Artifact, layout: DirectoryEndpoint, report: MediumReport, base_blobs: list[Base], used: set[int],
                    progress: Progress) -> None:
     info = verify_bundle(artifact, progress=progress.advance)
-    source = ReaderStore(artifact.reader)
+    source = ReaderEndpoint(artifact.reader)
     top = artifact.top
     top = Descriptor(media_type=top.media_type, digest=top.digest, size=top.size, artifact_type=top.artifact_type,
                      annotations={**top.annotations, ANNOTATION.NAME: info.name, ANNOTATION.VERSION: info.version,
@@ -105,12 +105,12 @@ def _export_bundle(artifact: Artifact, layout: LayoutStore, report: MediumReport
         base={"version": base[1][2], "digest": base[1][4]} if base else None))
 
 
-def _export_overlay(artifact: Artifact, layout: LayoutStore, report: MediumReport, progress: Progress) -> MediumOverlay:
+def _export_overlay(artifact: Artifact, layout: DirectoryEndpoint, report: MediumReport, progress: Progress) -> MediumOverlay:
     info = check_overlay(artifact)
     if any(o.name == info.name and o.site == info.site for o in report.overlays):
         raise InputError(f"{artifact.path}: a second overlay of {info.name} for site {info.site}; a medium carries one per "
                          "application and site")
-    source = ReaderStore(artifact.reader)
+    source = ReaderEndpoint(artifact.reader)
     graph = walk(artifact.top, source)
     progress.step(f"write overlay {info.name} {info.version} for site {info.site}", total_bytes=graph.size)
     report.moved.add(copy_graph(graph, source, layout, advance=progress.advance))
@@ -120,10 +120,10 @@ def _export_overlay(artifact: Artifact, layout: LayoutStore, report: MediumRepor
 def _base_blobs(base: str, plain_http: bool, stack: ExitStack) -> Base:
     """(name, profile, version, blob digests, index digest) of a base given as a path or a registry reference."""
     path = Path(base)
-    store: Store
+    store: Endpoint
     if path.exists():
         artifact = stack.enter_context(open_artifact(path))
-        store = ReaderStore(artifact.reader)
+        store = ReaderEndpoint(artifact.reader)
         top = artifact.top
         body = store.read_manifest(top.digest)
     else:
@@ -134,7 +134,7 @@ def _base_blobs(base: str, plain_http: bool, stack: ExitStack) -> Base:
             raise DeliveryError(f"base {base}: neither a bundle on disk nor a bundle in the registry")
         body, media_type, digest = found
         top = Descriptor(media_type=media_type, digest=digest, size=len(body))
-        store = RegistryStore(client)
+        store = RegistryEndpoint(client)
     try:
         annotations = json.loads(body)["annotations"]
         identity = (annotations[ANNOTATION.NAME], annotations[ANNOTATION.PROFILE], annotations[ANNOTATION.VERSION])

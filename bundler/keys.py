@@ -40,7 +40,7 @@ from bundler.policy import ALGORITHMS
 from updater.durable import replace_file
 from updater.errors import InputError
 
-__all__ = ["PASSPHRASE_ENV", "KeyStore", "public_key_from_pem"]
+__all__ = ["PASSPHRASE_ENV", "Keyring", "public_key_from_pem"]
 
 PASSPHRASE_ENV = "SEALIFT_KEY_PASSPHRASE"
 _INDEX = "keys.json"
@@ -89,7 +89,7 @@ class _Entry:
     public: dict[str, Any]
 
 
-class KeyStore:
+class Keyring:
     """The key directory: which keys exist, for which role, and how to reach their private half."""
 
     def __init__(self, directory: Path, *, passphrase: Callable[[], str] | None = None) -> None:

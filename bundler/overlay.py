@@ -29,7 +29,7 @@ from updater.names import ENV_NAME, NAME
 from updater.oci import ANNOTATION, MEDIA, Descriptor, canonical_json
 from updater.overlay import OverlayInfo, check_overlay
 from updater.sealed import Identity
-from updater.transfer import EMPTY_CONFIG, LayoutStore
+from updater.transfer import EMPTY_CONFIG, DirectoryEndpoint
 from updater.versions import check_range, version_key
 from updater.yamlfile import Field, load_yaml
 
@@ -125,7 +125,7 @@ def _secret_values(spec: Spec) -> dict[str, bytes]:
 
 
 def _write(root: Path, descriptor: dict[str, Any], sealed: dict[str, Any], created: str) -> Descriptor:
-    layout = LayoutStore(root)
+    layout = DirectoryEndpoint(root)
     layout.prepare()
     layers = [layout.put_bytes(canonical_json(descriptor), MEDIA.OVERLAY_DESCRIPTOR),
               layout.put_bytes(canonical_json(sealed), MEDIA.SEALED_SECRETS)]

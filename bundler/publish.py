@@ -40,7 +40,7 @@ from updater.registry import (
     parse_reference,
     read_metadata,
 )
-from updater.transfer import EMPTY_CONFIG, LayoutStore, ReaderStore, RegistryStore, Transferred, copy_graph, walk
+from updater.transfer import EMPTY_CONFIG, DirectoryEndpoint, ReaderEndpoint, RegistryEndpoint, Transferred, copy_graph, walk
 
 __all__ = ["PublishResult", "catalog", "metadata_manifest", "mirror_sync", "publish_metadata", "pull", "push"]
 
@@ -85,10 +85,10 @@ def _push(artifact: Artifact, client: RegistryClient, *, tag: str, identity: dic
     result = PublishResult(destination=client.ref.name)
     reader, top = artifact.reader, artifact.top
     with _closing(client):
-        source = ReaderStore(reader)
+        source = ReaderEndpoint(reader)
         graph = walk(top, source)
         progress.step(f"push {identity['name']} {identity['version']} ({shown}) to {client.ref.name}:{tag}", total_bytes=graph.size)
-        result.moved = copy_graph(graph, source, RegistryStore(client), tag=tag, advance=progress.advance)
+        result.moved = copy_graph(graph, source, RegistryEndpoint(client), tag=tag, advance=progress.advance)
         result.bundles.append({**identity, "digest": top.digest, "tag": tag})
         files = {name: _read_file(reader, name) for name in sorted(reader.metadata_names())}
         progress.step(f"publish {len(files)} metadata files")
@@ -112,14 +112,14 @@ def pull(reference: str, out: Path, *, plain_http: bool, progress: Progress | No
         raise InputError(f"{out}: not empty, and not a pull that was cut short; pull into a new directory")
     result = PublishResult(destination=str(out))
     with _closing(client):
-        source = RegistryStore(client)
+        source = RegistryEndpoint(client)
         found = client.get_manifest(client.ref.digest or client.ref.tag or "")
         if found is None:
             raise DeliveryError(f"registry {reference}: no such bundle")
         body, media_type, digest = found
         top = bundle_descriptor(body, media_type, digest, str(client.ref))
         graph = walk(top, source)
-        dest = LayoutStore(out)
+        dest = DirectoryEndpoint(out)
         dest.prepare()
         progress.step(f"pull {client.ref} into {out}", total_bytes=graph.size)
         result.moved = copy_graph(graph, source, dest, advance=progress.advance)
@@ -168,7 +168,7 @@ def mirror_sync(origin: str, target: str, *, profiles: tuple[str, ...] = (), sit
     with _closing(src), _closing(dst):
         named = src.ref.digest or src.ref.tag
         tags = [named] if named else sorted(t for t in src.tags() if not t.startswith(METADATA_TAG_PREFIX))
-        source, dest = RegistryStore(src), RegistryStore(dst)
+        source, dest = RegistryEndpoint(src), RegistryEndpoint(dst)
         for tag in tags:
             found = src.get_manifest(tag)
             if found is None:

@@ -37,7 +37,7 @@ from tuf.api.metadata import (
 from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import JSONSerializer
 
-from bundler.keys import KeyStore
+from bundler.keys import Keyring
 from bundler.metadata_io import attach_metadata
 from bundler.policy import ROLES, Policy, RolePolicy
 from updater.artifact import Kind, open_artifact
@@ -82,9 +82,9 @@ class _Change:
 
 
 class Repository:
-    """A TUF repository directory, signed with keys from a :class:`KeyStore`."""
+    """A TUF repository directory, signed with keys from a :class:`Keyring`."""
 
-    def __init__(self, directory: Path, keys: KeyStore, *, now: Callable[[], dt.datetime] | None = None) -> None:
+    def __init__(self, directory: Path, keys: Keyring, *, now: Callable[[], dt.datetime] | None = None) -> None:
         if keys.directory.resolve().is_relative_to(directory.resolve()):
             raise InputError(f"{keys.directory}: the key directory must not be inside the repository {directory}")
         self.directory = directory

@@ -26,9 +26,16 @@ from updater.errors import InputError, Refused
 from updater.layout import open_layout
 from updater.oci import MAX_JSON_BYTES, MEDIA, Descriptor, canonical_json, json_object
 from updater.profiles import Platform
-from updater.registry import RegistryClient, parse_reference
 
-__all__ = ["ImageSource", "RegistrySource", "ResolvedImage", "open_image_source"]
+__all__ = [
+    "ImageSource",
+    "ResolvedImage",
+    "check_config_platform",
+    "open_image_source",
+    "parse_manifest",
+    "select_platform",
+    "verified",
+]
 
 _INDEX_TYPES = (MEDIA.INDEX, MEDIA.DOCKER_LIST)
 _MANIFEST_TYPES = (MEDIA.MANIFEST, MEDIA.DOCKER_MANIFEST)
@@ -78,7 +85,7 @@ def open_image_source(reference: str, *, base: Path, work: Path, plain_http: boo
     elif transport == "docker-daemon":
         source = _daemon_source(reference, rest, work)
     elif transport == "docker" and rest.startswith("//"):
-        from bundler.sources import RegistrySource
+        from bundler.registry_source import RegistrySource
 
         source = RegistrySource(reference, plain_http=plain_http)
     else:
@@ -128,7 +135,7 @@ def select_platform(reference: str, index: dict[str, Any], platform: Platform) -
 
 def check_config_platform(reference: str, config: bytes, platform: Platform) -> None:
     """Refuse a single-platform image whose config names another platform."""
-    data = _json_object(config, f"image {reference} config")
+    data = json_object(config, f"image {reference} config", InputError)
     found = Platform(os=str(data.get("os", "")), architecture=str(data.get("architecture", "")),
                      variant=data.get("variant") if isinstance(data.get("variant"), str) else None)
     if not found.matches(platform):
@@ -136,7 +143,7 @@ def check_config_platform(reference: str, config: bytes, platform: Platform) -> 
 
 
 def parse_manifest(reference: str, body: bytes, descriptor: Descriptor) -> ResolvedImage:
-    data = _json_object(body, f"image {reference} manifest")
+    data = json_object(body, f"image {reference} manifest", InputError)
     try:
         config = Descriptor.from_json(data.get("config"), where=f"image {reference} manifest")
         layers = tuple(Descriptor.from_json(d, where=f"image {reference} manifest") for d in data.get("layers", []))
@@ -157,18 +164,6 @@ def _strings(value: object) -> TypeGuard[list[str]]:
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
-def _json_object(body: bytes, what: str) -> dict[str, Any]:
-    try:
-        data = json.loads(body)
-    except ValueError as e:  # malformed JSON, bad UTF-8, integers too long to convert
-        raise InputError(f"{what} is not valid JSON ({e})") from e
-    except RecursionError as e:
-        raise InputError(f"{what} is nested too deeply") from e
-    if not isinstance(data, dict):
-        raise InputError(f"{what} is not a JSON object")
-    return data
-
-
 class _LayoutSource:
     """An OCI image layout, as a directory or a tar file (also Docker 25+ ``docker save`` output)."""
 
@@ -182,7 +177,7 @@ class _LayoutSource:
     def resolve(self, platform: Platform) -> ResolvedImage:
         entry = self._entry()
         if entry.media_type in _INDEX_TYPES:
-            entry = select_platform(self.reference, _json_object(self._small(entry), f"image {self.reference} index"), platform)
+            entry = select_platform(self.reference, json_object(self._small(entry), f"image {self.reference} index", InputError), platform)
         if entry.media_type not in _MANIFEST_TYPES:
             raise InputError(f"image {self.reference}: {entry.digest} is a {entry.media_type}, not an image manifest")
         image = parse_manifest(self.reference, self._small(entry), entry)
@@ -191,7 +186,7 @@ class _LayoutSource:
 
     def _entry(self) -> Descriptor:
         try:
-            index = _json_object(self.reader.read_small("index.json"), f"image {self.reference} index.json")
+            index = json_object(self.reader.read_small("index.json"), f"image {self.reference} index.json", InputError)
             manifests = index.get("manifests")
             if not isinstance(manifests, list):
                 raise Refused("index.json has no manifests list")
@@ -262,7 +257,7 @@ class _DockerArchiveSource:
             raise InputError(f"image {self.reference}: manifest.json entry lacks Config or Layers")
         config_bytes = self._read_member(config_path, MAX_JSON_BYTES)
         check_config_platform(self.reference, config_bytes, platform)
-        rootfs = _json_object(config_bytes, f"image {self.reference} config").get("rootfs")
+        rootfs = json_object(config_bytes, f"image {self.reference} config", InputError).get("rootfs")
         diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
         if not _strings(diff_ids) or not all(_DIGEST.fullmatch(d) for d in diff_ids):
             raise InputError(f"image {self.reference}: config has no valid rootfs.diff_ids")
@@ -368,42 +363,3 @@ def _daemon_source(reference: str, name: str, work: Path) -> ImageSource:
         client.close()
     tag = name if ":" in name.rpartition("/")[2] else f"{name}:latest"
     return _archive_source(reference, target, tag)
-
-
-class RegistrySource:
-    """``docker://HOST/REPO[:TAG|@DIGEST]``: an image to build from."""
-
-    def __init__(self, reference: str, *, plain_http: bool) -> None:
-        self.reference = reference
-        ref = parse_reference(reference, what="image")
-        self.client = RegistryClient(ref, plain_http=plain_http, what=f"image {reference}")
-
-    def resolve(self, platform: Platform) -> ResolvedImage:
-        tag_or_digest = self.client.ref.digest or self.client.ref.tag or "latest"
-        body, media_type, digest = self._manifest(tag_or_digest)
-        entry = Descriptor(media_type=media_type, digest=digest, size=len(body))
-        if media_type in (MEDIA.INDEX, MEDIA.DOCKER_LIST):
-            entry = select_platform(self.reference, json_object(body, f"image {self.reference}: manifest", InputError), platform)
-            body, media_type, _ = self._manifest(entry.digest)
-            verified(self.reference, body, entry)
-        image = parse_manifest(self.reference, body, entry)
-        with self.open_blob(image.config) as stream:
-            check_config_platform(self.reference, verified(self.reference, stream.read(image.config.size + 1), image.config), platform)
-        return image
-
-    def _manifest(self, ref: str) -> tuple[bytes, str, str]:
-        found = self.client.get_manifest(ref)
-        if found is None:
-            raise InputError(f"image {self.reference}: the registry has no manifest {ref}")
-        return found
-
-    @contextmanager
-    def open_blob(self, blob: Descriptor) -> Iterator[IO[bytes]]:
-        with self.client.open_blob(blob.digest) as stream:
-            yield stream
-
-    def locate_blob(self, blob: Descriptor) -> None:
-        return None
-
-    def close(self) -> None:
-        self.client.close()

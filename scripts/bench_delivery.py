@@ -51,8 +51,8 @@ from updater.poll import RegistryPoller  # noqa: E402
 from updater.profiles import builtin_profile_dir, load_profiles  # noqa: E402
 from updater.registry import connect  # noqa: E402
 from updater.slots import DeviceState, Release  # noqa: E402
-from updater.transfer import RegistryStore  # noqa: E402
-from updater.trust import TrustStore  # noqa: E402
+from updater.transfer import RegistryEndpoint  # noqa: E402
+from updater.trust import TrustedState  # noqa: E402
 
 MIB = 1 << 20
 CPU = load_profiles([builtin_profile_dir()])["x86_64-cpu"]
@@ -137,7 +137,7 @@ class Device:
     """A device's download side: its own state, trust and store; no engine (only the bytes are measured)."""
 
     def __init__(self, root: Path, trusted_root: Path, source: str, *, identity: Path | None = None) -> None:
-        TrustStore(root).init(trusted_root)
+        TrustedState(root).init(trusted_root)
         if identity is not None:  # enrolled at SITE: the overlays are sealed to this key
             shutil.copytree(identity, root / "identity")
         self.installer = Installer(state_dir=root, client=None, profile=CPU)
@@ -155,7 +155,7 @@ class Device:
                 if signed_part is None:
                     continue
                 with self.installer.store.incoming(signed_part.top) as incoming:
-                    incoming.fill(RegistryStore(client))
+                    incoming.fill(RegistryEndpoint(client))
                     incoming.metadata = found.metadata
                     incoming.complete()
                 fetched += incoming.moved.bytes_sent

@@ -66,7 +66,7 @@ class Poller:
 def measure(repeat: int) -> dict[str, Any]:
     from updater.install import Installer
     from updater.profiles import builtin_profile_dir, load_profiles
-    from updater.trust import TrustStore
+    from updater.trust import TrustedState
 
     cpu = load_profiles([builtin_profile_dir()])["x86_64-cpu"]
     engine = start_docker_engine()
@@ -76,7 +76,7 @@ def measure(repeat: int) -> dict[str, Any]:
             releases = example_releases(Path(work), python=sys.executable)
             for round_ in range(repeat):
                 state = Path(work) / f"device-{round_}"
-                TrustStore(state).init(releases["root"])
+                TrustedState(state).init(releases["root"])
                 marks: dict[str, float] = {}
                 def mark(line: str, marks: dict[str, float] = marks) -> None:
                     marks.setdefault(line.split("]")[0].strip("["), time.monotonic())

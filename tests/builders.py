@@ -112,11 +112,11 @@ def docker_archive_from_bundle(bundle: Path, manifest_digest: str, tag: str) -> 
 
 def signed(bundles: list[Path], root: Path, *, passphrase: str = "test passphrase") -> Path:
     """Sign ``bundles`` with a new repository under ``root``; returns the root metadata to provision devices with."""
-    from bundler.keys import KeyStore
+    from bundler.keys import Keyring
     from bundler.policy import Policy
     from bundler.repo import Repository
 
-    repo = Repository(root / "repo", KeyStore(root / "keys", passphrase=lambda: passphrase))
+    repo = Repository(root / "repo", Keyring(root / "keys", passphrase=lambda: passphrase))
     repo.init(Policy())
     repo.add(bundles)
     return root / "repo" / "metadata" / "1.root.json"

@@ -6,40 +6,15 @@ Names are imported when first used, so a command loads only what it needs.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
-from updater.errors import Conflict, ContentMismatch, DeliveryError, DeviceFault, EngineFault, InputError, Refused, SealiftError, Unhealthy
-
-__all__ = [
-    "BundleInfo",
-    "Conflict",
-    "ContentMismatch",
-    "DeliveryError",
-    "DeviceFault",
-    "EngineFault",
-    "InputError",
-    "Profile",
-    "Refused",
-    "SealiftError",
-    "Unhealthy",
-    "check_bundle",
-    "load_profiles",
-    "verify_bundle",
-    "verify_for_device",
-]
+from updater import errors as _errors
+from updater.lazy import lazy_exports
 
 _WHERE = {
-    "BundleInfo": "updater.bundle",
-    "check_bundle": "updater.bundle",
-    "verify_bundle": "updater.bundle",
-    "Profile": "updater.profiles",
-    "load_profiles": "updater.profiles",
+    **dict.fromkeys(_errors.__all__, "updater.errors"),
+    **dict.fromkeys(("BundleInfo", "check_bundle", "verify_bundle"), "updater.bundle"),
+    **dict.fromkeys(("Profile", "load_profiles"), "updater.profiles"),
+    **dict.fromkeys(("Installer", "Outcome"), "updater.install"),
     "verify_for_device": "updater.verify",
 }
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module 'updater' has no attribute {name!r}")
-    return getattr(importlib.import_module(_WHERE[name]), name)
+__all__ = sorted(_WHERE)
+__getattr__ = lazy_exports(__name__, _WHERE)

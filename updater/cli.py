@@ -49,9 +49,9 @@ def trust() -> None:
 @reports_errors
 def trust_init(state_dir: Path, root: Path, force: bool, as_json: bool) -> None:
     """Provision this device with ROOT (the repository's root.json): the one trusted starting point."""
-    from updater.trust import TrustStore
+    from updater.trust import TrustedState
 
-    trusted = TrustStore(state_dir).init(root, force=force)
+    trusted = TrustedState(state_dir).init(root, force=force)
     result = {"ok": True, "root_version": trusted.version, "expires": trusted.expires.isoformat(), "state_dir": str(state_dir)}
     click.echo(json.dumps(result) if as_json else f"trusted root version {trusted.version}, expires {trusted.expires:%Y-%m-%d}")
 
@@ -65,9 +65,9 @@ def trust_reset_clock(state_dir: Path) -> None:
     The device refuses to verify while its clock reads earlier than the newest time at which it
     accepted a bundle; if that time came from a clock that was wrong, this lets it start again.
     """
-    from updater.trust import TrustStore
+    from updater.trust import TrustedState
 
-    newest = TrustStore(state_dir).reset_clock()
+    newest = TrustedState(state_dir).reset_clock()
     click.echo(f"forgot the newest trusted time ({newest:%Y-%m-%d %H:%M}Z)" if newest else "no trusted time was recorded")
 
 
@@ -294,7 +294,7 @@ def verify(state_dir: Path, bundle: Path, profile: str | None, profiles_dir: Pat
     """
     from updater.install import check_as_installed
     from updater.profiles import load_profiles, profile_search_path
-    from updater.trust import TrustStore
+    from updater.trust import TrustedState
 
     wanted = None
     if profile is not None:
@@ -302,7 +302,7 @@ def verify(state_dir: Path, bundle: Path, profile: str | None, profiles_dir: Pat
         if profile not in known:
             raise InputError(f"unknown profile {profile!r} (known: {', '.join(sorted(known))})")
         wanted = known[profile]
-    info, overlay = check_as_installed(bundle, trust=TrustStore(state_dir), profile=wanted)
+    info, overlay = check_as_installed(bundle, trust=TrustedState(state_dir), profile=wanted)
     if as_json:
         click.echo(json.dumps({"ok": True, **(info.to_json() if info else {}), **({"overlay": overlay.to_json()} if overlay else {})},
                               indent=2))

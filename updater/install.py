@@ -26,11 +26,11 @@ from updater.overlay import OverlayInfo
 from updater.plan import failure_key, plan, read_offer
 from updater.profiles import Profile
 from updater.runtime import Image, Runtime, image_tag
-from updater.secrets import SecretStore
+from updater.secrets import OpenedSecrets
 from updater.slots import DeviceState, Phase, Release, Slots
 from updater.stage import clone_slot, overlay_of, stage_overlay, stage_release, staged_overlay
 from updater.store import BundleStore, Incoming
-from updater.trust import TrustStore
+from updater.trust import TrustedState
 from updater.verify import verify_for_device, verify_overlay, verifying
 from updater.versions import fits
 
@@ -52,10 +52,10 @@ class Installer:
 
     def __init__(self, *, state_dir: Path, runtime: Runtime, profile: Profile | None, log: Log = lambda _: None) -> None:
         self.slots = Slots(state_dir)
-        self.trust = TrustStore(state_dir)
+        self.trust = TrustedState(state_dir)
         self.store = BundleStore(state_dir)
         self.identity = DeviceIdentity(state_dir)
-        self.secrets = SecretStore(state_dir, self.identity)
+        self.secrets = OpenedSecrets(state_dir, self.identity)
         self.runtime = runtime
         self.profile = profile
         self.log = log
@@ -289,7 +289,7 @@ class Installer:
                        secrets=self.secrets.folder(release.name, release.slot))
 
 
-def check_as_installed(path: Path, *, trust: TrustStore, profile: Profile | None) -> tuple[BundleInfo | None, OverlayInfo | None]:
+def check_as_installed(path: Path, *, trust: TrustedState, profile: Profile | None) -> tuple[BundleInfo | None, OverlayInfo | None]:
     """Verify a bundle or an overlay completely, or what an install would take from a medium (a delta
     is completed from the device's store first; what is taken stays there, and the next install
     prunes it). The device's trusted metadata advances as an install's would."""

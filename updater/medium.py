@@ -28,7 +28,7 @@ from updater.errors import DeliveryError, Refused, SealiftError
 from updater.layout import MEDIUM_FILE, NOTE_FILE, SUMS_FILE, LayoutReader
 from updater.oci import CHUNK, METADATA_NAME, Descriptor
 from updater.progress import Progress, QuietProgress
-from updater.transfer import ReaderStore, Transferred, walk
+from updater.transfer import ReaderEndpoint, Transferred, walk
 from updater.versions import fits, version_key
 
 __all__ = [
@@ -142,7 +142,7 @@ def check_medium(source: Path | Artifact, *, progress: Progress | None = None) -
     contents = read_medium(reader, source.tops)
     report.bundles, report.overlays = contents.bundles, contents.overlays
     report.problems += _check_sums(reader, path, progress)
-    store = ReaderStore(reader)
+    store = ReaderEndpoint(reader)
     for bundle in report.bundles:
         try:
             graph = walk(bundle.top, store)

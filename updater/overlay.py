@@ -21,7 +21,7 @@ from updater.errors import Refused
 from updater.names import ENV_NAME
 from updater.oci import ANNOTATION, MEDIA, Descriptor, json_object
 from updater.sealed import SECRET_NAME
-from updater.transfer import ReaderStore, walk
+from updater.transfer import ReaderEndpoint, walk
 
 __all__ = ["OverlayInfo", "check_overlay"]
 
@@ -54,7 +54,7 @@ def check_overlay(source: Path | Artifact) -> OverlayInfo:
     if source.kind is not Kind.OVERLAY:
         raise Refused(f"{source.path}: a Sealift {source.kind}, not an overlay")
     reader, top, where = source.reader, source.top, str(source.path)
-    store = ReaderStore(reader)
+    store = ReaderEndpoint(reader)
     graph = walk(top, store)
     top_json = json_object(graph.manifests[-1][1], f"{where}: overlay index")
     payload_json = json_object(graph.manifests[0][1], f"{where}: overlay payload")

@@ -28,7 +28,7 @@ from updater.registry import RegistryClient, Retry, bundle_descriptor, bundle_ta
 from updater.slots import DeviceState
 from updater.stage import overlay_of
 from updater.store import Incoming
-from updater.transfer import RegistryStore
+from updater.transfer import RegistryEndpoint
 from updater.tuf_client import RegistryMetadata, TufClient, target_name
 from updater.verify import verify_overlay
 from updater.versions import fits, version_key
@@ -125,7 +125,7 @@ class RegistryPoller:
 
     def _download(self, stack: ExitStack, client: RegistryClient, signed: Signed, metadata: dict[str, bytes]) -> Incoming:
         incoming = stack.enter_context(self.installer.store.incoming(signed.top))  # resumes what an earlier poll left
-        incoming.fill(RegistryStore(client), advance=self.advance)
+        incoming.fill(RegistryEndpoint(client), advance=self.advance)
         incoming.metadata = metadata
         moved = incoming.moved
         self.log(f"downloaded {signed.tag}: {moved.blobs_sent} blobs ({moved.bytes_sent} bytes); {moved.blobs_present} "

@@ -1,6 +1,6 @@
 """The opened secrets of running releases: only ever in memory.
 
-When a release with a site overlay starts, :class:`SecretStore` opens the slot's sealed set into
+When a release with a site overlay starts, :class:`OpenedSecrets` opens the slot's sealed set into
 a memory-backed filesystem (a tmpfs the updater mounts at ``STATE/run``, mode 0700), one
 directory per app and slot and in it one per service, as files with the owner and mode each
 service declares (root and 0400 by default), which the runtime mounts read-only at
@@ -23,11 +23,11 @@ from updater.identity import DeviceIdentity
 from updater.sealed import Identity, open_sealed
 from updater.stage import overlay_of
 
-__all__ = ["SecretStore"]
+__all__ = ["OpenedSecrets"]
 
 
 
-class SecretStore:
+class OpenedSecrets:
     """``STATE/run``: a tmpfs holding the opened secrets of running releases, one folder per app and slot."""
 
     def __init__(self, state_dir: Path, identity: DeviceIdentity) -> None:

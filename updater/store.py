@@ -24,7 +24,7 @@ from updater.errors import DeliveryError, DeviceFault, Refused
 from updater.locks import exclusive_lock
 from updater.medium import read_medium
 from updater.oci import ANNOTATION, MAX_JSON_BYTES, Descriptor, check_digest
-from updater.transfer import LayoutStore, ReaderStore, Store, Transferred, copy_graph, walk
+from updater.transfer import DirectoryEndpoint, Endpoint, ReaderEndpoint, Transferred, copy_graph, walk
 
 __all__ = ["BundleStore", "Incoming"]
 
@@ -41,7 +41,7 @@ class Incoming:
     def __init__(self, store: BundleStore, top: Descriptor) -> None:
         self.store = store
         self.top = top
-        self.layout = LayoutStore(store.root / f"{_INCOMING}{_hex(top.digest)}", what=f"store {_hex(top.digest)[:12]}")
+        self.layout = DirectoryEndpoint(store.root / f"{_INCOMING}{_hex(top.digest)}", what=f"store {_hex(top.digest)[:12]}")
         self.metadata: dict[str, bytes] = {}
         self.moved = Transferred()
         self._lock = ExitStack()
@@ -54,7 +54,7 @@ class Incoming:
     def __exit__(self, *exc: object) -> None:
         self._lock.close()
 
-    def fill(self, source: Store, *, advance: Callable[[int], None] = lambda _: None) -> None:
+    def fill(self, source: Endpoint, *, advance: Callable[[int], None] = lambda _: None) -> None:
         """Take every blob of the bundle: from kept bundles (hard links) or from ``source``."""
         graph = walk(self.top, source)
         for blob in [*graph.blobs, *(manifest for manifest, _ in graph.manifests)]:
@@ -63,7 +63,7 @@ class Incoming:
         graph.blobs = [b for b in graph.blobs if not self.layout.has_blob(b.digest)]
         self.moved.add(copy_graph(graph, source, self.layout, advance=advance))
 
-    def missing(self, source: Store) -> list[Descriptor]:
+    def missing(self, source: Endpoint) -> list[Descriptor]:
         """Blobs of the bundle neither ``source`` nor the store has."""
         graph = walk(self.top, source)
         return [b for b in graph.blobs if not source.has_blob(b.digest) and self.store.find_blob(b.digest) is None
@@ -138,7 +138,7 @@ class BundleStore:
             self._check_base(artifact, digest)
         if self.has(top.digest):
             return self.path(top.digest)
-        source = ReaderStore(artifact.reader)
+        source = ReaderEndpoint(artifact.reader)
         with self.incoming(top) as incoming:
             missing = incoming.missing(source)
             if missing:

@@ -16,22 +16,24 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from updater.content import Hashed, checked_json
 from updater.durable import fsync_dir, replace_file
 from updater.errors import ContentMismatch, DeliveryError, DeviceFault, Refused
 from updater.layout import LayoutReader
 from updater.oci import CHUNK, LAYOUT_VERSION, MAX_JSON_BYTES, MEDIA, METADATA_NAME, Advance, Descriptor, canonical_json, json_object
-from updater.registry import RegistryClient
+
+if TYPE_CHECKING:
+    from updater.registry import RegistryClient
 
 __all__ = [
     "EMPTY_CONFIG",
+    "DirectoryEndpoint",
+    "Endpoint",
     "Graph",
-    "LayoutStore",
-    "ReaderStore",
-    "RegistryStore",
-    "Store",
+    "ReaderEndpoint",
+    "RegistryEndpoint",
     "Transferred",
     "copy_graph",
     "walk",
@@ -45,7 +47,7 @@ _INDEX_TYPES = {MEDIA.INDEX, MEDIA.DOCKER_LIST}
 _PIECE = 256 << 10  # written as it arrives: a cut connection loses at most this much of a blob
 
 
-class Store(Protocol):
+class Endpoint(Protocol):
     """Somewhere OCI content lives."""
 
     what: str
@@ -58,7 +60,7 @@ class Store(Protocol):
 
     def has_manifest(self, digest: str) -> bool: ...
 
-    def put_blob(self, blob: Descriptor, source: Store, advance: Advance) -> None: ...
+    def put_blob(self, blob: Descriptor, source: Endpoint, advance: Advance) -> None: ...
 
     def put_manifest(self, manifest: Descriptor, body: bytes, *, tag: str | None = None) -> bool:
         """Store the manifest (under ``tag`` too); False if it was there already."""
@@ -98,7 +100,7 @@ class Transferred:
                 "blobs_present": self.blobs_present, "bytes_present": self.bytes_present}
 
 
-def walk(top: Descriptor, store: Store) -> Graph:
+def walk(top: Descriptor, store: Endpoint) -> Graph:
     """Read the graph below ``top`` from ``store``; every manifest's digest and size are checked."""
     graph = Graph(top=top)
     seen_blobs: set[str] = set()
@@ -130,7 +132,7 @@ def walk(top: Descriptor, store: Store) -> Graph:
     return graph
 
 
-def copy_graph(graph: Graph, source: Store, dest: Store, *, tag: str | None = None,
+def copy_graph(graph: Graph, source: Endpoint, dest: Endpoint, *, tag: str | None = None,
                advance: Advance = lambda _: None) -> Transferred:
     """Send what ``dest`` lacks of ``graph``: blobs first, then manifests children first, the top last."""
     moved = Transferred()
@@ -156,10 +158,10 @@ def _descriptors(items: object, node: Descriptor, what: str) -> list[Descriptor]
     return [Descriptor.from_json(item, where=f"{what}: manifest {node.digest}") for item in items]
 
 
-# --- stores -------------------------------------------------------------------------------------
+# --- endpoints -------------------------------------------------------------------------------------
 
 
-class ReaderStore:
+class ReaderEndpoint:
     """A bundle or medium on disk, read-only (through the hardened layout reader)."""
 
     def __init__(self, reader: LayoutReader) -> None:
@@ -186,14 +188,14 @@ class ReaderStore:
     def has_manifest(self, digest: str) -> bool:
         return self.has_blob(digest)
 
-    def put_blob(self, blob: Descriptor, source: Store, advance: Advance) -> None:
+    def put_blob(self, blob: Descriptor, source: Endpoint, advance: Advance) -> None:
         raise DeliveryError(f"{self.what}: read-only")
 
     def put_manifest(self, manifest: Descriptor, body: bytes, *, tag: str | None = None) -> bool:
         raise DeliveryError(f"{self.what}: read-only")
 
 
-class RegistryStore:
+class RegistryEndpoint:
     """A repository in a registry."""
 
     def __init__(self, client: RegistryClient) -> None:
@@ -215,7 +217,7 @@ class RegistryStore:
     def has_manifest(self, digest: str) -> bool:
         return self.client.has_manifest(digest)
 
-    def put_blob(self, blob: Descriptor, source: Store, advance: Advance) -> None:
+    def put_blob(self, blob: Descriptor, source: Endpoint, advance: Advance) -> None:
         with source.open_blob(blob.digest) as stream:
             checked = Hashed(stream, digest=blob.digest, size=blob.size, what=f"{source.what}: blob {blob.digest}", advance=advance)
             self.client.put_blob(blob, checked)  # type: ignore[arg-type]
@@ -228,7 +230,7 @@ class RegistryStore:
         return True
 
 
-class LayoutStore:
+class DirectoryEndpoint:
     """An OCI layout directory being written (a pulled bundle, a medium, the device's store).
 
     A blob is written to ``blobs/sha256/.partial-HEX``, its digest checked, synced and renamed to
@@ -272,7 +274,7 @@ class LayoutStore:
     def has_manifest(self, digest: str) -> bool:
         return self.has_blob(digest)
 
-    def put_blob(self, blob: Descriptor, source: Store, advance: Advance) -> None:
+    def put_blob(self, blob: Descriptor, source: Endpoint, advance: Advance) -> None:
         partial = self.blobs / f".partial-{blob.digest.removeprefix('sha256:')}"
         try:
             with open(partial, "ab+") as out:

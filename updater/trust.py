@@ -28,7 +28,7 @@ from updater.errors import Conflict, DeviceFault, InputError, Refused
 from updater.locks import exclusive_lock
 from updater.versions import version_key
 
-__all__ = ["ROOT_MAX_BYTES", "TrustStore"]
+__all__ = ["ROOT_MAX_BYTES", "TrustedState"]
 
 ROOT_MAX_BYTES = 512_000  # ngclient's own bound for root metadata
 CLOCK_TOLERANCE = dt.timedelta(minutes=5)
@@ -39,7 +39,7 @@ _CLOCK = "sealift/clock.json"
 _VERSIONS = "sealift/versions.json"
 
 
-class TrustStore:
+class TrustedState:
     """What this device trusts: its TUF metadata, the releases it accepted, the newest time it saw."""
 
     def __init__(self, state_dir: Path, *, now: Callable[[], dt.datetime] | None = None) -> None:

@@ -189,7 +189,7 @@ class _Fetcher(FetcherInterface):
 
 class TufClient:
     """One verification against ``metadata_dir``, a candidate copy of the device's trusted metadata
-    (see :meth:`updater.trust.TrustStore.candidate`): the copy advances as ngclient verifies, and
+    (see :meth:`updater.trust.TrustedState.candidate`): the copy advances as ngclient verifies, and
     becomes the device's only if the caller commits it."""
 
     def __init__(self, metadata_dir: Path, source: MetadataSource) -> None:

@@ -24,14 +24,14 @@ from updater.oci import MAX_JSON_BYTES
 from updater.overlay import OverlayInfo, check_overlay
 from updater.profiles import Profile
 from updater.sealed import Identity, open_sealed
-from updater.trust import TrustStore
+from updater.trust import TrustedState
 from updater.tuf_client import LayoutMetadata, TufClient, claimed_target, target_name
 from updater.versions import fits
 
 __all__ = ["check_signed_target", "signed_index", "verify_for_device", "verify_overlay", "verifying"]
 
 
-def verify_for_device(path: Path, *, trust: TrustStore, profile: Profile | None) -> BundleInfo:
+def verify_for_device(path: Path, *, trust: TrustedState, profile: Profile | None) -> BundleInfo:
     """Check the bundle at ``path`` completely, every blob hashed and every compressed content
     decompressed; Refused naming the first fault found (DeviceFault for the device's own). The trusted
     state advances when every check passed."""
@@ -40,7 +40,7 @@ def verify_for_device(path: Path, *, trust: TrustStore, profile: Profile | None)
 
 
 @contextmanager
-def verifying(artifact: Artifact, *, trust: TrustStore, profile: Profile | None, hashed: bool) -> Iterator[BundleInfo]:
+def verifying(artifact: Artifact, *, trust: TrustedState, profile: Profile | None, hashed: bool) -> Iterator[BundleInfo]:
     """Verify the bundle ``artifact`` and yield what it is; the device's trusted state advances only
     if the block ends without an error (an install stages the release inside it: compressed content
     is checked as it is staged). ``hashed``: its blobs were hashed on their way into the store."""
@@ -73,7 +73,7 @@ def signed_index(reader: LayoutReader, metadata_dir: Path, digest: str) -> tuple
     return name, index
 
 
-def check_signed_target(reader: LayoutReader, digest: str, *, trust: TrustStore) -> None:
+def check_signed_target(reader: LayoutReader, digest: str, *, trust: TrustedState) -> None:
     """Check that the index ``digest`` in ``reader`` (a medium) is a target signed by the repository
     whose metadata the medium carries, against ``trust``; the trusted state does not change."""
     with trust.candidate() as metadata_dir:
@@ -92,7 +92,7 @@ def _check_profile(path: Path, info: BundleInfo, profile: Profile | None) -> Non
         )
 
 
-def verify_overlay(source: Path | Artifact, *, trust: TrustStore, identity: DeviceIdentity, app: str | None,
+def verify_overlay(source: Path | Artifact, *, trust: TrustedState, identity: DeviceIdentity, app: str | None,
                    app_version: str | None, commit: bool = True) -> OverlayInfo:
     """Everything a device checks before an overlay may go into a slot (with ``app`` ``app_version``;
     None when nothing runs yet to check it against); the trusted state then advances (unless not

@@ -21,7 +21,7 @@ from updater.errors import Conflict, Refused
 from updater.install import Installer
 from updater.profiles import builtin_profile_dir, load_profiles
 from updater.slots import Phase, Slots
-from updater.trust import TrustStore
+from updater.trust import TrustedState
 
 PROFILES = load_profiles([builtin_profile_dir()])
 CPU = PROFILES["x86_64-cpu"]
@@ -34,7 +34,7 @@ def files_of(slot: Path) -> dict[str, str]:
 @pytest.fixture
 def device(releases: dict[str, Path], docker_engine: DockerEngine, tmp_path: Path):  # type: ignore[no-untyped-def]
     state_dir = tmp_path / "device"
-    TrustStore(state_dir).init(releases["root"])
+    TrustedState(state_dir).init(releases["root"])
     installer = Installer(state_dir=state_dir, runtime=DockerRuntime(docker_engine.client), profile=CPU)
     assert installer.install(releases["1.0.0"]).committed
     yield installer

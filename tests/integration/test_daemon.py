@@ -15,7 +15,7 @@ from updater.docker_runtime import DockerRuntime
 from updater.install import Installer
 from updater.profiles import builtin_profile_dir, load_profiles
 from updater.slots import Slots
-from updater.trust import TrustStore
+from updater.trust import TrustedState
 
 CPU = load_profiles([builtin_profile_dir()])["x86_64-cpu"]
 
@@ -24,7 +24,7 @@ CPU = load_profiles([builtin_profile_dir()])["x86_64-cpu"]
 def test_a_pass_installs_what_arrived_once_and_tells_systemd(releases: dict[str, Path], docker_engine: DockerEngine,
                                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     state_dir = tmp_path / "device"
-    TrustStore(state_dir).init(releases["root"])
+    TrustedState(state_dir).init(releases["root"])
     media = tmp_path / "media"
     media.mkdir()
     shutil.copytree(releases["1.0.0"], media / releases["1.0.0"].name)

@@ -35,7 +35,7 @@ from updater.profiles import builtin_profile_dir, load_profiles
 from updater.registry import Retry, connect
 from updater.slots import Slots
 from updater.transfer import EMPTY_CONFIG
-from updater.trust import TrustStore
+from updater.trust import TrustedState
 
 PROFILES = load_profiles([builtin_profile_dir()])
 CPU = PROFILES["x86_64-cpu"]
@@ -79,7 +79,7 @@ def test_push_two_mirror_hops_and_a_poll_bring_a_release_each_blob_crossing_each
     origin, dmz, ot = registry_factory(), registry_factory(), registry_factory()
     old, new = releases["1.0.0"], releases["1.1.0"]
     state_dir = tmp_path / "device"
-    TrustStore(state_dir).init(releases["root"])
+    TrustedState(state_dir).init(releases["root"])
     installer = Installer(state_dir=state_dir, runtime=DockerRuntime(docker_engine.client), profile=CPU)
     link = CuttingProxy(ot.address)  # the device's link to its site's mirror, which will drop once
     poller = RegistryPoller(f"{link.address}/vision-app", installer=installer, profile=CPU, plain_http=True)
@@ -148,7 +148,7 @@ def test_an_exported_delta_installs_where_the_base_is_and_is_refused_where_it_is
 
     # a device without the base refuses the delta before changing anything
     bare = tmp_path / "bare"
-    TrustStore(bare).init(releases["root"])
+    TrustedState(bare).init(releases["root"])
     refusing = Installer(state_dir=bare, runtime=DockerRuntime(docker_engine.client), profile=CPU)
     with pytest.raises(Refused, match=r"is a delta on vision-app 1\.0\.0 .* which this device does not have"):
         refusing.install(medium)
@@ -157,7 +157,7 @@ def test_an_exported_delta_installs_where_the_base_is_and_is_refused_where_it_is
     assert not (bare / "bundles").exists() and not Slots(bare).slot_dir("a").exists()
 
     state_dir = tmp_path / "device"
-    TrustStore(state_dir).init(releases["root"])
+    TrustedState(state_dir).init(releases["root"])
     installer = Installer(state_dir=state_dir, runtime=DockerRuntime(docker_engine.client), profile=CPU)
     try:
         assert installer.install(old).committed
@@ -352,7 +352,7 @@ def overlaid(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             (root / f"src/sites/{site}.yaml").write_text(f"version: {version}\nfits: '{fits}'\n")
             built[f"{site}-{version}"], _ = build_overlay(load_spec(spec_path), site, inventory=root / "devices.yaml",
                                                           out=root / f"o-{version}")
-    TrustStore(root / "device-plant-7").init(signed(list(built.values()), root / "signing"))
+    TrustedState(root / "device-plant-7").init(signed(list(built.values()), root / "signing"))
     built["device"] = root / "device-plant-7"
     return built
 

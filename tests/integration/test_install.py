@@ -15,7 +15,7 @@ import pytest
 
 from bundler.build import BuildOptions, build_bundles, select_profiles
 from bundler.devices import Inventory
-from bundler.keys import KeyStore
+from bundler.keys import Keyring
 from bundler.overlay import build_overlay
 from bundler.repo import Repository
 from bundler.spec import load_spec
@@ -29,7 +29,7 @@ from updater.install import Installer
 from updater.plan import failure_key
 from updater.profiles import builtin_profile_dir, load_profiles
 from updater.slots import Phase, Slots
-from updater.trust import TrustStore
+from updater.trust import TrustedState
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "vision-app"
 CPU = load_profiles([builtin_profile_dir()])["x86_64-cpu"]
@@ -64,7 +64,7 @@ def enroll_with_overlay(example_app: dict[str, Path], state_dir: Path, work: Pat
     finally:
         del os.environ["VISION_API_TOKEN"]
     signing = example_app["root"].parent.parent.parent
-    Repository(signing / "repo", KeyStore(signing / "keys", passphrase=lambda: "test passphrase")).add([path])
+    Repository(signing / "repo", Keyring(signing / "keys", passphrase=lambda: "test passphrase")).add([path])
     return path
 
 
@@ -87,7 +87,7 @@ def serving(deadline: float = 30) -> int:
 def test_install_commits_a_healthy_release_and_rolls_back_a_broken_one(example_app: dict[str, Path], docker_engine: DockerEngine,
                                                                        tmp_path: Path) -> None:
     state_dir = tmp_path / "device"
-    TrustStore(state_dir).init(example_app["root"])
+    TrustedState(state_dir).init(example_app["root"])
     lines: list[str] = []
     installer = Installer(state_dir=state_dir, runtime=DockerRuntime(docker_engine.client), profile=CPU, log=lines.append)
     try:

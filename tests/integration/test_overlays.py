@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bundler.devices import Inventory
-from bundler.keys import KeyStore
+from bundler.keys import Keyring
 from bundler.overlay import build_overlay
 from bundler.repo import Repository
 from bundler.spec import load_spec
@@ -25,7 +25,7 @@ from updater.identity import DeviceIdentity
 from updater.install import Installer
 from updater.profiles import builtin_profile_dir, load_profiles
 from updater.slots import Slots
-from updater.trust import TrustStore
+from updater.trust import TrustedState
 
 CPU = load_profiles([builtin_profile_dir()])["x86_64-cpu"]
 pytestmark = pytest.mark.docker
@@ -38,7 +38,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("overlays")
     built = example_releases(root, python=sys.executable, secrets=True, versions=("1.0.0", "1.1.0"))
     state_dir = root / "device"
-    TrustStore(state_dir).init(built["root"])
+    TrustedState(state_dir).init(built["root"])
     record = DeviceIdentity(state_dir).enroll(site="plant-7", profile="x86_64-cpu")
     (root / "record.json").write_text(json.dumps(record))
     Inventory(root / "devices.yaml").add(root / "record.json")
@@ -67,7 +67,7 @@ def overlay(site: dict[str, Path], version: str, token: str, monkeypatch: pytest
 
 def _repository(site: dict[str, Path]) -> Repository:
     """The repository that signed the releases (tests.builders.signed)."""
-    keys = KeyStore(site["work"] / "signing" / "keys", passphrase=lambda: "test passphrase")
+    keys = Keyring(site["work"] / "signing" / "keys", passphrase=lambda: "test passphrase")
     return Repository(site["root"].parent.parent, keys)
 
 

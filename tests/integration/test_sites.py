@@ -36,7 +36,7 @@ from updater.profiles import builtin_profile_dir, load_profiles
 from updater.sealed import Identity, open_sealed
 from updater.slots import Slots
 from updater.transfer import EMPTY_CONFIG
-from updater.trust import TrustStore
+from updater.trust import TrustedState
 
 CPU = load_profiles([builtin_profile_dir()])["x86_64-cpu"]
 pytestmark = [pytest.mark.docker, pytest.mark.registry]
@@ -98,7 +98,7 @@ def test_two_sites_run_one_bundle_with_their_own_secrets_rotate_them_and_a_revok
     states = {name: work / f"device-{name}" for name in ("north", "south", "spare")}
     ids = {}
     for name, state in states.items():
-        TrustStore(state).init(built["root"])
+        TrustedState(state).init(built["root"])
         record = DeviceIdentity(state).enroll(site="north" if name == "spare" else name, profile="x86_64-cpu")
         (work / f"{name}.json").write_text(json.dumps(record))
         added = run("devices", "add", str(work / f"{name}.json"), "--inventory", str(work / "devices.yaml"))

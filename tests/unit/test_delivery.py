@@ -24,7 +24,7 @@ from updater.oci import Descriptor
 from updater.profiles import builtin_profile_dir, load_profiles
 from updater.registry import Reference, Retry, parse_reference
 from updater.store import BundleStore
-from updater.transfer import LayoutStore, ReaderStore
+from updater.transfer import DirectoryEndpoint, ReaderEndpoint
 
 PROFILES = load_profiles([builtin_profile_dir()])
 
@@ -176,19 +176,19 @@ def test_a_blob_copy_cut_off_resumes_and_a_wrong_one_is_not_kept(versions: dict[
     bundle = versions["1.2.0-x86_64-cpu"]
     model = max((bundle / "blobs/sha256").iterdir(), key=lambda p: p.stat().st_size)
     blob = Descriptor(media_type="application/octet-stream", digest=f"sha256:{model.name}", size=model.stat().st_size)
-    dest = LayoutStore(tmp_path / "out")
+    dest = DirectoryEndpoint(tmp_path / "out")
     dest.prepare()
     partial = dest.blobs / f".partial-{model.name}"
     partial.write_bytes(model.read_bytes()[: blob.size // 3])
     advanced: list[int] = []
     with open_layout(bundle) as reader:
-        dest.put_blob(blob, ReaderStore(reader), advanced.append)
+        dest.put_blob(blob, ReaderEndpoint(reader), advanced.append)
     assert (dest.blobs / model.name).read_bytes() == model.read_bytes() and not partial.exists()
     assert advanced[0] == blob.size // 3 and sum(advanced) == blob.size  # the part already there was not read again
     partial.write_bytes(b"not the model at all")
     (dest.blobs / model.name).unlink()
     with open_layout(bundle) as reader, pytest.raises(ContentMismatch, match="does not match its digest"):
-        dest.put_blob(blob, ReaderStore(reader), lambda _: None)
+        dest.put_blob(blob, ReaderEndpoint(reader), lambda _: None)
     assert not partial.exists() and not (dest.blobs / model.name).exists()
 
 
@@ -287,7 +287,7 @@ def test_a_cut_download_whose_blob_arrives_another_way_leaves_no_partial_in_the_
         (incoming.layout.blobs / f".partial-{shared}").write_bytes(b"half")
     take(store, versions["1.2.0-x86_64-cpu"], PROFILES["x86_64-cpu"])
     with open_layout(versions["1.3.0-x86_64-cpu"]) as reader, store.incoming(top) as incoming:
-        incoming.fill(ReaderStore(reader))
+        incoming.fill(ReaderEndpoint(reader))
         incoming.metadata = {}
         done = incoming.complete()
     assert not [p for p in (done / "blobs/sha256").iterdir() if p.name.startswith(".")]

@@ -17,7 +17,7 @@ from updater.errors import Conflict, EngineFault
 from updater.install import Installer, images_of
 from updater.profiles import builtin_profile_dir, load_profiles
 from updater.slots import Phase, Slots
-from updater.trust import TrustStore
+from updater.trust import TrustedState
 
 PROFILES = load_profiles([builtin_profile_dir()])
 CPU = PROFILES["x86_64-cpu"]
@@ -51,7 +51,7 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def device(tmp_path: Path, bundles: dict[str, Path], engine: FakeEngine) -> Installer:
-    TrustStore(tmp_path / "state").init(bundles["root"])
+    TrustedState(tmp_path / "state").init(bundles["root"])
     return Installer(state_dir=tmp_path / "state", runtime=engine, profile=CPU)
 
 

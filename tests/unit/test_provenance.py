@@ -15,7 +15,7 @@ from updater.bundle import check_bundle
 from updater.errors import InputError
 from updater.oci import MEDIA
 from updater.profiles import builtin_profile_dir, load_profiles
-from updater.trust import TrustStore
+from updater.trust import TrustedState
 from updater.verify import verify_for_device
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "sigstore"
@@ -55,7 +55,7 @@ def test_signed_model_is_verified_recorded_and_rechecked(tmp_path: Path) -> None
     assert detector.provenance.identity == IDENTITY and detector.provenance.issuer == ISSUER
     media = {c.media_type for c in report.bundle.components}
     assert MEDIA.MODEL in media  # the Sigstore material travels as payload layers beside it
-    device = TrustStore(tmp_path / "state")
+    device = TrustedState(tmp_path / "state")
     device.init(signed([bundle], tmp_path / "signing"))
     assert verify_for_device(bundle, trust=device, profile=PROFILES["x86_64-cpu"]).name == "demo"
 

@@ -342,7 +342,7 @@ def test_secrets_open_into_memory_one_folder_per_service_with_the_owner_and_mode
     from updater.appdef import SecretMount, Service
     from updater.errors import Refused
     from updater.overlay import OverlayInfo
-    from updater.secrets import SecretStore
+    from updater.secrets import OpenedSecrets
     from updater.stage import stage_overlay
 
     if os.geteuid() != 0:
@@ -363,7 +363,7 @@ def test_secrets_open_into_memory_one_folder_per_service_with_the_owner_and_mode
                     SecretMount(source="api-token", target="token", uid=1000, gid=1001, mode=0o440),
                     SecretMount(source="db-password", target="db-password", uid=1000))),
                 Service(name="cache", image="app"))
-    store = SecretStore(state, device)
+    store = OpenedSecrets(state, device)
     try:
         folder = store.open_into_memory("demo", "a", slot, services)
         assert folder is not None
@@ -378,7 +378,7 @@ def test_secrets_open_into_memory_one_folder_per_service_with_the_owner_and_mode
         with pytest.raises(Refused, match="its secrets cannot be opened"):  # another device's set: nothing opened
             other = DeviceIdentity(tmp_path / "other")
             other.enroll(site="plant-7", profile="x86_64-cpu")
-            SecretStore(state, other).open_into_memory("demo", "a", slot, services)
+            OpenedSecrets(state, other).open_into_memory("demo", "a", slot, services)
         assert not folder.exists()
     finally:
         unmount_secrets(state)

@@ -250,11 +250,11 @@ def test_the_device_verifies_a_medium_or_an_overlay_as_an_install_would_take_it(
     import shutil
 
     from updater.cli import cli as updater_cli
-    from updater.trust import TrustStore
+    from updater.trust import TrustedState
 
     state = tmp_path / "device"
     shutil.copytree(shipped["bundle"].parents[1] / "plant-7" / "identity", state / "identity")  # the device enrolled at plant-7
-    TrustStore(state).init(shipped["root"])
+    TrustedState(state).init(shipped["root"])
     export([shipped["bundle"], shipped["plant-7-1.1.0"], shipped["plant-9-1.0.0"]], tmp_path / "stick")
     export([shipped["plant-9-1.0.0"]], tmp_path / "other-site")
 
@@ -283,11 +283,11 @@ def test_an_overlay_that_does_not_fit_is_refused_before_the_release_counts_as_ac
     import shutil
 
     from updater.install import Installer
-    from updater.trust import TrustStore
+    from updater.trust import TrustedState
 
     state = tmp_path / "device"
     shutil.copytree(shipped["bundle"].parents[1] / "plant-7" / "identity", state / "identity")
-    TrustStore(state).init(shipped["root"])
+    TrustedState(state).init(shipped["root"])
     installer = Installer(state_dir=state, runtime=NoEngine(), profile=CPU)  # refused before the engine is needed
     with pytest.raises(Refused, match=r"overlay 2\.0\.0 fits demo >=2\.0\.0, not 1\.2\.0"):
         installer.install(shipped["bundle"], overlay=shipped["plant-7-2.0.0"])

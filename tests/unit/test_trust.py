@@ -15,14 +15,14 @@ import pytest
 from tuf.api.metadata import Metadata, Targets
 
 from bundler.build import BuildOptions, build_bundles, select_profiles
-from bundler.keys import KeyStore
+from bundler.keys import Keyring
 from bundler.policy import Policy, RolePolicy
 from bundler.repo import Repository
 from bundler.spec import load_spec
 from tests.builders import project
 from updater.errors import DeviceFault, InputError, Refused
 from updater.profiles import builtin_profile_dir, load_profiles
-from updater.trust import TrustStore
+from updater.trust import TrustedState
 from updater.verify import verify_for_device
 
 PROFILES = load_profiles([builtin_profile_dir()])
@@ -51,14 +51,14 @@ class Setup:
     def __init__(self, tmp: Path, unsigned: dict[str, Path], *, policy: Policy | None = None,
                  now: Callable[[], dt.datetime] | None = None, hashed_bins: int = 0) -> None:
         self.tmp = tmp
-        self.keys = KeyStore(tmp / "keys", passphrase=lambda: "test passphrase")
+        self.keys = Keyring(tmp / "keys", passphrase=lambda: "test passphrase")
         self.repo = Repository(tmp / "repo", self.keys, now=now)
         self.repo.init(policy or Policy(), hashed_bins=hashed_bins)
         self.bundles = {}
         for name, path in unsigned.items():
             self.bundles[name] = tmp / "bundles" / path.name
             shutil.copytree(path, self.bundles[name])
-        self.device = TrustStore(tmp / "state")
+        self.device = TrustedState(tmp / "state")
         self.device.init(tmp / "repo/metadata/1.root.json")
 
     def sign(self, *names: str) -> None:
@@ -108,7 +108,7 @@ def test_unsigned_bundle_and_unprovisioned_device(setup: Setup, tmp_path: Path) 
     setup.refused("1.2.0-x86_64-cpu", Refused, "carries no signed metadata")
     setup.sign("1.2.0-x86_64-cpu")
     with pytest.raises(DeviceFault, match="no trusted root"):
-        verify_for_device(setup.bundles["1.2.0-x86_64-cpu"], trust=TrustStore(tmp_path / "blank"), profile=CPU)
+        verify_for_device(setup.bundles["1.2.0-x86_64-cpu"], trust=TrustedState(tmp_path / "blank"), profile=CPU)
 
 
 def test_tampered_blob(setup: Setup) -> None:
@@ -137,7 +137,7 @@ def test_tampered_index(setup: Setup) -> None:
 
 def test_metadata_signed_by_an_unknown_key(setup: Setup, tmp_path: Path) -> None:
     setup.sign("1.2.0-x86_64-cpu")
-    rogue = KeyStore(tmp_path / "rogue", passphrase=lambda: "x")
+    rogue = Keyring(tmp_path / "rogue", passphrase=lambda: "x")
     key = rogue.generate("targets")
     path = next(setup.tuf("1.2.0-x86_64-cpu").glob("*.targets.json"))
     md = Metadata.from_bytes(path.read_bytes())
@@ -247,7 +247,7 @@ def test_rotated_out_key_no_longer_signs(setup: Setup) -> None:
     path = next(setup.tuf("1.3.0-x86_64-cpu").glob("*.targets.json"))
     md = Metadata.from_bytes(path.read_bytes())
     md.signatures.clear()
-    old = KeyStore(setup.tmp / "keys", passphrase=lambda: "test passphrase")
+    old = Keyring(setup.tmp / "keys", passphrase=lambda: "test passphrase")
     md.sign(old.signers(removed)[0])
     path.write_bytes(md.to_bytes())
     setup.refused("1.3.0-x86_64-cpu", Refused, "not signed by enough trusted keys")
@@ -296,10 +296,10 @@ def test_clock_set_back_is_refused(setup: Setup) -> None:
 
 
 def test_signing_needs_the_keys(setup: Setup, tmp_path: Path) -> None:
-    wrong = Repository(setup.tmp / "repo", KeyStore(tmp_path / "empty-keys", passphrase=lambda: "x"))
+    wrong = Repository(setup.tmp / "repo", Keyring(tmp_path / "empty-keys", passphrase=lambda: "x"))
     with pytest.raises(InputError, match="role targets: 0 of the 1 signatures needed"):
         wrong.add([setup.bundles["1.2.0-x86_64-cpu"]])
-    locked = Repository(setup.tmp / "repo", KeyStore(setup.tmp / "keys", passphrase=lambda: "not it"))
+    locked = Repository(setup.tmp / "repo", Keyring(setup.tmp / "keys", passphrase=lambda: "not it"))
     with pytest.raises(InputError, match="wrong passphrase"):
         locked.add([setup.bundles["1.2.0-x86_64-cpu"]])
     targets = Metadata.from_bytes(next((setup.tmp / "repo/metadata").glob("1.targets.json")).read_bytes())
@@ -369,7 +369,7 @@ def test_a_key_behind_any_signer_uri_signs(setup: Setup, tmp_path: Path) -> None
     for keyid in own:
         del index[keyid]  # Sealift's own timestamp key is no longer reachable
     (setup.tmp / "keys/keys.json").write_text(json.dumps(index))
-    fresh = Repository(setup.tmp / "repo", KeyStore(setup.tmp / "keys", passphrase=lambda: "test passphrase"))
+    fresh = Repository(setup.tmp / "repo", Keyring(setup.tmp / "keys", passphrase=lambda: "test passphrase"))
     fresh.add([setup.bundles["1.2.0-x86_64-cpu"]])
     timestamp = Metadata.from_bytes((setup.tuf("1.2.0-x86_64-cpu") / "timestamp.json").read_bytes())
     assert list(timestamp.signatures) == [key.keyid]
@@ -497,7 +497,7 @@ def test_a_signing_failure_leaves_the_repository_as_it_was(setup: Setup) -> None
     for keyid in [k for k, v in index.items() if v["role"] == "snapshot"]:
         del index[keyid]  # the snapshot key is not reachable today
     (setup.tmp / "keys/keys.json").write_text(json.dumps(index))
-    crippled = Repository(setup.tmp / "repo", KeyStore(setup.tmp / "keys", passphrase=lambda: "test passphrase"))
+    crippled = Repository(setup.tmp / "repo", Keyring(setup.tmp / "keys", passphrase=lambda: "test passphrase"))
     with pytest.raises(InputError, match="role snapshot: 0 of the 1 signatures needed"):
         crippled.add([setup.bundles["1.3.0-x86_64-cpu"]])
     with pytest.raises(InputError, match="role snapshot"):
@@ -533,8 +533,8 @@ def test_a_delegation_that_devices_would_never_reach_is_refused(setup: Setup) ->
 
 def test_keys_inside_the_repository_and_absurd_expiry_are_refused(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="must not be inside the repository"):
-        Repository(tmp_path / "repo", KeyStore(tmp_path / "repo/metadata/keys"))
-    repo = Repository(tmp_path / "repo", KeyStore(tmp_path / "keys", passphrase=lambda: "x"))
+        Repository(tmp_path / "repo", Keyring(tmp_path / "repo/metadata/keys"))
+    repo = Repository(tmp_path / "repo", Keyring(tmp_path / "keys", passphrase=lambda: "x"))
     for days in (float("nan"), 1e7, 0.0):
         with pytest.raises(InputError, match="expiry must be over 0"):
             repo.init(Policy(roles={**Policy().roles, "timestamp": RolePolicy(expiry_days=days)}))

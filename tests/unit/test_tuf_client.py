@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from bundler.keys import KeyStore
+from bundler.keys import Keyring
 from bundler.policy import Policy
 from bundler.repo import Repository
 from updater.errors import DeliveryError, Refused
-from updater.trust import TrustStore
+from updater.trust import TrustedState
 from updater.tuf_client import TufClient, claimed_target, target_name
 
 
@@ -37,22 +37,22 @@ class FolderSource:
 
 
 @pytest.fixture
-def device(tmp_path: Path) -> tuple[TrustStore, Path]:
-    repo = Repository(tmp_path / "repo", KeyStore(tmp_path / "keys", passphrase=lambda: "test passphrase"))
+def device(tmp_path: Path) -> tuple[TrustedState, Path]:
+    repo = Repository(tmp_path / "repo", Keyring(tmp_path / "keys", passphrase=lambda: "test passphrase"))
     repo.init(Policy())
-    trust = TrustStore(tmp_path / "state")
+    trust = TrustedState(tmp_path / "state")
     trust.init(tmp_path / "repo/metadata/1.root.json")
     return trust, tmp_path / "repo/metadata"
 
 
-def test_an_outage_of_the_source_is_a_delivery_error_not_a_refusal(device: tuple[TrustStore, Path]) -> None:
+def test_an_outage_of_the_source_is_a_delivery_error_not_a_refusal(device: tuple[TrustedState, Path]) -> None:
     trust, published = device
     with trust.candidate() as metadata_dir, pytest.raises(DeliveryError, match="connection refused") as caught:
         TufClient(metadata_dir, FolderSource(published, outage="timestamp.json")).refresh()
     assert not isinstance(caught.value, Refused)
 
 
-def test_metadata_the_source_lacks_or_that_fails_its_checks_is_refused(device: tuple[TrustStore, Path]) -> None:
+def test_metadata_the_source_lacks_or_that_fails_its_checks_is_refused(device: tuple[TrustedState, Path]) -> None:
     trust, published = device
     with trust.candidate() as metadata_dir, pytest.raises(Refused, match="signed metadata refused: metadata missing"):
         TufClient(metadata_dir, FolderSource(published, missing="timestamp.json")).refresh()
@@ -63,7 +63,7 @@ def test_metadata_the_source_lacks_or_that_fails_its_checks_is_refused(device: t
         TufClient(metadata_dir, FolderSource(published)).refresh()
 
 
-def test_a_target_the_repository_does_not_sign_is_doubted_and_refused_by_check(device: tuple[TrustStore, Path]) -> None:
+def test_a_target_the_repository_does_not_sign_is_doubted_and_refused_by_check(device: tuple[TrustedState, Path]) -> None:
     trust, published = device
     with trust.candidate() as metadata_dir:
         client = TufClient(metadata_dir, FolderSource(published))

@@ -1,0 +1,105 @@
+"""``sealift overlay`` and ``sealift devices``: per-site configuration and secrets, and the inventory
+of enrolled devices they are sealed to (see docs/secrets.md)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from updater.exits import reports_errors
+
+__all__ = ["devices", "overlay"]
+
+
+@click.group()
+def overlay() -> None:
+    """Per-site overlays: a site's configuration values and its secrets, sealed to its devices."""
+
+
+@overlay.command("build")
+@click.argument("spec", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--site", required=True, help="The site to build the overlay for.")
+@click.option("--site-file", type=click.Path(path_type=Path, dir_okay=False),
+              help="The site's values (version, fits, environment). Default: sites/SITE.yaml beside the spec.")
+@click.option("--inventory", type=click.Path(path_type=Path, dir_okay=False), default=Path("devices.yaml"), show_default=True,
+              help="The fleet inventory: the site's enrolled, unrevoked devices are the recipients.")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path("out"), show_default=True,
+              help="Directory that receives the overlay.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@reports_errors
+def overlay_build(spec: Path, site: str, site_file: Path | None, inventory: Path, out: Path, as_json: bool) -> None:
+    """Build SITE's overlay for the application SPEC describes.
+
+    Secret values come from where the spec's `secrets` say (an environment variable or a file) and
+    are sealed with HPKE to the site's enrolled devices; only ciphertext is written. Sign the
+    overlay with `sealift repo add` and deliver it like a bundle. See docs/secrets.md.
+    """
+    from bundler.overlay import build_overlay
+    from bundler.spec import load_spec
+
+    path, info = build_overlay(load_spec(spec), site, inventory=inventory, out=out, site_file=site_file)
+    if as_json:
+        click.echo(json.dumps({"path": str(path), **info.to_json()}, indent=2))
+        return
+    click.echo(f"built {path}  {info.digest}  ({len(info.secrets)} secrets sealed to {len(info.recipients)} devices)")
+
+
+_inventory_option = click.option(
+    "--inventory", type=click.Path(path_type=Path, dir_okay=False), default=Path("devices.yaml"), show_default=True,
+    help="The fleet inventory (public keys only), kept by the build machine.")
+
+
+@click.group()
+def devices() -> None:
+    """The enrolled devices that site secrets are sealed to."""
+
+
+@devices.command("add")
+@click.argument("record", type=click.Path(path_type=Path, dir_okay=False))
+@_inventory_option
+@click.option("--json", "as_json", is_flag=True, help="Print the device as JSON.")
+@reports_errors
+def devices_add(record: Path, inventory: Path, as_json: bool) -> None:
+    """Enroll the device described by RECORD (what `sealift-updater enroll` printed on it)."""
+    from bundler.devices import Inventory
+
+    device = Inventory(inventory).add(record)
+    click.echo(json.dumps(device.to_json()) if as_json else f"enrolled {device.device} at site {device.site} ({device.profile}, "
+                                                            f"{device.kem})")
+
+
+@devices.command("list")
+@_inventory_option
+@click.option("--site", help="Only this site's devices.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@reports_errors
+def devices_list(inventory: Path, site: str | None, as_json: bool) -> None:
+    """List the enrolled devices (revoked ones too, marked)."""
+    from bundler.devices import Inventory
+
+    listed = [d for d in Inventory(inventory).devices() if site is None or d.site == site]
+    if as_json:
+        click.echo(json.dumps([d.to_json() for d in listed], indent=2))
+        return
+    for d in listed:
+        state = f"revoked {d.revoked}" if d.revoked else f"enrolled {d.enrolled}"
+        click.echo(f"{d.device}  {d.site:16}  {d.profile:18}  {d.kem:16}  {state}")
+
+
+@devices.command("revoke")
+@click.argument("device")
+@_inventory_option
+@click.option("--json", "as_json", is_flag=True, help="Print the device as JSON.")
+@reports_errors
+def devices_revoke(device: str, inventory: Path, as_json: bool) -> None:
+    """Revoke DEVICE: it is left out of every secret sealed from now on, so it can read nothing new.
+
+    What it could already read stays readable to it: rotate the site's secrets (build and deliver a
+    new overlay) after revoking a device that was lost or stolen.
+    """
+    from bundler.devices import Inventory
+
+    revoked = Inventory(inventory).revoke(device)
+    click.echo(json.dumps(revoked.to_json()) if as_json else f"revoked {revoked.device} (site {revoked.site}) on {revoked.revoked}")
