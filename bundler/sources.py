@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol, TypeGuard
 
 from updater.errors import InputError, Refused
-from updater.layout import open_layout
+from updater.layout import open_layout, read_index
 from updater.oci import MAX_JSON_BYTES, MEDIA, Descriptor, canonical_json, json_object
 from updater.profiles import Platform
 
@@ -185,14 +185,7 @@ class _LayoutSource:
         return image
 
     def _entry(self) -> Descriptor:
-        try:
-            index = json_object(self.reader.read_small("index.json"), f"image {self.reference} index.json", InputError)
-            manifests = index.get("manifests")
-            if not isinstance(manifests, list):
-                raise Refused("index.json has no manifests list")
-            entries = [Descriptor.from_json(m, where="index.json") for m in manifests]
-        except Refused as e:
-            raise InputError(f"image {self.reference}: {e}") from e
+        entries = read_index(self.reader, error=InputError)
         names = [e.annotations.get("org.opencontainers.image.ref.name") for e in entries]
         if self.ref is None and len(entries) == 1:
             return entries[0]

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from updater.errors import InputError, Refused
+from updater.errors import InputError, Refused, SealiftError
 from updater.oci import LAYOUT_VERSION, MAX_JSON_BYTES, METADATA_DIR, METADATA_NAME, Descriptor, check_digest, json_object
 
 __all__ = [
@@ -97,17 +97,23 @@ def open_layout(path: Path, *, strict: bool = True) -> Iterator[LayoutReader]:
         reader.close()
 
 
-def read_index(reader: LayoutReader) -> tuple[Descriptor, ...]:
+def read_index(reader: LayoutReader, *, error: type[SealiftError] = Refused) -> tuple[Descriptor, ...]:
     """The entry points a layout's ``index.json`` lists, once its ``oci-layout`` marker says it is one:
-    the one reader of those two files."""
-    marker = json_object(reader.read_small("oci-layout"), f"{reader.location}: oci-layout", Refused)
-    if marker.get("imageLayoutVersion") != LAYOUT_VERSION:
-        raise Refused(f"{reader.location}: oci-layout does not declare imageLayoutVersion {LAYOUT_VERSION}")
-    index = json_object(reader.read_small("index.json"), f"{reader.location}: index.json", Refused)
-    manifests = index.get("manifests")
-    if not isinstance(manifests, list) or not manifests:
-        raise Refused(f"{reader.location}: index.json lists no manifests")
-    return tuple(Descriptor.from_json(m, where=f"{reader.location}: index.json") for m in manifests)
+    the one reader of those two files. A fault is ``error`` (a layout the user gave as input is
+    wrong input; one that arrived is refused)."""
+    try:
+        marker = json_object(reader.read_small("oci-layout"), f"{reader.location}: oci-layout", error)
+        if marker.get("imageLayoutVersion") != LAYOUT_VERSION:
+            raise error(f"{reader.location}: oci-layout does not declare imageLayoutVersion {LAYOUT_VERSION}")
+        index = json_object(reader.read_small("index.json"), f"{reader.location}: index.json", error)
+        manifests = index.get("manifests")
+        if not isinstance(manifests, list) or not manifests:
+            raise error(f"{reader.location}: index.json lists no manifests")
+        return tuple(Descriptor.from_json(m, where=f"{reader.location}: index.json") for m in manifests)
+    except Refused as e:  # a missing file or a malformed descriptor, said in the caller's words
+        if error is Refused:
+            raise
+        raise error(str(e)) from e
 
 
 class _DirReader:

@@ -79,6 +79,6 @@ def test_oci_layout_with_a_non_list_index_is_refused(tmp_path: Path) -> None:
     (layout / "blobs/sha256").mkdir(parents=True)
     (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
     (layout / "index.json").write_text('{"manifests": "nope"}')
-    with pytest.raises(InputError, match=r"index\.json has no manifests list"):  # noqa: SIM117
+    with pytest.raises(InputError, match=r"layout: index\.json lists no manifests"):  # noqa: SIM117
         with open_image_source("oci:layout", base=tmp_path, work=tmp_path) as source:
             source.resolve(AMD64)
