@@ -348,7 +348,7 @@ def _link(product: Path, final: Path) -> bool:
 
 
 def _same_bundle(existing: Path, digest: str) -> bool:
-    """True if ``existing`` is an intact bundle with ``digest``; OutputError otherwise."""
+    """True if ``existing`` is an intact bundle with ``digest``; InputError otherwise."""
     try:
         found = verify_bundle(existing).digest
     except Refused as e:

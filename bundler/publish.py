@@ -21,14 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from bundler.metadata_io import metadata_version
-from updater.artifact import Artifact, Kind, open_artifact
+from updater.artifact import Artifact, Kind, kind, open_artifact
 from updater.bundle import verify_bundle
 from updater.errors import DeliveryError, InputError, Refused, SealiftError
-from updater.oci import ANNOTATION, MEDIA, Descriptor, canonical_json
+from updater.oci import ANNOTATION, MAX_METADATA_BYTES, MEDIA, Descriptor, canonical_json
 from updater.overlay import check_overlay
 from updater.progress import Progress, QuietProgress
 from updater.registry import (
-    MAX_METADATA_BYTES,
     METADATA_TAG_PREFIX,
     Reference,
     RegistryClient,
@@ -174,14 +173,15 @@ def mirror_sync(origin: str, target: str, *, profiles: tuple[str, ...] = (), sit
             if found is None:
                 raise DeliveryError(f"source registry {src.ref.name}: {tag} vanished during the sync")
             try:
-                top = bundle_descriptor(*found, f"{src.ref.name}:{tag}", kinds=(MEDIA.BUNDLE, MEDIA.OVERLAY))
+                top = bundle_descriptor(*found, f"{src.ref.name}:{tag}", kinds=(Kind.BUNDLE, Kind.OVERLAY))
             except Refused:
                 if named:
                     raise
                 result.skipped.append(tag)  # something else shares the repository: not ours to copy
                 continue
             annotations = top.annotations
-            if top.artifact_type == MEDIA.OVERLAY:  # a site's overlay: sealed to that site's devices only
+            overlay = kind(top.artifact_type) is Kind.OVERLAY
+            if overlay:  # a site's overlay: sealed to that site's devices only
                 if sites and annotations.get(ANNOTATION.SITE) not in sites:
                     continue
             elif profiles and annotations.get(ANNOTATION.PROFILE) not in profiles:
@@ -191,7 +191,7 @@ def mirror_sync(origin: str, target: str, *, profiles: tuple[str, ...] = (), sit
                           total_bytes=graph.size)
             copy_tag = None if src.ref.digest else tag
             result.moved.add(copy_graph(graph, source, dest, tag=copy_tag, advance=progress.advance))
-            where = {"site": annotations.get(ANNOTATION.SITE)} if top.artifact_type == MEDIA.OVERLAY else {
+            where = {"site": annotations.get(ANNOTATION.SITE)} if overlay else {
                 "profile": annotations.get(ANNOTATION.PROFILE)}
             result.bundles.append({"tag": tag, "digest": top.digest, "name": annotations.get(ANNOTATION.NAME),
                                    "version": annotations.get(ANNOTATION.VERSION), **where})

@@ -172,7 +172,10 @@ class _LayoutSource:
         if not path.exists():
             raise InputError(f"image {reference}: {path} not found")
         self._context = open_layout(path, strict=False)
-        self.reader = self._context.__enter__()
+        try:
+            self.reader = self._context.__enter__()
+        except Refused as e:  # a damaged layout the spec names: the spec's input is wrong
+            raise InputError(f"image {reference}: {e}") from e
 
     def resolve(self, platform: Platform) -> ResolvedImage:
         entry = self._entry()

@@ -44,6 +44,7 @@ from bundler.publish import mirror_sync, push  # noqa: E402
 from bundler.spec import load_spec  # noqa: E402
 from scripts.oci_image import FileEntry, ImageConfig, Platform, PlatformImage, write_image_layout  # noqa: E402
 from tests.builders import signed  # noqa: E402
+from tests.fakes import NoEngine  # noqa: E402
 from tests.realparts import Registry, start_registry  # noqa: E402
 from updater.identity import DeviceIdentity  # noqa: E402
 from updater.install import Installer  # noqa: E402
@@ -140,7 +141,7 @@ class Device:
         TrustedState(root).init(trusted_root)
         if identity is not None:  # enrolled at SITE: the overlays are sealed to this key
             shutil.copytree(identity, root / "identity")
-        self.installer = Installer(state_dir=root, client=None, profile=CPU)
+        self.installer = Installer(state_dir=root, runtime=NoEngine(), profile=CPU)
         self.poller = RegistryPoller(source, installer=self.installer, profile=CPU, plain_http=True)
 
     def download(self, state: DeviceState | None = None) -> int:

@@ -89,7 +89,7 @@ def measure(repeat: int) -> dict[str, Any]:
                     installer.install(releases["1.1.0"])
                     time.sleep(0.5)
                 gaps.append(poller.longest_gap())
-                container = installer.runtime.containers("vision-app", "b")["vision"]
+                (container,) = engine.client.containers.list(filters={"label": ["dev.sealift.app=vision-app", "dev.sealift.slot=b"]})
                 started = dt.datetime.fromisoformat(container.attrs["State"]["StartedAt"][:26] + "+00:00")
                 started_mono = time.monotonic() - (dt.datetime.now(dt.UTC) - started).total_seconds()
                 starts.append(poller.first_after(started_mono) - started_mono)

@@ -20,7 +20,7 @@ from updater.errors import Refused
 from updater.layout import MEDIUM_FILE, LayoutReader, open_layout, read_index
 from updater.oci import MEDIA, Descriptor
 
-__all__ = ["Artifact", "Kind", "kind", "kind_of", "open_artifact"]
+__all__ = ["Artifact", "Kind", "kind", "open_artifact"]
 
 
 class Kind(enum.StrEnum):
@@ -70,12 +70,6 @@ def _kind(path: Path, tops: tuple[Descriptor, ...]) -> Kind:
     if found is None or tops[0].media_type != MEDIA.INDEX:
         raise Refused(f"{path}: index.json does not point at a Sealift bundle or overlay ({MEDIA.BUNDLE}, {MEDIA.OVERLAY})")
     return found
-
-
-def kind_of(path: Path) -> Kind:
-    """What ``path`` holds; Refused when it is none of them."""
-    with open_artifact(path) as artifact:
-        return artifact.kind
 
 
 def _claims_medium(path: Path) -> bool:

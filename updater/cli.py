@@ -145,9 +145,10 @@ def install(state_dir: Path, bundle: Path, overlay: Path | None, profile: str | 
     """Install BUNDLE (with the site OVERLAY) beside the running release, switch, and keep it only if healthy.
 
     Steps: verify, stage into the inactive slot, load images, record `trying`, switch, health
-    checks, then commit or roll back to the previous release. Exits 7 after a rollback (6 when the engine would not start it). The
-    overlay's configuration and secrets go with the release and roll back with it; without one,
-    the running release's overlay is carried over if it fits. BUNDLE may also be an overlay
+    checks, then commit or roll back to the previous release. Exits 7 after a rollback (6 when
+    the engine would not start it; docs/errors.md). The overlay's configuration and secrets go
+    with the release and roll back with it; without one, the running release's overlay is carried
+    over if it fits. BUNDLE may also be an overlay
     alone: the running release is started again with it, checked and rolled back the same way.
     BUNDLE may be a medium from `sealift export` (a directory or .tar): the newest bundle for this
     device's profile is taken from it, with the newest overlay for its site that fits; a medium

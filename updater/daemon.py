@@ -95,7 +95,8 @@ class Daemon:
             outcome = self.poller.poll()
         except Exception as e:  # whatever the network or the registry did, the service goes on
             self.failures += 1
-            failed = e if isinstance(e, SealiftError) else SealiftError(f"{type(e).__name__}: {e}")
+            # a fresh error of the same family: keeping the raised one would keep its frames (and what they hold) alive
+            failed = type(e)(e.diagnostics()) if isinstance(e, SealiftError) else SealiftError(f"{type(e).__name__}: {e}")
             self._log(event="poll-failed", source=self.poller.source, fault=failed.fault, error=failed.diagnostics(),
                       retry_in=f"{self.next_wait():.0f}s")
             return failed

@@ -18,7 +18,7 @@ from typing import Any
 from updater.artifact import Kind, open_artifact
 from updater.bundle import BundleInfo
 from updater.descriptor import BundleDescriptor
-from updater.errors import Conflict, DeliveryError, InputError, Refused, SealiftError
+from updater.errors import Conflict, InputError, Refused, SealiftError
 from updater.gc import collect_images
 from updater.health import HealthResult, Watched, wait_healthy
 from updater.identity import DeviceIdentity
@@ -96,7 +96,8 @@ class Installer:
                 return None, self.store.ingest(artifact, artifact.top.digest)
             if artifact.kind is Kind.BUNDLE or overlay is not None:
                 offered = read_offer(artifact, self.profile, self.site()).bundle
-                assert offered is not None
+                if offered is None:
+                    raise InputError(f"{source}: holds no bundle for {overlay} to go with; install the overlay alone")
                 return self.store.ingest(artifact, offered.digest), overlay
             chosen = plan(state, read_offer(artifact, self.profile, self.site()), self.running_overlay(state))
             bundle = self.store.ingest(artifact, chosen.bundle) if chosen.bundle else None
@@ -122,11 +123,14 @@ class Installer:
                     with_overlay = f" with overlay {release.overlay}" if release.overlay else ""
                     raise Conflict(f"{info.name} {info.version}{with_overlay} failed its health checks before; "
                                    "use --force to try it again")
-                state = self._forget_previous(state, release.slot)
                 self.log(f"[2/7] stage into slot {release.slot}")
-                stage_release(artifact.reader, info, self.slots.slot_dir(release.slot))
-            if overlay is not None:  # now that the release counts, so does its overlay
-                verify_overlay(overlay, trust=self.trust, identity=self.identity, app=info.name, app_version=info.version)
+                forgotten = self._forget_previous(state, release.slot)
+                stage_release(artifact.reader, info, self.slots.slot_dir(release.slot), replacing=forgotten.save)
+                state = forgotten.state
+            if overlay is not None and site is not None:  # now that the release counts, so does its overlay
+                again = verify_overlay(overlay, trust=self.trust, identity=self.identity, app=info.name, app_version=info.version)
+                if again.digest != site.digest:
+                    raise Refused(f"{overlay}: changed while it was installed (index {again.digest}, checked {site.digest})")
             if site is not None:
                 stage_overlay(site, self.slots.slot_dir(release.slot))
             self.log("[3/7] load images")
@@ -136,14 +140,13 @@ class Installer:
         self.slots.save(state)
         return self._switch(state, release, "healthy")
 
-    def _forget_previous(self, state: DeviceState, slot: str) -> DeviceState:
-        """The release staged in ``slot`` is about to be overwritten: record first that it can no longer be
-        returned to, so nothing cut short later can start the wrong release as the previous one."""
+    def _forget_previous(self, state: DeviceState, slot: str) -> _Forgetting:
+        """What to record once a new release is staged beside ``slot``'s, before ``slot`` is overwritten:
+        that its previous release can no longer be returned to (so nothing cut short later can start
+        the new files under the old name), and not before (a refused or failed staging keeps it)."""
         if state.previous is None or state.previous.slot != slot:
-            return state
-        forgotten = replace(state, previous=None)
-        self.slots.save(forgotten)
-        return forgotten
+            return _Forgetting(self.slots, state, changed=False)
+        return _Forgetting(self.slots, replace(state, previous=None), changed=True)
 
     def _overlay_for(self, state: DeviceState, overlay: Path | None, app: str, version: str) -> OverlayInfo | None:
         """The overlay to stage with ``app`` ``version``: the one given (verified; the device's trust advances
@@ -174,9 +177,10 @@ class Installer:
             raise Conflict(f"{current.name} {current.version} with overlay {site.version} failed its health checks before; "
                                "use --force to try it again")
         slot_dir = self.slots.slot_dir(release.slot)
-        state = self._forget_previous(state, release.slot)
         self.log(f"[2/7] stage {current.name} {current.version} with overlay {site.version} into slot {release.slot}")
-        clone_slot(self.slots.slot_dir(current.slot), slot_dir)
+        forgotten = self._forget_previous(state, release.slot)
+        clone_slot(self.slots.slot_dir(current.slot), slot_dir, replacing=forgotten.save)
+        state = forgotten.state
         stage_overlay(site, slot_dir)
         self.log("[3/7] load images: none, the release's images are loaded")
         self.log("[4/7] record trying")
@@ -289,6 +293,19 @@ class Installer:
                        secrets=self.secrets.folder(release.name, release.slot))
 
 
+@dataclass
+class _Forgetting:
+    """A state to record just before a slot's old content goes (see ``Installer._forget_previous``)."""
+
+    slots: Slots
+    state: DeviceState
+    changed: bool
+
+    def save(self) -> None:
+        if self.changed:
+            self.slots.save(self.state)
+
+
 def check_as_installed(path: Path, *, trust: TrustedState, profile: Profile | None) -> tuple[BundleInfo | None, OverlayInfo | None]:
     """Verify a bundle or an overlay completely, or what an install would take from a medium (a delta
     is completed from the device's store first; what is taken stays there, and the next install
@@ -315,7 +332,7 @@ def check_as_installed(path: Path, *, trust: TrustedState, profile: Profile | No
             overlay = verify_overlay(store.ingest(artifact, chosen.overlay), trust=trust, identity=identity,
                                      app=runs_with.name if runs_with else None, app_version=runs_with.version if runs_with else None)
     if info is None and overlay is None:
-        raise DeliveryError(f"{path}: holds no bundle for this device, and no overlay newer than the one it runs")
+        raise Conflict(f"{path}: holds no bundle for this device, and no overlay newer than the one it runs")
     return info, overlay
 
 

@@ -20,6 +20,7 @@ __all__ = [
     "CHUNK",
     "LAYOUT_VERSION",
     "MAX_JSON_BYTES",
+    "MAX_METADATA_BYTES",
     "MEDIA",
     "METADATA_DIR",
     "METADATA_NAME",
@@ -33,6 +34,7 @@ __all__ = [
 CHUNK = 1 << 20
 LAYOUT_VERSION = "1.0.0"
 MAX_JSON_BYTES = 4 << 20  # manifests, indexes and descriptors are small; refuse huge ones
+MAX_METADATA_BYTES = 16 << 20  # a signed TUF metadata file: larger than any ngclient would accept
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 METADATA_DIR = "tuf"  # signed TUF metadata travels beside the layout, outside its content-addressed part
 METADATA_NAME = re.compile(r"(?:[1-9][0-9]{0,9}\.)?[a-z][a-z0-9._-]{0,99}\.json")  # N.role.json: no leading zeros

@@ -14,11 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from updater.artifact import Artifact, Kind
+from updater.artifact import Artifact, Kind, kind
 from updater.content import read_json_blob
 from updater.errors import Conflict, InputError, Refused
 from updater.medium import MediumBundle, read_medium
-from updater.oci import ANNOTATION, MEDIA, Descriptor
+from updater.oci import ANNOTATION, Descriptor
 from updater.profiles import Profile
 from updater.slots import DeviceState, Release
 from updater.versions import fits, version_key
@@ -134,7 +134,7 @@ def failure_key(release: Release) -> str:
 def _candidate(artifact: Artifact, top: Descriptor) -> Candidate:
     a = _claims(artifact, top)
     return Candidate(digest=top.digest, name=a.get(ANNOTATION.NAME, ""), version=a.get(ANNOTATION.VERSION, ""),
-                     fits=a.get(ANNOTATION.FITS, "") if top.artifact_type == MEDIA.OVERLAY else "")
+                     fits=a.get(ANNOTATION.FITS, "") if kind(top.artifact_type) is Kind.OVERLAY else "")
 
 
 def _claims(artifact: Artifact, top: Descriptor) -> dict[str, str]:

@@ -20,9 +20,10 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from updater.artifact import Kind
 from updater.errors import Refused, SealiftError
 from updater.install import Installer, Outcome
-from updater.oci import ANNOTATION, MEDIA, Descriptor
+from updater.oci import ANNOTATION, Descriptor
 from updater.profiles import Profile
 from updater.registry import RegistryClient, Retry, bundle_descriptor, bundle_tag, connect, overlay_tag
 from updater.slots import DeviceState
@@ -185,7 +186,7 @@ class RegistryPoller:
         if digest in self.refused:
             return None
         try:
-            kinds = (MEDIA.OVERLAY,) if site else (MEDIA.BUNDLE,)
+            kinds = (Kind.OVERLAY,) if site else (Kind.BUNDLE,)
             top = bundle_descriptor(body, media_type, digest, f"{client.ref.name}:{tag}", kinds=kinds)
         except Refused as e:
             self.log(f"skipped {tag}: {e.diagnostics()}")

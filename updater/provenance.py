@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from updater.descriptor import FileEntry
-from updater.errors import Refused, SealiftError
+from updater.errors import InputError, Refused, SealiftError
 from updater.layout import LayoutReader
 
 __all__ = ["MAX_SIGSTORE_BYTES", "ProvenanceClaim", "check_provenance", "verify_provenance"]
@@ -36,6 +36,9 @@ class ProvenanceClaim:
 def verify_provenance(claim: ProvenanceClaim, *, sigstore_bundle: bytes, trusted_root: bytes,
                       error: type[SealiftError] = Refused) -> None:
     """Verify offline; ``error`` naming the identity expected and the one found, if any."""
+    if importlib.util.find_spec("sigstore") is None:
+        raise InputError(f"{claim.what}: checking its Sigstore provenance needs sigstore-python, which comes with the "
+                         "build side: pip install 'sealift[build]'")
     # sigstore-python is large: imported only when a bundle uses provenance
     from sigstore.errors import Error as SigstoreError
     from sigstore.hashes import Hashed

@@ -36,13 +36,13 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
+from updater.artifact import Kind, kind
 from updater.content import checked_json
 from updater.errors import ContentMismatch, DeliveryError, InputError, Refused, SealiftError
-from updater.oci import MAX_JSON_BYTES, MEDIA, METADATA_NAME, Descriptor
+from updater.oci import MAX_JSON_BYTES, MAX_METADATA_BYTES, MEDIA, METADATA_NAME, Descriptor
 
 __all__ = [
     "ACCEPT_MANIFESTS",
-    "MAX_METADATA_BYTES",
     "METADATA_TAG_PREFIX",
     "Reference",
     "RegistryClient",
@@ -402,7 +402,6 @@ def _error_text(response: Any) -> str:
 
 
 METADATA_TAG_PREFIX = "tuf."
-MAX_METADATA_BYTES = 16 << 20  # larger than any metadata file ngclient would accept
 
 
 def connect(text: str, *, plain_http: bool, what: str, retry: Retry | None = None) -> RegistryClient:
@@ -420,14 +419,14 @@ def overlay_tag(site: str, version: str) -> str:
 
 
 def bundle_descriptor(body: bytes, media_type: str, digest: str, where: str, *,
-                      kinds: tuple[str, ...] = (MEDIA.BUNDLE,)) -> Descriptor:
+                      kinds: tuple[Kind, ...] = (Kind.BUNDLE,)) -> Descriptor:
     """The descriptor of a bundle's (or, with ``kinds``, an overlay's) top index fetched from a registry."""
     try:
         data = json.loads(body)
     except ValueError as e:
         raise Refused(f"{where}: the manifest is not valid JSON") from e
-    if not isinstance(data, dict) or data.get("artifactType") not in kinds or media_type != MEDIA.INDEX:
-        raise Refused(f"{where}: not a Sealift bundle (expected an OCI index with artifactType {' or '.join(kinds)})")
+    if not isinstance(data, dict) or kind(data.get("artifactType")) not in kinds or media_type != MEDIA.INDEX:
+        raise Refused(f"{where}: not a Sealift {' or '.join(kinds)} (an OCI index with a Sealift artifactType)")
     annotations = data.get("annotations")
     annotations = annotations if isinstance(annotations, dict) else {}
     return Descriptor(media_type=MEDIA.INDEX, digest=digest, size=len(body), artifact_type=str(data["artifactType"]),

@@ -16,7 +16,7 @@ import secrets
 import shutil
 import stat
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -36,9 +36,12 @@ _DIRS = {"model": "models", "config": "configs"}
 _OVERLAY = "overlay"
 
 
-def stage_release(reader: LayoutReader, info: BundleInfo, slot_dir: Path) -> Path:
-    """Make ``slot_dir`` hold exactly the release ``reader`` holds (verified, as ``info`` says); return it.
-    Each model's and config's content is hashed as it is written, and must be what the descriptor says."""
+def stage_release(reader: LayoutReader, info: BundleInfo, slot_dir: Path, *, replacing: Callable[[], None] = lambda: None) -> Path:
+    """Make ``slot_dir`` hold exactly the release ``reader`` holds: a bundle in the device's store,
+    verified as ``info`` says; return it. A compressed model's or config's content is hashed as it
+    is written, and must be what the descriptor says (an uncompressed one's is its blob's, hashed on
+    its way into the store). ``replacing`` is called once everything is staged, just before the slot's old
+    content goes."""
     slot_dir.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     temp = slot_dir.with_name(f".{slot_dir.name}-staging-{secrets.token_hex(4)}")
     try:
@@ -48,6 +51,7 @@ def stage_release(reader: LayoutReader, info: BundleInfo, slot_dir: Path) -> Pat
                 _place(content, entry, temp / _DIRS[entry.role] / entry.name)
         (temp / "descriptor.json").write_bytes(canonical_json(info.descriptor.data))
         _make_read_only(temp)
+        replacing()
         _remove(slot_dir)
         os.rename(temp, slot_dir)
         fsync_dir(slot_dir.parent)
@@ -63,17 +67,31 @@ def stage_release(reader: LayoutReader, info: BundleInfo, slot_dir: Path) -> Pat
 
 
 @contextmanager
-def _content(stored: IO[bytes], entry: FileEntry) -> Iterator[Hashed]:
-    """The entry's content (decompressed, when it is stored compressed), hashed as it is read."""
+def _content(stored: IO[bytes], entry: FileEntry) -> Iterator[Hashed | _Stored]:
+    """The entry's content: decompressed and hashed as it is read, when it is stored compressed; else
+    the stored bytes as they are (their digest is the blob's, checked on its way into the store)."""
     what = f"{entry.role} {entry.name}"
     if entry.compressed:
         with zstd_reader(stored, what) as plain:
             yield Hashed(plain, digest=entry.content_digest, size=entry.content_size, what=f"the content of {what}")
     else:
-        yield Hashed(stored, digest=entry.content_digest, size=entry.content_size, what=what)
+        yield _Stored(stored)
 
 
-def _place(content: Hashed, entry: FileEntry, dest: Path) -> None:
+class _Stored:
+    """An uncompressed entry's blob, read as it is: hashed once already, on its way into the store."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self.stream = stream
+
+    def read(self, n: int = CHUNK, /) -> bytes:
+        return self.stream.read(n)
+
+    def finish(self) -> None:
+        pass
+
+
+def _place(content: Hashed | _Stored, entry: FileEntry, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     if entry.kind == "file":
         with open(dest, "xb") as out:
@@ -85,7 +103,7 @@ def _place(content: Hashed, entry: FileEntry, dest: Path) -> None:
     content.finish()
 
 
-def _extract(content: Hashed, dest: Path, name: str) -> None:
+def _extract(content: Hashed | _Stored, dest: Path, name: str) -> None:
     """Regular files and directories only, each strictly inside ``dest``."""
     dest.mkdir()
     try:
@@ -185,12 +203,14 @@ def overlay_of(slot_dir: Path) -> dict[str, Any] | None:
     return data
 
 
-def clone_slot(source: Path, dest: Path) -> None:
-    """Stage ``dest`` as a copy of ``source`` without its overlay: files are hard-linked (they are read-only)."""
+def clone_slot(source: Path, dest: Path, *, replacing: Callable[[], None] = lambda: None) -> None:
+    """Stage ``dest`` as a copy of ``source`` without its overlay: files are hard-linked (they are read-only).
+    ``replacing`` is called just before ``dest``'s old content goes."""
     temp = dest.with_name(f".{dest.name}-clone")
     shutil.rmtree(temp, ignore_errors=True)
     try:
         shutil.copytree(source, temp, copy_function=os.link, ignore=lambda d, names: [_OVERLAY] if Path(d) == source else [])
+        replacing()
         if dest.exists():
             shutil.rmtree(dest)
         os.rename(temp, dest)

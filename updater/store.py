@@ -4,9 +4,10 @@
 one being assembled, kept across interruptions so a download resumes where it stopped. Every
 bundle a device installs passes through here, wherever it came from (a path, a medium, a
 registry): a blob another kept bundle already has is hard-linked, not fetched again, and a
-delta medium finds its base here. Blobs are checked against their digests as they arrive; the
-installer then verifies the assembled bundle as a whole (TUF, every blob, the profile). Bundles
-no kept release needs are removed after each install.
+delta medium finds its base here. Every blob is hashed as it arrives, once: nothing else is ever
+written here, so the installer then verifies the assembled bundle (TUF, its structure, every
+blob's presence and size, the profile) without hashing its blobs again. Bundles no kept release
+needs are removed after each install.
 """
 
 from __future__ import annotations
@@ -48,7 +49,11 @@ class Incoming:
 
     def __enter__(self) -> Incoming:
         self._lock.enter_context(exclusive_lock(self.store.lock_path(self.top.digest), wait=True))
-        self.layout.prepare()
+        try:
+            self.layout.prepare()
+        except BaseException:
+            self._lock.close()  # __exit__ will not run: let go of the lock now
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:

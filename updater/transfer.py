@@ -112,7 +112,7 @@ def walk(top: Descriptor, store: Endpoint) -> Graph:
         if depth > 4:
             raise Refused(f"{store.what}: manifests nest deeper than a bundle does (at {node.digest})")
         body = checked_json(store.read_manifest(node.digest), node, store.what)
-        data = json_object(body, f"{store.what}: manifest {node.digest}", DeliveryError)
+        data = json_object(body, f"{store.what}: manifest {node.digest}")  # its digest matched: malformed is a bad artifact
         media_type = data.get("mediaType", node.media_type)
         if media_type in _INDEX_TYPES:
             for child in _descriptors(data.get("manifests"), node, store.what):
@@ -285,7 +285,7 @@ class DirectoryEndpoint:
                 if done < blob.size:
                     with source.open_blob(blob.digest, offset=done) as stream:
                         checked.source = stream
-                        while chunk := checked.read(_PIECE):
+                        while chunk := _read_from(source, checked, blob):
                             out.write(chunk)
                 checked.finish()
                 out.flush()
@@ -357,6 +357,15 @@ class DirectoryEndpoint:
             replace_file(path, data)
         except OSError as e:
             raise DeviceFault(f"{self.what}: cannot write {what} ({_why(e)})") from e
+
+
+def _read_from(source: Endpoint, checked: Hashed, blob: Descriptor) -> bytes:
+    """The next piece of a blob; a source that fails to read (a medium pulled out, a bad sector) is a
+    delivery error, which keeps what arrived so far: the next copy resumes it."""
+    try:
+        return checked.read(_PIECE)
+    except OSError as e:
+        raise DeliveryError(f"{source.what}: reading blob {blob.digest} failed ({_why(e)}); run again to resume") from e
 
 
 def _hash_existing(out: IO[bytes], size: int) -> tuple[Any, int]:

@@ -22,7 +22,7 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from securesystemslib.exceptions import UnverifiedSignatureError
 from securesystemslib.signer import KEY_FOR_TYPE_AND_SCHEME, Signature, SigstoreKey
@@ -30,10 +30,13 @@ from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import TargetFile
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 
-from updater.errors import DeliveryError, DeviceFault, Refused
+from updater.artifact import Kind, kind
+from updater.errors import DeliveryError, DeviceFault, Refused, SealiftError
 from updater.layout import LayoutReader
-from updater.oci import ANNOTATION, MEDIA
-from updater.registry import MAX_METADATA_BYTES, RegistryClient, read_metadata
+from updater.oci import ANNOTATION, MAX_METADATA_BYTES
+
+if TYPE_CHECKING:
+    from updater.registry import RegistryClient
 
 __all__ = [
     "LayoutMetadata",
@@ -83,7 +86,7 @@ def claimed_target(index: bytes, where: str) -> str:
     try:
         parsed = json.loads(index)
         a = parsed["annotations"]
-        if parsed.get("artifactType") == MEDIA.OVERLAY:
+        if kind(parsed.get("artifactType")) is Kind.OVERLAY:
             return target_name(name=a[ANNOTATION.NAME], site=a[ANNOTATION.SITE], version=a[ANNOTATION.VERSION])
         return target_name(name=a[ANNOTATION.NAME], profile=a[ANNOTATION.PROFILE], version=a[ANNOTATION.VERSION])
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
@@ -95,6 +98,7 @@ class MetadataSource(Protocol):
 
     what: str
     may_be_older: bool  # whether its metadata may be older than the device's, which then decides
+    missing: type[SealiftError]  # what a file it lacks is: an artifact without its metadata, or metadata not (yet) published
 
     def names(self) -> set[str] | None:
         """The files it holds, when it can tell (a folder can, a registry is asked file by file)."""
@@ -110,6 +114,7 @@ class LayoutMetadata:
     older than what the device has since come to trust (then the device's own metadata decides)."""
 
     may_be_older = True
+    missing: type[SealiftError] = Refused  # a bundle that lacks part of its metadata is a bad artifact
 
     def __init__(self, reader: LayoutReader) -> None:
         self.reader = reader
@@ -131,6 +136,7 @@ class RegistryMetadata:
     A mirror serves its newest metadata: older than what the device trusts is refused (a freeze)."""
 
     may_be_older = False
+    missing: type[SealiftError] = DeliveryError  # not published (yet: a mirror being synced publishes bundles first)
 
     def __init__(self, client: RegistryClient) -> None:
         self.client = client
@@ -143,6 +149,8 @@ class RegistryMetadata:
     def read(self, name: str) -> bytes | None:
         if name in self.fetched:
             return self.fetched[name]
+        from updater.registry import read_metadata  # the registry client: loaded by a poll, not by an offline install
+
         data = read_metadata(self.client, name, limit=MAX_METADATA_BYTES)
         if data is not None:
             self.fetched[name] = data
@@ -154,6 +162,7 @@ class TrustedMetadata:
     and a target is looked up in what the device already trusts."""
 
     may_be_older = False
+    missing: type[SealiftError] = DeviceFault  # the device's own trusted metadata is incomplete
 
     def __init__(self, metadata_dir: Path) -> None:
         self.metadata_dir = metadata_dir
@@ -167,7 +176,10 @@ class TrustedMetadata:
         path = self.metadata_dir / role
         if role == "root.json" or "/" in role or not path.is_file():
             return None
-        return path.read_bytes()
+        try:
+            return path.read_bytes()
+        except OSError as e:
+            raise DeviceFault(f"{path}: cannot read the trusted metadata ({e.strerror})") from e
 
 
 class _Fetcher(FetcherInterface):
@@ -180,7 +192,7 @@ class _Fetcher(FetcherInterface):
         name = url.removeprefix(_URL)
         try:
             data = self.source.read(name)
-        except DeliveryError as e:
+        except (DeliveryError, DeviceFault) as e:  # kept as the cause: an outage or the device's own fault, not an attack
             raise tuf_errors.DownloadError(e.diagnostics()) from e
         if data is None:  # like an HTTP 404: for a root, "no newer version"
             raise tuf_errors.DownloadHTTPError(f"{name} is not in {self.source.what}", 404)
@@ -238,8 +250,10 @@ class TufClient:
         try:
             return step()
         except tuf_errors.DownloadError as e:
-            if isinstance(e.__cause__, DeliveryError):
-                raise e.__cause__ from None  # an outage, not an attack
+            if isinstance(e.__cause__, DeliveryError | DeviceFault):
+                raise e.__cause__ from None  # an outage, or the device's own fault: not an attack
+            if isinstance(e, tuf_errors.DownloadHTTPError) and e.status_code == 404:
+                raise self.source.missing(f"{self.source.what}: signed metadata is missing ({e})") from e
             raise Refused(f"{self.source.what}: signed metadata refused: {_reason(e)} ({e})") from e
         except tuf_errors.RepositoryError as e:
             raise Refused(f"{self.source.what}: signed metadata refused: {_reason(e)} ({e})") from e

@@ -2,9 +2,11 @@
 
 (1) TUF (:mod:`updater.tuf_client`), offline: the metadata the bundle carries is verified against
 the device's trusted root and metadata, and the bundle's top index must be, byte for byte, the
-target it claims to be (``NAME/PROFILE/VERSION``); (2) every blob's digest and size; (3) the bundle
-was built for this device's profile and compatible string; (4) it is not older than a release the
-device accepted. Only then does the device's trusted metadata advance. An overlay is checked the
+target it claims to be (``NAME/PROFILE/VERSION``); (2) the bundle's structure and every blob (its
+digest and size, or for a bundle in the device's store, whose blobs were hashed on their way in,
+its size; compressed content is then checked as it is staged); (3) the bundle was built for this
+device's profile and compatible string; (4) it is not older than a release the device accepted.
+Only then does the device's trusted metadata advance. An overlay is checked the
 same way, then against this device: its site, the release it runs with, its key opening the secrets.
 """
 
@@ -103,8 +105,11 @@ def verify_overlay(source: Path | Artifact, *, trust: TrustedState, identity: De
     path = source.path
     record = identity.record()
     with trust.candidate() as metadata_dir:
-        name, _ = signed_index(source.reader, metadata_dir, source.top.digest)
+        name, index = signed_index(source.reader, metadata_dir, source.top.digest)
         info = check_overlay(source)
+        signed_digest = f"sha256:{hashlib.sha256(index).hexdigest()}"
+        if info.digest != signed_digest:
+            raise Refused(f"{path}: changed while it was verified (index {info.digest}, signed {signed_digest})")
         if target_name(name=info.name, site=info.site, version=info.version) != name:
             raise Refused(f"{path}: the overlay is not the target it claims to be")
         if app is not None and info.name != app:

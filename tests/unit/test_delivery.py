@@ -3,10 +3,14 @@ the device's bundle store, resumed blob copies and the daemon's backoff."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tarfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import pytest
 from click.testing import CliRunner
@@ -17,7 +21,7 @@ from bundler.export import export
 from bundler.spec import load_spec
 from tests.builders import manifest_digests, offer_of, project, take
 from updater.daemon import Daemon
-from updater.errors import ContentMismatch, DeviceFault, InputError, Refused
+from updater.errors import ContentMismatch, DeliveryError, DeviceFault, InputError, Refused
 from updater.layout import open_layout
 from updater.medium import check_medium
 from updater.oci import Descriptor
@@ -192,6 +196,38 @@ def test_a_blob_copy_cut_off_resumes_and_a_wrong_one_is_not_kept(versions: dict[
     assert not partial.exists() and not (dest.blobs / model.name).exists()
 
 
+class _FailingMedium(ReaderEndpoint):
+    """A medium that fails to read (pulled out, a bad sector) half-way through every blob."""
+
+    @contextmanager
+    def open_blob(self, digest: str, *, offset: int = 0) -> Iterator[IO[bytes]]:
+        with super().open_blob(digest, offset=offset) as stream:
+            yield _HalfReadable(stream)  # type: ignore[misc]
+
+
+class _HalfReadable:
+    def __init__(self, stream: IO[bytes]) -> None:
+        self.stream, self.given = stream, 0
+
+    def read(self, n: int = -1) -> bytes:
+        if self.given > 64 << 10:
+            raise OSError(errno.EIO, "Input/output error")
+        data = self.stream.read(min(n, 32 << 10))
+        self.given += len(data)
+        return data
+
+
+def test_a_medium_that_fails_to_read_is_a_delivery_fault_and_what_arrived_is_kept(versions: dict[str, Path], tmp_path: Path) -> None:
+    bundle = versions["1.2.0-x86_64-cpu"]
+    model = max((bundle / "blobs/sha256").iterdir(), key=lambda p: p.stat().st_size)
+    blob = Descriptor(media_type="application/octet-stream", digest=f"sha256:{model.name}", size=model.stat().st_size)
+    dest = DirectoryEndpoint(tmp_path / "out")
+    dest.prepare()
+    with open_layout(bundle) as reader, pytest.raises(DeliveryError, match=r"reading blob .* failed .*Input/output error"):
+        dest.put_blob(blob, _FailingMedium(reader), lambda _: None)
+    assert (dest.blobs / f".partial-{model.name}").stat().st_size > 0  # resumed from there next time
+
+
 def test_failed_polls_stretch_the_wait_up_to_a_limit() -> None:
     daemon = Daemon(None, None, interval=10, log=lambda _: None)  # type: ignore[arg-type]
     assert 8 <= daemon.next_wait() <= 12
@@ -294,3 +330,21 @@ def test_a_cut_download_whose_blob_arrives_another_way_leaves_no_partial_in_the_
     from updater.bundle import verify_bundle
 
     assert verify_bundle(done).digest == top.digest
+
+
+def test_a_download_that_cannot_start_lets_go_of_its_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk when a download starts must not leave its lock held: the next poll, in the same
+    service, would wait on it for ever."""
+    from updater.locks import exclusive_lock
+
+    def full(self: DirectoryEndpoint) -> None:
+        raise DeviceFault(f"{self.what}: cannot write (the disk is full)")
+
+    monkeypatch.setattr(DirectoryEndpoint, "prepare", full)
+    store = BundleStore(tmp_path / "device")
+    top = Descriptor(media_type="application/vnd.oci.image.index.v1+json", digest="sha256:" + "ab" * 32, size=2)
+    with pytest.raises(DeviceFault, match="the disk is full") as caught, store.incoming(top):
+        pass
+    assert caught.value.__traceback__ is not None  # the error, and the frames it keeps, are still alive here
+    with exclusive_lock(store.lock_path(top.digest), wait=False):  # BlockingIOError if it were still held
+        pass

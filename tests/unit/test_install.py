@@ -13,7 +13,7 @@ from bundler.spec import load_spec
 from tests.builders import SPEC, project, signed
 from tests.fakes import FakeEngine
 from updater.bundle import check_bundle
-from updater.errors import Conflict, EngineFault
+from updater.errors import Conflict, EngineFault, Refused
 from updater.install import Installer, images_of
 from updater.profiles import builtin_profile_dir, load_profiles
 from updater.slots import Phase, Slots
@@ -107,3 +107,25 @@ def test_a_failure_after_staging_over_the_previous_release_never_leaves_it_named
     assert state.fault == "engine"
     with pytest.raises(Conflict, match="no previous release"):
         installer.rollback()  # never 1.0.0's record with 1.2.0's files
+
+
+def test_staging_that_is_refused_or_fails_keeps_the_previous_release_to_return_to(tmp_path: Path, bundles: dict[str, Path],
+                                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import updater.stage
+
+    engine = FakeEngine()
+    installer = device(tmp_path, bundles, engine)
+    for version in ("1.0.0", "1.1.0"):
+        assert installer.install(bundles[version]).committed
+    before = Slots(tmp_path / "state").load()
+
+    def bad_content(*args: object) -> None:
+        raise Refused("model detector: the content of it does not match its digest or size")
+
+    monkeypatch.setattr(updater.stage, "_place", bad_content)
+    with pytest.raises(Refused, match="does not match"):
+        installer.install(bundles["1.2.0"])  # would go to slot a, where 1.0.0 is
+    state = Slots(tmp_path / "state").load()
+    assert state.previous == before.previous and state.previous is not None and state.previous.version == "1.0.0"
+    assert (tmp_path / "state/slots/a/descriptor.json").is_file()  # still 1.0.0's
+    assert installer.rollback().release.version == "1.0.0"

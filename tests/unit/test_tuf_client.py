@@ -12,7 +12,7 @@ import pytest
 from bundler.keys import Keyring
 from bundler.policy import Policy
 from bundler.repo import Repository
-from updater.errors import DeliveryError, Refused
+from updater.errors import DeliveryError, Refused, SealiftError
 from updater.trust import TrustedState
 from updater.tuf_client import TufClient, claimed_target, target_name
 
@@ -22,8 +22,9 @@ class FolderSource:
 
     may_be_older = False
 
-    def __init__(self, folder: Path, *, outage: str | None = None, missing: str | None = None) -> None:
-        self.folder, self.outage, self.missing = folder, outage, missing
+    def __init__(self, folder: Path, *, outage: str | None = None, absent: str | None = None,
+                 missing: type[SealiftError] = Refused) -> None:
+        self.folder, self.outage, self.absent, self.missing = folder, outage, absent, missing
         self.what = "test source"
 
     def names(self) -> None:
@@ -33,7 +34,7 @@ class FolderSource:
         if name == self.outage:
             raise DeliveryError(f"{self.what}: cannot reach 127.0.0.1:9 (connection refused)")
         path = self.folder / name
-        return None if name == self.missing or not path.is_file() else path.read_bytes()
+        return None if name == self.absent or not path.is_file() else path.read_bytes()
 
 
 @pytest.fixture
@@ -54,8 +55,12 @@ def test_an_outage_of_the_source_is_a_delivery_error_not_a_refusal(device: tuple
 
 def test_metadata_the_source_lacks_or_that_fails_its_checks_is_refused(device: tuple[TrustedState, Path]) -> None:
     trust, published = device
-    with trust.candidate() as metadata_dir, pytest.raises(Refused, match="signed metadata refused: metadata missing"):
-        TufClient(metadata_dir, FolderSource(published, missing="timestamp.json")).refresh()
+    with trust.candidate() as metadata_dir, pytest.raises(Refused, match="test source: signed metadata is missing"):
+        TufClient(metadata_dir, FolderSource(published, absent="timestamp.json")).refresh()
+    # a registry that has not (yet) published a file: not found, a delivery error, never an attack
+    with trust.candidate() as metadata_dir, pytest.raises(DeliveryError, match="signed metadata is missing") as caught:
+        TufClient(metadata_dir, FolderSource(published, absent="timestamp.json", missing=DeliveryError)).refresh()
+    assert not isinstance(caught.value, Refused)
     tampered = json.loads((published / "timestamp.json").read_bytes())
     tampered["signed"]["version"] += 1  # a newer timestamp no key signed
     (published / "timestamp.json").write_text(json.dumps(tampered))
