@@ -10,7 +10,6 @@ sealed after the revocation, they cannot read. Only public keys are here.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,7 +23,7 @@ from updater.errors import InputError
 from updater.locks import exclusive_lock
 from updater.names import NAME
 from updater.sealed import KEMS, device_id
-from updater.yamlfile import Field, load_yaml
+from updater.yamlfile import Field, load_json, load_yaml
 
 __all__ = ["Device", "Inventory"]
 
@@ -78,13 +77,7 @@ class Inventory:
 
     def add(self, record_file: Path) -> Device:
         """Add the device an enrollment record describes; the same record again changes nothing."""
-        try:
-            data = json.loads(record_file.read_text())
-        except OSError as e:
-            raise InputError(f"{record_file}: cannot read the enrollment record ({e.strerror})") from e
-        except ValueError as e:
-            raise InputError(f"{record_file}: not an enrollment record (not JSON)") from e
-        device = _device(Field(record_file, "", data), revocable=False)
+        device = _device(load_json(record_file, what="enrollment record"), revocable=False)
         with self._locked():
             devices = self.devices()
             existing = next((d for d in devices if d.device == device.device), None)

@@ -1,4 +1,4 @@
-"""Safe loading of Sealift's YAML files, and a reader that validates them field by field.
+"""Safe loading of Sealift's YAML (and JSON) input files, and a reader that validates them field by field.
 
 Spec and profile files come from users and from other people's repositories, so loading is
 bounded: a size cap, safe construction only (no Python objects), and a cap on the number of nodes
@@ -8,6 +8,7 @@ Every validation error names the file, the field path, what was expected and wha
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -17,7 +18,7 @@ import yaml
 
 from updater.errors import InputError
 
-__all__ = ["MAX_FILE_BYTES", "Field", "check_known", "load_yaml", "parse_duration"]
+__all__ = ["MAX_FILE_BYTES", "Field", "check_known", "load_json", "load_yaml", "parse_duration"]
 
 MAX_FILE_BYTES = 1 << 20
 MAX_NODES = 100_000
@@ -41,6 +42,17 @@ def load_yaml(path: Path, *, what: str) -> Field:
         problem = getattr(e, "problem", None) or type(e).__name__
         raise InputError(f"{path}: not valid YAML{where}: {problem}") from e
     return Field(path, "", value)
+
+
+def load_json(path: Path, *, what: str) -> Field:
+    """Read ``path`` as JSON (a record another Sealift command wrote) and return its root as a :class:`Field`."""
+    text = _read_text(path, what=what)
+    try:
+        return Field(path, "", json.loads(text))
+    except RecursionError as e:
+        raise InputError(f"{path}: {what} nested too deeply") from e
+    except ValueError as e:
+        raise InputError(f"{path}: {what} is not valid JSON ({e})") from e
 
 
 def _read_text(path: Path, *, what: str) -> str:

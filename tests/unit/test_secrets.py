@@ -137,6 +137,20 @@ def test_an_altered_enrollment_record_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "devices.yaml").exists()
 
 
+@pytest.mark.parametrize(("content", "message"), [
+    (b"{\"device\": ", "enrollment record is not valid JSON"),
+    (b"\xff\xfe", "enrollment record is not UTF-8 text"),
+    (b"[1, 2]", "expected a mapping"),
+    (b"[" * 100_000 + b"]" * 100_000, "enrollment record nested too deeply"),
+])
+def test_a_malformed_enrollment_record_is_one_input_error_and_adds_nothing(tmp_path: Path, content: bytes,
+                                                                            message: str) -> None:
+    (tmp_path / "record.json").write_bytes(content)
+    with pytest.raises(InputError, match=message):
+        Inventory(tmp_path / "devices.yaml").add(tmp_path / "record.json")
+    assert not (tmp_path / "devices.yaml").exists()
+
+
 def _data_key(document: dict, key: DeviceKey) -> bytes:  # type: ignore[type-arg]
     """Unwrap a set's data key the way open_sealed does (to check its properties)."""
     from updater.sealed import key_binding, suite
