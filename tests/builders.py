@@ -32,6 +32,18 @@ def image_layout(path: Path, *, tag: str = "1.0.0", platforms: tuple[str, ...] =
     return path
 
 
+# the end of SPEC: the health policy and the secret, which tests of the install workflow replace
+HEALTH_AND_SECRETS = """\
+health:
+  deadline: 60s
+  stabilisation: 10s
+  checks:
+    - {name: healthz, type: http, service: app, port: 8080, path: /healthz}
+    - {name: golden, type: inference, service: app, port: 8080, path: /infer, input: golden-in, expected: golden-out, tolerance: 0.01}
+secrets:
+  api-token: {environment: DEMO_API_TOKEN}
+"""
+
 SPEC = """\
 name: demo
 version: 1.2.0
@@ -63,15 +75,7 @@ app:
       healthcheck:
         test: ["CMD", "wget", "-q", "-O-", "http://127.0.0.1:8080/healthz"]
         interval: 5s
-health:
-  deadline: 60s
-  stabilisation: 10s
-  checks:
-    - {name: healthz, type: http, service: app, port: 8080, path: /healthz}
-    - {name: golden, type: inference, service: app, port: 8080, path: /infer, input: golden-in, expected: golden-out, tolerance: 0.01}
-secrets:
-  api-token: {environment: DEMO_API_TOKEN}
-"""
+""" + HEALTH_AND_SECRETS
 
 
 def project(root: Path, *, spec: str = SPEC, model_bytes: bytes | None = None) -> Path:

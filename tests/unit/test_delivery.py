@@ -176,12 +176,18 @@ def test_the_store_takes_this_devices_bundle_from_a_medium_and_refuses_a_delta_w
     assert blobs(cpu) == blobs(versions["1.3.0-x86_64-cpu"])
 
 
+def _copying_the_largest_blob(bundle: Path, out: Path) -> tuple[Path, Descriptor, DirectoryEndpoint]:
+    """The bundle's largest blob (the model), its descriptor, and an empty layout to copy it into."""
+    model = max((bundle / "blobs/sha256").iterdir(), key=lambda p: p.stat().st_size)
+    dest = DirectoryEndpoint(out)
+    dest.prepare()
+    return model, Descriptor(media_type="application/octet-stream", digest=f"sha256:{model.name}",
+                             size=model.stat().st_size), dest
+
+
 def test_a_blob_copy_cut_off_resumes_and_a_wrong_one_is_not_kept(versions: dict[str, Path], tmp_path: Path) -> None:
     bundle = versions["1.2.0-x86_64-cpu"]
-    model = max((bundle / "blobs/sha256").iterdir(), key=lambda p: p.stat().st_size)
-    blob = Descriptor(media_type="application/octet-stream", digest=f"sha256:{model.name}", size=model.stat().st_size)
-    dest = DirectoryEndpoint(tmp_path / "out")
-    dest.prepare()
+    model, blob, dest = _copying_the_largest_blob(bundle, tmp_path / "out")
     partial = dest.blobs / f".partial-{model.name}"
     partial.write_bytes(model.read_bytes()[: blob.size // 3])
     advanced: list[int] = []
@@ -219,10 +225,7 @@ class _HalfReadable:
 
 def test_a_medium_that_fails_to_read_is_a_delivery_fault_and_what_arrived_is_kept(versions: dict[str, Path], tmp_path: Path) -> None:
     bundle = versions["1.2.0-x86_64-cpu"]
-    model = max((bundle / "blobs/sha256").iterdir(), key=lambda p: p.stat().st_size)
-    blob = Descriptor(media_type="application/octet-stream", digest=f"sha256:{model.name}", size=model.stat().st_size)
-    dest = DirectoryEndpoint(tmp_path / "out")
-    dest.prepare()
+    model, blob, dest = _copying_the_largest_blob(bundle, tmp_path / "out")
     with open_layout(bundle) as reader, pytest.raises(DeliveryError, match=r"reading blob .* failed .*Input/output error"):
         dest.put_blob(blob, _FailingMedium(reader), lambda _: None)
     assert (dest.blobs / f".partial-{model.name}").stat().st_size > 0  # resumed from there next time

@@ -10,7 +10,7 @@ import pytest
 
 from bundler.build import BuildOptions, build_bundles, select_profiles
 from bundler.spec import load_spec
-from tests.builders import SPEC, project, signed
+from tests.builders import HEALTH_AND_SECRETS, SPEC, project, signed
 from tests.fakes import FakeEngine
 from updater.bundle import check_bundle
 from updater.errors import Conflict, EngineFault, Refused
@@ -22,14 +22,9 @@ from updater.trust import TrustedState
 PROFILES = load_profiles([builtin_profile_dir()])
 CPU = PROFILES["x86_64-cpu"]
 # only the container's own HEALTHCHECK, which the fake engine answers; no secrets
-QUICK = SPEC.replace("""  deadline: 60s
-  stabilisation: 10s
-  checks:
-    - {name: healthz, type: http, service: app, port: 8080, path: /healthz}
-    - {name: golden, type: inference, service: app, port: 8080, path: /infer, input: golden-in, expected: golden-out, tolerance: 0.01}
-secrets:
-  api-token: {environment: DEMO_API_TOKEN}
-""", """  deadline: 1s
+QUICK = SPEC.replace(HEALTH_AND_SECRETS, """\
+health:
+  deadline: 1s
   stabilisation: 0s
   checks:
     - {name: own, type: container, service: app}
