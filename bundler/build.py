@@ -160,7 +160,7 @@ def _write_bundle(
               for name, source in _images_for(spec, profile)]
     files = [
         _with_provenance(spec, c, src, writer, add_file_component(
-            writer, work, role=role, name=c.name, path=spec.directory / src, epoch=options.epoch,
+            writer, work, role=role, name=c.name, path=spec.source_path(src, what=f"{role}s.{c.name}"), epoch=options.epoch,
             progress=progress, label=f"{profile.name}: {role} {c.name}"))
         for role, components in (("model", spec.models), ("config", spec.configs))
         for c in components if (src := c.for_profile(profile.name)) is not None
@@ -181,8 +181,9 @@ def _with_provenance(spec: Spec, component: Component, source: str, writer: Layo
     if entry.kind != "file":
         raise InputError(f"{spec.path}: {entry.role}s.{entry.name}.provenance: Sigstore signs files; {source} is a directory")
     assert spec.sigstore_trusted_root is not None  # load_spec requires it with provenance
-    bundle = _read_sigstore_file(spec.directory / (wanted.bundle or f"{source}.sigstore"), f"{what} Sigstore bundle")
-    root = _read_sigstore_file(spec.directory / spec.sigstore_trusted_root, "Sigstore trusted root")
+    bundle_path = spec.source_path(wanted.bundle or f"{source}.sigstore", what=f"{entry.role}s.{entry.name}.provenance")
+    bundle = _read_sigstore_file(bundle_path, f"{what} Sigstore bundle")
+    root = _read_sigstore_file(spec.source_path(spec.sigstore_trusted_root, what="sigstore.trusted_root"), "Sigstore trusted root")
     claim = ProvenanceClaim(what=what, content_digest=entry.content_digest, identity=wanted.identity, issuer=wanted.issuer)
     verify_provenance(claim, sigstore_bundle=bundle, trusted_root=root, error=InputError)
     layers = []
@@ -220,7 +221,7 @@ def _add_image(
     spec: Spec, profile: Profile, name: str, reference: str, writer: LayoutWriter, work: Path,
     options: BuildOptions, progress: Progress,
 ) -> _Image:
-    with open_image_source(reference, base=spec.directory, work=work, plain_http=options.plain_http) as source:
+    with open_image_source(reference, roots=spec.roots, work=work, plain_http=options.plain_http) as source:
         image = source.resolve(profile.platform)
         missing = [d for d in (image.config, *image.layers) if not writer.has(d.digest)]
         progress.step(f"{profile.name}: image {name} ({image.descriptor.digest[:19]})", total_bytes=sum(d.size for d in missing))

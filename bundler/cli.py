@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from bundler.cli_sites import allow_dir_option
 from updater.errors import Refused
 from updater.exits import reports_errors
 from updater.progress import for_terminal
@@ -53,20 +54,22 @@ def cli() -> None:
 @click.option("--plain-http", is_flag=True, help="Reach registries named by docker:// sources over plain HTTP, not TLS.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @_profiles_dir_option
+@allow_dir_option
 @reports_errors
 def build(spec: Path, profiles: tuple[str, ...], out: Path, fmt: str, plain_http: bool, as_json: bool,
-          profiles_dirs: tuple[Path, ...]) -> None:
+          profiles_dirs: tuple[Path, ...], allowed_dirs: tuple[Path, ...]) -> None:
     """Build one bundle per hardware profile from SPEC (a sealift.yaml).
 
     Bundles are named NAME-VERSION-PROFILE and are byte-identical for the same inputs and
     SOURCE_DATE_EPOCH (which defaults to the spec's last git commit time). Each is verified
     before it is moved into place; an existing bundle is kept if identical and refused otherwise.
+    Every file the spec names must resolve inside its directory (or an --allow-dir).
     """
     from bundler.build import BuildOptions, build_bundles, select_profiles, source_date_epoch
     from bundler.spec import load_spec
     from updater.profiles import load_profiles, profile_search_path
 
-    loaded = load_spec(spec)
+    loaded = load_spec(spec, allowed_dirs=allowed_dirs)
     known = load_profiles(profile_search_path(loaded.directory, profiles_dirs))
     selected = select_profiles(loaded, known, profiles)
     options = BuildOptions(out=out, format="tar" if fmt == "tar" else "dir",

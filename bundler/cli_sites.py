@@ -10,7 +10,15 @@ import click
 
 from updater.exits import reports_errors
 
-__all__ = ["devices", "overlay"]
+__all__ = ["allow_dir_option", "devices", "overlay"]
+
+allow_dir_option = click.option(
+    "--allow-dir", "allowed_dirs", multiple=True, envvar="SEALIFT_ALLOW_DIRS",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    help="A directory outside the spec's own that its paths may name (repeatable; or SEALIFT_ALLOW_DIRS, "
+         "separated by ':'), such as where CI writes secret files. Everything else must resolve inside the "
+         "spec's directory.",
+)
 
 
 @click.group()
@@ -28,8 +36,10 @@ def overlay() -> None:
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path("out"), show_default=True,
               help="Directory that receives the overlay.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@allow_dir_option
 @reports_errors
-def overlay_build(spec: Path, site: str, site_file: Path | None, inventory: Path, out: Path, as_json: bool) -> None:
+def overlay_build(spec: Path, site: str, site_file: Path | None, inventory: Path, out: Path, as_json: bool,
+                  allowed_dirs: tuple[Path, ...]) -> None:
     """Build SITE's overlay for the application SPEC describes.
 
     Secret values come from where the spec's `secrets` say (an environment variable or a file) and
@@ -39,7 +49,7 @@ def overlay_build(spec: Path, site: str, site_file: Path | None, inventory: Path
     from bundler.overlay import build_overlay
     from bundler.spec import load_spec
 
-    path, info = build_overlay(load_spec(spec), site, inventory=inventory, out=out, site_file=site_file)
+    path, info = build_overlay(load_spec(spec, allowed_dirs=allowed_dirs), site, inventory=inventory, out=out, site_file=site_file)
     if as_json:
         click.echo(json.dumps({"path": str(path), **info.to_json()}, indent=2))
         return

@@ -112,7 +112,7 @@ def _secret_values(spec: Spec) -> dict[str, bytes]:
                 raise InputError(f"secret {s.name}: the environment variable {s.environment} is not set")
             values[s.name] = value.encode()
         else:
-            path = spec.directory / str(s.file)
+            path = spec.source_path(str(s.file), what=f"secrets.{s.name}.file")
             try:
                 with open(path, "rb") as f:
                     data = f.read((1 << 20) + 1)

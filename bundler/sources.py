@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol, TypeGuard
 
+from bundler.spec import SourceRoots
 from updater.errors import InputError, Refused
 from updater.layout import open_layout, read_index
 from updater.oci import MAX_JSON_BYTES, MEDIA, Descriptor, canonical_json, json_object
@@ -70,18 +71,19 @@ class ImageSource(Protocol):
 
 
 @contextmanager
-def open_image_source(reference: str, *, base: Path, work: Path, plain_http: bool = False) -> Iterator[ImageSource]:
-    """Open the source that ``reference`` names; relative paths are taken from ``base``."""
+def open_image_source(reference: str, *, roots: SourceRoots, work: Path, plain_http: bool = False) -> Iterator[ImageSource]:
+    """Open the source that ``reference`` names; a local path is taken from the spec's directory and held inside ``roots``."""
+    base = roots.spec_dir
     transport, sep, rest = reference.partition(":")
     if not sep or not rest:
         raise InputError(f"image {reference!r}: expected TRANSPORT:REFERENCE, e.g. oci:DIR:TAG or docker://HOST/REPO:TAG")
     source: ImageSource
     if transport == "oci":
         path, ref = _path_and_ref(rest, base)
-        source = _LayoutSource(reference, base / path, ref)
+        source = _LayoutSource(reference, roots.resolve(path, what=f"image {reference}"), ref)
     elif transport in ("oci-archive", "docker-archive"):
         path, ref = _path_and_ref(rest, base)
-        source = _archive_source(reference, base / path, ref)
+        source = _archive_source(reference, roots.resolve(path, what=f"image {reference}"), ref)
     elif transport == "docker-daemon":
         source = _daemon_source(reference, rest, work)
     elif transport == "docker" and rest.startswith("//"):

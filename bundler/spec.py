@@ -8,7 +8,7 @@ against the known profiles at build time (:mod:`bundler.build`), since they live
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,9 +18,37 @@ from updater.names import ENV_NAME, NAME
 from updater.versions import VERSION
 from updater.yamlfile import Field, load_yaml
 
-__all__ = ["ALL_PROFILES", "Component", "Provenance", "Secret", "Spec", "load_spec"]
+__all__ = ["ALL_PROFILES", "Component", "Provenance", "Secret", "SourceRoots", "Spec", "load_spec"]
 
 ALL_PROFILES = "all"
+
+
+@dataclass(frozen=True)
+class SourceRoots:
+    """The directories a spec may read files from: its own, and those the build was explicitly allowed.
+
+    A spec from a branch or a pull request must not ship the build machine's files, so every path
+    it names (models, configs, the application file, Sigstore material, secret files, local image
+    layouts) must land inside one of these after ``..`` and symlinks are resolved.
+    """
+
+    spec_dir: Path
+    allowed: tuple[Path, ...] = ()
+
+    def resolve(self, text: str | Path, *, what: str) -> Path:
+        """``text`` taken from the spec's directory with symlinks resolved; InputError outside every root."""
+        joined = self.spec_dir / text
+        try:
+            resolved = joined.resolve()
+            roots = [root.resolve() for root in (self.spec_dir, *self.allowed)]
+        except (OSError, RuntimeError) as e:  # a symlink loop
+            raise InputError(f"{what}: cannot resolve {joined} ({e})") from e
+        if not any(resolved.is_relative_to(root) for root in roots):
+            raise InputError(
+                f"{what}: {str(text)!r} resolves to {resolved}, outside the spec's directory {roots[0]}"
+                " (name other directories a build may read with --allow-dir)"
+            )
+        return resolved
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,11 +106,21 @@ class Spec:
     health: HealthPolicy
     secrets: tuple[Secret, ...] = ()
     sigstore_trusted_root: str | None = None  # path of the Sigstore trusted root that provenance is checked against
+    allowed_dirs: tuple[Path, ...] = ()  # directories outside the spec's own that its paths may name
 
     @property
     def directory(self) -> Path:
         """Where relative paths in the spec are rooted."""
         return self.path.parent
+
+    @property
+    def roots(self) -> SourceRoots:
+        """The directories this spec's paths may resolve into."""
+        return SourceRoots(self.directory, self.allowed_dirs)
+
+    def source_path(self, text: str, *, what: str) -> Path:
+        """The file or directory that the spec's path ``text`` names, confined to :attr:`roots`."""
+        return self.roots.resolve(text, what=f"{self.path}: {what}")
 
     def variant_profiles(self) -> dict[str, str]:
         """Every profile named by a variant, with the field that names it (for error messages)."""
@@ -94,25 +132,26 @@ class Spec:
         return named
 
 
-def load_spec(path: Path) -> Spec:
-    """Read and validate the spec at ``path``."""
+def load_spec(path: Path, *, allowed_dirs: Sequence[Path] = ()) -> Spec:
+    """Read and validate the spec at ``path``; its paths may name files in its directory and ``allowed_dirs``."""
+    roots = SourceRoots(path.parent, tuple(allowed_dirs))
     root = load_yaml(path, what="bundle spec")
     top = root.mapping(
         required=("name", "version", "profiles", "images", "app"),
         optional=("models", "configs", "health", "secrets", "sigstore"),
     )
-    images = _components(top["images"], key="source")
-    models = _components(top["models"], key="path", signed=True) if "models" in top else ()
-    configs = _components(top["configs"], key="path", signed=True) if "configs" in top else ()
-    trusted_root = _sigstore(top["sigstore"]) if "sigstore" in top else None
+    images = _components(top["images"], key="source", roots=roots)
+    models = _components(top["models"], key="path", roots=roots, signed=True) if "models" in top else ()
+    configs = _components(top["configs"], key="path", roots=roots, signed=True) if "configs" in top else ()
+    trusted_root = _sigstore(top["sigstore"], roots) if "sigstore" in top else None
     if trusted_root is None and any(c.provenance for c in (*models, *configs)):
         raise top.get("sigstore", Field(path, "sigstore", None)).error(
             "is required when a component declares provenance: `sigstore: {trusted_root: PATH}`"
         )
     _check_unique_mountables(top, models, configs)
-    secrets = _secrets(top["secrets"]) if "secrets" in top else ()
+    secrets = _secrets(top["secrets"], roots) if "secrets" in top else ()
     app = parse_app(
-        _app_field(top["app"], path),
+        _app_field(top["app"], path, roots),
         images=tuple(c.name for c in images),
         mountable=tuple(c.name for c in (*models, *configs)),
         secrets=tuple(s.name for s in secrets),
@@ -130,6 +169,7 @@ def load_spec(path: Path) -> Spec:
         health=parse_health(health_field, app=app, configs=tuple(c.name for c in configs)),
         secrets=secrets,
         sigstore_trusted_root=trusted_root,
+        allowed_dirs=roots.allowed,
     )
 
 
@@ -146,46 +186,56 @@ def _profiles(field: Field) -> tuple[str, ...] | None:
     return names
 
 
-def _components(field: Field, *, key: str, signed: bool = False) -> tuple[Component, ...]:
+def _components(field: Field, *, key: str, roots: SourceRoots, signed: bool = False) -> tuple[Component, ...]:
     components = []
     for name, sub in field.entries(key_pattern=NAME, key_what="component name"):
         f = sub.mapping(optional=(key, "variants", *(("provenance",) if signed else ())))
-        variants = _variants(f["variants"], key=key) if "variants" in f else ()
+        variants = _variants(f["variants"], key=key, roots=roots) if "variants" in f else ()
         if key not in f and not variants:
             raise sub.error(f"needs `{key}`, or `variants` for some profiles")
-        default = _source(f[key], key) if key in f else None
-        provenance = _provenance(f["provenance"]) if "provenance" in f else None
+        default = _source(f[key], key, roots) if key in f else None
+        provenance = _provenance(f["provenance"], roots) if "provenance" in f else None
         components.append(Component(name=name, default=default, variants=variants, provenance=provenance))
     return tuple(components)
 
 
-def _provenance(field: Field) -> Provenance:
+def _provenance(field: Field, roots: SourceRoots) -> Provenance:
     f = field.mapping(required=("identity", "issuer"), optional=("bundle",))
     return Provenance(
         identity=f["identity"].string(what="the signer's identity (an e-mail address or a workflow URI)"),
         issuer=f["issuer"].string(pattern=re.compile(r"https://\S+"), what="the OIDC issuer URL (https://...)"),
-        bundle=f["bundle"].string(what="a path to the Sigstore bundle") if "bundle" in f else None,
+        bundle=_path(f["bundle"], roots, what="a path to the Sigstore bundle") if "bundle" in f else None,
     )
 
 
-def _sigstore(field: Field) -> str:
-    return field.mapping(required=("trusted_root",))["trusted_root"].string(what="a path to a Sigstore trusted root JSON file")
+def _sigstore(field: Field, roots: SourceRoots) -> str:
+    return _path(field.mapping(required=("trusted_root",))["trusted_root"], roots,
+                 what="a path to a Sigstore trusted root JSON file")
 
 
-def _variants(field: Field, *, key: str) -> tuple[tuple[str, str], ...]:
+def _variants(field: Field, *, key: str, roots: SourceRoots) -> tuple[tuple[str, str], ...]:
     result = []
     for profile, sub in field.entries(key_pattern=NAME, key_what="profile name"):
         f = sub.mapping(required=(key,))
-        result.append((profile, _source(f[key], key)))
+        result.append((profile, _source(f[key], key, roots)))
     return tuple(sorted(result))
 
 
-def _source(field: Field, key: str) -> str:
+def _source(field: Field, key: str, roots: SourceRoots) -> str:
     if key == "source":
         return field.string(what="an image reference such as oci:DIR:TAG or docker://HOST/REPO:TAG")
-    text = field.string(what="a path relative to the spec")
+    return _path(field, roots, what="a path relative to the spec")
+
+
+def _path(field: Field, roots: SourceRoots, *, what: str) -> str:
+    """A path the spec names, held inside ``roots`` (checked again where the file is opened)."""
+    text = field.string(what=what)
     if "\x00" in text:
         field.fail("a path without NUL characters")
+    try:
+        roots.resolve(text, what="path")
+    except InputError as e:
+        raise field.error(str(e).removeprefix("path: ")) from e
     return text
 
 
@@ -196,7 +246,7 @@ def _check_unique_mountables(top: Mapping[str, Field], models: tuple[Component, 
         raise top["configs"].child(name).error("is also a model name; volumes refer to both by name")
 
 
-def _secrets(field: Field) -> tuple[Secret, ...]:
+def _secrets(field: Field, roots: SourceRoots) -> tuple[Secret, ...]:
     secrets = []
     for name, sub in field.entries(key_pattern=NAME, key_what="secret name"):
         if isinstance(sub.value, dict) and "value" in sub.value:
@@ -205,18 +255,16 @@ def _secrets(field: Field) -> tuple[Secret, ...]:
         if len(f) != 1:
             raise sub.error("needs exactly one of `environment` or `file`")
         env = f["environment"].string(pattern=ENV_NAME, what="an environment variable name") if "environment" in f else None
-        file = f["file"].string(what="a path") if "file" in f else None
+        file = _path(f["file"], roots, what="a path") if "file" in f else None
         secrets.append(Secret(name=name, environment=env, file=file))
     return tuple(secrets)
 
 
-def _app_field(field: Field, spec_path: Path) -> Field:
+def _app_field(field: Field, spec_path: Path, roots: SourceRoots) -> Field:
     """The app definition: inline, or in a Compose file next to the spec."""
     if not isinstance(field.value, str):
         return field
-    target = (spec_path.parent / field.value)
-    if not target.resolve().is_relative_to(spec_path.parent.resolve()):
-        raise field.error(f"{field.value!r} points outside the spec's directory")
+    target = roots.resolve(_path(field, roots, what="a Compose file's path relative to the spec"), what="app")
     try:
         return load_yaml(target, what="application definition")
     except InputError as e:

@@ -166,6 +166,8 @@ BAD_BUILDS = [
     ("missing-image-layout", lambda t: t.replace("oci:images/app:1.0.0", "oci:images/none:1.0.0"), "images/none not found"),
     ("missing-tag", lambda t: t.replace("oci:images/app:1.0.0", "oci:images/app:9.9.9"), "reference 9.9.9 not found"),
     ("bad-transport", lambda t: t.replace("oci:images/app:1.0.0", "ftp:images/app"), "unknown transport 'ftp'"),
+    ("image-layout-outside", lambda t: t.replace("oci:images/app:1.0.0", "oci:../elsewhere:1.0.0"), "outside the spec's directory"),
+    ("image-archive-absolute", lambda t: t.replace("oci:images/app:1.0.0", "oci-archive:/etc/hostname"), "outside the spec's directory"),
 ]
 
 
@@ -174,10 +176,28 @@ def test_bad_build_input_is_one_line_and_leaves_nothing(tmp_path: Path, edit, me
     spec = project(tmp_path / "src")
     spec.write_text(edit(spec.read_text()))
     out = tmp_path / "out"
-    with pytest.raises((InputError, InputError)) as caught:
+    with pytest.raises(InputError) as caught:
         build(spec, out)
     assert message in caught.value.diagnostics() and "\n" not in caught.value.diagnostics()
     assert not out.exists() or not list(out.iterdir())
+
+
+def test_a_path_that_leaves_the_spec_directory_after_loading_is_refused_where_it_is_read(tmp_path: Path) -> None:
+    spec_path = project(tmp_path / "src")
+    (tmp_path / "elsewhere").mkdir()
+    image_layout(tmp_path / "elsewhere" / "app")
+    (tmp_path / "elsewhere" / "shadow").write_text("root:$6$secret\n")
+    spec = load_spec(spec_path)
+    model = spec_path.parent / "models" / "int8.bin"
+    model.unlink()
+    model.symlink_to(tmp_path / "elsewhere" / "shadow")
+    options = BuildOptions(out=tmp_path / "out", format="dir", epoch=0)
+    with pytest.raises(InputError, match=r"models.detector: 'models/int8.bin' resolves to .*elsewhere/shadow, outside"):
+        build_bundles(spec, select_profiles(spec, PROFILES, ("x86_64-cpu",)), options)
+    assert not list((tmp_path / "out").iterdir())
+    allowed = load_spec(spec_path, allowed_dirs=[tmp_path / "elsewhere"])
+    (built,) = build_bundles(allowed, select_profiles(allowed, PROFILES, ("x86_64-cpu",)), options)
+    assert any(f.name == "detector" and f.content_size == len("root:$6$secret\n") for f in built.info.descriptor.files)
 
 
 def test_profile_without_a_matching_platform_is_a_clear_error(tmp_path: Path) -> None:

@@ -37,6 +37,22 @@ def test_build_json_then_inspect_and_verify(tmp_path: Path) -> None:
     assert verified.returncode == 0 and verified.stdout.startswith("ok ")
 
 
+def test_build_reads_outside_the_spec_directory_only_where_allowed(tmp_path: Path) -> None:
+    spec = project(tmp_path / "src")
+    ci_secrets = tmp_path / "ci-secrets"
+    ci_secrets.mkdir()
+    (ci_secrets / "weights.bin").write_bytes(b"weights from CI")
+    spec.write_text(spec.read_text().replace("path: models/int8.bin", f"path: {ci_secrets / 'weights.bin'}"))
+    args = ("build", str(spec), "--out", str(tmp_path / "out"), "--profile", "x86_64-cpu")
+    refused = run(*args)
+    assert refused.returncode == InputError.exit_code and refused.stderr.count("\n") == 1
+    assert "models.detector.path" in refused.stderr and "outside the spec's directory" in refused.stderr
+    assert not (tmp_path / "out" / "demo-1.2.0-x86_64-cpu").exists()
+    assert run(*args, "--allow-dir", str(ci_secrets)).returncode == 0
+    assert run(*args, env={"SEALIFT_ALLOW_DIRS": f"/nonexistent-is-refused-by-click:{ci_secrets}"}).returncode == InputError.exit_code
+    assert run(*args, env={"SEALIFT_ALLOW_DIRS": f"{tmp_path / 'src'}:{ci_secrets}"}).returncode == 0
+
+
 def test_verify_names_the_bad_blob_and_exits_non_zero(tmp_path: Path) -> None:
     spec = project(tmp_path / "src")
     run("build", str(spec), "--out", str(tmp_path / "out"), "--profile", "x86_64-cpu")

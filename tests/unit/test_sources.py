@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bundler.sources import open_image_source
+from bundler.spec import SourceRoots
 from updater.errors import InputError
 from updater.profiles import Platform
 
@@ -41,7 +42,7 @@ def good_members() -> dict[str, bytes | str]:
 
 def resolve(tmp_path: Path, members: dict[str, bytes | str], ref: str = "app:1") -> None:
     archive = docker_archive(tmp_path / "image.tar", members)
-    with open_image_source(f"docker-archive:{archive}:{ref}", base=tmp_path, work=tmp_path) as source:
+    with open_image_source(f"docker-archive:{archive}:{ref}", roots=SourceRoots(tmp_path), work=tmp_path) as source:
         image = source.resolve(AMD64)
         for blob in (image.config, *image.layers):
             with source.open_blob(blob) as stream:
@@ -80,5 +81,5 @@ def test_oci_layout_with_a_non_list_index_is_refused(tmp_path: Path) -> None:
     (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
     (layout / "index.json").write_text('{"manifests": "nope"}')
     with pytest.raises(InputError, match=r"layout: index\.json lists no manifests"):  # noqa: SIM117
-        with open_image_source("oci:layout", base=tmp_path, work=tmp_path) as source:
+        with open_image_source("oci:layout", roots=SourceRoots(tmp_path), work=tmp_path) as source:
             source.resolve(AMD64)

@@ -160,9 +160,35 @@ def test_missing_and_binary_specs_are_named(tmp_path: Path) -> None:
         load_spec(tmp_path / "bin.yaml")
 
 
+OUTSIDE_SPEC = "name: x\nversion: 1.0.0\nprofiles: all\nimages: {app: {source: oci:i}}\napp: {services: {app: {image: app}}}\n"
+
+
+@pytest.mark.parametrize(("field", "text"), [
+    ("models.m.path", "models:\n  m: {path: PATH}\n"),
+    ("models.m.variants.x86_64-cpu.path", "models:\n  m: {variants: {x86_64-cpu: {path: PATH}}}\n"),
+    ("configs.c.path", "configs:\n  c: {path: PATH}\n"),
+    ("secrets.s.file", "secrets:\n  s: {file: PATH}\n"),
+    ("models.m.provenance.bundle", "models:\n  m: {path: m.bin, provenance: {identity: a@b.c, issuer: 'https://i', bundle: PATH}}\n"
+                                   "sigstore: {trusted_root: root.json}\n"),
+    ("sigstore.trusted_root", "models:\n  m: {path: m.bin, provenance: {identity: a@b.c, issuer: 'https://i'}}\n"
+                              "sigstore: {trusted_root: PATH}\n"),
+], ids=["model", "variant", "config", "secret-file", "provenance-bundle", "sigstore-root"])
+@pytest.mark.parametrize("escape", ["dotdot", "absolute", "symlink"])
+def test_every_path_a_spec_names_stays_inside_its_directory(tmp_path: Path, field: str, text: str, escape: str) -> None:
+    spec_dir, elsewhere = tmp_path / "project", tmp_path / "build-machine"
+    spec_dir.mkdir(), elsewhere.mkdir()
+    (elsewhere / "shadow").write_text("root:$6$secret\n")
+    (spec_dir / "link").symlink_to(elsewhere / "shadow")
+    path = {"dotdot": "../build-machine/shadow", "absolute": str(elsewhere / "shadow"), "symlink": "link"}[escape]
+    spec = write(spec_dir, OUTSIDE_SPEC + text.replace("PATH", f"'{path}'"))
+    with pytest.raises(InputError, match=rf"{field}: '{path}' resolves to .*build-machine/shadow, outside the spec's directory"):
+        load_spec(spec)
+    assert load_spec(spec, allowed_dirs=[elsewhere]).allowed_dirs == (elsewhere,)
+
+
 def test_app_file_outside_the_spec_directory_is_refused(tmp_path: Path) -> None:
     inner = tmp_path / "inner"
     inner.mkdir()
     (tmp_path / "compose.yaml").write_text("services: {app: {image: app}}\n")
-    with pytest.raises(InputError, match="points outside the spec's directory"):
+    with pytest.raises(InputError, match="app: '../compose.yaml' resolves to .*, outside the spec's directory"):
         load_spec(write(inner, "name: x\nversion: 1.0.0\nprofiles: all\nimages: {app: {source: oci:i}}\napp: ../compose.yaml\n"))
