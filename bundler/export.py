@@ -23,7 +23,7 @@ from updater.content import copy_hashed
 from updater.errors import DeliveryError, DeviceFault, InputError, Refused
 from updater.layout import MEDIUM_FILE, NOTE_FILE, SUMS_FILE
 from updater.medium import MEDIUM_FORMAT, MediumBundle, MediumContents, MediumOverlay, MediumReport
-from updater.oci import ANNOTATION, MAX_JSON_BYTES, Descriptor
+from updater.oci import ANNOTATION, MAX_JSON_BYTES, Descriptor, json_object
 from updater.overlay import check_overlay
 from updater.progress import Progress, QuietProgress
 from updater.registry import connect
@@ -136,9 +136,9 @@ def _base_blobs(base: str, plain_http: bool, stack: ExitStack) -> Base:
         top = Descriptor(media_type=media_type, digest=digest, size=len(body))
         store = RegistryEndpoint(client)
     try:
-        annotations = json.loads(body)["annotations"]
+        annotations = json_object(body, f"base {base}")["annotations"]
         identity = (annotations[ANNOTATION.NAME], annotations[ANNOTATION.PROFILE], annotations[ANNOTATION.VERSION])
-    except (ValueError, KeyError, TypeError) as e:
+    except (KeyError, TypeError) as e:
         raise Refused(f"base {base}: not a Sealift bundle") from e
     graph = walk(top, store)
     return (*identity, {d.digest for d in graph.blobs}, top.digest)

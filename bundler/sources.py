@@ -12,7 +12,6 @@ References use the transports skopeo users know:
 from __future__ import annotations
 
 import hashlib
-import json
 import posixpath
 import re
 import tarfile
@@ -25,7 +24,7 @@ from typing import IO, Any, Protocol, TypeGuard
 from bundler.spec import SourceRoots
 from updater.errors import InputError, Refused
 from updater.layout import open_layout, read_index
-from updater.oci import MAX_JSON_BYTES, MEDIA, Descriptor, canonical_json, json_object
+from updater.oci import MAX_JSON_BYTES, MEDIA, Descriptor, canonical_json, json_object, parse_json
 from updater.profiles import Platform
 
 __all__ = [
@@ -284,10 +283,7 @@ class _DockerArchiveSource:
         )
 
     def _entry(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self._read_member("manifest.json", MAX_JSON_BYTES))
-        except (ValueError, RecursionError) as e:
-            raise InputError(f"image {self.reference}: manifest.json is not valid JSON ({e})") from e
+        data = parse_json(self._read_member("manifest.json", MAX_JSON_BYTES), f"image {self.reference}: manifest.json", InputError)
         if not isinstance(data, list) or not data or not all(isinstance(e, dict) for e in data):
             raise InputError(f"image {self.reference}: manifest.json lists no images")
         if self.ref is None and len(data) == 1:

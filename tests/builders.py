@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from scripts.oci_image import FileEntry, ImageConfig, Platform, PlatformImage, write_image_layout
+from updater.oci import canonical_json
 
 AMD64 = "linux/amd64"
 FAST_PORT = 28_180  # the host port of the updater tests' example releases, away from the example's 8080
@@ -126,7 +127,8 @@ def signed(bundles: list[Path], root: Path, *, passphrase: str = "test passphras
     return root / "repo" / "metadata" / "1.root.json"
 
 
-def reseal(bundle: Path, edit: Callable[[dict[str, dict]], None]) -> None:  # type: ignore[type-arg]
+def reseal(bundle: Path, edit: Callable[[dict[str, dict]], None], *,  # type: ignore[type-arg]
+           descriptor_json: Callable[[object], bytes] = canonical_json) -> None:
     """Edit the bundle's JSON (top index, payload manifest, descriptor, first image manifest) and
     re-seal every digest above the edit, as a forger with write access would."""
     import hashlib
@@ -152,7 +154,7 @@ def reseal(bundle: Path, edit: Callable[[dict[str, dict]], None]) -> None:  # ty
     for entry in parts["descriptor"]["images"]:
         if isinstance(entry, dict) and entry.get("manifest") == image_digest:
             entry.update(manifest=image_entry["digest"], size=image_entry["size"])
-    layer["digest"], layer["size"] = put(json.dumps(parts["descriptor"]).encode())
+    layer["digest"], layer["size"] = put(descriptor_json(parts["descriptor"]))
     payload_entry["digest"], payload_entry["size"] = put(json.dumps(payload).encode())
     layout["manifests"][0]["digest"], layout["manifests"][0]["size"] = put(json.dumps(top).encode())
     (bundle / "index.json").write_text(json.dumps(layout))

@@ -29,8 +29,7 @@ from updater.provenance import check_provenance
 
 __all__ = ["BundleInfo", "CheckReport", "Component", "check_bundle", "verify_bundle"]
 
-_MANIFEST_TYPES = (MEDIA.MANIFEST, MEDIA.DOCKER_MANIFEST)
-_SIGSTORE_ROLES = ("provenance", "sigstore-root")
+_SIGSTORE_ROLES = {"provenance": MEDIA.SIGSTORE_BUNDLE, "sigstore-root": MEDIA.SIGSTORE_ROOT}
 _DIGITS = re.compile(r"[0-9]{1,19}")
 
 
@@ -190,10 +189,13 @@ def _read_payload(reader: LayoutReader, payload: Descriptor) -> tuple[list[_Blob
     manifest = read_json_blob(reader, payload, "payload manifest")
     layers = [Descriptor.from_json(d, where="payload manifest") for d in _list(manifest, "layers", "payload manifest")]
     config = Descriptor.from_json(manifest.get("config"), where="payload manifest config")
+    if (payload.media_type, config.media_type) != (MEDIA.MANIFEST, MEDIA.EMPTY):
+        raise Refused(f"{reader.location}: the payload is an OCI manifest with an empty config, not {payload.media_type[:80]!r} "
+                      f"with {config.media_type[:80]!r}")
     descriptors = [d for d in layers if d.media_type == MEDIA.DESCRIPTOR]
     if len(descriptors) != 1:
         raise Refused(f"{reader.location}: payload manifest must hold exactly one bundle descriptor")
-    descriptor = BundleDescriptor.parse(read_json_blob(reader, descriptors[0], "bundle descriptor"), reader.location)
+    descriptor = BundleDescriptor.parse(read_json_blob(reader, descriptors[0], "bundle descriptor", canonical=True), reader.location)
     blobs = [_Blob(label="payload config", descriptor=config), _Blob(label="bundle descriptor", descriptor=descriptors[0])]
     parts = [Component(kind="descriptor", name="descriptor", digest=descriptors[0].digest,
                        size=descriptors[0].size + payload.size, media_type=MEDIA.DESCRIPTOR)]
@@ -204,6 +206,9 @@ def _read_payload(reader: LayoutReader, payload: Descriptor) -> tuple[list[_Blob
             continue
         role, name = layer.annotations.get("dev.sealift.component", "?"), layer.annotations.get(ANNOTATION.TITLE, "?")
         if role in _SIGSTORE_ROLES:
+            if layer.media_type != _SIGSTORE_ROLES[role]:
+                raise Refused(f"{reader.location}: Sigstore layer {layer.digest} has media type {layer.media_type[:80]!r}, "
+                              f"expected {_SIGSTORE_ROLES[role]}")
             if layer.digest not in provenance:
                 raise Refused(f"{reader.location}: Sigstore layer {layer.digest} is not named by any provenance record")
             provenance.discard(layer.digest)
@@ -233,7 +238,7 @@ def _read_images(reader: LayoutReader, manifests: list[Descriptor], descriptor: 
     for entry in manifests:
         name = entry.annotations.get(ANNOTATION.IMAGE, "?")
         wanted = listed.pop(name, None)
-        if entry.media_type not in _MANIFEST_TYPES or wanted is None or wanted.manifest != entry.digest:
+        if entry.media_type not in MEDIA.IMAGE_MANIFESTS or wanted is None or wanted.manifest != entry.digest:
             raise Refused(f"{reader.location}: image manifest {entry.digest} ({name}) is not in the descriptor")
         manifest = read_json_blob(reader, entry, f"image {name} manifest")
         config = Descriptor.from_json(manifest.get("config"), where=f"image {name} manifest")
@@ -241,6 +246,11 @@ def _read_images(reader: LayoutReader, manifests: list[Descriptor], descriptor: 
                                                                                entry.platform):
             raise Refused(f"{reader.location}: descriptor entry of image {name} disagrees with its manifest")
         layers = [Descriptor.from_json(d, where=f"image {name}") for d in _list(manifest, "layers", f"image {name}")]
+        strange = [d.media_type for d in layers if d.media_type not in MEDIA.IMAGE_LAYERS]
+        if config.media_type not in MEDIA.IMAGE_CONFIGS or strange:
+            found = strange[0] if strange else config.media_type
+            raise Refused(f"{reader.location}: image {name} holds a {found[:80]!r}, not an OCI or Docker image "
+                          f"{'layer' if strange else 'config'}")
         blobs.append(_Blob(label=f"image {name} config", descriptor=config))
         blobs += [_Blob(label=f"image {name} layer {i + 1}/{len(layers)}", descriptor=d) for i, d in enumerate(layers)]
         size = entry.size + config.size + sum(d.size for d in layers)

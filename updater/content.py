@@ -17,7 +17,7 @@ from typing import IO, Any, Protocol, cast
 import zstandard
 
 from updater.errors import ContentMismatch, Refused
-from updater.oci import CHUNK, MAX_JSON_BYTES, Advance, Descriptor, json_object
+from updater.oci import CHUNK, MAX_JSON_BYTES, Advance, Descriptor, canonical_json, json_object
 
 __all__ = ["MAX_ZSTD_WINDOW", "Hashed", "checked_json", "copy_hashed", "drain", "read_json_blob", "zstd_reader"]
 
@@ -141,12 +141,16 @@ def checked_json(body: bytes, descriptor: Descriptor, what: str) -> bytes:
     return body
 
 
-def read_json_blob(reader: Any, blob: Descriptor, what: str) -> dict[str, Any]:
-    """A small JSON blob (a manifest, an index, a descriptor), checked against its descriptor and parsed."""
+def read_json_blob(reader: Any, blob: Descriptor, what: str, *, canonical: bool = False) -> dict[str, Any]:
+    """A small JSON blob (a manifest, an index, a descriptor), checked against its descriptor and parsed;
+    with ``canonical``, its bytes must be the canonical JSON of what they parse to (one spelling per document)."""
     if blob.size > MAX_JSON_BYTES:
         raise Refused(f"{reader.location}: {what} {blob.digest} is {blob.size} bytes, more than {MAX_JSON_BYTES}")
     with reader.open_blob(blob.digest) as stream:
         data = stream.read(blob.size + 1)
     if len(data) != blob.size or f"sha256:{hashlib.sha256(data).hexdigest()}" != blob.digest:
         raise ContentMismatch(f"{reader.location}: {what} ({blob.digest[:19]}…) is corrupt or truncated")
-    return json_object(data, f"{reader.location}: {what}")
+    parsed = json_object(data, f"{reader.location}: {what}")
+    if canonical and canonical_json(parsed) != data:
+        raise Refused(f"{reader.location}: {what} ({blob.digest[:19]}…) is not canonical JSON (sorted keys, no whitespace)")
+    return parsed

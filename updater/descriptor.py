@@ -10,14 +10,13 @@ what it returns is immutable and typed, and keeps the data as signed, to stage i
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from updater.appdef import App, HealthPolicy, parse_app, parse_health
 from updater.errors import DeviceFault, InputError, Refused
-from updater.oci import MEDIA
+from updater.oci import MEDIA, parse_json
 from updater.yamlfile import Field
 
 __all__ = ["BundleDescriptor", "FileEntry", "ImageEntry", "Provenance"]
@@ -119,8 +118,8 @@ class BundleDescriptor:
     def read(cls, path: Path) -> BundleDescriptor:
         """The descriptor a staged slot keeps (it was verified when it was staged)."""
         try:
-            return cls.parse(json.loads(path.read_bytes()), str(path))
-        except (OSError, ValueError, RecursionError) as e:
+            return cls.parse(parse_json(path.read_bytes(), str(path), DeviceFault), str(path))
+        except (OSError, ValueError) as e:
             raise DeviceFault(f"{path}: the staged descriptor cannot be read ({type(e).__name__})") from e
 
 
@@ -151,6 +150,10 @@ def _file(entry: object, role: str, where: str) -> FileEntry:
         raise Refused(f"{where}: descriptor: malformed {role} entry (expected {', '.join(_FILE_ENTRY_TYPES)})")
     if entry["kind"] not in ("file", "directory"):
         raise Refused(f"{where}: descriptor: {role} {entry['name']} has unknown kind {str(entry['kind'])[:40]!r}")
+    media_type = entry["mediaType"]
+    if media_type not in MEDIA.PAYLOAD_FILES[role] or (entry["kind"] == "directory") != (MEDIA.TAR_SUFFIX in media_type):
+        raise Refused(f"{where}: descriptor: {role} {entry['name']} ({entry['kind']}) has media type {media_type[:80]!r}, "
+                      f"not a Sealift {role} type for a {entry['kind']}")
     record = entry.get("provenance")
     if record is not None and (not isinstance(record, dict) or sorted(record) != sorted(_PROVENANCE_KEYS)
                                or not all(isinstance(v, str) for v in record.values())):

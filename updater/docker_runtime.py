@@ -21,7 +21,7 @@ from typing import Any
 from updater.appdef import App, Service, start_order
 from updater.errors import DeviceFault, EngineFault, Refused
 from updater.layout import LayoutReader
-from updater.oci import CHUNK
+from updater.oci import CHUNK, MAX_JSON_BYTES, json_object
 from updater.runtime import IMAGE_REPOSITORY, LABEL_APP, LABEL_SERVICE, LABEL_SLOT, LABEL_VERSION, ContainerState, Image, Published
 from updater.slots import Release
 
@@ -209,7 +209,7 @@ def _state(container: Any) -> ContainerState:
 def _archive(reader: LayoutReader, manifest_digest: str, tag: str) -> Iterator[bytes]:
     """A ``docker save`` archive of one image, streamed from the bundle's blobs."""
     with reader.open_blob(manifest_digest) as stream:
-        manifest = json.loads(stream.read())
+        manifest = json_object(stream.read(MAX_JSON_BYTES + 1), f"{reader.location}: image manifest {manifest_digest}")
     digests = [manifest["config"]["digest"], *(layer["digest"] for layer in manifest["layers"])]
     names = [f"blobs/sha256/{d.removeprefix('sha256:')}" for d in digests]
     index = json.dumps([{"Config": names[0], "RepoTags": [tag], "Layers": names[1:]}]).encode()

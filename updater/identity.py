@@ -23,6 +23,7 @@ from updater.durable import fsync_dir, replace_file
 from updater.errors import Conflict, DeviceFault, InputError
 from updater.locks import exclusive_lock
 from updater.names import NAME
+from updater.oci import parse_json
 from updater.sealed import KEMS, DeviceKey, device_id
 
 __all__ = ["DeviceIdentity"]
@@ -75,7 +76,7 @@ class DeviceIdentity:
 
     def record(self) -> dict[str, Any]:
         try:
-            data = json.loads((self.dir / _RECORD).read_text())
+            data = parse_json((self.dir / _RECORD).read_bytes(), str(self.dir / _RECORD), DeviceFault)
         except FileNotFoundError:
             raise DeviceFault("this device is not enrolled: run `sealift-updater enroll --site SITE`") from None
         except (OSError, ValueError) as e:
@@ -92,7 +93,7 @@ class DeviceIdentity:
             if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
                 raise DeviceFault(f"{path}: readable by others than its owner (mode {stat.S_IMODE(st.st_mode):o}); "
                                   "refusing to use it (chmod 600, and consider enrolling again)")
-            data = json.loads(path.read_text())
+            data = parse_json(path.read_bytes(), str(path), DeviceFault)
             key = DeviceKey(str(data["kem"]), base64.b64decode(str(data["key"]), validate=True))
         except FileNotFoundError:
             raise DeviceFault("this device is not enrolled: run `sealift-updater enroll --site SITE`") from None

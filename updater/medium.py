@@ -15,7 +15,6 @@ A medium copied halfway, or onto a stick that filled up, fails its check: a file
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,7 +25,7 @@ from typing import Any
 from updater.artifact import Artifact, Kind, open_artifact
 from updater.errors import DeliveryError, Refused, SealiftError
 from updater.layout import MEDIUM_FILE, NOTE_FILE, SUMS_FILE, LayoutReader
-from updater.oci import CHUNK, METADATA_NAME, Descriptor
+from updater.oci import CHUNK, METADATA_NAME, Descriptor, json_object
 from updater.progress import Progress, QuietProgress
 from updater.transfer import ReaderEndpoint, Transferred, walk
 from updater.versions import fits, version_key
@@ -100,7 +99,7 @@ def read_medium(reader: LayoutReader, entries: tuple[Descriptor, ...]) -> Medium
     where = f"{reader.location}: {MEDIUM_FILE}"
     contents = MediumContents()
     try:
-        data = json.loads(reader.read_small(MEDIUM_FILE))
+        data = json_object(reader.read_small(MEDIUM_FILE), "JSON")
         if data.get("mediumVersion") != MEDIUM_FORMAT:
             raise Refused(f"{where}: medium format {data.get('mediumVersion')!r}, this Sealift reads {MEDIUM_FORMAT}")
         tops = {d.digest: d for d in entries}

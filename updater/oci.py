@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from updater.errors import Refused, SealiftError
 
@@ -20,6 +20,7 @@ __all__ = [
     "CHUNK",
     "LAYOUT_VERSION",
     "MAX_JSON_BYTES",
+    "MAX_JSON_DEPTH",
     "MAX_METADATA_BYTES",
     "MEDIA",
     "METADATA_DIR",
@@ -29,12 +30,14 @@ __all__ = [
     "canonical_json",
     "check_digest",
     "json_object",
+    "parse_json",
 ]
 
 CHUNK = 1 << 20
 LAYOUT_VERSION = "1.0.0"
 MAX_JSON_BYTES = 4 << 20  # manifests, indexes and descriptors are small; refuse huge ones
 MAX_METADATA_BYTES = 16 << 20  # a signed TUF metadata file: larger than any ngclient would accept
+MAX_JSON_DEPTH = 64  # Sealift's own documents nest 6 deep, TUF metadata 7
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 METADATA_DIR = "tuf"  # signed TUF metadata travels beside the layout, outside its content-addressed part
 METADATA_NAME = re.compile(r"(?:[1-9][0-9]{0,9}\.)?[a-z][a-z0-9._-]{0,99}\.json")  # N.role.json: no leading zeros
@@ -63,6 +66,20 @@ class MEDIA:
     SIGSTORE_ROOT = "application/vnd.dev.sigstore.trustedroot+json"
     TAR_SUFFIX = ".tar"
     ZSTD_SUFFIX = "+zstd"
+    # what a bundle may hold, place by place (docs/bundle-format.md): anything else is refused
+    IMAGE_MANIFESTS = frozenset({MANIFEST, DOCKER_MANIFEST})
+    IMAGE_CONFIGS = frozenset({"application/vnd.oci.image.config.v1+json", "application/vnd.docker.container.image.v1+json"})
+    IMAGE_LAYERS = frozenset({
+        "application/vnd.oci.image.layer.v1.tar",
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+        "application/vnd.oci.image.layer.v1.tar+zstd",
+        "application/vnd.docker.image.rootfs.diff.tar.gzip",
+    })
+    PAYLOAD_FILES: ClassVar[Mapping[str, frozenset[str]]] = {
+        "model": frozenset({MODEL, MODEL + TAR_SUFFIX, MODEL + ZSTD_SUFFIX, MODEL + TAR_SUFFIX + ZSTD_SUFFIX}),
+        "config": frozenset({CONFIG, CONFIG + TAR_SUFFIX, CONFIG + ZSTD_SUFFIX, CONFIG + TAR_SUFFIX + ZSTD_SUFFIX}),
+    }
+    SIGSTORE = frozenset({SIGSTORE_BUNDLE, SIGSTORE_ROOT})
 
 
 class ANNOTATION:
@@ -136,17 +153,67 @@ def canonical_json(data: object) -> bytes:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def json_object(data: bytes, where: str, error: type[SealiftError] = Refused) -> dict[str, Any]:
-    """``data`` parsed as a JSON object; ``error`` naming ``where`` if it is not one."""
+def parse_json(data: bytes | str, where: str, error: type[SealiftError] = Refused) -> Any:
+    """``data`` parsed as strict JSON (RFC 8259's interoperable subset); ``error`` naming ``where`` otherwise.
+
+    A key twice in one object is refused: Python keeps the last value and other readers the first,
+    so one signed document could mean two releases. So are ``NaN`` and ``Infinity`` (not JSON), and
+    nesting deeper than :data:`MAX_JSON_DEPTH`.
+    """
     try:
-        parsed = json.loads(data)
-    except ValueError as e:  # malformed JSON, bad UTF-8, integers too long to convert
+        parsed = json.loads(data, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+    except _DuplicateKey as e:
+        raise error(f"{where}: key {e.key[:80]!r} appears twice in one object") from e
+    except ValueError as e:  # malformed JSON, bad UTF-8, integers too long to convert, a constant
         raise error(f"{where}: not valid JSON ({e})") from e
     except RecursionError as e:
-        raise error(f"{where}: JSON nested too deeply") from e
+        raise error(f"{where}: JSON nested more than {MAX_JSON_DEPTH} deep") from e
+    if _depth_exceeds(parsed, MAX_JSON_DEPTH):
+        raise error(f"{where}: JSON nested more than {MAX_JSON_DEPTH} deep")
+    return parsed
+
+
+def json_object(data: bytes, where: str, error: type[SealiftError] = Refused) -> dict[str, Any]:
+    """``data`` parsed as a strict JSON object (:func:`parse_json`); ``error`` naming ``where`` if it is not one."""
+    parsed = parse_json(data, where, error)
     if not isinstance(parsed, dict):
         raise error(f"{where}: not a JSON object")
     return parsed
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):  # rare: find which key, for the message
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return result
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _depth_exceeds(value: object, limit: int) -> bool:
+    """Whether ``value`` nests containers more than ``limit`` deep (walked without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
 
 
 def check_digest(digest: str) -> str:

@@ -18,7 +18,6 @@ a device needs nothing but the registry address and its trusted root.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import re
@@ -39,7 +38,7 @@ from requests.adapters import HTTPAdapter
 from updater.artifact import Kind, kind
 from updater.content import checked_json
 from updater.errors import ContentMismatch, DeliveryError, InputError, Refused, SealiftError
-from updater.oci import MAX_JSON_BYTES, MAX_METADATA_BYTES, MEDIA, METADATA_NAME, Descriptor
+from updater.oci import MAX_JSON_BYTES, MAX_METADATA_BYTES, MEDIA, METADATA_NAME, Descriptor, json_object
 
 __all__ = [
     "ACCEPT_MANIFESTS",
@@ -237,8 +236,9 @@ class RegistryClient:
                 return items
             body = self._small_body(response, f"the {key} list")
             try:
-                items += [t for t in json.loads(body).get(key) or [] if isinstance(t, str)]
-            except (ValueError, AttributeError, RecursionError) as e:
+                items += [t for t in json_object(body, f"{self.what}: the {key} list", DeliveryError).get(key) or []
+                          if isinstance(t, str)]
+            except (DeliveryError, AttributeError, TypeError) as e:
                 raise DeliveryError(f"{self.what}: the registry's {key} list is not valid JSON") from e
             following = response.links.get("next", {}).get("url", "")
             if not following.startswith("/v2/"):
@@ -421,11 +421,8 @@ def overlay_tag(site: str, version: str) -> str:
 def bundle_descriptor(body: bytes, media_type: str, digest: str, where: str, *,
                       kinds: tuple[Kind, ...] = (Kind.BUNDLE,)) -> Descriptor:
     """The descriptor of a bundle's (or, with ``kinds``, an overlay's) top index fetched from a registry."""
-    try:
-        data = json.loads(body)
-    except ValueError as e:
-        raise Refused(f"{where}: the manifest is not valid JSON") from e
-    if not isinstance(data, dict) or kind(data.get("artifactType")) not in kinds or media_type != MEDIA.INDEX:
+    data = json_object(body, f"{where}: the manifest")
+    if kind(data.get("artifactType")) not in kinds or media_type != MEDIA.INDEX:
         raise Refused(f"{where}: not a Sealift {' or '.join(kinds)} (an OCI index with a Sealift artifactType)")
     annotations = data.get("annotations")
     annotations = annotations if isinstance(annotations, dict) else {}
@@ -448,9 +445,9 @@ def read_metadata(client: RegistryClient, name: str, *, limit: int = MAX_METADAT
     if found is None:
         return None
     try:
-        manifest = json.loads(found[0])
+        manifest = json_object(found[0], f"{client.what}: the artifact of metadata {name}")
         layer = Descriptor.from_json(manifest["layers"][0], where=f"{client.what}: metadata {name}")
-    except (ValueError, KeyError, IndexError, TypeError) as e:
+    except (KeyError, IndexError, TypeError) as e:
         raise Refused(f"{client.what}: the artifact of metadata {name} is malformed") from e
     if manifest.get("artifactType") != MEDIA.TUF_METADATA or layer.size > limit:
         raise Refused(f"{client.what}: tag {METADATA_TAG_PREFIX}{name} is not a metadata artifact of at most {limit} bytes")

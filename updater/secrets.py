@@ -11,7 +11,6 @@ again from the slot.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -20,6 +19,7 @@ from pathlib import Path
 from updater.appdef import SecretMount, Service
 from updater.errors import DeviceFault, Refused
 from updater.identity import DeviceIdentity
+from updater.oci import parse_json
 from updater.sealed import Identity, open_sealed
 from updater.stage import overlay_of
 
@@ -43,7 +43,7 @@ class OpenedSecrets:
         if overlay is None or not overlay.get("secrets"):
             return None
         try:
-            sealed = json.loads((slot_dir / "overlay" / "sealed.json").read_text())
+            sealed = parse_json((slot_dir / "overlay" / "sealed.json").read_bytes(), str(slot_dir / "overlay"), DeviceFault)
             record = self.identity.record()
             values = open_sealed(sealed, Identity(app=overlay["name"], site=overlay["site"], version=overlay["version"]),
                                  str(record.get("device")), self.identity.key())

@@ -20,6 +20,7 @@ from typing import Any
 from updater.durable import replace_file
 from updater.errors import Conflict, DeviceFault
 from updater.locks import exclusive_lock
+from updater.oci import parse_json
 
 __all__ = ["SLOTS", "DeviceState", "Phase", "Release", "Slots"]
 
@@ -118,7 +119,7 @@ class Slots:
     def load(self) -> DeviceState:
         path = self.state_dir / _STATE
         try:
-            return DeviceState.from_json(json.loads(path.read_text()))
+            return DeviceState.from_json(parse_json(path.read_bytes(), str(path), DeviceFault))
         except FileNotFoundError:
             return DeviceState()
         except (ValueError, KeyError, TypeError) as e:

@@ -9,7 +9,6 @@ staged or not there.
 
 from __future__ import annotations
 
-import json
 import os
 import posixpath
 import secrets
@@ -27,7 +26,7 @@ from updater.descriptor import FileEntry
 from updater.durable import fsync_dir
 from updater.errors import DeviceFault, Refused
 from updater.layout import LayoutReader
-from updater.oci import CHUNK, canonical_json
+from updater.oci import CHUNK, canonical_json, parse_json
 from updater.overlay import OverlayInfo
 
 __all__ = ["clone_slot", "overlay_of", "stage_overlay", "stage_release", "staged_overlay"]
@@ -183,7 +182,7 @@ def staged_overlay(slot_dir: Path) -> OverlayInfo:
     if descriptor is None:
         raise DeviceFault(f"{slot_dir}: no overlay staged")
     try:
-        sealed = json.loads((slot_dir / _OVERLAY / "sealed.json").read_text())
+        sealed = parse_json((slot_dir / _OVERLAY / "sealed.json").read_bytes(), str(slot_dir / _OVERLAY), DeviceFault)
         return OverlayInfo(name=descriptor["name"], site=descriptor["site"], version=descriptor["version"],
                            fits=descriptor.get("fits", ""), digest=descriptor["digest"],
                            environment=descriptor.get("environment") or {}, secrets=tuple(descriptor.get("secrets") or ()),
@@ -195,7 +194,7 @@ def staged_overlay(slot_dir: Path) -> OverlayInfo:
 def overlay_of(slot_dir: Path) -> dict[str, Any] | None:
     """The overlay staged in a slot (its descriptor), or None."""
     try:
-        data: dict[str, Any] = json.loads((slot_dir / _OVERLAY / "overlay.json").read_text())
+        data: dict[str, Any] = parse_json((slot_dir / _OVERLAY / "overlay.json").read_bytes(), str(slot_dir / _OVERLAY), DeviceFault)
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:

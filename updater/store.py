@@ -24,7 +24,7 @@ from updater.durable import fsync_dir
 from updater.errors import DeliveryError, DeviceFault, Refused
 from updater.locks import exclusive_lock
 from updater.medium import read_medium
-from updater.oci import ANNOTATION, MAX_JSON_BYTES, Descriptor, check_digest
+from updater.oci import MAX_JSON_BYTES, Descriptor, check_digest
 from updater.transfer import DirectoryEndpoint, Endpoint, ReaderEndpoint, Transferred, copy_graph, walk
 
 __all__ = ["BundleStore", "Incoming"]
@@ -210,8 +210,8 @@ class BundleStore:
 
 
 def _identity(top: Descriptor) -> str:
-    a = top.annotations
-    return f"{a.get(ANNOTATION.NAME, 'bundle')} {a.get(ANNOTATION.VERSION, top.digest[:19])}"
+    # index.json's annotations lie outside the signed digest: name the index by what covers it
+    return f"index {top.digest[:19]}…"
 
 
 def _hex(digest: str) -> str:

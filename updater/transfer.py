@@ -41,7 +41,7 @@ __all__ = [
 
 EMPTY_CONFIG = Descriptor(media_type="application/vnd.oci.empty.v1+json", size=2,
                           digest="sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a")
-_MANIFEST_TYPES = {MEDIA.MANIFEST, MEDIA.DOCKER_MANIFEST}
+
 _INDEX_TYPES = {MEDIA.INDEX, MEDIA.DOCKER_LIST}
 
 _PIECE = 256 << 10  # written as it arrives: a cut connection loses at most this much of a blob
@@ -117,7 +117,7 @@ def walk(top: Descriptor, store: Endpoint) -> Graph:
         if media_type in _INDEX_TYPES:
             for child in _descriptors(data.get("manifests"), node, store.what):
                 visit(child, depth + 1)
-        elif media_type in _MANIFEST_TYPES:
+        elif media_type in MEDIA.IMAGE_MANIFESTS:
             for blob in (Descriptor.from_json(data.get("config"), where=f"{store.what}: manifest {node.digest}"),
                          *_descriptors(data.get("layers"), node, store.what)):
                 if blob.digest not in seen_blobs:

@@ -26,6 +26,7 @@ from tuf.api.serialization import DeserializationError
 from updater.durable import fsync_dir, replace_file
 from updater.errors import Conflict, DeviceFault, InputError, Refused
 from updater.locks import exclusive_lock
+from updater.oci import parse_json
 from updater.versions import version_key
 
 __all__ = ["ROOT_MAX_BYTES", "TrustedState"]
@@ -134,7 +135,7 @@ class TrustedState:
     def _versions(self) -> dict[str, str]:
         path = self.current / _VERSIONS
         try:
-            data = json.loads(path.read_text())
+            data = parse_json(path.read_bytes(), str(path), DeviceFault)
         except FileNotFoundError:
             return {}
         except ValueError as e:
@@ -146,7 +147,7 @@ class TrustedState:
     def _newest_time(self) -> dt.datetime | None:
         path = self.current / _CLOCK
         try:
-            data = json.loads(path.read_text())
+            data = parse_json(path.read_bytes(), str(path), DeviceFault)
             return dt.datetime.fromisoformat(data["newest_trusted_time"])
         except FileNotFoundError:
             return None

@@ -18,7 +18,6 @@ DeviceFault.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,7 +32,7 @@ from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 from updater.artifact import Kind, kind
 from updater.errors import DeliveryError, DeviceFault, Refused, SealiftError
 from updater.layout import LayoutReader
-from updater.oci import ANNOTATION, MAX_METADATA_BYTES
+from updater.oci import ANNOTATION, MAX_METADATA_BYTES, json_object, parse_json
 
 if TYPE_CHECKING:
     from updater.registry import RegistryClient
@@ -84,12 +83,12 @@ def target_name(*, name: str, version: str, profile: str | None = None, site: st
 def claimed_target(index: bytes, where: str) -> str:
     """The target a top index (its bytes) claims to be, from its annotations; TUF decides whether it is."""
     try:
-        parsed = json.loads(index)
+        parsed = json_object(index, where)
         a = parsed["annotations"]
         if kind(parsed.get("artifactType")) is Kind.OVERLAY:
             return target_name(name=a[ANNOTATION.NAME], site=a[ANNOTATION.SITE], version=a[ANNOTATION.VERSION])
         return target_name(name=a[ANNOTATION.NAME], profile=a[ANNOTATION.PROFILE], version=a[ANNOTATION.VERSION])
-    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+    except (SealiftError, KeyError, TypeError, AttributeError) as e:
         raise Refused(f"{where}: no readable bundle index to look up in the signed targets") from e
 
 
@@ -299,8 +298,8 @@ def _version(path: Path) -> int | None:
 
 def _version_of(data: bytes) -> int:
     try:
-        version = json.loads(data)["signed"]["version"]
-    except (ValueError, KeyError, TypeError, RecursionError):
+        version = parse_json(data, "metadata")["signed"]["version"]
+    except (Refused, KeyError, TypeError):
         return -1
     return version if isinstance(version, int) else -1
 

@@ -8,7 +8,6 @@ Every validation error names the file, the field path, what was expected and wha
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -17,11 +16,14 @@ from typing import NoReturn
 import yaml
 
 from updater.errors import InputError
+from updater.oci import parse_json
 
 __all__ = ["MAX_FILE_BYTES", "Field", "check_known", "load_json", "load_yaml", "parse_duration"]
 
 MAX_FILE_BYTES = 1 << 20
 MAX_NODES = 100_000
+MAX_DEPTH = 64
+_MERGE_TAG = "tag:yaml.org,2002:merge"
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -32,7 +34,7 @@ def load_yaml(path: Path, *, what: str) -> Field:
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         if node is not None:
-            _count_nodes(node, path)
+            _check_nodes(node, path)
         value = yaml.safe_load(text)
     except RecursionError as e:
         raise InputError(f"{path}: YAML nested too deeply") from e
@@ -46,21 +48,16 @@ def load_yaml(path: Path, *, what: str) -> Field:
 
 def load_json(path: Path, *, what: str) -> Field:
     """Read ``path`` as JSON (a record another Sealift command wrote) and return its root as a :class:`Field`."""
-    text = _read_text(path, what=what)
-    try:
-        return Field(path, "", json.loads(text))
-    except RecursionError as e:
-        raise InputError(f"{path}: {what} nested too deeply") from e
-    except ValueError as e:
-        raise InputError(f"{path}: {what} is not valid JSON ({e})") from e
+    return Field(path, "", parse_json(_read_text(path, what=what), f"{path}: {what}", InputError))
 
 
 def _read_text(path: Path, *, what: str) -> str:
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise InputError(f"{path}: {what} is {size} bytes, more than the {MAX_FILE_BYTES} allowed")
-        return path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:  # read bounded: a size from stat() says nothing of a pipe or a device file
+            data = f.read(MAX_FILE_BYTES + 1)
+        if len(data) > MAX_FILE_BYTES:
+            raise InputError(f"{path}: {what} is more than the {MAX_FILE_BYTES} bytes allowed")
+        return data.decode("utf-8")
     except FileNotFoundError as e:
         raise InputError(f"{path}: {what} not found") from e
     except IsADirectoryError as e:
@@ -71,20 +68,34 @@ def _read_text(path: Path, *, what: str) -> str:
         raise InputError(f"{path}: cannot read {what}: {e.strerror}") from e
 
 
-def _count_nodes(root: yaml.Node, path: Path) -> None:
-    """Count nodes as a consumer would see them, with every alias expanded, up to MAX_NODES."""
+def _check_nodes(root: yaml.Node, path: Path) -> None:
+    """Walk the nodes as a consumer would see them, with every alias expanded: at most MAX_NODES of
+    them, nested at most MAX_DEPTH deep, and no mapping with a key twice (YAML forbids it, yet
+    PyYAML keeps the last value where another tool keeps the first)."""
     seen = 0
-    stack: list[yaml.Node] = [root]
+    stack: list[tuple[yaml.Node, int]] = [(root, 1)]
     while stack:
-        node = stack.pop()
+        node, depth = stack.pop()
         seen += 1
         if seen > MAX_NODES:
             raise InputError(f"{path}: more than {MAX_NODES} YAML nodes once aliases are expanded")
+        if depth > MAX_DEPTH:
+            raise InputError(f"{path}: YAML nested more than {MAX_DEPTH} deep")
         if isinstance(node, yaml.SequenceNode):
-            stack.extend(node.value)
+            stack.extend((child, depth + 1) for child in node.value)
         elif isinstance(node, yaml.MappingNode):
+            _check_unique_keys(node, path)
             for key, value in node.value:
-                stack.extend((key, value))
+                stack.extend(((key, depth + 1), (value, depth + 1)))
+
+
+def _check_unique_keys(node: yaml.MappingNode, path: Path) -> None:
+    keys: set[tuple[str, str]] = set()
+    for key, _ in node.value:
+        if isinstance(key, yaml.ScalarNode) and key.tag != _MERGE_TAG:
+            if (key.tag, key.value) in keys:
+                raise InputError(f"{path}: line {key.start_mark.line + 1}: key {key.value[:80]!r} appears twice in one mapping")
+            keys.add((key.tag, key.value))
 
 
 def parse_duration(value: object) -> float | None:

@@ -200,6 +200,9 @@ FORGED: list[tuple[str, Callable[[dict], None], str]] = [  # type: ignore[type-a
     ("platform-not-object", lambda d: d["profile"].update(platform="linux/amd64"), "no valid profile and platform"),
     ("profile-renamed", lambda d: d["profile"].update(name="jetson-orin"), "dev.sealift.profile disagrees"),
     ("config-dropped", lambda d: d["configs"].pop(0), "'settings' is not a declared model or config"),  # the app still mounts it
+    ("model-media-type-foreign", lambda d: d["models"][0].update(mediaType="application/x-executable"),
+     "has media type 'application/x-executable', not a Sealift model type"),
+    ("model-file-as-directory", lambda d: d["models"][0].update(kind="directory"), "not a Sealift model type for a directory"),
 ]
 
 
@@ -210,6 +213,32 @@ def test_descriptor_that_disagrees_with_the_bundle_is_refused(bundle: Path, chan
     with pytest.raises(Refused) as caught:
         check_bundle(bundle)
     assert message in caught.value.diagnostics()
+
+
+FOREIGN_TYPES: list[tuple[str, Callable[[dict[str, dict]], None], str]] = [  # type: ignore[type-arg]
+    ("image-layer-nondistributable", lambda p: p["image"]["layers"][0].update(
+        mediaType="application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"), "not an OCI or Docker image layer"),
+    ("image-config-foreign", lambda p: p["image"]["config"].update(mediaType="application/x-config"),
+     "not an OCI or Docker image config"),
+    ("payload-config-foreign", lambda p: p["payload"]["config"].update(mediaType="application/x-config"),
+     "the payload is an OCI manifest with an empty config"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), [f[1:] for f in FOREIGN_TYPES], ids=[f[0] for f in FOREIGN_TYPES])
+def test_media_types_outside_the_documented_set_are_refused(bundle: Path, change: Callable[[dict[str, dict]], None],  # type: ignore[type-arg]
+                                                            message: str) -> None:
+    reseal(bundle, change)
+    with pytest.raises(Refused, match=message):
+        check_bundle(bundle)
+
+
+def test_a_descriptor_that_is_not_canonical_json_is_refused(bundle: Path) -> None:
+    reseal(bundle, lambda parts: None, descriptor_json=lambda d: json.dumps(d, sort_keys=True, indent=1).encode())
+    with pytest.raises(Refused, match=r"bundle descriptor .* is not canonical JSON"):
+        check_bundle(bundle)
+    reseal(bundle, lambda parts: None)  # the same content, canonical again
+    assert check_bundle(bundle).ok
 
 
 def test_same_digest_with_two_claims_is_checked_against_both(bundle: Path) -> None:
@@ -247,10 +276,13 @@ def test_symlinked_blob_directory_is_refused(bundle: Path, pristine: dict[str, P
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("[" * 100_000, "JSON nested too deeply"),
+    ("[" * 100_000, "JSON nested more than 64 deep"),
+    ('{"manifests": ' + "[" * 64 + "]" * 64 + "}", "JSON nested more than 64 deep"),
     ('{"manifests": [{"size": ' + "9" * 5000 + "}]}", "not valid JSON"),
     ("\udcff", "not valid JSON"),
-], ids=["deep-nesting", "huge-integer", "bad-utf8"])
+    ('{"schemaVersion": 2, "manifests": [], "manifests": [{}]}', "key 'manifests' appears twice in one object"),
+    ('{"manifests": [{"size": NaN}]}', "NaN is not a JSON value"),
+], ids=["deep-nesting", "just-too-deep", "huge-integer", "bad-utf8", "duplicate-key", "nan"])
 def test_hostile_index_json_is_one_line(bundle: Path, text: str, message: str) -> None:
     (bundle / "index.json").write_bytes(text.encode("utf-8", "surrogateescape"))
     with pytest.raises(Refused, match=message):

@@ -138,10 +138,11 @@ def test_an_altered_enrollment_record_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("content", "message"), [
-    (b"{\"device\": ", "enrollment record is not valid JSON"),
+    (b"{\"device\": ", "enrollment record: not valid JSON"),
+    (b"{\"device\": \"a\", \"device\": \"b\"}", "enrollment record: key 'device' appears twice"),
     (b"\xff\xfe", "enrollment record is not UTF-8 text"),
     (b"[1, 2]", "expected a mapping"),
-    (b"[" * 100_000 + b"]" * 100_000, "enrollment record nested too deeply"),
+    (b"[" * 100_000 + b"]" * 100_000, "enrollment record: JSON nested more than 64 deep"),
 ])
 def test_a_malformed_enrollment_record_is_one_input_error_and_adds_nothing(tmp_path: Path, content: bytes,
                                                                             message: str) -> None:

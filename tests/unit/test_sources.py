@@ -54,7 +54,7 @@ def test_classic_docker_save_archive_resolves_with_the_config_as_image_id(tmp_pa
 
 
 HOSTILE = [
-    ("manifest-not-json", {"manifest.json": b"{oops"}, "manifest.json is not valid JSON"),
+    ("manifest-not-json", {"manifest.json": b"{oops"}, "manifest.json: not valid JSON"),
     ("manifest-not-a-list", {"manifest.json": b'{"Config": "x"}'}, "manifest.json lists no images"),
     ("entry-without-layers", {"manifest.json": b'[{"Config": "cfg.json", "RepoTags": ["app:1"]}]', "cfg.json": CONFIG},
      "lacks Config or Layers"),

@@ -147,8 +147,23 @@ def test_alias_bomb_is_refused_before_expansion(tmp_path: Path) -> None:
         load_spec(write(tmp_path, "\n".join(lines) + "\n"))
 
 
+@pytest.mark.parametrize(("text", "message"), [
+    (SPEC.replace("version: 1.2.0\n", "version: 1.2.0\nversion: 9.9.9\n"), "line 3: key 'version' appears twice in one mapping"),
+    (SPEC.replace("      image: app\n", "      image: app\n      image: other\n"), "key 'image' appears twice"),
+    ("x: " + "[" * 64 + "]" * 64 + "\n", "YAML nested more than 64 deep"),
+], ids=["top-level", "inside-a-service", "just-too-deep"])
+def test_a_key_twice_or_deep_nesting_is_refused(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        load_spec(write(tmp_path, text))
+
+
+def test_merge_keys_may_repeat_what_they_merge(tmp_path: Path) -> None:
+    text = SPEC.replace("      image: app\n", "      <<: {image: other}\n      image: app\n")
+    assert load_spec(write(tmp_path, text)).app.services[0].image == "app"
+
+
 def test_oversized_file_is_refused_unread(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="more than the 1048576 allowed"):
+    with pytest.raises(InputError, match="more than the 1048576 bytes allowed"):
         load_spec(write(tmp_path, "# " + "x" * (1 << 20) + "\n"))
 
 
@@ -190,5 +205,5 @@ def test_app_file_outside_the_spec_directory_is_refused(tmp_path: Path) -> None:
     inner = tmp_path / "inner"
     inner.mkdir()
     (tmp_path / "compose.yaml").write_text("services: {app: {image: app}}\n")
-    with pytest.raises(InputError, match="app: '../compose.yaml' resolves to .*, outside the spec's directory"):
+    with pytest.raises(InputError, match=r"app: '../compose.yaml' resolves to .*, outside the spec's directory"):
         load_spec(write(inner, "name: x\nversion: 1.0.0\nprofiles: all\nimages: {app: {source: oci:i}}\napp: ../compose.yaml\n"))
