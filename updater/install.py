@@ -10,6 +10,7 @@ record why, marking the new release as failed so it is not retried unless forced
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 from updater.artifact import Kind, open_artifact
 from updater.bundle import BundleInfo
 from updater.descriptor import BundleDescriptor
-from updater.errors import Conflict, InputError, Refused, SealiftError
+from updater.errors import Conflict, DeviceFault, InputError, Refused, SealiftError
 from updater.gc import collect_images
 from updater.health import HealthResult, Watched, wait_healthy
 from updater.identity import DeviceIdentity
@@ -77,8 +78,10 @@ class Installer:
                 assert state.current is not None
                 return Outcome(committed=True, release=state.current, reason="already running")
             except SealiftError as e:
-                # refused before the switch: the running release is untouched; say why in status
-                self.slots.save(self.slots.load().with_event(reason=f"{e.fault}: {shown}: {e.diagnostics()}", fault=e.fault))
+                # refused before the switch: the running release is untouched; say why in status (a full
+                # disk may not take even that: the error itself is what must reach the operator)
+                with contextlib.suppress(DeviceFault):
+                    self.slots.save(self.slots.load().with_event(reason=f"{e.fault}: {shown}: {e.diagnostics()}", fault=e.fault))
                 raise
             finally:
                 kept = self.slots.load()

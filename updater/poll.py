@@ -125,7 +125,7 @@ class RegistryPoller:
             raise
 
     def _download(self, stack: ExitStack, client: RegistryClient, signed: Signed, metadata: dict[str, bytes]) -> Incoming:
-        incoming = stack.enter_context(self.installer.store.incoming(signed.top))  # resumes what an earlier poll left
+        incoming = stack.enter_context(self.installer.store.incoming(signed.top, resumable=True))  # resumes what an earlier poll left
         incoming.fill(RegistryEndpoint(client), advance=self.advance)
         incoming.metadata = metadata
         moved = incoming.moved

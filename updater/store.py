@@ -22,7 +22,7 @@ from pathlib import Path
 from updater.artifact import Artifact, Kind
 from updater.durable import fsync_dir
 from updater.errors import DeliveryError, DeviceFault, Refused
-from updater.locks import exclusive_lock
+from updater.locks import exclusive_lock, remove_lock
 from updater.medium import read_medium
 from updater.oci import MAX_JSON_BYTES, Descriptor, check_digest
 from updater.transfer import DirectoryEndpoint, Endpoint, ReaderEndpoint, Transferred, copy_graph, walk
@@ -37,11 +37,13 @@ _INCOMING_KEPT_S = 24 * 3600  # an unfinished download untouched this long is gi
 
 class Incoming:
     """A bundle being assembled in the store, under a lock of its own (one writer per bundle);
-    ``complete`` makes it a bundle. Use it as a context manager."""
+    ``complete`` makes it a bundle. Use it as a context manager: one that ends in an error is
+    removed, unless it is ``resumable`` and the error an outage (a download cut short resumes)."""
 
-    def __init__(self, store: BundleStore, top: Descriptor) -> None:
+    def __init__(self, store: BundleStore, top: Descriptor, *, resumable: bool) -> None:
         self.store = store
         self.top = top
+        self.resumable = resumable
         self.layout = DirectoryEndpoint(store.root / f"{_INCOMING}{_hex(top.digest)}", what=f"store {_hex(top.digest)[:12]}")
         self.metadata: dict[str, bytes] = {}
         self.moved = Transferred()
@@ -51,13 +53,17 @@ class Incoming:
         self._lock.enter_context(exclusive_lock(self.store.lock_path(self.top.digest), wait=True))
         try:
             self.layout.prepare()
-        except BaseException:
-            self._lock.close()  # __exit__ will not run: let go of the lock now
+        except BaseException as e:
+            self.__exit__(type(e), e, None)  # it will not run otherwise: remove what was made, let go of the lock
             raise
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._lock.close()
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> None:
+        try:
+            if error is not None and not (self.resumable and isinstance(error, DeliveryError)):
+                shutil.rmtree(self.layout.root, ignore_errors=True)  # refused, or the device's fault: keep nothing of it
+        finally:
+            self._lock.close()
 
     def fill(self, source: Endpoint, *, advance: Callable[[int], None] = lambda _: None) -> None:
         """Take every blob of the bundle: from kept bundles (hard links) or from ``source``."""
@@ -125,9 +131,13 @@ class BundleStore:
                 return candidate
         return None
 
-    def incoming(self, top: Descriptor) -> Incoming:
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return Incoming(self, top)
+    def incoming(self, top: Descriptor, *, resumable: bool = False) -> Incoming:
+        """A bundle to assemble; ``resumable`` (a download) keeps what arrived when an outage cuts it short."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as e:
+            raise DeviceFault(f"{self.root}: cannot make the bundle store ({e.strerror})") from e
+        return Incoming(self, top, resumable=resumable)
 
     def ingest(self, artifact: Artifact, digest: str) -> Path:
         """Copy the bundle or overlay whose top index is ``digest`` from ``artifact`` (a bundle, an overlay,
@@ -189,7 +199,21 @@ class BundleStore:
                 removed.append(entry.name)
             except OSError:
                 continue  # gone already, busy, or locked: the next prune sees it again
+        self._prune_locks()
         return removed
+
+    def _prune_locks(self) -> None:
+        """Remove the lock files of bundles that are gone (one nobody holds; see :func:`remove_lock`)."""
+        try:
+            locks = list((self.root / _LOCKS).iterdir())
+        except OSError:
+            return
+        for lock in locks:
+            if not ((self.root / lock.name).exists() or (self.root / f"{_INCOMING}{lock.name}").exists()):
+                try:
+                    remove_lock(lock)
+                except (OSError, DeviceFault):
+                    continue
 
     def _remove_if_abandoned(self, incoming: Path) -> bool:
         """Remove an unfinished download nobody is writing, if it is needless or a day old (under its lock)."""

@@ -9,6 +9,7 @@ Blobs are streamed and their digests checked on the way; nothing that fails its 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -294,7 +295,9 @@ class DirectoryEndpoint:
         except ContentMismatch:
             partial.unlink(missing_ok=True)  # not the blob it claims to be: keep nothing of it
             raise
-        except OSError as e:  # a transfer cut short (DeliveryError) keeps the partial file: the next copy resumes it
+        except OSError as e:  # (a transfer cut short, a DeliveryError, keeps the partial file: the next copy resumes it)
+            with contextlib.suppress(OSError):  # the device's fault (a full disk): what was written would keep it full
+                partial.unlink(missing_ok=True)
             raise DeviceFault(f"{self.what}: cannot write blob {blob.digest} ({_why(e)})") from e
 
     def put_bytes(self, data: bytes, media_type: str) -> Descriptor:

@@ -63,12 +63,12 @@ class TrustedState:
         with self._locked():
             if self.provisioned() and not force:
                 raise Conflict(f"{self.state_dir}: already provisioned with a trusted root (use --force to replace it)")
-            fresh = self._new_dir()
-            history = fresh / "root_history"
-            history.mkdir()
-            (history / f"{root.version}.root.json").write_bytes(data)
-            os.symlink(f"root_history/{root.version}.root.json", fresh / "root.json")
-            self._swap_in(fresh)
+            with self._writing("provision the trusted root") as fresh:
+                history = fresh / "root_history"
+                history.mkdir()
+                (history / f"{root.version}.root.json").write_bytes(data)
+                os.symlink(f"root_history/{root.version}.root.json", fresh / "root.json")
+                self._swap_in(fresh)
         return root
 
     def reset_clock(self) -> dt.datetime | None:
@@ -76,9 +76,9 @@ class TrustedState:
         with self._locked():
             newest = self._newest_time()
             if newest is not None:
-                scratch = self._copy_current()
-                (scratch / _CLOCK).unlink()
-                self._swap_in(scratch)
+                with self._writing("forget the trusted time", copy=True) as scratch:
+                    (scratch / _CLOCK).unlink()
+                    self._swap_in(scratch)
             return newest
 
     @contextmanager
@@ -95,7 +95,7 @@ class TrustedState:
                 yield scratch
             finally:
                 if scratch.exists() and scratch.resolve() != self.current.resolve():
-                    shutil.rmtree(scratch)  # not committed: the device trusts what it trusted before
+                    shutil.rmtree(scratch, ignore_errors=True)  # not committed: the device trusts what it trusted before
 
     def commit(self, candidate: Path, *, release: tuple[str, str, str]) -> None:
         """Record the release and the time in the verified candidate, then make it the trusted state."""
@@ -160,9 +160,29 @@ class TrustedState:
             yield
 
     def _copy_current(self) -> Path:
+        """A copy of the trusted state to change; a DeviceFault (and no copy left) if it cannot be made."""
         scratch = self._new_dir(create=False)
-        shutil.copytree(self.current.resolve(), scratch, symlinks=True)
+        try:
+            shutil.copytree(self.current.resolve(), scratch, symlinks=True)
+        except OSError as e:  # shutil.Error too: a full or read-only disk
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise DeviceFault(f"{self.state_dir}: cannot copy the trusted metadata ({_why(e)}); nothing changed") from e
         return scratch
+
+    @contextmanager
+    def _writing(self, what: str, *, copy: bool = False) -> Iterator[Path]:
+        """A new trust directory (a copy of the current one with ``copy``) to fill and swap in. A fault
+        while doing so is a DeviceFault, and the directory is removed unless it was swapped in."""
+        directory = self._copy_current() if copy else None
+        try:
+            if directory is None:
+                directory = self._new_dir()
+            yield directory
+        except OSError as e:
+            raise DeviceFault(f"{self.state_dir}: cannot {what} ({_why(e)}); nothing changed") from e
+        finally:
+            if directory is not None and directory.exists() and directory.resolve() != self.current.resolve():
+                shutil.rmtree(directory, ignore_errors=True)
 
     def _sweep(self) -> None:
         """Remove copies left by runs that were killed (the lock is held: none is in use)."""
@@ -190,6 +210,13 @@ class TrustedState:
         fsync_dir(self.state_dir)
         if old is not None and old != directory.resolve():
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _why(error: OSError) -> str:
+    if isinstance(error, shutil.Error):  # copytree collects its failures: name the first
+        first = error.args[0][0] if error.args and error.args[0] else None
+        return str(first[2]) if first else str(error)
+    return error.strerror or str(error)
 
 
 def _read_bounded(path: Path) -> bytes:

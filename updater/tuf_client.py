@@ -218,8 +218,8 @@ class TufClient:
         if self.source.may_be_older and self._older_than_trusted():
             # the bundle carries older metadata than the device trusts: the newer, trusted metadata decides
             self.source = TrustedMetadata(self.metadata_dir)
-        self._updater = Updater(str(self.metadata_dir), _URL, fetcher=_Fetcher(self.source), config=UpdaterConfig(),
-                                bootstrap=None)
+        self._updater = self._guarded(lambda: Updater(str(self.metadata_dir), _URL, fetcher=_Fetcher(self.source),
+                                                      config=UpdaterConfig(), bootstrap=None))
         self._guarded(self._updater.refresh)
 
     def target(self, name: str) -> TargetFile | None:

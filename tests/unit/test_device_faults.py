@@ -1,0 +1,150 @@
+"""Device faults at every step of an install: a state directory that fills up, or that is mounted
+read-only. Each ends in one DeviceFault naming the fault, with nothing partial left behind that
+grows or blocks the next run, and the next run succeeds once the fault is gone."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bundler.build import BuildOptions, build_bundles, select_profiles
+from bundler.export import export
+from bundler.spec import load_spec
+from tests.builders import HEALTH_AND_SECRETS, SPEC, project, signed
+from tests.fakes import FakeEngine
+from updater.errors import DeviceFault, SealiftError
+from updater.install import Installer
+from updater.profiles import builtin_profile_dir, load_profiles
+from updater.slots import Slots
+from updater.trust import TrustedState
+
+PROFILES = load_profiles([builtin_profile_dir()])
+CPU = PROFILES["x86_64-cpu"]
+QUICK = SPEC.replace(HEALTH_AND_SECRETS, "health:\n  deadline: 1s\n  stabilisation: 0s\n  checks:\n"
+                                         "    - {name: own, type: container, service: app}\n")
+DISK = 4 << 20
+
+
+def _mount(*args: str) -> None:
+    done = subprocess.run(["mount", *args], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail(f"mount {' '.join(args)}: {done.stderr.strip()}")
+        pytest.skip("needs root to mount")
+
+
+@pytest.fixture(scope="module")
+def releases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("faults")
+    spec_path = project(root / "src", spec=QUICK)
+    built = {}
+    for version in ("1.0.0", "1.1.0"):
+        (spec_path.parent / "models" / "int8.bin").write_bytes(os.urandom(256 << 10))  # incompressible: bytes on disk
+        spec_path.write_text(QUICK.replace("version: 1.2.0", f"version: {version}"))
+        spec = load_spec(spec_path)
+        (b,) = build_bundles(spec, select_profiles(spec, PROFILES, (CPU.name,)), BuildOptions(out=root / "out", epoch=0))
+        built[version] = b.path
+    built["root"] = signed(list(built.values()), root / "signing")
+    export([built["1.1.0"]], root / "medium")
+    built["medium"] = root / "medium"
+    return built
+
+
+@pytest.fixture
+def disk(tmp_path: Path) -> Iterator[Path]:
+    """A small tmpfs holding the state directory."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    _mount("-t", "tmpfs", "-o", f"size={DISK}", "tmpfs", str(mount))
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(disk: Path, leave: int) -> Path:
+    """Fill ``disk`` but for ``leave`` bytes; returns the filler to remove."""
+    filler = disk / "filler"
+    st = os.statvfs(disk)
+    with open(filler, "wb") as f:
+        os.posix_fallocate(f.fileno(), 0, max(1, st.f_bavail * st.f_frsize - leave))
+    return filler
+
+
+def _footprint(state: Path) -> set[str]:
+    """Every file and directory in the state directory, by its path relative to it."""
+    return {str(p.relative_to(state)) for p in state.rglob("*")}
+
+
+def _partial(state: Path) -> list[str]:
+    return sorted(p for p in _footprint(state) if ".incoming-" in p or "/.tmp" in p or p.endswith(".partial"))
+
+
+def _device(state: Path, releases: dict[str, Path], engine: FakeEngine) -> Installer:
+    shutil.rmtree(state, ignore_errors=True)
+    TrustedState(state).init(releases["root"])
+    installer = Installer(state_dir=state, runtime=engine, profile=CPU)
+    assert installer.install(releases["1.0.0"]).committed
+    return installer
+
+
+def _step(message: str) -> str:
+    """The step of an install a fault message names."""
+    for words, step in (("store ", "store"), ("trusted metadata", "trust"), ("staging", "staging"), ("state", "state")):
+        if words in message:
+            return step
+    return message
+
+
+def test_a_full_disk_at_any_step_of_an_install_is_a_device_fault_that_leaves_nothing(
+        disk: Path, releases: dict[str, Path]) -> None:
+    """An install from a medium onto a disk left with 0, 4, 8, ... KiB free, until it fits."""
+    state, steps = disk / "state", set()
+    for leave in range(0, DISK, 4 << 10):
+        engine = FakeEngine()
+        installer = _device(state, releases, engine)
+        before = Slots(state).load().current
+        assert before is not None
+        filler = _fill(disk, leave)
+        try:
+            outcome = installer.install(releases["medium"])
+        except SealiftError as e:
+            assert isinstance(e, DeviceFault), e.diagnostics()
+            assert "\n" not in e.diagnostics() and ("No space left" in e.diagnostics() or "disk is full" in e.diagnostics())
+            steps.add(_step(e.diagnostics()))
+            assert Slots(state).load().current == before and engine.running[("demo", before.slot)][0] == "1.0.0"
+            assert _partial(state) == [], f"{leave} bytes free"
+        else:
+            assert outcome.committed
+            break
+        finally:
+            filler.unlink()
+        assert installer.install(releases["medium"]).committed, f"{leave} bytes free"  # the fault is gone: it goes in
+        assert _partial(state) == []
+    else:
+        pytest.fail(f"the install never fitted in {DISK} bytes")
+    assert {"store", "trust", "staging"} <= steps, steps
+    kept = {p.name for p in (state / "bundles").iterdir() if not p.name.startswith(".")}
+    assert {p.name for p in (state / "bundles" / ".locks").iterdir()} <= kept  # lock files go with their bundles
+
+
+def test_a_read_only_state_directory_is_a_device_fault_everywhere(disk: Path, releases: dict[str, Path]) -> None:
+    state = disk / "state"
+    engine = FakeEngine()
+    TrustedState(state).init(releases["root"])
+    installer = Installer(state_dir=state, runtime=engine, profile=CPU)
+    assert installer.install(releases["1.0.0"]).committed
+    before = _footprint(state)
+    _mount("-o", "remount,ro", str(disk))
+    try:
+        with pytest.raises(DeviceFault, match="Read-only file system"):
+            installer.install(releases["medium"])
+        with pytest.raises(DeviceFault, match="Read-only file system"):
+            TrustedState(state).init(releases["root"], force=True)
+        assert _footprint(state) == before
+    finally:
+        _mount("-o", "remount,rw", str(disk))
+    assert installer.install(releases["medium"]).committed
