@@ -24,7 +24,7 @@ class FakeEngine:
         self.health = dict(health or {})
         self.refuse_start = set(refuse_start)
         self.refuse_load = refuse_load
-        self.loaded: dict[str, str] = {}  # image ID -> tag
+        self.tags: dict[str, str] = {}  # tag -> image ID
         self.running: dict[tuple[str, str], tuple[str, dict[str, ContainerState]]] = {}  # (app, slot) -> (version, services)
 
     def load_images(self, reader: LayoutReader, images: Sequence[Image]) -> None:
@@ -32,7 +32,7 @@ class FakeEngine:
             raise EngineFault(f"image {images[0].name}: the engine refused to load it (no space left on device)")
         for image in images:
             assert reader.blob_size(image.manifest) is not None and reader.blob_size(image.config) is not None
-            self.loaded[image.config] = image.tag
+            self.tags[image.tag] = image.config
 
     def start(self, release: Release, app: App, slot_dir: Path, images: Mapping[str, str], *,
               environment: Mapping[str, Mapping[str, str]] | None = None, secrets: Path | None = None) -> None:
@@ -52,11 +52,16 @@ class FakeEngine:
     def run_in(self, app: str, slot: str, service: str, command: Sequence[str]) -> tuple[int, str]:
         return 0, ""
 
-    def images(self, app: str) -> set[str]:
-        return {image for image, tag in self.loaded.items() if tag.startswith(f"sealift/{app}-")}
+    @property
+    def loaded(self) -> set[str]:
+        """The IDs of the images the engine holds (an image goes with its last tag)."""
+        return set(self.tags.values())
 
-    def remove_image(self, image_id: str) -> None:
-        del self.loaded[image_id]
+    def images(self, app: str) -> dict[str, str]:
+        return {tag: image for tag, image in self.tags.items() if tag.startswith(f"sealift/{app}-")}
+
+    def remove_image(self, tag: str) -> None:
+        del self.tags[tag]
 
 
 class NoEngine(FakeEngine):

@@ -9,12 +9,14 @@ from typing import TYPE_CHECKING
 
 import click
 
-from updater.errors import FAMILIES, InputError, Unhealthy
+from updater.errors import FAMILIES, InputError, SealiftError, Unhealthy
 from updater.exits import reports_errors
 from updater.sealed import KEMS
 
 if TYPE_CHECKING:
+    from updater.install import Serving
     from updater.profiles import Profile
+    from updater.slots import DeviceState
 
 __all__ = ["cli", "main"]
 
@@ -241,15 +243,20 @@ def run(state_dir: Path, watch: Path | None, source: str | None, plain_http: boo
 @reports_errors
 def recover(state_dir: Path) -> None:
     """Converge after a crash, a power cut or an engine restart: an interrupted install is rolled
-    back, and the committed release is started if it is not running. Run it at boot."""
+    back, and the committed release is started if it is not running. Run it at boot.
+
+    Says what the engine then runs, and exits non-zero when the committed release is not serving.
+    A release whose install was interrupted 3 times is marked failed and not tried again by itself.
+    """
     from updater.docker_runtime import DockerRuntime
     from updater.install import Installer
 
     installer = Installer(state_dir=state_dir, runtime=DockerRuntime.connect(), profile=None,
                           log=lambda line: click.echo(line, err=True))
-    state = installer.recover()
-    current = state.current
-    click.echo(f"running: {current.name} {current.version} (slot {current.slot})" if current else "nothing installed")
+    serving = installer.serving(installer.recover())
+    if not serving.ok:
+        raise Unhealthy(str(serving))
+    click.echo(f"running: {serving}" if serving.release else str(serving))
 
 
 @cli.command()
@@ -257,23 +264,50 @@ def recover(state_dir: Path) -> None:
 @click.pass_obj
 @reports_errors
 def status(state_dir: Path, as_json: bool) -> None:
-    """What runs, in which slot, what happened last, the history, and the device's enrollment."""
+    """What runs, in which slot, what happened last, the history, and the device's enrollment.
+
+    With a release committed, the engine is asked whether it serves: exit 7 when it does not, 6
+    when the engine does not answer (the state is printed either way).
+    """
     from updater.identity import DeviceIdentity
     from updater.slots import Slots
 
     state = Slots(state_dir).load()
     identity = DeviceIdentity(state_dir)
     record = identity.record() if identity.enrolled() else None
+    serving, fault = _serving(state_dir, state)
     if as_json:
-        click.echo(json.dumps({**state.to_json(), "enrollment": record}, indent=2))
-        return
-    current = (f"{state.current.name} {state.current.version} (slot {state.current.slot}"
-               + (f", site overlay {state.current.overlay})" if state.current.overlay else ")")) if state.current else "nothing"
-    click.echo(f"running: {current}\nphase:   {state.phase.value}{': ' + state.reason if state.reason else ''}")
-    click.echo(f"device:  {record['device']} at site {record['site']} ({record['kem']})" if record else
-               "device:  not enrolled for secrets (`sealift-updater enroll --site SITE`)")
-    for event in state.history[-10:]:
-        click.echo(f"  {event.get('phase', '?'):13} {event.get('release', ''):28} {event.get('reason', '')}")
+        engine = serving.to_json() if serving else None
+        if fault is not None:
+            engine = {"ok": False, "fault": fault.fault, "error": fault.diagnostics()}
+        click.echo(json.dumps({**state.to_json(), "enrollment": record, "serving": engine}, indent=2))
+    else:
+        current = (f"{state.current.name} {state.current.version} (slot {state.current.slot}"
+                   + (f", site overlay {state.current.overlay})" if state.current.overlay else ")")) if state.current else "nothing"
+        click.echo(f"running: {current}\nphase:   {state.phase.value}{': ' + state.reason if state.reason else ''}")
+        if state.current is not None:
+            click.echo(f"engine:  {serving}" if serving else f"engine:  cannot tell what runs ({fault.diagnostics() if fault else ''})")
+        click.echo(f"device:  {record['device']} at site {record['site']} ({record['kem']})" if record else
+                   "device:  not enrolled for secrets (`sealift-updater enroll --site SITE`)")
+        for event in state.history[-10:]:
+            click.echo(f"  {event.get('phase', '?'):13} {event.get('release', ''):28} {event.get('reason', '')}")
+    if fault is not None:
+        sys.exit(fault.exit_code)
+    if serving is not None and not serving.ok:
+        sys.exit(Unhealthy.exit_code)
+
+
+def _serving(state_dir: Path, state: DeviceState) -> tuple[Serving | None, SealiftError | None]:
+    """What the engine runs of the committed release (None when nothing is committed), or why it cannot tell."""
+    if state.current is None:
+        return None, None
+    from updater.docker_runtime import DockerRuntime
+    from updater.install import Installer
+
+    try:
+        return Installer(state_dir=state_dir, runtime=DockerRuntime.connect(), profile=None).serving(state), None
+    except SealiftError as e:
+        return None, e
 
 
 @cli.command()

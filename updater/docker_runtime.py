@@ -71,13 +71,15 @@ class DockerRuntime:
                         raise EngineFault(f"image {image.name}: loaded, but the engine has no image {image.config[:19]}")
                 self.client.api.tag(image.config, *image.tag.rsplit(":", 1))
 
-    def images(self, app: str) -> set[str]:
+    def images(self, app: str) -> dict[str, str]:
+        prefix = f"{IMAGE_REPOSITORY}{app}-"
         with self._engine(f"{app}: listing its images failed"):
-            return {image.id for image in self.client.images.list(name=f"{IMAGE_REPOSITORY}{app}-*")}
+            return {tag: image.id for image in self.client.images.list(name=f"{prefix}*") for tag in image.tags
+                    if tag.startswith(prefix)}
 
-    def remove_image(self, image_id: str) -> None:
-        with self._engine(f"image {image_id[:19]}: the engine could not remove it"):
-            self.client.images.remove(image_id, force=True)
+    def remove_image(self, tag: str) -> None:
+        with self._engine(f"image {tag}: the engine could not remove it"):
+            self.client.images.remove(tag, noprune=False)  # by tag: untagged, and removed with its last tag
 
     def _has_image(self, image_id: str) -> bool:
         import docker.errors

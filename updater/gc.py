@@ -1,9 +1,11 @@
 """Garbage collection after a commit: what neither the running nor the rollback release needs goes.
 
-The engine knows which images the updater loaded for an app
-(:meth:`updater.runtime.Runtime.images`); one whose ID is not among those the current and the
-previous release use is removed, with its tags. Slot data needs no collection: the inactive slot
-holds the previous release until the next install stages over it; bundles are pruned from the
+The engine knows which tags the updater gave images for an app
+(:meth:`updater.runtime.Runtime.images`); a tag that is not one of the current or the previous
+release's is removed, and an image goes with its last tag. A release that keeps an image of an
+older one (an unchanged image) adds its own tag to it: the older tag goes, so tags do not pile up
+one per version. Slot data needs no collection: the inactive slot holds the previous release
+until the next install stages over it; bundles (and their lock files) are pruned from the
 device's store (:meth:`updater.store.BundleStore.prune`).
 """
 
@@ -15,8 +17,9 @@ __all__ = ["collect_images"]
 
 
 def collect_images(runtime: Runtime, app: str, keep: set[str]) -> list[str]:
-    """Remove the images loaded for ``app`` whose IDs are not in ``keep``; return the IDs removed."""
-    removed = sorted(runtime.images(app) - keep)
-    for image_id in removed:
-        runtime.remove_image(image_id)
+    """Remove the tags given to ``app``'s images that are not in ``keep`` (an image goes with its last
+    tag); return the tags removed."""
+    removed = sorted(set(runtime.images(app)) - keep)
+    for tag in removed:
+        runtime.remove_image(tag)
     return removed

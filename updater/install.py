@@ -29,15 +29,16 @@ from updater.profiles import Profile
 from updater.runtime import Image, Runtime, image_tag
 from updater.secrets import OpenedSecrets
 from updater.slots import DeviceState, Phase, Release, Slots
-from updater.stage import clone_slot, overlay_of, stage_overlay, stage_release, staged_overlay
+from updater.stage import clone_slot, overlay_of, slot_holds, stage_overlay, stage_release, staged_overlay
 from updater.store import BundleStore, Incoming
 from updater.trust import TrustedState
 from updater.verify import verify_for_device, verify_overlay, verifying
 from updater.versions import fits
 
-__all__ = ["Installer", "Outcome", "check_as_installed", "images_of"]
+__all__ = ["MAX_INTERRUPTED", "Installer", "Outcome", "Serving", "check_as_installed", "images_of"]
 
 Log = Callable[[str], None]
+MAX_INTERRUPTED = 3  # tries of a release cut short by a crash (a power cut, a hang that took the box down) before it counts as failed
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,6 +47,31 @@ class Outcome:
     release: Release
     reason: str
     fault: str = ""  # when not committed: what kind of failure made it roll back (docs/errors.md)
+
+
+@dataclass(frozen=True)
+class Serving:
+    """What the engine runs of the committed release, at one look: each service's container status."""
+
+    release: Release | None
+    services: dict[str, str]
+
+    @property
+    def ok(self) -> bool:
+        """Nothing is committed, or every service of the committed release runs."""
+        return self.release is None or (bool(self.services) and all(s == "running" for s in self.services.values()))
+
+    def __str__(self) -> str:
+        if self.release is None:
+            return "nothing installed"
+        what = f"{self.release.name} {self.release.version} (slot {self.release.slot})"
+        if self.ok:
+            return f"{what}: serving"
+        found = ", ".join(f"{name} {status}" for name, status in sorted(self.services.items())) or "no containers"
+        return f"{what} is committed but not serving ({found})"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "services": self.services}
 
 
 class Installer:
@@ -206,6 +232,9 @@ class Installer:
             previous = state.previous
             if previous is None or state.current is None:
                 raise Conflict("no previous release to roll back to")
+            if why := self._not_held(previous):  # never start other files under its name
+                self.slots.save(state.with_event(previous=None, reason=f"forgot the previous release: {why}"))
+                raise Conflict(f"no previous release to roll back to: {why}")
             state = state.with_event(phase=Phase.TRYING, candidate=previous, reason="rollback requested")
             self.slots.save(state)
             return self._switch(state, previous, "rolled back on request")
@@ -214,6 +243,14 @@ class Installer:
         """Converge after a crash or a reboot: finish nothing half-done, run what is committed."""
         with self.slots.locked():
             return self._converge(self.slots.load())
+
+    def serving(self, state: DeviceState | None = None) -> Serving:
+        """What the engine runs of the committed release (EngineFault when the engine cannot tell)."""
+        current = (state or self.slots.load()).current
+        if current is None:
+            return Serving(None, {})
+        containers = self.runtime.containers(current.name, current.slot)
+        return Serving(current, {name: c.status for name, c in containers.items()})
 
     def _switch(self, state: DeviceState, release: Release, success: str) -> Outcome:
         slot_dir = self.slots.slot_dir(release.slot)
@@ -231,34 +268,55 @@ class Installer:
         if result.ok:
             self.log("[7/7] commit")
             committed = state.with_event(phase=Phase.COMMITTED, current=release, previous=state.current, candidate=None,
-                                         reason=success)
+                                         reason=success, interrupted=_without(state.interrupted, release))
             self.slots.save(committed)
             kept = [r for r in (committed.current, committed.previous) if r is not None]
-            keep = {i.config for r in kept for i in _staged(self.slots.slot_dir(r.slot)).images}
+            keep = {i.tag for r in kept for i in images_of(_staged(self.slots.slot_dir(r.slot)))}
             removed = collect_images(self.runtime, release.name, keep)
             if removed:
-                self.log(f"removed {len(removed)} image(s) no kept release uses")
+                self.log(f"removed {len(removed)} image tag(s) no kept release uses")
             return Outcome(committed=True, release=release, reason=success)
         self.log(f"[7/7] roll back: {result.check} failed: {result.detail}")
         reason = f"{result.check} failed: {result.detail}"
         self.slots.save(state.with_event(phase=Phase.ROLLING_BACK, reason=reason, fault=result.fault))
         reason += self._back_to_current(state, release)
         self.slots.save(state.with_event(phase=Phase.ROLLED_BACK, candidate=None, reason=reason, fault=result.fault,
-                                         failed=(*state.failed, failure_key(release))))
+                                         failed=(*state.failed, failure_key(release)),
+                                         interrupted=_without(state.interrupted, release)))
         return Outcome(committed=False, release=release, reason=reason, fault=result.fault)
 
     def _converge(self, state: DeviceState) -> DeviceState:
         """An install that was cut short is rolled back; the committed release is made to run."""
         if state.phase in (Phase.TRYING, Phase.ROLLING_BACK) and state.candidate is not None:
-            self.log(f"recovering: an install of {state.candidate.name} {state.candidate.version} was interrupted")
-            reason = "interrupted during install; returned to the committed release" + self._back_to_current(state, state.candidate)
-            state = state.with_event(phase=Phase.ROLLED_BACK, candidate=None, reason=reason)
+            candidate = state.candidate
+            self.log(f"recovering: an install of {candidate.name} {candidate.version} was interrupted")
+            state = self._count_interrupted(state, candidate)
+            self.slots.save(state)  # counted before anything is started: a crash in what follows cannot undo the count
+            state = replace(state, reason=state.reason + self._back_to_current(state, candidate))
             self.slots.save(state)
         elif state.current is not None and not self._running(state.current):
             self.log(f"recovering: {state.current.name} {state.current.version} is not running; starting it")
             self._stop(state.current)
             self._start(state.current)
         return state
+
+    def _count_interrupted(self, state: DeviceState, candidate: Release) -> DeviceState:
+        """The state after an interrupted try of ``candidate``: one more interruption counted, or, after
+        MAX_INTERRUPTED of them (or when it had already failed and was being rolled back), marked failed
+        so that nothing tries it again by itself (as a boot loader counts boot attempts)."""
+        key = failure_key(candidate)
+        tries = state.interrupted.get(key, 0) + 1
+        if state.phase is Phase.ROLLING_BACK:
+            why, failed = f"its rollback was interrupted after it failed ({state.reason}); marked failed", True
+        elif tries >= MAX_INTERRUPTED:
+            why, failed = f"interrupted {tries} times; marked failed (install it with --force to try again)", True
+        else:
+            why, failed = f"interrupted ({tries} of {MAX_INTERRUPTED} tries)", False
+        return state.with_event(
+            phase=Phase.ROLLED_BACK, candidate=None, fault=(state.fault or "unhealthy") if failed else "",
+            reason=f"{candidate.name} {candidate.version}: {why}; returned to the committed release",
+            failed=(*state.failed, key) if failed else state.failed,
+            interrupted=_without(state.interrupted, candidate) if failed else {**state.interrupted, key: tries})
 
     def _back_to_current(self, state: DeviceState, leaving: Release) -> str:
         """Stop ``leaving``; start the committed release again. Returns what to add to the reason."""
@@ -280,12 +338,25 @@ class Installer:
         self.secrets.remove(release.name, release.slot)  # the opened secrets go with the containers
 
     def _start(self, release: Release) -> None:
+        if why := self._not_held(release):
+            raise DeviceFault(f"{release.name} {release.version} is not started: {why}")
         slot_dir = self.slots.slot_dir(release.slot)
         descriptor = _staged(slot_dir)
         overlay = overlay_of(slot_dir)
         secrets = self.secrets.open_into_memory(release.name, release.slot, slot_dir, descriptor.app.services) if overlay else None
         self.runtime.start(release, descriptor.app, slot_dir, {i.name: i.config for i in descriptor.images},
                            environment=overlay.get("environment") if overlay else None, secrets=secrets)
+
+    def _not_held(self, release: Release) -> str | None:
+        """Why ``release``'s slot does not hold it (None when it does)."""
+        held = slot_holds(self.slots.slot_dir(release.slot))
+        if held is None:
+            return f"slot {release.slot} holds no release"
+        name, version, digest, overlay = held
+        if (name, version) != (release.name, release.version) or (digest and digest != release.digest) \
+                or overlay != release.overlay_digest:
+            return f"slot {release.slot} now holds {name} {version}" + (f" with overlay {overlay[:19]}" if overlay else "")
+        return None
 
     def _running(self, release: Release) -> bool:
         containers = self.runtime.containers(release.name, release.slot)
@@ -344,6 +415,10 @@ def images_of(info: BundleInfo | BundleDescriptor) -> list[Image]:
     d = info.descriptor if isinstance(info, BundleInfo) else info
     return [Image(name=i.name, manifest=i.manifest, config=i.config, tag=image_tag(d.name, i.name, d.version, d.profile))
             for i in d.images]
+
+
+def _without(interrupted: dict[str, int], release: Release) -> dict[str, int]:
+    return {k: v for k, v in interrupted.items() if k != failure_key(release)}
 
 
 def _staged(slot_dir: Path) -> BundleDescriptor:

@@ -109,10 +109,10 @@ class Runtime(Protocol):
         """Run ``command`` in the service's running container: its exit code and output."""
         ...
 
-    def images(self, app: str) -> set[str]:
-        """The IDs of the images loaded for ``app`` (what garbage collection may remove)."""
+    def images(self, app: str) -> dict[str, str]:
+        """The tags given to images loaded for ``app``, with each one's image ID (what garbage collection may remove)."""
         ...
 
-    def remove_image(self, image_id: str) -> None:
-        """Remove an image and its tags."""
+    def remove_image(self, tag: str) -> None:
+        """Remove a tag; the image goes with its last tag."""
         ...

@@ -27,6 +27,7 @@ __all__ = ["SLOTS", "DeviceState", "Phase", "Release", "Slots"]
 SLOTS = ("a", "b")
 _STATE = "state.json"
 _HISTORY = 50
+_FAILED_KEPT = 100  # failed releases remembered (not retried unless forced); the oldest are forgotten first
 
 
 class Phase(enum.StrEnum):
@@ -62,6 +63,7 @@ class DeviceState:
     reason: str = ""
     fault: str = ""  # the fault family of what went wrong last (docs/errors.md); empty when the last step succeeded
     failed: tuple[str, ...] = ()  # digests of releases that failed their health checks
+    interrupted: dict[str, int] = field(default_factory=dict)  # tries of a release cut short by a crash, by its failure key
     history: tuple[dict[str, str], ...] = field(default=())
 
     def failed_as_next(self, digest: str) -> bool:
@@ -76,6 +78,7 @@ class DeviceState:
     def with_event(self, **changes: Any) -> DeviceState:
         """A new state with ``changes``, recorded in the history."""
         new = replace(self, **{"fault": "", **changes})
+        new = replace(new, failed=new.failed[-_FAILED_KEPT:])
         event = {"phase": new.phase.value, "reason": new.reason, **({"fault": new.fault} if new.fault else {})}
         if new.candidate is not None:
             event["release"] = f"{new.candidate.name} {new.candidate.version}"
@@ -101,6 +104,7 @@ class DeviceState:
             reason=str(data.get("reason", "")),
             fault=str(data.get("fault", "")),
             failed=tuple(data.get("failed", ())),
+            interrupted={str(k): int(v) for k, v in dict(data.get("interrupted", {})).items()},
             history=tuple(data.get("history", ())),
         )
 

@@ -29,10 +29,11 @@ from updater.layout import LayoutReader
 from updater.oci import CHUNK, canonical_json, parse_json
 from updater.overlay import OverlayInfo
 
-__all__ = ["clone_slot", "overlay_of", "stage_overlay", "stage_release", "staged_overlay"]
+__all__ = ["clone_slot", "overlay_of", "slot_holds", "stage_overlay", "stage_release", "staged_overlay"]
 
 _DIRS = {"model": "models", "config": "configs"}
 _OVERLAY = "overlay"
+_RELEASE = "release.json"  # the digest of the bundle a slot was staged from: what its descriptor cannot say
 
 
 def stage_release(reader: LayoutReader, info: BundleInfo, slot_dir: Path, *, replacing: Callable[[], None] = lambda: None) -> Path:
@@ -49,6 +50,7 @@ def stage_release(reader: LayoutReader, info: BundleInfo, slot_dir: Path, *, rep
             with reader.open_blob(entry.digest) as stored, _content(stored, entry) as content:
                 _place(content, entry, temp / _DIRS[entry.role] / entry.name)
         (temp / "descriptor.json").write_bytes(canonical_json(info.descriptor.data))
+        (temp / _RELEASE).write_bytes(canonical_json({"digest": info.digest}))
         _make_read_only(temp)
         replacing()
         _remove(slot_dir)
@@ -200,6 +202,22 @@ def overlay_of(slot_dir: Path) -> dict[str, Any] | None:
     except (OSError, ValueError) as e:
         raise DeviceFault(f"{slot_dir}: the staged overlay is damaged ({type(e).__name__})") from e
     return data
+
+
+def slot_holds(slot_dir: Path) -> tuple[str, str, str, str] | None:
+    """What a slot holds: (name, version, bundle digest, overlay digest); None when it holds no release.
+    A digest a slot cannot tell is empty."""
+    try:
+        descriptor = parse_json((slot_dir / "descriptor.json").read_bytes(), str(slot_dir), DeviceFault)
+        release = parse_json((slot_dir / _RELEASE).read_bytes(), str(slot_dir), DeviceFault) \
+            if (slot_dir / _RELEASE).exists() else {}
+    except FileNotFoundError:
+        return None
+    except (OSError, DeviceFault):
+        return None
+    overlay = overlay_of(slot_dir) or {}
+    return (str(descriptor.get("name")), str(descriptor.get("version")), str(release.get("digest", "")),
+            str(overlay.get("digest", "")))
 
 
 def clone_slot(source: Path, dest: Path, *, replacing: Callable[[], None] = lambda: None) -> None:

@@ -51,7 +51,7 @@ def test_an_image_from_docker_save_loads_with_its_id_and_runs(tmp_path: Path, do
     assert image.config == image_id and image.tag in docker_engine.client.images.get(image_id).tags
     output = docker_engine.client.containers.run(image_id, network_mode="none", remove=True)
     assert output.strip() == b"hello"
-    assert DockerRuntime(docker_engine.client).images(info.name) == {image_id}
+    assert DockerRuntime(docker_engine.client).images(info.name) == {image.tag: image_id}
     load(docker_engine, bundle, info)  # already there: nothing to load, and nothing fails
 
 
@@ -73,11 +73,14 @@ def test_images_of_releases_neither_running_nor_kept_for_rollback_are_removed(tm
         dockerfile = io.BytesIO(f"FROM {base}\nLABEL release={name}\n".encode())
         image, _ = client.images.build(fileobj=dockerfile, tag=f"sealift/gc-app-{name}:1", rm=True)
         ids[name] = image.id
+    client.images.get(ids["current"]).tag("sealift/gc-app-current", "0")  # an older release's tag on an unchanged image
     assert len(set(ids.values())) == 3
-    removed = collect_images(DockerRuntime(client), "gc-app", {ids["current"], ids["previous"]})
-    remaining = {image.id for image in client.images.list(name="sealift/gc-app-*")}
-    assert removed == [ids["old"]]
-    assert remaining == {ids["current"], ids["previous"]}
+    keep = {"sealift/gc-app-current:1", "sealift/gc-app-previous:1"}
+    removed = collect_images(DockerRuntime(client), "gc-app", keep)
+    assert removed == ["sealift/gc-app-current:0", "sealift/gc-app-old:1"]
+    assert DockerRuntime(client).images("gc-app") == {"sealift/gc-app-current:1": ids["current"],
+                                                     "sealift/gc-app-previous:1": ids["previous"]}
+    assert {image.id for image in client.images.list(name="sealift/gc-app-*")} == {ids["current"], ids["previous"]}
 
 
 def test_an_engine_that_does_not_answer_is_one_line_naming_where_it_was_looked_for(tmp_path: Path,

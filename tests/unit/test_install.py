@@ -12,11 +12,13 @@ from bundler.build import BuildOptions, build_bundles, select_profiles
 from bundler.spec import load_spec
 from tests.builders import HEALTH_AND_SECRETS, SPEC, project, signed
 from tests.fakes import FakeEngine
-from updater.bundle import check_bundle
+from updater.bundle import check_bundle, verify_bundle
 from updater.errors import Conflict, EngineFault, Refused
 from updater.install import Installer, images_of
+from updater.layout import open_layout
 from updater.profiles import builtin_profile_dir, load_profiles
-from updater.slots import Phase, Slots
+from updater.slots import DeviceState, Phase, Slots
+from updater.stage import stage_release
 from updater.trust import TrustedState
 
 PROFILES = load_profiles([builtin_profile_dir()])
@@ -56,7 +58,7 @@ def test_a_healthy_release_is_committed_with_its_own_images(tmp_path: Path, bund
     assert outcome.committed and outcome.release.version == "1.0.0" and outcome.release.slot == "a"
     state = Slots(tmp_path / "state").load()
     assert state.phase == Phase.COMMITTED and state.fault == "" and state.current == outcome.release
-    assert engine.loaded == {i.config: i.tag for i in images_of(check_bundle(bundles["1.0.0"]).bundle)}  # the bundle's own IDs
+    assert engine.tags == {i.tag: i.config for i in images_of(check_bundle(bundles["1.0.0"]).bundle)}  # the bundle's own IDs
     assert set(engine.running) == {("demo", "a")}
 
 
@@ -83,8 +85,9 @@ def test_images_no_kept_release_uses_are_removed_after_a_commit(tmp_path: Path, 
     installer = device(tmp_path, bundles, engine)
     for version in ("1.0.0", "1.1.0", "1.2.0"):
         assert installer.install(bundles[version]).committed
-    kept = {image.config for v in ("1.1.0", "1.2.0") for image in images_of(check_bundle(bundles[v]).bundle)}
-    assert set(engine.loaded) == kept
+    kept = [image for v in ("1.1.0", "1.2.0") for image in images_of(check_bundle(bundles[v]).bundle)]
+    assert engine.loaded == {image.config for image in kept}
+    assert set(engine.tags) == {image.tag for image in kept}  # one tag per kept release, not one per version ever installed
 
 
 def test_a_failure_after_staging_over_the_previous_release_never_leaves_it_named_as_previous(tmp_path: Path,
@@ -124,3 +127,95 @@ def test_staging_that_is_refused_or_fails_keeps_the_previous_release_to_return_t
     assert state.previous == before.previous and state.previous is not None and state.previous.version == "1.0.0"
     assert (tmp_path / "state/slots/a/descriptor.json").is_file()  # still 1.0.0's
     assert installer.rollback().release.version == "1.0.0"
+
+
+class _Crash(BaseException):
+    """The updater dying (a power cut, a kill): nothing after it runs."""
+
+
+class _CrashingEngine(FakeEngine):
+    """Takes the box down whenever ``version`` starts."""
+
+    def __init__(self, version: str) -> None:
+        super().__init__()
+        self.version = version
+
+    def start(self, release, app, slot_dir, images, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        if release.version == self.version:
+            raise _Crash
+        super().start(release, app, slot_dir, images, **kwargs)
+
+
+def test_a_release_whose_install_keeps_taking_the_box_down_is_marked_failed_after_three_tries(
+        tmp_path: Path, bundles: dict[str, Path]) -> None:
+    from updater.install import MAX_INTERRUPTED
+
+    engine = _CrashingEngine("1.1.0")
+    installer = device(tmp_path, bundles, engine)
+    assert installer.install(bundles["1.0.0"]).committed
+    for tries in range(1, MAX_INTERRUPTED + 1):
+        with pytest.raises(_Crash):
+            installer.install(bundles["1.1.0"])
+        engine.running.clear()  # the reboot
+        state = installer.recover()
+        assert state.current is not None and state.current.version == "1.0.0"
+        assert engine.running[("demo", "a")][0] == "1.0.0" and installer.serving(state).ok
+        digest = check_bundle(bundles["1.1.0"]).bundle.digest
+        assert (digest in state.failed) == (tries == MAX_INTERRUPTED), (tries, state.reason)
+        assert f"interrupted {tries}" in state.reason or f"interrupted ({tries} of" in state.reason
+    with pytest.raises(Conflict, match="failed its health checks before"):
+        installer.install(bundles["1.1.0"])  # not tried by itself again: the watcher would loop
+    assert Slots(tmp_path / "state").load().interrupted == {}
+
+
+def test_a_failed_release_cut_short_during_its_own_rollback_is_remembered_as_failed(tmp_path: Path,
+                                                                                  bundles: dict[str, Path]) -> None:
+    engine = FakeEngine(health={"1.1.0": "unhealthy"})
+    installer = device(tmp_path, bundles, engine)
+    assert installer.install(bundles["1.0.0"]).committed
+    slots = Slots(tmp_path / "state")
+    saved = slots.save
+
+    def crash_once_rolling_back(state: DeviceState) -> None:
+        saved(state)
+        if state.phase is Phase.ROLLING_BACK:
+            raise _Crash
+
+    slots.save = crash_once_rolling_back  # type: ignore[method-assign]
+    installer.slots = slots
+    with pytest.raises(_Crash):
+        installer.install(bundles["1.1.0"])
+    slots.save = saved  # type: ignore[method-assign]
+    state = installer.recover()
+    assert state.current is not None and state.current.version == "1.0.0"
+    assert check_bundle(bundles["1.1.0"]).bundle.digest in state.failed and state.fault == "unhealthy"
+    assert "its rollback was interrupted after it failed" in state.reason
+
+
+def test_a_slot_that_no_longer_holds_a_release_is_never_started_under_its_name(tmp_path: Path, bundles: dict[str, Path]) -> None:
+    engine = FakeEngine()
+    installer = device(tmp_path, bundles, engine)
+    for version in ("1.0.0", "1.1.0"):
+        assert installer.install(bundles[version]).committed
+    slots = tmp_path / "state" / "slots"
+    state = Slots(tmp_path / "state").load()
+    assert state.previous is not None and state.previous.slot == "a"
+    # what a crash between staging 1.2.0 into slot a and recording it would leave, were `previous` not dropped first
+    with open_layout(bundles["1.2.0"]) as reader:
+        stage_release(reader, verify_bundle(bundles["1.2.0"]), slots / "a")
+    with pytest.raises(Conflict, match=r"slot a now holds demo 1\.2\.0"):
+        installer.rollback()
+    after = Slots(tmp_path / "state").load()
+    assert after.previous is None and after.current is not None and after.current.version == "1.1.0"
+    assert engine.running.keys() == {("demo", "b")} and engine.running[("demo", "b")][0] == "1.1.0"
+
+
+def test_serving_says_what_the_engine_runs_of_the_committed_release(tmp_path: Path, bundles: dict[str, Path]) -> None:
+    engine = FakeEngine()
+    installer = device(tmp_path, bundles, engine)
+    assert installer.serving().ok and str(installer.serving()) == "nothing installed"
+    assert installer.install(bundles["1.0.0"]).committed
+    assert installer.serving().ok and str(installer.serving()) == "demo 1.0.0 (slot a): serving"
+    engine.running.clear()  # the engine lost it (an engine restart, a container removed by hand)
+    serving = installer.serving()
+    assert not serving.ok and str(serving) == "demo 1.0.0 (slot a) is committed but not serving (no containers)"
