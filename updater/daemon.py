@@ -2,8 +2,11 @@
 
 Each pass looks at the watched directory (:mod:`updater.watch`) and polls the site registry, if
 one is given, for a newer signed release (:mod:`updater.poll`); then it sleeps. It talks to
-systemd when started as a ``Type=notify`` service: ``READY=1`` after the first pass,
-``WATCHDOG=1`` after each one. Log lines are ``key=value`` pairs, easy to search in journald.
+systemd when started as a ``Type=notify`` service: ``READY=1`` once it has converged and the loop
+is up (before the first pass, which may download and install for minutes), ``STATUS=`` with what
+it is doing (``systemctl status`` shows it), and ``WATCHDOG=1`` after each pass, at each step of
+an install and while a download makes progress. Log lines are ``key=value`` pairs, easy to search
+in journald.
 """
 
 from __future__ import annotations
@@ -61,27 +64,40 @@ class Daemon:
         self._fed = time.monotonic()
         if poller is not None:
             poller.advance = self._still_alive  # a long download is progress: systemd's watchdog must not kill it
+        said = installer.log
+        installer.log = lambda line: self._installing(line, said)
 
     def run(self, *, once: bool = False) -> SealiftError | None:
         """Serve until stopped; with ``once``, one pass. Returns what made the last poll fail (None when it did not)."""
         state = self.installer.recover()
         current = state.current
+        running = f"{current.name} {current.version}" if current else "nothing"
         self._log(event="start", watch=str(self.watch or ""), source=self.poller.source if self.poller else "",
-                  running=f"{current.name} {current.version}" if current else "nothing")
-        ready = False
+                  running=running)
+        notify(f"READY=1\nSTATUS=running {running}; looking for updates")
         while True:
             self.scan()
             failed = self.poll() if self.poller is not None else None
-            notify("WATCHDOG=1" if ready else "READY=1")
-            ready = True
+            wait = self.next_wait()
+            current = self.installer.slots.load().current
+            running = f"{current.name} {current.version}" if current else "nothing"
+            notify(f"WATCHDOG=1\nSTATUS=running {running}; "
+                   + (f"last poll failed ({failed.fault}), retrying" if failed else "next look") + f" in {wait:.0f}s")
+            self._fed = time.monotonic()
             if once:
                 return failed
-            time.sleep(self.next_wait())
+            time.sleep(wait)
 
     def _still_alive(self, _: int) -> None:
         if time.monotonic() - self._fed > WATCHDOG_EVERY_S:
             notify("WATCHDOG=1")
             self._fed = time.monotonic()
+
+    def _installing(self, line: str, said: Callable[[str], None]) -> None:
+        """An install's step, passed on to the log and to systemd's status line; a step is progress."""
+        said(line)
+        notify(f"WATCHDOG=1\nSTATUS={line.splitlines()[0][:200]}")
+        self._fed = time.monotonic()
 
     def next_wait(self) -> float:
         """Seconds to the next pass: the interval, doubled per failed poll in a row, with jitter."""

@@ -85,7 +85,8 @@ class OpenedSecrets:
                 break
         if done is None or done.returncode != 0 or not _is_tmpfs(self.root):
             raise DeviceFault(f"{self.root}: secrets need a memory-backed filesystem, and mounting a tmpfs there failed "
-                               f"({(done.stderr.strip() if done else '') or 'not a tmpfs'}); the updater must run as root")
+                               f"({(done.stderr.strip() if done else '') or 'not a tmpfs'}); run the updater as root, or "
+                               "mount one there first (examples/systemd/var-lib-sealift-run.mount)")
 
 
 def _write_secrets(folder: Path, secrets: list[tuple[SecretMount, bytes]]) -> None:

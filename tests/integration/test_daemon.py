@@ -40,7 +40,17 @@ def test_a_pass_installs_what_arrived_once_and_tells_systemd(releases: dict[str,
     daemon = Daemon(installer, media, interval=1, log=lines.append)
     try:
         daemon.run(once=True)
-        assert listener.recv(64) == b"READY=1"
+        messages = []
+        while True:
+            try:
+                messages.append(listener.recv(4096).decode())
+            except TimeoutError:
+                break
+            listener.settimeout(0.2)
+        # ready once the loop is up, before the install; then each step of it, then the pass done
+        assert messages[0] == "READY=1\nSTATUS=running nothing; looking for updates", messages
+        assert any(m.startswith("WATCHDOG=1\nSTATUS=[6/7] health checks") for m in messages[1:]), messages
+        assert messages[-1].startswith("WATCHDOG=1\nSTATUS=running vision-app 1.0.0; next look in "), messages
         state = Slots(state_dir).load()
         assert state.current is not None and state.current.version == "1.0.0"
         assert any(line.startswith('event="committed"') for line in lines)
