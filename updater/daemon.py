@@ -64,11 +64,11 @@ class Daemon:
         self._fed = time.monotonic()
         if poller is not None:
             poller.advance = self._still_alive  # a long download is progress: systemd's watchdog must not kill it
-        said = installer.log
-        installer.log = lambda line: self._installing(line, said)
 
     def run(self, *, once: bool = False) -> SealiftError | None:
         """Serve until stopped; with ``once``, one pass. Returns what made the last poll fail (None when it did not)."""
+        said = self.installer.log
+        self.installer.log = lambda line: self._installing(line, said)
         state = self.installer.recover()
         current = state.current
         running = f"{current.name} {current.version}" if current else "nothing"
