@@ -53,9 +53,15 @@ def trust_init(state_dir: Path, root: Path, force: bool, as_json: bool) -> None:
     """Provision this device with ROOT (the repository's root.json): the one trusted starting point."""
     from updater.trust import TrustedState
 
-    trusted = TrustedState(state_dir).init(root, force=force)
-    result = {"ok": True, "root_version": trusted.version, "expires": trusted.expires.isoformat(), "state_dir": str(state_dir)}
+    state = TrustedState(state_dir)
+    trusted = state.init(root, force=force)
+    expired = state.expired(trusted)
+    result = {"ok": True, "root_version": trusted.version, "expires": trusted.expires.isoformat(), "expired": expired,
+              "state_dir": str(state_dir)}
     click.echo(json.dumps(result) if as_json else f"trusted root version {trusted.version}, expires {trusted.expires:%Y-%m-%d}")
+    if expired:
+        click.echo(f"warning: root version {trusted.version} expired on {trusted.expires:%Y-%m-%d}; the device starts "
+                   "from it, and verifies nothing until a bundle or a poll brings the newer roots that follow it", err=True)
 
 
 @trust.command("reset-clock")

@@ -156,6 +156,9 @@ class Installer:
                 forgotten = self._forget_previous(state, release.slot)
                 stage_release(artifact.reader, info, self.slots.slot_dir(release.slot), replacing=forgotten.save)
                 state = forgotten.state
+            notes = list(self.trust.notes)
+            for note in notes:
+                self.log(f"warning: {note}")
             if overlay is not None and site is not None:  # now that the release counts, so does its overlay
                 again = verify_overlay(overlay, trust=self.trust, identity=self.identity, app=info.name, app_version=info.version)
                 if again.digest != site.digest:
@@ -167,7 +170,7 @@ class Installer:
         self.log("[4/7] record trying")
         state = state.with_event(phase=Phase.TRYING, candidate=release, reason="")
         self.slots.save(state)
-        return self._switch(state, release, "healthy")
+        return self._switch(state, release, "; ".join(["healthy", *notes]))
 
     def _forget_previous(self, state: DeviceState, slot: str) -> _Forgetting:
         """What to record once a new release is staged beside ``slot``'s, before ``slot`` is overwritten:

@@ -3,13 +3,18 @@
 ``STATE/trust`` is a symbolic link to a directory holding python-tuf ngclient's trusted metadata,
 ``sealift/versions.json`` (the newest release accepted per name and profile) and
 ``sealift/clock.json`` (the newest time at which the device accepted anything). A verification works on a copy of that
-directory; only when the whole check passes is the copy completed and the link swapped, one
-atomic rename, so a refused bundle, a crash or a full disk never changes what the device
-trusts. ``STATE/lock`` keeps two verifications from interleaving.
+directory, and each change is one atomic swap of the link. As the TUF client workflow says
+(5.3.11, 5.4 to 5.6), each piece of metadata ngclient verifies is kept, whatever fails after it: a
+newer root, timestamp, snapshot or targets from a bundle that is then refused (a bad blob,
+another profile) still becomes the device's, so it can never be rolled back to older metadata.
+What the device has accepted to install (``versions.json``, ``clock.json``) changes only with an
+install that passed every check; a crash or a full disk never leaves a mix.
+``STATE/lock`` keeps two verifications from interleaving.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -46,6 +51,7 @@ class TrustedState:
     def __init__(self, state_dir: Path, *, now: Callable[[], dt.datetime] | None = None) -> None:
         self.state_dir = state_dir
         self.now = now or (lambda: dt.datetime.now(dt.UTC))
+        self.notes: list[str] = []  # warnings of the latest verification that passed all the same
 
     @property
     def current(self) -> Path:
@@ -55,11 +61,12 @@ class TrustedState:
         return (self.current / "root.json").exists()
 
     def init(self, root_file: Path, *, force: bool = False) -> Root:
-        """Provision the device with its first trusted root (self-signed to its threshold, not expired)."""
+        """Provision the device with its first trusted root (self-signed to its threshold). An expired one
+        is a starting point all the same (TUF 5.2: the client starts from a trusted root whatever its
+        expiry, and updates it): a device provisioned from an old image takes a newer root from its
+        first bundle; see :meth:`expired`."""
         data = _read_bounded(root_file)
         root = _parse_root(root_file, data)
-        if root.is_expired(self.now()):
-            raise Refused(f"{root_file}: root version {root.version} expired on {root.expires:%Y-%m-%d}")
         with self._locked():
             if self.provisioned() and not force:
                 raise Conflict(f"{self.state_dir}: already provisioned with a trusted root (use --force to replace it)")
@@ -70,6 +77,10 @@ class TrustedState:
                 os.symlink(f"root_history/{root.version}.root.json", fresh / "root.json")
                 self._swap_in(fresh)
         return root
+
+    def expired(self, root: Root) -> bool:
+        """Whether ``root`` has expired by this device's clock (then only a newer root lets it verify)."""
+        return root.is_expired(self.now())
 
     def reset_clock(self) -> dt.datetime | None:
         """Forget the newest trusted time (after a clock that ran ahead was corrected); returns it."""
@@ -90,12 +101,15 @@ class TrustedState:
                 raise DeviceFault(f"{self.state_dir}: no trusted root: provision the device with `sealift-updater trust init ROOT.json`")
             self._sweep()
             self.check_clock()
+            self.notes = []
             scratch = self._copy_current()
             try:
                 yield scratch
             finally:
                 if scratch.exists() and scratch.resolve() != self.current.resolve():
-                    shutil.rmtree(scratch, ignore_errors=True)  # not committed: the device trusts what it trusted before
+                    self._keep_verified_metadata(scratch)  # not committed: the verified metadata stays all the same
+                if scratch.exists() and scratch.resolve() != self.current.resolve():
+                    shutil.rmtree(scratch, ignore_errors=True)
 
     def commit(self, candidate: Path, *, release: tuple[str, str, str]) -> None:
         """Record the release and the time in the verified candidate, then make it the trusted state."""
@@ -159,6 +173,17 @@ class TrustedState:
         with exclusive_lock(self.state_dir / "lock", wait=True):  # another updater verifying: wait for it
             yield
 
+    def _keep_verified_metadata(self, scratch: Path) -> None:
+        """Make what ngclient verified and wrote in ``scratch`` the device's, with the accepted releases
+        and time as they were: best effort (a full disk keeps the metadata the device had, which is safe)."""
+        if _metadata_files(scratch) == _metadata_files(self.current.resolve()):
+            return
+        with contextlib.suppress(OSError):
+            shutil.rmtree(scratch / "sealift", ignore_errors=True)
+            if (self.current / "sealift").is_dir():
+                shutil.copytree(self.current / "sealift", scratch / "sealift")
+            self._swap_in(scratch)
+
     def _copy_current(self) -> Path:
         """A copy of the trusted state to change; a DeviceFault (and no copy left) if it cannot be made."""
         scratch = self._new_dir(create=False)
@@ -210,6 +235,16 @@ class TrustedState:
         fsync_dir(self.state_dir)
         if old is not None and old != directory.resolve():
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _metadata_files(directory: Path) -> dict[str, bytes]:
+    """The TUF metadata of a trust directory (everything but Sealift's own ``sealift/`` folder)."""
+    found = {}
+    for path in directory.rglob("*"):
+        relative = path.relative_to(directory)
+        if relative.parts[0] != "sealift" and (path.is_file() or path.is_symlink()):
+            found[str(relative)] = os.readlink(path).encode() if path.is_symlink() else path.read_bytes()
+    return found
 
 
 def _why(error: OSError) -> str:

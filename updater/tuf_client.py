@@ -206,6 +206,7 @@ class TufClient:
     def __init__(self, metadata_dir: Path, source: MetadataSource) -> None:
         self.metadata_dir = metadata_dir
         self.source = source
+        self.notes: list[str] = []  # what an operator should hear although the verification passes
         self._updater: Updater | None = None
 
     def refresh(self) -> None:
@@ -215,8 +216,10 @@ class TufClient:
             raise Refused(f"{self.source.what}: carries no signed metadata (tuf/); sign it with `sealift repo add`")
         if names is not None:
             self._check_root_chain(names)
-        if self.source.may_be_older and self._older_than_trusted():
+        if self.source.may_be_older and (older := self._older_than_trusted()) is not None:
             # the bundle carries older metadata than the device trusts: the newer, trusted metadata decides
+            self.notes.append(f"{self.source.what} carries timestamp version {older[0]}, older than the device's "
+                              f"{older[1]}; checked against the device's newer metadata instead")
             self.source = TrustedMetadata(self.metadata_dir)
         self._updater = self._guarded(lambda: Updater(str(self.metadata_dir), _URL, fetcher=_Fetcher(self.source),
                                                       config=UpdaterConfig(), bootstrap=None))
@@ -272,17 +275,19 @@ class TufClient:
         raise Refused(f"{self.source.what}: the root chain has a gap: the device trusts root version {trusted}, "
                       f"the bundle carries up to {newer[-1]} but not {missing}")
 
-    def _older_than_trusted(self) -> bool:
-        """Whether the source's timestamp is older than the device's (read unverified: it only picks which
-        metadata to verify, and either is verified in full)."""
+    def _older_than_trusted(self) -> tuple[int, int] | None:
+        """(the source's, the device's) timestamp versions when the source's is older (read unverified: it
+        only picks which metadata to verify, and either is verified in full); None when it is not."""
         trusted = _version(self.metadata_dir / "timestamp.json")
         if trusted is None:
-            return False
+            return None
         try:
             carried = self.source.read("timestamp.json")
         except DeliveryError:
-            return False  # the refresh meets the same outage and says so
-        return carried is not None and _version_of(carried) < trusted
+            return None  # the refresh meets the same outage and says so
+        if carried is None or _version_of(carried) >= trusted:
+            return None
+        return _version_of(carried), trusted
 
 
 def _sha256(data: bytes) -> str:

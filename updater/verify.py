@@ -48,7 +48,7 @@ def verifying(artifact: Artifact, *, trust: TrustedState, profile: Profile | Non
     is checked as it is staged). ``hashed``: its blobs were hashed on their way into the store."""
     with trust.candidate() as metadata_dir:
         # (1) TUF: the index bytes are the target the bundle claims to be
-        _, index = signed_index(artifact.reader, metadata_dir, artifact.top.digest)
+        _, index = signed_index(artifact.reader, metadata_dir, artifact.top.digest, notes=trust.notes)
         # (2) every blob (of the very index TUF vouched for), (3) the hardware, (4) never an older release
         info = verify_bundle(artifact, hashed=hashed)
         signed_digest = f"sha256:{hashlib.sha256(index).hexdigest()}"
@@ -60,9 +60,9 @@ def verifying(artifact: Artifact, *, trust: TrustedState, profile: Profile | Non
         trust.commit(metadata_dir, release=(info.name, info.profile, info.version))
 
 
-def signed_index(reader: LayoutReader, metadata_dir: Path, digest: str) -> tuple[str, bytes]:
+def signed_index(reader: LayoutReader, metadata_dir: Path, digest: str, *, notes: list[str] | None = None) -> tuple[str, bytes]:
     """The target name and bytes of the top index ``digest``, once TUF, against ``metadata_dir`` and
-    the layout's own metadata, has vouched for them."""
+    the layout's own metadata, has vouched for them; what an operator should hear goes to ``notes``."""
     try:
         with reader.open_blob(digest) as stream:
             index = stream.read(MAX_JSON_BYTES + 1)
@@ -72,6 +72,8 @@ def signed_index(reader: LayoutReader, metadata_dir: Path, digest: str) -> tuple
     client = TufClient(metadata_dir, LayoutMetadata(reader))
     client.refresh()
     client.check(name, index)
+    if notes is not None:
+        notes += client.notes
     return name, index
 
 
@@ -79,7 +81,7 @@ def check_signed_target(reader: LayoutReader, digest: str, *, trust: TrustedStat
     """Check that the index ``digest`` in ``reader`` (a medium) is a target signed by the repository
     whose metadata the medium carries, against ``trust``; the trusted state does not change."""
     with trust.candidate() as metadata_dir:
-        signed_index(reader, metadata_dir, digest)
+        signed_index(reader, metadata_dir, digest, notes=trust.notes)
 
 
 def _check_profile(path: Path, info: BundleInfo, profile: Profile | None) -> None:
@@ -105,7 +107,7 @@ def verify_overlay(source: Path | Artifact, *, trust: TrustedState, identity: De
     path = source.path
     record = identity.record()
     with trust.candidate() as metadata_dir:
-        name, index = signed_index(source.reader, metadata_dir, source.top.digest)
+        name, index = signed_index(source.reader, metadata_dir, source.top.digest, notes=trust.notes)
         info = check_overlay(source)
         signed_digest = f"sha256:{hashlib.sha256(index).hexdigest()}"
         if info.digest != signed_digest:

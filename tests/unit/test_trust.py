@@ -78,12 +78,21 @@ class Setup:
         found["trust (link)"] = os.readlink(self.device.state_dir / "trust").encode()
         return found
 
-    def refused(self, name: str, error: type[Exception], match: str, profile: str = "x86_64-cpu") -> None:
-        before = self.state()
+    def accepted(self) -> dict[str, bytes]:
+        """What the device has accepted to install, and what else its state holds but TUF metadata (which
+        is kept once verified, whatever is refused after it)."""
+        named = {re.sub(r"^trust-[0-9a-f]+/", "trust/", k): v for k, v in self.state().items()}
+        return {k: v for k, v in named.items() if k.startswith("trust/sealift/") or not k.startswith("trust")}
+
+    def refused(self, name: str, error: type[Exception], match: str, profile: str = "x86_64-cpu", *,
+                metadata_kept: bool = False) -> None:
+        before, metadata = self.accepted(), self.state()
         with pytest.raises(error, match=match) as caught:
             self.verify(name, profile)
         assert "\n" not in str(caught.value)
-        assert self.state() == before, "a refused bundle changed the device's trusted state"
+        assert self.accepted() == before, "a refused bundle changed what the device accepted"
+        if not metadata_kept:
+            assert self.state() == metadata, "metadata that failed verification changed the device's trusted state"
 
     def tuf(self, name: str) -> Path:
         return self.bundles[name] / "tuf"
@@ -117,7 +126,7 @@ def test_tampered_blob(setup: Setup) -> None:
     data = bytearray(blob.read_bytes())
     data[100] ^= 1
     blob.write_bytes(bytes(data))
-    setup.refused("1.2.0-x86_64-cpu", Refused, "is corrupt")
+    setup.refused("1.2.0-x86_64-cpu", Refused, "is corrupt", metadata_kept=True)
 
 
 def test_tampered_index(setup: Setup) -> None:
@@ -132,7 +141,7 @@ def test_tampered_index(setup: Setup) -> None:
     (bundle / "blobs/sha256" / digest).write_bytes(forged)
     layout["manifests"][0].update(digest=f"sha256:{digest}", size=len(forged))
     (bundle / "index.json").write_text(json.dumps(layout))
-    setup.refused("1.2.0-x86_64-cpu", Refused, "is not the one signed as demo/x86_64-cpu/1.2.0")
+    setup.refused("1.2.0-x86_64-cpu", Refused, "is not the one signed as demo/x86_64-cpu/1.2.0", metadata_kept=True)
 
 
 def test_metadata_signed_by_an_unknown_key(setup: Setup, tmp_path: Path) -> None:
@@ -144,7 +153,7 @@ def test_metadata_signed_by_an_unknown_key(setup: Setup, tmp_path: Path) -> None
     md.signatures.clear()
     md.sign(rogue.signers([key.keyid])[0])
     path.write_bytes(md.to_bytes())
-    setup.refused("1.2.0-x86_64-cpu", Refused, "not signed by enough trusted keys")
+    setup.refused("1.2.0-x86_64-cpu", Refused, "not signed by enough trusted keys", metadata_kept=True)
 
 
 def test_threshold_not_met(tmp_path: Path, unsigned: dict[str, Path]) -> None:
@@ -156,7 +165,7 @@ def test_threshold_not_met(tmp_path: Path, unsigned: dict[str, Path]) -> None:
     assert len(md.signatures) == 2
     md.signatures.popitem()
     path.write_bytes(md.to_bytes())
-    setup.refused("1.2.0-x86_64-cpu", Refused, "not signed by enough trusted keys")
+    setup.refused("1.2.0-x86_64-cpu", Refused, "not signed by enough trusted keys", metadata_kept=True)
 
 
 def test_older_bundle_version_is_a_rollback(setup: Setup) -> None:
@@ -184,7 +193,10 @@ def test_older_metadata_is_judged_by_the_newer_metadata_the_device_trusts(setup:
     shutil.rmtree(setup.tuf("1.2.0-x86_64-cpu"))
     shutil.copytree(stale, setup.tuf("1.2.0-x86_64-cpu"))
     assert setup.verify("1.2.0-x86_64-cpu") == "1.2.0"  # signed in what the device trusts: accepted
+    (note,) = setup.device.notes  # and said: the bundle travelled with metadata the device has moved past
+    assert "carries timestamp version 2, older than the device's 3; checked against the device's newer metadata" in note
     assert setup.verify("1.3.0-x86_64-cpu") == "1.3.0"
+    assert setup.device.notes == []
     setup.refused("1.2.0-x86_64-cpu", Refused, "older than 1.3.0, which this device already accepted")  # no going back
 
 
@@ -226,7 +238,7 @@ def test_snapshot_and_targets_from_different_moments(setup: Setup, tmp_path: Pat
     setup.sign("1.2.0-x86_64-cpu")  # refresh its metadata to the latest moment
     current = next(setup.tuf("1.2.0-x86_64-cpu").glob("*.targets.json"))
     current.write_bytes(old_targets)  # the snapshot names this version, the content is older
-    setup.refused("1.2.0-x86_64-cpu", Refused, r"mix-and-match\) \(Expected targets v3, got v2")
+    setup.refused("1.2.0-x86_64-cpu", Refused, r"mix-and-match\) \(Expected targets v3, got v2", metadata_kept=True)
 
 
 def test_oversized_metadata_is_endless_data(setup: Setup) -> None:
@@ -250,7 +262,7 @@ def test_rotated_out_key_no_longer_signs(setup: Setup) -> None:
     old = Keyring(setup.tmp / "keys", passphrase=lambda: "test passphrase")
     md.sign(old.signers(removed)[0])
     path.write_bytes(md.to_bytes())
-    setup.refused("1.3.0-x86_64-cpu", Refused, "not signed by enough trusted keys")
+    setup.refused("1.3.0-x86_64-cpu", Refused, "not signed by enough trusted keys", metadata_kept=True)
 
 
 def test_rotation_is_followed_by_the_device(setup: Setup) -> None:
@@ -274,7 +286,7 @@ def test_root_chain_with_a_gap(setup: Setup) -> None:
 
 def test_bundle_for_another_profile(setup: Setup) -> None:
     setup.sign("1.2.0-x86_64-nvidia")
-    setup.refused("1.2.0-x86_64-nvidia", Refused, "is for profile x86_64-nvidia, this device is x86_64-cpu")
+    setup.refused("1.2.0-x86_64-nvidia", Refused, "is for profile x86_64-nvidia, this device is x86_64-cpu", metadata_kept=True)
 
 
 def test_bundle_copied_halfway(setup: Setup, tmp_path: Path, unsigned: dict[str, Path]) -> None:
@@ -333,7 +345,7 @@ def test_delegated_metadata_signed_by_the_delegator_is_refused(setup: Setup) -> 
     root = Metadata.from_bytes((setup.tmp / "repo/metadata/root.json").read_bytes()).signed
     md.sign(setup.keys.signers(root.roles["targets"].keyids)[0])
     path.write_bytes(md.to_bytes())
-    setup.refused("1.2.0-x86_64-cpu", Refused, "not signed by enough trusted keys")
+    setup.refused("1.2.0-x86_64-cpu", Refused, "not signed by enough trusted keys", metadata_kept=True)
 
 
 def test_hashed_bins_spread_targets_and_each_bundle_carries_one_bin(tmp_path: Path, unsigned: dict[str, Path]) -> None:
@@ -458,7 +470,7 @@ def test_bundle_changed_between_the_tuf_check_and_the_blob_check(setup: Setup, m
         return real(setup.bundles["1.3.0-x86_64-cpu"], **options)  # another (valid) bundle now lies at the path
 
     monkeypatch.setattr(verify_module, "verify_bundle", swapped)
-    setup.refused("1.2.0-x86_64-cpu", Refused, "changed while it was verified")
+    setup.refused("1.2.0-x86_64-cpu", Refused, "changed while it was verified", metadata_kept=True)
 
 
 def test_bundle_for_another_compatible_string(setup: Setup, tmp_path: Path) -> None:
@@ -468,10 +480,41 @@ def test_bundle_for_another_compatible_string(setup: Setup, tmp_path: Path) -> N
     (tmp_path / "p").mkdir()
     (tmp_path / "p/x86_64-cpu.yaml").write_text("name: x86_64-cpu\nplatform: {os: linux, architecture: amd64}\ncompatible: acme/cpu-rev2\n")
     rev2 = load_profiles([tmp_path / "p"])["x86_64-cpu"]
-    before = setup.state()
+    before = setup.accepted()
     with pytest.raises(Refused, match="is compatible with 'sealift/x86_64-cpu', this device needs 'acme/cpu-rev2'"):
         verify_for_device(setup.bundles["1.2.0-x86_64-cpu"], trust=setup.device, profile=rev2)
-    assert setup.state() == before
+    assert setup.accepted() == before
+
+
+def _trusted_version(setup: Setup, role: str) -> int:
+    return int(json.loads((setup.device.state_dir / "trust" / f"{role}.json").read_bytes())["signed"]["version"])
+
+
+def test_metadata_verified_on_the_way_to_a_refusal_is_kept_but_nothing_is_accepted(setup: Setup) -> None:
+    """TUF 5.4 to 5.6: each top-level role is kept once verified; the release still counts for nothing."""
+    setup.sign("1.2.0-x86_64-cpu")
+    assert setup.verify("1.2.0-x86_64-cpu") == "1.2.0"
+    setup.sign("1.3.0-x86_64-cpu")  # timestamp, snapshot and targets version 3
+    blob = next(p for p in (setup.bundles["1.3.0-x86_64-cpu"] / "blobs/sha256").iterdir() if p.stat().st_size > 1000)
+    blob.write_bytes(b"x" + blob.read_bytes()[1:])
+    assert _trusted_version(setup, "timestamp") == 2
+    setup.refused("1.3.0-x86_64-cpu", Refused, "is corrupt", metadata_kept=True)
+    assert (_trusted_version(setup, "timestamp"), _trusted_version(setup, "targets")) == (3, 3)
+    assert json.loads((setup.device.state_dir / "trust/sealift/versions.json").read_text()) == {"demo/x86_64-cpu": "1.2.0"}
+    assert sorted(p.name for p in setup.device.state_dir.iterdir() if p.name.startswith("trust-")) == [
+        os.readlink(setup.device.state_dir / "trust")]  # one trust directory, no copies left
+
+
+def test_a_newer_root_is_kept_even_when_the_rest_of_the_update_fails(tmp_path: Path, unsigned: dict[str, Path]) -> None:
+    """TUF 5.3.11: a root, once verified, is the trusted root, whatever fails after it (here: metadata
+    that expired while the bundle travelled)."""
+    two_days_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=2)
+    roles = {**Policy().roles, "timestamp": RolePolicy(expiry_days=1)}
+    setup = Setup(tmp_path, unsigned, policy=Policy(roles=roles), now=lambda: two_days_ago)
+    setup.repo.rotate("root")  # root version 2, signed by the old keys and the new
+    setup.sign("1.2.0-x86_64-cpu")  # with a timestamp that expired yesterday
+    setup.refused("1.2.0-x86_64-cpu", Refused, "expired metadata", metadata_kept=True)
+    assert os.readlink(setup.device.state_dir / "trust" / "root.json").endswith("2.root.json")
 
 
 def test_a_keyless_signature_never_sends_the_device_online(setup: Setup) -> None:
@@ -538,3 +581,18 @@ def test_keys_inside_the_repository_and_absurd_expiry_are_refused(tmp_path: Path
     for days in (float("nan"), 1e7, 0.0):
         with pytest.raises(InputError, match="expiry must be over 0"):
             repo.init(Policy(roles={**Policy().roles, "timestamp": RolePolicy(expiry_days=days)}))
+
+
+def test_a_device_provisioned_with_an_expired_root_starts_from_it_and_takes_the_newer_one(
+        tmp_path: Path, unsigned: dict[str, Path]) -> None:
+    """TUF 5.2: the trusted root is the starting point whatever its expiry (a device imaged long ago)."""
+    clock = [dt.datetime.now(dt.UTC) - dt.timedelta(days=400)]
+    setup = Setup(tmp_path, unsigned, now=lambda: clock[0])  # root version 1, expired 35 days ago
+    assert setup.device.expired(TrustedState(tmp_path / "other").init(tmp_path / "repo/metadata/1.root.json"))
+    setup.sign("1.1.0-x86_64-cpu")  # signed 400 days ago: expired too
+    setup.refused("1.1.0-x86_64-cpu", Refused, "expired metadata")
+    clock[0] = dt.datetime.now(dt.UTC)
+    setup.repo.rotate("root")  # root version 2, valid
+    setup.sign("1.2.0-x86_64-cpu")
+    assert setup.verify("1.2.0-x86_64-cpu") == "1.2.0"
+    assert os.readlink(setup.device.state_dir / "trust" / "root.json").endswith("2.root.json")
