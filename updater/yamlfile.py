@@ -24,6 +24,7 @@ MAX_FILE_BYTES = 1 << 20
 MAX_NODES = 100_000
 MAX_DEPTH = 64
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_./:@+-]{1,80}")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -138,6 +139,8 @@ class Field:
         """The field at ``key`` below this one (a mapping key or a list index)."""
         if isinstance(key, int):
             return Field(self.file, f"{self.path}[{key}]", self._value_at(key))
+        if not _PLAIN_KEY.fullmatch(key):  # a key from a hostile file names itself quoted, on one line
+            return Field(self.file, f"{self.path}[{key[:60]!r}]", self._value_at(key))
         sub = f"{self.path}.{key}" if self.path else key
         return Field(self.file, sub, self._value_at(key))
 

@@ -27,7 +27,7 @@ PROFILES = load_profiles([builtin_profile_dir()])
 def bundle_from(tmp_path: Path, source: str) -> tuple[Path, BundleInfo]:
     spec_path = project(tmp_path / "src")
     spec_path.write_text(spec_path.read_text().replace("oci:images/app:1.0.0", source))
-    spec = load_spec(spec_path)
+    spec = load_spec(spec_path, allowed_dirs=[tmp_path])  # an archive saved beside the project
     (b,) = build_bundles(spec, select_profiles(spec, PROFILES, ("x86_64-cpu",)), BuildOptions(out=tmp_path / "out", epoch=0))
     return b.path, check_bundle(b.path).bundle
 

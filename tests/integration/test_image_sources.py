@@ -21,7 +21,7 @@ PROFILES = load_profiles([builtin_profile_dir()])
 def build_with_source(tmp_path: Path, source: str, profiles: tuple[str, ...], *, plain_http: bool = False) -> list[BundleInfo]:
     spec_path = project(tmp_path / "src")
     spec_path.write_text(spec_path.read_text().replace("oci:images/app:1.0.0", source))
-    spec = load_spec(spec_path)
+    spec = load_spec(spec_path, allowed_dirs=[tmp_path.parent])  # an archive saved beside the project
     options = BuildOptions(out=tmp_path / "out", epoch=0, plain_http=plain_http)
     return [b.info for b in build_bundles(spec, select_profiles(spec, PROFILES, profiles), options)]
 

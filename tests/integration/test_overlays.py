@@ -17,7 +17,7 @@ from bundler.keys import Keyring
 from bundler.overlay import build_overlay
 from bundler.repo import Repository
 from bundler.spec import load_spec
-from tests.builders import example_releases, healthz, unmount_secrets
+from tests.builders import EXAMPLE_DIR, example_releases, healthz, unmount_secrets
 from tests.realparts import DockerEngine
 from updater.docker_runtime import DockerRuntime
 from updater.errors import SealiftError
@@ -59,7 +59,7 @@ def overlay(site: dict[str, Path], version: str, token: str, monkeypatch: pytest
         other = DeviceIdentity(work / f"device-{for_site}").enroll(site=for_site, profile="x86_64-cpu")
         (work / f"{for_site}.json").write_text(json.dumps(other))
         Inventory(work / "devices.yaml").add(work / f"{for_site}.json")
-    path, _ = build_overlay(load_spec(spec), for_site, inventory=work / "devices.yaml", out=work / "overlays")
+    path, _ = build_overlay(load_spec(spec, allowed_dirs=[EXAMPLE_DIR]), for_site, inventory=work / "devices.yaml", out=work / "overlays")
     if sign:
         _repository(site).add([path])
     return path

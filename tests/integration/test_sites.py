@@ -22,7 +22,7 @@ from click.testing import CliRunner
 
 from bundler.cli import cli as sealift
 from bundler.keys import PASSPHRASE_ENV
-from tests.builders import answer, example_releases, manifest_digests, unmount_secrets
+from tests.builders import EXAMPLE_DIR, answer, example_releases, manifest_digests, unmount_secrets
 from tests.fakes import NoEngine
 from tests.realparts import DockerEngine, NetNamespace, Registry, RegistryFactory, start_docker_engine, start_net_namespace
 from updater.daemon import Daemon
@@ -59,7 +59,7 @@ def site_overlay(work: Path, site: str, version: str, token: str, monkeypatch: p
                                                   f"environment:\n  vision: {{SITE_ID: {site}}}\n")
     monkeypatch.setenv("VISION_API_TOKEN", token)
     built = run("overlay", "build", str(work / "sealift-1.0.0.yaml"), "--site", site, "--inventory", str(work / "devices.yaml"),
-                "--out", str(work / "overlays" / f"{site}-{version}"))
+                "--out", str(work / "overlays" / f"{site}-{version}"), "--allow-dir", str(EXAMPLE_DIR))
     monkeypatch.delenv("VISION_API_TOKEN")
     assert isinstance(built, dict)
     path = Path(built["path"])

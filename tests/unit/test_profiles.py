@@ -63,3 +63,11 @@ def test_bad_profile_is_refused_naming_the_field(tmp_path: Path, text: str, mess
 def test_missing_profile_directory_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="profile directory not found"):
         load_profiles([tmp_path / "nope"])
+
+
+def test_a_field_name_with_a_line_break_is_named_on_one_line(tmp_path: Path) -> None:
+    """Found by the fuzzer (tests/unit/test_fuzz.py): an unknown key was echoed as it was."""
+    (tmp_path / "odd.yaml").write_text('name: odd\nplatform: {os: linux, architecture: amd64}\n"\\n": 1\n')
+    with pytest.raises(InputError) as caught:
+        load_profiles([tmp_path])
+    assert "['\\n']: unknown field" in caught.value.diagnostics() and "\n" not in caught.value.diagnostics()
