@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.serialization import (
@@ -109,7 +110,7 @@ class Keyring:
         key = SSlibKey.from_crypto(private.public_key())
         pem = private.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, BestAvailableEncryption(self.passphrase().encode()))
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        name = f"{role}-{key.keyid[:16]}.pem"
+        name = f"{quote(role, safe='')}-{key.keyid[:16]}.pem"  # a role may be called anything, a file may not
         _write_private(self.directory / name, pem)
         self._record(_Entry(keyid=key.keyid, role=role, uri=f"{EncryptedFileSigner.SCHEME}:{name}", public=key.to_dict()))
         return key

@@ -35,6 +35,7 @@ from updater.registry import (
     bundle_tag,
     connect,
     metadata_names,
+    metadata_tag,
     overlay_tag,
     parse_reference,
     read_metadata,
@@ -195,7 +196,7 @@ def mirror_sync(origin: str, target: str, *, profiles: tuple[str, ...] = (), sit
                 "profile": annotations.get(ANNOTATION.PROFILE)}
             result.bundles.append({"tag": tag, "digest": top.digest, "name": annotations.get(ANNOTATION.NAME),
                                    "version": annotations.get(ANNOTATION.VERSION), **where})
-        names = [n for n in metadata_names(src) if not _same_tag(src, dst, METADATA_TAG_PREFIX + n)]
+        names = [n for n in metadata_names(src) if not _same_tag(src, dst, metadata_tag(n))]
         progress.step(f"sync {len(names)} changed metadata files")
         files = {name: data for name in names if (data := read_metadata(src, name)) is not None}
         result.metadata = publish_metadata(dst, files)
@@ -224,7 +225,7 @@ def publish_metadata(client: RegistryClient, files: dict[str, bytes]) -> list[st
     written: list[str] = []
     for name in sorted(files, key=_publish_order):
         data = files[name]
-        tag = METADATA_TAG_PREFIX + name
+        tag = metadata_tag(name)
         if name[0].isdigit():
             if client.has_manifest(tag):
                 continue

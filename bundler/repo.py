@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 from securesystemslib.signer import Key
 from tuf.api.exceptions import UnsignedMetadataError
@@ -52,7 +53,7 @@ from updater.versions import version_key
 __all__ = ["AddResult", "Repository"]
 
 BINS_ROLE = "bins"
-_ROLE_NAME = re.compile(r"[a-z][a-z0-9-]{0,62}")
+_ROLE_NAME = re.compile(r"[^\x00-\x1f\x7f]{1,60}")  # any TUF role name but control characters; files quote it
 _POLICY_FILE = "sealift-repo.json"
 _SERIALIZER = JSONSerializer(compact=False)
 T = TypeVar("T", Root, Timestamp, Snapshot, Targets)
@@ -127,7 +128,7 @@ class Repository:
     def delegate(self, name: str, *, paths: Sequence[str], keys: int = 1, threshold: int = 1) -> None:
         """Delegate the targets matching ``paths`` (e.g. ``vision-app/*``) to a new role with its own keys."""
         if not _ROLE_NAME.fullmatch(name) or name in ROLES or name.startswith(f"{BINS_ROLE}-"):
-            raise InputError(f"{name!r} cannot name a delegated role (lower-case letters, digits and '-', not a top-level role)")
+            raise InputError(f"{name!r} cannot name a delegated role (1 to 60 printable characters, not a top-level role)")
         if not paths or not 1 <= threshold <= keys:
             raise InputError(f"role {name}: needs at least one path and a threshold from 1 to {keys}")
         change = _Change(self)
@@ -240,7 +241,8 @@ class Repository:
         wanted = {"targets", *_roles_for(targets, target)}
         names = [p.name for p in self.metadata.glob("*.root.json")]
         names += ["timestamp.json", snapshot_name]
-        names += [f"{meta.version}.{role}" for role, meta in snapshot.signed.meta.items() if role.removesuffix(".json") in wanted]
+        names += [_file_name(role.removesuffix(".json"), meta.version) for role, meta in snapshot.signed.meta.items()
+                  if role.removesuffix(".json") in wanted]
         return {name: (self.metadata / name).read_bytes() for name in names}
 
     # -- which role holds a target ---------------------------------------------------------------
@@ -273,7 +275,7 @@ class Repository:
             meta = change.snapshot.signed.meta.get(f"{role}.json")
             if meta is None:
                 raise InputError(f"{self.metadata}: the snapshot names no {role} metadata")
-            change.delegated[role] = self._load(f"{meta.version}.{role}.json", Targets)
+            change.delegated[role] = self._load(_file_name(role, meta.version), Targets)
         return change.delegated[role]
 
     def _mark_changed(self, change: _Change, role: str) -> None:
@@ -347,7 +349,7 @@ class Repository:
         md.signed.expires = self._expiry(policy, "targets")
         self._sign(md, delegator, role)
         snapshot.meta[f"{role}.json"] = MetaFile(version=md.signed.version)
-        return md, f"{md.signed.version}.{role}.json"
+        return md, _file_name(role, md.signed.version)
 
     def _sign_snapshot_and_timestamp(self, snapshot: Metadata[Snapshot], timestamp: Metadata[Timestamp], root: Root,
                                      policy: Policy, *, first: bool) -> list[tuple[Metadata[Any], str]]:
@@ -453,3 +455,9 @@ def _target_file(path: Path, custom: dict[str, str], name: str, location: str | 
         custom["location"] = location
     return TargetFile(length=len(data), hashes={"sha256": hashlib.sha256(data).hexdigest()}, path=name,
                       unrecognized_fields={"custom": {"sealift": custom}})
+
+
+def _file_name(role: str, version: int) -> str:
+    """A delegated role's metadata file, ``VERSION.ROLE.json`` with ROLE percent-encoded as ngclient
+    names it (a role may be called anything, a file may not)."""
+    return f"{version}.{quote(role, safe='')}.json"

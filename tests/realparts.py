@@ -471,9 +471,14 @@ class DockerEngine:
             self._block = _claim_block()
             self._holds_block = True
             _open_forwarding(self._block)
+        self._extra_args = tuple(extra_args)
+        self._launch(timeout)
+
+    def _launch(self, timeout: float) -> None:
         # (2) the daemon, in its own session so a Ctrl-C reaches pytest's teardown, not it
+        extra_args = self._extra_args
         (self.workdir / "daemon.json").write_text("{}\n")
-        with self.log.open("wb") as log:
+        with self.log.open("ab") as log:
             argv = [*self._argv(self._block), *extra_args]
             self._process = subprocess.Popen(
                 self.netns.command(argv) if self.netns else argv,
@@ -504,6 +509,21 @@ class DockerEngine:
 
     def _alive(self) -> bool:
         return self._process is not None and self._process.poll() is None
+
+    def crash_and_restart(self, *, timeout: float = 60.0) -> None:
+        """SIGKILL the daemon and all it started (containerd, shims, the containers), as a power cut
+        would, then start it again on the same data: containers with a restart policy come back."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait(timeout=30)
+            self._process = None
+        _kill_leftovers(self.workdir)
+        _unmount_leftovers(self.workdir)
+        with _stopped_on_failure(self.stop, what="dockerd", log=self.log):
+            self._launch(timeout)
 
     def _pings(self) -> bool:
         try:

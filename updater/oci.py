@@ -40,7 +40,9 @@ MAX_METADATA_BYTES = 16 << 20  # a signed TUF metadata file: larger than any ngc
 MAX_JSON_DEPTH = 64  # Sealift's own documents nest 6 deep, TUF metadata 7
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 METADATA_DIR = "tuf"  # signed TUF metadata travels beside the layout, outside its content-addressed part
-METADATA_NAME = re.compile(r"(?:[1-9][0-9]{0,9}\.)?[a-z][a-z0-9._-]{0,99}\.json")  # N.role.json: no leading zeros
+# N.ROLE.json, no leading zeros; ROLE as ngclient names its file: any TUF role name, percent-encoded
+# (urllib.parse.quote with no safe characters), so never a separator, and never a hidden file
+METADATA_NAME = re.compile(r"(?:[1-9][0-9]{0,9}\.)?[A-Za-z0-9_~%-][A-Za-z0-9._~%-]{0,199}\.json")
 Advance = Callable[[int], None]  # told of every piece of bytes done
 
 

@@ -50,6 +50,7 @@ __all__ = [
     "bundle_tag",
     "connect",
     "metadata_names",
+    "metadata_tag",
     "overlay_tag",
     "parse_reference",
     "read_metadata",
@@ -402,6 +403,32 @@ def _error_text(response: Any) -> str:
 
 
 METADATA_TAG_PREFIX = "tuf."
+_TAG_SAFE = re.compile(r"[A-Za-z0-9._-]{1,124}")  # what a tag may hold after the prefix (the distribution spec's tag grammar)
+_ENCODED = "x."  # tuf.x.HEX: a metadata file whose name a tag cannot spell (a delegated role named with '%' or '~')
+
+
+def metadata_tag(name: str) -> str:
+    """The tag a signed metadata file is published under: ``tuf.NAME``, or ``tuf.x.HEX`` when NAME holds
+    characters a tag cannot (InputError when even that is longer than a tag may be)."""
+    if _TAG_SAFE.fullmatch(name) and not name.startswith(_ENCODED):
+        return METADATA_TAG_PREFIX + name
+    tag = f"{METADATA_TAG_PREFIX}{_ENCODED}{name.encode().hex()}"
+    if len(tag) > 128:
+        raise InputError(f"metadata file {name[:60]!r}: its name is too long to publish as a registry tag")
+    return tag
+
+
+def _metadata_name(tag: str) -> str | None:
+    """The metadata file a tag holds (None: not a metadata tag, or a malformed one)."""
+    if not tag.startswith(METADATA_TAG_PREFIX):
+        return None
+    name = tag.removeprefix(METADATA_TAG_PREFIX)
+    if name.startswith(_ENCODED):
+        try:
+            name = bytes.fromhex(name.removeprefix(_ENCODED)).decode()
+        except ValueError:
+            return None
+    return name if METADATA_NAME.fullmatch(name) else None
 
 
 def connect(text: str, *, plain_http: bool, what: str, retry: Retry | None = None) -> RegistryClient:
@@ -431,8 +458,7 @@ def bundle_descriptor(body: bytes, media_type: str, digest: str, where: str, *,
 
 
 def metadata_names(client: RegistryClient) -> list[str]:
-    names = [t.removeprefix(METADATA_TAG_PREFIX) for t in client.tags() if t.startswith(METADATA_TAG_PREFIX)]
-    return sorted(n for n in names if METADATA_NAME.fullmatch(n))
+    return sorted(name for tag in client.tags() if (name := _metadata_name(tag)) is not None)
 
 
 def read_metadata(client: RegistryClient, name: str, *, limit: int = MAX_METADATA_BYTES) -> bytes | None:
@@ -441,7 +467,7 @@ def read_metadata(client: RegistryClient, name: str, *, limit: int = MAX_METADAT
     Its bytes are checked against the digest its artifact names; whether they are trustworthy is
     for TUF to decide.
     """
-    found = client.get_manifest(METADATA_TAG_PREFIX + name, accept=MEDIA.MANIFEST)
+    found = client.get_manifest(metadata_tag(name), accept=MEDIA.MANIFEST)
     if found is None:
         return None
     try:
@@ -450,7 +476,7 @@ def read_metadata(client: RegistryClient, name: str, *, limit: int = MAX_METADAT
     except (KeyError, IndexError, TypeError) as e:
         raise Refused(f"{client.what}: the artifact of metadata {name} is malformed") from e
     if manifest.get("artifactType") != MEDIA.TUF_METADATA or layer.size > limit:
-        raise Refused(f"{client.what}: tag {METADATA_TAG_PREFIX}{name} is not a metadata artifact of at most {limit} bytes")
+        raise Refused(f"{client.what}: tag {metadata_tag(name)} is not a metadata artifact of at most {limit} bytes")
     with client.open_blob(layer.digest) as stream:
         data = stream.read(layer.size + 1)
     return checked_json(data, layer, f"{client.what}: metadata {name}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import tarfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -351,3 +352,15 @@ def test_a_download_that_cannot_start_lets_go_of_its_lock(tmp_path: Path, monkey
     assert caught.value.__traceback__ is not None  # the error, and the frames it keeps, are still alive here
     with exclusive_lock(store.lock_path(top.digest), wait=False):  # BlockingIOError if it were still held
         pass
+
+
+def test_metadata_of_any_role_name_has_a_registry_tag_and_back() -> None:
+    from updater.registry import _metadata_name, metadata_tag
+
+    assert metadata_tag("3.targets.json") == "tuf.3.targets.json"  # what registries already hold stays as it is
+    odd = "2.Vision%20Team%2F%C3%9Cnits%20~%20100%25.json"  # '%' and '~' are not tag characters
+    tag = metadata_tag(odd)
+    assert tag.startswith("tuf.x.") and re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}", tag)
+    assert _metadata_name(tag) == odd and _metadata_name("tuf.x.zz") is None and _metadata_name("1.0.0-x86_64-cpu") is None
+    with pytest.raises(InputError, match="too long to publish as a registry tag"):
+        metadata_tag("2." + "%25" * 40 + ".json")

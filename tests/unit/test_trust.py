@@ -327,6 +327,17 @@ def test_delegated_role_signs_its_own_bundles(setup: Setup) -> None:
     assert setup.verify("1.2.0-x86_64-cpu") == "1.2.0"
 
 
+def test_a_role_may_be_called_anything_that_tuf_allows_and_is_followed_under_a_safe_file_name(setup: Setup) -> None:
+    name = "Vision Team/Ünits ~ 100%"  # separators, spaces, non-ASCII, '%' and '~': TUF allows them all
+    setup.repo.delegate(name, paths=["demo/*/*"])
+    setup.repo.add([setup.bundles["1.2.0-x86_64-cpu"]], role=name)
+    files = {p.name for p in setup.tuf("1.2.0-x86_64-cpu").iterdir()}
+    assert "2.Vision%20Team%2F%C3%9Cnits%20~%20100%25.json" in files  # one file, in the folder, as ngclient names it
+    assert not [p for p in (setup.tmp / "keys").rglob("*") if p.is_dir()]  # the key file too: no folder made of the name
+    assert setup.verify("1.2.0-x86_64-cpu") == "1.2.0"
+    assert (setup.device.state_dir / "trust" / "Vision%20Team%2F%C3%9Cnits%20~%20100%25.json").is_file()
+
+
 def test_delegated_role_is_limited_to_its_paths(setup: Setup) -> None:
     setup.repo.delegate("site-berlin", paths=["other-app/*/*"])
     with pytest.raises(InputError, match=re.escape("role site-berlin may sign other-app/*/*, not demo/x86_64-cpu/1.2.0")):
