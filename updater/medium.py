@@ -25,9 +25,9 @@ from typing import Any
 from updater.artifact import Artifact, Kind, open_artifact
 from updater.errors import DeliveryError, Refused, SealiftError
 from updater.layout import MEDIUM_FILE, NOTE_FILE, SUMS_FILE, LayoutReader
-from updater.oci import CHUNK, METADATA_NAME, Descriptor, json_object
+from updater.oci import ANNOTATION, CHUNK, METADATA_NAME, Descriptor, json_object
 from updater.progress import Progress, QuietProgress
-from updater.transfer import ReaderEndpoint, Transferred, walk
+from updater.transfer import Graph, ReaderEndpoint, Transferred, walk
 from updater.versions import fits, version_key
 
 __all__ = [
@@ -148,6 +148,9 @@ def check_medium(source: Path | Artifact, *, progress: Progress | None = None) -
         except (DeliveryError, Refused) as e:
             report.problems.append(f"{bundle.name} {bundle.version} ({bundle.profile}): {e}")
             continue
+        if why := _listed_as_signed(graph, {ANNOTATION.NAME: bundle.name, ANNOTATION.VERSION: bundle.version,
+                                            ANNOTATION.PROFILE: bundle.profile}):
+            report.problems.append(f"{bundle.name} {bundle.version} ({bundle.profile}): {why}")
         missing = [d.digest for d in graph.blobs if not store.has_blob(d.digest)]
         if missing and bundle.base is None:
             report.problems.append(f"{bundle.name} {bundle.version} ({bundle.profile}): blob {missing[0]} is missing "
@@ -162,9 +165,24 @@ def check_medium(source: Path | Artifact, *, progress: Progress | None = None) -
         except (DeliveryError, Refused) as e:
             report.problems.append(f"{what}: {e}")
             continue
+        if why := _listed_as_signed(graph, {ANNOTATION.NAME: overlay.name, ANNOTATION.VERSION: overlay.version,
+                                            ANNOTATION.SITE: overlay.site}):
+            report.problems.append(f"{what}: {why}")
         if missing := [d.digest for d in graph.blobs if not store.has_blob(d.digest)]:
             report.problems.append(f"{what}: blob {missing[0]} is missing ({len(missing)} in all)")
     return report
+
+
+def _listed_as_signed(graph: Graph, listed: dict[str, str]) -> str | None:
+    """Why the medium's listing (outside every signed digest) disagrees with the top index it names
+    (whose annotations its digest covers); None when it agrees."""
+    top = json_object(next(body for d, body in graph.manifests if d.digest == graph.top.digest), "top index")
+    found = top.get("annotations")
+    annotations: dict[str, Any] = found if isinstance(found, dict) else {}
+    wrong = sorted(key for key, value in listed.items() if annotations.get(key) != value)
+    if wrong:
+        return f"{MEDIUM_FILE} says {wrong[0]} is {listed[wrong[0]]!r}, its index says {annotations.get(wrong[0])!r}"
+    return None
 
 
 def _check_sums(reader: LayoutReader, path: Path, progress: Progress) -> list[str]:

@@ -5,6 +5,7 @@ directory that does not try again what was refused."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,22 @@ def test_a_damaged_overlay_on_a_medium_fails_its_check(shipped: dict[str, Path],
     layer.unlink()
     (problem,) = [p for p in check_medium(medium).problems if "overlay" in p]
     assert problem.startswith(f"demo overlay {info.version} (site plant-7): blob sha256:{layer.name} is missing")
+
+
+def test_a_medium_listing_that_names_a_bundle_otherwise_than_its_signed_index_fails_its_check(shipped: dict[str, Path],
+                                                                                               tmp_path: Path) -> None:
+    """The listing lies outside every signed digest: what it says is checked against the indexes it names."""
+    medium = tmp_path / "stick"
+    export([shipped["plant-7-1.1.0"]], medium)
+    listing = json.loads((medium / "sealift-medium.json").read_text())
+    listing["overlays"][0]["site"] = "plant-9"
+    (medium / "sealift-medium.json").write_text(json.dumps(listing))
+    sums = (medium / "SHA256SUMS").read_text().splitlines()
+    fixed = [f"{hashlib.sha256((medium / 'sealift-medium.json').read_bytes()).hexdigest()}  sealift-medium.json"
+             if line.endswith("  sealift-medium.json") else line for line in sums]
+    (medium / "SHA256SUMS").write_text("\n".join(fixed) + "\n")  # as a forger would
+    (problem,) = check_medium(medium).problems
+    assert problem.endswith("sealift-medium.json says dev.sealift.site is 'plant-9', its index says 'plant-7'")
 
 
 RUNNING = Release(name="demo", version="1.2.0", profile="x86_64-cpu", digest="sha256:a1", slot="a", overlay="1.1.0",
