@@ -522,6 +522,9 @@ class DockerEngine:
             self._process = None
         _kill_leftovers(self.workdir)
         _unmount_leftovers(self.workdir)
+        # their pid files would outlive them (a killed process not yet reaped still answers kill -0)
+        for stale in (self.workdir / "docker.pid", self.workdir / "exec" / "containerd" / "containerd.pid"):
+            stale.unlink(missing_ok=True)
         with _stopped_on_failure(self.stop, what="dockerd", log=self.log):
             self._launch(timeout)
 
