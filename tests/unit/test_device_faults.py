@@ -17,7 +17,7 @@ from bundler.export import export
 from bundler.spec import load_spec
 from tests.builders import HEALTH_AND_SECRETS, SPEC, project, signed
 from tests.fakes import FakeEngine
-from updater.errors import DeviceFault, SealiftError
+from updater.errors import DeviceFault, EngineFault, SealiftError
 from updater.install import Installer
 from updater.profiles import builtin_profile_dir, load_profiles
 from updater.slots import Slots
@@ -148,3 +148,56 @@ def test_a_read_only_state_directory_is_a_device_fault_everywhere(disk: Path, re
     finally:
         _mount("-o", "remount,rw", str(disk))
     assert installer.install(releases["medium"]).committed
+
+
+class _DyingEngine(FakeEngine):
+    """An engine that stops answering after ``calls`` requests (its containers keep running, as when
+    dockerd dies), until ``revive``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls_left: int | None = None
+
+    def _ask(self) -> None:
+        if self.calls_left is not None:
+            if self.calls_left <= 0:
+                raise EngineFault("the Docker engine at unix:///run/docker.sock does not answer (is dockerd running?)")
+            self.calls_left -= 1
+
+    def revive(self) -> None:
+        self.calls_left = None
+
+
+for _name in ("load_images", "start", "stop", "containers", "run_in", "images", "remove_image"):
+    def _asking(self: _DyingEngine, *args: object, _real: str = _name, **kwargs: object) -> object:
+        self._ask()
+        return getattr(FakeEngine, _real)(self, *args, **kwargs)
+    setattr(_DyingEngine, _name, _asking)
+
+
+def test_an_engine_that_stops_answering_at_any_step_is_an_engine_fault_and_the_device_recovers(
+        disk: Path, releases: dict[str, Path]) -> None:
+    """The engine dies after 0, 1, 2, ... requests of an install, until the install no longer needs it."""
+    state = disk / "state"
+    for calls in range(64):
+        engine = _DyingEngine()
+        installer = _device(state, releases, engine)
+        engine.calls_left = calls
+        try:
+            outcome = installer.install(releases["medium"])
+        except SealiftError as e:
+            assert isinstance(e, EngineFault), e.diagnostics()
+            assert "does not answer" in e.diagnostics() and "\n" not in e.diagnostics()
+        else:
+            if engine.calls_left is not None and engine.calls_left > 0:
+                assert outcome.committed
+                break  # the whole install ran before the engine would have died
+            assert outcome.committed or outcome.fault == "engine", outcome
+        engine.revive()
+        converged = installer.recover()
+        assert converged.current is not None and converged.candidate is None, calls
+        assert installer.serving(converged).ok, f"{calls}: {installer.serving(converged)}"
+        assert set(engine.running) == {("demo", converged.current.slot)}, calls
+        assert _partial(state) == []
+    else:
+        pytest.fail("the install never finished")
