@@ -6,8 +6,8 @@ target it claims to be (``NAME/PROFILE/VERSION``); (2) the bundle's structure an
 digest and size, or for a bundle in the device's store, whose blobs were hashed on their way in,
 its size; compressed content is then checked as it is staged); (3) the bundle was built for this
 device's profile and compatible string; (4) it is not older than a release the device accepted.
-Only then does the device's trusted metadata advance. An overlay is checked the
-same way, then against this device: its site, the release it runs with, its key opening the secrets.
+Only then does the device accept the release (TUF metadata verified on the way is kept whatever
+follows, as the TUF client workflow says). An overlay is checked the same way, then against this device: its site, the release it runs with, its key opening the secrets.
 """
 
 from __future__ import annotations
@@ -43,9 +43,10 @@ def verify_for_device(path: Path, *, trust: TrustedState, profile: Profile | Non
 
 @contextmanager
 def verifying(artifact: Artifact, *, trust: TrustedState, profile: Profile | None, hashed: bool) -> Iterator[BundleInfo]:
-    """Verify the bundle ``artifact`` and yield what it is; the device's trusted state advances only
-    if the block ends without an error (an install stages the release inside it: compressed content
-    is checked as it is staged). ``hashed``: its blobs were hashed on their way into the store."""
+    """Verify the bundle ``artifact`` and yield what it is; the device accepts the release (its version,
+    the time) only if the block ends without an error (an install stages the release inside it:
+    compressed content is checked as it is staged), while TUF metadata verified on the way is kept
+    either way (see :mod:`updater.trust`). ``hashed``: its blobs were hashed on their way into the store."""
     with trust.candidate() as metadata_dir:
         # (1) TUF: the index bytes are the target the bundle claims to be
         _, index = signed_index(artifact.reader, metadata_dir, artifact.top.digest, notes=trust.notes)
@@ -79,7 +80,7 @@ def signed_index(reader: LayoutReader, metadata_dir: Path, digest: str, *, notes
 
 def check_signed_target(reader: LayoutReader, digest: str, *, trust: TrustedState) -> None:
     """Check that the index ``digest`` in ``reader`` (a medium) is a target signed by the repository
-    whose metadata the medium carries, against ``trust``; the trusted state does not change."""
+    whose metadata the medium carries, against ``trust``; nothing is accepted (verified metadata is kept)."""
     with trust.candidate() as metadata_dir:
         signed_index(reader, metadata_dir, digest, notes=trust.notes)
 
@@ -99,7 +100,7 @@ def _check_profile(path: Path, info: BundleInfo, profile: Profile | None) -> Non
 def verify_overlay(source: Path | Artifact, *, trust: TrustedState, identity: DeviceIdentity, app: str | None,
                    app_version: str | None, commit: bool = True) -> OverlayInfo:
     """Everything a device checks before an overlay may go into a slot (with ``app`` ``app_version``;
-    None when nothing runs yet to check it against); the trusted state then advances (unless not
+    None when nothing runs yet to check it against); the device then accepts it (unless not
     ``commit``: a check before downloading what goes with it)."""
     if isinstance(source, Path):
         with open_artifact(source) as artifact:
