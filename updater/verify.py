@@ -7,7 +7,8 @@ digest and size, or for a bundle in the device's store, whose blobs were hashed 
 its size; compressed content is then checked as it is staged); (3) the bundle was built for this
 device's profile and compatible string; (4) it is not older than a release the device accepted.
 Only then does the device accept the release (TUF metadata verified on the way is kept whatever
-follows, as the TUF client workflow says). An overlay is checked the same way, then against this device: its site, the release it runs with, its key opening the secrets.
+follows, as the TUF client workflow says). An overlay is checked the same way, then against this
+device: its site, the release it runs with, its key opening the secrets.
 """
 
 from __future__ import annotations
