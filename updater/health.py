@@ -8,7 +8,6 @@ stabilisation window, every container must keep running without restarts or turn
 
 from __future__ import annotations
 
-import json
 import socket
 import time
 import urllib.error
@@ -20,6 +19,7 @@ from typing import Any
 
 from updater.appdef import Check, CheckType, HealthPolicy
 from updater.errors import Unhealthy
+from updater.oci import parse_json
 from updater.runtime import ContainerState, Runtime
 
 __all__ = ["HealthResult", "Watched", "wait_healthy"]
@@ -132,17 +132,21 @@ def _exec(check: Check, container: ContainerState, watched: Watched) -> tuple[bo
 
 def _inference(check: Check, container: ContainerState, watched: Watched) -> tuple[bool, str]:
     body = (watched.slot_dir / "configs" / str(check.input)).read_bytes()
-    expected = json.loads((watched.slot_dir / "configs" / str(check.expected)).read_text())
+    try:
+        with open(watched.slot_dir / "configs" / str(check.expected), "rb") as f:
+            expected = parse_json(f.read(_ANSWER_BYTES + 1), f"golden output {check.expected}", Unhealthy)
+    except Unhealthy as e:
+        return False, e.diagnostics()
     url = _url(container, check.port, str(check.path))
     started = time.monotonic()
     try:
         request = urllib.request.Request(url, data=body, method="POST", headers=_auth(check, watched))
         with urllib.request.urlopen(request, timeout=10) as response:
-            answer = json.loads(response.read(_ANSWER_BYTES))
+            answer = parse_json(response.read(_ANSWER_BYTES), "the answer", Unhealthy)
     except urllib.error.HTTPError as e:
         return False, f"POST {check.path} answered {e.code}"
-    except ValueError:
-        return False, f"POST {check.path} did not answer JSON"
+    except Unhealthy as e:
+        return False, f"POST {check.path} did not answer strict JSON ({e.diagnostics()})"
     latency = time.monotonic() - started
     if check.max_latency is not None and latency > check.max_latency:
         return False, f"answered in {latency:.2f}s, more than the {check.max_latency:g}s allowed"
