@@ -80,7 +80,12 @@ def _footprint(state: Path) -> set[str]:
 
 
 def _partial(state: Path) -> list[str]:
-    return sorted(p for p in _footprint(state) if ".incoming-" in p or "/.tmp" in p or p.endswith(".partial"))
+    """What an unfinished step leaves: unfinished bundles, partial blobs, half-made slots, temporary
+    files (every hidden name but the store's lock folder), and trust copies beside the one in use."""
+    hidden = [p for p in _footprint(state) if any(part.startswith(".") and part != ".locks" for part in Path(p).parts)]
+    trusted = (state / "trust").resolve().name if (state / "trust").exists() else None
+    copies = [p for p in _footprint(state) if "/" not in p and p.startswith("trust-") and p != trusted]
+    return sorted(hidden + copies)
 
 
 def _device(state: Path, releases: dict[str, Path], engine: FakeEngine) -> Installer:
