@@ -357,6 +357,25 @@ def processes_mentioning(text: str) -> list[int]:
     return pids
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (its children, theirs, ...), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 def _kill_leftovers(workdir: Path) -> None:
     """SIGKILL containerd and shims started by our dockerd, if it died without stopping them."""
     for pid in processes_mentioning(str(workdir)):
@@ -510,6 +529,18 @@ class DockerEngine:
     def _alive(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    def restart(self, *, timeout: float = 60.0) -> None:
+        """Stop the daemon cleanly (as `systemctl restart docker` does) and start it again on the same data."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        if self._process is not None:
+            _stop_process(self._process, grace=30)
+            self._process = None
+        _kill_leftovers(self.workdir)
+        with _stopped_on_failure(self.stop, what="dockerd", log=self.log):
+            self._launch(timeout)
+
     def crash_and_restart(self, *, timeout: float = 60.0) -> None:
         """SIGKILL the daemon and all it started (containerd, shims, the containers), as a power cut
         would, then start it again on the same data: containers with a restart policy come back."""
@@ -517,9 +548,13 @@ class DockerEngine:
             self._client.close()
             self._client = None
         if self._process is not None:
+            below = _descendants(self._process.pid)  # its port proxies name no directory of ours
             self._process.kill()
             self._process.wait(timeout=30)
             self._process = None
+            for pid in below:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         _kill_leftovers(self.workdir)
         _unmount_leftovers(self.workdir)
         # their pid files would outlive them (a killed process not yet reaped still answers kill -0)

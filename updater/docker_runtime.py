@@ -181,7 +181,14 @@ class _EngineCall:
         import requests
 
         if isinstance(error, docker.errors.DockerException | requests.RequestException):
-            raise EngineFault(f"{self.doing} ({_short(error)})") from error
+            hint = _PORT_HELD if any(words in str(error) for words in _PORT_HELD_WORDS) else ""
+            raise EngineFault(f"{self.doing} ({_short(error)}){hint}") from error
+
+
+# An engine killed while it started a container can keep that container's host port after it comes
+# back (Docker 20.10 restores the half-made mapping); only restarting the engine frees it.
+_PORT_HELD_WORDS = ("driver failed programming external connectivity", "port is already allocated")
+_PORT_HELD = "; a host port is held: if no other program uses it, restart the Docker engine (systemctl restart docker)"
 
 
 def _knock(host: str, path: str) -> None:

@@ -24,6 +24,7 @@ import pytest
 
 from tests.builders import healthz
 from tests.realparts import DockerEngine, start_docker_engine
+from updater.errors import Unhealthy
 from updater.runtime import LABEL_APP, LABEL_SLOT, LABEL_VERSION
 from updater.slots import Slots
 from updater.trust import TrustedState
@@ -97,7 +98,12 @@ def test_random_kills_of_the_updater_and_the_engine_always_converge(releases: di
                 engine.crash_and_restart()
             # (2) the next start converges: exactly one release serves, the one the state and status name
             code, out, err = _run(state, engine, "recover")
-            assert code == 0, f"{where}: recover after {args[0]}: {err}"
+            if code == Unhealthy.exit_code and "restart the Docker engine" in Slots(state).load().reason:
+                # Docker 20.10 restores the port mapping of a container whose start a crash cut short, and holds
+                # the host port until the engine restarts; the updater says so (exit 7, and what to do)
+                engine.restart()
+                code, out, err = _run(state, engine, "recover")
+            assert code == 0, f"{where}: recover after {args[0]}: {err} (state: {Slots(state).load().reason})"
             named = Slots(state).load()
             assert named.current is not None and named.candidate is None, where
             assert _serving(engine) == {(named.current.slot, named.current.version)}, where
