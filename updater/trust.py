@@ -4,7 +4,7 @@
 ``sealift/versions.json`` (the newest release accepted per name and profile) and
 ``sealift/clock.json`` (the newest time at which the device accepted anything). A verification works on a copy of that
 directory, and each change is one atomic swap of the link. As the TUF client workflow says
-(5.3.11, 5.4 to 5.6), each piece of metadata ngclient verifies is kept, whatever fails after it: a
+(5.3 to 5.6), each piece of metadata ngclient verifies is kept, whatever fails after it: a
 newer root, timestamp, snapshot or targets from a bundle that is then refused (a bad blob,
 another profile) still becomes the device's, so it can never be rolled back to older metadata.
 What the device has accepted to install (``versions.json``, ``clock.json``) changes only with an

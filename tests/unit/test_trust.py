@@ -517,7 +517,7 @@ def test_metadata_verified_on_the_way_to_a_refusal_is_kept_but_nothing_is_accept
 
 
 def test_a_newer_root_is_kept_even_when_the_rest_of_the_update_fails(tmp_path: Path, unsigned: dict[str, Path]) -> None:
-    """TUF 5.3.11: a root, once verified, is the trusted root, whatever fails after it (here: metadata
+    """TUF 5.3: a root, once verified, is the trusted root, whatever fails after it (here: metadata
     that expired while the bundle travelled)."""
     two_days_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=2)
     roles = {**Policy().roles, "timestamp": RolePolicy(expiry_days=1)}
