@@ -249,7 +249,8 @@ def _same_tag(src: RegistryClient, dst: RegistryClient, tag: str) -> bool:
 
 
 def _publish_order(name: str) -> tuple[int, str]:
-    role = name.split(".")[-2]
+    parts = name.split(".")  # N.ROLE.json or ROLE.json; a delegated role's name may hold dots itself
+    role = parts[1] if len(parts) == 3 and parts[0].isdigit() else parts[0] if len(parts) == 2 else ""
     return ({"root": 0, "timestamp": 3, "snapshot": 2}.get(role, 1), name)
 
 

@@ -54,6 +54,8 @@ __all__ = ["AddResult", "Repository"]
 
 BINS_ROLE = "bins"
 _ROLE_NAME = re.compile(r"[^\x00-\x1f\x7f]{1,60}")  # any TUF role name but control characters; files quote it
+_ROOT_FILE = re.compile(r"[1-9][0-9]*\.root\.json")
+_QUOTED_MAX = 40  # VERSION.ROLE.json, even hex-encoded as a registry tag (tuf.x.HEX), stays within a tag's 128 characters
 _POLICY_FILE = "sealift-repo.json"
 _SERIALIZER = JSONSerializer(compact=False)
 T = TypeVar("T", Root, Timestamp, Snapshot, Targets)
@@ -127,8 +129,10 @@ class Repository:
 
     def delegate(self, name: str, *, paths: Sequence[str], keys: int = 1, threshold: int = 1) -> None:
         """Delegate the targets matching ``paths`` (e.g. ``vision-app/*``) to a new role with its own keys."""
-        if not _ROLE_NAME.fullmatch(name) or name in ROLES or name.startswith(f"{BINS_ROLE}-"):
-            raise InputError(f"{name!r} cannot name a delegated role (1 to 60 printable characters, not a top-level role)")
+        if not _ROLE_NAME.fullmatch(name) or name in ROLES or name.startswith(f"{BINS_ROLE}-") \
+                or name.rsplit(".", 1)[-1] in ROLES or len(quote(name, safe="")) > _QUOTED_MAX:
+            raise InputError(f"{name[:80]!r} cannot name a delegated role (printable characters, at most {_QUOTED_MAX} once "
+                             "percent-encoded for its file name, not a top-level role's name nor ending in '.' and one)")
         if not paths or not 1 <= threshold <= keys:
             raise InputError(f"role {name}: needs at least one path and a threshold from 1 to {keys}")
         change = _Change(self)
@@ -239,7 +243,7 @@ class Repository:
         snapshot = self._load(snapshot_name, Snapshot)
         targets = self._load(f"{snapshot.signed.meta['targets.json'].version}.targets.json", Targets).signed
         wanted = {"targets", *_roles_for(targets, target)}
-        names = [p.name for p in self.metadata.glob("*.root.json")]
+        names = [p.name for p in self.metadata.glob("*.root.json") if _ROOT_FILE.fullmatch(p.name)]
         names += ["timestamp.json", snapshot_name]
         names += [_file_name(role.removesuffix(".json"), meta.version) for role, meta in snapshot.signed.meta.items()
                   if role.removesuffix(".json") in wanted]

@@ -249,7 +249,8 @@ def run(state_dir: Path, watch: Path | None, source: str | None, plain_http: boo
 @reports_errors
 def recover(state_dir: Path) -> None:
     """Converge after a crash, a power cut or an engine restart: an interrupted install is rolled
-    back, and the committed release is started if it is not running. Run it at boot.
+    back, and the committed release is started if it is not running. Run it at boot (the service's
+    `run` converges by itself).
 
     Says what the engine then runs, and exits non-zero when the committed release is not serving.
     A release whose install was interrupted 3 times is marked failed and not tried again by itself.

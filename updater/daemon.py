@@ -22,6 +22,7 @@ from pathlib import Path
 from updater.errors import SealiftError
 from updater.install import Installer, Outcome
 from updater.poll import RegistryPoller
+from updater.slots import Release
 from updater.watch import Watcher
 
 __all__ = ["Daemon", "notify"]
@@ -69,8 +70,8 @@ class Daemon:
         """Serve until stopped; with ``once``, one pass. Returns what made the last poll fail (None when it did not)."""
         said = self.installer.log
         self.installer.log = lambda line: self._installing(line, said)
-        state = self.installer.recover()
-        current = state.current
+        self.installer.alive = lambda: self._still_alive(0)  # long health checks are progress too
+        current = self._converge()
         running = f"{current.name} {current.version}" if current else "nothing"
         self._log(event="start", watch=str(self.watch or ""), source=self.poller.source if self.poller else "",
                   running=running)
@@ -79,14 +80,28 @@ class Daemon:
             self.scan()
             failed = self.poll() if self.poller is not None else None
             wait = self.next_wait()
-            current = self.installer.slots.load().current
-            running = f"{current.name} {current.version}" if current else "nothing"
-            notify(f"WATCHDOG=1\nSTATUS=running {running}; "
+            notify(f"WATCHDOG=1\nSTATUS=running {self._running()}; "
                    + (f"last poll failed ({failed.fault}), retrying" if failed else "next look") + f" in {wait:.0f}s")
             self._fed = time.monotonic()
             if once:
                 return failed
             time.sleep(wait)
+
+    def _running(self) -> str:
+        try:
+            current = self.installer.slots.load().current
+        except SealiftError as e:
+            return f"? ({e.fault}: the state cannot be read)"
+        return f"{current.name} {current.version}" if current else "nothing"
+
+    def _converge(self) -> Release | None:
+        """Converge (as ``recover``); a fault there is said, and the service goes on: what arrives next
+        may be the fix, and the next install converges again first."""
+        try:
+            return self.installer.recover().current
+        except SealiftError as e:
+            self._log(event="recover-failed", fault=e.fault, error=e.diagnostics())
+            return self.installer.slots.load().current
 
     def _still_alive(self, _: int) -> None:
         if time.monotonic() - self._fed > WATCHDOG_EVERY_S:

@@ -11,6 +11,7 @@ record why, marking the new release as failed so it is not retried unless forced
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -67,7 +68,7 @@ class Serving:
         what = f"{self.release.name} {self.release.version} (slot {self.release.slot})"
         if self.ok:
             return f"{what}: serving"
-        found = ", ".join(f"{name} {status}" for name, status in sorted(self.services.items())) or "no containers"
+        found = ", ".join(f"{name} {status}" for name, status in sorted(self.services.items()))
         return f"{what} is committed but not serving ({found})"
 
     def to_json(self) -> dict[str, Any]:
@@ -86,6 +87,7 @@ class Installer:
         self.runtime = runtime
         self.profile = profile
         self.log = log
+        self.alive: Callable[[], None] = lambda: None  # called while it waits on health checks: a service feeds its watchdog
 
     def install(self, source: Path | Incoming, *, overlay: Path | None = None, force: bool = False) -> Outcome:
         """Install ``source`` (a bundle, an overlay or a medium at a path, or a download assembled in the
@@ -248,12 +250,14 @@ class Installer:
             return self._converge(self.slots.load())
 
     def serving(self, state: DeviceState | None = None) -> Serving:
-        """What the engine runs of the committed release (EngineFault when the engine cannot tell)."""
+        """What the engine runs of the committed release, each service it declares (EngineFault when the
+        engine cannot tell)."""
         current = (state or self.slots.load()).current
         if current is None:
             return Serving(None, {})
         containers = self.runtime.containers(current.name, current.slot)
-        return Serving(current, {name: c.status for name, c in containers.items()})
+        declared = [s.name for s in _staged(self.slots.slot_dir(current.slot)).app.services]
+        return Serving(current, {name: containers[name].status if name in containers else "missing" for name in declared})
 
     def _switch(self, state: DeviceState, release: Release, success: str) -> Outcome:
         slot_dir = self.slots.slot_dir(release.slot)
@@ -267,7 +271,7 @@ class Installer:
             result = HealthResult(ok=False, check="start", detail=e.diagnostics(), fault=e.fault)
         else:
             self.log("[6/7] health checks")
-            result = wait_healthy(self._watched(release), _staged(slot_dir).health)
+            result = wait_healthy(self._watched(release), _staged(slot_dir).health, sleep=self._wait)
         if result.ok:
             self.log("[7/7] commit")
             committed = state.with_event(phase=Phase.COMMITTED, current=release, previous=state.current, candidate=None,
@@ -293,9 +297,21 @@ class Installer:
         if state.phase in (Phase.TRYING, Phase.ROLLING_BACK) and state.candidate is not None:
             candidate = state.candidate
             self.log(f"recovering: an install of {candidate.name} {candidate.version} was interrupted")
-            state = self._count_interrupted(state, candidate)
-            self.slots.save(state)  # counted before anything is started: a crash in what follows cannot undo the count
-            state = replace(state, reason=state.reason + self._back_to_current(state, candidate))
+            # (1) counted first, the candidate still named: a crash in what follows (its containers
+            # came back with the engine and took the box down again) is counted too, and the next
+            # recovery still knows what to stop; (2) back to the committed release, uncounted if the
+            # engine or the device fails there (not the candidate's doing); (3) recorded
+            before = state
+            state, why, failed = self._count_interrupted(state, candidate)
+            self.slots.save(state)
+            try:
+                back = self._back_to_current(state, candidate)
+            except SealiftError:
+                self.slots.save(before)
+                raise
+            reason = f"{candidate.name} {candidate.version}: {why}; returned to the committed release"
+            state = state.with_event(phase=Phase.ROLLED_BACK, candidate=None, fault=state.fault if failed else "",
+                                     reason=reason + back)
             self.slots.save(state)
         elif state.current is not None and not self._running(state.current):
             self.log(f"recovering: {state.current.name} {state.current.version} is not running; starting it")
@@ -303,10 +319,11 @@ class Installer:
             self._start(state.current)
         return state
 
-    def _count_interrupted(self, state: DeviceState, candidate: Release) -> DeviceState:
-        """The state after an interrupted try of ``candidate``: one more interruption counted, or, after
-        MAX_INTERRUPTED of them (or when it had already failed and was being rolled back), marked failed
-        so that nothing tries it again by itself (as a boot loader counts boot attempts)."""
+    def _count_interrupted(self, state: DeviceState, candidate: Release) -> tuple[DeviceState, str, bool]:
+        """``state`` with one more interrupted try of ``candidate`` counted (phase and candidate as they
+        were), why, and whether it is now marked failed; after MAX_INTERRUPTED of them, or when it had already failed and was being rolled
+        back, it is marked failed, so nothing tries it again by itself (as a boot loader counts boot
+        attempts)."""
         key = failure_key(candidate)
         tries = state.interrupted.get(key, 0) + 1
         if state.phase is Phase.ROLLING_BACK:
@@ -315,11 +332,11 @@ class Installer:
             why, failed = f"interrupted {tries} times; marked failed (install it with --force to try again)", True
         else:
             why, failed = f"interrupted ({tries} of {MAX_INTERRUPTED} tries)", False
-        return state.with_event(
-            phase=Phase.ROLLED_BACK, candidate=None, fault=(state.fault or "unhealthy") if failed else "",
-            reason=f"{candidate.name} {candidate.version}: {why}; returned to the committed release",
-            failed=(*state.failed, key) if failed else state.failed,
-            interrupted=_without(state.interrupted, candidate) if failed else {**state.interrupted, key: tries})
+        if not failed:
+            return replace(state, interrupted={**state.interrupted, key: tries}), why, False
+        marked = state.failed if key in state.failed else (*state.failed, key)
+        return replace(state, failed=marked, interrupted=_without(state.interrupted, candidate),
+                       fault=state.fault or "unhealthy"), why, True
 
     def _back_to_current(self, state: DeviceState, leaving: Release) -> str:
         """Stop ``leaving``; start the committed release again. Returns what to add to the reason."""
@@ -333,7 +350,7 @@ class Installer:
                 self._start(current)
             except SealiftError as e:
                 return f"; the previous release could not be started again either ({e.diagnostics()})"
-        back = wait_healthy(self._watched(current), _staged(self.slots.slot_dir(current.slot)).health)
+        back = wait_healthy(self._watched(current), _staged(self.slots.slot_dir(current.slot)).health, sleep=self._wait)
         return "" if back.ok else f"; the previous release is not healthy either ({back.check}: {back.detail})"
 
     def _stop(self, release: Release) -> None:
@@ -362,8 +379,14 @@ class Installer:
         return None
 
     def _running(self, release: Release) -> bool:
+        """Whether every service ``release`` declares runs."""
         containers = self.runtime.containers(release.name, release.slot)
-        return bool(containers) and all(c.running for c in containers.values())
+        declared = [s.name for s in _staged(self.slots.slot_dir(release.slot)).app.services]
+        return all(name in containers and containers[name].running for name in declared)
+
+    def _wait(self, seconds: float) -> None:
+        self.alive()
+        time.sleep(seconds)
 
     def _watched(self, release: Release) -> Watched:
         return Watched(runtime=self.runtime, app=release.name, slot=release.slot, slot_dir=self.slots.slot_dir(release.slot),

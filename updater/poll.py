@@ -145,7 +145,7 @@ class RegistryPoller:
             if site else []
         if not apps and not overlays:
             return None
-        with self.installer.trust.candidate() as metadata_dir:  # a copy: the trusted state changes only at install
+        with self.installer.trust.candidate() as metadata_dir:  # what it verifies is kept; releases are accepted only at install
             metadata = RegistryMetadata(client)
             tuf = TufClient(metadata_dir, metadata)
             tuf.refresh()

@@ -26,7 +26,7 @@ from updater.descriptor import FileEntry
 from updater.durable import fsync_dir
 from updater.errors import DeviceFault, Refused
 from updater.layout import LayoutReader
-from updater.oci import CHUNK, canonical_json, parse_json
+from updater.oci import CHUNK, canonical_json, json_object, parse_json
 from updater.overlay import OverlayInfo
 
 __all__ = ["clone_slot", "overlay_of", "slot_holds", "stage_overlay", "stage_release", "staged_overlay"]
@@ -196,7 +196,7 @@ def staged_overlay(slot_dir: Path) -> OverlayInfo:
 def overlay_of(slot_dir: Path) -> dict[str, Any] | None:
     """The overlay staged in a slot (its descriptor), or None."""
     try:
-        data: dict[str, Any] = parse_json((slot_dir / _OVERLAY / "overlay.json").read_bytes(), str(slot_dir / _OVERLAY), DeviceFault)
+        data = json_object((slot_dir / _OVERLAY / "overlay.json").read_bytes(), str(slot_dir / _OVERLAY), DeviceFault)
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:
@@ -205,16 +205,17 @@ def overlay_of(slot_dir: Path) -> dict[str, Any] | None:
 
 
 def slot_holds(slot_dir: Path) -> tuple[str, str, str, str] | None:
-    """What a slot holds: (name, version, bundle digest, overlay digest); None when it holds no release.
-    A digest a slot cannot tell is empty."""
+    """What a slot holds: (name, version, bundle digest, overlay digest); None when it holds no release
+    (DeviceFault when it cannot be read: that is no proof it holds something else). A digest a slot
+    staged before it recorded one cannot tell is empty."""
     try:
-        descriptor = parse_json((slot_dir / "descriptor.json").read_bytes(), str(slot_dir), DeviceFault)
-        release = parse_json((slot_dir / _RELEASE).read_bytes(), str(slot_dir), DeviceFault) \
+        descriptor = json_object((slot_dir / "descriptor.json").read_bytes(), str(slot_dir), DeviceFault)
+        release = json_object((slot_dir / _RELEASE).read_bytes(), str(slot_dir), DeviceFault) \
             if (slot_dir / _RELEASE).exists() else {}
     except FileNotFoundError:
         return None
-    except (OSError, DeviceFault):
-        return None
+    except OSError as e:
+        raise DeviceFault(f"{slot_dir}: cannot tell what the slot holds ({e.strerror})") from e
     overlay = overlay_of(slot_dir) or {}
     return (str(descriptor.get("name")), str(descriptor.get("version")), str(release.get("digest", "")),
             str(overlay.get("digest", "")))

@@ -38,7 +38,9 @@ _INCOMING_KEPT_S = 24 * 3600  # an unfinished download untouched this long is gi
 class Incoming:
     """A bundle being assembled in the store, under a lock of its own (one writer per bundle);
     ``complete`` makes it a bundle. Use it as a context manager: one that ends in an error is
-    removed, unless it is ``resumable`` and the error an outage (a download cut short resumes)."""
+    removed, unless it is ``resumable`` (a download) and the error neither refuses its content nor is
+    the device's (a full disk): an outage, a busy updater or an engine that does not answer leave it
+    to resume."""
 
     def __init__(self, store: BundleStore, top: Descriptor, *, resumable: bool) -> None:
         self.store = store
@@ -60,7 +62,7 @@ class Incoming:
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> None:
         try:
-            if error is not None and not (self.resumable and isinstance(error, DeliveryError)):
+            if error is not None and not (self.resumable and not isinstance(error, Refused | DeviceFault)):
                 shutil.rmtree(self.layout.root, ignore_errors=True)  # refused, or the device's fault: keep nothing of it
         finally:
             self._lock.close()
@@ -116,7 +118,7 @@ class BundleStore:
         return (self.path(digest) / "index.json").is_file()
 
     def lock_path(self, digest: str) -> Path:
-        """The lock of the one process that may assemble this bundle (kept: removing a lock file races its users)."""
+        """The lock of the one process that may assemble this bundle (removed with the bundle: see :func:`remove_lock`)."""
         return self.root / _LOCKS / _hex(check_digest(digest))
 
     def find_blob(self, digest: str) -> Path | None:

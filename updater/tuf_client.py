@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeVar
@@ -48,6 +49,7 @@ __all__ = [
 ]
 
 _URL = "sealift-metadata:/"
+_ROOT_FILE = re.compile(r"([1-9][0-9]{0,9})\.root\.json")
 T = TypeVar("T")
 _REASONS: dict[type[Exception], str] = {  # ngclient's exception classes, in the words of an operator
     tuf_errors.ExpiredMetadataError: "expired metadata",
@@ -265,7 +267,7 @@ class TufClient:
     def _check_root_chain(self, names: set[str]) -> None:
         """Every root version after the trusted one must be there: a device walks them one by one."""
         trusted = int(Path(os.readlink(self.metadata_dir / "root.json")).name.split(".")[0])
-        carried = {int(n.split(".")[0]) for n in names if n.endswith(".root.json") and n.split(".")[0].isdigit()}
+        carried = {int(m.group(1)) for n in names if (m := _ROOT_FILE.fullmatch(n))}  # N.root.json, not N.x.root.json
         newer = sorted(v for v in carried if v > trusted)
         if not newer or len(newer) == newer[-1] - trusted:
             return

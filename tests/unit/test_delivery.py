@@ -22,7 +22,7 @@ from bundler.export import export
 from bundler.spec import load_spec
 from tests.builders import manifest_digests, offer_of, project, take
 from updater.daemon import Daemon
-from updater.errors import ContentMismatch, DeliveryError, DeviceFault, InputError, Refused
+from updater.errors import Conflict, ContentMismatch, DeliveryError, DeviceFault, EngineFault, InputError, Refused
 from updater.layout import open_layout
 from updater.medium import check_medium
 from updater.oci import Descriptor
@@ -364,3 +364,23 @@ def test_metadata_of_any_role_name_has_a_registry_tag_and_back() -> None:
     assert _metadata_name(tag) == odd and _metadata_name("tuf.x.zz") is None and _metadata_name("1.0.0-x86_64-cpu") is None
     with pytest.raises(InputError, match="too long to publish as a registry tag"):
         metadata_tag("2." + "%25" * 40 + ".json")
+
+
+@pytest.mark.parametrize(("error", "kept"), [
+    (DeliveryError("the registry went away"), True),
+    (Conflict("another sealift-updater is installing"), True),
+    (EngineFault("the Docker engine does not answer"), True),
+    (Refused("blob does not match its digest"), False),
+    (DeviceFault("the disk is full"), False),
+], ids=["outage", "busy", "engine", "refused", "device"])
+def test_a_download_is_kept_to_resume_unless_its_content_is_refused_or_the_device_failed(
+        tmp_path: Path, error: Exception, kept: bool) -> None:
+    store = BundleStore(tmp_path / "device")
+    top = Descriptor(media_type="application/vnd.oci.image.index.v1+json", digest="sha256:" + "cd" * 32, size=2)
+    with pytest.raises(type(error)), store.incoming(top, resumable=True) as incoming:
+        (incoming.layout.blobs / ("ab" * 32)).write_bytes(b"a blob that arrived")
+        raise error
+    assert incoming.layout.root.exists() == kept
+    with pytest.raises(type(error)), store.incoming(top) as incoming:  # from a medium: nothing to resume
+        raise error
+    assert not incoming.layout.root.exists()

@@ -9,7 +9,8 @@ amount of memory.
 
 The examples per test come from ``SEALIFT_FUZZ_EXAMPLES`` (default 60, what CI runs: under a
 minute in all); run longer with ``SEALIFT_FUZZ_EXAMPLES=5000 pytest tests/unit/test_fuzz.py``.
-Inputs that once broke a reader are kept below as ``@example`` cases.
+Inputs that once broke a reader are kept as ordinary regression tests beside the reader's own
+(the field name holding a line break: tests/unit/test_profiles.py).
 """
 
 from __future__ import annotations

@@ -218,4 +218,39 @@ def test_serving_says_what_the_engine_runs_of_the_committed_release(tmp_path: Pa
     assert installer.serving().ok and str(installer.serving()) == "demo 1.0.0 (slot a): serving"
     engine.running.clear()  # the engine lost it (an engine restart, a container removed by hand)
     serving = installer.serving()
-    assert not serving.ok and str(serving) == "demo 1.0.0 (slot a) is committed but not serving (no containers)"
+    assert not serving.ok and str(serving) == "demo 1.0.0 (slot a) is committed but not serving (app missing)"
+
+
+def test_a_recovery_the_engine_cuts_short_still_stops_the_candidate_next_time_and_does_not_blame_it(
+        tmp_path: Path, bundles: dict[str, Path]) -> None:
+    engine = _CrashingEngine("none")
+    installer = device(tmp_path, bundles, engine)
+    assert installer.install(bundles["1.0.0"]).committed
+
+    def crash_in_health(*args: object, **kwargs: object) -> None:
+        raise _Crash
+
+    import updater.install
+
+    original = updater.install.wait_healthy
+    updater.install.wait_healthy = crash_in_health  # type: ignore[assignment]
+    try:
+        with pytest.raises(_Crash):
+            installer.install(bundles["1.1.0"])  # 1.1.0 runs in slot b when the updater dies
+    finally:
+        updater.install.wait_healthy = original
+    assert set(engine.running) == {("demo", "b")}
+
+    def engine_down(app: str, slot: str) -> None:
+        raise EngineFault("the Docker engine does not answer")
+
+    engine.stop = engine_down  # type: ignore[method-assign]
+    with pytest.raises(EngineFault):
+        installer.recover()
+    state = Slots(tmp_path / "state").load()
+    assert state.phase is Phase.TRYING and state.candidate is not None and state.candidate.version == "1.1.0"
+    assert state.interrupted == {}  # the engine's outage is not the release's doing
+    del engine.stop  # the engine answers again
+    state = installer.recover()
+    assert state.candidate is None and set(engine.running) == {("demo", "a")}  # the candidate is stopped after all
+    assert list(state.interrupted.values()) == [1]

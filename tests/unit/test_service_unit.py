@@ -38,3 +38,20 @@ def test_the_unit_reports_readiness_counts_start_time_and_mounts_the_secrets_tmp
     mount = dict(line.split("=", 1) for line in MOUNT.read_text().splitlines() if "=" in line and not line.startswith("#"))
     assert (mount["Type"], mount["Where"]) == ("tmpfs", "/var/lib/sealift/run")
     assert f"{unit['StateDirectory']}/run" == mount["Where"].removeprefix("/var/lib/")
+
+
+def test_the_system_calls_the_updater_makes_stay_allowed() -> None:
+    """Each filter line adds to or takes from the allow list in order: what the updater calls must be
+    allowed after the last line that names its group (fchown, for opened secrets, is in @privileged)."""
+    needed = {"@chown": "fchown of opened secrets", "@file-system": "slots and state", "@network-io": "engine and registry"}
+    lines = [line.split("=", 1)[1].split() for line in UNIT.read_text().splitlines() if line.startswith("SystemCallFilter=")]
+    groups = {g: set(_analyze("syscall-filter", g).split()) for g in ("@privileged", "@resources", "@system-service")}
+    for group, why in needed.items():
+        allowed = False
+        for words in lines:
+            deny = words[0].startswith("~")
+            named = {w.lstrip("~") for w in words}
+            if group in named or any(group in groups.get(n, set()) for n in named):
+                allowed = not deny
+        assert allowed, f"{group} ({why}) is filtered out"
+    assert "ExecStartPre" not in UNIT.read_text()  # a failed recovery must not keep the service, and the fix, from starting

@@ -338,6 +338,19 @@ def test_a_role_may_be_called_anything_that_tuf_allows_and_is_followed_under_a_s
     assert (setup.device.state_dir / "trust" / "Vision%20Team%2F%C3%9Cnits%20~%20100%25.json").is_file()
 
 
+@pytest.mark.parametrize("name", ["é" * 20, "team.root", "x.targets", "root", "bins-3", "tab\there"],
+                         ids=["too-long-once-encoded", "ends-as-root", "ends-as-targets", "top-level", "bins", "control"])
+def test_role_names_that_could_not_be_shipped_or_would_read_as_another_role_are_refused(setup: Setup, name: str) -> None:
+    with pytest.raises(InputError, match="cannot name a delegated role"):
+        setup.repo.delegate(name, paths=["demo/*/*"])
+
+
+def test_a_file_of_a_role_named_like_a_root_never_counts_as_a_root_version(setup: Setup) -> None:
+    setup.sign("1.2.0-x86_64-cpu")
+    (setup.tuf("1.2.0-x86_64-cpu") / "7.x.root.json").write_text("{}")  # a delegated role's file, not root version 7
+    assert setup.verify("1.2.0-x86_64-cpu") == "1.2.0"
+
+
 def test_delegated_role_is_limited_to_its_paths(setup: Setup) -> None:
     setup.repo.delegate("site-berlin", paths=["other-app/*/*"])
     with pytest.raises(InputError, match=re.escape("role site-berlin may sign other-app/*/*, not demo/x86_64-cpu/1.2.0")):
