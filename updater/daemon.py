@@ -61,6 +61,7 @@ class Daemon:
         self.interval = interval
         self.log = log
         self.failures = 0
+        self.unconverged = False
         self.watcher = Watcher(installer, watch, say=self._log) if watch is not None else None
         self._fed = time.monotonic()
         if poller is not None:
@@ -77,6 +78,8 @@ class Daemon:
                   running=running)
         notify(f"READY=1\nSTATUS=running {running}; looking for updates")
         while True:
+            if self.unconverged:
+                self._converge()  # the engine may answer again, the port may be free again
             self.scan()
             failed = self.poll() if self.poller is not None else None
             wait = self.next_wait()
@@ -95,13 +98,16 @@ class Daemon:
         return f"{current.name} {current.version}" if current else "nothing"
 
     def _converge(self) -> Release | None:
-        """Converge (as ``recover``); a fault there is said, and the service goes on: what arrives next
-        may be the fix, and the next install converges again first."""
+        """Converge (as ``recover``); a fault there is said, and the service goes on (what arrives next
+        may be the fix) and tries again each pass until it converges."""
         try:
-            return self.installer.recover().current
+            current = self.installer.recover().current
         except SealiftError as e:
+            self.unconverged = True
             self._log(event="recover-failed", fault=e.fault, error=e.diagnostics())
             return self.installer.slots.load().current
+        self.unconverged = False
+        return current
 
     def _still_alive(self, _: int) -> None:
         if time.monotonic() - self._fed > WATCHDOG_EVERY_S:

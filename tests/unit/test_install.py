@@ -254,3 +254,22 @@ def test_a_recovery_the_engine_cuts_short_still_stops_the_candidate_next_time_an
     state = installer.recover()
     assert state.candidate is None and set(engine.running) == {("demo", "a")}  # the candidate is stopped after all
     assert list(state.interrupted.values()) == [1]
+
+
+def test_the_service_keeps_going_when_it_cannot_converge_and_converges_once_it_can(tmp_path: Path, bundles: dict[str, Path]) -> None:
+    from updater.daemon import Daemon
+
+    before = FakeEngine()
+    installer = device(tmp_path, bundles, before)
+    assert installer.install(bundles["1.0.0"]).committed
+    engine = FakeEngine(refuse_start=("1.0.0",))
+    engine.tags = dict(before.tags)
+    installer.runtime = engine  # the box rebooted: its images are there, nothing runs, and the engine will not start 1.0.0
+    lines: list[str] = []
+    (tmp_path / "media").mkdir()
+    daemon = Daemon(installer, tmp_path / "media", interval=1, log=lines.append)
+    daemon.run(once=True)  # no exception: the loop is up, waiting for what may be the fix
+    assert daemon.unconverged and any('event="recover-failed"' in line and "could not start it" in line for line in lines)
+    engine.refuse_start.clear()
+    daemon.run(once=True)
+    assert not daemon.unconverged and installer.serving().ok
