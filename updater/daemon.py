@@ -88,7 +88,7 @@ class Daemon:
             self._fed = time.monotonic()
             if once:
                 return failed
-            time.sleep(wait)
+            self._sleep(wait)
 
     def _running(self) -> str:
         try:
@@ -105,9 +105,19 @@ class Daemon:
         except SealiftError as e:
             self.unconverged = True
             self._log(event="recover-failed", fault=e.fault, error=e.diagnostics())
-            return self.installer.slots.load().current
+            try:
+                return self.installer.slots.load().current
+            except SealiftError:
+                return None
         self.unconverged = False
         return current
+
+    def _sleep(self, seconds: float) -> None:
+        """Sleep between passes, feeding the watchdog: a wait stretched by failed polls may be longer than it."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            time.sleep(min(left, WATCHDOG_EVERY_S))
+            self._still_alive(0)
 
     def _still_alive(self, _: int) -> None:
         if time.monotonic() - self._fed > WATCHDOG_EVERY_S:

@@ -95,7 +95,7 @@ class Installer:
         for this device is its site's overlay) re-applies the running release with it."""
         shown = source.name if isinstance(source, Path) else source.top.digest
         with self.slots.locked():
-            state = self._converge(self.slots.load())
+            state = self._converge_if_it_can()
             try:
                 self.log(f"[1/7] verify {shown}" + (f" with {overlay.name}" if overlay else ""))
                 bundle, overlay = self._take_in(state, source, overlay)
@@ -124,15 +124,15 @@ class Installer:
             if artifact.kind is Kind.OVERLAY:
                 if overlay is not None:
                     raise InputError(f"{source}: an overlay, given where the application bundle goes")
-                return None, self.store.ingest(artifact, artifact.top.digest)
+                return None, self.store.ingest(artifact, artifact.top.digest, advance=self._progress)
             if artifact.kind is Kind.BUNDLE or overlay is not None:
                 offered = read_offer(artifact, self.profile, self.site()).bundle
                 if offered is None:
                     raise InputError(f"{source}: holds no bundle for {overlay} to go with; install the overlay alone")
-                return self.store.ingest(artifact, offered.digest), overlay
+                return self.store.ingest(artifact, offered.digest, advance=self._progress), overlay
             chosen = plan(state, read_offer(artifact, self.profile, self.site()), self.running_overlay(state))
-            bundle = self.store.ingest(artifact, chosen.bundle) if chosen.bundle else None
-            return bundle, self.store.ingest(artifact, chosen.overlay) if chosen.overlay else None
+            bundle = self.store.ingest(artifact, chosen.bundle, advance=self._progress) if chosen.bundle else None
+            return bundle, self.store.ingest(artifact, chosen.overlay, advance=self._progress) if chosen.overlay else None
 
     def _install(self, state: DeviceState, bundle: Path, *, force: bool, overlay: Path | None) -> Outcome:
         with open_artifact(bundle) as artifact:
@@ -326,7 +326,9 @@ class Installer:
         attempts)."""
         key = failure_key(candidate)
         tries = state.interrupted.get(key, 0) + 1
-        if state.phase is Phase.ROLLING_BACK:
+        if key in state.failed:  # marked by an earlier recovery that was cut short itself
+            why, failed = "interrupted again; marked failed already", True
+        elif state.phase is Phase.ROLLING_BACK:
             why, failed = f"its rollback was interrupted after it failed ({state.reason}); marked failed", True
         elif tries >= MAX_INTERRUPTED:
             why, failed = f"interrupted {tries} times; marked failed (install it with --force to try again)", True
@@ -387,6 +389,18 @@ class Installer:
     def _wait(self, seconds: float) -> None:
         self.alive()
         time.sleep(seconds)
+
+    def _progress(self, _: int) -> None:
+        self.alive()
+
+    def _converge_if_it_can(self) -> DeviceState:
+        """Converge before an install; when that fails, say so and install all the same: what arrives
+        may be the fix for what keeps the device from converging (a release that will not start)."""
+        try:
+            return self._converge(self.slots.load())
+        except SealiftError as e:
+            self.log(f"warning: could not converge first ({e.fault}: {e.diagnostics()}); installing all the same")
+            return self.slots.load()
 
     def _watched(self, release: Release) -> Watched:
         return Watched(runtime=self.runtime, app=release.name, slot=release.slot, slot_dir=self.slots.slot_dir(release.slot),

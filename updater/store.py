@@ -21,7 +21,7 @@ from pathlib import Path
 
 from updater.artifact import Artifact, Kind
 from updater.durable import fsync_dir
-from updater.errors import DeliveryError, DeviceFault, Refused
+from updater.errors import Conflict, DeliveryError, DeviceFault, EngineFault, Refused
 from updater.locks import exclusive_lock, remove_lock
 from updater.medium import read_medium
 from updater.oci import MAX_JSON_BYTES, Descriptor, check_digest
@@ -62,8 +62,8 @@ class Incoming:
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> None:
         try:
-            if error is not None and not (self.resumable and not isinstance(error, Refused | DeviceFault)):
-                shutil.rmtree(self.layout.root, ignore_errors=True)  # refused, or the device's fault: keep nothing of it
+            if error is not None and not (self.resumable and isinstance(error, DeliveryError | Conflict | EngineFault)):
+                shutil.rmtree(self.layout.root, ignore_errors=True)  # refused, the device's fault, or a bug: keep nothing
         finally:
             self._lock.close()
 
@@ -141,7 +141,7 @@ class BundleStore:
             raise DeviceFault(f"{self.root}: cannot make the bundle store ({e.strerror})") from e
         return Incoming(self, top, resumable=resumable)
 
-    def ingest(self, artifact: Artifact, digest: str) -> Path:
+    def ingest(self, artifact: Artifact, digest: str, *, advance: Callable[[int], None] = lambda _: None) -> Path:
         """Copy the bundle or overlay whose top index is ``digest`` from ``artifact`` (a bundle, an overlay,
         or a medium holding it) into the store; return its path there. Every blob is hashed on its way
         in (and then trusted: the store holds nothing else); one a kept bundle has is linked instead.
@@ -161,7 +161,7 @@ class BundleStore:
             if missing:
                 raise Refused(f"{artifact.path}: blob {missing[0].digest} of {_identity(top)} is neither on the medium nor "
                               f"on this device ({len(missing)} missing in all)")
-            incoming.fill(source)
+            incoming.fill(source, advance=advance)
             for name in artifact.reader.metadata_names():
                 with artifact.reader.open_metadata(name) as stream:
                     incoming.metadata[name] = stream.read(MAX_JSON_BYTES + 1)

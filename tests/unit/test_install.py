@@ -4,6 +4,7 @@ will not start a release, and clean up images no kept release needs."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -270,6 +271,37 @@ def test_the_service_keeps_going_when_it_cannot_converge_and_converges_once_it_c
     daemon = Daemon(installer, tmp_path / "media", interval=1, log=lines.append)
     daemon.run(once=True)  # no exception: the loop is up, waiting for what may be the fix
     assert daemon.unconverged and any('event="recover-failed"' in line and "could not start it" in line for line in lines)
+    shutil.copytree(bundles["1.1.0"], tmp_path / "media" / bundles["1.1.0"].name)  # the fix arrives
+    daemon.run(once=True)
+    state = Slots(tmp_path / "state").load()
+    assert state.current is not None and state.current.version == "1.1.0" and installer.serving().ok
     engine.refuse_start.clear()
     daemon.run(once=True)
-    assert not daemon.unconverged and installer.serving().ok
+    assert not daemon.unconverged
+
+
+def test_a_release_marked_failed_by_a_recovery_cut_short_stays_failed_when_recovered_again(
+        tmp_path: Path, bundles: dict[str, Path]) -> None:
+    from updater.install import MAX_INTERRUPTED
+
+    engine = _CrashingEngine("1.1.0")
+    installer = device(tmp_path, bundles, engine)
+    assert installer.install(bundles["1.0.0"]).committed
+    for _ in range(MAX_INTERRUPTED - 1):
+        with pytest.raises(_Crash):
+            installer.install(bundles["1.1.0"])
+        installer.recover()
+    with pytest.raises(_Crash):
+        installer.install(bundles["1.1.0"])  # the last try
+    saved = installer._back_to_current
+
+    def power_cut(*args: object) -> str:
+        raise _Crash
+
+    installer._back_to_current = power_cut  # type: ignore[method-assign]
+    with pytest.raises(_Crash):
+        installer.recover()  # counted and marked failed, then the power went
+    installer._back_to_current = saved  # type: ignore[method-assign]
+    state = installer.recover()
+    key = check_bundle(bundles["1.1.0"]).bundle.digest
+    assert key in state.failed and state.interrupted == {} and "marked failed" in state.reason and state.fault == "unhealthy"
