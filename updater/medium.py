@@ -143,34 +143,33 @@ def check_medium(source: Path | Artifact, *, progress: Progress | None = None) -
     report.problems += _check_sums(reader, path, progress)
     store = ReaderEndpoint(reader)
     for bundle in report.bundles:
-        try:
-            graph = walk(bundle.top, store)
-        except (DeliveryError, Refused) as e:
-            report.problems.append(f"{bundle.name} {bundle.version} ({bundle.profile}): {e}")
+        what = f"{bundle.name} {bundle.version} ({bundle.profile})"
+        listed = {ANNOTATION.NAME: bundle.name, ANNOTATION.VERSION: bundle.version, ANNOTATION.PROFILE: bundle.profile}
+        if (missing := _missing(store, bundle.top, what, listed, report.problems)) is None:
             continue
-        if why := _listed_as_signed(graph, {ANNOTATION.NAME: bundle.name, ANNOTATION.VERSION: bundle.version,
-                                            ANNOTATION.PROFILE: bundle.profile}):
-            report.problems.append(f"{bundle.name} {bundle.version} ({bundle.profile}): {why}")
-        missing = [d.digest for d in graph.blobs if not store.has_blob(d.digest)]
         if missing and bundle.base is None:
-            report.problems.append(f"{bundle.name} {bundle.version} ({bundle.profile}): blob {missing[0]} is missing "
-                                   f"({len(missing)} in all) and the bundle is not a delta")
+            report.problems.append(f"{what}: blob {missing[0]} is missing ({len(missing)} in all) and the bundle is not a delta")
         elif len(missing) != bundle.blobs_from_base and bundle.base is not None:
-            report.problems.append(f"{bundle.name} {bundle.version} ({bundle.profile}): {len(missing)} blobs are missing, "
-                                   f"the delta takes {bundle.blobs_from_base} from its base")
+            report.problems.append(f"{what}: {len(missing)} blobs are missing, the delta takes {bundle.blobs_from_base} from its base")
     for overlay in report.overlays:
         what = f"{overlay.name} overlay {overlay.version} (site {overlay.site})"
-        try:
-            graph = walk(overlay.top, store)
-        except (DeliveryError, Refused) as e:
-            report.problems.append(f"{what}: {e}")
-            continue
-        if why := _listed_as_signed(graph, {ANNOTATION.NAME: overlay.name, ANNOTATION.VERSION: overlay.version,
-                                            ANNOTATION.SITE: overlay.site}):
-            report.problems.append(f"{what}: {why}")
-        if missing := [d.digest for d in graph.blobs if not store.has_blob(d.digest)]:
+        listed = {ANNOTATION.NAME: overlay.name, ANNOTATION.VERSION: overlay.version, ANNOTATION.SITE: overlay.site}
+        if missing := _missing(store, overlay.top, what, listed, report.problems):
             report.problems.append(f"{what}: blob {missing[0]} is missing ({len(missing)} in all)")
     return report
+
+
+def _missing(store: ReaderEndpoint, top: Descriptor, what: str, listed: dict[str, str], problems: list[str]) -> list[str] | None:
+    """The blobs below ``top`` the medium lacks, once the graph is walked and what the listing says of it
+    is checked (``problems`` told of each fault); None when the graph cannot be walked."""
+    try:
+        graph = walk(top, store)
+    except (DeliveryError, Refused) as e:
+        problems.append(f"{what}: {e}")
+        return None
+    if why := _listed_as_signed(graph, listed):
+        problems.append(f"{what}: {why}")
+    return [d.digest for d in graph.blobs if not store.has_blob(d.digest)]
 
 
 def _listed_as_signed(graph: Graph, listed: dict[str, str]) -> str | None:
