@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bundler.payload import FileEntry, add_file_component
+from bundler.resolve import app_for_profile
 from bundler.sources import ResolvedImage, open_image_source
 from bundler.spec import Component, Spec
 from bundler.writer import LayoutWriter, open_writer
@@ -113,6 +114,8 @@ def build_bundles(
     except OSError as e:
         raise DeviceFault(f"{options.out}: cannot create the output directory ({e.strerror})") from e
     _sweep_stale_temps(options.out)
+    for profile in profiles:  # every profile's mistakes before any bundle is written
+        _check_complete(spec, profile)
     return [_build_one(spec, profile, options, progress) for profile in profiles]
 
 
@@ -155,7 +158,6 @@ def _assemble(spec: Spec, profile: Profile, options: BuildOptions, temp: Path, p
 def _write_bundle(
     spec: Spec, profile: Profile, options: BuildOptions, writer: LayoutWriter, work: Path, created: str, progress: Progress
 ) -> Path:
-    _check_complete(spec, profile)
     images = [_add_image(spec, profile, name, source, writer, work, options, progress)
               for name, source in _images_for(spec, profile)]
     files = [
@@ -202,7 +204,9 @@ def _images_for(spec: Spec, profile: Profile) -> list[tuple[str, str]]:
 
 
 def _check_complete(spec: Spec, profile: Profile) -> None:
-    """Every component the app and its checks use must exist in this profile."""
+    """Every component the app and its checks use must exist in this profile, and what its services ask of
+    the hardware must be there."""
+    app_for_profile(spec, profile)
     images = {name for name, _ in _images_for(spec, profile)}
     present = {c.name for c in (*spec.models, *spec.configs) if c.for_profile(profile.name) is not None}
     for service in spec.app.services:
@@ -263,7 +267,7 @@ def _descriptor(spec: Spec, profile: Profile, images: list[_Image], files: list[
         ],
         "models": [f.to_json() for f in files if f.role == "model"],
         "configs": [f.to_json() for f in files if f.role == "config"],
-        "app": spec.app.to_data(),
+        "app": app_for_profile(spec, profile).to_data(),
         "health": spec.health.to_data(),
         "secrets": [{"name": s.name} for s in spec.secrets],
     }

@@ -107,6 +107,8 @@ class Spec:
     secrets: tuple[Secret, ...] = ()
     sigstore_trusted_root: str | None = None  # path of the Sigstore trusted root that provenance is checked against
     allowed_dirs: tuple[Path, ...] = ()  # directories outside the spec's own that its paths may name
+    allow_privileged: bool = False  # whether services may be privileged (where their profile allows it too)
+    app_services: str = "app.services"  # where the services are declared: FILE: PATH (for error messages)
 
     @property
     def directory(self) -> Path:
@@ -138,7 +140,7 @@ def load_spec(path: Path, *, allowed_dirs: Sequence[Path] = ()) -> Spec:
     root = load_yaml(path, what="bundle spec")
     top = root.mapping(
         required=("name", "version", "profiles", "images", "app"),
-        optional=("models", "configs", "health", "secrets", "sigstore"),
+        optional=("models", "configs", "health", "secrets", "sigstore", "allow_privileged"),
     )
     images = _components(top["images"], key="source", roots=roots)
     models = _components(top["models"], key="path", roots=roots, signed=True) if "models" in top else ()
@@ -150,8 +152,9 @@ def load_spec(path: Path, *, allowed_dirs: Sequence[Path] = ()) -> Spec:
         )
     _check_unique_mountables(top, models, configs)
     secrets = _secrets(top["secrets"], roots) if "secrets" in top else ()
+    app_field = _app_field(top["app"], path, roots)
     app = parse_app(
-        _app_field(top["app"], path, roots),
+        app_field,
         images=tuple(c.name for c in images),
         mountable=tuple(c.name for c in (*models, *configs)),
         secrets=tuple(s.name for s in secrets),
@@ -170,6 +173,8 @@ def load_spec(path: Path, *, allowed_dirs: Sequence[Path] = ()) -> Spec:
         secrets=secrets,
         sigstore_trusted_root=trusted_root,
         allowed_dirs=roots.allowed,
+        allow_privileged=top["allow_privileged"].boolean() if "allow_privileged" in top else False,
+        app_services=f"{app_field.file}: {app_field.path + '.' if app_field.path else ''}services",
     )
 
 

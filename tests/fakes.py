@@ -8,7 +8,7 @@ from pathlib import Path
 from updater.appdef import App
 from updater.errors import EngineFault
 from updater.layout import LayoutReader
-from updater.runtime import ContainerState, Image
+from updater.runtime import ContainerState, EngineFeatures, Image
 from updater.slots import Release
 
 __all__ = ["FakeEngine", "NoEngine"]
@@ -20,8 +20,9 @@ class FakeEngine:
     ``refuse_load`` it loads no image."""
 
     def __init__(self, *, health: Mapping[str, str] | None = None, refuse_start: Sequence[str] = (),
-                 refuse_load: bool = False) -> None:
+                 refuse_load: bool = False, runtimes: Sequence[str] = ("runc",)) -> None:
         self.health = dict(health or {})
+        self.runtimes = frozenset(runtimes)
         self.refuse_start = set(refuse_start)
         self.refuse_load = refuse_load
         self.tags: dict[str, str] = {}  # tag -> image ID
@@ -62,6 +63,9 @@ class FakeEngine:
 
     def remove_image(self, tag: str) -> None:
         del self.tags[tag]
+
+    def features(self) -> EngineFeatures:
+        return EngineFeatures(runtimes=self.runtimes)
 
 
 class NoEngine(FakeEngine):

@@ -7,11 +7,13 @@ descriptor stores, which parses back to an equal value.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import re
 from dataclasses import dataclass
 from typing import Any
 
+from updater.container import CONTAINER_FIELDS, Container, parse_container
 from updater.names import ENV_NAME, NAME
 from updater.yamlfile import Field, check_known
 
@@ -117,6 +119,7 @@ class Service:
     depends_on: tuple[str, ...] = ()
     networks: tuple[str, ...] = ()
     secrets: tuple[SecretMount, ...] = ()
+    container: Container = dataclasses.field(default_factory=Container)
 
     def to_data(self) -> dict[str, Any]:
         data: dict[str, Any] = {"image": self.image}
@@ -133,7 +136,7 @@ class Service:
         data.update({key: value for key, value in optional.items() if value})
         if self.healthcheck is not None:
             data["healthcheck"] = self.healthcheck.to_data()
-        return data
+        return data | self.container.to_data()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -211,13 +214,16 @@ class HealthPolicy:
 # --- parsing -----------------------------------------------------------------------------------
 
 
-def parse_app(field: Field, *, images: tuple[str, ...], mountable: tuple[str, ...], secrets: tuple[str, ...]) -> App:
-    """Validate the Compose subset against the components the bundle declares."""
+def parse_app(field: Field, *, images: tuple[str, ...], mountable: tuple[str, ...], secrets: tuple[str, ...],
+              any_device_path: bool = False) -> App:
+    """Validate the Compose subset against the components the bundle declares. Device nodes must be
+    under ``/dev`` unless ``any_device_path`` (a descriptor, which carries what a profile named)."""
     top = field.mapping(required=("services",), optional=("networks",))
     networks = _parse_networks(top["networks"]) if "networks" in top else ()
     names = tuple(name for name, _ in networks)
     services = tuple(
-        _parse_service(name, sub, images=images, mountable=mountable, secrets=secrets, networks=names)
+        _parse_service(name, sub, images=images, mountable=mountable, secrets=secrets, networks=names,
+                       any_device_path=any_device_path)
         for name, sub in top["services"].entries(key_pattern=NAME, key_what="service name")
     )
     if not services:
@@ -238,8 +244,25 @@ def _parse_networks(field: Field) -> tuple[tuple[str, bool], ...]:
 
 
 _SERVICE_FIELDS = (
-    "command", "environment", "ports", "volumes", "healthcheck", "depends_on", "networks", "secrets",
+    "command", "environment", "ports", "volumes", "healthcheck", "depends_on", "networks", "secrets", *CONTAINER_FIELDS,
 )
+# Compose service fields the subset leaves out on purpose, and why (docs/spec.md has the whole table)
+_REFUSED = {
+    "build": "a bundle carries built images; name one in sealift.yaml's `images`",
+    "container_name": "the updater names containers sealift-APP-SLOT-SERVICE, so two releases can run side by side",
+    "platform": "the hardware profile picks each image's platform",
+    "env_file": "files reach a release as `configs`, secrets as `secrets`",
+    "volumes_from": "only the release's models, configs and secrets are mounted",
+    "links": "services reach each other by name on the release's networks",
+    "external_links": "a release reaches nothing outside itself by container name",
+    "pid": "sharing the host's process namespace exposes every process on the device",
+    "ipc": "sharing the host's IPC namespace exposes other programs' shared memory",
+    "userns_mode": "the engine's user namespace setting applies to every release alike",
+    "cgroup_parent": "the engine places containers in its own cgroup",
+    "device_cgroup_rules": "name the device nodes in `devices` instead",
+    "scale": "one container per service",
+    "profiles": "a release starts all its services",
+}
 
 
 def _parse_service(
@@ -250,8 +273,17 @@ def _parse_service(
     mountable: tuple[str, ...],
     secrets: tuple[str, ...],
     networks: tuple[str, ...],
+    any_device_path: bool,
 ) -> Service:
+    for key, why in _REFUSED.items():
+        if isinstance(field.value, dict) and key in field.value:
+            raise field.child(key).error(f"is not supported: {why}")
     f = field.mapping(required=("image",), optional=_SERVICE_FIELDS)
+    container = parse_container(f, any_device_path=any_device_path)
+    if container.host_network:
+        for key in ("ports", "networks"):
+            if key in f:
+                raise f[key].error("means nothing with network_mode host: the service binds its ports on the host itself")
     return Service(
         name=name,
         image=check_known(f["image"], images, what="image (an `images` entry)"),
@@ -263,6 +295,7 @@ def _parse_service(
         depends_on=_parse_depends_on(f["depends_on"]) if "depends_on" in f else (),
         networks=_names(f, "networks", networks, what="network (an `app.networks` entry)"),
         secrets=_parse_secrets(f["secrets"], secrets) if "secrets" in f else (),
+        container=container,
     )
 
 

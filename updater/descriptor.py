@@ -177,7 +177,7 @@ def _definition(data: dict[str, Any], where: str, *, images: tuple[ImageEntry, .
     config_names = tuple(c.name for c in configs)
     try:
         app = parse_app(Field(Path(where), "descriptor.app", data.get("app")), images=tuple(i.name for i in images),
-                        mountable=(*(m.name for m in models), *config_names), secrets=secrets)
+                        mountable=(*(m.name for m in models), *config_names), secrets=secrets, any_device_path=True)
         health = parse_health(Field(Path(where), "descriptor.health", data.get("health")), app=app, configs=config_names)
     except InputError as e:
         raise Refused(str(e)) from e

@@ -19,15 +19,27 @@ from pathlib import Path
 from typing import Any
 
 from updater.appdef import App, Service, start_order
+from updater.container import Container, Device
 from updater.errors import DeviceFault, EngineFault, Refused
 from updater.layout import LayoutReader
 from updater.oci import CHUNK, MAX_JSON_BYTES, json_object
-from updater.runtime import IMAGE_REPOSITORY, LABEL_APP, LABEL_SERVICE, LABEL_SLOT, LABEL_VERSION, ContainerState, Image, Published
+from updater.runtime import (
+    IMAGE_REPOSITORY,
+    LABEL_APP,
+    LABEL_SERVICE,
+    LABEL_SLOT,
+    LABEL_VERSION,
+    ContainerState,
+    EngineFeatures,
+    Image,
+    Published,
+)
 from updater.slots import Release
 
 __all__ = ["DockerRuntime"]
 
 _NS = 1_000_000_000
+_DEFAULT_GRACE = 10  # seconds between the stop signal and SIGKILL, as in Compose
 
 
 class DockerRuntime:
@@ -81,6 +93,11 @@ class DockerRuntime:
         with self._engine(f"image {tag}: the engine could not remove it"):
             self.client.images.remove(tag, noprune=False)  # by tag: untagged, and removed with its last tag
 
+    def features(self) -> EngineFeatures:
+        with self._engine("asking the engine what it offers failed"):
+            info = self.client.info()
+        return EngineFeatures(runtimes=frozenset(info.get("Runtimes") or {}), cdi=bool(info.get("CDISpecDirs")))
+
     def _has_image(self, image_id: str) -> bool:
         import docker.errors
 
@@ -101,7 +118,11 @@ class DockerRuntime:
 
     def stop(self, app: str, slot: str) -> None:
         with self._engine(f"{app} slot {slot}: the engine could not stop it"):
+            # newest first, so services stop before those they depend on; each with its stop_grace_period
             for container in self.client.containers.list(all=True, filters={"label": _labels_of(app, slot)}):
+                if container.status in ("running", "restarting"):
+                    container.reload()
+                    container.stop(timeout=(container.attrs.get("Config") or {}).get("StopTimeout") or _DEFAULT_GRACE)
                 container.remove(force=True)
             for network in self.client.networks.list(filters={"label": _labels_of(app, slot)}):
                 network.remove()
@@ -133,8 +154,9 @@ class DockerRuntime:
              named: dict[str, Any], site_environment: Mapping[str, str], secrets: Path | None) -> None:
         import docker.types
 
+        api = self.client.api
+        settings = service.container
         networks = [named[n] for n in service.networks] or [default]
-        volumes = {str(_mount_source(slot_dir, m.source)): {"bind": m.target, "mode": "ro"} for m in service.volumes}
         mounts = []
         for secret in service.secrets:
             opened = secrets / service.name / secret.source if secrets is not None else None
@@ -144,21 +166,34 @@ class DockerRuntime:
             # a bind mount proper: if the tmpfs file is gone (a reboot), the engine refuses to start the
             # container instead of making an empty directory on disk; the updater opens the secrets again
             mounts.append(docker.types.Mount(f"/run/secrets/{secret.target}", str(opened), type="bind", read_only=True))
-        container = self.client.containers.create(
+        host_config = api.create_host_config(
+            binds={str(_mount_source(slot_dir, m.source)): {"bind": m.target, "mode": "ro"} for m in service.volumes},
+            mounts=mounts,
+            port_bindings={f"{p.container}/{p.protocol}": (p.host_ip or "0.0.0.0", p.host) if p.host else None
+                           for p in service.ports},
+            network_mode="host" if settings.host_network else networks[0].name,
+            **_host_settings(settings),
+        )
+        created = api.create_container(
             images[service.image],
             command=list(service.command) if service.command is not None else None,
             name=f"sealift-{release.name}-{release.slot}-{service.name}",
-            hostname=service.name,
+            hostname=None if settings.host_network else service.name,
             environment={**dict(service.environment), **site_environment},
-            labels=_labels(release, service.name),
-            ports={f"{p.container}/{p.protocol}": (p.host_ip or "0.0.0.0", p.host) if p.host else None for p in service.ports},
-            volumes=volumes,
-            mounts=mounts,
+            labels={**dict(settings.labels), **_labels(release, service.name)},
+            ports=[(p.container, p.protocol) for p in service.ports],
             healthcheck=_healthcheck(service),
-            restart_policy={"Name": "unless-stopped"},
-            network=networks[0].name,
+            host_config=host_config,
+            networking_config=None if settings.host_network else api.create_networking_config(
+                {networks[0].name: api.create_endpoint_config(aliases=[service.name])}),
+            user=settings.user,
+            entrypoint=list(settings.entrypoint) if settings.entrypoint is not None else None,
+            working_dir=settings.working_dir,
+            stop_signal=settings.stop_signal,
+            stop_timeout=_grace(settings),
             detach=True,
         )
+        container = self.client.containers.get(created["Id"])
         for network in networks[1:]:
             network.connect(container, aliases=[service.name])
         container.start()
@@ -212,7 +247,7 @@ def _state(container: Any) -> ContainerState:
     return ContainerState(service=container.labels.get(LABEL_SERVICE, container.name), status=str(state.get("Status")),
                           exit_code=int(state.get("ExitCode") or 0), health=health.get("Status") if health else None,
                           health_output=str(log[-1].get("Output", "")).strip(), restarts=int(attrs.get("RestartCount", 0)),
-                          ports=ports)
+                          ports=ports, host_network=(attrs.get("HostConfig") or {}).get("NetworkMode") == "host")
 
 
 def _archive(reader: LayoutReader, manifest_digest: str, tag: str) -> Iterator[bytes]:
@@ -248,6 +283,65 @@ def _mount_source(slot_dir: Path, component: str) -> Path:
         if (slot_dir / folder / component).exists():
             return slot_dir / folder / component
     raise DeviceFault(f"{slot_dir}: {component} is not staged in this slot")
+
+
+def _host_settings(settings: Container) -> dict[str, Any]:
+    """The engine's HostConfig for a service's container settings (the Compose subset's meaning)."""
+    import docker.types
+
+    limits = settings.limits
+    requests = [docker.types.DeviceRequest(driver=r.driver or "", count=r.count or 0, device_ids=list(r.device_ids),
+                                           capabilities=[list(r.capabilities)]) for r in settings.device_requests]
+    if settings.cdi_devices:
+        requests.append(docker.types.DeviceRequest(driver="cdi", device_ids=list(settings.cdi_devices)))
+    log = settings.logging
+    return {
+        "devices": [_device(d) for d in settings.devices] or None,
+        "device_requests": requests or None,
+        "group_add": [*settings.group_add, *(_group_of(path) for path in settings.group_of)] or None,
+        "runtime": settings.runtime,
+        "nano_cpus": round(limits.cpus * _NS) if limits.cpus is not None else None,
+        "mem_limit": limits.memory,
+        "mem_reservation": limits.memory_reservation,
+        "pids_limit": limits.pids,
+        "shm_size": settings.shm_size,
+        "ulimits": [docker.types.Ulimit(name=n, soft=soft, hard=hard) for n, soft, hard in settings.ulimits] or None,
+        "cap_add": list(settings.cap_add) or None,
+        "cap_drop": list(settings.cap_drop) or None,
+        "security_opt": list(settings.security_opt) or None,
+        "read_only": settings.read_only or None,
+        "tmpfs": dict(settings.tmpfs) or None,
+        "init": settings.init,
+        "extra_hosts": dict(settings.extra_hosts) or None,
+        "restart_policy": _restart_policy(settings.restart),
+        "log_config": docker.types.LogConfig(type=log.driver, config={} if log.driver == "none" else
+                                             {"max-size": str(log.max_size), "max-file": str(log.max_file)}),
+        "sysctls": dict(settings.sysctls) or None,
+        "privileged": settings.privileged,
+    }
+
+
+def _device(device: Device) -> str:
+    """``HOST:CONTAINER:PERMISSIONS`` for the first of the device's paths present here."""
+    host = next((path for path in device.host if os.path.exists(path)), device.host[0])
+    return f"{host}:{device.target or host}:{device.permissions}"
+
+
+def _group_of(path: str) -> str:
+    """The number of the group that owns device node ``path`` on this device."""
+    try:
+        return str(os.stat(path).st_gid)
+    except OSError as e:
+        raise DeviceFault(f"{path}: cannot read its group ({e.strerror}); is the accelerator's driver loaded?") from e
+
+
+def _restart_policy(policy: str) -> dict[str, Any]:
+    name, _, retries = policy.partition(":")
+    return {"Name": name, "MaximumRetryCount": int(retries)} if retries else {"Name": name}
+
+
+def _grace(settings: Container) -> int | None:
+    return max(1, round(settings.stop_grace_period)) if settings.stop_grace_period is not None else None
 
 
 def _healthcheck(service: Service) -> dict[str, Any] | None:

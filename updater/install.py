@@ -24,6 +24,7 @@ from updater.errors import Conflict, DeviceFault, InputError, Refused, SealiftEr
 from updater.gc import collect_images
 from updater.health import HealthResult, Watched, wait_healthy
 from updater.identity import DeviceIdentity
+from updater.needs import lacking
 from updater.overlay import OverlayInfo
 from updater.plan import failure_key, plan, read_offer
 from updater.profiles import Profile
@@ -154,6 +155,9 @@ class Installer:
                     with_overlay = f" with overlay {release.overlay}" if release.overlay else ""
                     raise Conflict(f"{info.name} {info.version}{with_overlay} failed its health checks before; "
                                    "use --force to try it again")
+                if missing := lacking(info.descriptor.app, engine=self.runtime.features()):
+                    raise DeviceFault(f"{info.name} {info.version} for {info.profile} needs what this device lacks: "
+                                      f"{'; '.join(missing)}")
                 self.log(f"[2/7] stage into slot {release.slot}")
                 forgotten = self._forget_previous(state, release.slot)
                 stage_release(artifact.reader, info, self.slots.slot_dir(release.slot), replacing=forgotten.save)

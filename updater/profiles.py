@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from updater.container import Access, parse_access
 from updater.errors import InputError
 from updater.names import NAME
 from updater.yamlfile import Field, load_yaml
@@ -81,6 +82,8 @@ class Profile:
     detect_all: tuple[Rule, ...] = ()
     detect_any: tuple[Rule, ...] = ()
     priority: int = 0
+    access: Access | None = None  # how a container reaches the accelerator (container.accelerator)
+    allow_privileged: bool = False  # whether a spec may run privileged containers on this hardware
     source: Path | None = None
 
 
@@ -122,12 +125,13 @@ def load_profile(path: Path) -> Profile:
     """Read and validate one profile file."""
     top = load_yaml(path, what="profile").mapping(
         required=("name", "platform", "compatible"),
-        optional=("description", "accelerators", "capabilities", "detect", "priority"),
+        optional=("description", "accelerators", "capabilities", "detect", "priority", "container"),
     )
     name = top["name"].string(pattern=NAME, what="a profile name")
     if path.stem != name:
         raise top["name"].error(f"{name!r} differs from the file name {path.name!r}")
     detect = top["detect"].mapping(optional=("all", "any")) if "detect" in top else {}
+    container = top["container"].mapping(optional=("accelerator", "allow_privileged")) if "container" in top else {}
     return Profile(
         name=name,
         description=top["description"].string() if "description" in top else "",
@@ -138,6 +142,8 @@ def load_profile(path: Path) -> Profile:
         detect_all=_rules(detect["all"]) if "all" in detect else (),
         detect_any=_rules(detect["any"]) if "any" in detect else (),
         priority=top["priority"].integer(low=0, high=1000) if "priority" in top else 0,
+        access=parse_access(container["accelerator"]) if "accelerator" in container else None,
+        allow_privileged=container["allow_privileged"].boolean() if "allow_privileged" in container else False,
         source=path,
     )
 

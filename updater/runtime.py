@@ -25,6 +25,7 @@ __all__ = [
     "LABEL_SLOT",
     "LABEL_VERSION",
     "ContainerState",
+    "EngineFeatures",
     "Image",
     "Published",
     "Runtime",
@@ -57,10 +58,19 @@ class ContainerState:
     health_output: str = ""  # what the last HEALTHCHECK run printed
     restarts: int = 0
     ports: Mapping[str, tuple[Published, ...]] = field(default_factory=dict)  # "8080/tcp" -> where it is published
+    host_network: bool = False  # on the host's network: its ports are the host's own
 
     @property
     def running(self) -> bool:
         return self.status == "running"
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineFeatures:
+    """The container runtimes an engine has registered (``runc``, ``nvidia``), and whether it resolves CDI devices."""
+
+    runtimes: frozenset[str]
+    cdi: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -115,4 +125,8 @@ class Runtime(Protocol):
 
     def remove_image(self, tag: str) -> None:
         """Remove a tag; the image goes with its last tag."""
+        ...
+
+    def features(self) -> EngineFeatures:
+        """What the engine offers containers beyond the default: its runtimes, and whether it knows CDI devices."""
         ...

@@ -1,0 +1,42 @@
+"""What a release asks of the device's hardware and engine, and what of it the device lacks.
+
+A bundle's descriptor states each service's device nodes (or alternatives), the files its driver
+must have made (``x-sealift.requires``), the device nodes whose group it joins, its container
+runtime and its CDI devices, all resolved from the profile at build time. The installer checks
+them before the switch, so a release that cannot reach its accelerator here is refused while the
+running one goes on; ``sealift-updater detect`` checks the same for the detected profile.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from updater.appdef import App
+from updater.container import Container
+from updater.runtime import EngineFeatures
+
+__all__ = ["lacking", "lacking_for"]
+
+
+def lacking(app: App, *, engine: EngineFeatures | None, root: Path = Path("/")) -> list[str]:
+    """What ``app``'s services need that this device lacks, one phrase each (empty: nothing)."""
+    return [f"service {service.name} needs {need}" for service in app.services
+            for need in lacking_for(service.container, engine=engine, root=root)]
+
+
+def lacking_for(container: Container, *, engine: EngineFeatures | None, root: Path = Path("/")) -> list[str]:
+    """What ``container`` needs that the device (its files under ``root``, and ``engine`` when known) lacks."""
+    missing = [f"device {device}, which is absent" for device in container.devices
+               if not any(_present(root, path) for path in device.host)]
+    missing += [f"{path}, which is absent" for path in dict.fromkeys((*container.requires, *container.group_of))
+                if not _present(root, path)]
+    if engine is not None and container.runtime is not None and container.runtime not in engine.runtimes:
+        missing.append(f"the container runtime {container.runtime}, which the engine lacks "
+                       f"(it has {', '.join(sorted(engine.runtimes)) or 'none'})")
+    if engine is not None and container.cdi_devices and not engine.cdi:
+        missing.append(f"CDI device {container.cdi_devices[0]}, and the engine resolves no CDI devices")
+    return missing
+
+
+def _present(root: Path, path: str) -> bool:
+    return (root / path.lstrip("/")).exists()
