@@ -9,13 +9,14 @@ from typing import TYPE_CHECKING
 
 import click
 
-from updater.errors import FAMILIES, InputError, SealiftError, Unhealthy
+from updater.errors import FAMILIES, DeviceFault, EngineFault, InputError, SealiftError, Unhealthy
 from updater.exits import reports_errors
 from updater.sealed import KEMS
 
 if TYPE_CHECKING:
     from updater.install import Serving
     from updater.profiles import Profile
+    from updater.runtime import EngineFeatures
     from updater.slots import DeviceState
 
 __all__ = ["cli", "main"]
@@ -111,20 +112,37 @@ def enroll(state_dir: Path, site: str, kem: str, profile: str | None, profiles_d
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @reports_errors
 def detect(sysroot: Path, machine: str | None, profiles_dir: Path | None, as_json: bool) -> None:
-    """Which hardware profile this device matches, with the evidence for it."""
-    from updater.detect import Hardware, detect_profile
+    """Which hardware profile this device matches, with the evidence for it, and whether a container can
+    reach its accelerator here: the device nodes and files the profile's container.accelerator names,
+    and its container runtime registered in the engine (not asked with --sysroot). Exits 5 when the
+    accelerator is not usable."""
+    from updater.detect import Hardware, accelerator_check, detect_profile
     from updater.profiles import load_profiles, profile_search_path
 
     known = load_profiles(profile_search_path(extra=[profiles_dir] if profiles_dir else []))
     found = detect_profile(known.values(), Hardware(sysroot, machine=machine))
+    check = accelerator_check(found.profile, root=sysroot, engine=_engine_features() if sysroot == Path("/") else None)
     evidence = [{"rule": str(rule), "proof": proof} for rule, proof in found.evidence]
     if as_json:
-        click.echo(json.dumps({"profile": found.profile.name, "compatible": found.profile.compatible, "evidence": evidence},
-                              indent=2))
-        return
-    click.echo(f"{found.profile.name} ({found.profile.description})")
-    for item in evidence:
-        click.echo(f"  {item['rule']:32} {item['proof']}")
+        click.echo(json.dumps({"profile": found.profile.name, "compatible": found.profile.compatible, "evidence": evidence,
+                               "accelerator": check.to_json()}, indent=2))
+    else:
+        click.echo(f"{found.profile.name} ({found.profile.description})")
+        for item in evidence:
+            click.echo(f"  {item['rule']:32} {item['proof']}")
+        click.echo(f"accelerator: {check}")
+    if check.missing:
+        sys.exit(DeviceFault.exit_code)
+
+
+def _engine_features() -> EngineFeatures | None:
+    """What the engine offers containers, or None when it does not answer (detect says so)."""
+    from updater.docker_runtime import DockerRuntime
+
+    try:
+        return DockerRuntime.connect().features()
+    except EngineFault:
+        return None
 
 
 def _device_profile(profile: str | None, profiles_dir: Path | None) -> Profile:

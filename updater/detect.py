@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from updater.errors import InputError
+from updater.needs import lacking_for
 from updater.profiles import Profile, Rule
+from updater.runtime import EngineFeatures
 
-__all__ = ["Detection", "Hardware", "detect_profile"]
+__all__ = ["AcceleratorCheck", "Detection", "Hardware", "accelerator_check", "detect_profile"]
 
 _MAX_ID_BYTES = 64
 _MAX_DT_BYTES = 64 << 10
@@ -29,6 +31,35 @@ class Detection:
 
     profile: Profile
     evidence: tuple[tuple[Rule, str], ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class AcceleratorCheck:
+    """Whether a container can reach the profile's accelerator here: what is missing, and whether the
+    engine was asked (its runtimes) or not (it did not answer, or the files are another system's)."""
+
+    declared: bool  # the profile says how a container reaches an accelerator
+    missing: tuple[str, ...] = ()
+    engine_checked: bool = False
+
+    def __str__(self) -> str:
+        if not self.declared:
+            return "none declared by the profile"
+        if self.missing:
+            return "not usable: needs " + "; ".join(self.missing)
+        return "usable" + ("" if self.engine_checked else " (the engine was not asked for its runtimes)")
+
+    def to_json(self) -> dict[str, object]:
+        return {"declared": self.declared, "usable": self.declared and not self.missing, "missing": list(self.missing),
+                "engine_checked": self.engine_checked}
+
+
+def accelerator_check(profile: Profile, *, root: Path, engine: EngineFeatures | None) -> AcceleratorCheck:
+    """Whether what ``profile``'s ``container.accelerator`` names is present under ``root`` (and in ``engine``)."""
+    if profile.access is None:
+        return AcceleratorCheck(declared=False)
+    missing = lacking_for(profile.access.as_container(), engine=engine, root=root)
+    return AcceleratorCheck(declared=True, missing=tuple(missing), engine_checked=engine is not None)
 
 
 class Hardware:

@@ -26,10 +26,11 @@ def lacking(app: App, *, engine: EngineFeatures | None, root: Path = Path("/")) 
 
 def lacking_for(container: Container, *, engine: EngineFeatures | None, root: Path = Path("/")) -> list[str]:
     """What ``container`` needs that the device (its files under ``root``, and ``engine`` when known) lacks."""
-    missing = [f"device {device}, which is absent" for device in container.devices
-               if not any(_present(root, path) for path in device.host)]
+    absent = [device for device in container.devices if not any(_present(root, path) for path in device.host)]
+    named = {path for device in absent for path in device.host}
+    missing = [f"device {device}, which is absent" for device in absent]
     missing += [f"{path}, which is absent" for path in dict.fromkeys((*container.requires, *container.group_of))
-                if not _present(root, path)]
+                if path not in named and not _present(root, path)]
     if engine is not None and container.runtime is not None and container.runtime not in engine.runtimes:
         missing.append(f"the container runtime {container.runtime}, which the engine lacks "
                        f"(it has {', '.join(sorted(engine.runtimes)) or 'none'})")

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from updater.detect import Hardware, detect_profile
+from updater.detect import Hardware, accelerator_check, detect_profile
 from updater.errors import InputError
 from updater.profiles import builtin_profile_dir, load_profiles
+from updater.runtime import EngineFeatures
 
 ROOTS = Path(__file__).resolve().parent.parent / "assets" / "sysfs"
 PROFILES = load_profiles([builtin_profile_dir()])
@@ -68,3 +69,37 @@ def test_detect_command() -> None:
     none = subprocess.run([sys.executable, "-c", code, "detect", "--sysroot", str(ROOTS / "rpi5-bare"), "--machine", "aarch64"],
                           capture_output=True, text=True, check=False)
     assert none.returncode == InputError.exit_code and "no hardware profile matches" in none.stderr and "Traceback" not in none.stderr
+
+
+@pytest.mark.parametrize(("root", "machine", "missing"), [
+    ("x86-rtx4090", "x86_64", []),
+    ("x86-meteor-lake-npu", "x86_64", []),
+    ("jetson-orin-nx", "aarch64", []),
+    ("rpi5-hailo8", "aarch64", []),
+    ("arm64-coral-usb", "aarch64", []),
+    ("rpi5-hailo8-and-coral", "aarch64", ["device /dev/hailo0, which is absent"]),
+], ids=lambda v: v if isinstance(v, str) else None)
+def test_the_accelerator_is_usable_where_its_nodes_are(root: str, machine: str, missing: list[str]) -> None:
+    found = detect_profile(PROFILES.values(), Hardware(ROOTS / root, machine=machine))
+    check = accelerator_check(found.profile, root=ROOTS / root, engine=None)
+    assert check.declared and list(check.missing) == missing and not check.engine_checked
+
+
+def test_the_accelerator_check_asks_the_engine_for_the_runtime() -> None:
+    jetson = PROFILES["jetson-orin"]
+    without = accelerator_check(jetson, root=ROOTS / "jetson-orin-nx", engine=EngineFeatures(runtimes=frozenset({"runc"})))
+    assert without.missing == ("the container runtime nvidia, which the engine lacks (it has runc)",)
+    with_it = accelerator_check(jetson, root=ROOTS / "jetson-orin-nx", engine=EngineFeatures(runtimes=frozenset({"runc", "nvidia"})))
+    assert not with_it.missing and with_it.engine_checked and str(with_it) == "usable"
+    assert str(accelerator_check(PROFILES["x86_64-cpu"], root=ROOTS / "x86-plain", engine=None)) == "none declared by the profile"
+
+
+def test_detect_exits_5_naming_what_the_accelerator_lacks() -> None:
+    done = subprocess.run([sys.executable, "-c", "from updater.cli import main; main()", "detect", "--sysroot",
+                           str(ROOTS / "rpi5-hailo8-and-coral"), "--machine", "aarch64", "--json"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 5, done.stderr
+    report = json.loads(done.stdout)
+    assert report["profile"] == "rpi5-hailo8"
+    assert report["accelerator"] == {"declared": True, "usable": False, "missing": ["device /dev/hailo0, which is absent"],
+                                     "engine_checked": False}
