@@ -88,17 +88,24 @@ def build(spec: Path, profiles: tuple[str, ...], out: Path, fmt: str, plain_http
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @reports_errors
 def inspect(bundle: Path, as_json: bool) -> None:
-    """Show what BUNDLE holds: identity, profile, and each component's size and digest.
+    """Show what BUNDLE holds: identity, profile, each component's size and digest, and how each
+    service's container runs on its profile (the accelerator it reaches, limits, logs).
 
     Every blob is checked on the way, so what is shown is what the device would get.
     """
     from updater.bundle import check_bundle
 
     report = check_bundle(bundle)
+    services = report.bundle.descriptor.app.services
     if as_json:
-        click.echo(json.dumps({**report.bundle.to_json(), "problems": list(report.problems)}, indent=2))
+        click.echo(json.dumps({**report.bundle.to_json(), "services": {s.name: s.to_data() for s in services},
+                               "problems": list(report.problems)}, indent=2))
     else:
         _print_table(report.bundle)
+        for service in services:
+            click.echo(f"service {service.name} (image {service.image})")
+            for setting, value in service.container.summary():
+                click.echo(f"  {setting:14} {value}")
         for problem in report.problems:
             click.echo(f"problem: {problem}", err=True)
     if report.problems:

@@ -437,7 +437,10 @@ class NetNamespace:
 class DockerEngine:
     """A private dockerd: own data-root, exec-root, socket, bridge and address block.
 
-    ``host`` is the ``unix://`` URL, ``client`` a docker SDK client for it, ``workdir`` the
+    It has stand-ins for the NVIDIA container toolkit: a runtime registered as ``nvidia`` (runc
+    itself), and ``nvidia-container-runtime-hook`` on its PATH, which makes Docker offer its
+    ``nvidia`` device driver (GPU device requests); the hook only records each call in
+    ``nvidia_hook_log``. ``host`` is the ``unix://`` URL, ``client`` a docker SDK client for it, ``workdir`` the
     temp dir holding everything (``root/`` is the data-root), ``startup_s`` how long the
     daemon took to answer. Use ``stop()`` or a ``with`` block.
     """
@@ -466,6 +469,11 @@ class DockerEngine:
     @property
     def data_root(self) -> Path:
         return self.workdir / "root"
+
+    @property
+    def nvidia_hook_log(self) -> Path:
+        """One line per call of the stand-in NVIDIA hook: its arguments."""
+        return self.workdir / "nvidia-hook.log"
 
     @property
     def bridge(self) -> str:
@@ -497,10 +505,16 @@ class DockerEngine:
         # (2) the daemon, in its own session so a Ctrl-C reaches pytest's teardown, not it
         extra_args = self._extra_args
         (self.workdir / "daemon.json").write_text("{}\n")
+        tools = self.workdir / "bin"
+        tools.mkdir(exist_ok=True)
+        hook = tools / "nvidia-container-runtime-hook"  # given the container's state on stdin, as an OCI hook is
+        hook.write_text(f'#!/bin/sh\ncat >/dev/null\necho "$@" >> {self.nvidia_hook_log}\n')
+        hook.chmod(0o755)
         with self.log.open("ab") as log:
             argv = [*self._argv(self._block), *extra_args]
             self._process = subprocess.Popen(
                 self.netns.command(argv) if self.netns else argv,
+                env={**os.environ, "PATH": f"{tools}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}"},
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -524,6 +538,7 @@ class DockerEngine:
             "--iptables=false",
             "--ip-forward=false",
             "--userland-proxy=true",
+            "--add-runtime=nvidia=runc",
         ]
 
     def _alive(self) -> bool:

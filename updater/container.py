@@ -221,6 +221,33 @@ class Container:
         }
         return {key: value for key, value in data.items() if value not in (None, [], {})}
 
+    def summary(self) -> list[tuple[str, str]]:
+        """What the engine is asked for this container, as (setting, value) pairs for people to read."""
+        limits = self.limits
+        rows = [
+            ("runtime", self.runtime or ""),
+            *(("device request", _request_text(r)) for r in self.device_requests),
+            *(("device", f"{d} at {d.target or 'the same path'} ({d.permissions})") for d in self.devices),
+            *(("CDI device", name) for name in self.cdi_devices),
+            ("groups", ", ".join([*self.group_add, *(f"the group of {p}" for p in self.group_of)])),
+            ("requires", ", ".join(self.requires)),
+            ("accelerator", f"{self.accelerator} (not resolved for a profile)" if self.accelerator else ""),
+            ("user", self.user or ""),
+            ("limits", ", ".join(part for part in (
+                f"{limits.cpus:g} CPU" + ("" if limits.cpus == 1 else "s") if limits.cpus is not None else "",
+                f"memory {_mib(limits.memory)}" if limits.memory is not None else "",
+                f"{limits.pids} processes" if limits.pids is not None else "",
+                f"memory reserved {_mib(limits.memory_reservation)}" if limits.memory_reservation is not None else "") if part)),
+            ("logs", "none kept" if self.logging.driver == "none" else
+             f"{self.logging.driver}, rotated at {_mib(self.logging.max_size)}, {self.logging.max_file} files"),
+            ("network", "the host's" if self.host_network else ""),
+            ("privileged", "yes" if self.privileged else ""),
+            ("capabilities", " ".join([*(f"+{c}" for c in self.cap_add), *(f"-{c}" for c in self.cap_drop)])),
+            ("restart", self.restart),
+            ("stop", f"{self.stop_signal or 'SIGTERM'}, killed {self.stop_grace_period or 10:g}s later"),
+        ]
+        return [(name, value) for name, value in rows if value]
+
     def with_access(self, access: Access) -> Container:
         """This container with what ``access`` says reaches an accelerator added (the shorthand resolved)."""
         return replace(
@@ -606,6 +633,16 @@ def _deploy_data(limits: Limits, requests: tuple[DeviceRequest, ...]) -> dict[st
     reserve = {"memory": limits.memory_reservation, "devices": [r.to_data() for r in requests] or None}
     resources = {k: v for k, v in (("limits", _present(limit)), ("reservations", _present(reserve))) if v}
     return {"resources": resources} if resources else None
+
+
+def _request_text(request: DeviceRequest) -> str:
+    which = ", ".join(request.device_ids) if request.device_ids else "all" if request.count == -1 else str(request.count)
+    return f"{which} from {request.driver or 'any driver'} with {', '.join(request.capabilities)}"
+
+
+def _mib(size: int | None) -> str:
+    value = (size or 0) / (1 << 20)
+    return f"{value:g} MiB" if value >= 1 else f"{(size or 0) >> 10} KiB"
 
 
 def _present(data: dict[str, Any]) -> dict[str, Any]:
