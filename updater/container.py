@@ -295,7 +295,7 @@ def parse_container(f: dict[str, Field], *, any_device_path: bool = False) -> Co
     limits = _legacy_limits(f, limits)
     wants, requires = _parse_extension(f["x-sealift"]) if "x-sealift" in f else (None, ())
     return Container(
-        user=f["user"].scalar_string() if "user" in f else None,
+        user=_user(f["user"]) if "user" in f else None,
         group_add=group_add,
         group_of=group_of,
         devices=devices,
@@ -360,20 +360,20 @@ def _parse_devices(field: Field, where: re.Pattern[str]) -> tuple[tuple[Device, 
 
 def _device(field: Field, where: re.Pattern[str]) -> Device:
     """``HOST[:CONTAINER[:PERMISSIONS]]``, or ``{one_of: [HOST, ...], permissions: rw}``."""
-    inside = "under /dev" if where is _DEV else "absolute"
+    path = "a device path under /dev" if where is _DEV else "an absolute device path"
     if isinstance(field.value, dict):
         f = field.mapping(required=("one_of",), optional=("permissions",))
         hosts = _paths(f["one_of"], where)
         if len(hosts) < 2:
-            f["one_of"].fail(f"two or more device paths {inside}")
+            f["one_of"].fail("two or more device paths")
         permissions = f["permissions"].string(pattern=_PERMISSIONS, what="cgroup permissions such as rw or rwm") \
             if "permissions" in f else "rwm"
         return Device(host=hosts, permissions=permissions)
-    text = field.string(what=f"HOST_PATH[:CONTAINER_PATH[:PERMISSIONS]] with a host path {inside}, or a CDI name")
+    text = field.string(what=f"{path} (HOST_PATH[:CONTAINER_PATH[:PERMISSIONS]]), or a CDI name")
     host, _, rest = text.partition(":")
     target, _, permissions = rest.partition(":")
     if not where.fullmatch(host) or "/../" in f"{host}/":
-        field.fail(f"a device path {inside} (HOST_PATH[:CONTAINER_PATH[:PERMISSIONS]]), or a CDI name such as nvidia.com/gpu=all")
+        field.fail(f"{path} (HOST_PATH[:CONTAINER_PATH[:PERMISSIONS]]), or a CDI name such as nvidia.com/gpu=all")
     if target and (not _DEV.fullmatch(target) or "/../" in f"{target}/"):
         field.fail("a container path under /dev")
     if permissions and not _PERMISSIONS.fullmatch(permissions):
@@ -382,11 +382,11 @@ def _device(field: Field, where: re.Pattern[str]) -> Device:
 
 
 def _paths(field: Field, where: re.Pattern[str]) -> tuple[str, ...]:
-    inside = "under /dev" if where is _DEV else "absolute"
-    paths = field.string_list(pattern=where, what=f"a path {inside}")
+    what = "a path under /dev" if where is _DEV else "an absolute path"
+    paths = field.string_list(pattern=where, what=what)
     for item, path in zip(field.items() if isinstance(field.value, list) else [field], paths, strict=True):
         if "/../" in f"{path}/":
-            item.fail(f"a path {inside} without '..'")
+            item.fail(f"{what} without '..'")
     return paths
 
 
@@ -576,6 +576,13 @@ def _restart(field: Field) -> str:
                           "(always, unless-stopped or on-failure[:N])")
     if not _RESTART.fullmatch(text):
         field.fail("always, unless-stopped or on-failure[:N]")
+    return text
+
+
+def _user(field: Field) -> str:
+    text = field.scalar_string()
+    if not _USER.fullmatch(text):
+        field.fail("a user name or number, optionally :GROUP")
     return text
 
 

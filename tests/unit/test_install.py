@@ -14,7 +14,7 @@ from bundler.spec import load_spec
 from tests.builders import HEALTH_AND_SECRETS, SPEC, project, signed
 from tests.fakes import FakeEngine
 from updater.bundle import check_bundle, verify_bundle
-from updater.errors import Conflict, EngineFault, Refused
+from updater.errors import Conflict, DeviceFault, EngineFault, Refused
 from updater.install import Installer, images_of
 from updater.layout import open_layout
 from updater.profiles import builtin_profile_dir, load_profiles
@@ -305,3 +305,18 @@ def test_a_release_marked_failed_by_a_recovery_cut_short_stays_failed_when_recov
     state = installer.recover()
     key = check_bundle(bundles["1.1.0"]).bundle.digest
     assert key in state.failed and state.interrupted == {} and "marked failed" in state.reason and state.fault == "unhealthy"
+
+
+def test_a_release_whose_runtime_the_engine_lacks_is_refused_before_the_switch(tmp_path: Path) -> None:
+    spec_path = project(tmp_path / "src", spec=QUICK.replace("      image: app\n", "      image: app\n      runtime: nvidia\n"))
+    spec = load_spec(spec_path)
+    (b,) = build_bundles(spec, select_profiles(spec, PROFILES, (CPU.name,)), BuildOptions(out=tmp_path / "out", epoch=0))
+    TrustedState(tmp_path / "state").init(signed([b.path], tmp_path / "signing"))
+    engine = FakeEngine(runtimes=("runc",))
+    with pytest.raises(DeviceFault, match=r"demo 1\.2\.0 for x86_64-cpu needs what this device lacks: service app needs the "
+                                          r"container runtime nvidia, which the engine lacks \(it has runc\)"):
+        Installer(state_dir=tmp_path / "state", runtime=engine, profile=CPU).install(b.path)
+    assert not engine.tags and not engine.running  # nothing loaded, nothing started
+    assert Slots(tmp_path / "state").load().fault == "device"
+    with_runtime = FakeEngine(runtimes=("runc", "nvidia"))
+    assert Installer(state_dir=tmp_path / "state", runtime=with_runtime, profile=CPU).install(b.path).committed

@@ -50,8 +50,18 @@ def test_user_directory_adds_and_replaces_profiles(tmp_path: Path) -> None:
          "detect.any[0].file: expected an absolute path"),
         ("name: p\nplatform: {os: linux, architecture: amd64}\ncompatible: c\ndetect: {any: [{file: /a, pci: '10de:*'}]}\n",
          "detect.any[0]: expected one rule"),
+        ("name: p\nplatform: {os: linux, architecture: amd64}\ncompatible: c\ncontainer: {accelerator: {}}\n",
+         "container.accelerator: expected at least one of runtime, devices, device_requests, group_add"),
+        ("name: p\nplatform: {os: linux, architecture: amd64}\ncompatible: c\ncontainer: {accelerator: {devices: [dev/x]}}\n",
+         "container.accelerator.devices[0]: expected an absolute device path"),
+        ("name: p\nplatform: {os: linux, architecture: amd64}\ncompatible: c\n"
+         "container: {accelerator: {device_requests: [{capabilities: [fpga]}]}}\n",
+         "container.accelerator.device_requests[0].capabilities[0]: expected a device capability"),
+        ("name: p\nplatform: {os: linux, architecture: amd64}\ncompatible: c\ncontainer: {allow_privileged: yes please}\n",
+         "container.allow_privileged: expected true or false"),
     ],
-    ids=["name-mismatch", "bad-os", "bad-arch", "no-compatible", "bad-pci", "relative-file", "two-rules"],
+    ids=["name-mismatch", "bad-os", "bad-arch", "no-compatible", "bad-pci", "relative-file", "two-rules", "empty-access",
+         "relative-device", "unknown-capability", "privileged-word"],
 )
 def test_bad_profile_is_refused_naming_the_field(tmp_path: Path, text: str, message: str) -> None:
     (tmp_path / "p.yaml").write_text(text)
