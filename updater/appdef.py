@@ -262,6 +262,20 @@ _REFUSED = {
     "device_cgroup_rules": "name the device nodes in `devices` instead",
     "scale": "one container per service",
     "profiles": "a release starts all its services",
+    "gpus": "ask in Compose's long form (deploy.resources.reservations.devices) or with x-sealift: {accelerator: ...}",
+    "configs": "a bundle's configs are mounted with `volumes: [CONFIG:/path]`",
+    "hostname": "a service's host name is its service name",
+    "expose": "services on a release's networks reach each other's ports without it",
+    "extends": "write each service in full: a bundle's descriptor holds what runs",
+    "pull_policy": "images arrive in the bundle, never pulled",
+    "tty": "a service runs unattended",
+    "stdin_open": "a service runs unattended",
+    "cpu_shares": "`cpus` (or deploy.resources.limits.cpus) says what a service may use",
+    "cpu_quota": "`cpus` (or deploy.resources.limits.cpus) says what a service may use",
+    "cpuset": "`cpus` (or deploy.resources.limits.cpus) says what a service may use",
+    "memswap_limit": "`mem_limit` (or deploy.resources.limits.memory) says what a service may use",
+    "oom_kill_disable": "a service over its memory limit must not hang the device",
+    "dns": "the engine's resolver serves the release's networks",
 }
 
 

@@ -4,6 +4,7 @@ one line naming the file and the field."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -132,7 +133,8 @@ BAD = [
     ("count-and-ids", "deploy: {resources: {reservations: {devices: [{capabilities: [gpu], count: 1, device_ids: ['0']}]}}}",
      "reservations.devices[0].count: count and device_ids exclude each other"),
     ("refused-field", "build: .", "services.app.build: is not supported: a bundle carries built images"),
-    ("unknown-field", "gpus: all", "services.app.gpus: unknown field"),
+    ("gpus", "gpus: all", "services.app.gpus: is not supported: ask in Compose's long form"),
+    ("unknown-field", "colour: blue", "services.app.colour: unknown field (expected one of:"),
     ("accelerator-word", "x-sealift: {accelerator: maybe}", "services.app.x-sealift.accelerator: expected required or preferred"),
     ("user", "user: 'root; rm -rf /'", "services.app.user: expected a user name or number"),
 ]
@@ -200,3 +202,20 @@ def test_sealift_build_stops_before_writing_anything(tmp_path: Path) -> None:
     assert done.returncode == InputError.exit_code and "Traceback" not in done.stderr
     assert "x-sealift.accelerator: profile x86_64-cpu has no accelerator" in done.stderr
     assert not [p for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")]
+
+
+def test_inspect_shows_each_services_resolved_settings(tmp_path: Path) -> None:
+    from bundler.build import BuildOptions, build_bundles, select_profiles
+
+    spec = loaded(tmp_path / "src", "x-sealift: {accelerator: preferred}\nmem_limit: 512m\n")
+    (built,) = build_bundles(spec, select_profiles(spec, PROFILES, ("x86_64-nvidia",)), BuildOptions(out=tmp_path / "out", epoch=0))
+    run = [sys.executable, "-c", "from bundler.cli import main; main()", "inspect", str(built.path)]
+    shown = subprocess.run([*run, "--json"], capture_output=True, text=True, timeout=120, check=True)
+    service = json.loads(shown.stdout)["services"]["app"]
+    assert service["deploy"] == {"resources": {"limits": {"memory": 512 << 20},
+                                               "reservations": {"devices": [{"capabilities": ["gpu"], "driver": "nvidia",
+                                                                             "count": "all"}]}}}
+    assert service["x-sealift"] == {"requires": ["/dev/nvidiactl"]} and "accelerator" not in service["x-sealift"]
+    text = subprocess.run(run, capture_output=True, text=True, timeout=120, check=True).stdout
+    assert "service app (image app)" in text and "device request all from nvidia with gpu" in text
+    assert "requires       /dev/nvidiactl" in text and "logs           json-file, rotated at 10 MiB, 3 files" in text
