@@ -38,9 +38,11 @@ def _container(spec: Spec, service: Service, profile: Profile) -> Container:
         raise InputError(f"{where}.deploy.resources.reservations.devices: profile {profile.name} has no accelerator "
                          "that answers a GPU device request; `x-sealift: {accelerator: required}` asks for what each "
                          "profile has")
-    if container.cdi_devices and not profile.accelerators:
-        raise InputError(f"{where}.devices: {container.cdi_devices[0]} is a CDI device, and profile {profile.name} "
-                         "has no accelerator")
+    vendors = {a.vendor for a in profile.accelerators}
+    for name in container.cdi_devices:  # nvidia.com/gpu=all: a device of the vendor nvidia
+        if name.split("/")[0].split(".")[0] not in vendors:
+            raise InputError(f"{where}.devices: {name} is a CDI device, and profile {profile.name} has no accelerator "
+                             f"of that vendor ({', '.join(sorted(vendors)) or 'none'})")
     if container.accelerator is None:
         return container
     if access is None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from updater.container import CONTAINER_FIELDS, Container, parse_container
 from updater.names import ENV_NAME, NAME
-from updater.yamlfile import Field, check_known
+from updater.yamlfile import Field, check_known, format_duration
 
 __all__ = [
     "App",
@@ -98,10 +98,10 @@ class ContainerHealthcheck:
     def to_data(self) -> dict[str, Any]:
         return {
             "test": list(self.test),
-            "interval": f"{self.interval:g}s",
-            "timeout": f"{self.timeout:g}s",
+            "interval": format_duration(self.interval),
+            "timeout": format_duration(self.timeout),
             "retries": self.retries,
-            "start_period": f"{self.start_period:g}s",
+            "start_period": format_duration(self.start_period),
         }
 
 
@@ -191,7 +191,7 @@ class Check:
             data["command"] = list(self.command)
         for key in ("max_latency", "deadline"):
             if (value := getattr(self, key)) is not None:
-                data[key] = f"{value:g}s"
+                data[key] = format_duration(value)
         return data
 
 
@@ -205,8 +205,8 @@ class HealthPolicy:
 
     def to_data(self) -> dict[str, Any]:
         return {
-            "deadline": f"{self.deadline:g}s",
-            "stabilisation": f"{self.stabilisation:g}s",
+            "deadline": format_duration(self.deadline),
+            "stabilisation": format_duration(self.stabilisation),
             "checks": [c.to_data() for c in self.checks],
         }
 
@@ -298,7 +298,7 @@ def _parse_service(
         for key in ("ports", "networks"):
             if key in f:
                 raise f[key].error("means nothing with network_mode host: the service binds its ports on the host itself")
-    return Service(
+    service = Service(
         name=name,
         image=check_known(f["image"], images, what="image (an `images` entry)"),
         command=_parse_command(f["command"]) if "command" in f else None,
@@ -311,6 +311,11 @@ def _parse_service(
         secrets=_parse_secrets(f["secrets"], secrets) if "secrets" in f else (),
         container=container,
     )
+    mounted = {*(m.target for m in service.volumes), *(f"/run/secrets/{m.target}" for m in service.secrets)}
+    for path, _ in container.tmpfs:
+        if path in mounted:
+            raise f["tmpfs"].error(f"{path} is also where a volume or secret is mounted")
+    return service
 
 
 def _parse_secrets(field: Field, declared: tuple[str, ...]) -> tuple[SecretMount, ...]:

@@ -16,13 +16,14 @@ on USB or PCIe and an NPU's ``render`` group has a different number on every hos
 from __future__ import annotations
 
 import ipaddress
+import posixpath
 import re
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from updater.yamlfile import Field
+from updater.yamlfile import Field, format_duration
 
 __all__ = [
     "ACCELERATOR_WANTS",
@@ -62,12 +63,32 @@ _LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,127}")
 _HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 _CAPABILITY = re.compile(r"(?:CAP_)?([A-Z_]{2,32})")
 
-# Docker's default capabilities, plus those edge services commonly need and that do not reach
-# beyond the container (locking memory for DMA buffers, real-time priorities for a control loop)
+# Docker's default capabilities, plus locking memory (inference runtimes pin DMA buffers), which
+# the memory limit still bounds. Not SYS_NICE: real-time threads escape the CPU limit and can
+# starve the device, the updater included.
 SAFE_CAPABILITIES = frozenset({
     "AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD", "NET_BIND_SERVICE", "NET_RAW",
-    "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT", "IPC_LOCK", "SYS_NICE",
+    "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT", "IPC_LOCK",
 })
+# every capability Linux has, for cap_drop (an unknown name is refused by the engine)
+_CAPABILITIES = SAFE_CAPABILITIES | {
+    "AUDIT_CONTROL", "AUDIT_READ", "BLOCK_SUSPEND", "BPF", "CHECKPOINT_RESTORE", "DAC_READ_SEARCH", "IPC_OWNER", "LEASE",
+    "LINUX_IMMUTABLE", "MAC_ADMIN", "MAC_OVERRIDE", "NET_ADMIN", "NET_BROADCAST", "PERFMON", "SYSLOG", "SYS_ADMIN",
+    "SYS_BOOT", "SYS_MODULE", "SYS_NICE", "SYS_PACCT", "SYS_PTRACE", "SYS_RAWIO", "SYS_RESOURCE", "SYS_TIME",
+    "SYS_TTY_CONFIG", "WAKE_ALARM", "ALL",
+}
+# device nodes that reach the device's disks, memory or kernel log: refused in a Compose file
+_HOST_NODES = re.compile(
+    r"/dev(?:/(?:mem|kmem|port|kmsg|mapper|disk|block|char|cpu|(?:sd|hd|vd|xvd)[a-z]+\d*|nvme\d.*|mmcblk\d.*|loop.*|dm-\d+"
+    r"|md\d*|sr\d+|nbd\d+|zram\d+|ram\d+)(?:/.*)?)?"
+)
+_SIGNALS = frozenset({
+    "SIGABRT", "SIGALRM", "SIGBUS", "SIGCHLD", "SIGCONT", "SIGFPE", "SIGHUP", "SIGILL", "SIGINT", "SIGIO", "SIGKILL",
+    "SIGPIPE", "SIGPROF", "SIGPWR", "SIGQUIT", "SIGSEGV", "SIGSTKFLT", "SIGSTOP", "SIGSYS", "SIGTERM", "SIGTRAP",
+    "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGURG", "SIGUSR1", "SIGUSR2", "SIGVTALRM", "SIGWINCH", "SIGXCPU", "SIGXFSZ",
+    "SIGRTMIN", "SIGRTMAX",
+})
+_MIN_MEMORY = 6 << 20  # the engine refuses a smaller memory limit
 # the namespaced sysctls that cannot change the host (Kubernetes' safe set, and the IPC ones)
 _SAFE_SYSCTLS = re.compile(
     r"kernel\.(?:shm_rmid_forced|shmall|shmmax|shmmni|msgmax|msgmnb|msgmni|sem)"
@@ -100,7 +121,7 @@ class Device:
             return data | ({"permissions": self.permissions} if self.permissions != "rwm" else {})
         parts = [self.host[0]]
         if self.target is not None or self.permissions != "rwm":
-            parts.append(self.target or self.host[0])
+            parts.append(self.target or "")
         if self.permissions != "rwm":
             parts.append(self.permissions)
         return ":".join(parts)
@@ -212,14 +233,15 @@ class Container:
             "extra_hosts": [f"{name}={address}" for name, address in self.extra_hosts],
             "restart": self.restart if self.restart != "unless-stopped" else None,
             "stop_signal": self.stop_signal,
-            "stop_grace_period": f"{self.stop_grace_period:g}s" if self.stop_grace_period is not None else None,
+            "stop_grace_period": format_duration(self.stop_grace_period) if self.stop_grace_period is not None else None,
             "logging": self.logging.to_data() if self.logging != DEFAULT_LOGGING else None,
             "network_mode": "host" if self.host_network else None,
             "sysctls": dict(self.sysctls),
             "privileged": self.privileged or None,
             "x-sealift": {k: v for k, v in (("accelerator", self.accelerator), ("requires", list(self.requires))) if v} or None,
         }
-        return {key: value for key, value in data.items() if value not in (None, [], {})}
+        kept = {key: value for key, value in data.items() if value not in (None, [], {})}
+        return kept | ({"entrypoint": []} if self.entrypoint == () else {})  # an empty one clears the image's
 
     def summary(self) -> list[tuple[str, str]]:
         """What the engine is asked for this container, as (setting, value) pairs for people to read."""
@@ -287,12 +309,14 @@ def parse_container(f: dict[str, Field], *, any_device_path: bool = False) -> Co
     Device nodes must be under ``/dev`` unless ``any_device_path`` (a descriptor, which carries what a
     profile named)."""
     device_paths = _ABSOLUTE if any_device_path else _DEV
-    network = f["network_mode"].string(pattern=re.compile("host|bridge"), what='"host" or "bridge"') if "network_mode" in f else None
-    host_network = network == "host"
+    host_network = f["network_mode"].string(pattern=re.compile("host"), what='"host" (a release\'s own networks are the default)') \
+        == "host" if "network_mode" in f else False
     devices, cdi = _parse_devices(f["devices"], device_paths) if "devices" in f else ((), ())
     group_add, group_of = _parse_groups(f["group_add"], device_paths) if "group_add" in f else ((), ())
     limits, requests = _parse_deploy(f["deploy"]) if "deploy" in f else (Limits(), ())
     limits = _legacy_limits(f, limits)
+    if limits.memory is not None and limits.memory_reservation is not None and limits.memory_reservation > limits.memory:
+        raise (f.get("mem_reservation") or f["deploy"]).error("reserves more memory than the limit allows")
     wants, requires = _parse_extension(f["x-sealift"]) if "x-sealift" in f else (None, ())
     return Container(
         user=_user(f["user"]) if "user" in f else None,
@@ -306,7 +330,7 @@ def parse_container(f: dict[str, Field], *, any_device_path: bool = False) -> Co
         shm_size=_bytes(f["shm_size"]) if "shm_size" in f else None,
         ulimits=_parse_ulimits(f["ulimits"]) if "ulimits" in f else (),
         cap_add=_capabilities(f["cap_add"], allowed=SAFE_CAPABILITIES) if "cap_add" in f else (),
-        cap_drop=_capabilities(f["cap_drop"], allowed=None) if "cap_drop" in f else (),
+        cap_drop=_capabilities(f["cap_drop"], allowed=_CAPABILITIES) if "cap_drop" in f else (),
         security_opt=tuple(_security_opt(item) for item in f["security_opt"].items()) if "security_opt" in f else (),
         read_only=f["read_only"].boolean() if "read_only" in f else False,
         tmpfs=_parse_tmpfs(f["tmpfs"]) if "tmpfs" in f else (),
@@ -372,9 +396,12 @@ def _device(field: Field, where: re.Pattern[str]) -> Device:
     text = field.string(what=f"{path} (HOST_PATH[:CONTAINER_PATH[:PERMISSIONS]]), or a CDI name")
     host, _, rest = text.partition(":")
     target, _, permissions = rest.partition(":")
-    if not where.fullmatch(host) or "/../" in f"{host}/":
+    if where is _DEV and _HOST_NODES.fullmatch(posixpath.normpath(host)):
+        raise field.error(f"{host} reaches the device's disks, memory or kernel log: a service that needs it must be "
+                          "privileged, which the spec and the profile must allow")
+    if not where.fullmatch(host) or posixpath.normpath(host) != host:
         field.fail(f"{path} (HOST_PATH[:CONTAINER_PATH[:PERMISSIONS]]), or a CDI name such as nvidia.com/gpu=all")
-    if target and (not _DEV.fullmatch(target) or "/../" in f"{target}/"):
+    if target and (not _DEV.fullmatch(target) or posixpath.normpath(target) != target):
         field.fail("a container path under /dev")
     if permissions and not _PERMISSIONS.fullmatch(permissions):
         field.fail("cgroup permissions such as rw or rwm")
@@ -385,8 +412,10 @@ def _paths(field: Field, where: re.Pattern[str]) -> tuple[str, ...]:
     what = "a path under /dev" if where is _DEV else "an absolute path"
     paths = field.string_list(pattern=where, what=what)
     for item, path in zip(field.items() if isinstance(field.value, list) else [field], paths, strict=True):
-        if "/../" in f"{path}/":
-            item.fail(f"{what} without '..'")
+        if posixpath.normpath(path) != path:
+            item.fail(f"{what}, written plainly (no '.', '..' or '//')")
+        if where is _DEV and _HOST_NODES.fullmatch(path):
+            raise item.error(f"{path} reaches the device's disks, memory or kernel log")
     return paths
 
 
@@ -413,7 +442,7 @@ def _parse_deploy(field: Field) -> tuple[Limits, tuple[DeviceRequest, ...]]:
     reserved = r["reservations"].mapping(optional=("memory", "devices")) if "reservations" in r else {}
     return Limits(
         cpus=_cpus(limits["cpus"]) if "cpus" in limits else None,
-        memory=_bytes(limits["memory"]) if "memory" in limits else None,
+        memory=_memory(limits["memory"]) if "memory" in limits else None,
         pids=limits["pids"].integer(low=1, high=4_194_304) if "pids" in limits else None,
         memory_reservation=_bytes(reserved["memory"]) if "memory" in reserved else None,
     ), tuple(_device_request(item) for item in reserved["devices"].items()) if "devices" in reserved else ()
@@ -422,7 +451,7 @@ def _parse_deploy(field: Field) -> tuple[Limits, tuple[DeviceRequest, ...]]:
 def _legacy_limits(f: dict[str, Field], limits: Limits) -> Limits:
     """``mem_limit``, ``mem_reservation``, ``cpus`` and ``pids_limit``: the same limits in older Compose words."""
     legacy: tuple[tuple[str, str, Callable[[Field], float]], ...] = (
-        ("mem_limit", "memory", _bytes), ("mem_reservation", "memory_reservation", _bytes), ("cpus", "cpus", _cpus),
+        ("mem_limit", "memory", _memory), ("mem_reservation", "memory_reservation", _bytes), ("cpus", "cpus", _cpus),
         ("pids_limit", "pids", lambda x: x.integer(low=1, high=4_194_304)))
     for key, attr, read in legacy:
         if key in f:
@@ -455,10 +484,18 @@ def _bytes(field: Field) -> int:
     value = field.value
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
-    m = _BYTES.fullmatch(value.strip()) if isinstance(value, str) else None
-    if m is None or float(m[1]) <= 0:
+    m = _BYTES.fullmatch(value.strip()) if isinstance(value, str) and len(value) <= 32 else None
+    size = int(float(m[1]) * _BYTE_UNITS[m[2].lower()]) if m is not None else 0
+    if not 0 < size < 1 << 50:
         field.fail('a size in bytes such as 536870912, "512m", "64k" or "1.5g" (units b, k, m, g)')
-    return int(float(m[1]) * _BYTE_UNITS[m[2].lower()])
+    return size
+
+
+def _memory(field: Field) -> int:
+    size = _bytes(field)
+    if size < _MIN_MEMORY:
+        field.fail("a memory limit of at least 6m (the engine's least)")
+    return size
 
 
 def _cpus(field: Field) -> float:
@@ -478,22 +515,24 @@ def _parse_ulimits(field: Field) -> tuple[tuple[str, int, int], ...]:
         if isinstance(sub.value, dict):
             f = sub.mapping(required=("soft", "hard"))
             soft, hard = (f[k].integer(low=-1, high=2**62) for k in ("soft", "hard"))
-            if soft > hard and hard != -1:
-                sub.fail("soft no higher than hard")
+            if hard != -1 and (soft == -1 or soft > hard):
+                sub.fail("soft no higher than hard (-1: unlimited)")
         else:
             soft = hard = sub.integer(low=-1, high=2**62)
         result.append((name, soft, hard))
     return tuple(result)
 
 
-def _capabilities(field: Field, *, allowed: frozenset[str] | None) -> tuple[str, ...]:
+def _capabilities(field: Field, *, allowed: frozenset[str]) -> tuple[str, ...]:
     names = []
     for item in field.items():
         m = _CAPABILITY.fullmatch(item.string(what="a capability such as NET_BIND_SERVICE").upper())
         if m is None:
             item.fail("a capability such as NET_BIND_SERVICE")
         name = m[1]
-        if allowed is not None and name not in allowed:
+        if name not in _CAPABILITIES:
+            item.fail("a Linux capability such as NET_BIND_SERVICE")
+        if name not in allowed:
             raise item.error(f"capability {name} is outside the subset Sealift grants ({', '.join(sorted(allowed))}); "
                              "a service that needs it must be privileged, which the spec and the profile must allow")
         names.append(name)
@@ -514,11 +553,14 @@ def _security_opt(field: Field) -> str:
 
 
 def _parse_tmpfs(field: Field) -> tuple[tuple[str, str], ...]:
-    result = []
+    result: list[tuple[str, str]] = []
     for item in [field] if isinstance(field.value, str) else field.items():
         path, _, options = item.string(what="PATH[:OPTIONS]").partition(":")
-        if not _ABSOLUTE.fullmatch(path) or "/../" in f"{path}/":
-            item.fail("an absolute container path, then :OPTIONS such as size=64m,mode=1777")
+        if not _ABSOLUTE.fullmatch(path) or posixpath.normpath(path) != path or path == "/" \
+                or re.match(r"/(proc|sys|dev)(/|$)", path):
+            item.fail("an absolute container path (not /, /proc, /sys or /dev), then :OPTIONS such as size=64m,mode=1777")
+        if path in (p for p, _ in result):
+            raise item.error(f"{path} is given twice")
         if options and not all(_TMPFS_OPTION.fullmatch(o) for o in options.split(",")):
             item.fail("tmpfs options among size=, mode=, uid=, gid=, noexec, nosuid, nodev, ro, rw")
         result.append((path, options))
@@ -549,8 +591,10 @@ def _pairs(field: Field, *, separators: str, key: re.Pattern[str], what: str) ->
 
 
 def _parse_labels(field: Field) -> tuple[tuple[str, str], ...]:
-    labels = []
+    labels: list[tuple[str, str]] = []
     for name, value, item in _pairs(field, separators="=", key=_LABEL_KEY, what="a label"):
+        if name in dict(labels):
+            raise item.error(f"label {name} is given twice")
         if name.startswith(_RESERVED_LABELS):
             raise item.error(f"label {name} is reserved: the updater labels its containers {_RESERVED_LABELS}*")
         labels.append((name, value))
@@ -588,7 +632,8 @@ def _user(field: Field) -> str:
 
 def _signal(field: Field) -> str:
     text = field.scalar_string()
-    if not _SIGNAL.fullmatch(text):
+    m = _SIGNAL.fullmatch(text)
+    if m is None or (not text.isdigit() and re.sub(r"[+-]\d+$", "", text) not in _SIGNALS) or (text.isdigit() and not 0 < int(text) < 65):
         field.fail("a signal such as SIGTERM, SIGINT or SIGRTMIN+3")
     return text
 
@@ -597,7 +642,7 @@ def _parse_logging(field: Field) -> Logging:
     f = field.mapping(optional=("driver", "options"))
     driver = f["driver"].string(pattern=re.compile("json-file|local|none"), what="json-file, local or none (drivers "
                                 "that keep logs on the device, rotated)") if "driver" in f else "json-file"
-    options = f["options"].mapping(optional=("max-size", "max-file", "compress")) if "options" in f else {}
+    options = f["options"].mapping(optional=("max-size", "max-file")) if "options" in f else {}
     if driver == "none":
         if options:
             raise f["options"].error('mean nothing with driver "none"')
@@ -615,8 +660,10 @@ def _integer_text(field: Field, low: int, high: int) -> int:
 
 
 def _parse_sysctls(field: Field, *, host_network: bool) -> tuple[tuple[str, str], ...]:
-    result = []
+    result: list[tuple[str, str]] = []
     for name, value, item in _pairs(field, separators="=", key=re.compile(r"[a-z0-9_.]{1,64}"), what="a sysctl"):
+        if name in dict(result):
+            raise item.error(f"sysctl {name} is given twice")
         if not _SAFE_SYSCTLS.fullmatch(name):
             raise item.error(f"sysctl {name} is outside the subset Sealift allows (namespaced ones that cannot change "
                              "the host: kernel.shm*, kernel.msg*, kernel.sem, fs.mqueue.*, and some net.ipv4 and net.core)")
@@ -636,7 +683,7 @@ def _parse_extension(field: Field) -> tuple[str | None, tuple[str, ...]]:
 
 
 def _deploy_data(limits: Limits, requests: tuple[DeviceRequest, ...]) -> dict[str, Any] | None:
-    limit = {"cpus": f"{limits.cpus:g}" if limits.cpus is not None else None, "memory": limits.memory, "pids": limits.pids}
+    limit = {"cpus": repr(limits.cpus) if limits.cpus is not None else None, "memory": limits.memory, "pids": limits.pids}
     reserve = {"memory": limits.memory_reservation, "devices": [r.to_data() for r in requests] or None}
     resources = {k: v for k, v in (("limits", _present(limit)), ("reservations", _present(reserve))) if v}
     return {"resources": resources} if resources else None

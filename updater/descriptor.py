@@ -181,4 +181,7 @@ def _definition(data: dict[str, Any], where: str, *, images: tuple[ImageEntry, .
         health = parse_health(Field(Path(where), "descriptor.health", data.get("health")), app=app, configs=config_names)
     except InputError as e:
         raise Refused(str(e)) from e
+    for service in app.services:  # the build resolves it for the bundle's profile; unresolved, it would ask for nothing
+        if service.container.accelerator is not None:
+            raise Refused(f"{where}: descriptor.app.services.{service.name}.x-sealift.accelerator is not resolved for a profile")
     return app, health

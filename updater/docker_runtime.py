@@ -312,7 +312,7 @@ def _host_settings(settings: Container) -> dict[str, Any]:
         "read_only": settings.read_only or None,
         "tmpfs": dict(settings.tmpfs) or None,
         "init": settings.init,
-        "extra_hosts": dict(settings.extra_hosts) or None,
+        "extra_hosts": [f"{name}:{address}" for name, address in settings.extra_hosts] or None,  # a name may have two
         "restart_policy": _restart_policy(settings.restart),
         "log_config": docker.types.LogConfig(type=log.driver, config={} if log.driver == "none" else
                                              {"max-size": str(log.max_size), "max-file": str(log.max_file)}),

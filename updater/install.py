@@ -155,6 +155,10 @@ class Installer:
                     with_overlay = f" with overlay {release.overlay}" if release.overlay else ""
                     raise Conflict(f"{info.name} {info.version}{with_overlay} failed its health checks before; "
                                    "use --force to try it again")
+                if any(s.container.privileged for s in info.descriptor.app.services) \
+                        and not (self.profile is not None and self.profile.allow_privileged):
+                    raise Refused(f"{info.name} {info.version} runs a privileged container, which this device's profile "
+                                  "does not allow (its container.allow_privileged)")
                 if missing := lacking(info.descriptor.app, engine=self.runtime.features()):
                     raise DeviceFault(f"{info.name} {info.version} for {info.profile} needs what this device lacks: "
                                       f"{'; '.join(missing)}")

@@ -2,13 +2,16 @@
 
 A bundle's descriptor states each service's device nodes (or alternatives), the files its driver
 must have made (``x-sealift.requires``), the device nodes whose group it joins, its container
-runtime and its CDI devices, all resolved from the profile at build time. The installer checks
+runtime, its GPU requests and CDI devices, and its CPU limit, all resolved from the profile at
+build time. The installer checks
 them before the switch, so a release that cannot reach its accelerator here is refused while the
 running one goes on; ``sealift-updater detect`` checks the same for the detected profile.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 from updater.appdef import App
@@ -16,6 +19,8 @@ from updater.container import Container
 from updater.runtime import EngineFeatures
 
 __all__ = ["lacking", "lacking_for"]
+
+_NVIDIA_HOOK = "nvidia-container-runtime-hook"
 
 
 def lacking(app: App, *, engine: EngineFeatures | None, root: Path = Path("/")) -> list[str]:
@@ -36,7 +41,19 @@ def lacking_for(container: Container, *, engine: EngineFeatures | None, root: Pa
                        f"(it has {', '.join(sorted(engine.runtimes)) or 'none'})")
     if engine is not None and container.cdi_devices and not engine.cdi:
         missing.append(f"CDI device {container.cdi_devices[0]}, and the engine resolves no CDI devices")
+    if engine is not None and container.device_requests and not _has_toolkit(engine):
+        missing.append("GPUs from the NVIDIA Container Toolkit, which this device lacks (no nvidia runtime in the engine, "
+                       f"no {_NVIDIA_HOOK} on PATH)")
+    cpus = container.limits.cpus
+    if cpus is not None and cpus > (os.cpu_count() or 1):
+        missing.append(f"{cpus:g} CPUs, and the device has {os.cpu_count() or 1}")
     return missing
+
+
+def _has_toolkit(engine: EngineFeatures) -> bool:
+    """Whether the engine can answer GPU device requests: Docker offers its nvidia driver where the
+    toolkit's hook is installed, and the toolkit registers its runtime (nvidia-ctk runtime configure)."""
+    return "nvidia" in engine.runtimes or shutil.which(_NVIDIA_HOOK) is not None
 
 
 def _present(root: Path, path: str) -> bool:

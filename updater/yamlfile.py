@@ -8,6 +8,7 @@ Every validation error names the file, the field path, what was expected and wha
 
 from __future__ import annotations
 
+import decimal
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -18,15 +19,17 @@ import yaml
 from updater.errors import InputError
 from updater.oci import parse_json
 
-__all__ = ["MAX_FILE_BYTES", "Field", "check_known", "load_json", "load_yaml", "parse_duration"]
+__all__ = ["MAX_FILE_BYTES", "Field", "check_known", "format_duration", "load_json", "load_yaml", "parse_duration"]
 
 MAX_FILE_BYTES = 1 << 20
 MAX_NODES = 100_000
 MAX_DEPTH = 64
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_./:@+-]{1,80}")
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:us|ms|s|m|h))+")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(us|ms|s|m|h)")
+_MAX_SECONDS = 10**9  # about 31 years: longer is a mistake
+_UNITS = {"us": 0.000001, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def load_yaml(path: Path, *, what: str) -> Field:
@@ -100,14 +103,22 @@ def _check_unique_keys(node: yaml.MappingNode, path: Path) -> None:
 
 
 def parse_duration(value: object) -> float | None:
-    """Seconds from ``30``, ``2.5``, ``"500ms"``, ``"30s"``, ``"2m"`` or ``"1h"``; None if malformed."""
+    """Seconds from ``30``, ``2.5``, ``"500ms"``, ``"30s"``, ``"2m"``, ``"1h"`` or Compose's ``"1m30s"``;
+    None if malformed."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        return float(value) if value >= 0 else None
-    if isinstance(value, str) and (m := _DURATION.match(value.strip())):
-        return float(m.group(1)) * _UNITS[m.group(2)]
+        return float(value) if 0 <= value < _MAX_SECONDS else None
+    if isinstance(value, str) and len(value) <= 64 and _DURATION.fullmatch(text := value.strip()):
+        seconds = sum(float(m[1]) * _UNITS[m[2]] for m in _DURATION_PART.finditer(text))
+        return seconds if seconds < _MAX_SECONDS else None
     return None
+
+
+def format_duration(seconds: float) -> str:
+    """``seconds`` as a duration that :func:`parse_duration` reads back to the same value: ``"90s"``, ``"0.25s"``."""
+    text = format(decimal.Decimal(repr(float(seconds))), "f")
+    return (text.rstrip("0").rstrip(".") if "." in text else text) + "s"
 
 
 def _describe(value: object) -> str:

@@ -5,7 +5,8 @@ offers its ``nvidia`` device driver; the device nodes are stand-ins made with ``
 test's own directory, which the test's copies of the shipped profiles name (each copy amd64, so
 its image runs here). One example spec, whose service asks `x-sealift: {accelerator: preferred}`
 and whose second service sets most of the other Compose fields, is built for every profile and
-installed on a device of each; the created containers' settings are checked field by field.
+installed on a device of each; the created containers' settings are checked field by field. A
+third service is on the host's network, where its health check reaches it.
 """
 
 from __future__ import annotations
@@ -62,7 +63,13 @@ CHATTER = """\
     logging:
       driver: json-file
       options: {max-size: 64k, max-file: "2"}
-"""
+  on-host:
+    image: vision
+    network_mode: host
+    environment: {VISION_PORT: "HOST_PORT"}
+    volumes: ["detector:/models/detector.model:ro", "app-config:/etc/vision/app.conf:ro"]
+    healthcheck: {test: ["NONE"]}
+""".replace("HOST_PORT", str(FAST_PORT + 1))
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +114,8 @@ def bundles(profiles: dict[str, Profile], tmp_path_factory: pytest.TempPathFacto
     for relative in ("build/images/vision-app", "models/", "config/", "golden/"):
         text = text.replace(f" {relative}", f" {EXAMPLE_DIR}/{relative}").replace(f":{relative}", f":{EXAMPLE_DIR}/{relative}")
     text = text[:text.index("\nhealth:")] + "\nhealth:\n  deadline: 30s\n  stabilisation: 1s\n  checks:\n" \
-        "    - {name: healthz, type: http, service: vision, port: 8080, path: /healthz}\n"
+        "    - {name: healthz, type: http, service: vision, port: 8080, path: /healthz}\n" \
+        f"    - {{name: on-host, type: http, service: on-host, port: {FAST_PORT + 1}, path: /healthz}}\n"
     built: dict[str, Path] = {}
     out = tmp_path_factory.mktemp("bundles")
     for version, names in (("1.0.0", tuple(profiles)), ("1.0.1", ("rpi5-hailo8",))):
@@ -177,6 +185,8 @@ def test_each_profile_reaches_its_accelerator_with_limits_and_rotated_logs(
 
 
 def check_the_other_fields(engine: DockerEngine) -> None:
+    on_host, _ = host_config(engine, "a", "on-host")  # its check passed on 127.0.0.1, where it listens
+    assert on_host["NetworkMode"] == "host" and not on_host["PortBindings"]
     host, config = host_config(engine, "a", "chatter")
     assert config["Entrypoint"][:2] == ["sh", "-c"] and config["Healthcheck"]["Test"] == ["NONE"]
     assert config["User"] == "1000:1000" and config["WorkingDir"] == "/scratch" and config["Labels"]["site.role"] == "chatter"

@@ -203,6 +203,10 @@ FORGED: list[tuple[str, Callable[[dict], None], str]] = [  # type: ignore[type-a
     ("model-media-type-foreign", lambda d: d["models"][0].update(mediaType="application/x-executable"),
      "has media type 'application/x-executable', not a Sealift model type"),
     ("model-file-as-directory", lambda d: d["models"][0].update(kind="directory"), "not a Sealift model type for a directory"),
+    ("accelerator-unresolved", lambda d: d["app"]["services"]["app"].update({"x-sealift": {"accelerator": "required"}}),
+     "descriptor.app.services.app.x-sealift.accelerator is not resolved for a profile"),
+    ("device-not-plain", lambda d: d["app"]["services"]["app"].update(devices=["/srv/../dev/sda"]),
+     "descriptor.app.services.app.devices[0]: expected an absolute device path"),
 ]
 
 

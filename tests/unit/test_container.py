@@ -53,7 +53,7 @@ deploy:
       devices: [{driver: nvidia, count: 1, capabilities: [gpu, utility]}]
 shm_size: 256m
 ulimits: {nofile: {soft: 1024, hard: 4096}, memlock: -1}
-cap_add: [CAP_SYS_NICE, ipc_lock]
+cap_add: [CAP_NET_RAW, ipc_lock]
 cap_drop: [ALL]
 security_opt: ["no-new-privileges:true", "apparmor=edge-app"]
 read_only: true
@@ -65,7 +65,7 @@ labels: [team=vision, "tier=edge"]
 extra_hosts: {historian.plant: 10.0.0.5, gateway: host-gateway}
 restart: on-failure:3
 stop_signal: SIGINT
-stop_grace_period: 1m
+stop_grace_period: 1m30.5s
 logging: {driver: local, options: {max-size: 5m, max-file: 2}}
 sysctls: [net.core.somaxconn=1024, kernel.shmmax=68719476736]
 x-sealift: {requires: [/dev/nvidiactl]}
@@ -83,19 +83,30 @@ def test_every_supported_field_keeps_its_compose_meaning_and_round_trips(tmp_pat
     assert c.device_requests == (DeviceRequest(capabilities=("gpu", "utility"), driver="nvidia", count=1),)
     assert (c.limits.cpus, c.limits.memory, c.limits.pids, c.limits.memory_reservation) == (1.5, 3 << 29, 100, 64 << 20)
     assert c.shm_size == 256 << 20 and c.ulimits == (("nofile", 1024, 4096), ("memlock", -1, -1))
-    assert (c.cap_add, c.cap_drop) == (("SYS_NICE", "IPC_LOCK"), ("ALL",))
+    assert (c.cap_add, c.cap_drop) == (("NET_RAW", "IPC_LOCK"), ("ALL",))
     assert c.security_opt == ("no-new-privileges:true", "apparmor=edge-app")
     assert c.read_only and c.tmpfs == (("/tmp", "size=64m,mode=1777"),) and c.init is True
     assert c.entrypoint == ("/app/run", "--fast", "two words") and c.working_dir == "/app"
     assert c.labels == (("team", "vision"), ("tier", "edge"))
     assert c.extra_hosts == (("historian.plant", "10.0.0.5"), ("gateway", "host-gateway"))
-    assert (c.restart, c.stop_signal, c.stop_grace_period) == ("on-failure:3", "SIGINT", 60.0)
+    assert (c.restart, c.stop_signal, c.stop_grace_period) == ("on-failure:3", "SIGINT", 90.5)
     assert (c.logging.driver, c.logging.max_size, c.logging.max_file) == ("local", 5 << 20, 2)
     assert c.sysctls == (("net.core.somaxconn", "1024"), ("kernel.shmmax", "68719476736"))
     assert c.requires == ("/dev/nvidiactl",)
     again = parse_app(Field(Path("descriptor"), "app", spec.app.to_data()), images=("app",), mountable=(), secrets=(),
                       any_device_path=True)
     assert again == spec.app
+
+
+@pytest.mark.parametrize("fields", [
+    "entrypoint: []", "devices: ['/dev/video0::r']", "cpus: 1.2345678", "stop_grace_period: 0.1234567s",
+    "stop_grace_period: 300h", "extra_hosts: [plc=10.0.0.1, plc=fd00::1]",
+], ids=["empty-entrypoint", "device-permissions-only", "fine-cpus", "fine-grace", "long-grace", "name-twice"])
+def test_what_the_descriptor_holds_parses_back_the_same(tmp_path: Path, fields: str) -> None:
+    app = loaded(tmp_path, fields).app
+    again = parse_app(Field(Path("descriptor"), "app", app.to_data()), images=("app",), mountable=(), secrets=(),
+                      any_device_path=True)
+    assert again == app and again.services[0].container != Container()
 
 
 def test_defaults_rotate_logs_and_restart_with_the_engine(tmp_path: Path) -> None:
@@ -123,7 +134,7 @@ BAD = [
     ("net-sysctl-on-host", "{network_mode: host, sysctls: {net.core.somaxconn: 1}}",
      "services.app.sysctls.net.core.somaxconn: sysctl net.core.somaxconn would change the host's network"),
     ("ports-on-host", "network_mode: host", "services.app.ports: means nothing with network_mode host"),
-    ("network-mode", "network_mode: container:db", "services.app.network_mode: expected \"host\" or \"bridge\""),
+    ("network-mode", "network_mode: container:db", "services.app.network_mode: expected \"host\" (a release's own"),
     ("log-driver", "logging: {driver: syslog}", "services.app.logging.driver: expected json-file, local or none"),
     ("log-size", "logging: {options: {max-size: big}}", "services.app.logging.options.max-size: expected a size in bytes"),
     ("tmpfs-option", "tmpfs: ['/tmp:exec,suid,size=1m,dev,foo']", "services.app.tmpfs[0]: expected tmpfs options"),
@@ -132,6 +143,25 @@ BAD = [
     ("ulimit", "ulimits: {nofile: {soft: 10, hard: 5}}", "services.app.ulimits.nofile: expected soft no higher than hard"),
     ("count-and-ids", "deploy: {resources: {reservations: {devices: [{capabilities: [gpu], count: 1, device_ids: ['0']}]}}}",
      "reservations.devices[0].count: count and device_ids exclude each other"),
+    ("disk", "devices: [/dev/sda]", "services.app.devices[0]: /dev/sda reaches the device's disks, memory or kernel log"),
+    ("all-of-dev", "devices: [/dev/.]", "services.app.devices[0]: /dev/. reaches the device's disks"),
+    ("memory-node", "devices: ['/dev/mem:/dev/mem']", "services.app.devices[0]: /dev/mem reaches the device's disks"),
+    ("nvme", "devices: [{one_of: [/dev/video0, /dev/nvme0n1]}]", "devices[0].one_of[1]: /dev/nvme0n1 reaches the device's disks"),
+    ("unplain-path", "devices: [/dev//video0]", "services.app.devices[0]: expected a device path under /dev"),
+    ("sys-nice", "cap_add: [SYS_NICE]", "services.app.cap_add[0]: capability SYS_NICE is outside the subset"),
+    ("unknown-cap-drop", "cap_drop: [FOO]", "services.app.cap_drop[0]: expected a Linux capability"),
+    ("signal", "stop_signal: SIGFOO", "services.app.stop_signal: expected a signal such as SIGTERM"),
+    ("tiny-memory", "mem_limit: 1k", "services.app.mem_limit: expected a memory limit of at least 6m"),
+    ("zero-bytes", "shm_size: 0.0001k", "services.app.shm_size: expected a size in bytes"),
+    ("reserve-over-limit", "{mem_limit: 1g, mem_reservation: 2g}", "services.app.mem_reservation: reserves more memory than"),
+    ("unlimited-soft", "ulimits: {nofile: {soft: -1, hard: 100}}", "services.app.ulimits.nofile: expected soft no higher"),
+    ("tmpfs-proc", "tmpfs: [/proc]", "services.app.tmpfs[0]: expected an absolute container path (not /, /proc"),
+    ("tmpfs-twice", "tmpfs: [/a, '/a:size=1m']", "services.app.tmpfs[1]: /a is given twice"),
+    ("tmpfs-on-secret", "{secrets: [api-token], tmpfs: [/run/secrets/api-token]}",
+     "services.app.tmpfs: /run/secrets/api-token is also where a volume or secret is mounted"),
+    ("label-twice", "labels: [a=1, a=2]", "services.app.labels[1]: label a is given twice"),
+    ("bridge", "network_mode: bridge", "services.app.network_mode: expected \"host\""),
+    ("compress", "logging: {options: {compress: 'true'}}", "services.app.logging.options.compress: unknown field"),
     ("refused-field", "build: .", "services.app.build: is not supported: a bundle carries built images"),
     ("gpus", "gpus: all", "services.app.gpus: is not supported: ask in Compose's long form"),
     ("unknown-field", "colour: blue", "services.app.colour: unknown field (expected one of:"),
@@ -177,6 +207,8 @@ def test_one_compose_file_reaches_every_profiles_accelerator(tmp_path: Path, pro
     ("deploy: {resources: {reservations: {devices: [{capabilities: [gpu]}]}}}", "rpi5-hailo8",
      "compose.yaml: services.app.deploy.resources.reservations.devices: profile rpi5-hailo8 has no accelerator that answers"),
     ("devices: [nvidia.com/gpu=all]", "x86_64-cpu", "services.app.devices: nvidia.com/gpu=all is a CDI device, and profile x86_64-cpu"),
+    ("devices: [nvidia.com/gpu=all]", "rpi5-hailo8", "nvidia.com/gpu=all is a CDI device, and profile rpi5-hailo8 has no "
+                                                   "accelerator of that vendor (hailo)"),
     ("privileged: true", "x86_64-nvidia", "services.app.privileged: privileged containers reach every device on the host; set "
                                           "allow_privileged: true in sealift.yaml"),
 ])

@@ -320,3 +320,19 @@ def test_a_release_whose_runtime_the_engine_lacks_is_refused_before_the_switch(t
     assert Slots(tmp_path / "state").load().fault == "device"
     with_runtime = FakeEngine(runtimes=("runc", "nvidia"))
     assert Installer(state_dir=tmp_path / "state", runtime=with_runtime, profile=CPU).install(b.path).committed
+
+
+def test_a_privileged_release_is_refused_where_the_devices_profile_does_not_allow_it(tmp_path: Path) -> None:
+    import dataclasses
+
+    spec_path = project(tmp_path / "src", spec=QUICK.replace("      image: app\n", "      image: app\n      privileged: true\n")
+                        + "allow_privileged: true\n")
+    spec = load_spec(spec_path)
+    allowing = dataclasses.replace(CPU, allow_privileged=True)  # the build machine's profile allows it
+    (b,) = build_bundles(spec, [allowing], BuildOptions(out=tmp_path / "out", epoch=0))
+    TrustedState(tmp_path / "state").init(signed([b.path], tmp_path / "signing"))
+    engine = FakeEngine()
+    with pytest.raises(Refused, match=r"demo 1\.2\.0 runs a privileged container, which this device's profile does not allow"):
+        Installer(state_dir=tmp_path / "state", runtime=engine, profile=CPU).install(b.path)
+    assert not engine.running and not engine.tags
+    assert Installer(state_dir=tmp_path / "state", runtime=engine, profile=allowing).install(b.path).committed
