@@ -175,7 +175,8 @@ def profiles_cmd(spec: Path | None, as_json: bool, profiles_dirs: tuple[Path, ..
     if as_json:
         click.echo(json.dumps([
             {"name": p.name, "platform": str(p.platform), "compatible": p.compatible, "description": p.description,
-             "file": str(p.source)} for p in known.values()
+             "accelerator": p.access.as_container().to_data() if p.access else None, "file": str(p.source)}
+            for p in known.values()
         ], indent=2))
         return
     for p in sorted(known.values(), key=lambda p: p.name):

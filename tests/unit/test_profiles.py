@@ -81,3 +81,15 @@ def test_a_field_name_with_a_line_break_is_named_on_one_line(tmp_path: Path) -> 
     with pytest.raises(InputError) as caught:
         load_profiles([tmp_path])
     assert "['\\n']: unknown field" in caught.value.diagnostics() and "\n" not in caught.value.diagnostics()
+
+
+def test_sealift_profiles_json_says_how_a_container_reaches_each_accelerator() -> None:
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "from bundler.cli import main; main()", "profiles", "--json"],
+                          capture_output=True, text=True, timeout=60, check=True)
+    listed = {p["name"]: p["accelerator"] for p in json.loads(done.stdout)}
+    assert listed["jetson-orin"] == {"runtime": "nvidia"} and listed["x86_64-cpu"] is None
+    assert listed["rpi5-hailo8"] == {"devices": ["/dev/hailo0"], "group_add": [{"group_of": "/dev/hailo0"}]}
