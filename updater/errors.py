@@ -19,7 +19,6 @@ __all__ = [
     "DeliveryError",
     "DeviceFault",
     "EngineFault",
-    "HardwareMissing",
     "InputError",
     "Refused",
     "SealiftError",
@@ -82,11 +81,6 @@ class DeviceFault(SealiftError):
 
     exit_code = 5
     fault = "device"
-
-
-class HardwareMissing(DeviceFault):
-    """The device lacks what a release asks of its hardware (a device node, a driver, a container
-    runtime). A download is kept: once the machine is fixed, the release installs without it."""
 
 
 class EngineFault(SealiftError):

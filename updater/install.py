@@ -20,7 +20,7 @@ from typing import Any
 from updater.artifact import Kind, open_artifact
 from updater.bundle import BundleInfo
 from updater.descriptor import BundleDescriptor
-from updater.errors import Conflict, DeviceFault, HardwareMissing, InputError, Refused, SealiftError
+from updater.errors import Conflict, DeviceFault, InputError, Refused, SealiftError
 from updater.gc import collect_images
 from updater.health import HealthResult, Watched, wait_healthy
 from updater.identity import DeviceIdentity
@@ -160,7 +160,7 @@ class Installer:
                     raise Refused(f"{info.name} {info.version} runs a privileged container, which this device's profile "
                                   "does not allow (its container.allow_privileged)")
                 if missing := lacking(info.descriptor.app, engine=self.runtime.features()):
-                    raise HardwareMissing(f"{info.name} {info.version} for {info.profile} needs what this device lacks: "
+                    raise DeviceFault(f"{info.name} {info.version} for {info.profile} needs what this device lacks: "
                                       f"{'; '.join(missing)}")
                 self.log(f"[2/7] stage into slot {release.slot}")
                 forgotten = self._forget_previous(state, release.slot)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from updater.artifact import Artifact, Kind
 from updater.durable import fsync_dir
-from updater.errors import Conflict, DeliveryError, DeviceFault, EngineFault, HardwareMissing, Refused
+from updater.errors import Conflict, DeliveryError, DeviceFault, EngineFault, Refused
 from updater.locks import exclusive_lock, remove_lock
 from updater.medium import read_medium
 from updater.oci import MAX_JSON_BYTES, Descriptor, check_digest
@@ -39,8 +39,8 @@ class Incoming:
     """A bundle being assembled in the store, under a lock of its own (one writer per bundle);
     ``complete`` makes it a bundle. Use it as a context manager: one that ends in an error is
     removed, unless it is ``resumable`` (a download) and the error neither refuses its content nor is
-    the device's (a full disk): an outage, a busy updater, an engine that does not answer or hardware
-    the release needs and the device lacks (until its driver is installed) leave it to resume."""
+    the device's (a full disk): an outage, a busy updater or an engine that does not answer leave it
+    to resume."""
 
     def __init__(self, store: BundleStore, top: Descriptor, *, resumable: bool) -> None:
         self.store = store
@@ -62,7 +62,7 @@ class Incoming:
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> None:
         try:
-            if error is not None and not (self.resumable and isinstance(error, DeliveryError | Conflict | EngineFault | HardwareMissing)):
+            if error is not None and not (self.resumable and isinstance(error, DeliveryError | Conflict | EngineFault)):
                 shutil.rmtree(self.layout.root, ignore_errors=True)  # refused, the device's fault, or a bug: keep nothing
         finally:
             self._lock.close()

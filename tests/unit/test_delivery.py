@@ -22,7 +22,7 @@ from bundler.export import export
 from bundler.spec import load_spec
 from tests.builders import manifest_digests, offer_of, project, take
 from updater.daemon import Daemon
-from updater.errors import Conflict, ContentMismatch, DeliveryError, DeviceFault, EngineFault, HardwareMissing, InputError, Refused
+from updater.errors import Conflict, ContentMismatch, DeliveryError, DeviceFault, EngineFault, InputError, Refused
 from updater.layout import open_layout
 from updater.medium import check_medium
 from updater.oci import Descriptor
@@ -372,8 +372,7 @@ def test_metadata_of_any_role_name_has_a_registry_tag_and_back() -> None:
     (EngineFault("the Docker engine does not answer"), True),
     (Refused("blob does not match its digest"), False),
     (DeviceFault("the disk is full"), False),
-    (HardwareMissing("service vision needs device /dev/hailo0, which is absent"), True),
-], ids=["outage", "busy", "engine", "refused", "device", "hardware-missing"])
+], ids=["outage", "busy", "engine", "refused", "device"])
 def test_a_download_is_kept_to_resume_unless_its_content_is_refused_or_the_device_failed(
         tmp_path: Path, error: Exception, kept: bool) -> None:
     store = BundleStore(tmp_path / "device")
