@@ -264,15 +264,35 @@ _REFUSED = {
     "profiles": "a release starts all its services",
     "gpus": "ask in Compose's long form (deploy.resources.reservations.devices) or with x-sealift: {accelerator: ...}",
     "configs": "a bundle's configs are mounted with `volumes: [CONFIG:/path]`",
+    "models": "a bundle's models are mounted with `volumes: [MODEL:/path]`",
     "hostname": "a service's host name is its service name",
+    "domainname": "a service's host name is its service name",
+    "mac_address": "the engine gives addresses on the release's networks",
     "expose": "services on a release's networks reach each other's ports without it",
     "extends": "write each service in full: a bundle's descriptor holds what runs",
     "pull_policy": "images arrive in the bundle, never pulled",
     "tty": "a service runs unattended",
     "stdin_open": "a service runs unattended",
-    "cpu_shares": "`cpus` (or deploy.resources.limits.cpus) says what a service may use",
-    "cpu_quota": "`cpus` (or deploy.resources.limits.cpus) says what a service may use",
-    "cpuset": "`cpus` (or deploy.resources.limits.cpus) says what a service may use",
+    "attach": "a service runs unattended",
+    "develop": "a bundle is built, not developed on the device",
+    "post_start": "a service's image starts what it needs",
+    "pre_stop": "a service stops on its stop_signal, within its stop_grace_period",
+    "annotations": "labels say what a container is",
+    "label_file": "labels are written in the Compose file",
+    "credential_spec": "a Windows setting",
+    "isolation": "a Windows setting",
+    "storage_opt": "the engine's storage settings apply to every release alike",
+    "use_api_socket": "a release never reaches the engine that runs it",
+    "provider": "every service runs a container from the bundle",
+    "cgroup": "the engine places containers in their own cgroup namespaces",
+    "uts": "sharing the host's UTS namespace lets a service rename the device",
+    "mem_swappiness": "`mem_limit` says what a service may use; the kernel's memory handling stays as it is",
+    "oom_score_adj": "the kernel's OOM handling stays as it is",
+    "dns_opt": "the engine's resolver serves the release's networks",
+    "dns_search": "the engine's resolver serves the release's networks",
+    "blkio_config": "`cpus` and `mem_limit` say what a service may use",
+    **{key: "`cpus` (or deploy.resources.limits.cpus) says what a service may use" for key in (
+        "cpu_shares", "cpu_quota", "cpu_period", "cpuset", "cpu_count", "cpu_percent", "cpu_rt_runtime", "cpu_rt_period")},
     "memswap_limit": "`mem_limit` (or deploy.resources.limits.memory) says what a service may use",
     "oom_kill_disable": "a service over its memory limit must not hang the device",
     "dns": "the engine's resolver serves the release's networks",
@@ -423,11 +443,19 @@ def _parse_healthcheck(field: Field) -> ContainerHealthcheck:
             test_field.fail('a list starting with "CMD", "CMD-SHELL" or "NONE"')
     return ContainerHealthcheck(
         test=test,
-        interval=f["interval"].duration() if "interval" in f else 30.0,
-        timeout=f["timeout"].duration() if "timeout" in f else 30.0,
+        interval=_engine_duration(f["interval"]) if "interval" in f else 30.0,
+        timeout=_engine_duration(f["timeout"]) if "timeout" in f else 30.0,
         retries=f["retries"].integer(low=1, high=100) if "retries" in f else 3,
-        start_period=f["start_period"].duration() if "start_period" in f else 0.0,
+        start_period=_engine_duration(f["start_period"]) if "start_period" in f else 0.0,
     )
+
+
+def _engine_duration(field: Field) -> float:
+    """A HEALTHCHECK duration: none, or at least a millisecond (the engine refuses less)."""
+    seconds = field.duration()
+    if 0 < seconds < 0.001:
+        field.fail("0, or a duration of at least 1ms")
+    return seconds
 
 
 def _parse_depends_on(field: Field) -> tuple[str, ...]:

@@ -58,7 +58,7 @@ _CDI = re.compile(r"[a-z0-9][a-z0-9.-]{0,62}/[a-z0-9][a-z0-9._-]{0,62}=[A-Za-z0-
 _PERMISSIONS = re.compile(r"(?=.)r?w?m?")
 _BYTES = re.compile(r"(\d+(?:\.\d+)?)\s*([kmg]?)b?", re.IGNORECASE)
 _BYTE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-_SIGNAL = re.compile(r"SIG[A-Z0-9]{2,10}(?:[+-]\d{1,2})?|\d{1,2}")
+_SIGNAL = re.compile(r"SIGRTMIN\+(?:[1-9]|1[0-5])|SIGRTMAX-(?:[1-9]|1[0-4])|SIG[A-Z0-9]{2,10}|[1-9]\d?")
 _LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,127}")
 _HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 _CAPABILITY = re.compile(r"(?:CAP_)?([A-Z_]{2,32})")
@@ -77,10 +77,12 @@ _CAPABILITIES = SAFE_CAPABILITIES | {
     "SYS_BOOT", "SYS_MODULE", "SYS_NICE", "SYS_PACCT", "SYS_PTRACE", "SYS_RAWIO", "SYS_RESOURCE", "SYS_TIME",
     "SYS_TTY_CONFIG", "WAKE_ALARM", "ALL",
 }
-# device nodes that reach the device's disks, memory or kernel log: refused in a Compose file
+# device nodes (by name) that reach the device's disks, flash, memory or kernel log: refused unless
+# privileged; the device also looks at what each node really is before the switch (updater.needs)
 _HOST_NODES = re.compile(
-    r"/dev(?:/(?:mem|kmem|port|kmsg|mapper|disk|block|char|cpu|(?:sd|hd|vd|xvd)[a-z]+\d*|nvme\d.*|mmcblk\d.*|loop.*|dm-\d+"
-    r"|md\d*|sr\d+|nbd\d+|zram\d+|ram\d+)(?:/.*)?)?"
+    r"/dev(?:/(?:mem|kmem|port|kmsg|mapper|disk|block|char|cpu|root|cdrom|snapshot|bsg|zvol|sd[a-z]{1,2}\d*|(?:hd|vd|xvd)[a-z]\d*"
+    r"|nvme\d.*|mmcblk\d.*|loop.*|dm-\d+|md\d*|sr\d+|sg\d+|nbd\d+|zram\d+|ram\d+|mtd.*|ubi.*|pmem.*|dax.*|zd\d+.*|rbd.*)"
+    r"(?:/.*)?)?"
 )
 _SIGNALS = frozenset({
     "SIGABRT", "SIGALRM", "SIGBUS", "SIGCHLD", "SIGCONT", "SIGFPE", "SIGHUP", "SIGILL", "SIGINT", "SIGIO", "SIGKILL",
@@ -98,8 +100,12 @@ _SAFE_SYSCTLS = re.compile(
     r"|net\.core\.somaxconn"
 )
 _SYSCTL_VALUE = re.compile(r"[0-9A-Za-z ,._-]{1,64}")
-_ULIMITS = ("core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile", "nproc", "rss", "rtprio",
-            "rttime", "sigpending", "stack")
+# not nice or rtprio: raising them lets a service outrank the device's own processes (real-time
+# threads escape the CPU limit), which takes privileged
+_ULIMITS = ("core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nofile", "nproc", "rss", "rttime", "sigpending",
+            "stack")
+_MAX_OPEN_FILES = 1 << 20  # the kernel's default fs.nr_open: a higher nofile fails the container's start
+_MAX_GRACE = 300.0  # seconds: the updater waits out each stopping container's grace period
 _GPU_CAPABILITIES = ("gpu", "nvidia", "compute", "compat32", "graphics", "utility", "video", "display")
 _RESTART = re.compile(r"always|unless-stopped|on-failure(?::\d{1,3})?")
 _TMPFS_OPTION = re.compile(r"size=\d+[kmg]?|mode=[0-7]{3,4}|uid=\d{1,10}|gid=\d{1,10}|noexec|nosuid|nodev|ro|rw")
@@ -271,12 +277,13 @@ class Container:
         return [(name, value) for name, value in rows if value]
 
     def with_access(self, access: Access) -> Container:
-        """This container with what ``access`` says reaches an accelerator added (the shorthand resolved)."""
+        """This container with what ``access`` says reaches an accelerator added (the shorthand resolved).
+        The caller refuses a runtime of the service's own that differs from the profile's."""
         return replace(
             self,
             runtime=self.runtime or access.runtime,
             devices=(*self.devices, *(d for d in access.devices if d not in self.devices)),
-            device_requests=(*self.device_requests, *access.device_requests),
+            device_requests=(*self.device_requests, *(r for r in access.device_requests if r not in self.device_requests)),
             cdi_devices=(*self.cdi_devices, *access.cdi_devices),
             group_add=(*self.group_add, *(g for g in access.group_add if g not in self.group_add)),
             group_of=(*self.group_of, *(p for p in access.group_of if p not in self.group_of)),
@@ -341,7 +348,7 @@ def parse_container(f: dict[str, Field], *, any_device_path: bool = False) -> Co
         extra_hosts=_parse_extra_hosts(f["extra_hosts"]) if "extra_hosts" in f else (),
         restart=_restart(f["restart"]) if "restart" in f else "unless-stopped",
         stop_signal=_signal(f["stop_signal"]) if "stop_signal" in f else None,
-        stop_grace_period=f["stop_grace_period"].duration() if "stop_grace_period" in f else None,
+        stop_grace_period=_grace(f["stop_grace_period"]) if "stop_grace_period" in f else None,
         logging=_parse_logging(f["logging"]) if "logging" in f else DEFAULT_LOGGING,
         host_network=host_network,
         sysctls=_parse_sysctls(f["sysctls"], host_network=host_network) if "sysctls" in f else (),
@@ -383,8 +390,14 @@ def _parse_devices(field: Field, where: re.Pattern[str]) -> tuple[tuple[Device, 
 
 
 def _device(field: Field, where: re.Pattern[str]) -> Device:
-    """``HOST[:CONTAINER[:PERMISSIONS]]``, or ``{one_of: [HOST, ...], permissions: rw}``."""
+    """``HOST[:CONTAINER[:PERMISSIONS]]``, Compose's ``{source: HOST, target: CONTAINER, permissions: rw}``, or
+    ``{one_of: [HOST, ...], permissions: rw}``."""
     path = "a device path under /dev" if where is _DEV else "an absolute device path"
+    if isinstance(field.value, dict) and "one_of" not in field.value:
+        f = field.mapping(required=("source",), optional=("target", "permissions"))
+        text = ":".join([f["source"].string(what=path), f["target"].string(what="a container path") if "target" in f else "",
+                         f["permissions"].string(what="cgroup permissions") if "permissions" in f else ""]).rstrip(":")
+        return _device(Field(field.file, field.path, text), where)
     if isinstance(field.value, dict):
         f = field.mapping(required=("one_of",), optional=("permissions",))
         hosts = _paths(f["one_of"], where)
@@ -396,7 +409,7 @@ def _device(field: Field, where: re.Pattern[str]) -> Device:
     text = field.string(what=f"{path} (HOST_PATH[:CONTAINER_PATH[:PERMISSIONS]]), or a CDI name")
     host, _, rest = text.partition(":")
     target, _, permissions = rest.partition(":")
-    if where is _DEV and _HOST_NODES.fullmatch(posixpath.normpath(host)):
+    if _HOST_NODES.fullmatch(posixpath.normpath(host)):
         raise field.error(f"{host} reaches the device's disks, memory or kernel log: a service that needs it must be "
                           "privileged, which the spec and the profile must allow")
     if not where.fullmatch(host) or posixpath.normpath(host) != host:
@@ -414,7 +427,7 @@ def _paths(field: Field, where: re.Pattern[str]) -> tuple[str, ...]:
     for item, path in zip(field.items() if isinstance(field.value, list) else [field], paths, strict=True):
         if posixpath.normpath(path) != path:
             item.fail(f"{what}, written plainly (no '.', '..' or '//')")
-        if where is _DEV and _HOST_NODES.fullmatch(path):
+        if _HOST_NODES.fullmatch(path):
             raise item.error(f"{path} reaches the device's disks, memory or kernel log")
     return paths
 
@@ -434,6 +447,10 @@ def _parse_groups(field: Field, where: re.Pattern[str]) -> tuple[tuple[str, ...]
 
 
 def _parse_deploy(field: Field) -> tuple[Limits, tuple[DeviceRequest, ...]]:
+    for key in ("mode", "replicas", "placement", "restart_policy", "rollback_config", "update_config", "endpoint_mode", "labels"):
+        if isinstance(field.value, dict) and key in field.value:
+            raise field.child(key).error("is not supported: a device runs one container per service, and the updater "
+                                         "owns restarts, updates and rollbacks (deploy takes resources only)")
     f = field.mapping(optional=("resources",))
     if "resources" not in f:
         return Limits(), ()
@@ -444,14 +461,14 @@ def _parse_deploy(field: Field) -> tuple[Limits, tuple[DeviceRequest, ...]]:
         cpus=_cpus(limits["cpus"]) if "cpus" in limits else None,
         memory=_memory(limits["memory"]) if "memory" in limits else None,
         pids=limits["pids"].integer(low=1, high=4_194_304) if "pids" in limits else None,
-        memory_reservation=_bytes(reserved["memory"]) if "memory" in reserved else None,
+        memory_reservation=_memory(reserved["memory"]) if "memory" in reserved else None,
     ), tuple(_device_request(item) for item in reserved["devices"].items()) if "devices" in reserved else ()
 
 
 def _legacy_limits(f: dict[str, Field], limits: Limits) -> Limits:
     """``mem_limit``, ``mem_reservation``, ``cpus`` and ``pids_limit``: the same limits in older Compose words."""
     legacy: tuple[tuple[str, str, Callable[[Field], float]], ...] = (
-        ("mem_limit", "memory", _memory), ("mem_reservation", "memory_reservation", _bytes), ("cpus", "cpus", _cpus),
+        ("mem_limit", "memory", _memory), ("mem_reservation", "memory_reservation", _memory), ("cpus", "cpus", _cpus),
         ("pids_limit", "pids", lambda x: x.integer(low=1, high=4_194_304)))
     for key, attr, read in legacy:
         if key in f:
@@ -494,7 +511,7 @@ def _bytes(field: Field) -> int:
 def _memory(field: Field) -> int:
     size = _bytes(field)
     if size < _MIN_MEMORY:
-        field.fail("a memory limit of at least 6m (the engine's least)")
+        field.fail("a memory size of at least 6m (the engine's least)")
     return size
 
 
@@ -519,6 +536,8 @@ def _parse_ulimits(field: Field) -> tuple[tuple[str, int, int], ...]:
                 sub.fail("soft no higher than hard (-1: unlimited)")
         else:
             soft = hard = sub.integer(low=-1, high=2**62)
+        if name == "nofile" and not (0 < soft <= _MAX_OPEN_FILES and 0 < hard <= _MAX_OPEN_FILES):
+            sub.fail(f"open files from 1 to {_MAX_OPEN_FILES} (the kernel's fs.nr_open)")
         result.append((name, soft, hard))
     return tuple(result)
 
@@ -577,7 +596,8 @@ def _parse_entrypoint(field: Field) -> tuple[str, ...]:
 
 
 def _pairs(field: Field, *, separators: str, key: re.Pattern[str], what: str) -> list[tuple[str, str, Field]]:
-    """A mapping, or a list of ``KEY=VALUE`` (or ``KEY:VALUE``) strings, as (key, value, field)."""
+    """A mapping, or a list of ``KEY=VALUE`` (or ``KEY:VALUE``) strings, as (key, value, field); ``what``
+    names the key without an article ("label name")."""
     if isinstance(field.value, dict):
         return [(name, sub.scalar_string() if sub.present else "", sub) for name, sub in field.entries(key_pattern=key, key_what=what)]
     pairs = []
@@ -585,14 +605,14 @@ def _pairs(field: Field, *, separators: str, key: re.Pattern[str], what: str) ->
         text = item.scalar_string()
         cut = min((i for i in (text.find(s) for s in separators) if i > 0), default=-1)
         if cut < 0 or not key.fullmatch(text[:cut]):
-            item.fail(f"{what}{separators[0]}VALUE")
+            item.fail(f"{what.upper().replace(' ', '_')}{separators[0]}VALUE")
         pairs.append((text[:cut], text[cut + 1:], item))
     return pairs
 
 
 def _parse_labels(field: Field) -> tuple[tuple[str, str], ...]:
     labels: list[tuple[str, str]] = []
-    for name, value, item in _pairs(field, separators="=", key=_LABEL_KEY, what="a label"):
+    for name, value, item in _pairs(field, separators="=", key=_LABEL_KEY, what="label name"):
         if name in dict(labels):
             raise item.error(f"label {name} is given twice")
         if name.startswith(_RESERVED_LABELS):
@@ -603,7 +623,7 @@ def _parse_labels(field: Field) -> tuple[tuple[str, str], ...]:
 
 def _parse_extra_hosts(field: Field) -> tuple[tuple[str, str], ...]:
     hosts = []
-    for name, address, item in _pairs(field, separators="=:", key=_HOST_NAME, what="a host name"):
+    for name, address, item in _pairs(field, separators="=:", key=_HOST_NAME, what="host name"):
         if address != "host-gateway":
             try:
                 ipaddress.ip_address(address.strip("[]"))
@@ -623,6 +643,13 @@ def _restart(field: Field) -> str:
     return text
 
 
+def _grace(field: Field) -> float:
+    seconds = field.duration()
+    if seconds > _MAX_GRACE:
+        field.fail(f"a grace period of at most {_MAX_GRACE:g}s (an update or rollback waits for it)")
+    return seconds
+
+
 def _user(field: Field) -> str:
     text = field.scalar_string()
     if not _USER.fullmatch(text):
@@ -632,8 +659,8 @@ def _user(field: Field) -> str:
 
 def _signal(field: Field) -> str:
     text = field.scalar_string()
-    m = _SIGNAL.fullmatch(text)
-    if m is None or (not text.isdigit() and re.sub(r"[+-]\d+$", "", text) not in _SIGNALS) or (text.isdigit() and not 0 < int(text) < 65):
+    known = (text.isdigit() and int(text) <= 64) or re.sub(r"[+-]\d+$", "", text) in _SIGNALS
+    if not _SIGNAL.fullmatch(text) or not known:
         field.fail("a signal such as SIGTERM, SIGINT or SIGRTMIN+3")
     return text
 
@@ -661,7 +688,7 @@ def _integer_text(field: Field, low: int, high: int) -> int:
 
 def _parse_sysctls(field: Field, *, host_network: bool) -> tuple[tuple[str, str], ...]:
     result: list[tuple[str, str]] = []
-    for name, value, item in _pairs(field, separators="=", key=re.compile(r"[a-z0-9_.]{1,64}"), what="a sysctl"):
+    for name, value, item in _pairs(field, separators="=", key=re.compile(r"[a-z0-9_.]{1,64}"), what="sysctl name"):
         if name in dict(result):
             raise item.error(f"sysctl {name} is given twice")
         if not _SAFE_SYSCTLS.fullmatch(name):

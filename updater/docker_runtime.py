@@ -11,6 +11,7 @@ after the engine restarts. Every docker-py exception becomes an EngineFault nami
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import tarfile
@@ -96,7 +97,8 @@ class DockerRuntime:
     def features(self) -> EngineFeatures:
         with self._engine("asking the engine what it offers failed"):
             info = self.client.info()
-        return EngineFeatures(runtimes=frozenset(info.get("Runtimes") or {}), cdi=bool(info.get("CDISpecDirs")))
+        return EngineFeatures(runtimes=frozenset(info.get("Runtimes") or {}), cdi=bool(info.get("CDISpecDirs")),
+                              cpus=int(info["NCPU"]) if isinstance(info.get("NCPU"), int) else None)
 
     def _has_image(self, image_id: str) -> bool:
         import docker.errors
@@ -341,7 +343,7 @@ def _restart_policy(policy: str) -> dict[str, Any]:
 
 
 def _grace(settings: Container) -> int | None:
-    return max(1, round(settings.stop_grace_period)) if settings.stop_grace_period is not None else None
+    return max(1, math.ceil(settings.stop_grace_period)) if settings.stop_grace_period is not None else None
 
 
 def _healthcheck(service: Service) -> dict[str, Any] | None:

@@ -24,7 +24,7 @@ from updater.errors import Conflict, DeviceFault, InputError, Refused, SealiftEr
 from updater.gc import collect_images
 from updater.health import HealthResult, Watched, wait_healthy
 from updater.identity import DeviceIdentity
-from updater.needs import lacking
+from updater.needs import lacking, reaching_the_host
 from updater.overlay import OverlayInfo
 from updater.plan import failure_key, plan, read_offer
 from updater.profiles import Profile
@@ -155,10 +155,7 @@ class Installer:
                     with_overlay = f" with overlay {release.overlay}" if release.overlay else ""
                     raise Conflict(f"{info.name} {info.version}{with_overlay} failed its health checks before; "
                                    "use --force to try it again")
-                if any(s.container.privileged for s in info.descriptor.app.services) \
-                        and not (self.profile is not None and self.profile.allow_privileged):
-                    raise Refused(f"{info.name} {info.version} runs a privileged container, which this device's profile "
-                                  "does not allow (its container.allow_privileged)")
+                self._check_privileges(info)
                 if missing := lacking(info.descriptor.app, engine=self.runtime.features()):
                     raise DeviceFault(f"{info.name} {info.version} for {info.profile} needs what this device lacks: "
                                       f"{'; '.join(missing)}")
@@ -181,6 +178,19 @@ class Installer:
         state = state.with_event(phase=Phase.TRYING, candidate=release, reason="")
         self.slots.save(state)
         return self._switch(state, release, "; ".join(["healthy", *notes]))
+
+    def _check_privileges(self, info: BundleInfo) -> None:
+        """A release may run privileged containers, or reach the device's disks, memory or kernel log
+        through a device node, only where this device's own profile allows privileged containers."""
+        if self.profile is not None and self.profile.allow_privileged:
+            return
+        app = info.descriptor.app
+        if privileged := [s.name for s in app.services if s.container.privileged]:
+            raise Refused(f"{info.name} {info.version} runs service {privileged[0]} privileged, which this device's profile "
+                          "does not allow (its container.allow_privileged)")
+        if reaching := reaching_the_host(app):
+            raise Refused(f"{info.name} {info.version}: {reaching[0]}, which only a privileged container may, and this "
+                          "device's profile does not allow them (its container.allow_privileged)")
 
     def _forget_previous(self, state: DeviceState, slot: str) -> _Forgetting:
         """What to record once a new release is staged beside ``slot``'s, before ``slot`` is overwritten:

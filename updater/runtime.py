@@ -67,10 +67,12 @@ class ContainerState:
 
 @dataclass(frozen=True, kw_only=True)
 class EngineFeatures:
-    """The container runtimes an engine has registered (``runc``, ``nvidia``), and whether it resolves CDI devices."""
+    """The container runtimes an engine has registered (``runc``, ``nvidia``), whether it resolves CDI
+    devices, and the CPUs its containers may use."""
 
     runtimes: frozenset[str]
     cdi: bool = False
+    cpus: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

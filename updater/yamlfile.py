@@ -29,7 +29,9 @@ _PLAIN_KEY = re.compile(r"[A-Za-z0-9_./:@+-]{1,80}")
 _DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:us|ms|s|m|h))+")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(us|ms|s|m|h)")
 _MAX_SECONDS = 10**9  # about 31 years: longer is a mistake
-_UNITS = {"us": 0.000001, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_MIN_SECONDS = 0.000001  # a microsecond: shorter is a mistake
+_UNITS = {"us": decimal.Decimal("0.000001"), "ms": decimal.Decimal("0.001"), "s": decimal.Decimal(1), "m": decimal.Decimal(60),
+          "h": decimal.Decimal(3600)}
 
 
 def load_yaml(path: Path, *, what: str) -> Field:
@@ -108,11 +110,13 @@ def parse_duration(value: object) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        return float(value) if 0 <= value < _MAX_SECONDS else None
-    if isinstance(value, str) and len(value) <= 64 and _DURATION.fullmatch(text := value.strip()):
-        seconds = sum(float(m[1]) * _UNITS[m[2]] for m in _DURATION_PART.finditer(text))
-        return seconds if seconds < _MAX_SECONDS else None
-    return None
+        seconds = float(value)
+    elif isinstance(value, str) and len(value) <= 64 and _DURATION.fullmatch(text := value.strip()):
+        # summed exactly, so "700ms" is 0.7 (not 0.7000000000000001) and reads back as it was written
+        seconds = float(sum(decimal.Decimal(m[1]) * _UNITS[m[2]] for m in _DURATION_PART.finditer(text)))
+    else:
+        return None
+    return seconds if seconds == 0 or _MIN_SECONDS <= seconds < _MAX_SECONDS else None
 
 
 def format_duration(seconds: float) -> str:
@@ -236,7 +240,7 @@ class Field:
     def duration(self) -> float:
         seconds = parse_duration(self.value)
         if seconds is None:
-            self.fail('a duration such as 30, "500ms", "30s", "2m" or "1h"')
+            self.fail('a duration such as 30, "500ms", "30s", "2m", "1h" or "1m30s"')
         return seconds
 
     def string_list(self, *, pattern: re.Pattern[str] | None = None, what: str = "a string") -> tuple[str, ...]:

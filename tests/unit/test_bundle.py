@@ -205,7 +205,9 @@ FORGED: list[tuple[str, Callable[[dict], None], str]] = [  # type: ignore[type-a
     ("model-file-as-directory", lambda d: d["models"][0].update(kind="directory"), "not a Sealift model type for a directory"),
     ("accelerator-unresolved", lambda d: d["app"]["services"]["app"].update({"x-sealift": {"accelerator": "required"}}),
      "descriptor.app.services.app.x-sealift.accelerator is not resolved for a profile"),
-    ("device-not-plain", lambda d: d["app"]["services"]["app"].update(devices=["/srv/../dev/sda"]),
+    ("device-memory", lambda d: d["app"]["services"]["app"].update(devices=["/dev/mem"]),
+     "descriptor.app.services.app.devices[0]: /dev/mem reaches the device's disks, memory or kernel log"),
+    ("device-not-plain", lambda d: d["app"]["services"]["app"].update(devices=["/srv/./camera"]),
      "descriptor.app.services.app.devices[0]: expected an absolute device path"),
 ]
 

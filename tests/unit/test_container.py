@@ -43,7 +43,8 @@ def loaded(tmp_path: Path, service: str, **kw: str) -> Spec:
 FULL = """\
 user: "1000:1000"
 group_add: [video, "44", {group_of: /dev/dri/renderD128}]
-devices: ["/dev/video0:/dev/video0:r", nvidia.com/gpu=all, {one_of: [/dev/apex_0, /dev/bus/usb]}]
+devices: ["/dev/video0:/dev/video0:r", nvidia.com/gpu=all, {one_of: [/dev/apex_0, /dev/bus/usb]},
+          {source: /dev/hdmi, target: /dev/out, permissions: rw}, /dev/vdec0]
 runtime: nvidia
 deploy:
   resources:
@@ -78,7 +79,8 @@ def test_every_supported_field_keeps_its_compose_meaning_and_round_trips(tmp_pat
     c = service.container
     assert (c.user, c.group_add, c.group_of) == ("1000:1000", ("video", "44"), ("/dev/dri/renderD128",))
     assert [(d.host, d.target, d.permissions) for d in c.devices] == [
-        (("/dev/video0",), "/dev/video0", "r"), (("/dev/apex_0", "/dev/bus/usb"), None, "rwm")]
+        (("/dev/video0",), "/dev/video0", "r"), (("/dev/apex_0", "/dev/bus/usb"), None, "rwm"), (("/dev/hdmi",), "/dev/out", "rw"),
+        (("/dev/vdec0",), None, "rwm")]
     assert c.cdi_devices == ("nvidia.com/gpu=all",) and c.runtime == "nvidia"
     assert c.device_requests == (DeviceRequest(capabilities=("gpu", "utility"), driver="nvidia", count=1),)
     assert (c.limits.cpus, c.limits.memory, c.limits.pids, c.limits.memory_reservation) == (1.5, 3 << 29, 100, 64 << 20)
@@ -100,7 +102,7 @@ def test_every_supported_field_keeps_its_compose_meaning_and_round_trips(tmp_pat
 
 @pytest.mark.parametrize("fields", [
     "entrypoint: []", "devices: ['/dev/video0::r']", "cpus: 1.2345678", "stop_grace_period: 0.1234567s",
-    "stop_grace_period: 300h", "extra_hosts: [plc=10.0.0.1, plc=fd00::1]",
+    "stop_grace_period: 4m59.5s", "extra_hosts: [plc=10.0.0.1, plc=fd00::1]",
 ], ids=["empty-entrypoint", "device-permissions-only", "fine-cpus", "fine-grace", "long-grace", "name-twice"])
 def test_what_the_descriptor_holds_parses_back_the_same(tmp_path: Path, fields: str) -> None:
     app = loaded(tmp_path, fields).app
@@ -151,7 +153,7 @@ BAD = [
     ("sys-nice", "cap_add: [SYS_NICE]", "services.app.cap_add[0]: capability SYS_NICE is outside the subset"),
     ("unknown-cap-drop", "cap_drop: [FOO]", "services.app.cap_drop[0]: expected a Linux capability"),
     ("signal", "stop_signal: SIGFOO", "services.app.stop_signal: expected a signal such as SIGTERM"),
-    ("tiny-memory", "mem_limit: 1k", "services.app.mem_limit: expected a memory limit of at least 6m"),
+    ("tiny-memory", "mem_limit: 1k", "services.app.mem_limit: expected a memory size of at least 6m"),
     ("zero-bytes", "shm_size: 0.0001k", "services.app.shm_size: expected a size in bytes"),
     ("reserve-over-limit", "{mem_limit: 1g, mem_reservation: 2g}", "services.app.mem_reservation: reserves more memory than"),
     ("unlimited-soft", "ulimits: {nofile: {soft: -1, hard: 100}}", "services.app.ulimits.nofile: expected soft no higher"),
@@ -162,6 +164,18 @@ BAD = [
     ("label-twice", "labels: [a=1, a=2]", "services.app.labels[1]: label a is given twice"),
     ("bridge", "network_mode: bridge", "services.app.network_mode: expected \"host\""),
     ("compress", "logging: {options: {compress: 'true'}}", "services.app.logging.options.compress: unknown field"),
+    ("rtprio", "ulimits: {rtprio: 99}", "services.app.ulimits: 'rtprio' is not a valid ulimit"),
+    ("nofile-unlimited", "ulimits: {nofile: -1}", "services.app.ulimits.nofile: expected open files from 1 to 1048576"),
+    ("rt-signal", "stop_signal: SIGRTMIN+20", "services.app.stop_signal: expected a signal such as SIGTERM"),
+    ("long-grace", "stop_grace_period: 10m", "services.app.stop_grace_period: expected a grace period of at most 300s"),
+    ("tiny-reservation", "mem_reservation: 1m", "services.app.mem_reservation: expected a memory size of at least 6m"),
+    ("scsi-generic", "devices: [/dev/sg0]", "services.app.devices[0]: /dev/sg0 reaches the device's disks"),
+    ("flash", "devices: [{source: /dev/mtd0, target: /dev/flash}]", "services.app.devices[0]: /dev/mtd0 reaches the device's disks"),
+    ("healthcheck-too-often", "healthcheck: {test: [NONE], interval: 500us}",
+     "services.app.healthcheck.interval: expected 0, or a duration of at least 1ms"),
+    ("replicas", "deploy: {replicas: 2}", "services.app.deploy.replicas: is not supported: a device runs one container per service"),
+    ("pid", "pid: host", "services.app.pid: is not supported: sharing the host's process namespace"),
+    ("models", "models: [llm]", "services.app.models: is not supported: a bundle's models are mounted with `volumes"),
     ("refused-field", "build: .", "services.app.build: is not supported: a bundle carries built images"),
     ("gpus", "gpus: all", "services.app.gpus: is not supported: ask in Compose's long form"),
     ("unknown-field", "colour: blue", "services.app.colour: unknown field (expected one of:"),
@@ -209,6 +223,8 @@ def test_one_compose_file_reaches_every_profiles_accelerator(tmp_path: Path, pro
     ("devices: [nvidia.com/gpu=all]", "x86_64-cpu", "services.app.devices: nvidia.com/gpu=all is a CDI device, and profile x86_64-cpu"),
     ("devices: [nvidia.com/gpu=all]", "rpi5-hailo8", "nvidia.com/gpu=all is a CDI device, and profile rpi5-hailo8 has no "
                                                    "accelerator of that vendor (hailo)"),
+    ("runtime: runc\nx-sealift: {accelerator: required}", "jetson-orin",
+     "services.app.runtime: runc differs from nvidia, which profile jetson-orin needs to reach its accelerator"),
     ("privileged: true", "x86_64-nvidia", "services.app.privileged: privileged containers reach every device on the host; set "
                                           "allow_privileged: true in sealift.yaml"),
 ])

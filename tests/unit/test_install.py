@@ -332,7 +332,30 @@ def test_a_privileged_release_is_refused_where_the_devices_profile_does_not_allo
     (b,) = build_bundles(spec, [allowing], BuildOptions(out=tmp_path / "out", epoch=0))
     TrustedState(tmp_path / "state").init(signed([b.path], tmp_path / "signing"))
     engine = FakeEngine()
-    with pytest.raises(Refused, match=r"demo 1\.2\.0 runs a privileged container, which this device's profile does not allow"):
+    with pytest.raises(Refused, match=r"demo 1\.2\.0 runs service app privileged, which this device's profile does not allow"):
         Installer(state_dir=tmp_path / "state", runtime=engine, profile=CPU).install(b.path)
     assert not engine.running and not engine.tags
+    assert Installer(state_dir=tmp_path / "state", runtime=engine, profile=allowing).install(b.path).committed
+
+
+def test_a_node_that_reaches_the_disks_under_another_name_is_refused_unless_privileged_is_allowed(tmp_path: Path) -> None:
+    import dataclasses
+    import os
+    import stat
+
+    from updater.container import Access, Device
+
+    disk = tmp_path / "nodes" / "camera0"  # named like a camera, a block device in truth
+    disk.parent.mkdir()
+    os.mknod(disk, 0o600 | stat.S_IFBLK, os.makedev(7, 0))
+    profile = dataclasses.replace(CPU, access=Access(devices=(Device(host=(str(disk),)),)))
+    spec = load_spec(project(tmp_path / "src", spec=QUICK.replace("      image: app\n",
+                                                                  "      image: app\n      x-sealift: {accelerator: required}\n")))
+    (b,) = build_bundles(spec, [profile], BuildOptions(out=tmp_path / "out", epoch=0))
+    TrustedState(tmp_path / "state").init(signed([b.path], tmp_path / "signing"))
+    engine = FakeEngine()
+    with pytest.raises(Refused, match=rf"service app would reach {disk}, a block device, which only a privileged container may"):
+        Installer(state_dir=tmp_path / "state", runtime=engine, profile=profile).install(b.path)
+    assert not engine.running
+    allowing = dataclasses.replace(profile, allow_privileged=True)
     assert Installer(state_dir=tmp_path / "state", runtime=engine, profile=allowing).install(b.path).committed

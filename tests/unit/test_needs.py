@@ -4,12 +4,14 @@ before the switch (the install workflow's refusal is in test_install)."""
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import pytest
 
+from updater.appdef import App, Service
 from updater.container import Container, Device, DeviceRequest, Limits
-from updater.needs import lacking_for
+from updater.needs import lacking_for, reaching_the_host
 from updater.runtime import EngineFeatures
 
 RUNC = EngineFeatures(runtimes=frozenset({"runc"}))
@@ -36,11 +38,11 @@ def test_gpu_requests_need_the_nvidia_toolkit(tmp_path: Path, monkeypatch: pytes
         "GPUs from the NVIDIA Container Toolkit, which this device lacks (no nvidia runtime in the engine, "
         "no nvidia-container-runtime-hook on PATH)"]
     assert lacking_for(wants, engine=EngineFeatures(runtimes=frozenset({"runc", "nvidia"})), root=tmp_path) == []
+    assert lacking_for(wants, engine=None, root=tmp_path) == []  # the engine not asked: not judged
     hook = tmp_path / "nvidia-container-runtime-hook"
     hook.write_text("#!/bin/sh\n")
     hook.chmod(0o755)
     assert lacking_for(wants, engine=RUNC, root=tmp_path) == []
-    assert lacking_for(wants, engine=None, root=tmp_path / "none") == []  # the engine not asked: not judged
 
 
 def test_a_cpu_limit_above_what_the_device_has_is_named(tmp_path: Path) -> None:
@@ -48,6 +50,8 @@ def test_a_cpu_limit_above_what_the_device_has_is_named(tmp_path: Path) -> None:
     assert lacking_for(Container(limits=Limits(cpus=count + 0.5)), engine=RUNC, root=tmp_path) == [
         f"{count + 0.5:g} CPUs, and the device has {count}"]
     assert lacking_for(Container(limits=Limits(cpus=count)), engine=RUNC, root=tmp_path) == []
+    engine = EngineFeatures(runtimes=frozenset({"runc"}), cpus=2)  # what the engine says its containers may use wins
+    assert lacking_for(Container(limits=Limits(cpus=3)), engine=engine, root=tmp_path) == ["3 CPUs, and the device has 2"]
 
 
 def test_a_runtime_or_cdi_the_engine_lacks_is_named(tmp_path: Path) -> None:
@@ -56,3 +60,25 @@ def test_a_runtime_or_cdi_the_engine_lacks_is_named(tmp_path: Path) -> None:
         "the container runtime nvidia, which the engine lacks (it has runc)",
         "CDI device nvidia.com/gpu=all, and the engine resolves no CDI devices"]
     assert lacking_for(wants, engine=EngineFeatures(runtimes=frozenset({"nvidia"}), cdi=True), root=tmp_path) == []
+
+
+def _node(path: Path, kind: int, major: int, minor: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.mknod(path, 0o600 | kind, os.makedev(major, minor))
+    return path
+
+
+def test_nodes_that_reach_the_disks_or_memory_are_found_by_what_they_are(tmp_path: Path) -> None:
+    _node(tmp_path / "dev/camera", stat.S_IFCHR, 1, 3)  # harmless, as /dev/null is
+    _node(tmp_path / "dev/store/disk", stat.S_IFBLK, 7, 0)  # a loop disk, inside a directory
+    _node(tmp_path / "dev/memory", stat.S_IFCHR, 1, 1)  # /dev/mem under another name
+    (tmp_path / "dev/innocent").symlink_to(tmp_path / "dev/memory")
+
+    def reaching(*paths: str) -> list[str]:
+        app = App(services=(Service(name="app", image="app",
+                                    container=Container(devices=tuple(Device(host=(p,)) for p in paths))),))
+        return reaching_the_host(app, root=tmp_path)
+
+    assert reaching("/dev/camera") == [] and reaching("/dev/absent") == []
+    assert reaching("/dev/store") == [f"service app would reach {tmp_path}/dev/store/disk, a block device"]
+    assert reaching("/dev/innocent") == [f"service app would reach {tmp_path}/dev/memory (device 1:1)"]
