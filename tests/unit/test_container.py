@@ -235,6 +235,11 @@ def test_a_request_the_profile_cannot_answer_fails_the_build(tmp_path: Path, fie
     assert message in str(caught.value) and "\n" not in str(caught.value)
 
 
+def test_a_runtime_of_the_services_own_stands_where_no_accelerator_is_asked_for(tmp_path: Path) -> None:
+    (service,) = app_for_profile(loaded(tmp_path, "runtime: runsc"), PROFILES["jetson-orin"]).services
+    assert service.container.runtime == "runsc" and not service.container.devices
+
+
 def test_privileged_needs_the_spec_and_the_profile_to_allow_it(tmp_path: Path) -> None:
     spec = loaded(tmp_path, "privileged: true", extra="allow_privileged: true\n")
     with pytest.raises(InputError, match="profile x86_64-cpu does not allow privileged containers"):
