@@ -169,13 +169,14 @@ def _print_checked(checked: Any) -> None:
 @reports_errors
 def profiles_cmd(spec: Path | None, as_json: bool, profiles_dirs: tuple[Path, ...]) -> None:
     """List the known hardware profiles."""
+    from updater.container import Container
     from updater.profiles import load_profiles, profile_search_path
 
     known = load_profiles(profile_search_path(spec.parent if spec else None, profiles_dirs))
     if as_json:
         click.echo(json.dumps([
             {"name": p.name, "platform": str(p.platform), "compatible": p.compatible, "description": p.description,
-             "accelerator": p.access.as_container().to_data() if p.access else None, "file": str(p.source)}
+             "accelerator": Container().with_access(p.access).to_data() if p.access else None, "file": str(p.source)}
             for p in known.values()
         ], indent=2))
         return

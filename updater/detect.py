@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from updater.container import Container
 from updater.errors import InputError
 from updater.needs import lacking_for
 from updater.profiles import Profile, Rule
@@ -58,7 +59,7 @@ def accelerator_check(profile: Profile, *, root: Path, engine: EngineFeatures | 
     """Whether what ``profile``'s ``container.accelerator`` names is present under ``root`` (and in ``engine``)."""
     if profile.access is None:
         return AcceleratorCheck(declared=False)
-    missing = lacking_for(profile.access.as_container(), engine=engine, root=root)
+    missing = lacking_for(Container().with_access(profile.access), engine=engine, root=root)
     return AcceleratorCheck(declared=True, missing=tuple(missing), engine_checked=engine is not None)
 
 

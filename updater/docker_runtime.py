@@ -19,8 +19,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from updater.accelerator import Device
 from updater.appdef import App, Service, start_order
-from updater.container import Container, Device
+from updater.container import Container
 from updater.errors import DeviceFault, EngineFault, Refused
 from updater.layout import LayoutReader
 from updater.oci import CHUNK, MAX_JSON_BYTES, json_object

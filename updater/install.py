@@ -19,12 +19,13 @@ from typing import Any
 
 from updater.artifact import Kind, open_artifact
 from updater.bundle import BundleInfo
+from updater.confinement import reaching_the_host
 from updater.descriptor import BundleDescriptor
 from updater.errors import Conflict, DeviceFault, InputError, Refused, SealiftError
 from updater.gc import collect_images
 from updater.health import HealthResult, Watched, wait_healthy
 from updater.identity import DeviceIdentity
-from updater.needs import lacking, reaching_the_host
+from updater.needs import lacking
 from updater.overlay import OverlayInfo
 from updater.plan import failure_key, plan, read_offer
 from updater.profiles import Profile

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import stat
 from pathlib import Path
 
 from updater.appdef import App
 from updater.container import Container
 from updater.runtime import EngineFeatures
 
-__all__ = ["lacking", "lacking_for", "reaching_the_host"]
+__all__ = ["lacking", "lacking_for"]
 
 _NVIDIA_HOOK = "nvidia-container-runtime-hook"
 
@@ -49,46 +48,6 @@ def lacking_for(container: Container, *, engine: EngineFeatures | None, root: Pa
     if cpus is not None and cpus > has:
         missing.append(f"{cpus:g} CPUs, and the device has {has}")
     return missing
-
-
-def reaching_the_host(app: App, *, root: Path = Path("/")) -> list[str]:
-    """The device nodes ``app``'s services would get that reach the device's disks, flash, memory or
-    kernel log, judged by what each node is (a name can be a symlink, a directory holds every node
-    below it): what only a privileged container may have."""
-    found = []
-    for service in app.services:
-        for device in service.container.devices:
-            path = next((root / p.lstrip("/") for p in device.host if (root / p.lstrip("/")).exists()), None)
-            if path is not None and (what := _host_node(path)):
-                found.append(f"service {service.name} would reach {what}")
-    return found
-
-
-def _host_node(path: Path) -> str | None:
-    """What of the host ``path`` (a node, or a directory of nodes) reaches beyond a container, or None."""
-    nodes = [path.resolve()]
-    if nodes[0].is_dir():
-        nodes = [p for _, p in zip(range(_MAX_NODES), nodes[0].rglob("*"), strict=False)]
-    for node in nodes:
-        try:
-            found = node.stat()
-        except OSError:
-            continue
-        if stat.S_ISBLK(found.st_mode):
-            return f"{node}, a block device"
-        if stat.S_ISCHR(found.st_mode) and _dangerous(found.st_rdev):
-            return f"{node} (device {os.major(found.st_rdev)}:{os.minor(found.st_rdev)})"
-    return None
-
-
-def _dangerous(rdev: int) -> bool:
-    """/dev/mem, kmem, port and kmsg (1:1, 1:2, 1:4, 1:11); SCSI generic (21) and MTD flash (90)."""
-    return (os.major(rdev), os.minor(rdev)) in _MEMORY_NODES or os.major(rdev) in _RAW_MAJORS
-
-
-_MEMORY_NODES = {(1, 1), (1, 2), (1, 4), (1, 11)}
-_RAW_MAJORS = {21, 90}
-_MAX_NODES = 4096
 
 
 def _has_toolkit(engine: EngineFeatures) -> bool:

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from updater.container import Access, parse_access
+from updater.accelerator import Access, parse_access
 from updater.errors import InputError
 from updater.names import NAME
 from updater.yamlfile import Field, load_yaml

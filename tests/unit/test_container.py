@@ -15,8 +15,9 @@ import pytest
 from bundler.resolve import app_for_profile
 from bundler.spec import Spec, load_spec
 from tests.builders import SPEC, project
+from updater.accelerator import DeviceRequest
 from updater.appdef import parse_app
-from updater.container import Container, DeviceRequest
+from updater.container import Container
 from updater.errors import InputError
 from updater.profiles import builtin_profile_dir, load_profiles
 from updater.yamlfile import Field

@@ -343,7 +343,7 @@ def test_a_node_that_reaches_the_disks_under_another_name_is_refused_unless_priv
     import os
     import stat
 
-    from updater.container import Access, Device
+    from updater.accelerator import Access, Device
 
     disk = tmp_path / "nodes" / "camera0"  # named like a camera, a block device in truth
     disk.parent.mkdir()

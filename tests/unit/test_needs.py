@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from updater.accelerator import Device, DeviceRequest
 from updater.appdef import App, Service
-from updater.container import Container, Device, DeviceRequest, Limits
-from updater.needs import lacking_for, reaching_the_host
+from updater.confinement import reaching_the_host
+from updater.container import Container, Limits
+from updater.needs import lacking_for
 from updater.runtime import EngineFeatures
 
 RUNC = EngineFeatures(runtimes=frozenset({"runc"}))
