@@ -11,9 +11,11 @@ third service is on the host's network, where its health check reaches it.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -250,3 +252,23 @@ def test_a_device_without_the_accelerator_refuses_the_release_before_the_switch(
             aside.rename(node)
         for container in docker_engine.client.containers.list(all=True, filters={"label": "dev.sealift.app=vision-app"}):
             container.remove(force=True)
+
+
+@pytest.mark.docker
+def test_detect_asks_the_engine_for_the_runtime_the_profile_needs(docker_engine: DockerEngine, tmp_path: Path) -> None:
+    for name, runtime in (("with-runtime", "nvidia"), ("without-runtime", "kata")):  # this engine has nvidia, not kata
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "this-host.yaml").write_text(
+            "name: this-host\nplatform: {os: linux, architecture: amd64}\ncompatible: test/this-host\n"
+            f"detect: {{all: [{{cpu_arch: {os.uname().machine}}}]}}\npriority: 999\n"
+            f"container: {{accelerator: {{runtime: {runtime}}}}}\n")
+    run = [sys.executable, "-c", "from updater.cli import main; main()", "detect", "--json", "--profiles-dir"]
+    usable = subprocess.run([*run, str(tmp_path / "with-runtime")], capture_output=True, text=True, timeout=60,
+                            env=docker_engine.env(), check=False)
+    assert usable.returncode == 0, usable.stderr
+    assert json.loads(usable.stdout)["accelerator"] == {"declared": True, "usable": True, "missing": [], "engine_checked": True}
+    lacking = subprocess.run([*run, str(tmp_path / "without-runtime")], capture_output=True, text=True, timeout=60,
+                             env=docker_engine.env(), check=False)
+    assert lacking.returncode == 5, lacking.stderr
+    (missing,) = json.loads(lacking.stdout)["accelerator"]["missing"]
+    assert missing.startswith("the container runtime kata, which the engine lacks (it has ") and "nvidia" in missing
