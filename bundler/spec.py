@@ -12,8 +12,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from updater.appdef import App, HealthPolicy, parse_app, parse_health
+from updater.appdef import App, parse_app
 from updater.errors import InputError
+from updater.healthpolicy import HealthPolicy, parse_health
 from updater.names import ENV_NAME, NAME
 from updater.versions import VERSION
 from updater.yamlfile import Field, load_yaml

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from updater.appdef import App, HealthPolicy, parse_app, parse_health
+from updater.appdef import App, parse_app
 from updater.errors import DeviceFault, InputError, Refused
+from updater.healthpolicy import HealthPolicy, parse_health
 from updater.oci import MEDIA, parse_json
 from updater.yamlfile import Field
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from updater.appdef import Check, CheckType, HealthPolicy
 from updater.errors import Unhealthy
+from updater.healthpolicy import Check, CheckType, HealthPolicy
 from updater.oci import parse_json
 from updater.runtime import ContainerState, Runtime
 

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from tests.fakes import FakeEngine
-from updater.appdef import Check, CheckType, HealthPolicy
 from updater.health import Watched, wait_healthy
+from updater.healthpolicy import Check, CheckType, HealthPolicy
 from updater.runtime import ContainerState, Published
 
 

@@ -6,8 +6,8 @@ import pytest
 
 from bundler.spec import load_spec
 from tests.builders import SPEC
-from updater.appdef import CheckType
 from updater.errors import InputError
+from updater.healthpolicy import CheckType
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -34,7 +34,8 @@ def test_valid_spec_loads_into_values(tmp_path: Path) -> None:
 
 def test_app_and_health_round_trip_through_their_data_form(tmp_path: Path) -> None:
     """The descriptor stores to_data(); parsing it back must give the same values."""
-    from updater.appdef import parse_app, parse_health
+    from updater.appdef import parse_app
+    from updater.healthpolicy import parse_health
     from updater.yamlfile import Field
 
     spec = load_spec(write(tmp_path, SPEC))
