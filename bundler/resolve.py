@@ -45,8 +45,7 @@ def _container(spec: Spec, service: Service, profile: Profile) -> Container:
                              f"of that vendor ({', '.join(sorted(vendors)) or 'none'})")
     if container.accelerator is None:
         return container
-    if container.accelerator is not None and access is not None and access.runtime \
-            and container.runtime not in (None, access.runtime):
+    if access is not None and access.runtime and container.runtime not in (None, access.runtime):
         raise InputError(f"{where}.runtime: {container.runtime} differs from {access.runtime}, which profile {profile.name} "
                          "needs to reach its accelerator")
     if access is None:
