@@ -20,7 +20,7 @@ import yaml
 from bundler.sealing import Recipient, public_key_from_text
 from updater.durable import replace_file
 from updater.errors import InputError
-from updater.locks import exclusive_lock
+from updater.locks import file_lock
 from updater.names import NAME
 from updater.sealed import KEMS, device_id
 from updater.yamlfile import Field, load_json, load_yaml
@@ -112,7 +112,7 @@ class Inventory:
             raise InputError(f"{self.path}: cannot write the inventory ({e.strerror}); it is unchanged") from e
 
     def _locked(self) -> Any:
-        return exclusive_lock(self.path.with_name(f".{self.path.name}.lock"), wait=True)
+        return file_lock(self.path.with_name(f".{self.path.name}.lock"), wait=True)
 
 
 def _device(field: Field, *, revocable: bool) -> Device:

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from scripts.oci_image import FileEntry, ImageConfig, Platform, PlatformImage, write_image_layout
+from updater.apps import Apps
 from updater.oci import canonical_json
+from updater.slots import Slots
 
 AMD64 = "linux/amd64"
 FAST_PORT = 28_180  # the host port of the updater tests' example releases, away from the example's 8080
@@ -193,14 +195,18 @@ def make_example_images(python: str) -> Path:
     return EXAMPLE_DIR / "build" / "images" / "vision-app"
 
 
-def example_releases(root: Path, *, python: str, secrets: bool = False, versions: tuple[str, ...] | None = None) -> dict[str, Path]:
+def example_releases(root: Path, *, python: str, secrets: bool = False, versions: tuple[str, ...] | None = None,
+                     also: str | None = None) -> dict[str, Path]:
     """Signed x86_64-cpu releases of the example with a 2 s stabilisation window and host port
     FAST_PORT: 1.0.0 and 1.1.0 (healthy), 1.2.0 (the engine cannot start it), 1.3.0 (starts, never
     healthy: its model is missing; 5 s deadline), 1.4.0 (its server exits at once; 5 s deadline).
     Returns them by version, and "root" for the root metadata to provision devices with. With
     ``secrets``, the service declares the secret api-token as the example does (mounted at
     /run/secrets/api-token, sent by the inference check; in 1.1.0 owned by uid and gid 1000 with
-    mode 0440); without, neither does. ``versions`` builds only those."""
+    mode 0440); without, neither does. ``versions`` builds only those. ``also`` names a second
+    application, the same service on host port FAST_PORT + 1, built as 1.0.0 and 1.1.0 (keyed
+    ``ALSO-VERSION``) and signed with the others; the example's releases then provide ``detector``
+    (their service's port 8080) on the device network, and the second application needs it."""
     from bundler.build import BuildOptions, build_bundles, select_profiles
     from bundler.spec import load_spec
     from updater.profiles import builtin_profile_dir, load_profiles
@@ -209,6 +215,9 @@ def example_releases(root: Path, *, python: str, secrets: bool = False, versions
     compose = (EXAMPLE_DIR / "compose.yaml").read_text().replace('"8080:8080"', f'"{FAST_PORT}:8080"')
     if not secrets:  # the example's service needs its api-token from a site overlay; these releases run without
         compose = re.sub(r"\n    secrets: \[api-token\][^\n]*", "", compose)
+    alone = compose
+    if also is not None:  # the example provides its service on the device network; the second application needs it
+        compose += "x-sealift:\n  provides:\n    detector: {service: vision, port: 8080}\n"
     (root / "compose.yaml").write_text(compose)
     # a port bound to an address this host does not have (TEST-NET-3): the engine refuses to start it
     (root / "compose-cannot-start.yaml").write_text(compose.replace(f'"{FAST_PORT}:8080"', f'"203.0.113.7:{FAST_PORT}:8080"'))
@@ -229,11 +238,15 @@ def example_releases(root: Path, *, python: str, secrets: bool = False, versions
                 "1.4.0": text.replace("app: compose.yaml", "app: compose-exits.yaml").replace("deadline: 60s", "deadline: 5s")}
     profiles = load_profiles([builtin_profile_dir()])
     built: dict[str, Path] = {}
+    variants = {v: t for v, t in variants.items() if versions is None or v in versions}
+    if also is not None:
+        needing = alone.replace(f'"{FAST_PORT}:8080"', f'"{FAST_PORT + 1}:8080"') + "x-sealift:\n  needs: [detector]\n"
+        (root / f"compose-{also}.yaml").write_text(needing)
+        second = text.replace("name: vision-app", f"name: {also}").replace("app: compose.yaml", f"app: compose-{also}.yaml")
+        variants |= {f"{also}-{v}": second for v in ("1.0.0", "1.1.0")}
     for version, variant in variants.items():
-        if versions is not None and version not in versions:
-            continue
         spec_path = root / f"sealift-{version}.yaml"
-        spec_path.write_text(variant.replace("version: 1.0.0", f"version: {version}"))
+        spec_path.write_text(variant.replace("version: 1.0.0", f"version: {version.rpartition('-')[2]}"))
         spec = load_spec(spec_path, allowed_dirs=[EXAMPLE_DIR])  # the copy of the spec names the example's files
         (b,) = build_bundles(spec, select_profiles(spec, profiles, ("x86_64-cpu",)), BuildOptions(out=root / "out", epoch=0))
         built[version] = b.path
@@ -328,3 +341,11 @@ def stage(bundle: Path, info: Any, slot_dir: Path) -> Path:
 
     with open_layout(bundle) as reader:
         return Path(stage_release(reader, info, slot_dir))
+
+
+def only_app(state_dir: Path) -> Slots:
+    """The slots and state of a device's one application (with none installed yet: an empty state)."""
+    apps = Apps(state_dir)
+    names = apps.names()
+    assert len(names) <= 1, f"the device holds several applications: {names}"
+    return apps.slots(names[0]) if names else Slots(apps.root / "none")

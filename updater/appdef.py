@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from updater.container import CONTAINER_FIELDS, Container, parse_container
+from updater.devicenet import Provided, links_data, parse_links
 from updater.names import ENV_NAME, NAME
 from updater.yamlfile import Field, check_known, format_duration
 
@@ -140,12 +141,21 @@ class App:
 
     services: tuple[Service, ...]
     networks: tuple[tuple[str, bool], ...] = ()  # (name, internal)
+    provides: tuple[Provided, ...] = ()  # on the device network (updater.devicenet)
+    needs: tuple[str, ...] = ()
 
     def to_data(self) -> dict[str, Any]:
         data: dict[str, Any] = {"services": {s.name: s.to_data() for s in self.services}}
         if self.networks:
             data["networks"] = {name: {"internal": internal} for name, internal in self.networks}
+        if links := links_data(self.provides, self.needs):
+            data["x-sealift"] = links
         return data
+
+    @property
+    def on_device_network(self) -> bool:
+        """Whether its services join the device network (it provides or needs something there)."""
+        return bool(self.provides or self.needs)
 
     def service(self, name: str) -> Service:
         return next(s for s in self.services if s.name == name)
@@ -158,7 +168,7 @@ def parse_app(field: Field, *, images: tuple[str, ...], mountable: tuple[str, ..
               any_device_path: bool = False) -> App:
     """Validate the Compose subset against the components the bundle declares. Device nodes must be
     under ``/dev`` unless ``any_device_path`` (a descriptor, which carries what a profile named)."""
-    top = field.mapping(required=("services",), optional=("networks",))
+    top = field.mapping(required=("services",), optional=("networks", "x-sealift"))
     networks = _parse_networks(top["networks"]) if "networks" in top else ()
     names = tuple(name for name, _ in networks)
     services = tuple(
@@ -169,7 +179,8 @@ def parse_app(field: Field, *, images: tuple[str, ...], mountable: tuple[str, ..
     if not services:
         top["services"].fail("at least one service")
     _check_depends_on(top["services"], services)
-    return App(services=services, networks=networks)
+    provides, needs = parse_links(top["x-sealift"], tuple(s.name for s in services)) if "x-sealift" in top else ((), ())
+    return App(services=services, networks=networks, provides=provides, needs=needs)
 
 
 def _parse_networks(field: Field) -> tuple[tuple[str, bool], ...]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -162,30 +162,34 @@ def _device_profile(profile: str | None, profiles_dir: Path | None) -> Profile:
 @click.argument("overlay", type=click.Path(path_type=Path), required=False)
 @click.option("--profile", metavar="NAME", help="This device's hardware profile (default: detected).")
 @click.option("--profiles-dir", type=click.Path(path_type=Path, file_okay=False), help="Extra profile directory.")
+@click.option("--app", metavar="NAME", help="The application to install from a medium that holds several.")
 @click.option("--force", is_flag=True, help="Try a release again that failed its health checks before.")
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
 @click.pass_obj
 @reports_errors
-def install(state_dir: Path, bundle: Path, overlay: Path | None, profile: str | None, profiles_dir: Path | None, force: bool,
-            as_json: bool) -> None:
+def install(state_dir: Path, bundle: Path, overlay: Path | None, profile: str | None, profiles_dir: Path | None, app: str | None,
+            force: bool, as_json: bool) -> None:
     """Install BUNDLE (with the site OVERLAY) beside the running release, switch, and keep it only if healthy.
 
-    Steps: verify, stage into the inactive slot, load images, record `trying`, switch, health
+    The application is the one BUNDLE holds; each application on the device has its own slots,
+    releases and history, and installing one never stops or changes another. Steps: verify,
+    stage into the application's inactive slot, load images, record `trying`, switch, health
     checks, then commit or roll back to the previous release. Exits 7 after a rollback (6 when
     the engine would not start it; docs/errors.md). The overlay's configuration and secrets go
-    with the release and roll back with it; without one, the running release's overlay is carried
-    over if it fits. BUNDLE may also be an overlay
-    alone: the running release is started again with it, checked and rolled back the same way.
-    BUNDLE may be a medium from `sealift export` (a directory or .tar): the newest bundle for this
-    device's profile is taken from it, with the newest overlay for its site that fits; a medium
-    with nothing newer than the running release but a newer overlay rotates the overlay.
+    with the release and roll back with it; without one, the running release's overlay is
+    carried over if it fits. BUNDLE may also be an overlay alone: the running release is started
+    again with it, checked and rolled back the same way. BUNDLE may be a medium from `sealift
+    export` (a directory or .tar): the newest bundle for this device's profile is taken from it,
+    with the newest overlay for its site that fits; a medium with nothing newer than the running
+    release but a newer overlay rotates the overlay. Name the
+    application with --app when the medium holds several.
     """
     from updater.docker_runtime import DockerRuntime
     from updater.install import Installer
 
     installer = Installer(state_dir=state_dir, runtime=DockerRuntime.connect(), profile=_device_profile(profile, profiles_dir),
                           log=lambda line: click.echo(line, err=True))
-    outcome = installer.install(bundle, overlay=overlay, force=force)
+    outcome = installer.install(bundle, overlay=overlay, force=force, app=app)
     if as_json:
         click.echo(json.dumps({"ok": outcome.committed, "release": vars(outcome.release), "reason": outcome.reason,
                                **({"fault": outcome.fault} if outcome.fault else {})}))
@@ -197,17 +201,19 @@ def install(state_dir: Path, bundle: Path, overlay: Path | None, profile: str | 
 
 
 @cli.command()
+@click.argument("app", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
 @click.pass_obj
 @reports_errors
-def rollback(state_dir: Path, as_json: bool) -> None:
-    """Return to the previous release (still staged in the other slot), health-checked like an install."""
+def rollback(state_dir: Path, app: str | None, as_json: bool) -> None:
+    """Return APP to its previous release (still staged in its other slot), health-checked like an
+    install. APP may be left out on a device with one application; the others are not touched."""
     from updater.docker_runtime import DockerRuntime
     from updater.install import Installer
 
     installer = Installer(state_dir=state_dir, runtime=DockerRuntime.connect(), profile=None,
                           log=lambda line: click.echo(line, err=True))
-    outcome = installer.rollback()
+    outcome = installer.rollback(app)
     if as_json:
         click.echo(json.dumps({"ok": outcome.committed, "release": vars(outcome.release), "reason": outcome.reason,
                                **({"fault": outcome.fault} if outcome.fault else {})}))
@@ -221,43 +227,64 @@ def rollback(state_dir: Path, as_json: bool) -> None:
 @cli.command()
 @click.option("--watch", type=click.Path(path_type=Path, file_okay=False),
               help="A directory to watch for bundles and media (where removable media are mounted).")
-@click.option("--source", metavar="REGISTRY/REPO", help="A site registry (mirror) to poll for newer signed releases.")
+@click.option("--source", "sources", metavar="[APP=]REGISTRY/REPO", multiple=True,
+              help="A site registry repository (a mirror) to poll for newer signed releases of one application; "
+                   "repeat it for each application. APP= names the application the repository holds (without "
+                   "it, the one its newest bundle claims to be).")
+@click.option("--app", "apps", metavar="NAME", multiple=True,
+              help="An application this device runs; repeat it for each. Releases of others that arrive on media "
+                   "or from registries are skipped. Default: every application that arrives signed for this device.")
 @click.option("--plain-http", is_flag=True, help="Reach --source over plain HTTP (a site registry without TLS).")
 @click.option("--interval", type=click.FloatRange(min=1.0), default=30.0, show_default=True,
               help="Seconds between passes (longer, with jitter, after failed polls).")
 @click.option("--once", is_flag=True,
-              help="One pass (scan and poll-and-install), then exit; with the fault's exit code (docs/errors.md) if the poll failed.")
+              help="One pass (scan and poll-and-install), then exit; with the fault's exit code (docs/errors.md) if a poll failed.")
 @click.option("--profile", metavar="NAME", help="This device's hardware profile (default: detected).")
 @click.option("--profiles-dir", type=click.Path(path_type=Path, file_okay=False), help="Extra profile directory.")
 @click.pass_obj
 @reports_errors
-def run(state_dir: Path, watch: Path | None, source: str | None, plain_http: bool, interval: float, once: bool,
-        profile: str | None, profiles_dir: Path | None) -> None:
-    """Install what arrives, as a service: bundles in --watch, newer releases from --source.
+def run(state_dir: Path, watch: Path | None, sources: tuple[str, ...], apps: tuple[str, ...], plain_http: bool, interval: float,
+        once: bool, profile: str | None, profiles_dir: Path | None) -> None:
+    """Install what arrives, as a service: bundles in --watch, newer releases from each --source.
 
-    Converges first (like `recover`), then makes a pass every --interval seconds. A poll asks the
-    registry's signed metadata for the newest release for this profile, downloads only the blobs
-    this device lacks (resuming an interrupted download) and installs it; an unreachable registry
-    is retried with growing, jittered delays while the running release keeps serving. With
-    systemd (Type=notify) it reports readiness and feeds the watchdog after each pass; see
+    Converges every application first (like `recover`), then makes a pass every --interval
+    seconds. A poll asks each repository's signed metadata for the newest release of its
+    application for this profile, downloads only the blobs this device lacks (resuming an
+    interrupted download) and installs it; an unreachable registry is retried with growing,
+    jittered delays while the running releases keep serving. With systemd (Type=notify) it
+    reports readiness and feeds the watchdog after each pass; see
     examples/systemd/sealift-updater.service.
+
+    \b
+    Examples:
+      sealift-updater run --watch /media/sealift
+      sealift-updater run --app vision-app --app camera-gw \\
+          --source vision-app=mirror.site:5000/vision-app --source camera-gw=mirror.site:5000/camera-gw
     """
     from updater.daemon import Daemon
     from updater.docker_runtime import DockerRuntime
     from updater.install import Installer
+    from updater.names import NAME
     from updater.poll import RegistryPoller
 
-    if watch is None and source is None:
+    if watch is None and not sources:
         raise InputError("nothing to do: give --watch DIR, --source REGISTRY/REPO, or both")
+    for name in apps:
+        if not NAME.fullmatch(name):
+            raise InputError(f"--app {name[:80]!r}: not an application name (lower-case letters, digits, '.', '_', '-')")
     device = _device_profile(profile, profiles_dir)
     def log(line: str) -> None:
         click.echo(line, err=True)
 
-    installer = Installer(state_dir=state_dir, runtime=DockerRuntime.connect(), profile=device, log=log)
-    poller = None
-    if source is not None:
-        poller = RegistryPoller(source, installer=installer, profile=device, plain_http=plain_http, log=log)
-    failed = Daemon(installer, watch, poller=poller, interval=interval, log=log).run(once=once)
+    installer = Installer(state_dir=state_dir, runtime=DockerRuntime.connect(), profile=device, log=log, declared=apps)
+    pollers = []
+    for source in sources:
+        app, _, repository = source.rpartition("=")
+        if app and (not NAME.fullmatch(app) or (apps and app not in apps)):
+            raise InputError(f"--source {source}: {app!r} is not " + ("one of the --app names" if apps else "an application name"))
+        pollers.append(RegistryPoller(repository, installer=installer, profile=device, app=app or None, plain_http=plain_http,
+                                      log=log))
+    failed = Daemon(installer, watch, pollers=pollers, interval=interval, log=log).run(once=once)
     if failed is not None:
         sys.exit(failed.exit_code)
 
@@ -266,71 +293,99 @@ def run(state_dir: Path, watch: Path | None, source: str | None, plain_http: boo
 @click.pass_obj
 @reports_errors
 def recover(state_dir: Path) -> None:
-    """Converge after a crash, a power cut or an engine restart: an interrupted install is rolled
-    back, and the committed release is started if it is not running. Run it at boot (the service's
-    `run` converges by itself).
+    """Converge every application after a crash, a power cut or an engine restart: an interrupted
+    install is rolled back, and the committed release is started if it is not running. Run it at
+    boot (the service's `run` converges by itself).
 
-    Says what the engine then runs, and exits non-zero when the committed release is not serving.
-    A release whose install was interrupted 3 times is marked failed and not tried again by itself.
+    Says what the engine then runs of each application, and exits non-zero when one could not
+    converge or its committed release is not serving (the others are converged all the same). A
+    release whose install was interrupted 3 times is marked failed and not tried again by itself.
     """
     from updater.docker_runtime import DockerRuntime
     from updater.install import Installer
 
     installer = Installer(state_dir=state_dir, runtime=DockerRuntime.connect(), profile=None,
                           log=lambda line: click.echo(line, err=True))
-    serving = installer.serving(installer.recover())
-    if not serving.ok:
-        raise Unhealthy(str(serving))
-    click.echo(f"running: {serving}" if serving.release else str(serving))
+    worst: SealiftError | None = None
+    converged = installer.recover()
+    for name, state in converged.items():
+        if isinstance(state, SealiftError):
+            click.echo(f"{name}: could not converge: {state.diagnostics()}")
+            worst = worst or state
+            continue
+        serving = installer.app(name).serving(state)
+        click.echo(f"{name}: running {serving}" if serving.release else f"{name}: {serving}")
+        if not serving.ok:
+            worst = worst or Unhealthy(str(serving))
+    if not converged:
+        click.echo("nothing installed")
+    if worst is not None:
+        sys.exit(worst.exit_code)
 
 
 @cli.command()
+@click.argument("app", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print the state as JSON.")
 @click.pass_obj
 @reports_errors
-def status(state_dir: Path, as_json: bool) -> None:
-    """What runs, in which slot, what happened last, the history, and the device's enrollment.
+def status(state_dir: Path, app: str | None, as_json: bool) -> None:
+    """What runs of each application (or of APP), in which slot, what happened last, the history,
+    and the device's enrollment.
 
-    With a release committed, the engine is asked whether it serves: exit 7 when it does not, 6
+    For each committed release, the engine is asked whether it serves: exit 7 when one does not, 6
     when the engine does not answer (the state is printed either way).
     """
+    from updater.apps import Apps
     from updater.identity import DeviceIdentity
-    from updater.slots import Slots
 
-    state = Slots(state_dir).load()
+    apps = Apps(state_dir)
+    states = {name: apps.slots(name).load() for name in ([apps.only(app)] if app else apps.names())}
     identity = DeviceIdentity(state_dir)
     record = identity.record() if identity.enrolled() else None
-    serving, fault = _serving(state_dir, state)
+    engines = {name: _serving(state_dir, name, state) for name, state in states.items()}
     if as_json:
-        engine = serving.to_json() if serving else None
-        if fault is not None:
-            engine = {"ok": False, "fault": fault.fault, "error": fault.diagnostics()}
-        click.echo(json.dumps({**state.to_json(), "enrollment": record, "serving": engine}, indent=2))
+        click.echo(json.dumps({"apps": {name: {**state.to_json(), "serving": _engine_json(*engines[name])}
+                                        for name, state in states.items()}, "enrollment": record}, indent=2))
     else:
-        current = (f"{state.current.name} {state.current.version} (slot {state.current.slot}"
-                   + (f", site overlay {state.current.overlay})" if state.current.overlay else ")")) if state.current else "nothing"
-        click.echo(f"running: {current}\nphase:   {state.phase.value}{': ' + state.reason if state.reason else ''}")
-        if state.current is not None:
-            click.echo(f"engine:  {serving}" if serving else f"engine:  cannot tell what runs ({fault.diagnostics() if fault else ''})")
-        click.echo(f"device:  {record['device']} at site {record['site']} ({record['kem']})" if record else
-                   "device:  not enrolled for secrets (`sealift-updater enroll --site SITE`)")
-        for event in state.history[-10:]:
-            click.echo(f"  {event.get('phase', '?'):13} {event.get('release', ''):28} {event.get('reason', '')}")
-    if fault is not None:
-        sys.exit(fault.exit_code)
-    if serving is not None and not serving.ok:
+        for name, state in states.items():
+            _print_state(name, state, *engines[name])
+        if not states:
+            click.echo("nothing installed")
+        click.echo(f"device: {record['device']} at site {record['site']} ({record['kem']})" if record else
+                   "device: not enrolled for secrets (`sealift-updater enroll --site SITE`)")
+    faults = [fault for _, fault in engines.values() if fault is not None]
+    if faults:
+        sys.exit(faults[0].exit_code)
+    if any(serving is not None and not serving.ok for serving, _ in engines.values()):
         sys.exit(Unhealthy.exit_code)
 
 
-def _serving(state_dir: Path, state: DeviceState) -> tuple[Serving | None, SealiftError | None]:
-    """What the engine runs of the committed release (None when nothing is committed), or why it cannot tell."""
+def _print_state(name: str, state: DeviceState, serving: Serving | None, fault: SealiftError | None) -> None:
+    current = (f"{state.current.version} (slot {state.current.slot}"
+               + (f", site overlay {state.current.overlay})" if state.current.overlay else ")")) if state.current else "nothing"
+    click.echo(f"{name}\n  running: {current}\n  phase:   {state.phase.value}{': ' + state.reason if state.reason else ''}")
+    if state.current is not None:
+        click.echo(f"  engine:  {serving}" if serving else f"  engine:  cannot tell what runs ({fault.diagnostics() if fault else ''})")
+    for event in state.history[-10:]:
+        click.echo(f"    {event.get('phase', '?'):13} {event.get('release', ''):28} {event.get('reason', '')}")
+
+
+def _engine_json(serving: Serving | None, fault: SealiftError | None) -> dict[str, Any] | None:
+    if fault is not None:
+        return {"ok": False, "fault": fault.fault, "error": fault.diagnostics()}
+    return serving.to_json() if serving else None
+
+
+def _serving(state_dir: Path, name: str, state: DeviceState) -> tuple[Serving | None, SealiftError | None]:
+    """What the engine runs of application ``name``'s committed release (None when nothing is
+    committed), or why it cannot tell."""
     if state.current is None:
         return None, None
     from updater.docker_runtime import DockerRuntime
     from updater.install import Installer
 
     try:
-        return Installer(state_dir=state_dir, runtime=DockerRuntime.connect(), profile=None).serving(state), None
+        return Installer(state_dir=state_dir, runtime=DockerRuntime.connect(), profile=None).app(name).serving(state), None
     except SealiftError as e:
         return None, e
 
@@ -339,10 +394,11 @@ def _serving(state_dir: Path, state: DeviceState) -> tuple[Serving | None, Seali
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--profile", metavar="NAME", help="This device's hardware profile: refuse bundles built for another.")
 @click.option("--profiles-dir", type=click.Path(path_type=Path, file_okay=False), help="Extra profile directory.")
+@click.option("--app", metavar="NAME", help="The application to check on a medium that holds several.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
 @reports_errors
-def verify(state_dir: Path, bundle: Path, profile: str | None, profiles_dir: Path | None, as_json: bool) -> None:
+def verify(state_dir: Path, bundle: Path, profile: str | None, profiles_dir: Path | None, app: str | None, as_json: bool) -> None:
     """Check BUNDLE (a bundle, a site overlay, or a medium) the way an install does: signed
     metadata, every blob, the hardware profile; for an overlay also the site, the release it
     would run with, and that this device's key opens its secrets (their values are not shown). On
@@ -362,7 +418,7 @@ def verify(state_dir: Path, bundle: Path, profile: str | None, profiles_dir: Pat
         if profile not in known:
             raise InputError(f"unknown profile {profile!r} (known: {', '.join(sorted(known))})")
         wanted = known[profile]
-    info, overlay = check_as_installed(bundle, trust=TrustedState(state_dir), profile=wanted)
+    info, overlay = check_as_installed(bundle, trust=TrustedState(state_dir), profile=wanted, app=app)
     if as_json:
         click.echo(json.dumps({"ok": True, **(info.to_json() if info else {}), **({"overlay": overlay.to_json()} if overlay else {})},
                               indent=2))

@@ -1,7 +1,8 @@
 """``sealift-updater run``: install what arrives, from removable media and from a site registry.
 
-Each pass looks at the watched directory (:mod:`updater.watch`) and polls the site registry, if
-one is given, for a newer signed release (:mod:`updater.poll`); then it sleeps. It talks to
+Each pass looks at the watched directory (:mod:`updater.watch`) and polls each site registry
+repository it is given (one per application) for a newer signed release (:mod:`updater.poll`);
+then it sleeps. It talks to
 systemd when started as a ``Type=notify`` service: ``READY=1`` once it has converged and the loop
 is up (before the first pass, which may download and install for minutes), ``STATUS=`` with what
 it is doing (``systemctl status`` shows it), and ``WATCHDOG=1`` after each pass, at each step of
@@ -16,13 +17,12 @@ import os
 import random
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from updater.errors import SealiftError
 from updater.install import Installer, Outcome
 from updater.poll import RegistryPoller
-from updater.slots import Release
 from updater.watch import Watcher
 
 __all__ = ["Daemon", "notify"]
@@ -43,9 +43,9 @@ def notify(message: str) -> None:
 
 
 class Daemon:
-    """Installs what arrives: bundles and media in ``watch``, and releases a site registry offers.
+    """Installs what arrives: bundles and media in ``watch``, and releases site registries offer.
 
-    A pass scans ``watch`` and polls the registry; passes are ``interval`` seconds apart, and
+    A pass scans ``watch`` and polls each of ``pollers``; passes are ``interval`` seconds apart, and
     after a failed poll the wait doubles (up to ``MAX_BACKOFF`` times the interval), each wait
     shifted at random so that a site's devices do not poll in step. Nothing a pass does to the
     network touches the running release.
@@ -53,18 +53,18 @@ class Daemon:
 
     MAX_BACKOFF = 16
 
-    def __init__(self, installer: Installer, watch: Path | None, *, poller: RegistryPoller | None = None,
+    def __init__(self, installer: Installer, watch: Path | None, *, pollers: Sequence[RegistryPoller] = (),
                  interval: float = 30.0, log: Callable[[str], None]) -> None:
         self.installer = installer
         self.watch = watch
-        self.poller = poller
+        self.pollers = tuple(pollers)
         self.interval = interval
         self.log = log
         self.failures = 0
         self.unconverged = False
         self.watcher = Watcher(installer, watch, say=self._log) if watch is not None else None
         self._fed = time.monotonic()
-        if poller is not None:
+        for poller in self.pollers:
             poller.advance = self._still_alive  # a long download is progress: systemd's watchdog must not kill it
 
     def run(self, *, once: bool = False) -> SealiftError | None:
@@ -72,16 +72,16 @@ class Daemon:
         said = self.installer.log
         self.installer.log = lambda line: self._installing(line, said)
         self.installer.alive = lambda: self._still_alive(0)  # long health checks are progress too
-        current = self._converge()
-        running = f"{current.name} {current.version}" if current else "nothing"
-        self._log(event="start", watch=str(self.watch or ""), source=self.poller.source if self.poller else "",
+        self._converge()
+        running = self._running()
+        self._log(event="start", watch=str(self.watch or ""), source=" ".join(p.source for p in self.pollers),
                   running=running)
         notify(f"READY=1\nSTATUS=running {running}; looking for updates")
         while True:
             if self.unconverged:
                 self._converge()  # the engine may answer again, the port may be free again
             self.scan()
-            failed = self.poll() if self.poller is not None else None
+            failed = self.poll()
             wait = self.next_wait()
             notify(f"WATCHDOG=1\nSTATUS=running {self._running()}; "
                    + (f"last poll failed ({failed.fault}), retrying" if failed else "next look") + f" in {wait:.0f}s")
@@ -91,26 +91,25 @@ class Daemon:
             self._sleep(wait)
 
     def _running(self) -> str:
+        """What runs, one ``NAME VERSION`` per application."""
         try:
-            current = self.installer.slots.load().current
+            states = self.installer.apps.states()
         except SealiftError as e:
             return f"? ({e.fault}: the state cannot be read)"
-        return f"{current.name} {current.version}" if current else "nothing"
+        running = [f"{s.current.name} {s.current.version}" for s in states.values() if s.current is not None]
+        return ", ".join(running) or "nothing"
 
-    def _converge(self) -> Release | None:
-        """Converge (as ``recover``); a fault there is said, and the service goes on (what arrives next
-        may be the fix) and tries again each pass until it converges."""
+    def _converge(self) -> None:
+        """Converge every application (as ``recover``); a fault there is said, and the service goes on
+        (what arrives next may be the fix) and tries again each pass until it converges."""
         try:
-            current = self.installer.recover().current
-        except SealiftError as e:
-            self.unconverged = True
-            self._log(event="recover-failed", fault=e.fault, error=e.diagnostics())
-            try:
-                return self.installer.slots.load().current
-            except SealiftError:
-                return None
-        self.unconverged = False
-        return current
+            converged = self.installer.recover()
+        except SealiftError as unlisted:  # the applications cannot even be listed
+            converged = {"": unlisted}
+        failed = {name: e for name, e in converged.items() if isinstance(e, SealiftError)}
+        for name, e in failed.items():
+            self._log(event="recover-failed", app=name, fault=e.fault, error=e.diagnostics())
+        self.unconverged = bool(failed)
 
     def _sleep(self, seconds: float) -> None:
         """Sleep between passes, feeding the watchdog: a wait stretched by failed polls may be longer than it."""
@@ -130,26 +129,31 @@ class Daemon:
         notify(f"WATCHDOG=1\nSTATUS={line.splitlines()[0][:200]}")
         self._fed = time.monotonic()
 
-    def next_wait(self) -> float:
-        """Seconds to the next pass: the interval, doubled per failed poll in a row, with jitter."""
-        factor = float(min(1 << min(self.failures, 30), self.MAX_BACKOFF))
+    def next_wait(self, failures: int | None = None) -> float:
+        """Seconds to the next pass: the interval, doubled per failed poll in a row (``failures``,
+        default: so far), with jitter."""
+        failed = self.failures if failures is None else failures
+        factor = float(min(1 << min(failed, 30), self.MAX_BACKOFF))
         return self.interval * factor * random.uniform(0.8, 1.2)
 
     def poll(self) -> SealiftError | None:
-        """One poll of the registry; what made it fail (and the wait longer), or None."""
-        assert self.poller is not None
+        """One poll of each registry repository; what made the first that failed fail (and the wait
+        longer), or None."""
+        failures = [f for f in (self._poll(poller) for poller in self.pollers) if f is not None]
+        self.failures = self.failures + 1 if failures else 0
+        return failures[0] if failures else None
+
+    def _poll(self, poller: RegistryPoller) -> SealiftError | None:
         try:
-            outcome = self.poller.poll()
+            outcome = poller.poll()
         except Exception as e:  # whatever the network or the registry did, the service goes on
-            self.failures += 1
             # a fresh error of the same family: keeping the raised one would keep its frames (and what they hold) alive
             failed = type(e)(e.diagnostics()) if isinstance(e, SealiftError) else SealiftError(f"{type(e).__name__}: {e}")
-            self._log(event="poll-failed", source=self.poller.source, fault=failed.fault, error=failed.diagnostics(),
-                      retry_in=f"{self.next_wait():.0f}s")
+            self._log(event="poll-failed", source=poller.source, fault=failed.fault, error=failed.diagnostics(),
+                      retry_in=f"{self.next_wait(self.failures + 1):.0f}s")
             return failed
-        self.failures = 0
         if outcome is None:
-            self._log(event="up-to-date", source=self.poller.source)
+            self._log(event="up-to-date", source=poller.source)
         else:
             self._outcome(outcome)
         return None

@@ -22,6 +22,7 @@ from typing import Any
 from updater.accelerator import Device
 from updater.appdef import App, Service, start_order
 from updater.container import Container
+from updater.devicenet import DEVICE_NETWORK
 from updater.errors import DeviceFault, EngineFault, Refused
 from updater.layout import LayoutReader
 from updater.oci import CHUNK, MAX_JSON_BYTES, json_object
@@ -42,6 +43,7 @@ __all__ = ["DockerRuntime"]
 
 _NS = 1_000_000_000
 _DEFAULT_GRACE = 10  # seconds between the stop signal and SIGKILL, as in Compose
+LABEL_DEVICE_NETWORK = "dev.sealift.device-network"
 
 
 class DockerRuntime:
@@ -116,8 +118,14 @@ class DockerRuntime:
         with self._engine(f"{release.name} {release.version}: the engine could not start it"):
             default = self._network(release, None)
             named = {name: self._network(release, name, internal=internal) for name, internal in app.networks}
+            device = self._device_network() if app.on_device_network else None
             for service in start_order(app):
-                self._run(release, service, slot_dir, images, default, named, (environment or {}).get(service.name, {}), secrets)
+                container = self._run(release, service, slot_dir, images, default, named, (environment or {}).get(service.name, {}),
+                                      secrets)
+                if device is not None and not service.container.host_network:  # before it starts: named from its first breath
+                    device.connect(container, aliases=[f"{service.name}.{release.name}",
+                                                       *(p.name for p in app.provides if p.service == service.name)])
+                container.start()
 
     def stop(self, app: str, slot: str) -> None:
         with self._engine(f"{app} slot {slot}: the engine could not stop it"):
@@ -148,13 +156,26 @@ class DockerRuntime:
 
     def _network(self, release: Release, name: str | None, *, internal: bool = False) -> Any:
         full = f"sealift-{release.name}-{release.slot}" + (f"-{name}" if name else "")
-        existing = self.client.networks.list(names=[full])
-        if existing:
-            return existing[0]
-        return self.client.networks.create(full, driver="bridge", internal=internal, labels=_labels(release, None))
+        return self._named_network(full) or self.client.networks.create(full, driver="bridge", internal=internal,
+                                                                         labels=_labels(release, None))
+
+    def _device_network(self) -> Any:
+        """The network the device's applications share (updater.devicenet), made once and kept."""
+        import docker.errors
+
+        try:
+            return self._named_network(DEVICE_NETWORK) or self.client.networks.create(
+                DEVICE_NETWORK, driver="bridge", internal=True, check_duplicate=True, labels={LABEL_DEVICE_NETWORK: "1"})
+        except docker.errors.APIError:  # another updater made it just now
+            return self._named_network(DEVICE_NETWORK) or self.client.networks.get(DEVICE_NETWORK)
+
+    def _named_network(self, name: str) -> Any:
+        """The network called exactly ``name`` (the engine's name filter matches parts of names too)."""
+        return next((n for n in self.client.networks.list(names=[name]) if n.name == name), None)
 
     def _run(self, release: Release, service: Service, slot_dir: Path, images: Mapping[str, str], default: Any,
-             named: dict[str, Any], site_environment: Mapping[str, str], secrets: Path | None) -> None:
+             named: dict[str, Any], site_environment: Mapping[str, str], secrets: Path | None) -> Any:
+        """Create ``service``'s container on its networks (not started yet)."""
         import docker.types
 
         api = self.client.api
@@ -199,7 +220,7 @@ class DockerRuntime:
         container = self.client.containers.get(created["Id"])
         for network in networks[1:]:
             network.connect(container, aliases=[service.name])
-        container.start()
+        return container
 
     def _engine(self, doing: str) -> _EngineCall:
         return _EngineCall(doing)

@@ -21,7 +21,7 @@ from typing import Any
 
 from updater.durable import fsync_dir, replace_file
 from updater.errors import Conflict, DeviceFault, InputError
-from updater.locks import exclusive_lock
+from updater.locks import file_lock
 from updater.names import NAME
 from updater.oci import parse_json
 from updater.sealed import KEMS, DeviceKey, device_id
@@ -49,7 +49,7 @@ class DeviceIdentity:
             raise InputError(f"site {site!r}: expected a site name (lower case letters, digits, . _ -)")
         if kem not in KEMS:
             raise InputError(f"unknown key type {kem!r} (known: {', '.join(KEMS)})")
-        with exclusive_lock(self.dir.parent / "identity.lock", wait=True):
+        with file_lock(self.dir.parent / "identity.lock", wait=True):
             if self.enrolled() and not force:
                 raise Conflict(f"{self.dir}: this device is enrolled already (as {self.record()['device']}); "
                                   "--force makes new keys, and the inventory must then take the new record")

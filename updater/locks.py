@@ -11,15 +11,16 @@ from pathlib import Path
 
 from updater.errors import DeviceFault
 
-__all__ = ["exclusive_lock", "remove_lock"]
+__all__ = ["file_lock", "remove_lock"]
 
 
 @contextmanager
-def exclusive_lock(path: Path, *, wait: bool) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (created if missing). Without ``wait``, BlockingIOError
-    at once if another process holds it. The kernel drops the lock when the holder dies. A lock
-    file that cannot be made (a read-only or full state directory) is a DeviceFault."""
-    fd = _locked_fd(path, wait=wait)
+def file_lock(path: Path, *, wait: bool, shared: bool = False) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing), or with ``shared`` one that others may
+    share but an exclusive holder excludes. Without ``wait``, BlockingIOError at once if another
+    process holds it. The kernel drops the lock when the holder dies. A lock file that cannot be
+    made (a read-only or full state directory) is a DeviceFault."""
+    fd = _locked_fd(path, wait=wait, shared=shared)
     try:
         yield
     finally:
@@ -28,7 +29,7 @@ def exclusive_lock(path: Path, *, wait: bool) -> Iterator[None]:
 
 def remove_lock(path: Path) -> bool:
     """Remove the lock file ``path`` if nobody holds it; False if someone does. Safe against a process
-    that opened it just before: :func:`exclusive_lock` re-checks, once locked, that the file it
+    that opened it just before: :func:`file_lock` re-checks, once locked, that the file it
     locked is still the one at ``path``."""
     try:
         fd = _locked_fd(path, wait=False, create=False)
@@ -41,11 +42,12 @@ def remove_lock(path: Path) -> bool:
     return True
 
 
-def _locked_fd(path: Path, *, wait: bool, create: bool = True) -> int:
+def _locked_fd(path: Path, *, wait: bool, create: bool = True, shared: bool = False) -> int:
+    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
     while True:
         fd = _open(path, create=create)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, mode if wait else mode | fcntl.LOCK_NB)
             if _same_file(path, fd):
                 return fd
         except BaseException:

@@ -11,7 +11,7 @@ the offered release, and no offered one does) is refused before anything is copi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from updater.artifact import Artifact, Kind, kind
@@ -23,7 +23,7 @@ from updater.profiles import Profile
 from updater.slots import DeviceState, Release
 from updater.versions import fits, version_key
 
-__all__ = ["Candidate", "Offer", "Plan", "failure_key", "newest_for", "plan", "read_offer"]
+__all__ = ["Candidate", "Offer", "Plan", "failure_key", "newest_for", "offered_apps", "plan", "read_offer"]
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,24 @@ class Plan:
         return None if app is None else f"{app}+{carried}" if carried else app
 
 
-def read_offer(artifact: Artifact, profile: Profile | None, site: str | None) -> Offer:
-    """What ``artifact`` offers a device of ``profile`` at ``site``; Refused when it holds nothing for it."""
+def offered_apps(artifact: Artifact, profile: Profile | None, site: str | None) -> list[str]:
+    """The applications ``artifact`` holds releases of for a device of ``profile`` at ``site`` (bundles
+    for its profile, overlays for its site), sorted; Refused, as :func:`read_offer`, when it holds none."""
+    if artifact.kind is not Kind.MEDIUM:
+        return [_claims(artifact, artifact.top).get(ANNOTATION.NAME, "")]
+    contents = read_medium(artifact.reader, artifact.tops)
+    names = {b.name for b in contents.bundles if profile is None or b.profile == profile.name}
+    names |= {o.name for o in contents.overlays if site is not None and o.site == site}
+    if not names:
+        read_offer(artifact, profile, site)  # says why in its words
+    return sorted(names)
+
+
+def read_offer(artifact: Artifact, profile: Profile | None, site: str | None, *, app: str | None = None) -> Offer:
+    """What ``artifact`` offers a device of ``profile`` at ``site`` (of application ``app`` only, when
+    given); Refused when it holds nothing for it."""
+    if artifact.kind is not Kind.MEDIUM and app is not None and (claimed := _claims(artifact, artifact.top).get(ANNOTATION.NAME)) != app:
+        raise InputError(f"{artifact.path}: holds a release of {claimed}, not of {app}")
     if artifact.kind is Kind.BUNDLE:
         return Offer(bundle=_candidate(artifact, artifact.top))
     if artifact.kind is Kind.OVERLAY:
@@ -73,6 +89,12 @@ def read_offer(artifact: Artifact, profile: Profile | None, site: str | None) ->
                           + (f"at site {site}" if site else "not enrolled at any site"))
         return Offer(overlays=(_candidate(artifact, artifact.top),))
     contents = read_medium(artifact.reader, artifact.tops)
+    if app is not None:
+        held = ", ".join(sorted({b.name for b in contents.bundles} | {o.name for o in contents.overlays})) or "nothing"
+        contents = replace(contents, bundles=[b for b in contents.bundles if b.name == app],
+                           overlays=[o for o in contents.overlays if o.name == app])
+        if not contents.bundles and not contents.overlays:
+            raise Refused(f"{artifact.path}: the medium holds nothing of application {app} (it holds {held})")
     # what an overlay fits, as its own index says (what TUF signs), not as the medium's listing says
     overlays = tuple(_candidate(artifact, o.top) for o in contents.overlays if site is not None and o.site == site)
     if overlays and not any(profile is None or b.profile == profile.name for b in contents.bundles):
@@ -91,7 +113,10 @@ def newest_for(bundles: list[MediumBundle], profile: Profile | None, artifact: A
     if not fitting:
         held = ", ".join(sorted({b.profile for b in bundles})) or "nothing"
         raise Refused(f"{artifact.path}: the medium holds no bundle for profile {profile.name if profile else '?'} (it holds {held})")
-    if len(fitting) > 1 and profile is None:
+    if len({b.name for b in fitting}) > 1:
+        names = ", ".join(sorted({b.name for b in fitting}))
+        raise InputError(f"{artifact.path}: the medium holds releases of several applications ({names}); name one with --app")
+    if len({b.profile for b in fitting}) > 1:
         raise InputError(f"{artifact.path}: the medium holds bundles for several profiles; name this device's with --profile")
     return max(fitting, key=lambda b: version_key(b.version))
 

@@ -23,6 +23,7 @@ from typing import Any
 from updater.artifact import Kind
 from updater.errors import Refused, SealiftError
 from updater.install import Installer, Outcome
+from updater.names import NAME
 from updater.oci import ANNOTATION, Descriptor
 from updater.profiles import Profile
 from updater.registry import RegistryClient, Retry, bundle_descriptor, bundle_tag, connect, overlay_tag
@@ -56,10 +57,11 @@ class Signed:
 
 @dataclass(frozen=True)
 class Found:
-    """What the registry holds that this device should install: a newer release (``app``; None: the
-    running one) and its site's overlay (``overlay``; None: the running one is carried), and the
+    """What the registry holds that this device should install of application ``name``: a newer
+    release (``app``; None: the running one) and its site's overlay (``overlay``; None: the running one is carried), and the
     metadata that signs them."""
 
+    name: str
     app: Signed | None
     overlay: Signed | None
     metadata: dict[str, bytes]
@@ -72,12 +74,15 @@ class Found:
 
 
 class RegistryPoller:
-    """Polls ``source`` (``HOST/REPO``) for this device's newest signed release, and its site's
-    newest overlay, and installs them."""
+    """Polls ``source`` (``HOST/REPO``, one application's repository) for this device's newest signed
+    release of application ``app``, and its site's newest overlay, and installs them. Without ``app``,
+    the application is the one the repository's newest bundle for this profile claims to be (the
+    signature check confirms the claim, as for any release)."""
 
-    def __init__(self, source: str, *, installer: Installer, profile: Profile, plain_http: bool = False,
-                 log: Log = lambda _: None, retry: Retry = DEVICE_RETRY) -> None:
+    def __init__(self, source: str, *, installer: Installer, profile: Profile, app: str | None = None,
+                 plain_http: bool = False, log: Log = lambda _: None, retry: Retry = DEVICE_RETRY) -> None:
         self.source = source
+        self.app = app
         self.installer = installer
         self.profile = profile
         self.plain_http = plain_http
@@ -90,10 +95,10 @@ class RegistryPoller:
         """One cycle: find, download, install. None when there is nothing newer to install."""
         client = connect(self.source, plain_http=self.plain_http, what="site registry", retry=self.retry)
         try:
-            state = self.installer.slots.load()
-            found = self.find(client, state)
+            found = self.find(client)
             if found is None:
                 return None
+            state = self.installer.app(found.name).slots.load()
             self.log(f"found {found} in {client.ref.name}")
             with ExitStack() as stack:
                 overlay = None
@@ -107,10 +112,10 @@ class RegistryPoller:
                 if found.app is None:
                     assert overlay is not None and found.overlay is not None
                     with self._refusing(found.overlay):
-                        return self.installer.install(overlay)
+                        return self.installer.install(overlay, app=found.name)
                 incoming = self._download(stack, client, found.app, found.metadata)
                 with self._refusing(found.app):
-                    return self.installer.install(incoming, overlay=overlay)
+                    return self.installer.install(incoming, overlay=overlay, app=found.name)
         finally:
             client.close()
 
@@ -133,13 +138,21 @@ class RegistryPoller:
                  "already on this device")
         return incoming
 
-    def find(self, client: RegistryClient, state: DeviceState) -> Found | None:
-        """The newest signed release for this profile newer than the running one, with the newest
-        signed overlay for this device's site that fits it; or, with no newer release, a newer overlay
-        for the running one. None when there is nothing to install."""
+    def find(self, client: RegistryClient, state: DeviceState | None = None) -> Found | None:
+        """The newest signed release of the application for this profile newer than the running one
+        (``state``, default: what the device runs of it), with the newest signed overlay for this
+        device's site that fits it; or, with no newer release, a newer overlay for the running one.
+        None when there is nothing to install."""
+        tags = client.tags()
+        name = self.app or self._claimed(client, tags)
+        if name is None:
+            return None
+        if self.installer.declared and name not in self.installer.declared:
+            self.log(f"skipped {client.ref.name}: it holds {name}, which this device does not run")
+            return None
+        state = state or self.installer.app(name).slots.load()
         current = state.current
         site = self.installer.site()
-        tags = client.tags()
         apps = _versions(tags, f"{self.profile.name}-", above=current.version if current else None)
         overlays = _versions(tags, f"site-{site}-", above=current.overlay if current and current.overlay_digest else None) \
             if site else []
@@ -154,7 +167,7 @@ class RegistryPoller:
             running = self._running_overlay(state)
             for version, tag in apps:
                 app = self._signed(client, tuf, tag, version)
-                if app is None:
+                if app is None or app.name != name:
                     continue
                 overlay = next((o for o in signed_overlays if o.name == app.name and fits(o.fits, version)
                                 and f"{app.top.digest}+{o.top.digest}" not in state.failed), None)
@@ -164,17 +177,33 @@ class RegistryPoller:
                                                                 or not fits(str(running.get("fits", "")), version)):
                     self.log(f"skipped {tag}: the site overlay {running.get('version')} does not fit it, and no newer one does")
                     continue
-                return Found(app=app, overlay=overlay, metadata=dict(metadata.fetched))
+                return Found(name=name, app=app, overlay=overlay, metadata=dict(metadata.fetched))
             if current is not None:
                 for overlay in signed_overlays:
                     if overlay.name == current.name and fits(overlay.fits, current.version) \
                             and f"{current.digest}+{overlay.top.digest}" not in state.failed:
-                        return Found(app=None, overlay=overlay, metadata=dict(metadata.fetched))
+                        return Found(name=name, app=None, overlay=overlay, metadata=dict(metadata.fetched))
         return None
 
     def _running_overlay(self, state: DeviceState) -> dict[str, Any] | None:
         current = state.current
-        return overlay_of(self.installer.slots.slot_dir(current.slot)) if current is not None and current.overlay_digest else None
+        return overlay_of(self.installer.app(current.name).slots.slot_dir(current.slot)) \
+            if current is not None and current.overlay_digest else None
+
+    def _claimed(self, client: RegistryClient, tags: list[str]) -> str | None:
+        """The application the repository's newest readable bundle for this profile claims to be (the
+        signature check of the release confirms it; a source named with its application skips this)."""
+        for _, tag in _versions(tags, f"{self.profile.name}-", above=None):
+            fetched = client.get_manifest(tag)
+            if fetched is None:
+                continue
+            try:
+                top = bundle_descriptor(*fetched, f"{client.ref.name}:{tag}", kinds=(Kind.BUNDLE,))
+            except Refused:
+                continue
+            if NAME.fullmatch(claimed := top.annotations.get(ANNOTATION.NAME, "")):
+                return claimed
+        return None
 
     def _signed(self, client: RegistryClient, tuf: TufClient, tag: str, version: str, *, site: str | None = None) -> Signed | None:
         """The index tagged ``tag`` if TUF signs it as what it claims to be (a bundle for this profile,

@@ -1,10 +1,10 @@
-"""The device's two release slots and the state file that says what each holds.
+"""An application's two release slots and the state file that says what each holds.
 
-``STATE/slots/a`` and ``STATE/slots/b`` each hold one staged release (read-only); the state
-file ``STATE/state.json`` says which slot is current, what is being tried, and what happened
-before. It is replaced atomically (temp file, fsync, rename, fsync of the directory), so after a
-crash it is either the old state or the new one. ``STATE/install.lock`` keeps two updaters from
-acting at once.
+In an application's directory (``STATE/apps/NAME``, see :mod:`updater.apps`), ``slots/a`` and
+``slots/b`` each hold one staged release (read-only); the state file ``state.json`` says which
+slot is current, what is being tried, and what happened before. It is replaced atomically (temp
+file, fsync, rename, fsync of the directory), so after a crash it is either the old state or the
+new one. ``install.lock`` keeps two updaters from acting on the application at once.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 from updater.durable import replace_file
 from updater.errors import Conflict, DeviceFault
-from updater.locks import exclusive_lock
+from updater.locks import file_lock
 from updater.oci import parse_json
 
 __all__ = ["SLOTS", "DeviceState", "Phase", "Release", "Slots"]
@@ -110,18 +110,18 @@ class DeviceState:
 
 
 class Slots:
-    """The state directory's slots and state file."""
+    """An application's slots and state file, in its directory ``root``."""
 
-    def __init__(self, state_dir: Path) -> None:
-        self.state_dir = state_dir
+    def __init__(self, root: Path) -> None:
+        self.root = root
 
     def slot_dir(self, slot: str) -> Path:
         if slot not in SLOTS:
             raise DeviceFault(f"unknown slot {slot!r}")
-        return self.state_dir / "slots" / slot
+        return self.root / "slots" / slot
 
     def load(self) -> DeviceState:
-        path = self.state_dir / _STATE
+        path = self.root / _STATE
         try:
             return DeviceState.from_json(parse_json(path.read_bytes(), str(path), DeviceFault))
         except FileNotFoundError:
@@ -131,18 +131,18 @@ class Slots:
 
     def save(self, state: DeviceState) -> None:
         """Replace the state file atomically and durably."""
-        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
-            replace_file(self.state_dir / _STATE, (json.dumps(state.to_json(), indent=2, sort_keys=True) + "\n").encode(), mode=0o600)
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            replace_file(self.root / _STATE, (json.dumps(state.to_json(), indent=2, sort_keys=True) + "\n").encode(), mode=0o600)
         except OSError as e:
-            raise DeviceFault(f"{self.state_dir / _STATE}: cannot record the state ({e.strerror})") from e
+            raise DeviceFault(f"{self.root / _STATE}: cannot record the state ({e.strerror})") from e
 
     @contextmanager
     def locked(self) -> Iterator[None]:
         """Hold the install lock, or fail at once if another updater holds it."""
         with ExitStack() as stack:
             try:
-                stack.enter_context(exclusive_lock(self.state_dir / "install.lock", wait=False))
+                stack.enter_context(file_lock(self.root / "install.lock", wait=False))
             except BlockingIOError:
-                raise Conflict(f"{self.state_dir}: another sealift-updater is installing; nothing was changed") from None
+                raise Conflict(f"{self.root.name}: another sealift-updater is installing or rolling it back; nothing was changed") from None
             yield

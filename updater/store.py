@@ -22,7 +22,7 @@ from pathlib import Path
 from updater.artifact import Artifact, Kind
 from updater.durable import fsync_dir
 from updater.errors import Conflict, DeliveryError, DeviceFault, EngineFault, Refused
-from updater.locks import exclusive_lock, remove_lock
+from updater.locks import file_lock, remove_lock
 from updater.medium import read_medium
 from updater.oci import MAX_JSON_BYTES, Descriptor, check_digest
 from updater.transfer import DirectoryEndpoint, Endpoint, ReaderEndpoint, Transferred, copy_graph, walk
@@ -52,7 +52,7 @@ class Incoming:
         self._lock = ExitStack()
 
     def __enter__(self) -> Incoming:
-        self._lock.enter_context(exclusive_lock(self.store.lock_path(self.top.digest), wait=True))
+        self._lock.enter_context(file_lock(self.store.lock_path(self.top.digest), wait=True))
         try:
             self.layout.prepare()
         except BaseException as e:
@@ -196,7 +196,7 @@ class BundleStore:
                     shutil.rmtree(entry)  # not one of ours
                     removed.append(entry.name)
                     continue
-                with exclusive_lock(self.lock_path(f"sha256:{entry.name}"), wait=False):  # a poll may hold it, to install next
+                with file_lock(self.lock_path(f"sha256:{entry.name}"), wait=False):  # a poll may hold it, to install next
                     shutil.rmtree(entry)
                 removed.append(entry.name)
             except OSError:
@@ -224,7 +224,7 @@ class BundleStore:
             shutil.rmtree(incoming)  # not one of ours
             return True
         try:
-            with exclusive_lock(self.lock_path(f"sha256:{hexdigest}"), wait=False):
+            with file_lock(self.lock_path(f"sha256:{hexdigest}"), wait=False):
                 files = [p for p in incoming.rglob("*") if p.is_file()]  # a partial blob grows as it arrives
                 newest = max((p.stat().st_mtime for p in files), default=incoming.stat().st_mtime)
                 if not (self.has(f"sha256:{hexdigest}") or time.time() - newest > _INCOMING_KEPT_S):

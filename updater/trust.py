@@ -30,7 +30,7 @@ from tuf.api.serialization import DeserializationError
 
 from updater.durable import fsync_dir, replace_file
 from updater.errors import Conflict, DeviceFault, InputError, Refused
-from updater.locks import exclusive_lock
+from updater.locks import file_lock
 from updater.oci import parse_json
 from updater.versions import version_key
 
@@ -170,7 +170,7 @@ class TrustedState:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        with exclusive_lock(self.state_dir / "lock", wait=True):  # another updater verifying: wait for it
+        with file_lock(self.state_dir / "lock", wait=True):  # another updater verifying: wait for it
             yield
 
     def _keep_verified_metadata(self, scratch: Path) -> None:

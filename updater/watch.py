@@ -1,7 +1,8 @@
 """Removable media: a directory where media are mounted (or bundles copied), and what is new in it.
 
 Each scan looks for bundles, overlays and media (OCI layout directories and tar files) and
-installs, one at a time, what this device has not installed or seen fail. One refused for a reason
+installs, one at a time, what this device has not installed or seen fail, of every application
+on it that the device runs (all of them, unless the device names its applications). One refused for a reason
 the same bytes would meet again (a Refused: failed verification, damaged or incomplete content,
 secrets sealed to other devices) is said once and not tried again by this process until its files
 change (a medium still being copied changes), or the device's release does; a fault of the
@@ -18,7 +19,7 @@ from pathlib import Path
 from updater.artifact import open_artifact
 from updater.errors import Refused, SealiftError
 from updater.install import Installer, Outcome
-from updater.plan import failure_key, plan, read_offer
+from updater.plan import Offer, failure_key, offered_apps, plan, read_offer
 
 __all__ = ["Watcher"]
 
@@ -47,32 +48,47 @@ class Watcher:
         return tried
 
     def _consider(self, path: Path) -> int:
-        """Install what ``path`` offers, if it is new to this device; 1 if an install was tried."""
-        state = self.installer.slots.load()
+        """Install what ``path`` offers of each application this device runs, if it is new to this
+        device; how many installs were tried."""
         site = self.installer.site()
         try:
             with open_artifact(path) as artifact:
-                offered = read_offer(artifact, self.installer.profile, site)
+                names = offered_apps(artifact, self.installer.profile, site)
+                offers = {name: read_offer(artifact, self.installer.profile, site, app=name) for name in names}
         except SealiftError:
             return 0  # unreadable (perhaps still being copied), or nothing for this device
+        fingerprint = _fingerprint(path)
+        tried = 0
+        for name, offered in offers.items():
+            if self.installer.declared and name not in self.installer.declared:
+                self._once((str(path), fingerprint, name), event="skipped", bundle=str(path), app=name,
+                           reason="not an application this device runs")
+                continue
+            tried += self._consider_app(path, fingerprint, name, offered)
+        return tried
+
+    def _consider_app(self, path: Path, fingerprint: str, name: str, offered: Offer) -> int:
+        """Install what ``path`` offers of application ``name`` if it is new; 1 if an install was tried."""
+        app = self.installer.app(name)
+        state = app.slots.load()
         current = state.current
-        seen = (str(path), _fingerprint(path), failure_key(current) if current is not None else "")
+        seen = (str(path), fingerprint, name, failure_key(current) if current is not None else "")
         try:
-            key = plan(state, offered, self.installer.running_overlay(state)).key(state)
+            key = plan(state, offered, app.running_overlay(state)).key(state)
         except SealiftError as e:  # it cannot work with what runs now
-            self._once(seen, event=_event(e), bundle=str(path), fault=e.fault, error=e.diagnostics())
+            self._once(seen, event=_event(e), bundle=str(path), app=name, fault=e.fault, error=e.diagnostics())
             return 0
         if key is None or (current is not None and key == failure_key(current)) or key in state.failed:
             return 0
         if (*seen, key) in self.refused:
             return 0
-        self._log(event="install", bundle=str(path), digest=key)
+        self._log(event="install", bundle=str(path), app=name, digest=key)
         try:
-            outcome = self.installer.install(path)
+            outcome = self.installer.install(path, app=name)
         except SealiftError as e:
             if isinstance(e, Refused):  # the same bytes would be refused again: not checked on every pass
                 self.refused.add((*seen, key))
-            self._log(event=_event(e), bundle=str(path), fault=e.fault, error=e.diagnostics())
+            self._log(event=_event(e), bundle=str(path), app=name, fault=e.fault, error=e.diagnostics())
             return 1
         self._outcome(outcome)
         return 1

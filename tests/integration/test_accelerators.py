@@ -26,13 +26,12 @@ import yaml
 
 from bundler.build import BuildOptions, build_bundles, select_profiles
 from bundler.spec import load_spec
-from tests.builders import EXAMPLE_DIR, FAST_PORT, make_example_images, signed
+from tests.builders import EXAMPLE_DIR, FAST_PORT, make_example_images, only_app, signed
 from tests.realparts import DockerEngine
 from updater.docker_runtime import DockerRuntime
 from updater.errors import DeviceFault
 from updater.install import Installer
 from updater.profiles import Profile, builtin_profile_dir, load_profiles
-from updater.slots import Slots
 from updater.trust import TrustedState
 
 GROUPS = {"hailo0": 4242, "accel/accel0": 4243}  # the stand-in nodes' owning groups
@@ -240,13 +239,13 @@ def test_a_device_without_the_accelerator_refuses_the_release_before_the_switch(
         with pytest.raises(DeviceFault, match=rf"vision-app 1\.0\.1 for rpi5-hailo8 needs what this device lacks: service vision "
                                               rf"needs device {re.escape(str(node))}, which is absent"):
             device.install(bundles["rpi5-hailo8 1.0.1"])
-        state = Slots(tmp_path / "device").load()
+        state = only_app(tmp_path / "device").load()
         assert state.current is not None and state.current.version == "1.0.0" and state.candidate is None
         assert state.fault == "device" and "needs device" in state.reason
         running.reload()
         assert running.status == "running" and running.attrs["RestartCount"] == 0  # untouched
         assert not docker_engine.client.containers.list(all=True, filters={"label": "dev.sealift.slot=b"})
-        assert not (tmp_path / "device" / "slots" / "b" / "release.json").exists()  # nothing staged
+        assert not only_app(tmp_path / "device").slot_dir("b").exists()  # nothing staged
     finally:
         if aside.exists():
             aside.rename(node)

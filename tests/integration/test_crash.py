@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.builders import healthz
+from tests.builders import healthz, only_app
 from tests.realparts import DockerEngine
 from updater.docker_runtime import DockerRuntime
 from updater.errors import Conflict, Refused
 from updater.install import Installer
 from updater.profiles import builtin_profile_dir, load_profiles
-from updater.slots import Phase, Slots
+from updater.slots import Phase
 from updater.trust import TrustedState
 
 PROFILES = load_profiles([builtin_profile_dir()])
@@ -51,9 +51,9 @@ def running_slots(engine: DockerEngine) -> set[str]:
 @pytest.mark.parametrize("step", range(1, 8))
 def test_killed_at_any_step_the_device_converges(step: int, device: Installer, releases: dict[str, Path],
                                                  docker_engine: DockerEngine) -> None:
-    slot_a = device.slots.slot_dir("a")
+    slot_a = only_app(device.state_dir).slot_dir("a")
     before = files_of(slot_a)
-    command = [sys.executable, "-c", "from updater.cli import main; main()", "--state-dir", str(device.slots.state_dir),
+    command = [sys.executable, "-c", "from updater.cli import main; main()", "--state-dir", str(device.state_dir),
                "install", str(releases["1.1.0"]), "--profile", "x86_64-cpu"]
     proc = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=docker_engine.env())
     assert proc.stderr is not None
@@ -65,7 +65,7 @@ def test_killed_at_any_step_the_device_converges(step: int, device: Installer, r
     proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL, f"the install finished before step {step}"
 
-    state = device.recover()  # the updater's next start
+    state = device.app("vision-app").recover()  # the updater's next start
     assert state.phase in (Phase.COMMITTED, Phase.ROLLED_BACK)
     assert state.current is not None and running_slots(docker_engine) == {state.current.slot}
     assert healthz() == 200
@@ -78,7 +78,7 @@ def test_rollback_on_demand_and_after_the_engine_lost_the_containers(device: Ins
     assert device.install(releases["1.1.0"]).committed
     back = device.rollback()
     assert back.committed and back.release.version == "1.0.0"
-    state = Slots(device.slots.state_dir).load()
+    state = only_app(device.state_dir).load()
     assert state.current is not None and state.current.slot == "a" and state.previous is not None and state.previous.version == "1.1.0"
     for container in docker_engine.client.containers.list(all=True, filters={"label": "dev.sealift.app=vision-app"}):
         container.remove(force=True)  # as after a reboot that lost them
@@ -95,7 +95,7 @@ def test_a_release_the_engine_cannot_start_is_rolled_back(device: Installer, rel
     outcome = device.install(releases["1.2.0"])
     assert not outcome.committed and outcome.reason.startswith("start failed: ") and outcome.fault == "engine"
     assert "vision-app 1.2.0: the engine could not start it" in outcome.reason
-    state = Slots(device.slots.state_dir).load()
+    state = only_app(device.state_dir).load()
     assert state.current is not None and state.current.version == "1.0.0" and "start failed" in state.reason
     assert state.fault == "engine"
     assert running_slots(docker_engine) == {"a"} and healthz() == 200
@@ -104,18 +104,18 @@ def test_a_release_the_engine_cannot_start_is_rolled_back(device: Installer, rel
 @pytest.mark.docker
 def test_refusals_and_failures_leave_the_previous_release_and_say_why(device: Installer, releases: dict[str, Path],
                                                                        docker_engine: DockerEngine) -> None:
-    nvidia_device = Installer(state_dir=device.slots.state_dir, runtime=DockerRuntime(docker_engine.client),
+    nvidia_device = Installer(state_dir=device.state_dir, runtime=DockerRuntime(docker_engine.client),
                               profile=PROFILES["x86_64-nvidia"])
     with pytest.raises(Refused, match="is for profile x86_64-cpu, this device is x86_64-nvidia"):
         nvidia_device.install(releases["1.1.0"])
-    state = Slots(device.slots.state_dir).load()
+    state = only_app(device.state_dir).load()
     assert state.reason.startswith("refused: vision-app-1.1.0-x86_64-cpu: ") and "x86_64-nvidia" in state.reason
     assert state.fault == "refused"
     assert state.current is not None and state.current.version == "1.0.0" and healthz() == 200
 
     exits = device.install(releases["1.4.0"])  # its server exits at once; the engine keeps restarting it
     assert not exits.committed and exits.fault == "unhealthy"
-    state = Slots(device.slots.state_dir).load()
+    state = only_app(device.state_dir).load()
     assert state.fault == "unhealthy" and state.phase == Phase.ROLLED_BACK
     assert state.current is not None and state.current.version == "1.0.0"
     assert "failed" in state.reason and running_slots(docker_engine) == {"a"} and healthz() == 200
@@ -131,10 +131,10 @@ def test_a_corrupt_bundle_is_refused_before_anything_changes(device: Installer, 
     data = bytearray(biggest.read_bytes())
     data[len(data) // 2] ^= 0xFF
     biggest.write_bytes(bytes(data))
-    slot_b = device.slots.slot_dir("b")
+    slot_b = only_app(device.state_dir).slot_dir("b")
     with pytest.raises(Refused, match=f"blob sha256:{biggest.name} does not match its digest"):
         device.install(copy)
-    state = Slots(device.slots.state_dir).load()
+    state = only_app(device.state_dir).load()
     assert state.reason.startswith(f"refused: {copy.name}: ") and state.fault == "refused"
     assert state.current is not None and state.current.version == "1.0.0"
     assert not slot_b.exists() and healthz() == 200

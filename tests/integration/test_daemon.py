@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.builders import only_app
 from tests.realparts import DockerEngine
 from updater.daemon import Daemon
 from updater.docker_runtime import DockerRuntime
 from updater.install import Installer
 from updater.profiles import builtin_profile_dir, load_profiles
-from updater.slots import Slots
 from updater.trust import TrustedState
 
 CPU = load_profiles([builtin_profile_dir()])["x86_64-cpu"]
@@ -51,7 +51,7 @@ def test_a_pass_installs_what_arrived_once_and_tells_systemd(releases: dict[str,
         assert messages[0] == "READY=1\nSTATUS=running nothing; looking for updates", messages
         assert any(m.startswith("WATCHDOG=1\nSTATUS=[6/7] health checks") for m in messages[1:]), messages
         assert messages[-1].startswith("WATCHDOG=1\nSTATUS=running vision-app 1.0.0; next look in "), messages
-        state = Slots(state_dir).load()
+        state = only_app(state_dir).load()
         assert state.current is not None and state.current.version == "1.0.0"
         assert any(line.startswith('event="committed"') for line in lines)
         assert daemon.scan() == 0  # nothing new: nothing tried again

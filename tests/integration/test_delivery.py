@@ -22,7 +22,7 @@ from bundler.build import BuildOptions, build_bundles, select_profiles
 from bundler.cli import cli as sealift
 from bundler.publish import mirror_sync, pull, push
 from bundler.spec import load_spec
-from tests.builders import healthz, image_layout, manifest_digests, project
+from tests.builders import healthz, image_layout, manifest_digests, only_app, project
 from tests.fakes import NoEngine
 from tests.realparts import CuttingProxy, DockerEngine, Registry, RegistryFactory, push_to_registry, sha256_digest
 from updater.cli import cli as updater_cli
@@ -33,7 +33,6 @@ from updater.install import Installer
 from updater.poll import RegistryPoller
 from updater.profiles import builtin_profile_dir, load_profiles
 from updater.registry import Retry, connect
-from updater.slots import Slots
 from updater.transfer import EMPTY_CONFIG
 from updater.trust import TrustedState
 
@@ -96,9 +95,9 @@ def test_push_two_mirror_hops_and_a_poll_bring_a_release_each_blob_crossing_each
             if bundle == old:  # the link drops in the middle of the first download: the poll fails, nothing changes
                 link.cut_after(600_000)  # inside the 1 MB busybox layer
                 lines: list[str] = []
-                assert isinstance(Daemon(installer, None, poller=poller, interval=10, log=lines.append).run(once=True), DeliveryError)
+                assert isinstance(Daemon(installer, None, pollers=[poller], interval=10, log=lines.append).run(once=True), DeliveryError)
                 assert link.cuts == 1 and any('event="poll-failed"' in line and "run again to resume" in line for line in lines)
-                assert Slots(state_dir).load().current is None
+                assert only_app(state_dir).load().current is None
             outcome = poller.poll()  # resumes the download where it stopped
             assert outcome is not None and outcome.committed and outcome.release.version == bundle.name.split("-")[2]
             assert (len(origin.requests()), len(dmz.requests())) == before  # the device reached only its site's mirror
@@ -118,11 +117,11 @@ def test_push_two_mirror_hops_and_a_poll_bring_a_release_each_blob_crossing_each
         offline = RegistryPoller("127.0.0.1:9/vision-app", installer=installer, profile=CPU, plain_http=True,
                                  retry=Retry(delays=(0.05,)))
         lines: list[str] = []
-        daemon = Daemon(installer, None, poller=offline, interval=10, log=lines.append)
+        daemon = Daemon(installer, None, pollers=[offline], interval=10, log=lines.append)
         assert isinstance(daemon.run(once=True), DeliveryError)  # an outage, not a refusal
         assert any('event="poll-failed"' in line and "cannot reach 127.0.0.1:9" in line for line in lines)
         assert daemon.next_wait() >= 10 * 2 * 0.8
-        assert healthz() == 200 and Slots(state_dir).load().current.version == "1.1.0"  # type: ignore[union-attr]
+        assert healthz() == 200 and only_app(state_dir).load().current.version == "1.1.0"  # type: ignore[union-attr]
     finally:
         link.close()
         remove_app(docker_engine)
@@ -152,9 +151,9 @@ def test_an_exported_delta_installs_where_the_base_is_and_is_refused_where_it_is
     refusing = Installer(state_dir=bare, runtime=DockerRuntime(docker_engine.client), profile=CPU)
     with pytest.raises(Refused, match=r"is a delta on vision-app 1\.0\.0 .* which this device does not have"):
         refusing.install(medium)
-    state = Slots(bare).load()
+    state = only_app(bare).load()
     assert state.current is None and state.reason.startswith("refused: stick: ") and state.fault == "refused"
-    assert not (bare / "bundles").exists() and not Slots(bare).slot_dir("a").exists()
+    assert not (bare / "bundles").exists() and not only_app(bare).slot_dir("a").exists()
 
     state_dir = tmp_path / "device"
     TrustedState(state_dir).init(releases["root"])
@@ -166,7 +165,7 @@ def test_an_exported_delta_installs_where_the_base_is_and_is_refused_where_it_is
         outcome = installer.install(medium)
         assert outcome.committed and outcome.release.version == "1.1.0"
         assert healthz() == 200
-        state = Slots(state_dir).load()
+        state = only_app(state_dir).load()
         assert state.current is not None and state.previous is not None
         # the device keeps the bundles of the releases it can run: the next delta finds its base there
         kept = {p.name for p in (state_dir / "bundles").iterdir() if not p.name.startswith(".")}
@@ -372,7 +371,7 @@ def test_a_poll_takes_the_newest_release_with_the_newest_overlay_of_its_site_tha
 
     def running(version: str, overlay: str | None) -> DeviceState:
         """The device's state with ``version`` running in slot a, with the plant-7 ``overlay`` staged beside it."""
-        slot = installer.slots.slot_dir("a")
+        slot = installer.apps.slots("demo").slot_dir("a")
         shutil.rmtree(slot, ignore_errors=True)
         slot.mkdir(parents=True)
         if overlay is not None:

@@ -66,7 +66,7 @@ def test_the_base_package_runs_the_device_flow_on_the_real_engine(device_venv: P
             assert fetch(f"http://127.0.0.1:{FAST_PORT}/healthz").status == 200
         back = updater("rollback", "--json")
         assert back.returncode == 0 and json.loads(back.stdout)["release"]["version"] == "1.0.0", back.stderr
-        status = json.loads(updater("status", "--json").stdout)
+        status = json.loads(updater("status", "--json").stdout)["apps"]["vision-app"]
         assert status["current"]["version"] == "1.0.0" and status["phase"] == "committed"
     finally:
         for container in docker_engine.client.containers.list(all=True, filters={"label": "dev.sealift.app=vision-app"}):

@@ -20,7 +20,7 @@ from bundler.overlay import build_overlay
 from bundler.repo import Repository
 from bundler.spec import load_spec
 from tests import builders
-from tests.builders import make_example_images, signed, unmount_secrets
+from tests.builders import make_example_images, only_app, signed, unmount_secrets
 from tests.realparts import DockerEngine
 from updater.docker_runtime import DockerRuntime
 from updater.errors import Conflict
@@ -28,7 +28,7 @@ from updater.identity import DeviceIdentity
 from updater.install import Installer
 from updater.plan import failure_key
 from updater.profiles import builtin_profile_dir, load_profiles
-from updater.slots import Phase, Slots
+from updater.slots import Phase
 from updater.trust import TrustedState
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "vision-app"
@@ -106,7 +106,7 @@ def test_install_commits_a_healthy_release_and_rolls_back_a_broken_one(example_a
         broken = installer.install(example_app["1.0.1"])  # carries the running overlay
         assert not broken.committed and broken.release.slot == "b" and broken.release.overlay == "1.0.0"
         assert "failed" in broken.reason
-        state = Slots(state_dir).load()
+        state = only_app(state_dir).load()
         assert state.phase == Phase.ROLLED_BACK and state.current is not None and state.current.version == "1.0.0"
         assert failure_key(broken.release) in state.failed
         assert serving() == 200  # the previous release answers again

@@ -17,14 +17,13 @@ from bundler.keys import Keyring
 from bundler.overlay import build_overlay
 from bundler.repo import Repository
 from bundler.spec import load_spec
-from tests.builders import EXAMPLE_DIR, example_releases, healthz, unmount_secrets
+from tests.builders import EXAMPLE_DIR, example_releases, healthz, only_app, unmount_secrets
 from tests.realparts import DockerEngine
 from updater.docker_runtime import DockerRuntime
 from updater.errors import SealiftError
 from updater.identity import DeviceIdentity
 from updater.install import Installer
 from updater.profiles import builtin_profile_dir, load_profiles
-from updater.slots import Slots
 from updater.trust import TrustedState
 
 CPU = load_profiles([builtin_profile_dir()])["x86_64-cpu"]
@@ -116,7 +115,7 @@ def test_a_release_with_its_overlay_then_a_rotation_then_refusals(site: dict[str
         broken = overlay(site, "2.1.0", "tok-never-used", monkeypatch, environment="VISION_PORT: not-a-port")
         failed = installer.install(broken)
         assert not failed.committed and in_container(docker_engine, "cat /run/secrets/api-token") == TOKENS[1]
-        state = Slots(site["state"]).load()
+        state = only_app(site["state"]).load()
         assert state.current is not None and state.current.overlay == "2.0.0" and state.current.digest not in state.failed
 
         # refused, with the running release and its secret untouched: another site's, an older one, an unsigned one
@@ -127,7 +126,7 @@ def test_a_release_with_its_overlay_then_a_rotation_then_refusals(site: dict[str
             with pytest.raises(SealiftError, match=message):
                 installer.install(bad)
             assert in_container(docker_engine, "cat /run/secrets/api-token") == TOKENS[1] and healthz() == 200
-        state = Slots(site["state"]).load()
+        state = only_app(site["state"]).load()
         assert state.current is not None and state.current.overlay == "2.0.0"
 
         # nothing the builder or the device wrote holds a secret value (the tmpfs is memory, not a file here)

@@ -22,11 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.builders import healthz
+from tests.builders import healthz, only_app
 from tests.realparts import DockerEngine, start_docker_engine
 from updater.errors import Unhealthy
 from updater.runtime import LABEL_APP, LABEL_SLOT, LABEL_VERSION
-from updater.slots import Slots
 from updater.trust import TrustedState
 
 ROUNDS = int(os.environ.get("SEALIFT_KILL_ROUNDS", "10"))
@@ -60,7 +59,7 @@ def _serving(engine: DockerEngine) -> set[tuple[str, str]]:
 
 def _leftovers(state: Path) -> list[str]:
     """What a converged device must not hold: half-made slots, trust copies, unfinished bundles."""
-    found = [p.name for p in (state / "slots").iterdir() if p.name.startswith(".")] if (state / "slots").exists() else []
+    found = [p.name for p in state.glob("apps/*/slots/.*")]
     found += [p.name for p in state.iterdir() if p.name.startswith("trust-") and p.resolve() != (state / "trust").resolve()]
     found += [p.name for p in (state / "bundles").iterdir() if p.name.startswith(".incoming-")]
     return found
@@ -82,11 +81,11 @@ def test_random_kills_of_the_updater_and_the_engine_always_converge(releases: di
     try:
         for round_ in range(ROUNDS):
             where = f"seed {SEED}, round {round_}"
-            current = Slots(state).load().current
+            current = only_app(state).load().current
             assert current is not None
             # (1) an install of the other release (forced: a release cut short 3 times is marked failed),
             # a rollback, or a recovery, killed at a random instant; sometimes the engine dies with it
-            if current.version == "1.0.0" and Slots(state).load().previous is None:
+            if current.version == "1.0.0" and only_app(state).load().previous is None:
                 args = ("install", str(releases["1.1.0"]), "--profile", "x86_64-cpu", "--force")
             else:
                 args = rng.choice([("rollback",), ("rollback",), ("recover",)])
@@ -98,19 +97,19 @@ def test_random_kills_of_the_updater_and_the_engine_always_converge(releases: di
                 engine.crash_and_restart()
             # (2) the next start converges: exactly one release serves, the one the state and status name
             code, out, err = _run(state, engine, "recover")
-            if code == Unhealthy.exit_code and "restart the Docker engine" in Slots(state).load().reason:
+            if code == Unhealthy.exit_code and "restart the Docker engine" in only_app(state).load().reason:
                 # Docker 20.10 restores the port mapping of a container whose start a crash cut short, and holds
                 # the host port until the engine restarts; the updater says so (exit 7, and what to do)
                 engine.restart()
                 code, out, err = _run(state, engine, "recover")
-            assert code == 0, f"{where}: recover after {args[0]}: {err} (state: {Slots(state).load().reason})"
-            named = Slots(state).load()
+            assert code == 0, f"{where}: recover after {args[0]}: {err} (state: {only_app(state).load().reason})"
+            named = only_app(state).load()
             assert named.current is not None and named.candidate is None, where
             assert _serving(engine) == {(named.current.slot, named.current.version)}, where
-            assert out.strip() == f"running: {APP} {named.current.version} (slot {named.current.slot}): serving", where
+            assert out.strip() == f"{APP}: running {APP} {named.current.version} (slot {named.current.slot}): serving", where
             assert healthz() == 200, where
             code, out, _ = _run(state, engine, "status", "--json")
-            status = json.loads(out)
+            status = json.loads(out)["apps"][APP]
             assert code == 0 and status["current"]["version"] == named.current.version and status["serving"]["ok"], where
             # (3) rollback goes where the state says
             if named.previous is not None and rng.random() < 0.5:

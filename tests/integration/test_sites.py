@@ -22,7 +22,7 @@ from click.testing import CliRunner
 
 from bundler.cli import cli as sealift
 from bundler.keys import PASSPHRASE_ENV
-from tests.builders import EXAMPLE_DIR, answer, example_releases, manifest_digests, unmount_secrets
+from tests.builders import EXAMPLE_DIR, answer, example_releases, manifest_digests, only_app, unmount_secrets
 from tests.fakes import NoEngine
 from tests.realparts import DockerEngine, NetNamespace, Registry, RegistryFactory, start_docker_engine, start_net_namespace
 from updater.daemon import Daemon
@@ -34,7 +34,6 @@ from updater.overlay import check_overlay
 from updater.poll import RegistryPoller
 from updater.profiles import builtin_profile_dir, load_profiles
 from updater.sealed import Identity, open_sealed
-from updater.slots import Slots
 from updater.transfer import EMPTY_CONFIG
 from updater.trust import TrustedState
 
@@ -113,7 +112,7 @@ def test_two_sites_run_one_bundle_with_their_own_secrets_rotate_them_and_a_revok
         installer = Installer(state_dir=states["north"], runtime=DockerRuntime(engines["north"].client), profile=CPU)
         logs: list[str] = []  # what north's daemon and south's updater said
         north = Daemon(installer, None, interval=10, log=logs.append,
-                       poller=RegistryPoller(f"{mirror.address}/vision-app", installer=installer, profile=CPU, plain_http=True))
+                       pollers=[RegistryPoller(f"{mirror.address}/vision-app", installer=installer, profile=CPU, plain_http=True)])
         usb = work / "usb"  # south's watched directory, where the site's operator copies each medium
         usb.mkdir()
 
@@ -131,11 +130,11 @@ def test_two_sites_run_one_bundle_with_their_own_secrets_rotate_them_and_a_revok
         logs.append(south.stdout + south.stderr)
         assert south.returncode == 0 and 'event="committed"' in logs[-1], logs[-1]
         for site, other in (("north", "south"), ("south", "north")):
-            current = Slots(states[site]).load().current
+            current = only_app(states[site]).load().current
             assert current is not None and (current.version, current.overlay) == ("1.0.0", "1.0.0")
             assert infer(hosts[site], TOKENS[site][0]) == 200
             assert infer(hosts[site], TOKENS[other][0]) == 401 and infer(hosts[site], None) == 401
-        apps = {Slots(states[site]).load().current.digest for site in ("north", "south")}  # type: ignore[union-attr]
+        apps = {only_app(states[site]).load().current.digest for site in ("north", "south")}  # type: ignore[union-attr]
         assert len(apps) == 1  # the same application release at both sites
 
         # (2) the spare device is revoked; the credentials rotate with new overlays only
@@ -156,7 +155,7 @@ def test_two_sites_run_one_bundle_with_their_own_secrets_rotate_them_and_a_revok
         app_blobs = {f"sha256:{p.name}" for p in (app / "blobs" / "sha256").iterdir()} - manifest_digests(app) - {EMPTY_CONFIG.digest}
         assert not device_reads(mirror, before) & app_blobs  # north downloaded no image layer, model or config again
         for site in ("north", "south"):
-            current = Slots(states[site]).load().current
+            current = only_app(states[site]).load().current
             assert current is not None and current.overlay == "1.1.0" and current.digest in apps
             assert {i.id for i in engines[site].client.images.list()} == images[site]  # no image loaded
             assert infer(hosts[site], TOKENS[site][1]) == 200 and infer(hosts[site], TOKENS[site][0]) == 401
@@ -177,8 +176,8 @@ def test_two_sites_run_one_bundle_with_their_own_secrets_rotate_them_and_a_revok
         with pytest.raises(Refused, match="not sealed to this device"):
             RegistryPoller(f"{mirror.address}/vision-app", installer=spare_installer, profile=CPU, plain_http=True).poll()
         assert not device_reads(mirror, before) & app_blobs, device_reads(mirror, before) & app_blobs
-        assert Slots(states["spare"]).load().current is None
-        assert not any((states["spare"] / "slots").glob("*/*"))  # nothing staged
+        assert only_app(states["spare"]).load().current is None
+        assert not any((states["spare"] / "apps").glob("*/slots/*/*"))  # nothing staged
 
         # no registry blob, medium, log or file of the builder holds a secret value
         values = [t.encode() for pair in TOKENS.values() for t in pair]

@@ -172,7 +172,7 @@ def test_commands_that_need_the_engine_say_in_one_line_when_it_does_not_answer(t
 def test_status_and_errors_give_json_for_scripts(tmp_path: Path) -> None:
     state = str(tmp_path / "state")
     status = updater("--state-dir", state, "status", "--json")
-    assert status.returncode == 0 and json.loads(status.stdout)["phase"] == "idle"
+    assert status.returncode == 0 and json.loads(status.stdout) == {"apps": {}, "enrollment": None}
     missing = updater("--state-dir", state, "verify", str(tmp_path / "nothing"), "--json")
     report = json.loads(missing.stdout)
     assert missing.returncode == report["exit_code"] == InputError.exit_code

@@ -275,17 +275,17 @@ def test_checksums_cannot_name_files_outside_the_medium(versions: dict[str, Path
 
 
 def test_prune_leaves_a_bundle_whose_lock_is_held(versions: dict[str, Path], tmp_path: Path) -> None:
-    from updater.locks import exclusive_lock
+    from updater.locks import file_lock
 
     store = BundleStore(tmp_path / "device")
     taken = take(store, versions["1.2.0-x86_64-cpu"], PROFILES["x86_64-cpu"])
-    with exclusive_lock(store.lock_path(f"sha256:{taken.name}"), wait=True):  # a poll holds it, to install it next
+    with file_lock(store.lock_path(f"sha256:{taken.name}"), wait=True):  # a poll holds it, to install it next
         assert store.prune(set()) == [] and taken.exists()
     assert store.prune(set()) == [taken.name] and not taken.exists()
 
 
 def test_prune_leaves_a_download_in_progress_and_removes_an_abandoned_one(versions: dict[str, Path], tmp_path: Path) -> None:
-    from updater.locks import exclusive_lock
+    from updater.locks import file_lock
 
     store = BundleStore(tmp_path / "device")
     kept = take(store, versions["1.2.0-x86_64-cpu"], PROFILES["x86_64-cpu"])
@@ -295,7 +295,7 @@ def test_prune_leaves_a_download_in_progress_and_removes_an_abandoned_one(versio
         (incoming / "blobs/sha256/.partial-x").write_bytes(b"half")
     os.utime(old / "blobs/sha256/.partial-x", (0, 0))
     os.utime(busy / "blobs/sha256/.partial-x", (0, 0))
-    with exclusive_lock(store.lock_path("sha256:" + "a" * 64), wait=False):
+    with file_lock(store.lock_path("sha256:" + "a" * 64), wait=False):
         removed = store.prune({f"sha256:{kept.name}"})
     assert removed == [old.name] and busy.exists() and kept.exists()
 
@@ -312,7 +312,7 @@ def test_a_long_download_feeds_the_systemd_watchdog(tmp_path: Path, monkeypatch:
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
     monkeypatch.setattr(updater.daemon, "WATCHDOG_EVERY_S", 0.0)
     poller = SimpleNamespace(source="mirror/app", advance=None)
-    Daemon(None, None, poller=poller, interval=10, log=lambda _: None)  # type: ignore[arg-type]
+    Daemon(None, None, pollers=[poller], interval=10, log=lambda _: None)  # type: ignore[arg-type]
     poller.advance(256 << 10)  # a piece of a blob arrived
     assert listener.recv(64) == b"WATCHDOG=1"
     listener.close()
@@ -339,7 +339,7 @@ def test_a_cut_download_whose_blob_arrives_another_way_leaves_no_partial_in_the_
 def test_a_download_that_cannot_start_lets_go_of_its_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A full disk when a download starts must not leave its lock held: the next poll, in the same
     service, would wait on it for ever."""
-    from updater.locks import exclusive_lock
+    from updater.locks import file_lock
 
     def full(self: DirectoryEndpoint) -> None:
         raise DeviceFault(f"{self.what}: cannot write (the disk is full)")
@@ -350,7 +350,7 @@ def test_a_download_that_cannot_start_lets_go_of_its_lock(tmp_path: Path, monkey
     with pytest.raises(DeviceFault, match="the disk is full") as caught, store.incoming(top):
         pass
     assert caught.value.__traceback__ is not None  # the error, and the frames it keeps, are still alive here
-    with exclusive_lock(store.lock_path(top.digest), wait=False):  # BlockingIOError if it were still held
+    with file_lock(store.lock_path(top.digest), wait=False):  # BlockingIOError if it were still held
         pass
 
 

@@ -15,12 +15,11 @@ import pytest
 from bundler.build import BuildOptions, build_bundles, select_profiles
 from bundler.export import export
 from bundler.spec import load_spec
-from tests.builders import HEALTH_AND_SECRETS, SPEC, project, signed
+from tests.builders import HEALTH_AND_SECRETS, SPEC, only_app, project, signed
 from tests.fakes import FakeEngine
 from updater.errors import DeviceFault, EngineFault, SealiftError
 from updater.install import Installer
 from updater.profiles import builtin_profile_dir, load_profiles
-from updater.slots import Slots
 from updater.trust import TrustedState
 
 PROFILES = load_profiles([builtin_profile_dir()])
@@ -111,7 +110,7 @@ def test_a_full_disk_at_any_step_of_an_install_is_a_device_fault_that_leaves_not
     for leave in range(0, DISK, 4 << 10):
         engine = FakeEngine()
         installer = _device(state, releases, engine)
-        before = Slots(state).load().current
+        before = only_app(state).load().current
         assert before is not None
         filler = _fill(disk, leave)
         try:
@@ -120,7 +119,7 @@ def test_a_full_disk_at_any_step_of_an_install_is_a_device_fault_that_leaves_not
             assert isinstance(e, DeviceFault), e.diagnostics()
             assert "\n" not in e.diagnostics() and ("No space left" in e.diagnostics() or "disk is full" in e.diagnostics())
             steps.add(_step(e.diagnostics()))
-            assert Slots(state).load().current == before and engine.running[("demo", before.slot)][0] == "1.0.0"
+            assert only_app(state).load().current == before and engine.running[("demo", before.slot)][0] == "1.0.0"
             assert _partial(state) == [], f"{leave} bytes free"
         else:
             assert outcome.committed
@@ -199,9 +198,9 @@ def test_an_engine_that_stops_answering_at_any_step_is_an_engine_fault_and_the_d
                 break  # the whole install ran before the engine would have died
             assert outcome.committed or outcome.fault == "engine", outcome
         engine.revive()
-        converged = installer.recover()
+        converged = installer.app("demo").recover()
         assert converged.current is not None and converged.candidate is None, calls
-        assert installer.serving(converged).ok, f"{calls}: {installer.serving(converged)}"
+        assert installer.app("demo").serving(converged).ok, f"{calls}: {installer.app('demo').serving(converged)}"
         assert set(engine.running) == {("demo", converged.current.slot)}, calls
         assert _partial(state) == []
     else:

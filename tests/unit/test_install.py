@@ -11,8 +11,9 @@ import pytest
 
 from bundler.build import BuildOptions, build_bundles, select_profiles
 from bundler.spec import load_spec
-from tests.builders import HEALTH_AND_SECRETS, SPEC, project, signed
+from tests.builders import HEALTH_AND_SECRETS, SPEC, only_app, project, signed
 from tests.fakes import FakeEngine
+from updater.application import Application
 from updater.bundle import check_bundle, verify_bundle
 from updater.errors import Conflict, DeviceFault, EngineFault, Refused
 from updater.install import Installer, images_of
@@ -57,7 +58,7 @@ def test_a_healthy_release_is_committed_with_its_own_images(tmp_path: Path, bund
     engine = FakeEngine()
     outcome = device(tmp_path, bundles, engine).install(bundles["1.0.0"])
     assert outcome.committed and outcome.release.version == "1.0.0" and outcome.release.slot == "a"
-    state = Slots(tmp_path / "state").load()
+    state = only_app(tmp_path / "state").load()
     assert state.phase == Phase.COMMITTED and state.fault == "" and state.current == outcome.release
     assert engine.tags == {i.tag: i.config for i in images_of(check_bundle(bundles["1.0.0"]).bundle)}  # the bundle's own IDs
     assert set(engine.running) == {("demo", "a")}
@@ -73,7 +74,7 @@ def test_a_release_that_fails_is_rolled_back_and_marked(tmp_path: Path, bundles:
     assert installer.install(bundles["1.0.0"]).committed
     outcome = installer.install(bundles["1.1.0"])
     assert not outcome.committed and outcome.fault == fault and outcome.reason.startswith(f"{check} failed: ")
-    state = Slots(tmp_path / "state").load()
+    state = only_app(tmp_path / "state").load()
     assert state.phase == Phase.ROLLED_BACK and state.fault == fault
     assert state.current is not None and state.current.version == "1.0.0" and state.current.slot == "a"
     assert engine.running.keys() == {("demo", "a")} and engine.running[("demo", "a")][0] == "1.0.0"
@@ -97,11 +98,11 @@ def test_a_failure_after_staging_over_the_previous_release_never_leaves_it_named
     installer = device(tmp_path, bundles, engine)
     for version in ("1.0.0", "1.1.0"):
         assert installer.install(bundles[version]).committed
-    assert Slots(tmp_path / "state").load().previous is not None  # 1.0.0, in slot a
+    assert only_app(tmp_path / "state").load().previous is not None  # 1.0.0, in slot a
     engine.refuse_load = True
     with pytest.raises(EngineFault, match="refused to load"):
         installer.install(bundles["1.2.0"])  # staged over slot a, then the engine failed
-    state = Slots(tmp_path / "state").load()
+    state = only_app(tmp_path / "state").load()
     assert state.current is not None and state.current.version == "1.1.0" and state.previous is None
     assert state.fault == "engine"
     with pytest.raises(Conflict, match="no previous release"):
@@ -116,7 +117,7 @@ def test_staging_that_is_refused_or_fails_keeps_the_previous_release_to_return_t
     installer = device(tmp_path, bundles, engine)
     for version in ("1.0.0", "1.1.0"):
         assert installer.install(bundles[version]).committed
-    before = Slots(tmp_path / "state").load()
+    before = only_app(tmp_path / "state").load()
 
     def bad_content(*args: object) -> None:
         raise Refused("model detector: the content of it does not match its digest or size")
@@ -124,9 +125,9 @@ def test_staging_that_is_refused_or_fails_keeps_the_previous_release_to_return_t
     monkeypatch.setattr(updater.stage, "_place", bad_content)
     with pytest.raises(Refused, match="does not match"):
         installer.install(bundles["1.2.0"])  # would go to slot a, where 1.0.0 is
-    state = Slots(tmp_path / "state").load()
+    state = only_app(tmp_path / "state").load()
     assert state.previous == before.previous and state.previous is not None and state.previous.version == "1.0.0"
-    assert (tmp_path / "state/slots/a/descriptor.json").is_file()  # still 1.0.0's
+    assert (tmp_path / "state/apps/demo/slots/a/descriptor.json").is_file()  # still 1.0.0's
     assert installer.rollback().release.version == "1.0.0"
 
 
@@ -158,36 +159,34 @@ def test_a_release_whose_install_keeps_taking_the_box_down_is_marked_failed_afte
         with pytest.raises(_Crash):
             installer.install(bundles["1.1.0"])
         engine.running.clear()  # the reboot
-        state = installer.recover()
+        state = installer.app("demo").recover()
         assert state.current is not None and state.current.version == "1.0.0"
-        assert engine.running[("demo", "a")][0] == "1.0.0" and installer.serving(state).ok
+        assert engine.running[("demo", "a")][0] == "1.0.0" and installer.app("demo").serving(state).ok
         digest = check_bundle(bundles["1.1.0"]).bundle.digest
         assert (digest in state.failed) == (tries == MAX_INTERRUPTED), (tries, state.reason)
         assert f"interrupted {tries}" in state.reason or f"interrupted ({tries} of" in state.reason
     with pytest.raises(Conflict, match="failed its health checks before"):
         installer.install(bundles["1.1.0"])  # not tried by itself again: the watcher would loop
-    assert Slots(tmp_path / "state").load().interrupted == {}
+    assert only_app(tmp_path / "state").load().interrupted == {}
 
 
-def test_a_failed_release_cut_short_during_its_own_rollback_is_remembered_as_failed(tmp_path: Path,
-                                                                                  bundles: dict[str, Path]) -> None:
+def test_a_failed_release_cut_short_during_its_own_rollback_is_remembered_as_failed(tmp_path: Path, bundles: dict[str, Path],
+                                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     engine = FakeEngine(health={"1.1.0": "unhealthy"})
     installer = device(tmp_path, bundles, engine)
     assert installer.install(bundles["1.0.0"]).committed
-    slots = Slots(tmp_path / "state")
-    saved = slots.save
+    saved = Slots.save
 
-    def crash_once_rolling_back(state: DeviceState) -> None:
-        saved(state)
+    def crash_once_rolling_back(slots: Slots, state: DeviceState) -> None:
+        saved(slots, state)
         if state.phase is Phase.ROLLING_BACK:
             raise _Crash
 
-    slots.save = crash_once_rolling_back  # type: ignore[method-assign]
-    installer.slots = slots
+    monkeypatch.setattr(Slots, "save", crash_once_rolling_back)
     with pytest.raises(_Crash):
         installer.install(bundles["1.1.0"])
-    slots.save = saved  # type: ignore[method-assign]
-    state = installer.recover()
+    monkeypatch.undo()
+    state = installer.app("demo").recover()
     assert state.current is not None and state.current.version == "1.0.0"
     assert check_bundle(bundles["1.1.0"]).bundle.digest in state.failed and state.fault == "unhealthy"
     assert "its rollback was interrupted after it failed" in state.reason
@@ -198,15 +197,15 @@ def test_a_slot_that_no_longer_holds_a_release_is_never_started_under_its_name(t
     installer = device(tmp_path, bundles, engine)
     for version in ("1.0.0", "1.1.0"):
         assert installer.install(bundles[version]).committed
-    slots = tmp_path / "state" / "slots"
-    state = Slots(tmp_path / "state").load()
+    slots = tmp_path / "state" / "apps" / "demo" / "slots"
+    state = only_app(tmp_path / "state").load()
     assert state.previous is not None and state.previous.slot == "a"
     # what a crash between staging 1.2.0 into slot a and recording it would leave, were `previous` not dropped first
     with open_layout(bundles["1.2.0"]) as reader:
         stage_release(reader, verify_bundle(bundles["1.2.0"]), slots / "a")
     with pytest.raises(Conflict, match=r"slot a now holds demo 1\.2\.0"):
         installer.rollback()
-    after = Slots(tmp_path / "state").load()
+    after = only_app(tmp_path / "state").load()
     assert after.previous is None and after.current is not None and after.current.version == "1.1.0"
     assert engine.running.keys() == {("demo", "b")} and engine.running[("demo", "b")][0] == "1.1.0"
 
@@ -214,11 +213,11 @@ def test_a_slot_that_no_longer_holds_a_release_is_never_started_under_its_name(t
 def test_serving_says_what_the_engine_runs_of_the_committed_release(tmp_path: Path, bundles: dict[str, Path]) -> None:
     engine = FakeEngine()
     installer = device(tmp_path, bundles, engine)
-    assert installer.serving().ok and str(installer.serving()) == "nothing installed"
+    assert installer.app("demo").serving().ok and str(installer.app("demo").serving()) == "nothing installed"
     assert installer.install(bundles["1.0.0"]).committed
-    assert installer.serving().ok and str(installer.serving()) == "demo 1.0.0 (slot a): serving"
+    assert installer.app("demo").serving().ok and str(installer.app("demo").serving()) == "demo 1.0.0 (slot a): serving"
     engine.running.clear()  # the engine lost it (an engine restart, a container removed by hand)
-    serving = installer.serving()
+    serving = installer.app("demo").serving()
     assert not serving.ok and str(serving) == "demo 1.0.0 (slot a) is committed but not serving (app missing)"
 
 
@@ -231,15 +230,15 @@ def test_a_recovery_the_engine_cuts_short_still_stops_the_candidate_next_time_an
     def crash_in_health(*args: object, **kwargs: object) -> None:
         raise _Crash
 
-    import updater.install
+    import updater.application
 
-    original = updater.install.wait_healthy
-    updater.install.wait_healthy = crash_in_health  # type: ignore[assignment]
+    original = updater.application.wait_healthy
+    updater.application.wait_healthy = crash_in_health  # type: ignore[assignment]
     try:
         with pytest.raises(_Crash):
             installer.install(bundles["1.1.0"])  # 1.1.0 runs in slot b when the updater dies
     finally:
-        updater.install.wait_healthy = original
+        updater.application.wait_healthy = original
     assert set(engine.running) == {("demo", "b")}
 
     def engine_down(app: str, slot: str) -> None:
@@ -247,12 +246,12 @@ def test_a_recovery_the_engine_cuts_short_still_stops_the_candidate_next_time_an
 
     engine.stop = engine_down  # type: ignore[method-assign]
     with pytest.raises(EngineFault):
-        installer.recover()
-    state = Slots(tmp_path / "state").load()
+        installer.app("demo").recover()
+    state = only_app(tmp_path / "state").load()
     assert state.phase is Phase.TRYING and state.candidate is not None and state.candidate.version == "1.1.0"
     assert state.interrupted == {}  # the engine's outage is not the release's doing
     del engine.stop  # the engine answers again
-    state = installer.recover()
+    state = installer.app("demo").recover()
     assert state.candidate is None and set(engine.running) == {("demo", "a")}  # the candidate is stopped after all
     assert list(state.interrupted.values()) == [1]
 
@@ -273,15 +272,15 @@ def test_the_service_keeps_going_when_it_cannot_converge_and_converges_once_it_c
     assert daemon.unconverged and any('event="recover-failed"' in line and "could not start it" in line for line in lines)
     shutil.copytree(bundles["1.1.0"], tmp_path / "media" / bundles["1.1.0"].name)  # the fix arrives
     daemon.run(once=True)
-    state = Slots(tmp_path / "state").load()
-    assert state.current is not None and state.current.version == "1.1.0" and installer.serving().ok
+    state = only_app(tmp_path / "state").load()
+    assert state.current is not None and state.current.version == "1.1.0" and installer.app("demo").serving().ok
     engine.refuse_start.clear()
     daemon.run(once=True)
     assert not daemon.unconverged
 
 
 def test_a_release_marked_failed_by_a_recovery_cut_short_stays_failed_when_recovered_again(
-        tmp_path: Path, bundles: dict[str, Path]) -> None:
+        tmp_path: Path, bundles: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     from updater.install import MAX_INTERRUPTED
 
     engine = _CrashingEngine("1.1.0")
@@ -290,19 +289,18 @@ def test_a_release_marked_failed_by_a_recovery_cut_short_stays_failed_when_recov
     for _ in range(MAX_INTERRUPTED - 1):
         with pytest.raises(_Crash):
             installer.install(bundles["1.1.0"])
-        installer.recover()
+        installer.app("demo").recover()
     with pytest.raises(_Crash):
         installer.install(bundles["1.1.0"])  # the last try
-    saved = installer._back_to_current
 
     def power_cut(*args: object) -> str:
         raise _Crash
 
-    installer._back_to_current = power_cut  # type: ignore[method-assign]
+    monkeypatch.setattr(Application, "_back_to_current", power_cut)
     with pytest.raises(_Crash):
-        installer.recover()  # counted and marked failed, then the power went
-    installer._back_to_current = saved  # type: ignore[method-assign]
-    state = installer.recover()
+        installer.app("demo").recover()  # counted and marked failed, then the power went
+    monkeypatch.undo()
+    state = installer.app("demo").recover()
     key = check_bundle(bundles["1.1.0"]).bundle.digest
     assert key in state.failed and state.interrupted == {} and "marked failed" in state.reason and state.fault == "unhealthy"
 
@@ -317,7 +315,7 @@ def test_a_release_whose_runtime_the_engine_lacks_is_refused_before_the_switch(t
                                           r"container runtime nvidia, which the engine lacks \(it has runc\)"):
         Installer(state_dir=tmp_path / "state", runtime=engine, profile=CPU).install(b.path)
     assert not engine.tags and not engine.running  # nothing loaded, nothing started
-    assert Slots(tmp_path / "state").load().fault == "device"
+    assert only_app(tmp_path / "state").load().fault == "device"
     with_runtime = FakeEngine(runtimes=("runc", "nvidia"))
     assert Installer(state_dir=tmp_path / "state", runtime=with_runtime, profile=CPU).install(b.path).committed
 

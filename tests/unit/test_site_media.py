@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -19,8 +20,9 @@ from bundler.devices import Inventory
 from bundler.export import export
 from bundler.overlay import build_overlay
 from bundler.spec import load_spec
-from tests.builders import offer_of, project, signed, take
+from tests.builders import offer_of, only_app, project, signed, take
 from tests.fakes import NoEngine
+from updater.apps import Apps
 from updater.daemon import Daemon
 from updater.errors import Conflict, ContentMismatch, DeliveryError, DeviceFault, InputError, Refused, SealiftError
 from updater.identity import DeviceIdentity
@@ -188,20 +190,19 @@ class _Installer:
     """The part of updater.install.Installer a daemon's scan uses: it refuses every install with ``error``."""
 
     def __init__(self, state_dir: Path, error: Exception) -> None:
-        from updater.slots import Slots
-
-        self.slots = Slots(state_dir)
+        self.apps = Apps(state_dir)
         self.profile = CPU
+        self.declared: frozenset[str] = frozenset()
         self.error = error
         self.tried = 0
 
     def site(self) -> str | None:
         return "plant-7"
 
-    def running_overlay(self, state: DeviceState) -> dict[str, Any] | None:
-        return None
+    def app(self, name: str) -> Any:
+        return SimpleNamespace(slots=self.apps.slots(name), running_overlay=lambda state: None)
 
-    def install(self, bundle: Path) -> Any:
+    def install(self, bundle: Path, *, app: str | None = None) -> Any:
         self.tried += 1
         raise self.error
 
@@ -309,4 +310,4 @@ def test_an_overlay_that_does_not_fit_is_refused_before_the_release_counts_as_ac
     with pytest.raises(Refused, match=r"overlay 2\.0\.0 fits demo >=2\.0\.0, not 1\.2\.0"):
         installer.install(shipped["bundle"], overlay=shipped["plant-7-2.0.0"])
     installer.trust.check_version("demo", "x86_64-cpu", "1.0.0")  # 1.2.0 was not accepted: an older one is still no rollback
-    assert installer.slots.load().current is None
+    assert only_app(installer.state_dir).load().current is None

@@ -1,0 +1,144 @@
+"""Two applications on one device, on the real engine, driven through the CLI: a device of the
+single-application layout is moved in place while its release runs (the engine restarts its
+container through the old path); a second application, which needs what the first provides,
+installs beside it and reaches it by name on the device network; updating and rolling back one
+never interrupts the other, and the names hold; `status` lists both."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+from pathlib import Path
+
+import pytest
+from docker.models.containers import Container
+
+from tests.builders import FAST_PORT, example_releases, healthz
+from tests.realparts import DockerEngine
+from updater.application import staged
+from updater.docker_runtime import DockerRuntime
+from updater.errors import InputError
+from updater.install import Installer
+from updater.profiles import builtin_profile_dir, load_profiles
+from updater.trust import TrustedState
+
+CPU = load_profiles([builtin_profile_dir()])["x86_64-cpu"]
+SECOND = "vision-b"
+
+
+def updater(state: Path, engine: DockerEngine, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-c", "from updater.cli import main; main()", "--state-dir", str(state), *args]
+    return subprocess.run(command, capture_output=True, text=True, env=engine.env(), timeout=300, check=False)
+
+
+class Prober(threading.Thread):
+    """Asks a service's /healthz every 20 ms until stopped; counts the requests that failed."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.asked = self.failed = 0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            self.asked += 1
+            try:
+                ok = healthz(self.port, wait=0) == 200
+            except (urllib.error.URLError, ConnectionError, OSError):
+                ok = False
+            self.failed += not ok
+            time.sleep(0.02)
+
+
+def _as_single_application_layout(installer: Installer, state: Path) -> None:
+    """What a device of the single-application layout holds: state.json and slots/ at the top, and the
+    running release's containers mounting files from under STATE/slots."""
+    current = installer.apps.slots("vision-app").load().current
+    assert current is not None
+    installer.runtime.stop("vision-app", current.slot)
+    (state / "apps/vision-app/state.json").rename(state / "state.json")
+    (state / "apps/vision-app/slots").rename(state / "slots")
+    shutil.rmtree(state / "apps")
+    descriptor = staged(state / "slots" / current.slot)
+    installer.runtime.start(current, descriptor.app, state / "slots" / current.slot, {i.name: i.config for i in descriptor.images})
+
+
+def reaches(container: Container) -> None:
+    """``container`` reaches vision-app's service by both its names on the device network, with no host
+    port. (The image's static busybox cannot resolve names through libc, so its own resolver,
+    nslookup, asks the engine's DNS, and wget goes to the address it answers.)"""
+    for name in ("detector", "vision.vision-app"):
+        code, output = container.exec_run(["/bin/busybox", "nslookup", name])
+        answers = re.findall(r"Address:\s*([0-9.]+)\s*$", output.decode(), flags=re.MULTILINE)
+        assert code == 0 and answers and answers[-1] != "127.0.0.11", f"{name}: {output!r}"
+        code, output = container.exec_run(["wget", "-q", "-O-", f"http://{answers[-1]}:8080/healthz"])
+        assert code == 0 and b"ok" in output, f"{name} ({answers[-1]}): {output!r}"
+
+
+@pytest.mark.docker
+def test_two_applications_live_side_by_side(tmp_path: Path, docker_engine: DockerEngine) -> None:
+    (tmp_path / "releases").mkdir()
+    releases = example_releases(tmp_path / "releases", python=sys.executable, versions=("1.0.0", "1.1.0"), also=SECOND)
+    state = tmp_path / "device"
+    TrustedState(state).init(releases["root"])
+    installer = Installer(state_dir=state, runtime=DockerRuntime(docker_engine.client), profile=CPU)
+    try:
+        assert installer.install(releases["1.0.0"]).committed
+        _as_single_application_layout(installer, state)
+        assert healthz(FAST_PORT) == 200
+
+        # (1) the first start moves the state in place; the running container is left running, and the
+        # engine can still restart it through the old path
+        recovered = updater(state, docker_engine, "recover")
+        assert recovered.returncode == 0 and recovered.stdout == "vision-app: running vision-app 1.0.0 (slot a): serving\n"
+        assert (state / "slots").is_symlink() and not (state / "state.json").exists()
+        (container,) = docker_engine.client.containers.list(filters={"label": "dev.sealift.app=vision-app"})
+        container.restart(timeout=5)
+        assert healthz(FAST_PORT) == 200
+
+        # (2) a second application beside it
+        second = updater(state, docker_engine, "install", str(releases[f"{SECOND}-1.0.0"]), "--profile", "x86_64-cpu", "--json")
+        assert second.returncode == 0 and json.loads(second.stdout)["release"]["name"] == SECOND, second.stderr
+        (other,) = docker_engine.client.containers.list(filters={"label": f"dev.sealift.app={SECOND}"})
+        started = other.attrs["State"]["StartedAt"]
+        reaches(other)  # the first application, by its names on the device network
+
+        # (3) vision-app is updated and rolled back; vision-b answers every request meanwhile
+        prober = Prober(FAST_PORT + 1)
+        prober.start()
+        try:
+            update = updater(state, docker_engine, "install", str(releases["1.1.0"]), "--profile", "x86_64-cpu")
+            assert update.returncode == 0, update.stderr
+            assert not (state / "slots").exists()  # vision-app switched: nothing mounts through the old path any more
+            unnamed = updater(state, docker_engine, "rollback")
+            assert unnamed.returncode == InputError.exit_code and "holds 2 applications (vision-app, vision-b); name one" in unnamed.stderr
+            back = updater(state, docker_engine, "rollback", "vision-app", "--json")
+            assert back.returncode == 0 and json.loads(back.stdout)["release"]["version"] == "1.0.0", back.stderr
+        finally:
+            prober.done.set()
+            prober.join()
+        assert prober.asked > 50 and prober.failed == 0, f"{prober.failed} of {prober.asked} requests to {SECOND} failed"
+        other.reload()
+        assert other.attrs["State"]["StartedAt"] == started and other.status == "running"
+        reaches(other)  # the names held across the update and the rollback of the application behind them
+
+        # (4) status lists both, each serving
+        status = updater(state, docker_engine, "status", "--json")
+        apps = json.loads(status.stdout)["apps"]
+        assert status.returncode == 0 and sorted(apps) == ["vision-app", SECOND]
+        assert apps["vision-app"]["current"]["version"] == "1.0.0" and apps["vision-app"]["previous"]["version"] == "1.1.0"
+        assert apps[SECOND]["current"]["version"] == "1.0.0" and apps[SECOND]["previous"] is None
+        assert all(app["serving"]["ok"] for app in apps.values())
+        text = updater(state, docker_engine, "status", SECOND).stdout
+        assert text.startswith(f"{SECOND}\n  running: 1.0.0 (slot a)\n") and "vision-app" not in text.split("device:")[0]
+    finally:
+        for name in ("vision-app", SECOND):
+            for container in docker_engine.client.containers.list(all=True, filters={"label": f"dev.sealift.app={name}"}):
+                container.remove(force=True)
