@@ -14,7 +14,8 @@ import pytest
 from bundler.build import BuildOptions, build_bundles, select_profiles
 from bundler.export import export
 from bundler.spec import load_spec
-from tests.builders import HEALTH_AND_SECRETS, SPEC, project, signed
+from tests.builders import QUICK_SPEC as QUICK
+from tests.builders import project, signed
 from tests.fakes import FakeEngine
 from updater.apps import Apps
 from updater.daemon import Daemon
@@ -26,13 +27,6 @@ from updater.trust import TrustedState
 
 PROFILES = load_profiles([builtin_profile_dir()])
 CPU = PROFILES["x86_64-cpu"]
-QUICK = SPEC.replace(HEALTH_AND_SECRETS, """\
-health:
-  deadline: 1s
-  stabilisation: 0s
-  checks:
-    - {name: own, type: container, service: app}
-""")
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,8 @@ import pytest
 from bundler.build import BuildOptions, build_bundles, select_profiles
 from bundler.export import export
 from bundler.spec import load_spec
-from tests.builders import HEALTH_AND_SECRETS, SPEC, only_app, project, signed
+from tests.builders import QUICK_SPEC as QUICK
+from tests.builders import only_app, project, signed
 from tests.fakes import FakeEngine
 from updater.errors import DeviceFault, EngineFault, SealiftError
 from updater.install import Installer
@@ -24,8 +25,6 @@ from updater.trust import TrustedState
 
 PROFILES = load_profiles([builtin_profile_dir()])
 CPU = PROFILES["x86_64-cpu"]
-QUICK = SPEC.replace(HEALTH_AND_SECRETS, "health:\n  deadline: 1s\n  stabilisation: 0s\n  checks:\n"
-                                         "    - {name: own, type: container, service: app}\n")
 DISK = 4 << 20
 
 

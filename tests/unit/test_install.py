@@ -11,7 +11,8 @@ import pytest
 
 from bundler.build import BuildOptions, build_bundles, select_profiles
 from bundler.spec import load_spec
-from tests.builders import HEALTH_AND_SECRETS, SPEC, only_app, project, signed
+from tests.builders import QUICK_SPEC as QUICK
+from tests.builders import only_app, project, signed
 from tests.fakes import FakeEngine
 from updater.application import Application
 from updater.bundle import check_bundle, verify_bundle
@@ -25,14 +26,6 @@ from updater.trust import TrustedState
 
 PROFILES = load_profiles([builtin_profile_dir()])
 CPU = PROFILES["x86_64-cpu"]
-# only the container's own HEALTHCHECK, which the fake engine answers; no secrets
-QUICK = SPEC.replace(HEALTH_AND_SECRETS, """\
-health:
-  deadline: 1s
-  stabilisation: 0s
-  checks:
-    - {name: own, type: container, service: app}
-""")
 
 
 @pytest.fixture(scope="module")
