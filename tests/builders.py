@@ -204,7 +204,7 @@ def make_example_images(python: str) -> Path:
 
 
 def example_releases(root: Path, *, python: str, secrets: bool = False, versions: tuple[str, ...] | None = None,
-                     also: str | None = None) -> dict[str, Path]:
+                     also: str | None = None, routed: bool = False) -> dict[str, Path]:
     """Signed x86_64-cpu releases of the example with a 2 s stabilisation window and host port
     FAST_PORT: 1.0.0 and 1.1.0 (healthy), 1.2.0 (the engine cannot start it), 1.3.0 (starts, never
     healthy: its model is missing; 5 s deadline), 1.4.0 (its server exits at once; 5 s deadline).
@@ -223,9 +223,13 @@ def example_releases(root: Path, *, python: str, secrets: bool = False, versions
     compose = (EXAMPLE_DIR / "compose.yaml").read_text().replace('"8080:8080"', f'"{FAST_PORT}:8080"')
     if not secrets:  # the example's service needs its api-token from a site overlay; these releases run without
         compose = re.sub(r"\n    secrets: \[api-token\][^\n]*", "", compose)
+    routes = "  routes:\n    - {path: /, service: vision, port: 8080}\n" if routed else ""
+    if routed:
+        compose = compose.replace(f'    ports: ["{FAST_PORT}:8080"]\n', "")
     alone = compose
-    if also is not None:  # the example provides its service on the device network; the second application needs it
-        compose += "x-sealift:\n  provides:\n    detector: {service: vision, port: 8080}\n"
+    provides = "  provides:\n    detector: {service: vision, port: 8080}\n" if also is not None else ""
+    if routes or provides:  # the example provides its service on the device network; the second application needs it
+        compose += f"x-sealift:\n{routes}{provides}"
     (root / "compose.yaml").write_text(compose)
     # a port bound to an address this host does not have (TEST-NET-3): the engine refuses to start it
     (root / "compose-cannot-start.yaml").write_text(compose.replace(f'"{FAST_PORT}:8080"', f'"203.0.113.7:{FAST_PORT}:8080"'))
@@ -248,7 +252,7 @@ def example_releases(root: Path, *, python: str, secrets: bool = False, versions
     built: dict[str, Path] = {}
     variants = {v: t for v, t in variants.items() if versions is None or v in versions}
     if also is not None:
-        needing = alone.replace(f'"{FAST_PORT}:8080"', f'"{FAST_PORT + 1}:8080"') + "x-sealift:\n  needs: [detector]\n"
+        needing = alone.replace(f'"{FAST_PORT}:8080"', f'"{FAST_PORT + 1}:8080"') + f"x-sealift:\n{routes}  needs: [detector]\n"
         (root / f"compose-{also}.yaml").write_text(needing)
         second = text.replace("name: vision-app", f"name: {also}").replace("app: compose.yaml", f"app: compose-{also}.yaml")
         variants |= {f"{also}-{v}": second for v in ("1.0.0", "1.1.0")}

@@ -15,6 +15,7 @@ from typing import Any
 from updater.container import CONTAINER_FIELDS, Container, parse_container
 from updater.devicenet import Provided, links_data, parse_links
 from updater.names import ENV_NAME, NAME
+from updater.routes import Route, parse_routes
 from updater.yamlfile import Field, check_known, format_duration
 
 __all__ = [
@@ -143,12 +144,14 @@ class App:
     networks: tuple[tuple[str, bool], ...] = ()  # (name, internal)
     provides: tuple[Provided, ...] = ()  # on the device network (updater.devicenet)
     needs: tuple[str, ...] = ()
+    routes: tuple[Route, ...] = ()  # through the device's ingress (updater.routes)
 
     def to_data(self) -> dict[str, Any]:
         data: dict[str, Any] = {"services": {s.name: s.to_data() for s in self.services}}
         if self.networks:
             data["networks"] = {name: {"internal": internal} for name, internal in self.networks}
-        if links := links_data(self.provides, self.needs):
+        links = links_data(self.provides, self.needs) | ({"routes": [r.to_data() for r in self.routes]} if self.routes else {})
+        if links:
             data["x-sealift"] = links
         return data
 
@@ -179,8 +182,11 @@ def parse_app(field: Field, *, images: tuple[str, ...], mountable: tuple[str, ..
     if not services:
         top["services"].fail("at least one service")
     _check_depends_on(top["services"], services)
-    provides, needs = parse_links(top["x-sealift"], tuple(s.name for s in services)) if "x-sealift" in top else ((), ())
-    return App(services=services, networks=networks, provides=provides, needs=needs)
+    extension = top["x-sealift"].mapping(optional=("provides", "needs", "routes")) if "x-sealift" in top else {}
+    declared = tuple(s.name for s in services)
+    provides, needs = parse_links(extension, declared)
+    routes = parse_routes(extension["routes"], declared) if "routes" in extension else ()
+    return App(services=services, networks=networks, provides=provides, needs=needs, routes=routes)
 
 
 def _parse_networks(field: Field) -> tuple[tuple[str, bool], ...]:

@@ -278,9 +278,14 @@ class Application:
         return Serving(current, {name: containers[name].status if name in containers else "missing" for name in declared})
 
     def _switch(self, state: DeviceState, release: Release, success: str) -> Outcome:
+        """(5) switch, (6) check, (7) commit or roll back. A release behind the ingress starts beside the
+        running one, and the routes move to it only once it is healthy; any other stops the running
+        release first (its host ports are needed)."""
         slot_dir = self.slots.slot_dir(release.slot)
-        self.log(f"[5/7] switch to {release.name} {release.version} in slot {release.slot}")
-        if state.current is not None:
+        beside = self.device.behind_ingress(staged(slot_dir).app)
+        self.log(f"[5/7] switch to {release.name} {release.version} in slot {release.slot}"
+                 + (" beside the running release, behind the ingress" if beside and state.current else ""))
+        if state.current is not None and not beside:
             self._stop(state.current)
         self._stop(release)  # leftovers of an earlier try
         try:
@@ -290,18 +295,10 @@ class Application:
         else:
             self.log("[6/7] health checks")
             result = wait_healthy(self._watched(release), staged(slot_dir).health, sleep=self._wait)
+        if result.ok and beside:
+            result = self._route(release, leaving=state.current)
         if result.ok:
-            self.log("[7/7] commit")
-            committed = state.with_event(phase=Phase.COMMITTED, current=release, previous=state.current, candidate=None,
-                                         reason=success, interrupted=_without(state.interrupted, release))
-            self.slots.save(committed)
-            self.device.apps.forget_legacy_link(self.name)  # no container mounts files through it any more
-            kept = [r for r in (committed.current, committed.previous) if r is not None]
-            keep = {i.tag for r in kept for i in images_of(staged(self.slots.slot_dir(r.slot)))}
-            removed = collect_images(self.runtime, release.name, keep)
-            if removed:
-                self.log(f"removed {len(removed)} image tag(s) no kept release uses")
-            return Outcome(committed=True, release=release, reason=success)
+            return self._commit(state, release, success)
         self.log(f"[7/7] roll back: {result.check} failed: {result.detail}")
         reason = f"{result.check} failed: {result.detail}"
         self.slots.save(state.with_event(phase=Phase.ROLLING_BACK, reason=reason, fault=result.fault))
@@ -310,6 +307,30 @@ class Application:
                                          failed=(*state.failed, failure_key(release)),
                                          interrupted=_without(state.interrupted, release)))
         return Outcome(committed=False, release=release, reason=reason, fault=result.fault)
+
+    def _route(self, release: Release, *, leaving: Release | None) -> HealthResult:
+        """Move the routes to ``release`` and drain the slot they leave; then stop what ran there."""
+        self.log("[6/7] routes: to the new release; the old one drains")
+        try:
+            self.device.route(self.name, release, leaving=leaving.slot if leaving else None)
+        except SealiftError as e:
+            return HealthResult(ok=False, check="ingress", detail=e.diagnostics(), fault=e.fault)
+        if leaving is not None:
+            self._stop(leaving)
+        return HealthResult(ok=True, check="ingress", detail="")
+
+    def _commit(self, state: DeviceState, release: Release, success: str) -> Outcome:
+        self.log("[7/7] commit")
+        committed = state.with_event(phase=Phase.COMMITTED, current=release, previous=state.current, candidate=None,
+                                     reason=success, interrupted=_without(state.interrupted, release))
+        self.slots.save(committed)
+        self.device.apps.forget_legacy_link(self.name)  # no container mounts files through it any more
+        kept = [r for r in (committed.current, committed.previous) if r is not None]
+        keep = {i.tag for r in kept for i in images_of(staged(self.slots.slot_dir(r.slot)))}
+        removed = collect_images(self.runtime, release.name, keep)
+        if removed:
+            self.log(f"removed {len(removed)} image tag(s) no kept release uses")
+        return Outcome(committed=True, release=release, reason=success)
 
     def _converge(self, state: DeviceState) -> DeviceState:
         """An install that was cut short is rolled back; the committed release is made to run."""
@@ -360,15 +381,21 @@ class Application:
                        fault=state.fault or "unhealthy"), why, True
 
     def _back_to_current(self, state: DeviceState, leaving: Release) -> str:
-        """Stop ``leaving``; start the committed release again. Returns what to add to the reason."""
-        self._stop(leaving)
+        """Stop ``leaving``; start the committed release again (when it is not running), and send its
+        routes back to it. Returns what to add to the reason."""
         current = state.current
         if current is None or current.slot == leaving.slot:
+            self._stop(leaving)
             return ""
+        if self._running(current):  # behind the ingress it never stopped: the routes go back before anything stops
+            with contextlib.suppress(SealiftError):  # what the ingress cannot take is said by the next route()
+                self.device.route(self.name, current)
+        self._stop(leaving)
         if not self._running(current):  # a switch cut short may have stopped it, or left it half-removed
             self._stop(current)
             try:
                 self._start(current)
+                self.device.route(self.name, current)
             except SealiftError as e:
                 return f"; the previous release could not be started again either ({e.diagnostics()})"
         back = wait_healthy(self._watched(current), staged(self.slots.slot_dir(current.slot)).health, sleep=self._wait)

@@ -80,6 +80,31 @@ def trust_reset_clock(state_dir: Path) -> None:
     click.echo(f"forgot the newest trusted time ({newest:%Y-%m-%d %H:%M}Z)" if newest else "no trusted time was recorded")
 
 
+@cli.group()
+def ingress() -> None:
+    """The device's ingress: HAProxy in front of the applications' routes (docs/updater.md)."""
+
+
+@ingress.command("init")
+@click.option("--port", type=click.IntRange(1, 65535), required=True, help="The port the ingress listens on.")
+@click.option("--address", default="", help="The address it listens on (default: every address).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_obj
+@reports_errors
+def ingress_init(state_dir: Path, port: int, address: str, as_json: bool) -> None:
+    """Give this device an ingress: write HAProxy's configuration (no routes yet) to
+    STATE/ingress/haproxy.cfg. Start HAProxy with it as a service
+    (examples/systemd/sealift-ingress.service); from then on, each install, rollback and recovery
+    keeps its routes up to date, and a release whose services publish no host port switches
+    through it with no dropped request.
+    """
+    from updater.ingress import Ingress
+
+    config = Ingress(state_dir).init(port=port, address=address)
+    click.echo(json.dumps({"ok": True, "config": str(config), "port": port, "address": address}) if as_json else
+               f"ingress on {address or '*'}:{port}: start HAProxy with {config} (examples/systemd/sealift-ingress.service)")
+
+
 @cli.command()
 @click.option("--site", required=True, help="The site this device serves (its overlays and secrets are that site's).")
 @click.option("--kem", type=click.Choice(KEMS), default="x25519", show_default=True,

@@ -45,9 +45,8 @@ class Provided:
     port: int
 
 
-def parse_links(field: Field, services: tuple[str, ...]) -> tuple[tuple[Provided, ...], tuple[str, ...]]:
-    """What a Compose file's top-level ``x-sealift`` says the application provides and needs."""
-    top = field.mapping(optional=("provides", "needs"))
+def parse_links(top: Mapping[str, Field], services: tuple[str, ...]) -> tuple[tuple[Provided, ...], tuple[str, ...]]:
+    """What a Compose file's top-level ``x-sealift`` (its fields, ``top``) says the application provides and needs."""
     provides = []
     for name, sub in top["provides"].entries(key_pattern=NAME, key_what="provided name") if "provides" in top else ():
         f = sub.mapping(required=("service", "port"))

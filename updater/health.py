@@ -182,11 +182,14 @@ def _differs(found: Any, expected: Any, tolerance: float, where: str) -> str | N
 
 
 def _published(container: ContainerState, port: int | None) -> tuple[str, int]:
-    """Where the container's ``port`` is published on the host: the address it is bound to (loopback
-    when it is bound to every address), and the port. A service on the host's network is on loopback."""
+    """Where the container's ``port`` is reached from the host: where it is published (loopback when it is
+    bound to every address), or else the container's own address (a service behind the ingress
+    publishes nothing). A service on the host's network is on loopback."""
     if container.host_network:
         return "127.0.0.1", int(port or 0)
     bindings = container.ports.get(f"{port}/tcp") or ()
+    if not bindings and container.address:
+        return container.address, int(port or 0)
     if not bindings:
         raise OSError(f"port {port} is not published on the host")
     binding = min(bindings, key=lambda b: ":" in b.host)  # IPv4 first: each family may have its own port

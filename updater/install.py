@@ -23,13 +23,15 @@ from updater.bundle import BundleInfo
 from updater.devicenet import conflicts
 from updater.errors import Conflict, InputError, SealiftError
 from updater.identity import DeviceIdentity
+from updater.ingress import Ingress, Placement
 from updater.oci import ANNOTATION
 from updater.overlay import OverlayInfo
 from updater.plan import offered_apps, plan, read_offer
 from updater.profiles import Profile
+from updater.routes import route_clash
 from updater.runtime import Runtime
 from updater.secrets import OpenedSecrets
-from updater.slots import DeviceState
+from updater.slots import DeviceState, Release
 from updater.stage import overlay_of
 from updater.store import BundleStore, Incoming
 from updater.trust import TrustedState
@@ -54,6 +56,7 @@ class Installer:
         self.secrets = OpenedSecrets(state_dir, self.identity)
         self.runtime = runtime
         self.profile = profile
+        self.ingress = Ingress.of(state_dir)
         self.declared = frozenset(declared)
         self.log = log
         self.alive: Callable[[], None] = lambda: None  # called while it waits on health checks: a service feeds its watchdog
@@ -86,6 +89,11 @@ class Installer:
                 converged[name] = self.app(name).recover()
             except SealiftError as e:
                 converged[name] = e
+        if self.ingress is not None:  # containers started again have new addresses
+            try:
+                self.route()
+            except SealiftError as e:
+                self.log(f"warning: the ingress could not be brought up to date ({e.fault}: {e.diagnostics()})")
         return converged
 
     def app_of(self, source: Path | Incoming) -> str:
@@ -114,7 +122,30 @@ class Installer:
                     if (port.host, port.protocol) in mine:
                         return f"{other}/{service.name} publishes host port {port.host}/{port.protocol}, which " \
                                f"{app}/{mine[(port.host, port.protocol)]} publishes too"
-        return conflicts(app, wanted, running)
+        return conflicts(app, wanted, running) or route_clash(app, wanted, running)
+
+    def behind_ingress(self, app: App) -> bool:
+        """Whether a release of ``app`` switches through the ingress, beside the running one: the device has
+        an ingress, and the application has routes and publishes no host port of its own."""
+        return self.ingress is not None and bool(app.routes) and not any(
+            s.container.host_network or any(p.host for p in s.ports) for s in app.services)
+
+    def route(self, app: str | None = None, release: Release | None = None, *, leaving: str | None = None) -> None:
+        """Bring the ingress up to date with what every application runs, ``app`` running ``release`` (when
+        given, and draining its slot ``leaving``)."""
+        if self.ingress is None:
+            return
+        placements = []
+        for name, state in self.apps.states().items():
+            runs = release if name == app else state.current
+            if runs is None:
+                continue
+            routes = staged(self.apps.slots(name).slot_dir(runs.slot)).app.routes
+            if routes:
+                addresses = {slot: {service: c.address for service, c in self.runtime.containers(name, slot).items() if c.running}
+                             for slot in ("a", "b")}
+                placements.append(Placement(app=name, routes=routes, slot=runs.slot, addresses=addresses))
+        self.ingress.apply(placements, app=app, leaving=leaving)
 
     def running_apps(self) -> dict[str, App]:
         """The application definitions of every application's committed release, by application."""

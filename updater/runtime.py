@@ -59,6 +59,7 @@ class ContainerState:
     restarts: int = 0
     ports: Mapping[str, tuple[Published, ...]] = field(default_factory=dict)  # "8080/tcp" -> where it is published
     host_network: bool = False  # on the host's network: its ports are the host's own
+    address: str = ""  # its address on its release's own network, which the host (and the ingress) reaches
 
     @property
     def running(self) -> bool:

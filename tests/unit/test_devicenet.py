@@ -36,7 +36,7 @@ def test_provides_and_needs_are_read_and_written_back_unchanged() -> None:
     ({"provides": {"Bad Name": {"service": "web", "port": 80}}}, r"'Bad Name' is not a valid provided name"),
     ({"needs": ["web"]}, r"'web' is a name of this application's own"),
     ({"provides": {"mqtt": {"service": "web", "port": 1}}, "needs": ["mqtt"]}, r"'mqtt' is a name of this application's own"),
-    ({"exposes": ["web"]}, r"x-sealift\.exposes: unknown field \(expected one of: needs, provides\)"),
+    ({"exposes": ["web"]}, r"x-sealift\.exposes: unknown field \(expected one of: needs, provides, routes\)"),
 ], ids=["unknown-service", "port-range", "provided-name-is-a-service", "bad-name", "needs-own-service", "needs-own-provided",
         "unknown-field"])
 def test_bad_links_are_refused_naming_the_field(links: dict[str, Any], message: str) -> None:

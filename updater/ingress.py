@@ -1,0 +1,203 @@
+"""The device's ingress: HAProxy in front of the applications' routes, configured by the updater.
+
+HAProxy (Debian's ``haproxy``) runs as a host service (``examples/systemd/sealift-ingress.service``)
+from the files the updater keeps in ``STATE/ingress``: ``haproxy.cfg`` (written here),
+``master.sock`` (its master CLI: reload) and ``admin.sock`` (its runtime API). It is the one of
+the maintained proxies whose runtime API changes where a backend's servers point, and whether
+they take new requests, without a reload: a switch drops no request, not even on a kept-alive
+connection, where a reload (nginx's, Caddy's, HAProxy's own) closes idle kept-alive connections.
+
+Each service and port a route leads to is a backend named ``APP.SERVICE.PORT`` with two servers,
+``a`` and ``b``: the application's slots. A switch (1) points the new slot's server at its
+container and makes it ready, (2) drains the old one (no new requests; those under way finish),
+(3) waits until it holds no connection, then puts it in maintenance. The configuration is
+written again after every change, so a restarted HAProxy starts where the runtime API left it;
+HAProxy is reloaded only when the backends or the rules change (an application's first release,
+or one whose routes differ), after ``haproxy -c`` has checked the new file.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from updater.durable import replace_file
+from updater.errors import DeviceFault, InputError
+from updater.locks import file_lock
+from updater.routes import Route
+
+__all__ = ["Ingress", "Placement"]
+
+_SETTINGS, _CONFIG = "ingress.json", "haproxy.cfg"
+_IDLE = "127.0.0.1:9"  # where a server no slot fills points (it is in maintenance)
+_DRAIN_S = 30.0  # at most this long for requests under way on the old slot to finish
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where an application's routes lead: its routes, its active slot, and its containers' addresses
+    by slot and service."""
+
+    app: str
+    routes: tuple[Route, ...]
+    slot: str
+    addresses: Mapping[str, Mapping[str, str]]  # slot -> service -> address
+
+    def backends(self) -> dict[str, tuple[str, int]]:
+        """Backend name -> (service, port), for each service and port a route leads to."""
+        return {f"{self.app}.{r.service}.{r.port}": (r.service, r.port) for r in self.routes}
+
+
+class Ingress:
+    """``STATE/ingress``: the ingress's settings and HAProxy's configuration and sockets."""
+
+    def __init__(self, state_dir: Path, *, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.dir = state_dir / "ingress"
+        self.sleep = sleep
+
+    @classmethod
+    def of(cls, state_dir: Path) -> Ingress | None:
+        """The device's ingress, when it has one (``sealift-updater ingress init``)."""
+        ingress = cls(state_dir)
+        return ingress if (ingress.dir / _SETTINGS).is_file() else None
+
+    def init(self, *, port: int, address: str = "") -> Path:
+        """Set the ingress up to listen on ``address``:``port`` with no routes yet; return its configuration."""
+        if not 1 <= port <= 65535:
+            raise InputError(f"ingress port {port}: expected 1 to 65535")
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        replace_file(self.dir / _SETTINGS, json.dumps({"port": port, "address": address}).encode(), mode=0o600)
+        with self._locked():
+            self._write(self.render([]))
+        return self.dir / _CONFIG
+
+    def render(self, placements: Sequence[Placement]) -> str:
+        """HAProxy's configuration for ``placements``."""
+        settings = json.loads((self.dir / _SETTINGS).read_text())
+        lines = ["# written by sealift-updater from the applications' routes; changes here are overwritten",
+                 "global", f"    stats socket {self.dir / 'admin.sock'} mode 600 level admin expose-fd listeners",
+                 "defaults", "    mode http", "    timeout connect 5s", "    timeout client 60s", "    timeout server 60s",
+                 "    timeout http-keep-alive 10s",
+                 "frontend ingress", f"    bind {settings['address']}:{settings['port']}"]
+        rules = sorted(((r, p) for p in placements for r in p.routes), key=lambda rp: (rp[0].host is None, -len(rp[0].path)))
+        for route, placement in rules:
+            conditions = ([f"{{ req.hdr(host),field(1,:) -i {route.host} }}"] if route.host else []) + \
+                         ([f"{{ path_beg {route.path} }}"] if route.path != "/" else [])
+            lines.append(f"    use_backend {placement.app}.{route.service}.{route.port}"
+                         + (f" if {' '.join(conditions)}" if conditions else ""))
+        lines += ["    default_backend no-route", "backend no-route", '    http-request return status 404 content-type text/plain '
+                  'string "no route\\n"']
+        for placement in placements:
+            for backend, (service, port) in sorted(placement.backends().items()):
+                lines.append(f"backend {backend}")
+                for slot in ("a", "b"):
+                    address = placement.addresses.get(slot, {}).get(service)
+                    where = f"{address}:{port}" if address else _IDLE
+                    lines.append(f"    server {slot} {where}" + ("" if slot == placement.slot and address else " disabled"))
+        return "\n".join(lines) + "\n"
+
+    def apply(self, placements: Sequence[Placement], *, app: str | None = None, leaving: str | None = None) -> None:
+        """Route as ``placements`` say (reloading HAProxy only when its backends or rules change); then, for
+        application ``app``, drain slot ``leaving`` and wait until it holds no request."""
+        with self._locked():
+            text = self.render(placements)
+            before = (self.dir / _CONFIG).read_text() if (self.dir / _CONFIG).is_file() else ""
+            self._write(text)
+            if _structure(text) != _structure(before):
+                self._reload([b for p in placements for b in p.backends()])
+            for placement in placements:
+                self._point(placement, strict=placement.app == app)
+            switched = next((p for p in placements if p.app == app), None)
+            if switched is not None and leaving is not None and leaving != switched.slot:
+                self._drain(switched, leaving)
+
+    def _drain(self, placement: Placement, slot: str) -> None:
+        for backend in placement.backends():
+            self._admin(f"set server {backend}/{slot} state drain")
+        end = time.monotonic() + _DRAIN_S
+        while any(self._sessions(b, slot) for b in placement.backends()) and time.monotonic() < end:
+            self.sleep(0.05)
+        for backend in placement.backends():
+            self._admin(f"set server {backend}/{slot} state maint")
+
+    def _point(self, placement: Placement, *, strict: bool) -> None:
+        """The active slot's servers at its containers, ready; the others untouched. A service with no
+        address (not running) is left as it is, or with ``strict`` is a DeviceFault."""
+        for backend, (service, port) in placement.backends().items():
+            address = placement.addresses.get(placement.slot, {}).get(service)
+            if not address and not strict:
+                continue
+            if not address:
+                raise DeviceFault(f"{placement.app}: service {service} of slot {placement.slot} has no address for the ingress")
+            self._admin(f"set server {backend}/{placement.slot} addr {address} port {port}")
+            self._admin(f"set server {backend}/{placement.slot} state ready")
+
+    def _sessions(self, backend: str, server: str) -> int:
+        for line in self._admin("show stat").splitlines():
+            fields = line.split(",")
+            if fields[:2] == [backend, server]:
+                return int(fields[4] or 0)  # scur
+        return 0
+
+    def _reload(self, backends: list[str]) -> None:
+        """Check the new configuration, reload HAProxy, and wait until it serves every backend."""
+        haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+        checked = subprocess.run([haproxy, "-c", "-q", "-f", str(self.dir / _CONFIG)], capture_output=True, text=True, check=False)
+        if checked.returncode != 0:
+            raise DeviceFault(f"{self.dir / _CONFIG}: HAProxy refuses the configuration: {checked.stderr.strip()[:300]}")
+        self._ask("master.sock", "reload")
+        end = time.monotonic() + 15
+        while True:
+            try:
+                known = self._admin("show backend")
+                if all(b in known.split() for b in backends):
+                    return
+            except DeviceFault:
+                pass  # the new worker is not listening yet
+            if time.monotonic() > end:
+                raise DeviceFault(f"{self.dir}: HAProxy did not take its new configuration within 15 s")
+            self.sleep(0.1)
+
+    def _admin(self, command: str) -> str:
+        answer = self._ask("admin.sock", command)
+        if answer.strip() and not command.startswith("show") and "changed" not in answer and "no need" not in answer:
+            raise DeviceFault(f"the ingress refused `{command}`: {answer.strip()[:200]}")
+        return answer
+
+    def _ask(self, name: str, command: str) -> str:
+        """One command on one of HAProxy's sockets; its whole answer."""
+        path = self.dir / name
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(10)
+                sock.connect(str(path))
+                sock.sendall(command.encode() + b"\n")
+                chunks = []
+                while chunk := sock.recv(65536):
+                    chunks.append(chunk)
+        except OSError as e:
+            raise DeviceFault(f"the ingress does not answer on {path} ({e.strerror or e}); is sealift-ingress running?") from e
+        return b"".join(chunks).decode(errors="replace")
+
+    def _write(self, text: str) -> None:
+        try:
+            replace_file(self.dir / _CONFIG, text.encode(), mode=0o644)
+        except OSError as e:
+            raise DeviceFault(f"{self.dir / _CONFIG}: cannot write the ingress's configuration ({e.strerror})") from e
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with file_lock(self.dir / "lock", wait=True):  # applications switch one at a time through the ingress
+            yield
+
+
+def _structure(config: str) -> list[str]:
+    """What a reload is needed for: every line but the servers' (their addresses and states change at run time)."""
+    return [line for line in config.splitlines() if not line.lstrip().startswith("server ")]
