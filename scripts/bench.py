@@ -159,8 +159,9 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help="where to write inputs and bundles (default: a temp dir)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--update", action="store_true",
-                        help="measure the updater instead: service gap during an update and time to roll back "
-                             "(starts its own Docker engine; see scripts/bench_update.py)")
+                        help="measure the updater instead: service gap during an update, time to roll back, and "
+                             "failed requests and latency through the ingress during switches (starts its own Docker "
+                             "engine and HAProxy; see scripts/bench_update.py)")
     parser.add_argument("--delivery", action="store_true",
                         help="measure delivery instead: bytes per hop through two mirrors, delta media, and many "
                              "devices on one site mirror (starts its own registries; see scripts/bench_delivery.py)")

@@ -7,7 +7,7 @@ import json
 import re
 import tarfile
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -125,15 +125,28 @@ def docker_archive_from_bundle(bundle: Path, manifest_digest: str, tag: str) -> 
     return archive.getvalue()
 
 
-def signed(bundles: list[Path], root: Path, *, passphrase: str = "test passphrase") -> Path:
-    """Sign ``bundles`` with a new repository under ``root``; returns the root metadata to provision devices with."""
+def signed(bundles: list[Path], root: Path, *, passphrase: str = "test passphrase",
+           teams: Mapping[str, str] | None = None) -> Path:
+    """Sign ``bundles`` with a new repository under ``root``; returns the root metadata to provision devices with.
+    ``teams`` maps application names to delegated roles, each made to sign only its application's
+    bundles (``APP/*/*``); the others are signed by the top-level targets role."""
     from bundler.keys import Keyring
     from bundler.policy import Policy
     from bundler.repo import Repository
+    from updater.artifact import open_artifact
+    from updater.plan import offered_apps
 
     repo = Repository(root / "repo", Keyring(root / "keys", passphrase=lambda: passphrase))
     repo.init(Policy())
-    repo.add(bundles)
+    by_role: dict[str | None, list[Path]] = {}
+    for bundle in bundles:
+        with open_artifact(bundle) as artifact:
+            (name,) = offered_apps(artifact, None, None)  # what its own index claims
+        by_role.setdefault((teams or {}).get(name), []).append(bundle)
+    for app, role in (teams or {}).items():
+        repo.delegate(role, paths=[f"{app}/*/*"])
+    for role, group in by_role.items():
+        repo.add(group, role=role)
     return root / "repo" / "metadata" / "1.root.json"
 
 
@@ -213,8 +226,10 @@ def example_releases(root: Path, *, python: str, secrets: bool = False, versions
     /run/secrets/api-token, sent by the inference check; in 1.1.0 owned by uid and gid 1000 with
     mode 0440); without, neither does. ``versions`` builds only those. ``also`` names a second
     application, the same service on host port FAST_PORT + 1, built as 1.0.0 and 1.1.0 (keyed
-    ``ALSO-VERSION``) and signed with the others; the example's releases then provide ``detector``
-    (their service's port 8080) on the device network, and the second application needs it."""
+    ``ALSO-VERSION``), each application then signed by a delegated role of its own (team-vision,
+    team-ALSO); the example's releases then provide ``detector`` (their service's port 8080) on the
+    device network, and the second application needs it. With ``routed``, the service publishes no
+    host port: the ingress routes every path to its port 8080."""
     from bundler.build import BuildOptions, build_bundles, select_profiles
     from bundler.spec import load_spec
     from updater.profiles import builtin_profile_dir, load_profiles
@@ -262,7 +277,8 @@ def example_releases(root: Path, *, python: str, secrets: bool = False, versions
         spec = load_spec(spec_path, allowed_dirs=[EXAMPLE_DIR])  # the copy of the spec names the example's files
         (b,) = build_bundles(spec, select_profiles(spec, profiles, ("x86_64-cpu",)), BuildOptions(out=root / "out", epoch=0))
         built[version] = b.path
-    built["root"] = signed(list(built.values()), root / "signing")
+    teams = {"vision-app": "team-vision", also: f"team-{also}"} if also is not None else None
+    built["root"] = signed(list(built.values()), root / "signing", teams=teams)
     return built
 
 

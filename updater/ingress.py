@@ -113,7 +113,8 @@ class Ingress:
             if _structure(text) != _structure(before):
                 self._reload([b for p in placements for b in p.backends()])
             for placement in placements:
-                self._point(placement, strict=placement.app == app)
+                switching = placement.app == app and leaving is not None and leaving != placement.slot
+                self._point(placement, strict=placement.app == app, draining=leaving if switching else None)
             switched = next((p for p in placements if p.app == app), None)
             if switched is not None and leaving is not None and leaving != switched.slot:
                 self._drain(switched, leaving)
@@ -127,9 +128,10 @@ class Ingress:
         for backend in placement.backends():
             self._admin(f"set server {backend}/{slot} state maint")
 
-    def _point(self, placement: Placement, *, strict: bool) -> None:
-        """The active slot's servers at its containers, ready; the others untouched. A service with no
-        address (not running) is left as it is, or with ``strict`` is a DeviceFault."""
+    def _point(self, placement: Placement, *, strict: bool, draining: str | None) -> None:
+        """The active slot's servers at its containers, ready; the other slot's in maintenance, unless it
+        is ``draining`` (a switch drains it next). A service with no address (not running) is left as
+        it is, or with ``strict`` is a DeviceFault."""
         for backend, (service, port) in placement.backends().items():
             address = placement.addresses.get(placement.slot, {}).get(service)
             if not address and not strict:
@@ -138,6 +140,9 @@ class Ingress:
                 raise DeviceFault(f"{placement.app}: service {service} of slot {placement.slot} has no address for the ingress")
             self._admin(f"set server {backend}/{placement.slot} addr {address} port {port}")
             self._admin(f"set server {backend}/{placement.slot} state ready")
+            for other in ("a", "b"):
+                if other not in (placement.slot, draining):
+                    self._admin(f"set server {backend}/{other} state maint")
 
     def _sessions(self, backend: str, server: str) -> int:
         for line in self._admin("show stat").splitlines():

@@ -2,7 +2,8 @@
 single-application layout is moved in place while its release runs (the engine restarts its
 container through the old path); a second application, which needs what the first provides,
 installs beside it and reaches it by name on the device network; updating and rolling back one
-never interrupts the other, and the names hold; `status` lists both."""
+never interrupts the other, one is updated while the other is rolled back, and the names hold;
+each application is signed by its team's delegated role; `status` lists both."""
 
 from __future__ import annotations
 
@@ -110,34 +111,45 @@ def test_two_applications_live_side_by_side(tmp_path: Path, docker_engine: Docke
         started = other.attrs["State"]["StartedAt"]
         reaches(other)  # the first application, by its names on the device network
 
-        # (3) vision-app is updated and rolled back; vision-b answers every request meanwhile
+        # (3) vision-app is updated; vision-b answers every request meanwhile
         prober = Prober(FAST_PORT + 1)
         prober.start()
         try:
             update = updater(state, docker_engine, "install", str(releases["1.1.0"]), "--profile", "x86_64-cpu")
             assert update.returncode == 0, update.stderr
             assert not (state / "slots").exists()  # vision-app switched: nothing mounts through the old path any more
-            unnamed = updater(state, docker_engine, "rollback")
-            assert unnamed.returncode == InputError.exit_code and "holds 2 applications (vision-app, vision-b); name one" in unnamed.stderr
-            back = updater(state, docker_engine, "rollback", "vision-app", "--json")
-            assert back.returncode == 0 and json.loads(back.stdout)["release"]["version"] == "1.0.0", back.stderr
         finally:
             prober.done.set()
             prober.join()
-        assert prober.asked > 50 and prober.failed == 0, f"{prober.failed} of {prober.asked} requests to {SECOND} failed"
+        assert prober.asked > 20 and prober.failed == 0, f"{prober.failed} of {prober.asked} requests to {SECOND} failed"
         other.reload()
         assert other.attrs["State"]["StartedAt"] == started and other.status == "running"
-        reaches(other)  # the names held across the update and the rollback of the application behind them
+        reaches(other)  # the names held across the update of the application behind them
 
-        # (4) status lists both, each serving
+        # (4) vision-b is updated while vision-app is rolled back, at the same time
+        unnamed = updater(state, docker_engine, "rollback")
+        assert unnamed.returncode == InputError.exit_code and "holds 2 applications (vision-app, vision-b); name one" in unnamed.stderr
+        command = [sys.executable, "-c", "from updater.cli import main; main()", "--state-dir", str(state), "install",
+                   str(releases[f"{SECOND}-1.1.0"]), "--profile", "x86_64-cpu"]
+        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=docker_engine.env()) as other_update:
+            back = updater(state, docker_engine, "rollback", "vision-app", "--json")
+            _, other_err = other_update.communicate(timeout=300)
+        assert back.returncode == 0 and json.loads(back.stdout)["release"]["version"] == "1.0.0", back.stderr
+        assert other_update.returncode == 0, other_err
+        (other,) = docker_engine.client.containers.list(filters={"label": f"dev.sealift.app={SECOND}"})
+        assert other.labels["dev.sealift.version"] == "1.1.0"
+        reaches(other)  # and across updates of both sides
+
+        # (5) status lists both, each serving; each was verified through its own team's role
         status = updater(state, docker_engine, "status", "--json")
         apps = json.loads(status.stdout)["apps"]
         assert status.returncode == 0 and sorted(apps) == ["vision-app", SECOND]
         assert apps["vision-app"]["current"]["version"] == "1.0.0" and apps["vision-app"]["previous"]["version"] == "1.1.0"
-        assert apps[SECOND]["current"]["version"] == "1.0.0" and apps[SECOND]["previous"] is None
+        assert apps[SECOND]["current"]["version"] == "1.1.0" and apps[SECOND]["previous"]["version"] == "1.0.0"
         assert all(app["serving"]["ok"] for app in apps.values())
         text = updater(state, docker_engine, "status", SECOND).stdout
-        assert text.startswith(f"{SECOND}\n  running: 1.0.0 (slot a)\n") and "vision-app" not in text.split("device:")[0]
+        assert text.startswith(f"{SECOND}\n  running: 1.1.0 (slot b)\n") and "vision-app" not in text.split("device:")[0]
+        assert (state / "trust" / "team-vision.json").is_file() and (state / "trust" / f"team-{SECOND}.json").is_file()
     finally:
         for name in ("vision-app", SECOND):
             for container in docker_engine.client.containers.list(all=True, filters={"label": f"dev.sealift.app={name}"}):
