@@ -217,7 +217,7 @@ def make_example_images(python: str) -> Path:
 
 
 def example_releases(root: Path, *, python: str, secrets: bool = False, versions: tuple[str, ...] | None = None,
-                     also: str | None = None, routed: bool = False) -> dict[str, Path]:
+                     also: str | None = None, routed: bool = False, tls_host: str | None = None) -> dict[str, Path]:
     """Signed x86_64-cpu releases of the example with a 2 s stabilisation window and host port
     FAST_PORT: 1.0.0 and 1.1.0 (healthy), 1.2.0 (the engine cannot start it), 1.3.0 (starts, never
     healthy: its model is missing; 5 s deadline), 1.4.0 (its server exits at once; 5 s deadline).
@@ -229,7 +229,8 @@ def example_releases(root: Path, *, python: str, secrets: bool = False, versions
     ``ALSO-VERSION``), each application then signed by a delegated role of its own (team-vision,
     team-ALSO); the example's releases then provide ``detector`` (their service's port 8080) on the
     device network, and the second application needs it. With ``routed``, the service publishes no
-    host port: the ingress routes every path to its port 8080."""
+    host port: the ingress routes every path to its port 8080 (of ``tls_host`` only, over HTTPS too,
+    with the certificate and key in the secrets site-cert and site-key, from SITE_CERT and SITE_KEY)."""
     from bundler.build import BuildOptions, build_bundles, select_profiles
     from bundler.spec import load_spec
     from updater.profiles import builtin_profile_dir, load_profiles
@@ -239,6 +240,8 @@ def example_releases(root: Path, *, python: str, secrets: bool = False, versions
     if not secrets:  # the example's service needs its api-token from a site overlay; these releases run without
         compose = re.sub(r"\n    secrets: \[api-token\][^\n]*", "", compose)
     routes = "  routes:\n    - {path: /, service: vision, port: 8080}\n" if routed else ""
+    if tls_host is not None:
+        routes = f"  routes:\n    - {{host: {tls_host}, service: vision, port: 8080, tls: {{certificate: site-cert, key: site-key}}}}\n"
     if routed:
         compose = compose.replace(f'    ports: ["{FAST_PORT}:8080"]\n', "")
     alone = compose
@@ -259,6 +262,8 @@ def example_releases(root: Path, *, python: str, secrets: bool = False, versions
     for relative in ("build/images/vision-app", "models/", "config/", "golden/"):
         text = text.replace(f" {relative}", f" {EXAMPLE_DIR}/{relative}").replace(f":{relative}", f":{EXAMPLE_DIR}/{relative}")
     text = text.replace("stabilisation: 20s", "stabilisation: 2s")
+    if tls_host is not None:
+        text += "  site-cert:\n    environment: SITE_CERT\n  site-key:\n    environment: SITE_KEY\n"
     variants = {"1.0.0": text, "1.1.0": text.replace("app: compose.yaml", "app: compose-owned.yaml") if secrets else text,
                 "1.2.0": text.replace("app: compose.yaml", "app: compose-cannot-start.yaml"),
                 "1.3.0": text.replace("app: compose.yaml", "app: compose-broken.yaml").replace("deadline: 60s", "deadline: 5s"),

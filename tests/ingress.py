@@ -18,15 +18,35 @@ from pathlib import Path
 from tests.realparts import RealPartError, require
 from updater.ingress import Ingress
 
-__all__ = ["HttpLoad", "running_haproxy"]
+__all__ = ["HttpLoad", "running_haproxy", "self_signed"]
+
+
+def self_signed(host: str) -> tuple[bytes, bytes]:
+    """A self-signed certificate for ``host`` and its key, both PEM."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = dt.datetime.now(dt.UTC)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+                   .not_valid_after(now + dt.timedelta(days=1))
+                   .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False).sign(key, hashes.SHA256()))
+    return (certificate.public_bytes(serialization.Encoding.PEM),
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
 
 
 @contextmanager
-def running_haproxy(state_dir: Path, port: int, *, log: Path) -> Iterator[Path]:
-    """Give the device at ``state_dir`` an ingress on 127.0.0.1:``port`` and run HAProxy from it
-    (master-worker, reloadable through ``master.sock``); yield its configuration."""
+def running_haproxy(state_dir: Path, port: int, *, log: Path, tls_port: int | None = None) -> Iterator[Path]:
+    """Give the device at ``state_dir`` an ingress on 127.0.0.1:``port`` (and ``tls_port``) and run
+    HAProxy from it (master-worker, reloadable through ``master.sock``); yield its configuration."""
     haproxy = require("haproxy")
-    config = Ingress(state_dir).init(port=port, address="127.0.0.1")
+    config = Ingress(state_dir).init(port=port, address="127.0.0.1", tls_port=tls_port)
     with log.open("w") as out:
         proc = subprocess.Popen([haproxy, "-W", "-S", str(config.parent / "master.sock"), "-f", str(config)], stdout=out,
                                 stderr=subprocess.STDOUT)

@@ -185,7 +185,7 @@ def parse_app(field: Field, *, images: tuple[str, ...], mountable: tuple[str, ..
     extension = top["x-sealift"].mapping(optional=("provides", "needs", "routes")) if "x-sealift" in top else {}
     declared = tuple(s.name for s in services)
     provides, needs = parse_links(extension, declared)
-    routes = parse_routes(extension["routes"], declared) if "routes" in extension else ()
+    routes = parse_routes(extension["routes"], declared, secrets) if "routes" in extension else ()
     return App(services=services, networks=networks, provides=provides, needs=needs, routes=routes)
 
 

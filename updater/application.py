@@ -411,7 +411,9 @@ class Application:
         slot_dir = self.slots.slot_dir(release.slot)
         descriptor = staged(slot_dir)
         overlay = overlay_of(slot_dir)
-        secrets = self.secrets.open_into_memory(release.name, release.slot, slot_dir, descriptor.app.services) if overlay else None
+        certificates = tuple((r.host, *r.tls) for r in descriptor.app.routes if r.host and r.tls)
+        secrets = self.secrets.open_into_memory(release.name, release.slot, slot_dir, descriptor.app.services,
+                                                certificates) if overlay else None
         self.runtime.start(release, descriptor.app, slot_dir, {i.name: i.config for i in descriptor.images},
                            environment=overlay.get("environment") if overlay else None, secrets=secrets)
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from updater.errors import FAMILIES, DeviceFault, EngineFault, InputError, SealiftError, Unhealthy
+from updater.errors import FAMILIES, Conflict, DeviceFault, EngineFault, InputError, SealiftError, Unhealthy
 from updater.exits import reports_errors
 from updater.sealed import KEMS
 
@@ -87,11 +87,13 @@ def ingress() -> None:
 
 @ingress.command("init")
 @click.option("--port", type=click.IntRange(1, 65535), required=True, help="The port the ingress listens on.")
+@click.option("--tls-port", type=click.IntRange(1, 65535), help="The port it serves HTTPS on, for routes with `tls`.")
 @click.option("--address", default="", help="The address it listens on (default: every address).")
+@click.option("--force", is_flag=True, help="Set it up again (then run `recover`: it restores every route).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
 @reports_errors
-def ingress_init(state_dir: Path, port: int, address: str, as_json: bool) -> None:
+def ingress_init(state_dir: Path, port: int, tls_port: int | None, address: str, force: bool, as_json: bool) -> None:
     """Give this device an ingress: write HAProxy's configuration (no routes yet) to
     STATE/ingress/haproxy.cfg. Start HAProxy with it as a service
     (examples/systemd/sealift-ingress.service); from then on, each install, rollback and recovery
@@ -100,8 +102,10 @@ def ingress_init(state_dir: Path, port: int, address: str, as_json: bool) -> Non
     """
     from updater.ingress import Ingress
 
-    config = Ingress(state_dir).init(port=port, address=address)
-    click.echo(json.dumps({"ok": True, "config": str(config), "port": port, "address": address}) if as_json else
+    if Ingress.of(state_dir) is not None and not force:
+        raise Conflict(f"{state_dir}: this device has an ingress already; --force sets it up again (then run `recover`)")
+    config = Ingress(state_dir).init(port=port, address=address, tls_port=tls_port)
+    click.echo(json.dumps({"ok": True, "config": str(config), "port": port, "tls_port": tls_port, "address": address}) if as_json else
                f"ingress on {address or '*'}:{port}: start HAProxy with {config} (examples/systemd/sealift-ingress.service)")
 
 

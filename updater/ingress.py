@@ -25,7 +25,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from updater.durable import replace_file
@@ -49,6 +49,7 @@ class Placement:
     routes: tuple[Route, ...]
     slot: str
     addresses: Mapping[str, Mapping[str, str]]  # slot -> service -> address
+    certificates: Mapping[str, Path | None] = field(default_factory=dict)  # host -> the active slot's opened PEM
 
     def backends(self) -> dict[str, tuple[str, int]]:
         """Backend name -> (service, port), for each service and port a route leads to."""
@@ -68,15 +69,28 @@ class Ingress:
         ingress = cls(state_dir)
         return ingress if (ingress.dir / _SETTINGS).is_file() else None
 
-    def init(self, *, port: int, address: str = "") -> Path:
-        """Set the ingress up to listen on ``address``:``port`` with no routes yet; return its configuration."""
-        if not 1 <= port <= 65535:
-            raise InputError(f"ingress port {port}: expected 1 to 65535")
+    def init(self, *, port: int, address: str = "", tls_port: int | None = None) -> Path:
+        """Set the ingress up to listen on ``address``:``port`` (and ``tls_port`` for HTTPS) with no routes
+        yet; return its configuration."""
+        for value in (port, tls_port):
+            if value is not None and not 1 <= value <= 65535:
+                raise InputError(f"ingress port {value}: expected 1 to 65535")
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        replace_file(self.dir / _SETTINGS, json.dumps({"port": port, "address": address}).encode(), mode=0o600)
+        settings = {"port": port, "address": address, "tls_port": tls_port}
+        replace_file(self.dir / _SETTINGS, json.dumps(settings).encode(), mode=0o600)
         with self._locked():
             self._write(self.render([]))
         return self.dir / _CONFIG
+
+    @property
+    def tls_port(self) -> int | None:
+        """The port it serves HTTPS on (None: it serves none)."""
+        value = json.loads((self.dir / _SETTINGS).read_text()).get("tls_port")
+        return int(value) if value else None
+
+    def certificate_path(self, app: str, host: str) -> Path:
+        """Where HAProxy loads ``host``'s certificate from: in memory, one path whichever slot serves."""
+        return self.dir.parent / "run" / "ingress" / f"{app}.{host}.pem"
 
     def render(self, placements: Sequence[Placement]) -> str:
         """HAProxy's configuration for ``placements``."""
@@ -84,16 +98,22 @@ class Ingress:
         lines = ["# written by sealift-updater from the applications' routes; changes here are overwritten",
                  "global", f"    stats socket {self.dir / 'admin.sock'} mode 600 level admin expose-fd listeners",
                  "defaults", "    mode http", "    timeout connect 5s", "    timeout client 60s", "    timeout server 60s",
-                 "    timeout http-keep-alive 10s",
-                 "frontend ingress", f"    bind {settings['address']}:{settings['port']}"]
-        rules = sorted(((r, p) for p in placements for r in p.routes), key=lambda rp: (rp[0].host is None, -len(rp[0].path)))
-        for route, placement in rules:
+                 "    timeout http-keep-alive 10s"]
+        rules = []
+        for route, placement in sorted(((r, p) for p in placements for r in p.routes),
+                                       key=lambda rp: (rp[0].host is None, -len(rp[0].path))):
             conditions = ([f"{{ req.hdr(host),field(1,:) -i {route.host} }}"] if route.host else []) + \
                          ([f"{{ path_beg {route.path} }}"] if route.path != "/" else [])
-            lines.append(f"    use_backend {placement.app}.{route.service}.{route.port}"
+            rules.append(f"    use_backend {placement.app}.{route.service}.{route.port}"
                          + (f" if {' '.join(conditions)}" if conditions else ""))
-        lines += ["    default_backend no-route", "backend no-route", '    http-request return status 404 content-type text/plain '
-                  'string "no route\\n"']
+        rules.append("    default_backend no-route")
+        lines += ["frontend ingress", f"    bind {settings['address']}:{settings['port']}", *rules]
+        # a host whose certificate is not open here (its overlay is missing) is not served over HTTPS
+        certificates = sorted(c for p in placements for host in p.certificates if (c := self.certificate_path(p.app, host)).is_file())
+        if certificates and settings.get("tls_port"):
+            lines += ["frontend ingress-tls", f"    bind {settings['address']}:{settings['tls_port']} ssl "
+                      + " ".join(f"crt {c}" for c in certificates), *rules]
+        lines += ["backend no-route", '    http-request return status 404 content-type text/plain string "no route\\n"']
         for placement in placements:
             for backend, (service, port) in sorted(placement.backends().items()):
                 lines.append(f"backend {backend}")
@@ -107,17 +127,54 @@ class Ingress:
         """Route as ``placements`` say (reloading HAProxy only when its backends or rules change); then, for
         application ``app``, drain slot ``leaving`` and wait until it holds no request."""
         with self._locked():
+            changed = self._place_certificates(placements, strict=app)  # first: what is rendered is what is there
             text = self.render(placements)
             before = (self.dir / _CONFIG).read_text() if (self.dir / _CONFIG).is_file() else ""
             self._write(text)
             if _structure(text) != _structure(before):
                 self._reload([b for p in placements for b in p.backends()])
+            else:
+                for path, pem in changed.items():
+                    self._update_certificate(path, pem)
             for placement in placements:
                 switching = placement.app == app and leaving is not None and leaving != placement.slot
                 self._point(placement, strict=placement.app == app, draining=leaving if switching else None)
             switched = next((p for p in placements if p.app == app), None)
             if switched is not None and leaving is not None and leaving != switched.slot:
                 self._drain(switched, leaving)
+
+    def _place_certificates(self, placements: Sequence[Placement], *, strict: str | None) -> dict[Path, bytes]:
+        """Copy each served host's certificate from its active slot's opened secrets to the path HAProxy
+        loads it from (memory-backed, like the secrets); return those whose content changed. One that
+        is not open is left out, or for application ``strict`` is a DeviceFault."""
+        changed = {}
+        for placement in placements:
+            for host, opened in placement.certificates.items():
+                try:
+                    pem = opened.read_bytes() if opened else b""
+                except OSError:
+                    pem = b""
+                path = self.certificate_path(placement.app, host)
+                if not pem and placement.app == strict:
+                    raise DeviceFault(f"{placement.app}: no certificate for {host} is open on this device (the site's overlay "
+                                      "delivers it)")
+                if not pem:
+                    path.unlink(missing_ok=True)  # an old one is not served in its stead
+                    continue
+                if not path.is_file() or path.read_bytes() != pem:
+                    path.parent.mkdir(mode=0o700, exist_ok=True)
+                    replace_file(path, pem, mode=0o600)
+                    changed[path] = pem
+        return changed
+
+    def _update_certificate(self, path: Path, pem: bytes) -> None:
+        """Give HAProxy a certificate's new content at run time (a rotation drops no connection)."""
+        answer = self._ask("admin.sock", f"set ssl cert {path} <<\n{pem.decode().strip()}\n")
+        if "Transaction created" not in answer and "Transaction updated" not in answer:
+            raise DeviceFault(f"the ingress refused the certificate for {path.name}: {answer.strip()[:200]}")
+        answer = self._ask("admin.sock", f"commit ssl cert {path}")
+        if "Success" not in answer:
+            raise DeviceFault(f"the ingress could not switch to the certificate for {path.name}: {answer.strip()[:200]}")
 
     def _drain(self, placement: Placement, slot: str) -> None:
         for backend in placement.backends():

@@ -122,6 +122,8 @@ class Installer:
                     if (port.host, port.protocol) in mine:
                         return f"{other}/{service.name} publishes host port {port.host}/{port.protocol}, which " \
                                f"{app}/{mine[(port.host, port.protocol)]} publishes too"
+        if self.ingress is not None and self.ingress.tls_port is None and (tls := next((r for r in wanted.routes if r.tls), None)):
+            return f"{app} serves {tls.host} over HTTPS, and this device's ingress has no TLS port (ingress init --tls-port)"
         return conflicts(app, wanted, running) or route_clash(app, wanted, running)
 
     def behind_ingress(self, app: App) -> bool:
@@ -144,7 +146,11 @@ class Installer:
             if routes:
                 addresses = {slot: {service: c.address for service, c in self.runtime.containers(name, slot).items() if c.running}
                              for slot in ("a", "b")}
-                placements.append(Placement(app=name, routes=routes, slot=runs.slot, addresses=addresses))
+                opened = self.secrets.folder(name, runs.slot)
+                certificates = {r.host: opened / ".ingress" / f"{r.host}.pem" if opened else None
+                                for r in routes if r.host and r.tls}
+                placements.append(Placement(app=name, routes=routes, slot=runs.slot, addresses=addresses,
+                                            certificates=certificates))
         self.ingress.apply(placements, app=app, leaving=leaving)
 
     def running_apps(self) -> dict[str, App]:

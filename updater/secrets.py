@@ -4,9 +4,10 @@ When a release with a site overlay starts, :class:`OpenedSecrets` opens the slot
 a memory-backed filesystem (a tmpfs the updater mounts at ``STATE/run``, mode 0700), one
 directory per app and slot and in it one per service, as files with the owner and mode each
 service declares (root and 0400 by default), which the runtime mounts read-only at
-``/run/secrets/TARGET`` in that service's container. Secret values never reach the slot, the
-state file, the logs or ``status``; after a reboot the tmpfs is empty and the values are opened
-again from the slot.
+``/run/secrets/TARGET`` in that service's container; a route's TLS certificate and key go, as one
+PEM per host, to ``.ingress/`` beside them, for the ingress. Secret values never reach the slot,
+the state file, the logs or ``status``; after a reboot the tmpfs is empty and the values are
+opened again from the slot.
 """
 
 from __future__ import annotations
@@ -34,11 +35,13 @@ class OpenedSecrets:
         self.root = state_dir / "run"
         self.identity = identity
 
-    def open_into_memory(self, app: str, slot: str, slot_dir: Path, services: tuple[Service, ...]) -> Path | None:
+    def open_into_memory(self, app: str, slot: str, slot_dir: Path, services: tuple[Service, ...],
+                         certificates: tuple[tuple[str, str, str], ...] = ()) -> Path | None:
         """Open the slot's sealed secrets into the tmpfs, a folder per service holding the secrets it
-        declares (owner and mode as it declares them); return the release's folder (None when the slot
-        has no overlay). A release whose secrets cannot be opened rolls back like one that cannot
-        start."""
+        declares (owner and mode as it declares them), and ``.ingress/HOST.pem`` (certificate, then
+        key) for each (host, certificate secret, key secret) of ``certificates``, which the ingress
+        serves; return the release's folder (None when the slot has no overlay). A release whose
+        secrets cannot be opened rolls back like one that cannot start."""
         overlay = overlay_of(slot_dir)
         if overlay is None or not overlay.get("secrets"):
             return None
@@ -53,6 +56,8 @@ class OpenedSecrets:
             folder.mkdir(mode=0o700)
             for service in services:
                 _write_secrets(folder / service.name, [(m, values[m.source]) for m in service.secrets if m.source in values])
+            if certificates:
+                _write_certificates(folder / ".ingress", certificates, values)
         except Refused as e:
             raise Refused(f"{app} slot {slot}: its secrets cannot be opened ({e.diagnostics()})") from e
         except (OSError, ValueError) as e:
@@ -102,6 +107,20 @@ def _write_secrets(folder: Path, secrets: list[tuple[SecretMount, bytes]]) -> No
                 os.fchmod(f.fileno(), mount.mode)
     finally:
         os.close(dir_fd)
+
+
+def _write_certificates(folder: Path, certificates: tuple[tuple[str, str, str], ...], values: dict[str, bytes]) -> None:
+    """``HOST.pem`` for each (host, certificate secret, key secret): what HAProxy loads for that host."""
+    for host, certificate, key in certificates:
+        missing = [name for name in (certificate, key) if name not in values]
+        if missing:
+            raise Refused(f"the ingress needs secret {missing[0]} for {host}, and the site's overlay holds none")
+    _write_secrets(folder, [])
+    for host, certificate, key in certificates:
+        pem = values[certificate].rstrip(b"\n") + b"\n" + values[key].rstrip(b"\n") + b"\n"
+        fd = os.open(folder / f"{host}.pem", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o400)
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
 
 
 def _is_tmpfs(path: Path) -> bool:

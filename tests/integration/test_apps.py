@@ -3,13 +3,16 @@ single-application layout is moved in place while its release runs (the engine r
 container through the old path); a second application, which needs what the first provides,
 installs beside it and reaches it by name on the device network; updating and rolling back one
 never interrupts the other, one is updated while the other is rolled back, and the names hold;
-each application is signed by its team's delegated role; `status` lists both."""
+each application is signed by its team's delegated role; `status` lists both. The updater killed
+at each step of one application's install: every application converges to one healthy release,
+and the other is never restarted."""
 
 from __future__ import annotations
 
 import json
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -83,10 +86,14 @@ def reaches(container: Container) -> None:
         assert code == 0 and b"ok" in output, f"{name} ({answers[-1]}): {output!r}"
 
 
+@pytest.fixture(scope="module")
+def releases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """vision-app and vision-b, 1.0.0 and 1.1.0 each, signed by a delegated role per application."""
+    return example_releases(tmp_path_factory.mktemp("releases"), python=sys.executable, versions=("1.0.0", "1.1.0"), also=SECOND)
+
+
 @pytest.mark.docker
-def test_two_applications_live_side_by_side(tmp_path: Path, docker_engine: DockerEngine) -> None:
-    (tmp_path / "releases").mkdir()
-    releases = example_releases(tmp_path / "releases", python=sys.executable, versions=("1.0.0", "1.1.0"), also=SECOND)
+def test_two_applications_live_side_by_side(tmp_path: Path, releases: dict[str, Path], docker_engine: DockerEngine) -> None:
     state = tmp_path / "device"
     TrustedState(state).init(releases["root"])
     installer = Installer(state_dir=state, runtime=DockerRuntime(docker_engine.client), profile=CPU)
@@ -150,6 +157,47 @@ def test_two_applications_live_side_by_side(tmp_path: Path, docker_engine: Docke
         text = updater(state, docker_engine, "status", SECOND).stdout
         assert text.startswith(f"{SECOND}\n  running: 1.1.0 (slot b)\n") and "vision-app" not in text.split("device:")[0]
         assert (state / "trust" / "team-vision.json").is_file() and (state / "trust" / f"team-{SECOND}.json").is_file()
+    finally:
+        for name in ("vision-app", SECOND):
+            for container in docker_engine.client.containers.list(all=True, filters={"label": f"dev.sealift.app={name}"}):
+                container.remove(force=True)
+
+
+@pytest.mark.docker
+def test_killed_at_any_step_of_one_applications_install_every_application_converges(
+        tmp_path: Path, releases: dict[str, Path], docker_engine: DockerEngine) -> None:
+    state = tmp_path / "device"
+    TrustedState(state).init(releases["root"])
+    installer = Installer(state_dir=state, runtime=DockerRuntime(docker_engine.client), profile=CPU)
+    try:
+        assert installer.install(releases["1.0.0"]).committed
+        assert installer.install(releases[f"{SECOND}-1.0.0"]).committed
+        (bystander,) = docker_engine.client.containers.list(filters={"label": "dev.sealift.app=vision-app"})
+        started = bystander.attrs["State"]["StartedAt"]
+        for step in range(1, 8):
+            command = [sys.executable, "-c", "from updater.cli import main; main()", "--state-dir", str(state), "install",
+                       str(releases[f"{SECOND}-1.1.0"]), "--profile", "x86_64-cpu", "--force"]
+            with subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                                  env=docker_engine.env()) as proc:
+                assert proc.stderr is not None
+                for line in proc.stderr:
+                    if line.startswith(f"[{step}/7]"):
+                        proc.send_signal(signal.SIGKILL)
+                        break
+                proc.wait(timeout=120)
+            assert proc.returncode == -signal.SIGKILL, f"the install finished before step {step}"
+            recovered = updater(state, docker_engine, "recover")
+            assert recovered.returncode == 0, f"step {step}: {recovered.stdout}{recovered.stderr}"
+            for name, port in (("vision-app", FAST_PORT), (SECOND, FAST_PORT + 1)):
+                now = installer.apps.slots(name).load()
+                assert now.current is not None and now.candidate is None, f"step {step}: {name}: {now.reason}"
+                running = docker_engine.client.containers.list(filters={"label": f"dev.sealift.app={name}"})
+                assert [c.labels["dev.sealift.slot"] for c in running] == [now.current.slot], f"step {step}: {name}"
+                assert healthz(port) == 200, f"step {step}: {name}"
+            bystander.reload()
+            assert bystander.attrs["State"]["StartedAt"] == started, f"step {step}: vision-app was restarted"
+            if installer.apps.slots(SECOND).load().current.version == "1.1.0":  # type: ignore[union-attr]
+                assert installer.rollback(SECOND).committed  # the next round installs 1.1.0 again
     finally:
         for name in ("vision-app", SECOND):
             for container in docker_engine.client.containers.list(all=True, filters={"label": f"dev.sealift.app={name}"}):

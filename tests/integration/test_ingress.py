@@ -2,12 +2,17 @@
 host port is reached through its route; an update, a rollback on demand and a release that never
 turns healthy each switch with no failed request under continuous load on kept-alive connections;
 an updater killed as it commits converges to one release that every request reaches; a second
-application claiming the same route is refused before anything is staged."""
+application claiming the same route is refused before anything is staged. A route with TLS is
+served over HTTPS with the site's own certificate, which its overlay delivers sealed to the device
+and which never leaves memory."""
 
 from __future__ import annotations
 
+import http.client
+import json
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -15,12 +20,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
-from tests.builders import example_releases
-from tests.ingress import HttpLoad, running_haproxy
+from bundler.devices import Inventory
+from bundler.keys import Keyring
+from bundler.overlay import build_overlay
+from bundler.repo import Repository
+from bundler.spec import load_spec
+from tests.builders import EXAMPLE_DIR, example_releases, unmount_secrets
+from tests.ingress import HttpLoad, running_haproxy, self_signed
 from tests.realparts import DockerEngine
 from updater.docker_runtime import DockerRuntime
 from updater.errors import Conflict
+from updater.identity import DeviceIdentity
 from updater.install import Installer
 from updater.profiles import builtin_profile_dir, load_profiles
 from updater.trust import TrustedState
@@ -92,3 +105,49 @@ def test_switches_behind_the_ingress_drop_no_request(tmp_path: Path, haproxy: tu
     finally:
         for container in docker_engine.client.containers.list(all=True, filters={"label": "dev.sealift.app=vision-app"}):
             container.remove(force=True)
+
+
+HOST = "vision.site.test"
+
+
+@pytest.mark.docker
+def test_https_through_the_ingress_with_the_sites_own_certificate(tmp_path: Path, docker_engine: DockerEngine,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "releases").mkdir()
+    releases = example_releases(tmp_path / "releases", python=sys.executable, versions=("1.0.0",), routed=True, tls_host=HOST)
+    state, port, tls_port = tmp_path / "device", free_port(), free_port()
+    TrustedState(state).init(releases["root"])
+    # the site's certificate and key travel sealed to the device in the site's overlay
+    record = DeviceIdentity(state).enroll(site="demo-site", profile="x86_64-cpu")
+    (tmp_path / "record.json").write_text(json.dumps(record))
+    Inventory(tmp_path / "devices.yaml").add(tmp_path / "record.json")
+    certificate, key = self_signed(HOST)
+    for name, value in (("SITE_CERT", certificate), ("SITE_KEY", key), ("VISION_API_TOKEN", b"token")):
+        monkeypatch.setenv(name, value.decode())
+    overlay, _ = build_overlay(load_spec(tmp_path / "releases" / "sealift-1.0.0.yaml", allowed_dirs=[EXAMPLE_DIR]), "demo-site",
+                               inventory=tmp_path / "devices.yaml", out=tmp_path / "overlays",
+                               site_file=EXAMPLE_DIR / "sites" / "demo-site.yaml")
+    signing = releases["root"].parent.parent.parent
+    Repository(signing / "repo", Keyring(signing / "keys", passphrase=lambda: "test passphrase")).add([overlay])
+    with running_haproxy(state, port, log=tmp_path / "haproxy.log", tls_port=tls_port):
+        installer = Installer(state_dir=state, runtime=DockerRuntime(docker_engine.client), profile=CPU)
+        try:
+            outcome = installer.install(releases["1.0.0"], overlay=overlay)
+            assert outcome.committed, outcome.reason
+            context = ssl.create_default_context(cadata=certificate.decode())
+            connection = http.client.HTTPSConnection("127.0.0.1", tls_port, context=context, timeout=10)
+            connection.sock = context.wrap_socket(socket.create_connection(("127.0.0.1", tls_port), timeout=10), server_hostname=HOST)
+            connection.request("GET", "/healthz", headers={"Host": HOST})
+            response = connection.getresponse()
+            assert response.status == 200 and response.read().strip() == b"ok"
+            served = x509.load_der_x509_certificate(connection.sock.getpeercert(binary_form=True))
+            assert served.public_bytes(serialization.Encoding.PEM) == certificate  # the site's own, from its overlay
+            connection.close()
+            pem = (state / "run" / "ingress" / f"vision-app.{HOST}.pem")
+            fstype = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", str(state / "run")], capture_output=True, text=True, check=False)
+            assert fstype.stdout.strip() == "tmpfs" and pem.stat().st_mode & 0o777 == 0o600  # the key only ever in memory
+            assert key not in (state / "ingress" / "haproxy.cfg").read_bytes()
+        finally:
+            for container in docker_engine.client.containers.list(all=True, filters={"label": "dev.sealift.app=vision-app"}):
+                container.remove(force=True)
+            unmount_secrets(state)

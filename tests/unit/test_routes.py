@@ -67,3 +67,40 @@ def test_the_configuration_tries_host_routes_first_then_the_longest_path(tmp_pat
 def test_an_ingress_port_out_of_range_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="ingress port 0: expected 1 to 65535"):
         Ingress(tmp_path).init(port=0)
+
+
+def tls_app(routes: list[dict[str, Any]]) -> App:
+    data = {"services": {"web": {"image": "img"}}, "x-sealift": {"routes": routes}}
+    return parse_app(Field("compose.yaml", "app", data), images=("img",), mountable=(), secrets=("cert", "key", "other"))
+
+
+@pytest.mark.parametrize(("routes", "message"), [
+    ([{"service": "web", "port": 80, "tls": {"certificate": "cert", "key": "key"}}], r"tls: needs the route's host"),
+    ([{"host": "a.example", "service": "web", "port": 80, "tls": {"certificate": "nope", "key": "key"}}],
+     r"tls\.certificate: 'nope' is not a declared secret"),
+    ([{"host": "a.example", "service": "web", "port": 80, "tls": {"certificate": "cert", "key": "key"}},
+      {"host": "a.example", "path": "/x", "service": "web", "port": 80, "tls": {"certificate": "other", "key": "key"}}],
+     r"host a\.example has another certificate in an earlier route"),
+], ids=["no-host", "undeclared-secret", "two-certificates"])
+def test_bad_tls_is_refused_naming_the_field(routes: list[dict[str, Any]], message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        tls_app(routes)
+
+
+def test_a_tls_route_is_served_over_https_from_a_certificate_in_memory(tmp_path: Path) -> None:
+    ingress = Ingress(tmp_path)
+    ingress.init(port=8080, tls_port=8443)
+    routes = tls_app([{"host": "a.example", "service": "web", "port": 80, "tls": {"certificate": "cert", "key": "key"}}]).routes
+    assert routes[0].tls == ("cert", "key") and routes[0].to_data()["tls"] == {"certificate": "cert", "key": "key"}
+    placement = Placement(app="vision", routes=routes, slot="a", addresses={"a": {"web": "172.18.0.5"}},
+                          certificates={"a.example": tmp_path / "run/vision-a/.ingress/a.example.pem"})
+    assert "ingress-tls" not in ingress.render([placement])  # its certificate is not open: no HTTPS for it
+    ingress.certificate_path("vision", "a.example").parent.mkdir(parents=True)
+    ingress.certificate_path("vision", "a.example").write_bytes(b"PEM")
+    text = ingress.render([placement])
+    assert f"    bind :8443 ssl crt {tmp_path}/run/ingress/vision.a.example.pem" in text.splitlines()
+    tls_rules = text.split("frontend ingress-tls\n")[1].split("\nbackend ")[0]
+    assert "use_backend vision.web.80 if { req.hdr(host),field(1,:) -i a.example }" in tls_rules
+    plain = Ingress(tmp_path / "plain")
+    plain.init(port=80)
+    assert "ingress-tls" not in plain.render([placement])  # an ingress with no TLS port serves no HTTPS
