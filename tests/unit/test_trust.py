@@ -351,6 +351,19 @@ def test_a_file_of_a_role_named_like_a_root_never_counts_as_a_root_version(setup
     assert setup.verify("1.2.0-x86_64-cpu") == "1.2.0"
 
 
+def test_a_bundle_signed_by_a_role_that_may_not_sign_its_application_is_refused_by_the_device(
+        setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A team whose role may sign only other-app's bundles signs demo's anyway (the build side's check
+    bypassed, as a rogue or careless signer would): the device follows only delegations whose paths
+    match a bundle's application, so it finds no signature for demo."""
+    setup.repo.delegate("team-other", paths=["other-app/*/*"])
+    monkeypatch.setattr(Repository, "_holder", lambda self, change, name, role: "team-other")
+    setup.repo.add([setup.bundles["1.2.0-x86_64-cpu"]], role="team-other")
+    monkeypatch.undo()
+    setup.refused("1.2.0-x86_64-cpu", Refused, r"demo/x86_64-cpu/1\.2\.0 is not a target signed by the repository",
+                  metadata_kept=True)  # the metadata itself is sound: only the bundle is refused
+
+
 def test_delegated_role_is_limited_to_its_paths(setup: Setup) -> None:
     setup.repo.delegate("site-berlin", paths=["other-app/*/*"])
     with pytest.raises(InputError, match=re.escape("role site-berlin may sign other-app/*/*, not demo/x86_64-cpu/1.2.0")):
