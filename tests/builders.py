@@ -382,3 +382,21 @@ def only_app(state_dir: Path) -> Slots:
     names = apps.names()
     assert len(names) <= 1, f"the device holds several applications: {names}"
     return apps.slots(names[0]) if names else Slots(apps.root / "none")
+
+
+def updater_killed_at(state_dir: Path, args: list[str], step: str, *, env: dict[str, str]) -> bool:
+    """Run ``sealift-updater --state-dir STATE_DIR ARGS`` and SIGKILL it as it logs the line starting
+    with ``step`` (``[5/7]``); whether it was killed (False: it finished first)."""
+    import signal
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-c", "from updater.cli import main; main()", "--state-dir", str(state_dir), *args]
+    with subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env) as proc:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if line.startswith(step):
+                proc.send_signal(signal.SIGKILL)
+                break
+        proc.wait(timeout=120)
+    return proc.returncode == -signal.SIGKILL

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -23,7 +22,7 @@ from pathlib import Path
 import pytest
 from docker.models.containers import Container
 
-from tests.builders import FAST_PORT, example_releases, healthz
+from tests.builders import FAST_PORT, example_releases, healthz, updater_killed_at
 from tests.realparts import DockerEngine
 from updater.application import staged
 from updater.docker_runtime import DockerRuntime
@@ -175,17 +174,9 @@ def test_killed_at_any_step_of_one_applications_install_every_application_conver
         (bystander,) = docker_engine.client.containers.list(filters={"label": "dev.sealift.app=vision-app"})
         started = bystander.attrs["State"]["StartedAt"]
         for step in range(1, 8):
-            command = [sys.executable, "-c", "from updater.cli import main; main()", "--state-dir", str(state), "install",
-                       str(releases[f"{SECOND}-1.1.0"]), "--profile", "x86_64-cpu", "--force"]
-            with subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                                  env=docker_engine.env()) as proc:
-                assert proc.stderr is not None
-                for line in proc.stderr:
-                    if line.startswith(f"[{step}/7]"):
-                        proc.send_signal(signal.SIGKILL)
-                        break
-                proc.wait(timeout=120)
-            assert proc.returncode == -signal.SIGKILL, f"the install finished before step {step}"
+            killed = updater_killed_at(state, ["install", str(releases[f"{SECOND}-1.1.0"]), "--profile", "x86_64-cpu", "--force"],
+                                       f"[{step}/7]", env=docker_engine.env())
+            assert killed, f"the install finished before step {step}"
             recovered = updater(state, docker_engine, "recover")
             assert recovered.returncode == 0, f"step {step}: {recovered.stdout}{recovered.stderr}"
             for name, port in (("vision-app", FAST_PORT), (SECOND, FAST_PORT + 1)):

@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.builders import healthz, only_app
+from tests.builders import healthz, only_app, updater_killed_at
 from tests.realparts import DockerEngine
 from updater.docker_runtime import DockerRuntime
 from updater.errors import Conflict, Refused
@@ -53,17 +50,9 @@ def test_killed_at_any_step_the_device_converges(step: int, device: Installer, r
                                                  docker_engine: DockerEngine) -> None:
     slot_a = only_app(device.state_dir).slot_dir("a")
     before = files_of(slot_a)
-    command = [sys.executable, "-c", "from updater.cli import main; main()", "--state-dir", str(device.state_dir),
-               "install", str(releases["1.1.0"]), "--profile", "x86_64-cpu"]
-    proc = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=docker_engine.env())
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        if line.startswith(f"[{step}/7]"):
-            proc.send_signal(signal.SIGKILL)
-            break
-    proc.wait(timeout=120)
-    proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL, f"the install finished before step {step}"
+    killed = updater_killed_at(device.state_dir, ["install", str(releases["1.1.0"]), "--profile", "x86_64-cpu"], f"[{step}/7]",
+                               env=docker_engine.env())
+    assert killed, f"the install finished before step {step}"
 
     state = device.app("vision-app").recover()  # the updater's next start
     assert state.phase in (Phase.COMMITTED, Phase.ROLLED_BACK)

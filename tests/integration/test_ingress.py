@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import signal
 import socket
 import ssl
 import subprocess
@@ -28,7 +27,7 @@ from bundler.keys import Keyring
 from bundler.overlay import build_overlay
 from bundler.repo import Repository
 from bundler.spec import load_spec
-from tests.builders import EXAMPLE_DIR, example_releases, unmount_secrets
+from tests.builders import EXAMPLE_DIR, example_releases, unmount_secrets, updater_killed_at
 from tests.ingress import HttpLoad, running_haproxy, self_signed
 from tests.realparts import DockerEngine
 from updater.docker_runtime import DockerRuntime
@@ -82,15 +81,8 @@ def test_switches_behind_the_ingress_drop_no_request(tmp_path: Path, haproxy: tu
         assert [c.labels["dev.sealift.version"] for c in serving] == ["1.0.0"]
         # killed just as it commits (the routes moved, the old release stopped or not): the next start
         # converges, and every request through the ingress succeeds again
-        command = [sys.executable, "-c", "from updater.cli import main; main()", "--state-dir", str(state), "install",
-                   str(releases["1.1.0"]), "--profile", "x86_64-cpu"]
-        with subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=docker_engine.env()) as proc:
-            assert proc.stderr is not None
-            for line in proc.stderr:
-                if line.startswith("[7/7] commit"):
-                    proc.send_signal(signal.SIGKILL)
-                    break
-            proc.wait(timeout=60)
+        updater_killed_at(state, ["install", str(releases["1.1.0"]), "--profile", "x86_64-cpu"], "[7/7] commit",
+                          env=docker_engine.env())
         converged = installer.recover()["vision-app"]
         assert not isinstance(converged, Exception) and converged.current is not None and converged.candidate is None
         running = docker_engine.client.containers.list(filters={"label": "dev.sealift.app=vision-app"})
