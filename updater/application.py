@@ -85,6 +85,7 @@ class Application:
         self.slots = device.apps.slots(name)
         self.trust, self.store, self.identity = device.trust, device.store, device.identity
         self.secrets, self.runtime, self.profile = device.secrets, device.runtime, device.profile
+        self._verified = False  # whether the release being installed was verified as this application's
 
     def log(self, line: str) -> None:
         self.device.log(line)
@@ -98,6 +99,7 @@ class Application:
         overlay alone (or a medium whose only news for this application is its site's overlay)
         re-applies the running release with it."""
         shown = source.name if isinstance(source, Path) else source.top.digest
+        self._verified = False
         with self.slots.locked():
             state = self._converge_if_it_can()
             try:
@@ -113,7 +115,9 @@ class Application:
                 # refused before the switch: the running release is untouched; say why in status (a full
                 # disk may not take even that: the error itself is what must reach the operator)
                 with contextlib.suppress(DeviceFault):
-                    self.slots.save(self.slots.load().with_event(reason=f"{e.fault}: {shown}: {e.diagnostics()}", fault=e.fault))
+                    if self.slots.exists() or self._verified:  # no state for a name only an unverified index claims
+                        self.slots.save(self.slots.load().with_event(reason=f"{e.fault}: {shown}: {e.diagnostics()}",
+                                                                     fault=e.fault))
                 raise
 
     def _take_in(self, state: DeviceState, source: Path | Incoming, overlay: Path | None) -> tuple[Path | None, Path | None]:
@@ -146,6 +150,7 @@ class Application:
                 if (info.name, info.version) != (claimed.name, claimed.version):
                     raise Refused(f"{bundle}: its index claims {claimed.name} {claimed.version}, its descriptor {info.name} "
                                   f"{info.version}")
+                self._verified = True  # signed as this application's: what it is refused for from now on is said in its status
                 if state.current is not None and state.current.digest == info.digest and overlay is None:
                     return Outcome(committed=True, release=state.current, reason="already running")
                 release = Release(name=info.name, version=info.version, profile=info.profile, digest=info.digest,
@@ -295,8 +300,8 @@ class Application:
         else:
             self.log("[6/7] health checks")
             result = wait_healthy(self._watched(release), staged(slot_dir).health, sleep=self._wait)
-        if result.ok and beside:
-            result = self._route(release, leaving=state.current)
+        if result.ok and self._routes_follow(state.current, release):
+            result = self._route(release, leaving=state.current if beside else None)
         if result.ok:
             return self._commit(state, release, success)
         self.log(f"[7/7] roll back: {result.check} failed: {result.detail}")
@@ -308,9 +313,14 @@ class Application:
                                          interrupted=_without(state.interrupted, release)))
         return Outcome(committed=False, release=release, reason=reason, fault=result.fault)
 
+    def _routes_follow(self, current: Release | None, release: Release) -> bool:
+        """Whether the ingress must learn of the switch: it has one, and either release has routes."""
+        return self.device.ingress is not None and any(
+            staged(self.slots.slot_dir(r.slot)).app.routes for r in (current, release) if r is not None)
+
     def _route(self, release: Release, *, leaving: Release | None) -> HealthResult:
-        """Move the routes to ``release`` and drain the slot they leave; then stop what ran there."""
-        self.log("[6/7] routes: to the new release; the old one drains")
+        """Move the routes to ``release`` and drain the slot they leave (``leaving``'s); then stop what ran there."""
+        self.log("[6/7] routes: to the new release" + ("; the old one drains" if leaving else ""))
         try:
             self.device.route(self.name, release, leaving=leaving.slot if leaving else None)
         except SealiftError as e:

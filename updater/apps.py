@@ -44,7 +44,8 @@ class Apps:
         self._moved = False
 
     def names(self) -> list[str]:
-        """The applications with a state on this device, sorted."""
+        """The applications with a state on this device, sorted (one whose only install was refused
+        before anything was recorded has none)."""
         self._move_legacy()
         try:
             entries = list(self.root.iterdir())
@@ -52,7 +53,7 @@ class Apps:
             return []
         except OSError as e:
             raise DeviceFault(f"{self.root}: cannot list the applications ({e.strerror})") from e
-        return sorted(e.name for e in entries if NAME.fullmatch(e.name) and e.is_dir())
+        return sorted(e.name for e in entries if NAME.fullmatch(e.name) and (e / _LEGACY_STATE).is_file())
 
     def slots(self, name: str) -> Slots:
         """The slots and state of application ``name`` (made on its first install)."""
@@ -83,6 +84,7 @@ class Apps:
     @contextmanager
     def installing(self) -> Iterator[None]:
         """Held (shared) through an install of any application: the store is not pruned meanwhile."""
+        self._move_legacy()  # first: the move takes this lock exclusively
         with file_lock(self.state_dir / "apps.lock", wait=True, shared=True):
             yield
 

@@ -269,11 +269,13 @@ def _state(container: Any) -> ContainerState:
     ports = {port: tuple(Published(b.get("HostIp") or "", int(b["HostPort"])) for b in bindings or ())
              for port, bindings in ((attrs.get("NetworkSettings") or {}).get("Ports") or {}).items()}
     networks = (attrs.get("NetworkSettings") or {}).get("Networks") or {}
-    address = next((str(n.get("IPAddress") or "") for name, n in networks.items() if name != DEVICE_NETWORK), "")
+    host_network = (attrs.get("HostConfig") or {}).get("NetworkMode") == "host"
+    address = "127.0.0.1" if host_network else next((str(n.get("IPAddress") or "") for name, n in networks.items()
+                                                     if name != DEVICE_NETWORK), "")
     return ContainerState(service=container.labels.get(LABEL_SERVICE, container.name), status=str(state.get("Status")),
                           exit_code=int(state.get("ExitCode") or 0), health=health.get("Status") if health else None,
                           health_output=str(log[-1].get("Output", "")).strip(), restarts=int(attrs.get("RestartCount", 0)),
-                          ports=ports, host_network=(attrs.get("HostConfig") or {}).get("NetworkMode") == "host", address=address)
+                          ports=ports, host_network=host_network, address=address)
 
 
 def _archive(reader: LayoutReader, manifest_digest: str, tag: str) -> Iterator[bytes]:

@@ -7,7 +7,7 @@ the maintained proxies whose runtime API changes where a backend's servers point
 they take new requests, without a reload: a switch drops no request, not even on a kept-alive
 connection, where a reload (nginx's, Caddy's, HAProxy's own) closes idle kept-alive connections.
 
-Each service and port a route leads to is a backend named ``APP.SERVICE.PORT`` with two servers,
+Each service and port a route leads to is a backend named ``APP:SERVICE:PORT`` with two servers,
 ``a`` and ``b``: the application's slots. A switch (1) points the new slot's server at its
 container and makes it ready, (2) drains the old one (no new requests; those under way finish),
 (3) waits until it holds no connection, then puts it in maintenance. The configuration is
@@ -18,6 +18,7 @@ or one whose routes differ), after ``haproxy -c`` has checked the new file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import socket
@@ -25,8 +26,9 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from updater.durable import replace_file
 from updater.errors import DeviceFault, InputError
@@ -36,6 +38,7 @@ from updater.routes import Route
 __all__ = ["Ingress", "Placement"]
 
 _SETTINGS, _CONFIG = "ingress.json", "haproxy.cfg"
+_LOADED, _ROUTED = "loaded", "routed.json"  # the digest of what HAProxy loaded; the slot each application is routed to
 _IDLE = "127.0.0.1:9"  # where a server no slot fills points (it is in maintenance)
 _DRAIN_S = 30.0  # at most this long for requests under way on the old slot to finish
 
@@ -53,7 +56,7 @@ class Placement:
 
     def backends(self) -> dict[str, tuple[str, int]]:
         """Backend name -> (service, port), for each service and port a route leads to."""
-        return {f"{self.app}.{r.service}.{r.port}": (r.service, r.port) for r in self.routes}
+        return {f"{self.app}:{r.service}:{r.port}": (r.service, r.port) for r in self.routes}  # no name holds a ':'
 
 
 class Ingress:
@@ -79,22 +82,34 @@ class Ingress:
         settings = {"port": port, "address": address, "tls_port": tls_port}
         replace_file(self.dir / _SETTINGS, json.dumps(settings).encode(), mode=0o600)
         with self._locked():
-            self._write(self.render([]))
+            self._write(_CONFIG, self.render([]))
+            for stale in (_LOADED, _ROUTED):
+                (self.dir / stale).unlink(missing_ok=True)
         return self.dir / _CONFIG
 
     @property
     def tls_port(self) -> int | None:
         """The port it serves HTTPS on (None: it serves none)."""
-        value = json.loads((self.dir / _SETTINGS).read_text()).get("tls_port")
+        value = self._settings().get("tls_port")
         return int(value) if value else None
+
+    def _settings(self) -> dict[str, Any]:
+        try:
+            settings = json.loads((self.dir / _SETTINGS).read_text())
+            if not isinstance(settings, dict) or not isinstance(settings.get("port"), int):
+                raise ValueError("no port")
+            return settings
+        except (OSError, ValueError) as e:
+            raise DeviceFault(f"{self.dir / _SETTINGS}: the ingress's settings cannot be read ({e}); set it up again with "
+                              "`sealift-updater ingress init --force`") from e
 
     def certificate_path(self, app: str, host: str) -> Path:
         """Where HAProxy loads ``host``'s certificate from: in memory, one path whichever slot serves."""
-        return self.dir.parent / "run" / "ingress" / f"{app}.{host}.pem"
+        return self.dir.parent / "run" / "ingress" / app / f"{host}.pem"
 
     def render(self, placements: Sequence[Placement]) -> str:
         """HAProxy's configuration for ``placements``."""
-        settings = json.loads((self.dir / _SETTINGS).read_text())
+        settings = self._settings()
         lines = ["# written by sealift-updater from the applications' routes; changes here are overwritten",
                  "global", f"    stats socket {self.dir / 'admin.sock'} mode 600 level admin expose-fd listeners",
                  "defaults", "    mode http", "    timeout connect 5s", "    timeout client 60s", "    timeout server 60s",
@@ -104,7 +119,7 @@ class Ingress:
                                        key=lambda rp: (rp[0].host is None, -len(rp[0].path))):
             conditions = ([f"{{ req.hdr(host),field(1,:) -i {route.host} }}"] if route.host else []) + \
                          ([f"{{ path_beg {route.path} }}"] if route.path != "/" else [])
-            rules.append(f"    use_backend {placement.app}.{route.service}.{route.port}"
+            rules.append(f"    use_backend {placement.app}:{route.service}:{route.port}"
                          + (f" if {' '.join(conditions)}" if conditions else ""))
         rules.append("    default_backend no-route")
         lines += ["frontend ingress", f"    bind {settings['address']}:{settings['port']}", *rules]
@@ -125,23 +140,55 @@ class Ingress:
 
     def apply(self, placements: Sequence[Placement], *, app: str | None = None, leaving: str | None = None) -> None:
         """Route as ``placements`` say (reloading HAProxy only when its backends or rules change); then, for
-        application ``app``, drain slot ``leaving`` and wait until it holds no request."""
+        application ``app``, drain slot ``leaving`` and wait until it holds no request. Every other
+        application keeps the slot the ingress routes it to now (it may be switching itself)."""
         with self._locked():
-            changed = self._place_certificates(placements, strict=app)  # first: what is rendered is what is there
-            text = self.render(placements)
-            before = (self.dir / _CONFIG).read_text() if (self.dir / _CONFIG).is_file() else ""
-            self._write(text)
-            if _structure(text) != _structure(before):
-                self._reload([b for p in placements for b in p.backends()])
-            else:
-                for path, pem in changed.items():
-                    self._update_certificate(path, pem)
-            for placement in placements:
-                switching = placement.app == app and leaving is not None and leaving != placement.slot
-                self._point(placement, strict=placement.app == app, draining=leaving if switching else None)
-            switched = next((p for p in placements if p.app == app), None)
-            if switched is not None and leaving is not None and leaving != switched.slot:
-                self._drain(switched, leaving)
+            try:
+                self._apply(placements, app=app, leaving=leaving)
+            except (OSError, ValueError) as e:
+                raise DeviceFault(f"{self.dir}: the ingress cannot be brought up to date ({e})") from e
+
+    def _apply(self, placements: Sequence[Placement], *, app: str | None, leaving: str | None) -> None:
+        routed = self._routed()
+        # another application keeps the slot it is routed to while that slot runs (it may be mid-switch)
+        placements = [replace(p, slot=routed[p.app]) if p.app != app and routed.get(p.app) in ("a", "b")
+                      and p.addresses.get(routed[p.app]) else p for p in placements]
+        changed = self._place_certificates(placements, strict=app)  # first: what is rendered is what is there
+        text = self.render(placements)
+        before = (self.dir / _CONFIG).read_text() if (self.dir / _CONFIG).is_file() else ""
+        if _digest(_structure(text)) != self._loaded():
+            self._check(text)
+            self._write(_CONFIG, text)
+            self._reload([b for p in placements for b in p.backends()])
+            self._write(_LOADED, _digest(_structure(text)))
+        else:
+            if text != before:  # a device's flash is not written for nothing
+                self._write(_CONFIG, text)
+            for path, pem in changed.items():
+                self._update_certificate(path, pem)
+        for placement in placements:
+            switching = placement.app == app and leaving is not None and leaving != placement.slot
+            self._point(placement, strict=placement.app == app, draining=leaving if switching else None)
+        if (now := {p.app: p.slot for p in placements}) != routed:
+            self._write(_ROUTED, json.dumps(now, sort_keys=True))
+        switched = next((p for p in placements if p.app == app), None)
+        if switched is not None and leaving is not None and leaving != switched.slot:
+            self._drain(switched, leaving)
+
+    def _routed(self) -> dict[str, str]:
+        """The slot the ingress routes each application to now."""
+        try:
+            found = json.loads((self.dir / _ROUTED).read_text())
+        except (OSError, ValueError):
+            return {}
+        return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+
+    def _loaded(self) -> str:
+        """The digest of the configuration HAProxy last loaded, as far as the updater knows."""
+        try:
+            return (self.dir / _LOADED).read_text().strip()
+        except OSError:
+            return ""
 
     def _place_certificates(self, placements: Sequence[Placement], *, strict: str | None) -> dict[Path, bytes]:
         """Copy each served host's certificate from its active slot's opened secrets to the path HAProxy
@@ -162,19 +209,25 @@ class Ingress:
                     path.unlink(missing_ok=True)  # an old one is not served in its stead
                     continue
                 if not path.is_file() or path.read_bytes() != pem:
-                    path.parent.mkdir(mode=0o700, exist_ok=True)
+                    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                     replace_file(path, pem, mode=0o600)
                     changed[path] = pem
         return changed
 
     def _update_certificate(self, path: Path, pem: bytes) -> None:
         """Give HAProxy a certificate's new content at run time (a rotation drops no connection)."""
-        answer = self._ask("admin.sock", f"set ssl cert {path} <<\n{pem.decode().strip()}\n")
+        try:
+            text = pem.decode("ascii").strip()
+        except UnicodeDecodeError:
+            raise DeviceFault(f"{path.parent.name}: the certificate for {path.stem} is not PEM text") from None
+        answer = self._ask("admin.sock", f"set ssl cert {path} <<\n{text}\n")
         if "Transaction created" not in answer and "Transaction updated" not in answer:
-            raise DeviceFault(f"the ingress refused the certificate for {path.name}: {answer.strip()[:200]}")
+            self._ask("admin.sock", f"abort ssl cert {path}")
+            raise DeviceFault(f"the ingress refused the certificate for {path.stem}: {answer.strip()[:200]}")
         answer = self._ask("admin.sock", f"commit ssl cert {path}")
         if "Success" not in answer:
-            raise DeviceFault(f"the ingress could not switch to the certificate for {path.name}: {answer.strip()[:200]}")
+            self._ask("admin.sock", f"abort ssl cert {path}")
+            raise DeviceFault(f"the ingress could not switch to the certificate for {path.stem}: {answer.strip()[:200]}")
 
     def _drain(self, placement: Placement, slot: str) -> None:
         for backend in placement.backends():
@@ -208,24 +261,51 @@ class Ingress:
                 return int(fields[4] or 0)  # scur
         return 0
 
-    def _reload(self, backends: list[str]) -> None:
-        """Check the new configuration, reload HAProxy, and wait until it serves every backend."""
-        haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
-        checked = subprocess.run([haproxy, "-c", "-q", "-f", str(self.dir / _CONFIG)], capture_output=True, text=True, check=False)
+    def _check(self, text: str) -> None:
+        """HAProxy's own check of a configuration, before it replaces the one in place."""
+        candidate = self.dir / f".{_CONFIG}.new"
+        candidate.write_text(text)
+        try:
+            haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+            checked = subprocess.run([haproxy, "-c", "-q", "-f", str(candidate)], capture_output=True, text=True, check=False)
+        except OSError as e:
+            raise DeviceFault(f"the ingress needs HAProxy, which cannot be run here ({e.strerror}); apt install haproxy") from e
+        finally:
+            candidate.unlink(missing_ok=True)
         if checked.returncode != 0:
-            raise DeviceFault(f"{self.dir / _CONFIG}: HAProxy refuses the configuration: {checked.stderr.strip()[:300]}")
+            raise DeviceFault(f"HAProxy refuses the ingress's new configuration: {checked.stderr.strip()[:300]}")
+
+    def _reload(self, backends: list[str]) -> None:
+        """Reload HAProxy, wait until its new worker answers with every backend, and until the workers it
+        replaced have finished the requests they held (at most the drain time)."""
+        before = self._worker()
         self._ask("master.sock", "reload")
         end = time.monotonic() + 15
         while True:
             try:
-                known = self._admin("show backend")
-                if all(b in known.split() for b in backends):
-                    return
+                if self._worker() not in ("", before) and all(b in self._admin("show backend").split() for b in backends):
+                    break
             except DeviceFault:
                 pass  # the new worker is not listening yet
             if time.monotonic() > end:
                 raise DeviceFault(f"{self.dir}: HAProxy did not take its new configuration within 15 s")
-            self.sleep(0.1)
+            self.sleep(0.05)
+        end = time.monotonic() + _DRAIN_S
+        while time.monotonic() < end:
+            try:
+                if not _old_workers(self._ask("master.sock", "show proc")):
+                    break
+            except DeviceFault:
+                pass  # the master, which re-executes itself on a reload, is not listening yet
+            self.sleep(0.05)
+
+    def _worker(self) -> str:
+        """The process id of the worker answering the runtime API ("" when none answers)."""
+        try:
+            info = self._admin("show info")
+        except DeviceFault:
+            return ""
+        return next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("Pid:")), "")
 
     def _admin(self, command: str) -> str:
         answer = self._ask("admin.sock", command)
@@ -241,6 +321,7 @@ class Ingress:
                 sock.settimeout(10)
                 sock.connect(str(path))
                 sock.sendall(command.encode() + b"\n")
+                sock.shutdown(socket.SHUT_WR)  # the command is whole: HAProxy answers and closes (its master CLI waits otherwise)
                 chunks = []
                 while chunk := sock.recv(65536):
                     chunks.append(chunk)
@@ -248,11 +329,11 @@ class Ingress:
             raise DeviceFault(f"the ingress does not answer on {path} ({e.strerror or e}); is sealift-ingress running?") from e
         return b"".join(chunks).decode(errors="replace")
 
-    def _write(self, text: str) -> None:
+    def _write(self, name: str, text: str) -> None:
         try:
-            replace_file(self.dir / _CONFIG, text.encode(), mode=0o644)
+            replace_file(self.dir / name, text.encode(), mode=0o644 if name == _CONFIG else 0o600)
         except OSError as e:
-            raise DeviceFault(f"{self.dir / _CONFIG}: cannot write the ingress's configuration ({e.strerror})") from e
+            raise DeviceFault(f"{self.dir / name}: cannot write the ingress's state ({e.strerror})") from e
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -263,3 +344,18 @@ class Ingress:
 def _structure(config: str) -> list[str]:
     """What a reload is needed for: every line but the servers' (their addresses and states change at run time)."""
     return [line for line in config.splitlines() if not line.lstrip().startswith("server ")]
+
+
+def _digest(lines: list[str]) -> str:
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def _old_workers(processes: str) -> list[str]:
+    """The workers a reload replaced that are still finishing their requests (master CLI ``show proc``)."""
+    section, found = "", []
+    for line in processes.splitlines():
+        if line.startswith("#"):
+            section = line
+        elif "old workers" in section and line.strip():
+            found.append(line)
+    return found

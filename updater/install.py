@@ -31,7 +31,7 @@ from updater.profiles import Profile
 from updater.routes import route_clash
 from updater.runtime import Runtime
 from updater.secrets import OpenedSecrets
-from updater.slots import DeviceState, Release
+from updater.slots import DeviceState, Phase, Release
 from updater.stage import overlay_of
 from updater.store import BundleStore, Incoming
 from updater.trust import TrustedState
@@ -114,7 +114,7 @@ class Installer:
     def clash(self, app: str, wanted: App) -> str | None:
         """Why application ``app`` cannot run ``wanted`` beside the other applications' committed
         releases (a host port both publish; what it provides or needs on the device network), or None."""
-        running = self.running_apps()
+        running = self.running_apps(besides=app)
         mine: dict[tuple[int | None, str], str] = {(p.host, p.protocol): s.name for s in wanted.services for p in s.ports if p.host}
         for other, theirs in running.items():
             for service in theirs.services if other != app else ():
@@ -153,10 +153,16 @@ class Installer:
                                             certificates=certificates))
         self.ingress.apply(placements, app=app, leaving=leaving)
 
-    def running_apps(self) -> dict[str, App]:
-        """The application definitions of every application's committed release, by application."""
-        return {name: staged(self.apps.slots(name).slot_dir(state.current.slot)).app
-                for name, state in self.apps.states().items() if state.current is not None}
+    def running_apps(self, *, besides: str | None = None) -> dict[str, App]:
+        """The application definitions of every application's committed release, by application; and of
+        each one being tried by another updater now (besides ``besides``), as ``NAME (being installed)``."""
+        found = {}
+        for name, state in self.apps.states().items():
+            if state.current is not None:
+                found[name] = staged(self.apps.slots(name).slot_dir(state.current.slot)).app
+            if name != besides and state.candidate is not None and state.phase is Phase.TRYING:
+                found[f"{name} (being installed)"] = staged(self.apps.slots(name).slot_dir(state.candidate.slot)).app
+        return found
 
     def prune(self) -> None:
         """Remove the bundles no application keeps from the store, unless an install is under way (the

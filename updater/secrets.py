@@ -117,7 +117,9 @@ def _write_certificates(folder: Path, certificates: tuple[tuple[str, str, str], 
             raise Refused(f"the ingress needs secret {missing[0]} for {host}, and the site's overlay holds none")
     _write_secrets(folder, [])
     for host, certificate, key in certificates:
-        pem = values[certificate].rstrip(b"\n") + b"\n" + values[key].rstrip(b"\n") + b"\n"
+        # one PEM, CRLF and blank lines dropped: HAProxy's runtime API ends a certificate at a blank line
+        lines = (values[certificate] + b"\n" + values[key]).replace(b"\r\n", b"\n").split(b"\n")
+        pem = b"\n".join(line for line in lines if line.strip()) + b"\n"
         fd = os.open(folder / f"{host}.pem", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o400)
         with os.fdopen(fd, "wb") as f:
             f.write(pem)

@@ -120,6 +120,10 @@ class Slots:
             raise DeviceFault(f"unknown slot {slot!r}")
         return self.root / "slots" / slot
 
+    def exists(self) -> bool:
+        """Whether the application has a state file (it has been installed, or an install of it was tried)."""
+        return (self.root / _STATE).is_file()
+
     def load(self) -> DeviceState:
         path = self.root / _STATE
         try:

@@ -8,7 +8,6 @@ and which never leaves memory."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 import ssl
@@ -113,33 +112,52 @@ def test_https_through_the_ingress_with_the_sites_own_certificate(tmp_path: Path
     record = DeviceIdentity(state).enroll(site="demo-site", profile="x86_64-cpu")
     (tmp_path / "record.json").write_text(json.dumps(record))
     Inventory(tmp_path / "devices.yaml").add(tmp_path / "record.json")
-    certificate, key = self_signed(HOST)
-    for name, value in (("SITE_CERT", certificate), ("SITE_KEY", key), ("VISION_API_TOKEN", b"token")):
-        monkeypatch.setenv(name, value.decode())
-    overlay, _ = build_overlay(load_spec(tmp_path / "releases" / "sealift-1.0.0.yaml", allowed_dirs=[EXAMPLE_DIR]), "demo-site",
-                               inventory=tmp_path / "devices.yaml", out=tmp_path / "overlays",
-                               site_file=EXAMPLE_DIR / "sites" / "demo-site.yaml")
     signing = releases["root"].parent.parent.parent
-    Repository(signing / "repo", Keyring(signing / "keys", passphrase=lambda: "test passphrase")).add([overlay])
+    site_file = (EXAMPLE_DIR / "sites" / "demo-site.yaml").read_text()
+    certificates, overlays = [], []
+    for version in ("1.0.0", "1.0.1"):  # the second rotates the certificate
+        certificate, key = self_signed(HOST)
+        for name, value in (("SITE_CERT", certificate), ("SITE_KEY", key), ("VISION_API_TOKEN", b"token")):
+            monkeypatch.setenv(name, value.decode())
+        (tmp_path / f"site-{version}.yaml").write_text(site_file.replace("version: 1.0.0", f"version: {version}"))
+        overlay, _ = build_overlay(load_spec(tmp_path / "releases" / "sealift-1.0.0.yaml", allowed_dirs=[EXAMPLE_DIR]), "demo-site",
+                                   inventory=tmp_path / "devices.yaml", out=tmp_path / "overlays",
+                                   site_file=tmp_path / f"site-{version}.yaml")
+        Repository(signing / "repo", Keyring(signing / "keys", passphrase=lambda: "test passphrase")).add([overlay])
+        certificates.append(certificate)
+        overlays.append(overlay)
     with running_haproxy(state, port, log=tmp_path / "haproxy.log", tls_port=tls_port):
         installer = Installer(state_dir=state, runtime=DockerRuntime(docker_engine.client), profile=CPU)
         try:
-            outcome = installer.install(releases["1.0.0"], overlay=overlay)
+            outcome = installer.install(releases["1.0.0"], overlay=overlays[0])
             assert outcome.committed, outcome.reason
-            context = ssl.create_default_context(cadata=certificate.decode())
-            connection = http.client.HTTPSConnection("127.0.0.1", tls_port, context=context, timeout=10)
-            connection.sock = context.wrap_socket(socket.create_connection(("127.0.0.1", tls_port), timeout=10), server_hostname=HOST)
-            connection.request("GET", "/healthz", headers={"Host": HOST})
-            response = connection.getresponse()
-            assert response.status == 200 and response.read().strip() == b"ok"
-            served = x509.load_der_x509_certificate(connection.sock.getpeercert(binary_form=True))
-            assert served.public_bytes(serialization.Encoding.PEM) == certificate  # the site's own, from its overlay
-            connection.close()
-            pem = (state / "run" / "ingress" / f"vision-app.{HOST}.pem")
+            assert served(tls_port) == certificates[0]  # the site's own, from its overlay
+            pem = state / "run" / "ingress" / "vision-app" / f"{HOST}.pem"
             fstype = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", str(state / "run")], capture_output=True, text=True, check=False)
             assert fstype.stdout.strip() == "tmpfs" and pem.stat().st_mode & 0o777 == 0o600  # the key only ever in memory
-            assert key not in (state / "ingress" / "haproxy.cfg").read_bytes()
+            assert b"PRIVATE KEY" not in (state / "ingress" / "haproxy.cfg").read_bytes()
+            loaded = (state / "ingress" / "loaded").read_text()
+            rotated = installer.install(overlays[1])  # the overlay alone: the running release again, with the new certificate
+            assert rotated.committed, rotated.reason
+            assert served(tls_port) == certificates[1]
+            assert (state / "ingress" / "loaded").read_text() == loaded  # through the runtime API: HAProxy was not reloaded
         finally:
             for container in docker_engine.client.containers.list(all=True, filters={"label": "dev.sealift.app=vision-app"}):
                 container.remove(force=True)
             unmount_secrets(state)
+
+
+def served(tls_port: int) -> bytes:
+    """The certificate the ingress presents for HOST (PEM), after checking it serves /healthz over HTTPS."""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # which certificate it is, is the question
+    with socket.create_connection(("127.0.0.1", tls_port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname=HOST) as tls:
+        tls.sendall(f"GET /healthz HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode())
+        answer = b""
+        while chunk := tls.recv(65536):
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200") and answer.rstrip().endswith(b"ok"), answer[:200]
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)

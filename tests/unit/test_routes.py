@@ -55,13 +55,13 @@ def test_the_configuration_tries_host_routes_first_then_the_longest_path(tmp_pat
                   {"host": "a.example", "service": "web", "port": 80}]).routes
     text = ingress.render([Placement(app="vision", routes=routes, slot="b", addresses={"b": {"web": "172.18.0.5"}})])
     rules = [line.strip() for line in text.splitlines() if line.strip().startswith(("use_backend", "default_backend"))]
-    assert rules == ["use_backend vision.web.80 if { req.hdr(host),field(1,:) -i a.example }",
-                     "use_backend vision.api.81 if { path_beg /api/v2 }", "use_backend vision.web.80",
+    assert rules == ["use_backend vision:web:80 if { req.hdr(host),field(1,:) -i a.example }",
+                     "use_backend vision:api:81 if { path_beg /api/v2 }", "use_backend vision:web:80",
                      "default_backend no-route"]
     assert "    bind 127.0.0.1:8080" in text
-    web = text.split("\nbackend vision.web.80\n")[1].splitlines()[:2]
+    web = text.split("\nbackend vision:web:80\n")[1].splitlines()[:2]
     assert web == ["    server a 127.0.0.1:9 disabled", "    server b 172.18.0.5:80"]  # only the active slot takes requests
-    assert "    server b 127.0.0.1:9 disabled" in text.split("\nbackend vision.api.81\n")[1]  # api has no address yet
+    assert "    server b 127.0.0.1:9 disabled" in text.split("\nbackend vision:api:81\n")[1]  # api has no address yet
 
 
 def test_an_ingress_port_out_of_range_is_refused(tmp_path: Path) -> None:
@@ -98,9 +98,9 @@ def test_a_tls_route_is_served_over_https_from_a_certificate_in_memory(tmp_path:
     ingress.certificate_path("vision", "a.example").parent.mkdir(parents=True)
     ingress.certificate_path("vision", "a.example").write_bytes(b"PEM")
     text = ingress.render([placement])
-    assert f"    bind :8443 ssl crt {tmp_path}/run/ingress/vision.a.example.pem" in text.splitlines()
+    assert f"    bind :8443 ssl crt {tmp_path}/run/ingress/vision/a.example.pem" in text.splitlines()
     tls_rules = text.split("frontend ingress-tls\n")[1].split("\nbackend ")[0]
-    assert "use_backend vision.web.80 if { req.hdr(host),field(1,:) -i a.example }" in tls_rules
+    assert "use_backend vision:web:80 if { req.hdr(host),field(1,:) -i a.example }" in tls_rules
     plain = Ingress(tmp_path / "plain")
     plain.init(port=80)
     assert "ingress-tls" not in plain.render([placement])  # an ingress with no TLS port serves no HTTPS
