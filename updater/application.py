@@ -308,8 +308,9 @@ class Application:
         reason = f"{result.check} failed: {result.detail}"
         self.slots.save(state.with_event(phase=Phase.ROLLING_BACK, reason=reason, fault=result.fault))
         reason += self._back_to_current(state, release)
+        blamed = result.check != "ingress"  # a healthy release the ingress could not take is tried again
         self.slots.save(state.with_event(phase=Phase.ROLLED_BACK, candidate=None, reason=reason, fault=result.fault,
-                                         failed=(*state.failed, failure_key(release)),
+                                         failed=(*state.failed, failure_key(release)) if blamed else state.failed,
                                          interrupted=_without(state.interrupted, release)))
         return Outcome(committed=False, release=release, reason=reason, fault=result.fault)
 

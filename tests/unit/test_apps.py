@@ -33,14 +33,17 @@ CPU = PROFILES["x86_64-cpu"]
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """demo 1.0.0 and 1.1.0 (host port 8080), camera 1.0.0 (host port 8081; provides mqtt on the device
-    network), clash 1.0.0 (host port 8080), reader 1.0.0 (host port 8082; needs mqtt)."""
+    network), clash 1.0.0 (host port 8080), reader 1.0.0 (host port 8082; needs mqtt), routed 1.0.0
+    (no host port; a route to its port 8080)."""
     root = tmp_path_factory.mktemp("apps")
     built = {}
-    links = {"camera": "  x-sealift: {provides: {mqtt: {service: app, port: 1883}}}\n", "reader": "  x-sealift: {needs: [mqtt]}\n"}
+    links = {"camera": "  x-sealift: {provides: {mqtt: {service: app, port: 1883}}}\n", "reader": "  x-sealift: {needs: [mqtt]}\n",
+             "routed": "  x-sealift: {routes: [{path: /, service: app, port: 8080}]}\n"}
     for name, version, port in (("demo", "1.0.0", 8080), ("demo", "1.1.0", 8080), ("camera", "1.0.0", 8081),
-                                ("clash", "1.0.0", 8080), ("reader", "1.0.0", 8082)):
+                                ("clash", "1.0.0", 8080), ("reader", "1.0.0", 8082), ("routed", "1.0.0", 0)):
         text = QUICK.replace("name: demo", f"name: {name}").replace("version: 1.2.0", f"version: {version}") \
             .replace('"8080:8080"', f'"{port}:8080"').replace("health:\n", links.get(name, "") + "health:\n")
+        text = text.replace('      ports: ["0:8080"]\n', "")  # port 0: none published, reached through the ingress
         spec = load_spec(project(root / f"src-{name}-{version}", spec=text))
         (b,) = build_bundles(spec, select_profiles(spec, PROFILES, (CPU.name,)), BuildOptions(out=root / "out", epoch=0))
         built[f"{name}-{version}"] = b.path
@@ -200,3 +203,17 @@ def test_an_install_is_the_first_thing_done_after_the_updater_is_upgraded(tmp_pa
     worker.join(timeout=30)  # the move of the old layout must not wait on the install's own lock
     assert done and getattr(done[0], "committed", False)
     assert again.apps.names() == ["demo"] and again.apps.slots("demo").load().previous is not None
+
+
+def test_a_release_the_ingress_cannot_take_is_rolled_back_and_not_held_against_it(tmp_path: Path,
+                                                                                  bundles: dict[str, Path]) -> None:
+    from updater.ingress import Ingress
+
+    Ingress(tmp_path / "state").init(port=8080)  # set up, but HAProxy is not running
+    engine = FakeEngine()
+    installer = device(tmp_path, bundles, engine)
+    outcome = installer.install(bundles["routed-1.0.0"])
+    assert not outcome.committed and outcome.fault == "device" and outcome.reason.startswith("ingress failed: ")
+    assert engine.running == {}  # nothing runs that no route leads to
+    state = installer.apps.slots("routed").load()
+    assert state.phase is Phase.ROLLED_BACK and state.failed == ()  # the release is not to blame: tried again next time
