@@ -102,18 +102,16 @@ class Installer:
         if isinstance(source, Incoming):
             return source.top.annotations.get(ANNOTATION.NAME, "")
         with open_artifact(source) as artifact:
-            names = offered_apps(artifact, self.profile, self.site())
-        if len(names) > 1:
-            raise InputError(f"{source}: holds releases of several applications ({', '.join(names)}); name one with --app")
-        return names[0]
+            return _one_app(source, offered_apps(artifact, self.profile, self.site()))
 
     def site(self) -> str | None:
         """The site this device is enrolled at (None when it is not enrolled)."""
         return self.identity.site()
 
     def clash(self, app: str, wanted: App) -> str | None:
-        """Why application ``app`` cannot run ``wanted`` beside the other applications' committed
-        releases (a host port both publish; what it provides or needs on the device network), or None."""
+        """Why application ``app`` cannot run ``wanted`` beside the other applications' committed releases
+        and those being tried (a host port both publish; what it provides or needs on the device network;
+        a route both claim; HTTPS on an ingress without a TLS port), or None."""
         running = self.running_apps(besides=app)
         mine: dict[tuple[int | None, str], str] = {(p.host, p.protocol): s.name for s in wanted.services for p in s.ports if p.host}
         for other, theirs in running.items():
@@ -184,10 +182,7 @@ def check_as_installed(path: Path, *, trust: TrustedState, profile: Profile | No
     with open_artifact(path) as artifact:
         if artifact.kind is Kind.BUNDLE:
             return verify_for_device(path, trust=trust, profile=profile), None
-        names = offered_apps(artifact, profile, identity.site())
-        if app is None and len(names) > 1:
-            raise InputError(f"{path}: holds releases of several applications ({', '.join(names)}); name one with --app")
-        slots = apps.slots(app or names[0])
+        slots = apps.slots(app or _one_app(path, offered_apps(artifact, profile, identity.site())))
         state = slots.load()
         running = state.current
         if artifact.kind is Kind.OVERLAY:
@@ -207,3 +202,10 @@ def check_as_installed(path: Path, *, trust: TrustedState, profile: Profile | No
     if info is None and overlay is None:
         raise Conflict(f"{path}: holds no bundle for this device, and no overlay newer than the one it runs")
     return info, overlay
+
+
+def _one_app(source: Path, names: list[str]) -> str:
+    """The one application ``source`` holds releases of; InputError when it holds several."""
+    if len(names) > 1:
+        raise InputError(f"{source}: holds releases of several applications ({', '.join(names)}); name one with --app")
+    return names[0]
