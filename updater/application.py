@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,7 +31,7 @@ from updater.overlay import OverlayInfo
 from updater.plan import failure_key, plan, read_offer
 from updater.runtime import Image, image_tag
 from updater.slots import DeviceState, Phase, Release, Slots
-from updater.stage import clone_slot, overlay_of, slot_holds, stage_overlay, stage_release, staged_overlay
+from updater.stage import clone_slot, overlay_of, slot_holds, stage_overlay, stage_release, staged_overlay, sweep_staging
 from updater.store import Incoming
 from updater.verify import verify_overlay, verifying
 from updater.versions import fits
@@ -100,7 +101,7 @@ class Application:
         re-applies the running release with it."""
         shown = source.name if isinstance(source, Path) else source.top.digest
         self._verified = False
-        with self.slots.locked():
+        with self._locked():
             state = self._converge_if_it_can()
             try:
                 self.log(f"[1/7] verify {shown}" + (f" with {overlay.name}" if overlay else ""))
@@ -253,7 +254,7 @@ class Application:
 
     def rollback(self) -> Outcome:
         """Return to the previous release on demand, with the same checks as an install."""
-        with self.slots.locked():
+        with self._locked():
             state = self._converge(self.slots.load())
             previous = state.previous
             if previous is None or state.current is None:
@@ -267,9 +268,17 @@ class Application:
             self.slots.save(state)
             return self._switch(state, previous, "rolled back on request")
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the application's install lock (Conflict at once if another updater holds it), with what a
+        killed staging left swept away."""
+        with self.slots.locked():
+            sweep_staging(self.slots.root / "slots")
+            yield
+
     def recover(self) -> DeviceState:
         """Converge after a crash or a reboot: finish nothing half-done, run what is committed."""
-        with self.slots.locked():
+        with self._locked():
             return self._converge(self.slots.load())
 
     def serving(self, state: DeviceState | None = None) -> Serving:

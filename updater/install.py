@@ -84,6 +84,7 @@ class Installer:
         """Converge every application (see :meth:`updater.application.Application.recover`): its
         state, or what kept it from converging; one that fails does not keep the others from it."""
         converged: dict[str, DeviceState | SealiftError] = {}
+        self.trust.sweep()
         for name in self.apps.names():
             try:
                 converged[name] = self.app(name).recover()

@@ -29,7 +29,7 @@ from updater.layout import LayoutReader
 from updater.oci import CHUNK, canonical_json, json_object, parse_json
 from updater.overlay import OverlayInfo
 
-__all__ = ["clone_slot", "overlay_of", "slot_holds", "stage_overlay", "stage_release", "staged_overlay"]
+__all__ = ["clone_slot", "overlay_of", "slot_holds", "stage_overlay", "stage_release", "staged_overlay", "sweep_staging"]
 
 _DIRS = {"model": "models", "config": "configs"}
 _OVERLAY = "overlay"
@@ -139,6 +139,22 @@ def _make_read_only(root: Path) -> None:
         for name in dirs:
             os.chmod(Path(directory, name), 0o555)
     os.chmod(root, 0o555)
+
+
+def sweep_staging(slots_dir: Path) -> None:
+    """Remove what a staging or clone killed midway left beside the slots (``.a-staging-…``, ``.b-clone``).
+    The caller holds the application's install lock: no staging of it runs."""
+    try:
+        leftovers = [p for p in slots_dir.iterdir() if p.name.startswith(".") and p.is_dir() and not p.is_symlink()]
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise DeviceFault(f"{slots_dir}: cannot look for half-staged slots ({e.strerror})") from e
+    for leftover in leftovers:
+        try:
+            _remove(leftover)
+        except OSError as e:
+            raise DeviceFault(f"{leftover}: cannot remove a half-staged slot ({e.strerror})") from e
 
 
 def _remove(path: Path) -> None:

@@ -92,6 +92,14 @@ class TrustedState:
                     self._swap_in(scratch)
             return newest
 
+    def sweep(self) -> None:
+        """Remove the copies a killed verification left behind, unless a verification holds the lock now
+        (it sweeps them itself). Run at every start, so a converged device holds none."""
+        if not self.current.is_symlink():
+            return  # not provisioned: nothing to sweep
+        with contextlib.suppress(BlockingIOError), file_lock(self.state_dir / "lock", wait=False):
+            self._sweep()
+
     @contextmanager
     def candidate(self) -> Iterator[Path]:
         """A copy of the trusted state to verify against, under the state lock; it replaces the

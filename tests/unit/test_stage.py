@@ -18,6 +18,7 @@ from tests.builders import project, stage
 from updater.bundle import BundleInfo, check_bundle
 from updater.errors import DeviceFault, Refused
 from updater.profiles import builtin_profile_dir, load_profiles
+from updater.stage import sweep_staging
 
 PROFILES = load_profiles([builtin_profile_dir()])
 
@@ -63,6 +64,20 @@ def test_restaging_replaces_the_slot_whole(tmp_path: Path) -> None:
     slot = stage(bundle, info, tmp_path / "state/slots/b")
     assert (slot / "models/detector").read_bytes() == before
     assert sorted(p.name for p in (tmp_path / "state/slots").iterdir()) == ["b"]
+
+
+def test_what_a_killed_staging_left_is_swept_and_the_slots_are_kept(tmp_path: Path) -> None:
+    bundle, info = built(tmp_path, directory_model=True)
+    slots = tmp_path / "state/slots"
+    slot = stage(bundle, info, slots / "a")
+    half = stage(bundle, info, slots / "b")
+    os.chmod(slots, 0o700)
+    half.rename(slots / ".b-staging-0badf00d")  # read-only all through, as a staging killed before its rename leaves it
+    (slots / ".a-clone").mkdir()
+    sweep_staging(slots)
+    assert sorted(p.name for p in slots.iterdir()) == ["a"]
+    assert (slot / "models/detector/weights.bin").read_bytes() == b"w" * 50_000
+    sweep_staging(tmp_path / "nothing-here")  # an application never staged: nothing to sweep
 
 
 def hostile_tar(*entries: tarfile.TarInfo) -> bytes:

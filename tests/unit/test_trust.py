@@ -488,6 +488,36 @@ def test_verifications_are_serialised_and_leftovers_swept(setup: Setup) -> None:
     assert setup.verify("1.2.0-x86_64-cpu") == "1.2.0"
 
 
+def test_a_start_sweeps_what_a_killed_verification_left_unless_one_runs(setup: Setup) -> None:
+    import threading
+
+    stale = setup.device.state_dir / "trust-0123456789ab"
+    stale.mkdir()  # as a verification killed before it could clean up leaves it
+    current = setup.device.current.resolve()
+    entered, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with setup.device.candidate() as scratch:
+            stale.mkdir()  # the candidate swept it; a copy appears again while the lock is held
+            entered.set()
+            release.wait(10)
+            assert scratch.exists()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert entered.wait(10)
+        setup.device.sweep()  # a verification runs: its copy and the rest wait for it
+        assert stale.exists() and len(list(setup.device.state_dir.glob("trust-*"))) == 3
+    finally:
+        release.set()
+        holder.join()
+    setup.device.sweep()
+    assert not stale.exists()
+    assert [p.name for p in setup.device.state_dir.glob("trust-*")] == [current.name]
+    assert setup.device.provisioned()
+
+
 def test_hostile_root_version_names(setup: Setup) -> None:
     setup.sign("1.2.0-x86_64-cpu")
     (setup.tuf("1.2.0-x86_64-cpu") / "9999999999.root.json").write_text("{}")
