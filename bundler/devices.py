@@ -9,6 +9,8 @@ sealed after the revocation, they cannot read. Only public keys are here.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 import re
 from dataclasses import dataclass, replace
@@ -16,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from securesystemslib.signer import SSlibKey
 
 from bundler.sealing import Recipient, public_key_from_text
 from updater.durable import replace_file
@@ -40,6 +44,7 @@ class Device:
     kem: str
     public_key: str  # base64
     enrolled: str
+    signing_key: str | None = None  # base64 Ed25519: what the device's reports are signed with
     revoked: str | None = None
 
     def recipient(self) -> Recipient:
@@ -49,7 +54,15 @@ class Device:
     def to_json(self) -> dict[str, Any]:
         data = {"device": self.device, "site": self.site, "profile": self.profile, "kem": self.kem,
                 "public_key": self.public_key, "enrolled": self.enrolled}
+        if self.signing_key is not None:
+            data["signing_key"] = self.signing_key
         return {**data, "revoked": self.revoked} if self.revoked is not None else data
+
+    def report_key(self) -> SSlibKey | None:
+        """The key this device's reports must be signed with (None for a record that names none)."""
+        if self.signing_key is None:
+            return None
+        return SSlibKey.from_crypto(Ed25519PublicKey.from_public_bytes(base64.b64decode(self.signing_key)))
 
 
 class Inventory:
@@ -87,7 +100,15 @@ class Inventory:
                                     "again only with new keys (`sealift-updater enroll --force`)")
                 if (existing.site, existing.profile) != (device.site, device.profile):
                     raise InputError(f"device {device.device} is already enrolled at site {existing.site} ({existing.profile})")
-                return existing
+                if device.signing_key is None or existing.signing_key == device.signing_key:
+                    return existing
+                if existing.signing_key is not None:
+                    raise InputError(f"device {device.device} signs its reports with another key in the inventory; a device "
+                                     "that lost its keys enrolls again (`sealift-updater enroll --force`), and the old one is revoked")
+                # a device enrolled before it signed reports names its report key once: it is taken
+                updated = replace(existing, signing_key=device.signing_key)
+                self._write([updated if d.device == device.device else d for d in devices])
+                return updated
             self._write([*devices, device])
         return device
 
@@ -116,7 +137,7 @@ class Inventory:
 
 
 def _device(field: Field, *, revocable: bool) -> Device:
-    optional = ("revoked",) if revocable else ()
+    optional = ("signing_key", "revoked") if revocable else ("signing_key",)
     f = field.mapping(required=("device", "site", "profile", "kem", "public_key", "enrolled"), optional=optional)
     kem = f["kem"].string(what=f"one of {', '.join(KEMS)}")
     if kem not in KEMS:
@@ -131,7 +152,17 @@ def _device(field: Field, *, revocable: bool) -> Device:
         raise f["device"].error(f"{claimed} is not the ID of this public key ({device_id(kem, key)}); the record was altered")
     return Device(device=claimed, site=f["site"].string(pattern=NAME, what="a site name (lower case, digits, . _ -)"),
                   profile=f["profile"].string(pattern=NAME, what="a profile name"), kem=kem, public_key=key_text,
-                  enrolled=_timestamp(f["enrolled"]), revoked=_timestamp(f["revoked"]) if "revoked" in f else None)
+                  enrolled=_timestamp(f["enrolled"]), signing_key=_signing_key(f["signing_key"]) if "signing_key" in f else None,
+                  revoked=_timestamp(f["revoked"]) if "revoked" in f else None)
+
+
+def _signing_key(field: Field) -> str:
+    text = field.string(what="a base64 Ed25519 public key")
+    try:
+        Ed25519PublicKey.from_public_bytes(base64.b64decode(text, validate=True))
+    except (ValueError, binascii.Error):
+        field.fail("a base64 Ed25519 public key (32 bytes)")
+    return text
 
 
 def _timestamp(field: Field) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 from updater.appdef import App
 from updater.errors import EngineFault
 from updater.layout import LayoutReader
-from updater.runtime import ContainerState, EngineFeatures, Image
+from updater.runtime import ContainerState, EngineFeatures, Image, Usage
 from updater.slots import Release
 
 __all__ = ["FakeEngine", "NoEngine"]
@@ -49,6 +49,9 @@ class FakeEngine:
 
     def containers(self, app: str, slot: str) -> dict[str, ContainerState]:
         return dict(self.running.get((app, slot), ("", {}))[1])
+
+    def usage(self, app: str, slot: str) -> dict[str, Usage]:
+        return {name: Usage(cpu_seconds=1.5, memory_bytes=64 << 20) for name, c in self.containers(app, slot).items() if c.running}
 
     def run_in(self, app: str, slot: str, service: str, command: Sequence[str]) -> tuple[int, str]:
         return 0, ""

@@ -25,7 +25,7 @@ from updater.confinement import reaching_the_host
 from updater.descriptor import BundleDescriptor
 from updater.errors import Conflict, DeviceFault, InputError, Refused, SealiftError
 from updater.gc import collect_images
-from updater.health import HealthResult, Watched, wait_healthy
+from updater.health import HealthResult, Timing, Watched, wait_healthy
 from updater.needs import lacking
 from updater.overlay import OverlayInfo
 from updater.plan import failure_key, plan, read_offer
@@ -50,6 +50,7 @@ class Outcome:
     release: Release
     reason: str
     fault: str = ""  # when not committed: what kind of failure made it roll back (docs/errors.md)
+    health: tuple[Timing, ...] = ()  # how its health checks went
 
 
 @dataclass(frozen=True)
@@ -309,10 +310,11 @@ class Application:
         else:
             self.log("[6/7] health checks")
             result = wait_healthy(self._watched(release), staged(slot_dir).health, sleep=self._wait)
+        checked = result.timings
         if result.ok and self._routes_follow(state.current, release):
             result = self._route(release, leaving=state.current if beside else None)
         if result.ok:
-            return self._commit(state, release, success)
+            return replace(self._commit(state, release, success), health=checked)
         self.log(f"[7/7] roll back: {result.check} failed: {result.detail}")
         reason = f"{result.check} failed: {result.detail}"
         self.slots.save(state.with_event(phase=Phase.ROLLING_BACK, reason=reason, fault=result.fault))
@@ -321,7 +323,7 @@ class Application:
         self.slots.save(state.with_event(phase=Phase.ROLLED_BACK, candidate=None, reason=reason, fault=result.fault,
                                          failed=(*state.failed, failure_key(release)) if blamed else state.failed,
                                          interrupted=_without(state.interrupted, release)))
-        return Outcome(committed=False, release=release, reason=reason, fault=result.fault)
+        return Outcome(committed=False, release=release, reason=reason, fault=result.fault, health=checked)
 
     def _routes_follow(self, current: Release | None, release: Release) -> bool:
         """Whether the ingress must learn of the switch: it has one, and either release has routes."""

@@ -266,6 +266,8 @@ def rollback(state_dir: Path, app: str | None, as_json: bool) -> None:
 @click.option("--plain-http", is_flag=True, help="Reach --source over plain HTTP (a site registry without TLS).")
 @click.option("--interval", type=click.FloatRange(min=1.0), default=30.0, show_default=True,
               help="Seconds between passes (longer, with jitter, after failed polls).")
+@click.option("--report-every", type=click.FloatRange(min=60.0), default=3600.0, show_default=True,
+              help="Seconds between the device's signed reports (one is made at once after an install or a rollback).")
 @click.option("--once", is_flag=True,
               help="One pass (scan and poll-and-install), then exit; with the fault's exit code (docs/errors.md) if a poll failed.")
 @click.option("--profile", metavar="NAME", help="This device's hardware profile (default: detected).")
@@ -273,7 +275,7 @@ def rollback(state_dir: Path, app: str | None, as_json: bool) -> None:
 @click.pass_obj
 @reports_errors
 def run(state_dir: Path, watch: Path | None, sources: tuple[str, ...], apps: tuple[str, ...], plain_http: bool, interval: float,
-        once: bool, profile: str | None, profiles_dir: Path | None) -> None:
+        report_every: float, once: bool, profile: str | None, profiles_dir: Path | None) -> None:
     """Install what arrives, as a service: bundles in --watch, newer releases from each --source.
 
     Converges every application first (like `recover`), then makes a pass every --interval
@@ -295,6 +297,7 @@ def run(state_dir: Path, watch: Path | None, sources: tuple[str, ...], apps: tup
     from updater.install import Installer
     from updater.names import NAME
     from updater.poll import RegistryPoller
+    from updater.reports import Reports
 
     if watch is None and not sources:
         raise InputError("nothing to do: give --watch DIR, --source REGISTRY/REPO, or both")
@@ -313,7 +316,8 @@ def run(state_dir: Path, watch: Path | None, sources: tuple[str, ...], apps: tup
             raise InputError(f"--source {source}: {app!r} is not " + ("one of the --app names" if apps else "an application name"))
         pollers.append(RegistryPoller(repository, installer=installer, profile=device, app=app or None, plain_http=plain_http,
                                       log=log))
-    failed = Daemon(installer, watch, pollers=pollers, interval=interval, log=log).run(once=once)
+    reports = Reports(installer, every=report_every)
+    failed = Daemon(installer, watch, pollers=pollers, interval=interval, reports=reports, log=log).run(once=once)
     if failed is not None:
         sys.exit(failed.exit_code)
 
@@ -456,6 +460,15 @@ def verify(state_dir: Path, bundle: Path, profile: str | None, profiles_dir: Pat
         click.echo(f"ok {info.name} {info.version} for {info.profile}  {info.digest}")
     if overlay is not None:
         click.echo(f"ok {overlay.name} overlay {overlay.version} for site {overlay.site}  {overlay.digest}")
+
+
+def _add_commands() -> None:
+    from updater.cli_report import report
+
+    cli.add_command(report)
+
+
+_add_commands()
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from updater.errors import SealiftError
 from updater.install import Installer, Outcome
 from updater.poll import RegistryPoller
+from updater.reports import Reports
 from updater.watch import Watcher
 
 __all__ = ["Daemon", "notify"]
@@ -54,15 +55,17 @@ class Daemon:
     MAX_BACKOFF = 16
 
     def __init__(self, installer: Installer, watch: Path | None, *, pollers: Sequence[RegistryPoller] = (),
-                 interval: float = 30.0, log: Callable[[str], None]) -> None:
+                 interval: float = 30.0, reports: Reports | None = None, log: Callable[[str], None]) -> None:
         self.installer = installer
+        self.reports = reports or Reports(installer)
         self.watch = watch
         self.pollers = tuple(pollers)
         self.interval = interval
         self.log = log
         self.failures = 0
         self.unconverged = False
-        self.watcher = Watcher(installer, watch, say=self._log) if watch is not None else None
+        self.watcher = Watcher(installer, watch, say=self._log, reports=self.reports) if watch is not None else None
+        self._report_fault = ""
         self._fed = time.monotonic()
         for poller in self.pollers:
             poller.advance = self._still_alive  # a long download is progress: systemd's watchdog must not kill it
@@ -82,6 +85,7 @@ class Daemon:
                 self._converge()  # the engine may answer again, the port may be free again
             self.scan()
             failed = self.poll()
+            self.report()
             wait = self.next_wait()
             notify(f"WATCHDOG=1\nSTATUS=running {self._running()}; "
                    + (f"last poll failed ({failed.fault}), retrying" if failed else "next look") + f" in {wait:.0f}s")
@@ -151,12 +155,29 @@ class Daemon:
             failed = type(e)(e.diagnostics()) if isinstance(e, SealiftError) else SealiftError(f"{type(e).__name__}: {e}")
             self._log(event="poll-failed", source=poller.source, fault=failed.fault, error=failed.diagnostics(),
                       retry_in=f"{self.next_wait(self.failures + 1):.0f}s")
+            self.installer.journal.record("poll-failed", source=poller.source, fault=failed.fault, error=failed.diagnostics())
             return failed
         if outcome is None:
             self._log(event="up-to-date", source=poller.source)
         else:
             self._outcome(outcome)
         return None
+
+    def report(self) -> None:
+        """Make a report when one is due, on an enrolled device (:mod:`updater.reports`); a fault is said
+        once, and the service goes on."""
+        if not self.installer.identity.enrolled():
+            return
+        try:
+            made = self.reports.make() if self.reports.due() else None
+        except SealiftError as e:
+            if e.diagnostics() != self._report_fault:
+                self._log(event="report-failed", fault=e.fault, error=e.diagnostics())
+            self._report_fault = e.diagnostics()
+            return
+        self._report_fault = ""
+        if made is not None:
+            self._log(event="report", seq=str(int(made.stem)), bytes=str(made.stat().st_size))
 
     def scan(self) -> int:
         """One look at the watched directory (see :class:`updater.watch.Watcher`); how many installs were tried."""

@@ -36,6 +36,7 @@ from updater.runtime import (
     EngineFeatures,
     Image,
     Published,
+    Usage,
 )
 from updater.slots import Release
 
@@ -145,6 +146,11 @@ class DockerRuntime:
                 container.reload()  # the full inspection: health, restarts, published ports
             return {c.labels.get(LABEL_SERVICE, c.name): _state(c) for c in found}
 
+    def usage(self, app: str, slot: str) -> dict[str, Usage]:
+        with self._engine(f"{app} slot {slot}: the engine could not say what its containers use"):
+            found = self.client.containers.list(filters={"label": _labels_of(app, slot)})
+            return {c.labels.get(LABEL_SERVICE, c.name): _usage(c.stats(stream=False, one_shot=True)) for c in found}
+
     def run_in(self, app: str, slot: str, service: str, command: Sequence[str]) -> tuple[int, str]:
         with self._engine(f"{app} slot {slot}: the engine could not run a command in {service}"):
             (container, *_) = [c for c in self.client.containers.list(filters={"label": _labels_of(app, slot)})
@@ -224,6 +230,15 @@ class DockerRuntime:
 
     def _engine(self, doing: str) -> _EngineCall:
         return _EngineCall(doing)
+
+
+def _usage(stats: dict[str, Any]) -> Usage:
+    """CPU time and memory from one look at a container's stats (cgroup v1 or v2 both)."""
+    cpu = stats.get("cpu_stats", {}).get("cpu_usage", {}).get("total_usage") or 0  # nanoseconds
+    memory = stats.get("memory_stats", {})
+    detail = memory.get("stats") or {}
+    cache = detail.get("inactive_file", detail.get("total_inactive_file", 0))
+    return Usage(cpu_seconds=round(cpu / _NS, 3), memory_bytes=max(int(memory.get("usage") or 0) - int(cache or 0), 0))
 
 
 class _EngineCall:

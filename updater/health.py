@@ -22,10 +22,25 @@ from updater.healthpolicy import Check, CheckType, HealthPolicy
 from updater.oci import parse_json
 from updater.runtime import ContainerState, Runtime
 
-__all__ = ["HealthResult", "Watched", "wait_healthy"]
+__all__ = ["HealthResult", "Timing", "Watched", "wait_healthy"]
 
 _POLL = 0.5
 _ANSWER_BYTES = 1 << 20
+
+
+@dataclass(frozen=True, kw_only=True)
+class Timing:
+    """How one check went: passed or not, how long after the checks began (s), and how long its last
+    run took (s; for the inference check, the answer's latency)."""
+
+    check: str
+    type: str
+    ok: bool
+    after: float
+    took: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"check": self.check, "type": self.type, "ok": self.ok, "after": round(self.after, 3), "took": round(self.took, 4)}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,6 +49,7 @@ class HealthResult:
     check: str = ""
     detail: str = ""
     fault: str = Unhealthy.fault  # what kind of failure, when not ok: the release's health, or what kept it from starting
+    timings: tuple[Timing, ...] = ()  # each check that passed, and the one that failed
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,21 +72,32 @@ def wait_healthy(watched: Watched, policy: HealthPolicy, *, now: Callable[[], fl
     """Run the checks until they all pass or their deadline passes, then watch the stabilisation window."""
     start = now()
     pending = list(policy.checks)
-    last: dict[str, str] = {}
+    last: dict[str, tuple[str, float]] = {}
+    timings: list[Timing] = []
     while pending:
         for check in list(pending):
+            began = now()
             passed, detail = _run(check, watched)
-            last[check.name] = detail
+            last[check.name] = detail, now() - began
             if passed:
                 pending.remove(check)
+                timings.append(Timing(check=check.name, type=check.type.value, ok=True, after=now() - start, took=now() - began))
             elif now() - start > (check.deadline or policy.deadline):
-                return HealthResult(ok=False, check=check.name, detail=detail)
+                return _failed(check, detail, timings, start=start, took=now() - began, now=now)
         if pending:
             if now() - start > policy.deadline:
                 check = pending[0]
-                return HealthResult(ok=False, check=check.name, detail=last.get(check.name, ""))
+                detail, took = last.get(check.name, ("", 0.0))
+                return _failed(check, detail, timings, start=start, took=took, now=now)
             sleep(_POLL)
-    return _stable(watched, policy, now=now, sleep=sleep)
+    stable = _stable(watched, policy, now=now, sleep=sleep)
+    return HealthResult(ok=stable.ok, check=stable.check, detail=stable.detail, timings=(*timings, Timing(
+        check="stabilisation", type="stabilisation", ok=stable.ok, after=now() - start, took=policy.stabilisation)))
+
+
+def _failed(check: Check, detail: str, timings: list[Timing], *, start: float, took: float, now: Callable[[], float]) -> HealthResult:
+    failed = Timing(check=check.name, type=check.type.value, ok=False, after=now() - start, took=took)
+    return HealthResult(ok=False, check=check.name, detail=detail, timings=(*timings, failed))
 
 
 def _stable(watched: Watched, policy: HealthPolicy, *, now: Callable[[], float], sleep: Callable[[float], None]) -> HealthResult:

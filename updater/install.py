@@ -12,6 +12,7 @@ prunes the store of bundles no application keeps, when no other install is under
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Collection
 from pathlib import Path
 
@@ -21,9 +22,10 @@ from updater.apps import Apps
 from updater.artifact import Kind, open_artifact
 from updater.bundle import BundleInfo
 from updater.devicenet import conflicts
-from updater.errors import Conflict, InputError, SealiftError
+from updater.errors import Conflict, InputError, Refused, SealiftError
 from updater.identity import DeviceIdentity
 from updater.ingress import Ingress, Placement
+from updater.journal import Journal
 from updater.oci import ANNOTATION
 from updater.overlay import OverlayInfo
 from updater.plan import offered_apps, plan, read_offer
@@ -54,6 +56,7 @@ class Installer:
         self.store = BundleStore(state_dir)
         self.identity = DeviceIdentity(state_dir)
         self.secrets = OpenedSecrets(state_dir, self.identity)
+        self.journal = Journal(state_dir)
         self.runtime = runtime
         self.profile = profile
         self.ingress = Ingress.of(state_dir)
@@ -69,16 +72,40 @@ class Installer:
                 app: str | None = None) -> Outcome:
         """Install what ``source`` holds of application ``app`` (default: the one it holds) with the site
         ``overlay``; see :meth:`updater.application.Application.install`."""
-        name = app if app is not None else self.app_of(source)
+        started = time.monotonic()
+        name = ""
         try:
+            name = app if app is not None else self.app_of(source)
             with self.apps.installing():
-                return self.app(name).install(source, overlay=overlay, force=force)
+                outcome = self.app(name).install(source, overlay=overlay, force=force)
+        except SealiftError as e:
+            self.journal.record("refused" if isinstance(e, Refused) else "install-failed", app=name, source=_shown(source),
+                                fault=e.fault, error=e.diagnostics())
+            raise
         finally:
             self.prune()
+        self.journaled("install", outcome, seconds=round(time.monotonic() - started, 2))
+        return outcome
+
+    def journaled(self, what: str, outcome: Outcome, **fields: object) -> None:
+        """Record in the journal how an install or a rollback ended (a release already running: nothing)."""
+        release = outcome.release
+        if outcome.committed and outcome.reason == "already running":
+            return
+        self.journal.record("committed" if outcome.committed else "rolled-back", what=what, app=release.name,
+                            version=release.version, overlay=release.overlay, reason=outcome.reason, fault=outcome.fault,
+                            health=[t.to_json() for t in outcome.health], **fields)
 
     def rollback(self, app: str | None = None) -> Outcome:
         """Return application ``app`` (default: the one installed) to its previous release."""
-        return self.app(self.apps.only(app)).rollback()
+        name = self.apps.only(app)
+        try:
+            outcome = self.app(name).rollback()
+        except SealiftError as e:
+            self.journal.record("rollback-failed", app=name, fault=e.fault, error=e.diagnostics())
+            raise
+        self.journaled("rollback", outcome)
+        return outcome
 
     def recover(self) -> dict[str, DeviceState | SealiftError]:
         """Converge every application (see :meth:`updater.application.Application.recover`): its
@@ -90,6 +117,7 @@ class Installer:
                 converged[name] = self.app(name).recover()
             except SealiftError as e:
                 converged[name] = e
+                self.journal.record("recover-failed", app=name, fault=e.fault, error=e.diagnostics())
         if self.ingress is not None:  # containers started again have new addresses
             try:
                 self.route()
@@ -210,3 +238,8 @@ def _one_app(source: Path, names: list[str]) -> str:
     if len(names) > 1:
         raise InputError(f"{source}: holds releases of several applications ({', '.join(names)}); name one with --app")
     return names[0]
+
+
+def _shown(source: Path | Incoming) -> str:
+    """Where an install came from, as the journal names it."""
+    return str(source) if isinstance(source, Path) else f"registry ({source.top.digest[:19]})"

@@ -29,6 +29,7 @@ __all__ = [
     "Image",
     "Published",
     "Runtime",
+    "Usage",
     "image_tag",
 ]
 
@@ -64,6 +65,15 @@ class ContainerState:
     @property
     def running(self) -> bool:
         return self.status == "running"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Usage:
+    """What one service's container has used, at one look: CPU time since it started (a rate is the
+    difference of two looks), and the memory it holds now (the page cache left out)."""
+
+    cpu_seconds: float
+    memory_bytes: int
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,6 +126,10 @@ class Runtime(Protocol):
 
     def containers(self, app: str, slot: str) -> dict[str, ContainerState]:
         """Service name -> its container's state, for one slot of the app."""
+        ...
+
+    def usage(self, app: str, slot: str) -> dict[str, Usage]:
+        """Service name -> what its running container has used, for one slot of the app."""
         ...
 
     def run_in(self, app: str, slot: str, service: str, command: Sequence[str]) -> tuple[int, str]:

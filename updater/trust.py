@@ -78,6 +78,18 @@ class TrustedState:
                 self._swap_in(fresh)
         return root
 
+    def expiries(self) -> dict[str, str]:
+        """When each top-level role's trusted metadata expires (ISO 8601), as far as the device holds it."""
+        found = {}
+        for role in ("root", "targets", "snapshot", "timestamp"):
+            try:
+                expires = json.loads((self.current / f"{role}.json").read_bytes())["signed"]["expires"]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if isinstance(expires, str):
+                found[role] = expires
+        return found
+
     def expired(self, root: Root) -> bool:
         """Whether ``root`` has expired by this device's clock (then only a newer root lets it verify)."""
         return root.is_expired(self.now())

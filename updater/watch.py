@@ -1,5 +1,8 @@
 """Removable media: a directory where media are mounted (or bundles copied), and what is new in it.
 
+Once a scan's installs are done, every medium in the directory (and any folder holding a
+``sealift-reports`` folder) is given the device's signed reports it lacks (:mod:`updater.reports`).
+
 Each scan looks for bundles, overlays and media (OCI layout directories and tar files) and
 installs, one at a time, what this device has not installed or seen fail, of every application
 on it that the device runs (all of them, unless the device names its applications). One refused for a reason
@@ -20,6 +23,7 @@ from updater.artifact import open_artifact
 from updater.errors import Refused, SealiftError
 from updater.install import Installer, Outcome
 from updater.plan import Offer, failure_key, offered_apps, plan, read_offer
+from updater.reports import REPORTS_FOLDER, Reports
 
 __all__ = ["Watcher"]
 
@@ -27,10 +31,12 @@ __all__ = ["Watcher"]
 class Watcher:
     """Installs what arrives in ``watch``; ``say`` takes the fields of one log line."""
 
-    def __init__(self, installer: Installer, watch: Path, *, say: Callable[..., None]) -> None:
+    def __init__(self, installer: Installer, watch: Path, *, say: Callable[..., None], reports: Reports | None = None) -> None:
         self.installer = installer
         self.watch = watch
+        self.reports = reports
         self._log = say
+        self.reported: set[tuple[str, str]] = set()  # (medium, its fingerprint) given a fresh report
         self.refused: set[tuple[str, ...]] = set()  # (path, its files, the running release[, what it offered]) refused
 
     def scan(self) -> int:
@@ -45,7 +51,35 @@ class Watcher:
                 failed = e if isinstance(e, SealiftError) else SealiftError(f"{type(e).__name__}: {e}")
                 self._once(("fault", str(path), failed.diagnostics()), event=_event(failed), bundle=str(path), fault=failed.fault,
                            error=failed.diagnostics())
+        if self.reports is not None and self.installer.identity.enrolled():
+            for medium in self._report_media():
+                self._report_to(self.reports, medium)
         return tried
+
+    def _report_to(self, reports: Reports, medium: Path) -> None:
+        """Give a medium this device's reports it lacks (a fresh one first, the first time this medium is
+        seen); once the installs are done, so an install never waits on it. A fault is said once."""
+        try:
+            seen = (str(medium), _fingerprint(medium))
+            if seen not in self.reported:
+                self.reported.add(seen)
+                reports.make()
+            copied = reports.to_medium(medium)
+        except SealiftError as e:
+            self._once(("reports", str(medium), e.diagnostics()), event="reports-not-written", medium=str(medium),
+                       fault=e.fault, error=e.diagnostics())
+            return
+        if copied:
+            self._log(event="reports-written", medium=str(medium), count=str(copied))
+
+    def _report_media(self) -> list[Path]:
+        """The media to write reports to: every directory in the watched one holding a medium or a
+        bundle, or a folder for reports alone (a tar file takes none)."""
+        try:
+            entries = sorted(self.watch.iterdir())
+        except OSError:
+            return []
+        return [p for p in entries if p.is_dir() and ((p / "index.json").is_file() or (p / REPORTS_FOLDER).is_dir())]
 
     def _consider(self, path: Path) -> int:
         """Install what ``path`` offers of each application this device runs, if it is new to this
@@ -122,7 +156,9 @@ def _fingerprint(path: Path) -> str:
     entries = []
     try:
         if path.is_dir():
-            for directory, _, names in os.walk(path):
+            for directory, folders, names in os.walk(path):
+                if directory == str(path) and REPORTS_FOLDER in folders:
+                    folders.remove(REPORTS_FOLDER)  # what this device writes there is not news to it
                 for name in names:
                     st = os.stat(os.path.join(directory, name), follow_symlinks=False)
                     entries.append(f"{os.path.relpath(os.path.join(directory, name), path)}:{st.st_size}:{st.st_mtime_ns}")

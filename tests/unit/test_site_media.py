@@ -191,6 +191,7 @@ class _Installer:
 
     def __init__(self, state_dir: Path, error: Exception) -> None:
         self.apps = Apps(state_dir)
+        self.identity = DeviceIdentity(state_dir)  # not enrolled: no reports to write
         self.profile = CPU
         self.declared: frozenset[str] = frozenset()
         self.error = error

@@ -1,0 +1,102 @@
+"""``sealift fleet``: the devices' signed reports, imported into an embedded database, and the fleet they describe."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from updater.exits import reports_errors
+
+__all__ = ["fleet"]
+
+_db_option = click.option("--db", type=click.Path(path_type=Path, dir_okay=False), default=Path("fleet.db"), show_default=True,
+                          help="The fleet database (SQLite; made on first import; nothing to run).")
+_inventory_option = click.option("--inventory", type=click.Path(path_type=Path, dir_okay=False), default=Path("devices.yaml"),
+                                 show_default=True, help="The device inventory: who may report, with which key.")
+
+
+@click.group()
+def fleet() -> None:
+    """What the devices report: import their signed reports, and see the fleet (docs/reports.md)."""
+
+
+@fleet.command("import")
+@click.argument("source", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@_db_option
+@_inventory_option
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@reports_errors
+def fleet_import(source: Path, db: Path, inventory: Path, as_json: bool) -> None:
+    """Import the reports SOURCE carries (a medium brought back from a site: its sealift-reports
+    folder) into the fleet database.
+
+    Each report must be signed by the report key the inventory holds for its device. A forged,
+    altered, truncated or replayed report, or one from an unknown or revoked device, is refused
+    and counted, never imported; one imported before is counted as a duplicate. Exits 3 when any
+    was refused (the others are imported all the same).
+    """
+    from bundler.devices import Inventory
+    from bundler.fleet import FleetDatabase
+    from updater.errors import Refused
+
+    result = FleetDatabase(db).import_medium(source, Inventory(inventory))
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        click.echo(f"imported {result.imported} report(s), {result.duplicates} already imported, {len(result.refused)} refused")
+        for file, why in result.refused:
+            click.echo(f"  refused {file}: {why}")
+    if result.refused:
+        raise SystemExit(Refused.exit_code)
+
+
+@fleet.command("status")
+@_db_option
+@_inventory_option
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@reports_errors
+def fleet_status(db: Path, inventory: Path, as_json: bool) -> None:
+    """Per site, profile and application, how many devices run which release; who is behind the
+    newest release reported; failing devices with their reasons; signed metadata expiring within
+    14 days; when each device was last heard from, and the devices never heard from."""
+    from bundler.devices import Inventory
+    from bundler.fleet import FleetDatabase
+    from bundler.fleet import fleet_status as status_of
+
+    if not db.exists():
+        from updater.errors import InputError
+
+        raise InputError(f"{db}: no fleet database yet: `sealift fleet import MEDIUM` makes it")
+    with FleetDatabase(db).connect() as connection:
+        status = status_of(connection, Inventory(inventory))
+    if as_json:
+        click.echo(json.dumps(status, indent=2))
+        return
+    _print(status)
+
+
+def _print(status: dict[str, Any]) -> None:
+    click.echo(f"{'SITE PROFILE APP':40} RELEASES")
+    for key, versions in status["running"].items():
+        click.echo(f"{key:40} " + ", ".join(f"{v}: {n}" for v, n in sorted(versions.items())))
+    sections: tuple[tuple[str, list[dict[str, Any]], Callable[[dict[str, Any]], str]], ...] = (
+        ("behind", status["behind"], lambda r: f"{r['device']} {r['app']} {r['version']} (newest {r['newest']})"),
+        ("failing", status["failing"], lambda r: f"{r['device']} {r['app']} {r['version']}: {r['phase']}: {r['reason']}"),
+        ("metadata expiring", status["expiring"], lambda r: f"{r['device']} at {r['site']}: {r['expires']}"),
+        ("never heard from", status["never_heard"], lambda r: f"{r['device']} at {r['site']}"),
+    )
+    for title, rows, line in sections:
+        if rows:
+            click.echo(f"{title}:")
+            for row in rows:
+                click.echo(f"  {line(row)}")
+    click.echo("last heard:")
+    for device, seen in status["devices"].items():
+        click.echo(f"  {device} at {seen['site']} ({seen['profile']}): report {seen['seq']} made {seen['created']}, "
+                   f"imported {seen['heard']}")
+    if status["refused_reports"]:
+        click.echo(f"refused reports so far: {status['refused_reports']}")

@@ -1,0 +1,275 @@
+"""Device reports, end to end on one machine: the journal an install writes, the signed and numbered
+report made from it, the medium it leaves on, and the fleet database that takes it in (or refuses
+it) at the office. The engine is the fake of the engine protocol; the Docker engine's side of a
+report (what a container uses) is covered by the integration tests."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+from securesystemslib.dsse import Envelope
+
+from bundler.build import BuildOptions, build_bundles, select_profiles
+from bundler.devices import Inventory
+from bundler.fleet import FleetDatabase, fleet_status
+from bundler.spec import load_spec
+from tests.builders import QUICK_SPEC as QUICK
+from tests.builders import project, signed
+from tests.fakes import FakeEngine
+from updater.errors import Conflict, DeliveryError, InputError
+from updater.install import Installer
+from updater.journal import Journal
+from updater.profiles import builtin_profile_dir, load_profiles
+from updater.reports import REPORTS_FOLDER, Reports
+from updater.trust import TrustedState
+
+PROFILES = load_profiles([builtin_profile_dir()])
+CPU = PROFILES["x86_64-cpu"]
+T0 = dt.datetime(2026, 12, 1, 8, 0, tzinfo=dt.UTC)
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("reports")
+    spec_path = project(root / "src", spec=QUICK)
+    built = {}
+    for version in ("1.0.0", "1.1.0"):
+        spec_path.write_text(QUICK.replace("version: 1.2.0", f"version: {version}"))
+        spec = load_spec(spec_path)
+        (b,) = build_bundles(spec, select_profiles(spec, PROFILES, (CPU.name,)), BuildOptions(out=root / "out", epoch=0))
+        built[version] = b.path
+    built["root"] = signed(list(built.values()), root / "signing")
+    return built
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+
+def enrolled(tmp_path: Path, bundles: dict[str, Path], engine: FakeEngine, *, name: str = "device") -> tuple[Installer, Path]:
+    """A device enrolled at site plant-7, and the inventory that lists it."""
+    state = tmp_path / name
+    TrustedState(state).init(bundles["root"])
+    installer = Installer(state_dir=state, runtime=engine, profile=CPU)
+    record = installer.identity.enroll(site="plant-7", profile=CPU.name)
+    (tmp_path / f"{name}.json").write_text(json.dumps(record))
+    inventory = tmp_path / "devices.yaml"
+    Inventory(inventory).add(tmp_path / f"{name}.json")
+    return installer, inventory
+
+
+def payload(path: Path) -> dict:  # type: ignore[type-arg]
+    return json.loads(Envelope.from_dict(json.loads(path.read_bytes())).payload)  # type: ignore[no-any-return]
+
+
+def test_the_journal_numbers_events_keeps_them_until_reported_and_survives_a_torn_line(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    assert [journal.record("poll-failed", source="m:5000/app", fault="delivery", error=f"down {i}") for i in range(3)] == [1, 2, 3]
+    with open(journal.path, "ab") as f:
+        f.write(b'{"n": 4, "kind": "cut sh')  # a crash in the middle of a write
+    assert [e["n"] for e in journal.since(0)] == [1, 2, 3]
+    assert journal.record("committed", app="demo", version="1.0.0", overlay=None, reason="healthy") == 4
+    journal.forget(3)
+    assert [(e["n"], e["kind"]) for e in journal.since(0)] == [(4, "committed")]
+    assert "overlay" not in journal.since(0)[0]  # empty fields are not kept
+    journal.forget(4)
+    assert journal.since(0) == [] and journal.record("refused", error="x" * 5000) == 5  # numbering goes on
+    assert len(journal.since(0)[0]["error"]) == 400
+    os.chmod(journal.dir, 0o500)
+    try:
+        if os.geteuid() != 0:  # root writes anyway
+            assert journal.record("refused", error="on a read-only disk") is None
+    finally:
+        os.chmod(journal.dir, 0o700)
+
+
+def test_a_journal_past_its_bound_drops_its_oldest_half_and_the_numbers_show_it(tmp_path: Path,
+                                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import updater.journal
+
+    monkeypatch.setattr(updater.journal, "MAX_BYTES", 4000)
+    journal = Journal(tmp_path)
+    numbers = [journal.record("poll-failed", error=f"registry down, try {i}") for i in range(100)]
+    assert numbers == list(range(1, 101))
+    kept = [e["n"] for e in journal.since(0)]
+    assert journal.path.stat().st_size <= 4000 and kept[-1] == 100 and kept[0] > 1
+    assert kept == list(range(kept[0], 101))  # the gap is at the start, where the fleet sees it
+
+
+def test_an_install_is_journaled_and_reported_signed_numbered_and_with_what_runs(tmp_path: Path, bundles: dict[str, Path]) -> None:
+    clock = Clock()
+    installer, _ = enrolled(tmp_path, bundles, FakeEngine(health={"1.1.0": "unhealthy"}))
+    reports = Reports(installer, now=clock)
+    assert installer.install(bundles["1.0.0"]).committed
+    assert not installer.install(bundles["1.1.0"]).committed
+    assert reports.due()  # an install ended: a report is due at once
+    first = reports.make()
+    assert first is not None and first.name == "0000000001.json"
+    report = payload(first)
+    record = installer.identity.record()
+    assert (report["device"], report["site"], report["profile"], report["seq"]) == (record["device"], "plant-7", CPU.name, 1)
+    kinds = [(e["kind"], e.get("version")) for e in report["events"]]
+    assert kinds == [("committed", "1.0.0"), ("rolled-back", "1.1.0")]
+    rolled = report["events"][1]
+    assert rolled["fault"] == "unhealthy" and rolled["reason"].startswith("own failed")
+    assert [c["check"] for c in report["events"][0]["health"]] == ["own", "stabilisation"]
+    assert all(c["took"] >= 0 and c["after"] >= 0 for c in report["events"][0]["health"])
+    app = report["apps"]["demo"]
+    assert app["version"] == "1.0.0" and app["phase"] == "rolled-back" and app["fault"] == "unhealthy"
+    assert app["services"] and all(s["status"] == "running" and s["memory_bytes"] > 0 for s in app["services"].values())
+    assert set(report["metadata_expires"]) == {"root", "targets", "snapshot", "timestamp"}
+    assert report["disk"]["free_bytes"] > 0
+    # the envelope is signed by the key the enrollment record names, and by nothing else
+    key = Inventory(tmp_path / "devices.yaml").devices()[0].report_key()
+    assert key is not None and len(Envelope.from_dict(json.loads(first.read_bytes())).verify([key], 1)) == 1
+    # the events a report carried are gone from the journal; the next report numbers on
+    assert installer.journal.since(0) == [] and not reports.due()
+    clock.now += dt.timedelta(hours=1)
+    assert reports.due()
+    second = reports.make()
+    assert second is not None and payload(second)["seq"] == 2 and payload(second)["events"] == []
+    assert b"PRIVATE" not in first.read_bytes() and (installer.state_dir / "identity/signing.key").read_bytes() not in first.read_bytes()
+
+
+def test_reports_keep_to_their_daily_bound_and_lose_no_event(tmp_path: Path, bundles: dict[str, Path]) -> None:
+    clock = Clock()
+    installer, _ = enrolled(tmp_path, bundles, FakeEngine())
+    reports = Reports(installer, daily=6000, now=clock)
+    for i in range(60):
+        installer.journal.record("refused", source=f"/media/usb/{i}", fault="refused", error=f"signature {i} does not verify")
+    made = [reports.make() for _ in range(5)]
+    assert made[0] is not None and 0 < len(payload(made[0])["events"]) < 60
+    assert sum(p.stat().st_size for p in made if p) <= 6000
+    assert made[-1] is None  # the day's allowance is spent: the rest wait
+    clock.now += dt.timedelta(days=1)
+    while installer.journal.since(0):
+        assert reports.make() is not None
+        clock.now += dt.timedelta(days=1)
+    carried = [e["n"] for p in reports.kept() for e in payload(p)["events"]]
+    assert carried == list(range(1, 61))  # every event, once, in order
+    assert [payload(p)["seq"] for p in reports.kept()] == list(range(1, len(reports.kept()) + 1))
+
+
+def test_repeats_are_folded_into_one_event_with_a_count(tmp_path: Path, bundles: dict[str, Path]) -> None:
+    installer, _ = enrolled(tmp_path, bundles, FakeEngine())
+    for _ in range(40):
+        installer.journal.record("poll-failed", source="mirror:5000/demo", fault="delivery", error="connection refused")
+    installer.journal.record("poll-failed", source="mirror:5000/demo", fault="delivery", error="timed out")
+    made = Reports(installer, now=Clock()).make()
+    assert made is not None
+    events = payload(made)["events"]
+    assert [(e["error"], e.get("count", 1)) for e in events] == [("connection refused", 40), ("timed out", 1)]
+    assert events[0]["first"] <= events[0]["time"] and events[0]["n"] == 40
+
+
+def test_a_medium_takes_the_reports_it_lacks_and_the_office_imports_each_once(tmp_path: Path, bundles: dict[str, Path]) -> None:
+    clock = Clock()
+    installer, inventory = enrolled(tmp_path, bundles, FakeEngine())
+    reports = Reports(installer, now=clock)
+    assert installer.install(bundles["1.0.0"]).committed
+    reports.make()
+    medium = tmp_path / "usb"
+    medium.mkdir()
+    assert reports.to_medium(medium) == 1 and reports.to_medium(medium) == 0
+    clock.now += dt.timedelta(hours=2)
+    reports.make()
+    assert reports.to_medium(medium) == 1
+    device = installer.identity.record()["device"]
+    assert sorted(p.name for p in (medium / REPORTS_FOLDER / device).iterdir()) == ["0000000001.json", "0000000002.json"]
+    database = FleetDatabase(tmp_path / "fleet.db")
+    first = database.import_medium(medium, Inventory(inventory))
+    assert (first.imported, first.duplicates, first.refused) == (2, 0, [])
+    again = database.import_medium(medium, Inventory(inventory))
+    assert (again.imported, again.duplicates, again.refused) == (0, 2, [])
+    with database.connect() as db:
+        assert db.execute("SELECT COUNT(*) FROM reports").fetchone()[0] == 2
+        assert db.execute("SELECT kind, app, version FROM events").fetchall() == [("committed", "demo", "1.0.0")]
+        status = fleet_status(db, Inventory(inventory), now=T0)
+    assert status["running"] == {f"plant-7 {CPU.name} demo": {"1.0.0": 1}}
+    assert status["devices"][device]["seq"] == 2 and status["failing"] == [] and status["never_heard"] == []
+
+
+def test_forged_replayed_unknown_revoked_and_damaged_reports_are_refused_and_counted(tmp_path: Path,
+                                                                                   bundles: dict[str, Path]) -> None:
+    clock = Clock()
+    installer, inventory = enrolled(tmp_path, bundles, FakeEngine())
+    stranger, _ = enrolled(tmp_path / "elsewhere", bundles, FakeEngine(), name="stranger")
+    reports = Reports(installer, now=clock)
+    medium = tmp_path / "usb"
+    reports.make()
+    reports.to_medium(medium)
+    device = installer.identity.record()["device"]
+    folder = medium / REPORTS_FOLDER / device
+    genuine = folder / "0000000001.json"
+    # a forgery: the payload altered after signing
+    envelope = json.loads(genuine.read_bytes())
+    altered = payload(genuine) | {"site": "plant-9"}
+    import base64
+    envelope["payload"] = base64.b64encode(json.dumps(altered).encode()).decode()
+    (folder / "0000000009.json").write_text(json.dumps(envelope))
+    # a replay: report 1 again, made anew (the device's numbering turned back), with other content
+    installer.journal.record("refused", error="another event")
+    (installer.state_dir / "reports/state.json").unlink()
+    clock.now += dt.timedelta(hours=1)
+    again = reports.make()
+    assert again is not None and payload(again)["seq"] == 1
+    (folder / "0000000010.json").write_bytes(again.read_bytes())
+    # cut short, and a stranger's report
+    (folder / "0000000011.json").write_bytes(genuine.read_bytes()[:100])
+    Reports(stranger, now=clock).make()
+    Reports(stranger, now=clock).to_medium(medium)
+    database = FleetDatabase(tmp_path / "fleet.db")
+    result = database.import_medium(medium, Inventory(inventory))
+    why = {Path(f).name: reason for f, reason in result.refused}
+    assert result.imported == 1
+    assert "forged or altered" in why["0000000009.json"]
+    assert "imported before with other content" in why["0000000010.json"]
+    assert "malformed or cut short" in why["0000000011.json"]
+    assert "does not know" in why["0000000001.json"] and len(why) == 4  # the stranger's, filed under its own name
+    Inventory(inventory).revoke(device)
+    (folder / "0000000010.json").unlink()
+    reports.make()
+    reports.to_medium(medium)
+    revoked = database.import_medium(medium, Inventory(inventory))
+    assert revoked.imported == 0 and any("revoked" in r for _, r in revoked.refused)
+    with database.connect() as db:
+        assert db.execute("SELECT COUNT(*) FROM reports").fetchone()[0] == 1
+        assert db.execute("SELECT COUNT(*) FROM refusals").fetchone()[0] == len(result.refused) + len(revoked.refused)
+
+
+def test_a_full_or_read_only_medium_is_a_delivery_fault_and_the_reports_wait(tmp_path: Path, bundles: dict[str, Path]) -> None:
+    installer, _ = enrolled(tmp_path, bundles, FakeEngine())
+    reports = Reports(installer, now=Clock())
+    reports.make()
+    with pytest.raises(DeliveryError, match="holds 10 bytes of this device's reports, its bound"):
+        reports.to_medium(tmp_path / "small", bound=10)
+    assert not any((tmp_path / "small" / REPORTS_FOLDER).glob("*/*.json"))
+    assert len(reports.kept()) == 1
+
+
+def test_a_damaged_or_locked_fleet_database_is_named(tmp_path: Path) -> None:
+    broken = tmp_path / "fleet.db"
+    broken.write_bytes(b"this is not SQLite" * 100)
+    (tmp_path / "usb" / REPORTS_FOLDER).mkdir(parents=True)
+    with pytest.raises(InputError, match="not a fleet database, or a damaged one"):
+        FleetDatabase(broken).import_medium(tmp_path / "usb", Inventory(tmp_path / "devices.yaml"))
+    locked = tmp_path / "locked.db"
+    with FleetDatabase(locked).connect():
+        pass
+    holder = sqlite3.connect(locked)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        database = FleetDatabase(locked, wait=0.2)
+        with pytest.raises(Conflict, match="locked by another sealift"), database.connect() as db:
+            db.execute("SELECT COUNT(*) FROM reports")
+    finally:
+        holder.close()

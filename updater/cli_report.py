@@ -1,0 +1,50 @@
+"""``sealift-updater report``: a signed report now, and the kept ones onto a medium."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from updater.exits import reports_errors
+
+__all__ = ["report"]
+
+
+@click.command()
+@click.option("--to", "medium", type=click.Path(path_type=Path, file_okay=False),
+              help="Then copy the kept reports MEDIUM lacks into MEDIUM/sealift-reports/DEVICE/ (a USB stick for the office).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_obj
+@reports_errors
+def report(state_dir: Path, medium: Path | None, as_json: bool) -> None:
+    """Make a signed report now: what happened since the last one (the journal) and what runs. It is
+    kept with the others in STATE/reports until it goes up to the site mirror or out on a medium
+    (the service does both by itself; see docs/reports.md).
+
+    Exits 0 with no report when today's allowance for reports is spent (they are bounded per day).
+    """
+    from updater.docker_runtime import DockerRuntime
+    from updater.install import Installer
+    from updater.reports import Reports
+
+    reports = Reports(Installer(state_dir=state_dir, runtime=DockerRuntime.connect(), profile=None))
+    made = reports.make()
+    copied = reports.to_medium(medium) if medium is not None else None
+    carried = len(json.loads(_payload(made))["events"]) if made else 0
+    if as_json:
+        click.echo(json.dumps({"report": str(made) if made else None, "seq": int(made.stem) if made else None,
+                               "bytes": made.stat().st_size if made else 0, "events": carried,
+                               **({"copied": copied} if copied is not None else {})}, indent=2))
+        return
+    click.echo(f"report {int(made.stem)}: {made.stat().st_size} bytes, {carried} event(s), {made}" if made else
+               "no report: today's allowance for reports is spent (they wait for tomorrow's)")
+    if copied is not None:
+        click.echo(f"copied {copied} report(s) to {medium}")
+
+
+def _payload(path: Path) -> bytes:
+    from securesystemslib.dsse import Envelope
+
+    return Envelope.from_dict(json.loads(path.read_bytes())).payload

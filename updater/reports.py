@@ -1,0 +1,220 @@
+"""Device reports: the journal's news and a look at what runs, numbered per device and signed.
+
+A report is a DSSE envelope (``payloadType`` :data:`PAYLOAD_TYPE`) signed with the device's
+Ed25519 report key (:meth:`updater.identity.DeviceIdentity.signer`), over a JSON payload: the
+device, its site and profile, the report's number ``seq`` (one up from the last: the fleet sees
+gaps, duplicates and replays), when it was made, the journal's events since the last report
+(repeats of one event folded into one with a ``count``), and a sample: each application's
+release, phase and last reason, each service's status, restarts, CPU time and memory, the
+trusted metadata's expiry per role, and the state disk's free space. No value of a secret is in
+it: the journal holds none, and the sample reads states and the engine, never an overlay's
+secrets.
+
+Reports are kept in ``STATE/reports/`` (``SEQ.json``, ``state.json``), the newest
+:data:`KEEP_BYTES` of them, to go up to the site mirror or out on a medium. Their size is bounded
+per UTC day (:data:`DAILY_BYTES`): a report carries as many of the waiting events as the day's
+allowance leaves room for, the rest wait for the next one, and when the day's allowance is spent
+no report is made until the next day.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import shutil
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from securesystemslib.dsse import Envelope
+
+from updater.durable import replace_file
+from updater.errors import DeliveryError, DeviceFault, SealiftError
+from updater.locks import file_lock
+from updater.oci import parse_json
+
+if TYPE_CHECKING:
+    from updater.install import Installer
+
+__all__ = ["DAILY_BYTES", "KEEP_BYTES", "PAYLOAD_TYPE", "REPORTS_FOLDER", "Reports", "report_name"]
+
+PAYLOAD_TYPE = "application/vnd.sealift.report.v1+json"
+DAILY_BYTES = 64 << 10  # what one device's reports may take a day, envelopes and all
+KEEP_BYTES = 2 << 20  # the reports a device keeps to send (about a month at the daily bound)
+EVERY_S = 3600.0  # a report at least this often while anything runs
+REPORTS_FOLDER = "sealift-reports"  # on a medium: REPORTS_FOLDER/DEVICE/SEQ.json
+_NEWS = {"committed", "rolled-back", "refused", "install-failed", "rollback-failed", "recover-failed"}  # reported at once
+
+
+def report_name(seq: int) -> str:
+    return f"{seq:010d}.json"
+
+
+class Reports:
+    """``STATE/reports``: makes, keeps and hands out this device's signed reports."""
+
+    def __init__(self, installer: Installer, *, every: float = EVERY_S, daily: int = DAILY_BYTES,
+                 now: Callable[[], dt.datetime] | None = None) -> None:
+        self.installer = installer
+        self.every = every
+        self.daily = daily
+        self.now = now or (lambda: dt.datetime.now(dt.UTC))
+
+    @property
+    def dir(self) -> Path:
+        return self.installer.state_dir / "reports"
+
+    def due(self) -> bool:
+        """Whether a report should be made now: the last is older than ``every``, or an install or a
+        rollback ended since."""
+        state = self._state()
+        made = state.get("made")
+        if not made or (self.now() - dt.datetime.fromisoformat(made)).total_seconds() >= self.every:
+            return True
+        return any(e["kind"] in _NEWS for e in self.installer.journal.since(int(state.get("through", 0))))
+
+    def make(self) -> Path | None:
+        """Sign the waiting events and a sample into the next report and keep it; its path, or None when
+        today's allowance is spent. DeviceFault when the device is not enrolled or the disk says no."""
+        signer = self.installer.identity.signer()
+        record = self.installer.identity.record()
+        with self._locked():
+            state = self._state()
+            seq, through = int(state.get("seq", 0)) + 1, int(state.get("through", 0))
+            now = self.now()
+            day = now.date().isoformat()
+            used = int(state.get("used", 0)) if state.get("day") == day else 0
+            events = waiting = self.installer.journal.since(through)
+            head = {"type": "sealift-report", "version": 1, "device": record["device"], "site": record.get("site", ""),
+                    "profile": record.get("profile", ""), "seq": seq, "created": now.isoformat(timespec="seconds"),
+                    "updater": _updater_version(), **self._sample()}
+            while True:
+                carried = _folded(events)
+                body = json.dumps({**head, "events": carried, "waiting": len(waiting) - len(events)},
+                                  sort_keys=True, separators=(",", ":")).encode()
+                envelope = Envelope(body, PAYLOAD_TYPE, {})
+                envelope.sign(signer)
+                data = json.dumps(envelope.to_dict(), sort_keys=True).encode() + b"\n"
+                if used + len(data) <= self.daily or not events:
+                    break
+                # as many as the allowance leaves room for, by their share of the size; the rest wait for the next report
+                events = events[:min(len(events) - 1, len(events) * max(self.daily - used, 0) // len(data))]
+            if used + len(data) > self.daily:
+                return None
+            path = self.dir / report_name(seq)
+            try:
+                replace_file(path, data)
+                replace_file(self.dir / "state.json", json.dumps({
+                    "seq": seq, "through": events[-1]["n"] if events else through, "day": day, "used": used + len(data),
+                    "made": now.isoformat(timespec="seconds")}).encode())
+            except OSError as e:
+                raise DeviceFault(f"{self.dir}: cannot keep a report ({e.strerror})") from e
+            if events:
+                self.installer.journal.forget(events[-1]["n"])
+            self._prune()
+        return path
+
+    def kept(self) -> list[Path]:
+        """The reports kept on the device, oldest first."""
+        try:
+            return sorted(p for p in self.dir.iterdir() if p.name[:1].isdigit() and p.suffix == ".json")
+        except FileNotFoundError:
+            return []
+
+    def to_medium(self, medium: Path, *, bound: int = 4 * KEEP_BYTES) -> int:
+        """Copy the kept reports a medium lacks into ``medium/sealift-reports/DEVICE/``, each whole or not
+        at all; how many. DeviceFault (naming the medium) when it is full or read-only; past ``bound``
+        bytes of this device's reports on it, the rest stay for the next medium."""
+        folder = medium / REPORTS_FOLDER / self.installer.identity.record()["device"]
+        copied = 0
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            there = {p.name: p.stat().st_size for p in folder.iterdir()}
+            size = sum(there.values())
+            for report in self.kept():
+                if report.name in there:
+                    continue
+                size += report.stat().st_size
+                if size > bound:
+                    raise DeliveryError(f"{folder}: holds {bound} bytes of this device's reports, its bound; the rest wait")
+                temporary = folder / f".{report.name}.partial"
+                shutil.copyfile(report, temporary)
+                temporary.rename(folder / report.name)
+                copied += 1
+        except OSError as e:
+            reason = "the medium is full" if e.errno == 28 else e.strerror or str(e)
+            raise DeliveryError(f"{medium}: cannot write reports to it ({reason}); {copied} written, the rest wait") from e
+        return copied
+
+    def _sample(self) -> dict[str, Any]:
+        """What runs now, as a report shows it; what the engine cannot tell is said, not raised."""
+        installer = self.installer
+        apps: dict[str, Any] = {}
+        for name, state in installer.apps.states().items():
+            app: dict[str, Any] = {"phase": state.phase.value, "reason": state.reason, "fault": state.fault}
+            if state.current is not None:
+                app.update(version=state.current.version, overlay=state.current.overlay, slot=state.current.slot)
+                try:
+                    containers = installer.runtime.containers(name, state.current.slot)
+                    usage = installer.runtime.usage(name, state.current.slot)
+                except SealiftError as e:
+                    app["engine"] = {"fault": e.fault, "error": e.diagnostics()}
+                else:
+                    app["services"] = {service: {"status": c.status, "restarts": c.restarts, **(
+                        {"cpu_seconds": usage[service].cpu_seconds, "memory_bytes": usage[service].memory_bytes}
+                        if service in usage else {})} for service, c in containers.items()}
+            if state.previous is not None:
+                app["previous"] = state.previous.version
+            apps[name] = app
+        disk = shutil.disk_usage(installer.state_dir)
+        return {"apps": apps, "metadata_expires": installer.trust.expiries(),
+                "disk": {"free_bytes": disk.free, "total_bytes": disk.total}}
+
+    def _state(self) -> dict[str, Any]:
+        path = self.dir / "state.json"
+        try:
+            data = parse_json(path.read_bytes(), str(path), DeviceFault)
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            raise DeviceFault(f"{path}: damaged ({type(e).__name__}); move it away to number reports on from the kept ones") from e
+        return data if isinstance(data, dict) else {}
+
+    def _prune(self) -> None:
+        """Keep the newest reports up to KEEP_BYTES."""
+        kept = self.kept()
+        total = sum(p.stat().st_size for p in kept)
+        for old in kept[:-1]:
+            if total <= KEEP_BYTES:
+                break
+            total -= old.stat().st_size
+            with contextlib.suppress(OSError):
+                old.unlink()
+
+    def _locked(self) -> Any:
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return file_lock(self.dir / "lock", wait=True)
+
+
+def _folded(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Events in order, each run of repeats (the same kind and fields) folded into its last, with
+    ``count`` and the ``first`` time."""
+    folded: list[dict[str, Any]] = []
+    for event in events:
+        same = {k: v for k, v in event.items() if k not in ("n", "time")}
+        if folded and {k: v for k, v in folded[-1].items() if k not in ("n", "time", "count", "first")} == same:
+            last = folded[-1]
+            folded[-1] = {**event, "count": last.get("count", 1) + 1, "first": last.get("first", last["time"])}
+        else:
+            folded.append(event)
+    return folded
+
+
+def _updater_version() -> str:
+    try:
+        return version("sealift")
+    except PackageNotFoundError:
+        return "unknown"
+
