@@ -52,25 +52,28 @@ class Watcher:
                 self._once(("fault", str(path), failed.diagnostics()), event=_event(failed), bundle=str(path), fault=failed.fault,
                            error=failed.diagnostics())
         if self.reports is not None and self.installer.identity.enrolled():
-            for medium in self._report_media():
-                self._report_to(self.reports, medium)
+            self._report(self.reports)
         return tried
 
-    def _report_to(self, reports: Reports, medium: Path) -> None:
-        """Give a medium this device's reports it lacks (a fresh one first, the first time this medium is
-        seen); once the installs are done, so an install never waits on it. A fault is said once."""
-        try:
-            seen = (str(medium), _fingerprint(medium))
-            if seen not in self.reported:
-                self.reported.add(seen)
+    def _report(self, reports: Reports) -> None:
+        """Give each medium this device's reports it lacks, with a fresh one first when a medium arrived;
+        once the installs are done, so an install never waits on it. A fault is said once per medium."""
+        media = {medium: (str(medium), _fingerprint(medium)) for medium in self._report_media()}
+        if any(seen not in self.reported for seen in media.values()):
+            self.reported.update(media.values())
+            try:
                 reports.make()
-            copied = reports.to_medium(medium)
-        except SealiftError as e:
-            self._once(("reports", str(medium), e.diagnostics()), event="reports-not-written", medium=str(medium),
-                       fault=e.fault, error=e.diagnostics())
-            return
-        if copied:
-            self._log(event="reports-written", medium=str(medium), count=str(copied))
+            except SealiftError as e:
+                self._once(("report", e.diagnostics()), event="report-failed", fault=e.fault, error=e.diagnostics())
+        for medium in media:
+            try:
+                copied = reports.to_medium(medium)
+            except SealiftError as e:
+                self._once(("reports", str(medium), e.diagnostics()), event="reports-not-written", medium=str(medium),
+                           fault=e.fault, error=e.diagnostics())
+                continue
+            if copied:
+                self._log(event="reports-written", medium=str(medium), count=str(copied))
 
     def _report_media(self) -> list[Path]:
         """The media to write reports to: every directory in the watched one holding a medium or a
