@@ -120,10 +120,11 @@ def ingress_init(state_dir: Path, port: int, tls_port: int | None, address: str,
 @click.pass_obj
 @reports_errors
 def enroll(state_dir: Path, site: str, kem: str, profile: str | None, profiles_dir: Path | None, force: bool) -> None:
-    """Create this device's key pair for secrets and print its enrollment record (JSON).
+    """Create this device's key pairs (for secrets, and for signing its reports) and print its
+    enrollment record (JSON).
 
-    The private key stays in STATE/identity/device.key, readable by root only. Give the record
-    to the build machine: `sealift devices add RECORD.json`.
+    The private keys stay in STATE/identity/device.key and signing.key, readable by root only.
+    Give the record to the build machine: `sealift devices add RECORD.json`.
     """
     from updater.identity import DeviceIdentity
 
