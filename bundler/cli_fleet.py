@@ -11,7 +11,7 @@ import click
 
 from updater.exits import reports_errors
 
-__all__ = ["fleet"]
+__all__ = ["fleet", "reports"]
 
 _db_option = click.option("--db", type=click.Path(path_type=Path, dir_okay=False), default=Path("fleet.db"), show_default=True,
                           help="The fleet database (SQLite; made on first import; nothing to run).")
@@ -25,14 +25,16 @@ def fleet() -> None:
 
 
 @fleet.command("import")
-@click.argument("source", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.argument("source", metavar="MEDIUM|REGISTRY/PREFIX")
 @_db_option
 @_inventory_option
+@click.option("--plain-http", is_flag=True, help="Reach the registry over plain HTTP, not TLS.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @reports_errors
-def fleet_import(source: Path, db: Path, inventory: Path, as_json: bool) -> None:
-    """Import the reports SOURCE carries (a medium brought back from a site: its sealift-reports
-    folder) into the fleet database.
+def fleet_import(source: str, db: Path, inventory: Path, plain_http: bool, as_json: bool) -> None:
+    """Import the devices' reports into the fleet database: those a medium brought back from a
+    site (a directory holding a sealift-reports folder), or those a registry holds under a prefix
+    (one repository per device, as devices push them and `sealift reports sync` copies them).
 
     Each report must be signed by the report key the inventory holds for its device. A forged,
     altered, truncated or replayed report, or one from an unknown or revoked device, is refused
@@ -43,7 +45,11 @@ def fleet_import(source: Path, db: Path, inventory: Path, as_json: bool) -> None
     from bundler.fleet import FleetDatabase
     from updater.errors import Refused
 
-    result = FleetDatabase(db).import_medium(source, Inventory(inventory))
+    medium = Path(source)
+    if medium.is_dir():
+        result = FleetDatabase(db).import_medium(medium, Inventory(inventory))
+    else:
+        result = FleetDatabase(db).import_registry(source, Inventory(inventory), plain_http=plain_http)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
@@ -100,3 +106,39 @@ def _print(status: dict[str, Any]) -> None:
                    f"imported {seen['heard']}")
     if status["refused_reports"]:
         click.echo(f"refused reports so far: {status['refused_reports']}")
+
+
+@click.group()
+def reports() -> None:
+    """Move the devices' signed reports through registries, towards the office (docs/reports.md)."""
+
+
+@reports.command("sync")
+@click.option("--from", "origin", required=True, metavar="REGISTRY/PREFIX",
+              help="Where the reports are: a site mirror's reports registry and the prefix devices push under.")
+@click.option("--to", "target", required=True, metavar="REGISTRY/PREFIX", help="The next registry towards the office.")
+@click.option("--plain-http", is_flag=True, help="Talk to both registries over plain HTTP.")
+@click.option("--plain-http-from", is_flag=True, help="Talk to the source over plain HTTP.")
+@click.option("--plain-http-to", is_flag=True, help="Talk to the destination over plain HTTP.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@reports_errors
+def reports_sync(origin: str, target: str, plain_http: bool, plain_http_from: bool, plain_http_to: bool, as_json: bool) -> None:
+    """Copy every device's reports the next registry lacks, one hop towards the office (like
+    `mirror sync`, the other way). A report is copied whole or not at all and one already there is
+    left alone: a sync cut short is run again, and a second run copies nothing. Reports are not
+    verified here; `sealift fleet import` verifies each one.
+    """
+    from bundler.reportsync import sync_reports
+    from updater.progress import for_terminal
+
+    progress = for_terminal(quiet=as_json)
+    try:
+        result = sync_reports(origin, target, plain_http_from=plain_http or plain_http_from,
+                              plain_http_to=plain_http or plain_http_to, progress=progress)
+    finally:
+        progress.close()
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        click.echo(f"copied {result.copied} report(s) of {len(result.devices)} device(s) to {target}; "
+                   f"{result.present} were there already")

@@ -115,6 +115,39 @@ class FleetDatabase:
                     db.execute("INSERT INTO refusals VALUES (?, ?, ?, ?, ?)", (when, str(path), path.parent.name, None, why))
         return result
 
+    def import_registry(self, where: str, inventory: Inventory, *, plain_http: bool = False, now: dt.datetime | None = None) -> Imported:
+        """Take in the reports a registry holds under ``where`` (``REGISTRY/PREFIX``, one repository per
+        device): those not imported yet, each read and verified as one from a medium."""
+        from bundler.reportsync import device_client, device_repositories
+        from updater.errors import ContentMismatch
+        from updater.reportstore import read_report, report_tags
+
+        ref, found = device_repositories(where, plain_http=plain_http, what="report registry")
+        devices = {d.device: d for d in inventory.devices()}
+        result = Imported()
+        when = (now or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds")
+        with self.connect() as db:
+            for device in found:
+                client = device_client(ref, device, plain_http=plain_http, what="report registry")
+                try:
+                    known = {seq for (seq,) in db.execute("SELECT seq FROM reports WHERE device = ?", (device,))}
+                    for tag in report_tags(client):
+                        if int(tag) in known:
+                            result.duplicates += 1
+                            continue
+                        shown = f"{ref.host}/{ref.repository}/{device}:{tag}"
+                        try:
+                            why = self._take(db, read_report(client, tag), devices, source=where, when=when, result=result,
+                                             where=device)
+                        except ContentMismatch as e:
+                            why = e.diagnostics()
+                        if why is not None:
+                            result.refused.append((shown, why))
+                            db.execute("INSERT INTO refusals VALUES (?, ?, ?, ?, ?)", (when, shown, device, int(tag), why))
+                finally:
+                    client.close()
+        return result
+
     def _take(self, db: sqlite3.Connection, data: bytes, devices: dict[str, Device], *, source: str, when: str,
               result: Imported, where: str) -> str | None:
         """Import one report's bytes; why it was refused, or None."""

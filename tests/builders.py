@@ -125,6 +125,25 @@ def docker_archive_from_bundle(bundle: Path, manifest_digest: str, tag: str) -> 
     return archive.getvalue()
 
 
+def quick_releases(root: Path, versions: tuple[str, ...] = ("1.0.0", "1.1.0")) -> dict[str, Path]:
+    """The QUICK_SPEC application ("demo", one service) built for x86_64-cpu at each of ``versions``
+    and signed; "root" names the root metadata to provision devices with."""
+    from bundler.build import BuildOptions, build_bundles, select_profiles
+    from bundler.spec import load_spec
+    from updater.profiles import builtin_profile_dir, load_profiles
+
+    profiles = load_profiles([builtin_profile_dir()])
+    spec_path = project(root / "src", spec=QUICK_SPEC)
+    built = {}
+    for version in versions:
+        spec_path.write_text(QUICK_SPEC.replace("version: 1.2.0", f"version: {version}"))
+        spec = load_spec(spec_path)
+        (b,) = build_bundles(spec, select_profiles(spec, profiles, ("x86_64-cpu",)), BuildOptions(out=root / "out", epoch=0))
+        built[version] = b.path
+    built["root"] = signed(list(built.values()), root / "signing")
+    return built
+
+
 def signed(bundles: list[Path], root: Path, *, passphrase: str = "test passphrase",
            teams: Mapping[str, str] | None = None) -> Path:
     """Sign ``bundles`` with a new repository under ``root``; returns the root metadata to provision devices with.
@@ -400,3 +419,21 @@ def updater_killed_at(state_dir: Path, args: list[str], step: str, *, env: dict[
                 break
         proc.wait(timeout=120)
     return proc.returncode == -signal.SIGKILL
+
+
+def enrolled_device(root: Path, trusted_root: Path, engine: Any, *, name: str = "device", site: str = "plant-7") -> tuple[Any, Path]:
+    """An x86_64-cpu device (an Installer on ``engine``) provisioned and enrolled at ``site``, and the
+    inventory (``root/devices.yaml``) that lists it."""
+    from bundler.devices import Inventory
+    from updater.install import Installer
+    from updater.profiles import builtin_profile_dir, load_profiles
+    from updater.trust import TrustedState
+
+    state = root / name
+    TrustedState(state).init(trusted_root)
+    installer = Installer(state_dir=state, runtime=engine, profile=load_profiles([builtin_profile_dir()])["x86_64-cpu"])
+    record = installer.identity.enroll(site=site, profile="x86_64-cpu")
+    (root / f"{name}.json").write_text(json.dumps(record))
+    inventory = root / "devices.yaml"
+    Inventory(inventory).add(root / f"{name}.json")
+    return installer, inventory

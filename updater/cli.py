@@ -264,9 +264,12 @@ def rollback(state_dir: Path, app: str | None, as_json: bool) -> None:
 @click.option("--app", "apps", metavar="NAME", multiple=True,
               help="An application this device runs; repeat it for each. Releases of others that arrive on media "
                    "or from registries are skipped. Default: every application that arrives signed for this device.")
-@click.option("--plain-http", is_flag=True, help="Reach --source over plain HTTP (a site registry without TLS).")
+@click.option("--plain-http", is_flag=True, help="Reach --source and --report-to over plain HTTP (a site registry without TLS).")
 @click.option("--interval", type=click.FloatRange(min=1.0), default=30.0, show_default=True,
               help="Seconds between passes (longer, with jitter, after failed polls).")
+@click.option("--report-to", metavar="REGISTRY/PREFIX",
+              help="Push the device's signed reports to this registry (the site mirror's reports registry), one "
+                   "repository per device under PREFIX; credentials from the Docker config (docs/reports.md).")
 @click.option("--report-every", type=click.FloatRange(min=60.0), default=3600.0, show_default=True,
               help="Seconds between the device's signed reports (one is made at once after an install or a rollback).")
 @click.option("--once", is_flag=True,
@@ -276,7 +279,7 @@ def rollback(state_dir: Path, app: str | None, as_json: bool) -> None:
 @click.pass_obj
 @reports_errors
 def run(state_dir: Path, watch: Path | None, sources: tuple[str, ...], apps: tuple[str, ...], plain_http: bool, interval: float,
-        report_every: float, once: bool, profile: str | None, profiles_dir: Path | None) -> None:
+        report_to: str | None, report_every: float, once: bool, profile: str | None, profiles_dir: Path | None) -> None:
     """Install what arrives, as a service: bundles in --watch, newer releases from each --source.
 
     Converges every application first (like `recover`), then makes a pass every --interval
@@ -302,6 +305,10 @@ def run(state_dir: Path, watch: Path | None, sources: tuple[str, ...], apps: tup
 
     if watch is None and not sources:
         raise InputError("nothing to do: give --watch DIR, --source REGISTRY/REPO, or both")
+    if report_to is not None:
+        from updater.registry import parse_reference
+
+        parse_reference(report_to, what="--report-to")
     for name in apps:
         if not NAME.fullmatch(name):
             raise InputError(f"--app {name[:80]!r}: not an application name (lower-case letters, digits, '.', '_', '-')")
@@ -318,7 +325,8 @@ def run(state_dir: Path, watch: Path | None, sources: tuple[str, ...], apps: tup
         pollers.append(RegistryPoller(repository, installer=installer, profile=device, app=app or None, plain_http=plain_http,
                                       log=log))
     reports = Reports(installer, every=report_every)
-    failed = Daemon(installer, watch, pollers=pollers, interval=interval, reports=reports, log=log).run(once=once)
+    failed = Daemon(installer, watch, pollers=pollers, interval=interval, reports=reports, report_to=report_to,
+                    plain_http=plain_http, log=log).run(once=once)
     if failed is not None:
         sys.exit(failed.exit_code)
 

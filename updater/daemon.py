@@ -55,9 +55,12 @@ class Daemon:
     MAX_BACKOFF = 16
 
     def __init__(self, installer: Installer, watch: Path | None, *, pollers: Sequence[RegistryPoller] = (),
-                 interval: float = 30.0, reports: Reports | None = None, log: Callable[[str], None]) -> None:
+                 interval: float = 30.0, reports: Reports | None = None, report_to: str | None = None,
+                 plain_http: bool = False, log: Callable[[str], None]) -> None:
         self.installer = installer
         self.reports = reports or Reports(installer)
+        self.report_to = report_to  # REGISTRY/PREFIX of the site mirror's reports, if the device reaches one
+        self.plain_http = plain_http
         self.watch = watch
         self.pollers = tuple(pollers)
         self.interval = interval
@@ -164,8 +167,8 @@ class Daemon:
         return None
 
     def report(self) -> None:
-        """Make a report when one is due, on an enrolled device (:mod:`updater.reports`); a fault is said
-        once, and the service goes on."""
+        """Make a report when one is due, on an enrolled device (:mod:`updater.reports`), and push those
+        not pushed yet to the site mirror (``report_to``); a fault is said once, and the service goes on."""
         if not self.installer.identity.enrolled():
             return
         try:
@@ -175,9 +178,19 @@ class Daemon:
                 self._log(event="report-failed", fault=e.fault, error=e.diagnostics())
             self._report_fault = e.diagnostics()
             return
-        self._report_fault = ""
         if made is not None:
             self._log(event="report", seq=str(int(made.stem)), bytes=str(made.stat().st_size))
+        if self.report_to:
+            try:
+                pushed = self.reports.push(self.report_to, plain_http=self.plain_http)
+            except SealiftError as e:
+                if e.diagnostics() != self._report_fault:
+                    self._log(event="reports-not-pushed", to=self.report_to, fault=e.fault, error=e.diagnostics())
+                self._report_fault = e.diagnostics()
+                return
+            if pushed:
+                self._log(event="reports-pushed", to=self.report_to, count=str(pushed))
+        self._report_fault = ""
 
     def scan(self) -> int:
         """One look at the watched directory (see :class:`updater.watch.Watcher`); how many installs were tried."""

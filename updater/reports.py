@@ -148,6 +148,35 @@ class Reports:
             raise DeliveryError(f"{medium}: cannot write reports to it ({reason}); {copied} written, the rest wait") from e
         return copied
 
+    def push(self, target: str, *, plain_http: bool = False) -> int:
+        """Push the kept reports not pushed yet, oldest first, to the device's repository under ``target``
+        (``REGISTRY/PREFIX``: ``PREFIX/DEVICE``, see :mod:`updater.reportstore`); how many were new
+        there. A DeliveryError stops it, and the next push goes on from there."""
+        from updater.poll import DEVICE_RETRY
+        from updater.registry import connect
+        from updater.reportstore import push_report
+
+        device = self.installer.identity.record()["device"]
+        mark = self.dir / "pushed"
+        try:
+            pushed = int(mark.read_text())
+        except (OSError, ValueError):
+            pushed = 0
+        waiting = [p for p in self.kept() if int(p.stem) > pushed]
+        if not waiting:
+            return 0
+        client = connect(f"{target.rstrip('/')}/{device}", plain_http=plain_http, what="report mirror", retry=DEVICE_RETRY)
+        new = 0
+        try:
+            for report in waiting:
+                new += push_report(client, int(report.stem), report.read_bytes())
+                replace_file(mark, report.stem.encode())
+        except OSError as e:
+            raise DeviceFault(f"{self.dir}: cannot read or mark a report ({e.strerror})") from e
+        finally:
+            client.close()
+        return new
+
     def _sample(self) -> dict[str, Any]:
         """What runs now, as a report shows it; what the engine cannot tell is said, not raised."""
         installer = self.installer

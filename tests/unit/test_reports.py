@@ -14,19 +14,15 @@ from pathlib import Path
 import pytest
 from securesystemslib.dsse import Envelope
 
-from bundler.build import BuildOptions, build_bundles, select_profiles
 from bundler.devices import Inventory
 from bundler.fleet import FleetDatabase, fleet_status
-from bundler.spec import load_spec
-from tests.builders import QUICK_SPEC as QUICK
-from tests.builders import project, signed
+from tests.builders import enrolled_device, quick_releases
 from tests.fakes import FakeEngine
 from updater.errors import Conflict, DeliveryError, InputError
 from updater.install import Installer
 from updater.journal import Journal
 from updater.profiles import builtin_profile_dir, load_profiles
 from updater.reports import REPORTS_FOLDER, Reports
-from updater.trust import TrustedState
 
 PROFILES = load_profiles([builtin_profile_dir()])
 CPU = PROFILES["x86_64-cpu"]
@@ -35,16 +31,7 @@ T0 = dt.datetime(2026, 12, 1, 8, 0, tzinfo=dt.UTC)
 
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("reports")
-    spec_path = project(root / "src", spec=QUICK)
-    built = {}
-    for version in ("1.0.0", "1.1.0"):
-        spec_path.write_text(QUICK.replace("version: 1.2.0", f"version: {version}"))
-        spec = load_spec(spec_path)
-        (b,) = build_bundles(spec, select_profiles(spec, PROFILES, (CPU.name,)), BuildOptions(out=root / "out", epoch=0))
-        built[version] = b.path
-    built["root"] = signed(list(built.values()), root / "signing")
-    return built
+    return quick_releases(tmp_path_factory.mktemp("reports"))
 
 
 class Clock:
@@ -56,15 +43,7 @@ class Clock:
 
 
 def enrolled(tmp_path: Path, bundles: dict[str, Path], engine: FakeEngine, *, name: str = "device") -> tuple[Installer, Path]:
-    """A device enrolled at site plant-7, and the inventory that lists it."""
-    state = tmp_path / name
-    TrustedState(state).init(bundles["root"])
-    installer = Installer(state_dir=state, runtime=engine, profile=CPU)
-    record = installer.identity.enroll(site="plant-7", profile=CPU.name)
-    (tmp_path / f"{name}.json").write_text(json.dumps(record))
-    inventory = tmp_path / "devices.yaml"
-    Inventory(inventory).add(tmp_path / f"{name}.json")
-    return installer, inventory
+    return enrolled_device(tmp_path, bundles["root"], engine, name=name)
 
 
 def payload(path: Path) -> dict:  # type: ignore[type-arg]
