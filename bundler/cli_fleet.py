@@ -85,6 +85,37 @@ def fleet_status(db: Path, inventory: Path, as_json: bool) -> None:
     _print(status)
 
 
+@fleet.command("report")
+@click.option("--html", "out", type=click.Path(path_type=Path, dir_okay=False), required=True,
+              help="Write the page here: one self-contained file, no server, opens from a USB stick.")
+@_db_option
+@_inventory_option
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+@reports_errors
+def fleet_report(out: Path, db: Path, inventory: Path, as_json: bool) -> None:
+    """Write the fleet as a static HTML page: what runs where, release adoption over time,
+    rollbacks by reason, inference latency by release and profile, sites not heard from, failing
+    devices and metadata expiring soon (plots as inline SVG; no script, nothing fetched)."""
+    from bundler.devices import Inventory
+    from bundler.fleet import FleetDatabase
+    from bundler.fleet_page import render_page
+    from updater.durable import replace_file
+    from updater.errors import InputError
+
+    if not db.exists():
+        raise InputError(f"{db}: no fleet database yet: `sealift fleet import MEDIUM` makes it")
+    with FleetDatabase(db).connect() as connection:
+        page = render_page(connection, Inventory(inventory)).encode()
+    try:
+        replace_file(out, page)
+    except OSError as e:
+        raise InputError(f"{out}: cannot write the page ({e.strerror})") from e
+    if as_json:
+        click.echo(json.dumps({"html": str(out), "bytes": len(page)}))
+    else:
+        click.echo(f"wrote {out} ({len(page)} bytes)")
+
+
 def _print(status: dict[str, Any]) -> None:
     click.echo(f"{'SITE PROFILE APP':40} RELEASES")
     for key, versions in status["running"].items():
