@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -14,10 +15,8 @@ from updater.exits import reports_errors
 from updater.sealed import KEMS
 
 if TYPE_CHECKING:
-    from updater.install import Serving
     from updater.profiles import Profile
     from updater.runtime import EngineFeatures
-    from updater.slots import DeviceState
 
 __all__ = ["cli", "main"]
 
@@ -272,6 +271,11 @@ def rollback(state_dir: Path, app: str | None, as_json: bool) -> None:
                    "repository per device under PREFIX; credentials from the Docker config (docs/reports.md).")
 @click.option("--report-every", type=click.FloatRange(min=60.0), default=3600.0, show_default=True,
               help="Seconds between the device's signed reports (one is made at once after an install or a rollback).")
+@click.option("--metrics-textfile", type=click.Path(path_type=Path, dir_okay=False),
+              help="Rewrite the updater's Prometheus metrics into this file after each pass (node-exporter's "
+                   "textfile collector: a .prom file in its --collector.textfile.directory).")
+@click.option("--metrics-port", type=click.IntRange(1, 65535),
+              help="Also serve the metrics on http://127.0.0.1:PORT/metrics (loopback only).")
 @click.option("--once", is_flag=True,
               help="One pass (scan and poll-and-install), then exit; with the fault's exit code (docs/errors.md) if a poll failed.")
 @click.option("--profile", metavar="NAME", help="This device's hardware profile (default: detected).")
@@ -279,7 +283,8 @@ def rollback(state_dir: Path, app: str | None, as_json: bool) -> None:
 @click.pass_obj
 @reports_errors
 def run(state_dir: Path, watch: Path | None, sources: tuple[str, ...], apps: tuple[str, ...], plain_http: bool, interval: float,
-        report_to: str | None, report_every: float, once: bool, profile: str | None, profiles_dir: Path | None) -> None:
+        report_to: str | None, report_every: float, metrics_textfile: Path | None, metrics_port: int | None, once: bool,
+        profile: str | None, profiles_dir: Path | None) -> None:
     """Install what arrives, as a service: bundles in --watch, newer releases from each --source.
 
     Converges every application first (like `recover`), then makes a pass every --interval
@@ -296,7 +301,7 @@ def run(state_dir: Path, watch: Path | None, sources: tuple[str, ...], apps: tup
       sealift-updater run --app vision-app --app camera-gw \\
           --source vision-app=mirror.site:5000/vision-app --source camera-gw=mirror.site:5000/camera-gw
     """
-    from updater.daemon import Daemon
+    from updater.daemon import Daemon, priority
     from updater.docker_runtime import DockerRuntime
     from updater.install import Installer
     from updater.names import NAME
@@ -313,8 +318,10 @@ def run(state_dir: Path, watch: Path | None, sources: tuple[str, ...], apps: tup
         if not NAME.fullmatch(name):
             raise InputError(f"--app {name[:80]!r}: not an application name (lower-case letters, digits, '.', '_', '-')")
     device = _device_profile(profile, profiles_dir)
+    journald = bool(os.environ.get("JOURNAL_STREAM"))  # stderr goes to the journal: each line says its priority
+
     def log(line: str) -> None:
-        click.echo(line, err=True)
+        click.echo(f"<{priority(line)}>{line}" if journald else line, err=True)
 
     installer = Installer(state_dir=state_dir, runtime=DockerRuntime.connect(), profile=device, log=log, declared=apps)
     pollers = []
@@ -325,8 +332,12 @@ def run(state_dir: Path, watch: Path | None, sources: tuple[str, ...], apps: tup
         pollers.append(RegistryPoller(repository, installer=installer, profile=device, app=app or None, plain_http=plain_http,
                                       log=log))
     reports = Reports(installer, every=report_every)
+    if metrics_port is not None:
+        from updater.metrics import serve
+
+        serve(state_dir, metrics_port)
     failed = Daemon(installer, watch, pollers=pollers, interval=interval, reports=reports, report_to=report_to,
-                    plain_http=plain_http, log=log).run(once=once)
+                    plain_http=plain_http, metrics=metrics_textfile, log=log).run(once=once)
     if failed is not None:
         sys.exit(failed.exit_code)
 
@@ -363,73 +374,6 @@ def recover(state_dir: Path) -> None:
         click.echo("nothing installed")
     if worst is not None:
         sys.exit(worst.exit_code)
-
-
-@cli.command()
-@click.argument("app", required=False)
-@click.option("--json", "as_json", is_flag=True, help="Print the state as JSON.")
-@click.pass_obj
-@reports_errors
-def status(state_dir: Path, app: str | None, as_json: bool) -> None:
-    """What runs of each application (or of APP), in which slot, what happened last, the history,
-    and the device's enrollment.
-
-    For each committed release, the engine is asked whether it serves: exit 7 when one does not, 6
-    when the engine does not answer (the state is printed either way).
-    """
-    from updater.apps import Apps
-    from updater.identity import DeviceIdentity
-
-    apps = Apps(state_dir)
-    states = {name: apps.slots(name).load() for name in ([apps.only(app)] if app else apps.names())}
-    identity = DeviceIdentity(state_dir)
-    record = identity.record() if identity.enrolled() else None
-    engines = {name: _serving(state_dir, name, state) for name, state in states.items()}
-    if as_json:
-        click.echo(json.dumps({"apps": {name: {**state.to_json(), "serving": _engine_json(*engines[name])}
-                                        for name, state in states.items()}, "enrollment": record}, indent=2))
-    else:
-        for name, state in states.items():
-            _print_state(name, state, *engines[name])
-        if not states:
-            click.echo("nothing installed")
-        click.echo(f"device: {record['device']} at site {record['site']} ({record['kem']})" if record else
-                   "device: not enrolled for secrets (`sealift-updater enroll --site SITE`)")
-    faults = [fault for _, fault in engines.values() if fault is not None]
-    if faults:
-        sys.exit(faults[0].exit_code)
-    if any(serving is not None and not serving.ok for serving, _ in engines.values()):
-        sys.exit(Unhealthy.exit_code)
-
-
-def _print_state(name: str, state: DeviceState, serving: Serving | None, fault: SealiftError | None) -> None:
-    current = (f"{state.current.version} (slot {state.current.slot}"
-               + (f", site overlay {state.current.overlay})" if state.current.overlay else ")")) if state.current else "nothing"
-    click.echo(f"{name}\n  running: {current}\n  phase:   {state.phase.value}{': ' + state.reason if state.reason else ''}")
-    if state.current is not None:
-        click.echo(f"  engine:  {serving}" if serving else f"  engine:  cannot tell what runs ({fault.diagnostics() if fault else ''})")
-    for event in state.history[-10:]:
-        click.echo(f"    {event.get('phase', '?'):13} {event.get('release', ''):28} {event.get('reason', '')}")
-
-
-def _engine_json(serving: Serving | None, fault: SealiftError | None) -> dict[str, Any] | None:
-    if fault is not None:
-        return {"ok": False, "fault": fault.fault, "error": fault.diagnostics()}
-    return serving.to_json() if serving else None
-
-
-def _serving(state_dir: Path, name: str, state: DeviceState) -> tuple[Serving | None, SealiftError | None]:
-    """What the engine runs of application ``name``'s committed release (None when nothing is
-    committed), or why it cannot tell."""
-    if state.current is None:
-        return None, None
-    from updater.docker_runtime import DockerRuntime
-    from updater.install import Installer
-
-    try:
-        return Installer(state_dir=state_dir, runtime=DockerRuntime.connect(), profile=None).app(name).serving(state), None
-    except SealiftError as e:
-        return None, e
 
 
 @cli.command()
@@ -473,8 +417,10 @@ def verify(state_dir: Path, bundle: Path, profile: str | None, profiles_dir: Pat
 
 def _add_commands() -> None:
     from updater.cli_report import report
+    from updater.cli_status import status
 
     cli.add_command(report)
+    cli.add_command(status)
 
 
 _add_commands()

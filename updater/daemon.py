@@ -22,11 +22,12 @@ from pathlib import Path
 
 from updater.errors import SealiftError
 from updater.install import Installer, Outcome
+from updater.lastseen import record_poll
 from updater.poll import RegistryPoller
 from updater.reports import Reports
 from updater.watch import Watcher
 
-__all__ = ["Daemon", "notify"]
+__all__ = ["Daemon", "notify", "priority"]
 
 WATCHDOG_EVERY_S = 30.0  # while bytes arrive; WatchdogSec in the unit must be longer
 
@@ -43,6 +44,23 @@ def notify(message: str) -> None:
         sock.sendall(message.encode())
 
 
+_ERRORS = ("refused", "install-failed", "recover-failed", "rollback-failed")  # an artifact refused, a device that cannot converge
+_WARNINGS = ("poll-failed", "rolled-back", "report-failed", "reports-not-written", "reports-not-pushed", "metrics-not-written",
+             "watch-unreadable")
+
+
+def priority(line: str) -> int:
+    """The syslog priority of a log line, for journald: 3 (error) for refusals and what kept an
+    application from installing or converging, 4 (warning) for an outage, a rollback and what kept
+    reports or metrics from going out, 6 (info) for the rest."""
+    event = line.split(" ", 1)[0].removeprefix('event="').removesuffix('"') if line.startswith('event="') else ""
+    if event in _ERRORS:
+        return 3
+    if event in _WARNINGS or line.startswith("warning:"):
+        return 4
+    return 6
+
+
 class Daemon:
     """Installs what arrives: bundles and media in ``watch``, and releases site registries offer.
 
@@ -56,11 +74,12 @@ class Daemon:
 
     def __init__(self, installer: Installer, watch: Path | None, *, pollers: Sequence[RegistryPoller] = (),
                  interval: float = 30.0, reports: Reports | None = None, report_to: str | None = None,
-                 plain_http: bool = False, log: Callable[[str], None]) -> None:
+                 plain_http: bool = False, metrics: Path | None = None, log: Callable[[str], None]) -> None:
         self.installer = installer
         self.reports = reports or Reports(installer)
         self.report_to = report_to  # REGISTRY/PREFIX of the site mirror's reports, if the device reaches one
         self.plain_http = plain_http
+        self.metrics = metrics  # a node-exporter textfile to rewrite after each pass
         self.watch = watch
         self.pollers = tuple(pollers)
         self.interval = interval
@@ -68,7 +87,7 @@ class Daemon:
         self.failures = 0
         self.unconverged = False
         self.watcher = Watcher(installer, watch, say=self._log, reports=self.reports) if watch is not None else None
-        self._report_fault = ""
+        self._report_fault = self._metrics_fault = ""
         self._fed = time.monotonic()
         for poller in self.pollers:
             poller.advance = self._still_alive  # a long download is progress: systemd's watchdog must not kill it
@@ -89,6 +108,7 @@ class Daemon:
             self.scan()
             failed = self.poll()
             self.report()
+            self.write_metrics()
             wait = self.next_wait()
             notify(f"WATCHDOG=1\nSTATUS=running {self._running()}; "
                    + (f"last poll failed ({failed.fault}), retrying" if failed else "next look") + f" in {wait:.0f}s")
@@ -159,12 +179,29 @@ class Daemon:
             self._log(event="poll-failed", source=poller.source, fault=failed.fault, error=failed.diagnostics(),
                       retry_in=f"{self.next_wait(self.failures + 1):.0f}s")
             self.installer.journal.record("poll-failed", source=poller.source, fault=failed.fault, error=failed.diagnostics())
+            record_poll(self.installer.state_dir, poller.source, when=self.installer.journal.now(), error=failed)
             return failed
+        record_poll(self.installer.state_dir, poller.source, when=self.installer.journal.now())
         if outcome is None:
             self._log(event="up-to-date", source=poller.source)
         else:
             self._outcome(outcome)
         return None
+
+    def write_metrics(self) -> None:
+        """Rewrite the metrics textfile (:mod:`updater.metrics`); a fault is said once, and the service goes on."""
+        if self.metrics is None:
+            return
+        from updater.metrics import write_textfile
+
+        try:
+            write_textfile(self.installer.state_dir, self.metrics)
+        except SealiftError as e:
+            if e.diagnostics() != self._metrics_fault:
+                self._log(event="metrics-not-written", fault=e.fault, error=e.diagnostics())
+            self._metrics_fault = e.diagnostics()
+            return
+        self._metrics_fault = ""
 
     def report(self) -> None:
         """Make a report when one is due, on an enrolled device (:mod:`updater.reports`), and push those

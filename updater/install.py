@@ -26,6 +26,7 @@ from updater.errors import Conflict, InputError, Refused, SealiftError
 from updater.identity import DeviceIdentity
 from updater.ingress import Ingress, Placement
 from updater.journal import Journal
+from updater.lastseen import record_health
 from updater.oci import ANNOTATION
 from updater.overlay import OverlayInfo
 from updater.plan import offered_apps, plan, read_offer
@@ -95,6 +96,10 @@ class Installer:
         self.journal.record("committed" if outcome.committed else "rolled-back", what=what, app=release.name,
                             version=release.version, overlay=release.overlay, reason=outcome.reason, fault=outcome.fault,
                             health=[t.to_json() for t in outcome.health], **fields)
+        if outcome.health:  # what `status` and the metrics show of the last checks
+            record_health(self.state_dir, release.name, {"version": release.version, "ok": outcome.committed,
+                                                         "time": self.journal.now().isoformat(timespec="seconds"),
+                                                         "checks": [t.to_json() for t in outcome.health]})
 
     def rollback(self, app: str | None = None) -> Outcome:
         """Return application ``app`` (default: the one installed) to its previous release."""

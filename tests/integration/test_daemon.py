@@ -45,7 +45,7 @@ def test_a_pass_installs_what_arrived_once_tells_systemd_and_reports_on_the_medi
     lines: list[str] = []
     installer = Installer(state_dir=state_dir, runtime=DockerRuntime(docker_engine.client), profile=CPU)
     (tmp_path / "record.json").write_text(json.dumps(installer.identity.enroll(site="plant-7", profile=CPU.name)))
-    daemon = Daemon(installer, media, interval=1, log=lines.append)
+    daemon = Daemon(installer, media, interval=1, metrics=tmp_path / "sealift.prom", log=lines.append)
     try:
         daemon.run(once=True)
         messages = []
@@ -63,6 +63,10 @@ def test_a_pass_installs_what_arrived_once_tells_systemd_and_reports_on_the_medi
         assert state.current is not None and state.current.version == "1.0.0"
         assert any(line.startswith('event="committed"') for line in lines)
         assert daemon.scan() == 0  # nothing new: nothing tried again (the reports it wrote are not news)
+        # node-exporter's textfile, rewritten after the pass
+        metrics = (tmp_path / "sealift.prom").read_text()
+        assert 'sealift_release_info{app="vision-app",overlay="",slot="a",version="1.0.0"} 1.0' in metrics
+        assert 'sealift_health_check_ok{app="vision-app",check="healthz",type="http",version="1.0.0"} 1.0' in metrics
         # each medium took the device's report, made once the install was done: the engine's view of what runs
         device = installer.identity.record()["device"]
         (report,) = (media / "office-stick" / REPORTS_FOLDER / device).iterdir()
