@@ -22,6 +22,7 @@ from updater.errors import Refused, SealiftError
 from updater.medium import MediumReport, check_medium, read_medium
 from updater.overlay import check_overlay
 from updater.progress import Progress, QuietProgress
+from updater.tuf_client import carried_expiries
 
 if TYPE_CHECKING:
     from updater.trust import TrustedState
@@ -39,6 +40,7 @@ class Checked:
     digest: str | None = None
     medium: MediumReport | None = None
     overlay: dict[str, Any] | None = None
+    expires: dict[str, str] = field(default_factory=dict)  # what its signed metadata says (unverified without --trusted-root)
 
     @property
     def ok(self) -> bool:
@@ -50,7 +52,7 @@ class Checked:
         else:
             data = {"bundle": str(self.path), "digest": self.digest, "problems": self.problems,
                     **({"overlay": self.overlay} if self.overlay else {})}
-        return {**data, **({"fault": self.fault.fault} if self.fault else {}), "ok": self.ok}
+        return {**data, **({"fault": self.fault.fault} if self.fault else {}), "metadata_expires": self.expires, "ok": self.ok}
 
 
 def check_path(path: Path, *, trusted_root: Path | None, progress: Progress | None = None) -> Checked:
@@ -58,6 +60,7 @@ def check_path(path: Path, *, trusted_root: Path | None, progress: Progress | No
     checked = Checked(path=path)
     try:
         with open_artifact(path) as artifact:
+            checked.expires = carried_expiries(artifact.reader)
             if artifact.kind is Kind.MEDIUM:
                 _check_medium(artifact, checked, trusted_root, progress or QuietProgress())
             elif artifact.kind is Kind.OVERLAY:

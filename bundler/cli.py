@@ -93,15 +93,20 @@ def inspect(bundle: Path, as_json: bool) -> None:
 
     Every blob is checked on the way, so what is shown is what the device would get.
     """
+    from updater.artifact import open_artifact
     from updater.bundle import check_bundle
+    from updater.tuf_client import carried_expiries
 
-    report = check_bundle(bundle)
+    with open_artifact(bundle) as artifact:
+        report = check_bundle(artifact)
+        expires = carried_expiries(artifact.reader)
     services = report.bundle.descriptor.app.services
     if as_json:
         click.echo(json.dumps({**report.bundle.to_json(), "services": {s.name: s.to_data() for s in services},
-                               "problems": list(report.problems)}, indent=2))
+                               "metadata_expires": expires, "problems": list(report.problems)}, indent=2))
     else:
         _print_table(report.bundle)
+        click.echo(_expiry_line(expires))
         for service in services:
             click.echo(f"service {service.name} (image {service.image})")
             for setting, value in service.container.summary():
@@ -147,6 +152,13 @@ def verify(bundles: tuple[Path, ...], trusted_root: Path | None, as_json: bool) 
         sys.exit(failed.exit_code)
 
 
+def _expiry_line(expires: dict[str, str]) -> str:
+    if not expires:
+        return "signed metadata: none (sign it with `sealift repo add`)"
+    role, when = min(expires.items(), key=lambda item: item[1])
+    return f"signed metadata expires {when} ({role} first; `sealift repo refresh` renews it)"
+
+
 def _print_checked(checked: Any) -> None:
     for problem in checked.problems:
         click.echo(f"FAILED {checked.path}: {problem}", err=True)
@@ -154,12 +166,13 @@ def _print_checked(checked: Any) -> None:
         return
     if checked.medium is None:
         click.echo(f"ok {checked.path}  {checked.digest}")
-        return
-    for b in checked.medium.bundles:
-        kind = f"delta on {b.base['version']}" if b.base else "complete"
-        click.echo(f"ok {checked.path}  {b.name} {b.version} ({b.profile}, {kind})  {b.top.digest}")
-    for o in checked.medium.overlays:
-        click.echo(f"ok {checked.path}  {o.name} overlay {o.version} (site {o.site})  {o.top.digest}")
+    else:
+        for b in checked.medium.bundles:
+            kind = f"delta on {b.base['version']}" if b.base else "complete"
+            click.echo(f"ok {checked.path}  {b.name} {b.version} ({b.profile}, {kind})  {b.top.digest}")
+        for o in checked.medium.overlays:
+            click.echo(f"ok {checked.path}  {o.name} overlay {o.version} (site {o.site})  {o.top.digest}")
+    click.echo(f"   {_expiry_line(checked.expires)}")
 
 
 @cli.command("profiles")

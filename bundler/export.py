@@ -28,6 +28,7 @@ from updater.overlay import check_overlay
 from updater.progress import Progress, QuietProgress
 from updater.registry import connect
 from updater.transfer import DirectoryEndpoint, Endpoint, Graph, ReaderEndpoint, RegistryEndpoint, copy_graph, walk
+from updater.tuf_client import metadata_expiries
 
 __all__ = ["export"]
 
@@ -65,7 +66,7 @@ def export(bundles: list[Path], to: Path, *, bases: tuple[str, ...] = (), plain_
             (work / MEDIUM_FILE).write_bytes(json.dumps({"mediumVersion": MEDIUM_FORMAT, "bundles": [b.to_json() for b in report.bundles],
                                                          "overlays": [o.to_json() for o in report.overlays]},
                                                         indent=2, sort_keys=True).encode())
-            (work / NOTE_FILE).write_text(_note(report))
+            (work / NOTE_FILE).write_text(_note(report, metadata_expiries(set(metadata), metadata.__getitem__)))
             layout.finish([*(b.top for b in report.bundles), *(o.top for o in report.overlays)])
             _write_sums(work)
         if as_tar:
@@ -151,13 +152,17 @@ def _merge_metadata(into: dict[str, bytes], name: str, data: bytes) -> None:
     into[name] = data
 
 
-def _note(contents: MediumContents) -> str:
+def _note(contents: MediumContents, expires: dict[str, str]) -> str:
     lines = ["Sealift update medium", "", "This medium carries signed update bundles for edge devices:", ""]
     for b in contents.bundles:
         kind = f"delta: needs {b.name} {b.base['version']} already installed" if b.base else "complete"
         lines.append(f"  {b.name} {b.version} for {b.profile} ({kind})")
     for o in contents.overlays:
         lines.append(f"  {o.name} overlay {o.version} for site {o.site} (its configuration, and secrets only its devices can open)")
+    if expires:
+        role, when = min(expires.items(), key=lambda item: item[1])
+        lines += ["", f"Its signed metadata expires on {when} ({role}): a device refuses it after that.",
+                  "Plug it in before then, or bring a new medium (at the office: sealift repo refresh, then export again)."]
     lines += ["", "Before it travels, check it: sealift verify THIS-MEDIUM",
               "At the site, plug it into the device, or copy it into the updater's watched directory;",
               "the updater verifies it again before it changes anything.",

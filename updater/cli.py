@@ -404,11 +404,16 @@ def verify(state_dir: Path, bundle: Path, profile: str | None, profiles_dir: Pat
         if profile not in known:
             raise InputError(f"unknown profile {profile!r} (known: {', '.join(sorted(known))})")
         wanted = known[profile]
-    info, overlay = check_as_installed(bundle, trust=TrustedState(state_dir), profile=wanted, app=app)
+    trust = TrustedState(state_dir)
+    info, overlay = check_as_installed(bundle, trust=trust, profile=wanted, app=app)
+    expires = trust.expiries()  # the device's, which now include what the check verified
     if as_json:
-        click.echo(json.dumps({"ok": True, **(info.to_json() if info else {}), **({"overlay": overlay.to_json()} if overlay else {})},
-                              indent=2))
+        click.echo(json.dumps({"ok": True, **(info.to_json() if info else {}), **({"overlay": overlay.to_json()} if overlay else {}),
+                               "metadata_expires": expires}, indent=2))
         return
+    if expires:
+        role, when = min(expires.items(), key=lambda item: item[1])
+        click.echo(f"signed metadata: {role} expires first, at {when}")
     if info is not None:
         click.echo(f"ok {info.name} {info.version} for {info.profile}  {info.digest}")
     if overlay is not None:

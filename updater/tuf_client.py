@@ -44,7 +44,9 @@ __all__ = [
     "RegistryMetadata",
     "TrustedMetadata",
     "TufClient",
+    "carried_expiries",
     "claimed_target",
+    "metadata_expiries",
     "target_name",
 ]
 
@@ -312,4 +314,35 @@ def _version_of(data: bytes) -> int:
 
 
 def _reason(error: Exception) -> str:
-    return next((text for kind, text in _REASONS.items() if isinstance(error, kind)), "metadata that fails verification")
+    reason = next((text for kind, text in _REASONS.items() if isinstance(error, kind)), "metadata that fails verification")
+    if isinstance(error, tuf_errors.ExpiredMetadataError):  # not an attack the site can fix: the office re-signs
+        reason += " (at the office: `sealift repo refresh`, then push, mirror or export the release again)"
+    return reason
+
+
+def carried_expiries(reader: LayoutReader) -> dict[str, str]:
+    """When the newest signed metadata of each top-level role an artifact carries in its ``tuf/``
+    folder expires, as the files say (not verified: for people to read; a device verifies)."""
+
+    def read(name: str) -> bytes:
+        with reader.open_metadata(name) as stream:
+            return stream.read(MAX_METADATA_BYTES + 1)
+
+    return metadata_expiries(reader.metadata_names(), read)
+
+
+def metadata_expiries(names: set[str], read: Callable[[str], bytes]) -> dict[str, str]:
+    """When the newest of each top-level role's metadata files among ``names`` expires (unverified)."""
+    found = {}
+    for role in ("root", "targets", "snapshot", "timestamp"):
+        versions = [(int(n.split(".")[0]), n) for n in names if re.fullmatch(rf"[1-9][0-9]{{0,9}}\.{role}\.json", n)]
+        name = max(versions)[1] if versions else f"{role}.json" if f"{role}.json" in names else None
+        if name is None:
+            continue
+        try:
+            expires = parse_json(read(name), name)["signed"]["expires"]
+        except (SealiftError, OSError, ValueError, KeyError, TypeError):
+            continue
+        if isinstance(expires, str):
+            found[role] = expires
+    return found

@@ -35,6 +35,7 @@ def test_build_json_then_inspect_and_verify(tmp_path: Path) -> None:
     assert "detector" in table.stdout and "x86_64-cpu" in table.stdout
     verified = run("verify", result["path"])
     assert verified.returncode == 0 and verified.stdout.startswith("ok ")
+    assert "signed metadata: none (sign it with `sealift repo add`)" in verified.stdout  # built, not signed yet
 
 
 def test_build_reads_outside_the_spec_directory_only_where_allowed(tmp_path: Path) -> None:
@@ -172,7 +173,9 @@ def test_commands_that_need_the_engine_say_in_one_line_when_it_does_not_answer(t
 def test_status_and_errors_give_json_for_scripts(tmp_path: Path) -> None:
     state = str(tmp_path / "state")
     status = updater("--state-dir", state, "status", "--json")
-    assert status.returncode == 0 and json.loads(status.stdout) == {"apps": {}, "enrollment": None}
+    shown = json.loads(status.stdout)
+    assert status.returncode == 0 and shown == {"apps": {}, "enrollment": None, "profile": None, "updater": shown["updater"],
+                                                "metadata_expires": {}, "last_poll": {}}
     missing = updater("--state-dir", state, "verify", str(tmp_path / "nothing"), "--json")
     report = json.loads(missing.stdout)
     assert missing.returncode == report["exit_code"] == InputError.exit_code

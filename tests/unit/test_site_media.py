@@ -65,9 +65,16 @@ def test_a_medium_carries_a_bundle_and_site_overlays_and_a_device_takes_its_own(
     report = export([shipped["bundle"], shipped["plant-7-1.1.0"], shipped["plant-9-1.0.0"]], medium)
     assert [(o.site, o.version) for o in report.overlays] == [("plant-7", "1.1.0"), ("plant-9", "1.0.0")]
     assert check_medium(medium).problems == []
-    assert "demo overlay 1.1.0 for site plant-7" in (medium / "README.txt").read_text()
+    note = (medium / "README.txt").read_text()
+    assert "demo overlay 1.1.0 for site plant-7" in note
     result = CliRunner().invoke(sealift, ["verify", str(medium), "--trusted-root", str(shipped["root"]), "--json"])
     assert result.exit_code == 0, result.output
+    expires = json.loads(result.stdout)[0]["metadata_expires"]
+    role, soonest = min(expires.items(), key=lambda item: item[1])
+    assert set(expires) == {"root", "targets", "snapshot", "timestamp"}
+    assert f"Its signed metadata expires on {soonest} ({role}): a device refuses it after that." in note
+    inspected = CliRunner().invoke(sealift, ["inspect", str(shipped["bundle"]), "--json"])
+    assert json.loads(inspected.stdout)["metadata_expires"] == expires
     assert [o["site"] for o in json.loads(result.stdout)[0]["overlays"]] == ["plant-7", "plant-9"]
 
     seven, nine = (check_overlay(shipped[k]) for k in ("plant-7-1.1.0", "plant-9-1.0.0"))
