@@ -32,6 +32,7 @@ from updater.yamlfile import Field, load_json, load_yaml
 __all__ = ["Device", "Inventory"]
 
 _DEVICE = re.compile(r"dev-[0-9a-f]{32}")
+MAX_INVENTORY_BYTES = 128 << 20  # some 400,000 devices with X25519 keys, 60,000 with hybrid ones
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,7 +75,7 @@ class Inventory:
     def devices(self) -> list[Device]:
         if not self.path.exists():
             return []
-        top = load_yaml(self.path, what="device inventory")
+        top = load_yaml(self.path, what="device inventory", limit=MAX_INVENTORY_BYTES)
         entries = top.mapping(required=("devices",))["devices"].items() if top.present else []
         devices = [_device(entry, revocable=True) for entry in entries]
         seen: set[str] = set()

@@ -5,8 +5,9 @@
 signed by the report key the inventory holds for its device; a report that is malformed or cut
 short, signed by another key, from a device the inventory does not know or has revoked, or that
 reuses a number already imported with other content (a replay) is refused and counted, never
-imported; the same report again is counted as a duplicate. Each report is taken in one
-transaction, so an import cut short leaves whole reports only and the next one goes on.
+imported; the same report again is counted as a duplicate. Reports are taken whole or not at all,
+in transactions of a few hundred, so an import cut short leaves whole reports only and the next
+one goes on.
 
 The database (``fleet.db`` by default) needs nothing running; :func:`fleet_status` summarises it.
 """
@@ -14,43 +15,38 @@ The database (``fleet.db`` by default) needs nothing running; :func:`fleet_statu
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from securesystemslib.dsse import Envelope
-from securesystemslib.exceptions import FormatError, VerificationError
-
-from bundler.devices import Device, Inventory
+from bundler.devices import Inventory
+from bundler.fleet_intake import Intake, Prepared, prepared_files
 from updater.errors import Conflict, InputError
-from updater.reports import PAYLOAD_TYPE, REPORTS_FOLDER
+from updater.reports import REPORTS_FOLDER
 from updater.versions import version_key
 
 __all__ = ["DEFAULT_DB", "FleetDatabase", "Imported", "fleet_status"]
 
 DEFAULT_DB = Path("fleet.db")
-MAX_REPORT_BYTES = 256 << 10  # a report is bounded on the device far below this
+_BATCH = 500  # reports per transaction
 EXPIRING_DAYS = 14  # metadata that expires sooner is flagged
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS reports (device TEXT NOT NULL, seq INTEGER NOT NULL, digest TEXT NOT NULL, created TEXT NOT NULL,
-    imported TEXT NOT NULL, source TEXT NOT NULL, site TEXT NOT NULL, profile TEXT NOT NULL, PRIMARY KEY (device, seq));
-CREATE TABLE IF NOT EXISTS events (device TEXT NOT NULL, seq INTEGER NOT NULL, n INTEGER NOT NULL, time TEXT NOT NULL,
-    kind TEXT NOT NULL, app TEXT, version TEXT, reason TEXT, fault TEXT, count INTEGER NOT NULL, data TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS checks (device TEXT NOT NULL, seq INTEGER NOT NULL, time TEXT NOT NULL, app TEXT, version TEXT,
-    profile TEXT NOT NULL, check_name TEXT NOT NULL, type TEXT NOT NULL, ok INTEGER NOT NULL, after REAL, took REAL);
+CREATE TABLE IF NOT EXISTS reports (id INTEGER PRIMARY KEY, device TEXT NOT NULL, seq INTEGER NOT NULL, digest TEXT NOT NULL,
+    created TEXT NOT NULL, imported TEXT NOT NULL, source TEXT NOT NULL, site TEXT NOT NULL, profile TEXT NOT NULL, UNIQUE (device, seq));
+CREATE TABLE IF NOT EXISTS events (report INTEGER NOT NULL, n INTEGER NOT NULL, time TEXT NOT NULL, kind TEXT NOT NULL,
+    app TEXT, version TEXT, fault TEXT, detail TEXT, count INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS checks (report INTEGER NOT NULL, time TEXT NOT NULL, app TEXT, version TEXT, check_name TEXT NOT NULL,
+    type TEXT NOT NULL, ok INTEGER NOT NULL, after REAL, took REAL);
 CREATE TABLE IF NOT EXISTS samples (device TEXT NOT NULL, seq INTEGER NOT NULL, created TEXT NOT NULL, site TEXT NOT NULL,
     profile TEXT NOT NULL, app TEXT NOT NULL, version TEXT, phase TEXT, reason TEXT, fault TEXT, data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS devices (device TEXT PRIMARY KEY, site TEXT NOT NULL, profile TEXT NOT NULL, seq INTEGER NOT NULL,
     created TEXT NOT NULL, heard TEXT NOT NULL, expires TEXT, free_bytes INTEGER);
 CREATE TABLE IF NOT EXISTS refusals (time TEXT NOT NULL, source TEXT NOT NULL, device TEXT, seq INTEGER, reason TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS samples_by_time ON samples (created);
-CREATE INDEX IF NOT EXISTS events_by_kind ON events (kind);
 """
 
 
@@ -81,6 +77,10 @@ class FleetDatabase:
         except sqlite3.Error as e:
             raise InputError(f"{self.path}: cannot open the fleet database ({e})") from e
         try:
+            # WAL: a commit is a write to the log, not a sync of the database; a crash loses at most the last reports
+            # imported, which the next import takes again (each is taken whole or not at all)
+            connection.execute("PRAGMA journal_mode = WAL")
+            connection.execute("PRAGMA synchronous = NORMAL")
             connection.executescript(_SCHEMA)
             yield connection
         except sqlite3.OperationalError as e:
@@ -97,22 +97,17 @@ class FleetDatabase:
         folder = medium / REPORTS_FOLDER if (medium / REPORTS_FOLDER).is_dir() else medium
         if not folder.is_dir():
             raise InputError(f"{medium}: no {REPORTS_FOLDER} folder: not a medium that carries device reports")
-        files = sorted(p for p in folder.glob("*/*.json") if not p.name.startswith("."))
+        files = sorted((p, p.parent.name) for p in folder.glob("*/*.json") if not p.name.startswith("."))
         devices = {d.device: d for d in inventory.devices()}
         result = Imported()
         when = (now or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds")
-        with self.connect() as db:
-            for path in files:
-                why: str | None
-                try:
-                    data = _read(path)
-                except OSError as e:
-                    why = f"cannot be read ({e.strerror})"
-                else:
-                    why = self._take(db, data, devices, source=str(medium), when=when, result=result, where=path.parent.name)
+        with self.connect() as db, _batches(db) as batch:
+            for path, prepared in prepared_files(files, devices):
+                why = _store(db, prepared, source=str(medium), when=when, result=result)
                 if why is not None:
                     result.refused.append((str(path), why))
                     db.execute("INSERT INTO refusals VALUES (?, ?, ?, ?, ?)", (when, str(path), path.parent.name, None, why))
+                batch()
         return result
 
     def import_registry(self, where: str, inventory: Inventory, *, plain_http: bool = False, now: dt.datetime | None = None) -> Imported:
@@ -123,10 +118,10 @@ class FleetDatabase:
         from updater.reportstore import read_report, report_tags
 
         ref, found = device_repositories(where, plain_http=plain_http, what="report registry")
-        devices = {d.device: d for d in inventory.devices()}
+        intake = Intake({d.device: d for d in inventory.devices()})
         result = Imported()
         when = (now or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds")
-        with self.connect() as db:
+        with self.connect() as db, _batches(db) as batch:
             for device in found:
                 client = device_client(ref, device, plain_http=plain_http, what="report registry")
                 try:
@@ -137,126 +132,78 @@ class FleetDatabase:
                             continue
                         shown = f"{ref.host}/{ref.repository}/{device}:{tag}"
                         try:
-                            why = self._take(db, read_report(client, tag), devices, source=where, when=when, result=result,
-                                             where=device)
+                            why = _store(db, intake.prepare(read_report(client, tag), where=device), source=where, when=when,
+                                         result=result)
                         except ContentMismatch as e:
                             why = e.diagnostics()
                         if why is not None:
                             result.refused.append((shown, why))
                             db.execute("INSERT INTO refusals VALUES (?, ?, ?, ?, ?)", (when, shown, device, int(tag), why))
+                        batch()
                 finally:
                     client.close()
         return result
 
-    def _take(self, db: sqlite3.Connection, data: bytes, devices: dict[str, Device], *, source: str, when: str,
-              result: Imported, where: str) -> str | None:
-        """Import one report's bytes; why it was refused, or None."""
-        checked = _checked(data, devices, where=where)
-        if isinstance(checked, str):
-            return checked
-        report, digest = checked
-        device, seq = report["device"], report["seq"]
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            known = db.execute("SELECT digest FROM reports WHERE device = ? AND seq = ?", (device, seq)).fetchone()
-            if known is not None:
-                db.execute("ROLLBACK")
-                if known[0] == digest:
-                    result.duplicates += 1
-                    return None
-                return f"report {seq} of {device} was imported before with other content: a replay or a forgery"
-            _insert(db, report, digest, source=source, when=when)
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        result.imported += 1
-        return None
 
-
-def _read(path: Path) -> bytes:
-    with open(path, "rb") as f:
-        data = f.read(MAX_REPORT_BYTES + 1)
-    return data
-
-
-def _checked(data: bytes, devices: dict[str, Device], *, where: str) -> tuple[dict[str, Any], str] | str:
-    """The report an envelope holds and its digest, once its signature is the device's; else why not."""
-    if len(data) > MAX_REPORT_BYTES:
-        return f"larger than the {MAX_REPORT_BYTES} bytes a report may have"
+def _store(db: sqlite3.Connection, prepared: Prepared | str, *, source: str, when: str, result: Imported) -> str | None:
+    """Store one prepared report, whole or not at all; why it was refused, or None. The same report
+    again (the digest of its payload) is a duplicate; its number with other content, a replay."""
+    if isinstance(prepared, str):
+        return prepared
+    known = db.execute("SELECT digest FROM reports WHERE device = ? AND seq = ?", (prepared.device, prepared.seq)).fetchone()
+    if known is not None:
+        if known[0] == prepared.digest:
+            result.duplicates += 1
+            return None
+        return f"report {prepared.seq} of {prepared.device} was imported before with other content: a replay or a forgery"
+    db.execute("SAVEPOINT report")
     try:
-        envelope = Envelope.from_dict(json.loads(data))
-        report = json.loads(envelope.payload)
-    except (ValueError, KeyError, TypeError, FormatError):
-        return "not a signed report (malformed or cut short)"
-    if envelope.payload_type != PAYLOAD_TYPE or not isinstance(report, dict) or report.get("type") != "sealift-report":
-        return "not a Sealift device report"
-    device_id = report.get("device")
-    device = devices.get(device_id) if isinstance(device_id, str) else None
-    if device is None:
-        return f"from a device the inventory does not know ({str(device_id)[:40]})"
-    if device_id != where:
-        return f"claims to be from {device_id} but was filed under {where[:40]}"
-    if device.revoked is not None:
-        return f"from {device_id}, revoked on {device.revoked}"
-    key = device.report_key()
-    if key is None:
-        return f"{device_id} has no report key in the inventory: add its enrollment record again (`sealift devices add`)"
-    try:
-        envelope.verify([key], 1)
-    except VerificationError:
-        return f"not signed by {device_id}'s report key: forged or altered"
-    problem = _shape(report)
-    if problem is not None:
-        return f"signed by {device_id} but malformed ({problem})"
-    return report, hashlib.sha256(envelope.payload).hexdigest()
-
-
-def _shape(report: dict[str, Any]) -> str | None:
-    if not isinstance(report.get("seq"), int) or report["seq"] < 1:
-        return "seq is not a positive number"
-    try:
-        dt.datetime.fromisoformat(str(report.get("created")))
-    except ValueError:
-        return "created is not a time"
-    if not isinstance(report.get("events"), list) or not isinstance(report.get("apps"), dict):
-        return "no events or apps"
+        _insert(db, prepared, source=source, when=when)
+    except (sqlite3.InterfaceError, sqlite3.ProgrammingError, OverflowError) as e:  # a list or a mapping where a value belongs
+        db.execute("ROLLBACK TO report")
+        db.execute("RELEASE report")
+        return f"signed by {prepared.device} but malformed (a field holds what a report does not: {type(e).__name__})"
+    except BaseException:
+        db.execute("ROLLBACK TO report")
+        raise
+    db.execute("RELEASE report")
+    result.imported += 1
     return None
 
 
-def _insert(db: sqlite3.Connection, report: dict[str, Any], digest: str, *, source: str, when: str) -> None:
-    device, seq, created = report["device"], report["seq"], report["created"]
-    site, profile = str(report.get("site", "")), str(report.get("profile", ""))
-    db.execute("INSERT INTO reports VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (device, seq, digest, created, when, source, site, profile))
-    for event in report["events"]:
-        if not isinstance(event, dict):
-            continue
-        db.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (
-            device, seq, int(event.get("n", 0)), str(event.get("time", created)), str(event.get("kind", "")), event.get("app"),
-            event.get("version"), event.get("reason"), event.get("fault"), int(event.get("count", 1)), json.dumps(event)))
-        for check in event.get("health") or ():
-            if isinstance(check, dict):
-                db.execute("INSERT INTO checks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (
-                    device, seq, str(event.get("time", created)), event.get("app"), event.get("version"), profile,
-                    str(check.get("check", "")), str(check.get("type", "")), int(bool(check.get("ok"))), check.get("after"),
-                    check.get("took")))
-    for name, app in report["apps"].items():
-        if isinstance(app, dict):
-            db.execute("INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (
-                device, seq, created, site, profile, str(name), app.get("version"), app.get("phase"), app.get("reason"),
-                app.get("fault"), json.dumps(app)))
-    expires = _mapping(report.get("metadata_expires"))
-    soonest = min((str(v) for v in expires.values()), default=None)
-    disk = _mapping(report.get("disk"))
-    newer = db.execute("SELECT seq FROM devices WHERE device = ?", (device,)).fetchone()
-    if newer is None or newer[0] < seq:  # the newest report speaks for the device
+@contextmanager
+def _batches(db: sqlite3.Connection) -> Iterator[Callable[[], None]]:
+    """Transactions of up to _BATCH reports each (the caller calls the one yielded after each): an import
+    cut short keeps the batches it committed, whole reports only, and the next import goes on."""
+    count = 0
+
+    def after_one() -> None:
+        nonlocal count
+        count += 1
+        if count % _BATCH == 0:
+            db.execute("COMMIT")
+            db.execute("BEGIN IMMEDIATE")
+
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield after_one
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _insert(db: sqlite3.Connection, p: Prepared, *, source: str, when: str) -> None:
+    key = db.execute("INSERT INTO reports (device, seq, digest, created, imported, source, site, profile) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                     (p.device, p.seq, p.digest, p.created, when, source, p.site, p.profile)).lastrowid
+    db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", ((key, *row) for row in p.events))
+    db.executemany("INSERT INTO checks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", ((key, *row) for row in p.checks))
+    db.executemany("INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                   ((p.device, p.seq, p.created, p.site, p.profile, *row) for row in p.samples))
+    newer = db.execute("SELECT seq FROM devices WHERE device = ?", (p.device,)).fetchone()
+    if newer is None or newer[0] < p.seq:  # the newest report speaks for the device
         db.execute("INSERT OR REPLACE INTO devices VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                   (device, site, profile, seq, created, when, soonest, disk.get("free_bytes")))
-
-
-def _mapping(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
+                   (p.device, p.site, p.profile, p.seq, p.created, when, p.expires, p.free_bytes))
 
 
 def fleet_status(db: sqlite3.Connection, inventory: Inventory, *, now: dt.datetime | None = None) -> dict[str, Any]:

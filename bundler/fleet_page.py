@@ -41,7 +41,7 @@ def adoption(db: sqlite3.Connection) -> dict[str, dict[str, dict[str, int]]]:
 
 def rollback_reasons(db: sqlite3.Connection) -> list[tuple[str, int]]:
     """Rollbacks by reason (the fault class and the check that failed), most frequent first."""
-    rows = db.execute("SELECT fault, reason, count FROM events WHERE kind = 'rolled-back'").fetchall()
+    rows = db.execute("SELECT fault, detail, count FROM events WHERE kind = 'rolled-back'").fetchall()
     found: dict[str, int] = {}
     for fault, reason, count in rows:
         check = str(reason or "").split(" failed", 1)[0] if " failed" in str(reason or "") else str(reason or "?")
@@ -53,11 +53,12 @@ def rollback_reasons(db: sqlite3.Connection) -> list[tuple[str, int]]:
 def inference_latency(db: sqlite3.Connection) -> list[dict[str, Any]]:
     """The inference check's latency (its last run, passed) per application, release and profile:
     how many, median and 95th percentile, in milliseconds."""
-    rows = db.execute("""SELECT app, version, profile, took FROM checks WHERE type = 'inference' AND ok = 1 AND took IS NOT NULL
-                         ORDER BY app, version, profile""").fetchall()
+    rows = db.execute("""SELECT c.app, c.version, r.profile, c.took FROM checks c JOIN reports r ON r.id = c.report
+                         WHERE c.type = 'inference' AND c.ok = 1 AND c.took IS NOT NULL""").fetchall()
     groups: dict[tuple[str, str, str], list[float]] = {}
     for app, version, profile, took in rows:
-        groups.setdefault((str(app), str(version), str(profile)), []).append(float(took) * 1000)
+        if isinstance(took, int | float):
+            groups.setdefault((str(app), str(version), str(profile)), []).append(float(took) * 1000)
     return [{"app": app, "version": version, "profile": profile, "count": len(values),
              "median_ms": round(statistics.median(values), 1), "p95_ms": round(_percentile(values, 0.95), 1)}
             for (app, version, profile), values in sorted(groups.items())]

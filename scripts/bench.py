@@ -166,6 +166,11 @@ def main() -> None:
                         help="measure delivery instead: bytes per hop through two mirrors, delta media, and many "
                              "devices on one site mirror (starts its own registries; see scripts/bench_delivery.py)")
     parser.add_argument("--devices", type=int, default=50, help="devices pulling at once with --delivery (default 50)")
+    parser.add_argument("--reports", action="store_true",
+                        help="measure reports instead: a fleet's reports into the fleet database, and one device's day of "
+                             "reports against its daily bound (see scripts/bench_reports.py)")
+    parser.add_argument("--fleet-devices", type=int, default=10_000, help="devices with --reports (default 10000)")
+    parser.add_argument("--fleet-events", type=int, default=100, help="events per device with --reports (default 100)")
     parser.add_argument("--startup", action="store_true",
                         help="measure start-up instead: what a command costs before it does anything, beside `python -c pass`")
     args = parser.parse_args()
@@ -175,6 +180,16 @@ def main() -> None:
             print(json.dumps(figures, indent=2))
         else:
             print_startup(figures)
+        return
+    if args.reports:
+        from scripts.bench_reports import measure as measure_reports
+        from scripts.bench_reports import print_report as print_reports
+
+        figures = {"machine": machine(), **measure_reports(devices=args.fleet_devices, events=args.fleet_events)}
+        if args.json:
+            print(json.dumps(figures, indent=2))
+        else:
+            print_reports(figures)
         return
     if args.delivery:
         from scripts.bench_delivery import measure as measure_delivery

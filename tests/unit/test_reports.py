@@ -247,8 +247,54 @@ def test_a_damaged_or_locked_fleet_database_is_named(tmp_path: Path) -> None:
     holder = sqlite3.connect(locked)
     holder.execute("BEGIN EXCLUSIVE")
     try:
-        database = FleetDatabase(locked, wait=0.2)
-        with pytest.raises(Conflict, match="locked by another sealift"), database.connect() as db:
-            db.execute("SELECT COUNT(*) FROM reports")
+        with pytest.raises(Conflict, match="locked by another sealift"):
+            FleetDatabase(locked, wait=0.2).import_medium(tmp_path / "usb", Inventory(tmp_path / "devices.yaml"))
     finally:
         holder.close()
+
+
+@pytest.mark.parametrize("parallel", [False, True], ids=["inline", "second-process"])
+def test_a_signed_report_with_fields_of_the_wrong_type_is_refused_and_the_rest_imported(
+        tmp_path: Path, bundles: dict[str, Path], monkeypatch: pytest.MonkeyPatch, parallel: bool) -> None:
+    from bundler import fleet_intake
+
+    if parallel:
+        monkeypatch.setattr(fleet_intake, "PARALLEL_FROM", 1)  # the path a large import takes: parsed in a spawned process
+    installer, inventory = enrolled(tmp_path, bundles, FakeEngine())
+    reports = Reports(installer, now=Clock())
+    installer.journal.record("refused", app=["a", "list"], error="a field no updater writes")  # signed all the same
+    reports.make()
+    installer.journal.record("poll-failed", source="mirror", fault="delivery", error="timed out")
+    reports.make()
+    medium = tmp_path / "usb"
+    reports.to_medium(medium)
+    result = FleetDatabase(tmp_path / "fleet.db").import_medium(medium, Inventory(inventory))
+    assert result.imported == 1 and [Path(f).name for f, _ in result.refused] == ["0000000001.json"]
+    assert "malformed (a field holds what a report does not" in result.refused[0][1]
+    with FleetDatabase(tmp_path / "fleet.db").connect() as db:
+        assert db.execute("SELECT seq FROM reports").fetchall() == [(2,)]
+        assert db.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 1  # nothing of the refused one
+
+
+def test_an_inventory_of_thousands_of_devices_loads(tmp_path: Path) -> None:
+    import base64
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    from updater.sealed import device_id
+    from updater.yamlfile import MAX_FILE_BYTES
+
+    raw = (Encoding.Raw, PublicFormat.Raw)
+    entries = []
+    for n in range(5000):
+        kem = X25519PrivateKey.generate().public_key().public_bytes(*raw)
+        signing = base64.b64encode(Ed25519PrivateKey.generate().public_key().public_bytes(*raw)).decode()
+        entries.append(f"- {{device: {device_id('x25519', kem)}, site: site-{n % 40}, profile: x86_64-cpu, kem: x25519, "
+                       f"public_key: {base64.b64encode(kem).decode()}, signing_key: {signing}, enrolled: '2026-11-01T00:00:00+00:00'}}\n")
+    path = tmp_path / "devices.yaml"
+    path.write_text("devices:\n" + "".join(entries))
+    assert path.stat().st_size > MAX_FILE_BYTES  # larger than a spec may be: an inventory has a bound of its own
+    devices = Inventory(path).devices()
+    assert len(devices) == 5000 and all(d.report_key() is not None for d in devices[:10])
