@@ -298,3 +298,22 @@ def test_an_inventory_of_thousands_of_devices_loads(tmp_path: Path) -> None:
     assert path.stat().st_size > MAX_FILE_BYTES  # larger than a spec may be: an inventory has a bound of its own
     devices = Inventory(path).devices()
     assert len(devices) == 5000 and all(d.report_key() is not None for d in devices[:10])
+
+
+def test_a_medium_that_cannot_take_reports_is_said_once_and_never_holds_up_an_install(tmp_path: Path,
+                                                                                       bundles: dict[str, Path]) -> None:
+    from bundler.export import export
+    from updater.watch import Watcher
+
+    installer, _ = enrolled(tmp_path, bundles, FakeEngine())
+    watched = tmp_path / "media"
+    export([bundles["1.0.0"]], watched / "stick")
+    (watched / "stick" / REPORTS_FOLDER).write_text("a file where the reports folder goes")  # as a full or read-only stick refuses
+    lines: list[dict[str, str]] = []
+    watcher = Watcher(installer, watched, say=lambda **fields: lines.append(fields), reports=Reports(installer, now=Clock()))
+    assert watcher.scan() == 1
+    assert installer.apps.states()["demo"].current is not None  # installed all the same
+    refused = [line for line in lines if line["event"] == "reports-not-written"]
+    assert len(refused) == 1 and refused[0]["fault"] == "delivery" and "cannot write reports to it" in refused[0]["error"]
+    assert watcher.scan() == 0 and len([line for line in lines if line["event"] == "reports-not-written"]) == 1  # said once
+    assert len(Reports(installer).kept()) == 1  # the report waits on the device for the next medium
