@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from securesystemslib.dsse import Envelope
 
 from bundler.cli import cli as sealift
 from bundler.keys import PASSPHRASE_ENV
@@ -188,6 +189,13 @@ def test_two_sites_run_one_bundle_with_their_own_secrets_rotate_them_and_a_revok
         for path in work.rglob("*"):
             if path.is_file() and not any(p.name == "run" for p in path.parents):
                 assert not any(v in path.read_bytes() for v in values), path
+        # nor a device's signed reports (their payload is base64 in the envelope): north's, and south's on its media
+        reports = [*states["north"].glob("reports/0*.json"), *usb.glob("*/sealift-reports/*/*.json")]
+        assert len({p.parent.name for p in reports}) >= 2, reports
+        payloads = [Envelope.from_dict(json.loads(path.read_bytes())).payload for path in reports]
+        assert any(b'"kind":"committed"' in payload for payload in payloads)
+        for path, payload in zip(reports, payloads, strict=True):
+            assert not any(v in payload for v in values), path
     finally:
         for site, engine in engines.items():
             engine.stop()
