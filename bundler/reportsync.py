@@ -12,8 +12,7 @@ checked here (a registry in the middle cannot be trusted anyway): the import ver
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +44,7 @@ def device_repositories(where: str, *, plain_http: bool, what: str) -> tuple[Ref
     if ref.tag or ref.digest:
         raise InputError(f"{what} {where}: name a registry and a prefix (REGISTRY/PREFIX), not a tag")
     lister = RegistryClient(Reference(host=ref.host, repository="_catalog"), plain_http=plain_http, what=f"{what} {ref.host}")
-    with _closing(lister):
+    with closing(lister):
         repositories = lister.catalog()
     prefix = f"{ref.repository}/"
     return ref, sorted(r.removeprefix(prefix) for r in repositories
@@ -69,7 +68,7 @@ def sync_reports(origin: str, target: str, *, plain_http_from: bool = False, pla
     for device in devices:
         src = device_client(src_ref, device, plain_http=plain_http_from, what="source registry")
         dst = device_client(dst_ref, device, plain_http=plain_http_to, what="destination registry")
-        with _closing(src), _closing(dst):
+        with closing(src), closing(dst):
             tags = report_tags(src)
             progress.step(f"{device}: {len(tags)} report(s)")
             have = set(report_tags(dst))
@@ -82,10 +81,3 @@ def sync_reports(origin: str, target: str, *, plain_http_from: bool = False, pla
                     result.present += 1
     return result
 
-
-@contextmanager
-def _closing(client: RegistryClient) -> Iterator[RegistryClient]:
-    try:
-        yield client
-    finally:
-        client.close()

@@ -152,8 +152,7 @@ class Reports:
         """Push the kept reports not pushed yet, oldest first, to the device's repository under ``target``
         (``REGISTRY/PREFIX``: ``PREFIX/DEVICE``, see :mod:`updater.reportstore`); how many were new
         there. A DeliveryError stops it, and the next push goes on from there."""
-        from updater.poll import DEVICE_RETRY
-        from updater.registry import connect
+        from updater.registry import Retry, connect
         from updater.reportstore import push_report
 
         device = self.installer.identity.record()["device"]
@@ -165,7 +164,8 @@ class Reports:
         waiting = [p for p in self.kept() if int(p.stem) > pushed]
         if not waiting:
             return 0
-        client = connect(f"{target.rstrip('/')}/{device}", plain_http=plain_http, what="report mirror", retry=DEVICE_RETRY)
+        # one quick retry: reports wait for the next pass, and a pass must not wait on them
+        client = connect(f"{target.rstrip('/')}/{device}", plain_http=plain_http, what="report mirror", retry=Retry(delays=(1.0,)))
         new = 0
         try:
             for report in waiting:
