@@ -156,8 +156,9 @@ def reports() -> None:
 def reports_sync(origin: str, target: str, plain_http: bool, plain_http_from: bool, plain_http_to: bool, as_json: bool) -> None:
     """Copy every device's reports the next registry lacks, one hop towards the office (like
     `mirror sync`, the other way). A report is copied whole or not at all and one already there is
-    left alone: a sync cut short is run again, and a second run copies nothing. Reports are not
-    verified here; `sealift fleet import` verifies each one.
+    left alone: a sync cut short is run again, and a second run copies nothing. A report the
+    destination holds with other content under the same number is never overwritten: it is named,
+    and the sync exits 1. Reports are not verified here; `sealift fleet import` verifies each one.
     """
     from bundler.reportsync import sync_reports
     from updater.progress import for_terminal
@@ -173,3 +174,9 @@ def reports_sync(origin: str, target: str, plain_http: bool, plain_http_from: bo
     else:
         click.echo(f"copied {result.copied} report(s) of {len(result.devices)} device(s) to {target}; "
                    f"{result.present} were there already")
+        for taken in result.conflicts:
+            click.echo(f"  left alone {taken}: the destination holds other content under that number")
+    if result.conflicts:
+        from updater.errors import Conflict
+
+        raise SystemExit(Conflict.exit_code)

@@ -114,7 +114,7 @@ class FleetDatabase:
         """Take in the reports a registry holds under ``where`` (``REGISTRY/PREFIX``, one repository per
         device): those not imported yet, each read and verified as one from a medium."""
         from bundler.reportsync import device_client, device_repositories
-        from updater.errors import ContentMismatch
+        from updater.errors import Refused
         from updater.reportstore import read_report, report_tags
 
         ref, found = device_repositories(where, plain_http=plain_http, what="report registry")
@@ -134,7 +134,7 @@ class FleetDatabase:
                         try:
                             why = _store(db, intake.prepare(read_report(client, tag), where=device), source=where, when=when,
                                          result=result)
-                        except ContentMismatch as e:
+                        except Refused as e:  # listed but not there, not a report, or not its digest: this one alone
                             why = e.diagnostics()
                         if why is not None:
                             result.refused.append((shown, why))
@@ -159,7 +159,8 @@ def _store(db: sqlite3.Connection, prepared: Prepared | str, *, source: str, whe
     db.execute("SAVEPOINT report")
     try:
         _insert(db, prepared, source=source, when=when)
-    except (sqlite3.InterfaceError, sqlite3.ProgrammingError, OverflowError) as e:  # a list or a mapping where a value belongs
+    except (sqlite3.InterfaceError, sqlite3.ProgrammingError, sqlite3.IntegrityError, OverflowError) as e:
+        # a list or a mapping where a value belongs, or nothing where one must be
         db.execute("ROLLBACK TO report")
         db.execute("RELEASE report")
         return f"signed by {prepared.device} but malformed (a field holds what a report does not: {type(e).__name__})"

@@ -13,6 +13,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import stat
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -123,6 +124,8 @@ def _prepare_in_worker(item: tuple[Path, str]) -> Prepared | str:
 
 def _prepared_file(intake: Intake, path: Path, where: str) -> Prepared | str:
     try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):  # a link, a pipe, a device: never opened
+            return "not a regular file"
         with open(path, "rb") as f:
             data = f.read(MAX_REPORT_BYTES + 1)
     except OSError as e:
@@ -148,7 +151,8 @@ def _shape(report: dict[str, Any]) -> str | None:
     if not isinstance(report.get("seq"), int) or report["seq"] < 1:
         return "seq is not a positive number"
     try:
-        dt.datetime.fromisoformat(str(report.get("created")))
+        if dt.datetime.fromisoformat(str(report.get("created"))).tzinfo is None:
+            return "created has no time zone"
     except ValueError:
         return "created is not a time"
     if not isinstance(report.get("events"), list) or not isinstance(report.get("apps"), dict):

@@ -5,7 +5,8 @@ Devices push their reports to ``REGISTRY/PREFIX/DEVICE`` (:mod:`updater.reportst
 sync``), as ``mirror sync`` copies bundles the other way; :func:`device_repositories` finds the
 devices a registry holds reports of, for ``sealift fleet import``. A report is copied whole or not
 at all (its bytes first, its tag last), and one the destination holds is left alone, so a sync cut
-short is run again and goes on, and running it twice copies nothing. What a report holds is not
+short is run again and goes on, and running it twice copies nothing; a report the next registry
+holds with other content under the same number is left as it is, and named. What a report holds is not
 checked here (a registry in the middle cannot be trusted anyway): the import verifies each one.
 """
 
@@ -16,7 +17,7 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any
 
-from updater.errors import InputError
+from updater.errors import Conflict, InputError
 from updater.progress import Progress, QuietProgress
 from updater.registry import Reference, RegistryClient, parse_reference
 from updater.reportstore import copy_report, report_tags
@@ -33,9 +34,10 @@ class Synced:
     copied: int = 0
     present: int = 0
     devices: list[str] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)  # DEVICE:SEQ the destination holds with other content, left alone
 
     def to_json(self) -> dict[str, Any]:
-        return {"copied": self.copied, "present": self.present, "devices": self.devices}
+        return {"copied": self.copied, "present": self.present, "devices": self.devices, "conflicts": self.conflicts}
 
 
 def device_repositories(where: str, *, plain_http: bool, what: str) -> tuple[Reference, list[str]]:
@@ -73,9 +75,12 @@ def sync_reports(origin: str, target: str, *, plain_http_from: bool = False, pla
             progress.step(f"{device}: {len(tags)} report(s)")
             have = set(report_tags(dst))
             for tag in tags:
-                if tag in have and dst.manifest_digest(tag) == src.manifest_digest(tag):
-                    result.present += 1
-                elif copy_report(src, dst, tag):
+                try:
+                    copied = not (tag in have and dst.manifest_digest(tag) == src.manifest_digest(tag)) and copy_report(src, dst, tag)
+                except Conflict:
+                    result.conflicts.append(f"{device}:{tag}")
+                    continue
+                if copied:
                     result.copied += 1
                 else:
                     result.present += 1

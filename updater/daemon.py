@@ -208,26 +208,27 @@ class Daemon:
         not pushed yet to the site mirror (``report_to``); a fault is said once, and the service goes on."""
         if not self.installer.identity.enrolled():
             return
+        faults: list[tuple[str, SealiftError, dict[str, str]]] = []
         try:
             made = self.reports.make() if self.reports.due() else None
-        except SealiftError as e:
-            if e.diagnostics() != self._report_fault:
-                self._log(event="report-failed", fault=e.fault, error=e.diagnostics())
-            self._report_fault = e.diagnostics()
-            return
-        if made is not None:
-            self._log(event="report", seq=str(int(made.stem)), bytes=str(made.stat().st_size))
+        except SealiftError as unmade:  # the kept reports still go up
+            faults.append(("report-failed", unmade, {}))
+        else:
+            if made is not None:
+                self._log(event="report", seq=str(int(made.stem)), bytes=str(made.stat().st_size))
         if self.report_to:
             try:
                 pushed = self.reports.push(self.report_to, plain_http=self.plain_http)
-            except SealiftError as e:
-                if e.diagnostics() != self._report_fault:
-                    self._log(event="reports-not-pushed", to=self.report_to, fault=e.fault, error=e.diagnostics())
-                self._report_fault = e.diagnostics()
-                return
-            if pushed:
-                self._log(event="reports-pushed", to=self.report_to, count=str(pushed))
-        self._report_fault = ""
+            except SealiftError as unpushed:
+                faults.append(("reports-not-pushed", unpushed, {"to": self.report_to}))
+            else:
+                if pushed:
+                    self._log(event="reports-pushed", to=self.report_to, count=str(pushed))
+        said = " | ".join(fault.diagnostics() for _, fault, _ in faults)
+        if said != self._report_fault:  # each fault said once, until it changes or goes
+            for event, fault, fields in faults:
+                self._log(event=event, **fields, fault=fault.fault, error=fault.diagnostics())
+        self._report_fault = said
 
     def scan(self) -> int:
         """One look at the watched directory (see :class:`updater.watch.Watcher`); how many installs were tried."""

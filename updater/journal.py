@@ -53,7 +53,9 @@ class Journal:
                 line = json.dumps({"n": n, "time": self.now().isoformat(timespec="seconds"), "kind": kind, **clean},
                                   sort_keys=True, separators=(",", ":")).encode() + b"\n"
                 if self.path.exists() and self.path.stat().st_size + len(line) > MAX_BYTES:
-                    self._rewrite(events[len(events) // 2:], dropped_through=events[len(events) // 2 - 1]["n"])
+                    half = len(events) // 2  # the oldest half goes (one event alone goes too; unreadable lines always)
+                    gone = events[:max(half, 1)]
+                    self._rewrite(events[len(gone):], dropped_through=gone[-1]["n"] if gone else n - 1)
                 with open(self.path, "a+b") as f:
                     if f.tell() and (f.seek(-1, os.SEEK_END), f.read(1))[1] != b"\n":
                         line = b"\n" + line  # after a write a crash cut short: that tail stays a line of its own
@@ -61,7 +63,7 @@ class Journal:
                     f.flush()
                     os.fsync(f.fileno())
                 return n
-        except (OSError, SealiftError):
+        except Exception:  # whatever keeps it from being kept: the event is lost, the work it records goes on
             return None
 
     def since(self, n: int) -> list[dict[str, Any]]:

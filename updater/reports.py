@@ -22,7 +22,9 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import os
 import shutil
+import stat
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -30,8 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 from securesystemslib.dsse import Envelope
 
-from updater.durable import replace_file
-from updater.errors import DeliveryError, DeviceFault, SealiftError
+from updater.durable import fsync_dir, replace_file
+from updater.errors import Conflict, DeliveryError, DeviceFault, SealiftError
 from updater.locks import file_lock
 from updater.oci import parse_json
 
@@ -82,7 +84,9 @@ class Reports:
         record = self.installer.identity.record()
         with self._locked():
             state = self._state()
-            seq, through = int(state.get("seq", 0)) + 1, int(state.get("through", 0))
+            # one up from every number this device may have used: the state's, the kept reports', the pushed ones'
+            seq, through = max(int(state.get("seq", 0)), *(int(p.stem) for p in self.kept()), self._pushed()) + 1, \
+                int(state.get("through", 0))
             now = self.now()
             day = now.date().isoformat()
             used = int(state.get("used", 0)) if state.get("day") == day else 0
@@ -105,6 +109,8 @@ class Reports:
                 return None
             path = self.dir / report_name(seq)
             try:
+                # the number first: a kill before the report is kept leaves a gap the fleet sees, never a number used twice
+                replace_file(self.dir / "state.json", json.dumps({**state, "seq": seq}).encode())
                 replace_file(path, data)
                 replace_file(self.dir / "state.json", json.dumps({
                     "seq": seq, "through": events[-1]["n"] if events else through, "day": day, "used": used + len(data),
@@ -124,24 +130,24 @@ class Reports:
             return []
 
     def to_medium(self, medium: Path, *, bound: int = 4 * KEEP_BYTES) -> int:
-        """Copy the kept reports a medium lacks into ``medium/sealift-reports/DEVICE/``, each whole or not
-        at all; how many. DeviceFault (naming the medium) when it is full or read-only; past ``bound``
-        bytes of this device's reports on it, the rest stay for the next medium."""
-        folder = medium / REPORTS_FOLDER / self.installer.identity.record()["device"]
+        """Copy the kept reports a medium lacks (or holds cut short) into ``medium/sealift-reports/DEVICE/``,
+        each whole or not at all; how many. Nothing is written through a link the medium holds. A
+        DeliveryError (naming the medium) when it is full or read-only, or past ``bound`` bytes of this
+        device's reports on it: the rest stay for the next medium."""
         copied = 0
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            there = {p.name: p.stat().st_size for p in folder.iterdir()}
+            medium.mkdir(parents=True, exist_ok=True)  # `report --to` a folder not made yet
+            folder = _real_folder(_real_folder(medium / REPORTS_FOLDER) / self.installer.identity.record()["device"])
+            there = {e.name: e.stat(follow_symlinks=False).st_size for e in os.scandir(folder) if e.is_file(follow_symlinks=False)}
             size = sum(there.values())
             for report in self.kept():
-                if report.name in there:
+                data = report.read_bytes()
+                if there.get(report.name) == len(data):
                     continue
-                size += report.stat().st_size
+                size += len(data)
                 if size > bound:
                     raise DeliveryError(f"{folder}: holds {bound} bytes of this device's reports, its bound; the rest wait")
-                temporary = folder / f".{report.name}.partial"
-                shutil.copyfile(report, temporary)
-                temporary.rename(folder / report.name)
+                _write_whole(folder, report.name, data)
                 copied += 1
         except OSError as e:
             reason = "the medium is full" if e.errno == 28 else e.strerror or str(e)
@@ -157,25 +163,35 @@ class Reports:
 
         device = self.installer.identity.record()["device"]
         mark = self.dir / "pushed"
-        try:
-            pushed = int(mark.read_text())
-        except (OSError, ValueError):
-            pushed = 0
+        pushed = self._pushed()
         waiting = [p for p in self.kept() if int(p.stem) > pushed]
         if not waiting:
             return 0
         # one quick retry: reports wait for the next pass, and a pass must not wait on them
         client = connect(f"{target.rstrip('/')}/{device}", plain_http=plain_http, what="report mirror", retry=Retry(delays=(1.0,)))
-        new = 0
+        new, taken = 0, []
         try:
             for report in waiting:
-                new += push_report(client, int(report.stem), report.read_bytes())
+                try:
+                    new += push_report(client, int(report.stem), report.read_bytes())
+                except Conflict:  # its number holds other content there: pushing it again would change nothing
+                    taken.append(int(report.stem))
                 replace_file(mark, report.stem.encode())
         except OSError as e:
             raise DeviceFault(f"{self.dir}: cannot read or mark a report ({e.strerror})") from e
         finally:
             client.close()
+        if taken:
+            raise Conflict(f"report mirror {target}: report(s) {', '.join(map(str, taken))} of this device are there with "
+                           f"other content (a device restored from a copy, or someone else's push); {new} pushed, those left")
         return new
+
+    def _pushed(self) -> int:
+        """The number of the newest report pushed to a registry (0: none)."""
+        try:
+            return int((self.dir / "pushed").read_text())
+        except (OSError, ValueError):
+            return 0
 
     def _sample(self) -> dict[str, Any]:
         """What runs now, as a report shows it; what the engine cannot tell is said, not raised."""
@@ -208,7 +224,8 @@ class Reports:
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as e:
-            raise DeviceFault(f"{path}: damaged ({type(e).__name__}); move it away to number reports on from the kept ones") from e
+            raise DeviceFault(f"{path}: damaged ({type(e).__name__}); move it away: reports are then numbered on from the "
+                              "newest kept or pushed") from e
         return data if isinstance(data, dict) else {}
 
     def _prune(self) -> None:
@@ -225,6 +242,32 @@ class Reports:
     def _locked(self) -> Any:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         return file_lock(self.dir / "lock", wait=True)
+
+
+def _real_folder(path: Path) -> Path:
+    """``path``, a folder made if missing; a DeliveryError if it is a link or anything but a folder."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path)
+    if not stat.S_ISDIR(os.lstat(path).st_mode):
+        raise DeliveryError(f"{path}: not a folder (a link, or a file): reports are not written through it")
+    return path
+
+
+def _write_whole(folder: Path, name: str, data: bytes) -> None:
+    """Write ``folder/name`` under a temporary name, synced, then renamed: never through a link."""
+    temporary = folder / f".{name}.partial"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temporary)  # left by a write cut short, or planted: a link is removed, not followed
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(temporary, folder / name)
+    fsync_dir(folder)
 
 
 def _folded(events: list[dict[str, Any]]) -> list[dict[str, Any]]:

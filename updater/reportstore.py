@@ -6,8 +6,9 @@ per report (its number, ``0000000042``): each an OCI artifact (``artifactType``
 it. One repository per device keeps each tag list short (a device's reports, not a fleet's), and
 the registry's catalog lists the devices. A report's tag never changes what it names: pushing or
 copying one that is there already changes nothing, so a push or a sync cut short is simply run
-again. The device pushes; ``sealift reports sync`` copies hop by hop towards the office, and
-``sealift fleet import`` reads them, all through these functions.
+again, and a tag that names other content is left as it is (a Conflict). The device pushes;
+``sealift reports sync`` copies hop by hop towards the office, and ``sealift fleet import`` reads
+them, all through these functions.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import hashlib
 import io
 import re
 
-from updater.errors import ContentMismatch, DeliveryError
+from updater.errors import Conflict, ContentMismatch, Refused
 from updater.oci import MEDIA, Descriptor, canonical_json, json_object
 from updater.registry import RegistryClient
 from updater.reports import PAYLOAD_TYPE
@@ -35,12 +36,16 @@ def report_tags(client: RegistryClient) -> list[str]:
 
 
 def push_report(client: RegistryClient, seq: int, data: bytes) -> bool:
-    """Put report ``seq`` (the envelope's bytes) in the device's repository; False when it is there already."""
+    """Put report ``seq`` (the envelope's bytes) in the device's repository; False when it is there
+    already. A tag is never overwritten: one that names other content is a Conflict, left as it is."""
     tag = f"{seq:010d}"
     blob = Descriptor(media_type=ENVELOPE_MEDIA, digest=f"sha256:{hashlib.sha256(data).hexdigest()}", size=len(data))
     manifest = _manifest(blob)
-    if client.manifest_digest(tag) == f"sha256:{hashlib.sha256(manifest).hexdigest()}":
+    there = client.manifest_digest(tag)
+    if there == f"sha256:{hashlib.sha256(manifest).hexdigest()}":
         return False
+    if there is not None:
+        raise Conflict(f"{client.what}: report {tag} is there already with other content; left as it is")
     for part, body in ((EMPTY_CONFIG, b"{}"), (blob, data)):
         if not client.has_blob(part.digest):
             client.put_blob(part, io.BytesIO(body))
@@ -53,7 +58,7 @@ def read_report(client: RegistryClient, tag: str) -> bytes:
     the reader to check, with the device's key)."""
     found = client.get_manifest(tag, accept=MEDIA.MANIFEST)
     if found is None:
-        raise DeliveryError(f"{client.what}: report {tag} is listed but not there")
+        raise Refused(f"{client.what}: report {tag} is listed but not there")
     manifest = json_object(found[0], f"{client.what}: report {tag}", ContentMismatch)
     layers = manifest.get("layers")
     if manifest.get("artifactType") != PAYLOAD_TYPE or not isinstance(layers, list) or len(layers) != 1:
@@ -69,7 +74,8 @@ def read_report(client: RegistryClient, tag: str) -> bytes:
 
 
 def copy_report(src: RegistryClient, dst: RegistryClient, tag: str) -> bool:
-    """Copy one report between registries unless the destination has it; whether it was copied."""
+    """Copy one report between registries unless the destination has it; whether it was copied (a
+    Conflict when the destination holds other content under its number: never overwritten)."""
     there = dst.manifest_digest(tag)
     if there and there == src.manifest_digest(tag):
         return False

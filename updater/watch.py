@@ -82,7 +82,8 @@ class Watcher:
             entries = sorted(self.watch.iterdir())
         except OSError:
             return []
-        return [p for p in entries if p.is_dir() and ((p / "index.json").is_file() or (p / REPORTS_FOLDER).is_dir())]
+        return [p for p in entries if p.is_dir() and not p.is_symlink()
+                and ((p / "index.json").is_file() or (p / REPORTS_FOLDER).is_dir())]
 
     def _consider(self, path: Path) -> int:
         """Install what ``path`` offers of each application this device runs, if it is new to this

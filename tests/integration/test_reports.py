@@ -19,7 +19,7 @@ from tests.builders import enrolled_device, quick_releases
 from tests.fakes import FakeEngine
 from tests.realparts import RegistryFactory
 from updater.daemon import Daemon
-from updater.errors import InputError
+from updater.errors import Conflict, InputError
 from updater.registry import connect
 from updater.reports import Reports
 from updater.reportstore import push_report
@@ -77,16 +77,18 @@ def test_reports_travel_from_a_device_through_two_mirrors_to_the_fleet_database(
     # two hops, each resumable and idempotent
     login("sync", "carry on")
     first = sealift_json("reports", "sync", "--from", f"{site.address}/reports", "--to", f"{dmz.address}/reports", "--plain-http")
-    assert first == {"copied": 2, "present": 0, "devices": [device]}
+    assert first == {"copied": 2, "present": 0, "devices": [device], "conflicts": []}
     again = sealift_json("reports", "sync", "--from", f"{site.address}/reports", "--to", f"{dmz.address}/reports", "--plain-http")
-    assert again == {"copied": 0, "present": 2, "devices": [device]}
+    assert again == {"copied": 0, "present": 2, "devices": [device], "conflicts": []}
     # a report forged on the way (in the DMZ) travels on, and is refused at the office
     forged = json.loads(reports.kept()[-1].read_bytes())
     body = json.loads(base64.b64decode(forged["payload"])) | {"seq": 3}
     forged["payload"] = base64.b64encode(json.dumps(body).encode()).decode()
     push_report(connect(f"{dmz.address}/reports/{device}", plain_http=True, what="dmz"), 3, json.dumps(forged).encode())
     hop = sealift_json("reports", "sync", "--from", f"{dmz.address}/reports", "--to", f"{office.address}/reports", "--plain-http")
-    assert hop["copied"] == 3
+    assert hop["copied"] == 3 and hop["conflicts"] == []
+    with pytest.raises(Conflict, match="report 0000000001 is there already with other content"):  # a tag is never overwritten
+        push_report(connect(f"{office.address}/reports/{device}", plain_http=True, what="office"), 1, json.dumps(forged).encode())
     db = str(tmp_path / "fleet.db")
     imported = sealift_json("fleet", "import", f"{office.address}/reports", "--plain-http", "--inventory", str(inventory),
                             "--db", db, code=3)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -82,6 +83,9 @@ def test_a_journal_past_its_bound_drops_its_oldest_half_and_the_numbers_show_it(
     kept = [e["n"] for e in journal.since(0)]
     assert journal.path.stat().st_size <= 4000 and kept[-1] == 100 and kept[0] > 1
     assert kept == list(range(kept[0], 101))  # the gap is at the start, where the fleet sees it
+    journal.path.write_bytes(b"x" * 5000)  # nothing readable left in it, and past the bound: it starts again
+    n = journal.record("refused", error="after a damaged journal")
+    assert n is not None and [e["n"] for e in journal.since(0)] == [n] and journal.path.stat().st_size < 4000
 
 
 def test_an_install_is_journaled_and_reported_signed_numbered_and_with_what_runs(tmp_path: Path, bundles: dict[str, Path]) -> None:
@@ -195,10 +199,13 @@ def test_forged_replayed_unknown_revoked_and_damaged_reports_are_refused_and_cou
     import base64
     envelope["payload"] = base64.b64encode(json.dumps(altered).encode()).decode()
     (folder / "0000000009.json").write_text(json.dumps(envelope))
-    # a replay: report 1 again, made anew (the device's numbering turned back), with other content
+    # a replay: report 1 again, made anew with other content (a device restored from a copy taken before it)
     installer.journal.record("refused", error="another event")
     (installer.state_dir / "reports/state.json").unlink()
     clock.now += dt.timedelta(hours=1)
+    second = reports.make()
+    assert second is not None and payload(second)["seq"] == 2  # a lost state numbers on from the kept reports
+    shutil.rmtree(installer.state_dir / "reports")  # the copy held none
     again = reports.make()
     assert again is not None and payload(again)["seq"] == 1
     (folder / "0000000010.json").write_bytes(again.read_bytes())
@@ -314,6 +321,55 @@ def test_a_medium_that_cannot_take_reports_is_said_once_and_never_holds_up_an_in
     assert watcher.scan() == 1
     assert installer.apps.states()["demo"].current is not None  # installed all the same
     refused = [line for line in lines if line["event"] == "reports-not-written"]
-    assert len(refused) == 1 and refused[0]["fault"] == "delivery" and "cannot write reports to it" in refused[0]["error"]
+    assert len(refused) == 1 and refused[0]["fault"] == "delivery" and "not a folder" in refused[0]["error"]
     assert watcher.scan() == 0 and len([line for line in lines if line["event"] == "reports-not-written"]) == 1  # said once
     assert len(Reports(installer).kept()) == 1  # the report waits on the device for the next medium
+
+
+def signed_report(installer: Installer, folder: Path, seq: int, **fields: object) -> None:
+    """A report the device signs with its own key, as written by hand: ``fields`` replace the made one's."""
+    made = Reports(installer, now=Clock()).make()
+    assert made is not None
+    body = json.dumps(payload(made) | {"seq": seq, **fields}).encode()
+    envelope = Envelope(body, "application/vnd.sealift.report.v1+json", {})
+    envelope.sign(installer.identity.signer())
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{seq:010d}.json").write_text(json.dumps(envelope.to_dict()))
+
+
+def test_signed_reports_that_break_the_rules_are_refused_one_by_one(tmp_path: Path, bundles: dict[str, Path]) -> None:
+    installer, inventory = enrolled(tmp_path, bundles, FakeEngine())
+    folder = tmp_path / "usb" / REPORTS_FOLDER / installer.identity.record()["device"]
+    signed_report(installer, folder, 5, events=[{"n": None, "time": None, "kind": None}])  # nothing where a value must be
+    signed_report(installer, folder, 6, created="2026-12-01T10:00:00")  # no time zone
+    signed_report(installer, folder, 7)
+    os.mkfifo(folder / "0000000008.json")  # a pipe: opening it would wait for ever
+    (folder / "0000000009.json").symlink_to(folder / "0000000007.json")
+    result = FleetDatabase(tmp_path / "fleet.db").import_medium(tmp_path / "usb", Inventory(inventory))
+    why = {Path(f).name: reason for f, reason in result.refused}
+    assert result.imported == 1 and set(why) == {"0000000005.json", "0000000006.json", "0000000008.json", "0000000009.json"}
+    assert "malformed (a field holds what a report does not" in why["0000000005.json"]
+    assert "created has no time zone" in why["0000000006.json"]
+    assert why["0000000008.json"] == why["0000000009.json"] == "not a regular file"
+
+
+def test_a_medium_is_never_written_through_a_link(tmp_path: Path, bundles: dict[str, Path]) -> None:
+    installer, _ = enrolled(tmp_path, bundles, FakeEngine())
+    reports = Reports(installer, now=Clock())
+    reports.make()
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    device = installer.identity.record()["device"]
+    planted = tmp_path / "usb" / REPORTS_FOLDER / device
+    planted.mkdir(parents=True)
+    (planted / ".0000000001.json.partial").symlink_to(victim)  # where the copy is written first
+    (planted / "0000000002.json").symlink_to(victim)
+    assert reports.to_medium(tmp_path / "usb") == 1
+    assert victim.read_text() == "precious" and not (planted / "0000000001.json").is_symlink()
+    assert payload(planted / "0000000001.json")["seq"] == 1
+    linked = tmp_path / "usb2"
+    linked.mkdir()
+    (linked / REPORTS_FOLDER).symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    with pytest.raises(DeliveryError, match=r"not a folder \(a link, or a file\): reports are not written through it"):
+        reports.to_medium(linked)
+    assert not (tmp_path / "elsewhere").exists()
