@@ -42,10 +42,14 @@ def load_yaml(path: Path, *, what: str, limit: int = MAX_FILE_BYTES) -> Field:
     after the file. A larger ``limit`` (an inventory of many devices) allows proportionally more nodes."""
     text = _read_text(path, what=what, limit=limit)
     try:
-        node = yaml.compose(text, Loader=_LOADER)
-        if node is not None:
-            _check_nodes(node, path, most=MAX_NODES * max(limit // MAX_FILE_BYTES, 1))
-        value = yaml.load(text, Loader=_LOADER)  # a safe loader: libyaml's, or PyYAML's own
+        loader = _LOADER(text)  # a safe loader: libyaml's, or PyYAML's own
+        try:
+            node = loader.get_single_node()
+            if node is not None:
+                _check_nodes(node, path, most=MAX_NODES * max(limit // MAX_FILE_BYTES, 1))
+            value = loader.construct_document(node) if node is not None else None  # the nodes checked, not a second parse
+        finally:
+            loader.dispose()
     except RecursionError as e:
         raise InputError(f"{path}: YAML nested too deeply") from e
     except yaml.YAMLError as e:
