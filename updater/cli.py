@@ -411,13 +411,13 @@ def verify(state_dir: Path, bundle: Path, profile: str | None, profiles_dir: Pat
         click.echo(json.dumps({"ok": True, **(info.to_json() if info else {}), **({"overlay": overlay.to_json()} if overlay else {}),
                                "metadata_expires": expires}, indent=2))
         return
-    if expires:
-        role, when = min(expires.items(), key=lambda item: item[1])
-        click.echo(f"signed metadata: {role} expires first, at {when}")
     if info is not None:
         click.echo(f"ok {info.name} {info.version} for {info.profile}  {info.digest}")
     if overlay is not None:
         click.echo(f"ok {overlay.name} overlay {overlay.version} for site {overlay.site}  {overlay.digest}")
+    if expires:
+        role, when = min(expires.items(), key=lambda item: item[1])
+        click.echo(f"   signed metadata: {role} expires first, at {when}")
 
 
 def _add_commands() -> None:

@@ -163,6 +163,7 @@ def test_an_exported_delta_installs_where_the_base_is_and_is_refused_where_it_is
         assert installer.install(old).committed
         checked = CliRunner().invoke(updater_cli, ["--state-dir", str(state_dir), "verify", str(medium), "--profile", "x86_64-cpu"])
         assert checked.exit_code == 0 and checked.stdout.startswith("ok vision-app 1.1.0 for x86_64-cpu"), checked.output
+        assert "signed metadata: snapshot expires first, at " in checked.stdout
         outcome = installer.install(medium)
         assert outcome.committed and outcome.release.version == "1.1.0"
         assert healthz() == 200
