@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -24,12 +25,18 @@ def report(state_dir: Path, medium: Path | None, as_json: bool) -> None:
     (the service does both by itself; see docs/reports.md).
 
     Exits 0 with no report when today's allowance for reports is spent (they are bounded per day).
+    A Docker engine that does not answer does not stop it: the report says so.
     """
     from updater.docker_runtime import DockerRuntime
+    from updater.errors import EngineFault
     from updater.install import Installer
     from updater.reports import Reports
 
-    reports = Reports(Installer(state_dir=state_dir, runtime=DockerRuntime.connect(), profile=None))
+    try:
+        runtime: Any = DockerRuntime.connect()
+    except EngineFault as e:  # a report is wanted most when the engine is down: it says so
+        runtime = _Unreachable(e)
+    reports = Reports(Installer(state_dir=state_dir, runtime=runtime, profile=None))
     made = reports.make()
     copied = reports.to_medium(medium) if medium is not None else None
     carried = len(json.loads(_payload(made))["events"]) if made else 0
@@ -42,6 +49,19 @@ def report(state_dir: Path, medium: Path | None, as_json: bool) -> None:
                "no report: today's allowance for reports is spent (they wait for tomorrow's)")
     if copied is not None:
         click.echo(f"copied {copied} report(s) to {medium}")
+
+
+class _Unreachable:
+    """An engine that does not answer: every question to it is the fault met when connecting."""
+
+    def __init__(self, fault: Exception) -> None:
+        self.fault = fault
+
+    def __getattr__(self, name: str) -> Any:
+        def unanswered(*_: Any, **__: Any) -> Any:
+            raise self.fault
+
+        return unanswered
 
 
 def _payload(path: Path) -> bytes:

@@ -373,3 +373,20 @@ def test_a_medium_is_never_written_through_a_link(tmp_path: Path, bundles: dict[
     with pytest.raises(DeliveryError, match=r"not a folder \(a link, or a file\): reports are not written through it"):
         reports.to_medium(linked)
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_the_report_command_reports_even_when_the_engine_does_not_answer(tmp_path: Path, bundles: dict[str, Path],
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from updater.cli import cli as updater_cli
+
+    installer, _ = enrolled(tmp_path, bundles, FakeEngine())
+    assert installer.install(bundles["1.0.0"]).committed
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    done = CliRunner().invoke(updater_cli, ["--state-dir", str(installer.state_dir), "report", "--to", str(tmp_path / "usb"), "--json"])
+    assert done.exit_code == 0, done.output
+    shown = json.loads(done.stdout)
+    assert shown["seq"] == 1 and shown["events"] == 1 and shown["copied"] == 1
+    app = payload(Path(shown["report"]))["apps"]["demo"]
+    assert app["version"] == "1.0.0" and app["engine"]["fault"] == "engine" and "does not answer" in app["engine"]["error"]
