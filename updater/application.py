@@ -22,16 +22,24 @@ from typing import TYPE_CHECKING, Any
 from updater.artifact import Kind, open_artifact
 from updater.bundle import BundleInfo
 from updater.confinement import reaching_the_host
-from updater.descriptor import BundleDescriptor
 from updater.errors import Conflict, DeviceFault, InputError, Refused, SealiftError
 from updater.gc import collect_images
 from updater.health import HealthResult, Timing, Watched, wait_healthy
 from updater.needs import lacking
 from updater.overlay import OverlayInfo
 from updater.plan import failure_key, plan, read_offer
-from updater.runtime import Image, image_tag
-from updater.slots import DeviceState, Phase, Release, Slots
-from updater.stage import clone_slot, overlay_of, slot_holds, stage_overlay, stage_release, staged_overlay, sweep_staging
+from updater.slots import DeviceState, Phase, Release, Serving, Slots
+from updater.stage import (
+    clone_slot,
+    images_of,
+    overlay_of,
+    slot_holds,
+    stage_overlay,
+    stage_release,
+    staged,
+    staged_overlay,
+    sweep_staging,
+)
 from updater.store import Incoming
 from updater.verify import verify_overlay, verifying
 from updater.versions import fits
@@ -51,31 +59,6 @@ class Outcome:
     reason: str
     fault: str = ""  # when not committed: what kind of failure made it roll back (docs/errors.md)
     health: tuple[Timing, ...] = ()  # how its health checks went
-
-
-@dataclass(frozen=True)
-class Serving:
-    """What the engine runs of the committed release, at one look: each service's container status."""
-
-    release: Release | None
-    services: dict[str, str]
-
-    @property
-    def ok(self) -> bool:
-        """Nothing is committed, or every service of the committed release runs."""
-        return self.release is None or (bool(self.services) and all(s == "running" for s in self.services.values()))
-
-    def __str__(self) -> str:
-        if self.release is None:
-            return "nothing installed"
-        what = f"{self.release.name} {self.release.version} (slot {self.release.slot})"
-        if self.ok:
-            return f"{what}: serving"
-        found = ", ".join(f"{name} {status}" for name, status in sorted(self.services.items()))
-        return f"{what} is committed but not serving ({found})"
-
-    def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "services": self.services}
 
 
 class Application:
@@ -490,17 +473,6 @@ class _Forgetting:
             self.slots.save(self.state)
 
 
-def images_of(info: BundleInfo | BundleDescriptor) -> list[Image]:
-    """The images of a release, and the tags they get on this device."""
-    d = info.descriptor if isinstance(info, BundleInfo) else info
-    return [Image(name=i.name, manifest=i.manifest, config=i.config, tag=image_tag(d.name, i.name, d.version, d.profile))
-            for i in d.images]
-
-
 def _without(interrupted: dict[str, int], release: Release) -> dict[str, int]:
     return {k: v for k, v in interrupted.items() if k != failure_key(release)}
 
-
-def staged(slot_dir: Path) -> BundleDescriptor:
-    """The descriptor of the release staged in ``slot_dir``."""
-    return BundleDescriptor.read(slot_dir / "descriptor.json")

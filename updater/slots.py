@@ -22,7 +22,7 @@ from updater.errors import Conflict, DeviceFault
 from updater.locks import file_lock
 from updater.oci import parse_json
 
-__all__ = ["SLOTS", "DeviceState", "Phase", "Release", "Slots"]
+__all__ = ["SLOTS", "DeviceState", "Phase", "Release", "Serving", "Slots"]
 
 SLOTS = ("a", "b")
 _STATE = "state.json"
@@ -150,3 +150,28 @@ class Slots:
             except BlockingIOError:
                 raise Conflict(f"{self.root.name}: another sealift-updater is installing or rolling it back; nothing was changed") from None
             yield
+
+
+@dataclass(frozen=True)
+class Serving:
+    """What the engine runs of the committed release, at one look: each service's container status."""
+
+    release: Release | None
+    services: dict[str, str]
+
+    @property
+    def ok(self) -> bool:
+        """Nothing is committed, or every service of the committed release runs."""
+        return self.release is None or (bool(self.services) and all(s == "running" for s in self.services.values()))
+
+    def __str__(self) -> str:
+        if self.release is None:
+            return "nothing installed"
+        what = f"{self.release.name} {self.release.version} (slot {self.release.slot})"
+        if self.ok:
+            return f"{what}: serving"
+        found = ", ".join(f"{name} {status}" for name, status in sorted(self.services.items()))
+        return f"{what} is committed but not serving ({found})"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "services": self.services}

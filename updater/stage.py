@@ -22,14 +22,16 @@ from typing import IO, Any
 
 from updater.bundle import BundleInfo
 from updater.content import Hashed, drain, zstd_reader
-from updater.descriptor import FileEntry
+from updater.descriptor import BundleDescriptor, FileEntry
 from updater.durable import fsync_dir
 from updater.errors import DeviceFault, Refused
 from updater.layout import LayoutReader
 from updater.oci import CHUNK, canonical_json, json_object, parse_json
 from updater.overlay import OverlayInfo
+from updater.runtime import Image, image_tag
 
-__all__ = ["clone_slot", "overlay_of", "slot_holds", "stage_overlay", "stage_release", "staged_overlay", "sweep_staging"]
+__all__ = ["clone_slot", "images_of", "overlay_of", "slot_holds", "stage_overlay", "stage_release", "staged", "staged_overlay",
+           "sweep_staging"]
 
 _DIRS = {"model": "models", "config": "configs"}
 _OVERLAY = "overlay"
@@ -139,6 +141,18 @@ def _make_read_only(root: Path) -> None:
         for name in dirs:
             os.chmod(Path(directory, name), 0o555)
     os.chmod(root, 0o555)
+
+
+def staged(slot_dir: Path) -> BundleDescriptor:
+    """The descriptor of the release staged in ``slot_dir``."""
+    return BundleDescriptor.read(slot_dir / "descriptor.json")
+
+
+def images_of(info: BundleInfo | BundleDescriptor) -> list[Image]:
+    """The images of a release, and the tags they get on this device."""
+    d = info.descriptor if isinstance(info, BundleInfo) else info
+    return [Image(name=i.name, manifest=i.manifest, config=i.config, tag=image_tag(d.name, i.name, d.version, d.profile))
+            for i in d.images]
 
 
 def sweep_staging(slots_dir: Path) -> None:
