@@ -35,15 +35,14 @@ def status(state_dir: Path, app: str | None, as_json: bool) -> None:
     """
     from updater.apps import Apps
     from updater.identity import DeviceIdentity
-    from updater.lastseen import last_health, last_polls
-    from updater.trust import TrustedState
+    from updater.lastseen import last_health, last_polls, trusted_expiries
 
     apps = Apps(state_dir)
     states = {name: apps.slots(name).load() for name in ([apps.only(app)] if app else apps.names())}
     identity = DeviceIdentity(state_dir)
     record = identity.record() if identity.enrolled() else None
     engines = {name: _serving(state_dir, name, state) for name, state in states.items()}
-    expires = TrustedState(state_dir).expiries()
+    expires = trusted_expiries(state_dir)
     polls = last_polls(state_dir)
     if as_json:
         click.echo(json.dumps({

@@ -19,11 +19,7 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import Any
-
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
-from securesystemslib.signer import CryptoSigner
+from typing import TYPE_CHECKING, Any
 
 from updater.durable import fsync_dir, replace_file
 from updater.errors import Conflict, DeviceFault, InputError
@@ -31,6 +27,10 @@ from updater.locks import file_lock
 from updater.names import NAME
 from updater.oci import parse_json
 from updater.sealed import KEMS, DeviceKey, device_id
+
+if TYPE_CHECKING:  # `status` reads the record without loading cryptography
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from securesystemslib.signer import CryptoSigner
 
 __all__ = ["DeviceIdentity"]
 
@@ -62,7 +62,7 @@ class DeviceIdentity:
                                   "--force makes new keys, and the inventory must then take the new record")
             key = DeviceKey.generate(kem)
             public = key.public_bytes()
-            signing = Ed25519PrivateKey.generate()
+            signing = _new_signing_key()
             record = {"device": device_id(kem, public), "site": site, "profile": profile, "kem": kem,
                       "public_key": base64.b64encode(public).decode(), "signing_key": _public_text(signing),
                       "enrolled": (now or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds")}
@@ -81,13 +81,16 @@ class DeviceIdentity:
     def signer(self) -> CryptoSigner:
         """The key that signs this device's reports (made now, and named in the record, for a device
         enrolled before reports were signed); DeviceFault when the device is not enrolled."""
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        from securesystemslib.signer import CryptoSigner
+
         record = self.record()
         path = self.dir / _SIGNING
         if not isinstance(record.get("signing_key"), str):
             with file_lock(self.dir.parent / "identity.lock", wait=True):
                 record = self.record()
                 if not isinstance(record.get("signing_key"), str):
-                    signing = Ed25519PrivateKey.generate()
+                    signing = _new_signing_key()
                     try:
                         replace_file(path, _private_text(signing), mode=0o600)
                         replace_file(self.dir / _RECORD, json.dumps({**record, "signing_key": _public_text(signing)},
@@ -147,9 +150,19 @@ def _owner_only(path: Path) -> None:
                           "refusing to use it (chmod 600, and consider enrolling again)")
 
 
+def _new_signing_key() -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return Ed25519PrivateKey.generate()
+
+
 def _private_text(key: Ed25519PrivateKey) -> bytes:
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
     return base64.b64encode(key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption()))
 
 
 def _public_text(key: Ed25519PrivateKey) -> str:
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
     return base64.b64encode(key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()

@@ -15,7 +15,7 @@ from updater.durable import replace_file
 from updater.errors import SealiftError
 from updater.locks import file_lock
 
-__all__ = ["last_health", "last_polls", "record_health", "record_poll"]
+__all__ = ["last_health", "last_polls", "record_health", "record_poll", "trusted_expiries"]
 
 _POLL_FILE = "poll.json"
 _HEALTH_FILE = "health.json"
@@ -42,6 +42,18 @@ def last_health(state_dir: Path, app: str) -> dict[str, Any]:
 def record_health(state_dir: Path, app: str, record: dict[str, Any]) -> None:
     with contextlib.suppress(OSError):
         replace_file(state_dir / "apps" / app / _HEALTH_FILE, json.dumps(record, sort_keys=True).encode())
+
+
+def trusted_expiries(state_dir: Path) -> dict[str, str]:
+    """When each top-level role's trusted metadata expires (ISO 8601), as far as the device holds it
+    (read as plain JSON: ``status`` needs no TUF library to say it)."""
+    found = {}
+    for role in ("root", "targets", "snapshot", "timestamp"):
+        expires = _json(state_dir / "trust" / f"{role}.json").get("signed", {})
+        value = expires.get("expires") if isinstance(expires, dict) else None
+        if isinstance(value, str):
+            found[role] = value
+    return found
 
 
 def _json(path: Path) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from tuf.api.serialization import DeserializationError
 
 from updater.durable import fsync_dir, replace_file
 from updater.errors import Conflict, DeviceFault, InputError, Refused
+from updater.lastseen import trusted_expiries
 from updater.locks import file_lock
 from updater.oci import parse_json
 from updater.versions import version_key
@@ -80,15 +81,7 @@ class TrustedState:
 
     def expiries(self) -> dict[str, str]:
         """When each top-level role's trusted metadata expires (ISO 8601), as far as the device holds it."""
-        found = {}
-        for role in ("root", "targets", "snapshot", "timestamp"):
-            try:
-                expires = json.loads((self.current / f"{role}.json").read_bytes())["signed"]["expires"]
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
-            if isinstance(expires, str):
-                found[role] = expires
-        return found
+        return trusted_expiries(self.state_dir)
 
     def expired(self, root: Root) -> bool:
         """Whether ``root`` has expired by this device's clock (then only a newer root lets it verify)."""

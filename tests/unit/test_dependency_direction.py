@@ -4,6 +4,7 @@ only what it needs, and the builder verifies with the device's own readers."""
 from __future__ import annotations
 
 import ast
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -57,3 +58,13 @@ def test_the_builder_checks_bundles_with_the_device_reader() -> None:
     defined = {node.name for path in BUNDLER.glob("*.py") for node in ast.parse(path.read_text()).body
                if isinstance(node, ast.FunctionDef)}
     assert defined & readers == set()
+
+
+def test_status_on_a_device_with_nothing_installed_loads_no_heavy_library(tmp_path: Path) -> None:
+    """`sealift-updater status` reads its files (state, enrollment, last polls, expiry) as plain JSON."""
+    code = ("import sys; from updater.cli import main; sys.argv = ['sealift-updater', '--state-dir', sys.argv[1], 'status', '--json']\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'tuf', 'docker', 'oras', 'cryptography', 'securesystemslib', "
+            "'prometheus_client'}), file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "state")], capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout)["apps"] == {} and done.stderr.strip() == "[]"
