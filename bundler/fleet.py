@@ -201,10 +201,12 @@ def _insert(db: sqlite3.Connection, p: Prepared, *, source: str, when: str) -> N
     db.executemany("INSERT INTO checks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", ((key, *row) for row in p.checks))
     db.executemany("INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                    ((p.device, p.seq, p.created, p.site, p.profile, *row) for row in p.samples))
-    newer = db.execute("SELECT seq FROM devices WHERE device = ?", (p.device,)).fetchone()
-    if newer is None or newer[0] < p.seq:  # the newest report speaks for the device
-        db.execute("INSERT OR REPLACE INTO devices VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                   (p.device, p.site, p.profile, p.seq, p.created, when, p.expires, p.free_bytes))
+    db.execute(_NEWEST, (p.device, p.site, p.profile, p.seq, p.created, when, p.expires, p.free_bytes))
+
+
+_NEWEST = """INSERT INTO devices VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device) DO UPDATE SET site = excluded.site,
+    profile = excluded.profile, seq = excluded.seq, created = excluded.created, heard = excluded.heard, expires = excluded.expires,
+    free_bytes = excluded.free_bytes WHERE excluded.seq > devices.seq"""  # the newest report speaks for the device
 
 
 def fleet_status(db: sqlite3.Connection, inventory: Inventory, *, now: dt.datetime | None = None) -> dict[str, Any]:
