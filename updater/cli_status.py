@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +34,7 @@ def status(state_dir: Path, app: str | None, as_json: bool) -> None:
     """
     from updater.apps import Apps
     from updater.identity import DeviceIdentity
-    from updater.lastseen import last_health, last_polls, trusted_expiries
+    from updater.lastseen import last_health, last_polls, trusted_expiries, updater_version
 
     apps = Apps(state_dir)
     states = {name: apps.slots(name).load() for name in ([apps.only(app)] if app else apps.names())}
@@ -48,7 +47,7 @@ def status(state_dir: Path, app: str | None, as_json: bool) -> None:
         click.echo(json.dumps({
             "apps": {name: {**state.to_json(), "serving": _engine_json(*engines[name]), "last_health": last_health(state_dir, name)
                             or None} for name, state in states.items()},
-            "enrollment": record, "profile": record.get("profile") if record else None, "updater": _version(),
+            "enrollment": record, "profile": record.get("profile") if record else None, "updater": updater_version(),
             "metadata_expires": expires, "last_poll": polls}, indent=2))
     else:
         for name, state in states.items():
@@ -99,9 +98,3 @@ def _serving(state_dir: Path, name: str, state: DeviceState) -> tuple[Serving | 
     except SealiftError as e:
         return None, e
 
-
-def _version() -> str:
-    try:
-        return version("sealift")
-    except PackageNotFoundError:
-        return "unknown"

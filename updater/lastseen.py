@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from updater.durable import replace_file
 from updater.errors import SealiftError
 from updater.locks import file_lock
 
-__all__ = ["last_health", "last_polls", "record_health", "record_poll", "trusted_expiries"]
+__all__ = ["last_health", "last_polls", "record_health", "record_poll", "trusted_expiries", "updater_version"]
 
 _POLL_FILE = "poll.json"
 _HEALTH_FILE = "health.json"
@@ -54,6 +55,14 @@ def trusted_expiries(state_dir: Path) -> dict[str, str]:
         if isinstance(value, str):
             found[role] = value
     return found
+
+
+def updater_version() -> str:
+    """The version of the installed updater, as `status` and the reports say it."""
+    try:
+        return version("sealift")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _json(path: Path) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from prometheus_client.registry import Collector
 from updater.apps import Apps
 from updater.errors import DeviceFault, SealiftError
 from updater.lastseen import last_health, last_polls
+from updater.reports import kept_reports, pushed_through
 from updater.slots import Phase
 from updater.trust import TrustedState
 
@@ -81,7 +82,8 @@ class StateCollector(Collector):
                 expiry.add_metric([role], (dt.datetime.fromisoformat(expires.replace("Z", "+00:00")) - self.now()).total_seconds())
         yield expiry
         waiting = GaugeMetricFamily("sealift_reports_waiting", "Signed reports kept and not pushed yet")
-        waiting.add_metric([], float(_waiting_reports(self.state_dir)))
+        folder = self.state_dir / "reports"
+        waiting.add_metric([], float(sum(1 for p in kept_reports(folder) if int(p.stem) > pushed_through(folder))))
         yield waiting
 
 
@@ -103,16 +105,3 @@ def serve(state_dir: Path, port: int, *, address: str = "127.0.0.1") -> None:
         start_http_server(port, addr=address, registry=registry)
     except OSError as e:
         raise DeviceFault(f"{address}:{port}: cannot serve the metrics ({e.strerror})") from e
-
-
-def _waiting_reports(state_dir: Path) -> int:
-    folder = state_dir / "reports"
-    try:
-        pushed = int((folder / "pushed").read_text())
-    except (OSError, ValueError):
-        pushed = 0
-    try:
-        return sum(1 for p in folder.iterdir() if p.name[:1].isdigit() and p.suffix == ".json" and int(p.stem) > pushed)
-    except (OSError, ValueError):
-        return 0
-

@@ -26,7 +26,6 @@ import os
 import shutil
 import stat
 from collections.abc import Callable
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,13 +33,14 @@ from securesystemslib.dsse import Envelope
 
 from updater.durable import fsync_dir, replace_file
 from updater.errors import Conflict, DeliveryError, DeviceFault, SealiftError
+from updater.lastseen import updater_version
 from updater.locks import file_lock
 from updater.oci import parse_json
 
 if TYPE_CHECKING:
     from updater.install import Installer
 
-__all__ = ["DAILY_BYTES", "KEEP_BYTES", "PAYLOAD_TYPE", "REPORTS_FOLDER", "Reports", "report_name"]
+__all__ = ["DAILY_BYTES", "KEEP_BYTES", "PAYLOAD_TYPE", "REPORTS_FOLDER", "Reports", "kept_reports", "pushed_through", "report_name"]
 
 PAYLOAD_TYPE = "application/vnd.sealift.report.v1+json"
 DAILY_BYTES = 64 << 10  # what one device's reports may take a day, envelopes and all
@@ -93,7 +93,7 @@ class Reports:
             events = waiting = self.installer.journal.since(through)
             head = {"type": "sealift-report", "version": 1, "device": record["device"], "site": record.get("site", ""),
                     "profile": record.get("profile", ""), "seq": seq, "created": now.isoformat(timespec="seconds"),
-                    "updater": _updater_version(), **self._sample()}
+                    "updater": updater_version(), **self._sample()}
             while True:
                 carried = _folded(events)
                 body = json.dumps({**head, "events": carried, "waiting": len(waiting) - len(events)},
@@ -124,10 +124,7 @@ class Reports:
 
     def kept(self) -> list[Path]:
         """The reports kept on the device, oldest first."""
-        try:
-            return sorted(p for p in self.dir.iterdir() if p.name[:1].isdigit() and p.suffix == ".json")
-        except FileNotFoundError:
-            return []
+        return kept_reports(self.dir)
 
     def to_medium(self, medium: Path, *, bound: int = 4 * KEEP_BYTES) -> int:
         """Copy the kept reports a medium lacks (or holds cut short) into ``medium/sealift-reports/DEVICE/``,
@@ -187,11 +184,7 @@ class Reports:
         return new
 
     def _pushed(self) -> int:
-        """The number of the newest report pushed to a registry (0: none)."""
-        try:
-            return int((self.dir / "pushed").read_text())
-        except (OSError, ValueError):
-            return 0
+        return pushed_through(self.dir)
 
     def _sample(self) -> dict[str, Any]:
         """What runs now, as a report shows it; what the engine cannot tell is said, not raised."""
@@ -244,6 +237,22 @@ class Reports:
         return file_lock(self.dir / "lock", wait=True)
 
 
+def kept_reports(folder: Path) -> list[Path]:
+    """The reports kept in ``folder`` (``STATE/reports``), oldest first."""
+    try:
+        return sorted(p for p in folder.iterdir() if p.name[:1].isdigit() and p.suffix == ".json")
+    except FileNotFoundError:
+        return []
+
+
+def pushed_through(folder: Path) -> int:
+    """The number of the newest report ``folder``'s device pushed to a registry (0: none)."""
+    try:
+        return int((folder / "pushed").read_text())
+    except (OSError, ValueError):
+        return 0
+
+
 def _real_folder(path: Path) -> Path:
     """``path``, a folder made if missing; a DeliveryError if it is a link or anything but a folder."""
     with contextlib.suppress(FileExistsError):
@@ -283,10 +292,4 @@ def _folded(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
             folded.append(event)
     return folded
 
-
-def _updater_version() -> str:
-    try:
-        return version("sealift")
-    except PackageNotFoundError:
-        return "unknown"
 

@@ -17,6 +17,7 @@ import hashlib
 import io
 import re
 
+from updater.content import Hashed
 from updater.errors import Conflict, ContentMismatch, Refused
 from updater.oci import MEDIA, Descriptor, canonical_json, json_object
 from updater.registry import RegistryClient
@@ -67,9 +68,9 @@ def read_report(client: RegistryClient, tag: str) -> bytes:
     if blob.size > MAX_REPORT_BYTES:
         raise ContentMismatch(f"{client.what}: report {tag} is larger than the {MAX_REPORT_BYTES} bytes a report may have")
     with client.open_blob(blob.digest) as stream:
-        data = stream.read(blob.size + 1)
-    if len(data) != blob.size or f"sha256:{hashlib.sha256(data).hexdigest()}" != blob.digest:
-        raise ContentMismatch(f"{client.what}: report {tag} does not match its digest")
+        hashed = Hashed(stream, digest=blob.digest, size=blob.size, what=f"{client.what}: report {tag}")
+        data = b"".join(iter(hashed.read, b""))
+    hashed.finish()
     return data
 
 
