@@ -366,9 +366,10 @@ def _size(n: int) -> str:
 def _add_groups() -> None:
     from bundler.cli_fleet import fleet, reports
     from bundler.cli_repo import repo
+    from bundler.cli_rollout import rollout
     from bundler.cli_sites import devices, overlay
 
-    for group in (repo, overlay, devices, fleet, reports):
+    for group in (repo, rollout, overlay, devices, fleet, reports):
         cli.add_command(group)
 
 

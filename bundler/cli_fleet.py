@@ -9,14 +9,13 @@ from typing import Any
 
 import click
 
+from bundler.cli_sites import inventory_option
 from updater.exits import reports_errors
 
 __all__ = ["fleet", "reports"]
 
 _db_option = click.option("--db", type=click.Path(path_type=Path, dir_okay=False), default=Path("fleet.db"), show_default=True,
                           help="The fleet database (SQLite; made on first import; nothing to run).")
-_inventory_option = click.option("--inventory", type=click.Path(path_type=Path, dir_okay=False), default=Path("devices.yaml"),
-                                 show_default=True, help="The device inventory: who may report, with which key.")
 
 
 @click.group()
@@ -27,7 +26,7 @@ def fleet() -> None:
 @fleet.command("import")
 @click.argument("source", metavar="MEDIUM|REGISTRY/PREFIX")
 @_db_option
-@_inventory_option
+@inventory_option
 @click.option("--plain-http", is_flag=True, help="Reach the registry over plain HTTP, not TLS.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @reports_errors
@@ -62,7 +61,7 @@ def fleet_import(source: str, db: Path, inventory: Path, plain_http: bool, as_js
 
 @fleet.command("status")
 @_db_option
-@_inventory_option
+@inventory_option
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 @reports_errors
 def fleet_status(db: Path, inventory: Path, as_json: bool) -> None:
@@ -89,7 +88,7 @@ def fleet_status(db: Path, inventory: Path, as_json: bool) -> None:
 @click.option("--html", "out", type=click.Path(path_type=Path, dir_okay=False), required=True,
               help="Write the page here: one self-contained file, no server, opens from a USB stick.")
 @_db_option
-@_inventory_option
+@inventory_option
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 @reports_errors
 def fleet_report(out: Path, db: Path, inventory: Path, as_json: bool) -> None:

@@ -56,7 +56,7 @@ def overlay_build(spec: Path, site: str, site_file: Path | None, inventory: Path
     click.echo(f"built {path}  {info.digest}  ({len(info.secrets)} secrets sealed to {len(info.recipients)} devices)")
 
 
-_inventory_option = click.option(
+inventory_option = click.option(
     "--inventory", type=click.Path(path_type=Path, dir_okay=False), default=Path("devices.yaml"), show_default=True,
     help="The fleet inventory (public keys only), kept by the build machine.")
 
@@ -68,7 +68,7 @@ def devices() -> None:
 
 @devices.command("add")
 @click.argument("record", type=click.Path(path_type=Path, dir_okay=False))
-@_inventory_option
+@inventory_option
 @click.option("--json", "as_json", is_flag=True, help="Print the device as JSON.")
 @reports_errors
 def devices_add(record: Path, inventory: Path, as_json: bool) -> None:
@@ -81,7 +81,7 @@ def devices_add(record: Path, inventory: Path, as_json: bool) -> None:
 
 
 @devices.command("list")
-@_inventory_option
+@inventory_option
 @click.option("--site", help="Only this site's devices.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @reports_errors
@@ -100,7 +100,7 @@ def devices_list(inventory: Path, site: str | None, as_json: bool) -> None:
 
 @devices.command("revoke")
 @click.argument("device")
-@_inventory_option
+@inventory_option
 @click.option("--json", "as_json", is_flag=True, help="Print the device as JSON.")
 @reports_errors
 def devices_revoke(device: str, inventory: Path, as_json: bool) -> None:
@@ -113,3 +113,65 @@ def devices_revoke(device: str, inventory: Path, as_json: bool) -> None:
 
     revoked = Inventory(inventory).revoke(device)
     click.echo(json.dumps(revoked.to_json()) if as_json else f"revoked {revoked.device} (site {revoked.site}) on {revoked.revoked}")
+
+
+@devices.command("label")
+@click.argument("device")
+@click.argument("labels", nargs=-1, metavar="KEY=VALUE...")
+@inventory_option
+@click.option("--remove", multiple=True, metavar="KEY", help="Remove this label (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print the device as JSON.")
+@reports_errors
+def devices_label(device: str, labels: tuple[str, ...], inventory: Path, remove: tuple[str, ...], as_json: bool) -> None:
+    """Set labels of DEVICE (ring=canary); rollout plans select waves by them.
+
+    \b
+    Examples:
+      sealift devices label dev-3f2a… ring=canary
+      sealift devices label dev-3f2a… --remove ring
+    """
+    from bundler.devices import Inventory
+
+    pairs = {}
+    for item in labels:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"expected KEY=VALUE, found {item!r}", param_hint="LABELS")
+        pairs[key] = value
+    changed = Inventory(inventory).label(device, add=pairs, remove=remove)
+    shown = ", ".join(f"{k}={v}" for k, v in sorted(changed.labels.items())) or "none"
+    click.echo(json.dumps(changed.to_json()) if as_json else f"{changed.device}: labels {shown}")
+
+
+@devices.command("window")
+@click.argument("site")
+@inventory_option
+@click.option("--timezone", help="The site's IANA time zone (e.g. Europe/Berlin); the windows are in its local time.")
+@click.option("--window", "windows", multiple=True, metavar="'DAYS HH:MM-HH:MM'",
+              help="A maintenance window, e.g. 'Sat 02:00-06:00', 'Mon-Fri 22:00-04:00', 'daily 01:00-03:00' (repeatable).")
+@click.option("--remove", is_flag=True, help="Remove the site's windows: its devices install whenever their wave is open.")
+@click.option("--json", "as_json", is_flag=True, help="Print the site's windows as JSON.")
+@reports_errors
+def devices_window(site: str, inventory: Path, timezone: str | None, windows: tuple[str, ...], remove: bool, as_json: bool) -> None:
+    """Declare SITE's maintenance windows: its devices switch releases of a staged rollout only inside
+    them (rollout plans signed from now on carry them).
+
+    \b
+    Examples:
+      sealift devices window plant-a --timezone Europe/Berlin --window 'Sat 02:00-06:00'
+      sealift devices window plant-a --remove
+    """
+    from bundler.devices import Inventory
+    from updater.errors import InputError
+    from updater.windows import Maintenance
+
+    if remove:
+        Inventory(inventory).set_window(site, None)
+        click.echo(json.dumps({"site": site, "maintenance": None}) if as_json else f"site {site}: no maintenance window")
+        return
+    if not timezone or not windows:
+        raise InputError("give the site's --timezone and at least one --window (or --remove)")
+    maintenance = Maintenance.from_json({"timezone": timezone, "windows": list(windows)}, InputError, f"site {site}")
+    Inventory(inventory).set_window(site, maintenance)
+    click.echo(json.dumps({"site": site, "maintenance": maintenance.to_json()}) if as_json
+               else f"site {site}: maintenance {maintenance}")

@@ -13,7 +13,7 @@ import base64
 import binascii
 import datetime as dt
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +27,13 @@ from updater.errors import InputError
 from updater.locks import file_lock
 from updater.names import NAME
 from updater.sealed import KEMS, device_id
+from updater.windows import Maintenance
 from updater.yamlfile import Field, load_json, load_yaml
 
 __all__ = ["Device", "Inventory"]
 
 _DEVICE = re.compile(r"dev-[0-9a-f]{32}")
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,62}")
 MAX_INVENTORY_BYTES = 128 << 20  # some 400,000 devices with X25519 keys, 60,000 with hybrid ones
 
 
@@ -47,16 +49,19 @@ class Device:
     enrolled: str
     signing_key: str | None = None  # base64 Ed25519: what the device's reports are signed with
     revoked: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)  # chosen at the office: what rollout waves select by
 
     def recipient(self) -> Recipient:
         return Recipient(device=self.device, kem=self.kem,
                          public_key=public_key_from_text(self.kem, self.public_key, where=f"device {self.device}"))
 
     def to_json(self) -> dict[str, Any]:
-        data = {"device": self.device, "site": self.site, "profile": self.profile, "kem": self.kem,
-                "public_key": self.public_key, "enrolled": self.enrolled}
+        data: dict[str, Any] = {"device": self.device, "site": self.site, "profile": self.profile, "kem": self.kem,
+                                "public_key": self.public_key, "enrolled": self.enrolled}
         if self.signing_key is not None:
             data["signing_key"] = self.signing_key
+        if self.labels:
+            data["labels"] = dict(sorted(self.labels.items()))
         return {**data, "revoked": self.revoked} if self.revoked is not None else data
 
     def report_key(self) -> SSlibKey | None:
@@ -73,17 +78,53 @@ class Inventory:
         self.path = path
 
     def devices(self) -> list[Device]:
+        return self._read()[0]
+
+    def sites(self) -> dict[str, Maintenance]:
+        """The maintenance windows sites declare, by site."""
+        return self._read()[1]
+
+    def _read(self) -> tuple[list[Device], dict[str, Maintenance]]:
         if not self.path.exists():
-            return []
+            return [], {}
         top = load_yaml(self.path, what="device inventory", limit=MAX_INVENTORY_BYTES)
-        entries = top.mapping(required=("devices",))["devices"].items() if top.present else []
-        devices = [_device(entry, revocable=True) for entry in entries]
+        fields = top.mapping(required=("devices",), optional=("sites",)) if top.present else {}
+        devices = [_device(entry, revocable=True) for entry in fields["devices"].items()] if "devices" in fields else []
         seen: set[str] = set()
         for d in devices:
             if d.device in seen:
                 raise InputError(f"{self.path}: device {d.device} is listed twice")
             seen.add(d.device)
-        return devices
+        sites = {site: _maintenance(entry) for site, entry in fields["sites"].entries(key_pattern=NAME, key_what="site name")} \
+            if "sites" in fields else {}
+        return devices, sites
+
+    def label(self, device: str, *, add: dict[str, str], remove: tuple[str, ...] = ()) -> Device:
+        """Set (``add``) and remove labels of ``device``."""
+        for key, value in add.items():
+            if not _LABEL.fullmatch(key) or not _LABEL.fullmatch(value):
+                raise InputError(f"label {key[:64]}={value[:64]}: keys and values are letters, digits and . _ / - (at most 63)")
+        with self._locked():
+            devices, sites = self._read()
+            found = next((d for d in devices if d.device == device), None)
+            if found is None:
+                raise InputError(f"{self.path}: no device {device}")
+            labels = {k: v for k, v in {**found.labels, **add}.items() if k not in remove}
+            changed = replace(found, labels=labels)
+            self._write([changed if d.device == device else d for d in devices], sites)
+        return changed
+
+    def set_window(self, site: str, maintenance: Maintenance | None) -> None:
+        """Declare (or, with None, remove) the maintenance windows of ``site``."""
+        if not NAME.fullmatch(site):
+            raise InputError(f"site {site!r}: expected a site name (lower case letters, digits, . _ -)")
+        with self._locked():
+            devices, sites = self._read()
+            if maintenance is None:
+                sites.pop(site, None)
+            else:
+                sites[site] = maintenance
+            self._write(devices, sites)
 
     def recipients(self, site: str) -> list[Recipient]:
         """The devices of ``site`` that may read what is sealed now (revoked ones never)."""
@@ -93,7 +134,7 @@ class Inventory:
         """Add the device an enrollment record describes; the same record again changes nothing."""
         device = _device(load_json(record_file, what="enrollment record"), revocable=False)
         with self._locked():
-            devices = self.devices()
+            devices, sites = self._read()
             existing = next((d for d in devices if d.device == device.device), None)
             if existing is not None:
                 if existing.revoked is not None:
@@ -108,26 +149,29 @@ class Inventory:
                                      "that lost its keys enrolls again (`sealift-updater enroll --force`), and the old one is revoked")
                 # a device enrolled before it signed reports names its report key once: it is taken
                 updated = replace(existing, signing_key=device.signing_key)
-                self._write([updated if d.device == device.device else d for d in devices])
+                self._write([updated if d.device == device.device else d for d in devices], sites)
                 return updated
-            self._write([*devices, device])
+            self._write([*devices, device], sites)
         return device
 
     def revoke(self, device: str, *, now: dt.datetime | None = None) -> Device:
         with self._locked():
-            devices = self.devices()
+            devices, sites = self._read()
             found = next((d for d in devices if d.device == device), None)
             if found is None:
                 raise InputError(f"{self.path}: no device {device}")
             if found.revoked is not None:
                 return found
             revoked = replace(found, revoked=(now or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds"))
-            self._write([revoked if d.device == device else d for d in devices])
+            self._write([revoked if d.device == device else d for d in devices], sites)
         return revoked
 
-    def _write(self, devices: list[Device]) -> None:
+    def _write(self, devices: list[Device], sites: dict[str, Maintenance]) -> None:
         text = "# Sealift device inventory: public keys only. Change it with `sealift devices`.\n"
-        text += yaml.safe_dump({"devices": [d.to_json() for d in devices]}, sort_keys=False, width=10_000)
+        data: dict[str, Any] = {"devices": [d.to_json() for d in devices]}
+        if sites:
+            data["sites"] = {site: {"maintenance": m.to_json()} for site, m in sorted(sites.items())}
+        text += yaml.safe_dump(data, sort_keys=False, width=10_000)
         try:
             replace_file(self.path, text.encode())
         except OSError as e:
@@ -137,8 +181,22 @@ class Inventory:
         return file_lock(self.path.with_name(f".{self.path.name}.lock"), wait=True)
 
 
+def _maintenance(entry: Field) -> Maintenance:
+    m = entry.mapping(required=("maintenance",))["maintenance"]
+    fields = m.mapping(required=("timezone", "windows"))
+    return Maintenance.from_json({"timezone": fields["timezone"].value, "windows": list(fields["windows"].string_list())},
+                                 InputError, f"{m.file}: {m.path}")
+
+
+def _labels(field: Field) -> dict[str, str]:
+    labels = {}
+    for key, value in field.entries(key_pattern=_LABEL, key_what="label (letters, digits, . _ / -)"):
+        labels[key] = value.string(pattern=_LABEL, what="a label value (letters, digits, . _ / -)")
+    return labels
+
+
 def _device(field: Field, *, revocable: bool) -> Device:
-    optional = ("signing_key", "revoked") if revocable else ("signing_key",)
+    optional = ("signing_key", "revoked", "labels") if revocable else ("signing_key",)
     f = field.mapping(required=("device", "site", "profile", "kem", "public_key", "enrolled"), optional=optional)
     kem = f["kem"].string(what=f"one of {', '.join(KEMS)}")
     if kem not in KEMS:
@@ -154,7 +212,8 @@ def _device(field: Field, *, revocable: bool) -> Device:
     return Device(device=claimed, site=f["site"].string(pattern=NAME, what="a site name (lower case, digits, . _ -)"),
                   profile=f["profile"].string(pattern=NAME, what="a profile name"), kem=kem, public_key=key_text,
                   enrolled=_timestamp(f["enrolled"]), signing_key=_signing_key(f["signing_key"]) if "signing_key" in f else None,
-                  revoked=_timestamp(f["revoked"]) if "revoked" in f else None)
+                  revoked=_timestamp(f["revoked"]) if "revoked" in f else None,
+                  labels=_labels(f["labels"]) if "labels" in f else {})
 
 
 def _signing_key(field: Field) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -47,6 +48,7 @@ from updater.durable import replace_file
 from updater.errors import InputError
 from updater.layout import open_layout
 from updater.overlay import check_overlay
+from updater.rollout import PLAN_PATHS, ROLE, Plan, plan_target
 from updater.tuf_client import target_name
 from updater.versions import version_key
 
@@ -95,6 +97,11 @@ class Repository:
         self.keys = keys
         self.now = now or (lambda: dt.datetime.now(dt.UTC))
 
+    @classmethod
+    def reading(cls, directory: Path) -> Repository:
+        """The repository at ``directory``, to read only: it reaches no key, so it signs nothing."""
+        return cls(directory, Keyring(Path(os.devnull)))
+
     # -- creating ------------------------------------------------------------------------------
 
     def init(self, policy: Policy, *, hashed_bins: int = 0) -> None:
@@ -129,6 +136,16 @@ class Repository:
 
     def delegate(self, name: str, *, paths: Sequence[str], keys: int = 1, threshold: int = 1) -> None:
         """Delegate the targets matching ``paths`` (e.g. ``vision-app/*``) to a new role with its own keys."""
+        if name == ROLE:
+            raise InputError(f"role {ROLE} signs rollout plans: create it with `sealift rollout init`")
+        self._delegate(name, paths=paths, keys=keys, threshold=threshold)
+
+    def init_rollout(self, *, keys: int = 1, threshold: int = 1) -> None:
+        """Delegate the rollout plans (``NAME/rollout/VERSION``) to the role ``rollout``, with keys of its own,
+        ahead of every other delegation (devices walk delegations in order: no team's role may answer first)."""
+        self._delegate(ROLE, paths=PLAN_PATHS, keys=keys, threshold=threshold, first=True)
+
+    def _delegate(self, name: str, *, paths: Sequence[str], keys: int, threshold: int, first: bool = False) -> None:
         if not _ROLE_NAME.fullmatch(name) or name in ROLES or name.startswith(f"{BINS_ROLE}-") \
                 or name.rsplit(".", 1)[-1] in ROLES or len(quote(name, safe="")) > _QUOTED_MAX:
             raise InputError(f"{name[:80]!r} cannot name a delegated role (printable characters, at most {_QUOTED_MAX} once "
@@ -144,7 +161,8 @@ class Repository:
         assert delegations.roles is not None
         if name in delegations.roles:
             raise InputError(f"role {name} already exists")
-        delegations.roles[name] = DelegatedRole(name=name, keyids=[], threshold=threshold, terminating=True, paths=list(paths))
+        role = DelegatedRole(name=name, keyids=[], threshold=threshold, terminating=True, paths=list(paths))
+        delegations.roles = {name: role, **delegations.roles} if first else {**delegations.roles, name: role}
         for _ in range(keys):
             change.targets.signed.add_key(self.keys.generate(name, algorithm=change.policy.algorithm), name)
         change.targets_changed = True
@@ -182,6 +200,52 @@ class Repository:
         for path in bundles:
             attach_metadata(path, self.current_files(names[path]))
         return results
+
+    def sign_plan(self, plan: Plan, *, keep: int = 4) -> None:
+        """Sign ``plan`` as the target ``NAME/rollout/VERSION`` of the rollout role, with only the keys of the
+        rollout, snapshot and timestamp roles (a release manager holds no targets key); the plans of the
+        application's older releases beyond the newest ``keep`` are dropped."""
+        plan.check(InputError, f"rollout of {plan.app} {plan.version}")
+        change = _Change(self)
+        targets = self._rollout_targets(change).signed
+        data = plan.canonical()
+        targets.targets[plan_target(plan.app, plan.version)] = TargetFile(
+            length=len(data), hashes={"sha256": hashlib.sha256(data).hexdigest()}, path=plan_target(plan.app, plan.version),
+            unrecognized_fields={"custom": {"sealift": {"kind": "rollout", "plan": plan.to_json()}}})
+        older = sorted((n for n in targets.targets if n.startswith(f"{plan.app}/rollout/")),
+                       key=lambda n: version_key(n.rsplit("/", 1)[1]), reverse=True)
+        for name in older[keep:]:
+            del targets.targets[name]
+        change.delegated_changed.add(ROLE)
+        self._commit(change, renew=False)
+
+    def plans(self) -> list[Plan]:
+        """Every rollout plan the repository signs, newest release first per application."""
+        change = _Change(self)
+        if not self._has_rollout(change):
+            return []
+        found = [Plan.from_json(t.custom.get("sealift", {}).get("plan"), InputError, f"{self.metadata}: {name}")
+                 for name, t in self._targets_of(change, ROLE).signed.targets.items()]
+        return sorted(found, key=lambda p: (p.app, version_key(p.version)), reverse=True)
+
+    def signed_versions(self, app: str) -> set[str]:
+        """The versions of ``app`` whose bundles (for any profile) the repository signs."""
+        found = set()
+        for md in self._all_targets(_Change(self)):
+            for name in md.signed.targets:
+                parts = name.split("/")
+                if len(parts) == 3 and parts[0] == app and parts[1] != "rollout":
+                    found.add(parts[2])
+        return found
+
+    def _has_rollout(self, change: _Change) -> bool:
+        delegations = change.targets.signed.delegations
+        return delegations is not None and ROLE in (delegations.roles or {})
+
+    def _rollout_targets(self, change: _Change) -> Metadata[Targets]:
+        if not self._has_rollout(change):
+            raise InputError(f"{self.directory}: no rollout role; create it with `sealift rollout init {self.directory}`")
+        return self._targets_of(change, ROLE)
 
     def add_key(self, role: str, key: Key, uri: str) -> None:
         """Trust ``key`` for a top-level role in a new root version; its private half is reached
@@ -243,6 +307,8 @@ class Repository:
         snapshot = self._load(snapshot_name, Snapshot)
         targets = self._load(f"{snapshot.signed.meta['targets.json'].version}.targets.json", Targets).signed
         wanted = {"targets", *_roles_for(targets, target)}
+        if targets.delegations is not None and ROLE in (targets.delegations.roles or {}):
+            wanted.add(ROLE)  # every release may have a plan: a device looks it up wherever the release came from
         names = [p.name for p in self.metadata.glob("*.root.json") if _ROOT_FILE.fullmatch(p.name)]
         names += ["timestamp.json", snapshot_name]
         names += [_file_name(role.removesuffix(".json"), meta.version) for role, meta in snapshot.signed.meta.items()
@@ -317,11 +383,12 @@ class Repository:
         for md, name in writes:
             self._write(md, name)
 
-    def _commit(self, change: _Change) -> None:
-        """Re-sign what changed (and what would soon expire), then a snapshot naming it all, then a
-        timestamp naming the snapshot. Every signature is made before any file is written, so a
-        missing key leaves the repository as it was."""
-        self._add_expiring(change)
+    def _commit(self, change: _Change, *, renew: bool = True) -> None:
+        """Re-sign what changed (and, with ``renew``, what would soon expire), then a snapshot naming it
+        all, then a timestamp naming the snapshot. Every signature is made before any file is written,
+        so a missing key leaves the repository as it was."""
+        if renew:
+            self._add_expiring(change)
         writes: list[tuple[Metadata[Any], str]] = []
         if change.new_root is not None:
             writes += [(change.new_root, f"{change.root.version}.root.json"), (change.new_root, "root.json")]

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 from updater.artifact import Kind, open_artifact
 from updater.bundle import BundleInfo
 from updater.confinement import reaching_the_host
-from updater.errors import Conflict, DeviceFault, InputError, Refused, SealiftError
+from updater.errors import Conflict, Deferred, DeviceFault, InputError, Refused, SealiftError
+from updater.gate import Gate
 from updater.gc import collect_images
 from updater.health import HealthResult, Timing, Watched, wait_healthy
 from updater.needs import lacking
@@ -46,6 +47,7 @@ from updater.versions import fits
 
 if TYPE_CHECKING:
     from updater.install import Installer
+    from updater.tuf_client import TufClient
 
 __all__ = ["MAX_INTERRUPTED", "Application", "Outcome", "Serving", "images_of", "staged"]
 
@@ -71,6 +73,7 @@ class Application:
         self.trust, self.store, self.identity = device.trust, device.store, device.identity
         self.secrets, self.runtime, self.profile = device.secrets, device.runtime, device.profile
         self._verified = False  # whether the release being installed was verified as this application's
+        self._ignore_window = False  # the operator at the device installs outside the site's maintenance window
 
     def log(self, line: str) -> None:
         self.device.log(line)
@@ -78,13 +81,15 @@ class Application:
     def site(self) -> str | None:
         return self.device.site()
 
-    def install(self, source: Path | Incoming, *, overlay: Path | None = None, force: bool = False) -> Outcome:
+    def install(self, source: Path | Incoming, *, overlay: Path | None = None, force: bool = False,
+                ignore_window: bool = False) -> Outcome:
         """Install ``source`` (a bundle, an overlay or a medium at a path, or a download assembled in the
         store: what it holds of this application) with the site ``overlay`` as one transaction; an
         overlay alone (or a medium whose only news for this application is its site's overlay)
         re-applies the running release with it."""
         shown = source.name if isinstance(source, Path) else source.top.digest
         self._verified = False
+        self._ignore_window = ignore_window
         with self._locked():
             state = self._converge_if_it_can()
             try:
@@ -131,7 +136,7 @@ class Application:
             # an overlay that cannot go with it is refused before the release's version counts
             site = self._overlay_for(state, overlay, claimed.name, claimed.version)
             # (2) verify and stage; the device trusts the release only once both succeeded
-            with verifying(artifact, trust=self.trust, profile=self.profile, hashed=True) as info:
+            with verifying(artifact, trust=self.trust, profile=self.profile, hashed=True, gate=self._may_install) as info:
                 if (info.name, info.version) != (claimed.name, claimed.version):
                     raise Refused(f"{bundle}: its index claims {claimed.name} {claimed.version}, its descriptor {info.name} "
                                   f"{info.version}")
@@ -170,6 +175,27 @@ class Application:
         state = state.with_event(phase=Phase.TRYING, candidate=release, reason="")
         self.slots.save(state)
         return self._switch(state, release, "; ".join(["healthy", *notes]))
+
+    def deferred(self, waits: Deferred) -> None:
+        """Say in ``status`` and the journal why a release waits, once (the same wait again changes nothing;
+        another updater installing says its own)."""
+        reason = f"{waits.fault}: {waits.diagnostics()}"
+        with contextlib.suppress(SealiftError), self._locked():
+            state = self.slots.load()
+            if state.reason != reason:
+                self.slots.save(state.with_event(reason=reason, fault=waits.fault))
+                self.device.journal.record("deferred", app=self.name, error=waits.diagnostics())
+
+    def _may_install(self, client: TufClient, info: BundleInfo) -> None:
+        """Deferred when the release's staged rollout holds it on this device now (:mod:`updater.gate`); an
+        install outside the site's maintenance window, which only the operator at the device can ask
+        for, is journaled."""
+        self._verified = True  # signed as this application's: why it waits is said in its status
+        gate = Gate(self.device)
+        decision = gate.check(client, info.name, info.version, ignore_window=self._ignore_window)
+        if self._ignore_window and not gate.decision(client, info.name, info.version).install:
+            self.log(f"warning: {info.name} {info.version} goes in outside the site's maintenance window, as asked")
+            self.device.journal.record("window-overridden", app=info.name, version=info.version, wave=decision.wave or "")
 
     def _check_privileges(self, info: BundleInfo) -> None:
         """A release may run privileged containers, or reach the device's disks, memory or kernel log
@@ -236,8 +262,8 @@ class Application:
         """The descriptor of the overlay staged with the running release (None when it runs without one)."""
         return overlay_of(self.slots.slot_dir(state.current.slot)) if state.current is not None else None
 
-    def rollback(self) -> Outcome:
-        """Return to the previous release on demand, with the same checks as an install."""
+    def rollback(self, *, reason: str = "rollback requested") -> Outcome:
+        """Return to the previous release on demand (``reason``: why), with the same checks as an install."""
         with self._locked():
             state = self._converge(self.slots.load())
             previous = state.previous
@@ -248,9 +274,9 @@ class Application:
                 raise Conflict(f"no previous release to roll back to: {why}")
             if clash := self.device.clash(self.name, staged(self.slots.slot_dir(previous.slot)).app):
                 raise Conflict(f"{previous.name} {previous.version} cannot run beside the other applications: {clash}")
-            state = state.with_event(phase=Phase.TRYING, candidate=previous, reason="rollback requested")
+            state = state.with_event(phase=Phase.TRYING, candidate=previous, reason=reason)
             self.slots.save(state)
-            return self._switch(state, previous, "rolled back on request")
+            return self._switch(state, previous, "rolled back on request" if reason == "rollback requested" else reason)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:

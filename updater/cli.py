@@ -193,11 +193,13 @@ def _device_profile(profile: str | None, profiles_dir: Path | None) -> Profile:
 @click.option("--profiles-dir", type=click.Path(path_type=Path, file_okay=False), help="Extra profile directory.")
 @click.option("--app", metavar="NAME", help="The application to install from a medium that holds several.")
 @click.option("--force", is_flag=True, help="Try a release again that failed its health checks before.")
+@click.option("--ignore-window", is_flag=True,
+              help="Install outside the site's maintenance window (journaled); the rollout's waves, pause and halt still hold.")
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
 @click.pass_obj
 @reports_errors
 def install(state_dir: Path, bundle: Path, overlay: Path | None, profile: str | None, profiles_dir: Path | None, app: str | None,
-            force: bool, as_json: bool) -> None:
+            force: bool, ignore_window: bool, as_json: bool) -> None:
     """Install BUNDLE (with the site OVERLAY) beside the running release, switch, and keep it only if healthy.
 
     The application is the one BUNDLE holds; each application on the device has its own slots,
@@ -211,14 +213,16 @@ def install(state_dir: Path, bundle: Path, overlay: Path | None, profile: str | 
     export` (a directory or .tar): the newest bundle for this device's profile is taken from it,
     with the newest overlay for its site that fits; a medium with nothing newer than the running
     release but a newer overlay rotates the overlay. Name the
-    application with --app when the medium holds several.
+    application with --app when the medium holds several. A release under a staged rollout
+    goes in only when its plan lets this device (its wave open, its site's maintenance window
+    open, the rollout neither paused nor halted); otherwise it exits 8 saying why (docs/rollout.md).
     """
     from updater.docker_runtime import DockerRuntime
     from updater.install import Installer
 
     installer = Installer(state_dir=state_dir, runtime=DockerRuntime.connect(), profile=_device_profile(profile, profiles_dir),
                           log=lambda line: click.echo(line, err=True))
-    outcome = installer.install(bundle, overlay=overlay, force=force, app=app)
+    outcome = installer.install(bundle, overlay=overlay, force=force, app=app, ignore_window=ignore_window)
     if as_json:
         click.echo(json.dumps({"ok": outcome.committed, "release": vars(outcome.release), "reason": outcome.reason,
                                **({"fault": outcome.fault} if outcome.fault else {})}))

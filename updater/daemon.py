@@ -20,7 +20,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from updater.errors import SealiftError
+from updater.errors import Deferred, SealiftError
+from updater.gate import Gate
 from updater.install import Installer, Outcome
 from updater.lastseen import record_poll
 from updater.poll import RegistryPoller
@@ -45,7 +46,8 @@ def notify(message: str) -> None:
 
 
 _ERRORS = ("refused", "install-failed", "recover-failed", "rollback-failed")  # an artifact refused, a device that cannot converge
-_WARNINGS = ("poll-failed", "rolled-back", "report-failed", "reports-not-written", "reports-not-pushed", "metrics-not-written",
+_WARNINGS = ("poll-failed", "rolled-back", "rollout-unreadable",
+             "report-failed", "reports-not-written", "reports-not-pushed", "metrics-not-written",
              "watch-unreadable")
 
 
@@ -87,7 +89,8 @@ class Daemon:
         self.failures = 0
         self.unconverged = False
         self.watcher = Watcher(installer, watch, say=self._log, reports=self.reports) if watch is not None else None
-        self._report_fault = self._metrics_fault = ""
+        self._report_fault = self._metrics_fault = self._recall_fault = ""
+        self._said_waits: dict[str, str] = {}
         self._fed = time.monotonic()
         for poller in self.pollers:
             poller.advance = self._still_alive  # a long download is progress: systemd's watchdog must not kill it
@@ -107,6 +110,7 @@ class Daemon:
                 self._converge()  # the engine may answer again, the port may be free again
             self.scan()
             failed = self.poll()
+            self.follow_rollouts()
             self.report()
             self.write_metrics()
             wait = self.next_wait()
@@ -173,6 +177,11 @@ class Daemon:
     def _poll(self, poller: RegistryPoller) -> SealiftError | None:
         try:
             outcome = poller.poll()
+        except Deferred as e:  # its rollout held it back at the last check: a wait, not a failure
+            poller.held = None
+            record_poll(self.installer.state_dir, poller.source, when=self.installer.journal.now())
+            self._waits(poller.source, e)
+            return None
         except Exception as e:  # whatever the network or the registry did, the service goes on
             # a fresh error of the same family: keeping the raised one would keep its frames (and what they hold) alive
             failed = type(e)(e.diagnostics()) if isinstance(e, SealiftError) else SealiftError(f"{type(e).__name__}: {e}")
@@ -182,11 +191,35 @@ class Daemon:
             record_poll(self.installer.state_dir, poller.source, when=self.installer.journal.now(), error=failed)
             return failed
         record_poll(self.installer.state_dir, poller.source, when=self.installer.journal.now())
-        if outcome is None:
+        if outcome is None and poller.held is not None:
+            self._waits(poller.source, poller.held[1])
+        elif outcome is None:
             self._log(event="up-to-date", source=poller.source)
         else:
             self._outcome(outcome)
         return None
+
+    def _waits(self, source: str, waits: Deferred) -> None:
+        """Say a staged rollout holds a release back, once per source until the reason changes."""
+        if self._said_waits.get(source) != waits.diagnostics():
+            self._log(event="deferred", source=source, reason=waits.diagnostics())
+        self._said_waits[source] = waits.diagnostics()
+
+    def follow_rollouts(self) -> None:
+        """Return each application whose running release a halted rollout recalls (:meth:`updater.gate.Gate.follow`)."""
+        try:
+            done = Gate(self.installer).follow()
+        except SealiftError as e:
+            if e.diagnostics() != self._recall_fault:
+                self._log(event="rollout-unreadable", fault=e.fault, error=e.diagnostics())
+            self._recall_fault = e.diagnostics()
+            return
+        self._recall_fault = ""
+        for result in done:
+            if isinstance(result, SealiftError):
+                self._log(event="rollback-failed", fault=result.fault, error=result.diagnostics())
+            else:
+                self._outcome(result)
 
     def write_metrics(self) -> None:
         """Rewrite the metrics textfile (:mod:`updater.metrics`); a fault is said once, and the service goes on."""

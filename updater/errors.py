@@ -16,6 +16,7 @@ __all__ = [
     "FAMILIES",
     "Conflict",
     "ContentMismatch",
+    "Deferred",
     "DeliveryError",
     "DeviceFault",
     "EngineFault",
@@ -98,6 +99,15 @@ class Unhealthy(SealiftError):
     fault = "unhealthy"
 
 
+class Deferred(SealiftError):
+    """The release is signed and sound, but its staged rollout holds it on this device now: its wave
+    has not started, the site's maintenance window is closed, or the rollout is paused or halted.
+    Nothing was changed; the updater installs it when the rollout lets it."""
+
+    exit_code = 8
+    fault = "deferred"
+
+
 FAMILIES: dict[str, type[SealiftError]] = {family.fault: family for family in (
-    SealiftError, Conflict, InputError, Refused, DeliveryError, DeviceFault, EngineFault, Unhealthy)}
+    SealiftError, Conflict, InputError, Refused, DeliveryError, DeviceFault, EngineFault, Unhealthy, Deferred)}
 """Each fault family by the name ``status``, logs and JSON give it."""

@@ -22,7 +22,7 @@ from updater.apps import Apps
 from updater.artifact import Kind, open_artifact
 from updater.bundle import BundleInfo
 from updater.devicenet import conflicts
-from updater.errors import Conflict, InputError, Refused, SealiftError
+from updater.errors import Conflict, Deferred, InputError, Refused, SealiftError
 from updater.identity import DeviceIdentity
 from updater.ingress import Ingress, Placement
 from updater.journal import Journal
@@ -70,7 +70,7 @@ class Installer:
         return Application(self, name)
 
     def install(self, source: Path | Incoming, *, overlay: Path | None = None, force: bool = False,
-                app: str | None = None) -> Outcome:
+                app: str | None = None, ignore_window: bool = False) -> Outcome:
         """Install what ``source`` holds of application ``app`` (default: the one it holds) with the site
         ``overlay``; see :meth:`updater.application.Application.install`."""
         started = time.monotonic()
@@ -78,10 +78,10 @@ class Installer:
         try:
             name = app if app is not None else self.app_of(source)
             with self.apps.installing():
-                outcome = self.app(name).install(source, overlay=overlay, force=force)
+                outcome = self.app(name).install(source, overlay=overlay, force=force, ignore_window=ignore_window)
         except SealiftError as e:
-            self.journal.record("refused" if isinstance(e, Refused) else "install-failed", app=name, source=_shown(source),
-                                fault=e.fault, error=e.diagnostics())
+            kind = "refused" if isinstance(e, Refused) else "deferred" if isinstance(e, Deferred) else "install-failed"
+            self.journal.record(kind, app=name, source=_shown(source), fault=e.fault, error=e.diagnostics())
             raise
         finally:
             self.prune()
@@ -101,11 +101,11 @@ class Installer:
                                                          "time": self.journal.now().isoformat(timespec="seconds"),
                                                          "checks": [t.to_json() for t in outcome.health]})
 
-    def rollback(self, app: str | None = None) -> Outcome:
-        """Return application ``app`` (default: the one installed) to its previous release."""
+    def rollback(self, app: str | None = None, *, reason: str = "rollback requested") -> Outcome:
+        """Return application ``app`` (default: the one installed) to its previous release (``reason``: why)."""
         name = self.apps.only(app)
         try:
-            outcome = self.app(name).rollback()
+            outcome = self.app(name).rollback(reason=reason)
         except SealiftError as e:
             self.journal.record("rollback-failed", app=name, fault=e.fault, error=e.diagnostics())
             raise

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from updater.artifact import Kind
-from updater.errors import Refused, SealiftError
+from updater.errors import Deferred, Refused, SealiftError
+from updater.gate import Gate
 from updater.install import Installer, Outcome
 from updater.names import NAME
 from updater.oci import ANNOTATION, Descriptor
@@ -89,6 +90,7 @@ class RegistryPoller:
         self.log = log
         self.retry = retry
         self.refused: set[str] = set()  # digests that failed verification: not downloaded again by this process
+        self.held: tuple[str, Deferred] | None = None  # the application whose newest signed release waits, and why (the last poll)
         self.advance: Callable[[int], None] = lambda _: None  # told of every piece downloaded (the daemon feeds its watchdog)
 
     def poll(self) -> Outcome | None:
@@ -97,6 +99,8 @@ class RegistryPoller:
         try:
             found = self.find(client)
             if found is None:
+                if self.held is not None:
+                    self.installer.app(self.held[0]).deferred(self.held[1])
                 return None
             state = self.installer.app(found.name).slots.load()
             self.log(f"found {found} in {client.ref.name}")
@@ -158,10 +162,12 @@ class RegistryPoller:
             if site else []
         if not apps and not overlays:
             return None
+        self.held = None
         with self.installer.trust.candidate() as metadata_dir:  # what it verifies is kept; releases are accepted only at install
             metadata = RegistryMetadata(client)
             tuf = TufClient(metadata_dir, metadata)
             tuf.refresh()
+            gate = Gate(self.installer)
             signed_overlays = [o for o in (self._signed(client, tuf, tag, version, site=site) for version, tag in overlays)
                                if o is not None]
             running = self._running_overlay(state)
@@ -176,6 +182,9 @@ class RegistryPoller:
                 if overlay is None and running is not None and (running.get("name") != app.name
                                                                 or not fits(str(running.get("fits", "")), version)):
                     self.log(f"skipped {tag}: the site overlay {running.get('version')} does not fit it, and no newer one does")
+                    continue
+                if not (decision := gate.decision(tuf, app.name, version)).install:  # not even downloaded while it waits
+                    self.held = self.held or (app.name, Deferred(f"{app.name} {version} waits: {decision.reason}"))
                     continue
                 return Found(name=name, app=app, overlay=overlay, metadata=dict(metadata.fetched))
             if current is not None:

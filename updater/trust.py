@@ -87,6 +87,10 @@ class TrustedState:
         """Whether ``root`` has expired by this device's clock (then only a newer root lets it verify)."""
         return root.is_expired(self.now())
 
+    def trusted_time(self) -> dt.datetime | None:
+        """The newest time at which this device accepted anything: the true time is not earlier."""
+        return self._newest_time()
+
     def reset_clock(self) -> dt.datetime | None:
         """Forget the newest trusted time (after a clock that ran ahead was corrected); returns it."""
         with self._locked():

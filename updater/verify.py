@@ -14,7 +14,7 @@ device: its site, the release it runs with, its key opening the secrets.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -43,14 +43,17 @@ def verify_for_device(path: Path, *, trust: TrustedState, profile: Profile | Non
 
 
 @contextmanager
-def verifying(artifact: Artifact, *, trust: TrustedState, profile: Profile | None, hashed: bool) -> Iterator[BundleInfo]:
+def verifying(artifact: Artifact, *, trust: TrustedState, profile: Profile | None, hashed: bool,
+              gate: Callable[[TufClient, BundleInfo], object] | None = None) -> Iterator[BundleInfo]:
     """Verify the bundle ``artifact`` and yield what it is; the device accepts the release (its version,
     the time) only if the block ends without an error (an install stages the release inside it:
     compressed content is checked as it is staged), while TUF metadata verified on the way is kept
-    either way (see :mod:`updater.trust`). ``hashed``: its blobs were hashed on their way into the store."""
+    either way (see :mod:`updater.trust`). ``hashed``: its blobs were hashed on their way into the store.
+    ``gate``, given the metadata that signs the release and what it is once every check passed, may
+    hold it back (an install asks its staged rollout, :mod:`updater.gate`)."""
     with trust.candidate() as metadata_dir:
         # (1) TUF: the index bytes are the target the bundle claims to be
-        _, index = signed_index(artifact.reader, metadata_dir, artifact.top.digest, notes=trust.notes)
+        _, index, client = signed_index(artifact.reader, metadata_dir, artifact.top.digest, notes=trust.notes)
         # (2) every blob (of the very index TUF vouched for), (3) the hardware, (4) never an older release
         info = verify_bundle(artifact, hashed=hashed)
         signed_digest = f"sha256:{hashlib.sha256(index).hexdigest()}"
@@ -58,13 +61,17 @@ def verifying(artifact: Artifact, *, trust: TrustedState, profile: Profile | Non
             raise Refused(f"{artifact.path}: changed while it was verified (index {info.digest}, signed {signed_digest})")
         _check_profile(artifact.path, info, profile)
         trust.check_version(info.name, info.profile, info.version)
+        if gate is not None:  # (5) the release's rollout lets this device install it now
+            gate(client, info)
         yield info
         trust.commit(metadata_dir, release=(info.name, info.profile, info.version))
 
 
-def signed_index(reader: LayoutReader, metadata_dir: Path, digest: str, *, notes: list[str] | None = None) -> tuple[str, bytes]:
+def signed_index(reader: LayoutReader, metadata_dir: Path, digest: str, *,
+                 notes: list[str] | None = None) -> tuple[str, bytes, TufClient]:
     """The target name and bytes of the top index ``digest``, once TUF, against ``metadata_dir`` and
-    the layout's own metadata, has vouched for them; what an operator should hear goes to ``notes``."""
+    the layout's own metadata, has vouched for them, and the client that did; what an operator should
+    hear goes to ``notes``."""
     try:
         with reader.open_blob(digest) as stream:
             index = stream.read(MAX_JSON_BYTES + 1)
@@ -76,7 +83,7 @@ def signed_index(reader: LayoutReader, metadata_dir: Path, digest: str, *, notes
     client.check(name, index)
     if notes is not None:
         notes += client.notes
-    return name, index
+    return name, index, client
 
 
 def check_signed_target(reader: LayoutReader, digest: str, *, trust: TrustedState) -> None:
@@ -109,7 +116,7 @@ def verify_overlay(source: Path | Artifact, *, trust: TrustedState, identity: De
     path = source.path
     record = identity.record()
     with trust.candidate() as metadata_dir:
-        name, index = signed_index(source.reader, metadata_dir, source.top.digest, notes=trust.notes)
+        name, index, _ = signed_index(source.reader, metadata_dir, source.top.digest, notes=trust.notes)
         info = check_overlay(source)
         signed_digest = f"sha256:{hashlib.sha256(index).hexdigest()}"
         if info.digest != signed_digest:

@@ -16,16 +16,19 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from updater.artifact import open_artifact
-from updater.errors import Refused, SealiftError
+from updater.errors import Deferred, Refused, SealiftError
 from updater.install import Installer, Outcome
 from updater.plan import Offer, failure_key, offered_apps, plan, read_offer
 from updater.reports import REPORTS_FOLDER, Reports
 
 __all__ = ["Watcher"]
+
+RECHECK_DEFERRED_S = 300.0  # a release its rollout holds back is looked at again after this long, not every scan
 
 
 class Watcher:
@@ -38,6 +41,7 @@ class Watcher:
         self._log = say
         self.reported: set[tuple[str, str]] = set()  # (medium, its fingerprint) given a fresh report
         self.refused: set[tuple[str, ...]] = set()  # (path, its files, the running release[, what it offered]) refused
+        self.deferred: dict[tuple[str, ...], tuple[float, str]] = {}  # what its rollout holds back: (next look, why)
 
     def scan(self) -> int:
         """Install every new bundle, overlay or medium found in the watched directory; return how many were tried.
@@ -120,9 +124,18 @@ class Watcher:
             return 0
         if (*seen, key) in self.refused:
             return 0
-        self._log(event="install", bundle=str(path), app=name, digest=key)
+        waiting = self.deferred.get((*seen, key))
+        if waiting is not None and time.monotonic() < waiting[0]:
+            return 0
+        if waiting is None:
+            self._log(event="install", bundle=str(path), app=name, digest=key)
         try:
             outcome = self.installer.install(path, app=name)
+        except Deferred as e:  # its rollout holds it back: looked at again later, said again only when the reason changes
+            if waiting is None or waiting[1] != e.diagnostics():
+                self._log(event="deferred", bundle=str(path), app=name, reason=e.diagnostics())
+            self.deferred[(*seen, key)] = (time.monotonic() + RECHECK_DEFERRED_S, e.diagnostics())
+            return 1
         except SealiftError as e:
             if isinstance(e, Refused):  # the same bytes would be refused again: not checked on every pass
                 self.refused.add((*seen, key))

@@ -1,0 +1,195 @@
+"""``sealift rollout``: staged rollouts of signed releases (see :mod:`bundler.rollout` and docs/rollout.md)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from bundler.cli_sites import inventory_option
+from updater.exits import reports_errors
+
+if TYPE_CHECKING:
+    from bundler.rollout import Rollouts
+    from updater.rollout import Plan
+
+__all__ = ["rollout"]
+
+
+@click.group()
+def rollout() -> None:
+    """Staged rollouts: a release reaches devices wave by wave, each device deciding offline.
+
+    A plan (signed by the repository's `rollout` role, whose keys a release manager holds
+    without the targets keys) names the waves: devices by ID or label, sites, or a share of the
+    other devices. Devices wait for their wave to be opened (`advance`) and for their site's
+    maintenance window. `pause` and `resume` stop and restart a rollout; `halt` stops it for good
+    and sends the devices that installed the release back to the previous one.
+
+    Each step is signed into the repository's metadata: publish it with --publish, or add the
+    bundles again (`sealift repo add`) before exporting them to media.
+    """
+
+
+_repo_arg = click.argument("directory", type=click.Path(path_type=Path, file_okay=False), metavar="REPO")
+_keys_option = click.option("--keys", "keydir", required=True, type=click.Path(path_type=Path, file_okay=False),
+                            help="The key directory holding the rollout role's keys (and snapshot's and timestamp's).")
+_publish_option = click.option("--publish", multiple=True, metavar="REGISTRY/REPO",
+                               help="Publish the signed metadata to this registry repository (repeatable).")
+_plain_http_option = click.option("--plain-http", is_flag=True, help="Talk HTTP, not HTTPS, to the registries.")
+_json_option = click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+
+
+def _rollouts(directory: Path, keydir: Path) -> Rollouts:
+    from bundler.keys import Keyring
+    from bundler.repo import Repository
+    from bundler.rollout import Rollouts
+
+    return Rollouts(Repository(directory, Keyring(keydir)))
+
+
+def _done(rollouts: Rollouts, plan: Plan, *, publish: tuple[str, ...], plain_http: bool, as_json: bool, said: str) -> None:
+    published = rollouts.publish(publish, plain_http=plain_http) if publish else []
+    if as_json:
+        click.echo(json.dumps({"plan": plan.to_json(), "published": published}, indent=2))
+        return
+    click.echo(said)
+    for line in _summary(plan):
+        click.echo(f"  {line}")
+    if publish:
+        click.echo(f"published {len(published)} metadata files to {', '.join(publish)}")
+
+
+def _summary(plan: Plan) -> list[str]:
+    lines = [f"state {plan.state.value}" + (f" ({plan.reason})" if plan.reason else "")
+             + (", devices that run it go back" if plan.rollback else "") + f"; failure threshold {plan.failure_threshold:g}%"]
+    for i, wave in enumerate(plan.waves):
+        parts = [f"{len(wave.devices)} devices" if wave.devices else "", f"sites {', '.join(sorted(wave.sites))}" if wave.sites else "",
+                 f"up to {wave.upto / 100:g}% of the rest" if wave.upto is not None else "",
+                 f"not before {wave.not_before:%Y-%m-%d %H:%M}Z" if wave.not_before else ""]
+        lines.append(f"wave {i + 1} {wave.name}: {'open' if i < plan.opened else 'waiting'}; {', '.join(p for p in parts if p)}")
+    return lines
+
+
+def _step(name: str, help_text: str) -> Callable[[Callable[..., Any]], Any]:
+    """A command that changes one rollout: REPO APP VERSION, the keys, publishing and JSON."""
+
+    def decorate(func: Callable[..., Any]) -> Any:
+        for option in (reports_errors, _json_option, _plain_http_option, _publish_option, _keys_option,
+                       click.argument("version"), click.argument("app"), _repo_arg):
+            func = option(func)
+        return rollout.command(name, help=help_text)(func)
+
+    return decorate
+
+
+@rollout.command("init")
+@_repo_arg
+@_keys_option
+@click.option("--role-keys", "key_count", type=click.IntRange(1, 16), default=1, show_default=True, help="Keys to create.")
+@click.option("--threshold", type=click.IntRange(1, 16), default=1, show_default=True, help="Signatures needed.")
+@reports_errors
+def rollout_init(directory: Path, keydir: Path, key_count: int, threshold: int) -> None:
+    """Create REPO's `rollout` role, which signs rollout plans (needs the targets keys, once).
+
+    \b
+    Example:
+      sealift rollout init repo/ --keys keys/
+    """
+    from bundler.keys import Keyring
+    from bundler.repo import Repository
+
+    Repository(directory, Keyring(keydir)).init_rollout(keys=key_count, threshold=threshold)
+    click.echo(f"created the rollout role in {directory}: its keys are in {keydir}; give them to the release managers")
+
+
+@rollout.command("plan")
+@_repo_arg
+@click.argument("plan_file", type=click.Path(path_type=Path, dir_okay=False), metavar="PLAN.yaml")
+@_keys_option
+@inventory_option
+@_publish_option
+@_plain_http_option
+@_json_option
+@reports_errors
+def rollout_plan(directory: Path, plan_file: Path, keydir: Path, inventory: Path, publish: tuple[str, ...], plain_http: bool,
+                 as_json: bool) -> None:
+    """Sign the rollout PLAN.yaml describes, its first wave open.
+
+    Labels are resolved to the inventory's devices now, and the sites' maintenance windows taken
+    from it (`sealift devices label`, `sealift devices window`).
+
+    \b
+    Example:
+      sealift rollout plan repo/ vision-app-1.4.0.yaml --keys keys/ --publish mirror:5000/vision-app
+    """
+    import datetime as dt
+
+    from bundler.devices import Inventory
+    from bundler.rollout import read_plan_file
+
+    rollouts = _rollouts(directory, keydir)
+    plan = rollouts.start(read_plan_file(plan_file, Inventory(inventory), now=dt.datetime.now(dt.UTC)))
+    _done(rollouts, plan, publish=publish, plain_http=plain_http, as_json=as_json,
+          said=f"signed the rollout of {plan.app} {plan.version}: wave {plan.waves[0].name} is open")
+
+
+@_step("advance", "Open the next wave of APP VERSION's rollout (refused while it is paused or halted).")
+def rollout_advance(directory: Path, app: str, version: str, keydir: Path, publish: tuple[str, ...], plain_http: bool,
+                    as_json: bool) -> None:
+    rollouts = _rollouts(directory, keydir)
+    plan = rollouts.advance(app, version)
+    _done(rollouts, plan, publish=publish, plain_http=plain_http, as_json=as_json,
+          said=f"opened wave {plan.waves[plan.opened - 1].name} of the rollout of {app} {version}")
+
+
+@_step("pause", "Stop APP VERSION's rollout for now: devices that wait keep waiting; those that installed keep it.")
+@click.option("--reason", default="", help="Why: devices say it in their status.")
+def rollout_pause(directory: Path, app: str, version: str, keydir: Path, publish: tuple[str, ...], plain_http: bool,
+                  as_json: bool, reason: str) -> None:
+    rollouts = _rollouts(directory, keydir)
+    plan = rollouts.pause(app, version, reason=reason)
+    _done(rollouts, plan, publish=publish, plain_http=plain_http, as_json=as_json, said=f"paused the rollout of {app} {version}")
+
+
+@_step("resume", "Go on with APP VERSION's paused rollout.")
+def rollout_resume(directory: Path, app: str, version: str, keydir: Path, publish: tuple[str, ...], plain_http: bool,
+                   as_json: bool) -> None:
+    rollouts = _rollouts(directory, keydir)
+    plan = rollouts.resume(app, version)
+    _done(rollouts, plan, publish=publish, plain_http=plain_http, as_json=as_json, said=f"resumed the rollout of {app} {version}")
+
+
+@_step("halt", "Stop APP VERSION's rollout for good; devices that run it go back to the previous release.")
+@click.option("--reason", required=True, help="Why: devices say it in their status and reports.")
+@click.option("--no-rollback", "keep", is_flag=True, help="Devices that installed the release keep it.")
+def rollout_halt(directory: Path, app: str, version: str, keydir: Path, publish: tuple[str, ...], plain_http: bool,
+                 as_json: bool, reason: str, keep: bool) -> None:
+    rollouts = _rollouts(directory, keydir)
+    plan = rollouts.halt(app, version, reason=reason, rollback=not keep)
+    _done(rollouts, plan, publish=publish, plain_http=plain_http, as_json=as_json,
+          said=f"halted the rollout of {app} {version}" + ("" if keep else "; devices that run it go back"))
+
+
+@rollout.command("show")
+@_repo_arg
+@click.argument("app", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the plans as JSON.")
+@reports_errors
+def rollout_show(directory: Path, app: str | None, as_json: bool) -> None:
+    """The rollout plans REPO signs (of APP only, when given), newest release first; no keys needed."""
+    from bundler.repo import Repository
+
+    plans = [p for p in Repository.reading(directory).plans() if app is None or p.app == app]
+    if as_json:
+        click.echo(json.dumps([p.to_json() for p in plans], indent=2))
+        return
+    if not plans:
+        click.echo("no rollout plans" + (f" of {app}" if app else ""))
+    for plan in plans:
+        click.echo(f"{plan.app} {plan.version} (signed {plan.changed:%Y-%m-%d %H:%M}Z)")
+        for line in _summary(plan):
+            click.echo(f"  {line}")

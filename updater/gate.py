@@ -1,0 +1,95 @@
+"""The device's side of a staged rollout: whether a signed release may go in now, and whether a
+running one must go back.
+
+The plan of a release is looked up in the very TUF metadata that verified the release (a bundle's
+or a medium's, a registry's, or the device's own), so a release and its plan are checked as one
+moment of the repository; :func:`updater.rollout.decide` then says, offline, whether this device
+may install it now. A release held back raises :class:`~updater.errors.Deferred`, whose message
+``status``, the log and the reports carry. A plan that is halted with ``rollback`` sends a device
+that runs its release back to the previous one (:meth:`Gate.follow`), once per pass of the service.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING
+
+from updater.errors import Deferred, Refused, SealiftError
+from updater.oci import canonical_json
+from updater.rollout import Decision, Plan, State, decide, plan_target
+from updater.tuf_client import TrustedMetadata, TufClient
+
+if TYPE_CHECKING:
+    from updater.install import Installer, Outcome
+
+__all__ = ["Gate", "signed_plan"]
+
+
+def signed_plan(client: TufClient, app: str, version: str) -> Plan | None:
+    """The plan the refreshed ``client`` signs for ``app`` ``version`` (None: the release is not staged);
+    Refused when what is signed is not a plan of that release."""
+    name = plan_target(app, version)
+    target = client.target(name)
+    if target is None:
+        return None
+    custom = target.custom.get("sealift") if isinstance(target.custom, dict) else None
+    raw = custom.get("plan") if isinstance(custom, dict) else None
+    where = f"the signed rollout plan {name}"
+    data = canonical_json(raw)
+    if target.length != len(data) or target.hashes.get("sha256") != hashlib.sha256(data).hexdigest():
+        raise Refused(f"{where}: its content is not what its hashes sign")
+    plan = Plan.from_json(raw, Refused, where)
+    if (plan.app, plan.version) != (app, version):
+        raise Refused(f"{where}: holds the plan of {plan.app} {plan.version}")
+    return plan
+
+
+class Gate:
+    """Rollout decisions for the device ``installer`` serves."""
+
+    def __init__(self, installer: Installer) -> None:
+        self.installer = installer
+
+    def decision(self, client: TufClient, app: str, version: str, *, ignore_window: bool = False) -> Decision:
+        """What the plan of ``app`` ``version`` in ``client``'s metadata says to this device now."""
+        plan = signed_plan(client, app, version)
+        if plan is None:
+            return Decision(install=True)
+        identity, trust = self.installer.identity, self.installer.trust
+        record = identity.record() if identity.enrolled() else {}
+        device, site = record.get("device"), record.get("site")
+        return decide(plan, device=device if isinstance(device, str) else None, site=site if isinstance(site, str) else None,
+                      now=trust.now(), trusted_time=trust.trusted_time(), ignore_window=ignore_window)
+
+    def check(self, client: TufClient, app: str, version: str, *, ignore_window: bool = False) -> Decision:
+        """Deferred when this device may not install ``app`` ``version`` now; the decision otherwise."""
+        decision = self.decision(client, app, version, ignore_window=ignore_window)
+        if not decision.install:
+            raise Deferred(f"{app} {version} waits: {decision.reason}")
+        return decision
+
+    def follow(self) -> list[Outcome | SealiftError]:
+        """Send back each application whose running release a halted plan with ``rollback`` recalls,
+        by the device's trusted metadata (what the last poll or medium brought); what each return did."""
+        installer = self.installer
+        if not installer.trust.provisioned():
+            return []
+        recalled = []
+        with installer.trust.candidate() as metadata_dir:
+            client = TufClient(metadata_dir, TrustedMetadata(metadata_dir))
+            client.refresh()
+            for name, state in installer.apps.states().items():
+                current = state.current
+                if current is None or state.previous is None:
+                    continue
+                plan = signed_plan(client, name, current.version)
+                if plan is not None and plan.state is State.HALTED and plan.rollback:
+                    recalled.append((name, f"the rollout of {name} {current.version} was halted"
+                                           + (f": {plan.reason}" if plan.reason else "")))
+        done: list[Outcome | SealiftError] = []
+        for name, why in recalled:
+            try:
+                done.append(installer.rollback(name, reason=why))
+            except SealiftError as e:
+                done.append(e)
+        return done
