@@ -42,7 +42,7 @@ from updater.stage import (
     sweep_staging,
 )
 from updater.store import Incoming
-from updater.verify import verify_overlay, verifying
+from updater.verify import take_metadata, verify_overlay, verifying
 from updater.versions import fits
 
 if TYPE_CHECKING:
@@ -116,6 +116,8 @@ class Application:
         if isinstance(source, Incoming):
             return source.complete(), overlay
         with open_artifact(source) as artifact:
+            # what arrived may carry newer metadata than the copy the store keeps of a bundle it has (a rollout step)
+            take_metadata(artifact.reader, trust=self.trust)
             if artifact.kind is Kind.OVERLAY:
                 if overlay is not None:
                     raise InputError(f"{source}: an overlay, given where the application bundle goes")

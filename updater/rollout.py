@@ -78,7 +78,7 @@ class Wave:
         if self.sites:
             data["sites"] = sorted(self.sites)
         if self.upto is not None:
-            data["percent"] = self.upto / 100
+            data["upto_bp"] = self.upto  # basis points (hundredths of a percent): TUF's canonical JSON has no fractions
         if self.not_before is not None:
             data["not_before"] = _time_text(self.not_before)
         return data
@@ -101,7 +101,7 @@ class Plan:
 
     def to_json(self) -> dict[str, Any]:
         return {"app": self.app, "version": self.version, "state": self.state.value, "opened": self.opened,
-                "failure_threshold": self.failure_threshold, "rollback": self.rollback, "reason": self.reason,
+                "failure_threshold_bp": round(self.failure_threshold * 100), "rollback": self.rollback, "reason": self.reason,
                 "changed": _time_text(self.changed), "waves": [w.to_json() for w in self.waves],
                 "windows": {site: w.to_json() for site, w in sorted(self.windows.items())}}
 
@@ -211,8 +211,8 @@ def _time_text(when: dt.datetime) -> str:
 class _PlanReader:
     """Reads a plan's JSON strictly: every field typed and bounded, nothing unknown."""
 
-    _FIELDS = frozenset({"app", "version", "state", "opened", "failure_threshold", "rollback", "reason", "changed", "waves", "windows"})
-    _WAVE = frozenset({"name", "devices", "sites", "percent", "not_before"})
+    _FIELDS = frozenset({"app", "version", "state", "opened", "failure_threshold_bp", "rollback", "reason", "changed", "waves", "windows"})
+    _WAVE = frozenset({"name", "devices", "sites", "upto_bp", "not_before"})
 
     def __init__(self, error: type[SealiftError], where: str) -> None:
         self.error = error
@@ -226,9 +226,9 @@ class _PlanReader:
         windows = data["windows"]
         if not isinstance(windows, dict) or not all(isinstance(k, str) and NAME.fullmatch(k) for k in windows):
             raise self.error(f"{self.where}: windows: expected maintenance windows by site name")
-        threshold = data["failure_threshold"]
-        if isinstance(threshold, bool) or not isinstance(threshold, int | float):
-            raise self.error(f"{self.where}: failure_threshold: expected a percentage")
+        threshold = data["failure_threshold_bp"]
+        if isinstance(threshold, bool) or not isinstance(threshold, int):
+            raise self.error(f"{self.where}: failure_threshold_bp: expected a whole number of basis points")
         waves = data["waves"]
         if not isinstance(waves, list) or len(waves) > MAX_WAVES:
             raise self.error(f"{self.where}: waves: expected a list of at most {MAX_WAVES} waves")
@@ -241,7 +241,7 @@ class _PlanReader:
                 or not isinstance(reason, str) or len(reason) > 500:
             raise self.error(f"{self.where}: opened, rollback or reason: expected a number, a boolean and a short text")
         plan = Plan(app=app, version=version, waves=tuple(self.wave(w, i) for i, w in enumerate(waves)), opened=opened,
-                    state=state, failure_threshold=float(threshold), rollback=rollback, reason=reason,
+                    state=state, failure_threshold=threshold / 100, rollback=rollback, reason=reason,
                     changed=self.time(data["changed"], "changed"),
                     windows={site: Maintenance.from_json(w, self.error, f"{self.where}: windows: {site}")
                              for site, w in windows.items()})
@@ -251,14 +251,14 @@ class _PlanReader:
     def wave(self, data: Any, index: int) -> Wave:
         where = f"wave {index + 1}"
         if not isinstance(data, dict) or not set(data) <= self._WAVE or "name" not in data:
-            raise self.error(f"{self.where}: {where}: expected a name and any of devices, sites, percent, not_before")
+            raise self.error(f"{self.where}: {where}: expected a name and any of devices, sites, upto_bp, not_before")
         name = self._text(data, "name", NAME)
-        percent = data.get("percent")
-        if percent is not None and (isinstance(percent, bool) or not isinstance(percent, int | float)):
-            raise self.error(f"{self.where}: wave {name}: percent: expected a number")
+        upto = data.get("upto_bp")
+        if upto is not None and (isinstance(upto, bool) or not isinstance(upto, int)):
+            raise self.error(f"{self.where}: wave {name}: upto_bp: expected a whole number of basis points")
         return Wave(name=name, devices=self._names(data.get("devices", []), f"wave {name}: devices"),
                     sites=self._names(data.get("sites", []), f"wave {name}: sites"),
-                    upto=round(percent * 100) if percent is not None else None,
+                    upto=upto,
                     not_before=self.time(data["not_before"], f"wave {name}: not_before") if "not_before" in data else None)
 
     def time(self, text: Any, what: str) -> dt.datetime:

@@ -34,6 +34,7 @@ from updater.artifact import Kind, kind
 from updater.errors import DeliveryError, DeviceFault, Refused, SealiftError
 from updater.layout import LayoutReader
 from updater.oci import ANNOTATION, MAX_METADATA_BYTES, json_object, parse_json
+from updater.rollout import ROLE, plan_target
 
 if TYPE_CHECKING:
     from updater.registry import RegistryClient
@@ -228,6 +229,20 @@ class TufClient:
         self._updater = self._guarded(lambda: Updater(str(self.metadata_dir), _URL, fetcher=_Fetcher(self.source),
                                                       config=UpdaterConfig(), bootstrap=None))
         self._guarded(self._updater.refresh)
+        # the rollout plans' role is loaded with every refresh (a walk to a name only it may sign): the
+        # device's own copy then stays as new as its snapshot, and a halt is read from it offline later
+        updater = self._updater
+        if self._delegates_rollout():
+            self._guarded(lambda: updater.get_targetinfo(plan_target("sealift", "0.0.0")))
+
+    def _delegates_rollout(self) -> bool:
+        """Whether the (just verified) top-level targets delegates to the rollout role."""
+        try:
+            delegations = parse_json((self.metadata_dir / "targets.json").read_bytes(), "targets")["signed"].get("delegations")
+        except (OSError, SealiftError, KeyError, TypeError, AttributeError):
+            return False
+        roles = delegations.get("roles") if isinstance(delegations, dict) else None
+        return isinstance(roles, list) and any(isinstance(r, dict) and r.get("name") == ROLE for r in roles)
 
     def target(self, name: str) -> TargetFile | None:
         """(3) ``name`` as the refreshed metadata signs it (delegated roles walked as needed), or None."""

@@ -31,7 +31,7 @@ from updater.trust import TrustedState
 from updater.tuf_client import LayoutMetadata, TufClient, claimed_target, target_name
 from updater.versions import fits
 
-__all__ = ["check_signed_target", "signed_index", "verify_for_device", "verify_overlay", "verifying"]
+__all__ = ["check_signed_target", "signed_index", "take_metadata", "verify_for_device", "verify_overlay", "verifying"]
 
 
 def verify_for_device(path: Path, *, trust: TrustedState, profile: Profile | None) -> BundleInfo:
@@ -91,6 +91,14 @@ def check_signed_target(reader: LayoutReader, digest: str, *, trust: TrustedStat
     whose metadata the medium carries, against ``trust``; nothing is accepted (verified metadata is kept)."""
     with trust.candidate() as metadata_dir:
         signed_index(reader, metadata_dir, digest, notes=trust.notes)
+
+
+def take_metadata(reader: LayoutReader, *, trust: TrustedState) -> None:
+    """Verify the signed metadata ``reader`` (a bundle or a medium) carries and keep what of it is newer
+    than the device's, installing nothing: a medium may bring news for what runs (a rollout halted)
+    with bundles the device already has. Refused when it fails verification."""
+    with trust.candidate() as metadata_dir:
+        TufClient(metadata_dir, LayoutMetadata(reader)).refresh()
 
 
 def _check_profile(path: Path, info: BundleInfo, profile: Profile | None) -> None:
