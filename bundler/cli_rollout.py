@@ -137,11 +137,40 @@ def rollout_plan(directory: Path, plan_file: Path, keydir: Path, inventory: Path
           said=f"signed the rollout of {plan.app} {plan.version}: wave {plan.waves[0].name} is open")
 
 
-@_step("advance", "Open the next wave of APP VERSION's rollout (refused while it is paused or halted).")
+_db_option = click.option("--db", type=click.Path(path_type=Path, dir_okay=False), default=Path("fleet.db"), show_default=True,
+                          help="The fleet database the devices' reports were imported into (`sealift fleet import`).")
+
+
+def _waves(db: Path, inventory: Path, plan: Plan) -> list[Any]:
+    from bundler.devices import Inventory
+    from bundler.fleet import FleetDatabase
+    from bundler.rollout_status import rollout_status
+    from updater.errors import InputError
+
+    if not db.is_file():
+        raise InputError(f"{db}: no fleet database; import the devices' reports first (`sealift fleet import`)")
+    with FleetDatabase(db).connect() as connection:
+        return rollout_status(connection, Inventory(inventory), plan)
+
+
+@_step("advance", """Open the next wave of APP VERSION's rollout.
+
+    Refused while the rollout is paused or halted, and while an open wave's failure rate passes
+    the plan's threshold by the reports in the fleet database (--unchecked skips that check).
+
+    \b
+    Example:
+      sealift fleet import /media/usb && sealift rollout advance repo/ vision-app 1.4.0 --keys keys/
+    """)
+@_db_option
+@inventory_option
+@click.option("--unchecked", is_flag=True, help="Open the next wave without asking the fleet database how the open ones go.")
 def rollout_advance(directory: Path, app: str, version: str, keydir: Path, publish: tuple[str, ...], plain_http: bool,
-                    as_json: bool) -> None:
+                    as_json: bool, db: Path, inventory: Path, unchecked: bool) -> None:
+    from bundler.rollout_status import failing
+
     rollouts = _rollouts(directory, keydir)
-    plan = rollouts.advance(app, version)
+    plan = rollouts.advance(app, version, failing=(lambda _: None) if unchecked else lambda p: failing(_waves(db, inventory, p), p))
     _done(rollouts, plan, publish=publish, plain_http=plain_http, as_json=as_json,
           said=f"opened wave {plan.waves[plan.opened - 1].name} of the rollout of {app} {version}")
 
@@ -193,3 +222,79 @@ def rollout_show(directory: Path, app: str | None, as_json: bool) -> None:
         click.echo(f"{plan.app} {plan.version} (signed {plan.changed:%Y-%m-%d %H:%M}Z)")
         for line in _summary(plan):
             click.echo(f"  {line}")
+
+
+@rollout.command("status")
+@_repo_arg
+@click.argument("app")
+@click.argument("version")
+@_db_option
+@inventory_option
+@click.option("--json", "as_json", is_flag=True, help="Print each wave's counts and devices as JSON.")
+@reports_errors
+def rollout_status(directory: Path, app: str, version: str, db: Path, inventory: Path, as_json: bool) -> None:
+    """How APP VERSION's rollout goes, wave by wave, by the devices' reports: updated, failed,
+    waiting, unheard (no report since the plan's last step); no keys needed.
+
+    \b
+    Example:
+      sealift rollout status repo/ vision-app 1.4.0 --db fleet.db
+    """
+    from bundler.repo import Repository
+    from bundler.rollout import Rollouts
+    from bundler.rollout_status import failing
+
+    plan = Rollouts(Repository.reading(directory)).get(app, version)
+    waves = _waves(db, inventory, plan)
+    why = failing(waves, plan)
+    if as_json:
+        click.echo(json.dumps({"plan": plan.to_json(), "waves": [w.to_json() for w in waves], "failing": why}, indent=2))
+        return
+    click.echo(f"{app} {version}: {plan.state.value}" + (f" ({plan.reason})" if plan.reason else "")
+               + f"; {plan.opened} of {len(plan.waves)} waves open; failure threshold {plan.failure_threshold:g}%")
+    for wave in waves:
+        counts = ", ".join(f"{len(found)} {kind}" for kind, found in wave.devices.items())
+        click.echo(f"  {wave.name:16} {'open' if wave.open else 'waiting':8} {counts}; failure rate {wave.failure_rate:.0f}%")
+    if why:
+        click.echo(f"failing: {why} (`sealift rollout check` halts it)")
+
+
+@rollout.command("check")
+@_repo_arg
+@_keys_option
+@_db_option
+@inventory_option
+@_publish_option
+@_plain_http_option
+@click.option("--json", "as_json", is_flag=True, help="Print what was checked and halted as JSON.")
+@reports_errors
+def rollout_check(directory: Path, keydir: Path, db: Path, inventory: Path, publish: tuple[str, ...], plain_http: bool,
+                  as_json: bool) -> None:
+    """Halt every running rollout one of whose open waves fails more than its plan's threshold
+    allows, by the devices' reports; the halt is signed, and devices that run the release go back.
+    Exits 0 whether or not it halted one: schedule it after each `sealift fleet import`.
+
+    \b
+    Example:
+      sealift rollout check repo/ --keys keys/ --db fleet.db --publish mirror:5000/vision-app
+    """
+    from bundler.rollout_status import failing
+    from updater.rollout import State
+
+    rollouts = _rollouts(directory, keydir)
+    checked, halted = [], []
+    for plan in rollouts.repo.plans():
+        if plan.state is not State.RUNNING:
+            continue
+        why = failing(_waves(db, inventory, plan), plan)
+        checked.append(f"{plan.app} {plan.version}")
+        if why:
+            rollouts.halt(plan.app, plan.version, reason=why)
+            halted.append({"app": plan.app, "version": plan.version, "reason": why})
+    published = rollouts.publish(publish, plain_http=plain_http) if publish and halted else []
+    if as_json:
+        click.echo(json.dumps({"checked": checked, "halted": halted, "published": published}, indent=2))
+        return
+    for item in halted:
+        click.echo(f"halted {item['app']} {item['version']}: {item['reason']}")
+    click.echo(f"checked {len(checked)} running rollouts; halted {len(halted)}")

@@ -131,17 +131,17 @@ class Rollouts:
         self.repo.sign_plan(plan)
         return plan
 
-    def advance(self, app: str, version: str, *, failing: str | None = None) -> Plan:
-        """Open the next wave; Conflict when the rollout is paused, halted or fully open, or ``failing``
-        (why the open wave fails its threshold, as ``rollout check`` found)."""
+    def advance(self, app: str, version: str, *, failing: Callable[[Plan], str | None] = lambda _: None) -> Plan:
+        """Open the next wave; Conflict when the rollout is paused, halted or fully open, or when ``failing``
+        says why an open wave fails its threshold (as ``rollout check`` finds it)."""
         plan = self.get(app, version)
         if plan.state is not State.RUNNING:
             raise Conflict(f"the rollout of {app} {version} is {plan.state.value}; resume it first" if plan.state is State.PAUSED
                            else f"the rollout of {app} {version} is halted; a halted rollout stays halted (plan a fixed release)")
-        if failing:
-            raise Conflict(f"the rollout of {app} {version} may not advance: {failing}")
         if plan.opened >= len(plan.waves):
             raise Conflict(f"every wave of the rollout of {app} {version} is open already")
+        if why := failing(plan):
+            raise Conflict(f"the rollout of {app} {version} may not advance: {why}")
         return self._sign(plan, opened=plan.opened + 1)
 
     def pause(self, app: str, version: str, *, reason: str = "") -> Plan:

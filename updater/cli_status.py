@@ -73,6 +73,8 @@ def _print_state(name: str, state: DeviceState, serving: Serving | None, fault: 
     current = (f"{state.current.version} (slot {state.current.slot}"
                + (f", site overlay {state.current.overlay})" if state.current.overlay else ")")) if state.current else "nothing"
     click.echo(f"{name}\n  running: {current}\n  phase:   {state.phase.value}{': ' + state.reason if state.reason else ''}")
+    if state.fault == "deferred":  # a staged rollout holds a newer release back: say so on a line of its own
+        click.echo(f"  waiting: {state.reason.removeprefix('deferred: ')}")
     if state.current is not None:
         click.echo(f"  engine:  {serving}" if serving else f"  engine:  cannot tell what runs ({fault.diagnostics() if fault else ''})")
     for event in state.history[-10:]:

@@ -195,7 +195,9 @@ def test_the_cli_steers_a_rollout_and_refuses_what_does_not_follow(fleet: dict[s
     refused = run("rollout", "advance", str(repo.directory), "demo", "1.1.0", *keys)
     assert refused.exit_code == 1 and "is paused; resume it first" in refused.stderr
     assert run("rollout", "resume", str(repo.directory), "demo", "1.1.0", *keys).exit_code == 0
-    advanced = run("rollout", "advance", str(repo.directory), "demo", "1.1.0", *keys, "--json")
+    no_reports = run("rollout", "advance", str(repo.directory), "demo", "1.1.0", *keys, "--db", str(repo.directory / "none.db"))
+    assert no_reports.exit_code == 2 and "no fleet database" in no_reports.stderr
+    advanced = run("rollout", "advance", str(repo.directory), "demo", "1.1.0", *keys, "--unchecked", "--json")
     assert json.loads(advanced.stdout)["plan"]["opened"] == 2
     done = run("rollout", "advance", str(repo.directory), "demo", "1.1.0", *keys)
     assert done.exit_code == 1 and "every wave" in done.stderr
@@ -209,3 +211,53 @@ def test_the_cli_steers_a_rollout_and_refuses_what_does_not_follow(fleet: dict[s
     unsigned.write_text(plan_file.read_text().replace("1.1.0", "2.0.0"))
     refused = run("rollout", "plan", str(repo.directory), str(unsigned), *keys, "--inventory", str(fleet["inventory"]))
     assert refused.exit_code == 2 and "demo 2.0.0 is not signed" in refused.stderr
+
+
+def test_a_failing_canary_reported_back_halts_the_rollout_and_the_rest_never_install(
+        fleet: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    from bundler.devices import Inventory
+    from bundler.fleet import FleetDatabase
+    from bundler.rollout_status import failing, rollout_status
+    from updater.reports import Reports
+
+    monkeypatch.setenv("SEALIFT_KEY_PASSPHRASE", PASS)
+    a, b, bundle, repo = fleet["a"], fleet["b"], fleet["bundles"]["1.1.0"], fleet["repo"]
+    fleet["rollouts"].start(plan_for(Wave(name="canary", devices=frozenset({device_id(a)})), Wave(name="rest", upto=10_000),
+                                     failure_threshold=10.0))
+    signed_step(fleet)
+    a.runtime.health["1.1.0"] = "unhealthy"  # type: ignore[attr-defined]
+    assert not a.install(bundle).committed and running(a) == "1.0.0"
+    with pytest.raises(Deferred):
+        b.install(bundle)
+    medium = repo.directory.parent / "usb"
+    medium.mkdir()
+    for device in (a, b):
+        Reports(device).make()
+        Reports(device).to_medium(medium)
+    db = repo.directory.parent / "fleet.db"
+    assert FleetDatabase(db).import_medium(medium, Inventory(fleet["inventory"])).imported == 2
+    plan = fleet["rollouts"].get("demo", "1.1.0")
+    with FleetDatabase(db).connect() as connection:
+        waves = rollout_status(connection, Inventory(fleet["inventory"]), plan)
+    assert [(w.name, w.open, {k: len(v) for k, v in w.devices.items()}) for w in waves] == [
+        ("canary", True, {"updated": 0, "failed": 1, "waiting": 0, "unheard": 0}),
+        ("rest", False, {"updated": 0, "failed": 0, "waiting": 1, "unheard": 0})]
+    assert failing(waves, plan) == "wave canary: 1 of 1 devices that tried demo 1.1.0 failed (100%, threshold 10%)"
+    runner = CliRunner()
+    common = ["--db", str(db), "--inventory", str(fleet["inventory"])]
+    keys = ["--keys", str(repo.keys.directory)]
+    refused = runner.invoke(cli, ["rollout", "advance", str(repo.directory), "demo", "1.1.0", *keys, *common])
+    assert refused.exit_code == 1 and "may not advance: wave canary: 1 of 1" in refused.stderr
+    status = runner.invoke(cli, ["rollout", "status", str(repo.directory), "demo", "1.1.0", *common, "--json"])
+    assert json.loads(status.stdout)["waves"][0]["devices"]["failed"] == [device_id(a)]
+    checked = runner.invoke(cli, ["rollout", "check", str(repo.directory), *keys, *common, "--json"])
+    assert checked.exit_code == 0, checked.output
+    assert json.loads(checked.stdout)["halted"] == [{"app": "demo", "version": "1.1.0", "reason": failing(waves, plan)}]
+    assert fleet["rollouts"].get("demo", "1.1.0").state.value == "halted"
+    signed_step(fleet)
+    with pytest.raises(Deferred, match="is halted: wave canary: 1 of 1"):
+        b.install(bundle)
+    again = runner.invoke(cli, ["rollout", "check", str(repo.directory), *keys, *common, "--json"])
+    assert json.loads(again.stdout) == {"checked": [], "halted": [], "published": []}
+    unchecked = runner.invoke(cli, ["rollout", "advance", str(repo.directory), "demo", "1.1.0", *keys, "--unchecked"])
+    assert unchecked.exit_code == 1 and "is halted" in unchecked.stderr
