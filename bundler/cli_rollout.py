@@ -234,7 +234,7 @@ def rollout_show(directory: Path, app: str | None, as_json: bool) -> None:
 @reports_errors
 def rollout_status(directory: Path, app: str, version: str, db: Path, inventory: Path, as_json: bool) -> None:
     """How APP VERSION's rollout goes, wave by wave, by the devices' reports: updated, failed,
-    waiting, unheard (no report since the plan's last step); no keys needed.
+    waiting, unheard (no report since the rollout started); no keys needed.
 
     \b
     Example:

@@ -6,9 +6,9 @@ itself decides: :meth:`updater.rollout.Plan.wave_of`), and counts as one of:
 - **failed**: it reported a rollback of the release (failed health checks, or an engine that would
   not start it);
 - **updated**: its newest report says it runs the release;
-- **waiting**: it reported since the plan's last step, and does not run the release yet (its status
+- **waiting**: it reported since the rollout started, and does not run the release yet (its status
   says why: a wave not open, a window closed, a pause);
-- **unheard**: no report since the plan's last step.
+- **unheard**: no report since the rollout started.
 
 A wave's failure rate is ``failed / (failed + updated)``: of the devices that tried the release,
 the share that could not keep it; the first failure of a small canary counts in full.
@@ -53,7 +53,7 @@ class WaveStatus:
 def rollout_status(db: sqlite3.Connection, inventory: Inventory, plan: Plan) -> list[WaveStatus]:
     """Each wave of ``plan`` with its devices counted as the module says (devices in no wave are left out)."""
     waves = [WaveStatus(name=w.name, open=i < plan.opened) for i, w in enumerate(plan.waves)]
-    since = plan.changed.isoformat()
+    since = plan.begun.isoformat()
     failed = {row[0] for row in db.execute(
         """SELECT DISTINCT r.device FROM events e JOIN reports r ON r.id = e.report
            WHERE e.kind = 'rolled-back' AND e.app = ? AND e.version = ?""", (plan.app, plan.version))}

@@ -236,7 +236,8 @@ def make_example_images(python: str) -> Path:
 
 
 def example_releases(root: Path, *, python: str, secrets: bool = False, versions: tuple[str, ...] | None = None,
-                     also: str | None = None, routed: bool = False, tls_host: str | None = None) -> dict[str, Path]:
+                     also: str | None = None, routed: bool = False, tls_host: str | None = None,
+                     renamed: Mapping[str, str] | None = None) -> dict[str, Path]:
     """Signed x86_64-cpu releases of the example with a 2 s stabilisation window and host port
     FAST_PORT: 1.0.0 and 1.1.0 (healthy), 1.2.0 (the engine cannot start it), 1.3.0 (starts, never
     healthy: its model is missing; 5 s deadline), 1.4.0 (its server exits at once; 5 s deadline).
@@ -295,6 +296,10 @@ def example_releases(root: Path, *, python: str, secrets: bool = False, versions
         (root / f"compose-{also}.yaml").write_text(needing)
         second = text.replace("name: vision-app", f"name: {also}").replace("app: compose.yaml", f"app: compose-{also}.yaml")
         variants |= {f"{also}-{v}": second for v in ("1.0.0", "1.1.0")}
+    if renamed:  # signed oldest first, as a repository takes them
+        from updater.versions import version_key
+
+        variants = dict(sorted(((renamed.get(v, v), t) for v, t in variants.items()), key=lambda i: version_key(i[0].rpartition("-")[2])))
     for version, variant in variants.items():
         spec_path = root / f"sealift-{version}.yaml"
         spec_path.write_text(variant.replace("version: 1.0.0", f"version: {version.rpartition('-')[2]}"))

@@ -97,20 +97,30 @@ class Plan:
     rollback: bool = False  # halted: devices that run the release go back to the previous one
     reason: str = ""  # why it was paused or halted
     changed: dt.datetime  # when it was last signed: a lower bound of the time for every device that reads it
+    started: dt.datetime | None = None  # when it was first signed (default: ``changed``)
     windows: dict[str, Maintenance] = field(default_factory=dict)  # by site
 
     def to_json(self) -> dict[str, Any]:
         return {"app": self.app, "version": self.version, "state": self.state.value, "opened": self.opened,
                 "failure_threshold_bp": round(self.failure_threshold * 100), "rollback": self.rollback, "reason": self.reason,
-                "changed": _time_text(self.changed), "waves": [w.to_json() for w in self.waves],
+                "changed": _time_text(self.changed), "started": _time_text(self.begun), "waves": [w.to_json() for w in self.waves],
                 "windows": {site: w.to_json() for site, w in sorted(self.windows.items())}}
+
+    def __post_init__(self) -> None:
+        if self.started is None:  # a new plan starts when it is first signed
+            object.__setattr__(self, "started", self.changed)
+
+    @property
+    def begun(self) -> dt.datetime:
+        """When the rollout was first signed."""
+        return self.started or self.changed
 
     def canonical(self) -> bytes:
         return canonical_json(self.to_json())
 
     def changed_to(self, now: dt.datetime, **changes: Any) -> Plan:
         """This plan with ``changes``, signed at ``now`` (never earlier than it was last signed)."""
-        return replace(self, **changes, changed=max(now.replace(microsecond=0), self.changed))
+        return replace(self, **changes, started=self.begun, changed=max(now.replace(microsecond=0), self.changed))
 
     def wave_of(self, device: str | None, site: str | None) -> int | None:
         """The index of the wave ``device`` at ``site`` belongs to; None when it is in none. A device
@@ -211,7 +221,8 @@ def _time_text(when: dt.datetime) -> str:
 class _PlanReader:
     """Reads a plan's JSON strictly: every field typed and bounded, nothing unknown."""
 
-    _FIELDS = frozenset({"app", "version", "state", "opened", "failure_threshold_bp", "rollback", "reason", "changed", "waves", "windows"})
+    _FIELDS = frozenset({"app", "version", "state", "opened", "failure_threshold_bp", "rollback", "reason", "changed", "started", "waves",
+                         "windows"})
     _WAVE = frozenset({"name", "devices", "sites", "upto_bp", "not_before"})
 
     def __init__(self, error: type[SealiftError], where: str) -> None:
@@ -242,7 +253,7 @@ class _PlanReader:
             raise self.error(f"{self.where}: opened, rollback or reason: expected a number, a boolean and a short text")
         plan = Plan(app=app, version=version, waves=tuple(self.wave(w, i) for i, w in enumerate(waves)), opened=opened,
                     state=state, failure_threshold=threshold / 100, rollback=rollback, reason=reason,
-                    changed=self.time(data["changed"], "changed"),
+                    changed=self.time(data["changed"], "changed"), started=self.time(data["started"], "started"),
                     windows={site: Maintenance.from_json(w, self.error, f"{self.where}: windows: {site}")
                              for site, w in windows.items()})
         plan.check(self.error, self.where)
