@@ -25,6 +25,7 @@ from updater.errors import Deferred, Refused, SealiftError
 from updater.install import Installer, Outcome
 from updater.plan import Offer, failure_key, offered_apps, plan, read_offer
 from updater.reports import REPORTS_FOLDER, Reports
+from updater.verify import take_metadata
 
 __all__ = ["Watcher"]
 
@@ -100,6 +101,7 @@ class Watcher:
         except SealiftError:
             return 0  # unreadable (perhaps still being copied), or nothing for this device
         fingerprint = _fingerprint(path)
+        self._take_metadata(path, fingerprint)
         tried = 0
         for name, offered in offers.items():
             if self.installer.declared and name not in self.installer.declared:
@@ -143,6 +145,20 @@ class Watcher:
             return 1
         self._outcome(outcome)
         return 1
+
+    def _take_metadata(self, path: Path, fingerprint: str) -> None:
+        """Keep what is newer in the signed metadata of a medium not seen before, even when it brings nothing
+        to install: a rollout halted, for a release this device runs (the service then acts on it)."""
+        memo = (str(path), fingerprint, "metadata")
+        if memo in self.refused or not self.installer.trust.provisioned():  # not provisioned: an install says so
+            return
+        try:
+            with open_artifact(path) as artifact:
+                take_metadata(artifact.reader, trust=self.installer.trust)
+        except SealiftError as e:  # tried again next scan (a clock set right, a disk freed), said once
+            self._once((*memo, e.diagnostics()), event=_event(e), bundle=str(path), fault=e.fault, error=e.diagnostics())
+            return
+        self.refused.add(memo)  # taken: not verified again until the medium changes
 
     def _once(self, memo: tuple[str, ...], **fields: str) -> None:
         """Log ``fields`` the first time ``memo`` is seen."""

@@ -261,3 +261,21 @@ def test_a_failing_canary_reported_back_halts_the_rollout_and_the_rest_never_ins
     assert json.loads(again.stdout) == {"checked": [], "halted": [], "published": []}
     unchecked = runner.invoke(cli, ["rollout", "advance", str(repo.directory), "demo", "1.1.0", *keys, "--unchecked"])
     assert unchecked.exit_code == 1 and "is halted" in unchecked.stderr
+
+
+def test_a_halt_on_a_medium_reaches_a_device_that_has_nothing_to_install_from_it(fleet: dict[str, Any], tmp_path: Path) -> None:
+    from bundler.export import export
+    from updater.daemon import Daemon
+
+    a, bundle = fleet["a"], fleet["bundles"]["1.1.0"]
+    fleet["rollouts"].start(plan_for(Wave(name="canary", devices=frozenset({device_id(a)})), Wave(name="rest", upto=10_000)))
+    signed_step(fleet)
+    assert a.install(bundle).committed
+    fleet["rollouts"].halt("demo", "1.1.0", reason="bad model")
+    signed_step(fleet)
+    watch = tmp_path / "watch"
+    export([bundle], watch / "stick")  # the release it runs, with the metadata that halts it
+    lines: list[str] = []
+    Daemon(a, watch, interval=1, log=lines.append).run(once=True)
+    assert running(a) == "1.0.0", lines
+    assert any('event="committed"' in line and "halted: bad model" in line for line in lines)

@@ -32,6 +32,7 @@ from updater.plan import Candidate, Offer, Plan, plan
 from updater.profiles import builtin_profile_dir, load_profiles
 from updater.slots import DeviceState, Release
 from updater.store import BundleStore
+from updater.trust import TrustedState
 
 PROFILES = load_profiles([builtin_profile_dir()])
 CPU, ORIN = PROFILES["x86_64-cpu"], PROFILES["jetson-orin"]
@@ -199,6 +200,7 @@ class _Installer:
     def __init__(self, state_dir: Path, error: Exception) -> None:
         self.apps = Apps(state_dir)
         self.identity = DeviceIdentity(state_dir)  # not enrolled: no reports to write
+        self.trust = TrustedState(state_dir)  # not provisioned: a medium's metadata waits for an install
         self.profile = CPU
         self.declared: frozenset[str] = frozenset()
         self.error = error
