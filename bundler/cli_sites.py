@@ -67,17 +67,26 @@ def devices() -> None:
 
 
 @devices.command("add")
-@click.argument("record", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("records", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False), metavar="RECORD...")
 @inventory_option
-@click.option("--json", "as_json", is_flag=True, help="Print the device as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the device (a list of them for several records) as JSON.")
 @reports_errors
-def devices_add(record: Path, inventory: Path, as_json: bool) -> None:
-    """Enroll the device described by RECORD (what `sealift-updater enroll` printed on it)."""
+def devices_add(records: tuple[Path, ...], inventory: Path, as_json: bool) -> None:
+    """Enroll the devices described by RECORD... (what `sealift-updater enroll` printed on each), in
+    one change of the inventory: all of them, or none when one record is wrong.
+
+    \b
+    Example:
+      sealift devices add device-0017.json
+    """
     from bundler.devices import Inventory
 
-    device = Inventory(inventory).add(record)
-    click.echo(json.dumps(device.to_json()) if as_json else f"enrolled {device.device} at site {device.site} ({device.profile}, "
-                                                            f"{device.kem})")
+    added = Inventory(inventory).add_all(list(records))
+    if as_json:
+        click.echo(json.dumps(added[0].to_json() if len(added) == 1 else [d.to_json() for d in added]))
+        return
+    for device in added:
+        click.echo(f"enrolled {device.device} at site {device.site} ({device.profile}, {device.kem})")
 
 
 @devices.command("list")

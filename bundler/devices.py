@@ -132,27 +132,26 @@ class Inventory:
 
     def add(self, record_file: Path) -> Device:
         """Add the device an enrollment record describes; the same record again changes nothing."""
-        device = _device(load_json(record_file, what="enrollment record"), revocable=False)
+        return self.add_all([record_file])[0]
+
+    def add_all(self, record_files: list[Path]) -> list[Device]:
+        """Add the devices of several enrollment records in one change of the file (all or none)."""
+        records = [_device(load_json(path, what="enrollment record"), revocable=False) for path in record_files]
         with self._locked():
             devices, sites = self._read()
-            existing = next((d for d in devices if d.device == device.device), None)
-            if existing is not None:
-                if existing.revoked is not None:
-                    raise InputError(f"device {device.device} was revoked on {existing.revoked}; a revoked device enrolls "
-                                    "again only with new keys (`sealift-updater enroll --force`)")
-                if (existing.site, existing.profile) != (device.site, device.profile):
-                    raise InputError(f"device {device.device} is already enrolled at site {existing.site} ({existing.profile})")
-                if device.signing_key is None or existing.signing_key == device.signing_key:
-                    return existing
-                if existing.signing_key is not None:
-                    raise InputError(f"device {device.device} signs its reports with another key in the inventory; a device "
-                                     "that lost its keys enrolls again (`sealift-updater enroll --force`), and the old one is revoked")
-                # a device enrolled before it signed reports names its report key once: it is taken
-                updated = replace(existing, signing_key=device.signing_key)
-                self._write([updated if d.device == device.device else d for d in devices], sites)
-                return updated
-            self._write([*devices, device], sites)
-        return device
+            position = {d.device: i for i, d in enumerate(devices)}
+            added = []
+            for device in records:
+                if device.device not in position:
+                    position[device.device] = len(devices)
+                    devices.append(device)
+                    added.append(device)
+                    continue
+                kept = _enrolled_again(devices[position[device.device]], device)
+                devices[position[device.device]] = kept
+                added.append(kept)
+            self._write(devices, sites)
+        return added
 
     def revoke(self, device: str, *, now: dt.datetime | None = None) -> Device:
         with self._locked():
@@ -179,6 +178,22 @@ class Inventory:
 
     def _locked(self) -> Any:
         return file_lock(self.path.with_name(f".{self.path.name}.lock"), wait=True)
+
+
+def _enrolled_again(existing: Device, device: Device) -> Device:
+    """What the inventory keeps when ``device`` enrolls again as ``existing``: the same, or with its
+    report key named once; InputError when the records disagree."""
+    if existing.revoked is not None:
+        raise InputError(f"device {device.device} was revoked on {existing.revoked}; a revoked device enrolls "
+                         "again only with new keys (`sealift-updater enroll --force`)")
+    if (existing.site, existing.profile) != (device.site, device.profile):
+        raise InputError(f"device {device.device} is already enrolled at site {existing.site} ({existing.profile})")
+    if device.signing_key is None or existing.signing_key == device.signing_key:
+        return existing
+    if existing.signing_key is not None:
+        raise InputError(f"device {device.device} signs its reports with another key in the inventory; a device "
+                         "that lost its keys enrolls again (`sealift-updater enroll --force`), and the old one is revoked")
+    return replace(existing, signing_key=device.signing_key)  # enrolled before it signed reports: its report key, once
 
 
 def _maintenance(entry: Field) -> Maintenance:

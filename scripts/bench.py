@@ -169,6 +169,10 @@ def main() -> None:
     parser.add_argument("--reports", action="store_true",
                         help="measure reports instead: a fleet's reports into the fleet database, and one device's day of "
                              "reports against its daily bound (see scripts/bench_reports.py)")
+    parser.add_argument("--rollout", action="store_true",
+                        help="measure staged rollouts instead: simulated devices through two three-wave rollouts, one halted "
+                             "by its canary (see scripts/bench_rollout.py)")
+    parser.add_argument("--rollout-devices", type=int, default=1000, help="simulated devices with --rollout (default 1000)")
     parser.add_argument("--fleet-devices", type=int, default=10_000, help="devices with --reports (default 10000)")
     parser.add_argument("--fleet-events", type=int, default=100, help="events per device with --reports (default 100)")
     parser.add_argument("--startup", action="store_true",
@@ -180,6 +184,16 @@ def main() -> None:
             print(json.dumps(figures, indent=2))
         else:
             print_startup(figures)
+        return
+    if args.rollout:
+        from scripts.bench_rollout import measure as measure_rollout
+        from scripts.bench_rollout import print_report as print_rollout
+
+        figures = {"machine": machine(), **measure_rollout(devices=args.rollout_devices)}
+        if args.json:
+            print(json.dumps(figures, indent=2))
+        else:
+            print_rollout(figures)
         return
     if args.reports:
         from scripts.bench_reports import measure as measure_reports
