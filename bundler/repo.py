@@ -12,7 +12,6 @@ chains to every blob by digest. Each added bundle then carries the repository's 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import re
@@ -32,7 +31,6 @@ from tuf.api.metadata import (
     Root,
     Snapshot,
     SuccinctRoles,
-    TargetFile,
     Targets,
     Timestamp,
 )
@@ -42,14 +40,10 @@ from tuf.api.serialization.json import JSONSerializer
 from bundler.keys import Keyring
 from bundler.metadata_io import attach_metadata
 from bundler.policy import ROLES, Policy, RolePolicy
-from updater.artifact import Kind, open_artifact
-from updater.bundle import verify_bundle
+from bundler.targets import identify, plan_file, target_file
 from updater.durable import replace_file
 from updater.errors import InputError
-from updater.layout import open_layout
-from updater.overlay import check_overlay
 from updater.rollout import PLAN_PATHS, ROLE, Plan, plan_target
-from updater.tuf_client import target_name
 from updater.versions import version_key
 
 __all__ = ["AddResult", "Repository"]
@@ -180,11 +174,11 @@ class Repository:
         results = []
         names: dict[Path, str] = {}
         for path in bundles:
-            name, version, custom = _identify(path)
+            name, version, custom = identify(path)
             names[path] = name
             holder = self._holder(change, name, role)
             targets = self._targets_of(change, holder).signed
-            target = _target_file(path, custom, name, location)
+            target = target_file(path, custom, name, location)
             existing = targets.targets.get(name)
             if existing is not None and existing == target:
                 results.append(AddResult(bundle=path, target=name, changed=False))
@@ -208,10 +202,7 @@ class Repository:
         plan.check(InputError, f"rollout of {plan.app} {plan.version}")
         change = _Change(self)
         targets = self._rollout_targets(change).signed
-        data = plan.canonical()
-        targets.targets[plan_target(plan.app, plan.version)] = TargetFile(
-            length=len(data), hashes={"sha256": hashlib.sha256(data).hexdigest()}, path=plan_target(plan.app, plan.version),
-            unrecognized_fields={"custom": {"sealift": {"kind": "rollout", "plan": plan.to_json()}}})
+        targets.targets[plan_target(plan.app, plan.version)] = plan_file(plan)
         older = sorted((n for n in targets.targets if n.startswith(f"{plan.app}/rollout/")),
                        key=lambda n: version_key(n.rsplit("/", 1)[1]), reverse=True)
         for name in older[keep:]:
@@ -500,32 +491,6 @@ def _roles_for(targets: Targets, target: str | None) -> list[str]:
             return list(delegations.succinct_roles.get_roles())
         return [delegations.succinct_roles.get_role_for_target(target)]
     return [name for name, role in (delegations.roles or {}).items() if target is None or role.is_delegated_path(target)]
-
-
-def _identify(path: Path) -> tuple[str, str, dict[str, str]]:
-    """The target name, version and custom fields of a bundle (``NAME/PROFILE/VERSION``) or an
-    overlay (``NAME/overlays/SITE/VERSION``), checked completely first."""
-    with open_artifact(path) as artifact:
-        if artifact.kind is Kind.OVERLAY:
-            o = check_overlay(artifact)
-            return (target_name(name=o.name, site=o.site, version=o.version), o.version,
-                    {"name": o.name, "version": o.version, "site": o.site, "kind": "overlay", "fits": o.fits, "digest": o.digest})
-        info = verify_bundle(artifact)
-    return (target_name(name=info.name, profile=info.profile, version=info.version), info.version,
-            {"name": info.name, "version": info.version, "profile": info.profile, "compatible": info.compatible,
-             "digest": info.digest})
-
-
-def _target_file(path: Path, custom: dict[str, str], name: str, location: str | None) -> TargetFile:
-    with open_layout(path) as reader:
-        index = reader.open_blob(custom["digest"])
-        with index:
-            data = index.read()
-    custom = dict(custom)
-    if location:
-        custom["location"] = location
-    return TargetFile(length=len(data), hashes={"sha256": hashlib.sha256(data).hexdigest()}, path=name,
-                      unrecognized_fields={"custom": {"sealift": custom}})
 
 
 def _file_name(role: str, version: int) -> str:

@@ -189,15 +189,9 @@ class Application:
                 self.device.journal.record("deferred", app=self.name, error=waits.diagnostics())
 
     def _may_install(self, client: TufClient, info: BundleInfo) -> None:
-        """Deferred when the release's staged rollout holds it on this device now (:mod:`updater.gate`); an
-        install outside the site's maintenance window, which only the operator at the device can ask
-        for, is journaled."""
+        """Deferred when the release's staged rollout holds it on this device now (:mod:`updater.gate`)."""
         self._verified = True  # signed as this application's: why it waits is said in its status
-        gate = Gate(self.device)
-        decision = gate.check(client, info.name, info.version, ignore_window=self._ignore_window)
-        if self._ignore_window and not gate.decision(client, info.name, info.version).install:
-            self.log(f"warning: {info.name} {info.version} goes in outside the site's maintenance window, as asked")
-            self.device.journal.record("window-overridden", app=info.name, version=info.version, wave=decision.wave or "")
+        Gate(self.device).check(client, info.name, info.version, ignore_window=self._ignore_window)
 
     def _check_privileges(self, info: BundleInfo) -> None:
         """A release may run privileged containers, or reach the device's disks, memory or kernel log

@@ -214,12 +214,13 @@ class Daemon:
                 self._log(event="rollout-unreadable", fault=e.fault, error=e.diagnostics())
             self._recall_fault = e.diagnostics()
             return
-        self._recall_fault = ""
+        failed = " | ".join(r.diagnostics() for r in done if isinstance(r, SealiftError))
         for result in done:
-            if isinstance(result, SealiftError):
-                self._log(event="rollback-failed", fault=result.fault, error=result.diagnostics())
-            else:
+            if not isinstance(result, SealiftError):
                 self._outcome(result)
+            elif failed != self._recall_fault:  # tried again each pass, said once
+                self._log(event="rollback-failed", fault=result.fault, error=result.diagnostics())
+        self._recall_fault = failed
 
     def write_metrics(self) -> None:
         """Rewrite the metrics textfile (:mod:`updater.metrics`); a fault is said once, and the service goes on."""

@@ -62,26 +62,32 @@ class Gate:
                       now=trust.now(), trusted_time=trust.trusted_time(), ignore_window=ignore_window)
 
     def check(self, client: TufClient, app: str, version: str, *, ignore_window: bool = False) -> Decision:
-        """Deferred when this device may not install ``app`` ``version`` now; the decision otherwise."""
+        """Deferred when this device may not install ``app`` ``version`` now; the decision otherwise. An
+        install outside the site's maintenance window (``ignore_window``: only the operator at the
+        device asks for it) is journaled."""
         decision = self.decision(client, app, version, ignore_window=ignore_window)
         if not decision.install:
             raise Deferred(f"{app} {version} waits: {decision.reason}")
+        if ignore_window and not self.decision(client, app, version).install:
+            self.installer.log(f"warning: {app} {version} goes in outside the site's maintenance window, as asked")
+            self.installer.journal.record("window-overridden", app=app, version=version, wave=decision.wave or "")
         return decision
 
     def follow(self) -> list[Outcome | SealiftError]:
         """Send back each application whose running release a halted plan with ``rollback`` recalls,
         by the device's trusted metadata (what the last poll or medium brought); what each return did."""
         installer = self.installer
-        if not installer.trust.provisioned():
+        states = {name: state for name, state in installer.apps.states().items()
+                  if state.current is not None and state.previous is not None}  # only these can go back
+        if not states or not installer.trust.provisioned():
             return []
         recalled = []
         with installer.trust.candidate() as metadata_dir:
             client = TufClient(metadata_dir, TrustedMetadata(metadata_dir))
             client.refresh()
-            for name, state in installer.apps.states().items():
+            for name, state in states.items():
                 current = state.current
-                if current is None or state.previous is None:
-                    continue
+                assert current is not None
                 plan = signed_plan(client, name, current.version)
                 if plan is not None and plan.state is State.HALTED and plan.rollback:
                     recalled.append((name, f"the rollout of {name} {current.version} was halted"
