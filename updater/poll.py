@@ -147,6 +147,7 @@ class RegistryPoller:
         (``state``, default: what the device runs of it), with the newest signed overlay for this
         device's site that fits it; or, with no newer release, a newer overlay for the running one.
         None when there is nothing to install."""
+        self.held = None
         tags = client.tags()
         name = self.app or self._claimed(client, tags)
         if name is None:
@@ -162,7 +163,6 @@ class RegistryPoller:
             if site else []
         if not apps and not overlays:
             return None
-        self.held = None
         with self.installer.trust.candidate() as metadata_dir:  # what it verifies is kept; releases are accepted only at install
             metadata = RegistryMetadata(client)
             tuf = TufClient(metadata_dir, metadata)
