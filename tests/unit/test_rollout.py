@@ -238,3 +238,46 @@ def test_a_bad_plan_file_is_refused_naming_the_file(tmp_path: Path, inventory: I
     with pytest.raises(InputError, match=message) as raised:
         read_plan_file(tmp_path / "plan.yaml", inventory, now=T0)
     assert str(tmp_path / "plan.yaml") in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_the_inventory_commands_set_labels_and_windows_and_refuse_bad_ones_in_one_line(tmp_path: Path, inventory: Inventory) -> None:
+    from click.testing import CliRunner
+
+    from bundler.cli import cli
+
+    one = inventory.devices()[0].device
+    where = ["--inventory", str(inventory.path)]
+
+    def run(*args: str) -> Any:
+        return CliRunner().invoke(cli, [*args, *where])
+
+    assert run("devices", "label", one, "ring=canary", "rack=4").exit_code == 0
+    assert run("devices", "label", one, "--remove", "rack").exit_code == 0
+    assert next(d for d in inventory.devices() if d.device == one).labels == {"ring": "canary"}
+    bad_label = run("devices", "label", one, "ring")
+    assert bad_label.exit_code == 2 and "expected KEY=VALUE" in bad_label.output
+    unknown = run("devices", "label", "dev-" + "f" * 32, "ring=canary")
+    assert unknown.exit_code == 2 and "no device dev-ffff" in unknown.stderr
+    set_window = run("devices", "window", "plant-a", "--timezone", "Europe/Berlin", "--window", "Sat 02:00-06:00", "--json")
+    assert set_window.exit_code == 0 and json.loads(set_window.stdout)["maintenance"]["windows"] == ["Sat 02:00-06:00"]
+    bad_zone = run("devices", "window", "plant-a", "--timezone", "Mars/Olympus", "--window", "Sat 02:00-06:00")
+    assert bad_zone.exit_code == 2 and bad_zone.stderr.count("\n") == 1 and "unknown time zone 'Mars/Olympus'" in bad_zone.stderr
+    assert str(inventory.sites()["plant-a"]) == "Sat 02:00-06:00 (Europe/Berlin)"  # the bad one changed nothing
+    assert run("devices", "window", "plant-a", "--remove").exit_code == 0 and inventory.sites() == {}
+
+
+def test_several_records_enroll_in_one_change_or_not_at_all(tmp_path: Path, inventory: Inventory) -> None:
+    from updater.identity import DeviceIdentity
+
+    records = []
+    for name in ("four", "five"):
+        record = DeviceIdentity(tmp_path / name).enroll(site="plant-c", profile="x86_64-cpu")
+        (tmp_path / f"{name}.json").write_text(json.dumps(record))
+        records.append(tmp_path / f"{name}.json")
+    (tmp_path / "altered.json").write_text(json.dumps({**json.loads(records[0].read_text()), "device": "dev-" + "0" * 32}))
+    with pytest.raises(InputError, match="the record was altered"):
+        inventory.add_all([records[1], tmp_path / "altered.json"])
+    assert len(inventory.devices()) == 3  # nothing of the batch was taken
+    added = inventory.add_all(records)
+    assert [d.site for d in added] == ["plant-c", "plant-c"] and len(inventory.devices()) == 5
+    assert inventory.add_all(records) == added  # the same records again change nothing
