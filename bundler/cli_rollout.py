@@ -270,7 +270,7 @@ def rollout_status(directory: Path, app: str, version: str, db: Path, inventory:
 @reports_errors
 def rollout_check(directory: Path, keydir: Path, db: Path, inventory: Path, publish: tuple[str, ...], plain_http: bool,
                   as_json: bool) -> None:
-    """Halt every running rollout one of whose open waves fails more than its plan's threshold
+    """Halt every running or paused rollout one of whose open waves fails more than its plan's threshold
     allows, by the devices' reports; the halt is signed, and devices that run the release go back.
     Exits 0 whether or not it halted one: schedule it after each `sealift fleet import`.
 
@@ -284,7 +284,7 @@ def rollout_check(directory: Path, keydir: Path, db: Path, inventory: Path, publ
     rollouts = _rollouts(directory, keydir)
     checked, halted = [], []
     for plan in rollouts.repo.plans():
-        if plan.state is not State.RUNNING:
+        if plan.state is State.HALTED:  # a paused one too: devices that installed it still run it
             continue
         why = failing(_waves(db, inventory, plan), plan)
         checked.append(f"{plan.app} {plan.version}")
@@ -297,4 +297,4 @@ def rollout_check(directory: Path, keydir: Path, db: Path, inventory: Path, publ
         return
     for item in halted:
         click.echo(f"halted {item['app']} {item['version']}: {item['reason']}")
-    click.echo(f"checked {len(checked)} running rollouts; halted {len(halted)}")
+    click.echo(f"checked {len(checked)} rollouts (running or paused); halted {len(halted)}")

@@ -195,18 +195,13 @@ class Repository:
             attach_metadata(path, self.current_files(names[path]))
         return results
 
-    def sign_plan(self, plan: Plan, *, keep: int = 4) -> None:
+    def sign_plan(self, plan: Plan) -> None:
         """Sign ``plan`` as the target ``NAME/rollout/VERSION`` of the rollout role, with only the keys of the
-        rollout, snapshot and timestamp roles (a release manager holds no targets key); the plans of the
-        application's older releases beyond the newest ``keep`` are dropped."""
+        rollout, snapshot and timestamp roles (a release manager holds no targets key). Every plan stays
+        signed: a plan dropped would leave its release unstaged, and a halt lifted."""
         plan.check(InputError, f"rollout of {plan.app} {plan.version}")
         change = _Change(self)
-        targets = self._rollout_targets(change).signed
-        targets.targets[plan_target(plan.app, plan.version)] = plan_file(plan)
-        older = sorted((n for n in targets.targets if n.startswith(f"{plan.app}/rollout/")),
-                       key=lambda n: version_key(n.rsplit("/", 1)[1]), reverse=True)
-        for name in older[keep:]:
-            del targets.targets[name]
+        self._rollout_targets(change).signed.targets[plan_target(plan.app, plan.version)] = plan_file(plan)
         change.delegated_changed.add(ROLE)
         self._commit(change, renew=False)
 

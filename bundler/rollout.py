@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from bundler.repo import Repository
 from updater.errors import Conflict, InputError
 from updater.names import NAME
 from updater.registry import connect
-from updater.rollout import MAX_WAVES, Plan, State, Wave
+from updater.rollout import MAX_WAVES, Plan, State, Wave, is_reason
 from updater.versions import VERSION
 from updater.yamlfile import Field, load_yaml
 
@@ -87,12 +88,14 @@ def _percent(field: Field) -> float:
     value = field.value
     text = value.strip().removesuffix("%") if isinstance(value, str) else value
     try:
-        number = float(text) if not isinstance(text, bool) else -1.0  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+        number = Decimal(str(text)) if isinstance(text, str | int | float) and not isinstance(text, bool) else Decimal("NaN")
+    except InvalidOperation:
+        number = Decimal("NaN")
+    if not number.is_finite():
         field.fail("a percentage (e.g. 10 or 10%)")
-    if not 0 <= number <= 100 or round(number * 100) != number * 100:
+    if not 0 <= number <= 100 or number * 100 != (number * 100).to_integral_value():
         field.fail("a percentage from 0 to 100, to a hundredth at most")
-    return number
+    return float(number)
 
 
 def _time(field: Field) -> dt.datetime:
@@ -105,6 +108,11 @@ def _time(field: Field) -> dt.datetime:
     if not isinstance(value, dt.datetime) or value.tzinfo is None:
         field.fail("a time with its zone, such as 2026-12-04T06:00:00Z")
     return value.astimezone(dt.UTC)
+
+
+def _check_reason(reason: str) -> None:
+    if not is_reason(reason):
+        raise InputError("a reason is one line of printable text, at most 200 characters (devices show it in their status)")
 
 
 class Rollouts:
@@ -145,6 +153,7 @@ class Rollouts:
         return self._sign(plan, opened=plan.opened + 1)
 
     def pause(self, app: str, version: str, *, reason: str = "") -> Plan:
+        _check_reason(reason)
         plan = self.get(app, version)
         if plan.state is State.HALTED:
             raise Conflict(f"the rollout of {app} {version} is halted")
@@ -158,6 +167,7 @@ class Rollouts:
 
     def halt(self, app: str, version: str, *, reason: str, rollback: bool = True) -> Plan:
         """Stop the rollout for good; with ``rollback``, devices that run the release go back to the previous one."""
+        _check_reason(reason)
         plan = self.get(app, version)
         if plan.state is State.HALTED and plan.rollback == rollback:
             return plan

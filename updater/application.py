@@ -19,16 +19,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from updater.artifact import Kind, open_artifact
+from updater.artifact import Artifact, Kind, open_artifact
 from updater.bundle import BundleInfo
-from updater.confinement import reaching_the_host
+from updater.confinement import refuse_privileges
 from updater.errors import Conflict, Deferred, DeviceFault, InputError, Refused, SealiftError
 from updater.gate import Gate
 from updater.gc import collect_images
 from updater.health import HealthResult, Timing, Watched, wait_healthy
 from updater.needs import lacking
 from updater.overlay import OverlayInfo
-from updater.plan import failure_key, plan, read_offer
+from updater.plan import Candidate, failure_key, plan, read_offer
 from updater.slots import DeviceState, Phase, Release, Serving, Slots
 from updater.stage import (
     clone_slot,
@@ -105,7 +105,9 @@ class Application:
                 # refused before the switch: the running release is untouched; say why in status (a full
                 # disk may not take even that: the error itself is what must reach the operator)
                 with contextlib.suppress(DeviceFault):
-                    if self.slots.exists() or self._verified:  # no state for a name only an unverified index claims
+                    if isinstance(e, Deferred):
+                        self._say_waits(e)
+                    elif self.slots.exists() or self._verified:  # no state for a name only an unverified index claims
                         self.slots.save(self.slots.load().with_event(reason=f"{e.fault}: {shown}: {e.diagnostics()}",
                                                                      fault=e.fault))
                 raise
@@ -116,20 +118,26 @@ class Application:
         if isinstance(source, Incoming):
             return source.complete(), overlay
         with open_artifact(source) as artifact:
-            # what arrived may carry newer metadata than the copy the store keeps of a bundle it has (a rollout step)
-            take_metadata(artifact.reader, trust=self.trust)
             if artifact.kind is Kind.OVERLAY:
                 if overlay is not None:
                     raise InputError(f"{source}: an overlay, given where the application bundle goes")
+                self._take_metadata(artifact, None)
                 return None, self.store.ingest(artifact, artifact.top.digest, advance=self._progress)
+            offer = read_offer(artifact, self.profile, self.site(), app=self.name)
             if artifact.kind is Kind.BUNDLE or overlay is not None:
-                offered = read_offer(artifact, self.profile, self.site(), app=self.name).bundle
-                if offered is None:
+                if offer.bundle is None:
                     raise InputError(f"{source}: holds no bundle for {overlay} to go with; install the overlay alone")
-                return self.store.ingest(artifact, offered.digest, advance=self._progress), overlay
-            chosen = plan(state, read_offer(artifact, self.profile, self.site(), app=self.name), self.running_overlay(state))
+                self._take_metadata(artifact, offer.bundle)
+                return self.store.ingest(artifact, offer.bundle.digest, advance=self._progress), overlay
+            chosen = plan(state, offer, self.running_overlay(state))
+            self._take_metadata(artifact, offer.bundle if chosen.bundle else None)
             bundle = self.store.ingest(artifact, chosen.bundle, advance=self._progress) if chosen.bundle else None
             return bundle, self.store.ingest(artifact, chosen.overlay, advance=self._progress) if chosen.overlay else None
+
+    def _take_metadata(self, artifact: Artifact, release: Candidate | None) -> None:
+        """Keep the newer metadata what arrived carries (the store's copy of a bundle it has may be older: a
+        rollout step), and, before anything is copied, Deferred when the rollout holds ``release``."""
+        take_metadata(artifact.reader, trust=self.trust, hold=Gate(self.device).holding(release, ignore_window=self._ignore_window))
 
     def _install(self, state: DeviceState, bundle: Path, *, force: bool, overlay: Path | None) -> Outcome:
         with open_artifact(bundle) as artifact:
@@ -152,7 +160,8 @@ class Application:
                     with_overlay = f" with overlay {release.overlay}" if release.overlay else ""
                     raise Conflict(f"{info.name} {info.version}{with_overlay} failed its health checks before; "
                                    "use --force to try it again")
-                self._check_privileges(info)
+                refuse_privileges(info.descriptor.app, allowed=self.profile is None or self.profile.allow_privileged,
+                                  release=f"{info.name} {info.version}")
                 if clash := self.device.clash(self.name, info.descriptor.app):
                     raise Conflict(f"{info.name} {info.version} cannot run beside the other applications: {clash}")
                 if missing := lacking(info.descriptor.app, engine=self.runtime.features()):
@@ -179,32 +188,22 @@ class Application:
         return self._switch(state, release, "; ".join(["healthy", *notes]))
 
     def deferred(self, waits: Deferred) -> None:
-        """Say in ``status`` and the journal why a release waits, once (the same wait again changes nothing;
-        another updater installing says its own)."""
-        reason = f"{waits.fault}: {waits.diagnostics()}"
+        """Say in ``status`` and the journal why a release waits (another updater installing says its own)."""
         with contextlib.suppress(SealiftError), self._locked():
-            state = self.slots.load()
-            if state.reason != reason:
-                self.slots.save(state.with_event(reason=reason, fault=waits.fault))
-                self.device.journal.record("deferred", app=self.name, error=waits.diagnostics())
+            self._say_waits(waits)
+
+    def _say_waits(self, waits: Deferred) -> None:
+        """Why a release waits, in the state and the journal, once: the same wait again changes nothing."""
+        reason = f"{waits.fault}: {waits.diagnostics()}"
+        state = self.slots.load()
+        if state.reason != reason:
+            self.slots.save(state.with_event(reason=reason, fault=waits.fault))
+            self.device.journal.record("deferred", app=self.name, error=waits.diagnostics())
 
     def _may_install(self, client: TufClient, info: BundleInfo) -> None:
         """Deferred when the release's staged rollout holds it on this device now (:mod:`updater.gate`)."""
         self._verified = True  # signed as this application's: why it waits is said in its status
         Gate(self.device).check(client, info.name, info.version, ignore_window=self._ignore_window)
-
-    def _check_privileges(self, info: BundleInfo) -> None:
-        """A release may run privileged containers, or reach the device's disks, memory or kernel log
-        through a device node, only where this device's own profile allows privileged containers."""
-        if self.profile is not None and self.profile.allow_privileged:
-            return
-        app = info.descriptor.app
-        if privileged := [s.name for s in app.services if s.container.privileged]:
-            raise Refused(f"{info.name} {info.version} runs service {privileged[0]} privileged, which this device's profile "
-                          "does not allow (its container.allow_privileged)")
-        if reaching := reaching_the_host(app):
-            raise Refused(f"{info.name} {info.version}: {reaching[0]}, which only a privileged container may, and this "
-                          "device's profile does not allow them (its container.allow_privileged)")
 
     def _forget_previous(self, state: DeviceState, slot: str) -> _Forgetting:
         """What to record once a new release is staged beside ``slot``'s, before ``slot`` is overwritten:

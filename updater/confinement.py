@@ -18,13 +18,14 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from updater.errors import Refused
 from updater.yamlfile import Field
 
 if TYPE_CHECKING:
     from updater.appdef import App
 
-__all__ = ["SAFE_CAPABILITIES", "capabilities", "check_sysctl", "names_host_node", "reaching_the_host", "security_option",
-           "ulimits"]
+__all__ = ["SAFE_CAPABILITIES", "capabilities", "check_sysctl", "names_host_node", "reaching_the_host", "refuse_privileges",
+           "security_option", "ulimits"]
 
 _CAPABILITY = re.compile(r"(?:CAP_)?([A-Z_]{2,32})")
 # Docker's default capabilities, plus locking memory (inference runtimes pin DMA buffers), which
@@ -157,3 +158,16 @@ def _host_node(path: Path) -> str | None:
                                             or os.major(found.st_rdev) in _RAW_MAJORS):
             return f"{node} (device {os.major(found.st_rdev)}:{os.minor(found.st_rdev)})"
     return None
+
+
+def refuse_privileges(app: App, *, allowed: bool, release: str) -> None:
+    """Refused when ``release`` runs a privileged container, or reaches the device's disks, memory or kernel
+    log through a device node, and the device's profile does not allow privileged containers (``allowed``)."""
+    if allowed:
+        return
+    if privileged := [s.name for s in app.services if s.container.privileged]:
+        raise Refused(f"{release} runs service {privileged[0]} privileged, which this device's profile "
+                      "does not allow (its container.allow_privileged)")
+    if reaching := reaching_the_host(app):
+        raise Refused(f"{release}: {reaching[0]}, which only a privileged container may, and this "
+                      "device's profile does not allow them (its container.allow_privileged)")

@@ -12,12 +12,16 @@ that runs its release back to the previous one (:meth:`Gate.follow`), once per p
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from updater.errors import Deferred, Refused, SealiftError
 from updater.oci import canonical_json
-from updater.rollout import Decision, Plan, State, decide, plan_target
+from updater.plan import Candidate, failure_key
+from updater.rollout import ROLE, Decision, Plan, State, decide, plan_target
+from updater.slots import DeviceState, Release
 from updater.tuf_client import TrustedMetadata, TufClient
+from updater.versions import version_key
 
 if TYPE_CHECKING:
     from updater.install import Installer, Outcome
@@ -29,16 +33,18 @@ def signed_plan(client: TufClient, app: str, version: str) -> Plan | None:
     """The plan the refreshed ``client`` signs for ``app`` ``version`` (None: the release is not staged);
     Refused when what is signed is not a plan of that release."""
     name = plan_target(app, version)
-    target = client.target(name)
+    target = client.target(name)  # the repository's answer, every delegation walked in order
     if target is None:
         return None
+    where = f"the signed rollout plan {name}"
+    if target != client.role_target(ROLE, name):  # a plan counts only as the rollout role signs it
+        raise Refused(f"{where}: signed by a role other than the rollout role")
     custom = target.custom.get("sealift") if isinstance(target.custom, dict) else None
     raw = custom.get("plan") if isinstance(custom, dict) else None
-    where = f"the signed rollout plan {name}"
     data = canonical_json(raw)
     if target.length != len(data) or target.hashes.get("sha256") != hashlib.sha256(data).hexdigest():
         raise Refused(f"{where}: its content is not what its hashes sign")
-    plan = Plan.from_json(raw, Refused, where)
+    plan = Plan.from_json(raw, Refused, where, zones=False)  # the device's own site's zone is resolved when it decides
     if (plan.app, plan.version) != (app, version):
         raise Refused(f"{where}: holds the plan of {plan.app} {plan.version}")
     return plan
@@ -73,6 +79,16 @@ class Gate:
             self.installer.journal.record("window-overridden", app=app, version=version, wave=decision.wave or "")
         return decision
 
+    def holding(self, release: Candidate | None, *, ignore_window: bool = False) -> Callable[[TufClient], None]:
+        """A check that raises Deferred when the rollout holds ``release`` (as an arrival's index claims it,
+        before anything of it is copied: the install checks the release it verifies again)."""
+        def hold(client: TufClient) -> None:
+            if release is not None and not (d := self.decision(client, release.name, release.version,
+                                                               ignore_window=ignore_window)).install:
+                raise Deferred(f"{release.name} {release.version} waits: {d.reason}")
+
+        return hold
+
     def follow(self) -> list[Outcome | SealiftError]:
         """Send back each application whose running release a halted plan with ``rollback`` recalls,
         by the device's trusted metadata (what the last poll or medium brought); what each return did."""
@@ -86,10 +102,10 @@ class Gate:
             client = TufClient(metadata_dir, TrustedMetadata(metadata_dir))
             client.refresh()
             for name, state in states.items():
-                current = state.current
-                assert current is not None
+                current, previous = state.current, state.previous
+                assert current is not None and previous is not None
                 plan = signed_plan(client, name, current.version)
-                if plan is not None and plan.state is State.HALTED and plan.rollback:
+                if plan is not None and _recalls(plan) and _may_return_to(client, state, previous):
                     recalled.append((name, f"the rollout of {name} {current.version} was halted"
                                            + (f": {plan.reason}" if plan.reason else "")))
         done: list[Outcome | SealiftError] = []
@@ -99,3 +115,17 @@ class Gate:
             except SealiftError as e:
                 done.append(e)
         return done
+
+
+def _recalls(plan: Plan | None) -> bool:
+    """Whether ``plan`` sends the devices that run its release back."""
+    return plan is not None and plan.state is State.HALTED and plan.rollback
+
+
+def _may_return_to(client: TufClient, state: DeviceState, previous: Release) -> bool:
+    """Whether a recall may return to ``previous``: an older release (never forward), not one that failed
+    here, and not one a halt recalls too (two halted releases would send the device back and forth)."""
+    current = state.current
+    assert current is not None
+    return version_key(previous.version) < version_key(current.version) and failure_key(previous) not in state.failed \
+        and not _recalls(signed_plan(client, previous.name, previous.version))

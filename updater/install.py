@@ -80,8 +80,9 @@ class Installer:
             with self.apps.installing():
                 outcome = self.app(name).install(source, overlay=overlay, force=force, ignore_window=ignore_window)
         except SealiftError as e:
-            kind = "refused" if isinstance(e, Refused) else "deferred" if isinstance(e, Deferred) else "install-failed"
-            self.journal.record(kind, app=name, source=_shown(source), fault=e.fault, error=e.diagnostics())
+            if not isinstance(e, Deferred):  # a wait is journaled by the application, once per reason
+                self.journal.record("refused" if isinstance(e, Refused) else "install-failed", app=name, source=_shown(source),
+                                    fault=e.fault, error=e.diagnostics())
             raise
         finally:
             self.prune()

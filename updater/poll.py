@@ -1,7 +1,8 @@
 """Where a device finds its releases: a registry (a site mirror) it polls.
 
 A poll (1) refreshes the device's TUF metadata from the registry's ``tuf.*`` artifacts, on a
-throwaway copy of the trusted state; (2) lists the repository's tags for this profile
+throwaway copy of the trusted state (what verifies is kept: a halted rollout reaches the device this
+way even when nothing is newer); (2) lists the repository's tags for this profile
 (``PROFILE-VERSION``) newest first, and takes the first whose index TUF signs as
 ``NAME/PROFILE/VERSION`` byte for byte: tags only point, the signature decides; with it, the newest
 signed overlay of the device's site (``site-SITE-VERSION``, signed as
@@ -161,12 +162,14 @@ class RegistryPoller:
         apps = _versions(tags, f"{self.profile.name}-", above=current.version if current else None)
         overlays = _versions(tags, f"site-{site}-", above=current.overlay if current and current.overlay_digest else None) \
             if site else []
-        if not apps and not overlays:
+        if not apps and not overlays and current is None:
             return None
         with self.installer.trust.candidate() as metadata_dir:  # what it verifies is kept; releases are accepted only at install
             metadata = RegistryMetadata(client)
             tuf = TufClient(metadata_dir, metadata)
-            tuf.refresh()
+            tuf.refresh()  # with nothing newer too: the metadata may bring a halt of what runs (the service acts on it)
+            if not apps and not overlays:
+                return None
             gate = Gate(self.installer)
             signed_overlays = [o for o in (self._signed(client, tuf, tag, version, site=site) for version, tag in overlays)
                                if o is not None]

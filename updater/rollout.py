@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
+import zoneinfo
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
@@ -34,13 +35,14 @@ from updater.oci import canonical_json
 from updater.versions import VERSION
 from updater.windows import Maintenance
 
-__all__ = ["PLAN_PATHS", "ROLE", "Decision", "Plan", "State", "Wave", "bucket", "decide", "plan_target"]
+__all__ = ["PLAN_PATHS", "ROLE", "Decision", "Plan", "State", "Wave", "bucket", "decide", "is_reason", "plan_target"]
 
 ROLE = "rollout"
 PLAN_PATHS = ("*/rollout/*",)  # NAME/rollout/VERSION: nothing else has "rollout" as its second part
 MAX_WAVES = 64
 MAX_NAMED = 100_000  # devices and sites one plan may name
 BUCKETS = 10_000  # a bucket per hundredth of a percent
+YEARS = (2000, 2200)  # the times a plan may name
 
 
 class State(Enum):
@@ -52,6 +54,12 @@ class State(Enum):
 def plan_target(app: str, version: str) -> str:
     """The target a release's plan is signed as."""
     return f"{app}/rollout/{version}"
+
+
+def is_reason(text: Any) -> bool:
+    """Whether ``text`` may be a plan's reason: one line of printable text, at most 200 characters (devices
+    show it in their status, log and reports)."""
+    return isinstance(text, str) and len(text) <= 200 and text.isprintable()
 
 
 def bucket(app: str, version: str, device: str) -> int:
@@ -119,14 +127,16 @@ class Plan:
         return canonical_json(self.to_json())
 
     def changed_to(self, now: dt.datetime, **changes: Any) -> Plan:
-        """This plan with ``changes``, signed at ``now`` (never earlier than it was last signed)."""
-        return replace(self, **changes, started=self.begun, changed=max(now.replace(microsecond=0), self.changed))
+        """This plan with ``changes``, signed at ``now`` (the signer's clock: devices take it as a time that has
+        passed, so it is never carried forward from an earlier step)."""
+        return replace(self, **changes, started=self.begun, changed=now.replace(microsecond=0))
 
     def wave_of(self, device: str | None, site: str | None) -> int | None:
         """The index of the wave ``device`` at ``site`` belongs to; None when it is in none. A device
-        not enrolled (no ID) belongs to the last wave."""
+        not enrolled (no ID, so no bucket) belongs to the last wave if that one reaches every device
+        (100 %), and to none otherwise."""
         if device is None:
-            return len(self.waves) - 1
+            return len(self.waves) - 1 if self.waves[-1].upto == BUCKETS else None
         for i, wave in enumerate(self.waves):
             if device in wave.devices or (site is not None and site in wave.sites):
                 return i
@@ -134,9 +144,11 @@ class Plan:
         return next((i for i, wave in enumerate(self.waves) if wave.upto is not None and place < wave.upto), None)
 
     @classmethod
-    def from_json(cls, data: Any, error: type[SealiftError], where: str) -> Plan:
-        """Read and check a plan; ``error`` (Refused on a device, InputError at the office) names what is wrong."""
-        return _PlanReader(error, where).plan(data)
+    def from_json(cls, data: Any, error: type[SealiftError], where: str, *, zones: bool = True) -> Plan:
+        """Read and check a plan; ``error`` (Refused on a device, InputError at the office) names what is wrong.
+        Without ``zones``, the sites' time zones are checked only as names: a device resolves its own site's
+        when it decides (its tzdata may lack a zone another site uses)."""
+        return _PlanReader(error, where, zones=zones).plan(data)
 
     def check(self, error: type[SealiftError], where: str) -> None:
         """What a plan must be: waves neither empty nor overlapping, percentages rising to at most 100."""
@@ -202,8 +214,18 @@ def decide(plan: Plan, *, device: str | None, site: str | None, now: dt.datetime
         return Decision(install=False, wave=wave.name, until=wave.not_before,
                         reason=f"wave {wave.name} of the rollout of {release} starts at {_time_text(wave.not_before)}")
     window = plan.windows.get(site or "")
-    if window is not None and not ignore_window and not window.is_open(clock):  # (4)
-        opens = window.opens(clock)
+    if window is None or ignore_window:  # (4)
+        return Decision(install=True, wave=wave.name)
+    if now < floor:  # a stand-in time is a bound, not the time of day: the window cannot be told
+        return Decision(install=False, wave=wave.name, reason=f"this device's clock reads {_time_text(now)}, before "
+                        f"{_time_text(floor)}, a time already passed: site {site}'s maintenance window cannot be told; set the clock")
+    try:
+        opened = window.is_open(now)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return Decision(install=False, wave=wave.name, reason=f"site {site}'s maintenance window is in time zone "
+                        f"{window.timezone}, which this device does not know (update its tzdata)")
+    if not opened:
+        opens = window.opens(now)
         return Decision(install=False, wave=wave.name, until=opens,
                         reason=f"outside site {site}'s maintenance window {window}" + (
                             f"; it opens at {_time_text(opens)}" if opens else ""))
@@ -225,9 +247,10 @@ class _PlanReader:
                          "windows"})
     _WAVE = frozenset({"name", "devices", "sites", "upto_bp", "not_before"})
 
-    def __init__(self, error: type[SealiftError], where: str) -> None:
+    def __init__(self, error: type[SealiftError], where: str, *, zones: bool) -> None:
         self.error = error
         self.where = where
+        self.zones = zones
 
     def plan(self, data: Any) -> Plan:
         if not isinstance(data, dict) or set(data) != self._FIELDS:
@@ -237,9 +260,7 @@ class _PlanReader:
         windows = data["windows"]
         if not isinstance(windows, dict) or not all(isinstance(k, str) and NAME.fullmatch(k) for k in windows):
             raise self.error(f"{self.where}: windows: expected maintenance windows by site name")
-        threshold = data["failure_threshold_bp"]
-        if isinstance(threshold, bool) or not isinstance(threshold, int):
-            raise self.error(f"{self.where}: failure_threshold_bp: expected a whole number of basis points")
+        threshold = self._basis_points(data["failure_threshold_bp"], "failure_threshold_bp")
         waves = data["waves"]
         if not isinstance(waves, list) or len(waves) > MAX_WAVES:
             raise self.error(f"{self.where}: waves: expected a list of at most {MAX_WAVES} waves")
@@ -248,13 +269,12 @@ class _PlanReader:
         except ValueError:
             raise self.error(f"{self.where}: state: expected one of {', '.join(s.value for s in State)}") from None
         opened, rollback, reason = data["opened"], data["rollback"], data["reason"]
-        if isinstance(opened, bool) or not isinstance(opened, int) or not isinstance(rollback, bool) \
-                or not isinstance(reason, str) or len(reason) > 500:
-            raise self.error(f"{self.where}: opened, rollback or reason: expected a number, a boolean and a short text")
+        if isinstance(opened, bool) or not isinstance(opened, int) or not isinstance(rollback, bool) or not is_reason(reason):
+            raise self.error(f"{self.where}: opened, rollback or reason: expected a number, a boolean and a line of text")
         plan = Plan(app=app, version=version, waves=tuple(self.wave(w, i) for i, w in enumerate(waves)), opened=opened,
                     state=state, failure_threshold=threshold / 100, rollback=rollback, reason=reason,
                     changed=self.time(data["changed"], "changed"), started=self.time(data["started"], "started"),
-                    windows={site: Maintenance.from_json(w, self.error, f"{self.where}: windows: {site}")
+                    windows={site: Maintenance.from_json(w, self.error, f"{self.where}: windows: {site}", zone_known=self.zones)
                              for site, w in windows.items()})
         plan.check(self.error, self.where)
         return plan
@@ -264,9 +284,7 @@ class _PlanReader:
         if not isinstance(data, dict) or not set(data) <= self._WAVE or "name" not in data:
             raise self.error(f"{self.where}: {where}: expected a name and any of devices, sites, upto_bp, not_before")
         name = self._text(data, "name", NAME)
-        upto = data.get("upto_bp")
-        if upto is not None and (isinstance(upto, bool) or not isinstance(upto, int)):
-            raise self.error(f"{self.where}: wave {name}: upto_bp: expected a whole number of basis points")
+        upto = self._basis_points(data["upto_bp"], f"wave {name}: upto_bp") if "upto_bp" in data else None
         return Wave(name=name, devices=self._names(data.get("devices", []), f"wave {name}: devices"),
                     sites=self._names(data.get("sites", []), f"wave {name}: sites"),
                     upto=upto,
@@ -275,11 +293,18 @@ class _PlanReader:
     def time(self, text: Any, what: str) -> dt.datetime:
         try:
             when = dt.datetime.fromisoformat(text.replace("Z", "+00:00")) if isinstance(text, str) and len(text) < 40 else None
-        except ValueError:
+            when = when.astimezone(dt.UTC) if when is not None and when.tzinfo is not None else None
+        except (ValueError, OverflowError):
             when = None
-        if when is None or when.tzinfo is None:
-            raise self.error(f"{self.where}: {what}: expected a UTC time such as 2026-12-01T06:00:00Z, found {str(text)[:40]!r}")
-        return when.astimezone(dt.UTC)
+        if when is None or not YEARS[0] <= when.year <= YEARS[1]:
+            raise self.error(f"{self.where}: {what}: expected a UTC time from {YEARS[0]} to {YEARS[1]} such as "
+                             f"2026-12-01T06:00:00Z, found {str(text)[:40]!r}")
+        return when
+
+    def _basis_points(self, value: Any, what: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= BUCKETS:
+            raise self.error(f"{self.where}: {what}: expected a whole number of basis points from 0 to {BUCKETS}")
+        return value
 
     def _names(self, items: Any, what: str) -> frozenset[str]:
         if not isinstance(items, list) or len(items) > MAX_NAMED or not all(isinstance(i, str) and NAME.fullmatch(i) for i in items):

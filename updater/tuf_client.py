@@ -23,11 +23,13 @@ import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeVar
+from urllib.parse import quote
 
 from securesystemslib.exceptions import UnverifiedSignatureError
 from securesystemslib.signer import KEY_FOR_TYPE_AND_SCHEME, Signature, SigstoreKey
 from tuf.api import exceptions as tuf_errors
-from tuf.api.metadata import TargetFile
+from tuf.api.metadata import Metadata, TargetFile, Targets
+from tuf.api.serialization import DeserializationError
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 
 from updater.artifact import Kind, kind
@@ -249,6 +251,21 @@ class TufClient:
         updater = self._updater
         assert updater is not None, "refresh first"
         return self._guarded(lambda: updater.get_targetinfo(name))
+
+    def role_target(self, role: str, name: str) -> TargetFile | None:
+        """``name`` as the delegated ``role`` itself signs it, from the role's metadata this refresh verified
+        (the rollout role's: :meth:`refresh` loads it); None when the role does not sign it."""
+        assert self._updater is not None, "refresh first"
+        path = self.metadata_dir / f"{quote(role, safe='')}.json"
+        try:
+            md = Metadata.from_bytes(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, DeserializationError) as e:
+            raise DeviceFault(f"{path}: cannot read the verified metadata of role {role} ({e})") from e
+        if not isinstance(md.signed, Targets):
+            raise DeviceFault(f"{path}: holds {md.signed.type} metadata, not role {role}'s targets")
+        return md.signed.targets.get(name)
 
     def check(self, name: str, index: bytes) -> None:
         """(4) ``index`` is, byte for byte, what the repository signs as ``name``; Refused otherwise."""

@@ -93,12 +93,16 @@ def check_signed_target(reader: LayoutReader, digest: str, *, trust: TrustedStat
         signed_index(reader, metadata_dir, digest, notes=trust.notes)
 
 
-def take_metadata(reader: LayoutReader, *, trust: TrustedState) -> None:
+def take_metadata(reader: LayoutReader, *, trust: TrustedState, hold: Callable[[TufClient], object] | None = None) -> None:
     """Verify the signed metadata ``reader`` (a bundle or a medium) carries and keep what of it is newer
     than the device's, installing nothing: a medium may bring news for what runs (a rollout halted)
-    with bundles the device already has. Refused when it fails verification."""
+    with bundles the device already has. Refused when it fails verification; ``hold``, given the
+    refreshed client, may stop what follows (the metadata is kept all the same)."""
     with trust.candidate() as metadata_dir:
-        TufClient(metadata_dir, LayoutMetadata(reader)).refresh()
+        client = TufClient(metadata_dir, LayoutMetadata(reader))
+        client.refresh()
+        if hold is not None:
+            hold(client)
 
 
 def _check_profile(path: Path, info: BundleInfo, profile: Profile | None) -> None:

@@ -24,6 +24,7 @@ __all__ = ["Maintenance", "Span"]
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _SPAN = re.compile(r"(?P<days>[A-Za-z,\-]+)\s+(?P<start>\d\d:\d\d)-(?P<end>\d\d:\d\d)")
 MAX_WINDOWS = 32
+_ZONE_NAME = re.compile(r"[A-Za-z0-9_+-]{1,30}(?:/[A-Za-z0-9_+-]{1,30}){0,2}")  # an IANA name's shape: no dots, no leading /
 
 
 @dataclass(frozen=True)
@@ -66,12 +67,16 @@ class Maintenance:
     spans: tuple[Span, ...]
 
     @classmethod
-    def from_json(cls, data: Any, error: type[SealiftError], where: str) -> Maintenance:
-        """Read ``{"timezone": …, "windows": [DAYS HH:MM-HH:MM, …]}``; ``error`` names what is wrong."""
+    def from_json(cls, data: Any, error: type[SealiftError], where: str, *, zone_known: bool = True) -> Maintenance:
+        """Read ``{"timezone": …, "windows": [DAYS HH:MM-HH:MM, …]}``; ``error`` names what is wrong. With
+        ``zone_known``, the time zone must be one this machine knows; without, only a name that could be one."""
         if not isinstance(data, dict) or set(data) != {"timezone", "windows"}:
             raise error(f"{where}: expected a timezone and a list of windows")
         timezone, windows = data["timezone"], data["windows"]
-        zone(timezone, error, where)
+        if zone_known:
+            zone(timezone, error, where)
+        elif not isinstance(timezone, str) or not _ZONE_NAME.fullmatch(timezone):
+            raise error(f"{where}: {str(timezone)[:64]!r} is not a time zone name")
         if not isinstance(windows, list) or not 1 <= len(windows) <= MAX_WINDOWS:
             raise error(f"{where}: expected 1 to {MAX_WINDOWS} windows")
         return cls(timezone=timezone, spans=tuple(Span.parse(w, error, where) for w in windows))
