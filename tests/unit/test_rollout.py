@@ -289,3 +289,36 @@ def test_several_records_enroll_in_one_change_or_not_at_all(tmp_path: Path, inve
     added = inventory.add_all(records)
     assert [d.site for d in added] == ["plant-c", "plant-c"] and len(inventory.devices()) == 5
     assert inventory.add_all(records) == added  # the same records again change nothing
+
+
+def test_a_window_is_not_told_by_a_stand_in_clock_and_a_zone_unknown_here_holds_only_its_own_site() -> None:
+    p = plan(wave("all", upto=10_000), windows={"plant-a": berlin("Sat 02:00-06:00")})
+    behind = decide(p, device=A, site="plant-a", now=dt.datetime(1970, 1, 1, tzinfo=dt.UTC), trusted_time=None)
+    assert not behind.install and "this device's clock reads 1970-01-01T00:00:00Z, before 2026-12-01T12:00:00Z" in behind.reason
+    assert "maintenance window cannot be told; set the clock" in behind.reason
+    data = p.to_json()
+    data["windows"]["plant-z"] = {"timezone": "Mars/Olympus_Mons", "windows": ["Sat 02:00-06:00"]}
+    with pytest.raises(Refused, match="unknown time zone"):  # at the office, every zone must be known
+        Plan.from_json(data, Refused, "plan")
+    on_device = Plan.from_json(data, Refused, "plan", zones=False)  # a device resolves its own site's zone only
+    assert decide(on_device, device=A, site="plant-a", now=dt.datetime(2026, 12, 5, 2, tzinfo=dt.UTC), trusted_time=None).install
+    held = decide(on_device, device=A, site="plant-z", now=dt.datetime(2026, 12, 5, 2, tzinfo=dt.UTC), trusted_time=None)
+    assert not held.install and held.reason == ("site plant-z's maintenance window is in time zone Mars/Olympus_Mons, which "
+                                                "this device does not know (update its tzdata)")
+    data["windows"]["plant-z"]["timezone"] = "../etc/passwd"
+    with pytest.raises(Refused, match="is not a time zone name"):
+        Plan.from_json(data, Refused, "plan", zones=False)
+
+
+def test_a_device_not_enrolled_joins_only_a_last_wave_that_reaches_every_device() -> None:
+    assert plan(wave("canary", devices={A}), wave("rest", upto=10_000)).wave_of(None, None) == 1
+    assert plan(wave("canary", devices={A})).wave_of(None, None) is None
+    assert plan(wave("canary", devices={A}), wave("half", upto=5000)).wave_of(None, None) is None
+
+
+@pytest.mark.parametrize("percent", ["1.1", "2.3", "10.2", "99.99", "0.01", "100"])
+def test_every_hundredth_of_a_percent_is_a_valid_share(tmp_path: Path, inventory: Inventory, percent: str) -> None:
+    (tmp_path / "plan.yaml").write_text(f"app: demo\nversion: 1.1.0\nfailure_threshold: {percent}\n"
+                                        f"waves:\n  - {{name: a, percent: {percent}}}\n")
+    p = read_plan_file(tmp_path / "plan.yaml", inventory, now=T0)
+    assert p.waves[0].upto == round(float(percent) * 100) and p.failure_threshold == float(percent)

@@ -279,3 +279,86 @@ def test_a_halt_on_a_medium_reaches_a_device_that_has_nothing_to_install_from_it
     Daemon(a, watch, interval=1, log=lines.append).run(once=True)
     assert running(a) == "1.0.0", lines
     assert any('event="committed"' in line and "halted: bad model" in line for line in lines)
+
+
+@pytest.mark.parametrize("rollout_role_too", [False, True], ids=["targets-only", "both"])
+def test_a_plan_the_top_level_targets_role_signs_is_refused(fleet: dict[str, Any], rollout_role_too: bool) -> None:
+    from bundler.repo import _Change
+    from bundler.targets import plan_file
+
+    a, b, repo, bundle = fleet["a"], fleet["b"], fleet["repo"], fleet["bundles"]["1.1.0"]
+    canary = plan_for(Wave(name="canary", devices=frozenset({device_id(a)})), Wave(name="rest", upto=10_000))
+    if rollout_role_too:
+        fleet["rollouts"].start(canary)
+    change = _Change(repo)  # the holder of the targets keys signs an "everyone now" plan itself
+    change.targets.signed.targets["demo/rollout/1.1.0"] = plan_file(plan_for(Wave(name="all", upto=10_000)))
+    change.targets_changed = True
+    repo._commit(change)
+    signed_step(fleet)
+    with pytest.raises(Refused, match=r"the signed rollout plan demo/rollout/1\.1\.0: signed by a role other than the rollout role"):
+        b.install(bundle)
+    assert running(b) == "1.0.0"
+
+
+def test_a_recall_never_goes_forward_nor_back_to_a_release_that_failed_here(fleet: dict[str, Any]) -> None:
+    a, bundle = fleet["a"], fleet["bundles"]["1.1.0"]
+    rollouts = fleet["rollouts"]
+    rollouts.start(plan_for(Wave(name="canary", devices=frozenset({device_id(a)})), Wave(name="rest", upto=10_000)))
+    signed_step(fleet)
+    assert a.install(bundle).committed
+    # 1.0.0, the release to go back to, no longer starts healthy on this device
+    a.runtime.health["1.0.0"] = "unhealthy"  # type: ignore[attr-defined]
+    rollouts.halt("demo", "1.1.0", reason="bad model")
+    signed_step(fleet)
+    with pytest.raises(Deferred):
+        a.install(bundle)  # brings the halt
+    (tried,) = Gate(a).follow()
+    assert not isinstance(tried, Exception) and not tried.committed and running(a) == "1.1.0"
+    assert Gate(a).follow() == []  # 1.0.0 failed here: not tried again at every pass
+
+
+def test_two_halted_releases_never_send_a_device_back_and_forth(fleet: dict[str, Any]) -> None:
+    a, bundle, rollouts = fleet["a"], fleet["bundles"]["1.1.0"], fleet["rollouts"]
+    rollouts.start(plan_for(Wave(name="canary", devices=frozenset({device_id(a)})), Wave(name="rest", upto=10_000)))
+    signed_step(fleet)
+    assert a.install(bundle).committed
+    older = Plan(app="demo", version="1.0.0", waves=(Wave(name="all", upto=10_000),),
+                 changed=dt.datetime.now(dt.UTC).replace(microsecond=0))
+    rollouts.start(older)
+    rollouts.halt("demo", "1.0.0", reason="1.0.0 leaks memory")
+    rollouts.halt("demo", "1.1.0", reason="1.1.0 crashes")
+    signed_step(fleet)
+    with pytest.raises(Deferred):
+        a.install(bundle)  # brings both halts
+    assert Gate(a).follow() == [] and running(a) == "1.1.0"  # 1.0.0 is recalled too: no going back to it
+    assert a.rollback("demo").committed and running(a) == "1.0.0"  # the operator chooses 1.0.0 all the same
+    assert Gate(a).follow() == [] and running(a) == "1.0.0"  # and a recall never goes forward, to 1.1.0
+
+
+def test_a_held_medium_is_neither_copied_in_nor_tried_at_every_scan(fleet: dict[str, Any], tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from bundler.export import export
+    from updater import watch as watching
+    from updater.daemon import Daemon
+
+    a, b, bundle = fleet["a"], fleet["b"], fleet["bundles"]["1.1.0"]
+    fleet["rollouts"].start(plan_for(Wave(name="canary", devices=frozenset({device_id(a)})), Wave(name="rest", upto=10_000)))
+    signed_step(fleet)
+    watch = tmp_path / "watch"
+    export([bundle], watch / "stick")
+    lines: list[str] = []
+    daemon = Daemon(b, watch, interval=1, log=lines.append)
+    assert daemon.scan() == 1 and daemon.scan() == 0  # held: looked at again only after a while
+    digest = json.loads((bundle / "index.json").read_text())["manifests"][0]["digest"]
+    assert not b.store.has(digest)  # nothing of it copied in while it waits
+    monkeypatch.setattr(watching, "RECHECK_DEFERRED_S", 0.0)
+    daemon.watcher.deferred = {k: (0.0, why) for k, (_, why) in daemon.watcher.deferred.items()}  # type: ignore[union-attr]
+    assert daemon.scan() == 1
+    assert sum('event="deferred"' in line for line in lines) == 1  # the same reason, said once
+    history = b.apps.states()["demo"].history  # the journal went out in the reports the scans left on the medium
+    assert [h.get("fault") for h in history].count("deferred") == 1
+    fleet["rollouts"].advance("demo", "1.1.0")
+    signed_step(fleet)
+    export([bundle], watch / "stick-2")  # the next medium brings the open wave
+    daemon.scan()
+    assert running(b) == "1.1.0"
