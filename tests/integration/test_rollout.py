@@ -2,7 +2,8 @@
 registry. A canary installs a release that fails its health checks, reports back, `sealift rollout
 check` halts the rollout and publishes the halt, and the two others never install it (nor download
 it); a good release then goes through all three waves, the last one waiting for its site's
-maintenance window by a controllable clock, not by sleeping."""
+maintenance window by a controllable clock, not by sleeping; halted after all, it is left by every
+device at its next poll."""
 
 from __future__ import annotations
 
@@ -176,6 +177,13 @@ def test_a_failing_canary_halts_the_rollout_and_a_good_release_goes_through_ever
     report_back()
     done = sealift("rollout", "status", str(repo.directory), "vision-app", "1.5.0", *fleet)
     assert [(w["name"], w["updated"], w["failed"]) for w in done["waves"]] == [("canary", 1, 0), ("plant-2", 1, 0), ("rest", 1, 0)]
+
+    # (4) 1.5.0 halted after all: each device hears it at its next poll, with nothing newer to fetch, and goes back
+    sealift("rollout", "halt", str(repo.directory), "vision-app", "1.5.0", *keys, "--reason", "latency doubled", "--publish", source,
+            "--plain-http")
+    for device in devices:
+        said = device.run()
+        assert "the rollout of vision-app 1.5.0 was halted: latency doubled" in said and device.running == "1.0.0", said
 
 
 def _next(after: dt.datetime, *, weekday: int, hour: int) -> dt.datetime:
