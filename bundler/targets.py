@@ -11,8 +11,10 @@ from tuf.api.metadata import TargetFile
 
 from updater.artifact import Kind, open_artifact
 from updater.bundle import verify_bundle
+from updater.errors import InputError
 from updater.layout import open_layout
 from updater.overlay import check_overlay
+from updater.profiles import RESERVED_NAMES
 from updater.rollout import Plan, plan_target
 from updater.tuf_client import target_name
 
@@ -28,6 +30,8 @@ def identify(path: Path) -> tuple[str, str, dict[str, str]]:
             return (target_name(name=o.name, site=o.site, version=o.version), o.version,
                     {"name": o.name, "version": o.version, "site": o.site, "kind": "overlay", "fits": o.fits, "digest": o.digest})
         info = verify_bundle(artifact)
+    if info.profile in RESERVED_NAMES:  # it would be signed where a plan or an overlay is looked up
+        raise InputError(f"{path}: a bundle for profile {info.profile!r}, a name reserved for what is not a profile")
     return (target_name(name=info.name, profile=info.profile, version=info.version), info.version,
             {"name": info.name, "version": info.version, "profile": info.profile, "compatible": info.compatible,
              "digest": info.digest})

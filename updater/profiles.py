@@ -20,7 +20,10 @@ from updater.errors import InputError
 from updater.names import NAME
 from updater.yamlfile import Field, load_yaml
 
-__all__ = ["Accelerator", "Platform", "Profile", "Rule", "builtin_profile_dir", "load_profiles", "profile_search_path"]
+__all__ = ["RESERVED_NAMES", "Accelerator", "Platform", "Profile", "Rule", "builtin_profile_dir", "load_profiles",
+           "profile_search_path"]
+
+RESERVED_NAMES = ("overlays", "rollout")  # what a target's second part means besides a profile
 
 _HEX4 = re.compile(r"[0-9a-f]{4}")
 _ARCHES = ("amd64", "arm64", "arm", "386", "riscv64", "ppc64le", "s390x")
@@ -128,6 +131,8 @@ def load_profile(path: Path) -> Profile:
         optional=("description", "accelerators", "capabilities", "detect", "priority", "container"),
     )
     name = top["name"].string(pattern=NAME, what="a profile name")
+    if name in RESERVED_NAMES:  # the second part of a target's name: NAME/rollout/VERSION is a plan, NAME/overlays/... an overlay
+        raise top["name"].error(f"{name!r} is reserved (a profile may not be called {' or '.join(RESERVED_NAMES)})")
     if path.stem != name:
         raise top["name"].error(f"{name!r} differs from the file name {path.name!r}")
     detect = top["detect"].mapping(optional=("all", "any")) if "detect" in top else {}

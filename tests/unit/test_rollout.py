@@ -322,3 +322,12 @@ def test_every_hundredth_of_a_percent_is_a_valid_share(tmp_path: Path, inventory
                                         f"waves:\n  - {{name: a, percent: {percent}}}\n")
     p = read_plan_file(tmp_path / "plan.yaml", inventory, now=T0)
     assert p.waves[0].upto == round(float(percent) * 100) and p.failure_threshold == float(percent)
+
+
+def test_a_profile_may_not_take_a_name_plans_or_overlays_are_signed_under(tmp_path: Path) -> None:
+    from updater.profiles import builtin_profile_dir, load_profiles
+
+    text = (builtin_profile_dir() / "x86_64-cpu.yaml").read_text().replace("name: x86_64-cpu", "name: rollout")
+    (tmp_path / "rollout.yaml").write_text(text)
+    with pytest.raises(InputError, match="'rollout' is reserved"):
+        load_profiles([tmp_path])
