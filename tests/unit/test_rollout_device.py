@@ -362,3 +362,19 @@ def test_a_held_medium_is_neither_copied_in_nor_tried_at_every_scan(fleet: dict[
     export([bundle], watch / "stick-2")  # the next medium brings the open wave
     daemon.scan()
     assert running(b) == "1.1.0"
+
+
+def test_status_says_what_a_device_waits_for(tmp_path: Path, built: Path) -> None:
+    from updater.cli import cli as updater_cli
+
+    installer, _ = enrolled_device(tmp_path, built / "signing" / "repo" / "metadata" / "1.root.json", FakeEngine())
+    waits = Deferred("demo 1.1.0 waits: wave rest (2 of 2) of the rollout of demo 1.1.0 has not started (1 open)")
+    installer.app("demo").deferred(waits)
+    installer.app("demo").deferred(waits)  # the same wait again changes nothing
+    text = CliRunner().invoke(updater_cli, ["--state-dir", str(installer.state_dir), "status"])
+    assert text.exit_code == 0, text.output
+    assert "  waiting: demo 1.1.0 waits: wave rest (2 of 2) of the rollout of demo 1.1.0 has not started (1 open)" in text.output
+    shown = json.loads(CliRunner().invoke(updater_cli, ["--state-dir", str(installer.state_dir), "status", "--json"]).stdout)
+    assert shown["apps"]["demo"]["fault"] == "deferred" and shown["apps"]["demo"]["reason"] == f"deferred: {waits}"
+    assert len(shown["apps"]["demo"]["history"]) == 1
+    assert [e["kind"] for e in installer.journal.since(0)] == ["deferred"]
