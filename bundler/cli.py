@@ -199,24 +199,33 @@ def profiles_cmd(spec: Path | None, as_json: bool, profiles_dirs: tuple[Path, ..
 
 _plain_http_option = click.option(
     "--plain-http", is_flag=True, help="Talk to the registry over plain HTTP (a site registry without TLS); TLS otherwise.")
+_require_signed_option = click.option(
+    "--require-signed", is_flag=True, help="Refuse a bundle or overlay that carries no signed metadata (instead of a warning).")
+
+
+def _warn(message: str) -> None:
+    click.echo(f"warning: {message}", err=True)
 
 
 @cli.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.argument("target", metavar="REGISTRY/REPO[:TAG]")
 @_plain_http_option
+@_require_signed_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @reports_errors
-def push(bundle: Path, target: str, plain_http: bool, as_json: bool) -> None:
+def push(bundle: Path, target: str, plain_http: bool, require_signed: bool, as_json: bool) -> None:
     """Push BUNDLE to a registry, with the signed metadata in its tuf/ folder.
 
     The bundle is verified first. Its blobs, manifests and top index keep their digests; only
     blobs the registry lacks are sent. The tag defaults to PROFILE-VERSION. Credentials come from
-    the Docker config (`docker login`, DOCKER_CONFIG).
+    the Docker config (`docker login`, DOCKER_CONFIG). A bundle with no signed metadata (not yet
+    `sealift repo add`ed) is pushed with a warning, or refused with --require-signed.
     """
     from bundler.publish import push as push_bundle
 
-    result = _with_progress(as_json, functools.partial(push_bundle, bundle, target, plain_http=plain_http))
+    result = _with_progress(as_json, functools.partial(push_bundle, bundle, target, plain_http=plain_http,
+                                                       require_signed=require_signed, warn=_warn))
     _print_transfer(result, as_json, "pushed")
 
 
@@ -245,9 +254,10 @@ def pull(reference: str, out: Path, plain_http: bool, as_json: bool) -> None:
 @click.option("--base", "bases", multiple=True, metavar="BUNDLE|REGISTRY/REPO:TAG",
               help="Make a delta: leave out the blobs this base bundle (same name and profile) already has. Repeatable.")
 @_plain_http_option
+@_require_signed_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @reports_errors
-def export(bundles: tuple[Path, ...], to: Path, bases: tuple[str, ...], plain_http: bool, as_json: bool) -> None:
+def export(bundles: tuple[Path, ...], to: Path, bases: tuple[str, ...], plain_http: bool, require_signed: bool, as_json: bool) -> None:
     """Write BUNDLES (and site overlays) to removable media for a site that never connects.
 
     The medium holds the OCI layout, the signed metadata, SHA256SUMS and a README.txt for the
@@ -259,7 +269,8 @@ def export(bundles: tuple[Path, ...], to: Path, bases: tuple[str, ...], plain_ht
     """
     from bundler.export import export as export_medium
 
-    report = _with_progress(as_json, functools.partial(export_medium, list(bundles), to, bases=bases, plain_http=plain_http))
+    report = _with_progress(as_json, functools.partial(export_medium, list(bundles), to, bases=bases, plain_http=plain_http,
+                                                       require_signed=require_signed, warn=_warn))
     if as_json:
         click.echo(json.dumps({"ok": True, **report.to_json(), **report.moved.to_json()}, indent=2))
         return

@@ -12,11 +12,12 @@ import os
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
 from bundler.metadata_io import metadata_version
+from bundler.publish import check_signed
 from updater.artifact import Artifact, Kind, open_artifact
 from updater.bundle import verify_bundle
 from updater.content import copy_hashed
@@ -34,13 +35,17 @@ __all__ = ["export"]
 
 
 def export(bundles: list[Path], to: Path, *, bases: tuple[str, ...] = (), plain_http: bool = False,
-           progress: Progress | None = None) -> MediumReport:
+           progress: Progress | None = None, require_signed: bool = False, warn: Callable[[str], None] = lambda _: None) -> MediumReport:
     """Write ``bundles`` (full, or as deltas against ``bases``) and site overlays to the medium ``to``
-    (a directory, or a ``.tar`` file)."""
+    (a directory, or a ``.tar`` file); one that carries no signed metadata is said through ``warn``, or
+    refused with ``require_signed``."""
     progress = progress or QuietProgress()
     as_tar = to.suffix == ".tar"
     if to.exists() and (as_tar or any(to.iterdir())):
         raise InputError(f"{to}: already exists; export to a new (or empty) directory or a new .tar file")
+    for bundle in bundles:  # before anything is written
+        with open_artifact(bundle) as artifact:
+            check_signed(artifact, require_signed=require_signed, warn=warn)
     work = Path(tempfile.mkdtemp(prefix=f".{to.name}-", dir=to.parent)) if as_tar else to
     report = MediumReport(location=str(to))
     try:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,11 +61,14 @@ class PublishResult:
                 "skipped_tags": self.skipped, **self.moved.to_json()}
 
 
-def push(bundle: Path, target: str, *, plain_http: bool, progress: Progress | None = None) -> PublishResult:
-    """Verify ``bundle``, then send what the registry lacks of it, and its signed metadata."""
+def push(bundle: Path, target: str, *, plain_http: bool, progress: Progress | None = None, require_signed: bool = False,
+         warn: Callable[[str], None] = lambda _: None) -> PublishResult:
+    """Verify ``bundle``, then send what the registry lacks of it, and its signed metadata (see
+    :func:`check_signed` for one that carries none)."""
     progress = progress or QuietProgress()
     progress.step(f"verify {bundle}")
     with open_artifact(bundle) as artifact:
+        check_signed(artifact, require_signed=require_signed, warn=warn)
         if artifact.kind is Kind.OVERLAY:
             overlay = check_overlay(artifact)
             identity = {"name": overlay.name, "version": overlay.version, "site": overlay.site}
@@ -94,6 +97,17 @@ def _push(artifact: Artifact, client: RegistryClient, *, tag: str, identity: dic
         progress.step(f"publish {len(files)} metadata files")
         result.metadata = publish_metadata(client, files)
     return result
+
+
+def check_signed(artifact: Artifact, *, require_signed: bool, warn: Callable[[str], None]) -> None:
+    """An artifact that carries no signed metadata reaches no device (each refuses it): refused with
+    ``require_signed``, else said through ``warn``."""
+    if artifact.reader.metadata_names():
+        return
+    why = f"{artifact.path} carries no signed metadata (tuf/): every device will refuse it; sign it with `sealift repo add`"
+    if require_signed:
+        raise Refused(f"{why} (--require-signed)")
+    warn(why)
 
 
 def pull(reference: str, out: Path, *, plain_http: bool, progress: Progress | None = None) -> PublishResult:
@@ -144,20 +158,36 @@ def mirror_sync(origin: str, target: str, *, profiles: tuple[str, ...] = (), sit
     ``sites``) and the metadata into another registry.
 
     ``origin`` is a repository, one tagged bundle in it, or a whole registry (``HOST[:PORT]``: every
-    repository its catalog lists that holds bundles, each to the repository of the same name).
+    repository its catalog lists that holds bundles, each to the repository of the same name). A
+    sync that finds nothing to copy (a filter that matches nothing, a source with no Sealift bundle)
+    is an InputError naming what the source holds, never a success that copied nothing.
     """
+    held: set[str] = set()
     if "/" not in origin.removeprefix("docker://"):
         if "/" in target:
             raise InputError(f"mirror {target}: syncing a whole registry needs a registry to sync into (HOST[:PORT])")
         result = PublishResult(destination=target)
         for repository in catalog(origin, plain_http=plain_http_from):
-            one = mirror_sync(f"{origin}/{repository}", target, profiles=profiles, sites=sites, plain_http_from=plain_http_from,
-                              plain_http_to=plain_http_to, progress=progress)
+            one = _sync_repository(f"{origin}/{repository}", target, profiles=profiles, sites=sites, held=held,
+                                   plain_http_from=plain_http_from, plain_http_to=plain_http_to, progress=progress)
             result.bundles += one.bundles
             result.metadata += [f"{repository}/{name}" for name in one.metadata]
             result.moved.add(one.moved)
             result.skipped += [f"{repository}:{tag}" for tag in one.skipped]
-        return result
+    else:
+        result = _sync_repository(origin, target, profiles=profiles, sites=sites, held=held, plain_http_from=plain_http_from,
+                                  plain_http_to=plain_http_to, progress=progress)
+    if not result.bundles:
+        asked = " and ".join(part for part in (f"profile {', '.join(profiles)}" if profiles else "",
+                                               f"site {', '.join(sites)}" if sites else "") if part)
+        holds = ", ".join(sorted(held)) or "no Sealift bundle or overlay"
+        raise InputError(f"{origin}: nothing to sync" + (f" for {asked}" if asked else "") + f"; it holds {holds}")
+    return result
+
+
+def _sync_repository(origin: str, target: str, *, profiles: tuple[str, ...], sites: tuple[str, ...], held: set[str],
+                     plain_http_from: bool, plain_http_to: bool, progress: Progress | None) -> PublishResult:
+    """:func:`mirror_sync` of one repository (or one tag of it); what it holds goes into ``held``."""
     progress = progress or QuietProgress()
     src = connect(origin, plain_http=plain_http_from, what="source registry")
     dst_ref = parse_reference(target if "/" in target else f"{target}/{src.ref.repository}", what="mirror")
@@ -182,6 +212,7 @@ def mirror_sync(origin: str, target: str, *, profiles: tuple[str, ...] = (), sit
                 continue
             annotations = top.annotations
             overlay = kind(top.artifact_type) is Kind.OVERLAY
+            held.add(f"site {annotations.get(ANNOTATION.SITE)}" if overlay else f"profile {annotations.get(ANNOTATION.PROFILE)}")
             if overlay:  # a site's overlay: sealed to that site's devices only
                 if sites and annotations.get(ANNOTATION.SITE) not in sites:
                     continue

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from updater.artifact import Kind
-from updater.errors import Deferred, Refused, SealiftError
+from updater.errors import Deferred, DeliveryError, InputError, Refused, SealiftError
 from updater.gate import Gate
 from updater.install import Installer, Outcome
 from updater.names import NAME
@@ -149,16 +149,19 @@ class RegistryPoller:
         device's site that fits it; or, with no newer release, a newer overlay for the running one.
         None when there is nothing to install."""
         self.held = None
-        tags = client.tags()
+        tags = client.tags(must_exist=True)  # a repository that is not there is an outage to say, never "up to date"
+        site = self.installer.site()
+        if not _versions(tags, f"{self.profile.name}-", above=None) and not (site and _versions(tags, f"site-{site}-", above=None)):
+            raise DeliveryError(f"{client.ref.name} holds nothing for this device (profile {self.profile.name}"
+                                + (f", site {site}" if site else "") + f"); it holds {_holdings(tags)}")
         name = self.app or self._claimed(client, tags)
         if name is None:
-            return None
+            raise DeliveryError(f"{client.ref.name}: no bundle for profile {self.profile.name} there can be read")
         if self.installer.declared and name not in self.installer.declared:
-            self.log(f"skipped {client.ref.name}: it holds {name}, which this device does not run")
-            return None
+            raise InputError(f"{client.ref.name} holds {name}, which this device does not run (it runs "
+                             f"{', '.join(sorted(self.installer.declared))}): a source named for another application")
         state = state or self.installer.app(name).slots.load()
         current = state.current
-        site = self.installer.site()
         apps = _versions(tags, f"{self.profile.name}-", above=current.version if current else None)
         overlays = _versions(tags, f"site-{site}-", above=current.overlay if current and current.overlay_digest else None) \
             if site else []
@@ -248,6 +251,14 @@ class RegistryPoller:
             self.log(f"skipped {tag}: {why}")
             return None
         return Signed(top=top, tag=tag, name=name, version=version)
+
+
+def _holdings(tags: list[str]) -> str:
+    """What a repository holds, for people: its bundles' profiles and its overlays' sites, else its tags."""
+    releases = sorted({t.rsplit("-", 1)[0] for t in tags if not t.startswith("tuf.") and _versions([t], t.rsplit("-", 1)[0] + "-",
+                                                                                                    above=None)})
+    shown = releases or sorted(t for t in tags if not t.startswith("tuf."))
+    return ", ".join(shown[:12]) + (f" and {len(shown) - 12} more" if len(shown) > 12 else "") if shown else "no release at all"
 
 
 def _versions(tags: list[str], prefix: str, *, above: str | None) -> list[tuple[str, str]]:

@@ -105,6 +105,9 @@ class Reference:
 def parse_reference(text: str, *, what: str = "registry reference") -> Reference:
     """Parse ``HOST[:PORT]/REPO[:TAG|@DIGEST]``; the host must look like one (a dot, a port or localhost)."""
     host, slash, rest = text.removeprefix("docker://").partition("/")
+    if host in ("", ".", "..", "~") or host.startswith("~"):  # ./out/bundle, /media/usb, ~/bundles: a path
+        raise InputError(f"{what} {text!r}: a path, not a registry reference (HOST[:PORT]/REPO[:TAG|@DIGEST]); a bundle "
+                         "directory goes to a registry with `sealift push`, to a medium with `sealift export`")
     if not slash or not rest or not ("." in host or ":" in host or host == "localhost"):
         raise InputError(f"{what} {text!r}: expected HOST[:PORT]/REPO[:TAG|@DIGEST], e.g. registry.example.com/vision-app")
     repository, at, digest = rest.partition("@")
@@ -219,22 +222,27 @@ class RegistryClient:
                 _discard(stream, offset)
             yield cast(IO[bytes], stream)
 
-    def tags(self) -> list[str]:
-        """Every tag of the repository (none if it does not exist yet)."""
-        return self._listing(f"{self._base()}/v2/{self.ref.repository}/tags/list?n=1000", "tags")
+    def tags(self, *, must_exist: bool = False) -> list[str]:
+        """Every tag of the repository (none if it does not exist yet; with ``must_exist``, a DeliveryError)."""
+        tags = self._listing(f"{self._base()}/v2/{self.ref.repository}/tags/list?n=1000", "tags", missing=None if must_exist else [])
+        if tags is None:
+            raise DeliveryError(f"{self.what}: repository {self.ref.repository} does not exist at {self.ref.host} "
+                                "(not pushed or synced there yet, or a name mistyped)")
+        return tags
 
     def catalog(self) -> list[str]:
         """Every repository the registry lists."""
-        return self._listing(f"{self._base()}/v2/_catalog?n=1000", "repositories")
+        return self._listing(f"{self._base()}/v2/_catalog?n=1000", "repositories") or []
 
-    def _listing(self, url: str, key: str) -> list[str]:
+    def _listing(self, url: str, key: str, *, missing: list[str] | None = None) -> list[str] | None:
         """A paginated list (the registry's ``Link: <…>; rel="next"`` header leads to the next page),
-        bounded: a registry cannot keep a reader paging, or reading, for ever."""
+        bounded: a registry cannot keep a reader paging, or reading, for ever; ``missing`` when the
+        registry has no such list (a repository that does not exist)."""
         items: list[str] = []
-        for _ in range(_MAX_PAGES):
+        for page in range(_MAX_PAGES):
             response = self._request("GET", url, missing_ok=True)
             if response is None:
-                return items
+                return items if page else missing
             body = self._small_body(response, f"the {key} list")
             try:
                 items += [t for t in json_object(body, f"{self.what}: the {key} list", DeliveryError).get(key) or []

@@ -400,3 +400,48 @@ def test_a_poll_takes_the_newest_release_with_the_newest_overlay_of_its_site_tha
     failed = running("1.2.0", "1.0.0")
     failed = DeviceState(current=failed.current, failed=(f"{digest['1.3.0']}+{digest['plant-7-1.1.0']}",))
     assert found(failed) == (None, None)  # that pair failed, and the running overlay does not fit 1.3.0: nothing to try
+
+
+def test_nothing_found_is_said_never_a_silent_success(overlaid: dict[str, Path], registry: Registry, tmp_path: Path) -> None:
+    from updater.journal import Journal
+    from updater.lastseen import last_polls
+
+    runner = CliRunner()
+    source = f"{registry.address}/quiet"
+    push(overlaid["1.2.0"], source, plain_http=True)
+    # a mirror sync whose filters match nothing fails, naming what the source holds
+    typo = runner.invoke(sealift, ["mirror", "sync", "--from", source, "--to", f"{registry.address}/mirror-x", "--profile",
+                                   "x86_64-cpuu", "--plain-http"])
+    assert typo.exit_code == 2 and "nothing to sync for profile x86_64-cpuu; it holds profile x86_64-cpu" in typo.stderr
+    empty = runner.invoke(sealift, ["mirror", "sync", "--from", f"{registry.address}/never-pushed", "--to", registry.address,
+                                    "--plain-http"])
+    assert empty.exit_code == 2 and "nothing to sync; it holds no Sealift bundle or overlay" in empty.stderr
+    path = runner.invoke(sealift, ["mirror", "sync", "--from", "./out/vision-app-1.0.0", "--to", registry.address])
+    assert path.exit_code == 2 and "a path, not a registry reference" in path.stderr
+    # an unsigned bundle: pushed with a warning, or refused with --require-signed; exported likewise
+    spec = load_spec(project(tmp_path / "src"))
+    (unsigned,) = build_bundles(spec, select_profiles(spec, PROFILES, ("x86_64-cpu",)), BuildOptions(out=tmp_path / "out", epoch=0))
+    warned = runner.invoke(sealift, ["push", str(unsigned.path), f"{registry.address}/unsigned", "--plain-http"])
+    assert warned.exit_code == 0 and "warning: " in warned.stderr and "carries no signed metadata (tuf/)" in warned.stderr
+    refused = runner.invoke(sealift, ["push", str(unsigned.path), f"{registry.address}/unsigned-2", "--plain-http", "--require-signed"])
+    assert refused.exit_code == 3 and "(--require-signed)" in refused.stderr
+    assert connect(f"{registry.address}/unsigned-2", plain_http=True, what="registry").tags() == []  # nothing was sent
+    exported = runner.invoke(sealift, ["export", str(unsigned.path), "--to", str(tmp_path / "usb"), "--require-signed"])
+    assert exported.exit_code == 3 and not (tmp_path / "usb").exists()
+    # a device polling a repository that is not there, or holds nothing for it: a failed poll with its reason, never up to date
+    push(unsigned.path, f"{registry.address}/elsewhere:jetson-orin-1.2.0", plain_http=True)  # another profile's tag only
+    installer = Installer(state_dir=overlaid["device"], runtime=NoEngine(), profile=CPU)
+    for repository, reason in (("not-there", "repository not-there does not exist at"),
+                               ("elsewhere", "holds nothing for this device (profile x86_64-cpu, site plant-7); it holds jetson-orin"),
+                               ("unsigned", "signed metadata is missing")):
+        poller = RegistryPoller(f"{registry.address}/{repository}", installer=installer, profile=CPU, plain_http=True,
+                                retry=Retry(delays=()))
+        lines: list[str] = []
+        failed = Daemon(installer, None, pollers=[poller], interval=10, log=lines.append).run(once=True)
+        assert isinstance(failed, DeliveryError) and reason in failed.diagnostics()
+        assert not any('event="up-to-date"' in line for line in lines) and any('event="poll-failed"' in line for line in lines)
+        assert last_polls(installer.state_dir)[poller.source]["fault"] == "delivery"
+    assert Journal(installer.state_dir).since(0)[-1]["kind"] == "poll-failed"
+    elsewhere = Installer(state_dir=overlaid["device"], runtime=NoEngine(), profile=CPU, declared=["camera-gw"])
+    with pytest.raises(InputError, match="holds demo, which this device does not run"):
+        RegistryPoller(source, installer=elsewhere, profile=CPU, plain_http=True).poll()
