@@ -30,6 +30,7 @@ from bundler.writer import LayoutWriter, open_writer
 from updater.bundle import BundleInfo, verify_bundle
 from updater.durable import fsync_dir
 from updater.errors import DeviceFault, InputError, Refused, SealiftError
+from updater.names import unknown
 from updater.oci import ANNOTATION, MEDIA, Descriptor, canonical_json
 from updater.profiles import Profile
 from updater.progress import Progress, QuietProgress
@@ -90,15 +91,15 @@ def select_profiles(spec: Spec, known: dict[str, Profile], wanted: Sequence[str]
     targets = list(spec.profiles) if spec.profiles is not None else sorted(known)
     for name in targets:
         if name not in known:
-            raise InputError(f"{spec.path}: profiles: unknown profile {name!r} (known: {', '.join(sorted(known))})")
+            raise InputError(f"{spec.path}: profiles: {unknown('profile', name, known)}")
     for name, field in spec.variant_profiles().items():
         if name not in known:
-            raise InputError(f"{spec.path}: {field}: unknown profile {name!r} (known: {', '.join(sorted(known))})")
+            raise InputError(f"{spec.path}: {field}: {unknown('profile', name, known)}")
     if not wanted or "all" in wanted:
         return [known[name] for name in targets]
     for name in wanted:
         if name not in known:
-            raise InputError(f"unknown profile {name!r} (known: {', '.join(sorted(known))})")
+            raise InputError(unknown("profile", name, known))
         if name not in targets:
             raise InputError(f"profile {name!r} is not a target of {spec.path} (targets: {', '.join(targets)})")
     return [known[name] for name in targets if name in wanted]

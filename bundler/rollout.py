@@ -19,7 +19,7 @@ from typing import Any
 from bundler.devices import Device, Inventory
 from bundler.repo import Repository
 from updater.errors import Conflict, InputError
-from updater.names import NAME
+from updater.names import NAME, closest
 from updater.registry import connect
 from updater.rollout import MAX_WAVES, Plan, State, Wave, is_reason
 from updater.versions import VERSION
@@ -55,8 +55,8 @@ def _wave(entry: Field, devices: list[Device]) -> Wave:
     name = f["name"].string(pattern=NAME, what="a wave name (lower case letters, digits, . _ -)")
     known = {d.device for d in devices}
     named = set(f["devices"].string_list(pattern=NAME, what="a device ID")) if "devices" in f else set()
-    if unknown := sorted(named - known):
-        raise f["devices"].error(f"{unknown[0]} is not an enrolled device in the inventory")
+    if strangers := sorted(named - known):
+        raise f["devices"].error(f"{strangers[0]} is not an enrolled device in the inventory")
     if _LABEL_SELECTOR in f:
         wanted = {k: v.scalar_string() for k, v in f[_LABEL_SELECTOR].entries(key_pattern=NAME, key_what="label")}
         matched = {d.device for d in devices if all(d.labels.get(k) == v for k, v in wanted.items())}
@@ -66,7 +66,8 @@ def _wave(entry: Field, devices: list[Device]) -> Wave:
         named |= matched
     sites = set(f["sites"].string_list(pattern=NAME, what="a site name")) if "sites" in f else set()
     if unknown_sites := sorted(sites - {d.site for d in devices}):
-        raise f["sites"].error(f"site {unknown_sites[0]} has no enrolled device in the inventory")
+        raise f["sites"].error(f"site {unknown_sites[0]} has no enrolled device in the inventory "
+                               f"({closest(unknown_sites[0], {d.site for d in devices})})")
     return Wave(name=name, devices=frozenset(named), sites=frozenset(sites),
                 upto=round(_percent(f["percent"]) * 100) if "percent" in f else None,
                 not_before=_time(f["not_before"]) if "not_before" in f else None)

@@ -24,7 +24,7 @@ from pathlib import Path
 from updater.durable import fsync_dir
 from updater.errors import Conflict, DeviceFault, InputError
 from updater.locks import file_lock
-from updater.names import NAME
+from updater.names import NAME, closest
 from updater.slots import SLOTS, DeviceState, Slots
 from updater.stage import slot_holds
 
@@ -72,7 +72,7 @@ class Apps:
         if name is not None:
             if name not in names:
                 raise Conflict(f"application {name} is not installed on this device"
-                               + (f" (it holds {', '.join(names)})" if names else ""))
+                               + (f" ({closest(name, names)})" if names else ""))
             return name
         running = [n for n in names if self.slots(n).load().current is not None]
         if len(running) == 1:

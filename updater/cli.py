@@ -182,7 +182,9 @@ def _device_profile(profile: str | None, profiles_dir: Path | None) -> Profile:
     if profile is None:
         return detect_profile(known.values(), Hardware()).profile
     if profile not in known:
-        raise InputError(f"unknown profile {profile!r} (known: {', '.join(sorted(known))})")
+        from updater.names import unknown
+
+        raise InputError(unknown("profile", profile, known))
     return known[profile]
 
 
@@ -406,7 +408,9 @@ def verify(state_dir: Path, bundle: Path, profile: str | None, profiles_dir: Pat
     if profile is not None:
         known = load_profiles(profile_search_path(extra=[profiles_dir] if profiles_dir else []))
         if profile not in known:
-            raise InputError(f"unknown profile {profile!r} (known: {', '.join(sorted(known))})")
+            from updater.names import unknown
+
+            raise InputError(unknown("profile", profile, known))
         wanted = known[profile]
     trust = TrustedState(state_dir)
     info, overlay = check_as_installed(bundle, trust=trust, profile=wanted, app=app)

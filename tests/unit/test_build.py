@@ -287,9 +287,11 @@ def test_profile_file_with_an_escaping_name_is_refused(tmp_path: Path) -> None:
         load_profiles([profiles])
 
 
-def test_unknown_profile_on_the_command_line_lists_the_known_ones(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match=r"unknown profile 'x86-cpu' \(known: arm64-coral, "):
+def test_unknown_profile_on_the_command_line_suggests_the_close_one_and_lists_the_known_ones(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"unknown profile 'x86-cpu' \(did you mean x86_64-cpu\? known: arm64-coral, "):
         build(project(tmp_path / "src"), tmp_path / "out", profiles=("x86-cpu",))
+    with pytest.raises(InputError, match=r"unknown profile 'quantum-box' \(known: arm64-coral, "):  # nothing close: no guess
+        build(project(tmp_path / "src2"), tmp_path / "out", profiles=("quantum-box",))
 
 
 def test_damaged_existing_bundle_is_not_reported_unchanged(tmp_path: Path) -> None:
