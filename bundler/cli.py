@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from bundler.cli_sites import allow_dir_option
+from updater.completion import add_completion
 from updater.errors import Refused
 from updater.exits import reports_errors
 from updater.progress import for_terminal
@@ -385,6 +386,7 @@ def _add_groups() -> None:
 
 
 _add_groups()
+add_completion(cli, "sealift")
 
 
 def main() -> None:

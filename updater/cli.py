@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from updater.completion import add_completion
 from updater.errors import FAMILIES, Conflict, DeviceFault, EngineFault, InputError, SealiftError, Unhealthy
 from updater.exits import reports_errors
 from updater.sealed import KEMS
@@ -440,5 +441,16 @@ _add_commands()
 
 
 def main() -> None:
-    """Entry point of the ``sealift-updater`` command."""
-    cli(prog_name="sealift-updater")
+    """Entry point of the ``sealift-updater`` command: its options from the command line, the
+    environment (``SEALIFT_…``) and the configuration file, in that order (:mod:`updater.config`)."""
+    from updater.config import ENV_PREFIX, load_defaults
+    from updater.exits import fail
+
+    try:
+        defaults = load_defaults(cli)
+    except SealiftError as e:
+        fail(e)
+    cli(prog_name="sealift-updater", auto_envvar_prefix=ENV_PREFIX, default_map=defaults)
+
+
+add_completion(cli, "sealift-updater")
