@@ -443,14 +443,14 @@ _add_commands()
 def main() -> None:
     """Entry point of the ``sealift-updater`` command: its options from the command line, the
     environment (``SEALIFT_…``) and the configuration file, in that order (:mod:`updater.config`)."""
-    from updater.config import ENV_PREFIX, load_defaults
+    from updater.config import load_defaults
     from updater.exits import fail
 
     try:
         defaults = load_defaults(cli)
     except SealiftError as e:
         fail(e)
-    cli(prog_name="sealift-updater", auto_envvar_prefix=ENV_PREFIX, default_map=defaults)
+    cli(prog_name="sealift-updater", default_map=defaults)
 
 
 add_completion(cli, "sealift-updater")

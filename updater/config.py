@@ -18,6 +18,7 @@ the built-in default. A file that names an unknown command or option is refused,
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,18 +33,46 @@ DEFAULT_CONFIG = Path("/etc/sealift/updater.yaml")
 ENV_PREFIX = "SEALIFT"
 
 
-def load_defaults(command: click.Command, *, path: Path | None = None) -> dict[str, Any] | None:
-    """The defaults the configuration file sets for ``command`` and its subcommands (click's
-    ``default_map``); None when there is no file. ``path``: ``SEALIFT_CONFIG``, else the default file."""
-    named = path or (Path(os.environ["SEALIFT_CONFIG"]) if os.environ.get("SEALIFT_CONFIG") else None)
-    if named is None and not DEFAULT_CONFIG.is_file():
-        return None
-    from updater.yamlfile import load_yaml
+def load_defaults(command: click.Command, *, path: Path | None = None,
+                  environ: Mapping[str, str] | None = None) -> dict[str, Any] | None:
+    """The defaults the environment (``environ``, default: this process's) and then the configuration
+    file set for ``command`` and its subcommands (click's ``default_map``); None when neither sets
+    any. ``path``: the file, else ``SEALIFT_CONFIG``, else the default file when it exists."""
+    environ = os.environ if environ is None else environ
+    named = path or (Path(environ["SEALIFT_CONFIG"]) if environ.get("SEALIFT_CONFIG") else None)
+    found: dict[str, Any] = {}
+    if named is not None or DEFAULT_CONFIG.is_file():
+        from updater.yamlfile import load_yaml
 
-    top = load_yaml(named or DEFAULT_CONFIG, what="updater configuration")
-    if not top.present:
-        return None
-    return _defaults(command, top.value, where=f"{top.file}")
+        top = load_yaml(named or DEFAULT_CONFIG, what="updater configuration")
+        found = _defaults(command, top.value, where=f"{top.file}") if top.present else {}
+    _merge(found, _environment(command, ENV_PREFIX, environ))
+    return found or None
+
+
+def _environment(command: click.Command, prefix: str, environ: Mapping[str, str]) -> dict[str, Any]:
+    """What ``PREFIX_OPTION`` variables set for ``command``'s options, and ``PREFIX_COMMAND_…`` for its
+    subcommands'; a repeatable option's values are separated by spaces. Help and version never come
+    from the environment."""
+    found: dict[str, Any] = {}
+    for option in command.params:
+        if isinstance(option, click.Option) and option.name not in (None, "help", "version"):
+            value = environ.get(f"{prefix}_{str(option.name).upper()}")
+            if value is not None:
+                found[str(option.name)] = value.split() if option.multiple else value
+    for name, sub in (command.commands if isinstance(command, click.Group) else {}).items():
+        if values := _environment(sub, f"{prefix}_{name.upper().replace('-', '_')}", environ):
+            found[name] = values
+    return found
+
+
+def _merge(into: dict[str, Any], over: dict[str, Any]) -> None:
+    """``over`` laid over ``into``, command by command."""
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
 
 
 def _defaults(command: click.Command, value: object, *, where: str) -> dict[str, Any]:

@@ -13,16 +13,15 @@ import pytest
 from click.testing import CliRunner
 
 from updater.cli import cli
-from updater.config import ENV_PREFIX, load_defaults
+from updater.config import load_defaults
 from updater.errors import InputError
 
 BIN = Path(sys.executable).parent
 
 
 def enroll(config: Path | None, *args: str, env: dict[str, str] | None = None) -> dict[str, object]:
-    defaults = load_defaults(cli, path=config) if config else None
-    result = CliRunner().invoke(cli, [*args, "enroll", "--site", "plant-7", "--profile", "x86_64-cpu"], env=env,
-                                default_map=defaults, auto_envvar_prefix=ENV_PREFIX)
+    defaults = load_defaults(cli, path=config, environ=env or {})
+    result = CliRunner().invoke(cli, [*args, "enroll", "--site", "plant-7", "--profile", "x86_64-cpu"], default_map=defaults)
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)  # type: ignore[no-any-return]
 
@@ -30,8 +29,12 @@ def enroll(config: Path | None, *args: str, env: dict[str, str] | None = None) -
 def test_the_command_line_beats_the_environment_which_beats_the_file(tmp_path: Path) -> None:
     config = tmp_path / "updater.yaml"
     config.write_text(f"state-dir: {tmp_path / 'from-file'}\nrun:\n  source: [mirror.site:5000/vision-app]\n  interval: 300\n")
-    assert load_defaults(cli, path=config) == {"state_dir": str(tmp_path / "from-file"),
-                                               "run": {"sources": ["mirror.site:5000/vision-app"], "interval": 300}}
+    assert load_defaults(cli, path=config, environ={}) == {"state_dir": str(tmp_path / "from-file"),
+                                                           "run": {"sources": ["mirror.site:5000/vision-app"], "interval": 300}}
+    over = load_defaults(cli, path=config, environ={"SEALIFT_RUN_SOURCES": "a.site:5000/x b.site:5000/y", "SEALIFT_VERSION": "1.2.0",
+                                                    "SEALIFT_HELP": "1", "SEALIFT_RUN_PLAIN_HTTP": "true"})
+    assert over == {"state_dir": str(tmp_path / "from-file"),  # help and version never come from the environment
+                    "run": {"sources": ["a.site:5000/x", "b.site:5000/y"], "interval": 300, "plain_http": "true"}}
     enroll(config)
     assert (tmp_path / "from-file/identity/device.json").is_file()
     enroll(config, env={"SEALIFT_STATE_DIR": str(tmp_path / "from-env")})
@@ -51,7 +54,7 @@ def test_a_bad_configuration_is_refused_naming_the_file_and_key(tmp_path: Path, 
     config = tmp_path / "updater.yaml"
     config.write_text(text)
     with pytest.raises(InputError, match=message) as raised:
-        load_defaults(cli, path=config)
+        load_defaults(cli, path=config, environ={})
     assert str(config) in str(raised.value) and "\n" not in str(raised.value)
 
 
@@ -66,6 +69,10 @@ def test_the_command_reads_its_configuration_and_stops_in_one_line_on_a_bad_one(
                           capture_output=True, text=True, timeout=60, env={**os.environ, "SEALIFT_CONFIG": str(config)})
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "state/identity/device.json").is_file()
+    # a variable that happens to share the prefix (a CI's SEALIFT_VERSION) changes nothing
+    done = subprocess.run([str(BIN / "sealift-updater"), "status", "--json"], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "SEALIFT_CONFIG": str(config), "SEALIFT_VERSION": "1.2.0", "SEALIFT_HELP": "1"})
+    assert done.returncode == 0 and json.loads(done.stdout)["enrollment"]["site"] == "plant-7", done.stderr
 
 
 @pytest.mark.parametrize(("command", "typed", "expected"), [
