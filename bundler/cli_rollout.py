@@ -289,7 +289,7 @@ def rollout_check(directory: Path, keydir: Path, db: Path, inventory: Path, publ
         why = failing(_waves(db, inventory, plan), plan)
         checked.append(f"{plan.app} {plan.version}")
         if why:
-            rollouts.halt(plan.app, plan.version, reason=why)
+            rollouts.halt(plan.app, plan.version, reason=why[:200])  # a reason devices show: one short line
             halted.append({"app": plan.app, "version": plan.version, "reason": why})
     published = rollouts.publish(publish, plain_http=plain_http) if publish and halted else []
     if as_json:

@@ -16,6 +16,7 @@ jittered, growing delays.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from updater.versions import fits, version_key
 
 __all__ = ["Found", "RegistryPoller", "Signed"]
 
+_RELEASE_TAG = re.compile(r"(.+?)-[0-9]+\.[0-9]+\.[0-9]+[0-9A-Za-z.+_-]*")  # PROFILE-VERSION or site-SITE-VERSION
 DEVICE_RETRY = Retry(delays=(1.0, 4.0, 15.0))  # within one poll; the daemon backs off further between polls
 Log = Callable[[str], None]
 
@@ -255,10 +257,10 @@ class RegistryPoller:
 
 def _holdings(tags: list[str]) -> str:
     """What a repository holds, for people: its bundles' profiles and its overlays' sites, else its tags."""
-    releases = sorted({t.rsplit("-", 1)[0] for t in tags if not t.startswith("tuf.") and _versions([t], t.rsplit("-", 1)[0] + "-",
-                                                                                                    above=None)})
+    releases = sorted({m.group(1) for t in tags if (m := _RELEASE_TAG.fullmatch(t))})
     shown = releases or sorted(t for t in tags if not t.startswith("tuf."))
-    return ", ".join(shown[:12]) + (f" and {len(shown) - 12} more" if len(shown) > 12 else "") if shown else "no release at all"
+    more = f" and {len(shown) - 12} more" if len(shown) > 12 else ""
+    return ", ".join(shown[:12]) + more if shown else "no release at all"
 
 
 def _versions(tags: list[str], prefix: str, *, above: str | None) -> list[tuple[str, str]]:

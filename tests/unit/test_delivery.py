@@ -384,3 +384,12 @@ def test_a_download_is_kept_to_resume_unless_its_content_is_refused_or_the_devic
     with pytest.raises(type(error)), store.incoming(top) as incoming:  # from a medium: nothing to resume
         raise error
     assert not incoming.layout.root.exists()
+
+
+def test_what_a_repository_holds_is_named_by_profile_and_site_not_by_tag() -> None:
+    from updater.poll import _holdings
+
+    tags = ["x86_64-cpu-1.0.0", "x86_64-cpu-1.1.0", "jetson-orin-1.0.0-rc.1", "site-plant-7-1.0.0_build.5", "tuf.timestamp.json"]
+    assert _holdings(tags) == "jetson-orin, site-plant-7, x86_64-cpu"
+    assert _holdings(["latest", "tuf.1.root.json"]) == "latest" and _holdings([]) == "no release at all"
+    assert _holdings([f"p{i:02d}-1.0.0" for i in range(15)]).endswith("p11 and 3 more")
