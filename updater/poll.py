@@ -2,16 +2,19 @@
 
 A poll (1) refreshes the device's TUF metadata from the registry's ``tuf.*`` artifacts, on a
 throwaway copy of the trusted state (what verifies is kept: a halted rollout reaches the device this
-way even when nothing is newer); (2) lists the repository's tags for this profile
-(``PROFILE-VERSION``) newest first, and takes the first whose index TUF signs as
-``NAME/PROFILE/VERSION`` byte for byte: tags only point, the signature decides; with it, the newest
-signed overlay of the device's site (``site-SITE-VERSION``, signed as
-``NAME/overlays/SITE/VERSION``) that fits it, or, with no newer release, a newer overlay for the
-running one (a rotation); (3) downloads into the device's store only the blobs no kept bundle has,
-resuming a download cut off earlier; and (4) hands what it assembled, with the metadata the
+way even when nothing is newer); (2) lists what the metadata signs for the device: its
+application's releases for this profile (``NAME/PROFILE/VERSION``) and its site's overlays
+(``NAME/overlays/SITE/VERSION``), newest first, and fetches each index by the digest its target
+signs, so tags are for people (a repository whose targets are spread over hashed bins, which
+cannot be listed without fetching every bin, adds the versions its tags name, each looked up in
+the signed metadata); takes the newest release the repository holds, with the newest signed
+overlay of the device's site that fits it, or, with no newer release, a newer overlay for the
+running one (a rotation); (3) downloads into the device's store only the blobs no kept bundle
+has, resuming a download cut off earlier; and (4) hands what it assembled, with the metadata the
 refresh fetched, to the installer, which verifies it all again before it touches a slot. The
 running release is never touched by a poll that fails: an unreachable registry is retried with
-jittered, growing delays.
+jittered, growing delays, and a repository that is missing or holds nothing signed for the device
+fails the poll with its reason, never "up to date".
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from updater.artifact import Kind
@@ -29,34 +32,47 @@ from updater.install import Installer, Outcome
 from updater.names import NAME
 from updater.oci import ANNOTATION, Descriptor
 from updater.profiles import Profile
-from updater.registry import RegistryClient, Retry, bundle_descriptor, bundle_tag, connect, overlay_tag
+from updater.registry import RegistryClient, Retry, bundle_descriptor, connect
 from updater.slots import DeviceState
 from updater.stage import overlay_of
 from updater.store import Incoming
 from updater.transfer import RegistryEndpoint
-from updater.tuf_client import RegistryMetadata, TufClient, target_name
+from updater.tuf_client import RegistryMetadata, TufClient, claimed_target, target_name
 from updater.verify import verify_overlay
 from updater.versions import fits, version_key
 
 __all__ = ["Found", "RegistryPoller", "Signed"]
 
 _RELEASE_TAG = re.compile(r"(.+?)-[0-9]+\.[0-9]+\.[0-9]+[0-9A-Za-z.+_-]*")  # PROFILE-VERSION or site-SITE-VERSION
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 DEVICE_RETRY = Retry(delays=(1.0, 4.0, 15.0))  # within one poll; the daemon backs off further between polls
 Log = Callable[[str], None]
 
 
 @dataclass(frozen=True)
 class Signed:
-    """A top index the registry holds under ``tag``, signed byte for byte as what it claims to be (``name`` ``version``)."""
+    """A top index the registry holds, signed byte for byte as ``target`` (``name`` ``version``)."""
 
     top: Descriptor
-    tag: str
+    target: str
     name: str
     version: str
 
     @property
     def fits(self) -> str:
         return self.top.annotations.get(ANNOTATION.FITS, "")
+
+
+@dataclass(frozen=True)
+class Listed:
+    """A release (or overlay) the metadata signs as ``target``: its version and its index's digest; ``newer``
+    when it is above what the device runs."""
+
+    target: str
+    version: str
+    digest: str
+    newer: bool
+    key: Any = field(compare=False)
 
 
 @dataclass(frozen=True)
@@ -92,6 +108,7 @@ class RegistryPoller:
         self.plain_http = plain_http
         self.log = log
         self.retry = retry
+        self.present: set[str] = set()  # digests of signed releases the repository was seen to hold (this poll)
         self.refused: set[str] = set()  # digests that failed verification: not downloaded again by this process
         self.held: tuple[str, Deferred] | None = None  # the application whose newest signed release waits, and why (the last poll)
         self.advance: Callable[[int], None] = lambda _: None  # told of every piece downloaded (the daemon feeds its watchdog)
@@ -141,7 +158,7 @@ class RegistryPoller:
         incoming.fill(RegistryEndpoint(client), advance=self.advance)
         incoming.metadata = metadata
         moved = incoming.moved
-        self.log(f"downloaded {signed.tag}: {moved.blobs_sent} blobs ({moved.bytes_sent} bytes); {moved.blobs_present} "
+        self.log(f"downloaded {signed.target}: {moved.blobs_sent} blobs ({moved.bytes_sent} bytes); {moved.blobs_present} "
                  "already on this device")
         return incoming
 
@@ -151,55 +168,60 @@ class RegistryPoller:
         device's site that fits it; or, with no newer release, a newer overlay for the running one.
         None when there is nothing to install."""
         self.held = None
+        self.present = set()
         tags = client.tags(must_exist=True)  # a repository that is not there is an outage to say, never "up to date"
         site = self.installer.site()
-        if not _versions(tags, f"{self.profile.name}-", above=None) and not (site and _versions(tags, f"site-{site}-", above=None)):
-            raise DeliveryError(f"{client.ref.name} holds nothing for this device (profile {self.profile.name}"
-                                + (f", site {site}" if site else "") + f"); it holds {_holdings(tags)}")
-        name = self.app or self._claimed(client, tags)
-        if name is None:
-            raise DeliveryError(f"{client.ref.name}: no bundle for profile {self.profile.name} there can be read")
-        if self.installer.declared and name not in self.installer.declared:
-            raise InputError(f"{client.ref.name} holds {name}, which this device does not run (it runs "
-                             f"{', '.join(sorted(self.installer.declared))}): a source named for another application")
-        state = state or self.installer.app(name).slots.load()
-        current = state.current
-        apps = _versions(tags, f"{self.profile.name}-", above=current.version if current else None)
-        overlays = _versions(tags, f"site-{site}-", above=current.overlay if current and current.overlay_digest else None) \
-            if site else []
-        if not apps and not overlays and current is None:
-            return None
         with self.installer.trust.candidate() as metadata_dir:  # what it verifies is kept; releases are accepted only at install
             metadata = RegistryMetadata(client)
             tuf = TufClient(metadata_dir, metadata)
-            tuf.refresh()  # with nothing newer too: the metadata may bring a halt of what runs (the service acts on it)
-            if not apps and not overlays:
-                return None
-            gate = Gate(self.installer)
-            signed_overlays = [o for o in (self._signed(client, tuf, tag, version, site=site) for version, tag in overlays)
-                               if o is not None]
-            running = self._running_overlay(state)
-            for version, tag in apps:
-                app = self._signed(client, tuf, tag, version)
-                if app is None or app.name != name:
-                    continue
-                overlay = next((o for o in signed_overlays if o.name == app.name and fits(o.fits, version)
-                                and f"{app.top.digest}+{o.top.digest}" not in state.failed), None)
-                if overlay is None and state.failed_as_next(app.top.digest):
-                    continue
-                if overlay is None and running is not None and (running.get("name") != app.name
-                                                                or not fits(str(running.get("fits", "")), version)):
-                    self.log(f"skipped {tag}: the site overlay {running.get('version')} does not fit it, and no newer one does")
-                    continue
-                if not (decision := gate.decision(tuf, app.name, version)).install:  # not even downloaded while it waits
-                    self.held = self.held or (app.name, Deferred(f"{app.name} {version} waits: {decision.reason}"))
-                    continue
-                return Found(name=name, app=app, overlay=overlay, metadata=dict(metadata.fetched))
-            if current is not None:
-                for overlay in signed_overlays:
-                    if overlay.name == current.name and fits(overlay.fits, current.version) \
-                            and f"{current.digest}+{overlay.top.digest}" not in state.failed:
-                        return Found(name=name, app=None, overlay=overlay, metadata=dict(metadata.fetched))
+            try:
+                tuf.refresh()  # with nothing newer too: the metadata may bring a halt of what runs (the service acts on it)
+            except DeliveryError as e:
+                if not _versions(tags, f"{self.profile.name}-", above=None) and not (site and _versions(tags, f"site-{site}-", above=None)):
+                    raise self._nothing(client, tags) from e
+                raise
+            name = self.app or self._named(client, tuf, tags)
+            if self.installer.declared and name not in self.installer.declared:
+                raise InputError(f"{client.ref.name} holds {name}, which this device does not run (it runs "
+                                 f"{', '.join(sorted(self.installer.declared))}): a source named for another application")
+            state = state or self.installer.app(name).slots.load()
+            current = state.current
+            releases = self._listed(tuf, tags, name, above=current.version if current else None)
+            overlays = self._listed(tuf, tags, name, site=site, above=current.overlay if current and current.overlay_digest
+                                    else None) if site else []
+            found = self._newest(client, tuf, name, state, releases, overlays, site)
+            if found is None and not self._holds(client, releases + overlays):
+                raise self._nothing(client, tags, name)
+            return None if found is None else Found(name=name, app=found[0], overlay=found[1], metadata=dict(metadata.fetched))
+
+    def _newest(self, client: RegistryClient, tuf: TufClient, name: str, state: DeviceState, releases: list[Listed],
+                overlays: list[Listed], site: str | None) -> tuple[Signed | None, Signed | None] | None:
+        current = state.current
+        gate = Gate(self.installer)
+        newer_overlays = [o for o in (self._signed(client, tuf, listed, site=site) for listed in overlays if listed.newer)
+                          if o is not None]
+        running = self._running_overlay(state)
+        for listed in releases:
+            if not listed.newer or (app := self._signed(client, tuf, listed)) is None or app.name != name:
+                continue
+            version = app.version
+            overlay = next((o for o in newer_overlays if o.name == app.name and fits(o.fits, version)
+                            and f"{app.top.digest}+{o.top.digest}" not in state.failed), None)
+            if overlay is None and state.failed_as_next(app.top.digest):
+                continue
+            if overlay is None and running is not None and (running.get("name") != app.name
+                                                            or not fits(str(running.get("fits", "")), version)):
+                self.log(f"skipped {listed.target}: the site overlay {running.get('version')} does not fit it, and no newer one does")
+                continue
+            if not (decision := gate.decision(tuf, app.name, version)).install:  # not even downloaded while it waits
+                self.held = self.held or (app.name, Deferred(f"{app.name} {version} waits: {decision.reason}"))
+                continue
+            return app, overlay
+        if current is not None:
+            for overlay in newer_overlays:
+                if overlay.name == current.name and fits(overlay.fits, current.version) \
+                        and f"{current.digest}+{overlay.top.digest}" not in state.failed:
+                    return None, overlay
         return None
 
     def _running_overlay(self, state: DeviceState) -> dict[str, Any] | None:
@@ -207,9 +229,62 @@ class RegistryPoller:
         return overlay_of(self.installer.app(current.name).slots.slot_dir(current.slot)) \
             if current is not None and current.overlay_digest else None
 
+    def _named(self, client: RegistryClient, tuf: TufClient, tags: list[str]) -> str:
+        """The application whose releases the repository holds, when the source does not name it: of the
+        applications the device runs and those the top-level targets sign for this profile, the first of
+        which the repository holds a signed release; else what its newest bundle tag claims, if signed."""
+        profile = self.profile.name
+        signed = {n.split("/", 1)[0] for n in tuf.signed_under("", lambda n: n.count("/") == 2 and n.split("/")[1] == profile)}
+        candidates = sorted(set(self.installer.declared)) + sorted(signed - set(self.installer.declared))
+        if (claimed := self._claimed(client, tags)) is not None and claimed not in candidates:
+            candidates.append(claimed)
+        for candidate in candidates:
+            if self._holds(client, self._listed(tuf, tags, candidate, above=None)):
+                return candidate
+        raise self._nothing(client, tags)
+
+    def _nothing(self, client: RegistryClient, tags: list[str], name: str | None = None) -> DeliveryError:
+        site = self.installer.site()
+        return DeliveryError(f"{client.ref.name} holds nothing signed for this device ({f'{name}, ' if name else ''}profile "
+                             f"{self.profile.name}" + (f", site {site}" if site else "") + f"); it holds {_holdings(tags)}")
+
+    def _listed(self, tuf: TufClient, tags: list[str], name: str, *, site: str | None = None,
+                above: str | None) -> list[Listed]:
+        """The releases of ``name`` for this profile (or, with ``site``, its overlays for the site) the
+        metadata signs, newest first, ``newer`` when above ``above``. The signed targets are the list; tags
+        only add names a repository with hashed bins cannot list, each looked up in the signed metadata."""
+        prefix = target_name(name=name, version="", **({"site": site} if site else {"profile": self.profile.name}))
+        signed = tuf.signed_under(prefix)
+        floor = version_key(above) if above is not None else None
+        tag_prefix = f"site-{site}-" if site else f"{self.profile.name}-"
+        for version, _ in _versions(tags, tag_prefix, above=above):
+            if (target := prefix + version) not in signed and (file := tuf.target(target)) is not None:
+                signed[target] = file
+        listed = []
+        for target, file in signed.items():
+            version = target.removeprefix(prefix)
+            try:
+                key = version_key(version)
+            except (ValueError, SealiftError):
+                continue
+            digest = f"sha256:{file.hashes.get('sha256', '')}"
+            if _DIGEST.fullmatch(digest):
+                listed.append(Listed(target=target, version=version, digest=digest, newer=floor is None or key > floor, key=key))
+        return sorted(listed, key=lambda t: t.key, reverse=True)
+
+    def _present(self, client: RegistryClient, listed: Listed) -> bool:
+        if listed.digest not in self.present and client.manifest_digest(listed.digest) is not None:
+            self.present.add(listed.digest)
+        return listed.digest in self.present
+
+    def _holds(self, client: RegistryClient, listed: list[Listed]) -> bool:
+        """Whether the repository holds any of the signed releases and overlays ``listed`` (newest first,
+        asked until one is there: the one the device runs usually is)."""
+        return any(self._present(client, one) for one in sorted(listed, key=lambda t: t.key, reverse=True))
+
     def _claimed(self, client: RegistryClient, tags: list[str]) -> str | None:
-        """The application the repository's newest readable bundle for this profile claims to be (the
-        signature check of the release confirms it; a source named with its application skips this)."""
+        """The application the repository's newest readable bundle tag for this profile claims to be: a hint
+        for a repository whose targets are spread over hashed bins (the signature decides)."""
         for _, tag in _versions(tags, f"{self.profile.name}-", above=None):
             fetched = client.get_manifest(tag)
             if fetched is None:
@@ -222,37 +297,29 @@ class RegistryPoller:
                 return claimed
         return None
 
-    def _signed(self, client: RegistryClient, tuf: TufClient, tag: str, version: str, *, site: str | None = None) -> Signed | None:
-        """The index tagged ``tag`` if TUF signs it as what it claims to be (a bundle for this profile,
-        or with ``site`` an overlay for that site), else None (and a line in the log saying why)."""
-        fetched = client.get_manifest(tag)
+    def _signed(self, client: RegistryClient, tuf: TufClient, listed: Listed, *, site: str | None = None) -> Signed | None:
+        """The index signed as ``listed``, fetched by its digest, if it is what it is signed as (a bundle for
+        this profile, or with ``site`` an overlay for that site), else None (and a line in the log saying why)."""
+        if listed.digest in self.refused:
+            return None
+        fetched = client.get_manifest(listed.digest)
         if fetched is None:
+            self.log(f"skipped {listed.target}: signed, but {client.ref.name} does not hold it (not pushed or synced there yet)")
             return None
+        self.present.add(listed.digest)
         body, media_type, digest = fetched
-        if digest in self.refused:
-            return None
         try:
-            kinds = (Kind.OVERLAY,) if site else (Kind.BUNDLE,)
-            top = bundle_descriptor(body, media_type, digest, f"{client.ref.name}:{tag}", kinds=kinds)
+            top = bundle_descriptor(body, media_type, digest, f"{client.ref.name}@{digest}",
+                                    kinds=(Kind.OVERLAY,) if site else (Kind.BUNDLE,))
+            if (claimed := claimed_target(body, f"{client.ref.name}@{digest}")) != listed.target:
+                raise Refused(f"its index claims to be {claimed}")
         except Refused as e:
-            self.log(f"skipped {tag}: {e.diagnostics()}")
+            self.log(f"skipped {listed.target}: {e.diagnostics()}")
             return None
-        a = top.annotations
-        name, claimed = a.get(ANNOTATION.NAME, ""), a.get(ANNOTATION.VERSION, "")
-        if site is not None:
-            target_path = target_name(name=name, site=site, version=claimed)
-            if a.get(ANNOTATION.SITE) != site or overlay_tag(site, claimed) != tag:
-                self.log(f"skipped {tag}: its index is an overlay for site {a.get(ANNOTATION.SITE)} {claimed}")
-                return None
-        else:
-            target_path = target_name(name=name, profile=self.profile.name, version=claimed)
-            if a.get(ANNOTATION.PROFILE) != self.profile.name or bundle_tag(self.profile.name, claimed) != tag:
-                self.log(f"skipped {tag}: its index is for {a.get(ANNOTATION.PROFILE)} {claimed}")
-                return None
-        if why := tuf.doubts(target_path, body):
-            self.log(f"skipped {tag}: {why}")
+        if why := tuf.doubts(listed.target, body):
+            self.log(f"skipped {listed.target}: {why}")
             return None
-        return Signed(top=top, tag=tag, name=name, version=version)
+        return Signed(top=top, target=listed.target, name=top.annotations[ANNOTATION.NAME], version=listed.version)
 
 
 def _holdings(tags: list[str]) -> str:

@@ -55,6 +55,8 @@ __all__ = [
 
 _URL = "sealift-metadata:/"
 _ROOT_FILE = re.compile(r"([1-9][0-9]{0,9})\.root\.json")
+_NOT_TARGETS = frozenset({"root.json", "timestamp.json", "snapshot.json"})
+_PROBE = "0.0.0-probe"  # a version no release takes: looked up only to load the roles a name under a prefix walks
 T = TypeVar("T")
 _REASONS: dict[type[Exception], str] = {  # ngclient's exception classes, in the words of an operator
     tuf_errors.ExpiredMetadataError: "expired metadata",
@@ -266,6 +268,31 @@ class TufClient:
         if not isinstance(md.signed, Targets):
             raise DeviceFault(f"{path}: holds {md.signed.type} metadata, not role {role}'s targets")
         return md.signed.targets.get(name)
+
+    def signed_under(self, prefix: str, keep: Callable[[str], bool] = lambda _: True) -> dict[str, TargetFile]:
+        """Every target named ``PREFIX…`` (``NAME/PROFILE/``, ``NAME/overlays/SITE/``) the refreshed metadata
+        signs (those ``keep`` keeps). A lookup of a name under ``prefix`` first has ngclient load and verify each delegated role such
+        a name may be delegated to; the verified roles then propose names, and each is looked up again through
+        ngclient's walk, so a role that may not sign a name never adds it. Hashed bins are the exception:
+        a name picks its bin by its hash, and listing them all would fetch every bin (callers add the
+        names they learn elsewhere, each checked by :meth:`target`)."""
+        updater = self._updater
+        assert updater is not None, "refresh first"
+        self._guarded(lambda: updater.get_targetinfo(f"{prefix}{_PROBE}"))
+        found: dict[str, TargetFile] = {}
+        for path in sorted(self.metadata_dir.glob("*.json")):
+            if path.name in _NOT_TARGETS or _ROOT_FILE.fullmatch(path.name):
+                continue
+            try:
+                signed = Metadata.from_bytes(path.read_bytes()).signed
+            except (OSError, DeserializationError):
+                continue  # not one this refresh verified; a role it did verify was readable
+            if not isinstance(signed, Targets):
+                continue
+            for name, proposed in signed.targets.items():
+                if name.startswith(prefix) and name not in found and keep(name) and (target := self.target(name)) == proposed:
+                    found[name] = target
+        return found
 
     def check(self, name: str, index: bytes) -> None:
         """(4) ``index`` is, byte for byte, what the repository signs as ``name``; Refused otherwise."""

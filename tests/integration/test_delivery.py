@@ -34,6 +34,7 @@ from updater.install import Installer
 from updater.poll import RegistryPoller
 from updater.profiles import builtin_profile_dir, load_profiles
 from updater.registry import Retry, connect
+from updater.slots import DeviceState
 from updater.transfer import EMPTY_CONFIG
 from updater.trust import TrustedState
 
@@ -432,7 +433,8 @@ def test_nothing_found_is_said_never_a_silent_success(overlaid: dict[str, Path],
     push(unsigned.path, f"{registry.address}/elsewhere:jetson-orin-1.2.0", plain_http=True)  # another profile's tag only
     installer = Installer(state_dir=overlaid["device"], runtime=NoEngine(), profile=CPU)
     for repository, reason in (("not-there", "repository not-there does not exist at"),
-                               ("elsewhere", "holds nothing for this device (profile x86_64-cpu, site plant-7); it holds jetson-orin"),
+                               ("elsewhere", "holds nothing signed for this device (profile x86_64-cpu, site plant-7); "
+                                             "it holds jetson-orin"),
                                ("unsigned", "signed metadata is missing")):
         poller = RegistryPoller(f"{registry.address}/{repository}", installer=installer, profile=CPU, plain_http=True,
                                 retry=Retry(delays=()))
@@ -445,3 +447,31 @@ def test_nothing_found_is_said_never_a_silent_success(overlaid: dict[str, Path],
     elsewhere = Installer(state_dir=overlaid["device"], runtime=NoEngine(), profile=CPU, declared=["camera-gw"])
     with pytest.raises(InputError, match="holds demo, which this device does not run"):
         RegistryPoller(source, installer=elsewhere, profile=CPU, plain_http=True).poll()
+
+
+def test_releases_are_found_by_their_signed_targets_whatever_the_tags_say(overlaid: dict[str, Path], registry: Registry) -> None:
+    # pushed under tags that name no profile or version, and 1.3.0's own tag moved onto 1.2.0: the signed targets decide
+    source = f"{registry.address}/odd-tags"
+    for tag, name in (("candidate", "1.2.0"), ("nightly", "1.3.0"), ("ops", "plant-7-1.1.0"), ("x86_64-cpu-9.9.9", "1.2.0")):
+        push(overlaid[name], f"{source}:{tag}", plain_http=True)
+    installer = Installer(state_dir=overlaid["device"], runtime=NoEngine(), profile=CPU)
+    lines: list[str] = []
+    poller = RegistryPoller(source, installer=installer, profile=CPU, plain_http=True, log=lines.append)
+    client = connect(source, plain_http=True, what="registry")
+    try:
+        found = poller.find(client, DeviceState())
+        assert found is not None and found.app is not None and found.overlay is not None
+        assert (found.app.version, found.app.target, found.overlay.version) == ("1.3.0", "demo/x86_64-cpu/1.3.0", "1.1.0")
+        assert found.app.top.digest == json.loads((overlaid["1.3.0"] / "index.json").read_text())["manifests"][0]["digest"]
+        # a signed release the repository does not hold is skipped, said in the log; the next one down is taken
+        partial = f"{registry.address}/partial"
+        push(overlaid["1.2.0"], f"{partial}:whatever", plain_http=True)
+        partial_client = connect(partial, plain_http=True, what="registry")
+        try:
+            older = poller.find(partial_client, DeviceState())
+        finally:
+            partial_client.close()
+        assert older is not None and older.app is not None and older.app.version == "1.2.0"
+        assert any("skipped demo/x86_64-cpu/1.3.0: signed, but" in line and "does not hold it" in line for line in lines)
+    finally:
+        client.close()

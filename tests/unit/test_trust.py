@@ -663,3 +663,25 @@ def test_a_device_provisioned_with_an_expired_root_starts_from_it_and_takes_the_
     setup.sign("1.2.0-x86_64-cpu")
     assert setup.verify("1.2.0-x86_64-cpu") == "1.2.0"
     assert os.readlink(setup.device.state_dir / "trust" / "root.json").endswith("2.root.json")
+
+
+def test_a_device_lists_a_profiles_releases_from_what_the_roles_sign_never_from_a_role_that_may_not(
+        tmp_path: Path, unsigned: dict[str, Path]) -> None:
+    from tests.unit.test_tuf_client import FolderSource
+    from updater.tuf_client import TufClient
+
+    setup = Setup(tmp_path, unsigned)
+    setup.repo.delegate("vision-team", paths=["demo/*/*"])  # releases signed by a team's role, not the top-level one
+    setup.repo.add([setup.bundles[n] for n in ("1.1.0-x86_64-cpu", "1.2.0-x86_64-cpu", "1.2.0-x86_64-nvidia")], role="vision-team")
+    with setup.device.candidate() as metadata_dir:
+        client = TufClient(metadata_dir, FolderSource(tmp_path / "repo/metadata"))
+        client.refresh()
+        listed = client.signed_under("demo/x86_64-cpu/")
+        assert sorted(listed) == ["demo/x86_64-cpu/1.1.0", "demo/x86_64-cpu/1.2.0"]  # not NVIDIA's, loaded by the walk
+        assert listed["demo/x86_64-cpu/1.2.0"] == client.target("demo/x86_64-cpu/1.2.0")
+        # a role file planted beside the verified ones proposes a release no role signs: never listed
+        planted = Metadata(Targets(expires=dt.datetime(2100, 1, 1, tzinfo=dt.UTC)))
+        planted.signed.targets["demo/x86_64-cpu/9.9.9"] = listed["demo/x86_64-cpu/1.2.0"]
+        (metadata_dir / "planted.json").write_bytes(planted.to_bytes())
+        assert sorted(client.signed_under("demo/x86_64-cpu/")) == ["demo/x86_64-cpu/1.1.0", "demo/x86_64-cpu/1.2.0"]
+        assert client.signed_under("demo/x86_64-cpu/", lambda name: name.endswith("1.1.0")).keys() == {"demo/x86_64-cpu/1.1.0"}
