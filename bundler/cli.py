@@ -41,6 +41,12 @@ def cli() -> None:
     reads. Build with `sealift build`, look inside with `sealift inspect`, check with
     `sealift verify`, sign with `sealift repo`, and deliver with `sealift push` (a registry),
     `sealift mirror sync` (site mirrors) or `sealift export` (removable media).
+
+    \b
+    Examples:
+      sealift build sealift.yaml --profile jetson-orin
+      sealift repo add repo/ out/vision-app-1.4.0-jetson-orin --keys keys/
+      sealift push out/vision-app-1.4.0-jetson-orin registry.example.com/vision-app
     """
 
 
@@ -65,6 +71,11 @@ def build(spec: Path, profiles: tuple[str, ...], out: Path, fmt: str, plain_http
     SOURCE_DATE_EPOCH (which defaults to the spec's last git commit time). Each is verified
     before it is moved into place; an existing bundle is kept if identical and refused otherwise.
     Every file the spec names must resolve inside its directory (or an --allow-dir).
+
+    \b
+    Examples:
+      sealift build sealift.yaml                    # every profile the spec targets, into out/
+      sealift build sealift.yaml --profile jetson-orin --format tar --out dist/
     """
     from bundler.build import BuildOptions, build_bundles, select_profiles, source_date_epoch
     from bundler.spec import load_spec
@@ -93,6 +104,11 @@ def inspect(bundle: Path, as_json: bool) -> None:
     service's container runs on its profile (the accelerator it reaches, limits, logs).
 
     Every blob is checked on the way, so what is shown is what the device would get.
+
+    \b
+    Examples:
+      sealift inspect out/vision-app-1.4.0-jetson-orin
+      sealift inspect out/vision-app-1.4.0-jetson-orin.tar --json
     """
     from updater.artifact import open_artifact
     from updater.bundle import check_bundle
@@ -133,6 +149,11 @@ def verify(bundles: tuple[Path, ...], trusted_root: Path | None, as_json: bool) 
     With --trusted-root, first the signed metadata in the bundle's tuf/ folder, as a device does.
     Names each tampered, truncated or missing blob if any check fails, and exits with the code of
     the first fault found (3 for a bad or unsigned bundle; docs/errors.md).
+
+    \b
+    Examples:
+      sealift verify out/vision-app-1.4.0-jetson-orin --trusted-root repo/metadata/1.root.json
+      sealift verify /media/usb                     # a medium from `sealift export`
     """
     from bundler.check import check_path
 
@@ -182,7 +203,13 @@ def _print_checked(checked: Any) -> None:
 @_profiles_dir_option
 @reports_errors
 def profiles_cmd(spec: Path | None, as_json: bool, profiles_dirs: tuple[Path, ...]) -> None:
-    """List the known hardware profiles."""
+    """List the known hardware profiles.
+
+    \b
+    Examples:
+      sealift profiles
+      sealift profiles --spec sealift.yaml --json   # with the spec's own profiles/
+    """
     from updater.container import Container
     from updater.profiles import load_profiles, profile_search_path
 
@@ -222,6 +249,11 @@ def push(bundle: Path, target: str, plain_http: bool, require_signed: bool, as_j
     blobs the registry lacks are sent. The tag defaults to PROFILE-VERSION. Credentials come from
     the Docker config (`docker login`, DOCKER_CONFIG). A bundle with no signed metadata (not yet
     `sealift repo add`ed) is pushed with a warning, or refused with --require-signed.
+
+    \b
+    Examples:
+      sealift push out/vision-app-1.4.0-jetson-orin registry.example.com/vision-app   # tag jetson-orin-1.4.0
+      sealift push out/vision-app-1.4.0-jetson-orin 10.20.0.5:5000/vision-app --plain-http --require-signed
     """
     from bundler.publish import push as push_bundle
 
@@ -241,6 +273,10 @@ def pull(reference: str, out: Path, plain_http: bool, as_json: bool) -> None:
     """Download a bundle and its signed metadata from a registry into an OCI layout directory.
 
     The result is verified like any bundle before the command succeeds.
+
+    \b
+    Examples:
+      sealift pull registry.example.com/vision-app:jetson-orin-1.4.0 --out pulled/vision-app-1.4.0-jetson-orin
     """
     from bundler.publish import pull as pull_bundle
 
@@ -267,6 +303,11 @@ def export(bundles: tuple[Path, ...], to: Path, bases: tuple[str, ...], plain_ht
     its profile and the newest overlay for its site (`sealift overlay build`), as one install; a
     medium holding only an overlay rotates the site's configuration and secrets. Check the medium
     with `sealift verify` before it travels.
+
+    \b
+    Examples:
+      sealift export out/vision-app-1.4.0-jetson-orin out/vision-app-site-plant-7-3.0.0 --to /media/usb
+      sealift export out/vision-app-1.4.0-jetson-orin --to /media/usb --base out/vision-app-1.3.0-jetson-orin
     """
     from bundler.export import export as export_medium
 
@@ -285,7 +326,12 @@ def export(bundles: tuple[Path, ...], to: Path, bases: tuple[str, ...], plain_ht
 
 @cli.group()
 def mirror() -> None:
-    """Keep site registries (mirrors) supplied with bundles and their signed metadata."""
+    """Keep site registries (mirrors) supplied with bundles and their signed metadata.
+
+    \b
+    Examples:
+      sealift mirror sync --from registry.example.com/vision-app --to 10.20.0.5:5000 --plain-http-to
+    """
 
 
 @mirror.command("sync")
@@ -307,6 +353,11 @@ def mirror_sync(origin: str, target: str, profiles: tuple[str, ...], sites: tupl
     Only blobs the mirror lacks are sent, so an interrupted sync resumes where it stopped and a
     blob crosses each hop once. Chain syncs hop by hop (origin, DMZ mirror, OT mirror) where each
     network reaches only the next.
+
+    \b
+    Examples:
+      sealift mirror sync --from registry.example.com/vision-app --to 10.20.0.5:5000 --plain-http-to
+      sealift mirror sync --from registry.example.com --to dmz.example.com --profile jetson-orin --site plant-7
     """
     from bundler.publish import mirror_sync as sync
 

@@ -20,7 +20,12 @@ _db_option = click.option("--db", type=click.Path(path_type=Path, dir_okay=False
 
 @click.group()
 def fleet() -> None:
-    """What the devices report: import their signed reports, and see the fleet (docs/reports.md)."""
+    """What the devices report: import their signed reports, and see the fleet (docs/reports.md).
+
+    \b
+    Examples:
+      sealift fleet import /media/usb && sealift fleet status
+    """
 
 
 @fleet.command("import")
@@ -39,6 +44,11 @@ def fleet_import(source: str, db: Path, inventory: Path, plain_http: bool, as_js
     altered, truncated or replayed report, or one from an unknown or revoked device, is refused
     and counted, never imported; one imported before is counted as a duplicate. Exits 3 when any
     was refused (the others are imported all the same).
+
+    \b
+    Examples:
+      sealift fleet import /media/usb                       # a stick back from a site
+      sealift fleet import registry.example.com/reports --db /srv/sealift/fleet.db
     """
     from bundler.devices import Inventory
     from bundler.fleet import FleetDatabase
@@ -67,7 +77,13 @@ def fleet_import(source: str, db: Path, inventory: Path, plain_http: bool, as_js
 def fleet_status(db: Path, inventory: Path, as_json: bool) -> None:
     """Per site, profile and application, how many devices run which release; who is behind the
     newest release reported; failing devices with their reasons; signed metadata expiring within
-    14 days; when each device was last heard from, and the devices never heard from."""
+    14 days; when each device was last heard from, and the devices never heard from.
+
+    \b
+    Examples:
+      sealift fleet status
+      sealift fleet status --json
+    """
     from bundler.devices import Inventory
     from bundler.fleet import FleetDatabase
     from bundler.fleet import fleet_status as status_of
@@ -94,7 +110,13 @@ def fleet_status(db: Path, inventory: Path, as_json: bool) -> None:
 def fleet_report(out: Path, db: Path, inventory: Path, as_json: bool) -> None:
     """Write the fleet as a static HTML page: what runs where, release adoption over time,
     rollbacks by reason, inference latency by release and profile, sites not heard from, failing
-    devices and metadata expiring soon (plots as inline SVG; no script, nothing fetched)."""
+    devices and metadata expiring soon (plots as inline SVG; no script, nothing fetched).
+
+    \b
+    Examples:
+      sealift fleet report --html fleet.html
+      sealift fleet report --html /media/usb/fleet.html --db /srv/sealift/fleet.db
+    """
     from bundler.devices import Inventory
     from bundler.fleet import FleetDatabase
     from bundler.fleet_page import render_page
@@ -140,7 +162,12 @@ def _print(status: dict[str, Any]) -> None:
 
 @click.group()
 def reports() -> None:
-    """Move the devices' signed reports through registries, towards the office (docs/reports.md)."""
+    """Move the devices' signed reports through registries, towards the office (docs/reports.md).
+
+    \b
+    Examples:
+      sealift reports sync --from 10.20.0.5:5001/reports --to dmz.example.com/reports --plain-http-from
+    """
 
 
 @reports.command("sync")
@@ -158,6 +185,11 @@ def reports_sync(origin: str, target: str, plain_http: bool, plain_http_from: bo
     left alone: a sync cut short is run again, and a second run copies nothing. A report the
     destination holds with other content under the same number is never overwritten: it is named,
     and the sync exits 1. Reports are not verified here; `sealift fleet import` verifies each one.
+
+    \b
+    Examples:
+      sealift reports sync --from 10.20.0.5:5001/reports --to dmz.example.com/reports --plain-http-from
+      sealift reports sync --from dmz.example.com/reports --to registry.example.com/reports
     """
     from bundler.reportsync import sync_reports
     from updater.progress import for_terminal

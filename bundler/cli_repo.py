@@ -34,6 +34,11 @@ def repo() -> None:
     Public metadata lives in DIR/metadata/; private keys only in KEYDIR, encrypted with the
     passphrase in SEALIFT_KEY_PASSPHRASE (or typed at a prompt). Devices are provisioned with
     DIR/metadata/1.root.json.
+
+    \b
+    Examples:
+      sealift repo init repo/ --keys keys/
+      sealift repo add repo/ out/vision-app-1.4.0-jetson-orin --keys keys/
     """
 
 
@@ -55,7 +60,13 @@ _keys_option = click.option("--keys", "keydir", required=True, type=click.Path(p
 @reports_errors
 def repo_init(directory: Path, keydir: Path, algorithm: str, role_keys: tuple[str, ...], threshold: tuple[str, ...],
               expiry: tuple[str, ...], hashed_bins: int, as_json: bool) -> None:
-    """Create a TUF repository in DIRECTORY with new keys for root, targets, snapshot and timestamp."""
+    """Create a TUF repository in DIRECTORY with new keys for root, targets, snapshot and timestamp.
+
+    \b
+    Examples:
+      sealift repo init repo/ --keys keys/
+      sealift repo init repo/ --keys keys/ --role-keys root=3 --threshold root=2 --expiry timestamp=7
+    """
     from bundler.keys import Keyring
     from bundler.repo import Repository
 
@@ -87,7 +98,13 @@ def repo_init(directory: Path, keydir: Path, algorithm: str, role_keys: tuple[st
 @reports_errors
 def repo_add(directory: Path, bundles: tuple[Path, ...], keydir: Path, role: str | None, force: bool, location: str | None,
              as_json: bool) -> None:
-    """Sign BUNDLES as targets of the repository in DIRECTORY and write its metadata into each."""
+    """Sign BUNDLES as targets of the repository in DIRECTORY and write its metadata into each.
+
+    \b
+    Examples:
+      sealift repo add repo/ out/vision-app-1.4.0-jetson-orin out/vision-app-1.4.0-x86_64-cpu --keys keys/
+      sealift repo add repo/ out/vision-app-1.4.0-jetson-orin --keys team-keys/ --role vision-team
+    """
     from bundler.keys import Keyring
     from bundler.repo import Repository
 
@@ -110,7 +127,12 @@ def repo_add(directory: Path, bundles: tuple[Path, ...], keydir: Path, role: str
 @click.option("--threshold", type=click.IntRange(1, 16), default=1, show_default=True, help="Signatures needed.")
 @reports_errors
 def repo_delegate(directory: Path, name: str, keydir: Path, paths: tuple[str, ...], key_count: int, threshold: int) -> None:
-    """Create the delegated targets role NAME (a team or a site) with its own keys, limited to PATTERNs."""
+    """Create the delegated targets role NAME (a team or a site) with its own keys, limited to PATTERNs.
+
+    \b
+    Examples:
+      sealift repo delegate repo/ vision-team --keys keys/ --path 'vision-app/*/*'
+    """
     from bundler.keys import Keyring
     from bundler.repo import Repository
 
@@ -129,7 +151,14 @@ def repo_delegate(directory: Path, name: str, keydir: Path, paths: tuple[str, ..
 @reports_errors
 def repo_add_key(directory: Path, role: str, keydir: Path, uri: str | None, public_key: Path | None,
                  sigstore_identity: str | None, sigstore_issuer: str | None) -> None:
-    """Trust a key held elsewhere (KMS, HSM, file, Sigstore keyless) for ROLE, in a new root version."""
+    """Trust a key held elsewhere (KMS, HSM, file, Sigstore keyless) for ROLE, in a new root version.
+
+    \b
+    Examples:
+      sealift repo add-key repo/ targets --keys keys/ --uri hsm: --public-key targets-hsm.pem
+      sealift repo add-key repo/ targets --keys keys/ --sigstore-identity sealift-ci@acme.iam.gserviceaccount.com \\
+          --sigstore-issuer https://accounts.google.com
+    """
     from securesystemslib.signer import Key
 
     from bundler.keys import Keyring, public_key_from_pem
@@ -157,6 +186,10 @@ def repo_refresh(directory: Path, keydir: Path) -> None:
 
     Schedule it more often than the timestamp expires. Bundles carry the metadata they were
     added with: add them again to give them the fresh metadata.
+
+    \b
+    Examples:
+      sealift repo refresh repo/ --keys keys/       # e.g. daily, from cron
     """
     from bundler.keys import Keyring
     from bundler.repo import Repository
@@ -176,6 +209,10 @@ def repo_rotate(directory: Path, role: str, keydir: Path, revoke: tuple[str, ...
     """Replace ROLE's keys with new ones in a new root version (for root too: devices walk the chain).
 
     Bundles signed afterwards carry the new root; add them again (`repo add`) to re-sign.
+
+    \b
+    Examples:
+      sealift repo rotate repo/ timestamp --keys keys/
     """
     from bundler.keys import Keyring
     from bundler.repo import Repository

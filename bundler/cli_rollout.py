@@ -31,6 +31,12 @@ def rollout() -> None:
 
     Each step is signed into the repository's metadata: publish it with --publish, or add the
     bundles again (`sealift repo add`) before exporting them to media.
+
+    \b
+    Examples:
+      sealift rollout plan repo/ vision-app-1.4.0.yaml --keys keys/
+      sealift rollout advance repo/ vision-app 1.4.0 --keys keys/ --publish registry.example.com/vision-app
+      sealift rollout status repo/ vision-app 1.4.0
     """
 
 
@@ -96,8 +102,9 @@ def rollout_init(directory: Path, keydir: Path, key_count: int, threshold: int) 
     """Create REPO's `rollout` role, which signs rollout plans (needs the targets keys, once).
 
     \b
-    Example:
+    Examples:
       sealift rollout init repo/ --keys keys/
+      sealift rollout init repo/ --keys keys/ --role-keys 3 --threshold 2
     """
     from bundler.keys import Keyring
     from bundler.repo import Repository
@@ -123,7 +130,7 @@ def rollout_plan(directory: Path, plan_file: Path, keydir: Path, inventory: Path
     from it (`sealift devices label`, `sealift devices window`).
 
     \b
-    Example:
+    Examples:
       sealift rollout plan repo/ vision-app-1.4.0.yaml --keys keys/ --publish mirror:5000/vision-app
     """
     import datetime as dt
@@ -159,7 +166,7 @@ def _waves(db: Path, inventory: Path, plan: Plan) -> list[Any]:
     the plan's threshold by the reports in the fleet database (--unchecked skips that check).
 
     \b
-    Example:
+    Examples:
       sealift fleet import /media/usb && sealift rollout advance repo/ vision-app 1.4.0 --keys keys/
     """)
 @_db_option
@@ -175,7 +182,12 @@ def rollout_advance(directory: Path, app: str, version: str, keydir: Path, publi
           said=f"opened wave {plan.waves[plan.opened - 1].name} of the rollout of {app} {version}")
 
 
-@_step("pause", "Stop APP VERSION's rollout for now: devices that wait keep waiting; those that installed keep it.")
+@_step("pause", """Stop APP VERSION's rollout for now: devices that wait keep waiting; those that installed keep it.
+
+    \b
+    Examples:
+      sealift rollout pause repo/ vision-app 1.4.0 --keys keys/ --reason 'camera timeouts at plant-7'
+    """)
 @click.option("--reason", default="", help="Why: devices say it in their status.")
 def rollout_pause(directory: Path, app: str, version: str, keydir: Path, publish: tuple[str, ...], plain_http: bool,
                   as_json: bool, reason: str) -> None:
@@ -184,7 +196,12 @@ def rollout_pause(directory: Path, app: str, version: str, keydir: Path, publish
     _done(rollouts, plan, publish=publish, plain_http=plain_http, as_json=as_json, said=f"paused the rollout of {app} {version}")
 
 
-@_step("resume", "Go on with APP VERSION's paused rollout.")
+@_step("resume", """Go on with APP VERSION's paused rollout.
+
+    \b
+    Examples:
+      sealift rollout resume repo/ vision-app 1.4.0 --keys keys/ --publish registry.example.com/vision-app
+    """)
 def rollout_resume(directory: Path, app: str, version: str, keydir: Path, publish: tuple[str, ...], plain_http: bool,
                    as_json: bool) -> None:
     rollouts = _rollouts(directory, keydir)
@@ -192,7 +209,13 @@ def rollout_resume(directory: Path, app: str, version: str, keydir: Path, publis
     _done(rollouts, plan, publish=publish, plain_http=plain_http, as_json=as_json, said=f"resumed the rollout of {app} {version}")
 
 
-@_step("halt", "Stop APP VERSION's rollout for good; devices that run it go back to the previous release.")
+@_step("halt", """Stop APP VERSION's rollout for good; devices that run it go back to the previous release.
+
+    \b
+    Examples:
+      sealift rollout halt repo/ vision-app 1.4.0 --keys keys/ --reason 'detector misses at night'
+      sealift rollout halt repo/ vision-app 1.4.0 --keys keys/ --reason 'superseded by 1.4.1' --no-rollback
+    """)
 @click.option("--reason", required=True, help="Why: devices say it in their status and reports.")
 @click.option("--no-rollback", "keep", is_flag=True, help="Devices that installed the release keep it.")
 def rollout_halt(directory: Path, app: str, version: str, keydir: Path, publish: tuple[str, ...], plain_http: bool,
@@ -209,7 +232,13 @@ def rollout_halt(directory: Path, app: str, version: str, keydir: Path, publish:
 @click.option("--json", "as_json", is_flag=True, help="Print the plans as JSON.")
 @reports_errors
 def rollout_show(directory: Path, app: str | None, as_json: bool) -> None:
-    """The rollout plans REPO signs (of APP only, when given), newest release first; no keys needed."""
+    """The rollout plans REPO signs (of APP only, when given), newest release first; no keys needed.
+
+    \b
+    Examples:
+      sealift rollout show repo/
+      sealift rollout show repo/ vision-app --json
+    """
     from bundler.repo import Repository
 
     plans = [p for p in Repository.reading(directory).plans() if app is None or p.app == app]
@@ -237,7 +266,7 @@ def rollout_status(directory: Path, app: str, version: str, db: Path, inventory:
     waiting, unheard (no report since the rollout started); no keys needed.
 
     \b
-    Example:
+    Examples:
       sealift rollout status repo/ vision-app 1.4.0 --db fleet.db
     """
     from bundler.repo import Repository
@@ -275,7 +304,7 @@ def rollout_check(directory: Path, keydir: Path, db: Path, inventory: Path, publ
     Exits 0 whether or not it halted one: schedule it after each `sealift fleet import`.
 
     \b
-    Example:
+    Examples:
       sealift rollout check repo/ --keys keys/ --db fleet.db --publish mirror:5000/vision-app
     """
     from bundler.rollout_status import failing

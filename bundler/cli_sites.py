@@ -23,7 +23,12 @@ allow_dir_option = click.option(
 
 @click.group()
 def overlay() -> None:
-    """Per-site overlays: a site's configuration values and its secrets, sealed to its devices."""
+    """Per-site overlays: a site's configuration values and its secrets, sealed to its devices.
+
+    \b
+    Examples:
+      sealift overlay build sealift.yaml --site plant-7
+    """
 
 
 @overlay.command("build")
@@ -45,6 +50,11 @@ def overlay_build(spec: Path, site: str, site_file: Path | None, inventory: Path
     Secret values come from where the spec's `secrets` say (an environment variable or a file) and
     are sealed with HPKE to the site's enrolled devices; only ciphertext is written. Sign the
     overlay with `sealift repo add` and deliver it like a bundle. See docs/secrets.md.
+
+    \b
+    Examples:
+      sealift overlay build sealift.yaml --site plant-7     # values from sites/plant-7.yaml
+      sealift overlay build sealift.yaml --site plant-7 --inventory fleet/devices.yaml --out dist/
     """
     from bundler.overlay import build_overlay
     from bundler.spec import load_spec
@@ -63,7 +73,13 @@ inventory_option = click.option(
 
 @click.group()
 def devices() -> None:
-    """The enrolled devices that site secrets are sealed to."""
+    """The enrolled devices that site secrets are sealed to.
+
+    \b
+    Examples:
+      sealift devices add device.json
+      sealift devices list --site plant-7
+    """
 
 
 @devices.command("add")
@@ -76,8 +92,9 @@ def devices_add(records: tuple[Path, ...], inventory: Path, as_json: bool) -> No
     one change of the inventory: all of them, or none when one record is wrong.
 
     \b
-    Example:
+    Examples:
       sealift devices add device-0017.json
+      sealift devices add plant-7/*.json --inventory fleet/devices.yaml
     """
     from bundler.devices import Inventory
 
@@ -95,7 +112,13 @@ def devices_add(records: tuple[Path, ...], inventory: Path, as_json: bool) -> No
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @reports_errors
 def devices_list(inventory: Path, site: str | None, as_json: bool) -> None:
-    """List the enrolled devices (revoked ones too, marked)."""
+    """List the enrolled devices (revoked ones too, marked).
+
+    \b
+    Examples:
+      sealift devices list
+      sealift devices list --site plant-7 --json
+    """
     from bundler.devices import Inventory
 
     listed = [d for d in Inventory(inventory).devices() if site is None or d.site == site]
@@ -117,6 +140,10 @@ def devices_revoke(device: str, inventory: Path, as_json: bool) -> None:
 
     What it could already read stays readable to it: rotate the site's secrets (build and deliver a
     new overlay) after revoking a device that was lost or stolen.
+
+    \b
+    Examples:
+      sealift devices revoke dev-3f2a9c41e07b5d8a6c1f4e2b9d0a7c35
     """
     from bundler.devices import Inventory
 
@@ -136,8 +163,8 @@ def devices_label(device: str, labels: tuple[str, ...], inventory: Path, remove:
 
     \b
     Examples:
-      sealift devices label dev-3f2a… ring=canary
-      sealift devices label dev-3f2a… --remove ring
+      sealift devices label dev-3f2a9c41e07b5d8a6c1f4e2b9d0a7c35 ring=canary
+      sealift devices label dev-3f2a9c41e07b5d8a6c1f4e2b9d0a7c35 --remove ring
     """
     from bundler.devices import Inventory
 

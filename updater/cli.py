@@ -35,13 +35,21 @@ def cli(ctx: click.Context, state_dir: Path) -> None:
     Provision the device once with the repository's root metadata (`trust init`); every bundle
     is then checked against it: TUF signatures, versions and expiry, every blob's digest, and
     the hardware profile.
-    """
+
+    \b
+    Examples:
+      sealift-updater trust init root.json && sealift-updater install /media/usb
+      sealift-updater --state-dir /data/sealift status"""
     ctx.obj = state_dir
 
 
 @cli.group()
 def trust() -> None:
-    """The device's trusted TUF root and metadata."""
+    """The device's trusted TUF root and metadata.
+
+    \b
+    Examples:
+      sealift-updater trust init root.json"""
 
 
 @trust.command("init")
@@ -51,7 +59,11 @@ def trust() -> None:
 @click.pass_obj
 @reports_errors
 def trust_init(state_dir: Path, root: Path, force: bool, as_json: bool) -> None:
-    """Provision this device with ROOT (the repository's root.json): the one trusted starting point."""
+    """Provision this device with ROOT (the repository's root.json): the one trusted starting point.
+
+    \b
+    Examples:
+      sealift-updater trust init root.json          # once, when the device is provisioned"""
     from updater.trust import TrustedState
 
     state = TrustedState(state_dir)
@@ -73,7 +85,10 @@ def trust_reset_clock(state_dir: Path) -> None:
 
     The device refuses to verify while its clock reads earlier than the newest time at which it
     accepted a bundle; if that time came from a clock that was wrong, this lets it start again.
-    """
+
+    \b
+    Examples:
+      sealift-updater trust reset-clock"""
     from updater.trust import TrustedState
 
     newest = TrustedState(state_dir).reset_clock()
@@ -82,7 +97,11 @@ def trust_reset_clock(state_dir: Path) -> None:
 
 @cli.group()
 def ingress() -> None:
-    """The device's ingress: HAProxy in front of the applications' routes (docs/updater.md)."""
+    """The device's ingress: HAProxy in front of the applications' routes (docs/updater.md).
+
+    \b
+    Examples:
+      sealift-updater ingress init --port 80"""
 
 
 @ingress.command("init")
@@ -99,7 +118,10 @@ def ingress_init(state_dir: Path, port: int, tls_port: int | None, address: str,
     (examples/systemd/sealift-ingress.service); from then on, each install, rollback and recovery
     keeps its routes up to date, and a release whose services publish no host port switches
     through it with no dropped request.
-    """
+
+    \b
+    Examples:
+      sealift-updater ingress init --port 80 --tls-port 443"""
     from updater.ingress import Ingress
 
     if Ingress.of(state_dir) is not None and not force:
@@ -125,7 +147,10 @@ def enroll(state_dir: Path, site: str, kem: str, profile: str | None, profiles_d
 
     The private keys stay in STATE/identity/device.key and signing.key, readable by root only.
     Give the record to the build machine: `sealift devices add RECORD.json`.
-    """
+
+    \b
+    Examples:
+      sealift-updater enroll --site plant-7 > device.json"""
     from updater.identity import DeviceIdentity
 
     record = DeviceIdentity(state_dir).enroll(site=site, profile=_device_profile(profile, profiles_dir).name, kem=kem,
@@ -145,7 +170,11 @@ def detect(sysroot: Path, machine: str | None, profiles_dir: Path | None, as_jso
     """Which hardware profile this device matches, with the evidence for it, and whether a container can
     reach its accelerator here: the device nodes and files the profile's container.accelerator names,
     and its container runtime registered in the engine (not asked with --sysroot). Exits 5 when the
-    accelerator is not usable."""
+    accelerator is not usable.
+
+    \b
+    Examples:
+      sealift-updater detect --sysroot /mnt/image --machine aarch64 --json"""
     from updater.detect import Hardware, accelerator_check, detect_profile
     from updater.profiles import load_profiles, profile_search_path
 
@@ -219,7 +248,11 @@ def install(state_dir: Path, bundle: Path, overlay: Path | None, profile: str | 
     application with --app when the medium holds several. A release under a staged rollout
     goes in only when its plan lets this device (its wave open, its site's maintenance window
     open, the rollout neither paused nor halted); otherwise it exits 8 saying why (docs/rollout.md).
-    """
+
+    \b
+    Examples:
+      sealift-updater install vision-app-1.4.0-jetson-orin vision-app-site-plant-7-3.0.0
+      sealift-updater install /media/usb --app vision-app   # the newest release on a medium"""
     from updater.docker_runtime import DockerRuntime
     from updater.install import Installer
 
@@ -243,7 +276,11 @@ def install(state_dir: Path, bundle: Path, overlay: Path | None, profile: str | 
 @reports_errors
 def rollback(state_dir: Path, app: str | None, as_json: bool) -> None:
     """Return APP to its previous release (still staged in its other slot), health-checked like an
-    install. APP may be left out on a device with one application; the others are not touched."""
+    install. APP may be left out on a device with one application; the others are not touched.
+
+    \b
+    Examples:
+      sealift-updater rollback vision-app"""
     from updater.docker_runtime import DockerRuntime
     from updater.install import Installer
 
@@ -306,8 +343,7 @@ def run(state_dir: Path, watch: Path | None, sources: tuple[str, ...], apps: tup
     Examples:
       sealift-updater run --watch /media/sealift
       sealift-updater run --app vision-app --app camera-gw \\
-          --source vision-app=mirror.site:5000/vision-app --source camera-gw=mirror.site:5000/camera-gw
-    """
+          --source vision-app=mirror.site:5000/vision-app --source camera-gw=mirror.site:5000/camera-gw"""
     from updater.daemon import Daemon, priority
     from updater.docker_runtime import DockerRuntime
     from updater.install import Installer
@@ -360,7 +396,10 @@ def recover(state_dir: Path) -> None:
     Says what the engine then runs of each application, and exits non-zero when one could not
     converge or its committed release is not serving (the others are converged all the same). A
     release whose install was interrupted 3 times is marked failed and not tried again by itself.
-    """
+
+    \b
+    Examples:
+      sealift-updater recover"""
     from updater.docker_runtime import DockerRuntime
     from updater.install import Installer
 
@@ -400,7 +439,10 @@ def verify(state_dir: Path, bundle: Path, profile: str | None, profiles_dir: Pat
 
     Offline: the metadata comes from the bundle's tuf/ folder. The device's trusted metadata
     advances only when every check passes.
-    """
+
+    \b
+    Examples:
+      sealift-updater verify /media/usb --app vision-app"""
     from updater.install import check_as_installed
     from updater.profiles import load_profiles, profile_search_path
     from updater.trust import TrustedState

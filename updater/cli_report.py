@@ -26,6 +26,11 @@ def report(state_dir: Path, medium: Path | None, as_json: bool) -> None:
 
     Exits 0 with no report when today's allowance for reports is spent (they are bounded per day).
     A Docker engine that does not answer does not stop it: the report says so.
+
+    \b
+    Examples:
+      sealift-updater report
+      sealift-updater report --to /media/usb        # and the kept ones onto a stick for the office
     """
     from updater.docker_runtime import DockerRuntime
     from updater.errors import EngineFault

@@ -31,6 +31,11 @@ def status(state_dir: Path, app: str | None, as_json: bool) -> None:
 
     For each committed release, the engine is asked whether it serves: exit 7 when one does not, 6
     when the engine does not answer (the state is printed either way).
+
+    \b
+    Examples:
+      sealift-updater status
+      sealift-updater status vision-app --json
     """
     from updater.apps import Apps
     from updater.identity import DeviceIdentity
