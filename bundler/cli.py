@@ -12,10 +12,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from bundler.cli_sites import allow_dir_option
+from updater.cli_login import add_login
 from updater.completion import add_completion
 from updater.errors import Refused
 from updater.exits import reports_errors
 from updater.progress import for_terminal
+from updater.registry_tls import use_ca_file
 
 if TYPE_CHECKING:
     from updater.bundle import BundleInfo
@@ -33,7 +35,10 @@ _profiles_dir_option = click.option(
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="sealift")
-def cli() -> None:
+@click.option("--ca-file", type=click.Path(dir_okay=False), metavar="PEM",
+              help="Check registries' TLS certificates against these CAs (env SEALIFT_CA_FILE; per registry: "
+                   "certs.d/HOST:PORT/ca.crt, see docs/site-mirror.md).")
+def cli(ca_file: str | None) -> None:
     """Build signed, reproducible update bundles for edge AI devices.
 
     A bundle is an OCI image layout for one hardware profile: the application's container images
@@ -48,6 +53,7 @@ def cli() -> None:
       sealift repo add repo/ out/vision-app-1.4.0-jetson-orin --keys keys/
       sealift push out/vision-app-1.4.0-jetson-orin registry.example.com/vision-app
     """
+    use_ca_file(ca_file)
 
 
 @cli.command()
@@ -438,6 +444,7 @@ def _add_groups() -> None:
 
 _add_groups()
 add_completion(cli, "sealift")
+add_login(cli, "sealift")
 
 
 def main() -> None:

@@ -10,9 +10,11 @@ from typing import TYPE_CHECKING
 
 import click
 
+from updater.cli_login import add_login
 from updater.completion import add_completion
 from updater.errors import FAMILIES, Conflict, DeviceFault, EngineFault, InputError, SealiftError, Unhealthy
 from updater.exits import reports_errors
+from updater.registry_tls import use_ca_file
 from updater.sealed import KEMS
 
 if TYPE_CHECKING:
@@ -28,8 +30,10 @@ DEFAULT_STATE_DIR = Path("/var/lib/sealift")
 @click.version_option(package_name="sealift")
 @click.option("--state-dir", type=click.Path(path_type=Path, file_okay=False), default=DEFAULT_STATE_DIR,
               show_default=True, help="Where the device keeps its slots, trusted metadata and state.")
+@click.option("--ca-file", type=click.Path(dir_okay=False), metavar="PEM",
+              help="Check the site registry's TLS certificate against these CAs (else certs.d/HOST:PORT/ca.crt).")
 @click.pass_context
-def cli(ctx: click.Context, state_dir: Path) -> None:
+def cli(ctx: click.Context, state_dir: Path, ca_file: str | None) -> None:
     """Verify and install Sealift bundles on this device, offline.
 
     Provision the device once with the repository's root metadata (`trust init`); every bundle
@@ -41,6 +45,7 @@ def cli(ctx: click.Context, state_dir: Path) -> None:
       sealift-updater trust init root.json && sealift-updater install /media/usb
       sealift-updater --state-dir /data/sealift status"""
     ctx.obj = state_dir
+    use_ca_file(ca_file)
 
 
 @cli.group()
@@ -234,20 +239,15 @@ def install(state_dir: Path, bundle: Path, overlay: Path | None, profile: str | 
             force: bool, ignore_window: bool, as_json: bool) -> None:
     """Install BUNDLE (with the site OVERLAY) beside the running release, switch, and keep it only if healthy.
 
-    The application is the one BUNDLE holds; each application on the device has its own slots,
-    releases and history, and installing one never stops or changes another. Steps: verify,
-    stage into the application's inactive slot, load images, record `trying`, switch, health
-    checks, then commit or roll back to the previous release. Exits 7 after a rollback (6 when
-    the engine would not start it; docs/errors.md). The overlay's configuration and secrets go
-    with the release and roll back with it; without one, the running release's overlay is
-    carried over if it fits. BUNDLE may also be an overlay alone: the running release is started
-    again with it, checked and rolled back the same way. BUNDLE may be a medium from `sealift
-    export` (a directory or .tar): the newest bundle for this device's profile is taken from it,
-    with the newest overlay for its site that fits; a medium with nothing newer than the running
-    release but a newer overlay rotates the overlay. Name the
-    application with --app when the medium holds several. A release under a staged rollout
-    goes in only when its plan lets this device (its wave open, its site's maintenance window
-    open, the rollout neither paused nor halted); otherwise it exits 8 saying why (docs/rollout.md).
+    Each application has its own slots and history; installing one never touches another. Steps:
+    verify, stage into the inactive slot, load images, record `trying`, switch, health checks,
+    then commit or roll back (exit 7; 6 when the engine would not start it; docs/errors.md). The
+    site overlay's configuration and secrets go and roll back with the release; without one, the
+    running overlay is carried over if it fits. BUNDLE may be an overlay alone (the running
+    release restarts with it), or a medium from `sealift export` (a directory or .tar): its newest
+    bundle for this profile, with the newest fitting overlay for this site (--app when it holds
+    several applications). A release under a staged rollout goes in only when its plan lets this
+    device (wave, maintenance window, not paused or halted); else it exits 8 saying why.
 
     \b
     Examples:
@@ -475,11 +475,10 @@ def _add_commands() -> None:
     from updater.cli_report import report
     from updater.cli_status import status
 
-    cli.add_command(report)
-    cli.add_command(status)
-
-
-_add_commands()
+    for command in (report, status):
+        cli.add_command(command)
+    add_completion(cli, "sealift-updater")
+    add_login(cli, "sealift-updater")
 
 
 def main() -> None:
@@ -495,4 +494,4 @@ def main() -> None:
     cli(prog_name="sealift-updater", default_map=defaults)
 
 
-add_completion(cli, "sealift-updater")
+_add_commands()

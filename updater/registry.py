@@ -29,8 +29,6 @@ from dataclasses import dataclass
 from typing import IO, Any, cast
 
 import oras.auth
-import oras.container
-import oras.provider
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
@@ -39,6 +37,8 @@ from updater.artifact import Kind, kind
 from updater.content import checked_json
 from updater.errors import ContentMismatch, DeliveryError, InputError, Refused, SealiftError
 from updater.oci import MAX_JSON_BYTES, MAX_METADATA_BYTES, MEDIA, METADATA_NAME, Descriptor, json_object
+from updater.oras_adapter import answers_basic_challenges, credential, load_credentials, new_registry, request_once, set_credential
+from updater.registry_tls import Tls, tls_for
 
 __all__ = [
     "ACCEPT_MANIFESTS",
@@ -61,9 +61,6 @@ _DIGEST_REF = re.compile(r"sha256:[0-9a-f]{64}")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 _MAX_PAGES = 100  # of up to 1000 tags or repositories each
 _TIMEOUT = (10.0, 60.0)  # seconds to connect, and between bytes received
-# oras-py retries every failure with delays growing to minutes; call the undecorated request
-# (auth handling included) and retry transport errors here, on the caller's schedule.
-_REQUEST_ONCE = getattr(oras.provider.Registry.do_request, "__wrapped__", oras.provider.Registry.do_request)
 _REASONS = {401: "not authorised: check the credentials in the Docker config", 403: "forbidden", 404: "not found",
             429: "too many requests"}
 
@@ -168,12 +165,15 @@ class RegistryClient:
     """One repository of one registry. ``what`` starts every error message. A fault of the network or
     the registry is a DeliveryError; bytes that do not match their digest are a ContentMismatch."""
 
-    def __init__(self, ref: Reference, *, plain_http: bool, what: str, retry: Retry = BUILD_RETRY) -> None:
+    def __init__(self, ref: Reference, *, plain_http: bool, what: str, retry: Retry = BUILD_RETRY,
+                 credentials: tuple[str, str] | None = None) -> None:
         self.ref = ref
         self.what = what
         self.retry = retry
         self.scheme = "http" if plain_http else "https"
-        self.registry = oras.provider.Registry(hostname=ref.host, insecure=plain_http)
+        self.tls = Tls(verify=True, cert=None, source="") if plain_http else tls_for(ref.host)
+        self.credentials = credentials  # instead of the Docker configuration's (`sealift login` checks them so)
+        self.registry = new_registry(ref.host, plain_http=plain_http, verify=self.tls.verify, cert=self.tls.cert)
         for prefix in ("http://", "https://"):
             self.registry.session.mount(prefix, _TimeoutAdapter())
         self._authenticated = False
@@ -283,7 +283,7 @@ class RegistryClient:
         headers = {"Content-Type": "application/octet-stream", "Content-Length": str(blob.size),
                    **(self._auth_header() if same_host else {})}
         try:
-            response = self.registry.session.request("PUT", url, data=stream, headers=headers, verify=self.registry._tls_verify)
+            response = self.registry.session.request("PUT", url, data=stream, headers=headers, verify=self.tls.verify)
         except requests.RequestException as e:
             raise DeliveryError(f"{self.what}: upload of blob {blob.digest} failed ({_reason(e)})") from e
         with response:
@@ -337,9 +337,9 @@ class RegistryClient:
             self._prepare()
             if isinstance(self.registry.auth, oras.auth.BasicAuth):
                 headers = {**headers, **self.registry.auth.get_auth_header()}
-            response = _REQUEST_ONCE(self.registry, url, method, headers=dict(headers), data=data, stream=stream)
+            response = request_once(self.registry, url, method, headers=dict(headers), data=data, stream=stream)
         except requests.exceptions.SSLError as e:
-            raise DeliveryError(f"{self.what}: cannot reach {self.ref.host} ({_reason(e)})") from e
+            raise DeliveryError(f"{self.what}: cannot reach {self.ref.host} ({self._tls_reason(e)})") from e
         except (requests.ConnectionError, requests.Timeout) as e:
             raise _Transient(_reason(e)) from e
         except ValueError as e:  # oras-py: a 401 it could not answer (no or wrong credentials)
@@ -360,24 +360,31 @@ class RegistryClient:
         configs = [os.path.join(os.environ["DOCKER_CONFIG"], "config.json")] if os.environ.get("DOCKER_CONFIG") else None
         if configs and not os.path.exists(configs[0]):
             configs = None
-        self.registry.auth.load_configs(oras.container.Container(self.ref.name), configs=configs)
-        with self.registry.session.get(f"{self.scheme}://{self.ref.host}/v2/", verify=self.registry._tls_verify) as ping:
+        load_credentials(self.registry, self.ref.name, configs)
+        if self.credentials is not None:
+            set_credential(self.registry, *self.credentials)
+        with self.registry.session.get(f"{self.scheme}://{self.ref.host}/v2/", verify=self.tls.verify) as ping:
             challenge = ping.headers.get("Www-Authenticate", "")
         if ping.status_code == 401 and challenge.lower().startswith("basic"):
-            self._use_basic_auth()
+            if credential(self.registry) is None:
+                raise InputError(f"{self.what}: {self.ref.host} asks for a user name and password, and the Docker config "
+                                 f"has none for it (`sealift login {self.ref.host}`)")
+            answers_basic_challenges(self.registry, plain_http=self.scheme == "http", verify=self.tls.verify)
         self._prepared = True
 
-    def _use_basic_auth(self) -> None:
-        loaded = self.registry.auth
-        basic = oras.auth.get_auth_backend("basic", self.registry.session, self.scheme == "http",
-                                           tls_verify=self.registry._tls_verify)
-        basic._auth_config = loaded._auth_config
-        credential = getattr(loaded, "_basic_auth", None)
-        if not credential:
-            raise InputError(f"{self.what}: {self.ref.host} asks for a user name and password, and the Docker config "
-                             "has none for it (`docker login` it)")
-        basic._basic_auth = credential
-        self.registry.auth = basic
+    def ping(self) -> None:
+        """Ask the registry's API root, authenticated: an InputError when the credentials are refused."""
+        self._request("GET", f"{self._base()}/v2/", stream=False).close()
+
+    def _tls_reason(self, error: Exception) -> str:
+        text = str(error).upper()
+        if "CERTIFICATE_VERIFY_FAILED" in text:
+            return (f"its TLS certificate is not trusted by {self.tls.source}: give its CA with --ca-file or "
+                    f"SEALIFT_CA_FILE, or put it in certs.d/{self.ref.host}/ca.crt")
+        if "CERTIFICATE_REQUIRED" in text or "BAD_CERTIFICATE" in text or "UNKNOWN_CA" in text:
+            return (f"it asks for a client certificate it trusts: put NAME.cert and NAME.key in certs.d/{self.ref.host}/"
+                    + (f" (it refused {self.tls.cert[0]})" if self.tls.cert else ""))
+        return _reason(error)
 
     def close(self) -> None:
         self.registry.session.close()
@@ -441,8 +448,7 @@ def _metadata_name(tag: str) -> str | None:
 
 def connect(text: str, *, plain_http: bool, what: str, retry: Retry | None = None) -> RegistryClient:
     ref = parse_reference(text, what=what)
-    return RegistryClient(ref, plain_http=plain_http, what=f"{what} {ref.name}",
-                          **({"retry": retry} if retry else {}))
+    return RegistryClient(ref, plain_http=plain_http, what=f"{what} {ref.name}", retry=retry or BUILD_RETRY)
 
 
 def bundle_tag(profile: str, version: str) -> str:
