@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +14,7 @@ from bundler.cli_sites import allow_dir_option
 from updater.cli_login import add_login
 from updater.completion import add_completion
 from updater.errors import Refused
-from updater.exits import reports_errors
+from updater.exits import JsonGroup, emit, fail, reports_errors
 from updater.progress import for_terminal
 from updater.registry_tls import use_ca_file
 
@@ -33,7 +32,7 @@ _profiles_dir_option = click.option(
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=JsonGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="sealift")
 @click.option("--ca-file", type=click.Path(dir_okay=False), metavar="PEM",
               help="Check registries' TLS certificates against these CAs (env SEALIFT_CA_FILE; per registry: "
@@ -94,7 +93,7 @@ def build(spec: Path, profiles: tuple[str, ...], out: Path, fmt: str, plain_http
                            epoch=source_date_epoch(loaded.directory), plain_http=plain_http)
     built = _with_progress(as_json, functools.partial(build_bundles, loaded, selected, options))
     if as_json:
-        click.echo(json.dumps([{"path": str(b.path), "unchanged": b.unchanged, **b.info.to_json()} for b in built], indent=2))
+        emit([{"path": str(b.path), "unchanged": b.unchanged, **b.info.to_json()} for b in built], as_json=True)
         return
     for b in built:
         state = "unchanged" if b.unchanged else "built"
@@ -124,9 +123,13 @@ def inspect(bundle: Path, as_json: bool) -> None:
         report = check_bundle(artifact)
         expires = carried_expiries(artifact.reader)
     services = report.bundle.descriptor.app.services
+    result = {**report.bundle.to_json(), "services": {s.name: s.to_data() for s in services},
+              "metadata_expires": expires, "problems": list(report.problems)}
     if as_json:
-        click.echo(json.dumps({**report.bundle.to_json(), "services": {s.name: s.to_data() for s in services},
-                               "metadata_expires": expires, "problems": list(report.problems)}, indent=2))
+        if report.problems:
+            more = f" (and {len(report.problems) - 1} more problems)" if len(report.problems) > 1 else ""
+            fail(Refused(f"{bundle}: {report.problems[0]}{more}"), as_json=True, result=result)
+        emit(result, as_json=True)
     else:
         _print_table(report.bundle)
         click.echo(_expiry_line(expires))
@@ -173,11 +176,12 @@ def verify(bundles: tuple[Path, ...], trusted_root: Path | None, as_json: bool) 
         results.append(checked)
         if not as_json:
             _print_checked(checked)
-    if as_json:
-        click.echo(json.dumps([r.to_json() for r in results], indent=2))
     failed = next((r.fault for r in results if r.fault is not None), None)
     if failed is not None:
-        sys.exit(failed.exit_code)
+        if as_json:
+            fail(failed, as_json=True, result=[r.to_json() for r in results])
+        sys.exit(failed.exit_code)  # each result said why, above
+    emit([r.to_json() for r in results], as_json=as_json)
 
 
 def _expiry_line(expires: dict[str, str]) -> str:
@@ -221,11 +225,11 @@ def profiles_cmd(spec: Path | None, as_json: bool, profiles_dirs: tuple[Path, ..
 
     known = load_profiles(profile_search_path(spec.parent if spec else None, profiles_dirs))
     if as_json:
-        click.echo(json.dumps([
+        emit([
             {"name": p.name, "platform": str(p.platform), "compatible": p.compatible, "description": p.description,
              "accelerator": Container().with_access(p.access).to_data() if p.access else None, "file": str(p.source)}
             for p in known.values()
-        ], indent=2))
+        ], as_json=True)
         return
     for p in sorted(known.values(), key=lambda p: p.name):
         click.echo(f"{p.name:18} {p.platform!s:16} {p.compatible:28} {p.description}")
@@ -320,7 +324,7 @@ def export(bundles: tuple[Path, ...], to: Path, bases: tuple[str, ...], plain_ht
     report = _with_progress(as_json, functools.partial(export_medium, list(bundles), to, bases=bases, plain_http=plain_http,
                                                        require_signed=require_signed, warn=_warn))
     if as_json:
-        click.echo(json.dumps({"ok": True, **report.to_json(), **report.moved.to_json()}, indent=2))
+        emit({**report.to_json(), **report.moved.to_json()}, as_json=True)
         return
     for b in report.bundles:
         kind = f"delta on {b.base['version']}, {b.blobs_from_base} blobs left to the base" if b.base else "complete"
@@ -384,7 +388,7 @@ def _with_progress(as_json: bool, work: Callable[..., T]) -> T:
 
 def _print_transfer(result: Any, as_json: bool, verb: str) -> None:
     if as_json:
-        click.echo(json.dumps({"ok": True, **result.to_json()}, indent=2))
+        emit(result.to_json(), as_json=True)
         return
     for b in result.bundles:
         target = b.get("profile") or f"site {b.get('site')}"

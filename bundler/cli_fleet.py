@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 import click
 
 from bundler.cli_sites import inventory_option
-from updater.exits import reports_errors
+from updater.exits import emit, fail, reports_errors
 
 __all__ = ["fleet", "reports"]
 
@@ -59,14 +58,15 @@ def fleet_import(source: str, db: Path, inventory: Path, plain_http: bool, as_js
         result = FleetDatabase(db).import_medium(medium, Inventory(inventory))
     else:
         result = FleetDatabase(db).import_registry(source, Inventory(inventory), plain_http=plain_http)
-    if as_json:
-        click.echo(json.dumps(result.to_json(), indent=2))
-    else:
+    if not as_json:
         click.echo(f"imported {result.imported} report(s), {result.duplicates} already imported, {len(result.refused)} refused")
         for file, why in result.refused:
             click.echo(f"  refused {file}: {why}")
-    if result.refused:
-        raise SystemExit(Refused.exit_code)
+    if result.refused:  # the others were imported all the same
+        file, why = result.refused[0]
+        more = f" (and {len(result.refused) - 1} more)" if len(result.refused) > 1 else ""
+        fail(Refused(f"refused report {file}: {why}{more}"), as_json=as_json, result=result.to_json())
+    emit(result.to_json(), as_json=as_json)
 
 
 @fleet.command("status")
@@ -95,7 +95,7 @@ def fleet_status(db: Path, inventory: Path, as_json: bool) -> None:
     with FleetDatabase(db).connect() as connection:
         status = status_of(connection, Inventory(inventory))
     if as_json:
-        click.echo(json.dumps(status, indent=2))
+        emit(status, as_json=True)
         return
     _print(status)
 
@@ -132,7 +132,7 @@ def fleet_report(out: Path, db: Path, inventory: Path, as_json: bool) -> None:
     except OSError as e:
         raise InputError(f"{out}: cannot write the page ({e.strerror})") from e
     if as_json:
-        click.echo(json.dumps({"html": str(out), "bytes": len(page)}))
+        emit({"html": str(out), "bytes": len(page)}, as_json=True)
     else:
         click.echo(f"wrote {out} ({len(page)} bytes)")
 
@@ -201,7 +201,7 @@ def reports_sync(origin: str, target: str, plain_http: bool, plain_http_from: bo
     finally:
         progress.close()
     if as_json:
-        click.echo(json.dumps(result.to_json(), indent=2))
+        emit(result.to_json(), as_json=True)
     else:
         click.echo(f"copied {result.copied} report(s) of {len(result.devices)} device(s) to {target}; "
                    f"{result.present} were there already")

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
 from bundler.policy import ALGORITHMS, ROLES, Policy, RolePolicy
-from updater.exits import reports_errors
+from updater.exits import emit, reports_errors
 
 __all__ = ["repo"]
 
@@ -82,7 +81,7 @@ def repo_init(directory: Path, keydir: Path, algorithm: str, role_keys: tuple[st
     Repository(directory, Keyring(keydir)).init(Policy(roles=roles, algorithm=algorithm), hashed_bins=hashed_bins)
     root = directory / "metadata" / "1.root.json"
     if as_json:
-        click.echo(json.dumps({"repository": str(directory), "root": str(root), "keys": str(keydir)}))
+        emit({"repository": str(directory), "root": str(root), "keys": str(keydir)}, as_json=True)
     else:
         click.echo(f"created {directory}; provision devices with {root}")
 
@@ -110,7 +109,7 @@ def repo_add(directory: Path, bundles: tuple[Path, ...], keydir: Path, role: str
 
     results = Repository(directory, Keyring(keydir)).add(list(bundles), role=role, force=force, location=location)
     if as_json:
-        click.echo(json.dumps([{"bundle": str(r.bundle), "target": r.target, "changed": r.changed} for r in results], indent=2))
+        emit([{"bundle": str(r.bundle), "target": r.target, "changed": r.changed} for r in results], as_json=True)
         return
     for r in results:
         click.echo(f"{'added' if r.changed else 'unchanged':9} {r.target}  {r.bundle}")
@@ -125,8 +124,10 @@ def repo_add(directory: Path, bundles: tuple[Path, ...], keydir: Path, role: str
                    "(e.g. 'vision-app/*/*'); repeatable.")
 @click.option("--role-keys", "key_count", type=click.IntRange(1, 16), default=1, show_default=True, help="Keys to create.")
 @click.option("--threshold", type=click.IntRange(1, 16), default=1, show_default=True, help="Signatures needed.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result in the JSON envelope.")
 @reports_errors
-def repo_delegate(directory: Path, name: str, keydir: Path, paths: tuple[str, ...], key_count: int, threshold: int) -> None:
+def repo_delegate(directory: Path, name: str, keydir: Path, paths: tuple[str, ...], key_count: int, threshold: int,
+                  as_json: bool) -> None:
     """Create the delegated targets role NAME (a team or a site) with its own keys, limited to PATTERNs.
 
     \b
@@ -137,7 +138,8 @@ def repo_delegate(directory: Path, name: str, keydir: Path, paths: tuple[str, ..
     from bundler.repo import Repository
 
     Repository(directory, Keyring(keydir)).delegate(name, paths=paths, keys=key_count, threshold=threshold)
-    click.echo(f"delegated {', '.join(paths)} to role {name}")
+    emit({"role": name, "paths": list(paths), "keys": key_count, "threshold": threshold}, as_json=as_json,
+         text=f"delegated {', '.join(paths)} to role {name}")
 
 
 @repo.command("add-key")
@@ -148,9 +150,10 @@ def repo_delegate(directory: Path, name: str, keydir: Path, paths: tuple[str, ..
 @click.option("--public-key", "public_key", type=click.Path(path_type=Path, dir_okay=False), help="The key's public half, PEM.")
 @click.option("--sigstore-identity", help="Instead of --uri and --public-key: sign keylessly in CI as this OIDC identity.")
 @click.option("--sigstore-issuer", help="The OIDC issuer of --sigstore-identity.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result in the JSON envelope.")
 @reports_errors
 def repo_add_key(directory: Path, role: str, keydir: Path, uri: str | None, public_key: Path | None,
-                 sigstore_identity: str | None, sigstore_issuer: str | None) -> None:
+                 sigstore_identity: str | None, sigstore_issuer: str | None, as_json: bool) -> None:
     """Trust a key held elsewhere (KMS, HSM, file, Sigstore keyless) for ROLE, in a new root version.
 
     \b
@@ -174,14 +177,16 @@ def repo_add_key(directory: Path, role: str, keydir: Path, uri: str | None, publ
     else:
         raise click.UsageError("give --uri with --public-key, or --sigstore-identity with --sigstore-issuer")
     Repository(directory, Keyring(keydir)).add_key(role, key, uri)
-    click.echo(f"{role}: trusts key {key.keyid[:16]} through {uri.split(':', 1)[0]}:")
+    emit({"role": role, "keyid": key.keyid, "scheme": uri.split(":", 1)[0]}, as_json=as_json,
+         text=f"{role}: trusts key {key.keyid[:16]} through {uri.split(':', 1)[0]}")
 
 
 @repo.command("refresh")
 @click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
 @_keys_option
+@click.option("--json", "as_json", is_flag=True, help="Print the result in the JSON envelope.")
 @reports_errors
-def repo_refresh(directory: Path, keydir: Path) -> None:
+def repo_refresh(directory: Path, keydir: Path, as_json: bool) -> None:
     """Re-sign snapshot and timestamp (and targets metadata past half its validity).
 
     Schedule it more often than the timestamp expires. Bundles carry the metadata they were
@@ -195,7 +200,7 @@ def repo_refresh(directory: Path, keydir: Path) -> None:
     from bundler.repo import Repository
 
     Repository(directory, Keyring(keydir)).refresh()
-    click.echo(f"refreshed {directory}")
+    emit({"repository": str(directory)}, as_json=as_json, text=f"refreshed {directory}")
 
 
 @repo.command("rotate")
@@ -219,6 +224,6 @@ def repo_rotate(directory: Path, role: str, keydir: Path, revoke: tuple[str, ...
 
     removed = Repository(directory, Keyring(keydir)).rotate(role, revoke=list(revoke) or None)
     if as_json:
-        click.echo(json.dumps({"role": role, "revoked": removed}))
+        emit({"role": role, "revoked": removed}, as_json=True)
     else:
         click.echo(f"{role}: replaced {len(removed)} key(s): {', '.join(k[:16] for k in removed)}")

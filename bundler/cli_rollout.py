@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -10,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from bundler.cli_sites import inventory_option
-from updater.exits import reports_errors
+from updater.exits import emit, reports_errors
 
 if TYPE_CHECKING:
     from bundler.rollout import Rollouts
@@ -60,7 +59,7 @@ def _rollouts(directory: Path, keydir: Path) -> Rollouts:
 def _done(rollouts: Rollouts, plan: Plan, *, publish: tuple[str, ...], plain_http: bool, as_json: bool, said: str) -> None:
     published = rollouts.publish(publish, plain_http=plain_http) if publish else []
     if as_json:
-        click.echo(json.dumps({"plan": plan.to_json(), "published": published}, indent=2))
+        emit({"plan": plan.to_json(), "published": published}, as_json=True)
         return
     click.echo(said)
     for line in _summary(plan):
@@ -97,8 +96,9 @@ def _step(name: str, help_text: str) -> Callable[[Callable[..., Any]], Any]:
 @_keys_option
 @click.option("--role-keys", "key_count", type=click.IntRange(1, 16), default=1, show_default=True, help="Keys to create.")
 @click.option("--threshold", type=click.IntRange(1, 16), default=1, show_default=True, help="Signatures needed.")
+@_json_option
 @reports_errors
-def rollout_init(directory: Path, keydir: Path, key_count: int, threshold: int) -> None:
+def rollout_init(directory: Path, keydir: Path, key_count: int, threshold: int, as_json: bool) -> None:
     """Create REPO's `rollout` role, which signs rollout plans (needs the targets keys, once).
 
     \b
@@ -110,7 +110,8 @@ def rollout_init(directory: Path, keydir: Path, key_count: int, threshold: int) 
     from bundler.repo import Repository
 
     Repository(directory, Keyring(keydir)).init_rollout(keys=key_count, threshold=threshold)
-    click.echo(f"created the rollout role in {directory}: its keys are in {keydir}; give them to the release managers")
+    emit({"repository": str(directory), "keys": str(keydir), "role_keys": key_count, "threshold": threshold}, as_json=as_json,
+         text=f"created the rollout role in {directory}: its keys are in {keydir}; give them to the release managers")
 
 
 @rollout.command("plan")
@@ -243,7 +244,7 @@ def rollout_show(directory: Path, app: str | None, as_json: bool) -> None:
 
     plans = [p for p in Repository.reading(directory).plans() if app is None or p.app == app]
     if as_json:
-        click.echo(json.dumps([p.to_json() for p in plans], indent=2))
+        emit([p.to_json() for p in plans], as_json=True)
         return
     if not plans:
         click.echo("no rollout plans" + (f" of {app}" if app else ""))
@@ -277,7 +278,7 @@ def rollout_status(directory: Path, app: str, version: str, db: Path, inventory:
     waves = _waves(db, inventory, plan)
     why = failing(waves, plan)
     if as_json:
-        click.echo(json.dumps({"plan": plan.to_json(), "waves": [w.to_json() for w in waves], "failing": why}, indent=2))
+        emit({"plan": plan.to_json(), "waves": [w.to_json() for w in waves], "failing": why}, as_json=True)
         return
     click.echo(f"{app} {version}: {plan.state.value}" + (f" ({plan.reason})" if plan.reason else "")
                + f"; {plan.opened} of {len(plan.waves)} waves open; failure threshold {plan.failure_threshold:g}%")
@@ -322,7 +323,7 @@ def rollout_check(directory: Path, keydir: Path, db: Path, inventory: Path, publ
             halted.append({"app": plan.app, "version": plan.version, "reason": why})
     published = rollouts.publish(publish, plain_http=plain_http) if publish and halted else []
     if as_json:
-        click.echo(json.dumps({"checked": checked, "halted": halted, "published": published}, indent=2))
+        emit({"checked": checked, "halted": halted, "published": published}, as_json=True)
         return
     for item in halted:
         click.echo(f"halted {item['app']} {item['version']}: {item['reason']}")

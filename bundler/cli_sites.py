@@ -3,12 +3,11 @@ of enrolled devices they are sealed to (see docs/secrets.md)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
-from updater.exits import reports_errors
+from updater.exits import emit, reports_errors
 
 __all__ = ["allow_dir_option", "devices", "overlay"]
 
@@ -61,7 +60,7 @@ def overlay_build(spec: Path, site: str, site_file: Path | None, inventory: Path
 
     path, info = build_overlay(load_spec(spec, allowed_dirs=allowed_dirs), site, inventory=inventory, out=out, site_file=site_file)
     if as_json:
-        click.echo(json.dumps({"path": str(path), **info.to_json()}, indent=2))
+        emit({"path": str(path), **info.to_json()}, as_json=True)
         return
     click.echo(f"built {path}  {info.digest}  ({len(info.secrets)} secrets sealed to {len(info.recipients)} devices)")
 
@@ -100,7 +99,7 @@ def devices_add(records: tuple[Path, ...], inventory: Path, as_json: bool) -> No
 
     added = Inventory(inventory).add_all(list(records))
     if as_json:
-        click.echo(json.dumps(added[0].to_json() if len(added) == 1 else [d.to_json() for d in added]))
+        emit([d.to_json() for d in added], as_json=True)
         return
     for device in added:
         click.echo(f"enrolled {device.device} at site {device.site} ({device.profile}, {device.kem})")
@@ -123,7 +122,7 @@ def devices_list(inventory: Path, site: str | None, as_json: bool) -> None:
 
     listed = [d for d in Inventory(inventory).devices() if site is None or d.site == site]
     if as_json:
-        click.echo(json.dumps([d.to_json() for d in listed], indent=2))
+        emit([d.to_json() for d in listed], as_json=True)
         return
     for d in listed:
         state = f"revoked {d.revoked}" if d.revoked else f"enrolled {d.enrolled}"
@@ -148,7 +147,7 @@ def devices_revoke(device: str, inventory: Path, as_json: bool) -> None:
     from bundler.devices import Inventory
 
     revoked = Inventory(inventory).revoke(device)
-    click.echo(json.dumps(revoked.to_json()) if as_json else f"revoked {revoked.device} (site {revoked.site}) on {revoked.revoked}")
+    emit(revoked.to_json(), as_json=as_json, text=f"revoked {revoked.device} (site {revoked.site}) on {revoked.revoked}")
 
 
 @devices.command("label")
@@ -176,7 +175,7 @@ def devices_label(device: str, labels: tuple[str, ...], inventory: Path, remove:
         pairs[key] = value
     changed = Inventory(inventory).label(device, add=pairs, remove=remove)
     shown = ", ".join(f"{k}={v}" for k, v in sorted(changed.labels.items())) or "none"
-    click.echo(json.dumps(changed.to_json()) if as_json else f"{changed.device}: labels {shown}")
+    emit(changed.to_json(), as_json=as_json, text=f"{changed.device}: labels {shown}")
 
 
 @devices.command("window")
@@ -203,11 +202,10 @@ def devices_window(site: str, inventory: Path, timezone: str | None, windows: tu
 
     if remove:
         Inventory(inventory).set_window(site, None)
-        click.echo(json.dumps({"site": site, "maintenance": None}) if as_json else f"site {site}: no maintenance window")
+        emit({"site": site, "maintenance": None}, as_json=as_json, text=f"site {site}: no maintenance window")
         return
     if not timezone or not windows:
         raise InputError("give the site's --timezone and at least one --window (or --remove)")
     maintenance = Maintenance.from_json({"timezone": timezone, "windows": list(windows)}, InputError, f"site {site}")
     Inventory(inventory).set_window(site, maintenance)
-    click.echo(json.dumps({"site": site, "maintenance": maintenance.to_json()}) if as_json
-               else f"site {site}: maintenance {maintenance}")
+    emit({"site": site, "maintenance": maintenance.to_json()}, as_json=as_json, text=f"site {site}: maintenance {maintenance}")

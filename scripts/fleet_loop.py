@@ -113,7 +113,7 @@ def _loop(work: Path, out: Path, parts: list[Any], *, quiet: bool) -> dict[str, 
     sealift("push", str(releases["1.3.0"]), f"{origin.address}/vision-app", "--plain-http")
     sealift("mirror", "sync", "--from", f"{origin.address}/vision-app", "--to", mirror.address, "--plain-http")
     device(engines["a"], None, work / "device-a", "run", "--once", *online, env={"DOCKER_CONFIG": str(docker_config)})
-    status_a = json.loads(device(engines["a"], None, work / "device-a", "status", "--json"))["apps"]["vision-app"]
+    status_a = json.loads(device(engines["a"], None, work / "device-a", "status", "--json"))["result"]["apps"]["vision-app"]
 
     say("the reports travel back: registry, DMZ, office; and the medium")
     hops = [sealift_json("reports", "sync", "--from", f"{reports.address}/reports", "--to", f"{dmz.address}/reports",
@@ -143,7 +143,7 @@ def sealift(*args: str, env: dict[str, str] | None = None) -> str:
 
 
 def sealift_json(*args: str, env: dict[str, str] | None = None) -> Any:
-    return json.loads(_run([str(BIN / "sealift"), *args, "--json"], env=env, codes=(0, 3)))
+    return json.loads(_run([str(BIN / "sealift"), *args, "--json"], env=env, codes=(0, 3)))["result"]
 
 
 def device(engine: DockerEngine, host: NetNamespace | None, state: Path, *args: str, env: dict[str, str] | None = None) -> str:

@@ -23,9 +23,10 @@ echo "(detect exited $rc: 0 usable, 5 accelerator not usable, 2 no profile match
 import json
 import sys
 
-if not sys.argv[1].strip():
-    sys.exit("detect printed nothing: no profile matched this machine (see its message above)")
-report = json.loads(sys.argv[1])
+envelope = json.loads(sys.argv[1])
+report = envelope["result"]
+if report is None:
+    sys.exit(f"detect: {envelope['error']['message']}")
 if report["profile"] != "x86_64-nvidia":
     sys.exit(f"detected {report['profile']}, expected x86_64-nvidia")
 print("detected x86_64-nvidia from: " + "; ".join(item["proof"] for item in report["evidence"]))

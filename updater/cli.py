@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,11 +12,12 @@ import click
 from updater.cli_login import add_login
 from updater.completion import add_completion
 from updater.errors import FAMILIES, Conflict, DeviceFault, EngineFault, InputError, SealiftError, Unhealthy
-from updater.exits import reports_errors
+from updater.exits import JsonGroup, emit, fail, reports_errors
 from updater.registry_tls import use_ca_file
 from updater.sealed import KEMS
 
 if TYPE_CHECKING:
+    from updater.install import Outcome
     from updater.profiles import Profile
     from updater.runtime import EngineFeatures
 
@@ -26,7 +26,7 @@ __all__ = ["cli", "main"]
 DEFAULT_STATE_DIR = Path("/var/lib/sealift")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=JsonGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="sealift")
 @click.option("--state-dir", type=click.Path(path_type=Path, file_okay=False), default=DEFAULT_STATE_DIR,
               show_default=True, help="Where the device keeps its slots, trusted metadata and state.")
@@ -74,18 +74,18 @@ def trust_init(state_dir: Path, root: Path, force: bool, as_json: bool) -> None:
     state = TrustedState(state_dir)
     trusted = state.init(root, force=force)
     expired = state.expired(trusted)
-    result = {"ok": True, "root_version": trusted.version, "expires": trusted.expires.isoformat(), "expired": expired,
-              "state_dir": str(state_dir)}
-    click.echo(json.dumps(result) if as_json else f"trusted root version {trusted.version}, expires {trusted.expires:%Y-%m-%d}")
+    result = {"root_version": trusted.version, "expires": trusted.expires.isoformat(), "expired": expired, "state_dir": str(state_dir)}
+    emit(result, as_json=as_json, text=f"trusted root version {trusted.version}, expires {trusted.expires:%Y-%m-%d}")
     if expired:
         click.echo(f"warning: root version {trusted.version} expired on {trusted.expires:%Y-%m-%d}; the device starts "
                    "from it, and verifies nothing until a bundle or a poll brings the newer roots that follow it", err=True)
 
 
 @trust.command("reset-clock")
+@click.option("--json", "as_json", is_flag=True, help="Print the result in the JSON envelope.")
 @click.pass_obj
 @reports_errors
-def trust_reset_clock(state_dir: Path) -> None:
+def trust_reset_clock(state_dir: Path, as_json: bool) -> None:
     """Forget the newest trusted time, after a clock that ran ahead has been corrected.
 
     The device refuses to verify while its clock reads earlier than the newest time at which it
@@ -97,7 +97,8 @@ def trust_reset_clock(state_dir: Path) -> None:
     from updater.trust import TrustedState
 
     newest = TrustedState(state_dir).reset_clock()
-    click.echo(f"forgot the newest trusted time ({newest:%Y-%m-%d %H:%M}Z)" if newest else "no trusted time was recorded")
+    emit({"forgotten": newest.isoformat() if newest else None}, as_json=as_json,
+         text=f"forgot the newest trusted time ({newest:%Y-%m-%d %H:%M}Z)" if newest else "no trusted time was recorded")
 
 
 @cli.group()
@@ -132,8 +133,8 @@ def ingress_init(state_dir: Path, port: int, tls_port: int | None, address: str,
     if Ingress.of(state_dir) is not None and not force:
         raise Conflict(f"{state_dir}: this device has an ingress already; --force sets it up again (then run `recover`)")
     config = Ingress(state_dir).init(port=port, address=address, tls_port=tls_port)
-    click.echo(json.dumps({"ok": True, "config": str(config), "port": port, "tls_port": tls_port, "address": address}) if as_json else
-               f"ingress on {address or '*'}:{port}: start HAProxy with {config} (examples/systemd/sealift-ingress.service)")
+    emit({"config": str(config), "port": port, "tls_port": tls_port, "address": address}, as_json=as_json,
+         text=f"ingress on {address or '*'}:{port}: start HAProxy with {config} (examples/systemd/sealift-ingress.service)")
 
 
 @cli.command()
@@ -144,9 +145,10 @@ def ingress_init(state_dir: Path, port: int, tls_port: int | None, address: str,
 @click.option("--profile", metavar="NAME", help="This device's hardware profile (default: detected).")
 @click.option("--profiles-dir", type=click.Path(path_type=Path, file_okay=False), help="Extra profile directory.")
 @click.option("--force", is_flag=True, help="Make new keys even though the device is enrolled (the old record stops working).")
+@click.option("--json", "as_json", is_flag=True, help="Print the record inside the JSON envelope.")
 @click.pass_obj
 @reports_errors
-def enroll(state_dir: Path, site: str, kem: str, profile: str | None, profiles_dir: Path | None, force: bool) -> None:
+def enroll(state_dir: Path, site: str, kem: str, profile: str | None, profiles_dir: Path | None, force: bool, as_json: bool) -> None:
     """Create this device's key pairs (for secrets, and for signing its reports) and print its
     enrollment record (JSON).
 
@@ -160,7 +162,7 @@ def enroll(state_dir: Path, site: str, kem: str, profile: str | None, profiles_d
 
     record = DeviceIdentity(state_dir).enroll(site=site, profile=_device_profile(profile, profiles_dir).name, kem=kem,
                                                    force=force)
-    click.echo(json.dumps(record, indent=2))
+    emit(record, as_json=as_json, text=json.dumps(record, indent=2))
     click.echo(f"enrolled {record['device']} at site {site}; add the record above with `sealift devices add`", err=True)
 
 
@@ -188,8 +190,11 @@ def detect(sysroot: Path, machine: str | None, profiles_dir: Path | None, as_jso
     check = accelerator_check(found.profile, root=sysroot, engine=_engine_features() if sysroot == Path("/") else None)
     evidence = [{"rule": str(rule), "proof": proof} for rule, proof in found.evidence]
     if as_json:
-        click.echo(json.dumps({"profile": found.profile.name, "compatible": found.profile.compatible, "evidence": evidence,
-                               "accelerator": check.to_json()}, indent=2))
+        result = {"profile": found.profile.name, "compatible": found.profile.compatible, "evidence": evidence,
+                  "accelerator": check.to_json()}
+        if check.missing:
+            fail(DeviceFault(f"{found.profile.name}: accelerator: {check}"), as_json=True, result=result)
+        emit(result, as_json=True)
     else:
         click.echo(f"{found.profile.name} ({found.profile.description})")
         for item in evidence:
@@ -259,14 +264,18 @@ def install(state_dir: Path, bundle: Path, overlay: Path | None, profile: str | 
     installer = Installer(state_dir=state_dir, runtime=DockerRuntime.connect(), profile=_device_profile(profile, profiles_dir),
                           log=lambda line: click.echo(line, err=True))
     outcome = installer.install(bundle, overlay=overlay, force=force, app=app, ignore_window=ignore_window)
-    if as_json:
-        click.echo(json.dumps({"ok": outcome.committed, "release": vars(outcome.release), "reason": outcome.reason,
-                               **({"fault": outcome.fault} if outcome.fault else {})}))
-    else:
-        verb = "running" if outcome.committed else "rolled back from"
-        click.echo(f"{verb} {outcome.release.name} {outcome.release.version} (slot {outcome.release.slot}): {outcome.reason}")
+    verb = "running" if outcome.committed else "rolled back from"
+    _ended(outcome, as_json, f"{verb} {outcome.release.name} {outcome.release.version} (slot {outcome.release.slot}): {outcome.reason}")
+
+
+def _ended(outcome: Outcome, as_json: bool, text: str) -> None:
+    """An install's or a rollback's outcome: exit 0 when it committed, else the code of its fault."""
+    result = {"committed": outcome.committed, "release": vars(outcome.release), "reason": outcome.reason}
     if not outcome.committed:
-        sys.exit(FAMILIES.get(outcome.fault, Unhealthy).exit_code)
+        if not as_json:
+            click.echo(text)
+        fail(FAMILIES.get(outcome.fault, Unhealthy)(outcome.reason), as_json=as_json, result=result)
+    emit(result, as_json=as_json, text=text)
 
 
 @cli.command()
@@ -287,139 +296,8 @@ def rollback(state_dir: Path, app: str | None, as_json: bool) -> None:
     installer = Installer(state_dir=state_dir, runtime=DockerRuntime.connect(), profile=None,
                           log=lambda line: click.echo(line, err=True))
     outcome = installer.rollback(app)
-    if as_json:
-        click.echo(json.dumps({"ok": outcome.committed, "release": vars(outcome.release), "reason": outcome.reason,
-                               **({"fault": outcome.fault} if outcome.fault else {})}))
-    else:
-        click.echo(f"{'running' if outcome.committed else 'stayed on the current release; could not return to'} "
-                   f"{outcome.release.name} {outcome.release.version}: {outcome.reason}")
-    if not outcome.committed:
-        sys.exit(FAMILIES.get(outcome.fault, Unhealthy).exit_code)
-
-
-@cli.command()
-@click.option("--watch", type=click.Path(path_type=Path, file_okay=False),
-              help="A directory to watch for bundles and media (where removable media are mounted).")
-@click.option("--source", "sources", metavar="[APP=]REGISTRY/REPO", multiple=True,
-              help="A site registry repository (a mirror) to poll for newer signed releases of one application; "
-                   "repeat it for each application. APP= names the application the repository holds (without "
-                   "it, the one its newest bundle claims to be).")
-@click.option("--app", "apps", metavar="NAME", multiple=True,
-              help="An application this device runs; repeat it for each. Releases of others that arrive on media "
-                   "or from registries are skipped. Default: every application that arrives signed for this device.")
-@click.option("--plain-http", is_flag=True, help="Reach --source and --report-to over plain HTTP (a site registry without TLS).")
-@click.option("--interval", type=click.FloatRange(min=1.0), default=30.0, show_default=True,
-              help="Seconds between passes (longer, with jitter, after failed polls).")
-@click.option("--report-to", metavar="REGISTRY/PREFIX",
-              help="Push the device's signed reports to this registry (the site mirror's reports registry), one "
-                   "repository per device under PREFIX; credentials from the Docker config (docs/reports.md).")
-@click.option("--report-every", type=click.FloatRange(min=60.0), default=3600.0, show_default=True,
-              help="Seconds between the device's signed reports (one is made at once after an install or a rollback).")
-@click.option("--metrics-textfile", type=click.Path(path_type=Path, dir_okay=False),
-              help="Rewrite the updater's Prometheus metrics into this file after each pass (node-exporter's "
-                   "textfile collector: a .prom file in its --collector.textfile.directory).")
-@click.option("--metrics-port", type=click.IntRange(1, 65535),
-              help="Also serve the metrics on http://127.0.0.1:PORT/metrics (loopback only).")
-@click.option("--once", is_flag=True,
-              help="One pass (scan and poll-and-install), then exit; with the fault's exit code (docs/errors.md) if a poll failed.")
-@click.option("--profile", metavar="NAME", help="This device's hardware profile (default: detected).")
-@click.option("--profiles-dir", type=click.Path(path_type=Path, file_okay=False), help="Extra profile directory.")
-@click.pass_obj
-@reports_errors
-def run(state_dir: Path, watch: Path | None, sources: tuple[str, ...], apps: tuple[str, ...], plain_http: bool, interval: float,
-        report_to: str | None, report_every: float, metrics_textfile: Path | None, metrics_port: int | None, once: bool,
-        profile: str | None, profiles_dir: Path | None) -> None:
-    """Install what arrives, as a service: bundles in --watch, newer releases from each --source.
-
-    Converges every application first (like `recover`), then makes a pass every --interval
-    seconds. A poll asks each repository's signed metadata for the newest release of its
-    application for this profile, downloads only the blobs this device lacks (resuming an
-    interrupted download) and installs it; an unreachable registry is retried with growing,
-    jittered delays while the running releases keep serving. With systemd (Type=notify) it
-    reports readiness and feeds the watchdog after each pass; see
-    examples/systemd/sealift-updater.service.
-
-    \b
-    Examples:
-      sealift-updater run --watch /media/sealift
-      sealift-updater run --app vision-app --app camera-gw \\
-          --source vision-app=mirror.site:5000/vision-app --source camera-gw=mirror.site:5000/camera-gw"""
-    from updater.daemon import Daemon, priority
-    from updater.docker_runtime import DockerRuntime
-    from updater.install import Installer
-    from updater.names import NAME
-    from updater.poll import RegistryPoller
-    from updater.reports import Reports
-
-    if watch is None and not sources:
-        raise InputError("nothing to do: give --watch DIR, --source REGISTRY/REPO, or both")
-    if report_to is not None:
-        from updater.registry import parse_reference
-
-        parse_reference(report_to, what="--report-to")
-    for name in apps:
-        if not NAME.fullmatch(name):
-            raise InputError(f"--app {name[:80]!r}: not an application name (lower-case letters, digits, '.', '_', '-')")
-    device = _device_profile(profile, profiles_dir)
-    journald = bool(os.environ.get("JOURNAL_STREAM"))  # stderr goes to the journal: each line says its priority
-
-    def log(line: str) -> None:
-        click.echo(f"<{priority(line)}>{line}" if journald else line, err=True)
-
-    installer = Installer(state_dir=state_dir, runtime=DockerRuntime.connect(), profile=device, log=log, declared=apps)
-    pollers = []
-    for source in sources:
-        app, _, repository = source.rpartition("=")
-        if app and (not NAME.fullmatch(app) or (apps and app not in apps)):
-            raise InputError(f"--source {source}: {app!r} is not " + ("one of the --app names" if apps else "an application name"))
-        pollers.append(RegistryPoller(repository, installer=installer, profile=device, app=app or None, plain_http=plain_http,
-                                      log=log))
-    reports = Reports(installer, every=report_every)
-    if metrics_port is not None:
-        from updater.metrics import serve
-
-        serve(state_dir, metrics_port)
-    failed = Daemon(installer, watch, pollers=pollers, interval=interval, reports=reports, report_to=report_to,
-                    plain_http=plain_http, metrics=metrics_textfile, log=log).run(once=once)
-    if failed is not None:
-        sys.exit(failed.exit_code)
-
-
-@cli.command()
-@click.pass_obj
-@reports_errors
-def recover(state_dir: Path) -> None:
-    """Converge every application after a crash, a power cut or an engine restart: an interrupted
-    install is rolled back, and the committed release is started if it is not running. Run it at
-    boot (the service's `run` converges by itself).
-
-    Says what the engine then runs of each application, and exits non-zero when one could not
-    converge or its committed release is not serving (the others are converged all the same). A
-    release whose install was interrupted 3 times is marked failed and not tried again by itself.
-
-    \b
-    Examples:
-      sealift-updater recover"""
-    from updater.docker_runtime import DockerRuntime
-    from updater.install import Installer
-
-    installer = Installer(state_dir=state_dir, runtime=DockerRuntime.connect(), profile=None,
-                          log=lambda line: click.echo(line, err=True))
-    worst: SealiftError | None = None
-    converged = installer.recover()
-    for name, state in converged.items():
-        if isinstance(state, SealiftError):
-            click.echo(f"{name}: could not converge: {state.diagnostics()}")
-            worst = worst or state
-            continue
-        serving = installer.app(name).serving(state)
-        click.echo(f"{name}: running {serving}" if serving.release else f"{name}: {serving}")
-        if not serving.ok:
-            worst = worst or Unhealthy(str(serving))
-    if not converged:
-        click.echo("nothing installed")
-    if worst is not None:
-        sys.exit(worst.exit_code)
+    _ended(outcome, as_json, f"{'running' if outcome.committed else 'stayed on the current release; could not return to'} "
+           f"{outcome.release.name} {outcome.release.version}: {outcome.reason}")
 
 
 @cli.command()
@@ -459,8 +337,8 @@ def verify(state_dir: Path, bundle: Path, profile: str | None, profiles_dir: Pat
     info, overlay = check_as_installed(bundle, trust=trust, profile=wanted, app=app)
     expires = trust.expiries()  # the device's, which now include what the check verified
     if as_json:
-        click.echo(json.dumps({"ok": True, **(info.to_json() if info else {}), **({"overlay": overlay.to_json()} if overlay else {}),
-                               "metadata_expires": expires}, indent=2))
+        emit({**(info.to_json() if info else {}), **({"overlay": overlay.to_json()} if overlay else {}),
+              "metadata_expires": expires}, as_json=True)
         return
     if info is not None:
         click.echo(f"ok {info.name} {info.version} for {info.profile}  {info.digest}")
@@ -473,9 +351,10 @@ def verify(state_dir: Path, bundle: Path, profile: str | None, profiles_dir: Pat
 
 def _add_commands() -> None:
     from updater.cli_report import report
+    from updater.cli_service import recover, run
     from updater.cli_status import status
 
-    for command in (report, status):
+    for command in (report, status, run, recover):
         cli.add_command(command)
     add_completion(cli, "sealift-updater")
     add_login(cli, "sealift-updater")

@@ -4,12 +4,11 @@ for both commands: the office pushes with them, a device polls its site mirror w
 from __future__ import annotations
 
 import inspect
-import json
 import sys
 
 import click
 
-from updater.exits import reports_errors
+from updater.exits import emit, reports_errors
 
 __all__ = ["add_login"]
 
@@ -29,8 +28,7 @@ def add_login(group: click.Group, prog_name: str) -> None:
 
         password = sys.stdin.readline().rstrip("\r\n") if password_stdin else click.prompt("Password", hide_input=True, err=True)
         where = store(host.removeprefix("https://").removeprefix("http://").rstrip("/"), username, password, plain_http=plain_http)
-        click.echo(json.dumps({"ok": True, "host": host, "stored_in": where}) if as_json else f"logged in to {host}; "
-                   f"credentials stored in {where}")
+        emit({"host": host, "stored_in": where}, as_json=as_json, text=f"logged in to {host}; credentials stored in {where}")
 
     login.help = inspect.cleandoc(f"""Check a user name and password against registry HOST, then store them.
 
@@ -52,8 +50,8 @@ def add_login(group: click.Group, prog_name: str) -> None:
         from updater.credentials import logout as forget
 
         forgotten = forget(host)
-        click.echo(json.dumps({"ok": True, "host": host, "forgotten": forgotten}) if as_json else
-                   f"{'forgot the credentials' if forgotten else 'no credentials were stored'} for {host}")
+        said = "forgot the credentials" if forgotten else "no credentials were stored"
+        emit({"host": host, "forgotten": forgotten}, as_json=as_json, text=f"{said} for {host}")
 
     logout.help = inspect.cleandoc(f"""Forget the credentials stored for registry HOST.
 

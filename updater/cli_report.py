@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from updater.exits import reports_errors
+from updater.exits import emit, reports_errors
 
 __all__ = ["report"]
 
@@ -46,9 +46,9 @@ def report(state_dir: Path, medium: Path | None, as_json: bool) -> None:
     copied = reports.to_medium(medium) if medium is not None else None
     carried = len(json.loads(_payload(made))["events"]) if made else 0
     if as_json:
-        click.echo(json.dumps({"report": str(made) if made else None, "seq": int(made.stem) if made else None,
+        emit({"report": str(made) if made else None, "seq": int(made.stem) if made else None,
                                "bytes": made.stat().st_size if made else 0, "events": carried,
-                               **({"copied": copied} if copied is not None else {})}, indent=2))
+                               **({"copied": copied} if copied is not None else {})}, as_json=True)
         return
     click.echo(f"report {int(made.stem)}: {made.stat().st_size} bytes, {carried} event(s), {made}" if made else
                "no report: today's allowance for reports is spent (they wait for tomorrow's)")

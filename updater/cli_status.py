@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -10,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from updater.errors import SealiftError, Unhealthy
-from updater.exits import reports_errors
+from updater.exits import emit, fail, reports_errors
 
 if TYPE_CHECKING:
     from updater.install import Serving
@@ -48,30 +47,33 @@ def status(state_dir: Path, app: str | None, as_json: bool) -> None:
     engines = {name: _serving(state_dir, name, state) for name, state in states.items()}
     expires = trusted_expiries(state_dir)
     polls = last_polls(state_dir)
+    faults = [fault for _, fault in engines.values() if fault is not None]
+    unserved = [str(serving) for serving, _ in engines.values() if serving is not None and not serving.ok]
+    problem = faults[0] if faults else Unhealthy(unserved[0]) if unserved else None
     if as_json:
-        click.echo(json.dumps({
+        result = {
             "apps": {name: {**state.to_json(), "serving": _engine_json(*engines[name]), "last_health": last_health(state_dir, name)
                             or None} for name, state in states.items()},
             "enrollment": record, "profile": record.get("profile") if record else None, "updater": updater_version(),
-            "metadata_expires": expires, "last_poll": polls}, indent=2))
-    else:
-        for name, state in states.items():
-            _print_state(name, state, *engines[name])
-        if not states:
-            click.echo("nothing installed")
-        click.echo(f"device: {record['device']} at site {record['site']} ({record['kem']}, profile {record.get('profile')})"
-                   if record else "device: not enrolled (`sealift-updater enroll --site SITE`)")
-        if expires:
-            soonest = min(expires.items(), key=lambda item: item[1])
-            click.echo(f"signed metadata: {soonest[0]} expires first, at {soonest[1]}")
-        for source, poll in sorted(polls.items()):
-            click.echo(f"last poll of {source}: {poll.get('time')} " + ("ok" if poll.get("ok") else
-                                                                        f"failed ({poll.get('fault')}: {poll.get('error')})"))
-    faults = [fault for _, fault in engines.values() if fault is not None]
-    if faults:
-        sys.exit(faults[0].exit_code)
-    if any(serving is not None and not serving.ok for serving, _ in engines.values()):
-        sys.exit(Unhealthy.exit_code)
+            "metadata_expires": expires, "last_poll": polls}
+        if problem is not None:
+            fail(problem, as_json=True, result=result)
+        emit(result, as_json=True)
+        return
+    for name, state in states.items():
+        _print_state(name, state, *engines[name])
+    if not states:
+        click.echo("nothing installed")
+    click.echo(f"device: {record['device']} at site {record['site']} ({record['kem']}, profile {record.get('profile')})"
+               if record else "device: not enrolled (`sealift-updater enroll --site SITE`)")
+    if expires:
+        soonest = min(expires.items(), key=lambda item: item[1])
+        click.echo(f"signed metadata: {soonest[0]} expires first, at {soonest[1]}")
+    for source, poll in sorted(polls.items()):
+        click.echo(f"last poll of {source}: {poll.get('time')} " + ("ok" if poll.get("ok") else
+                                                                    f"failed ({poll.get('fault')}: {poll.get('error')})"))
+    if problem is not None:
+        sys.exit(problem.exit_code)
 
 
 def _print_state(name: str, state: DeviceState, serving: Serving | None, fault: SealiftError | None) -> None:

@@ -8,6 +8,8 @@ import inspect
 import click
 from click.shell_completion import get_completion_class
 
+from updater.exits import emit
+
 __all__ = ["add_completion"]
 
 SHELLS = ("bash", "zsh", "fish")
@@ -19,10 +21,12 @@ def add_completion(group: click.Group, prog_name: str) -> None:
 
     @group.command("completion")
     @click.argument("shell", type=click.Choice(SHELLS))
-    def completion(shell: str) -> None:
+    @click.option("--json", "as_json", is_flag=True, help="Print the script in the JSON envelope.")
+    def completion(shell: str, as_json: bool) -> None:
         completer = get_completion_class(shell)
         assert completer is not None  # every shell of SHELLS has one
-        click.echo(completer(group, {}, prog_name, variable).source())
+        script = completer(group, {}, prog_name, variable).source()
+        emit({"shell": shell, "script": script}, as_json=as_json, text=script)
 
     completion.help = inspect.cleandoc(f"""Print the {prog_name} completion script for SHELL.
 

@@ -11,7 +11,6 @@ third service is on the host's network, where its health check reaches it.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import stat
@@ -27,6 +26,7 @@ import yaml
 from bundler.build import BuildOptions, build_bundles, select_profiles
 from bundler.spec import load_spec
 from tests.builders import EXAMPLE_DIR, FAST_PORT, make_example_images, only_app, signed
+from tests.envelope import error_of, result_of
 from tests.realparts import DockerEngine
 from updater.docker_runtime import DockerRuntime
 from updater.errors import DeviceFault
@@ -265,9 +265,11 @@ def test_detect_asks_the_engine_for_the_runtime_the_profile_needs(docker_engine:
     usable = subprocess.run([*run, str(tmp_path / "with-runtime")], capture_output=True, text=True, timeout=60,
                             env=docker_engine.env(), check=False)
     assert usable.returncode == 0, usable.stderr
-    assert json.loads(usable.stdout)["accelerator"] == {"declared": True, "usable": True, "missing": [], "engine_checked": True}
+    assert result_of(usable.stdout)["accelerator"] == {"declared": True, "usable": True, "missing": [], "engine_checked": True}
     lacking = subprocess.run([*run, str(tmp_path / "without-runtime")], capture_output=True, text=True, timeout=60,
                              env=docker_engine.env(), check=False)
     assert lacking.returncode == 5, lacking.stderr
-    (missing,) = json.loads(lacking.stdout)["accelerator"]["missing"]
+    error, lacked = error_of(lacking.stdout)
+    (missing,) = lacked["accelerator"]["missing"]
+    assert error["kind"] == "device" and missing in error["message"]
     assert missing.startswith("the container runtime kata, which the engine lacks (it has ") and "nvidia" in missing

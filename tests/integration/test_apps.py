@@ -9,7 +9,6 @@ and the other is never restarted."""
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
@@ -23,6 +22,7 @@ import pytest
 from docker.models.containers import Container
 
 from tests.builders import FAST_PORT, example_releases, healthz, updater_killed_at
+from tests.envelope import result_of
 from tests.realparts import DockerEngine
 from updater.application import staged
 from updater.docker_runtime import DockerRuntime
@@ -112,7 +112,7 @@ def test_two_applications_live_side_by_side(tmp_path: Path, releases: dict[str, 
 
         # (2) a second application beside it
         second = updater(state, docker_engine, "install", str(releases[f"{SECOND}-1.0.0"]), "--profile", "x86_64-cpu", "--json")
-        assert second.returncode == 0 and json.loads(second.stdout)["release"]["name"] == SECOND, second.stderr
+        assert second.returncode == 0 and result_of(second.stdout)["release"]["name"] == SECOND, second.stderr
         (other,) = docker_engine.client.containers.list(filters={"label": f"dev.sealift.app={SECOND}"})
         started = other.attrs["State"]["StartedAt"]
         reaches(other)  # the first application, by its names on the device network
@@ -140,7 +140,7 @@ def test_two_applications_live_side_by_side(tmp_path: Path, releases: dict[str, 
         with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=docker_engine.env()) as other_update:
             back = updater(state, docker_engine, "rollback", "vision-app", "--json")
             _, other_err = other_update.communicate(timeout=300)
-        assert back.returncode == 0 and json.loads(back.stdout)["release"]["version"] == "1.0.0", back.stderr
+        assert back.returncode == 0 and result_of(back.stdout)["release"]["version"] == "1.0.0", back.stderr
         assert other_update.returncode == 0, other_err
         (other,) = docker_engine.client.containers.list(filters={"label": f"dev.sealift.app={SECOND}"})
         assert other.labels["dev.sealift.version"] == "1.1.0"
@@ -148,7 +148,7 @@ def test_two_applications_live_side_by_side(tmp_path: Path, releases: dict[str, 
 
         # (5) status lists both, each serving; each was verified through its own team's role
         status = updater(state, docker_engine, "status", "--json")
-        apps = json.loads(status.stdout)["apps"]
+        apps = result_of(status.stdout)["apps"]
         assert status.returncode == 0 and sorted(apps) == ["vision-app", SECOND]
         assert apps["vision-app"]["current"]["version"] == "1.0.0" and apps["vision-app"]["previous"]["version"] == "1.1.0"
         assert apps[SECOND]["current"]["version"] == "1.1.0" and apps[SECOND]["previous"]["version"] == "1.0.0"

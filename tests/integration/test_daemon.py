@@ -15,6 +15,7 @@ from securesystemslib.dsse import Envelope
 
 from bundler.cli import cli as sealift
 from tests.builders import only_app
+from tests.envelope import result_of
 from tests.realparts import DockerEngine
 from updater.daemon import Daemon
 from updater.docker_runtime import DockerRuntime
@@ -82,10 +83,10 @@ def test_a_pass_installs_what_arrived_once_tells_systemd_and_reports_on_the_medi
                      ["fleet", "import", str(media / "office-stick"), "--inventory", inventory, "--db", db]):
             result = CliRunner().invoke(sealift, [*args, "--json"])
             assert result.exit_code == 0, result.output
-        assert json.loads(result.output) == {"imported": 1, "duplicates": 0, "refused": []}
+        assert result_of(result.stdout) == {"imported": 1, "duplicates": 0, "refused": []}
         result = CliRunner().invoke(sealift, ["fleet", "status", "--inventory", inventory, "--db", db, "--json"])
         assert result.exit_code == 0, result.output
-        assert json.loads(result.output)["running"] == {"plant-7 x86_64-cpu vision-app": {"1.0.0": 1}}
+        assert result_of(result.stdout)["running"] == {"plant-7 x86_64-cpu vision-app": {"1.0.0": 1}}
     finally:
         listener.close()
         for container in docker_engine.client.containers.list(all=True, filters={"label": "dev.sealift.app=vision-app"}):

@@ -23,6 +23,7 @@ from bundler.cli import cli as sealift
 from bundler.publish import mirror_sync, pull, push
 from bundler.spec import load_spec
 from tests.builders import healthz, image_layout, manifest_digests, only_app, project
+from tests.envelope import result_of
 from tests.fakes import NoEngine
 from tests.realparts import CuttingProxy, DockerEngine, Registry, RegistryFactory, push_to_registry, sha256_digest
 from updater.apps import Apps
@@ -65,7 +66,7 @@ def blob_uploads(registry: Registry) -> Counter[str]:
 def sealift_json(*args: str) -> dict[str, Any]:
     result = CliRunner().invoke(sealift, [*args, "--json"])
     assert result.exit_code == 0, result.output
-    data: dict[str, Any] = json.loads(result.stdout)
+    data: dict[str, Any] = result_of(result.stdout)
     return data
 
 

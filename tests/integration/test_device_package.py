@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.builders import FAST_PORT
+from tests.envelope import result_of
 from tests.realparts import DockerEngine, fetch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,16 +58,16 @@ def test_the_base_package_runs_the_device_flow_on_the_real_engine(device_venv: P
 
     assert updater("trust", "init", str(releases["root"])).returncode == 0
     checked = updater("verify", str(releases["1.0.0"]), "--profile", "x86_64-cpu", "--json")
-    assert checked.returncode == 0 and json.loads(checked.stdout)["version"] == "1.0.0", checked.stderr
+    assert checked.returncode == 0 and result_of(checked.stdout)["version"] == "1.0.0", checked.stderr
     try:
         for version in ("1.0.0", "1.1.0"):
             installed = updater("install", str(releases[version]), "--profile", "x86_64-cpu", "--json")
             assert installed.returncode == 0, installed.stderr
-            assert json.loads(installed.stdout)["release"]["version"] == version
+            assert result_of(installed.stdout)["release"]["version"] == version
             assert fetch(f"http://127.0.0.1:{FAST_PORT}/healthz").status == 200
         back = updater("rollback", "--json")
-        assert back.returncode == 0 and json.loads(back.stdout)["release"]["version"] == "1.0.0", back.stderr
-        status = json.loads(updater("status", "--json").stdout)["apps"]["vision-app"]
+        assert back.returncode == 0 and result_of(back.stdout)["release"]["version"] == "1.0.0", back.stderr
+        status = result_of(updater("status", "--json").stdout)["apps"]["vision-app"]
         assert status["current"]["version"] == "1.0.0" and status["phase"] == "committed"
     finally:
         for container in docker_engine.client.containers.list(all=True, filters={"label": "dev.sealift.app=vision-app"}):

@@ -16,6 +16,7 @@ import pytest
 import zstandard
 
 from tests.builders import docker_archive_from_bundle, make_example_images
+from tests.envelope import result_of
 from tests.realparts import DockerEngine
 from updater.bundle import check_bundle
 
@@ -39,7 +40,7 @@ def bundles(example_images: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     out = tmp_path_factory.mktemp("example") / "out"
     done = sealift("build", str(EXAMPLE / "sealift.yaml"), "--profile", "all", "--out", str(out), "--json")
     assert done.returncode == 0, done.stderr
-    return {b["profile"]: b for b in json.loads(done.stdout)}
+    return {b["profile"]: b for b in result_of(done.stdout)}
 
 
 def test_every_profile_gets_a_verified_bundle_for_its_platform(bundles: dict[str, dict]) -> None:  # type: ignore[type-arg]
@@ -54,7 +55,7 @@ def test_every_profile_gets_a_verified_bundle_for_its_platform(bundles: dict[str
 def test_rebuilding_gives_byte_identical_bundles(bundles: dict[str, dict], tmp_path: Path) -> None:  # type: ignore[type-arg]
     again = sealift("build", str(EXAMPLE / "sealift.yaml"), "--profile", "all", "--out", str(tmp_path), "--format", "tar", "--json")
     assert again.returncode == 0, again.stderr
-    assert {b["profile"]: b["digest"] for b in json.loads(again.stdout)} == {p: b["digest"] for p, b in bundles.items()}
+    assert {b["profile"]: b["digest"] for b in result_of(again.stdout)} == {p: b["digest"] for p, b in bundles.items()}
 
 
 def test_nvidia_profiles_carry_the_fp16_model(bundles: dict[str, dict]) -> None:  # type: ignore[type-arg]

@@ -17,6 +17,7 @@ from bundler.build import BuildOptions, build_bundles, select_profiles
 from bundler.cli import cli as sealift
 from bundler.spec import load_spec
 from tests.builders import project, signed
+from tests.envelope import result_of
 from tests.fakes import NoEngine
 from tests.pki import TestCA
 from tests.realparts import RegistryFactory
@@ -76,7 +77,7 @@ def test_a_registry_with_its_own_ca_client_certificates_and_passwords(
     right = login("right horse", as_json=True)
     assert right.exit_code == 0, right.output
     config = tmp_path / "docker/config.json"
-    assert json.loads(right.stdout)["stored_in"] == str(config)
+    assert result_of(right.stdout)["stored_in"] == str(config)
     assert stat.S_IMODE(config.stat().st_mode) == 0o600 and host in json.loads(config.read_text())["auths"]
     pushed = runner.invoke(sealift, ["push", str(bundle.path), f"{host}/demo"])
     assert pushed.exit_code == 0, pushed.output

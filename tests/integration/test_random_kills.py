@@ -10,7 +10,6 @@ The engine is this test's own, since it is killed. ``SEALIFT_KILL_ROUNDS`` and
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -23,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.builders import healthz, only_app
+from tests.envelope import result_of
 from tests.realparts import DockerEngine, start_docker_engine
 from updater.errors import Unhealthy
 from updater.runtime import LABEL_APP, LABEL_SLOT, LABEL_VERSION
@@ -109,13 +109,13 @@ def test_random_kills_of_the_updater_and_the_engine_always_converge(releases: di
             assert out.strip() == f"{APP}: running {APP} {named.current.version} (slot {named.current.slot}): serving", where
             assert healthz() == 200, where
             code, out, _ = _run(state, engine, "status", "--json")
-            status = json.loads(out)["apps"][APP]
+            status = result_of(out)["apps"][APP]
             assert code == 0 and status["current"]["version"] == named.current.version and status["serving"]["ok"], where
             # (3) rollback goes where the state says
             if named.previous is not None and rng.random() < 0.5:
                 code, out, err = _run(state, engine, "rollback", "--json")
                 assert code == 0, f"{where}: {err}"
-                assert json.loads(out)["release"]["version"] == named.previous.version, where
+                assert result_of(out)["release"]["version"] == named.previous.version, where
                 assert _serving(engine) == {(named.previous.slot, named.previous.version)}, where
             # (4) nothing left behind, nothing growing
             assert _leftovers(state) == [], where

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from bundler.cli import cli as sealift
 from tests.builders import enrolled_device, quick_releases
+from tests.envelope import error_of, result_of
 from tests.fakes import FakeEngine
 from tests.realparts import RegistryFactory
 from updater.daemon import Daemon
@@ -28,9 +29,14 @@ pytestmark = pytest.mark.registry
 
 
 def sealift_json(*args: str, code: int = 0) -> dict:  # type: ignore[type-arg]
+    """The result of a sealift command with --json; with ``code``, of one that failed (and still says what it did)."""
     result = CliRunner().invoke(sealift, [*args, "--json"])
     assert result.exit_code == code, result.output
-    return json.loads(result.stdout)  # type: ignore[no-any-return]
+    if code:
+        error, done = error_of(result.stdout)
+        assert error["exit_code"] == code
+        return done  # type: ignore[no-any-return]
+    return result_of(result.stdout)  # type: ignore[no-any-return]
 
 
 def test_reports_travel_from_a_device_through_two_mirrors_to_the_fleet_database(

@@ -25,6 +25,7 @@ from bundler.keys import Keyring
 from bundler.publish import push
 from bundler.repo import Repository
 from tests.builders import example_releases
+from tests.envelope import result_of
 from tests.realparts import Registry, start_docker_engine
 from updater.daemon import Daemon
 from updater.docker_runtime import DockerRuntime
@@ -110,7 +111,7 @@ def test_a_failing_canary_halts_the_rollout_and_a_good_release_goes_through_ever
     def sealift(*args: str) -> dict[str, Any]:
         result = CliRunner().invoke(sealift_cli, [*args, "--json"])
         assert result.exit_code == 0, result.output
-        return json.loads(result.stdout)  # type: ignore[no-any-return]
+        return result_of(result.stdout)  # type: ignore[no-any-return]
 
     def deliver(version: str) -> None:
         repo.add([releases[version]])  # the bundle takes the repository's current metadata (its plan with it)

@@ -24,6 +24,7 @@ from securesystemslib.dsse import Envelope
 from bundler.cli import cli as sealift
 from bundler.keys import PASSPHRASE_ENV
 from tests.builders import EXAMPLE_DIR, answer, example_releases, manifest_digests, only_app, unmount_secrets
+from tests.envelope import result_of
 from tests.fakes import NoEngine
 from tests.realparts import DockerEngine, NetNamespace, Registry, RegistryFactory, start_docker_engine, start_net_namespace
 from updater.daemon import Daemon
@@ -48,7 +49,7 @@ GOLDEN = REPO / "examples" / "vision-app" / "golden" / "input.txt"
 def run(*args: str) -> dict[str, Any] | list[Any]:
     result = CliRunner().invoke(sealift, [*args, "--json"])
     assert result.exit_code == 0, result.output
-    data: dict[str, Any] | list[Any] = json.loads(result.stdout)
+    data: dict[str, Any] | list[Any] = result_of(result.stdout)
     return data
 
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from tests.builders import project, signed
+from tests.envelope import error_of, result_of
 from updater.errors import DeviceFault, EngineFault, InputError, Refused
 
 
@@ -27,10 +28,10 @@ def test_build_json_then_inspect_and_verify(tmp_path: Path) -> None:
     spec = project(tmp_path / "src")
     built = run("build", str(spec), "--out", str(tmp_path / "out"), "--profile", "x86_64-cpu", "--json")
     assert built.returncode == 0, built.stderr
-    (result,) = json.loads(built.stdout)
+    (result,) = result_of(built.stdout)
     assert result["profile"] == "x86_64-cpu" and result["unchanged"] is False
     inspected = run("inspect", result["path"], "--json")
-    assert json.loads(inspected.stdout)["digest"] == result["digest"]
+    assert result_of(inspected.stdout)["digest"] == result["digest"]
     table = run("inspect", result["path"])
     assert "detector" in table.stdout and "x86_64-cpu" in table.stdout
     verified = run("verify", result["path"])
@@ -58,12 +59,13 @@ def test_verify_names_the_bad_blob_and_exits_non_zero(tmp_path: Path) -> None:
     spec = project(tmp_path / "src")
     run("build", str(spec), "--out", str(tmp_path / "out"), "--profile", "x86_64-cpu")
     bundle = tmp_path / "out" / "demo-1.2.0-x86_64-cpu"
-    info = json.loads(run("inspect", str(bundle), "--json").stdout)
+    info = result_of(run("inspect", str(bundle), "--json").stdout)
     settings = next(c for c in info["components"] if c["name"] == "settings")
     (bundle / "blobs/sha256" / settings["digest"].removeprefix("sha256:")).write_text("threshold: 0.0001\n")
     done = run("verify", str(bundle), "--json")
     assert done.returncode == Refused.exit_code
-    (result,) = json.loads(done.stdout)
+    error, (result,) = error_of(done.stdout)
+    assert error["kind"] == "refused" and error["exit_code"] == Refused.exit_code and "config settings" in error["message"]
     assert result["ok"] is False and result["fault"] == "refused" and "config settings" in result["problems"][0]
     plain = run("verify", str(bundle))
     assert plain.returncode == Refused.exit_code and "FAILED" in plain.stderr and "config settings" in plain.stderr
@@ -93,7 +95,7 @@ def test_default_epoch_comes_from_the_specs_git_commit(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "bundler", "build", str(spec), "--out", str(tmp_path / "out"),
                            "--profile", "x86_64-cpu", "--json"], capture_output=True, text=True, env=env, check=False)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)[0]["created"] == "2020-09-13T12:26:40Z"
+    assert result_of(done.stdout)[0]["created"] == "2020-09-13T12:26:40Z"
 
 
 def test_updater_refuses_a_bundle_for_other_hardware(tmp_path: Path) -> None:
@@ -126,7 +128,7 @@ def test_user_profiles_from_the_environment_serve_both_commands(tmp_path: Path) 
     env = {"SEALIFT_PROFILE_PATH": str(profiles)}
     built = run("build", str(spec), "--out", str(tmp_path / "out"), "--json", env=env)
     assert built.returncode == 0, built.stderr
-    assert json.loads(built.stdout)[0]["compatible"] == "acme/box-v1"
+    assert result_of(built.stdout)[0]["compatible"] == "acme/box-v1"
     bundle = tmp_path / "out" / "demo-1.2.0-acme-box"
     state = str(tmp_path / "state")
     assert updater("--state-dir", state, "trust", "init", str(signed([bundle], tmp_path / "signing"))).returncode == 0
@@ -143,11 +145,11 @@ def test_sign_rotate_and_verify_from_the_command_line(tmp_path: Path) -> None:
     repo, keys = str(tmp_path / "repo"), str(tmp_path / "keys")
     init = run("repo", "init", repo, "--keys", keys, "--role-keys", "root=3", "--threshold", "root=2", "--json", env=env)
     assert init.returncode == 0, init.stderr
-    root = json.loads(init.stdout)["root"]
+    root = result_of(init.stdout)["root"]
     assert run("repo", "add", repo, bundle, "--keys", keys, env=env).returncode == 0
     assert run("verify", bundle, "--trusted-root", root).returncode == 0
     rotated = run("repo", "rotate", repo, "targets", "--keys", keys, "--json", env=env)
-    assert rotated.returncode == 0 and len(json.loads(rotated.stdout)["revoked"]) == 1
+    assert rotated.returncode == 0 and len(result_of(rotated.stdout)["revoked"]) == 1
     assert run("repo", "add", repo, bundle, "--keys", keys, env=env).returncode == 0
     assert run("verify", bundle, "--trusted-root", root).returncode == 0
     wrong = run("repo", "rotate", repo, "snapshot", "--keys", keys, env={"SEALIFT_KEY_PASSPHRASE": "wrong"})
@@ -173,11 +175,11 @@ def test_commands_that_need_the_engine_say_in_one_line_when_it_does_not_answer(t
 def test_status_and_errors_give_json_for_scripts(tmp_path: Path) -> None:
     state = str(tmp_path / "state")
     status = updater("--state-dir", state, "status", "--json")
-    shown = json.loads(status.stdout)
+    shown = result_of(status.stdout)
     assert status.returncode == 0 and shown == {"apps": {}, "enrollment": None, "profile": None, "updater": shown["updater"],
                                                 "metadata_expires": {}, "last_poll": {}}
     missing = updater("--state-dir", state, "verify", str(tmp_path / "nothing"), "--json")
-    report = json.loads(missing.stdout)
-    assert missing.returncode == report["exit_code"] == InputError.exit_code
-    assert report == {"ok": False, "fault": "input", "exit_code": InputError.exit_code, "error": report["error"]}
-    assert "no such bundle" in report["error"] and missing.stderr.startswith("input: ")
+    error, result = error_of(missing.stdout)
+    assert missing.returncode == error["exit_code"] == InputError.exit_code and result is None
+    assert error["kind"] == "input" and "no such bundle" in error["message"] and missing.stderr.startswith("input: ")
+    assert json.loads(missing.stdout)["command"] == "sealift-updater verify"

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from tests.envelope import result_of
 from updater.cli import cli
 from updater.config import load_defaults
 from updater.errors import InputError
@@ -72,7 +73,7 @@ def test_the_command_reads_its_configuration_and_stops_in_one_line_on_a_bad_one(
     # a variable that happens to share the prefix (a CI's SEALIFT_VERSION) changes nothing
     done = subprocess.run([str(BIN / "sealift-updater"), "status", "--json"], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "SEALIFT_CONFIG": str(config), "SEALIFT_VERSION": "1.2.0", "SEALIFT_HELP": "1"})
-    assert done.returncode == 0 and json.loads(done.stdout)["enrollment"]["site"] == "plant-7", done.stderr
+    assert done.returncode == 0 and result_of(done.stdout)["enrollment"]["site"] == "plant-7", done.stderr
 
 
 @pytest.mark.parametrize(("command", "typed", "expected"), [

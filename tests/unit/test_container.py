@@ -4,7 +4,6 @@ one line naming the file and the field."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import textwrap
@@ -15,6 +14,7 @@ import pytest
 from bundler.resolve import app_for_profile
 from bundler.spec import Spec, load_spec
 from tests.builders import SPEC, project
+from tests.envelope import result_of
 from updater.accelerator import DeviceRequest
 from updater.appdef import parse_app
 from updater.container import Container
@@ -265,7 +265,7 @@ def test_inspect_shows_each_services_resolved_settings(tmp_path: Path) -> None:
     (built,) = build_bundles(spec, select_profiles(spec, PROFILES, ("x86_64-nvidia",)), BuildOptions(out=tmp_path / "out", epoch=0))
     run = [sys.executable, "-c", "from bundler.cli import main; main()", "inspect", str(built.path)]
     shown = subprocess.run([*run, "--json"], capture_output=True, text=True, timeout=120, check=True)
-    service = json.loads(shown.stdout)["services"]["app"]
+    service = result_of(shown.stdout)["services"]["app"]
     assert service["deploy"] == {"resources": {"limits": {"memory": 512 << 20},
                                                "reservations": {"devices": [{"capabilities": ["gpu"], "driver": "nvidia",
                                                                              "count": "all"}]}}}

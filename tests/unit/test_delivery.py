@@ -21,6 +21,7 @@ from bundler.cli import cli as sealift
 from bundler.export import export
 from bundler.spec import load_spec
 from tests.builders import manifest_digests, offer_of, project, take
+from tests.envelope import error_of
 from updater.daemon import Daemon
 from updater.errors import Conflict, ContentMismatch, DeliveryError, DeviceFault, EngineFault, InputError, Refused
 from updater.layout import open_layout
@@ -111,8 +112,8 @@ def test_a_damaged_or_half_copied_medium_fails_its_check(versions: dict[str, Pat
     damage(medium)
     result = CliRunner().invoke(sealift, ["verify", str(medium), "--json"])
     assert result.exit_code == Refused.exit_code
-    (report,) = json.loads(result.stdout)
-    assert report["ok"] is False and any(problem in p for p in report["problems"])
+    error, (report,) = error_of(result.stdout)
+    assert error["kind"] == "refused" and report["ok"] is False and any(problem in p for p in report["problems"])
 
 
 def _truncate(path: Path) -> None:

@@ -4,7 +4,6 @@ only what it needs, and the builder verifies with the device's own readers."""
 from __future__ import annotations
 
 import ast
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import updater
+from tests.envelope import result_of
 
 UPDATER = Path(updater.__file__).parent
 
@@ -67,4 +67,4 @@ def test_status_on_a_device_with_nothing_installed_loads_no_heavy_library(tmp_pa
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'tuf', 'docker', 'oras', 'cryptography', 'securesystemslib', "
             "'prometheus_client'}), file=sys.stderr)")
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "state")], capture_output=True, text=True, check=True)
-    assert json.loads(done.stdout)["apps"] == {} and done.stderr.strip() == "[]"
+    assert result_of(done.stdout)["apps"] == {} and done.stderr.strip() == "[]"

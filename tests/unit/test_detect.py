@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.envelope import error_of, result_of
 from updater.detect import Hardware, accelerator_check, detect_profile
 from updater.errors import InputError
 from updater.profiles import builtin_profile_dir, load_profiles
@@ -63,7 +63,7 @@ def test_detect_command() -> None:
     done = subprocess.run([sys.executable, "-c", code, "detect", "--sysroot", str(ROOTS / "jetson-orin-nx"), "--machine", "aarch64",
                            "--json"], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout)
+    result = result_of(done.stdout)
     assert result["profile"] == "jetson-orin" and result["compatible"] == "sealift/jetson-orin"
     assert {"rule": "cpu_arch aarch64", "proof": "uname -m = aarch64"} in result["evidence"]
     none = subprocess.run([sys.executable, "-c", code, "detect", "--sysroot", str(ROOTS / "rpi5-bare"), "--machine", "aarch64"],
@@ -99,7 +99,8 @@ def test_detect_exits_5_naming_what_the_accelerator_lacks() -> None:
                            str(ROOTS / "rpi5-hailo8-and-coral"), "--machine", "aarch64", "--json"],
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 5, done.stderr
-    report = json.loads(done.stdout)
+    error, report = error_of(done.stdout)
+    assert error["kind"] == "device" and "device /dev/hailo0, which is absent" in error["message"]
     assert report["profile"] == "rpi5-hailo8"
     assert report["accelerator"] == {"declared": True, "usable": False, "missing": ["device /dev/hailo0, which is absent"],
                                      "engine_checked": False}

@@ -5,7 +5,6 @@ to journald."""
 from __future__ import annotations
 
 import datetime as dt
-import json
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.builders import enrolled_device, quick_releases
+from tests.envelope import result_of
 from tests.fakes import FakeEngine
 from updater.cli import cli as updater_cli
 from updater.daemon import priority
@@ -66,7 +66,7 @@ def test_status_json_shows_the_last_poll_expiry_profile_and_version(tmp_path: Pa
     assert set(last_polls(installer.state_dir)) == {"mirror:5000/demo", "mirror:5000/other"}
     result = CliRunner().invoke(updater_cli, ["--state-dir", str(installer.state_dir), "status", "--json"])
     assert result.exit_code == 0, result.output
-    shown = json.loads(result.stdout)
+    shown = result_of(result.stdout)
     assert shown["profile"] == "x86_64-cpu" and shown["updater"] and shown["apps"] == {}
     assert set(shown["metadata_expires"]) == {"root"}  # nothing verified yet: the provisioned root alone
     assert shown["last_poll"]["mirror:5000/other"] == {"time": "2026-12-01T00:00:00+00:00", "ok": False, "fault": "delivery",

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.envelope import result_of
 from updater.errors import InputError
 from updater.profiles import Platform, builtin_profile_dir, load_profiles
 
@@ -84,12 +85,11 @@ def test_a_field_name_with_a_line_break_is_named_on_one_line(tmp_path: Path) -> 
 
 
 def test_sealift_profiles_json_says_how_a_container_reaches_each_accelerator() -> None:
-    import json
     import subprocess
     import sys
 
     done = subprocess.run([sys.executable, "-c", "from bundler.cli import main; main()", "profiles", "--json"],
                           capture_output=True, text=True, timeout=60, check=True)
-    listed = {p["name"]: p["accelerator"] for p in json.loads(done.stdout)}
+    listed = {p["name"]: p["accelerator"] for p in result_of(done.stdout)}
     assert listed["jetson-orin"] == {"runtime": "nvidia"} and listed["x86_64-cpu"] is None
     assert listed["rpi5-hailo8"] == {"devices": ["/dev/hailo0"], "group_add": [{"group_of": "/dev/hailo0"}]}

@@ -18,6 +18,7 @@ from securesystemslib.dsse import Envelope
 from bundler.devices import Inventory
 from bundler.fleet import FleetDatabase, fleet_status
 from tests.builders import enrolled_device, quick_releases
+from tests.envelope import result_of
 from tests.fakes import FakeEngine
 from updater.errors import Conflict, DeliveryError, InputError
 from updater.install import Installer
@@ -384,7 +385,7 @@ def test_the_report_command_reports_even_when_the_engine_does_not_answer(tmp_pat
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
     done = CliRunner().invoke(updater_cli, ["--state-dir", str(installer.state_dir), "report", "--to", str(tmp_path / "usb"), "--json"])
     assert done.exit_code == 0, done.output
-    shown = json.loads(done.stdout)
+    shown = result_of(done.stdout)
     assert shown["seq"] == 1 and shown["events"] == 1 and shown["copied"] == 1
     app = payload(Path(shown["report"]))["apps"]["demo"]
     assert app["version"] == "1.0.0" and app["engine"]["fault"] == "engine" and "does not answer" in app["engine"]["error"]

@@ -15,6 +15,7 @@ import pytest
 
 from bundler.devices import Inventory
 from bundler.rollout import read_plan_file
+from tests.envelope import result_of
 from updater.errors import InputError, Refused
 from updater.rollout import Plan, State, Wave, bucket, decide
 from updater.windows import Maintenance
@@ -267,7 +268,7 @@ def test_the_inventory_commands_set_labels_and_windows_and_refuse_bad_ones_in_on
     unknown = run("devices", "label", "dev-" + "f" * 32, "ring=canary")
     assert unknown.exit_code == 2 and "no device dev-ffff" in unknown.stderr
     set_window = run("devices", "window", "plant-a", "--timezone", "Europe/Berlin", "--window", "Sat 02:00-06:00", "--json")
-    assert set_window.exit_code == 0 and json.loads(set_window.stdout)["maintenance"]["windows"] == ["Sat 02:00-06:00"]
+    assert set_window.exit_code == 0 and result_of(set_window.stdout)["maintenance"]["windows"] == ["Sat 02:00-06:00"]
     bad_zone = run("devices", "window", "plant-a", "--timezone", "Mars/Olympus", "--window", "Sat 02:00-06:00")
     assert bad_zone.exit_code == 2 and bad_zone.stderr.count("\n") == 1 and "unknown time zone 'Mars/Olympus'" in bad_zone.stderr
     assert str(inventory.sites()["plant-a"]) == "Sat 02:00-06:00 (Europe/Berlin)"  # the bad one changed nothing

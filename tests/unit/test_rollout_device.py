@@ -23,6 +23,7 @@ from bundler.policy import Policy
 from bundler.repo import Repository
 from bundler.rollout import Rollouts
 from tests.builders import enrolled_device, quick_releases
+from tests.envelope import result_of
 from tests.fakes import FakeEngine
 from updater.errors import Deferred, InputError, Refused
 from updater.gate import Gate
@@ -188,7 +189,7 @@ def test_the_cli_steers_a_rollout_and_refuses_what_does_not_follow(fleet: dict[s
 
     planned = run("rollout", "plan", str(repo.directory), str(plan_file), *keys, "--inventory", str(fleet["inventory"]), "--json")
     assert planned.exit_code == 0, planned.output
-    assert json.loads(planned.stdout)["plan"]["waves"][0]["devices"] == [a]
+    assert result_of(planned.stdout)["plan"]["waves"][0]["devices"] == [a]
     again = run("rollout", "plan", str(repo.directory), str(plan_file), *keys, "--inventory", str(fleet["inventory"]))
     assert again.exit_code == 1 and "has a rollout already" in again.stderr
     assert run("rollout", "pause", str(repo.directory), "demo", "1.1.0", *keys, "--reason", "weekend").exit_code == 0
@@ -198,12 +199,12 @@ def test_the_cli_steers_a_rollout_and_refuses_what_does_not_follow(fleet: dict[s
     no_reports = run("rollout", "advance", str(repo.directory), "demo", "1.1.0", *keys, "--db", str(repo.directory / "none.db"))
     assert no_reports.exit_code == 2 and "no fleet database" in no_reports.stderr
     advanced = run("rollout", "advance", str(repo.directory), "demo", "1.1.0", *keys, "--unchecked", "--json")
-    assert json.loads(advanced.stdout)["plan"]["opened"] == 2
+    assert result_of(advanced.stdout)["plan"]["opened"] == 2
     done = run("rollout", "advance", str(repo.directory), "demo", "1.1.0", *keys)
     assert done.exit_code == 1 and "every wave" in done.stderr
     halted = run("rollout", "halt", str(repo.directory), "demo", "1.1.0", *keys, "--reason", "crashes", "--json")
-    assert json.loads(halted.stdout)["plan"]["state"] == "halted"
-    shown = json.loads(run("rollout", "show", str(repo.directory), "--json").stdout)
+    assert result_of(halted.stdout)["plan"]["state"] == "halted"
+    shown = result_of(run("rollout", "show", str(repo.directory), "--json").stdout)
     assert [(p["version"], p["state"], p["rollback"], p["reason"]) for p in shown] == [("1.1.0", "halted", True, "crashes")]
     unknown = run("rollout", "halt", str(repo.directory), "demo", "9.9.9", *keys, "--reason", "x")
     assert unknown.exit_code == 2 and "no rollout of demo 9.9.9" in unknown.stderr
@@ -249,16 +250,16 @@ def test_a_failing_canary_reported_back_halts_the_rollout_and_the_rest_never_ins
     refused = runner.invoke(cli, ["rollout", "advance", str(repo.directory), "demo", "1.1.0", *keys, *common])
     assert refused.exit_code == 1 and "may not advance: wave canary: 1 of 1" in refused.stderr
     status = runner.invoke(cli, ["rollout", "status", str(repo.directory), "demo", "1.1.0", *common, "--json"])
-    assert json.loads(status.stdout)["waves"][0]["devices"]["failed"] == [device_id(a)]
+    assert result_of(status.stdout)["waves"][0]["devices"]["failed"] == [device_id(a)]
     checked = runner.invoke(cli, ["rollout", "check", str(repo.directory), *keys, *common, "--json"])
     assert checked.exit_code == 0, checked.output
-    assert json.loads(checked.stdout)["halted"] == [{"app": "demo", "version": "1.1.0", "reason": failing(waves, plan)}]
+    assert result_of(checked.stdout)["halted"] == [{"app": "demo", "version": "1.1.0", "reason": failing(waves, plan)}]
     assert fleet["rollouts"].get("demo", "1.1.0").state.value == "halted"
     signed_step(fleet)
     with pytest.raises(Deferred, match="is halted: wave canary: 1 of 1"):
         b.install(bundle)
     again = runner.invoke(cli, ["rollout", "check", str(repo.directory), *keys, *common, "--json"])
-    assert json.loads(again.stdout) == {"checked": [], "halted": [], "published": []}
+    assert result_of(again.stdout) == {"checked": [], "halted": [], "published": []}
     unchecked = runner.invoke(cli, ["rollout", "advance", str(repo.directory), "demo", "1.1.0", *keys, "--unchecked"])
     assert unchecked.exit_code == 1 and "is halted" in unchecked.stderr
 
@@ -374,7 +375,7 @@ def test_status_says_what_a_device_waits_for(tmp_path: Path, built: Path) -> Non
     text = CliRunner().invoke(updater_cli, ["--state-dir", str(installer.state_dir), "status"])
     assert text.exit_code == 0, text.output
     assert "  waiting: demo 1.1.0 waits: wave rest (2 of 2) of the rollout of demo 1.1.0 has not started (1 open)" in text.output
-    shown = json.loads(CliRunner().invoke(updater_cli, ["--state-dir", str(installer.state_dir), "status", "--json"]).stdout)
+    shown = result_of(CliRunner().invoke(updater_cli, ["--state-dir", str(installer.state_dir), "status", "--json"]).stdout)
     assert shown["apps"]["demo"]["fault"] == "deferred" and shown["apps"]["demo"]["reason"] == f"deferred: {waits}"
     assert len(shown["apps"]["demo"]["history"]) == 1
     assert [e["kind"] for e in installer.journal.since(0)] == ["deferred"]

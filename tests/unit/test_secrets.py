@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from bundler.cli import cli as sealift
 from bundler.devices import Inventory
 from bundler.sealing import Recipient, seal
+from tests.envelope import result_of
 from updater.cli import cli as updater_cli
 from updater.errors import Conflict, DeviceFault, InputError, Refused
 from updater.identity import DeviceIdentity
@@ -82,7 +83,7 @@ def test_enrollment_keeps_the_private_key_owner_only_and_prints_only_public_part
     result = CliRunner().invoke(updater_cli, ["--state-dir", str(tmp_path / "device"), "enroll", "--site", "plant-7",
                                               "--profile", "x86_64-cpu", "--kem", "mlkem768-x25519"])
     assert result.exit_code == 0, result.output
-    record = json.loads(result.stdout)
+    record = json.loads(result.stdout)  # the record itself, without --json
     identity = DeviceIdentity(tmp_path / "device")
     key_file = tmp_path / "device/identity/device.key"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600 and stat.S_IMODE(key_file.parent.stat().st_mode) == 0o700
@@ -90,7 +91,7 @@ def test_enrollment_keeps_the_private_key_owner_only_and_prints_only_public_part
     assert secret not in result.output and record["device"] == device_id(record["kem"], base64.b64decode(record["public_key"]))
     assert record == identity.record() and (record["site"], record["profile"]) == ("plant-7", "x86_64-cpu")
     status = CliRunner().invoke(updater_cli, ["--state-dir", str(tmp_path / "device"), "status", "--json"])
-    assert json.loads(status.stdout)["enrollment"] == record and secret not in status.output
+    assert result_of(status.stdout)["enrollment"] == record and secret not in status.output
     again = CliRunner().invoke(updater_cli, ["--state-dir", str(tmp_path / "device"), "enroll", "--site", "plant-7",
                                              "--profile", "x86_64-cpu"])
     assert again.exit_code == Conflict.exit_code and "enrolled already" in again.stderr
@@ -115,7 +116,7 @@ def test_the_inventory_enrolls_lists_and_revokes_and_revoked_devices_are_no_reci
     revoked = CliRunner().invoke(sealift, ["devices", "revoke", records[1]["device"], "--inventory", str(inventory)])
     assert revoked.exit_code == 0 and "revoked" in revoked.output
     assert [r.device for r in Inventory(inventory).recipients("plant-7")] == [records[0]["device"]]
-    listed = json.loads(CliRunner().invoke(sealift, ["devices", "list", "--site", "plant-7", "--inventory", str(inventory),
+    listed = result_of(CliRunner().invoke(sealift, ["devices", "list", "--site", "plant-7", "--inventory", str(inventory),
                                                      "--json"]).stdout)
     assert [d["device"] for d in listed] == [records[0]["device"], records[1]["device"]] and "revoked" in listed[1]
     back = CliRunner().invoke(sealift, ["devices", "add", str(tmp_path / "d1.json"), "--inventory", str(inventory)])
@@ -261,7 +262,7 @@ def test_an_overlay_seals_the_sites_secrets_to_its_devices_only_and_writes_no_va
 
     code, out, err = _build(fleet)
     assert code == 0, err
-    built = json.loads(out)
+    built = result_of(out)
     info = check_overlay(Path(built["path"]))
     assert (info.name, info.site, info.version, info.fits) == ("demo", "plant-7", "3.0.0", ">=1.0.0 <2.0.0")
     assert info.environment == {"app": {"SITE_ID": "plant-7", "MQTT_BROKER": "mqtt.plant7.local:1883"}}
@@ -284,11 +285,11 @@ def test_an_overlay_is_signed_like_a_bundle_and_verified_as_a_device_would(fleet
 
     code, out, err = _build(fleet)
     assert code == 0, err
-    path = Path(json.loads(out)["path"])
+    path = Path(result_of(out)["path"])
     root = signed([path], tmp_path / "signing")
     result = CliRunner().invoke(sealift, ["verify", str(path), "--trusted-root", str(root), "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)[0]["overlay"]["site"] == "plant-7"
+    assert result_of(result.stdout)[0]["overlay"]["site"] == "plant-7"
     assert (path / "tuf/timestamp.json").exists()
 
 
@@ -313,7 +314,7 @@ def test_a_revoked_device_cannot_read_the_next_overlay(fleet: dict[str, Path], t
     (fleet["spec"].parent / "sites/plant-7.yaml").write_text(SITE_FILE.replace("version: 3.0.0", "version: 4.0.0"))
     code, out, err = _build(fleet)
     assert code == 0, err
-    info = check_overlay(Path(json.loads(out)["path"]))
+    info = check_overlay(Path(result_of(out)["path"]))
     with pytest.raises(Refused, match="not sealed to this device"):
         open_sealed(info.sealed, Identity(app="demo", site="plant-7", version="4.0.0"), first.record()["device"], first.key())
     assert first.record()["device"] not in info.recipients

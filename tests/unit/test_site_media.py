@@ -21,6 +21,7 @@ from bundler.export import export
 from bundler.overlay import build_overlay
 from bundler.spec import load_spec
 from tests.builders import offer_of, only_app, project, signed, take
+from tests.envelope import result_of
 from tests.fakes import NoEngine
 from updater.apps import Apps
 from updater.daemon import Daemon
@@ -70,13 +71,13 @@ def test_a_medium_carries_a_bundle_and_site_overlays_and_a_device_takes_its_own(
     assert "demo overlay 1.1.0 for site plant-7" in note
     result = CliRunner().invoke(sealift, ["verify", str(medium), "--trusted-root", str(shipped["root"]), "--json"])
     assert result.exit_code == 0, result.output
-    expires = json.loads(result.stdout)[0]["metadata_expires"]
+    expires = result_of(result.stdout)[0]["metadata_expires"]
     role, soonest = min(expires.items(), key=lambda item: item[1])
     assert set(expires) == {"root", "targets", "snapshot", "timestamp"}
     assert f"Its signed metadata expires on {soonest} ({role}): a device refuses it after that." in note
     inspected = CliRunner().invoke(sealift, ["inspect", str(shipped["bundle"]), "--json"])
-    assert json.loads(inspected.stdout)["metadata_expires"] == expires
-    assert [o["site"] for o in json.loads(result.stdout)[0]["overlays"]] == ["plant-7", "plant-9"]
+    assert result_of(inspected.stdout)["metadata_expires"] == expires
+    assert [o["site"] for o in result_of(result.stdout)[0]["overlays"]] == ["plant-7", "plant-9"]
 
     seven, nine = (check_overlay(shipped[k]) for k in ("plant-7-1.1.0", "plant-9-1.0.0"))
     bundle = offer_of(shipped["bundle"], CPU, None).bundle
@@ -292,10 +293,10 @@ def test_the_device_verifies_a_medium_or_an_overlay_as_an_install_would_take_it(
         return result.exit_code, result.stdout if result.exit_code == 0 else result.stderr
 
     code, out = verify(shipped["plant-7-1.0.0"])
-    assert code == 0 and json.loads(out)["overlay"]["version"] == "1.0.0"
+    assert code == 0 and result_of(out)["overlay"]["version"] == "1.0.0"
     code, out = verify(tmp_path / "stick")
     assert code == 0, out
-    found = json.loads(out)
+    found = result_of(out)
     assert (found["name"], found["version"], found["overlay"]["site"], found["overlay"]["version"]) == ("demo", "1.2.0", "plant-7", "1.1.0")
     assert "tok-on-a-stick" not in out  # the key opens the secrets; their values are not shown
     code, err = verify(shipped["plant-7-1.0.0"])  # what verifies is accepted, as by an install: no going back
