@@ -21,7 +21,7 @@ from bundler.repo import Repository
 from updater.errors import Conflict, InputError
 from updater.names import NAME, closest
 from updater.registry import connect
-from updater.rollout import MAX_WAVES, Plan, State, Wave, is_reason
+from updater.rollout import MAX_WAVES, YEARS, Plan, State, Wave, is_reason
 from updater.versions import VERSION
 from updater.yamlfile import Field, load_yaml
 
@@ -108,6 +108,8 @@ def _time(field: Field) -> dt.datetime:
             field.fail("a UTC time such as 2026-12-04T06:00:00Z")
     if not isinstance(value, dt.datetime) or value.tzinfo is None:
         field.fail("a time with its zone, such as 2026-12-04T06:00:00Z")
+    if not YEARS[0] <= value.astimezone(dt.UTC).year <= YEARS[1]:  # what a device reads in a plan
+        field.fail(f"a time from {YEARS[0]} to {YEARS[1]}")
     return value.astimezone(dt.UTC)
 
 

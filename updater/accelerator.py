@@ -18,7 +18,7 @@ from updater.confinement import names_host_node
 from updater.yamlfile import Field
 
 __all__ = ["ABSOLUTE", "DEV", "RUNTIME", "Access", "Device", "DeviceRequest", "device_request", "parse_access", "parse_devices",
-           "parse_groups", "parse_paths", "request_text"]
+           "parse_groups", "parse_paths", "plain_path", "request_text"]
 
 ABSOLUTE = re.compile(r"/[A-Za-z0-9._/@+-]{0,255}")  # where a profile or a descriptor may name a node
 DEV = re.compile(r"/dev/[A-Za-z0-9._/@+-]{1,250}")  # where a Compose file may
@@ -137,23 +137,29 @@ def _device(field: Field, where: re.Pattern[str]) -> Device:
     text = field.string(what=f"{path} (HOST_PATH[:CONTAINER_PATH[:PERMISSIONS]]), or a CDI name")
     host, _, rest = text.partition(":")
     target, _, permissions = rest.partition(":")
-    if names_host_node(posixpath.normpath(host)):
+    if names_host_node(host):
         raise field.error(f"{host} reaches the device's disks, memory or kernel log: a service that needs it must be "
                           "privileged, which the spec and the profile must allow")
-    if not where.fullmatch(host) or posixpath.normpath(host) != host:
+    if not where.fullmatch(host) or not plain_path(host):
         field.fail(f"{path} (HOST_PATH[:CONTAINER_PATH[:PERMISSIONS]]), or a CDI name such as nvidia.com/gpu=all")
-    if target and (not DEV.fullmatch(target) or posixpath.normpath(target) != target):
+    if target and (not DEV.fullmatch(target) or not plain_path(target)):
         field.fail("a container path under /dev")
     if permissions and not _PERMISSIONS.fullmatch(permissions):
         field.fail("cgroup permissions such as rw or rwm")
     return Device(host=(host,), target=target or None, permissions=permissions or "rwm")
 
 
+def plain_path(path: str) -> bool:
+    """Whether an absolute ``path`` is written plainly: no '.', '..' or '//' (POSIX keeps a leading '//',
+    which names the same node as '/': ``//dev/mem`` is ``/dev/mem``)."""
+    return posixpath.normpath(path) == path and not path.startswith("//")
+
+
 def parse_paths(field: Field, where: re.Pattern[str]) -> tuple[str, ...]:
     what = "a path under /dev" if where is DEV else "an absolute path"
     paths = field.string_list(pattern=where, what=what)
     for item, path in zip(field.items() if isinstance(field.value, list) else [field], paths, strict=True):
-        if posixpath.normpath(path) != path:
+        if not plain_path(path):
             item.fail(f"{what}, written plainly (no '.', '..' or '//')")
         if names_host_node(path):
             raise item.error(f"{path} reaches the device's disks, memory or kernel log")

@@ -13,6 +13,7 @@ profile must both allow.
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 import stat
 from pathlib import Path
@@ -125,8 +126,9 @@ def ulimits(field: Field) -> tuple[tuple[str, int, int], ...]:
 
 
 def names_host_node(path: str) -> bool:
-    """Whether ``path`` (written plainly) names a node of the device's disks, flash, memory or kernel log."""
-    return _HOST_NODES.fullmatch(path) is not None
+    """Whether ``path`` names a node of the device's disks, flash, memory or kernel log (however it is
+    spelt: ``//dev/mem`` and ``/dev/./mem`` are ``/dev/mem``)."""
+    return _HOST_NODES.fullmatch(posixpath.normpath("/" + path.lstrip("/"))) is not None
 
 
 def reaching_the_host(app: App, *, root: Path = Path("/")) -> list[str]:

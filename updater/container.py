@@ -15,7 +15,6 @@ for whatever its profile says reaches the accelerator; the build resolves it per
 from __future__ import annotations
 
 import ipaddress
-import posixpath
 import re
 import shlex
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from updater.accelerator import (
     parse_devices,
     parse_groups,
     parse_paths,
+    plain_path,
     request_text,
 )
 from updater.confinement import capabilities, check_sysctl, security_option, ulimits
@@ -331,7 +331,7 @@ def _parse_tmpfs(field: Field) -> tuple[tuple[str, str], ...]:
     result: list[tuple[str, str]] = []
     for item in [field] if isinstance(field.value, str) else field.items():
         path, _, options = item.string(what="PATH[:OPTIONS]").partition(":")
-        if not ABSOLUTE.fullmatch(path) or posixpath.normpath(path) != path or path == "/" \
+        if not ABSOLUTE.fullmatch(path) or not plain_path(path) or path == "/" \
                 or re.match(r"/(proc|sys|dev)(/|$)", path):
             item.fail("an absolute container path (not /, /proc, /sys or /dev), then :OPTIONS such as size=64m,mode=1777")
         if path in (p for p, _ in result):

@@ -17,11 +17,12 @@ from typing import Any
 
 from updater.artifact import Artifact, Kind, open_artifact
 from updater.content import read_json_blob
-from updater.errors import Refused
+from updater.errors import InputError, Refused
 from updater.names import ENV_NAME
 from updater.oci import ANNOTATION, MEDIA, Descriptor, json_object
 from updater.sealed import SECRET_NAME
 from updater.transfer import ReaderEndpoint, walk
+from updater.versions import check_range
 
 __all__ = ["OverlayInfo", "check_overlay"]
 
@@ -86,6 +87,10 @@ def check_overlay(source: Path | Artifact) -> OverlayInfo:
     if not isinstance(names, list) or not isinstance(sealed_secrets, dict) or sorted(sealed_secrets) != sorted(names) \
             or not all(isinstance(n, str) and SECRET_NAME.fullmatch(n) for n in names):
         raise Refused(f"{where}: the overlay's secret names are malformed or disagree with its sealed set")
+    try:
+        check_range(str(descriptor.get("fits", "")), where="fits")
+    except InputError as e:
+        raise Refused(f"{where}: the overlay's {e.diagnostics()}") from None
     return OverlayInfo(name=str(claimed[0]), site=str(claimed[1]), version=str(claimed[2]), fits=str(descriptor.get("fits", "")),
                        digest=top.digest, environment=descriptor.get("environment") or {},
                        secrets=tuple(descriptor.get("secrets") or ()), recipients=tuple(descriptor.get("recipients") or ()),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from updater.errors import InputError
+from updater.errors import InputError, Refused
 
 __all__ = ["VERSION", "check_range", "fits", "version_key"]
 
@@ -30,9 +30,14 @@ def version_key(version: str) -> tuple[tuple[int, int, int], int, tuple[tuple[in
 
 
 def fits(constraint: str, version: str) -> bool:
-    """Whether an application ``version`` meets ``constraint`` (``>=1.0.0 <2.0.0``; empty: any)."""
-    key = version_key(version)
-    for op, bound in check_range(constraint, where="fits"):
+    """Whether an application ``version`` meets ``constraint`` (``>=1.0.0 <2.0.0``; empty: any), as an
+    artifact states them: a malformed range or version is Refused (a bad artifact)."""
+    try:
+        key = version_key(version)
+        bounds = check_range(constraint, where="fits")
+    except (ValueError, InputError) as e:
+        raise Refused(f"fits {constraint[:80]!r} for version {version[:40]!r}: {e}") from None
+    for op, bound in bounds:
         other = version_key(bound)
         if not {">=": key >= other, "<=": key <= other, ">": key > other, "<": key < other, "==": key == other}[op]:
             return False
@@ -45,5 +50,8 @@ def check_range(text: str, *, where: str) -> list[tuple[str, str]]:
     if _CONSTRAINT.sub("", text).strip(" ,"):
         raise InputError(f"{where}: {text!r} is not a version range (like `>=1.0.0 <2.0.0`)")
     for _, bound in found:
-        version_key(bound)  # a malformed bound is an error now, not at the device
+        try:
+            version_key(bound)  # a malformed bound is an error now, not at the device
+        except ValueError:
+            raise InputError(f"{where}: {bound!r} in {text!r} is not a semantic version (like `>=1.0.0 <2.0.0`)") from None
     return found

@@ -151,6 +151,8 @@ BAD = [
     ("memory-node", "devices: ['/dev/mem:/dev/mem']", "services.app.devices[0]: /dev/mem reaches the device's disks"),
     ("nvme", "devices: [{one_of: [/dev/video0, /dev/nvme0n1]}]", "devices[0].one_of[1]: /dev/nvme0n1 reaches the device's disks"),
     ("unplain-path", "devices: [/dev//video0]", "services.app.devices[0]: expected a device path under /dev"),
+    ("leading-double-slash", "devices: ['//dev/mem']", "services.app.devices[0]: //dev/mem reaches the device's disks"),
+    ("tmpfs-double-slash", "tmpfs: [//proc]", "services.app.tmpfs[0]: expected an absolute container path (not /, /proc"),
     ("sys-nice", "cap_add: [SYS_NICE]", "services.app.cap_add[0]: capability SYS_NICE is outside the subset"),
     ("unknown-cap-drop", "cap_drop: [FOO]", "services.app.cap_drop[0]: expected a Linux capability"),
     ("signal", "stop_signal: SIGFOO", "services.app.stop_signal: expected a signal such as SIGTERM"),

@@ -240,7 +240,9 @@ waves:
     ("  - {name: a, percent: 101}", "expected a percentage from 0 to 100"),
     ("  - {name: a, percent: 10.001}", "to a hundredth at most"),
     ("  - {name: a, not_before: tomorrow}", "expected a UTC time"),
-], ids=["label-matches-none", "unknown-device", "unknown-site", "device-in-a-site-wave", "over-100", "too-fine", "bad-time"])
+    ("  - {name: a, not_before: '9999-12-31T23:59:59Z'}", "expected a time from 2000 to 2200"),  # what every device refuses
+], ids=["label-matches-none", "unknown-device", "unknown-site", "device-in-a-site-wave", "over-100", "too-fine", "bad-time",
+        "beyond-devices"])
 def test_a_bad_plan_file_is_refused_naming_the_file(tmp_path: Path, inventory: Inventory, waves: str, message: str) -> None:
     one = inventory.devices()[0].device
     (tmp_path / "plan.yaml").write_text(f"app: demo\nversion: 1.1.0\nwaves:\n{waves.replace('ONE', one)}\n")

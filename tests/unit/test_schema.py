@@ -427,6 +427,7 @@ BAD = [
     ("compose", "unsafe-sysctl", service("sysctls: [kernel.panic=1]"), "outside the subset Sealift allows"),
     ("compose", "accelerator", service("x-sealift: {accelerator: always}"), "required or preferred"),
     ("compose", "requires-host-node", service("x-sealift: {requires: [/dev/mem]}"), "reaches the device's disks"),
+    ("compose", "requires-double-slash", service("x-sealift: {requires: [//dev/mem]}"), "written plainly"),
     ("compose", "network-option", COMPOSE + "networks: {front: {driver: overlay}}\n", "driver: unknown field"),
     ("compose", "route-without-port", COMPOSE + "x-sealift: {routes: [{service: app}]}\n", "port: is required"),
     ("compose", "route-tls-without-host",
@@ -472,6 +473,7 @@ BAD = [
     ("profile", "empty-accelerator", PROFILE.replace("    devices:\n      - one_of: [/dev/apex_0, /dev/bus/usb]\n", "    devices: []\n"),
      "at least one of runtime, devices"),
     ("profile", "accelerator-host-node", PROFILE.replace("/dev/bus/usb]", "/dev/mem]"), "reaches the device's disks"),
+    ("profile", "accelerator-double-slash", PROFILE.replace("/dev/bus/usb]", "//dev/mem]"), "written plainly"),
     ("profile", "accelerator-unknown-key", PROFILE.replace("  accelerator:\n", "  accelerator:\n    gpus: all\n"), "gpus: unknown field"),
 ]
 

@@ -323,6 +323,7 @@ def test_a_revoked_device_cannot_read_the_next_overlay(fleet: dict[str, Path], t
 @pytest.mark.parametrize(("site_file", "message"), [
     ("version: 3.0.0\nenvironment:\n  nosuch: {A: b}\n", "the spec has no service 'nosuch'"),
     ("version: 3.0.0\nfits: around 1.0\n", "is not a version range"),
+    ("version: 3.0.0\nfits: '>=1.0'\n", "'1.0' in '>=1.0' is not a semantic version"),  # a bound, not a traceback
     ("version: 3\n", "'3' is not a semantic version"),
     ("fits: '>=1.0.0'\n", "version: is required"),
 ])
@@ -337,6 +338,9 @@ def test_versions_fit_ranges() -> None:
 
     assert fits(">=1.0.0 <2.0.0", "1.4.2") and not fits(">=1.0.0 <2.0.0", "2.0.0") and fits("", "0.1.0")
     assert not fits("==1.2.0", "1.2.1") and fits(">1.0.0", "1.0.1")
+    for constraint, version in ((">=1.0", "1.2.0"), ("about 1", "1.2.0"), (">=1.0.0", "1.2")):  # as an artifact states them
+        with pytest.raises(Refused, match="fits"):
+            fits(constraint, version)
 
 
 def test_a_validly_sealed_secret_name_that_would_leave_its_folder_is_refused(keys: dict[str, DeviceKey],
