@@ -135,6 +135,7 @@ def _build_one(spec: Spec, profile: Profile, options: BuildOptions, progress: Pr
         except Refused as e:
             raise Refused(f"the {profile.name} bundle failed its final check (a source changed or is corrupt): {e}") from e
         unchanged = _publish(product, final, info.digest)
+        info = dataclasses.replace(info, location=str(final))  # where it now lies, not where it was assembled
         return BuiltBundle(profile=profile.name, path=final, info=info, unchanged=unchanged)
     except SealiftError:
         raise

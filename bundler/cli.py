@@ -395,7 +395,7 @@ def _print_transfer(result: Any, as_json: bool, verb: str) -> None:
         click.echo(f"{verb} {b.get('name')} {b.get('version')} ({target})  {b['digest']}  to {result.destination}")
     moved = result.moved
     click.echo(f"copied {moved.blobs_sent} blobs ({_size(moved.bytes_sent)}), {moved.blobs_present} already there "
-               f"({_size(moved.bytes_present)}); {len(result.metadata)} metadata files published")
+               f"({_size(moved.bytes_present)}); {len(result.metadata)} metadata files " + ("published" if verb != "pulled" else "taken"))
     if result.skipped:
         click.echo(f"left alone {len(result.skipped)} tags that are not Sealift bundles: {', '.join(result.skipped[:5])}")
 

@@ -375,7 +375,8 @@ def _version_of(data: bytes) -> int:
 def _reason(error: Exception) -> str:
     reason = next((text for kind, text in _REASONS.items() if isinstance(error, kind)), "metadata that fails verification")
     if isinstance(error, tuf_errors.ExpiredMetadataError):  # not an attack the site can fix: the office re-signs
-        reason += " (at the office: `sealift repo refresh`, then push, mirror or export the release again)"
+        reason += (" (at the office: `sealift repo refresh`, `sealift repo add` the release again for the fresh metadata, "
+                   "then push, mirror or export it again)")
     return reason
 
 

@@ -30,6 +30,9 @@ def test_build_json_then_inspect_and_verify(tmp_path: Path) -> None:
     assert built.returncode == 0, built.stderr
     (result,) = result_of(built.stdout)
     assert result["profile"] == "x86_64-cpu" and result["unchanged"] is False
+    assert result["location"] == result["path"] == str(tmp_path / "out/demo-1.2.0-x86_64-cpu")  # never the assembly folder
+    again = result_of(run("build", str(spec), "--out", str(tmp_path / "out"), "--profile", "x86_64-cpu", "--json").stdout)
+    assert again[0]["unchanged"] is True and again[0]["location"] == result["path"]
     inspected = run("inspect", result["path"], "--json")
     assert result_of(inspected.stdout)["digest"] == result["digest"]
     table = run("inspect", result["path"])
