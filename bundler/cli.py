@@ -250,9 +250,12 @@ def _warn(message: str) -> None:
 @click.argument("target", metavar="REGISTRY/REPO[:TAG]")
 @_plain_http_option
 @_require_signed_option
+@click.option("--mount-from", "mount_from", multiple=True, metavar="REPO",
+              help="Another repository of the same registry that may hold the blobs (repeatable): the registry links "
+                   "them from there, nothing is sent again.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @reports_errors
-def push(bundle: Path, target: str, plain_http: bool, require_signed: bool, as_json: bool) -> None:
+def push(bundle: Path, target: str, plain_http: bool, require_signed: bool, mount_from: tuple[str, ...], as_json: bool) -> None:
     """Push BUNDLE to a registry, with the signed metadata in its tuf/ folder.
 
     The bundle is verified first. Its blobs, manifests and top index keep their digests; only
@@ -264,11 +267,12 @@ def push(bundle: Path, target: str, plain_http: bool, require_signed: bool, as_j
     Examples:
       sealift push out/vision-app-1.4.0-jetson-orin registry.example.com/vision-app   # tag jetson-orin-1.4.0
       sealift push out/vision-app-1.4.0-jetson-orin 10.20.0.5:5000/vision-app --plain-http --require-signed
+      sealift push out/vision-app-1.4.0-jetson-orin registry.example.com/eu/vision-app --mount-from us/vision-app
     """
     from bundler.publish import push as push_bundle
 
     result = _with_progress(as_json, functools.partial(push_bundle, bundle, target, plain_http=plain_http,
-                                                       require_signed=require_signed, warn=_warn))
+                                                       require_signed=require_signed, warn=_warn, mount_from=mount_from))
     _print_transfer(result, as_json, "pushed")
 
 
@@ -394,8 +398,10 @@ def _print_transfer(result: Any, as_json: bool, verb: str) -> None:
         target = b.get("profile") or f"site {b.get('site')}"
         click.echo(f"{verb} {b.get('name')} {b.get('version')} ({target})  {b['digest']}  to {result.destination}")
     moved = result.moved
+    mounted = f", {moved.blobs_mounted} linked from another repository ({_size(moved.bytes_mounted)})" if moved.blobs_mounted else ""
+    metadata = "taken" if verb == "pulled" else "published"
     click.echo(f"copied {moved.blobs_sent} blobs ({_size(moved.bytes_sent)}), {moved.blobs_present} already there "
-               f"({_size(moved.bytes_present)}); {len(result.metadata)} metadata files " + ("published" if verb != "pulled" else "taken"))
+               f"({_size(moved.bytes_present)}){mounted}; {len(result.metadata)} metadata files {metadata}")
     if result.skipped:
         click.echo(f"left alone {len(result.skipped)} tags that are not Sealift bundles: {', '.join(result.skipped[:5])}")
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,18 +28,15 @@ from updater.oci import ANNOTATION, MAX_METADATA_BYTES, MEDIA, Descriptor, canon
 from updater.overlay import check_overlay
 from updater.progress import Progress, QuietProgress
 from updater.registry import (
-    METADATA_TAG_PREFIX,
     Reference,
     RegistryClient,
     bundle_descriptor,
     bundle_tag,
     connect,
-    metadata_names,
-    metadata_tag,
     overlay_tag,
     parse_reference,
-    read_metadata,
 )
+from updater.registry_metadata import METADATA_TAG_PREFIX, metadata_names, metadata_tag, read_metadata
 from updater.transfer import EMPTY_CONFIG, DirectoryEndpoint, ReaderEndpoint, RegistryEndpoint, Transferred, copy_graph, walk
 
 __all__ = ["PublishResult", "catalog", "metadata_manifest", "mirror_sync", "publish_metadata", "pull", "push"]
@@ -62,9 +59,10 @@ class PublishResult:
 
 
 def push(bundle: Path, target: str, *, plain_http: bool, progress: Progress | None = None, require_signed: bool = False,
-         warn: Callable[[str], None] = lambda _: None) -> PublishResult:
+         warn: Callable[[str], None] = lambda _: None, mount_from: Sequence[str] = ()) -> PublishResult:
     """Verify ``bundle``, then send what the registry lacks of it, and its signed metadata (see
-    :func:`check_signed` for one that carries none)."""
+    :func:`check_signed` for one that carries none); a blob another repository of the registry named in
+    ``mount_from`` holds is linked from there, not sent."""
     progress = progress or QuietProgress()
     progress.step(f"verify {bundle}")
     with open_artifact(bundle) as artifact:
@@ -80,18 +78,21 @@ def push(bundle: Path, target: str, *, plain_http: bool, progress: Progress | No
         client = connect(target, plain_http=plain_http, what="registry")
         if client.ref.digest:
             raise InputError(f"registry {target}: push to a tag, not a digest (the digest is the bundle's own)")
-        return _push(artifact, client, tag=client.ref.tag or default_tag, identity=identity, shown=shown, progress=progress)
+        return _push(artifact, client, tag=client.ref.tag or default_tag, identity=identity, shown=shown, progress=progress,
+                     mount_from=mount_from)
 
 
 def _push(artifact: Artifact, client: RegistryClient, *, tag: str, identity: dict[str, str], shown: str,
-          progress: Progress) -> PublishResult:
+          progress: Progress, mount_from: Sequence[str] = ()) -> PublishResult:
     result = PublishResult(destination=client.ref.name)
     reader, top = artifact.reader, artifact.top
     with _closing(client):
         source = ReaderEndpoint(reader)
         graph = walk(top, source)
         progress.step(f"push {identity['name']} {identity['version']} ({shown}) to {client.ref.name}:{tag}", total_bytes=graph.size)
-        result.moved = copy_graph(graph, source, RegistryEndpoint(client), tag=tag, advance=progress.advance)
+        dest = RegistryEndpoint(client, mount_from=[parse_reference(f"{client.ref.host}/{r}", what="--mount-from").repository
+                                                    for r in mount_from])
+        result.moved = copy_graph(graph, source, dest, tag=tag, advance=progress.advance)
         result.bundles.append({**identity, "digest": top.digest, "tag": tag})
         files = {name: _read_file(reader, name) for name in sorted(reader.metadata_names())}
         progress.step(f"publish {len(files)} metadata files")
@@ -198,7 +199,8 @@ def _sync_repository(origin: str, target: str, *, profiles: tuple[str, ...], sit
     with _closing(src), _closing(dst):
         named = src.ref.digest or src.ref.tag
         tags = [named] if named else sorted(t for t in src.tags() if not t.startswith(METADATA_TAG_PREFIX))
-        source, dest = RegistryEndpoint(src), RegistryEndpoint(dst)
+        same_registry = src.ref.host == dst.ref.host  # its blobs are linked, not sent again
+        source, dest = RegistryEndpoint(src), RegistryEndpoint(dst, mount_from=[src.ref.repository] if same_registry else [])
         for tag in tags:
             found = src.get_manifest(tag)
             if found is None:

@@ -24,7 +24,7 @@ import re
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import IO, Any, cast
 
@@ -34,26 +34,21 @@ import urllib3
 from requests.adapters import HTTPAdapter
 
 from updater.artifact import Kind, kind
-from updater.content import checked_json
 from updater.errors import ContentMismatch, DeliveryError, InputError, Refused, SealiftError
-from updater.oci import MAX_JSON_BYTES, MAX_METADATA_BYTES, MEDIA, METADATA_NAME, Descriptor, json_object
+from updater.oci import MAX_JSON_BYTES, MEDIA, Descriptor, json_object
 from updater.oras_adapter import answers_basic_challenges, credential, load_credentials, new_registry, request_once, set_credential
 from updater.registry_tls import Tls, tls_for
 
 __all__ = [
     "ACCEPT_MANIFESTS",
-    "METADATA_TAG_PREFIX",
     "Reference",
     "RegistryClient",
     "Retry",
     "bundle_descriptor",
     "bundle_tag",
     "connect",
-    "metadata_names",
-    "metadata_tag",
     "overlay_tag",
     "parse_reference",
-    "read_metadata",
 ]
 
 ACCEPT_MANIFESTS = ", ".join((MEDIA.INDEX, MEDIA.DOCKER_LIST, MEDIA.MANIFEST, MEDIA.DOCKER_MANIFEST))
@@ -293,6 +288,23 @@ class RegistryClient:
                 raise DeliveryError(f"{self.what}: the registry answered {response.status_code} to the upload of blob "
                                  f"{blob.digest}{_error_text(response)}")
 
+    def mount_blob(self, digest: str, source_repository: str) -> bool:
+        """Have the registry link blob ``digest`` from another of its repositories, no byte sent (a
+        cross-repository mount): True when it did, False when it does not hold the blob there or does not mount."""
+        response = self._request("POST", f"blobs/uploads/?mount={digest}&from={urllib.parse.quote(source_repository, safe='/')}",
+                                 headers={"Content-Length": "0"}, stream=False, ok=(201, 202))
+        with response:
+            if response.status_code == 201:
+                return True
+            location = response.headers.get("Location", "")  # 202: an ordinary upload it started instead
+        url = location if location.startswith("http") else f"{self._base()}{location}"
+        if location and urllib.parse.urlsplit(url).netloc == self.ref.host:  # cancelled: no upload session left behind
+            with suppress(SealiftError):  # (one left expires by itself)
+                cancelled = self._request("DELETE", url, stream=False, ok=(204, 200, 202), missing_ok=True)
+                if cancelled is not None:
+                    cancelled.close()
+        return False
+
     def put_manifest(self, ref: str, body: bytes, media_type: str) -> None:
         self._request("PUT", f"manifests/{ref}", headers={"Content-Type": media_type}, data=body, stream=False, ok=(201,))
 
@@ -414,36 +426,7 @@ def _error_text(response: Any) -> str:
     return f": {str(message)[:200]}" if message else ""
 
 
-# --- what Sealift keeps in a repository: bundles and overlays by tag, signed metadata as artifacts ---
-
-
-METADATA_TAG_PREFIX = "tuf."
-_TAG_SAFE = re.compile(r"[A-Za-z0-9._-]{1,124}")  # what a tag may hold after the prefix (the distribution spec's tag grammar)
-_ENCODED = "x."  # tuf.x.HEX: a metadata file whose name a tag cannot spell (a delegated role named with '%' or '~')
-
-
-def metadata_tag(name: str) -> str:
-    """The tag a signed metadata file is published under: ``tuf.NAME``, or ``tuf.x.HEX`` when NAME holds
-    characters a tag cannot (InputError when even that is longer than a tag may be)."""
-    if _TAG_SAFE.fullmatch(name) and not name.startswith(_ENCODED):
-        return METADATA_TAG_PREFIX + name
-    tag = f"{METADATA_TAG_PREFIX}{_ENCODED}{name.encode().hex()}"
-    if len(tag) > 128:
-        raise InputError(f"metadata file {name[:60]!r}: its name is too long to publish as a registry tag")
-    return tag
-
-
-def _metadata_name(tag: str) -> str | None:
-    """The metadata file a tag holds (None: not a metadata tag, or a malformed one)."""
-    if not tag.startswith(METADATA_TAG_PREFIX):
-        return None
-    name = tag.removeprefix(METADATA_TAG_PREFIX)
-    if name.startswith(_ENCODED):
-        try:
-            name = bytes.fromhex(name.removeprefix(_ENCODED)).decode()
-        except ValueError:
-            return None
-    return name if METADATA_NAME.fullmatch(name) else None
+# --- what Sealift keeps in a repository: bundles and overlays by tag (signed metadata: updater/registry_metadata.py) ---
 
 
 def connect(text: str, *, plain_http: bool, what: str, retry: Retry | None = None) -> RegistryClient:
@@ -469,28 +452,3 @@ def bundle_descriptor(body: bytes, media_type: str, digest: str, where: str, *,
     annotations = annotations if isinstance(annotations, dict) else {}
     return Descriptor(media_type=MEDIA.INDEX, digest=digest, size=len(body), artifact_type=str(data["artifactType"]),
                       annotations={k: v for k, v in annotations.items() if isinstance(v, str)})
-
-
-def metadata_names(client: RegistryClient) -> list[str]:
-    return sorted(name for tag in client.tags() if (name := _metadata_name(tag)) is not None)
-
-
-def read_metadata(client: RegistryClient, name: str, *, limit: int = MAX_METADATA_BYTES) -> bytes | None:
-    """The metadata file ``name`` published in the repository, or None if it has none by that name.
-
-    Its bytes are checked against the digest its artifact names; whether they are trustworthy is
-    for TUF to decide.
-    """
-    found = client.get_manifest(metadata_tag(name), accept=MEDIA.MANIFEST)
-    if found is None:
-        return None
-    try:
-        manifest = json_object(found[0], f"{client.what}: the artifact of metadata {name}")
-        layer = Descriptor.from_json(manifest["layers"][0], where=f"{client.what}: metadata {name}")
-    except (KeyError, IndexError, TypeError) as e:
-        raise Refused(f"{client.what}: the artifact of metadata {name} is malformed") from e
-    if manifest.get("artifactType") != MEDIA.TUF_METADATA or layer.size > limit:
-        raise Refused(f"{client.what}: tag {metadata_tag(name)} is not a metadata artifact of at most {limit} bytes")
-    with client.open_blob(layer.digest) as stream:
-        data = stream.read(layer.size + 1)
-    return checked_json(data, layer, f"{client.what}: metadata {name}")

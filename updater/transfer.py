@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,7 +61,10 @@ class Endpoint(Protocol):
 
     def has_manifest(self, digest: str) -> bool: ...
 
-    def put_blob(self, blob: Descriptor, source: Endpoint, advance: Advance) -> None: ...
+    def put_blob(self, blob: Descriptor, source: Endpoint, advance: Advance) -> bool:
+        """Store the blob from ``source``: True when its bytes were sent, False when the destination linked
+        it from what it holds elsewhere (a registry's cross-repository mount)."""
+        ...
 
     def put_manifest(self, manifest: Descriptor, body: bytes, *, tag: str | None = None) -> bool:
         """Store the manifest (under ``tag`` too); False if it was there already."""
@@ -89,16 +92,20 @@ class Transferred:
     bytes_sent: int = 0
     blobs_present: int = 0
     bytes_present: int = 0
+    blobs_mounted: int = 0  # linked by the registry from another of its repositories: present now, nothing sent
+    bytes_mounted: int = 0
 
     def add(self, other: Transferred) -> None:
         self.blobs_sent += other.blobs_sent
         self.bytes_sent += other.bytes_sent
         self.blobs_present += other.blobs_present
         self.bytes_present += other.bytes_present
+        self.blobs_mounted += other.blobs_mounted
+        self.bytes_mounted += other.bytes_mounted
 
     def to_json(self) -> dict[str, int]:
-        return {"blobs_sent": self.blobs_sent, "bytes_sent": self.bytes_sent,
-                "blobs_present": self.blobs_present, "bytes_present": self.bytes_present}
+        return {"blobs_sent": self.blobs_sent, "bytes_sent": self.bytes_sent, "blobs_present": self.blobs_present,
+                "bytes_present": self.bytes_present, "blobs_mounted": self.blobs_mounted, "bytes_mounted": self.bytes_mounted}
 
 
 def walk(top: Descriptor, store: Endpoint) -> Graph:
@@ -143,9 +150,12 @@ def copy_graph(graph: Graph, source: Endpoint, dest: Endpoint, *, tag: str | Non
             moved.bytes_present += blob.size
             advance(blob.size)
             continue
-        dest.put_blob(blob, source, advance)
-        moved.blobs_sent += 1
-        moved.bytes_sent += blob.size
+        if dest.put_blob(blob, source, advance):
+            moved.blobs_sent += 1
+            moved.bytes_sent += blob.size
+        else:
+            moved.blobs_mounted += 1
+            moved.bytes_mounted += blob.size
     for manifest, body in graph.manifests:
         top = manifest.digest == graph.top.digest
         if ((top and tag) or not dest.has_manifest(manifest.digest)) and dest.put_manifest(manifest, body, tag=tag if top else None):
@@ -189,7 +199,7 @@ class ReaderEndpoint:
     def has_manifest(self, digest: str) -> bool:
         return self.has_blob(digest)
 
-    def put_blob(self, blob: Descriptor, source: Endpoint, advance: Advance) -> None:
+    def put_blob(self, blob: Descriptor, source: Endpoint, advance: Advance) -> bool:
         raise DeliveryError(f"{self.what}: read-only")
 
     def put_manifest(self, manifest: Descriptor, body: bytes, *, tag: str | None = None) -> bool:
@@ -197,11 +207,13 @@ class ReaderEndpoint:
 
 
 class RegistryEndpoint:
-    """A repository in a registry."""
+    """A repository in a registry. A blob it lacks is first mounted from the repositories of the same
+    registry named in ``mount_from`` (no byte sent), else uploaded."""
 
-    def __init__(self, client: RegistryClient) -> None:
+    def __init__(self, client: RegistryClient, *, mount_from: Sequence[str] = ()) -> None:
         self.client = client
         self.what = client.what
+        self.mount_from = [r for r in mount_from if r != client.ref.repository]
 
     def has_blob(self, digest: str) -> bool:
         return self.client.has_blob(digest)
@@ -218,11 +230,15 @@ class RegistryEndpoint:
     def has_manifest(self, digest: str) -> bool:
         return self.client.has_manifest(digest)
 
-    def put_blob(self, blob: Descriptor, source: Endpoint, advance: Advance) -> None:
+    def put_blob(self, blob: Descriptor, source: Endpoint, advance: Advance) -> bool:
+        if any(self.client.mount_blob(blob.digest, repository) for repository in self.mount_from):
+            advance(blob.size)
+            return False
         with source.open_blob(blob.digest) as stream:
             checked = Hashed(stream, digest=blob.digest, size=blob.size, what=f"{source.what}: blob {blob.digest}", advance=advance)
             self.client.put_blob(blob, checked)  # type: ignore[arg-type]
             checked.finish()
+        return True
 
     def put_manifest(self, manifest: Descriptor, body: bytes, *, tag: str | None = None) -> bool:
         if tag is not None and self.client.manifest_digest(tag) == manifest.digest:
@@ -275,7 +291,7 @@ class DirectoryEndpoint:
     def has_manifest(self, digest: str) -> bool:
         return self.has_blob(digest)
 
-    def put_blob(self, blob: Descriptor, source: Endpoint, advance: Advance) -> None:
+    def put_blob(self, blob: Descriptor, source: Endpoint, advance: Advance) -> bool:
         partial = self.blobs / f".partial-{blob.digest.removeprefix('sha256:')}"
         try:
             with open(partial, "ab+") as out:
@@ -292,6 +308,7 @@ class DirectoryEndpoint:
                 out.flush()
                 os.fsync(out.fileno())
             os.rename(partial, self.path(blob.digest))
+            return True
         except ContentMismatch:
             partial.unlink(missing_ok=True)  # not the blob it claims to be: keep nothing of it
             raise

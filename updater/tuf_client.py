@@ -157,7 +157,7 @@ class RegistryMetadata:
     def read(self, name: str) -> bytes | None:
         if name in self.fetched:
             return self.fetched[name]
-        from updater.registry import read_metadata  # the registry client: loaded by a poll, not by an offline install
+        from updater.registry_metadata import read_metadata  # the registry client: loaded by a poll, not by an offline install
 
         data = read_metadata(self.client, name, limit=MAX_METADATA_BYTES)
         if data is not None:

@@ -476,3 +476,27 @@ def test_releases_are_found_by_their_signed_targets_whatever_the_tags_say(overla
         assert any("skipped demo/x86_64-cpu/1.3.0: signed, but" in line and "does not hold it" in line for line in lines)
     finally:
         client.close()
+
+
+def test_a_second_repository_of_a_registry_links_the_blobs_it_holds_elsewhere(
+        big_bundle: Path, registry_factory: RegistryFactory) -> None:
+    registry = registry_factory()
+    push(big_bundle, f"{registry.address}/us/demo", plain_http=True)
+    uploads = blob_uploads(registry)
+    again = CliRunner().invoke(sealift, ["push", str(big_bundle), f"{registry.address}/eu/demo", "--plain-http",
+                                         "--mount-from", "us/demo", "--json"])
+    moved = result_of(again.stdout)
+    blobs = len(blobs_of(big_bundle) - manifest_digests(big_bundle))
+    assert again.exit_code == 0 and moved["blobs_mounted"] == blobs and moved["blobs_sent"] == 0
+    synced = mirror_sync(f"{registry.address}/us/demo", f"{registry.address}/asia/demo", plain_http_from=True,
+                         plain_http_to=True)  # one registry: linked
+    assert synced.moved.blobs_mounted == blobs and synced.moved.blobs_sent == 0
+    assert blob_uploads(registry) == uploads  # not one blob sent twice to the registry
+    pulled = registry.workdir / "pulled"
+    pull(f"{registry.address}/asia/demo:x86_64-cpu-1.2.0", pulled, plain_http=True)  # the linked blobs are there, whole
+    assert blobs_of(pulled) == blobs_of(big_bundle)
+    # a repository that does not hold them: sent as usual, and no upload session left open
+    fresh = push(big_bundle, f"{registry.address}/other", plain_http=True, mount_from=["nowhere/demo"])
+    assert fresh.moved.blobs_sent == blobs and fresh.moved.blobs_mounted == 0
+    cancelled = [r for r in registry.requests() if r.method == "DELETE" and "/other/blobs/uploads/" in r.path and r.status == 204]
+    assert len(cancelled) == blobs  # the session each refused mount opened was closed

@@ -356,7 +356,7 @@ def test_a_download_that_cannot_start_lets_go_of_its_lock(tmp_path: Path, monkey
 
 
 def test_metadata_of_any_role_name_has_a_registry_tag_and_back() -> None:
-    from updater.registry import _metadata_name, metadata_tag
+    from updater.registry_metadata import _metadata_name, metadata_tag
 
     assert metadata_tag("3.targets.json") == "tuf.3.targets.json"  # what registries already hold stays as it is
     odd = "2.Vision%20Team%2F%C3%9Cnits%20~%20100%25.json"  # '%' and '~' are not tag characters
