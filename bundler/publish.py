@@ -13,7 +13,6 @@ the new one, never a half.
 from __future__ import annotations
 
 import hashlib
-import io
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from updater.registry import (
 )
 from updater.registry_metadata import METADATA_TAG_PREFIX, metadata_names, metadata_tag, read_metadata
 from updater.transfer import EMPTY_CONFIG, DirectoryEndpoint, ReaderEndpoint, RegistryEndpoint, Transferred, copy_graph, walk
+from updater.upload import upload_bytes
 
 __all__ = ["PublishResult", "catalog", "metadata_manifest", "mirror_sync", "publish_metadata", "pull", "push"]
 
@@ -269,7 +269,7 @@ def publish_metadata(client: RegistryClient, files: dict[str, bytes]) -> list[st
         blob = Descriptor(media_type=MEDIA.TUF_METADATA, digest=_digest(data), size=len(data))
         for part, body in ((EMPTY_CONFIG, b"{}"), (blob, data)):
             if not client.has_blob(part.digest):
-                client.put_blob(part, io.BytesIO(body))
+                upload_bytes(client, part, body)
         client.put_manifest(tag, metadata_manifest(name, blob), MEDIA.MANIFEST)
         written.append(name)
     return written

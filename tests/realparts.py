@@ -761,8 +761,9 @@ class Registry:
 
 class CuttingProxy:
     """A TCP proxy on ``127.0.0.1`` in front of ``target`` (``HOST:PORT``) that, once armed with
-    :meth:`cut_after`, cuts the connection (both sides) after sending that many more
-    bytes of answers, then passes everything again: a link that drops in the middle of a transfer."""
+    :meth:`cut_after`, cuts the connection (both sides) after passing that many more bytes of
+    answers (or, with ``requests``, of what the client sends), then passes everything again: a link
+    that drops in the middle of a transfer. ``sent`` counts the bytes clients sent through it."""
 
     def __init__(self, target: str) -> None:
         host, _, port = target.rpartition(":")
@@ -770,13 +771,15 @@ class CuttingProxy:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
         self.cuts = 0
+        self.sent = 0
         self._left: int | None = None
+        self._answers = True
         self._lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
 
-    def cut_after(self, n: int) -> None:
+    def cut_after(self, n: int, *, requests: bool = False) -> None:
         with self._lock:
-            self._left = n
+            self._left, self._answers = n, not requests
 
     def _accept(self) -> None:
         while True:
@@ -791,7 +794,10 @@ class CuttingProxy:
     def _pipe(self, src: socket.socket, dst: socket.socket, answers: bool) -> None:
         try:
             while data := src.recv(65536):
-                if answers:
+                if not answers:
+                    with self._lock:
+                        self.sent += len(data)
+                if answers == self._answers:
                     with self._lock:
                         if self._left is not None and len(data) >= self._left:
                             data, cut = data[: self._left], True

@@ -264,29 +264,43 @@ class RegistryClient:
 
     # -- writing -----------------------------------------------------------------------------
 
-    def put_blob(self, blob: Descriptor, stream: IO[bytes]) -> None:
-        """Upload one blob in a single streamed request; the registry checks its digest."""
+    def start_upload(self) -> str:
+        """Open an upload session; its location (absolute)."""
         started = self._request("POST", "blobs/uploads/", headers={"Content-Length": "0"}, stream=False, ok=(202,))
         location = started.headers.get("Location", "")
         if not location:
             raise DeliveryError(f"{self.what}: the registry started an upload without saying where to send it")
-        if not location.startswith("http"):
-            location = f"{self.scheme}://{self.ref.host}{location}"
-        url = f"{location}{'&' if '?' in location else '?'}digest={blob.digest}"
-        same_host = urllib.parse.urlsplit(location).netloc == self.ref.host
-        # credentials go only where they came from, never to a host a Location header names
-        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(blob.size),
-                   **(self._auth_header() if same_host else {})}
+        return location if location.startswith("http") else f"{self._base()}{location}"
+
+    def upload_offset(self, location: str) -> int | None:
+        """How many bytes the upload session at ``location`` holds (None: the registry no longer has it)."""
+        if urllib.parse.urlsplit(location).netloc != self.ref.host:
+            return None
         try:
-            response = self.registry.session.request("PUT", url, data=stream, headers=headers, verify=self.tls.verify)
-        except requests.RequestException as e:
-            raise DeliveryError(f"{self.what}: upload of blob {blob.digest} failed ({_reason(e)})") from e
+            response = self._request("GET", location, stream=False, ok=(204, 200), missing_ok=True)
+        except DeliveryError:
+            return None  # a session the registry refuses to show (expired, purged): start again
+        if response is None:
+            return None
         with response:
-            if response.status_code == 400 and "DIGEST_INVALID" in response.text:
-                raise ContentMismatch(f"{self.what}: blob {blob.digest} does not match its digest; the registry refused it")
-            if response.status_code != 201:
-                raise DeliveryError(f"{self.what}: the registry answered {response.status_code} to the upload of blob "
-                                 f"{blob.digest}{_error_text(response)}")
+            held = re.fullmatch(r"0-([0-9]+)", response.headers.get("Range", "0-0"))
+        return int(held.group(1)) + 1 if held and int(held.group(1)) > 0 else 0
+
+    def send(self, method: str, location: str, *, body: Any, headers: dict[str, str], what: str) -> Any:
+        """One request with a body that cannot be sent twice (an upload) to ``location``, which the registry
+        named; credentials go only where they came from, never to another host a Location header names."""
+        same_host = urllib.parse.urlsplit(location).netloc == self.ref.host
+        try:
+            return self.registry.session.request(method, location, data=body, verify=self.tls.verify,
+                                                 headers={**headers, **(self._auth_header() if same_host else {})})
+        except requests.RequestException as e:
+            raise DeliveryError(f"{self.what}: {what} failed ({_reason(e)})") from e
+
+    def refusal(self, response: Any, what: str) -> SealiftError:
+        """The error of an answer that is not what an upload step expects."""
+        if response.status_code == 400 and "DIGEST_INVALID" in response.text:
+            return ContentMismatch(f"{self.what}: {what}: the bytes do not match the blob's digest; the registry refused them")
+        return DeliveryError(f"{self.what}: the registry answered {response.status_code} to {what}{_error_text(response)}")
 
     def mount_blob(self, digest: str, source_repository: str) -> bool:
         """Have the registry link blob ``digest`` from another of its repositories, no byte sent (a

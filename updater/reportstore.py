@@ -14,7 +14,6 @@ them, all through these functions.
 from __future__ import annotations
 
 import hashlib
-import io
 import re
 
 from updater.content import Hashed
@@ -23,6 +22,7 @@ from updater.oci import MEDIA, Descriptor, canonical_json, json_object
 from updater.registry import RegistryClient
 from updater.reports import PAYLOAD_TYPE
 from updater.transfer import EMPTY_CONFIG
+from updater.upload import upload_bytes
 
 __all__ = ["ENVELOPE_MEDIA", "MAX_REPORT_BYTES", "copy_report", "push_report", "read_report", "report_tags"]
 
@@ -49,7 +49,7 @@ def push_report(client: RegistryClient, seq: int, data: bytes) -> bool:
         raise Conflict(f"{client.what}: report {tag} is there already with other content; left as it is")
     for part, body in ((EMPTY_CONFIG, b"{}"), (blob, data)):
         if not client.has_blob(part.digest):
-            client.put_blob(part, io.BytesIO(body))
+            upload_bytes(client, part, body)
     client.put_manifest(tag, manifest, MEDIA.MANIFEST)  # last: a tag never names a report whose bytes are missing
     return True
 

@@ -24,6 +24,7 @@ from updater.durable import fsync_dir, replace_file
 from updater.errors import ContentMismatch, DeliveryError, DeviceFault, Refused
 from updater.layout import LayoutReader
 from updater.oci import CHUNK, LAYOUT_VERSION, MAX_JSON_BYTES, MEDIA, METADATA_NAME, Advance, Descriptor, canonical_json, json_object
+from updater.upload import upload_blob
 
 if TYPE_CHECKING:
     from updater.registry import RegistryClient
@@ -234,10 +235,7 @@ class RegistryEndpoint:
         if any(self.client.mount_blob(blob.digest, repository) for repository in self.mount_from):
             advance(blob.size)
             return False
-        with source.open_blob(blob.digest) as stream:
-            checked = Hashed(stream, digest=blob.digest, size=blob.size, what=f"{source.what}: blob {blob.digest}", advance=advance)
-            self.client.put_blob(blob, checked)  # type: ignore[arg-type]
-            checked.finish()
+        upload_blob(self.client, blob, lambda offset: source.open_blob(blob.digest, offset=offset), advance, what=source.what)
         return True
 
     def put_manifest(self, manifest: Descriptor, body: bytes, *, tag: str | None = None) -> bool:
