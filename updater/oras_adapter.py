@@ -6,7 +6,8 @@ it does not expose are reached here, and ``tests/unit/test_oras_adapter.py`` fai
 of the library changes them underneath:
 
 - the request without oras-py's own retry decorator, which retries every failure with delays
-  growing to minutes (Sealift retries transport faults on the caller's schedule);
+  growing to minutes (Sealift retries transport faults on the caller's schedule), and a token
+  renewed for a wider scope when the registry asks with 401 (oras-py renews only on 403);
 - the basic-auth credential the Docker configuration gave, to hand to oras-py's basic backend
   when a registry challenges with plain basic auth (htpasswd) rather than a token;
 - the credential loaded, to tell "no credentials for this host" from "credentials refused".
@@ -36,10 +37,20 @@ def new_registry(host: str, *, plain_http: bool, verify: bool | str, cert: tuple
 
 def request_once(registry: oras.provider.Registry, url: str, method: str, *, headers: dict[str, str], data: Any,
                  stream: bool) -> requests.Response:
-    """One request, authentication included, without oras-py's retries."""
+    """One request, authentication included, without oras-py's retries. oras-py renews a token only when
+    a registry answers 403; one that wants a wider scope (pull, then push) answers 401 to the token it
+    holds, so a 401 to a token is answered here once with a fresh token for the scope the registry names."""
     if _REQUEST_ONCE is None:
         raise RuntimeError("oras-py's Registry.do_request is no longer a decorated function: update updater/oras_adapter.py")
-    response: requests.Response = _REQUEST_ONCE(registry, url, method, headers=headers, data=data, stream=stream)
+    response: requests.Response = _REQUEST_ONCE(registry, url, method, headers=dict(headers), data=data, stream=stream)
+    auth = registry.auth
+    if response.status_code == 401 and isinstance(auth, oras.auth.TokenAuth) and getattr(auth, "token", None) \
+            and response.headers.get("Www-Authenticate", "").lower().startswith("bearer"):
+        fresh, changed = auth.authenticate_request(response, dict(headers), refresh=True)
+        if changed:
+            response.close()
+            response = registry.session.request(method, url, data=data, headers=fresh, stream=stream,
+                                                verify=getattr(registry, "_tls_verify", True))
     return response
 
 

@@ -19,7 +19,7 @@ from bundler.spec import load_spec
 from tests.builders import project, signed
 from tests.envelope import result_of
 from tests.fakes import NoEngine
-from tests.pki import TestCA
+from tests.pki import TestCA, TokenIssuer
 from tests.realparts import RegistryFactory
 from updater.errors import DeliveryError, InputError
 from updater.install import Installer
@@ -95,3 +95,45 @@ def test_a_registry_with_its_own_ca_client_certificates_and_passwords(
     assert runner.invoke(sealift, ["logout", host]).exit_code == 0 and host not in json.loads(config.read_text())["auths"]
     anonymous = runner.invoke(sealift, ["push", str(bundle.path), f"{host}/demo"])
     assert anonymous.exit_code == InputError.exit_code and f"`sealift login {host}`" in anonymous.stderr
+
+
+def test_a_registry_with_token_authentication_over_tls(registry_factory: RegistryFactory, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    ca = TestCA(tmp_path / "pki")
+    server_cert, server_key = ca.issue("registry", server_ip="127.0.0.1")
+    issuer = TokenIssuer(ca, users={"ci-bot": "token horse"})
+    try:
+        registry = registry_factory(config={"auth": issuer.registry_config(ca.cert_path),
+                                            "http": {"tls": {"certificate": str(server_cert), "key": str(server_key)}}})
+        host = registry.address
+        monkeypatch.setenv("SEALIFT_CERTS_D", str(tmp_path / "certs.d"))
+        monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker"))
+        monkeypatch.delenv("SEALIFT_CA_FILE", raising=False)
+        (tmp_path / "certs.d" / host).mkdir(parents=True)
+        shutil.copy(ca.cert_path, tmp_path / "certs.d" / host / "ca.crt")
+        spec = load_spec(project(tmp_path / "src"))
+        (bundle,) = build_bundles(spec, select_profiles(spec, PROFILES, ("x86_64-cpu",)), BuildOptions(out=tmp_path / "out", epoch=0))
+        root = signed([bundle.path], tmp_path / "signing")
+        runner = CliRunner()
+        anonymous = runner.invoke(sealift, ["push", str(bundle.path), f"{host}/demo"])
+        assert anonymous.exit_code == InputError.exit_code and "Traceback" not in anonymous.output
+        wrong = runner.invoke(sealift, ["login", host, "-u", "ci-bot", "--password-stdin"], input="wrong horse\n")
+        assert wrong.exit_code == InputError.exit_code and "horse" not in wrong.output
+        right = runner.invoke(sealift, ["login", host, "-u", "ci-bot", "--password-stdin"], input="token horse\n")
+        assert right.exit_code == 0, right.output
+        pushed = runner.invoke(sealift, ["push", str(bundle.path), f"{host}/demo"])
+        assert pushed.exit_code == 0, pushed.output
+        assert "repository:demo:pull,push" in issuer.issued  # the registry asked, the issuer granted, the push went through
+        linked = result_of(runner.invoke(sealift, ["push", str(bundle.path), f"{host}/eu/demo", "--mount-from", "demo", "--json"]).stdout)
+        assert linked["blobs_mounted"] > 0 and linked["blobs_sent"] == 0  # a token for both repositories
+        device = tmp_path / "device"
+        TrustedState(device).init(root)
+        installer = Installer(state_dir=device, runtime=NoEngine(), profile=CPU)
+        client = connect(f"{host}/demo", plain_http=False, what="site registry")
+        try:
+            found = RegistryPoller(f"{host}/demo", installer=installer, profile=CPU, retry=Retry(delays=())).find(client)
+        finally:
+            client.close()
+        assert found is not None and found.app is not None and found.app.version == "1.2.0"
+    finally:
+        issuer.close()
