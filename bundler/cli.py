@@ -457,6 +457,20 @@ add_completion(cli, "sealift")
 add_login(cli, "sealift")
 
 
+OFFICE_CONFIG = Path("/etc/sealift/sealift.yaml")
+
+
 def main() -> None:
-    """Entry point of the ``sealift`` command."""
-    cli(prog_name="sealift")
+    """Entry point of the ``sealift`` command: its options from the command line, then from the
+    configuration file (``/etc/sealift/sealift.yaml``, or the one ``SEALIFT_OFFICE_CONFIG`` names),
+    e.g. ``push: {require_signed: true}`` so that a site's pipelines never push an unsigned bundle."""
+    from updater.config import load_defaults
+    from updater.errors import SealiftError
+    from updater.exits import fail
+
+    try:
+        defaults = load_defaults(cli, default=OFFICE_CONFIG, variable="SEALIFT_OFFICE_CONFIG", environment=False,
+                                 what="sealift configuration")
+    except SealiftError as e:
+        fail(e)
+    cli(prog_name="sealift", default_map=defaults)

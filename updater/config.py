@@ -33,20 +33,23 @@ DEFAULT_CONFIG = Path("/etc/sealift/updater.yaml")
 ENV_PREFIX = "SEALIFT"
 
 
-def load_defaults(command: click.Command, *, path: Path | None = None,
-                  environ: Mapping[str, str] | None = None) -> dict[str, Any] | None:
-    """The defaults the environment (``environ``, default: this process's) and then the configuration
-    file set for ``command`` and its subcommands (click's ``default_map``); None when neither sets
-    any. ``path``: the file, else ``SEALIFT_CONFIG``, else the default file when it exists."""
+def load_defaults(command: click.Command, *, path: Path | None = None, environ: Mapping[str, str] | None = None,
+                  default: Path = DEFAULT_CONFIG, variable: str = "SEALIFT_CONFIG", environment: bool = True,
+                  what: str = "updater configuration") -> dict[str, Any] | None:
+    """The defaults the environment (``environ``, default: this process's; only with ``environment``)
+    and then the configuration file set for ``command`` and its subcommands (click's ``default_map``);
+    None when neither sets any. ``path``: the file, else the one the ``variable`` names, else
+    ``default`` when it exists."""
     environ = os.environ if environ is None else environ
-    named = path or (Path(environ["SEALIFT_CONFIG"]) if environ.get("SEALIFT_CONFIG") else None)
+    named = path or (Path(environ[variable]) if environ.get(variable) else None)
     found: dict[str, Any] = {}
-    if named is not None or DEFAULT_CONFIG.is_file():
+    if named is not None or default.is_file():
         from updater.yamlfile import load_yaml
 
-        top = load_yaml(named or DEFAULT_CONFIG, what="updater configuration")
+        top = load_yaml(named or default, what=what)
         found = _defaults(command, top.value, where=f"{top.file}") if top.present else {}
-    _merge(found, _environment(command, ENV_PREFIX, environ))
+    if environment:
+        _merge(found, _environment(command, ENV_PREFIX, environ))
     return found or None
 
 

@@ -88,3 +88,29 @@ def test_completion_scripts_and_what_they_complete(command: str, typed: str, exp
     done = subprocess.run([str(BIN / command)], capture_output=True, text=True, timeout=60,
                           env={**os.environ, variable: "bash_complete", "COMP_WORDS": words, "COMP_CWORD": str(len(words.split()) - 1)})
     assert f"plain,{expected}" in done.stdout.splitlines()
+
+
+def test_the_office_configuration_makes_signed_pushes_the_rule(tmp_path: Path) -> None:
+    from bundler.build import BuildOptions, build_bundles, select_profiles
+    from bundler.spec import load_spec
+    from tests.builders import project
+    from updater.profiles import builtin_profile_dir, load_profiles
+
+    spec = load_spec(project(tmp_path / "src"))
+    (unsigned,) = build_bundles(spec, select_profiles(spec, load_profiles([builtin_profile_dir()]), ("x86_64-cpu",)),
+                                BuildOptions(out=tmp_path / "out", epoch=0))
+    config = tmp_path / "sealift.yaml"
+    push = [str(BIN / "sealift"), "push", str(unsigned.path), "127.0.0.1:9/demo", "--plain-http"]
+
+    def run(text: str | None) -> subprocess.CompletedProcess[str]:
+        if text is not None:
+            config.write_text(text)
+        env = {**os.environ, **({"SEALIFT_OFFICE_CONFIG": str(config)} if text is not None else {})}
+        return subprocess.run(push, capture_output=True, text=True, timeout=60, env=env)
+
+    warned = run(None)  # no configuration: a warning, then the push fails only on the registry that is not there
+    assert warned.returncode == 4 and "warning: " in warned.stderr
+    refused = run("push:\n  require_signed: true\nexport:\n  require_signed: true\n")
+    assert refused.returncode == 3 and "(--require-signed)" in refused.stderr  # before any connection
+    typo = run("push:\n  require_signd: true\n")
+    assert typo.returncode == 2 and "did you mean require_signed?" in typo.stderr and typo.stderr.count("\n") == 1
