@@ -229,6 +229,8 @@ def _sync_repository(origin: str, target: str, *, profiles: tuple[str, ...], sit
                 "profile": annotations.get(ANNOTATION.PROFILE)}
             result.bundles.append({"tag": tag, "digest": top.digest, "name": annotations.get(ANNOTATION.NAME),
                                    "version": annotations.get(ANNOTATION.VERSION), **where})
+        if not result.bundles:  # nothing of it for this mirror: its metadata stays out too
+            return result
         names = [n for n in metadata_names(src) if not _same_tag(src, dst, metadata_tag(n))]
         progress.step(f"sync {len(names)} changed metadata files")
         files = {name: data for name in names if (data := read_metadata(src, name)) is not None}

@@ -415,6 +415,7 @@ def test_nothing_found_is_said_never_a_silent_success(overlaid: dict[str, Path],
     typo = runner.invoke(sealift, ["mirror", "sync", "--from", source, "--to", f"{registry.address}/mirror-x", "--profile",
                                    "x86_64-cpuu", "--plain-http"])
     assert typo.exit_code == 2 and "nothing to sync for profile x86_64-cpuu; it holds profile x86_64-cpu" in typo.stderr
+    assert connect(f"{registry.address}/mirror-x", plain_http=True, what="mirror").tags() == []  # not even its metadata
     empty = runner.invoke(sealift, ["mirror", "sync", "--from", f"{registry.address}/never-pushed", "--to", registry.address,
                                     "--plain-http"])
     assert empty.exit_code == 2 and "nothing to sync; it holds no Sealift bundle or overlay" in empty.stderr
