@@ -51,9 +51,11 @@ def fleet_import(source: str, db: Path, inventory: Path, plain_http: bool, as_js
     """
     from bundler.devices import Inventory
     from bundler.fleet import FleetDatabase
-    from updater.errors import Refused
+    from updater.errors import InputError, Refused
 
     medium = Path(source)
+    if not medium.is_dir() and source.startswith(("/", ".", "~")):
+        raise InputError(f"{source}: no such directory (a medium holding the devices' reports, or a registry HOST/PREFIX)")
     if medium.is_dir():
         result = FleetDatabase(db).import_medium(medium, Inventory(inventory))
     else:

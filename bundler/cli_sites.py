@@ -200,6 +200,8 @@ def devices_window(site: str, inventory: Path, timezone: str | None, windows: tu
     from updater.errors import InputError
     from updater.windows import Maintenance
 
+    if remove and (timezone or windows):
+        raise InputError("--remove takes the site's windows away: give it alone, or --timezone and --window without it")
     if remove:
         Inventory(inventory).set_window(site, None)
         emit({"site": site, "maintenance": None}, as_json=as_json, text=f"site {site}: no maintenance window")

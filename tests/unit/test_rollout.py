@@ -274,7 +274,12 @@ def test_the_inventory_commands_set_labels_and_windows_and_refuse_bad_ones_in_on
     bad_zone = run("devices", "window", "plant-a", "--timezone", "Mars/Olympus", "--window", "Sat 02:00-06:00")
     assert bad_zone.exit_code == 2 and bad_zone.stderr.count("\n") == 1 and "unknown time zone 'Mars/Olympus'" in bad_zone.stderr
     assert str(inventory.sites()["plant-a"]) == "Sat 02:00-06:00 (Europe/Berlin)"  # the bad one changed nothing
+    both = run("devices", "window", "plant-a", "--remove", "--window", "Sun 01:00-02:00")
+    assert both.exit_code == 2 and "give it alone" in both.stderr and "plant-a" in inventory.sites()  # never a silent removal
     assert run("devices", "window", "plant-a", "--remove").exit_code == 0 and inventory.sites() == {}
+    typo = CliRunner().invoke(cli, ["fleet", "import", "/media/usbb", "--inventory", str(inventory.path), "--db",
+                                    str(tmp_path / "fleet.db")])
+    assert typo.exit_code == 2 and "/media/usbb: no such directory" in typo.stderr
 
 
 def test_several_records_enroll_in_one_change_or_not_at_all(tmp_path: Path, inventory: Inventory) -> None:
