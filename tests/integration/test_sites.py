@@ -103,8 +103,8 @@ def test_two_sites_run_one_bundle_with_their_own_secrets_rotate_them_and_a_revok
         record = DeviceIdentity(state).enroll(site="north" if name == "spare" else name, profile="x86_64-cpu")
         (work / f"{name}.json").write_text(json.dumps(record))
         added = run("devices", "add", str(work / f"{name}.json"), "--inventory", str(work / "devices.yaml"))
-        assert isinstance(added, dict) and added["site"] == record["site"]
-        ids[name] = added["device"]
+        assert isinstance(added, list) and [a["site"] for a in added] == [record["site"]]
+        ids[name] = added[0]["device"]
     origin, mirror = registry_factory(), registry_factory()
     south_host = start_net_namespace()
     engines: dict[str, DockerEngine] = {}
