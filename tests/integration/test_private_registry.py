@@ -32,6 +32,18 @@ PROFILES = load_profiles([builtin_profile_dir()])
 CPU = PROFILES["x86_64-cpu"]
 
 
+def polled(source: str, root: Path, device: Path) -> str | None:
+    """The version a device provisioned with ``root`` finds at ``source`` (TLS, and credentials, as a device has them)."""
+    TrustedState(device).init(root)
+    installer = Installer(state_dir=device, runtime=NoEngine(), profile=CPU)
+    client = connect(source, plain_http=False, what="site registry")
+    try:
+        found = RegistryPoller(source, installer=installer, profile=CPU, retry=Retry(delays=())).find(client)
+    finally:
+        client.close()
+    return found.app.version if found is not None and found.app is not None else None
+
+
 def test_a_registry_with_its_own_ca_client_certificates_and_passwords(
         registry_factory: RegistryFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ca = TestCA(tmp_path / "pki")
@@ -82,15 +94,7 @@ def test_a_registry_with_its_own_ca_client_certificates_and_passwords(
     pushed = runner.invoke(sealift, ["push", str(bundle.path), f"{host}/demo"])
     assert pushed.exit_code == 0, pushed.output
     # a device polls it the same way: certificates from certs.d, the password from the Docker config
-    device = tmp_path / "device"
-    TrustedState(device).init(root)
-    installer = Installer(state_dir=device, runtime=NoEngine(), profile=CPU)
-    client = connect(f"{host}/demo", plain_http=False, what="site registry")
-    try:
-        found = RegistryPoller(f"{host}/demo", installer=installer, profile=CPU, retry=Retry(delays=())).find(client)
-    finally:
-        client.close()
-    assert found is not None and found.app is not None and found.app.version == "1.2.0"
+    assert polled(f"{host}/demo", root, tmp_path / "device") == "1.2.0"
     # forgotten credentials: the registry's question is named, with the way to answer it
     assert runner.invoke(sealift, ["logout", host]).exit_code == 0 and host not in json.loads(config.read_text())["auths"]
     anonymous = runner.invoke(sealift, ["push", str(bundle.path), f"{host}/demo"])
@@ -126,14 +130,6 @@ def test_a_registry_with_token_authentication_over_tls(registry_factory: Registr
         assert "repository:demo:pull,push" in issuer.issued  # the registry asked, the issuer granted, the push went through
         linked = result_of(runner.invoke(sealift, ["push", str(bundle.path), f"{host}/eu/demo", "--mount-from", "demo", "--json"]).stdout)
         assert linked["blobs_mounted"] > 0 and linked["blobs_sent"] == 0  # a token for both repositories
-        device = tmp_path / "device"
-        TrustedState(device).init(root)
-        installer = Installer(state_dir=device, runtime=NoEngine(), profile=CPU)
-        client = connect(f"{host}/demo", plain_http=False, what="site registry")
-        try:
-            found = RegistryPoller(f"{host}/demo", installer=installer, profile=CPU, retry=Retry(delays=())).find(client)
-        finally:
-            client.close()
-        assert found is not None and found.app is not None and found.app.version == "1.2.0"
+        assert polled(f"{host}/demo", root, tmp_path / "device") == "1.2.0"
     finally:
         issuer.close()
