@@ -10,7 +10,7 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
 
-packages=(python3 python3-venv git openssl docker.io docker-registry skopeo busybox-static iproute2 ca-certificates systemd tini haproxy chromium fonts-dejavu-core)
+packages=(python3 python3-venv git openssl apache2-utils curl jq docker.io docker-registry skopeo busybox-static iproute2 ca-certificates systemd tini haproxy chromium fonts-dejavu-core)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
