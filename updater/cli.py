@@ -357,7 +357,7 @@ def _add_commands() -> None:
     for command in (report, status, run, recover):
         cli.add_command(command)
     add_completion(cli, "sealift-updater")
-    add_login(cli, "sealift-updater")
+    add_login(cli, "sealift-updater", device=True)
 
 
 def main() -> None:

@@ -13,8 +13,9 @@ from updater.exits import emit, reports_errors
 __all__ = ["add_login"]
 
 
-def add_login(group: click.Group, prog_name: str) -> None:
-    """Give ``group`` the ``login`` and ``logout`` commands."""
+def add_login(group: click.Group, prog_name: str, *, device: bool = False) -> None:
+    """Give ``group`` the ``login`` and ``logout`` commands (``device``: the updater's, which keep the
+    credentials where its service reads them)."""
 
     @group.command("login")
     @click.argument("host")
@@ -27,14 +28,17 @@ def add_login(group: click.Group, prog_name: str) -> None:
         from updater.credentials import login as store
 
         password = sys.stdin.readline().rstrip("\r\n") if password_stdin else click.prompt("Password", hide_input=True, err=True)
-        where = store(host.removeprefix("https://").removeprefix("http://").rstrip("/"), username, password, plain_http=plain_http)
+        where = store(host.removeprefix("https://").removeprefix("http://").rstrip("/"), username, password, plain_http=plain_http,
+                      device=device)
         emit({"host": host, "stored_in": where}, as_json=as_json, text=f"logged in to {host}; credentials stored in {where}")
 
+    where = "; default /etc/sealift/docker/config.json, where the service reads them" if device else \
+        "; default ~/.docker/config.json"
     login.help = inspect.cleandoc(f"""Check a user name and password against registry HOST, then store them.
 
     They go where Docker keeps credentials (the credential helper the Docker configuration names,
-    else $DOCKER_CONFIG/config.json, readable by its owner only), so docker, skopeo and {prog_name}
-    share them. The password is never taken from the command line.
+    else $DOCKER_CONFIG/config.json, readable by its owner only{where}), so docker, skopeo and
+    {prog_name} share them. The password is never taken from the command line.
 
     \b
     Examples:
@@ -49,7 +53,7 @@ def add_login(group: click.Group, prog_name: str) -> None:
     def logout(host: str, as_json: bool) -> None:
         from updater.credentials import logout as forget
 
-        forgotten = forget(host)
+        forgotten = forget(host, device=device)
         said = "forgot the credentials" if forgotten else "no credentials were stored"
         emit({"host": host, "forgotten": forgotten}, as_json=as_json, text=f"{said} for {host}")
 

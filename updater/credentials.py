@@ -4,7 +4,8 @@
 authentication, over the TLS settings of :mod:`updater.registry_tls`), then stores them: with the
 credential helper the Docker configuration names for the host (``credHelpers``) or for every host
 (``credsStore``), through ``docker-credential-NAME store``; else base64-encoded in the
-configuration's ``auths`` (``$DOCKER_CONFIG/config.json``, by default ``~/.docker/config.json``),
+configuration's ``auths`` (``$DOCKER_CONFIG/config.json``, by default ``~/.docker/config.json``, and
+on a device ``/etc/sealift/docker/config.json``),
 written atomically and readable by its owner only. A password never appears in an error, a log or
 the process's arguments.
 """
@@ -25,14 +26,22 @@ from updater.registry import Reference, RegistryClient
 __all__ = ["docker_config", "login", "logout"]
 
 
-def docker_config() -> Path:
-    """Where Docker (and oras-py) read credentials: ``$DOCKER_CONFIG/config.json`` or ``~/.docker/config.json``."""
+DEVICE_CONFIG = Path("/etc/sealift/docker/config.json")  # a device's: the service cannot see /root (ProtectHome)
+
+
+def docker_config(*, device: bool = False) -> Path:
+    """Where credentials are kept: ``$DOCKER_CONFIG/config.json``, else on a device
+    ``/etc/sealift/docker/config.json`` (which the updater's registry client reads too), else
+    ``~/.docker/config.json``."""
     root = os.environ.get("DOCKER_CONFIG")
-    return Path(root) / "config.json" if root else Path.home() / ".docker" / "config.json"
+    if root:
+        return Path(root) / "config.json"
+    return DEVICE_CONFIG if device else Path.home() / ".docker" / "config.json"
 
 
-def login(host: str, user: str, password: str, *, plain_http: bool = False) -> str:
-    """Check the credentials against ``host`` and store them; returns where they went."""
+def login(host: str, user: str, password: str, *, plain_http: bool = False, device: bool = False) -> str:
+    """Check the credentials against ``host`` and store them (``device``: where the updater keeps them);
+    returns where they went."""
     if not user or not password:
         raise InputError(f"login to {host}: a user name and a password are both needed")
     client = RegistryClient(Reference(host=host, repository="sealift"), plain_http=plain_http, what=f"registry {host}",
@@ -41,19 +50,21 @@ def login(host: str, user: str, password: str, *, plain_http: bool = False) -> s
         client.ping()
     finally:
         client.close()
-    config = _read()
+    path = docker_config(device=device)
+    config = _read(path)
     helper = _helper(config, host)
     if helper is not None:
         _run_helper(helper, "store", json.dumps({"ServerURL": host, "Username": user, "Secret": password}), secret=password)
         return f"credential helper docker-credential-{helper}"
     config.setdefault("auths", {})[host] = {"auth": base64.b64encode(f"{user}:{password}".encode()).decode()}
-    _write(config)
-    return str(docker_config())
+    _write(path, config)
+    return str(path)
 
 
-def logout(host: str) -> bool:
+def logout(host: str, *, device: bool = False) -> bool:
     """Forget the credentials stored for ``host``; False when there were none."""
-    config = _read()
+    path = docker_config(device=device)
+    config = _read(path)
     helper = _helper(config, host)
     forgotten = False
     if helper is not None:
@@ -62,13 +73,12 @@ def logout(host: str) -> bool:
     auths = config.get("auths")
     if isinstance(auths, dict) and host in auths:
         del auths[host]
-        _write(config)
+        _write(path, config)
         forgotten = True
     return forgotten
 
 
-def _read() -> dict[str, Any]:
-    path = docker_config()
+def _read(path: Path) -> dict[str, Any]:
     try:
         config = json.loads(path.read_text())
     except FileNotFoundError:
@@ -80,8 +90,7 @@ def _read() -> dict[str, Any]:
     return config
 
 
-def _write(config: dict[str, Any]) -> None:
-    path = docker_config()
+def _write(path: Path, config: dict[str, Any]) -> None:
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         replace_file(path, (json.dumps(config, indent=2) + "\n").encode(), mode=0o600)

@@ -383,9 +383,9 @@ class RegistryClient:
         plain basic auth (htpasswd) gets oras-py's basic backend instead."""
         if self._prepared:
             return
-        configs = [os.path.join(os.environ["DOCKER_CONFIG"], "config.json")] if os.environ.get("DOCKER_CONFIG") else None
-        if configs and not os.path.exists(configs[0]):
-            configs = None
+        named = os.path.join(os.environ["DOCKER_CONFIG"], "config.json") if os.environ.get("DOCKER_CONFIG") else None
+        # with the Docker configuration's own (oras-py adds ~/.docker), what `sealift-updater login` kept for the service
+        configs = [c for c in (named, "/etc/sealift/docker/config.json") if c and os.path.exists(c)] or None
         load_credentials(self.registry, self.ref.name, configs)
         if self.credentials is not None:
             set_credential(self.registry, *self.credentials)
@@ -394,7 +394,7 @@ class RegistryClient:
         if ping.status_code == 401 and challenge.lower().startswith("basic"):
             if credential(self.registry) is None:
                 raise InputError(f"{self.what}: {self.ref.host} asks for a user name and password, and the Docker config "
-                                 f"has none for it (`sealift login {self.ref.host}`)")
+                                 f"has none for it (`sealift login {self.ref.host}`; on a device `sealift-updater login`)")
             answers_basic_challenges(self.registry, plain_http=self.scheme == "http", verify=self.tls.verify)
         self._prepared = True
 
