@@ -22,6 +22,8 @@ import oras.container
 import oras.provider
 import requests
 
+from updater.errors import InputError
+
 __all__ = ["answers_basic_challenges", "credential", "load_credentials", "new_registry", "request_once", "set_credential"]
 
 _REQUEST_ONCE = getattr(oras.provider.Registry.do_request, "__wrapped__", None)
@@ -57,7 +59,11 @@ def request_once(registry: oras.provider.Registry, url: str, method: str, *, hea
 def load_credentials(registry: oras.provider.Registry, name: str, configs: list[str] | None) -> None:
     """Load the credentials for ``name`` (``HOST/REPO``) from the Docker configuration (``configs``, or
     oras-py's default), credential helpers and ``credsStore`` included."""
-    registry.auth.load_configs(oras.container.Container(name), configs=configs)
+    try:
+        registry.auth.load_configs(oras.container.Container(name), configs=configs)
+    except (ValueError, KeyError, TypeError) as e:  # a configuration, or a credential helper's answer, that is not JSON
+        raise InputError(f"{name}: the Docker configuration or its credential helper gave no readable credentials "
+                         f"({type(e).__name__})") from None
 
 
 def credential(registry: oras.provider.Registry) -> str | None:

@@ -386,9 +386,10 @@ class RegistryClient:
         named = os.path.join(os.environ["DOCKER_CONFIG"], "config.json") if os.environ.get("DOCKER_CONFIG") else None
         # with the Docker configuration's own (oras-py adds ~/.docker), what `sealift-updater login` kept for the service
         configs = [c for c in (named, "/etc/sealift/docker/config.json") if c and os.path.exists(c)] or None
-        load_credentials(self.registry, self.ref.name, configs)
         if self.credentials is not None:
             set_credential(self.registry, *self.credentials)
+        else:
+            load_credentials(self.registry, self.ref.name, configs)
         with self.registry.session.get(f"{self.scheme}://{self.ref.host}/v2/", verify=self.tls.verify) as ping:
             challenge = ping.headers.get("Www-Authenticate", "")
         if ping.status_code == 401 and challenge.lower().startswith("basic"):

@@ -107,3 +107,49 @@ def test_which_certificates_a_registry_connection_uses(tmp_path: Path, monkeypat
     (host / "client.key").unlink()
     with pytest.raises(InputError, match=r"client\.cert: a client certificate without its key client\.key beside it"):
         registry_tls.tls_for("mirror.example:5000")
+
+
+def test_login_stores_through_the_credential_helper_the_docker_configuration_names(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from updater.credentials import login, logout
+    from updater.registry import Reference, RegistryClient
+
+    class Answering(http.server.BaseHTTPRequestHandler):  # a registry's API root that takes any basic credentials
+        def do_GET(self) -> None:
+            ok = self.headers.get("Authorization", "").startswith("Basic ")
+            self.send_response(200 if ok else 401)
+            if not ok:
+                self.send_header("Www-Authenticate", 'Basic realm="test"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answering)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host = f"127.0.0.1:{server.server_address[1]}"
+    kept = tmp_path / "vault"
+    helper = tmp_path / "bin/docker-credential-sitevault"
+    helper.parent.mkdir()
+    helper.write_text(f'#!/bin/sh\n[ "$1" = get ] && {{ echo "credentials not found in native keychain"; exit 1; }}\n'
+                      f'echo "$1" >> {kept}\ncat >> {kept}\necho >> {kept}\n')
+    helper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{helper.parent}:/usr/bin:/bin")
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker"))
+    (tmp_path / "docker").mkdir()
+    (tmp_path / "docker/config.json").write_text(json.dumps({"credsStore": "sitevault"}))
+    try:
+        assert login(host, "edge", "s3cret horse", plain_http=True) == "credential helper docker-credential-sitevault"
+        assert logout(host)
+        (tmp_path / "docker/config.json").write_text(json.dumps({"credsStore": "broken"}))
+        (helper.parent / "docker-credential-broken").write_text("#!/bin/sh\necho 'not json'\n")
+        (helper.parent / "docker-credential-broken").chmod(0o755)
+        with pytest.raises(InputError, match="its credential helper gave no readable credentials"):
+            RegistryClient(Reference(host=host, repository="demo"), plain_http=True, what="registry").ping()
+    finally:
+        server.shutdown()
+        server.server_close()
+    action, stored, erased, _ = kept.read_text().split("\n", 3)
+    assert action == "store" and json.loads(stored) == {"ServerURL": host, "Username": "edge", "Secret": "s3cret horse"}
+    assert erased == "erase" and "s3cret" not in (tmp_path / "docker/config.json").read_text()  # never in the file itself
