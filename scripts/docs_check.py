@@ -139,12 +139,20 @@ def check(pages: list[str]) -> int:
 def isolate() -> None:
     """/run a fresh tmpfs; each directory the pages write to an overlay whose upper half is in it."""
     subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=755", "docs-check-run", "/run"], check=True)
+    # a checkout inside an overlaid directory (a clone in /tmp) stays itself: the pages build in it, and an
+    # overlay cannot rename a directory of its lower half
+    inside = any(ROOT.is_relative_to(lower) for lower in OVERLAID)
+    if inside:
+        (STATE / "checkout").mkdir(parents=True)
+        subprocess.run(["mount", "--bind", str(ROOT), str(STATE / "checkout")], check=True)
     for n, lower in enumerate(OVERLAID):
         upper, work = STATE / "overlay" / str(n) / "upper", STATE / "overlay" / str(n) / "work"
         upper.mkdir(parents=True)
         work.mkdir()
         subprocess.run(["mount", "-t", "overlay", "docs-check", "-o", f"lowerdir={lower},upperdir={upper},workdir={work}", lower],
                        check=True)
+    if inside:
+        subprocess.run(["mount", "--bind", str(STATE / "checkout"), str(ROOT)], check=True)
     shims = STATE / "bin"
     shims.mkdir()
     for name in ("apt-get", "systemctl", "journalctl"):
