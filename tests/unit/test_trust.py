@@ -228,7 +228,8 @@ def test_expired_metadata_is_a_freeze(tmp_path: Path, unsigned: dict[str, Path])
     roles = {**Policy().roles, "timestamp": RolePolicy(expiry_days=1)}
     setup = Setup(tmp_path, unsigned, policy=Policy(roles=roles), now=lambda: two_days_ago)
     setup.sign("1.2.0-x86_64-cpu")
-    setup.refused("1.2.0-x86_64-cpu", Refused, r"expired metadata \(at the office: `sealift repo refresh`, then push, mirror or export")
+    setup.refused("1.2.0-x86_64-cpu", Refused,
+                  r"expired metadata \(at the office: `sealift repo refresh`, `sealift repo add` the release again for the fresh")
 
 
 def test_snapshot_and_targets_from_different_moments(setup: Setup, tmp_path: Path) -> None:
