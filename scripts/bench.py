@@ -175,6 +175,10 @@ def main() -> None:
     parser.add_argument("--rollout-devices", type=int, default=1000, help="simulated devices with --rollout (default 1000)")
     parser.add_argument("--fleet-devices", type=int, default=10_000, help="devices with --reports (default 10000)")
     parser.add_argument("--fleet-events", type=int, default=100, help="events per device with --reports (default 100)")
+    parser.add_argument("--delta", action="store_true",
+                        help="measure chunk deltas inside large blobs instead: bytes moved against the changed bytes, "
+                             "zstd --patch-from and casync, and the rebuild against cp (see scripts/bench_delta.py)")
+    parser.add_argument("--delta-mib", type=int, default=1024, help="size of the blobs with --delta (default 1024)")
     parser.add_argument("--startup", action="store_true",
                         help="measure start-up instead: what a command costs before it does anything, beside `python -c pass`")
     args = parser.parse_args()
@@ -184,6 +188,16 @@ def main() -> None:
             print(json.dumps(figures, indent=2))
         else:
             print_startup(figures)
+        return
+    if args.delta:
+        from scripts.bench_delta import measure as measure_delta
+        from scripts.bench_delta import print_report as print_delta
+
+        figures = {"machine": machine(), **measure_delta(args.delta_mib, args.workdir)}
+        if args.json:
+            print(json.dumps(figures, indent=2))
+        else:
+            print_delta(figures)
         return
     if args.rollout:
         from scripts.bench_rollout import measure as measure_rollout

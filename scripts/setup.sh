@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Sealift needs on a Debian 12 machine: the Debian packages (Docker engine, the
-# CNCF distribution registry, skopeo, busybox-static, HAProxy, and Chromium for the fleet page's
-# browser test), then a virtualenv in .venv with Sealift and its development tools. Safe to run
+# CNCF distribution registry, skopeo, busybox-static, HAProxy, Chromium for the fleet page's
+# browser test, the tools the operator pages use, and zstd and casync, which the delta benchmark
+# compares with), then a virtualenv in .venv with Sealift and its development tools. Safe to run
 # again: it installs only what is missing.
 # Sourced by scripts/example.sh and scripts/test.sh; exports SEALIFT_PYTHON.
 set -euo pipefail
@@ -10,7 +11,7 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
 
-packages=(python3 python3-venv git openssl apache2-utils curl jq docker.io docker-registry skopeo busybox-static iproute2 ca-certificates systemd tini haproxy chromium fonts-dejavu-core)
+packages=(python3 python3-venv git openssl apache2-utils curl jq docker.io docker-registry skopeo busybox-static iproute2 ca-certificates systemd tini haproxy chromium fonts-dejavu-core zstd casync)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

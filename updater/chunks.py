@@ -1,0 +1,137 @@
+"""A large blob rebuilt from a base the device holds and the chunks it lacks.
+
+A chunk delta of one blob (a retrained model, a layer with one file changed) is two blobs: a chunk
+index and a pack of the new chunks. The index lists the target blob's chunks in order, each
+either a range of the base blob or the next chunk of the pack, with the first 16 bytes of the
+chunk's sha256::
+
+    sealift-chunks/1\\n
+    {"target": {"digest", "size"}, "base": {"digest", "size"}, "pack": {"digest", "size"}, "chunks": N}\\n
+    N records of 29 bytes: where (0 base, 1 pack), offset (u64), length (u32), sha256[:16]
+
+The target's sha256 stays its identity: :func:`rebuild` streams the chunks into a partial file,
+checks each pack chunk as it goes and the whole blob's digest at the end, and only then names the
+file by its digest; anything that does not add up (an index whose chunks do not make the target's
+size, a chunk past the end of its base or pack, a pack chunk whose digest is wrong, a base other
+than the one the index names, a rebuilt blob whose digest is wrong) is Refused and nothing of it
+is kept. The base is a blob of the device's store, named by its digest and checked when it
+arrived, so its chunks are not hashed one by one: the whole blob's digest covers them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from updater.errors import DeviceFault, Refused
+from updater.oci import Advance
+
+__all__ = ["BASE", "MAGIC", "MAX_CHUNK", "PACK", "RECORD", "ChunkIndex", "Record", "read_index", "rebuild"]
+
+MAGIC = b"sealift-chunks/1\n"
+RECORD = struct.Struct(">BQI16s")
+BASE, PACK = 0, 1
+MAX_CHUNK = 1 << 20  # no chunk is larger: what a rebuild holds in memory at once
+_MAX_HEADER = 4096
+
+
+@dataclass(frozen=True)
+class Blob:
+    digest: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Record:
+    where: int
+    offset: int
+    length: int
+    short_hash: bytes
+
+
+@dataclass(frozen=True)
+class ChunkIndex:
+    """A read, consistent chunk index: the target, base and pack blobs, and the records."""
+
+    target: Blob
+    base: Blob
+    pack: Blob
+    records: bytes
+
+    def __iter__(self) -> Iterator[Record]:
+        for where, offset, length, short in RECORD.iter_unpack(self.records):
+            yield Record(where, offset, length, short)
+
+
+def read_index(data: bytes, what: str) -> ChunkIndex:
+    """The index in ``data``, checked to add up; Refused, naming ``what``, when it does not."""
+    if not data.startswith(MAGIC):
+        raise Refused(f"{what}: not a Sealift chunk index")
+    end = data.find(b"\n", len(MAGIC), len(MAGIC) + _MAX_HEADER)
+    if end < 0:
+        raise Refused(f"{what}: the chunk index has no header")
+    try:
+        header = json.loads(data[len(MAGIC):end])
+        target, base, pack = (Blob(str(header[k]["digest"]), int(header[k]["size"])) for k in ("target", "base", "pack"))
+        count = int(header["chunks"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise Refused(f"{what}: the chunk index header is malformed ({type(e).__name__})") from None
+    records = data[end + 1:]
+    if count < 0 or len(records) != count * RECORD.size:
+        raise Refused(f"{what}: the chunk index says {count} chunks and holds {len(records) / RECORD.size:g}")
+    index = ChunkIndex(target=target, base=base, pack=pack, records=records)
+    total = packed = 0
+    for i, r in enumerate(index):
+        size = base.size if r.where == BASE else pack.size if r.where == PACK else -1
+        if size < 0 or not 0 < r.length <= MAX_CHUNK or r.offset + r.length > size or (r.where == PACK and r.offset != packed):
+            raise Refused(f"{what}: chunk {i} of the index lies outside its base or pack, or out of order")
+        total += r.length
+        packed += r.length if r.where == PACK else 0
+    if total != target.size or packed != pack.size:
+        raise Refused(f"{what}: the chunks add up to {total} bytes ({packed} from the pack), not the blob's {target.size} "
+                      f"({pack.size})")
+    return index
+
+
+def rebuild(index: ChunkIndex, base: IO[bytes], pack: IO[bytes], out: Path, *, what: str,
+            advance: Advance = lambda _: None) -> None:
+    """Write the target blob to ``out`` from ``base`` (its bytes, seekable) and ``pack`` (read in order),
+    streaming; ``out`` exists only when the blob's digest is right (a partial file beside it meanwhile)."""
+    base.seek(0, os.SEEK_END)
+    if base.tell() != index.base.size:
+        raise Refused(f"{what}: the base holds {base.tell()} bytes, not the {index.base.size} of {index.base.digest} the index names")
+    partial = out.with_name(f".partial-{out.name}")
+    whole = hashlib.sha256()
+    try:
+        with open(partial, "wb") as written:
+            for i, r in enumerate(index):
+                if r.where == BASE:
+                    base.seek(r.offset)
+                    data = base.read(r.length)
+                else:
+                    data = pack.read(r.length)
+                    if hashlib.sha256(data).digest()[:16] != r.short_hash:
+                        raise Refused(f"{what}: chunk {i} of the pack does not match its digest")
+                if len(data) != r.length:
+                    raise Refused(f"{what}: the {'base' if r.where == BASE else 'pack'} ends inside chunk {i}")
+                whole.update(data)
+                written.write(data)
+                advance(len(data))
+            written.flush()
+            os.fsync(written.fileno())
+        if f"sha256:{whole.hexdigest()}" != index.target.digest:
+            raise Refused(f"{what}: the rebuilt blob is sha256:{whole.hexdigest()}, not {index.target.digest} (a base other "
+                          "than the one the index names, or a damaged pack)")
+        os.rename(partial, out)
+    except Refused:
+        partial.unlink(missing_ok=True)
+        raise
+    except OSError as e:
+        partial.unlink(missing_ok=True)
+        raise DeviceFault(f"{what}: cannot write the rebuilt blob {out} ({e.strerror or e})") from e
