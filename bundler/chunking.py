@@ -5,7 +5,8 @@ change moves only the cuts around it), each target chunk is looked up by its sha
 base's, and the chunks the base lacks go, in order, into the pack. The chunk sizes (2, 4 and
 8 KiB: least, average, most) were chosen by measurement (docs/benchmarks.md, "Deltas inside
 blobs"): 1% of a blob changed in scattered 64 KiB runs moves 1.09x the changed bytes at a 4 KiB
-average, 1.19x at 8 KiB and 2.5x at 64 KiB; the index costs 29 bytes a chunk, 7.4 MB per GiB.
+average, 1.19x at 8 KiB and 2.5x at 64 KiB. The index names each new chunk (29 bytes) and each run
+of chunks the base holds in the same order as one range, so it stays small when little changed.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from fastcdc import fastcdc
 from updater.chunks import BASE, MAGIC, PACK, RECORD
 from updater.errors import DeviceFault, InputError
 
-__all__ = ["AVERAGE", "ChunkDelta", "chunk_delta"]
+__all__ = ["AVERAGE", "ChunkDelta", "chunk_delta", "cuts"]
 
 LEAST, AVERAGE, MOST = 2048, 4096, 8192
+_NO_DIGEST = bytes(16)  # a base range is covered by the whole blob's digest
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,7 @@ class ChunkDelta:
     chunks: int
 
 
-def _cuts(path: Path) -> list[tuple[int, int, bytes]]:
+def cuts(path: Path) -> list[tuple[int, int, bytes]]:
     """(offset, length, sha256) of each chunk of the file at ``path``."""
     if path.stat().st_size == 0:
         return []
@@ -48,22 +50,33 @@ def _cuts(path: Path) -> list[tuple[int, int, bytes]]:
 def chunk_delta(base: Path, target: Path, pack: Path, *, base_digest: str, target_digest: str) -> ChunkDelta:
     """Cut ``base`` and ``target``, write the chunks the base lacks to ``pack`` and return the index."""
     try:
-        known = {digest: (offset, length) for offset, length, digest in _cuts(base)}
+        known = {digest: (offset, length) for offset, length, digest in cuts(base)}
         records, packed, reused = [], 0, 0
+        run: tuple[int, int] | None = None  # the base range the target's last chunks came from
         pack_sha = hashlib.sha256()
         with open(target, "rb") as source, open(pack, "wb") as out:
-            for offset, length, digest in _cuts(target):
+            for offset, length, digest in cuts(target):
                 found = known.get(digest)
                 if found is not None and found[1] == length:
-                    records.append(RECORD.pack(BASE, found[0], length, digest[:16]))
+                    if run is not None and run[0] + run[1] == found[0]:
+                        run = (run[0], run[1] + length)  # the base runs on: one range
+                    else:
+                        if run is not None:
+                            records.append(RECORD.pack(BASE, run[0], run[1], _NO_DIGEST))
+                        run = found
                     reused += length
                     continue
+                if run is not None:
+                    records.append(RECORD.pack(BASE, run[0], run[1], _NO_DIGEST))
+                    run = None
                 source.seek(offset)
                 data = source.read(length)
                 out.write(data)
                 pack_sha.update(data)
                 records.append(RECORD.pack(PACK, packed, length, digest[:16]))
                 packed += length
+            if run is not None:
+                records.append(RECORD.pack(BASE, run[0], run[1], _NO_DIGEST))
     except OSError as e:
         raise DeviceFault(f"chunk delta of {target} on {base}: {e.strerror or e}") from e
     except ValueError as e:

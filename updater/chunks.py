@@ -9,6 +9,9 @@ chunk's sha256::
     {"target": {"digest", "size"}, "base": {"digest", "size"}, "pack": {"digest", "size"}, "chunks": N}\\n
     N records of 29 bytes: where (0 base, 1 pack), offset (u64), length (u32), sha256[:16]
 
+A pack record is one chunk (at most 1 MiB) and names its chunk's digest; a base record is a range of
+the base, as long as the chunks it covers run on in the base (its digest field is zero).
+
 The target's sha256 stays its identity: :func:`rebuild` streams the chunks into a partial file,
 checks each pack chunk as it goes and the whole blob's digest at the end, and only then names the
 file by its digest; anything that does not add up (an index whose chunks do not make the target's
@@ -89,7 +92,8 @@ def read_index(data: bytes, what: str) -> ChunkIndex:
     total = packed = 0
     for i, r in enumerate(index):
         size = base.size if r.where == BASE else pack.size if r.where == PACK else -1
-        if size < 0 or not 0 < r.length <= MAX_CHUNK or r.offset + r.length > size or (r.where == PACK and r.offset != packed):
+        longest = MAX_CHUNK if r.where == PACK else target.size
+        if size < 0 or not 0 < r.length <= longest or r.offset + r.length > size or (r.where == PACK and r.offset != packed):
             raise Refused(f"{what}: chunk {i} of the index lies outside its base or pack, or out of order")
         total += r.length
         packed += r.length if r.where == PACK else 0
@@ -113,13 +117,21 @@ def rebuild(index: ChunkIndex, base: IO[bytes], pack: IO[bytes], out: Path, *, w
             for i, r in enumerate(index):
                 if r.where == BASE:
                     base.seek(r.offset)
-                    data = base.read(r.length)
-                else:
-                    data = pack.read(r.length)
-                    if hashlib.sha256(data).digest()[:16] != r.short_hash:
-                        raise Refused(f"{what}: chunk {i} of the pack does not match its digest")
+                    left = r.length
+                    while left:  # a range of the base: copied a piece at a time
+                        data = base.read(min(left, MAX_CHUNK))
+                        if not data:
+                            raise Refused(f"{what}: the base ends inside chunk {i}")
+                        whole.update(data)
+                        written.write(data)
+                        advance(len(data))
+                        left -= len(data)
+                    continue
+                data = pack.read(r.length)
                 if len(data) != r.length:
-                    raise Refused(f"{what}: the {'base' if r.where == BASE else 'pack'} ends inside chunk {i}")
+                    raise Refused(f"{what}: the pack ends inside chunk {i}")
+                if hashlib.sha256(data).digest()[:16] != r.short_hash:
+                    raise Refused(f"{what}: chunk {i} of the pack does not match its digest")
                 whole.update(data)
                 written.write(data)
                 advance(len(data))
