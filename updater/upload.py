@@ -121,8 +121,8 @@ def upload_blob(client: RegistryClient, blob: Descriptor, open_at: Opener, advan
                 with response:
                     if response.status_code != 202:
                         raise client.refusal(response, f"the upload of blob {blob.digest}")
-                    named = response.headers.get("Location", location)
-                location = named if named.startswith("http") else f"{client.scheme}://{client.ref.host}{named}"
+                    moved_to = response.headers.get("Location", location)
+                location = moved_to if moved_to.startswith("http") else f"{client.scheme}://{client.ref.host}{moved_to}"
                 offset += n
                 sessions.put(client, blob.digest, location)
             if isinstance(body, Hashed):
@@ -131,7 +131,7 @@ def upload_blob(client: RegistryClient, blob: Descriptor, open_at: Opener, advan
     except ContentMismatch:
         sessions.drop(client, blob.digest)
         raise
-    except DeliveryError as e:
+    except DeliveryError as e:  # the session is kept: the next run sends the rest
         raise DeliveryError(f"{e.diagnostics()}; {blob.digest} was cut off: run again to send the rest") from e
     sessions.drop(client, blob.digest)
 
