@@ -17,6 +17,7 @@ import hashlib
 import io
 import os
 import random
+import shlex
 import shutil
 import subprocess
 import sys
@@ -121,7 +122,8 @@ def one_case(work: Path, base: Path, target: Path, changed: int) -> dict[str, An
     rebuild_s, rss_kib = (float(x) for x in done.stdout.split())
     assert _digest(out) == _digest(target)
     out.unlink()
-    copy_s = _timed(["sh", "-c", f"cp {target} {out} && sync {out}"])  # the floor: a copy made durable, as a rebuild is
+    src, dst = shlex.quote(str(target)), shlex.quote(str(out))
+    copy_s = _timed(["sh", "-c", f"cp {src} {dst} && sync {dst}"])  # the floor: a copy made durable, as a rebuild is
     out.unlink()
     figures: dict[str, Any] = {"changed": changed, "pack": delta.pack_size, "index": len(delta.index), "chunks": delta.chunks,
                                "moved": delta.pack_size + len(delta.index), "cut_s": cut, "rebuild_s": rebuild_s, "cp_s": copy_s,

@@ -21,12 +21,11 @@ from typing import Any
 
 from updater.durable import replace_file
 from updater.errors import DeviceFault, InputError
-from updater.registry import Reference, RegistryClient
+from updater.registry import DEVICE_DOCKER_CONFIG, Reference, RegistryClient
 
 __all__ = ["docker_config", "login", "logout"]
 
 
-DEVICE_CONFIG = Path("/etc/sealift/docker/config.json")  # a device's: the service cannot see /root (ProtectHome)
 
 
 def docker_config(*, device: bool = False) -> Path:
@@ -36,7 +35,7 @@ def docker_config(*, device: bool = False) -> Path:
     root = os.environ.get("DOCKER_CONFIG")
     if root:
         return Path(root) / "config.json"
-    return DEVICE_CONFIG if device else Path.home() / ".docker" / "config.json"
+    return DEVICE_DOCKER_CONFIG if device else Path.home() / ".docker" / "config.json"
 
 
 def login(host: str, user: str, password: str, *, plain_http: bool = False, device: bool = False) -> str:

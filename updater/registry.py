@@ -26,6 +26,7 @@ import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any, cast
 
 import oras.auth
@@ -41,6 +42,7 @@ from updater.registry_tls import Tls, tls_for
 
 __all__ = [
     "ACCEPT_MANIFESTS",
+    "DEVICE_DOCKER_CONFIG",
     "Reference",
     "RegistryClient",
     "Retry",
@@ -75,6 +77,7 @@ class Retry:
 
 
 BUILD_RETRY = Retry()  # a build should fail fast, not wait minutes
+DEVICE_DOCKER_CONFIG = Path("/etc/sealift/docker/config.json")  # a device's credentials: its service cannot see /root
 
 
 @dataclass(frozen=True)
@@ -383,12 +386,12 @@ class RegistryClient:
         plain basic auth (htpasswd) gets oras-py's basic backend instead."""
         if self._prepared:
             return
-        named = os.path.join(os.environ["DOCKER_CONFIG"], "config.json") if os.environ.get("DOCKER_CONFIG") else None
-        # with the Docker configuration's own (oras-py adds ~/.docker), what `sealift-updater login` kept for the service
-        configs = [c for c in (named, "/etc/sealift/docker/config.json") if c and os.path.exists(c)] or None
         if self.credentials is not None:
             set_credential(self.registry, *self.credentials)
         else:
+            named = os.path.join(os.environ["DOCKER_CONFIG"], "config.json") if os.environ.get("DOCKER_CONFIG") else None
+            # with the Docker configuration's own (oras-py adds ~/.docker), what `sealift-updater login` kept for the service
+            configs = [c for c in (named, str(DEVICE_DOCKER_CONFIG)) if c and os.path.exists(c)] or None
             load_credentials(self.registry, self.ref.name, configs)
         with self.registry.session.get(f"{self.scheme}://{self.ref.host}/v2/", verify=self.tls.verify) as ping:
             challenge = ping.headers.get("Www-Authenticate", "")

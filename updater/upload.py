@@ -119,6 +119,8 @@ def upload_blob(client: RegistryClient, blob: Descriptor, open_at: Opener, advan
                                        headers={"Content-Type": "application/octet-stream", "Content-Length": str(n),
                                                 "Content-Range": f"{offset}-{offset + n - 1}"})
                 with response:
+                    if response.status_code == 416:  # the session holds other than it said: the next run starts over
+                        sessions.drop(client, blob.digest)
                     if response.status_code != 202:
                         raise client.refusal(response, f"the upload of blob {blob.digest}")
                     moved_to = response.headers.get("Location", location)
