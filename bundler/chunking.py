@@ -34,6 +34,7 @@ class ChunkDelta:
 
     index: bytes
     pack: Path
+    pack_digest: str
     pack_size: int
     reused: int
     chunks: int
@@ -81,8 +82,9 @@ def chunk_delta(base: Path, target: Path, pack: Path, *, base_digest: str, targe
         raise DeviceFault(f"chunk delta of {target} on {base}: {e.strerror or e}") from e
     except ValueError as e:
         raise InputError(f"chunk delta of {target} on {base}: {e}") from e
+    pack_digest = f"sha256:{pack_sha.hexdigest()}"
     header = {"target": {"digest": target_digest, "size": target.stat().st_size},
               "base": {"digest": base_digest, "size": base.stat().st_size},
-              "pack": {"digest": f"sha256:{pack_sha.hexdigest()}", "size": packed}, "chunks": len(records)}
+              "pack": {"digest": pack_digest, "size": packed}, "chunks": len(records)}
     index = MAGIC + json.dumps(header, sort_keys=True, separators=(",", ":")).encode() + b"\n" + b"".join(records)
-    return ChunkDelta(index=index, pack=pack, pack_size=packed, reused=reused, chunks=len(records))
+    return ChunkDelta(index=index, pack=pack, pack_digest=pack_digest, pack_size=packed, reused=reused, chunks=len(records))

@@ -253,26 +253,34 @@ def _warn(message: str) -> None:
 @click.option("--mount-from", "mount_from", multiple=True, metavar="REPO",
               help="Another repository of the same registry that may hold the blobs (repeatable): the registry links "
                    "them from there, nothing is sent again.")
+@click.option("--base", metavar="BUNDLE|REGISTRY/REPO:TAG",
+              help="An earlier release of the bundle (same name and profile): push a chunk delta against it too, so that "
+                   "mirrors and devices holding it fetch only the changed chunks of large blobs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @reports_errors
-def push(bundle: Path, target: str, plain_http: bool, require_signed: bool, mount_from: tuple[str, ...], as_json: bool) -> None:
+def push(bundle: Path, target: str, plain_http: bool, require_signed: bool, mount_from: tuple[str, ...], base: str | None,
+         as_json: bool) -> None:
     """Push BUNDLE to a registry, with the signed metadata in its tuf/ folder.
 
     The bundle is verified first. Its blobs, manifests and top index keep their digests; only
     blobs the registry lacks are sent. The tag defaults to PROFILE-VERSION. Credentials come from
     the Docker config (`docker login`, DOCKER_CONFIG). A bundle with no signed metadata (not yet
-    `sealift repo add`ed) is pushed with a warning, or refused with --require-signed.
+    `sealift repo add`ed) is pushed with a warning, or refused with --require-signed. With --base,
+    each large blob (16 MiB or more) that changed only in part also gets a chunk delta, listed
+    under the bundle; the whole blob is always pushed too, for those without the base.
 
     \b
     Examples:
       sealift push out/vision-app-1.4.0-jetson-orin registry.example.com/vision-app   # tag jetson-orin-1.4.0
       sealift push out/vision-app-1.4.0-jetson-orin 10.20.0.5:5000/vision-app --plain-http --require-signed
       sealift push out/vision-app-1.4.0-jetson-orin registry.example.com/eu/vision-app --mount-from us/vision-app
+      sealift push out/vision-app-1.4.0-jetson-orin registry.example.com/vision-app --base out/vision-app-1.3.0-jetson-orin
     """
     from bundler.publish import push as push_bundle
 
     result = _with_progress(as_json, functools.partial(push_bundle, bundle, target, plain_http=plain_http,
-                                                       require_signed=require_signed, warn=_warn, mount_from=mount_from))
+                                                       require_signed=require_signed, warn=_warn, mount_from=mount_from,
+                                                       base=base))
     _print_transfer(result, as_json, "pushed")
 
 
@@ -303,7 +311,8 @@ def pull(reference: str, out: Path, plain_http: bool, as_json: bool) -> None:
 @click.option("--to", "to", required=True, type=click.Path(path_type=Path),
               help="The medium: a new (or empty) directory, or a new FILE.tar.")
 @click.option("--base", "bases", multiple=True, metavar="BUNDLE|REGISTRY/REPO:TAG",
-              help="Make a delta: leave out the blobs this base bundle (same name and profile) already has. Repeatable.")
+              help="Make a delta: leave out the blobs this base bundle (same name and profile) already has, and carry "
+                   "large blobs that changed in part as chunk deltas against it. Repeatable.")
 @_plain_http_option
 @_require_signed_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
@@ -366,7 +375,8 @@ def mirror_sync(origin: str, target: str, profiles: tuple[str, ...], sites: tupl
 
     Only blobs the mirror lacks are sent, so an interrupted sync resumes where it stopped and a
     blob crosses each hop once. Chain syncs hop by hop (origin, DMZ mirror, OT mirror) where each
-    network reaches only the next.
+    network reaches only the next. A bundle's chunk deltas (`push --base`) travel with it, and a
+    large blob the mirror can rebuild from a base it holds crosses the hop as its changed chunks.
 
     \b
     Examples:
@@ -377,7 +387,7 @@ def mirror_sync(origin: str, target: str, profiles: tuple[str, ...], sites: tupl
 
     result = _with_progress(as_json, functools.partial(sync, origin, target, profiles=profiles, sites=sites,
                                                        plain_http_from=plain_http or plain_http_from,
-                                                       plain_http_to=plain_http or plain_http_to))
+                                                       plain_http_to=plain_http or plain_http_to, warn=_warn))
     _print_transfer(result, as_json, "synced")
 
 
@@ -400,6 +410,8 @@ def _print_transfer(result: Any, as_json: bool, verb: str) -> None:
     moved = result.moved
     mounted = f", {moved.blobs_mounted} linked from another repository ({_size(moved.bytes_mounted)})" if moved.blobs_mounted else ""
     metadata = "taken" if verb == "pulled" else "published"
+    if moved.blobs_rebuilt:
+        mounted += f", {moved.blobs_rebuilt} rebuilt from chunk deltas ({_size(moved.bytes_rebuilt)})"
     click.echo(f"copied {moved.blobs_sent} blobs ({_size(moved.bytes_sent)}), {moved.blobs_present} already there "
                f"({_size(moved.bytes_present)}){mounted}; {len(result.metadata)} metadata files {metadata}")
     if result.skipped:

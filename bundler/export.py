@@ -1,7 +1,9 @@
 """``sealift export``: bundles and site overlays written to removable media for sites that never connect.
 
 The medium is described in :mod:`updater.medium`, which also reads and checks it. A delta holds
-every manifest but only the blobs its base lacks; ``SHA256SUMS`` is written last, so a medium
+every manifest but only the blobs its base lacks, and a large blob that changed only in part as
+a chunk delta against the base's blob in the same place (:mod:`bundler.deltas`); the device
+rebuilds it from its own copy of the base. ``SHA256SUMS`` is written last, so a medium
 copied halfway, or onto a stick that filled up, fails its check.
 """
 
@@ -16,19 +18,19 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
+from bundler.deltas import BaseBundle, make_delta, open_base
 from bundler.metadata_io import metadata_version
 from bundler.publish import check_signed
 from updater.artifact import Artifact, Kind, open_artifact
 from updater.bundle import verify_bundle
 from updater.content import copy_hashed
-from updater.errors import DeliveryError, DeviceFault, InputError, Refused
+from updater.errors import DeviceFault, InputError
 from updater.layout import MEDIUM_FILE, NOTE_FILE, SUMS_FILE
 from updater.medium import MEDIUM_FORMAT, MediumBundle, MediumContents, MediumOverlay, MediumReport
-from updater.oci import ANNOTATION, MAX_JSON_BYTES, Descriptor, json_object
+from updater.oci import ANNOTATION, MAX_JSON_BYTES, Descriptor
 from updater.overlay import check_overlay
 from updater.progress import Progress, QuietProgress
-from updater.registry import connect
-from updater.transfer import DirectoryEndpoint, Endpoint, Graph, ReaderEndpoint, RegistryEndpoint, copy_graph, walk
+from updater.transfer import DirectoryEndpoint, Graph, ReaderEndpoint, copy_graph, walk
 from updater.tuf_client import metadata_expiries
 
 __all__ = ["export"]
@@ -50,7 +52,8 @@ def export(bundles: list[Path], to: Path, *, bases: tuple[str, ...] = (), plain_
     report = MediumReport(location=str(to))
     try:
         with ExitStack() as stack:
-            base_blobs = [_base_blobs(base, plain_http, stack) for base in bases]
+            base_bundles = [open_base(base, plain_http=plain_http, stack=stack) for base in bases]
+            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sealift-chunks-")))  # $TMPDIR, not the medium
             layout = DirectoryEndpoint(work)
             layout.prepare()
             metadata: dict[str, bytes] = {}
@@ -61,7 +64,7 @@ def export(bundles: list[Path], to: Path, *, bases: tuple[str, ...] = (), plain_
                     if artifact.kind is Kind.OVERLAY:
                         report.overlays.append(_export_overlay(artifact, layout, report, progress))
                     else:
-                        _export_bundle(artifact, layout, report, base_blobs, used, progress)
+                        _export_bundle(artifact, layout, report, base_bundles, used, progress, scratch)
                     for name in artifact.reader.metadata_names():
                         with artifact.reader.open_metadata(name) as stream:
                             _merge_metadata(metadata, name, stream.read(MAX_JSON_BYTES + 1))
@@ -86,11 +89,8 @@ def export(bundles: list[Path], to: Path, *, bases: tuple[str, ...] = (), plain_
     return report
 
 
-Base = tuple[str, str, str, set[str], str]
-
-
-def _export_bundle(artifact: Artifact, layout: DirectoryEndpoint, report: MediumReport, base_blobs: list[Base], used: set[int],
-                   progress: Progress) -> None:
+def _export_bundle(artifact: Artifact, layout: DirectoryEndpoint, report: MediumReport, bases: list[BaseBundle], used: set[int],
+                   progress: Progress, scratch: Path) -> None:
     info = verify_bundle(artifact, progress=progress.advance)
     source = ReaderEndpoint(artifact.reader)
     top = artifact.top
@@ -98,17 +98,27 @@ def _export_bundle(artifact: Artifact, layout: DirectoryEndpoint, report: Medium
                      annotations={**top.annotations, ANNOTATION.NAME: info.name, ANNOTATION.VERSION: info.version,
                                   ANNOTATION.PROFILE: info.profile})
     graph = walk(top, source)
-    base = next(((i, b) for i, b in enumerate(base_blobs) if (b[0], b[1]) == (info.name, info.profile)), None)
-    omitted = {d.digest for d in graph.blobs if base and d.digest in base[1][3]}
-    if base is not None:
-        used.add(base[0])
+    found = next(((i, b) for i, b in enumerate(bases) if (b.name, b.profile) == (info.name, info.profile)), None)
+    omitted, chunks = set(), None
+    if found is not None:
+        used.add(found[0])
+        base = found[1]
+        omitted = {d.digest for d in graph.blobs if d.digest in base.blobs}
+        progress.step(f"cut the large blobs of {info.name} {info.version} against {base.version} into chunks")
+        chunks = make_delta(graph, source, base, layout, scratch, advance=progress.advance)
+        if chunks is not None:  # written into the medium: its index and pack blobs stand for the blobs it rebuilds
+            omitted |= set(chunks.targets)
     part = Graph(top=top, manifests=graph.manifests, blobs=[d for d in graph.blobs if d.digest not in omitted])
-    progress.step(f"write {info.name} {info.version} ({info.profile})" + (f" as a delta against {base[1][2]}" if base else ""),
-                  total_bytes=part.size)
+    shown = f" as a delta against {found[1].version}" if found else ""
+    progress.step(f"write {info.name} {info.version} ({info.profile}){shown}", total_bytes=part.size)
     report.moved.add(copy_graph(part, source, layout, advance=progress.advance))
+    if chunks is not None:
+        report.moved.bytes_sent += chunks.moved
     report.bundles.append(MediumBundle(
-        name=info.name, version=info.version, profile=info.profile, top=top, blobs_from_base=len(omitted),
-        base={"version": base[1][2], "digest": base[1][4]} if base else None))
+        name=info.name, version=info.version, profile=info.profile, top=top,
+        blobs_from_base=sum(1 for d in graph.blobs if not layout.has_blob(d.digest)),
+        base={"version": found[1].version, "digest": found[1].graph.top.digest} if found else None,
+        chunks=chunks.manifest if chunks else None))
 
 
 def _export_overlay(artifact: Artifact, layout: DirectoryEndpoint, report: MediumReport, progress: Progress) -> MediumOverlay:
@@ -121,33 +131,6 @@ def _export_overlay(artifact: Artifact, layout: DirectoryEndpoint, report: Mediu
     progress.step(f"write overlay {info.name} {info.version} for site {info.site}", total_bytes=graph.size)
     report.moved.add(copy_graph(graph, source, layout, advance=progress.advance))
     return MediumOverlay(name=info.name, site=info.site, version=info.version, top=artifact.top, fits=info.fits)
-
-
-def _base_blobs(base: str, plain_http: bool, stack: ExitStack) -> Base:
-    """(name, profile, version, blob digests, index digest) of a base given as a path or a registry reference."""
-    path = Path(base)
-    store: Endpoint
-    if path.exists():
-        artifact = stack.enter_context(open_artifact(path))
-        store = ReaderEndpoint(artifact.reader)
-        top = artifact.top
-        body = store.read_manifest(top.digest)
-    else:
-        client = connect(base, plain_http=plain_http, what="base")
-        stack.callback(client.close)
-        found = client.get_manifest(client.ref.digest or client.ref.tag or "latest")
-        if found is None:
-            raise DeliveryError(f"base {base}: neither a bundle on disk nor a bundle in the registry")
-        body, media_type, digest = found
-        top = Descriptor(media_type=media_type, digest=digest, size=len(body))
-        store = RegistryEndpoint(client)
-    try:
-        annotations = json_object(body, f"base {base}")["annotations"]
-        identity = (annotations[ANNOTATION.NAME], annotations[ANNOTATION.PROFILE], annotations[ANNOTATION.VERSION])
-    except (KeyError, TypeError) as e:
-        raise Refused(f"base {base}: not a Sealift bundle") from e
-    graph = walk(top, store)
-    return (*identity, {d.digest for d in graph.blobs}, top.digest)
 
 
 def _merge_metadata(into: dict[str, bytes], name: str, data: bytes) -> None:

@@ -13,12 +13,16 @@ the new one, never a half.
 from __future__ import annotations
 
 import hashlib
+import logging
+import re
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bundler.deltas import carry_deltas, make_delta, open_base, push_delta
 from bundler.metadata_io import metadata_version
 from updater.artifact import Artifact, Kind, kind, open_artifact
 from updater.bundle import verify_bundle
@@ -41,6 +45,9 @@ from updater.upload import upload_bytes
 
 __all__ = ["PublishResult", "catalog", "metadata_manifest", "mirror_sync", "publish_metadata", "pull", "push"]
 
+_log = logging.getLogger("sealift.publish")
+_REFERRERS = re.compile(r"sha256-[0-9a-f]{64}")  # what refers to a bundle (its chunk deltas), carried with the bundle
+
 
 
 @dataclass
@@ -52,17 +59,19 @@ class PublishResult:
     metadata: list[str] = field(default_factory=list)
     moved: Transferred = field(default_factory=Transferred)
     skipped: list[str] = field(default_factory=list)  # tags that are not bundles
+    deltas: list[dict[str, Any]] = field(default_factory=list)  # chunk deltas made (push --base)
 
     def to_json(self) -> dict[str, Any]:
         return {"destination": self.destination, "bundles": self.bundles, "metadata_published": self.metadata,
-                "skipped_tags": self.skipped, **self.moved.to_json()}
+                "skipped_tags": self.skipped, "deltas": self.deltas, **self.moved.to_json()}
 
 
 def push(bundle: Path, target: str, *, plain_http: bool, progress: Progress | None = None, require_signed: bool = False,
-         warn: Callable[[str], None] = lambda _: None, mount_from: Sequence[str] = ()) -> PublishResult:
+         warn: Callable[[str], None] = lambda _: None, mount_from: Sequence[str] = (), base: str | None = None) -> PublishResult:
     """Verify ``bundle``, then send what the registry lacks of it, and its signed metadata (see
     :func:`check_signed` for one that carries none); a blob another repository of the registry named in
-    ``mount_from`` holds is linked from there, not sent."""
+    ``mount_from`` holds is linked from there, not sent. With ``base`` (an earlier release of the bundle, a
+    path or a registry reference), its chunk delta against that base is pushed too and listed under it."""
     progress = progress or QuietProgress()
     progress.step(f"verify {bundle}")
     with open_artifact(bundle) as artifact:
@@ -78,8 +87,35 @@ def push(bundle: Path, target: str, *, plain_http: bool, progress: Progress | No
         client = connect(target, plain_http=plain_http, what="registry")
         if client.ref.digest:
             raise InputError(f"registry {target}: push to a tag, not a digest (the digest is the bundle's own)")
-        return _push(artifact, client, tag=client.ref.tag or default_tag, identity=identity, shown=shown, progress=progress,
-                     mount_from=mount_from)
+        if base is not None and artifact.kind is Kind.OVERLAY:
+            raise InputError(f"{bundle}: an overlay is small and travels whole; --base is for bundles")
+        result = _push(artifact, client, tag=client.ref.tag or default_tag, identity=identity, shown=shown, progress=progress,
+                       mount_from=mount_from)
+        if base is not None:
+            _push_delta(artifact, connect(target, plain_http=plain_http, what="registry"), base, identity, result,
+                        plain_http=plain_http, progress=progress)
+        return result
+
+
+def _push_delta(artifact: Artifact, client: RegistryClient, base: str, identity: dict[str, str], result: PublishResult, *,
+                plain_http: bool, progress: Progress) -> None:
+    """Push the chunk delta of the bundle against ``base`` (of the same name and profile) and list it under the bundle."""
+    with _closing(client), ExitStack() as stack:
+        old = open_base(base, plain_http=plain_http, stack=stack)
+        if (old.name, old.profile) != (identity["name"], identity["profile"]):
+            raise InputError(f"base {base}: {old.name} for {old.profile}, not {identity['name']} for {identity['profile']}")
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sealift-chunks-")))
+        progress.step(f"cut the large blobs of {identity['name']} {identity['version']} against {old.version} into chunks")
+        graph = walk(artifact.top, ReaderEndpoint(artifact.reader))
+        layout = DirectoryEndpoint(work / "delta", what="chunk delta")
+        layout.prepare()
+        built = make_delta(graph, ReaderEndpoint(artifact.reader), old, layout, work / "scratch", advance=progress.advance)
+        if built is None:
+            result.deltas.append({"base": old.version, "digest": None, "blobs_rebuilt": 0, "bytes_rebuilt": 0, "bytes": 0})
+            return
+        progress.step(f"push its chunk delta against {old.version} ({built.moved} bytes for {built.whole})", total_bytes=built.moved)
+        result.moved.add(push_delta(built, client, artifact.top.digest, advance=progress.advance))
+        result.deltas.append({"base": old.version, **built.to_json()})
 
 
 def _push(artifact: Artifact, client: RegistryClient, *, tag: str, identity: dict[str, str], shown: str,
@@ -154,7 +190,8 @@ def pull(reference: str, out: Path, *, plain_http: bool, progress: Progress | No
 
 
 def mirror_sync(origin: str, target: str, *, profiles: tuple[str, ...] = (), sites: tuple[str, ...] = (),
-                plain_http_from: bool = False, plain_http_to: bool = False, progress: Progress | None = None) -> PublishResult:
+                plain_http_from: bool = False, plain_http_to: bool = False, progress: Progress | None = None,
+                warn: Callable[[str], None] = _log.warning) -> PublishResult:
     """Copy the bundles a site needs (all, or those of ``profiles``), its overlays (all, or those of
     ``sites``) and the metadata into another registry.
 
@@ -170,14 +207,14 @@ def mirror_sync(origin: str, target: str, *, profiles: tuple[str, ...] = (), sit
         result = PublishResult(destination=target)
         for repository in catalog(origin, plain_http=plain_http_from):
             one = _sync_repository(f"{origin}/{repository}", target, profiles=profiles, sites=sites, held=held,
-                                   plain_http_from=plain_http_from, plain_http_to=plain_http_to, progress=progress)
+                                   plain_http_from=plain_http_from, plain_http_to=plain_http_to, progress=progress, warn=warn)
             result.bundles += one.bundles
             result.metadata += [f"{repository}/{name}" for name in one.metadata]
             result.moved.add(one.moved)
             result.skipped += [f"{repository}:{tag}" for tag in one.skipped]
     else:
         result = _sync_repository(origin, target, profiles=profiles, sites=sites, held=held, plain_http_from=plain_http_from,
-                                  plain_http_to=plain_http_to, progress=progress)
+                                  plain_http_to=plain_http_to, progress=progress, warn=warn)
     if not result.bundles:
         asked = " and ".join(part for part in (f"profile {', '.join(profiles)}" if profiles else "",
                                                f"site {', '.join(sites)}" if sites else "") if part)
@@ -187,7 +224,8 @@ def mirror_sync(origin: str, target: str, *, profiles: tuple[str, ...] = (), sit
 
 
 def _sync_repository(origin: str, target: str, *, profiles: tuple[str, ...], sites: tuple[str, ...], held: set[str],
-                     plain_http_from: bool, plain_http_to: bool, progress: Progress | None) -> PublishResult:
+                     plain_http_from: bool, plain_http_to: bool, progress: Progress | None,
+                     warn: Callable[[str], None]) -> PublishResult:
     """:func:`mirror_sync` of one repository (or one tag of it); what it holds goes into ``held``."""
     progress = progress or QuietProgress()
     src = connect(origin, plain_http=plain_http_from, what="source registry")
@@ -198,7 +236,7 @@ def _sync_repository(origin: str, target: str, *, profiles: tuple[str, ...], sit
     result = PublishResult(destination=dst_ref.name)
     with _closing(src), _closing(dst):
         named = src.ref.digest or src.ref.tag
-        tags = [named] if named else sorted(t for t in src.tags() if not t.startswith(METADATA_TAG_PREFIX))
+        tags = [named] if named else sorted(t for t in src.tags() if not t.startswith(METADATA_TAG_PREFIX) and not _REFERRERS.fullmatch(t))
         same_registry = src.ref.host == dst.ref.host  # its blobs are linked, not sent again
         source, dest = RegistryEndpoint(src), RegistryEndpoint(dst, mount_from=[src.ref.repository] if same_registry else [])
         for tag in tags:
@@ -224,6 +262,9 @@ def _sync_repository(origin: str, target: str, *, profiles: tuple[str, ...], sit
             progress.step(f"sync {tag} ({annotations.get(ANNOTATION.NAME)} {annotations.get(ANNOTATION.VERSION)})",
                           total_bytes=graph.size)
             copy_tag = None if src.ref.digest else tag
+            if not overlay:  # its chunk deltas first: a large blob the mirror can rebuild from a base it holds is not copied whole
+                with tempfile.TemporaryDirectory(prefix="sealift-chunks-") as work:
+                    result.moved.add(carry_deltas(src, dst, top, graph, Path(work), warn=warn, advance=progress.advance))
             result.moved.add(copy_graph(graph, source, dest, tag=copy_tag, advance=progress.advance))
             where = {"site": annotations.get(ANNOTATION.SITE)} if overlay else {
                 "profile": annotations.get(ANNOTATION.PROFILE)}

@@ -42,6 +42,7 @@ RECORD = struct.Struct(">BQI16s")
 BASE, PACK = 0, 1
 MAX_CHUNK = 1 << 20  # no chunk is larger: what a rebuild holds in memory at once
 _MAX_HEADER = 4096
+_PIECE = 4 << 20  # read and written at once: a base range or a run of checked pack chunks
 
 
 @dataclass(frozen=True)
@@ -103,10 +104,13 @@ def read_index(data: bytes, what: str) -> ChunkIndex:
     return index
 
 
-def rebuild(index: ChunkIndex, base: IO[bytes], pack: IO[bytes], out: Path, *, what: str,
+def rebuild(index: ChunkIndex, base: IO[bytes], pack: IO[bytes], out: Path, *, what: str, pack_checked: bool = False,
             advance: Advance = lambda _: None) -> None:
     """Write the target blob to ``out`` from ``base`` (its bytes, seekable) and ``pack`` (read in order),
-    streaming; ``out`` exists only when the blob's digest is right (a partial file beside it meanwhile)."""
+    streaming; ``out`` exists only when the blob's digest is right (a partial file beside it meanwhile).
+
+    Each pack chunk is checked against its digest as it is read, unless ``pack_checked`` (the pack is a
+    blob whose own digest was checked when it arrived): then runs of pack chunks are copied whole."""
     base.seek(0, os.SEEK_END)
     if base.tell() != index.base.size:
         raise Refused(f"{what}: the base holds {base.tell()} bytes, not the {index.base.size} of {index.base.digest} the index names")
@@ -114,27 +118,21 @@ def rebuild(index: ChunkIndex, base: IO[bytes], pack: IO[bytes], out: Path, *, w
     whole = hashlib.sha256()
     try:
         with open(partial, "wb") as written:
-            for i, r in enumerate(index):
-                if r.where == BASE:
-                    base.seek(r.offset)
-                    left = r.length
-                    while left:  # a range of the base: copied a piece at a time
-                        data = base.read(min(left, MAX_CHUNK))
-                        if not data:
-                            raise Refused(f"{what}: the base ends inside chunk {i}")
-                        whole.update(data)
-                        written.write(data)
-                        advance(len(data))
-                        left -= len(data)
-                    continue
-                data = pack.read(r.length)
-                if len(data) != r.length:
-                    raise Refused(f"{what}: the pack ends inside chunk {i}")
-                if hashlib.sha256(data).digest()[:16] != r.short_hash:
-                    raise Refused(f"{what}: chunk {i} of the pack does not match its digest")
-                whole.update(data)
-                written.write(data)
-                advance(len(data))
+            for i, (where, offset, length, short) in enumerate(_spans(index, merge_pack=pack_checked)):
+                stream = base if where == BASE else pack
+                if where == BASE:
+                    base.seek(offset)
+                left = length
+                while left:  # a piece at a time
+                    data = stream.read(min(left, _PIECE))
+                    if not data:
+                        raise Refused(f"{what}: the {'base' if where == BASE else 'pack'} ends inside chunk {i}")
+                    if short is not None and hashlib.sha256(data).digest()[:16] != short:
+                        raise Refused(f"{what}: chunk {i} of the pack does not match its digest")
+                    whole.update(data)
+                    written.write(data)
+                    advance(len(data))
+                    left -= len(data)
             written.flush()
             os.fsync(written.fileno())
         if f"sha256:{whole.hexdigest()}" != index.target.digest:
@@ -147,3 +145,22 @@ def rebuild(index: ChunkIndex, base: IO[bytes], pack: IO[bytes], out: Path, *, w
     except OSError as e:
         partial.unlink(missing_ok=True)
         raise DeviceFault(f"{what}: cannot write the rebuilt blob {out} ({e.strerror or e})") from e
+
+
+def _spans(index: ChunkIndex, *, merge_pack: bool) -> Iterator[tuple[int, int, int, bytes | None]]:
+    """(where, offset, length, the chunk's short digest or None) to copy in order: a pack chunk (read in
+    one piece, at most MAX_CHUNK, so it can be checked) or, with ``merge_pack``, a run of them."""
+    run: list[int] | None = None
+    for r in index:
+        if r.where == PACK and merge_pack:
+            if run is not None:
+                run[2] += r.length
+            else:
+                run = [PACK, r.offset, r.length]
+            continue
+        if run is not None:
+            yield run[0], run[1], run[2], None
+            run = None
+        yield r.where, r.offset, r.length, r.short_hash if r.where == PACK else None
+    if run is not None:
+        yield run[0], run[1], run[2], None

@@ -45,7 +45,9 @@ MEDIUM_FORMAT = 1
 
 @dataclass(frozen=True, kw_only=True)
 class MediumBundle:
-    """One bundle on a medium; ``base`` (name, version, digest) is set when it is a delta."""
+    """One bundle on a medium; ``base`` (name, version, digest) is set when it is a delta, and ``chunks``
+    (a chunk delta's manifest, see :mod:`updater.deltas`) when some of its blobs are rebuilt from the
+    base's (they count among ``blobs_from_base``)."""
 
     name: str
     version: str
@@ -53,10 +55,12 @@ class MediumBundle:
     top: Descriptor
     base: dict[str, str] | None = None
     blobs_from_base: int = 0
+    chunks: Descriptor | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "profile": self.profile, "digest": self.top.digest,
-                "base": self.base, "blobs_from_base": self.blobs_from_base}
+                "base": self.base, "blobs_from_base": self.blobs_from_base,
+                **({"chunks": self.chunks.to_json()} if self.chunks else {})}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,7 +115,8 @@ def read_medium(reader: LayoutReader, entries: tuple[Descriptor, ...]) -> Medium
                 raise Refused(f"{where}: malformed base of {entry.get('name')!r}")
             contents.bundles.append(MediumBundle(
                 name=str(entry["name"]), version=str(entry["version"]), profile=str(entry["profile"]), top=tops[entry["digest"]],
-                base=base, blobs_from_base=int(entry.get("blobs_from_base", 0))))
+                base=base, blobs_from_base=int(entry.get("blobs_from_base", 0)),
+                chunks=Descriptor.from_json(entry["chunks"], where=where) if entry.get("chunks") is not None else None))
         for entry in data.get("overlays") or []:
             contents.overlays.append(MediumOverlay(name=str(entry["name"]), site=str(entry["site"]), version=str(entry["version"]),
                                                    top=tops[entry["digest"]], fits=str(entry.get("fits", ""))))
@@ -147,6 +152,10 @@ def check_medium(source: Path | Artifact, *, progress: Progress | None = None) -
         listed = {ANNOTATION.NAME: bundle.name, ANNOTATION.VERSION: bundle.version, ANNOTATION.PROFILE: bundle.profile}
         if (missing := _missing(store, bundle.top, what, listed, report.problems)) is None:
             continue
+        if bundle.chunks is not None and bundle.base is None:
+            report.problems.append(f"{what}: carries a chunk delta but is not a delta")
+        if bundle.chunks is not None and (lacking := _missing_parts(store, bundle.chunks, what, report.problems)):
+            report.problems.append(f"{what}: blob {lacking[0]} of its chunk delta is missing ({len(lacking)} in all)")
         if missing and bundle.base is None:
             report.problems.append(f"{what}: blob {missing[0]} is missing ({len(missing)} in all) and the bundle is not a delta")
         elif len(missing) != bundle.blobs_from_base and bundle.base is not None:
@@ -169,6 +178,16 @@ def _missing(store: ReaderEndpoint, top: Descriptor, what: str, listed: dict[str
         return None
     if why := _listed_as_signed(graph, listed):
         problems.append(f"{what}: {why}")
+    return [d.digest for d in graph.blobs if not store.has_blob(d.digest)]
+
+
+def _missing_parts(store: ReaderEndpoint, top: Descriptor, what: str, problems: list[str]) -> list[str]:
+    """The blobs below ``top`` (a chunk delta's manifest) the medium lacks."""
+    try:
+        graph = walk(top, store)
+    except (DeliveryError, Refused) as e:
+        problems.append(f"{what}: its chunk delta: {e}")
+        return []
     return [d.digest for d in graph.blobs if not store.has_blob(d.digest)]
 
 

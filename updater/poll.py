@@ -25,6 +25,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from updater import deltas
 from updater.artifact import Kind
 from updater.errors import Deferred, DeliveryError, InputError, Refused, SealiftError
 from updater.gate import Gate
@@ -155,10 +156,12 @@ class RegistryPoller:
 
     def _download(self, stack: ExitStack, client: RegistryClient, signed: Signed, metadata: dict[str, bytes]) -> Incoming:
         incoming = stack.enter_context(self.installer.store.incoming(signed.top, resumable=True))  # resumes what an earlier poll left
-        incoming.fill(RegistryEndpoint(client), advance=self.advance)
+        listed = deltas.listed(client, signed.top.digest, warn=lambda why: self.log(f"{why}; its chunk deltas are passed over"))
+        incoming.fill(RegistryEndpoint(client), deltas=listed, warn=self.log, advance=self.advance)
         incoming.metadata = metadata
         moved = incoming.moved
-        self.log(f"downloaded {signed.target}: {moved.blobs_sent} blobs ({moved.bytes_sent} bytes); {moved.blobs_present} "
+        rebuilt = f", {moved.blobs_rebuilt} rebuilt from chunk deltas ({moved.bytes_rebuilt} bytes)" if moved.blobs_rebuilt else ""
+        self.log(f"downloaded {signed.target}: {moved.blobs_sent} blobs ({moved.bytes_sent} bytes){rebuilt}; {moved.blobs_present} "
                  "already on this device")
         return incoming
 

@@ -12,14 +12,16 @@ needs are removed after each install.
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from pathlib import Path
 
 from updater.artifact import Artifact, Kind
+from updater.deltas import LARGE, read_deltas, take_all
 from updater.durable import fsync_dir
 from updater.errors import Conflict, DeliveryError, DeviceFault, EngineFault, Refused
 from updater.locks import file_lock, remove_lock
@@ -28,6 +30,8 @@ from updater.oci import MAX_JSON_BYTES, Descriptor, check_digest
 from updater.transfer import DirectoryEndpoint, Endpoint, ReaderEndpoint, Transferred, copy_graph, walk
 
 __all__ = ["BundleStore", "Incoming"]
+
+_log = logging.getLogger("sealift.store")
 
 _INCOMING = ".incoming-"
 _LOCKS = ".locks"
@@ -67,20 +71,39 @@ class Incoming:
         finally:
             self._lock.close()
 
-    def fill(self, source: Endpoint, *, advance: Callable[[int], None] = lambda _: None) -> None:
-        """Take every blob of the bundle: from kept bundles (hard links) or from ``source``."""
+    def fill(self, source: Endpoint, *, deltas: Iterable[Descriptor] = (), warn: Callable[[str], None] = _log.warning,
+             advance: Callable[[int], None] = lambda _: None) -> None:
+        """Take every blob of the bundle: from kept bundles (hard links), rebuilt from a kept base and one
+        of the chunk ``deltas`` (their manifests, in ``source``), or from ``source`` whole (a delta passed
+        over is said through ``warn``)."""
         graph = walk(self.top, source)
         for blob in [*graph.blobs, *(manifest for manifest, _ in graph.manifests)]:
             if not self.layout.has_blob(blob.digest):
                 self._adopt(blob)
         graph.blobs = [b for b in graph.blobs if not self.layout.has_blob(b.digest)]
+        wanted = {b.digest: b for b in graph.blobs if b.size >= LARGE}
+        if wanted and deltas:
+            said: list[str] = []
+            found = read_deltas(source, deltas, wanted, warn=said.append)
+            self.moved.add(take_all(found, graph.blobs, source, self.layout, self.store.find_blob, warn=said.append,
+                                    advance=advance))
+            for line in said:
+                warn(f"{line}; fetching the whole blob instead")
+            graph.blobs = [b for b in graph.blobs if not self.layout.has_blob(b.digest)]
+            if lacking := [b for b in graph.blobs if b.digest in wanted and said and not source.has_blob(b.digest)]:
+                raise Refused(f"blob {lacking[0].digest} of {_identity(self.top)} is there only as a chunk delta, and that was "
+                              f"refused: {said[0]}")
         self.moved.add(copy_graph(graph, source, self.layout, advance=advance))
 
-    def missing(self, source: Endpoint) -> list[Descriptor]:
-        """Blobs of the bundle neither ``source`` nor the store has."""
+    def missing(self, source: Endpoint, *, deltas: Iterable[Descriptor] = ()) -> list[Descriptor]:
+        """Blobs of the bundle neither ``source`` (whole, or as a chunk delta on a base kept here) nor the store has."""
         graph = walk(self.top, source)
-        return [b for b in graph.blobs if not source.has_blob(b.digest) and self.store.find_blob(b.digest) is None
-                and not self.layout.has_blob(b.digest)]
+        lacking = [b for b in graph.blobs if not source.has_blob(b.digest) and self.store.find_blob(b.digest) is None
+                   and not self.layout.has_blob(b.digest)]
+        if lacking and deltas:
+            found = read_deltas(source, deltas, {b.digest: b for b in lacking}, warn=lambda _: None)  # fill says why
+            lacking = [b for b in lacking if not (b.digest in found and self.store.find_blob(found[b.digest].base))]
+        return lacking
 
     def _adopt(self, blob: Descriptor) -> None:
         existing = self.store.find_blob(blob.digest)
@@ -156,16 +179,24 @@ class BundleStore:
         if self.has(top.digest):
             return self.path(top.digest)
         source = ReaderEndpoint(artifact.reader)
+        deltas = self._chunk_deltas(artifact, digest)
         with self.incoming(top) as incoming:
-            missing = incoming.missing(source)
+            missing = incoming.missing(source, deltas=deltas)
             if missing:
                 raise Refused(f"{artifact.path}: blob {missing[0].digest} of {_identity(top)} is neither on the medium nor "
                               f"on this device ({len(missing)} missing in all)")
-            incoming.fill(source, advance=advance)
+            incoming.fill(source, deltas=deltas, advance=advance)
             for name in artifact.reader.metadata_names():
                 with artifact.reader.open_metadata(name) as stream:
                     incoming.metadata[name] = stream.read(MAX_JSON_BYTES + 1)
             return incoming.complete()
+
+    def _chunk_deltas(self, artifact: Artifact, digest: str) -> list[Descriptor]:
+        """The chunk delta a medium carries for the bundle ``digest`` (none for a bundle or overlay)."""
+        if artifact.kind is not Kind.MEDIUM:
+            return []
+        entry = next((b for b in read_medium(artifact.reader, artifact.tops).bundles if b.top.digest == digest), None)
+        return [entry.chunks] if entry is not None and entry.chunks is not None else []
 
     def _check_base(self, artifact: Artifact, digest: str) -> None:
         entry = next((b for b in read_medium(artifact.reader, artifact.tops).bundles if b.top.digest == digest), None)

@@ -95,6 +95,8 @@ class Transferred:
     bytes_present: int = 0
     blobs_mounted: int = 0  # linked by the registry from another of its repositories: present now, nothing sent
     bytes_mounted: int = 0
+    blobs_rebuilt: int = 0  # made from a base held here and a chunk delta (whose bytes count as sent)
+    bytes_rebuilt: int = 0
 
     def add(self, other: Transferred) -> None:
         self.blobs_sent += other.blobs_sent
@@ -103,10 +105,13 @@ class Transferred:
         self.bytes_present += other.bytes_present
         self.blobs_mounted += other.blobs_mounted
         self.bytes_mounted += other.bytes_mounted
+        self.blobs_rebuilt += other.blobs_rebuilt
+        self.bytes_rebuilt += other.bytes_rebuilt
 
     def to_json(self) -> dict[str, int]:
         return {"blobs_sent": self.blobs_sent, "bytes_sent": self.bytes_sent, "blobs_present": self.blobs_present,
-                "bytes_present": self.bytes_present, "blobs_mounted": self.blobs_mounted, "bytes_mounted": self.bytes_mounted}
+                "bytes_present": self.bytes_present, "blobs_mounted": self.blobs_mounted, "bytes_mounted": self.bytes_mounted,
+                "blobs_rebuilt": self.blobs_rebuilt, "bytes_rebuilt": self.bytes_rebuilt}
 
 
 def walk(top: Descriptor, store: Endpoint) -> Graph:
