@@ -416,6 +416,9 @@ def _print_transfer(result: Any, as_json: bool, verb: str) -> None:
                f"({_size(moved.bytes_present)}){mounted}; {len(result.metadata)} metadata files {metadata}")
     if result.skipped:
         click.echo(f"left alone {len(result.skipped)} tags that are not Sealift bundles: {', '.join(result.skipped[:5])}")
+    for d in getattr(result, "deltas", []):
+        click.echo(f"chunk delta on {d['base']}: {_size(d['bytes'])} stand for {d['blobs_rebuilt']} blobs ({_size(d['bytes_rebuilt'])})"
+                   if d["digest"] else f"no chunk delta on {d['base']}: no large blob changed only in part")
 
 
 def _print_table(info: BundleInfo) -> None:

@@ -105,7 +105,7 @@ from updater.chunks import read_index, rebuild
 index = read_index(Path(sys.argv[1]).read_bytes(), "bench")
 began = time.perf_counter()
 with open(sys.argv[2], "rb") as base, open(sys.argv[3], "rb") as pack:
-    rebuild(index, base, pack, Path(sys.argv[4]), what="bench")
+    rebuild(index, base, pack, Path(sys.argv[4]), what="bench", pack_checked=True)  # as a device: the pack was checked on arrival
 took = time.perf_counter() - began
 print(took, re.search(r"VmHWM:\\s+(\\d+)", Path("/proc/self/status").read_text()).group(1))
 """
@@ -117,11 +117,13 @@ def one_case(work: Path, base: Path, target: Path, changed: int) -> dict[str, An
     cut = time.perf_counter() - began
     (work / "index").write_bytes(delta.index)
     out = work / "rebuilt"
+    os.sync()  # what the cases wrote is not flushed inside the timings below
     done = subprocess.run([sys.executable, "-c", _REBUILD, str(work / "index"), str(base), str(work / "pack"), str(out)],
                           check=True, capture_output=True, text=True, cwd=ROOT)
     rebuild_s, rss_kib = (float(x) for x in done.stdout.split())
     assert _digest(out) == _digest(target)
     out.unlink()
+    os.sync()
     src, dst = shlex.quote(str(target)), shlex.quote(str(out))
     copy_s = _timed(["sh", "-c", f"cp {src} {dst} && sync {dst}"])  # the floor: a copy made durable, as a rebuild is
     out.unlink()

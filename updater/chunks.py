@@ -23,11 +23,14 @@ arrived, so its chunks are not hashed one by one: the whole blob's digest covers
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import struct
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -42,7 +45,7 @@ RECORD = struct.Struct(">BQI16s")
 BASE, PACK = 0, 1
 MAX_CHUNK = 1 << 20  # no chunk is larger: what a rebuild holds in memory at once
 _MAX_HEADER = 4096
-_PIECE = 4 << 20  # read and written at once: a base range or a run of checked pack chunks
+_PIECE = 4 << 20  # copied, then read back and hashed, at once
 
 
 @dataclass(frozen=True)
@@ -106,38 +109,44 @@ def read_index(data: bytes, what: str) -> ChunkIndex:
 
 def rebuild(index: ChunkIndex, base: IO[bytes], pack: IO[bytes], out: Path, *, what: str, pack_checked: bool = False,
             advance: Advance = lambda _: None) -> None:
-    """Write the target blob to ``out`` from ``base`` (its bytes, seekable) and ``pack`` (read in order),
-    streaming; ``out`` exists only when the blob's digest is right (a partial file beside it meanwhile).
+    """Write the target blob to ``out`` from ``base`` and ``pack`` (open files), streaming; ``out``
+    exists only when the blob's digest is right (a partial file beside it meanwhile).
 
-    Each pack chunk is checked against its digest as it is read, unless ``pack_checked`` (the pack is a
-    blob whose own digest was checked when it arrived): then runs of pack chunks are copied whole."""
-    base.seek(0, os.SEEK_END)
-    if base.tell() != index.base.size:
-        raise Refused(f"{what}: the base holds {base.tell()} bytes, not the {index.base.size} of {index.base.digest} the index names")
+    The kernel copies the ranges (``copy_file_range``, as ``cp`` does) while a second thread reads
+    back what was written, a piece behind, and hashes it: the digest checked is that of the bytes
+    kept, and hashing runs beside the copy instead of after it. Each pack chunk is checked against
+    its own digest too, unless ``pack_checked`` (the pack is a blob whose digest was checked when it
+    arrived)."""
+    if os.fstat(base.fileno()).st_size != index.base.size:
+        raise Refused(f"{what}: the base holds {os.fstat(base.fileno()).st_size} bytes, not the {index.base.size} of "
+                      f"{index.base.digest} the index names")
     partial = out.with_name(f".partial-{out.name}")
-    whole = hashlib.sha256()
     try:
-        with open(partial, "wb") as written:
-            for i, (where, offset, length, short) in enumerate(_spans(index, merge_pack=pack_checked)):
-                stream = base if where == BASE else pack
-                if where == BASE:
-                    base.seek(offset)
-                left = length
-                while left:  # a piece at a time
-                    data = stream.read(min(left, _PIECE))
-                    if not data:
-                        raise Refused(f"{what}: the {'base' if where == BASE else 'pack'} ends inside chunk {i}")
-                    if short is not None and hashlib.sha256(data).digest()[:16] != short:
-                        raise Refused(f"{what}: chunk {i} of the pack does not match its digest")
-                    whole.update(data)
-                    written.write(data)
-                    advance(len(data))
-                    left -= len(data)
-            written.flush()
-            os.fsync(written.fileno())
-        if f"sha256:{whole.hexdigest()}" != index.target.digest:
-            raise Refused(f"{what}: the rebuilt blob is sha256:{whole.hexdigest()}, not {index.target.digest} (a base other "
-                          "than the one the index names, or a damaged pack)")
+        with open(partial, "w+b") as written, ThreadPoolExecutor(1, thread_name_prefix="rebuild-check") as checker:
+            progress = _Progress()
+            checked = checker.submit(_check_written, index, written.fileno(), progress, pack_checked=pack_checked, what=what)
+            try:
+                at = 0
+                for i, (where, offset, length) in enumerate(_spans(index, merge_pack=pack_checked)):
+                    source = base.fileno() if where == BASE else pack.fileno()
+                    end = at + length
+                    while at < end:  # a piece at a time
+                        copied = _copy(source, written.fileno(), min(end - at, _PIECE), offset + length - (end - at), at)
+                        if not copied:
+                            raise Refused(f"{what}: the {'base' if where == BASE else 'pack'} ends inside chunk {i}")
+                        at += copied
+                        progress.reached(at)
+                        advance(copied)
+                    if checked.done():
+                        checked.result()  # a refusal found already: stop here
+                os.fsync(written.fileno())
+            except BaseException:
+                progress.reached(-1)  # the checker stops too
+                raise
+            digest = checked.result()
+        if digest != index.target.digest:
+            raise Refused(f"{what}: the rebuilt blob is {digest}, not {index.target.digest} (a base other than the one the "
+                          "index names, or a damaged pack)")
         os.rename(partial, out)
     except Refused:
         partial.unlink(missing_ok=True)
@@ -147,9 +156,58 @@ def rebuild(index: ChunkIndex, base: IO[bytes], pack: IO[bytes], out: Path, *, w
         raise DeviceFault(f"{what}: cannot write the rebuilt blob {out} ({e.strerror or e})") from e
 
 
-def _spans(index: ChunkIndex, *, merge_pack: bool) -> Iterator[tuple[int, int, int, bytes | None]]:
-    """(where, offset, length, the chunk's short digest or None) to copy in order: a pack chunk (read in
-    one piece, at most MAX_CHUNK, so it can be checked) or, with ``merge_pack``, a run of them."""
+class _Progress:
+    """How far the copy has written (-1: it stopped), for the thread that checks what it wrote."""
+
+    def __init__(self) -> None:
+        self._done = 0
+        self._moved = threading.Condition()
+
+    def reached(self, offset: int) -> None:
+        with self._moved:
+            self._done = offset
+            self._moved.notify()
+
+    def wait(self, offset: int) -> bool:
+        """Wait until ``offset`` bytes are written; False if the copy stopped first."""
+        with self._moved:
+            self._moved.wait_for(lambda: self._done < 0 or self._done >= offset)
+            return self._done >= offset
+
+
+def _check_written(index: ChunkIndex, fd: int, progress: _Progress, *, pack_checked: bool, what: str) -> str:
+    """The sha256 of what the copy writes to ``fd``, read back a piece behind it; each pack chunk checked
+    against its short digest on the way, unless ``pack_checked``."""
+    whole = hashlib.sha256()
+    at = 0
+    for i, r in enumerate(index):
+        pieces = [r.length] if r.where == PACK and not pack_checked else [min(_PIECE, r.length - o) for o in range(0, r.length, _PIECE)]
+        for length in pieces:
+            if not progress.wait(at + length):
+                return ""  # the copy stopped: its own error says why
+            data = os.pread(fd, length, at)
+            if len(data) != length:
+                raise Refused(f"{what}: the rebuilt blob is shorter than chunk {i} says")
+            if r.where == PACK and not pack_checked and hashlib.sha256(data).digest()[:16] != r.short_hash:
+                raise Refused(f"{what}: chunk {i} of the pack does not match its digest")
+            whole.update(data)
+            at += length
+    return f"sha256:{whole.hexdigest()}"
+
+
+def _copy(source: int, dest: int, length: int, offset: int, at: int) -> int:
+    """Copy up to ``length`` bytes at ``offset`` of ``source`` to ``at`` of ``dest``; the count copied (0 at its end)."""
+    try:
+        return os.copy_file_range(source, dest, length, offset, at)
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+    data = os.pread(source, length, offset)  # file systems that cannot copy between these files
+    return os.pwrite(dest, data, at) if data else 0
+
+
+def _spans(index: ChunkIndex, *, merge_pack: bool) -> Iterator[tuple[int, int, int]]:
+    """(where, offset, length) to copy in order: each record, or with ``merge_pack`` runs of pack chunks as one."""
     run: list[int] | None = None
     for r in index:
         if r.where == PACK and merge_pack:
@@ -159,8 +217,8 @@ def _spans(index: ChunkIndex, *, merge_pack: bool) -> Iterator[tuple[int, int, i
                 run = [PACK, r.offset, r.length]
             continue
         if run is not None:
-            yield run[0], run[1], run[2], None
+            yield run[0], run[1], run[2]
             run = None
-        yield r.where, r.offset, r.length, r.short_hash if r.where == PACK else None
+        yield r.where, r.offset, r.length
     if run is not None:
-        yield run[0], run[1], run[2], None
+        yield run[0], run[1], run[2]

@@ -124,11 +124,14 @@ def _read_one(source: Endpoint, manifest: Descriptor, wanted: dict[str, Descript
     return found
 
 
-def take(delta: Delta, source: Endpoint, work: DirectoryEndpoint, base: Path, *, advance: Advance = lambda _: None) -> None:
+def take(delta: Delta, source: Endpoint, work: DirectoryEndpoint, base: Path, *, advance: Advance = lambda _: None) -> int:
     """Fetch the delta's pack from ``source`` into ``work`` (digest-checked; a cut fetch resumes) and
-    rebuild its target blob there from ``base``; the pack is removed once the blob is made or refused."""
+    rebuild its target blob there from ``base``; the pack is removed once the blob is made or refused.
+    Returns the bytes fetched (none when an earlier, cut-short rebuild left the pack there)."""
+    fetched = 0
     if not work.has_blob(delta.pack.digest):
         work.put_blob(delta.pack, source, lambda _: None)
+        fetched = delta.pack.size
     try:
         with open(base, "rb") as old, open(work.path(delta.pack.digest), "rb") as pack:
             rebuild(delta.index, old, pack, work.path(delta.target), what=f"{work.what}: blob {delta.target[:19]} from its chunk delta",
@@ -137,6 +140,7 @@ def take(delta: Delta, source: Endpoint, work: DirectoryEndpoint, base: Path, *,
         raise Refused(f"{work.what}: the base or pack of blob {delta.target[:19]} cannot be read ({e.strerror or e})") from e
     finally:
         work.path(delta.pack.digest).unlink(missing_ok=True)
+    return fetched
 
 
 def take_all(deltas: dict[str, Delta], needed: Iterable[Descriptor], source: Endpoint, work: DirectoryEndpoint,
@@ -150,11 +154,11 @@ def take_all(deltas: dict[str, Delta], needed: Iterable[Descriptor], source: End
         if delta is None or work.has_blob(blob.digest) or (base := find_base(delta.base)) is None:
             continue
         try:
-            take(delta, source, work, base, advance=advance)
+            fetched = take(delta, source, work, base, advance=advance)
         except Refused as e:
             warn(str(e))
             continue
         moved.blobs_rebuilt += 1
         moved.bytes_rebuilt += blob.size
-        moved.bytes_sent += delta.pack.size + delta.index_blob.size
+        moved.bytes_sent += fetched + delta.index_blob.size
     return moved

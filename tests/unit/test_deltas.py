@@ -124,7 +124,7 @@ def test_a_damaged_pack_is_refused_and_nothing_of_it_is_kept(releases: dict[str,
     _damage_pack(medium)
     store = BundleStore(tmp_path / "device")
     kept = take(store, releases["1.0.0"], CPU)
-    with pytest.raises(Refused, match="there only as a chunk delta, and that was refused: .*does not match its digest"):
+    with pytest.raises(Refused, match=r"there only as a chunk delta, and that was refused: .*does not match its digest"):
         take(store, medium, CPU)
     assert sorted(p.name for p in store.root.iterdir() if not p.name.startswith(".")) == [kept.name]
     assert not list(store.root.glob(".incoming-*"))
@@ -153,3 +153,29 @@ def test_a_delta_on_another_base_or_not_adding_up_is_passed_over(releases: dict[
         said = []
         assert read_deltas(ReaderEndpoint(reader), [manifest], wanted, warn=said.append) == {}
         assert "does not match its digest" in said[0]
+
+
+def test_a_rebuild_cut_short_starts_again_from_the_pack_it_kept(releases: dict[str, Path], tmp_path: Path) -> None:
+    from updater.oci import Descriptor
+
+    medium = tmp_path / "stick"
+    export([releases["1.1.0"]], medium, bases=(str(releases["1.0.0"]),))
+    listed = json.loads((medium / "sealift-medium.json").read_text())["bundles"][0]
+    delta = Descriptor.from_json(listed["chunks"], where="test")
+    pack = next(layer for layer in json.loads((medium / "blobs/sha256" / delta.digest[7:]).read_text())["layers"]
+                if layer["mediaType"] == PACK_MEDIA)
+    store = BundleStore(tmp_path / "device")
+    take(store, releases["1.0.0"], CPU)
+    top = Descriptor.from_json(json.loads((releases["1.1.0"] / "index.json").read_text())["manifests"][0], where="test")
+    # as a poll leaves it when the updater is killed mid-rebuild: the pack arrived, a partial blob beside it
+    incoming = store.root / f".incoming-{top.digest[7:]}" / "blobs/sha256"
+    incoming.mkdir(parents=True)
+    shutil.copyfile(medium / "blobs/sha256" / pack["digest"][7:], incoming / pack["digest"][7:])
+    (incoming / f".partial-{model_digest(releases['1.1.0'])[7:]}").write_bytes(b"half a model")
+    (medium / "blobs/sha256" / pack["digest"][7:]).unlink()  # the source no longer has it: it must not be needed
+    with open_layout(medium) as reader, store.incoming(top, resumable=True) as assembling:
+        assembling.fill(ReaderEndpoint(reader), deltas=[delta], warn=pytest.fail)
+        assert assembling.moved.blobs_rebuilt == 1 and assembling.moved.bytes_sent < TAIL  # the index only: no pack again
+        model = assembling.layout.path(model_digest(releases["1.1.0"]))
+        assert model.read_bytes() == (releases["1.1.0"] / "blobs/sha256" / model.name).read_bytes()
+        assert not assembling.layout.has_blob(pack["digest"])  # gone once used
