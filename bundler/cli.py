@@ -321,7 +321,8 @@ def export(bundles: tuple[Path, ...], to: Path, bases: tuple[str, ...], plain_ht
     """Write BUNDLES (and site overlays) to removable media for a site that never connects.
 
     The medium holds the OCI layout, the signed metadata, SHA256SUMS and a README.txt for the
-    site operator. With --base it is a delta holding only what the base version lacks; a device
+    site operator. With --base it is a delta holding only what the base version lacks (a large
+    blob that changed in part, such as a retrained model, as its changed chunks); a device
     without that base refuses it before changing anything. A device takes the newest bundle for
     its profile and the newest overlay for its site (`sealift overlay build`), as one install; a
     medium holding only an overlay rotates the site's configuration and secrets. Check the medium
@@ -341,6 +342,7 @@ def export(bundles: tuple[Path, ...], to: Path, bases: tuple[str, ...], plain_ht
         return
     for b in report.bundles:
         kind = f"delta on {b.base['version']}, {b.blobs_from_base} blobs left to the base" if b.base else "complete"
+        kind += " (some as changed chunks)" if b.chunks else ""
         click.echo(f"exported {b.name} {b.version} ({b.profile}, {kind})  {b.top.digest}")
     for o in report.overlays:
         click.echo(f"exported {o.name} overlay {o.version} for site {o.site}  {o.top.digest}")

@@ -134,7 +134,8 @@ def make_delta(target: Graph, source: Endpoint, base: BaseBundle, layout: Direct
         pack_file = work / ".pack"
         delta = chunk_delta(scratch.path(old.digest), scratch.path(wanted.digest), pack_file,
                             base_digest=old.digest, target_digest=wanted.digest)
-        scratch.path(wanted.digest).unlink()
+        for done in (wanted, old):  # copies of large blobs: gone before the next pair's
+            scratch.path(done.digest).unlink(missing_ok=True)
         if delta.pack_size + len(delta.index) >= wanted.size:
             continue  # it changed entirely: the whole blob is no larger
         index = layout.put_bytes(delta.index, INDEX_MEDIA)

@@ -264,7 +264,7 @@ def _sync_repository(origin: str, target: str, *, profiles: tuple[str, ...], sit
             copy_tag = None if src.ref.digest else tag
             if not overlay:  # its chunk deltas first: a large blob the mirror can rebuild from a base it holds is not copied whole
                 with tempfile.TemporaryDirectory(prefix="sealift-chunks-") as work:
-                    result.moved.add(carry_deltas(src, dst, top, graph, Path(work), warn=warn, advance=progress.advance))
+                    result.moved.add(carry_deltas(src, dst, top, graph, Path(work), warn=warn))  # counted as present below
             result.moved.add(copy_graph(graph, source, dest, tag=copy_tag, advance=progress.advance))
             where = {"site": annotations.get(ANNOTATION.SITE)} if overlay else {
                 "profile": annotations.get(ANNOTATION.PROFILE)}

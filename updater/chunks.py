@@ -13,8 +13,9 @@ A pack record is one chunk (at most 1 MiB) and names its chunk's digest; a base 
 the base, as long as the chunks it covers run on in the base (its digest field is zero).
 
 The target's sha256 stays its identity: :func:`rebuild` streams the chunks into a partial file,
-checks each pack chunk as it goes and the whole blob's digest at the end, and only then names the
-file by its digest; anything that does not add up (an index whose chunks do not make the target's
+checks each pack chunk as it goes (unless the pack, a blob of its own, was checked by its digest
+when it arrived, as :mod:`updater.deltas` does) and the whole blob's digest at the end, and only
+then names the file by its digest; anything that does not add up (an index whose chunks do not make the target's
 size, a chunk past the end of its base or pack, a pack chunk whose digest is wrong, a base other
 than the one the index names, a rebuilt blob whose digest is wrong) is Refused and nothing of it
 is kept. The base is a blob of the device's store, named by its digest and checked when it
@@ -127,7 +128,7 @@ def rebuild(index: ChunkIndex, base: IO[bytes], pack: IO[bytes], out: Path, *, w
             checked = checker.submit(_check_written, index, written.fileno(), progress, pack_checked=pack_checked, what=what)
             try:
                 at = 0
-                for i, (where, offset, length) in enumerate(_spans(index, merge_pack=pack_checked)):
+                for i, (where, offset, length, _) in enumerate(_spans(index, merge_pack=pack_checked)):
                     source = base.fileno() if where == BASE else pack.fileno()
                     end = at + length
                     while at < end:  # a piece at a time
@@ -180,18 +181,18 @@ def _check_written(index: ChunkIndex, fd: int, progress: _Progress, *, pack_chec
     against its short digest on the way, unless ``pack_checked``."""
     whole = hashlib.sha256()
     at = 0
-    for i, r in enumerate(index):
-        pieces = [r.length] if r.where == PACK and not pack_checked else [min(_PIECE, r.length - o) for o in range(0, r.length, _PIECE)]
-        for length in pieces:
-            if not progress.wait(at + length):
+    for i, (_, _, length, short) in enumerate(_spans(index, merge_pack=pack_checked)):
+        pieces = [length] if short is not None else [min(_PIECE, length - o) for o in range(0, length, _PIECE)]
+        for piece in pieces:
+            if not progress.wait(at + piece):
                 return ""  # the copy stopped: its own error says why
-            data = os.pread(fd, length, at)
-            if len(data) != length:
-                raise Refused(f"{what}: the rebuilt blob is shorter than chunk {i} says")
-            if r.where == PACK and not pack_checked and hashlib.sha256(data).digest()[:16] != r.short_hash:
+            data = os.pread(fd, piece, at)
+            if len(data) != piece:
+                raise Refused(f"{what}: the rebuilt blob is shorter than its index says")
+            if short is not None and hashlib.sha256(data).digest()[:16] != short:
                 raise Refused(f"{what}: chunk {i} of the pack does not match its digest")
             whole.update(data)
-            at += length
+            at += piece
     return f"sha256:{whole.hexdigest()}"
 
 
@@ -206,8 +207,9 @@ def _copy(source: int, dest: int, length: int, offset: int, at: int) -> int:
     return os.pwrite(dest, data, at) if data else 0
 
 
-def _spans(index: ChunkIndex, *, merge_pack: bool) -> Iterator[tuple[int, int, int]]:
-    """(where, offset, length) to copy in order: each record, or with ``merge_pack`` runs of pack chunks as one."""
+def _spans(index: ChunkIndex, *, merge_pack: bool) -> Iterator[tuple[int, int, int, bytes | None]]:
+    """(where, offset, length, short digest) to copy in order: each record, a pack chunk with its short
+    digest to check, or with ``merge_pack`` runs of pack chunks as one (nothing to check)."""
     run: list[int] | None = None
     for r in index:
         if r.where == PACK and merge_pack:
@@ -217,8 +219,8 @@ def _spans(index: ChunkIndex, *, merge_pack: bool) -> Iterator[tuple[int, int, i
                 run = [PACK, r.offset, r.length]
             continue
         if run is not None:
-            yield run[0], run[1], run[2]
+            yield run[0], run[1], run[2], None
             run = None
-        yield r.where, r.offset, r.length
+        yield r.where, r.offset, r.length, r.short_hash if r.where == PACK else None
     if run is not None:
-        yield run[0], run[1], run[2]
+        yield run[0], run[1], run[2], None

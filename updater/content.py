@@ -19,7 +19,7 @@ import zstandard
 from updater.errors import ContentMismatch, Refused
 from updater.oci import CHUNK, MAX_JSON_BYTES, Advance, Descriptor, canonical_json, json_object
 
-__all__ = ["MAX_ZSTD_WINDOW", "Hashed", "checked_json", "copy_hashed", "drain", "read_json_blob", "zstd_reader"]
+__all__ = ["MAX_ZSTD_WINDOW", "Hashed", "checked_json", "copy_hashed", "drain", "read_json_blob", "read_small_blob", "zstd_reader"]
 
 # Sealift writes level-3 frames (windows of at most 2 MiB); a larger window is refused
 MAX_ZSTD_WINDOW = 8 << 20
@@ -141,15 +141,22 @@ def checked_json(body: bytes, descriptor: Descriptor, what: str) -> bytes:
     return body
 
 
+def read_small_blob(store: Any, blob: Descriptor, limit: int, what: str) -> bytes:
+    """The bytes of a blob of at most ``limit`` bytes from ``store`` (anything with ``open_blob``), read
+    whole and checked against its digest and size."""
+    if blob.size > limit:
+        raise Refused(f"{what} {blob.digest} is {blob.size} bytes, more than {limit}")
+    with store.open_blob(blob.digest) as stream:
+        data: bytes = stream.read(blob.size + 1)
+    if len(data) != blob.size or f"sha256:{hashlib.sha256(data).hexdigest()}" != blob.digest:
+        raise ContentMismatch(f"{what} ({blob.digest[:19]}…) is corrupt or truncated")
+    return data
+
+
 def read_json_blob(reader: Any, blob: Descriptor, what: str, *, canonical: bool = False) -> dict[str, Any]:
     """A small JSON blob (a manifest, an index, a descriptor), checked against its descriptor and parsed;
     with ``canonical``, its bytes must be the canonical JSON of what they parse to (one spelling per document)."""
-    if blob.size > MAX_JSON_BYTES:
-        raise Refused(f"{reader.location}: {what} {blob.digest} is {blob.size} bytes, more than {MAX_JSON_BYTES}")
-    with reader.open_blob(blob.digest) as stream:
-        data = stream.read(blob.size + 1)
-    if len(data) != blob.size or f"sha256:{hashlib.sha256(data).hexdigest()}" != blob.digest:
-        raise ContentMismatch(f"{reader.location}: {what} ({blob.digest[:19]}…) is corrupt or truncated")
+    data = read_small_blob(reader, blob, MAX_JSON_BYTES, f"{reader.location}: {what}")
     parsed = json_object(data, f"{reader.location}: {what}")
     if canonical and canonical_json(parsed) != data:
         raise Refused(f"{reader.location}: {what} ({blob.digest[:19]}…) is not canonical JSON (sorted keys, no whitespace)")

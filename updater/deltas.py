@@ -17,14 +17,13 @@ the receiver lacks, is passed over and the whole blob fetched instead.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from updater.chunks import ChunkIndex, read_index, rebuild
-from updater.content import checked_json
+from updater.content import checked_json, read_small_blob
 from updater.errors import DeliveryError, Refused
 from updater.oci import MEDIA, Advance, Descriptor, json_object
 from updater.transfer import DirectoryEndpoint, Endpoint, Transferred
@@ -106,12 +105,7 @@ def _read_one(source: Endpoint, manifest: Descriptor, wanted: dict[str, Descript
     for layer in layers:
         if layer.media_type != INDEX_MEDIA:
             continue
-        if layer.size > MAX_INDEX:
-            raise Refused(f"{what}: a chunk index of {layer.size} bytes (at most {MAX_INDEX})")
-        with source.open_blob(layer.digest) as stream:
-            body = stream.read(layer.size + 1)
-        if len(body) != layer.size or f"sha256:{hashlib.sha256(body).hexdigest()}" != layer.digest:
-            raise Refused(f"{what}: chunk index {layer.digest[:19]} does not match its digest")
+        body = read_small_blob(source, layer, MAX_INDEX, f"{what}: chunk index")
         index = read_index(body, f"{what}: chunk index {layer.digest[:19]}")
         target = wanted.get(index.target.digest)
         if target is None:

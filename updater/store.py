@@ -21,7 +21,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from updater.artifact import Artifact, Kind
-from updater.deltas import LARGE, read_deltas, take_all
+from updater.deltas import BASE_DIGEST, LARGE, read_deltas, take_all
 from updater.durable import fsync_dir
 from updater.errors import Conflict, DeliveryError, DeviceFault, EngineFault, Refused
 from updater.locks import file_lock, remove_lock
@@ -36,6 +36,8 @@ _log = logging.getLogger("sealift.store")
 _INCOMING = ".incoming-"
 _LOCKS = ".locks"
 _HEX = re.compile(r"[0-9a-f]{64}")
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_MAX_DELTAS = 4  # chunk deltas read for one bundle, of those on a base it keeps
 _INCOMING_KEPT_S = 24 * 3600  # an unfinished download untouched this long is given up
 
 
@@ -82,6 +84,7 @@ class Incoming:
                 self._adopt(blob)
         graph.blobs = [b for b in graph.blobs if not self.layout.has_blob(b.digest)]
         wanted = {b.digest: b for b in graph.blobs if b.size >= LARGE}
+        deltas = self.usable(deltas)
         if wanted and deltas:
             said: list[str] = []
             found = read_deltas(source, deltas, wanted, warn=said.append)
@@ -95,12 +98,17 @@ class Incoming:
                               f"refused: {said[0]}")
         self.moved.add(copy_graph(graph, source, self.layout, advance=advance))
 
+    def usable(self, deltas: Iterable[Descriptor]) -> list[Descriptor]:
+        """The chunk deltas whose base bundle this device keeps (a few at most: a list is not trusted)."""
+        kept = [d for d in deltas if _DIGEST.fullmatch(d.annotations.get(BASE_DIGEST, "")) and self.store.has(d.annotations[BASE_DIGEST])]
+        return kept[:_MAX_DELTAS]
+
     def missing(self, source: Endpoint, *, deltas: Iterable[Descriptor] = ()) -> list[Descriptor]:
         """Blobs of the bundle neither ``source`` (whole, or as a chunk delta on a base kept here) nor the store has."""
         graph = walk(self.top, source)
         lacking = [b for b in graph.blobs if not source.has_blob(b.digest) and self.store.find_blob(b.digest) is None
                    and not self.layout.has_blob(b.digest)]
-        if lacking and deltas:
+        if lacking and (deltas := self.usable(deltas)):
             found = read_deltas(source, deltas, {b.digest: b for b in lacking}, warn=lambda _: None)  # fill says why
             lacking = [b for b in lacking if not (b.digest in found and self.store.find_blob(found[b.digest].base))]
         return lacking

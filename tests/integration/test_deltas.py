@@ -1,7 +1,8 @@
-"""Chunk deltas on real registries (CNCF distribution): a retrained model goes from the origin through
-two mirror hops to devices as its changed chunks; a device without the base, and one whose delta
-was damaged at its mirror, take the whole blob instead. The engine is a fake (tests/fakes.py): what
-is tested here is what crosses each hop, and installs are tested on the real engine elsewhere."""
+"""Chunk deltas on real registries (CNCF distribution) and on a medium: a retrained model goes from
+the origin through two mirror hops to devices, and onto a USB stick, as its changed chunks; a
+device without the base, one whose delta was damaged at its mirror, and a mirror without the base
+take the whole blob instead. The engine is a fake (tests/fakes.py): what is tested here is what
+crosses each hop, and installs are tested on the real engine elsewhere."""
 
 from __future__ import annotations
 
@@ -154,3 +155,16 @@ def test_a_retrained_model_crosses_two_mirror_hops_and_reaches_devices_as_its_ch
     devices[2].update(newcomer, "1.1.0")
     sent, blobs = served(newcomer, mark)
     assert f"sha256:{model.name}" not in blobs and sent <= CHUNKS + (64 << 10) and devices[2].holds(model)
+
+
+def test_a_device_updates_from_a_delta_medium_carrying_the_changed_chunks(chunked: dict[str, Path], tmp_path: Path) -> None:
+    old, new = chunked["1.0.0"], chunked["1.1.0"]
+    medium = tmp_path / "stick.tar"
+    exported = sealift_json("export", str(new), "--to", str(medium), "--base", str(old))
+    (entry,) = exported["bundles"]
+    assert entry["chunks"]["artifactType"] == "application/vnd.sealift.delta.v1+json"
+    assert medium.stat().st_size < CHUNKS + (256 << 10)  # the chunks, manifests, metadata: not the model
+    device = Device(tmp_path / "device", chunked["root"])
+    assert device.installer.install(old).committed
+    outcome = device.installer.install(medium)
+    assert outcome.committed and outcome.release.version == "1.1.0" and device.holds(model_of(new))

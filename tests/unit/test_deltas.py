@@ -152,7 +152,7 @@ def test_a_delta_on_another_base_or_not_adding_up_is_passed_over(releases: dict[
     with open_layout(broken) as reader:
         said = []
         assert read_deltas(ReaderEndpoint(reader), [manifest], wanted, warn=said.append) == {}
-        assert "does not match its digest" in said[0]
+        assert "is corrupt or truncated" in said[0]
 
 
 def test_a_rebuild_cut_short_starts_again_from_the_pack_it_kept(releases: dict[str, Path], tmp_path: Path) -> None:
