@@ -34,7 +34,7 @@ from updater.transfer import (
     walk,
 )
 
-__all__ = ["BaseBundle", "BuiltDelta", "carry_deltas", "list_delta", "make_delta", "open_base", "push_delta"]
+__all__ = ["BaseBundle", "BuiltDelta", "carry_deltas", "list_delta", "make_delta", "open_base", "pairs", "push_delta"]
 
 _OCTETS = "application/octet-stream"
 
@@ -170,9 +170,10 @@ def list_delta(client: RegistryClient, subject: str, delta: Descriptor) -> None:
     entries: list[dict[str, Any]] = []
     if found is not None:
         try:
-            entries = [e for e in json_object(found[0], f"{client.what}: {tag}").get("manifests") or [] if isinstance(e, dict)]
+            listed = json_object(found[0], f"{client.what}: {tag}").get("manifests")
         except Refused:
-            entries = []  # not a list we can read: this one replaces it
+            listed = None
+        entries = [e for e in listed if isinstance(e, dict)] if isinstance(listed, list) else []  # one unreadable is replaced
     if any(e.get("digest") == delta.digest for e in entries):
         return
     entries.append(delta.to_json())
@@ -226,7 +227,7 @@ def carry_deltas(src: RegistryClient, dst: RegistryClient, top: Descriptor, grap
             try:
                 if not scratch.has_blob(base.digest):
                     scratch.put_blob(base, dest, lambda _: None)
-                take(delta, source, scratch, scratch.path(base.digest), advance=advance)
+                take(delta, dest, scratch, scratch.path(base.digest), advance=advance)  # the pack is there now: never fetched twice
             except Refused as e:
                 warn(f"{e}; the whole blob is copied instead")
                 continue

@@ -6,7 +6,10 @@ Cases (sizes scale with --delta-mib, default 1024):
 (b) a model with 1% of its bytes changed in scattered 64 KiB runs;
 (c) an image layer (a tar of 30 files, 300 MiB at the default size) with one 10 MiB file replaced
     by one a little longer;
-(d) a model that changes entirely.
+(d) a model that changes entirely;
+(e) a model Sealift stores compressed (zstd level 3: weights that compress, 64 MiB at the default
+    size), 1% of its bytes changed in place in scattered 64 KiB runs: the changed bytes are those of
+    the model, the delta is of what is stored.
 A chunk delta moves its pack and its index over every hop (a registry, a mirror, a medium: the
 same two blobs), so one figure stands for all of them.
 """
@@ -81,7 +84,27 @@ def make_cases(work: Path, size: int) -> dict[str, tuple[Path, Path, int]]:
     whole = work / "model-d"
     _random_file(whole, size)
     cases["d: all changed"] = (base, whole, size)
+    small = size // 16  # 64 MiB at 1 GiB
+    runs = [(rng.randrange(0, small - 65536) // 4096 * 4096, 65536) for _ in range(max(small // 100 // 65536, 1))]
+    model = bytearray(_weights(small))
+    _compressed(work / "model-e", bytes(model))
+    for offset, length in runs:
+        model[offset:offset + length] = _weights(length)
+    _compressed(work / "model-e2", bytes(model))
+    cases["e: zstd-stored model, 1% changed"] = (work / "model-e", work / "model-e2", sum(length for _, length in runs))
     return cases
+
+
+def _weights(size: int) -> bytes:
+    """Bytes that compress as a model's weights do, a little: random, with the top two bits of each byte clear."""
+    return (int.from_bytes(os.urandom(size), "little") & int.from_bytes(b"\x3f" * size, "little")).to_bytes(size, "little")
+
+
+def _compressed(path: Path, data: bytes) -> None:
+    """``data`` stored as Sealift stores a model that compression shrinks (bundler/payload.py: zstd level 3)."""
+    import zstandard
+
+    path.write_bytes(zstandard.ZstdCompressor(level=3, write_checksum=True).compress(data))
 
 
 def _digest(path: Path) -> str:

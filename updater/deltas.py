@@ -71,9 +71,12 @@ def listed(client: RegistryClient, subject: str, *, warn: Callable[[str], None])
     found = client.get_manifest(referrers_tag(subject), accept=MEDIA.INDEX)
     if found is None:
         return []
+    where = f"{client.what}: {referrers_tag(subject)}"
     try:
-        entries = json_object(found[0], f"{client.what}: {referrers_tag(subject)}").get("manifests")
-        listed = [Descriptor.from_json(e, where=f"{client.what}: {referrers_tag(subject)}") for e in entries or []]
+        entries = json_object(found[0], where).get("manifests")
+        if not isinstance(entries, list):
+            raise Refused(f"{where}: not a list of manifests")
+        listed = [Descriptor.from_json(e, where=where) for e in entries]
     except Refused as e:
         warn(str(e))
         return []
@@ -99,7 +102,10 @@ def read_deltas(source: Endpoint, manifests: Iterable[Descriptor], wanted: dict[
 def _read_one(source: Endpoint, manifest: Descriptor, wanted: dict[str, Descriptor]) -> list[Delta]:
     what = f"{source.what}: chunk delta {manifest.digest[:19]}"
     data = json_object(checked_json(source.read_manifest(manifest.digest), manifest, what), what)
-    layers = [Descriptor.from_json(layer, where=what) for layer in data.get("layers") or []]
+    items = data.get("layers")
+    if not isinstance(items, list):
+        raise Refused(f"{what}: lists no layers")
+    layers = [Descriptor.from_json(layer, where=what) for layer in items]
     packs = {layer.digest: layer for layer in layers if layer.media_type == PACK_MEDIA}
     found = []
     for layer in layers:

@@ -3,10 +3,12 @@
 ``STATE/bundles/HEX`` is a complete bundle (``index.json`` written last); ``.incoming-HEX`` is
 one being assembled, kept across interruptions so a download resumes where it stopped. Every
 bundle a device installs passes through here, wherever it came from (a path, a medium, a
-registry): a blob another kept bundle already has is hard-linked, not fetched again, and a
-delta medium finds its base here. Every blob is hashed as it arrives, once: nothing else is ever
-written here, so the installer then verifies the assembled bundle (TUF, its structure, every
-blob's presence and size, the profile) without hashing its blobs again. Bundles no kept release
+registry): a blob another kept bundle already has is hard-linked, not fetched again, a delta
+medium finds its base here, and a large blob that changed in part is rebuilt here from the kept
+blob it changed from and its chunk delta (:mod:`updater.deltas`). Every blob is hashed as it
+arrives or is rebuilt, once: nothing else is ever written here, so the installer then verifies
+the assembled bundle (TUF, its structure, every blob's presence and size, the profile) without
+hashing its blobs again. Bundles no kept release
 needs are removed after each install.
 """
 
