@@ -19,7 +19,7 @@ from typing import Any
 from bundler.chunking import chunk_delta
 from updater.artifact import open_artifact
 from updater.deltas import BASE_DIGEST, BASE_VERSION, DELTA_TYPE, INDEX_MEDIA, LARGE, PACK_MEDIA, listed, read_deltas, referrers_tag, take
-from updater.errors import DeliveryError, Refused
+from updater.errors import DeliveryError, InputError, Refused
 from updater.oci import ANNOTATION, MEDIA, Descriptor, canonical_json, json_object
 from updater.registry import RegistryClient, connect
 from updater.transfer import (
@@ -83,6 +83,8 @@ def open_base(base: str, *, plain_http: bool, stack: ExitStack) -> BaseBundle:
         artifact = stack.enter_context(open_artifact(path))
         source, top = ReaderEndpoint(artifact.reader), artifact.top
         body = source.read_manifest(top.digest)
+    elif base.startswith(("/", ".", "~")):
+        raise InputError(f"base {base}: no such bundle")
     else:
         client = connect(base, plain_http=plain_http, what="base")
         stack.callback(client.close)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bundler.deltas import carry_deltas, make_delta, open_base, push_delta
+from bundler.deltas import BuiltDelta, carry_deltas, make_delta, open_base, push_delta
 from bundler.metadata_io import metadata_version
 from updater.artifact import Artifact, Kind, kind, open_artifact
 from updater.bundle import verify_bundle
@@ -74,9 +74,11 @@ def push(bundle: Path, target: str, *, plain_http: bool, progress: Progress | No
     path or a registry reference), its chunk delta against that base is pushed too and listed under it."""
     progress = progress or QuietProgress()
     progress.step(f"verify {bundle}")
-    with open_artifact(bundle) as artifact:
+    with open_artifact(bundle) as artifact, ExitStack() as stack:
         check_signed(artifact, require_signed=require_signed, warn=warn)
         if artifact.kind is Kind.OVERLAY:
+            if base is not None:
+                raise InputError(f"{bundle}: an overlay is small and travels whole; --base is for bundles")
             overlay = check_overlay(artifact)
             identity = {"name": overlay.name, "version": overlay.version, "site": overlay.site}
             default_tag, shown = overlay_tag(overlay.site, overlay.version), f"site {overlay.site}"
@@ -87,35 +89,33 @@ def push(bundle: Path, target: str, *, plain_http: bool, progress: Progress | No
         client = connect(target, plain_http=plain_http, what="registry")
         if client.ref.digest:
             raise InputError(f"registry {target}: push to a tag, not a digest (the digest is the bundle's own)")
-        if base is not None and artifact.kind is Kind.OVERLAY:
-            raise InputError(f"{bundle}: an overlay is small and travels whole; --base is for bundles")
+        built, said = _make_delta(artifact, base, identity, stack, plain_http=plain_http, progress=progress) if base else (None, None)
         result = _push(artifact, client, tag=client.ref.tag or default_tag, identity=identity, shown=shown, progress=progress,
                        mount_from=mount_from)
-        if base is not None:
-            _push_delta(artifact, connect(target, plain_http=plain_http, what="registry"), base, identity, result,
-                        plain_http=plain_http, progress=progress)
+        if said is not None:
+            result.deltas.append(said)
+        if built is not None:
+            progress.step(f"push its chunk delta ({built.moved} bytes for {built.whole})", total_bytes=built.moved)
+            with _closing(connect(target, plain_http=plain_http, what="registry")) as again:  # _push closed its client
+                result.moved.add(push_delta(built, again, artifact.top.digest, advance=progress.advance))
         return result
 
 
-def _push_delta(artifact: Artifact, client: RegistryClient, base: str, identity: dict[str, str], result: PublishResult, *,
-                plain_http: bool, progress: Progress) -> None:
-    """Push the chunk delta of the bundle against ``base`` (of the same name and profile) and list it under the bundle."""
-    with _closing(client), ExitStack() as stack:
-        old = open_base(base, plain_http=plain_http, stack=stack)
-        if (old.name, old.profile) != (identity["name"], identity["profile"]):
-            raise InputError(f"base {base}: {old.name} for {old.profile}, not {identity['name']} for {identity['profile']}")
-        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sealift-chunks-")))
-        progress.step(f"cut the large blobs of {identity['name']} {identity['version']} against {old.version} into chunks")
-        graph = walk(artifact.top, ReaderEndpoint(artifact.reader))
-        layout = DirectoryEndpoint(work / "delta", what="chunk delta")
-        layout.prepare()
-        built = make_delta(graph, ReaderEndpoint(artifact.reader), old, layout, work / "scratch", advance=progress.advance)
-        if built is None:
-            result.deltas.append({"base": old.version, "digest": None, "blobs_rebuilt": 0, "bytes_rebuilt": 0, "bytes": 0})
-            return
-        progress.step(f"push its chunk delta against {old.version} ({built.moved} bytes for {built.whole})", total_bytes=built.moved)
-        result.moved.add(push_delta(built, client, artifact.top.digest, advance=progress.advance))
-        result.deltas.append({"base": old.version, **built.to_json()})
+def _make_delta(artifact: Artifact, base: str, identity: dict[str, str], stack: ExitStack, *, plain_http: bool,
+                progress: Progress) -> tuple[BuiltDelta | None, dict[str, Any]]:
+    """The chunk delta of the bundle against ``base`` (of the same name and profile), made before anything is
+    pushed (in a folder ``stack`` removes), and what to say of it."""
+    old = open_base(base, plain_http=plain_http, stack=stack)
+    if (old.name, old.profile) != (identity["name"], identity["profile"]):
+        raise InputError(f"base {base}: {old.name} for {old.profile}, not {identity['name']} for {identity['profile']}")
+    work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sealift-chunks-")))
+    progress.step(f"cut the large blobs of {identity['name']} {identity['version']} against {old.version} into chunks")
+    source = ReaderEndpoint(artifact.reader)
+    layout = DirectoryEndpoint(work / "delta", what="chunk delta")
+    layout.prepare()
+    built = make_delta(walk(artifact.top, source), source, old, layout, work / "scratch", advance=progress.advance)
+    said = {"digest": None, "blobs_rebuilt": 0, "bytes_rebuilt": 0, "bytes": 0} if built is None else built.to_json()
+    return built, {"base": old.version, **said}
 
 
 def _push(artifact: Artifact, client: RegistryClient, *, tag: str, identity: dict[str, str], shown: str,

@@ -20,6 +20,7 @@ from tests.envelope import result_of
 from tests.fakes import FakeEngine
 from tests.realparts import Registry, RegistryFactory
 from updater.deltas import LARGE
+from updater.errors import InputError
 from updater.install import Installer
 from updater.poll import RegistryPoller
 from updater.profiles import builtin_profile_dir, load_profiles
@@ -108,6 +109,9 @@ def test_a_retrained_model_crosses_two_mirror_hops_and_reaches_devices_as_its_ch
             hops.append((hop, *served(source, mark)))
         return hops
 
+    refused = CliRunner().invoke(sealift, ["push", str(new), f"{origin.address}/demo", "--plain-http", "--base", str(tmp_path / "gone")])
+    assert refused.exit_code == InputError.exit_code and "gone: no such bundle" in refused.stderr
+    assert not [r for r in origin.requests() if r.method in ("PUT", "POST", "PATCH")]  # refused before anything was sent
     sealift_json("push", str(old), f"{origin.address}/demo", "--plain-http")
     sync()
     devices = [Device(tmp_path / name, chunked["root"]) for name in ("a", "b", "d")]
