@@ -12,6 +12,10 @@ release 2 (a new app layer and a new model; the rest unchanged), then measures:
 - **rotation**: a new site overlay (configuration and sealed secrets) for the running release 2
   through the same hops; the floor is the overlay's own blobs: no image layer or model moves.
 - **delta medium**: ``export --base`` release 1 against a full export of release 2.
+- **retrained model**: release 2.1 is release 2 with the last 5% of its model changed in place,
+  pushed with ``--base`` release 2 (a chunk delta), through the same hops, and exported on release
+  2; the floor is the bytes that changed. A mirror rebuilds the model from its own release 2,
+  which it serves its own sync on its side of the hop (reported apart).
 - **one site mirror, many devices**: ``--devices`` devices (threads, each with its own state)
   download a release from the site mirror at once; the origin serves it once (to the mirror's
   sync), whatever the number of devices.
@@ -46,6 +50,7 @@ from scripts.oci_image import FileEntry, ImageConfig, Platform, PlatformImage, w
 from tests.builders import signed  # noqa: E402
 from tests.fakes import NoEngine  # noqa: E402
 from tests.realparts import Registry, start_registry  # noqa: E402
+from updater.deltas import listed  # noqa: E402
 from updater.identity import DeviceIdentity  # noqa: E402
 from updater.install import Installer  # noqa: E402
 from updater.poll import RegistryPoller  # noqa: E402
@@ -80,11 +85,13 @@ SITE = "plant-1"
 
 
 def make_release(src: Path, version: str, *, base_layer: Path, model_mib: int, app_layer_mib: int) -> Path:
-    """Write release ``version``'s inputs and build its bundle; the base layer is shared by all releases."""
+    """Write release ``version``'s inputs (an app layer and a model, unless there already) and build its
+    bundle; the base layer is shared by all releases."""
     (src / "config").mkdir(parents=True, exist_ok=True)
     (src / "config/settings.yaml").write_text("threshold: 0.5\n")
-    _random_file(src / f"app-{version}.bin", app_layer_mib)
-    _random_file(src / f"models/detector-{version}.bin", model_mib)
+    for path, mib in ((src / f"app-{version}.bin", app_layer_mib), (src / f"models/detector-{version}.bin", model_mib)):
+        if not path.exists():
+            _random_file(path, mib)
     image = PlatformImage(platform=Platform.parse("linux/amd64"),
                           layers=((FileEntry(path="/base/base.bin", source=base_layer),),
                                   (FileEntry(path="/app/app.bin", source=src / f"app-{version}.bin"),)),
@@ -95,6 +102,20 @@ def make_release(src: Path, version: str, *, base_layer: Path, model_mib: int, a
     spec = load_spec(spec_path)
     (built,) = build_bundles(spec, select_profiles(spec, {CPU.name: CPU}, (CPU.name,)), BuildOptions(out=src / "out", epoch=0))
     return built.path
+
+
+def retrain(src: Path, version: str, *, like: str, tail: float) -> int:
+    """Release ``version``'s inputs: ``like``'s app layer, and its model with the last ``tail`` of it changed
+    in place (a retrained head); returns the bytes changed."""
+    shutil.copyfile(src / f"app-{like}.bin", src / f"app-{version}.bin")
+    model = src / f"models/detector-{version}.bin"
+    shutil.copyfile(src / f"models/detector-{like}.bin", model)
+    size = model.stat().st_size
+    changed = int(size * tail)
+    with open(model, "r+b") as f:
+        f.seek(size - changed)
+        f.write(os.urandom(changed))
+    return changed
 
 
 def make_overlay(spec_path: Path, device_state: Path) -> Path:
@@ -156,7 +177,7 @@ class Device:
                 if signed_part is None:
                     continue
                 with self.installer.store.incoming(signed_part.top) as incoming:
-                    incoming.fill(RegistryEndpoint(client))
+                    incoming.fill(RegistryEndpoint(client), deltas=listed(client, signed_part.top.digest, warn=print))
                     incoming.metadata = found.metadata
                     incoming.complete()
                 fetched += incoming.moved.bytes_sent
@@ -165,8 +186,9 @@ class Device:
             client.close()
 
 
-def hop_round(work: Path, releases: dict[str, Path], trusted_root: Path, identity: Path) -> dict[str, Any]:
-    """One pass of release 1, release 2, then a new overlay for release 2 through origin, DMZ, OT and a device."""
+def hop_round(work: Path, releases: dict[str, Path], trusted_root: Path, identity: Path, retrained: int) -> dict[str, Any]:
+    """One pass of release 1, release 2, a new overlay for release 2, then release 3 (release 2's model with
+    ``retrained`` bytes changed, 2.1.0, pushed with a chunk delta on release 2) through origin, DMZ, OT and a device."""
     origin, dmz, ot = start_registry(), start_registry(), start_registry()
     try:
         device = Device(work / "device", trusted_root, f"{ot.address}/fleet-app", identity=identity)
@@ -176,19 +198,25 @@ def hop_round(work: Path, releases: dict[str, Path], trusted_root: Path, identit
         running = DeviceState(current=Release(name="fleet-app", version="2.0.0", profile=CPU.name, slot="a",
                                                digest=_top(releases["2"]), overlay="0.1.0", overlay_digest="sha256:" + "0" * 64))
         for label, bundle, state in (("first install", releases["1"], None), ("update", releases["2"], None),
-                                     ("rotation", releases["overlay"], running)):
+                                     ("rotation", releases["overlay"], running), ("retrained model", releases["2.1"], None)):
             sizes = blob_sizes(bundle)
             changed = sum(size for name, size in sizes.items() if name not in previous)
-            marks = (len(origin.requests()), len(dmz.requests()), len(ot.requests()))
-            pushed = push(bundle, f"{origin.address}/fleet-app", plain_http=True)
-            mirror_sync(f"{origin.address}/fleet-app", f"{dmz.address}", plain_http_from=True, plain_http_to=True)
-            mirror_sync(f"{dmz.address}/fleet-app", f"{ot.address}", plain_http_from=True, plain_http_to=True)
-            hop_bytes = {"push to origin": pushed.moved.bytes_sent, "origin to DMZ": served(origin, marks[0]),
-                         "DMZ to OT": served(dmz, marks[1])}
+            base = None
+            if label == "retrained model":  # a chunk delta on release 2: the model's changed bytes, not its size
+                base = str(releases["2"])
+                changed += retrained - max(size for name, size in sizes.items() if name not in previous)
+            pushed = push(bundle, f"{origin.address}/fleet-app", plain_http=True, base=base)
+            hop_bytes = {"push to origin": pushed.moved.bytes_sent}
+            read_back = {}  # what a mirror served its own sync: the base of each blob it rebuilt (on its side of the hop)
+            for source, mirror, hop in ((origin, dmz, "origin to DMZ"), (dmz, ot, "DMZ to OT")):
+                marks = (len(source.requests()), len(mirror.requests()))
+                mirror_sync(f"{source.address}/fleet-app", f"{mirror.address}", plain_http_from=True, plain_http_to=True)
+                hop_bytes[hop] = served(source, marks[0])
+                read_back[hop.split()[-1]] = served(mirror, marks[1])
             ot_mark = len(ot.requests())
             device.download(state)
             hop_bytes["OT to device"] = served(ot, ot_mark)
-            figures[label] = {"changed_blob_bytes": changed, "hops": hop_bytes}
+            figures[label] = {"changed_blob_bytes": changed, "hops": hop_bytes, "read_back": read_back}
             previous = {**previous, **sizes}
         return figures
     finally:
@@ -239,18 +267,23 @@ def measure(repeat: int, *, model_mib: int = 256, base_layer_mib: int = 64, app_
         _random_file(src / "base.bin", base_layer_mib)
         releases = {v: make_release(src, f"{v}.0.0", base_layer=src / "base.bin", model_mib=model_mib, app_layer_mib=app_layer_mib)
                     for v in ("1", "2")}
+        retrained = retrain(src, "2.1.0", like="2.0.0", tail=0.05)
+        releases["2.1"] = make_release(src, "2.1.0", base_layer=src / "base.bin", model_mib=model_mib, app_layer_mib=app_layer_mib)
         small = make_release(work / "small", "3.0.0", base_layer=src / "base.bin", model_mib=device_model_mib, app_layer_mib=1)
         identity = work / "enrolled"
         releases["overlay"] = make_overlay(src / "sealift-2.0.0.yaml", identity)
         trusted_root = signed([*releases.values(), small], work / "signing")
-        rounds = [hop_round(work, releases, trusted_root, identity / "identity") for _ in range(repeat)]
+        rounds = [hop_round(work, releases, trusted_root, identity / "identity", retrained) for _ in range(repeat)]
         hops = {label: {"changed_blob_bytes": rounds[0][label]["changed_blob_bytes"],
-                        "hops": {hop: statistics.median(r[label]["hops"][hop] for r in rounds) for hop in rounds[0][label]["hops"]}}
+                        **{kind: {hop: statistics.median(r[label][kind][hop] for r in rounds) for hop in rounds[0][label][kind]}
+                           for kind in ("hops", "read_back")}}
                 for label in rounds[0]}
         full = export([releases["2"]], work / "full")
         delta = export([releases["2"]], work / "delta", bases=(str(releases["1"]),))
+        export([releases["2.1"]], work / "retrained", bases=(str(releases["2"]),))
         media = {"full_bytes": _tree_bytes(work / "full"), "delta_bytes": _tree_bytes(work / "delta"),
-                 "blobs_left_to_base": delta.bundles[0].blobs_from_base, "full_blobs": full.moved.blobs_sent}
+                 "blobs_left_to_base": delta.bundles[0].blobs_from_base, "full_blobs": full.moved.blobs_sent,
+                 "retrained_delta_bytes": _tree_bytes(work / "retrained"), "retrained_changed": retrained}
         crowd = many_devices(work, small, trusted_root, devices)
         return {"hops": hops, "media": media, "many_devices": crowd,
                 "sizes_mib": {"model": model_mib, "base_layer": base_layer_mib, "app_layer": app_layer_mib,
@@ -274,11 +307,16 @@ def print_report(figures: dict[str, Any]) -> None:
         floor = figure["changed_blob_bytes"]
         for hop, moved in figure["hops"].items():
             print(f"| {label} | {hop} | {_size(moved)} | {_size(floor)} | {moved / floor:.4f}x | {(moved - floor) / 1024:.1f} KiB |")
+    retrained = figures["hops"]["retrained model"]["read_back"]
+    print(f"\nretrained model: each mirror served its own sync the base it rebuilt from (on its side of the hop): "
+          f"DMZ {_size(retrained['DMZ'])}, OT {_size(retrained['OT'])}")
     rotation, update = (figures["hops"][k]["hops"]["OT to device"] for k in ("rotation", "update"))
     print(f"\na rotation brought the device {rotation / 1024:.1f} KiB, {rotation / update:.6f} of what the update brought")
     m = figures["media"]
     print(f"\ndelta medium {m['delta_bytes'] / MIB:.2f} MiB, full medium {m['full_bytes'] / MIB:.2f} MiB "
           f"({m['delta_bytes'] / m['full_bytes']:.3f} of it; {m['blobs_left_to_base']} blobs left to the base)")
+    print(f"retrained model on a delta medium: {m['retrained_delta_bytes'] / MIB:.2f} MiB for {m['retrained_changed'] / MIB:.2f} MiB "
+          f"changed ({m['retrained_delta_bytes'] / m['retrained_changed']:.3f}x, with manifests, metadata and the medium's own files)")
     c = figures["many_devices"]
     print(f"{c['devices']} devices pulled a {c['bundle_bytes'] / MIB:.1f} MiB bundle from one site mirror in {c['seconds']:.1f} s: "
           f"the mirror served {c['mirror_served'] / MIB:.1f} MiB ({c['mirror_served'] / c['bundle_bytes']:.2f} bundles), "
