@@ -179,3 +179,21 @@ def test_a_rebuild_cut_short_starts_again_from_the_pack_it_kept(releases: dict[s
         model = assembling.layout.path(model_digest(releases["1.1.0"]))
         assert model.read_bytes() == (releases["1.1.0"] / "blobs/sha256" / model.name).read_bytes()
         assert not assembling.layout.has_blob(pack["digest"])  # gone once used
+
+
+def test_only_a_few_deltas_on_a_kept_base_are_ever_read(releases: dict[str, Path], tmp_path: Path) -> None:
+    from updater.deltas import BASE_DIGEST
+    from updater.oci import Descriptor
+
+    store = BundleStore(tmp_path / "device")
+    kept = take(store, releases["1.0.0"], CPU)
+    top = Descriptor.from_json(json.loads((releases["1.1.0"] / "index.json").read_text())["manifests"][0], where="test")
+
+    def listed(base: str, n: int) -> Descriptor:
+        return Descriptor(media_type="m", digest=f"sha256:{n:064x}", size=1, annotations={BASE_DIGEST: base} if base else {})
+
+    offered = [listed("", 1), listed("sha256:" + "0" * 64, 2), listed("not-a-digest", 3), listed(kept.name, 4),
+               *(listed(f"sha256:{kept.name}", n) for n in range(5, 50))]  # a hostile list: junk, and many on the kept base
+    with store.incoming(top) as assembling:
+        usable = assembling.usable(offered)
+    assert [d.digest for d in usable] == [f"sha256:{n:064x}" for n in range(5, 9)]

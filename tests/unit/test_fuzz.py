@@ -221,3 +221,48 @@ def test_a_damaged_profile_loads_or_is_one_input_error(tmp_path_factory: pytest.
     (folder / original.name).write_text(yaml.safe_dump(_damaged(data, document)))
     _ends_well(lambda: load_profiles([folder]))
 
+
+
+@pytest.fixture(scope="module")
+def small_delta(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, bytes, bytes]:
+    """A base, the pack and index of a chunk delta on it, and the target they rebuild."""
+    from bundler.chunking import chunk_delta
+
+    root = tmp_path_factory.mktemp("small-delta")
+    base = os.urandom(256 << 10)
+    target = base[:100_000] + os.urandom(30_000) + base[120_000:]
+    (root / "base").write_bytes(base)
+    (root / "target").write_bytes(target)
+    delta = chunk_delta(root / "base", root / "target", root / "pack", base_digest="sha256:" + hashlib.sha256(base).hexdigest(),
+                        target_digest="sha256:" + hashlib.sha256(target).hexdigest())
+    return root / "base", root / "pack", delta.index, target
+
+
+@FUZZ
+@given(data=st.data())
+def test_a_damaged_chunk_index_is_rebuilt_from_or_refused_and_never_keeps_a_wrong_blob(
+        small_delta: tuple[Path, Path, bytes, bytes], tmp_path_factory: pytest.TempPathFactory, data: st.DataObject) -> None:
+    from updater.chunks import MAGIC, read_index, rebuild
+
+    base, pack, index, target = small_delta
+    damaged = bytearray(index)
+    how = data.draw(st.sampled_from(["flip", "cut", "header"]))
+    if how == "flip":
+        for at in data.draw(st.lists(st.integers(0, len(index) - 1), min_size=1, max_size=8)):
+            damaged[at] ^= data.draw(st.integers(1, 255))
+    elif how == "cut":
+        damaged = damaged[:data.draw(st.integers(0, len(index) - 1))]
+    else:
+        header_end = index.index(b"\n", len(MAGIC))
+        header = _damaged(data, json.loads(index[len(MAGIC):header_end]))
+        damaged = bytearray(MAGIC + json.dumps(header).encode() + index[header_end:])
+    out = tmp_path_factory.mktemp("rebuilt") / "blob"
+
+    def run() -> None:
+        read = read_index(bytes(damaged), "fuzzed index")
+        with open(base, "rb") as old, open(pack, "rb") as new:
+            rebuild(read, old, new, out, what="fuzzed delta")
+
+    _ends_well(run)
+    assert not out.exists() or out.read_bytes() == target  # whatever is kept is the blob, byte for byte
+    assert [p.name for p in out.parent.iterdir()] in ([], ["blob"])  # no partial file left
