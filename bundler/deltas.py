@@ -9,6 +9,7 @@ delta would save nothing is left to travel whole.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -18,8 +19,21 @@ from typing import Any
 
 from bundler.chunking import chunk_delta
 from updater.artifact import open_artifact
-from updater.deltas import BASE_DIGEST, BASE_VERSION, DELTA_TYPE, INDEX_MEDIA, LARGE, PACK_MEDIA, listed, read_deltas, referrers_tag, take
-from updater.errors import DeliveryError, InputError, Refused
+from updater.deltas import (
+    BASE_DIGEST,
+    BASE_VERSION,
+    DELTA_TYPE,
+    INDEX_MEDIA,
+    LARGE,
+    MAX_INDEX,
+    PACK_MEDIA,
+    TARGET,
+    listed,
+    read_deltas,
+    referrers_tag,
+    take,
+)
+from updater.errors import DeliveryError, DeviceFault, InputError, Refused
 from updater.oci import ANNOTATION, MEDIA, Descriptor, canonical_json, json_object
 from updater.registry import RegistryClient, connect
 from updater.transfer import (
@@ -138,11 +152,14 @@ def make_delta(target: Graph, source: Endpoint, base: BaseBundle, layout: Direct
                             base_digest=old.digest, target_digest=wanted.digest)
         for done in (wanted, old):  # copies of large blobs: gone before the next pair's
             scratch.path(done.digest).unlink(missing_ok=True)
-        if delta.pack_size + len(delta.index) >= wanted.size:
-            continue  # it changed entirely: the whole blob is no larger
-        index = layout.put_bytes(delta.index, INDEX_MEDIA)
+        if delta.pack_size + len(delta.index) >= wanted.size or len(delta.index) > MAX_INDEX:
+            continue  # it changed entirely (the whole blob is no larger), or its index is more than a receiver reads
+        written = layout.put_bytes(delta.index, INDEX_MEDIA)
+        index = Descriptor(media_type=INDEX_MEDIA, digest=written.digest, size=written.size, annotations={TARGET: wanted.digest})
         pack = Descriptor(media_type=PACK_MEDIA, digest=delta.pack_digest, size=delta.pack_size)
         shutil.move(pack_file, layout.path(pack.digest))
+        with open(layout.path(pack.digest), "rb") as moved:
+            os.fsync(moved.fileno())  # as every blob of a layout is before index.json names it
         layers += [index, pack]
         built.targets.append(wanted.digest)
         built.whole += wanted.size
@@ -190,9 +207,13 @@ def push_delta(built: BuiltDelta, client: RegistryClient, subject: str, *, advan
 
 
 def carry_deltas(src: RegistryClient, dst: RegistryClient, top: Descriptor, graph: Graph, work: Path, *,
-                 warn: Callable[[str], None], advance: Callable[[int], None] = lambda _: None) -> Transferred:
+                 warn: Callable[[str], None]) -> Transferred:
     """Copy the chunk deltas ``src`` lists for the bundle ``top`` into ``dst``, and rebuild there each large
-    blob of ``graph`` that ``dst`` lacks from a base it holds (so only the chunks cross from ``src``)."""
+    blob of ``graph`` that ``dst`` lacks from a base it holds, so that only the chunks cross from ``src``.
+
+    Each delta blob crosses once (fetched into ``work``, uploaded, removed); the rebuild then reads the
+    index, the pack and the base back from ``dst``, on the mirror's side of the hop. ``work`` holds at
+    most a base and the blob being rebuilt at a time."""
     moved = Transferred()
     manifests = listed(src, top.digest, warn=lambda why: warn(f"{why}; its chunk deltas are not carried"))
     if not manifests:
@@ -200,43 +221,41 @@ def carry_deltas(src: RegistryClient, dst: RegistryClient, top: Descriptor, grap
     source, dest = RegistryEndpoint(src), RegistryEndpoint(dst)
     scratch = DirectoryEndpoint(work, what="delta scratch")
     scratch.prepare()
-    try:
-        for manifest in manifests:
-            try:
-                delta_graph = walk(manifest, source)
-            except (Refused, DeliveryError) as e:
-                warn(f"{e}; that chunk delta is not carried")
-                continue
-            for blob in delta_graph.blobs:  # its indexes are read here, so they come along even when the mirror has them
-                lacking = not dest.has_blob(blob.digest)
-                if (lacking or blob.media_type == INDEX_MEDIA) and not scratch.has_blob(blob.digest):
-                    scratch.put_blob(blob, source, advance)
-                if lacking:
-                    dest.put_blob(blob, scratch, lambda _: None)
-                    moved.blobs_sent += 1
-                    moved.bytes_sent += blob.size
-            for node, body in delta_graph.manifests:
-                scratch.put_manifest(node, body)
-                dest.put_manifest(node, body)
-            list_delta(dst, top.digest, manifest)
-        needed = {b.digest: b for b in graph.blobs if b.size >= LARGE and not dest.has_blob(b.digest)}
-        found = read_deltas(scratch, [m for m in manifests if scratch.has_manifest(m.digest)], needed,
-                            warn=lambda why: warn(f"{why}; the whole blob is copied instead"))
-        for digest, delta in found.items():
-            if not dest.has_blob(delta.base):
-                continue
-            base = Descriptor(media_type=_OCTETS, digest=delta.base, size=delta.index.base.size)
-            try:
-                if not scratch.has_blob(base.digest):
-                    scratch.put_blob(base, dest, lambda _: None)
-                take(delta, dest, scratch, scratch.path(base.digest), advance=advance)  # the pack is there now: never fetched twice
-            except Refused as e:
-                warn(f"{e}; the whole blob is copied instead")
-                continue
-            dest.put_blob(needed[digest], scratch, lambda _: None)
-            scratch.path(digest).unlink()
-            moved.blobs_rebuilt += 1
-            moved.bytes_rebuilt += needed[digest].size
-    finally:
-        shutil.rmtree(scratch.root, ignore_errors=True)
+    carried = []
+    for manifest in manifests:
+        try:
+            delta_graph = walk(manifest, source)
+        except (Refused, DeliveryError) as e:
+            warn(f"{e}; that chunk delta is not carried")
+            continue
+        for blob in delta_graph.blobs:
+            if not dest.has_blob(blob.digest):
+                scratch.put_blob(blob, source, lambda _: None)
+                dest.put_blob(blob, scratch, lambda _: None)
+                scratch.path(blob.digest).unlink()
+                moved.blobs_sent += 1
+                moved.bytes_sent += blob.size
+        for node, body in delta_graph.manifests:
+            dest.put_manifest(node, body)
+        list_delta(dst, top.digest, manifest)
+        carried.append(manifest)
+    needed = {b.digest: b for b in graph.blobs if b.size >= LARGE and not dest.has_blob(b.digest)}
+    if not needed:
+        return moved
+    found = read_deltas(dest, carried, needed, warn=lambda why: warn(f"{why}; the whole blob is copied instead"),
+                        has_base=dest.has_blob)
+    for digest, delta in found.items():
+        base = Descriptor(media_type=_OCTETS, digest=delta.base, size=delta.index.base.size)
+        try:
+            scratch.put_blob(base, dest, lambda _: None)
+            take(delta, dest, scratch, scratch.path(base.digest))
+        except (Refused, DeviceFault) as e:
+            warn(f"{e}; the whole blob is copied instead")
+            continue
+        finally:
+            scratch.path(base.digest).unlink(missing_ok=True)
+        dest.put_blob(needed[digest], scratch, lambda _: None)
+        scratch.path(digest).unlink()
+        moved.blobs_rebuilt += 1
+        moved.bytes_rebuilt += needed[digest].size
     return moved

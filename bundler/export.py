@@ -113,7 +113,7 @@ def _export_bundle(artifact: Artifact, layout: DirectoryEndpoint, report: Medium
     progress.step(f"write {info.name} {info.version} ({info.profile}){shown}", total_bytes=part.size)
     report.moved.add(copy_graph(part, source, layout, advance=progress.advance))
     if chunks is not None:
-        report.moved.blobs_sent += len(chunks.blobs)
+        report.moved.blobs_sent += 2 * len(chunks.targets)  # an index and a pack each
         report.moved.bytes_sent += chunks.moved
     report.bundles.append(MediumBundle(
         name=info.name, version=info.version, profile=info.profile, top=top,

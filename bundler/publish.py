@@ -86,18 +86,20 @@ def push(bundle: Path, target: str, *, plain_http: bool, progress: Progress | No
             info = verify_bundle(artifact, progress=progress.advance)
             identity = {"name": info.name, "version": info.version, "profile": info.profile}
             default_tag, shown = bundle_tag(info.profile, info.version), info.profile
-        client = connect(target, plain_http=plain_http, what="registry")
-        if client.ref.digest:
+        if parse_reference(target, what="registry").digest:
             raise InputError(f"registry {target}: push to a tag, not a digest (the digest is the bundle's own)")
         built, said = _make_delta(artifact, base, identity, stack, plain_http=plain_http, progress=progress) if base else (None, None)
-        result = _push(artifact, client, tag=client.ref.tag or default_tag, identity=identity, shown=shown, progress=progress,
-                       mount_from=mount_from)
-        if said is not None:
-            result.deltas.append(said)
-        if built is not None:
+        client = connect(target, plain_http=plain_http, what="registry")
+
+        def delta_first() -> Transferred:  # listed before the metadata that makes the release visible to devices
+            if built is None:
+                return Transferred()
             progress.step(f"push its chunk delta ({built.moved} bytes for {built.whole})", total_bytes=built.moved)
-            with _closing(connect(target, plain_http=plain_http, what="registry")) as again:  # _push closed its client
-                result.moved.add(push_delta(built, again, artifact.top.digest, advance=progress.advance))
+            return push_delta(built, client, artifact.top.digest, advance=progress.advance)
+
+        result = _push(artifact, client, tag=client.ref.tag or default_tag, identity=identity, shown=shown, progress=progress,
+                       mount_from=mount_from, before_metadata=delta_first)
+        result.deltas += [said] if said is not None else []
         return result
 
 
@@ -119,7 +121,7 @@ def _make_delta(artifact: Artifact, base: str, identity: dict[str, str], stack: 
 
 
 def _push(artifact: Artifact, client: RegistryClient, *, tag: str, identity: dict[str, str], shown: str,
-          progress: Progress, mount_from: Sequence[str] = ()) -> PublishResult:
+          progress: Progress, mount_from: Sequence[str] = (), before_metadata: Callable[[], Transferred] = Transferred) -> PublishResult:
     result = PublishResult(destination=client.ref.name)
     reader, top = artifact.reader, artifact.top
     with _closing(client):
@@ -129,6 +131,7 @@ def _push(artifact: Artifact, client: RegistryClient, *, tag: str, identity: dic
         dest = RegistryEndpoint(client, mount_from=[parse_reference(f"{client.ref.host}/{r}", what="--mount-from").repository
                                                     for r in mount_from])
         result.moved = copy_graph(graph, source, dest, tag=tag, advance=progress.advance)
+        result.moved.add(before_metadata())
         result.bundles.append({**identity, "digest": top.digest, "tag": tag})
         files = {name: _read_file(reader, name) for name in sorted(reader.metadata_names())}
         progress.step(f"publish {len(files)} metadata files")
@@ -263,8 +266,11 @@ def _sync_repository(origin: str, target: str, *, profiles: tuple[str, ...], sit
                           total_bytes=graph.size)
             copy_tag = None if src.ref.digest else tag
             if not overlay:  # its chunk deltas first: a large blob the mirror can rebuild from a base it holds is not copied whole
-                with tempfile.TemporaryDirectory(prefix="sealift-chunks-") as work:
-                    result.moved.add(carry_deltas(src, dst, top, graph, Path(work), warn=warn))  # counted as present below
+                try:
+                    with tempfile.TemporaryDirectory(prefix="sealift-chunks-") as work:
+                        result.moved.add(carry_deltas(src, dst, top, graph, Path(work), warn=warn))  # (rebuilt: present below)
+                except SealiftError as e:  # a shortcut that failed: the bundle still goes, whole
+                    warn(f"{e.diagnostics()}; the chunk deltas of {tag} are not carried")
             result.moved.add(copy_graph(graph, source, dest, tag=copy_tag, advance=progress.advance))
             where = {"site": annotations.get(ANNOTATION.SITE)} if overlay else {
                 "profile": annotations.get(ANNOTATION.PROFILE)}

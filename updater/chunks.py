@@ -26,18 +26,19 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
+import re
 import struct
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeGuard
 
+from updater.durable import fsync_dir
 from updater.errors import DeviceFault, Refused
-from updater.oci import Advance
+from updater.oci import Advance, parse_json
 
 __all__ = ["BASE", "MAGIC", "MAX_CHUNK", "PACK", "RECORD", "ChunkIndex", "Record", "read_index", "rebuild"]
 
@@ -46,6 +47,7 @@ RECORD = struct.Struct(">BQI16s")
 BASE, PACK = 0, 1
 MAX_CHUNK = 1 << 20  # no chunk is larger: what a rebuild holds in memory at once
 _MAX_HEADER = 4096
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _PIECE = 4 << 20  # copied, then read back and hashed, at once
 
 
@@ -84,12 +86,11 @@ def read_index(data: bytes, what: str) -> ChunkIndex:
     end = data.find(b"\n", len(MAGIC), len(MAGIC) + _MAX_HEADER)
     if end < 0:
         raise Refused(f"{what}: the chunk index has no header")
-    try:
-        header = json.loads(data[len(MAGIC):end])
-        target, base, pack = (Blob(str(header[k]["digest"]), int(header[k]["size"])) for k in ("target", "base", "pack"))
-        count = int(header["chunks"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise Refused(f"{what}: the chunk index header is malformed ({type(e).__name__})") from None
+    header = parse_json(data[len(MAGIC):end], f"{what}: the chunk index header")
+    target, base, pack = (_blob(header, key, what) for key in ("target", "base", "pack"))
+    count = header.get("chunks")
+    if not _whole(count):
+        raise Refused(f"{what}: the chunk index header names no count of chunks")
     records = data[end + 1:]
     if count < 0 or len(records) != count * RECORD.size:
         raise Refused(f"{what}: the chunk index says {count} chunks and holds {len(records) / RECORD.size:g}")
@@ -108,20 +109,33 @@ def read_index(data: bytes, what: str) -> ChunkIndex:
     return index
 
 
+def _blob(header: object, key: str, what: str) -> Blob:
+    """The header's ``key`` blob: a sha256 digest (it names files: nothing else passes) and a size."""
+    entry = header.get(key) if isinstance(header, dict) else None
+    digest, size = (entry.get("digest"), entry.get("size")) if isinstance(entry, dict) else (None, None)
+    if not isinstance(digest, str) or not _DIGEST.fullmatch(digest) or not _whole(size):
+        raise Refused(f"{what}: the chunk index header names no valid {key} blob (a sha256 digest and a size)")
+    return Blob(digest, size)
+
+
+def _whole(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 63
+
+
 def rebuild(index: ChunkIndex, base: IO[bytes], pack: IO[bytes], out: Path, *, what: str, pack_checked: bool = False,
             advance: Advance = lambda _: None) -> None:
     """Write the target blob to ``out`` from ``base`` and ``pack`` (open files), streaming; ``out``
     exists only when the blob's digest is right (a partial file beside it meanwhile).
 
     The kernel copies the ranges (``copy_file_range``, as ``cp`` does) while a second thread reads
-    back what was written, a piece behind, and hashes it: the digest checked is that of the bytes
+    back each piece once it is written, and hashes it: the digest checked is that of the bytes
     kept, and hashing runs beside the copy instead of after it. Each pack chunk is checked against
     its own digest too, unless ``pack_checked`` (the pack is a blob whose digest was checked when it
     arrived)."""
     if os.fstat(base.fileno()).st_size != index.base.size:
         raise Refused(f"{what}: the base holds {os.fstat(base.fileno()).st_size} bytes, not the {index.base.size} of "
                       f"{index.base.digest} the index names")
-    partial = out.with_name(f".partial-{out.name}")
+    partial = out.with_name(f".rebuild-{out.name}")  # not a download's .partial-: nothing resumes from it
     try:
         with open(partial, "w+b") as written, ThreadPoolExecutor(1, thread_name_prefix="rebuild-check") as checker:
             progress = _Progress()
@@ -134,7 +148,8 @@ def rebuild(index: ChunkIndex, base: IO[bytes], pack: IO[bytes], out: Path, *, w
                     while at < end:  # a piece at a time
                         copied = _copy(source, written.fileno(), min(end - at, _PIECE), offset + length - (end - at), at)
                         if not copied:
-                            raise Refused(f"{what}: the {'base' if where == BASE else 'pack'} ends inside chunk {i}")
+                            raise Refused(f"{what}: the {'base' if where == BASE else 'pack'} ends before the index says "
+                                          f"(piece {i})")
                         at += copied
                         progress.reached(at)
                         advance(copied)
@@ -149,12 +164,16 @@ def rebuild(index: ChunkIndex, base: IO[bytes], pack: IO[bytes], out: Path, *, w
             raise Refused(f"{what}: the rebuilt blob is {digest}, not {index.target.digest} (a base other than the one the "
                           "index names, or a damaged pack)")
         os.rename(partial, out)
+        fsync_dir(out.parent)
     except Refused:
         partial.unlink(missing_ok=True)
         raise
     except OSError as e:
         partial.unlink(missing_ok=True)
         raise DeviceFault(f"{what}: cannot write the rebuilt blob {out} ({e.strerror or e})") from e
+    except BaseException:
+        partial.unlink(missing_ok=True)  # (an interrupt, a bug): nothing half-made is left either
+        raise
 
 
 class _Progress:
@@ -190,7 +209,7 @@ def _check_written(index: ChunkIndex, fd: int, progress: _Progress, *, pack_chec
             if len(data) != piece:
                 raise Refused(f"{what}: the rebuilt blob is shorter than its index says")
             if short is not None and hashlib.sha256(data).digest()[:16] != short:
-                raise Refused(f"{what}: chunk {i} of the pack does not match its digest")
+                raise Refused(f"{what}: a chunk of the pack does not match its digest (piece {i})")
             whole.update(data)
             at += piece
     return f"sha256:{whole.hexdigest()}"

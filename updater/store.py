@@ -23,9 +23,9 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from updater.artifact import Artifact, Kind
-from updater.deltas import BASE_DIGEST, LARGE, read_deltas, take_all
+from updater.deltas import BASE_DIGEST, LARGE, PACKS, read_deltas, take_all
 from updater.durable import fsync_dir
-from updater.errors import Conflict, DeliveryError, DeviceFault, EngineFault, Refused
+from updater.errors import Conflict, DeliveryError, DeviceFault, EngineFault, Refused, SealiftError
 from updater.locks import file_lock, remove_lock
 from updater.medium import read_medium
 from updater.oci import MAX_JSON_BYTES, Descriptor, check_digest
@@ -57,6 +57,7 @@ class Incoming:
         self.layout = DirectoryEndpoint(store.root / f"{_INCOMING}{_hex(top.digest)}", what=f"store {_hex(top.digest)[:12]}")
         self.metadata: dict[str, bytes] = {}
         self.moved = Transferred()
+        self.passed_over: list[SealiftError] = []  # why :meth:`missing` could not use a chunk delta
         self._lock = ExitStack()
 
     def __enter__(self) -> Incoming:
@@ -88,16 +89,16 @@ class Incoming:
         wanted = {b.digest: b for b in graph.blobs if b.size >= LARGE}
         deltas = self.usable(deltas)
         if wanted and deltas:
-            said: list[str] = []
-            found = read_deltas(source, deltas, wanted, warn=said.append)
-            self.moved.add(take_all(found, graph.blobs, source, self.layout, self.store.find_blob, warn=said.append,
+            passed: list[SealiftError] = []
+            found = read_deltas(source, deltas, wanted, warn=passed.append, has_base=self._has_blob)
+            self.moved.add(take_all(found, graph.blobs, source, self.layout, self.store.find_blob, warn=passed.append,
                                     advance=advance))
-            for line in said:
-                warn(f"{line}; fetching the whole blob instead")
+            for why in passed:
+                warn(f"{why.diagnostics()}; fetching the whole blob instead")
             graph.blobs = [b for b in graph.blobs if not self.layout.has_blob(b.digest)]
-            if lacking := [b for b in graph.blobs if b.digest in wanted and said and not source.has_blob(b.digest)]:
-                raise Refused(f"blob {lacking[0].digest} of {_identity(self.top)} is there only as a chunk delta, and that was "
-                              f"refused: {said[0]}")
+            if passed and (lacking := [b for b in graph.blobs if b.digest in wanted and not source.has_blob(b.digest)]):
+                raise type(passed[0])(f"blob {lacking[0].digest} of {_identity(self.top)} is there only as a chunk delta, which "
+                                      f"could not be used: {passed[0].diagnostics()}")
         self.moved.add(copy_graph(graph, source, self.layout, advance=advance))
 
     def usable(self, deltas: Iterable[Descriptor]) -> list[Descriptor]:
@@ -111,9 +112,13 @@ class Incoming:
         lacking = [b for b in graph.blobs if not source.has_blob(b.digest) and self.store.find_blob(b.digest) is None
                    and not self.layout.has_blob(b.digest)]
         if lacking and (deltas := self.usable(deltas)):
-            found = read_deltas(source, deltas, {b.digest: b for b in lacking}, warn=lambda _: None)  # fill says why
-            lacking = [b for b in lacking if not (b.digest in found and self.store.find_blob(found[b.digest].base))]
+            found = read_deltas(source, deltas, {b.digest: b for b in lacking}, warn=self.passed_over.append,
+                                has_base=self._has_blob)
+            lacking = [b for b in lacking if b.digest not in found]
         return lacking
+
+    def _has_blob(self, digest: str) -> bool:
+        return self.store.find_blob(digest) is not None
 
     def _adopt(self, blob: Descriptor) -> None:
         existing = self.store.find_blob(blob.digest)
@@ -129,6 +134,7 @@ class Incoming:
                 return final
             self.layout.write_metadata(self.metadata)
             self.layout.drop_partials()  # a bundle holds its blobs and nothing else
+            shutil.rmtree(self.layout.root / PACKS, ignore_errors=True)
             self.layout.finish([self.top])
             shutil.rmtree(final, ignore_errors=True)  # an unfinished leftover (no index.json)
             self.layout.root.rename(final)
@@ -156,6 +162,8 @@ class BundleStore:
 
     def find_blob(self, digest: str) -> Path | None:
         """A kept bundle's copy of the blob, if any."""
+        if not _DIGEST.fullmatch(digest):
+            return None  # (a digest names a file here: nothing else may)
         try:
             bundles = [b for b in self.root.iterdir() if not b.name.startswith(".")]
         except FileNotFoundError:
@@ -193,8 +201,11 @@ class BundleStore:
         with self.incoming(top) as incoming:
             missing = incoming.missing(source, deltas=deltas)
             if missing:
-                raise Refused(f"{artifact.path}: blob {missing[0].digest} of {_identity(top)} is neither on the medium nor "
-                              f"on this device ({len(missing)} missing in all)")
+                first = incoming.passed_over[0] if incoming.passed_over else None  # a delta read failing: its fault
+                why = f"; its chunk delta could not be used: {first.diagnostics()}" if first else ""
+                raise (type(first) if first else Refused)(
+                    f"{artifact.path}: blob {missing[0].digest} of {_identity(top)} is neither on the medium nor on this device "
+                    f"({len(missing)} missing in all){why}")
             incoming.fill(source, deltas=deltas, advance=advance)
             for name in artifact.reader.metadata_names():
                 with artifact.reader.open_metadata(name) as stream:

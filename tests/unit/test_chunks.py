@@ -81,13 +81,18 @@ def _with(index: bytes, edit: Callable[[dict], None]) -> bytes:  # type: ignore[
     (lambda i, p, b: (_with(i, lambda h: h["target"].update(size=h["target"]["size"] + 1)), p, b), "the chunks add up to"),
     (lambda i, p, b: (i[:-RECORD.size], p, b), "says"),
     (lambda i, p, b: (b"not an index", p, b), "not a Sealift chunk index"),
-    (lambda i, p, b: (i[:len(MAGIC)] + b"{]\n", p, b), "header is malformed"),
+    (lambda i, p, b: (i[:len(MAGIC)] + b"{]\n", p, b), "header: not valid JSON"),
+    (lambda i, p, b: (_with(i, lambda h: h["base"].update(digest="sha256:../../../etc/passwd")), p, b), "no valid base blob"),
+    (lambda i, p, b: (_with(i, lambda h: h["target"].update(size=1e300)), p, b), "no valid target blob"),
+    (lambda i, p, b: (_with(i, lambda h: h.update(chunks=True)), p, b), "no count of chunks"),
+    (lambda i, p, b: (i[:len(MAGIC)] + b"[" * 2000 + b"]" * 2000 + b"\n", p, b), "header: "),
     (lambda i, p, b: (_with(i, lambda h: h["base"].update(size=10)), p, b), "lies outside its base or pack"),
     (lambda i, p, b: (i, p[:100] + bytes([p[100] ^ 1]) + p[101:], b), "of the pack does not match its digest"),
     (lambda i, p, b: (i, p, b[:SIZE // 3] + bytes([b[SIZE // 3] ^ 1]) + b[SIZE // 3 + 1:]), "a base other than the one the index"),
     (lambda i, p, b: (i, p, b + b"x"), "the base holds"),
     (lambda i, p, b: (_with(i, lambda h: h["target"].update(digest="sha256:" + "0" * 64)), p, b), "the rebuilt blob is"),
-], ids=["sizes-do-not-add-up", "records-missing", "not-an-index", "bad-header", "outside-the-base", "pack-chunk-damaged",
+], ids=["sizes-do-not-add-up", "records-missing", "not-an-index", "bad-header", "a-digest-that-is-a-path", "a-float-size",
+        "a-boolean-count", "deep-header", "outside-the-base", "pack-chunk-damaged",
         "another-base", "base-of-another-size", "target-digest-wrong"])
 def test_a_delta_that_does_not_add_up_is_refused_and_nothing_is_kept(  # type: ignore[no-untyped-def]
         pair: tuple[Path, Path, int], tmp_path: Path, damage, message: str) -> None:
@@ -101,4 +106,4 @@ def test_a_delta_that_does_not_add_up_is_refused_and_nothing_is_kept(  # type: i
         index: ChunkIndex = read_index(index_bytes, "test delta")
         with open(tmp_path / "damaged-base", "rb") as b, open(tmp_path / "damaged-pack", "rb") as p:
             rebuild(index, b, p, out, what="test delta")
-    assert not out.exists() and not list(tmp_path.glob(".partial-*"))
+    assert not out.exists() and not list(tmp_path.glob(".rebuild-*"))

@@ -18,7 +18,7 @@ from bundler.export import export
 from bundler.spec import load_spec
 from tests.builders import project, take
 from updater.chunks import MAGIC
-from updater.deltas import INDEX_MEDIA, LARGE, PACK_MEDIA, read_deltas
+from updater.deltas import INDEX_MEDIA, LARGE, PACK_MEDIA, PACKS, read_deltas
 from updater.errors import Refused
 from updater.layout import open_layout
 from updater.medium import check_medium
@@ -124,35 +124,40 @@ def test_a_damaged_pack_is_refused_and_nothing_of_it_is_kept(releases: dict[str,
     _damage_pack(medium)
     store = BundleStore(tmp_path / "device")
     kept = take(store, releases["1.0.0"], CPU)
-    with pytest.raises(Refused, match=r"there only as a chunk delta, and that was refused: .*does not match its digest"):
+    with pytest.raises(Refused, match=r"there only as a chunk delta, which could not be used: .*does not match its digest"):
         take(store, medium, CPU)
     assert sorted(p.name for p in store.root.iterdir() if not p.name.startswith(".")) == [kept.name]
     assert not list(store.root.glob(".incoming-*"))
 
 
 def test_a_delta_on_another_base_or_not_adding_up_is_passed_over(releases: dict[str, Path], tmp_path: Path) -> None:
+    from updater.errors import SealiftError
+    from updater.oci import Descriptor
+
     medium = tmp_path / "stick"
     export([releases["1.1.0"]], medium, bases=(str(releases["1.0.0"]),))
     listed = json.loads((medium / "sealift-medium.json").read_text())["bundles"][0]["chunks"]
-    from updater.oci import Descriptor
     manifest = Descriptor.from_json(listed, where="test")
     target = model_digest(releases["1.1.0"])
     wanted = {target: Descriptor(media_type="x", digest=target, size=MODEL)}
+    said: list[SealiftError] = []
     with open_layout(medium) as reader:
-        assert set(read_deltas(ReaderEndpoint(reader), [manifest], wanted, warn=pytest.fail)) == {target}
-        said: list[str] = []
+        source = ReaderEndpoint(reader)
+        assert set(read_deltas(source, [manifest], wanted, warn=pytest.fail)) == {target}
+        assert read_deltas(source, [manifest], wanted, warn=pytest.fail, has_base=lambda _: False) == {}  # a base not held
         other_size = {target: Descriptor(media_type="x", digest=target, size=MODEL + 1)}
-        assert read_deltas(ReaderEndpoint(reader), [manifest], other_size, warn=said.append) == {}
-        assert "names sizes or a pack the delta does not hold" in said[0]
-    # an index that is not one: refused by its reader, said, and passed over
+        assert read_deltas(source, [manifest], other_size, warn=said.append) == {}
+        assert isinstance(said[0], Refused) and "names another blob, other sizes or a pack" in str(said[0])
+        assert read_deltas(source, [manifest, manifest, manifest], wanted, warn=pytest.fail).keys() == {target}  # read once
+    # an index that is cut short: refused by its reader, said, and passed over
     index = next(p for p in (medium / "blobs/sha256").iterdir() if p.read_bytes().startswith(MAGIC))
     broken = tmp_path / "broken"
     shutil.copytree(medium, broken)
     (broken / "blobs/sha256" / index.name).write_bytes(index.read_bytes()[:-29])
     with open_layout(broken) as reader:
-        said = []
+        said.clear()
         assert read_deltas(ReaderEndpoint(reader), [manifest], wanted, warn=said.append) == {}
-        assert "is corrupt or truncated" in said[0]
+        assert "is corrupt or truncated" in str(said[0])
 
 
 def test_a_rebuild_cut_short_starts_again_from_the_pack_it_kept(releases: dict[str, Path], tmp_path: Path) -> None:
@@ -168,17 +173,20 @@ def test_a_rebuild_cut_short_starts_again_from_the_pack_it_kept(releases: dict[s
     take(store, releases["1.0.0"], CPU)
     top = Descriptor.from_json(json.loads((releases["1.1.0"] / "index.json").read_text())["manifests"][0], where="test")
     # as a poll leaves it when the updater is killed mid-rebuild: the pack arrived, a partial blob beside it
-    incoming = store.root / f".incoming-{top.digest[7:]}" / "blobs/sha256"
-    incoming.mkdir(parents=True)
-    shutil.copyfile(medium / "blobs/sha256" / pack["digest"][7:], incoming / pack["digest"][7:])
-    (incoming / f".partial-{model_digest(releases['1.1.0'])[7:]}").write_bytes(b"half a model")
+    incoming = store.root / f".incoming-{top.digest[7:]}"
+    (incoming / "blobs/sha256").mkdir(parents=True)
+    (incoming / PACKS / "blobs/sha256").mkdir(parents=True)
+    shutil.copyfile(medium / "blobs/sha256" / pack["digest"][7:], incoming / PACKS / "blobs/sha256" / pack["digest"][7:])
+    (incoming / f"blobs/sha256/.rebuild-{model_digest(releases['1.1.0'])[7:]}").write_bytes(b"half a model")
     (medium / "blobs/sha256" / pack["digest"][7:]).unlink()  # the source no longer has it: it must not be needed
     with open_layout(medium) as reader, store.incoming(top, resumable=True) as assembling:
         assembling.fill(ReaderEndpoint(reader), deltas=[delta], warn=pytest.fail)
         assert assembling.moved.blobs_rebuilt == 1 and assembling.moved.bytes_sent < TAIL  # the index only: no pack again
         model = assembling.layout.path(model_digest(releases["1.1.0"]))
         assert model.read_bytes() == (releases["1.1.0"] / "blobs/sha256" / model.name).read_bytes()
-        assert not assembling.layout.has_blob(pack["digest"])  # gone once used
+        assert not assembling.layout.has_blob(pack["digest"]) and not (incoming / PACKS / "blobs/sha256" / pack["digest"][7:]).exists()
+        finished = assembling.complete()
+    assert not (finished / PACKS).exists() and not list((finished / "blobs/sha256").glob(".*"))  # a bundle holds its blobs only
 
 
 def test_only_a_few_deltas_on_a_kept_base_are_ever_read(releases: dict[str, Path], tmp_path: Path) -> None:
