@@ -142,6 +142,7 @@ def make_delta(target: Graph, source: Endpoint, base: BaseBundle, layout: Direct
     scratch = DirectoryEndpoint(work, what="delta scratch")
     scratch.prepare()
     layers: list[Descriptor] = []
+    indexes = 0  # a receiver reads MAX_INDEX bytes of a delta's indexes at most
     built = BuiltDelta(manifest=EMPTY_CONFIG, body=b"", layout=layout)
     for wanted, old in pairs(target, base.graph):
         for blob, where in ((wanted, source), (old, base.source)):
@@ -152,8 +153,9 @@ def make_delta(target: Graph, source: Endpoint, base: BaseBundle, layout: Direct
                             base_digest=old.digest, target_digest=wanted.digest)
         for done in (wanted, old):  # copies of large blobs: gone before the next pair's
             scratch.path(done.digest).unlink(missing_ok=True)
-        if delta.pack_size + len(delta.index) >= wanted.size or len(delta.index) > MAX_INDEX:
+        if delta.pack_size + len(delta.index) >= wanted.size or indexes + len(delta.index) > MAX_INDEX:
             continue  # it changed entirely (the whole blob is no larger), or its index is more than a receiver reads
+        indexes += len(delta.index)
         written = layout.put_bytes(delta.index, INDEX_MEDIA)
         index = Descriptor(media_type=INDEX_MEDIA, digest=written.digest, size=written.size, annotations={TARGET: wanted.digest})
         pack = Descriptor(media_type=PACK_MEDIA, digest=delta.pack_digest, size=delta.pack_size)
@@ -207,20 +209,18 @@ def push_delta(built: BuiltDelta, client: RegistryClient, subject: str, *, advan
 
 
 def carry_deltas(src: RegistryClient, dst: RegistryClient, top: Descriptor, graph: Graph, work: Path, *,
-                 warn: Callable[[str], None]) -> Transferred:
+                 warn: Callable[[str], None], same_registry: bool = False) -> Transferred:
     """Copy the chunk deltas ``src`` lists for the bundle ``top`` into ``dst``, and rebuild there each large
     blob of ``graph`` that ``dst`` lacks from a base it holds, so that only the chunks cross from ``src``.
 
-    Each delta blob crosses once (fetched into ``work``, uploaded, removed); the rebuild then reads the
-    index, the pack and the base back from ``dst``, on the mirror's side of the hop. ``work`` holds at
-    most a base and the blob being rebuilt at a time."""
+    Each delta blob crosses once; the rebuild then reads the index, the pack and the base back from
+    ``dst``, on the mirror's side of the hop. ``work`` holds at most a base, a pack and the blob being
+    rebuilt at a time. Within ``same_registry`` blobs are linked, so nothing is rebuilt."""
     moved = Transferred()
     manifests = listed(src, top.digest, warn=lambda why: warn(f"{why}; its chunk deltas are not carried"))
     if not manifests:
         return moved
-    source, dest = RegistryEndpoint(src), RegistryEndpoint(dst)
-    scratch = DirectoryEndpoint(work, what="delta scratch")
-    scratch.prepare()
+    source, dest = RegistryEndpoint(src), RegistryEndpoint(dst, mount_from=[src.ref.repository] if same_registry else [])
     carried = []
     for manifest in manifests:
         try:
@@ -229,10 +229,7 @@ def carry_deltas(src: RegistryClient, dst: RegistryClient, top: Descriptor, grap
             warn(f"{e}; that chunk delta is not carried")
             continue
         for blob in delta_graph.blobs:
-            if not dest.has_blob(blob.digest):
-                scratch.put_blob(blob, source, lambda _: None)
-                dest.put_blob(blob, scratch, lambda _: None)
-                scratch.path(blob.digest).unlink()
+            if not dest.has_blob(blob.digest) and dest.put_blob(blob, source, lambda _: None):
                 moved.blobs_sent += 1
                 moved.bytes_sent += blob.size
         for node, body in delta_graph.manifests:
@@ -240,8 +237,10 @@ def carry_deltas(src: RegistryClient, dst: RegistryClient, top: Descriptor, grap
         list_delta(dst, top.digest, manifest)
         carried.append(manifest)
     needed = {b.digest: b for b in graph.blobs if b.size >= LARGE and not dest.has_blob(b.digest)}
-    if not needed:
+    if not needed or same_registry:
         return moved
+    scratch = DirectoryEndpoint(work, what="delta scratch")
+    scratch.prepare()
     found = read_deltas(dest, carried, needed, warn=lambda why: warn(f"{why}; the whole blob is copied instead"),
                         has_base=dest.has_blob)
     for digest, delta in found.items():

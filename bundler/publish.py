@@ -268,7 +268,8 @@ def _sync_repository(origin: str, target: str, *, profiles: tuple[str, ...], sit
             if not overlay:  # its chunk deltas first: a large blob the mirror can rebuild from a base it holds is not copied whole
                 try:
                     with tempfile.TemporaryDirectory(prefix="sealift-chunks-") as work:
-                        result.moved.add(carry_deltas(src, dst, top, graph, Path(work), warn=warn))  # (rebuilt: present below)
+                        result.moved.add(carry_deltas(src, dst, top, graph, Path(work), warn=warn,  # (rebuilt: present below)
+                                                      same_registry=same_registry))
                 except SealiftError as e:  # a shortcut that failed: the bundle still goes, whole
                     warn(f"{e.diagnostics()}; the chunk deltas of {tag} are not carried")
             result.moved.add(copy_graph(graph, source, dest, tag=copy_tag, advance=progress.advance))

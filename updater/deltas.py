@@ -98,7 +98,7 @@ def read_deltas(source: Endpoint, manifests: Iterable[Descriptor], wanted: dict[
         if not lacking or budget[0] <= 0:
             break
         try:
-            for delta in _read_one(source, manifest, lacking, budget):
+            for delta in _read_one(source, manifest, lacking, budget, warn):
                 if has_base(delta.base):
                     deltas.setdefault(delta.target, delta)
         except (Refused, DeliveryError) as e:
@@ -106,7 +106,8 @@ def read_deltas(source: Endpoint, manifests: Iterable[Descriptor], wanted: dict[
     return deltas
 
 
-def _read_one(source: Endpoint, manifest: Descriptor, wanted: dict[str, Descriptor], budget: list[int]) -> list[Delta]:
+def _read_one(source: Endpoint, manifest: Descriptor, wanted: dict[str, Descriptor], budget: list[int],
+              warn: Callable[[SealiftError], None]) -> list[Delta]:
     what = f"{source.what}: chunk delta {manifest.digest[:19]}"
     data = json_object(checked_json(source.read_manifest(manifest.digest), manifest, what), what)
     items = data.get("layers")
@@ -119,8 +120,9 @@ def _read_one(source: Endpoint, manifest: Descriptor, wanted: dict[str, Descript
         target = wanted.pop(layer.annotations.get(TARGET, ""), None) if layer.media_type == INDEX_MEDIA else None
         if target is None:
             continue  # another layer, a blob this receiver has or does not need, or one whose index was read already
-        if layer.size > budget[0]:
-            raise Refused(f"{what}: its chunk indexes are larger than {MAX_INDEX} bytes in all")
+        if layer.size > budget[0]:  # what was read is kept; the rest travel whole
+            warn(Refused(f"{what}: its chunk indexes are larger than {MAX_INDEX} bytes in all"))
+            break
         budget[0] -= layer.size
         index = read_index(read_small_blob(source, layer, MAX_INDEX, f"{what}: chunk index"), f"{what}: chunk index {layer.digest[:19]}")
         pack = packs.get(index.pack.digest)
@@ -168,6 +170,11 @@ def take_all(deltas: dict[str, Delta], needed: Iterable[Descriptor], source: End
             fetched = take(delta, source, work, base, advance=advance)
         except (Refused, DeviceFault) as e:
             warn(e)
+            continue
+        except DeliveryError as e:
+            if source.has_blob(delta.pack.digest):
+                raise  # a cut connection: the pack fetched so far is kept, and the next try resumes it
+            warn(e)  # a delta whose pack is not there: the whole blob is
             continue
         moved.blobs_rebuilt += 1
         moved.bytes_rebuilt += blob.size

@@ -114,7 +114,7 @@ def test_a_retrained_model_crosses_two_mirror_hops_and_reaches_devices_as_its_ch
     assert not [r for r in origin.requests() if r.method in ("PUT", "POST", "PATCH")]  # refused before anything was sent
     sealift_json("push", str(old), f"{origin.address}/demo", "--plain-http")
     sync()
-    devices = [Device(tmp_path / name, chunked["root"]) for name in ("a", "b", "d")]
+    devices = [Device(tmp_path / name, chunked["root"]) for name in ("a", "b", "d", "e")]
     for device in devices:
         device.update(ot, "1.0.0")
 
@@ -159,6 +159,14 @@ def test_a_retrained_model_crosses_two_mirror_hops_and_reaches_devices_as_its_ch
     devices[2].update(newcomer, "1.1.0")
     sent, blobs = served(newcomer, mark)
     assert f"sha256:{model.name}" not in blobs and sent <= CHUNKS + (64 << 10) and devices[2].holds(model)
+
+    # a delta whose pack the mirror lost: passed over, and the whole model fetched (never a poll that fails for ever)
+    lost = next(newcomer.blob_path(d) for d in blobs if d and newcomer.blob_path(d).stat().st_size > TAIL // 2)
+    lost.unlink()
+    mark = len(newcomer.requests())
+    devices[3].update(newcomer, "1.1.0")
+    assert served(newcomer, mark)[1][f"sha256:{model.name}"] == 1 and devices[3].holds(model)
+    assert any("fetching the whole blob instead" in line for line in devices[3].lines)
 
 
 def test_a_device_updates_from_a_delta_medium_carrying_the_changed_chunks(chunked: dict[str, Path], tmp_path: Path) -> None:

@@ -60,7 +60,7 @@ def test_only_the_changed_chunks_travel_and_the_blob_is_rebuilt_byte_for_byte(pa
     with open(base, "rb") as b, open(pack, "rb") as p:
         rebuild(index, b, p, out, what="test delta", advance=told.append)
     assert out.read_bytes() == target.read_bytes() and sum(told) == target.stat().st_size
-    assert max(r.length for r in index if r.where == PACK) <= 2 * AVERAGE and not list(tmp_path.glob(".partial-*"))
+    assert max(r.length for r in index if r.where == PACK) <= 2 * AVERAGE and not list(tmp_path.glob(".rebuild-*"))
     assert len(index.records) < 0.1 * len(cuts(target)) * RECORD.size  # runs of the base are one range each
     same = chunk_delta(base, base, tmp_path / "nothing", base_digest=digest(base), target_digest=digest(base))
     assert same.pack_size == 0 and same.reused == base.stat().st_size  # an unchanged blob moves only its index

@@ -149,6 +149,12 @@ def test_a_delta_on_another_base_or_not_adding_up_is_passed_over(releases: dict[
         assert read_deltas(source, [manifest], other_size, warn=said.append) == {}
         assert isinstance(said[0], Refused) and "names another blob, other sizes or a pack" in str(said[0])
         assert read_deltas(source, [manifest, manifest, manifest], wanted, warn=pytest.fail).keys() == {target}  # read once
+    # indexes past what a device reads in all: said, and the blob travels whole; nothing raised
+    with open_layout(medium) as reader, pytest.MonkeyPatch.context() as patch:
+        patch.setattr("updater.deltas.MAX_INDEX", 1000)
+        said.clear()
+        assert read_deltas(ReaderEndpoint(reader), [manifest], wanted, warn=said.append) == {}
+        assert "larger than 1000 bytes in all" in str(said[0])
     # an index that is cut short: refused by its reader, said, and passed over
     index = next(p for p in (medium / "blobs/sha256").iterdir() if p.read_bytes().startswith(MAGIC))
     broken = tmp_path / "broken"
