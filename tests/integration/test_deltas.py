@@ -6,6 +6,7 @@ crosses each hop, and installs are tested on the real engine elsewhere."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from pathlib import Path
@@ -19,11 +20,12 @@ from tests.builders import QUICK_SPEC, project, signed
 from tests.envelope import result_of
 from tests.fakes import FakeEngine
 from tests.realparts import Registry, RegistryFactory
-from updater.deltas import LARGE
+from updater.deltas import LARGE, referrers_tag
 from updater.errors import InputError
 from updater.install import Installer
 from updater.poll import RegistryPoller
 from updater.profiles import builtin_profile_dir, load_profiles
+from updater.registry import connect
 from updater.trust import TrustedState
 
 PROFILES = load_profiles([builtin_profile_dir()])
@@ -61,6 +63,11 @@ def sealift_json(*args: str) -> dict[str, Any]:
     assert result.exit_code == 0, result.output
     data: dict[str, Any] = result_of(result.stdout)
     return data
+
+
+def index_of(bundle: Path) -> str:
+    digest: str = json.loads((bundle / "index.json").read_text())["manifests"][0]["digest"]
+    return digest
 
 
 def model_of(bundle: Path) -> Path:
@@ -126,6 +133,14 @@ def test_a_retrained_model_crosses_two_mirror_hops_and_reaches_devices_as_its_ch
         assert f"sha256:{model.name}" not in blobs and sent <= CHUNKS + (64 << 10)  # the chunks crossed, never the model
     assert sealift_json("mirror", "sync", "--from", f"{origin.address}/demo", "--to", dmz.address, "--plain-http")[
         "blobs_sent"] == 0  # a second sync has nothing to send
+    # within one registry the blobs are linked, the delta with them: nothing is sent or rebuilt
+    copied = sealift_json("mirror", "sync", "--from", f"{dmz.address}/demo", "--to", f"{dmz.address}/demo-copy", "--plain-http")
+    assert copied["blobs_sent"] == copied["blobs_rebuilt"] == 0 and copied["blobs_mounted"] > 0
+    client = connect(f"{dmz.address}/demo-copy", plain_http=True, what="copy")
+    try:
+        assert client.get_manifest(referrers_tag(index_of(new))) is not None  # its delta list came along
+    finally:
+        client.close()
 
     # a device holding 1.0.0 fetches the chunks from its site's mirror and rebuilds the model
     mark = len(ot.requests())
