@@ -142,8 +142,8 @@ def make_delta(target: Graph, source: Endpoint, base: BaseBundle, layout: Direct
     scratch = DirectoryEndpoint(work, what="delta scratch")
     scratch.prepare()
     layers: list[Descriptor] = []
-    indexes = 0  # a receiver reads MAX_INDEX bytes of a delta's indexes at most
-    built = BuiltDelta(manifest=EMPTY_CONFIG, body=b"", layout=layout)
+    targets: list[str] = []
+    whole = moved = 0
     for wanted, old in pairs(target, base.graph):
         for blob, where in ((wanted, source), (old, base.source)):
             if not scratch.has_blob(blob.digest):
@@ -153,34 +153,35 @@ def make_delta(target: Graph, source: Endpoint, base: BaseBundle, layout: Direct
                             base_digest=old.digest, target_digest=wanted.digest)
         for done in (wanted, old):  # copies of large blobs: gone before the next pair's
             scratch.path(done.digest).unlink(missing_ok=True)
+        indexes = sum(d.size for d in layers if d.media_type == INDEX_MEDIA)  # a receiver reads MAX_INDEX bytes of them at most
         if delta.pack_size + len(delta.index) >= wanted.size or indexes + len(delta.index) > MAX_INDEX:
             continue  # it changed entirely (the whole blob is no larger), or its index is more than a receiver reads
-        indexes += len(delta.index)
         written = layout.put_bytes(delta.index, INDEX_MEDIA)
         index = Descriptor(media_type=INDEX_MEDIA, digest=written.digest, size=written.size, annotations={TARGET: wanted.digest})
         pack = Descriptor(media_type=PACK_MEDIA, digest=delta.pack_digest, size=delta.pack_size)
         shutil.move(pack_file, layout.path(pack.digest))
-        with open(layout.path(pack.digest), "rb") as moved:
-            os.fsync(moved.fileno())  # as every blob of a layout is before index.json names it
+        with open(layout.path(pack.digest), "rb") as kept:
+            os.fsync(kept.fileno())  # as every blob of a layout is before index.json names it
         layers += [index, pack]
-        built.targets.append(wanted.digest)
-        built.whole += wanted.size
-        built.moved += index.size + pack.size
+        targets.append(wanted.digest)
+        whole += wanted.size
+        moved += index.size + pack.size
     shutil.rmtree(scratch.root, ignore_errors=True)
     if not layers:
         return None
     layout.put_bytes(b"{}", EMPTY_CONFIG.media_type)
     subject = target.top
+    names_base = {BASE_DIGEST: base.graph.top.digest, BASE_VERSION: base.version}
     body = canonical_json({
         "schemaVersion": 2, "mediaType": MEDIA.MANIFEST, "artifactType": DELTA_TYPE, "config": EMPTY_CONFIG.to_json(),
         "layers": [d.to_json() for d in layers],
         "subject": Descriptor(media_type=subject.media_type, digest=subject.digest, size=subject.size).to_json(),
-        "annotations": {BASE_DIGEST: base.graph.top.digest, BASE_VERSION: base.version}})
+        "annotations": names_base})
     written = layout.put_bytes(body, MEDIA.MANIFEST)
-    built.body, built.blobs = body, [EMPTY_CONFIG, *layers]
-    built.manifest = Descriptor(media_type=MEDIA.MANIFEST, digest=written.digest, size=written.size, artifact_type=DELTA_TYPE,
-                                annotations={BASE_DIGEST: base.graph.top.digest, BASE_VERSION: base.version})
-    return built
+    manifest = Descriptor(media_type=MEDIA.MANIFEST, digest=written.digest, size=written.size, artifact_type=DELTA_TYPE,
+                          annotations=names_base)
+    return BuiltDelta(manifest=manifest, body=body, layout=layout, blobs=[EMPTY_CONFIG, *layers], targets=targets, whole=whole,
+                      moved=moved)
 
 
 def list_delta(client: RegistryClient, subject: str, delta: Descriptor) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-__all__ = ["check_envelope", "error_of", "result_of"]
+__all__ = ["check_envelope", "error_of", "result_of", "sealift_json"]
 
 
 def check_envelope(envelope: Any) -> dict[str, Any]:
@@ -34,3 +34,15 @@ def error_of(stdout: str) -> tuple[dict[str, Any], Any]:
     envelope = check_envelope(json.loads(stdout))
     assert not envelope["ok"], envelope
     return envelope["error"], envelope["result"]
+
+
+def sealift_json(*args: str) -> dict[str, Any]:
+    """The result of ``sealift ARGS --json``, which must succeed."""
+    from click.testing import CliRunner
+
+    from bundler.cli import cli
+
+    result = CliRunner().invoke(cli, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    data: dict[str, Any] = result_of(result.stdout)
+    return data

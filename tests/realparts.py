@@ -39,6 +39,7 @@ daemon using docker0):
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import io
@@ -739,6 +740,15 @@ class Registry:
         """Every request the registry answered so far, from its access log, oldest first."""
         return [Request(m["method"], m["path"], int(m["status"]), int(m["bytes"]))
                 for m in _ACCESS_LINE.finditer(self.log.read_text(errors="replace"))]
+
+    def blob_reads(self, since: int = 0) -> collections.Counter[str]:
+        """How often the registry served each blob in full, since its ``since``-th request."""
+        return collections.Counter(r.blob for r in self.requests()[since:] if r.method == "GET" and r.status == 200 and r.blob)
+
+    def blob_uploads(self) -> collections.Counter[str]:
+        """How often each blob was uploaded to the registry."""
+        return collections.Counter(r.blob for r in self.requests()
+                                   if r.method == "PUT" and r.status == 201 and "/blobs/uploads/" in r.path)
 
     def blob_path(self, digest: str) -> Path:
         """Where the registry keeps a blob's bytes (to damage it on purpose)."""

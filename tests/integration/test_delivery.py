@@ -12,7 +12,6 @@ import shutil
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import bcrypt
 import pytest
@@ -23,7 +22,7 @@ from bundler.cli import cli as sealift
 from bundler.publish import mirror_sync, pull, push
 from bundler.spec import load_spec
 from tests.builders import healthz, image_layout, manifest_digests, only_app, project
-from tests.envelope import result_of
+from tests.envelope import result_of, sealift_json
 from tests.fakes import NoEngine
 from tests.realparts import CuttingProxy, DockerEngine, Registry, RegistryFactory, push_to_registry, sha256_digest
 from updater.apps import Apps
@@ -53,21 +52,7 @@ def metadata_blobs(bundle: Path) -> set[str]:
     return {sha256_digest(p.read_bytes()) for p in (bundle / "tuf").iterdir()} | {EMPTY_CONFIG.digest}
 
 
-def blob_reads(registry: Registry) -> Counter[str]:
-    """How often the registry served each blob in full."""
-    return Counter(r.blob for r in registry.requests() if r.method == "GET" and r.status == 200 and r.blob)
 
-
-def blob_uploads(registry: Registry) -> Counter[str]:
-    """How often each blob was uploaded to the registry."""
-    return Counter(r.blob for r in registry.requests() if r.method == "PUT" and r.status == 201 and "/blobs/uploads/" in r.path)
-
-
-def sealift_json(*args: str) -> dict[str, Any]:
-    result = CliRunner().invoke(sealift, [*args, "--json"])
-    assert result.exit_code == 0, result.output
-    data: dict[str, Any] = result_of(result.stdout)
-    return data
 
 
 def remove_app(engine: DockerEngine) -> None:
@@ -113,7 +98,7 @@ def test_push_two_mirror_hops_and_a_poll_bring_a_release_each_blob_crossing_each
         # each blob crossed each hop once: read once from the origin and the DMZ mirror, uploaded once to each
         # mirror, downloaded once by the device (which took what 1.1.0 shares with 1.0.0 from its own store)
         bundle_blobs = blobs_of(old) | blobs_of(new)
-        for counted in (blob_reads(origin), blob_reads(dmz), blob_uploads(dmz), blob_uploads(ot), blob_reads(ot)):
+        for counted in (origin.blob_reads(), dmz.blob_reads(), dmz.blob_uploads(), ot.blob_uploads(), ot.blob_reads()):
             crossings = {d: n for d, n in counted.items() if d not in metadata_blobs(new)}
             assert set(crossings) <= bundle_blobs and set(crossings.values()) == {1}
         # a registry that cannot be reached: the poll fails, the wait grows, the release keeps serving
@@ -204,12 +189,12 @@ def test_a_sync_cut_off_resumes_without_resending_finished_blobs(big_bundle: Pat
                                           "--plain-http"])
     assert result.exit_code == DeliveryError.exit_code and cutting.cuts == 1
     assert "the connection was lost while reading blob" in result.stderr and "Traceback" not in result.output
-    finished = set(blob_uploads(mirror))
+    finished = set(mirror.blob_uploads())
     assert finished and finished != blobs_of(big_bundle) - manifest_digests(big_bundle)
     second = mirror_sync(f"{cutting.address}/cut-sync", mirror.address, plain_http_from=True, plain_http_to=True)
     assert second.moved.blobs_present == len(finished)
-    assert set(blob_uploads(mirror)) == blobs_of(big_bundle) - manifest_digests(big_bundle)
-    assert max(blob_uploads(mirror).values()) == 1  # no finished blob was sent again
+    assert set(mirror.blob_uploads()) == blobs_of(big_bundle) - manifest_digests(big_bundle)
+    assert max(mirror.blob_uploads().values()) == 1  # no finished blob was sent again
 
 
 def test_a_pull_cut_off_resumes_with_a_ranged_request(big_bundle: Path, registry: Registry, cutting: CuttingProxy,
@@ -483,7 +468,7 @@ def test_a_second_repository_of_a_registry_links_the_blobs_it_holds_elsewhere(
         big_bundle: Path, registry_factory: RegistryFactory) -> None:
     registry = registry_factory()
     push(big_bundle, f"{registry.address}/us/demo", plain_http=True)
-    uploads = blob_uploads(registry)
+    uploads = registry.blob_uploads()
     again = CliRunner().invoke(sealift, ["push", str(big_bundle), f"{registry.address}/eu/demo", "--plain-http",
                                          "--mount-from", "us/demo", "--json"])
     moved = result_of(again.stdout)
@@ -492,7 +477,7 @@ def test_a_second_repository_of_a_registry_links_the_blobs_it_holds_elsewhere(
     synced = mirror_sync(f"{registry.address}/us/demo", f"{registry.address}/asia/demo", plain_http_from=True,
                          plain_http_to=True)  # one registry: linked
     assert synced.moved.blobs_mounted == blobs and synced.moved.blobs_sent == 0
-    assert blob_uploads(registry) == uploads  # not one blob sent twice to the registry
+    assert registry.blob_uploads() == uploads  # not one blob sent twice to the registry
     pulled = registry.workdir / "pulled"
     pull(f"{registry.address}/asia/demo:x86_64-cpu-1.2.0", pulled, plain_http=True)  # the linked blobs are there, whole
     assert blobs_of(pulled) == blobs_of(big_bundle)

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from bundler.cli import cli as sealift
 from tests.builders import QUICK_SPEC, project, signed
-from tests.envelope import result_of
+from tests.envelope import sealift_json
 from tests.fakes import FakeEngine
 from tests.realparts import Registry, RegistryFactory
 from updater.deltas import LARGE, referrers_tag
@@ -58,12 +58,6 @@ def chunked(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return built
 
 
-def sealift_json(*args: str) -> dict[str, Any]:
-    result = CliRunner().invoke(sealift, [*args, "--json"])
-    assert result.exit_code == 0, result.output
-    data: dict[str, Any] = result_of(result.stdout)
-    return data
-
 
 def index_of(bundle: Path) -> str:
     digest: str = json.loads((bundle / "index.json").read_text())["manifests"][0]["digest"]
@@ -74,15 +68,10 @@ def model_of(bundle: Path) -> Path:
     return max((bundle / "blobs/sha256").iterdir(), key=lambda p: p.stat().st_size)
 
 
-def blob_uploads(registry: Registry) -> Counter[str]:
-    return Counter(r.blob for r in registry.requests() if r.method == "PUT" and r.status == 201 and r.blob)
-
 
 def served(registry: Registry, since: int) -> tuple[int, Counter[str]]:
     """Bytes the registry sent since its ``since``-th request, and how often it sent each blob whole."""
-    requests = registry.requests()[since:]
-    return (sum(r.bytes for r in requests if r.method == "GET"),
-            Counter(r.blob for r in requests if r.method == "GET" and r.status == 200 and r.blob))
+    return sum(r.bytes for r in registry.requests()[since:] if r.method == "GET"), registry.blob_reads(since)
 
 
 class Device:
@@ -169,7 +158,7 @@ def test_a_retrained_model_crosses_two_mirror_hops_and_reaches_devices_as_its_ch
     # a new mirror that never held 1.0.0 (synced 1.1.0 alone) gets the model whole, and the delta for devices that hold the base
     newcomer = registry_factory()
     hop = sealift_json("mirror", "sync", "--from", f"{dmz.address}/demo:x86_64-cpu-1.1.0", "--to", newcomer.address, "--plain-http")
-    assert hop["blobs_rebuilt"] == 0 and blob_uploads(newcomer)[f"sha256:{model.name}"] == 1
+    assert hop["blobs_rebuilt"] == 0 and newcomer.blob_uploads()[f"sha256:{model.name}"] == 1
     mark = len(newcomer.requests())
     devices[2].update(newcomer, "1.1.0")
     sent, blobs = served(newcomer, mark)
